@@ -1,0 +1,504 @@
+//! Run configuration: one TOML file per run (`configs/*.toml`), parsed with `deny_unknown_fields` and validated
+//! before any work starts. Errors name the file, the dotted key and what is allowed.
+//!
+//! ```
+//! let cfg = cryptotl::config::RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart.toml", &[])
+//!     .unwrap();
+//! assert_eq!(cfg.features.dim, 768);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The embedded default configuration (`configs/quickstart.toml`), used when `cryptotl run` gets no file.
+pub const QUICKSTART_TOML: &str = include_str!("../configs/quickstart.toml");
+
+/// A whole run: data, features, networks, training schedules.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name; the default output directory is `runs/<name>`.
+    pub name: String,
+    /// Seed for splits, parameter initialisation, batching and dropout.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Where `report.json`, `report.md` and the trained head go. Default `runs/<name>`.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// Where pretrained lower networks are cached, keyed by a hash of what determines them.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Text featurizer.
+    #[serde(default)]
+    pub features: FeaturesConfig,
+    /// The server's source dataset (pretraining).
+    pub source: DatasetConfig,
+    /// The client's target dataset (transfer).
+    pub target: DatasetConfig,
+    /// Train/validation/test fractions, applied to both datasets.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// The server's lower network.
+    #[serde(default)]
+    pub lower: LowerNetConfig,
+    /// The client's head.
+    #[serde(default)]
+    pub head: HeadConfig,
+    /// Pretraining schedule (server, source data).
+    #[serde(default)]
+    pub pretrain: TrainConfig,
+    /// Head training schedule (client, target data).
+    #[serde(default)]
+    pub head_training: TrainConfig,
+    /// Which baselines the run also trains and reports.
+    #[serde(default)]
+    pub baselines: BaselinesConfig,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("runs/cache")
+}
+
+/// Featurizer settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Featurizer kind. `hashed`: hashed word n-gram TF-IDF (no model download).
+    #[serde(default = "default_feature_kind")]
+    pub kind: String,
+    /// Output dimension (the lower network's input width). Default 768, as in the paper.
+    #[serde(default = "default_dim")]
+    pub dim: usize,
+    /// Longest word n-gram hashed (1 = words, 2 = words and bigrams).
+    #[serde(default = "default_ngrams")]
+    pub ngrams: usize,
+}
+
+fn default_feature_kind() -> String {
+    "hashed".into()
+}
+fn default_dim() -> usize {
+    768
+}
+fn default_ngrams() -> usize {
+    2
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self { kind: default_feature_kind(), dim: default_dim(), ngrams: default_ngrams() }
+    }
+}
+
+/// The on-disk formats the data loaders read. See `crate::data` for each layout.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    /// Delimited text with a label column and a text column (the normalised `label,text` files, a
+    /// `review,sentiment` IMDB CSV, the raw Pang & Lee or CrowdFlower files).
+    Csv,
+    /// A JSON array of objects with a text field and a label field (Kotzias et al. sentences).
+    Json,
+    /// The Large Movie Review Dataset tree: `<root>/{train,test}/{pos,neg}/*.txt`.
+    AclImdb,
+    /// A folder of RFC 822 e-mails in sub-folders whose names start with `spam` or `ham` (SpamAssassin).
+    EmailDir,
+}
+
+/// One dataset: a format and one or more paths of that format, concatenated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Human-readable name for reports.
+    pub name: String,
+    /// The layout of the files.
+    pub format: DatasetFormat,
+    /// Files or folders (relative paths resolve against the working directory). `embedded:NAME` names a dataset
+    /// shipped inside the binary (`imdb_sentences`, `yelp_sentences`, `amazon_sentences`).
+    pub paths: Vec<String>,
+    /// Text column (CSV header name, or 0-based index when `header = false`) / JSON field.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Label column / JSON field.
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Whether a CSV file starts with a header row.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// Label values meaning the positive class (1).
+    #[serde(default = "default_positive")]
+    pub positive: Vec<String>,
+    /// Label values meaning the negative class (0).
+    #[serde(default = "default_negative")]
+    pub negative: Vec<String>,
+    /// Label values whose rows are skipped (e.g. `neutral`); any other value is an error.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Decode invalid UTF-8 lossily (U+FFFD) and report the count, instead of rejecting the file.
+    #[serde(default)]
+    pub lossy_utf8: bool,
+    /// Use at most this many examples (a stratified, seeded subsample) — for quick runs.
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_positive() -> Vec<String> {
+    vec!["1".into()]
+}
+fn default_negative() -> Vec<String> {
+    vec!["0".into()]
+}
+
+/// Split fractions; train gets the rest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Fraction of each class held out for validation (early stopping).
+    #[serde(default = "default_validation")]
+    pub validation: f64,
+    /// Fraction of each class held out for the final test.
+    #[serde(default = "default_test")]
+    pub test: f64,
+}
+fn default_validation() -> f64 {
+    0.15
+}
+fn default_test() -> f64 {
+    0.2
+}
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self { validation: default_validation(), test: default_test() }
+    }
+}
+
+/// Activation of the lower network (evaluated later as a TFHE lookup table).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// The CryptoTL reference's cubic approximation of ReLU (for comparison with CKKS).
+    CubicRelu,
+    /// tanh.
+    Tanh,
+    /// No activation (the network is then linear).
+    Identity,
+}
+
+/// The server's lower network: conv1d(k) -> dense(hidden) -> activation -> avg-pool(pool, stride 1) -> dense(output).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LowerNetConfig {
+    /// Conv1d kernel (1 filter, same padding, no bias). 0 disables the convolution.
+    #[serde(default = "default_conv_kernel")]
+    pub conv_kernel: usize,
+    /// Width of the first dense layer.
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+    /// Activation after the first dense layer.
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    /// Average-pool window (stride 1); 1 disables pooling.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+    /// Width of the output dense layer (what the client receives). 0 ends the network at the pooling.
+    #[serde(default = "default_output")]
+    pub output: usize,
+}
+fn default_conv_kernel() -> usize {
+    9
+}
+fn default_hidden() -> usize {
+    768
+}
+fn default_activation() -> Activation {
+    Activation::Relu
+}
+fn default_pool() -> usize {
+    3
+}
+fn default_output() -> usize {
+    766
+}
+impl Default for LowerNetConfig {
+    fn default() -> Self {
+        Self {
+            conv_kernel: default_conv_kernel(),
+            hidden: default_hidden(),
+            activation: default_activation(),
+            pool: default_pool(),
+            output: default_output(),
+        }
+    }
+}
+
+impl LowerNetConfig {
+    /// Width of what the lower network outputs.
+    pub fn output_dim(&self) -> usize {
+        if self.output > 0 { self.output } else { self.hidden + 1 - self.pool }
+    }
+}
+
+/// The client's head: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1) -> sigmoid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Width of the head's dense layer. 0 means "same as its input" (766 on the paper network).
+    #[serde(default)]
+    pub hidden: usize,
+    /// Max-pool window (stride 1); 1 disables pooling.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+    /// Dropout probability during training.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+}
+fn default_dropout() -> f64 {
+    0.2
+}
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { hidden: 0, pool: default_pool(), dropout: default_dropout() }
+    }
+}
+
+/// A training schedule: Adam on binary cross-entropy with early stopping on the validation split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Maximum number of epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Mini-batch size.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Stop after this many epochs without validation-loss improvement (0 = never stop early).
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+}
+fn default_epochs() -> usize {
+    20
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+fn default_patience() -> usize {
+    3
+}
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            learning_rate: default_learning_rate(),
+            patience: default_patience(),
+        }
+    }
+}
+
+/// Baselines trained in the same run, for comparison with transfer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaselinesConfig {
+    /// The head trained directly on the target's scaled features (no transfer).
+    #[serde(default = "default_true")]
+    pub raw_features_head: bool,
+    /// The whole network (lower + head) trained from scratch on the target only.
+    #[serde(default = "default_true")]
+    pub target_only_network: bool,
+}
+impl Default for BaselinesConfig {
+    fn default() -> Self {
+        Self { raw_features_head: true, target_only_network: true }
+    }
+}
+
+impl RunConfig {
+    /// Read, override (`key=value` pairs, TOML values) and validate a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigSyntax {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parse, override and validate config text. `file` is used in error messages.
+    pub fn from_toml_str(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        let syntax = |e: toml::de::Error| Error::ConfigSyntax { file: file.into(), message: e.to_string() };
+        // Parse from text (not from a Value) so that errors carry line, column and the offending key.
+        let cfg: RunConfig = if overrides.is_empty() {
+            toml::from_str(text).map_err(syntax)?
+        } else {
+            let mut value: toml::Table = toml::from_str(text).map_err(syntax)?;
+            for ov in overrides {
+                apply_override(&mut value, ov)?;
+            }
+            let merged = toml::to_string(&value).expect("a parsed TOML table serialises");
+            let file = format!("{file} (with --set overrides)");
+            toml::from_str(&merged).map_err(|e| Error::ConfigSyntax { file, message: e.to_string() })?
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The output directory of this run.
+    pub fn output_dir(&self) -> PathBuf {
+        self.output_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
+    }
+
+    /// Check every value that serde cannot check. Called by the constructors; call again after editing a config.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let err = |key: &str, message: String| Error::Config { file: file.into(), key: key.into(), message };
+        if self.name.trim().is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err("name", format!("must be non-empty and use only letters, digits, '-', '_', '.'; got {:?}", self.name)));
+        }
+        if self.features.kind != "hashed" {
+            return Err(err("features.kind", format!("unknown featurizer {:?}; allowed: \"hashed\"", self.features.kind)));
+        }
+        if !(8..=65_536).contains(&self.features.dim) {
+            return Err(err("features.dim", format!("must be in 8..=65536, got {}", self.features.dim)));
+        }
+        if !(1..=3).contains(&self.features.ngrams) {
+            return Err(err("features.ngrams", format!("must be 1, 2 or 3, got {}", self.features.ngrams)));
+        }
+        for (key, ds) in [("source", &self.source), ("target", &self.target)] {
+            validate_dataset(ds, key, &err)?;
+        }
+        let s = &self.split;
+        for (k, v) in [("split.validation", s.validation), ("split.test", s.test)] {
+            if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                return Err(err(k, format!("must be a fraction in (0, 1), got {v}")));
+            }
+        }
+        if s.validation + s.test >= 0.9 {
+            return Err(err("split", format!(
+                "validation + test = {} leaves less than 10% for training; lower them", s.validation + s.test)));
+        }
+        let l = &self.lower;
+        if l.conv_kernel > 0 && l.conv_kernel % 2 == 0 {
+            return Err(err("lower.conv_kernel", format!("must be odd (same padding) or 0 to disable, got {}", l.conv_kernel)));
+        }
+        if l.conv_kernel > self.features.dim {
+            return Err(err("lower.conv_kernel", format!("{} is wider than features.dim {}", l.conv_kernel, self.features.dim)));
+        }
+        if l.hidden == 0 || l.hidden > 65_536 {
+            return Err(err("lower.hidden", format!("must be in 1..=65536, got {}", l.hidden)));
+        }
+        if l.pool == 0 || l.pool > l.hidden {
+            return Err(err("lower.pool", format!("must be in 1..=lower.hidden ({}), got {}", l.hidden, l.pool)));
+        }
+        if l.output > 65_536 {
+            return Err(err("lower.output", format!("must be at most 65536 (0 = no output layer), got {}", l.output)));
+        }
+        let h = &self.head;
+        let head_hidden = if h.hidden == 0 { l.output_dim() } else { h.hidden };
+        if h.pool == 0 || h.pool > head_hidden {
+            return Err(err("head.pool", format!("must be in 1..=head width ({head_hidden}), got {}", h.pool)));
+        }
+        if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
+            return Err(err("head.dropout", format!("must be in [0, 1), got {}", h.dropout)));
+        }
+        for (key, t) in [("pretrain", &self.pretrain), ("head_training", &self.head_training)] {
+            if t.epochs == 0 {
+                return Err(err(&format!("{key}.epochs"), "must be at least 1".into()));
+            }
+            if t.batch_size == 0 {
+                return Err(err(&format!("{key}.batch_size"), "must be at least 1".into()));
+            }
+            if !(t.learning_rate.is_finite() && t.learning_rate > 0.0 && t.learning_rate <= 1.0) {
+                return Err(err(&format!("{key}.learning_rate"), format!("must be in (0, 1], got {}", t.learning_rate)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The head's hidden width after resolving `0 = same as input`.
+    pub fn head_hidden(&self, input_dim: usize) -> usize {
+        if self.head.hidden == 0 { input_dim } else { self.head.hidden }
+    }
+}
+
+fn validate_dataset(ds: &DatasetConfig, key: &str, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+    if ds.paths.is_empty() {
+        return Err(err(&format!("{key}.paths"), "must list at least one file or folder".into()));
+    }
+    if ds.format == DatasetFormat::Csv || ds.format == DatasetFormat::Json {
+        if ds.positive.is_empty() || ds.negative.is_empty() {
+            return Err(err(&format!("{key}.positive"), "both `positive` and `negative` label lists must be non-empty".into()));
+        }
+        if let Some(v) = ds.positive.iter().find(|v| ds.negative.contains(v) || ds.ignore.contains(v)) {
+            return Err(err(&format!("{key}.positive"), format!("label {v:?} is listed in more than one of positive/negative/ignore")));
+        }
+        if let Some(v) = ds.negative.iter().find(|v| ds.ignore.contains(v)) {
+            return Err(err(&format!("{key}.negative"), format!("label {v:?} is listed in both negative and ignore")));
+        }
+    }
+    if ds.format == DatasetFormat::Csv && !ds.header {
+        for (k, c) in [("text_column", &ds.text_column), ("label_column", &ds.label_column)] {
+            if c.parse::<usize>().is_err() {
+                return Err(err(&format!("{key}.{k}"), format!("with header = false it must be a 0-based column index, got {c:?}")));
+            }
+        }
+    }
+    if ds.max_examples == Some(0) {
+        return Err(err(&format!("{key}.max_examples"), "must be at least 1 (omit it to use everything)".into()));
+    }
+    Ok(())
+}
+
+/// Apply one `dotted.key=value` override to a parsed TOML table. The value is parsed as TOML
+/// (`lower.hidden=128`, `name="x"`, `lower.activation=relu` — a bare word is taken as a string).
+fn apply_override(table: &mut toml::Table, ov: &str) -> Result<()> {
+    let file = "<command line --set>";
+    let (key, raw) = ov.split_once('=').ok_or_else(|| Error::Config {
+        file: file.into(),
+        key: ov.into(),
+        message: "expected KEY=VALUE, e.g. lower.hidden=128".into(),
+    })?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("just inserted"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::Config { file: file.into(), key: key.into(), message: "empty key segment".into() });
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| Error::Config {
+            file: file.into(),
+            key: key.into(),
+            message: format!("`{p}` is not a table"),
+        })?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! Labelled text datasets: loaders for every on-disk layout the project meets, and seeded stratified splits.
+//!
+//! Every loader rejects bad input with an [`Error::Data`] naming the file and, where it applies, the row:
+//! a missing file, missing columns, an unknown label, an empty text, invalid UTF-8 (unless the dataset is declared
+//! `lossy_utf8`, in which case bad bytes become U+FFFD and the count is reported in [`Dataset::lossy_replacements`]).
+//!
+//! ```
+//! use cryptotl::config::{DatasetConfig, DatasetFormat};
+//! let cfg = DatasetConfig {
+//!     name: "imdb sentences".into(), format: DatasetFormat::Csv,
+//!     paths: vec!["embedded:imdb_sentences".into()],
+//!     text_column: "text".into(), label_column: "label".into(), header: true,
+//!     positive: vec!["1".into()], negative: vec!["0".into()], ignore: vec![],
+//!     lossy_utf8: false, max_examples: None,
+//! };
+//! let ds = cryptotl::data::load(&cfg, 0).unwrap();
+//! assert_eq!(ds.len(), 1000);
+//! assert_eq!(ds.class_counts(), [500, 500]);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::config::{DatasetConfig, DatasetFormat, SplitConfig};
+use crate::error::{Error, Result};
+
+/// Datasets shipped inside the binary (CC BY 4.0, Kotzias et al. 2015; see `datasets/README.md`).
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("imdb_sentences", include_str!("../datasets/shipped/imdb_sentences.csv")),
+    ("yelp_sentences", include_str!("../datasets/shipped/yelp_sentences.csv")),
+    ("amazon_sentences", include_str!("../datasets/shipped/amazon_sentences.csv")),
+];
+
+/// Binary-labelled texts (label 1 = positive class: positive sentiment, spam).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dataset {
+    /// Name for reports.
+    pub name: String,
+    /// The texts, never empty.
+    pub texts: Vec<String>,
+    /// One label per text, 0 or 1.
+    pub labels: Vec<u8>,
+    /// Invalid UTF-8 sequences replaced by U+FFFD while loading (only for `lossy_utf8` datasets).
+    pub lossy_replacements: usize,
+    /// Rows skipped because their label is in the `ignore` list.
+    pub ignored_rows: usize,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+    /// True when there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+    /// `[negatives, positives]`.
+    pub fn class_counts(&self) -> [usize; 2] {
+        let pos = self.labels.iter().filter(|&&l| l == 1).count();
+        [self.labels.len() - pos, pos]
+    }
+    /// The examples at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            texts: idx.iter().map(|&i| self.texts[i].clone()).collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            lossy_replacements: 0,
+            ignored_rows: 0,
+        }
+    }
+    fn push(&mut self, text: String, label: u8) {
+        self.texts.push(text);
+        self.labels.push(label);
+    }
+}
+
+/// Sizes of a dataset for the report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DatasetSummary {
+    /// Name of the dataset.
+    pub name: String,
+    /// Examples per split: train, validation, test.
+    pub train: usize,
+    /// Validation examples.
+    pub validation: usize,
+    /// Test examples.
+    pub test: usize,
+    /// Positive examples overall.
+    pub positives: usize,
+    /// Invalid UTF-8 sequences replaced while loading.
+    pub lossy_replacements: usize,
+    /// Rows skipped for an ignored label.
+    pub ignored_rows: usize,
+}
+
+/// Train, validation and test parts of one dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// Training part.
+    pub train: Dataset,
+    /// Validation part (early stopping).
+    pub validation: Dataset,
+    /// Test part (final metrics only).
+    pub test: Dataset,
+}
+
+impl Split {
+    /// Sizes for the report.
+    pub fn summary(&self, full: &Dataset) -> DatasetSummary {
+        DatasetSummary {
+            name: full.name.clone(),
+            train: self.train.len(),
+            validation: self.validation.len(),
+            test: self.test.len(),
+            positives: full.class_counts()[1],
+            lossy_replacements: full.lossy_replacements,
+            ignored_rows: full.ignored_rows,
+        }
+    }
+}
+
+/// Load every path of a dataset config and concatenate them; subsample to `max_examples` (stratified, `seed`).
+pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
+    let mut ds = Dataset { name: cfg.name.clone(), ..Default::default() };
+    for p in &cfg.paths {
+        match cfg.format {
+            DatasetFormat::Csv => load_csv(cfg, p, &mut ds)?,
+            DatasetFormat::Json => load_json(cfg, p, &mut ds)?,
+            DatasetFormat::AclImdb => load_acl_imdb(cfg, Path::new(p), &mut ds)?,
+            DatasetFormat::EmailDir => load_email_dir(cfg, Path::new(p), &mut ds)?,
+        }
+    }
+    let [neg, pos] = ds.class_counts();
+    if neg == 0 || pos == 0 {
+        return Err(Error::data(
+            cfg.paths.join(", "),
+            format!("needs examples of both classes, found {neg} negative and {pos} positive"),
+        ));
+    }
+    if let Some(max) = cfg.max_examples
+        && max < ds.len()
+    {
+        let n_pos = ((pos as f64 * max as f64 / ds.len() as f64).round() as usize).clamp(1, max - 1);
+        let [neg_idx, pos_idx] = class_indices(&ds, seed);
+        let mut keep: Vec<usize> = neg_idx.into_iter().take(max - n_pos).chain(pos_idx.into_iter().take(n_pos)).collect();
+        keep.sort_unstable();
+        let (lossy, ignored) = (ds.lossy_replacements, ds.ignored_rows);
+        ds = ds.select(&keep);
+        ds.lossy_replacements = lossy;
+        ds.ignored_rows = ignored;
+    }
+    Ok(ds)
+}
+
+/// Indices of each class, shuffled by `seed`.
+fn class_indices(ds: &Dataset, seed: u64) -> [Vec<usize>; 2] {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut by_class: [Vec<usize>; 2] = [vec![], vec![]];
+    for (i, &l) in ds.labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    for v in &mut by_class {
+        v.shuffle(&mut rng);
+    }
+    by_class
+}
+
+/// Deterministic stratified split: each class is shuffled with `seed` and cut into test, validation and train
+/// parts of the configured fractions (rounded), so every part keeps the class ratio. Each part keeps file order.
+///
+/// Fails when a class is too small to give every part at least one example.
+pub fn stratified_split(ds: &Dataset, cfg: &SplitConfig, seed: u64) -> Result<Split> {
+    let mut parts: [Vec<usize>; 3] = [vec![], vec![], vec![]];
+    for (c, idx) in class_indices(ds, seed).into_iter().enumerate() {
+        let n = idx.len();
+        let n_test = ((n as f64) * cfg.test).round() as usize;
+        let n_val = ((n as f64) * cfg.validation).round() as usize;
+        if n_test == 0 || n_val == 0 || n_test + n_val >= n {
+            return Err(Error::data(
+                ds.name.clone(),
+                format!("class {c} has {n} examples: too few to split into train/validation/test"),
+            ));
+        }
+        parts[2].extend_from_slice(&idx[..n_test]);
+        parts[1].extend_from_slice(&idx[n_test..n_test + n_val]);
+        parts[0].extend_from_slice(&idx[n_test + n_val..]);
+    }
+    for p in &mut parts {
+        p.sort_unstable();
+    }
+    Ok(Split { train: ds.select(&parts[0]), validation: ds.select(&parts[1]), test: ds.select(&parts[2]) })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading and decoding
+
+/// Read a file's bytes, or an embedded dataset's text.
+fn read_source(p: &str) -> Result<Vec<u8>> {
+    if let Some(name) = p.strip_prefix("embedded:") {
+        return EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, t)| t.as_bytes().to_vec()).ok_or_else(|| {
+            let known: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+            Error::data(p, format!("no embedded dataset of that name; embedded: {}", known.join(", ")))
+        });
+    }
+    std::fs::read(p).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound && p.starts_with("datasets/data/") {
+            " (run `python3 datasets/fetch.py` first)"
+        } else {
+            ""
+        };
+        Error::data(p, format!("cannot read: {e}{hint}"))
+    })
+}
+
+/// Decode UTF-8 (BOM stripped): strictly, or lossily counting the replaced sequences.
+fn decode(bytes: Vec<u8>, lossy: bool, path: &Path, replaced: &mut usize) -> Result<String> {
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => rest.to_vec(),
+        None => bytes,
+    };
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) if lossy => {
+            let bytes = e.into_bytes();
+            let s = String::from_utf8_lossy(&bytes).into_owned();
+            let before = bytes.windows(3).filter(|w| *w == "\u{FFFD}".as_bytes()).count();
+            *replaced += s.matches('\u{FFFD}').count() - before;
+            Ok(s)
+        }
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(Error::data(
+                path,
+                format!("invalid UTF-8 at byte {at} (line {line}); set `lossy_utf8 = true` if the source is known to be mixed"),
+            ))
+        }
+    }
+}
+
+fn map_label(cfg: &DatasetConfig, raw: &str) -> std::result::Result<Option<u8>, String> {
+    let raw = raw.trim();
+    if cfg.positive.iter().any(|v| v == raw) {
+        Ok(Some(1))
+    } else if cfg.negative.iter().any(|v| v == raw) {
+        Ok(Some(0))
+    } else if cfg.ignore.iter().any(|v| v == raw) {
+        Ok(None)
+    } else {
+        Err(format!(
+            "unknown label {raw:?}; allowed: positive {:?}, negative {:?}, ignore {:?}",
+            cfg.positive, cfg.negative, cfg.ignore
+        ))
+    }
+}
+
+fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
+    let path = Path::new(p);
+    let text = decode(read_source(p)?, cfg.lossy_utf8, path, &mut ds.lossy_replacements)?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(cfg.header).from_reader(text.as_bytes());
+    let (text_col, label_col) = if cfg.header {
+        let headers = reader.headers().map_err(|e| Error::data(path, format!("cannot read the header: {e}")))?.clone();
+        let find = |name: &str, key: &str| {
+            headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+                let found: Vec<&str> = headers.iter().collect();
+                Error::data(path, format!("no column {name:?} (the `{key}`); columns found: {found:?}"))
+            })
+        };
+        (find(&cfg.text_column, "text_column")?, find(&cfg.label_column, "label_column")?)
+    } else {
+        (cfg.text_column.parse().unwrap_or(1), cfg.label_column.parse().unwrap_or(0))
+    };
+    let before = ds.len();
+    for (i, rec) in reader.records().enumerate() {
+        let row = i + 1 + usize::from(cfg.header);
+        let rec = rec.map_err(|e| Error::data(path, format!("row {row}: {e}")))?;
+        let (Some(raw_label), Some(raw_text)) = (rec.get(label_col), rec.get(text_col)) else {
+            return Err(Error::data(path, format!("row {row}: has {} columns, needs {}", rec.len(), text_col.max(label_col) + 1)));
+        };
+        let Some(label) = map_label(cfg, raw_label).map_err(|m| Error::data(path, format!("row {row}: {m}")))? else {
+            ds.ignored_rows += 1;
+            continue;
+        };
+        let t = raw_text.trim();
+        if t.is_empty() {
+            return Err(Error::data(path, format!("row {row}: empty text")));
+        }
+        ds.push(t.to_string(), label);
+    }
+    if ds.len() == before {
+        return Err(Error::data(path, "no examples"));
+    }
+    Ok(())
+}
+
+fn load_json(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
+    let path = Path::new(p);
+    let text = decode(read_source(p)?, cfg.lossy_utf8, path, &mut ds.lossy_replacements)?;
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a JSON array of objects: {e}")))?;
+    let n = items.len();
+    let before = ds.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let obj = item.as_object().ok_or_else(|| Error::data(path, format!("element {i}: not an object")))?;
+        let text = obj.get(&cfg.text_column).and_then(|v| v.as_str());
+        let label = obj.get(&cfg.label_column);
+        // The Kotzias files end with one `{"text":"","class":null}` marker: skip exactly that.
+        if i + 1 == n && text == Some("") && matches!(label, Some(serde_json::Value::Null)) {
+            continue;
+        }
+        let text = text.ok_or_else(|| {
+            Error::data(path, format!("element {i}: no string field {:?} (the `text_column`)", cfg.text_column))
+        })?;
+        let raw_label = match label {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(x)) => x.to_string(),
+            Some(serde_json::Value::Bool(b)) => b.to_string(),
+            _ => {
+                return Err(Error::data(
+                    path,
+                    format!("element {i}: no string or number field {:?} (the `label_column`)", cfg.label_column),
+                ));
+            }
+        };
+        let Some(label) = map_label(cfg, &raw_label).map_err(|m| Error::data(path, format!("element {i}: {m}")))? else {
+            ds.ignored_rows += 1;
+            continue;
+        };
+        if text.trim().is_empty() {
+            return Err(Error::data(path, format!("element {i}: empty text")));
+        }
+        ds.push(text.trim().to_string(), label);
+    }
+    if ds.len() == before {
+        return Err(Error::data(path, "no examples"));
+    }
+    Ok(())
+}
+
+/// Files of a folder, sorted by name (determinism), without hidden files.
+fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::data(dir, format!("cannot list folder: {e}")))?;
+    let mut files = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::data(dir, format!("cannot list folder: {e}")))?;
+        let p = entry.path();
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if p.is_file() && !hidden {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_text_file(cfg: &DatasetConfig, p: &Path, ds: &mut Dataset) -> Result<String> {
+    let bytes = std::fs::read(p).map_err(|e| Error::data(p, format!("cannot read: {e}")))?;
+    decode(bytes, cfg.lossy_utf8, p, &mut ds.lossy_replacements)
+}
+
+/// `<root>/{train,test}/{pos,neg}/*.txt` (the Large Movie Review Dataset). `unsup/` is ignored.
+fn load_acl_imdb(cfg: &DatasetConfig, root: &Path, ds: &mut Dataset) -> Result<()> {
+    if !root.is_dir() {
+        return Err(Error::data(root, "not a folder (expected aclImdb/{train,test}/{pos,neg}/*.txt)"));
+    }
+    let before = ds.len();
+    for part in ["train", "test"] {
+        for (sub, label) in [("neg", 0u8), ("pos", 1u8)] {
+            let dir = root.join(part).join(sub);
+            if !dir.is_dir() {
+                continue;
+            }
+            for f in sorted_files(&dir)? {
+                if f.extension().and_then(|e| e.to_str()) != Some("txt") {
+                    continue;
+                }
+                let text = read_text_file(cfg, &f, ds)?.replace("<br />", " ");
+                let text = text.trim();
+                if text.is_empty() {
+                    return Err(Error::data(&f, "empty review"));
+                }
+                ds.push(text.to_string(), label);
+            }
+        }
+    }
+    if ds.len() == before {
+        return Err(Error::data(root, "no reviews found under {train,test}/{pos,neg}/*.txt"));
+    }
+    Ok(())
+}
+
+/// Sub-folders named `spam*` (label 1) and `*ham*` (label 0) of RFC 822 messages; headers are dropped
+/// (everything before the first blank line), whitespace folded. `.json`/`.js` files and other folders are skipped.
+fn load_email_dir(cfg: &DatasetConfig, root: &Path, ds: &mut Dataset) -> Result<()> {
+    let rd = std::fs::read_dir(root).map_err(|e| Error::data(root, format!("cannot list folder: {e}")))?;
+    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    let before = ds.len();
+    for dir in dirs {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+        let label = if name.starts_with("spam") {
+            1
+        } else if name.contains("ham") {
+            0
+        } else {
+            tracing::warn!(folder = %dir.display(), "skipping folder: name neither starts with `spam` nor contains `ham`");
+            continue;
+        };
+        for f in sorted_files(&dir)? {
+            if matches!(f.extension().and_then(|e| e.to_str()), Some("json" | "js")) {
+                continue;
+            }
+            let msg = read_text_file(cfg, &f, ds)?.replace("\r\n", "\n");
+            let body = msg.split_once("\n\n").map_or(msg.as_str(), |(_, b)| b);
+            let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            if body.is_empty() {
+                return Err(Error::data(&f, "e-mail has no body"));
+            }
+            ds.push(body, label);
+        }
+    }
+    if ds.len() == before {
+        return Err(Error::data(root, "no e-mails found in `spam*` / `*ham*` sub-folders"));
+    }
+    Ok(())
+}

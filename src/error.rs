@@ -1,0 +1,84 @@
+//! One error type for the library. Every variant says *where* (file, key, row) and *what is allowed*, so a user
+//! can fix the input without reading the source. The CLI maps them to exit codes (2 for bad input, 1 otherwise).
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in cryptotl.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration file (or a `--set` override) is malformed or asks for something invalid.
+    #[error("{file}: key `{key}`: {message}")]
+    Config {
+        /// The config file (or `<command line>` for overrides).
+        file: String,
+        /// Dotted key path, e.g. `lower.hidden`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+
+    /// A configuration file could not be parsed at all.
+    #[error("{file}: {message}")]
+    ConfigSyntax {
+        /// The config file.
+        file: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+
+    /// A dataset file is missing, malformed or does not fit its declared format.
+    #[error("dataset {path}: {message}")]
+    Data {
+        /// The offending file or folder.
+        path: PathBuf,
+        /// What is wrong (with the row where it applies).
+        message: String,
+    },
+
+    /// Feature vectors that cannot be used (wrong dimension, NaN, infinite, ...).
+    #[error("features: {0}")]
+    Features(String),
+
+    /// A saved model, scaler or checkpoint is missing, corrupt or does not match the config.
+    #[error("model artefact {path}: {message}")]
+    Artifact {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path being read or written.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the error is the user's input (config, data, features), not an internal failure.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_)
+        )
+    }
+
+    pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), message: message.into() }
+    }
+
+    pub(crate) fn artifact(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Artifact { path: path.into(), message: message.into() }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,239 @@
+//! Text -> fixed-width feature vectors, then min-max scaling to [0, 1].
+//!
+//! The default featurizer needs no model download: word n-grams (Unicode word boundaries, lower-cased) are hashed
+//! (xxh3, a stable hash) into `dim` signed buckets, weighted by sublinear TF times smoothed IDF, and each vector is
+//! L2-normalised. IDF and the scaler are fitted on the training split only and saved with the model.
+//! A sentence-embedding featurizer plugs in behind the same [`Featurizer`] trait (a new [`FeaturizerState`] arm).
+//!
+//! ```
+//! use cryptotl::features::{Featurizer, HashedTfidf};
+//! let train = vec!["a great movie".to_string(), "a dull movie".to_string()];
+//! let f = HashedTfidf::fit(&train, 64, 2);
+//! let x = f.transform(&train).unwrap();
+//! assert_eq!(x.dim(), (2, 64));
+//! let norm: f32 = x.row(0).iter().map(|v| v * v).sum::<f32>().sqrt();
+//! assert!((norm - 1.0).abs() < 1e-5);
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use unicode_segmentation::UnicodeSegmentation;
+
+use crate::config::FeaturesConfig;
+use crate::error::{Error, Result};
+
+/// Turns texts into feature vectors of a fixed dimension.
+pub trait Featurizer {
+    /// Short name (`hashed`, later `minilm`).
+    fn kind(&self) -> &'static str;
+    /// Width of every vector.
+    fn dim(&self) -> usize;
+    /// One row per text.
+    fn transform(&self, texts: &[String]) -> Result<Array2<f32>>;
+}
+
+/// Hashed word n-gram TF-IDF (signed hashing trick), L2-normalised.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HashedTfidf {
+    dim: usize,
+    ngrams: usize,
+    /// Smoothed IDF per bucket, fitted on training texts: ln((1 + n) / (1 + df)) + 1.
+    idf: Vec<f32>,
+}
+
+const HASH_SEED: u64 = 0x6372_7970_746f_746c; // "cryptotl"
+
+/// Lower-cased words and word n-grams (joined by a space) of one text, hashed.
+fn hashed_terms(text: &str, ngrams: usize) -> Vec<u64> {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower.unicode_words().collect();
+    let mut out = Vec::with_capacity(words.len() * ngrams);
+    for n in 1..=ngrams {
+        for w in words.windows(n) {
+            out.push(xxhash_rust::xxh3::xxh3_64_with_seed(w.join(" ").as_bytes(), HASH_SEED));
+        }
+    }
+    out
+}
+
+impl HashedTfidf {
+    /// Fit the IDF weights on training texts.
+    pub fn fit(train_texts: &[String], dim: usize, ngrams: usize) -> Self {
+        let df: Vec<u32> = train_texts
+            .par_iter()
+            .fold(
+                || vec![0u32; dim],
+                |mut df, t| {
+                    let mut buckets: Vec<usize> = hashed_terms(t, ngrams).iter().map(|h| (h % dim as u64) as usize).collect();
+                    buckets.sort_unstable();
+                    buckets.dedup();
+                    for b in buckets {
+                        df[b] += 1;
+                    }
+                    df
+                },
+            )
+            .reduce(|| vec![0u32; dim], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        let n = train_texts.len() as f32;
+        let idf = df.iter().map(|&d| ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0).collect();
+        Self { dim, ngrams, idf }
+    }
+
+    fn embed_one(&self, text: &str) -> Vec<f32> {
+        let mut counts: HashMap<u64, f32> = HashMap::new();
+        for h in hashed_terms(text, self.ngrams) {
+            *counts.entry(h).or_default() += 1.0;
+        }
+        let mut v = vec![0f32; self.dim];
+        for (h, c) in counts {
+            let b = (h % self.dim as u64) as usize;
+            let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
+            v[b] += sign * (1.0 + c.ln()) * self.idf[b];
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        v
+    }
+}
+
+impl Featurizer for HashedTfidf {
+    fn kind(&self) -> &'static str {
+        "hashed"
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
+        let rows: Vec<Vec<f32>> = texts.par_iter().map(|t| self.embed_one(t)).collect();
+        Ok(Array2::from_shape_vec((texts.len(), self.dim), rows.concat()).expect("rows have dim entries"))
+    }
+}
+
+/// The fitted featurizer, serialisable. New featurizers are new arms.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeaturizerState {
+    /// Hashed n-gram TF-IDF.
+    Hashed(HashedTfidf),
+}
+
+impl Featurizer for FeaturizerState {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Hashed(f) => f.kind(),
+        }
+    }
+    fn dim(&self) -> usize {
+        match self {
+            Self::Hashed(f) => f.dim(),
+        }
+    }
+    fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
+        match self {
+            Self::Hashed(f) => f.transform(texts),
+        }
+    }
+}
+
+/// Per-feature min-max scaling to [0, 1], fitted on training rows. Values outside the training range are
+/// clipped, so the output range is guaranteed (the quantizer relies on it). Constant features map to 0.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MinMaxScaler {
+    /// Per-feature minimum over the training rows.
+    pub min: Vec<f32>,
+    /// Per-feature maximum over the training rows.
+    pub max: Vec<f32>,
+}
+
+/// Reject non-finite features with the first offending position.
+pub fn check_finite(x: ArrayView2<f32>) -> Result<()> {
+    if let Some(((r, c), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::Features(format!("non-finite value {v} at row {r}, column {c}")));
+    }
+    Ok(())
+}
+
+impl MinMaxScaler {
+    /// Fit on training rows (at least one row, all finite).
+    pub fn fit(x: ArrayView2<f32>) -> Result<Self> {
+        if x.nrows() == 0 {
+            return Err(Error::Features("cannot fit a scaler on zero rows".into()));
+        }
+        check_finite(x)?;
+        let min = x.map_axis(Axis(0), |c| c.fold(f32::INFINITY, |a, &b| a.min(b))).to_vec();
+        let max = x.map_axis(Axis(0), |c| c.fold(f32::NEG_INFINITY, |a, &b| a.max(b))).to_vec();
+        Ok(Self { min, max })
+    }
+
+    /// Scale rows into [0, 1]. Errors on a width mismatch or a non-finite value.
+    pub fn transform(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        if x.ncols() != self.min.len() {
+            return Err(Error::Features(format!("scaler fitted on {} features, got {}", self.min.len(), x.ncols())));
+        }
+        check_finite(x)?;
+        let mut out = x.to_owned();
+        for mut row in out.rows_mut() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let range = self.max[j] - self.min[j];
+                *v = if range > 0.0 { ((*v - self.min[j]) / range).clamp(0.0, 1.0) } else { 0.0 };
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Featurizer + scaler: what a party fits on its own training split and ships with its model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeaturePipeline {
+    /// The fitted featurizer.
+    pub featurizer: FeaturizerState,
+    /// The fitted scaler.
+    pub scaler: MinMaxScaler,
+}
+
+impl FeaturePipeline {
+    /// Fit featurizer and scaler on training texts only.
+    pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
+        let featurizer = match cfg.kind.as_str() {
+            "hashed" => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim, cfg.ngrams)),
+            other => return Err(Error::Features(format!("unknown featurizer {other:?}"))),
+        };
+        let raw = featurizer.transform(train_texts)?;
+        let scaler = MinMaxScaler::fit(raw.view())?;
+        Ok(Self { featurizer, scaler })
+    }
+
+    /// Width of the scaled vectors.
+    pub fn dim(&self) -> usize {
+        self.featurizer.dim()
+    }
+
+    /// Texts -> scaled features in [0, 1].
+    pub fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
+        let raw = self.featurizer.transform(texts)?;
+        self.scaler.transform(raw.view())
+    }
+
+    /// Save as JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec(self).expect("feature pipeline serialises");
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+    }
+
+    /// Load from JSON, checking internal consistency.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let p: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(path, format!("corrupt feature pipeline: {e}")))?;
+        let FeaturizerState::Hashed(h) = &p.featurizer;
+        if p.scaler.min.len() != p.dim() || p.scaler.max.len() != p.dim() || h.idf.len() != h.dim || h.dim == 0 {
+            return Err(Error::artifact(path, "inconsistent dimensions between featurizer and scaler"));
+        }
+        Ok(p)
+    }
+}

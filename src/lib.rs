@@ -1,0 +1,35 @@
+//! # cryptotl — private transfer learning (CryptoTL) in Rust
+//!
+//! A client with a small private labelled text dataset and a server with a network pretrained on a large source
+//! dataset cooperate without showing each other their assets (Walch et al., arXiv 2205.11935):
+//!
+//! ```text
+//! texts -> features -> lower net -> quantize -> encrypt -> server eval -> decrypt -> head (DP) -> report
+//! ```
+//!
+//! Modules, one concern each, data flowing one way:
+//! - [`config`]: the run's TOML configuration, validated before any work starts.
+//! - [`data`]: dataset loaders for every supported layout and seeded stratified splits.
+//! - [`features`]: text featurizers (hashed n-gram TF-IDF) and the min-max scaler.
+//! - [`model`]: the lower network, pretraining head, client head (Burn).
+//! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
+//! - [`eval`]: metrics.
+//! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
+//! - [`report`]: `report.json` and `report.md`.
+//! - [`cli`]: the thin command-line layer.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod features;
+pub mod model;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod train;
+
+pub use error::{Error, Result};

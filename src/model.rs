@@ -1,0 +1,281 @@
+//! The networks, in Burn: the server's lower network (frozen after pretraining, later evaluated under TFHE), its
+//! pretraining head, the client's head, and the whole network used by the target-only baseline.
+//!
+//! Parameters are initialised from a seeded ChaCha stream (PyTorch's default U(±1/sqrt(fan_in))), not from the
+//! backend's global RNG, so a seed gives the same network in any thread. Dropout masks come from the trainer's
+//! seeded RNG for the same reason.
+//!
+//! ```
+//! use burn::tensor::Tensor;
+//! use cryptotl::config::{HeadConfig, LowerNetConfig};
+//! use cryptotl::model::{Cpu, Head, LowerNet};
+//! let device = Default::default();
+//! let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 1, &device);
+//! let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 2, &device);
+//! let y = head.logits(lower.forward(Tensor::zeros([4, 768], &device)), None);
+//! assert_eq!(y.dims(), [4, 1]);
+//! ```
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Linear, PaddingConfig1d};
+use burn::prelude::Backend;
+use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::tensor::module::{avg_pool1d, max_pool1d};
+use burn::tensor::{Tensor, TensorData};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Activation, HeadConfig, LowerNetConfig};
+use crate::error::{Error, Result};
+
+/// The CPU backend used for inference and frozen networks.
+pub type Cpu = burn::backend::Flex;
+/// The backend used for training (CPU + autodiff).
+pub type Train = burn::backend::Autodiff<Cpu>;
+
+/// Coefficients (z^3, z^2, z, 1) of the CryptoTL reference's cubic ReLU approximation.
+pub const CUBIC_RELU: [f32; 4] = [-0.0061728, 0.092593, 0.59259, 0.49383];
+
+fn uniform_tensor<B: Backend, const D: usize>(shape: [usize; D], bound: f32, rng: &mut ChaCha8Rng, device: &B::Device) -> Tensor<B, D> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// A dense layer `y = x W + b` with seeded U(±1/sqrt(d_in)) initialisation.
+fn seeded_linear<B: Backend>(d_in: usize, d_out: usize, rng: &mut ChaCha8Rng, device: &B::Device) -> Linear<B> {
+    let bound = 1.0 / (d_in as f32).sqrt();
+    Linear {
+        weight: Param::from_tensor(uniform_tensor([d_in, d_out], bound, rng, device)),
+        bias: Some(Param::from_tensor(uniform_tensor([d_out], bound, rng, device))),
+    }
+}
+
+/// Apply an activation (training-time semantics; the encrypted path uses lookup tables of the same function).
+pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    match act {
+        Activation::Relu => burn::tensor::activation::relu(x),
+        Activation::Tanh => x.tanh(),
+        Activation::Identity => x,
+        Activation::CubicRelu => {
+            let [a3, a2, a1, a0] = CUBIC_RELU;
+            let x2 = x.clone() * x.clone();
+            let x3 = x2.clone() * x.clone();
+            x3.mul_scalar(a3) + x2.mul_scalar(a2) + x.mul_scalar(a1) + a0
+        }
+    }
+}
+
+/// Pool a `[batch, width]` tensor along its width with window `k`, stride 1 (k = 1: identity).
+fn pool_width<B: Backend>(x: Tensor<B, 2>, k: usize, max: bool) -> Tensor<B, 2> {
+    if k <= 1 {
+        return x;
+    }
+    let x3 = x.unsqueeze_dim::<3>(1);
+    let y = if max { max_pool1d(x3, k, 1, 0, 1, false) } else { avg_pool1d(x3, k, 1, 0, true, false) };
+    y.squeeze_dim::<2>(1)
+}
+
+/// The server's lower network: conv1d(k, 1 filter, same padding, no bias) -> dense(hidden) -> activation ->
+/// avg-pool(pool, stride 1) -> dense(output).
+#[derive(Module, Debug)]
+pub struct LowerNet<B: Backend> {
+    /// Optional 1-filter convolution over the feature axis.
+    pub conv: Option<Conv1d<B>>,
+    /// First dense layer.
+    pub dense1: Linear<B>,
+    /// Optional output dense layer.
+    pub dense2: Option<Linear<B>>,
+    /// Activation after `dense1`.
+    #[module(skip)]
+    pub activation: Activation,
+    /// Average-pool window.
+    pub pool: usize,
+}
+
+impl<B: Backend> LowerNet<B> {
+    /// A freshly initialised lower network for inputs of width `input_dim`.
+    pub fn new(cfg: &LowerNetConfig, input_dim: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10e3);
+        let conv = (cfg.conv_kernel > 0).then(|| {
+            let mut conv = Conv1dConfig::new(1, 1, cfg.conv_kernel)
+                .with_padding(PaddingConfig1d::Same)
+                .with_bias(false)
+                .init(device);
+            let bound = 1.0 / (cfg.conv_kernel as f32).sqrt();
+            conv.weight = Param::from_tensor(uniform_tensor([1, 1, cfg.conv_kernel], bound, &mut rng, device));
+            conv
+        });
+        let dense1 = seeded_linear(input_dim, cfg.hidden, &mut rng, device);
+        let pooled = cfg.hidden + 1 - cfg.pool;
+        let dense2 = (cfg.output > 0).then(|| seeded_linear(pooled, cfg.output, &mut rng, device));
+        Self { conv, dense1, dense2, activation: cfg.activation, pool: cfg.pool }
+    }
+
+    /// `[batch, input_dim] -> [batch, output_dim]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = match &self.conv {
+            Some(conv) => conv.forward(x.unsqueeze_dim::<3>(1)).squeeze_dim::<2>(1),
+            None => x,
+        };
+        let h = pool_width(activate(self.dense1.forward(x), self.activation), self.pool, false);
+        match &self.dense2 {
+            Some(d) => d.forward(h),
+            None => h,
+        }
+    }
+}
+
+/// A per-batch dropout mask source: the trainer's seeded RNG and the drop probability.
+pub struct DropoutRng<'a> {
+    /// Seeded stream the masks are drawn from.
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+    let Some(d) = drop else { return x };
+    if p <= 0.0 {
+        return x;
+    }
+    let dims = x.dims();
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..dims[0] * dims[1])
+        .map(|_| if d.rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+        .collect();
+    let device = x.device();
+    x * Tensor::from_data(TensorData::new(mask, dims), &device)
+}
+
+/// The client's head: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1) (logit; sigmoid
+/// gives the probability of the positive class).
+#[derive(Module, Debug)]
+pub struct Head<B: Backend> {
+    /// Hidden dense layer.
+    pub dense1: Linear<B>,
+    /// Output dense layer (one logit).
+    pub dense2: Linear<B>,
+    /// Max-pool window.
+    pub pool: usize,
+    /// Dropout probability (training only).
+    pub dropout: f64,
+}
+
+impl<B: Backend> Head<B> {
+    /// A freshly initialised head for inputs of width `input_dim` and a hidden layer of width `hidden`.
+    pub fn new(cfg: &HeadConfig, input_dim: usize, hidden: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
+        let dense1 = seeded_linear(input_dim, hidden, &mut rng, device);
+        let dense2 = seeded_linear(hidden + 1 - cfg.pool, 1, &mut rng, device);
+        Self { dense1, dense2, pool: cfg.pool, dropout: cfg.dropout }
+    }
+
+    /// `[batch, input_dim] -> [batch, 1]` logits. Dropout applies only when `drop` is given (training).
+    pub fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+        let h = pool_width(burn::tensor::activation::relu(self.dense1.forward(x)), self.pool, true);
+        self.dense2.forward(dropout(h, self.dropout, drop))
+    }
+}
+
+/// The lower network with its pretraining head `dense(1)` (dropped for transfer).
+#[derive(Module, Debug)]
+pub struct PretrainNet<B: Backend> {
+    /// The part that is frozen and shared.
+    pub lower: LowerNet<B>,
+    /// Pretraining output layer (one logit).
+    pub out: Linear<B>,
+}
+
+impl<B: Backend> PretrainNet<B> {
+    /// Fresh network.
+    pub fn new(cfg: &LowerNetConfig, input_dim: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0a7);
+        Self { lower: LowerNet::new(cfg, input_dim, seed, device), out: seeded_linear(cfg.output_dim(), 1, &mut rng, device) }
+    }
+}
+
+/// Lower network and head trained together from scratch (the target-only baseline).
+#[derive(Module, Debug)]
+pub struct FullNet<B: Backend> {
+    /// Lower part (trainable here).
+    pub lower: LowerNet<B>,
+    /// Head.
+    pub head: Head<B>,
+}
+
+/// A network that maps `[batch, features]` to `[batch, 1]` logits; what the trainer trains.
+pub trait BinaryClassifier<B: Backend> {
+    /// Logits; dropout only when `drop` is given.
+    fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2>;
+}
+
+impl<B: Backend> BinaryClassifier<B> for Head<B> {
+    fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+        Head::logits(self, x, drop)
+    }
+}
+impl<B: Backend> BinaryClassifier<B> for PretrainNet<B> {
+    fn logits(&self, x: Tensor<B, 2>, _drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+        self.out.forward(self.lower.forward(x))
+    }
+}
+impl<B: Backend> BinaryClassifier<B> for FullNet<B> {
+    fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+        self.head.logits(self.lower.forward(x), drop)
+    }
+}
+
+/// Numerically stable binary cross-entropy on logits, per example: `max(z,0) - z*y + ln(1 + e^-|z|)`.
+pub fn bce_with_logits<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 2> {
+    logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().add_scalar(1.0).log()
+}
+
+/// Rows of an `ndarray` matrix as a Burn tensor.
+pub fn to_tensor<B: Backend>(x: ndarray::ArrayView2<f32>, device: &B::Device) -> Tensor<B, 2> {
+    let (r, c) = x.dim();
+    let v: Vec<f32> = x.iter().copied().collect();
+    Tensor::from_data(TensorData::new(v, [r, c]), device)
+}
+
+/// A Burn tensor as an `ndarray` matrix.
+pub fn to_array<B: Backend>(t: Tensor<B, 2>) -> ndarray::Array2<f32> {
+    let [r, c] = t.dims();
+    let v = t.into_data().to_vec::<f32>().expect("float tensor");
+    ndarray::Array2::from_shape_vec((r, c), v).expect("shape matches")
+}
+
+/// Apply a `[batch, in] -> [batch, out]` function over rows in chunks of 512 (bounded memory).
+pub fn map_rows<B: Backend>(x: ndarray::ArrayView2<f32>, device: &B::Device, f: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>) -> ndarray::Array2<f32> {
+    let mut parts = Vec::new();
+    for chunk in x.axis_chunks_iter(ndarray::Axis(0), 512) {
+        parts.push(to_array(f(to_tensor::<B>(chunk, device))));
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).expect("same widths")
+}
+
+/// Positive-class probabilities of a classifier for each row.
+pub fn predict_proba<B: Backend, M: BinaryClassifier<B>>(model: &M, x: ndarray::ArrayView2<f32>, device: &B::Device) -> Vec<f32> {
+    if x.nrows() == 0 {
+        return vec![];
+    }
+    map_rows::<B>(x, device, |t| burn::tensor::activation::sigmoid(model.logits(t, None))).into_raw_vec_and_offset().0
+}
+
+fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
+    BinFileRecorder::<FullPrecisionSettings>::new()
+}
+
+/// Save a module with Burn's binary record format (`.bin` is appended by Burn).
+pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<()> {
+    module.clone().save_file(path.to_path_buf(), &recorder()).map_err(|e| Error::artifact(path, format!("cannot save: {e}")))
+}
+
+/// Load a module saved by [`save_module`] into a skeleton of the same architecture.
+pub fn load_module<B: Backend, M: Module<B>>(skeleton: M, path: &Path, device: &B::Device) -> Result<M> {
+    skeleton
+        .load_file(path.to_path_buf(), &recorder(), device)
+        .map_err(|e| Error::artifact(path, format!("cannot load (missing, corrupt, or saved for another architecture): {e}")))
+}

@@ -1,0 +1,323 @@
+//! The stages of a CryptoTL run, each a library call that the CLI subcommands reuse:
+//!
+//! ```text
+//! source texts -> [server] features -> pretrain lower net (cached) -> freeze ─────────────────┐
+//! target texts -> [client] features -> scale ─> lower net forward (the encrypted seam) ─> head ─> report
+//! ```
+//!
+//! The server and the client each fit their own featurizer and scaler on their own training split, so neither
+//! party's statistics reach the other. [`lower_forward`] is the single place where the client's features meet
+//! the server's network: the TFHE stage replaces it with quantize -> encrypt -> server eval -> decrypt.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::data::{self, Dataset, DatasetSummary, Split};
+use crate::error::{Error, Result};
+use crate::eval::Metrics;
+use crate::features::FeaturePipeline;
+use crate::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, map_rows, predict_proba};
+use crate::train::{self, EpochStats, Examples, Trained};
+
+/// Both datasets, loaded and split.
+pub struct PreparedData {
+    /// Server's source data.
+    pub source: Split,
+    /// Client's target data.
+    pub target: Split,
+    /// Sizes for the report.
+    pub source_summary: DatasetSummary,
+    /// Sizes for the report.
+    pub target_summary: DatasetSummary,
+}
+
+/// Load and split the source and target datasets.
+pub fn prepare_data(cfg: &RunConfig) -> Result<PreparedData> {
+    let load = |ds_cfg| -> Result<(Split, DatasetSummary)> {
+        let full: Dataset = data::load(ds_cfg, cfg.seed)?;
+        let split = data::stratified_split(&full, &cfg.split, cfg.seed)?;
+        let summary = split.summary(&full);
+        Ok((split, summary))
+    };
+    let (source, source_summary) = load(&cfg.source)?;
+    let (target, target_summary) = load(&cfg.target)?;
+    tracing::info!(source = ?source_summary, target = ?target_summary, "datasets loaded");
+    Ok(PreparedData { source, target, source_summary, target_summary })
+}
+
+/// A split turned into scaled feature rows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeatureSplit {
+    /// Training rows.
+    pub train: Array2<f32>,
+    /// Training labels.
+    pub train_y: Vec<u8>,
+    /// Validation rows.
+    pub validation: Array2<f32>,
+    /// Validation labels.
+    pub validation_y: Vec<u8>,
+    /// Test rows.
+    pub test: Array2<f32>,
+    /// Test labels.
+    pub test_y: Vec<u8>,
+}
+
+impl FeatureSplit {
+    /// Featurize all parts of a split with a pipeline (fitted elsewhere, on the training part).
+    pub fn from_split(pipeline: &FeaturePipeline, split: &Split) -> Result<Self> {
+        Ok(Self {
+            train: pipeline.transform(&split.train.texts)?,
+            train_y: split.train.labels.clone(),
+            validation: pipeline.transform(&split.validation.texts)?,
+            validation_y: split.validation.labels.clone(),
+            test: pipeline.transform(&split.test.texts)?,
+            test_y: split.test.labels.clone(),
+        })
+    }
+    /// Apply a row map to every part (e.g. the lower network).
+    pub fn map(&self, f: impl Fn(&Array2<f32>) -> Result<Array2<f32>>) -> Result<Self> {
+        Ok(Self {
+            train: f(&self.train)?,
+            train_y: self.train_y.clone(),
+            validation: f(&self.validation)?,
+            validation_y: self.validation_y.clone(),
+            test: f(&self.test)?,
+            test_y: self.test_y.clone(),
+        })
+    }
+    /// Training examples.
+    pub fn train_examples(&self) -> Examples<'_> {
+        Examples { x: self.train.view(), y: &self.train_y }
+    }
+    /// Validation examples.
+    pub fn validation_examples(&self) -> Examples<'_> {
+        Examples { x: self.validation.view(), y: &self.validation_y }
+    }
+    /// Save as JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, serde_json::to_vec(self).expect("serialises")).map_err(|e| Error::io(path, e))
+    }
+    /// Load from JSON, checking that labels match rows.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let f: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(path, format!("corrupt features file: {e}")))?;
+        if f.train.nrows() != f.train_y.len() || f.validation.nrows() != f.validation_y.len() || f.test.nrows() != f.test_y.len() {
+            return Err(Error::artifact(path, "row and label counts differ"));
+        }
+        Ok(f)
+    }
+}
+
+/// The server's pretrained, frozen lower network with its feature pipeline.
+pub struct PretrainedLower {
+    /// The frozen lower network.
+    pub net: LowerNet<Cpu>,
+    /// The server's featurizer + scaler (fitted on source train).
+    pub features: FeaturePipeline,
+    /// Pretraining metrics on the source test split.
+    pub source_test: Metrics,
+    /// Pretraining history (empty when loaded from cache and no history was saved).
+    pub history: Vec<EpochStats>,
+    /// Loaded from the cache rather than trained now.
+    pub from_cache: bool,
+    /// The cache folder.
+    pub cache_dir: PathBuf,
+}
+
+/// What a cached pretraining stores beside the network.
+#[derive(Serialize, Deserialize)]
+struct PretrainMeta {
+    key: String,
+    source_test: Metrics,
+    history: Vec<EpochStats>,
+}
+
+/// A stable key of everything that determines the pretrained lower network.
+pub fn pretrain_key(cfg: &RunConfig) -> String {
+    let material = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "seed": cfg.seed, "features": cfg.features, "source": cfg.source,
+        "split": cfg.split, "lower": cfg.lower, "pretrain": cfg.pretrain,
+    });
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
+}
+
+/// Pretrain the lower network on the source data, or load it from the cache keyed by [`pretrain_key`].
+pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
+    let device = Default::default();
+    let key = pretrain_key(cfg);
+    let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+    let (net_path, feat_path, meta_path) = (dir.join("lower"), dir.join("features.json"), dir.join("meta.json"));
+    if meta_path.exists() {
+        let meta: PretrainMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
+            .map_err(|e| Error::artifact(&meta_path, format!("corrupt: {e}")))?;
+        if meta.key == key {
+            let features = FeaturePipeline::load(&feat_path)?;
+            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim, cfg.seed, &device);
+            let net = model::load_module(skeleton, &net_path, &device)?;
+            tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
+            return Ok(PretrainedLower {
+                net: net.lower,
+                features,
+                source_test: meta.source_test,
+                history: meta.history,
+                from_cache: true,
+                cache_dir: dir,
+            });
+        }
+    }
+    let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
+    let fs = FeatureSplit::from_split(&features, source)?;
+    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim, cfg.seed, &device);
+    let trained: Trained<PretrainNet<Cpu>> =
+        train::train(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain");
+    let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, fs.test.view(), &device), &fs.test_y);
+    tracing::info!(accuracy = source_test.accuracy, "pretraining done (source test split)");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    model::save_module(&trained.model, &net_path)?;
+    features.save(&feat_path)?;
+    let meta = PretrainMeta { key, source_test: source_test.clone(), history: trained.history.clone() };
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
+    Ok(PretrainedLower {
+        net: trained.model.lower,
+        features,
+        source_test,
+        history: trained.history,
+        from_cache: false,
+        cache_dir: dir,
+    })
+}
+
+/// The client's scaled features of its target data (pipeline fitted on target train only).
+pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeline, FeatureSplit)> {
+    let pipeline = FeaturePipeline::fit(&cfg.features, &target.train.texts)?;
+    let fs = FeatureSplit::from_split(&pipeline, target)?;
+    Ok((pipeline, fs))
+}
+
+/// The frozen lower network applied to the client's scaled features: the seam where the TFHE stage goes
+/// (quantize -> encrypt -> server evaluation -> decrypt). Plaintext for now.
+pub fn lower_forward(lower: &LowerNet<Cpu>, x: &Array2<f32>) -> Result<Array2<f32>> {
+    crate::features::check_finite(x.view())?;
+    Ok(map_rows::<Cpu>(x.view(), &Default::default(), |t| lower.forward(t)))
+}
+
+/// A trained head (or baseline network) with its test metrics.
+pub struct TrainedHead<M> {
+    /// The model.
+    pub trained: Trained<M>,
+    /// Metrics on the test split.
+    pub test: Metrics,
+}
+
+impl<M> TrainedHead<M> {
+    /// The report row of this model.
+    pub fn result(&self, method: &str, description: String) -> crate::report::MethodResult {
+        crate::report::MethodResult {
+            method: method.into(),
+            description,
+            test: self.test.clone(),
+            epochs: self.trained.history.len(),
+            best_epoch: self.trained.best_epoch,
+            seconds: self.trained.seconds,
+        }
+    }
+}
+
+/// Train the client's head on (transferred) features and evaluate it on their test part.
+pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> TrainedHead<Head<Cpu>> {
+    let device = Default::default();
+    let input = fs.train.ncols();
+    let head = Head::<model::Train>::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, &device);
+    let trained = train::train(head, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what);
+    let test = evaluate(&trained.model, fs);
+    TrainedHead { trained, test }
+}
+
+/// Baseline: lower network and head trained together from scratch on the target only.
+pub fn train_target_only(cfg: &RunConfig, fs: &FeatureSplit) -> TrainedHead<FullNet<Cpu>> {
+    let device = Default::default();
+    let lower = LowerNet::<model::Train>::new(&cfg.lower, fs.train.ncols(), cfg.seed, &device);
+    let out = cfg.lower.output_dim();
+    let head = Head::<model::Train>::new(&cfg.head, out, cfg.head_hidden(out), cfg.seed, &device);
+    let trained = train::train(FullNet { lower, head }, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, "target-only");
+    let test = evaluate(&trained.model, fs);
+    TrainedHead { trained, test }
+}
+
+/// Test metrics of a classifier on a feature split.
+pub fn evaluate<M: model::BinaryClassifier<Cpu>>(m: &M, fs: &FeatureSplit) -> Metrics {
+    Metrics::from_probabilities(&predict_proba(m, fs.test.view(), &Default::default()), &fs.test_y)
+}
+
+/// Run a closure and return its result with the elapsed seconds.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let out = f();
+    (out, t.elapsed().as_secs_f64())
+}
+
+/// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
+/// report (written to the run's output directory and returned).
+pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
+    use crate::report::{PretrainSummary, Report, StageTime};
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
+
+    let (data, t) = timed(|| prepare_data(cfg));
+    let data = data?;
+    stage("load + split data", t);
+    let (lower, t) = timed(|| pretrain(cfg, &data.source));
+    let lower = lower?;
+    stage(if lower.from_cache { "pretrain (cached)" } else { "pretrain" }, t);
+    let (client, t) = timed(|| client_features(cfg, &data.target));
+    let (client_pipeline, client) = client?;
+    stage("client features", t);
+    let (transferred, t) = timed(|| client.map(|x| lower_forward(&lower.net, x)));
+    let transferred = transferred?;
+    stage("lower network forward", t);
+
+    let mut results = Vec::new();
+    let head = train_head(cfg, &transferred, "head");
+    stage("train head", head.trained.seconds);
+    let source = &cfg.source.name;
+    results.push(head.result("transfer", format!("head trained on the frozen lower network's outputs (pretrained on {source})")));
+    if cfg.baselines.raw_features_head {
+        let b = train_head(cfg, &client, "baseline raw");
+        stage("baseline: head on raw features", b.trained.seconds);
+        results.push(b.result("raw_features_head", "baseline: the same head trained on the target's scaled features (no transfer)".into()));
+    }
+    if cfg.baselines.target_only_network {
+        let b = train_target_only(cfg, &client);
+        stage("baseline: whole network on target", b.trained.seconds);
+        results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
+    }
+    let report = Report {
+        name: cfg.name.clone(),
+        seed: cfg.seed,
+        version: env!("CARGO_PKG_VERSION").into(),
+        threads: rayon::current_num_threads(),
+        source: data.source_summary,
+        target: data.target_summary,
+        pretraining: PretrainSummary {
+            from_cache: lower.from_cache,
+            cache_dir: lower.cache_dir.display().to_string(),
+            source_test: lower.source_test,
+            history: lower.history,
+        },
+        results,
+        head_history: head.trained.history.clone(),
+        stages,
+        config: cfg.clone(),
+    };
+    let out = cfg.output_dir();
+    report.write(&out)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    client_pipeline.save(&out.join("client_features.json"))?;
+    model::save_module(&head.trained.model, &out.join("head"))?;
+    Ok(report)
+}

@@ -1,0 +1,136 @@
+//! The run report: `report.json` (everything, machine-readable) and `report.md` (the same for people).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::data::DatasetSummary;
+use crate::error::{Error, Result};
+use crate::eval::Metrics;
+use crate::train::EpochStats;
+
+/// One trained model's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodResult {
+    /// Short id: `transfer`, `raw_features_head`, `target_only_network`.
+    pub method: String,
+    /// What was trained on what.
+    pub description: String,
+    /// Metrics on the target test split.
+    pub test: Metrics,
+    /// Epochs run.
+    pub epochs: usize,
+    /// The epoch kept (best validation loss).
+    pub best_epoch: usize,
+    /// Training wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Pretraining outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainSummary {
+    /// Loaded from the cache.
+    pub from_cache: bool,
+    /// Cache folder.
+    pub cache_dir: String,
+    /// Lower net + pretraining head on the source test split.
+    pub source_test: Metrics,
+    /// Epoch history.
+    pub history: Vec<EpochStats>,
+}
+
+/// Wall time of one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    /// Stage name.
+    pub stage: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Everything a run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Run name.
+    pub name: String,
+    /// Seed.
+    pub seed: u64,
+    /// cryptotl version.
+    pub version: String,
+    /// Worker threads available.
+    pub threads: usize,
+    /// Source dataset sizes.
+    pub source: DatasetSummary,
+    /// Target dataset sizes.
+    pub target: DatasetSummary,
+    /// Pretraining.
+    pub pretraining: PretrainSummary,
+    /// Transfer and baselines.
+    pub results: Vec<MethodResult>,
+    /// Head-training history of the transfer model.
+    pub head_history: Vec<EpochStats>,
+    /// Wall time per stage.
+    pub stages: Vec<StageTime>,
+    /// The full configuration.
+    pub config: RunConfig,
+}
+
+impl Report {
+    /// Write `report.json` and `report.md` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = dir.join("report.json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self).expect("report serialises")).map_err(|e| Error::io(&json, e))?;
+        let md = dir.join("report.md");
+        std::fs::write(&md, self.to_markdown()).map_err(|e| Error::io(&md, e))
+    }
+
+    /// The report as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# cryptotl run `{}`\n", self.name);
+        let _ = writeln!(s, "cryptotl {} · seed {} · {} threads\n", self.version, self.seed, self.threads);
+        let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for (role, d) in [("server (source)", &self.source), ("client (target)", &self.target)] {
+            let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows);
+        }
+        let p = &self.pretraining;
+        let _ = writeln!(
+            s,
+            "\n## Pretraining (server)\n\nSource test accuracy {:.4} (F1 {:.4}); {} epochs; {}.\n",
+            p.source_test.accuracy,
+            p.source_test.f1,
+            p.history.len(),
+            if p.from_cache { format!("loaded from cache `{}`", p.cache_dir) } else { format!("trained now, cached in `{}`", p.cache_dir) }
+        );
+        let _ = writeln!(s, "## Results on the target test split\n");
+        let _ = writeln!(s, "| method | accuracy | precision | recall | F1 | TP | FP | TN | FN | epochs (best) | train s |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.results {
+            let m = &r.test;
+            let c = &m.confusion;
+            let _ = writeln!(
+                s,
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} | {} ({}) | {:.1} |",
+                r.method, m.accuracy, m.precision, m.recall, m.f1, c.tp, c.fp, c.tn, c.fn_, r.epochs, r.best_epoch, r.seconds
+            );
+        }
+        let _ = writeln!(s);
+        for r in &self.results {
+            let _ = writeln!(s, "- `{}`: {}", r.method, r.description);
+        }
+        let _ = writeln!(s, "\n## Head training (transfer)\n\n| epoch | train loss | val loss | val accuracy |\n|---:|---:|---:|---:|");
+        for e in &self.head_history {
+            let _ = writeln!(s, "| {} | {:.4} | {:.4} | {:.4} |", e.epoch, e.train_loss, e.val_loss, e.val_accuracy);
+        }
+        let _ = writeln!(s, "\n## Wall time per stage\n\n| stage | seconds |\n|---|---:|");
+        for t in &self.stages {
+            let _ = writeln!(s, "| {} | {:.2} |", t.stage, t.seconds);
+        }
+        let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}```", toml::to_string(&self.config).unwrap_or_default());
+        s
+    }
+}

@@ -1,0 +1,125 @@
+//! Mini-batch training of any [`BinaryClassifier`]: Adam on binary cross-entropy, seeded shuffling and dropout,
+//! early stopping on validation loss (the best epoch's parameters are returned), a progress bar per epoch.
+//!
+//! The gradient step is one place (`Trainer::step`): DP-SGD (per-example clipping + noise) replaces it there.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::{Tensor, TensorData};
+use ndarray::ArrayView2;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::model::{BinaryClassifier, Cpu, DropoutRng, Train, bce_with_logits, map_rows, to_tensor};
+
+/// Feature rows with their 0/1 labels.
+#[derive(Debug, Clone, Copy)]
+pub struct Examples<'a> {
+    /// One row per example.
+    pub x: ArrayView2<'a, f32>,
+    /// One label per row.
+    pub y: &'a [u8],
+}
+
+/// What happened in one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+}
+
+/// A trained model (the best epoch by validation loss) and its history.
+#[derive(Debug)]
+pub struct Trained<M> {
+    /// Parameters of the best epoch, on the inference backend.
+    pub model: M,
+    /// One entry per epoch run.
+    pub history: Vec<EpochStats>,
+    /// The epoch whose parameters were kept.
+    pub best_epoch: usize,
+    /// True when patience ran out before `epochs`.
+    pub stopped_early: bool,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Mean BCE and accuracy of `model` on `data`.
+pub fn evaluate_loss<M: BinaryClassifier<Cpu>>(model: &M, data: Examples<'_>) -> (f64, f64) {
+    let device = Default::default();
+    let logits = map_rows::<Cpu>(data.x, &device, |t| model.logits(t, None));
+    let mut loss = 0.0;
+    let mut correct = 0usize;
+    for (z, &y) in logits.iter().zip(data.y) {
+        let (z, y) = (*z as f64, y as f64);
+        loss += z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
+        correct += usize::from((z >= 0.0) == (y == 1.0));
+    }
+    let n = data.y.len().max(1) as f64;
+    (loss / n, correct as f64 / n)
+}
+
+/// Train `model` on `train`, early-stopping on `val`. `what` names the run in logs and the progress bar.
+pub fn train<M>(model: M, train: Examples<'_>, val: Examples<'_>, cfg: &TrainConfig, seed: u64, what: &str) -> Trained<M::InnerModule>
+where
+    M: AutodiffModule<Train> + BinaryClassifier<Train>,
+    M::InnerModule: BinaryClassifier<Cpu>,
+{
+    assert_eq!(train.x.nrows(), train.y.len(), "one label per training row");
+    let started = Instant::now();
+    let device = Default::default();
+    let mut optim = AdamConfig::new().init::<Train, M>();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a1);
+    let mut model = model;
+    let mut best = (f64::INFINITY, model.valid(), 0usize);
+    let mut history = Vec::new();
+    let mut since_best = 0;
+    let mut order: Vec<usize> = (0..train.y.len()).collect();
+    let batches = order.len().div_ceil(cfg.batch_size);
+    let mut stopped_early = false;
+    for epoch in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let bar = crate::progress::bar(batches as u64, &format!("{what} epoch {epoch}/{}", cfg.epochs));
+        let mut total = 0.0;
+        for batch in order.chunks(cfg.batch_size) {
+            let xb = train.x.select(ndarray::Axis(0), batch);
+            let x = to_tensor::<Train>(xb.view(), &device);
+            let yv: Vec<f32> = batch.iter().map(|&i| train.y[i] as f32).collect();
+            let y = Tensor::<Train, 2>::from_data(TensorData::new(yv, [batch.len(), 1]), &device);
+            let logits = model.logits(x, Some(&mut DropoutRng { rng: &mut rng }));
+            let loss = bce_with_logits(logits, y).mean();
+            total += loss.clone().into_scalar() as f64;
+            // The gradient step: DP-SGD replaces exactly this with clipped per-example gradients plus noise.
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.learning_rate, model, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let inner = model.valid();
+        let (val_loss, val_accuracy) = evaluate_loss(&inner, val);
+        let stats = EpochStats { epoch, train_loss: total / batches as f64, val_loss, val_accuracy };
+        tracing::info!(what, epoch, train_loss = stats.train_loss, val_loss, val_accuracy, "epoch done");
+        history.push(stats);
+        if val_loss < best.0 {
+            best = (val_loss, inner, epoch);
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if cfg.patience > 0 && since_best >= cfg.patience {
+                stopped_early = epoch < cfg.epochs;
+                break;
+            }
+        }
+    }
+    Trained { model: best.1, history, best_epoch: best.2, stopped_early, seconds: started.elapsed().as_secs_f64() }
+}
