@@ -148,6 +148,26 @@ pub struct DatasetConfig {
     pub max_examples: Option<usize>,
 }
 
+impl DatasetConfig {
+    /// A dataset of `format` at `paths` with every other key at its default (`label`/`text` columns, header,
+    /// labels `1`/`0`, strict UTF-8).
+    pub fn new(name: &str, format: DatasetFormat, paths: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            format,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            text_column: default_text_column(),
+            label_column: default_label_column(),
+            header: true,
+            positive: default_positive(),
+            negative: default_negative(),
+            ignore: vec![],
+            lossy_utf8: false,
+            max_examples: None,
+        }
+    }
+}
+
 fn default_text_column() -> String {
     "text".into()
 }
@@ -465,8 +485,8 @@ fn validate_dataset(ds: &DatasetConfig, key: &str, err: &impl Fn(&str, String) -
             }
         }
     }
-    if ds.max_examples == Some(0) {
-        return Err(err(&format!("{key}.max_examples"), "must be at least 1 (omit it to use everything)".into()));
+    if ds.max_examples.is_some_and(|m| m < 2) {
+        return Err(err(&format!("{key}.max_examples"), "must be at least 2, one per class (omit it to use everything)".into()));
     }
     Ok(())
 }

@@ -6,13 +6,7 @@
 //!
 //! ```
 //! use cryptotl::config::{DatasetConfig, DatasetFormat};
-//! let cfg = DatasetConfig {
-//!     name: "imdb sentences".into(), format: DatasetFormat::Csv,
-//!     paths: vec!["embedded:imdb_sentences".into()],
-//!     text_column: "text".into(), label_column: "label".into(), header: true,
-//!     positive: vec!["1".into()], negative: vec!["0".into()], ignore: vec![],
-//!     lossy_utf8: false, max_examples: None,
-//! };
+//! let cfg = DatasetConfig::new("imdb sentences", DatasetFormat::Csv, &["embedded:imdb_sentences"]);
 //! let ds = cryptotl::data::load(&cfg, 0).unwrap();
 //! assert_eq!(ds.len(), 1000);
 //! assert_eq!(ds.class_counts(), [500, 500]);
@@ -146,6 +140,9 @@ pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
     if let Some(max) = cfg.max_examples
         && max < ds.len()
     {
+        if max < 2 {
+            return Err(Error::data(cfg.paths.join(", "), "max_examples must be at least 2 (one per class)"));
+        }
         let n_pos = ((pos as f64 * max as f64 / ds.len() as f64).round() as usize).clamp(1, max - 1);
         let [neg_idx, pos_idx] = class_indices(&ds, seed);
         let mut keep: Vec<usize> = neg_idx.into_iter().take(max - n_pos).chain(pos_idx.into_iter().take(n_pos)).collect();

@@ -15,7 +15,6 @@
 //! assert!((norm - 1.0).abs() < 1e-5);
 //! ```
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use ndarray::{Array2, ArrayView2, Axis};
@@ -44,6 +43,9 @@ pub struct HashedTfidf {
     /// Smoothed IDF per bucket, fitted on training texts: ln((1 + n) / (1 + df)) + 1.
     idf: Vec<f32>,
 }
+
+/// Bumped whenever the featurizer's output changes for the same input (it is part of cache keys).
+pub const FEATURIZER_VERSION: u32 = 3;
 
 const HASH_SEED: u64 = 0x6372_7970_746f_746c; // "cryptotl"
 
@@ -84,15 +86,13 @@ impl HashedTfidf {
     }
 
     fn embed_one(&self, text: &str) -> Vec<f32> {
-        let mut counts: HashMap<u64, f32> = HashMap::new();
-        for h in hashed_terms(text, self.ngrams) {
-            *counts.entry(h).or_default() += 1.0;
-        }
+        // Sorted, so colliding terms are summed in one fixed order: the output is bit-for-bit deterministic.
+        let mut terms = hashed_terms(text, self.ngrams);
+        terms.sort_unstable();
         let mut v = vec![0f32; self.dim];
-        for (h, c) in counts {
-            let b = (h % self.dim as u64) as usize;
-            let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
-            v[b] += sign * (1.0 + c.ln()) * self.idf[b];
+        for run in terms.chunk_by(|a, b| a == b) {
+            let b = (run[0] % self.dim as u64) as usize;
+            v[b] += (1.0 + (run.len() as f32).ln()) * self.idf[b];
         }
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {

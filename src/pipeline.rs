@@ -139,7 +139,7 @@ struct PretrainMeta {
 /// A stable key of everything that determines the pretrained lower network.
 pub fn pretrain_key(cfg: &RunConfig) -> String {
     let material = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source,
         "split": cfg.split, "lower": cfg.lower, "pretrain": cfg.pretrain,
     });
@@ -280,6 +280,13 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (transferred, t) = timed(|| client.map(|x| lower_forward(&lower.net, x)));
     let transferred = transferred?;
     stage("lower network forward", t);
+    {
+        let x = &transferred.train;
+        let col_std = x.std_axis(ndarray::Axis(0), 0.0);
+        tracing::info!(mean = x.mean().unwrap_or(0.0), mean_col_std = col_std.mean().unwrap_or(0.0),
+            max_col_std = col_std.fold(0f32, |a, &b| a.max(b)), min = x.fold(f32::INFINITY, |a, &b| a.min(b)),
+            max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
+    }
 
     let mut results = Vec::new();
     let head = train_head(cfg, &transferred, "head");

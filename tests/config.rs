@@ -1,0 +1,86 @@
+//! Config parsing and validation: errors name the file, the key and what is allowed.
+
+use cryptotl::config::{Activation, QUICKSTART_TOML, RunConfig};
+
+fn err(text: &str, overrides: &[&str]) -> String {
+    let ov: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    match RunConfig::from_toml_str(text, "test.toml", &ov) {
+        Ok(_) => panic!("expected an error for {overrides:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for f in ["quickstart", "imdb", "sms_spam"] {
+        let path = format!("{}/configs/{f}.toml", env!("CARGO_MANIFEST_DIR"));
+        let cfg = RunConfig::load(path.as_ref(), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(cfg.name, f);
+        assert_eq!(cfg.lower.output_dim(), 766, "{f} uses the paper's lower network");
+    }
+    let q = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
+    assert_eq!((q.features.dim, q.lower.activation), (768, Activation::Relu));
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_name_and_line() {
+    let text = QUICKSTART_TOML.replace("[lower]", "[lower]\nhiden = 3");
+    let msg = err(&text, &[]);
+    assert!(msg.starts_with("test.toml:"), "{msg}");
+    assert!(msg.contains("unknown field `hiden`") && msg.contains("hidden"), "{msg}");
+    assert!(msg.contains("line"), "{msg}");
+}
+
+#[test]
+fn wrong_type_and_unknown_enum_value() {
+    assert!(err(QUICKSTART_TOML, &["lower.hidden=\"wide\""]).contains("invalid type"));
+    let msg = err(QUICKSTART_TOML, &["lower.activation=swish"]);
+    assert!(msg.contains("swish") && msg.contains("relu"), "{msg}");
+}
+
+#[test]
+fn invalid_values_name_the_key_and_the_allowed_range() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("lower.pool=0", "lower.pool", "1..="),
+        ("lower.conv_kernel=8", "lower.conv_kernel", "odd"),
+        ("features.dim=4", "features.dim", "8..=65536"),
+        ("features.kind=\"bert\"", "features.kind", "allowed"),
+        ("split.test=1.5", "split.test", "(0, 1)"),
+        ("split.validation=0.75", "split", "less than 10%"),
+        ("head.dropout=1.0", "head.dropout", "[0, 1)"),
+        ("pretrain.learning_rate=-1.0", "pretrain.learning_rate", "(0, 1]"),
+        ("head_training.epochs=0", "head_training.epochs", "at least 1"),
+        ("target.paths=[]", "target.paths", "at least one"),
+        ("source.max_examples=1", "source.max_examples", "at least 2"),
+        ("name=\"has space\"", "name", "letters"),
+    ];
+    for (ov, key, allowed) in cases {
+        let msg = err(QUICKSTART_TOML, &[ov]);
+        assert!(msg.contains(&format!("key `{key}`")), "{ov}: {msg}");
+        assert!(msg.contains(allowed), "{ov}: {msg}");
+    }
+}
+
+#[test]
+fn overlapping_label_lists_are_rejected() {
+    let msg = err(QUICKSTART_TOML, &["target.negative=[\"1\"]"]);
+    assert!(msg.contains("target.positive") && msg.contains("more than one"), "{msg}");
+}
+
+#[test]
+fn overrides_apply_before_validation() {
+    let ov = vec!["lower.hidden=128".to_string(), "seed=7".into(), "lower.activation=tanh".into()];
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &ov).unwrap();
+    assert_eq!((cfg.lower.hidden, cfg.seed, cfg.lower.activation), (128, 7, Activation::Tanh));
+    assert!(err(QUICKSTART_TOML, &["no_equals_sign"]).contains("KEY=VALUE"));
+    assert!(err(QUICKSTART_TOML, &["name.inner=1"]).contains("not a table"));
+}
+
+#[test]
+fn syntax_errors_and_missing_files_name_the_file() {
+    assert!(err("name = ", &[]).starts_with("test.toml:"));
+    let e = RunConfig::load("no/such/config.toml".as_ref(), &[]).unwrap_err().to_string();
+    assert!(e.contains("no/such/config.toml") && e.contains("cannot read"), "{e}");
+    let msg = err("name = \"x\"", &[]);
+    assert!(msg.contains("missing field `source`"), "{msg}");
+}

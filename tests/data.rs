@@ -1,0 +1,203 @@
+//! Loaders on good and malformed fixtures, and split determinism.
+
+use cryptotl::config::{DatasetConfig, DatasetFormat, SplitConfig};
+use cryptotl::data::{self, Dataset};
+
+const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fx(name: &str) -> String {
+    format!("{FX}/{name}")
+}
+
+fn csv(name: &str) -> DatasetConfig {
+    DatasetConfig::new(name, DatasetFormat::Csv, &[&fx(name)])
+}
+
+fn err_of(cfg: &DatasetConfig) -> String {
+    match data::load(cfg, 0) {
+        Ok(ds) => panic!("expected an error, loaded {} rows", ds.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn normalised_csv_loads_with_quotes_and_newlines() {
+    let ds = data::load(&csv("good.csv"), 0).unwrap();
+    assert_eq!(ds.labels, vec![1, 0, 1, 0]);
+    assert_eq!(ds.texts[0], "A fine, fine film");
+    assert_eq!(ds.texts[3], "multi\nline text");
+}
+
+#[test]
+fn review_sentiment_csv_layout() {
+    let mut cfg = csv("review_sentiment.csv");
+    cfg.text_column = "review".into();
+    cfg.label_column = "sentiment".into();
+    cfg.positive = vec!["positive".into()];
+    cfg.negative = vec!["negative".into()];
+    let ds = data::load(&cfg, 0).unwrap();
+    assert_eq!(ds.labels, vec![1, 0, 1]);
+    assert_eq!(ds.class_counts(), [1, 2]);
+}
+
+#[test]
+fn headerless_csv_with_bom_and_custom_labels() {
+    let mut cfg = csv("pang_lee_raw.csv");
+    cfg.header = false;
+    cfg.label_column = "0".into();
+    cfg.text_column = "1".into();
+    cfg.negative = vec!["-1".into()];
+    let ds = data::load(&cfg, 0).unwrap();
+    assert_eq!(ds.labels, vec![1, 0, 1]);
+    assert_eq!(ds.texts[1], "a tedious mess");
+}
+
+#[test]
+fn ignored_labels_are_skipped_and_counted() {
+    let mut cfg = csv("with_neutral.csv");
+    cfg.label_column = "sentiment".into();
+    cfg.positive = vec!["positive".into()];
+    cfg.negative = vec!["negative".into()];
+    cfg.ignore = vec!["neutral".into()];
+    let ds = data::load(&cfg, 0).unwrap();
+    assert_eq!((ds.len(), ds.ignored_rows), (2, 1));
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let msg = err_of(&csv("does_not_exist.csv"));
+    assert!(msg.contains("does_not_exist.csv") && msg.contains("cannot read"), "{msg}");
+}
+
+#[test]
+fn missing_column_names_the_column_and_what_exists() {
+    let msg = err_of(&csv("missing_column.csv"));
+    assert!(msg.contains("no column \"text\"") && msg.contains("body"), "{msg}");
+}
+
+#[test]
+fn unknown_label_names_the_row_and_allowed_values() {
+    let msg = err_of(&csv("unknown_label.csv"));
+    assert!(msg.contains("row 4") && msg.contains("\"maybe\"") && msg.contains("allowed"), "{msg}");
+}
+
+#[test]
+fn empty_text_is_rejected_with_its_row() {
+    let msg = err_of(&csv("empty_text.csv"));
+    assert!(msg.contains("row 3") && msg.contains("empty text"), "{msg}");
+}
+
+#[test]
+fn ragged_rows_are_rejected() {
+    let msg = err_of(&csv("ragged.csv"));
+    assert!(msg.contains("row"), "{msg}");
+}
+
+#[test]
+fn invalid_utf8_is_rejected_unless_lossy_then_counted() {
+    let msg = err_of(&csv("invalid_utf8.csv"));
+    assert!(msg.contains("invalid UTF-8") && msg.contains("line 2") && msg.contains("lossy_utf8"), "{msg}");
+    let mut cfg = csv("invalid_utf8.csv");
+    cfg.lossy_utf8 = true;
+    let ds = data::load(&cfg, 0).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.lossy_replacements, 3);
+    assert!(ds.texts[0].starts_with("caf\u{FFFD}"));
+}
+
+#[test]
+fn kotzias_json_drops_only_the_trailing_marker() {
+    let mut cfg = DatasetConfig::new("k", DatasetFormat::Json, &[&fx("kotzias.json")]);
+    cfg.label_column = "class".into();
+    let ds = data::load(&cfg, 0).unwrap();
+    assert_eq!(ds.labels, vec![1, 0, 1]);
+    assert_eq!(ds.texts[0], "Great phone.");
+}
+
+#[test]
+fn malformed_json_is_rejected() {
+    let mut cfg = DatasetConfig::new("k", DatasetFormat::Json, &[&fx("bad_field.json")]);
+    cfg.label_column = "class".into();
+    let msg = err_of(&cfg);
+    assert!(msg.contains("element 1") && msg.contains("\"text\""), "{msg}");
+    let cfg = DatasetConfig::new("k", DatasetFormat::Json, &[&fx("not_json.json")]);
+    assert!(err_of(&cfg).contains("not a JSON array"));
+}
+
+#[test]
+fn acl_imdb_tree_loads_train_and_test_without_unsup() {
+    let ds = data::load(&DatasetConfig::new("acl", DatasetFormat::AclImdb, &[&fx("aclImdb")]), 0).unwrap();
+    assert_eq!(ds.len(), 8);
+    assert_eq!(ds.class_counts(), [4, 4]);
+    assert!(ds.texts.iter().all(|t| !t.contains("<br />") && t != "unlabelled"));
+    let msg = err_of(&DatasetConfig::new("acl", DatasetFormat::AclImdb, &[&fx("emails")]));
+    assert!(msg.contains("no reviews"), "{msg}");
+}
+
+#[test]
+fn email_folders_strip_headers_and_skip_json() {
+    let ds = data::load(&DatasetConfig::new("mail", DatasetFormat::EmailDir, &[&fx("emails")]), 0).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.class_counts(), [2, 1]);
+    assert!(ds.texts.contains(&"You have won a prize!".to_string()), "{:?}", ds.texts);
+    assert!(ds.texts.contains(&"Lunch at noon?".to_string()), "{:?}", ds.texts);
+}
+
+#[test]
+fn embedded_datasets_and_unknown_embedded_name() {
+    let ds = data::load(&DatasetConfig::new("y", DatasetFormat::Csv, &["embedded:yelp_sentences"]), 0).unwrap();
+    assert_eq!(ds.class_counts(), [500, 500]);
+    let msg = err_of(&DatasetConfig::new("y", DatasetFormat::Csv, &["embedded:nope"]));
+    assert!(msg.contains("imdb_sentences"), "{msg}");
+}
+
+#[test]
+fn one_class_only_is_rejected() {
+    let mut cfg = csv("good.csv");
+    cfg.negative = vec!["x".into()];
+    cfg.ignore = vec!["0".into()];
+    assert!(err_of(&cfg).contains("both classes"));
+}
+
+#[test]
+fn max_examples_subsamples_stratified_and_deterministically() {
+    let mut cfg = DatasetConfig::new("i", DatasetFormat::Csv, &["embedded:imdb_sentences"]);
+    cfg.max_examples = Some(100);
+    let a = data::load(&cfg, 3).unwrap();
+    let b = data::load(&cfg, 3).unwrap();
+    let c = data::load(&cfg, 4).unwrap();
+    assert_eq!(a.len(), 100);
+    assert_eq!(a.class_counts(), [50, 50]);
+    assert_eq!(a, b);
+    assert_ne!(a.texts, c.texts);
+}
+
+fn imdb() -> Dataset {
+    data::load(&DatasetConfig::new("i", DatasetFormat::Csv, &["embedded:imdb_sentences"]), 0).unwrap()
+}
+
+#[test]
+fn split_is_deterministic_stratified_and_disjoint() {
+    let ds = imdb();
+    let cfg = SplitConfig { validation: 0.15, test: 0.2 };
+    let a = data::stratified_split(&ds, &cfg, 11).unwrap();
+    let b = data::stratified_split(&ds, &cfg, 11).unwrap();
+    let c = data::stratified_split(&ds, &cfg, 12).unwrap();
+    assert_eq!(a, b, "same seed, same split");
+    assert_ne!(a.test.texts, c.test.texts, "another seed, another split");
+    assert_eq!(a.test.class_counts(), [100, 100]);
+    assert_eq!(a.validation.class_counts(), [75, 75]);
+    assert_eq!(a.train.len() + a.validation.len() + a.test.len(), ds.len());
+    let mut all: Vec<&String> = a.train.texts.iter().chain(&a.validation.texts).chain(&a.test.texts).collect();
+    all.sort();
+    let mut orig: Vec<&String> = ds.texts.iter().collect();
+    orig.sort();
+    assert_eq!(all, orig, "every example lands in exactly one part");
+}
+
+#[test]
+fn split_of_a_tiny_class_is_an_error() {
+    let ds = data::load(&csv("good.csv"), 0).unwrap();
+    let e = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2 }, 0).unwrap_err();
+    assert!(e.to_string().contains("too few"), "{e}");
+}

@@ -1,0 +1,131 @@
+//! A tiny run end to end on a separable fixture, the run cache, and the CLI's stage subcommands and exit codes.
+
+use std::path::Path;
+use std::process::Command;
+
+use cryptotl::config::RunConfig;
+
+const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn tiny_config(dir: &Path) -> String {
+    format!(
+        r#"
+name = "tiny"
+seed = 5
+output_dir = "{out}"
+cache_dir = "{cache}"
+[features]
+dim = 256
+ngrams = 1
+[source]
+name = "separable source"
+format = "csv"
+paths = ["{FX}/separable_source.csv"]
+[target]
+name = "separable target"
+format = "csv"
+paths = ["{FX}/separable_target.csv"]
+[lower]
+conv_kernel = 9
+hidden = 32
+pool = 3
+output = 16
+[pretrain]
+epochs = 25
+batch_size = 16
+learning_rate = 3e-3
+patience = 5
+[head_training]
+epochs = 40
+batch_size = 16
+learning_rate = 3e-3
+patience = 8
+"#,
+        out = dir.join("run").display(),
+        cache = dir.join("cache").display(),
+    )
+}
+
+#[test]
+fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[]).unwrap();
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    assert!(!report.pretraining.from_cache);
+    assert!(report.pretraining.source_test.accuracy > 0.9, "pretraining: {:?}", report.pretraining.source_test);
+    let methods: Vec<&str> = report.results.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["transfer", "raw_features_head", "target_only_network"]);
+    let transfer = &report.results[0].test;
+    assert!(transfer.accuracy > 0.85, "transfer must learn the separable target: {transfer:?}");
+    assert_eq!(report.target.test, 24);
+    let c = transfer.confusion;
+    assert_eq!(c.tp + c.fp + c.tn + c.fn_, 24);
+
+    // Files a user reads.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/report.json")).unwrap()).unwrap();
+    for key in ["results", "source", "target", "stages", "config", "seed", "pretraining"] {
+        assert!(json.get(key).is_some(), "report.json lacks {key}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(md.contains("| transfer |") && md.contains("Wall time per stage"));
+    assert!(dir.path().join("run/head.bin").exists() && dir.path().join("run/client_features.json").exists());
+
+    // Second run: the lower network comes from the cache, and the results are identical (seeded throughout).
+    let again = cryptotl::pipeline::run(&cfg).unwrap();
+    assert!(again.pretraining.from_cache);
+    assert_eq!(again.results[0].test, report.results[0].test);
+    assert_eq!(again.pretraining.source_test, report.pretraining.source_test);
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn cli_stage_subcommands_reuse_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("tiny.toml");
+    std::fs::write(&cfg_path, tiny_config(dir.path())).unwrap();
+    let c = cfg_path.to_str().unwrap();
+    let (code, out, err) = cli(&["-q", "pretrain", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pretrained and saved"), "{out}");
+    let (code, out, _) = cli(&["-q", "pretrain", c]);
+    assert!(code == 0 && out.contains("loaded from"), "{out}");
+    let (code, _, err) = cli(&["-q", "evaluate", c]);
+    assert_eq!(code, 1, "evaluate before features must fail: {err}");
+    assert!(err.contains("cryptotl features"), "{err}");
+    for stage in ["features", "train-head"] {
+        let (code, _, err) = cli(&["-q", stage, c]);
+        assert_eq!(code, 0, "{stage}: {err}");
+    }
+    let (code, out, err) = cli(&["-q", "evaluate", c]);
+    assert_eq!(code, 0, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(m["accuracy"].as_f64().unwrap() > 0.85, "{out}");
+}
+
+#[test]
+fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, tiny_config(dir.path()).replace("hidden = 32", "hidden = 0")).unwrap();
+    let (code, _, err) = cli(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml") && err.contains("lower.hidden"), "{err}");
+
+    let (code, _, err) = cli(&["run", "no/such.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no/such.toml"), "{err}");
+
+    let missing_data = dir.path().join("missing.toml");
+    std::fs::write(&missing_data, tiny_config(dir.path()).replace("separable_target.csv", "gone.csv")).unwrap();
+    let (code, _, err) = cli(&["-q", "run", missing_data.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("gone.csv") && err.contains("cannot read"), "{err}");
+
+    let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hidden = 128"), "the embedded quickstart with an override: {out}");
+}

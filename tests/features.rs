@@ -1,0 +1,94 @@
+//! Featurizer and scaler properties: dimension, normalisation, range, no fit on test data, bad input.
+
+use cryptotl::config::{DatasetConfig, DatasetFormat, FeaturesConfig, QUICKSTART_TOML, RunConfig, SplitConfig};
+use cryptotl::pipeline::client_features;
+use cryptotl::data;
+use cryptotl::features::{FeaturePipeline, Featurizer, HashedTfidf, MinMaxScaler};
+use ndarray::array;
+
+fn texts(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn hashed_vectors_have_the_dimension_and_unit_norm() {
+    let train = texts(&["a great movie", "a dull, dull movie", "Ünïcode wörds too 🎬"]);
+    for dim in [16, 768, 1000] {
+        let f = HashedTfidf::fit(&train, dim, 2);
+        let x = f.transform(&train).unwrap();
+        assert_eq!(x.dim(), (3, dim));
+        for row in x.rows() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+            assert!(row.iter().all(|v| *v >= 0.0));
+        }
+    }
+}
+
+#[test]
+fn featurizer_is_deterministic_and_case_insensitive() {
+    let train = texts(&["Great Movie", "great movie", "bad film"]);
+    let f = HashedTfidf::fit(&train, 64, 2);
+    let x = f.transform(&train).unwrap();
+    assert_eq!(x.row(0), x.row(1));
+    assert_ne!(x.row(0), x.row(2));
+    let g = HashedTfidf::fit(&train, 64, 2);
+    assert_eq!(f, g);
+    assert_eq!(x, g.transform(&train).unwrap());
+}
+
+#[test]
+fn text_without_words_gives_a_zero_vector_not_nan() {
+    let f = HashedTfidf::fit(&texts(&["words here"]), 32, 2);
+    let x = f.transform(&texts(&["", " ... !!! "])).unwrap();
+    assert!(x.iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn scaler_maps_training_rows_into_unit_range_and_clips_others() {
+    let train = array![[0.0f32, 10.0, 5.0], [1.0, 20.0, 5.0]];
+    let s = MinMaxScaler::fit(train.view()).unwrap();
+    assert_eq!(s.transform(train.view()).unwrap(), array![[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]);
+    let other = array![[2.0f32, 15.0, 7.0], [-1.0, 0.0, 5.0]];
+    assert_eq!(s.transform(other.view()).unwrap(), array![[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]]);
+}
+
+#[test]
+fn nan_and_width_mismatch_are_clear_errors() {
+    let s = MinMaxScaler::fit(array![[0.0f32, 1.0], [1.0, 2.0]].view()).unwrap();
+    let e = s.transform(array![[0.5f32, f32::NAN]].view()).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("row 0, column 1"), "{e}");
+    let e = s.transform(array![[0.5f32, 1.0, 2.0]].view()).unwrap_err().to_string();
+    assert!(e.contains("fitted on 2 features, got 3"), "{e}");
+    assert!(MinMaxScaler::fit(array![[f32::INFINITY]].view()).is_err());
+}
+
+#[test]
+fn pipeline_is_fitted_on_training_texts_only() {
+    let ds = data::load(&DatasetConfig::new("i", DatasetFormat::Csv, &["embedded:imdb_sentences"]), 0).unwrap();
+    let split = data::stratified_split(&ds, &SplitConfig::default(), 1).unwrap();
+    let cfg = FeaturesConfig { dim: 128, ..Default::default() };
+    let run_cfg = RunConfig { features: cfg.clone(), ..RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap() };
+    let (fitted, _) = client_features(&run_cfg, &split).unwrap();
+    assert_eq!(fitted, FeaturePipeline::fit(&cfg, &split.train.texts).unwrap(), "the stage fits on train only");
+    // Replacing validation and test texts changes nothing that was fitted.
+    let mut other = split.clone();
+    other.test.texts.iter_mut().for_each(|t| t.push_str(" zebra zebra unseen words"));
+    other.validation.texts.reverse();
+    let (refit, fs) = client_features(&run_cfg, &other).unwrap();
+    assert_eq!(fitted, refit);
+    assert!(fs.test.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(fs.train.ncols(), 128);
+}
+
+#[test]
+fn pipeline_save_load_round_trip_and_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = FeaturePipeline::fit(&FeaturesConfig { dim: 32, ..Default::default() }, &texts(&["a b", "c d e"])).unwrap();
+    let path = dir.path().join("f.json");
+    p.save(&path).unwrap();
+    assert_eq!(FeaturePipeline::load(&path).unwrap(), p);
+    std::fs::write(&path, b"{\"featurizer\": 3}").unwrap();
+    let e = FeaturePipeline::load(&path).unwrap_err().to_string();
+    assert!(e.contains("corrupt"), "{e}");
+}

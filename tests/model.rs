@@ -1,0 +1,92 @@
+//! Network shapes, seeded initialisation and save/load round trips.
+
+use burn::tensor::Tensor;
+use cryptotl::config::{Activation, HeadConfig, LowerNetConfig};
+use cryptotl::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, predict_proba};
+use ndarray::Array2;
+
+fn device() -> burn::backend::flex::FlexDevice {
+    Default::default()
+}
+
+fn random_rows(n: usize, d: usize, seed: u64) -> Array2<f32> {
+    Array2::from_shape_fn((n, d), |(i, j)| (((i * 31 + j * 17) as u64 ^ seed) % 97) as f32 / 97.0)
+}
+
+#[test]
+fn paper_shapes() {
+    let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &device());
+    let out = lower.forward(Tensor::zeros([3, 768], &device()));
+    assert_eq!(out.dims(), [3, 766], "conv(9) -> dense 768 -> avg-pool 3 -> dense 766");
+    let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 0, &device());
+    assert_eq!(head.logits(out, None).dims(), [3, 1]);
+    // Configurable sizes: no conv, other widths, no output layer.
+    let cfg = LowerNetConfig { conv_kernel: 0, hidden: 40, activation: Activation::Tanh, pool: 1, output: 0 };
+    let lower = LowerNet::<Cpu>::new(&cfg, 16, 0, &device());
+    assert_eq!(lower.forward(Tensor::zeros([2, 16], &device())).dims(), [2, cfg.output_dim()]);
+    assert_eq!(cfg.output_dim(), 40);
+}
+
+#[test]
+fn cubic_relu_matches_the_reference_polynomial() {
+    let x = Tensor::<Cpu, 1>::from_floats([-4.0, 0.0, 2.0], &device());
+    let y: Vec<f32> = model::activate(x, Activation::CubicRelu).into_data().to_vec().unwrap();
+    let p = |z: f32| -0.0061728 * z * z * z + 0.092593 * z * z + 0.59259 * z + 0.49383;
+    for (got, z) in y.iter().zip([-4.0f32, 0.0, 2.0]) {
+        assert!((got - p(z)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn same_seed_same_network_other_seed_other_network() {
+    let x = random_rows(5, 64, 1);
+    let cfg = LowerNetConfig { hidden: 32, output: 8, ..Default::default() };
+    let a = PretrainNet::<Cpu>::new(&cfg, 64, 3, &device());
+    let b = PretrainNet::<Cpu>::new(&cfg, 64, 3, &device());
+    let c = PretrainNet::<Cpu>::new(&cfg, 64, 4, &device());
+    let (pa, pb, pc) = (predict_proba(&a, x.view(), &device()), predict_proba(&b, x.view(), &device()), predict_proba(&c, x.view(), &device()));
+    assert_eq!(pa, pb);
+    assert_ne!(pa, pc);
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = random_rows(7, 64, 2);
+    let lcfg = LowerNetConfig { hidden: 32, output: 16, ..Default::default() };
+    let hcfg = HeadConfig { hidden: 12, pool: 3, dropout: 0.2 };
+    let net = FullNet::<Cpu> { lower: LowerNet::new(&lcfg, 64, 5, &device()), head: Head::new(&hcfg, 16, 12, 5, &device()) };
+    let before = predict_proba(&net, x.view(), &device());
+    let path = dir.path().join("net");
+    model::save_module(&net, &path).unwrap();
+    // Load into a skeleton with *different* initial weights: only the file can make the predictions equal.
+    let skeleton = FullNet::<Cpu> { lower: LowerNet::new(&lcfg, 64, 99, &device()), head: Head::new(&hcfg, 16, 12, 99, &device()) };
+    assert_ne!(predict_proba(&skeleton, x.view(), &device()), before);
+    let loaded = model::load_module(skeleton, &path, &device()).unwrap();
+    assert_eq!(predict_proba(&loaded, x.view(), &device()), before);
+}
+
+#[test]
+fn loading_a_missing_or_mismatched_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = Head::<Cpu>::new(&HeadConfig::default(), 20, 10, 0, &device());
+    let e = model::load_module(head.clone(), &dir.path().join("nothing"), &device()).unwrap_err().to_string();
+    assert!(e.contains("cannot load"), "{e}");
+    let path = dir.path().join("garbage");
+    std::fs::write(dir.path().join("garbage.bin"), b"not a burn record").unwrap();
+    assert!(model::load_module(head, &path, &device()).is_err());
+}
+
+#[test]
+fn bce_matches_the_naive_formula() {
+    let z = Tensor::<Cpu, 2>::from_floats([[-3.0], [0.0], [2.5]], &device());
+    let y = Tensor::<Cpu, 2>::from_floats([[0.0], [1.0], [1.0]], &device());
+    let got: Vec<f32> = model::bce_with_logits(z, y).into_data().to_vec().unwrap();
+    let naive = |z: f32, y: f32| {
+        let p = 1.0 / (1.0 + (-z).exp());
+        -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+    };
+    for (g, (z, y)) in got.iter().zip([(-3.0, 0.0), (0.0, 1.0), (2.5, 1.0)]) {
+        assert!((g - naive(z, y)).abs() < 1e-5, "{g} vs {}", naive(z, y));
+    }
+}
