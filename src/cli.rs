@@ -136,6 +136,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let out = cfg.output_dir();
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
             client_pipeline.save(&out.join("client_features.json"))?;
+            cfg.save(&out.join("config.toml"))?;
             transferred.save(&features_path(&cfg))?;
             println!("transferred features written to {}", features_path(&cfg).display());
         }

@@ -384,6 +384,12 @@ impl RunConfig {
         Ok(cfg)
     }
 
+    /// Write the config (every default filled in) as TOML, e.g. beside a checkpoint.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string(self).expect("a config serialises");
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    }
+
     /// The output directory of this run.
     pub fn output_dir(&self) -> PathBuf {
         self.output_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&self.name))

@@ -180,6 +180,7 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     model::save_module(&trained.model, &net_path)?;
     features.save(&feat_path)?;
+    cfg.save(&dir.join("config.toml"))?;
     let meta = PretrainMeta { key, source_test: source_test.clone(), history: trained.history.clone() };
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
     Ok(PretrainedLower {
@@ -326,5 +327,6 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     client_pipeline.save(&out.join("client_features.json"))?;
     model::save_module(&head.trained.model, &out.join("head"))?;
+    cfg.save(&out.join("config.toml"))?;
     Ok(report)
 }

@@ -69,6 +69,8 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("| transfer |") && md.contains("Wall time per stage"));
     assert!(dir.path().join("run/head.bin").exists() && dir.path().join("run/client_features.json").exists());
+    let saved = RunConfig::load(&dir.path().join("run/config.toml"), &[]).unwrap();
+    assert_eq!(saved, cfg, "the config saved beside the head reproduces the run's config");
 
     // Second run: the lower network comes from the cache, and the results are identical (seeded throughout).
     let again = cryptotl::pipeline::run(&cfg).unwrap();
