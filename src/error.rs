@@ -42,6 +42,10 @@ pub enum Error {
     #[error("features: {0}")]
     Features(String),
 
+    /// Invalid privacy parameters or a budget that cannot be met.
+    #[error("privacy: {0}")]
+    Privacy(String),
+
     /// A saved model, scaler or checkpoint is missing, corrupt or does not match the config.
     #[error("model artefact {path}: {message}")]
     Artifact {
@@ -66,7 +70,7 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_)
+            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_) | Error::Privacy(_)
         )
     }
 

@@ -27,6 +27,7 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod model;
+pub mod privacy;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -1,0 +1,67 @@
+//! zCDP accountant, computed by OpenDP itself: one DP-SGD step is OpenDP's Gaussian mechanism (`make_gaussian`,
+//! zCDP with ρ = (Δ/σ)²/2 for L2 sensitivity Δ = 1 = the clip norm), composed over T steps with
+//! `make_composition`, converted with `make_zCDP_to_approxDP` (the Canonne-Kamath-Steinke 2020 bound) and fixed at
+//! δ with `make_fix_delta`. zCDP has no amplification by subsampling, so this accountant is exact only for
+//! full-batch training (q = 1) and refuses q < 1 rather than report a number that ignores sampling.
+//!
+//! OpenDP here only *accounts*: its measurement's sampler is never invoked (the noise DP-SGD adds comes from this
+//! crate's own CSPRNG), which is why OpenDP is built without OpenSSL.
+//!
+//! ```
+//! use cryptotl::privacy::{Accountant, SubsampledGaussian, zcdp::Zcdp};
+//! let eps = Zcdp.epsilon(&SubsampledGaussian::new(1.0, 5.0).unwrap(), 100, 1e-5).unwrap();
+//! assert!((eps - 10.1).abs() < 0.5);
+//! ```
+
+use opendp::combinators::{make_composition, make_fix_delta, make_zCDP_to_approxDP};
+use opendp::core::Measurement;
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measurements::make_gaussian;
+use opendp::measures::ZeroConcentratedDivergence;
+use opendp::metrics::L2Distance;
+
+use super::{Accountant, SubsampledGaussian};
+use crate::error::{Error, Result};
+
+/// The OpenDP zCDP accountant (full batch only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Zcdp;
+
+type GaussianStep = Measurement<VectorDomain<AtomDomain<f64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<f64>>;
+
+fn opendp_err(e: opendp::error::Error) -> Error {
+    Error::Privacy(format!("OpenDP: {e}"))
+}
+
+/// One DP-SGD step as an OpenDP measurement: the Gaussian mechanism with noise scale σ on an L2-sensitivity-1 sum.
+pub fn gaussian_step(noise_multiplier: f64) -> Result<GaussianStep> {
+    make_gaussian(VectorDomain::new(AtomDomain::<f64>::new_non_nan()), L2Distance::default(), noise_multiplier, None)
+        .map_err(opendp_err)
+}
+
+/// ρ of `steps` composed Gaussian steps, by OpenDP's composition.
+pub fn composed_rho(noise_multiplier: f64, steps: usize) -> Result<f64> {
+    let step = gaussian_step(noise_multiplier)?;
+    let composed = make_composition(vec![step; steps]).map_err(opendp_err)?;
+    composed.map(&1.0).map_err(opendp_err)
+}
+
+impl Accountant for Zcdp {
+    fn name(&self) -> &'static str {
+        "zcdp"
+    }
+    fn epsilon(&self, m: &SubsampledGaussian, steps: usize, delta: f64) -> Result<f64> {
+        super::check_query(steps, delta)?;
+        if m.sampling_rate < 1.0 {
+            return Err(Error::Privacy(format!(
+                "the zcdp accountant has no amplification by sampling and is exact only for q = 1 (got q = {}); use rdp or pld",
+                m.sampling_rate
+            )));
+        }
+        let step = gaussian_step(m.noise_multiplier)?;
+        let composed = make_composition(vec![step; steps]).map_err(opendp_err)?;
+        let approx = make_fix_delta(&make_zCDP_to_approxDP(composed).map_err(opendp_err)?, delta).map_err(opendp_err)?;
+        let (eps, _delta) = approx.map(&1.0).map_err(opendp_err)?;
+        Ok(eps)
+    }
+}
