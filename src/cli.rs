@@ -10,6 +10,8 @@ use crate::config::{QUICKSTART_TOML, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{self, Cpu, Head};
 use crate::pipeline::{self, FeatureSplit};
+use crate::privacy::{AccountantKind, SubsampledGaussian, calibrate_noise};
+use serde::Serialize;
 
 /// Private transfer learning (CryptoTL): a frozen server network, a client head, reports.
 #[derive(Parser, Debug)]
@@ -39,6 +41,68 @@ enum Command {
     Evaluate(ConfigArgs),
     /// Validate a config file and print it with every default filled in.
     CheckConfig(ConfigArgs),
+    /// Privacy budget of DP-SGD: ε for a noise multiplier, or the noise multiplier for a target ε.
+    Budget(BudgetArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("noise").required(true).args(["noise_multiplier", "target_epsilon"])))]
+struct BudgetArgs {
+    /// Poisson sampling rate q in (0, 1] (expected batch size / dataset size).
+    #[arg(long, allow_negative_numbers = true)]
+    sampling_rate: f64,
+    /// Noise multiplier σ > 0 (noise std / clip norm): prints ε.
+    #[arg(long, allow_negative_numbers = true)]
+    noise_multiplier: Option<f64>,
+    /// Target ε > 0: prints the smallest σ that meets it.
+    #[arg(long, allow_negative_numbers = true)]
+    target_epsilon: Option<f64>,
+    /// Number of steps T >= 1.
+    #[arg(long)]
+    steps: usize,
+    /// δ in (0, 1).
+    #[arg(long, allow_negative_numbers = true)]
+    delta: f64,
+    /// Accountant.
+    #[arg(long, value_enum, default_value = "pld")]
+    accountant: AccountantKind,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The answer of `cryptotl budget --json`.
+#[derive(Debug, Serialize)]
+struct BudgetAnswer {
+    accountant: AccountantKind,
+    sampling_rate: f64,
+    noise_multiplier: f64,
+    steps: usize,
+    delta: f64,
+    epsilon: f64,
+}
+
+fn budget(a: &BudgetArgs) -> Result<()> {
+    let acct = a.accountant.accountant();
+    let (sigma, eps) = match (a.noise_multiplier, a.target_epsilon) {
+        (Some(sigma), _) => (sigma, acct.epsilon(&SubsampledGaussian::new(a.sampling_rate, sigma)?, a.steps, a.delta)?),
+        (None, Some(target)) => {
+            SubsampledGaussian::new(a.sampling_rate, 1.0)?;
+            let sigma = calibrate_noise(acct.as_ref(), a.sampling_rate, a.steps, a.delta, target)?;
+            (sigma, acct.epsilon(&SubsampledGaussian::new(a.sampling_rate, sigma)?, a.steps, a.delta)?)
+        }
+        (None, None) => unreachable!("clap requires one of the two"),
+    };
+    let answer = BudgetAnswer { accountant: a.accountant, sampling_rate: a.sampling_rate, noise_multiplier: sigma, steps: a.steps, delta: a.delta, epsilon: eps };
+    if a.json {
+        println!("{}", serde_json::to_string(&answer).expect("serialises"));
+    } else if a.target_epsilon.is_some() {
+        println!("noise multiplier σ = {sigma:.6} gives ε = {eps:.6} (target {}) at δ = {} after {} steps with q = {} ({})",
+            a.target_epsilon.unwrap_or_default(), a.delta, a.steps, a.sampling_rate, acct.name());
+    } else {
+        println!("ε = {eps:.6} at δ = {} after {} steps with q = {}, σ = {sigma} ({})", a.delta, a.steps, a.sampling_rate, acct.name());
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +169,7 @@ fn features_path(cfg: &RunConfig) -> PathBuf {
 
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Budget(a) => budget(&a)?,
         Command::CheckConfig(a) => {
             let cfg = a.load()?;
             print!("{}", toml::to_string(&cfg).expect("config serialises"));
