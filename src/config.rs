@@ -56,6 +56,51 @@ pub struct RunConfig {
     /// Which baselines the run also trains and reports.
     #[serde(default)]
     pub baselines: BaselinesConfig,
+    /// DP-SGD for the client's head. Absent: the head is trained without differential privacy.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
+}
+
+/// DP-SGD for the client head: Poisson sampling, per-example clipping, Gaussian noise, accounted by
+/// `crate::privacy`. Give `noise_multiplier` (σ), or `target_epsilon` (σ is calibrated so that the whole schedule
+/// spends at most that), or both (the run refuses to start if the schedule would spend more than the target).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Switch DP-SGD on or off without deleting the table.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Per-example gradient clipping norm C (over all parameters of the head).
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Noise multiplier σ: noise std = σ·C.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// ε the whole schedule may spend (at `delta`).
+    #[serde(default)]
+    pub target_epsilon: Option<f64>,
+    /// Hard budget: training stops at the last step whose ε stays within it (a privacy filter).
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    /// δ. Default 0.1/N for N training examples (below 1/N), stated in the report.
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// Poisson sampling rate q. Default `head_training.batch_size / N`.
+    #[serde(default)]
+    pub sampling_rate: Option<f64>,
+    /// Accountant of record: `pld` (tight, default), `rdp`, `zcdp` (q = 1 only). The report shows all that apply.
+    #[serde(default = "default_accountant")]
+    pub accountant: crate::privacy::AccountantKind,
+    /// Fixed seed for sampling and noise. FOR TESTS ONLY: whoever knows the seed can remove the noise.
+    #[serde(default)]
+    pub insecure_seed: Option<u64>,
+}
+
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_accountant() -> crate::privacy::AccountantKind {
+    crate::privacy::AccountantKind::Pld
 }
 
 fn default_seed() -> u64 {
@@ -449,6 +494,9 @@ impl RunConfig {
         if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
             return Err(err("head.dropout", format!("must be in [0, 1), got {}", h.dropout)));
         }
+        if let Some(p) = &self.privacy {
+            validate_privacy(p, &err)?;
+        }
         for (key, t) in [("pretrain", &self.pretrain), ("head_training", &self.head_training)] {
             if t.epochs == 0 {
                 return Err(err(&format!("{key}.epochs"), "must be at least 1".into()));
@@ -467,6 +515,36 @@ impl RunConfig {
     pub fn head_hidden(&self, input_dim: usize) -> usize {
         if self.head.hidden == 0 { input_dim } else { self.head.hidden }
     }
+}
+
+fn validate_privacy(p: &PrivacyConfig, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+    let positive = |key: &str, v: Option<f64>| -> Result<()> {
+        match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("privacy.{key}"), format!("must be a finite number > 0, got {x}"))),
+            _ => Ok(()),
+        }
+    };
+    positive("max_grad_norm", Some(p.max_grad_norm))?;
+    positive("noise_multiplier", p.noise_multiplier)?;
+    positive("target_epsilon", p.target_epsilon)?;
+    positive("max_epsilon", p.max_epsilon)?;
+    if let Some(d) = p.delta
+        && !(d.is_finite() && d > 0.0 && d < 1.0)
+    {
+        return Err(err("privacy.delta", format!("must be in (0, 1), got {d}")));
+    }
+    if let Some(q) = p.sampling_rate
+        && !(q.is_finite() && q > 0.0 && q <= 1.0)
+    {
+        return Err(err("privacy.sampling_rate", format!("must be in (0, 1], got {q}")));
+    }
+    if p.enabled && p.noise_multiplier.is_none() && p.target_epsilon.is_none() {
+        return Err(err("privacy", "give `noise_multiplier` or `target_epsilon` (or both)".into()));
+    }
+    if p.accountant == crate::privacy::AccountantKind::Zcdp && p.sampling_rate.is_some_and(|q| q < 1.0) {
+        return Err(err("privacy.accountant", "zcdp accounts only full-batch training (sampling_rate = 1); use pld or rdp".into()));
+    }
+    Ok(())
 }
 
 fn validate_dataset(ds: &DatasetConfig, key: &str, err: &impl Fn(&str, String) -> Error) -> Result<()> {

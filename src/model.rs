@@ -174,8 +174,12 @@ impl<B: Backend> Head<B> {
 
     /// `[batch, input_dim] -> [batch, 1]` logits. Dropout applies only when `drop` is given (training).
     pub fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
-        let h = pool_width(burn::tensor::activation::relu(self.dense1.forward(x)), self.pool, true);
-        self.dense2.forward(dropout(h, self.dropout, drop))
+        self.dense2.forward(self.hidden_activations(self.dense1.forward(x), drop))
+    }
+
+    /// What the output layer sees, from the first layer's pre-activation: ReLU -> max-pool -> dropout.
+    pub fn hidden_activations(&self, z1: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
+        dropout(pool_width(burn::tensor::activation::relu(z1), self.pool, true), self.dropout, drop)
     }
 }
 

@@ -239,6 +239,16 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> TrainedHead
     TrainedHead { trained, test }
 }
 
+/// Train the client's head with DP-SGD under `plan` and evaluate it on the test part.
+pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
+    let device = Default::default();
+    let input = fs.train.ncols();
+    let head = Head::<model::Train>::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, &device);
+    let trained = train::train_private(head, fs.train_examples(), fs.validation_examples(), &cfg.head_training, plan, rng, cfg.seed, "head");
+    let test = evaluate(&trained.model, fs);
+    TrainedHead { trained, test }
+}
+
 /// Baseline: lower network and head trained together from scratch on the target only.
 pub fn train_target_only(cfg: &RunConfig, fs: &FeatureSplit) -> TrainedHead<FullNet<Cpu>> {
     let device = Default::default();
@@ -272,6 +282,14 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (data, t) = timed(|| prepare_data(cfg));
     let data = data?;
     stage("load + split data", t);
+    // The privacy schedule is settled before any training: a run beyond its budget refuses to start.
+    let dp_plan = match &cfg.privacy {
+        Some(p) if p.enabled => Some(crate::privacy::plan::plan(p, &cfg.head_training, data.target.train.len())?),
+        _ => None,
+    };
+    if let Some(plan) = &dp_plan {
+        tracing::info!(?plan, "DP-SGD schedule");
+    }
     let (lower, t) = timed(|| pretrain(cfg, &data.source));
     let lower = lower?;
     stage(if lower.from_cache { "pretrain (cached)" } else { "pretrain" }, t);
@@ -294,6 +312,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     stage("train head", head.trained.seconds);
     let source = &cfg.source.name;
     results.push(head.result("transfer", format!("head trained on the frozen lower network's outputs (pretrained on {source})")));
+    let mut privacy_report = None;
+    if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
+        let mut rng = match p.insecure_seed {
+            Some(seed) => crate::privacy::dpsgd::PrivacyRng::insecure_from_seed(seed),
+            None => crate::privacy::dpsgd::PrivacyRng::from_os(),
+        };
+        let dp = train_head_private(cfg, &transferred, plan, &mut rng);
+        stage("train head (DP-SGD)", dp.trained.seconds);
+        let steps_run = plan.steps_allowed;
+        privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, steps_run, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
+        results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
+    }
     if cfg.baselines.raw_features_head {
         let b = train_head(cfg, &client, "baseline raw");
         stage("baseline: head on raw features", b.trained.seconds);
@@ -319,6 +349,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         },
         results,
         head_history: head.trained.history.clone(),
+        privacy: privacy_report,
         stages,
         config: cfg.clone(),
     };

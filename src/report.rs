@@ -71,6 +71,8 @@ pub struct Report {
     pub results: Vec<MethodResult>,
     /// Head-training history of the transfer model.
     pub head_history: Vec<EpochStats>,
+    /// DP-SGD of the client head, when on.
+    pub privacy: Option<crate::privacy::plan::PrivacyReport>,
     /// Wall time per stage.
     pub stages: Vec<StageTime>,
     /// The full configuration.
@@ -121,6 +123,31 @@ impl Report {
         let _ = writeln!(s);
         for r in &self.results {
             let _ = writeln!(s, "- `{}`: {}", r.method, r.description);
+        }
+        if let Some(p) = &self.privacy {
+            let plan = &p.plan;
+            let _ = writeln!(s, "\n## Privacy of the client's training data (DP-SGD on the head)\n");
+            let _ = writeln!(s, "{}.\n", p.mechanism);
+            let _ = writeln!(s, "| q | σ | C | steps run (planned) | epochs | δ | N |\n|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                s,
+                "| {:.5} | {:.4}{} | {} | {} ({}) | {:.2} | {:.3e} ({}) | {} |\n",
+                plan.sampling_rate, plan.noise_multiplier, if plan.noise_calibrated { " (calibrated)" } else { "" },
+                plan.max_grad_norm, p.steps_run, plan.steps_planned, p.epochs_run, plan.delta, plan.delta_source, plan.examples
+            );
+            let _ = writeln!(s, "| accountant | ε at δ |\n|---|---:|");
+            for e in &p.epsilons {
+                let v = e.epsilon.map_or("n/a (q < 1: no amplification by sampling in zCDP)".to_string(), |v| format!("{v:.4}"));
+                let _ = writeln!(s, "| {:?}{} | {v} |", e.accountant, if e.accountant == plan.accountant { " (of record)" } else { "" });
+            }
+            if p.stopped_by_budget {
+                let _ = writeln!(s, "\n**Stopped by the hard budget** max_epsilon = {:?} after {} of {} steps.", plan.max_epsilon, p.steps_run, plan.steps_planned);
+            }
+            let _ = writeln!(s, "\nTest accuracy with DP {:.4}, without DP (same run) {:.4}. Noise: {}.\n", p.accuracy_with_dp, p.accuracy_without_dp, p.noise_source);
+            let _ = writeln!(s, "| epoch | steps | ε ({:?}) |\n|---:|---:|---:|", plan.accountant);
+            for e in &p.per_epoch {
+                let _ = writeln!(s, "| {} | {} | {:.4} |", e.epoch, e.steps, e.epsilon);
+            }
         }
         let _ = writeln!(s, "\n## Head training (transfer)\n\n| epoch | train loss | val loss | val accuracy |\n|---:|---:|---:|---:|");
         for e in &self.head_history {

@@ -1,7 +1,7 @@
 //! Mini-batch training of any [`BinaryClassifier`]: Adam on binary cross-entropy, seeded shuffling and dropout,
 //! early stopping on validation loss (the best epoch's parameters are returned), a progress bar per epoch.
 //!
-//! The gradient step is one place (`Trainer::step`): DP-SGD (per-example clipping + noise) replaces it there.
+//! [`train_private`] is the DP-SGD variant: Poisson batches, clipped per-example gradients, noise.
 
 use std::time::Instant;
 
@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::model::{BinaryClassifier, Cpu, DropoutRng, Train, bce_with_logits, map_rows, to_tensor};
+use crate::privacy::dpsgd::{PrivacyRng, PrivateModel, noisy_gradient};
+use crate::privacy::plan::DpPlan;
 
 /// Feature rows with their 0/1 labels.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,58 @@ pub fn evaluate_loss<M: BinaryClassifier<Cpu>>(model: &M, data: Examples<'_>) ->
     (loss / n, correct as f64 / n)
 }
 
+/// Train `model` with DP-SGD under `plan`: Poisson-sampled batches, per-example clipping, Gaussian noise, Adam on
+/// the private gradient, `plan.steps_allowed` steps. No early stopping and no best-epoch selection: both would
+/// consult the (private) validation split outside the accountant; the last step's parameters are returned and the
+/// validation figures are reported for information only.
+pub fn train_private<M>(model: M, train: Examples<'_>, val: Examples<'_>, cfg: &TrainConfig, plan: &DpPlan, rng: &mut PrivacyRng, seed: u64, what: &str) -> Trained<M::InnerModule>
+where
+    M: PrivateModel<Train>,
+    M::InnerModule: BinaryClassifier<Cpu>,
+{
+    let started = Instant::now();
+    let device = Default::default();
+    let mut optim = AdamConfig::new().init::<Train, M>();
+    let mut drop_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a1);
+    let n = train.y.len();
+    let expected_batch = plan.sampling_rate * n as f64;
+    let mut model = model;
+    let mut history = Vec::new();
+    let mut done = 0;
+    let mut epoch = 0;
+    while done < plan.steps_allowed {
+        epoch += 1;
+        let steps = plan.steps_per_epoch.min(plan.steps_allowed - done);
+        let bar = crate::progress::bar(steps as u64, &format!("{what} (DP) epoch {epoch}"));
+        let (mut loss, mut seen) = (0.0, 0usize);
+        for _ in 0..steps {
+            let batch = rng.poisson_batch(n, plan.sampling_rate);
+            let clipped = if batch.is_empty() {
+                GradientsParams::new()
+            } else {
+                let x = to_tensor::<Train>(train.x.select(ndarray::Axis(0), &batch).view(), &device);
+                let yv: Vec<f32> = batch.iter().map(|&i| train.y[i] as f32).collect();
+                let y = Tensor::<Train, 2>::from_data(TensorData::new(yv, [batch.len(), 1]), &device);
+                let c = model.clipped_gradient_sum(x, y, plan.max_grad_norm, Some(&mut DropoutRng { rng: &mut drop_rng }));
+                loss += c.loss_sum;
+                seen += batch.len();
+                c.grads
+            };
+            let grads = noisy_gradient(&model, clipped, plan.noise_multiplier, plan.max_grad_norm, expected_batch, &mut rng.noise);
+            model = optim.step(cfg.learning_rate, model, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        done += steps;
+        let (val_loss, val_accuracy) = evaluate_loss(&model.valid(), val);
+        let stats = EpochStats { epoch, train_loss: loss / seen.max(1) as f64, val_loss, val_accuracy };
+        tracing::info!(what, epoch, steps = done, train_loss = stats.train_loss, val_loss, val_accuracy, "DP epoch done");
+        history.push(stats);
+    }
+    let last = history.len();
+    Trained { model: model.valid(), history, best_epoch: last, stopped_early: plan.stopped_by_budget(), seconds: started.elapsed().as_secs_f64() }
+}
+
 /// Train `model` on `train`, early-stopping on `val`. `what` names the run in logs and the progress bar.
 pub fn train<M>(model: M, train: Examples<'_>, val: Examples<'_>, cfg: &TrainConfig, seed: u64, what: &str) -> Trained<M::InnerModule>
 where
@@ -99,7 +153,6 @@ where
             let logits = model.logits(x, Some(&mut DropoutRng { rng: &mut rng }));
             let loss = bce_with_logits(logits, y).mean();
             total += loss.clone().into_scalar() as f64;
-            // The gradient step: DP-SGD replaces exactly this with clipped per-example gradients plus noise.
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.learning_rate, model, grads);
             bar.inc(1);

@@ -84,3 +84,27 @@ fn syntax_errors_and_missing_files_name_the_file() {
     let msg = err("name = \"x\"", &[]);
     assert!(msg.contains("missing field `source`"), "{msg}");
 }
+
+#[test]
+fn privacy_table_is_validated() {
+    let with = |extra: &str| format!("{QUICKSTART_TOML}\n[privacy]\n{extra}\n");
+    assert!(RunConfig::from_toml_str(&with("noise_multiplier = 1.1"), "q", &[]).is_ok());
+    let cases: &[(&str, &str, &str)] = &[
+        ("max_grad_norm = 1.0", "privacy", "noise_multiplier` or `target_epsilon"),
+        ("noise_multiplier = -1.0", "privacy.noise_multiplier", "> 0"),
+        ("target_epsilon = 0.0", "privacy.target_epsilon", "> 0"),
+        ("noise_multiplier = 1.0\ndelta = 1.0", "privacy.delta", "(0, 1)"),
+        ("noise_multiplier = 1.0\nsampling_rate = 1.5", "privacy.sampling_rate", "(0, 1]"),
+        ("noise_multiplier = 1.0\nmax_grad_norm = nan", "privacy.max_grad_norm", "> 0"),
+        ("noise_multiplier = 1.0\nsampling_rate = 0.1\naccountant = \"zcdp\"", "privacy.accountant", "full-batch"),
+    ];
+    for (extra, key, allowed) in cases {
+        let msg = match RunConfig::from_toml_str(&with(extra), "q.toml", &[]) {
+            Ok(_) => panic!("{extra}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains(&format!("key `{key}`")) && msg.contains(allowed), "{extra}: {msg}");
+    }
+    let msg = RunConfig::from_toml_str(&with("noise_multiplier = 1.0\naccountant = \"moments\""), "q.toml", &[]).unwrap_err().to_string();
+    assert!(msg.contains("moments") && msg.contains("pld"), "{msg}");
+}

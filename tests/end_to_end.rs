@@ -131,3 +131,39 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hidden = 128"), "the embedded quickstart with an override: {out}");
 }
+
+#[test]
+fn private_head_learns_and_the_report_states_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path()) + "[privacy]\ntarget_epsilon = 8.0\nmax_grad_norm = 1.0\ninsecure_seed = 11\n";
+    let mut cfg = RunConfig::from_toml_str(&text, "tiny.toml", &[]).unwrap();
+    cfg.baselines.raw_features_head = false;
+    cfg.baselines.target_only_network = false;
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let dp = report.results.iter().find(|r| r.method == "transfer_dp").expect("a DP row");
+    assert!(dp.test.accuracy > 0.75, "DP head on a separable target: {:?}", dp.test);
+    let p = report.privacy.as_ref().expect("privacy section");
+    let pld = p.epsilons.iter().find(|e| e.accountant == cryptotl::privacy::AccountantKind::Pld).unwrap().epsilon.unwrap();
+    assert!(pld <= 8.0 && pld > 1.0, "calibrated to the target: {pld}");
+    assert_eq!(p.per_epoch.len(), 40);
+    assert!(p.per_epoch.windows(2).all(|w| w[0].epsilon < w[1].epsilon));
+    assert!((p.per_epoch.last().unwrap().epsilon - pld).abs() < 1e-9);
+    assert!(p.plan.delta < 1.0 / p.plan.examples as f64);
+    let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(md.contains("Privacy of the client's training data") && md.contains("FIXED seed"));
+    // With the (test-only) fixed seed, the private run is reproducible.
+    let again = cryptotl::pipeline::run(&cfg).unwrap();
+    assert_eq!(again.results.iter().find(|r| r.method == "transfer_dp").unwrap().test, dp.test);
+}
+
+#[test]
+fn a_run_beyond_its_budget_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path()) + "[privacy]\nnoise_multiplier = 0.5\ntarget_epsilon = 1.0\n";
+    let cfg_path = dir.path().join("over.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let (code, _, err) = cli(&["-q", "run", cfg_path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("would spend ε =") && err.contains("refusing to start"), "{err}");
+    assert!(!dir.path().join("cache").exists(), "nothing was trained before refusing");
+}

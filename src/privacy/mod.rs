@@ -19,7 +19,9 @@
 //! assert!(pld < rdp);
 //! ```
 
+pub mod dpsgd;
 pub mod normal;
+pub mod plan;
 pub mod pld;
 pub mod rdp;
 pub mod zcdp;
