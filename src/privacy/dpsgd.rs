@@ -142,6 +142,15 @@ where
     ClippedSum { grads: sum, norms, loss_sum }
 }
 
+/// `x W + b` with the parameters cut from the graph.
+fn detached_linear<B: AutodiffBackend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let y = x.matmul(layer.weight.val().detach());
+    match &layer.bias {
+        Some(b) => y + b.val().detach().unsqueeze_dim::<2>(0),
+        None => y,
+    }
+}
+
 fn row_sq_norms<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
     t.powi_scalar(2).sum_dim(1)
 }
@@ -154,9 +163,11 @@ impl<B: AutodiffBackend> PrivateModel<B> for Head<B> {
         let hidden = self.dense1.weight.dims()[1];
         let leaf1 = Tensor::<B, 2>::zeros([n, hidden], &device).require_grad();
         let leaf2 = Tensor::<B, 2>::zeros([n, 1], &device).require_grad();
-        let z1 = self.dense1.forward(x.clone()) + leaf1.clone();
+        // The weights are detached: the backward pass then computes only what the per-example path needs (the
+        // leaves' gradients), not the batch weight gradients that would be thrown away.
+        let z1 = detached_linear(&self.dense1, x.clone()) + leaf1.clone();
         let a = self.hidden_activations(z1, drop);
-        let z2 = self.dense2.forward(a.clone()) + leaf2.clone();
+        let z2 = detached_linear(&self.dense2, a.clone()) + leaf2.clone();
         let loss = bce_with_logits(z2, y).sum();
         let loss_sum = loss.clone().into_scalar().elem::<f64>();
         let grads = loss.backward();
@@ -198,8 +209,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NoisyMean<'_> {
         let dims = value.dims();
         let device = value.device();
         let n: usize = dims.iter().product();
-        let normal = Normal::new(0.0, self.noise_std).expect("finite std");
-        let noise: Vec<f32> = (0..n).map(|_| normal.sample(self.rng) as f32).collect();
+        let noise = gaussian_noise(n, self.noise_std, self.rng);
         let noise = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(noise, dims), &device);
         let g = match self.sum.remove::<B::InnerBackend, D>(param.id) {
             Some(g) => g + noise,
@@ -207,6 +217,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NoisyMean<'_> {
         };
         self.out.register(param.id, g.div_scalar(self.denominator));
     }
+}
+
+/// `n` draws of N(0, std²). Chunks of 2^15 are drawn in parallel, each from its own ChaCha20 stream keyed by 256
+/// bits from `rng`, so the result depends only on `rng`'s state (not on the thread count).
+pub fn gaussian_noise(n: usize, std: f64, rng: &mut ChaCha20Rng) -> Vec<f32> {
+    use rand::RngExt;
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    let keys: Vec<[u8; 32]> = (0..n.div_ceil(CHUNK)).map(|_| rng.random()).collect();
+    let normal = Normal::new(0.0f32, std as f32).expect("finite std");
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(CHUNK).zip(keys).for_each(|(chunk, key)| {
+        let mut r = ChaCha20Rng::from_seed(key);
+        chunk.iter_mut().for_each(|v| *v = normal.sample(&mut r));
+    });
+    out
 }
 
 /// The private gradient: Gaussian noise of std `noise_multiplier · clip` on every coordinate of the clipped sum,
