@@ -314,10 +314,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     results.push(head.result("transfer", format!("head trained on the frozen lower network's outputs (pretrained on {source})")));
     let mut privacy_report = None;
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
-        let mut rng = match p.insecure_seed {
-            Some(seed) => crate::privacy::dpsgd::PrivacyRng::insecure_from_seed(seed),
-            None => crate::privacy::dpsgd::PrivacyRng::from_os(),
-        };
+        let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
         let dp = train_head_private(cfg, &transferred, plan, &mut rng);
         stage("train head (DP-SGD)", dp.trained.seconds);
         let steps_run = plan.steps_allowed;
@@ -328,6 +325,12 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         let b = train_head(cfg, &client, "baseline raw");
         stage("baseline: head on raw features", b.trained.seconds);
         results.push(b.result("raw_features_head", "baseline: the same head trained on the target's scaled features (no transfer)".into()));
+        if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ 0xba5e));
+            let b = train_head_private(cfg, &client, plan, &mut rng);
+            stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
+            results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
+        }
     }
     if cfg.baselines.target_only_network {
         let b = train_target_only(cfg, &client);

@@ -91,3 +91,17 @@ fn budget_rejects_bad_arguments_with_exit_code_2() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn extreme_parameters_give_an_answer_not_an_allocation_bomb() {
+    for kind in [AccountantKind::Pld, AccountantKind::Rdp] {
+        let acct = kind.accountant();
+        for (q, sigma, steps) in [(0.01, 1e-6, 1000), (1.0, 1e-4, 1), (0.5, 1e4, 100_000), (1e-9, 1.0, 10)] {
+            let eps = acct.epsilon(&SubsampledGaussian::new(q, sigma).unwrap(), steps, 1e-5).unwrap();
+            assert!(eps >= 0.0 && !eps.is_nan(), "{kind:?} q={q} σ={sigma} T={steps}: {eps}");
+            if sigma < 1e-3 {
+                assert!(eps > 100.0, "{kind:?}: almost no noise must cost a lot of privacy, got {eps}");
+            }
+        }
+    }
+}

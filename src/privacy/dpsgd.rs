@@ -38,6 +38,10 @@ pub struct PrivacyRng {
 }
 
 impl PrivacyRng {
+    /// From the OS, or from `insecure_seed` when one is configured (tests only).
+    pub fn new(insecure_seed: Option<u64>) -> Self {
+        insecure_seed.map_or_else(Self::from_os, Self::insecure_from_seed)
+    }
     /// Seeded from the operating system's CSPRNG (production).
     pub fn from_os() -> Self {
         let mut os = rand::rng();

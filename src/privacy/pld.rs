@@ -120,9 +120,12 @@ fn single_step(dir: Direction, q: f64, sigma: f64, h: f64) -> Pmf {
 /// ln Σ mass·e^{t·loss} (the finite part's moment generating function).
 fn log_mgf(p: &Pmf, t: f64) -> f64 {
     let loss = |k: usize| (p.start + k as i64) as f64 * p.h;
-    // Shift by the largest exponent (t·loss is monotone in k, so it sits at an end of the support).
-    let top = (t * loss(0)).max(t * loss(p.mass.len() - 1));
-    let sum: f64 = p.mass.iter().enumerate().map(|(k, &m)| m * (t * loss(k) - top).exp()).sum();
+    // Shift by the largest term so the sum neither overflows nor underflows to zero.
+    let top = p.mass.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(k, &m)| m.ln() + t * loss(k)).fold(f64::NEG_INFINITY, f64::max);
+    if top == f64::NEG_INFINITY {
+        return top;
+    }
+    let sum: f64 = p.mass.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(k, &m)| (m.ln() + t * loss(k) - top).exp()).sum();
     sum.ln() + top
 }
 
@@ -135,7 +138,9 @@ fn chernoff_window(p: &Pmf, steps: usize, tail: f64) -> (f64, f64) {
     let single_lo = p.start as f64 * p.h;
     let single_hi = (p.start + p.mass.len() as i64 - 1) as f64 * p.h;
     // The sum of T steps lies within T times the single-step support.
-    (lo.max(t_steps * single_lo), hi.min(t_steps * single_hi))
+    let lo = if lo.is_finite() { lo.max(t_steps * single_lo) } else { t_steps * single_lo };
+    let hi = if hi.is_finite() { hi.min(t_steps * single_hi) } else { t_steps * single_hi };
+    (lo, hi.max(lo))
 }
 
 /// The T-fold self-composition by one real FFT, an element-wise power and the inverse, restricted to the
@@ -215,14 +220,18 @@ fn epsilon_for_delta(p: &Pmf, delta: f64) -> f64 {
 impl Pld {
     fn direction_epsilon(&self, dir: Direction, m: &SubsampledGaussian, steps: usize, delta: f64) -> f64 {
         let (q, sigma) = (m.sampling_rate, m.noise_multiplier);
+        // Grid sizes are bounded whatever σ: a tiny σ makes the single-step loss range astronomically wide.
+        let budget = (self.max_points / 2) as f64;
+        let (single_lo, single_hi) = loss_range(dir, q, sigma);
+        let single_width = single_hi - single_lo;
         // A coarse pass sizes the grid so the composed window fits in `max_points`.
-        let coarse = single_step(dir, q, sigma, 1e-2);
         let (lo, hi) = if steps == 1 {
-            loss_range(dir, q, sigma)
+            (single_lo, single_hi)
         } else {
+            let coarse = single_step(dir, q, sigma, 1e-2f64.max(single_width / 65_536.0));
             chernoff_window(&coarse, steps, self.tail_mass)
         };
-        let h = self.min_interval.max((hi - lo) / (self.max_points / 2) as f64);
+        let h = self.min_interval.max((hi - lo) / budget).max(single_width / budget);
         let single = single_step(dir, q, sigma, h);
         epsilon_for_delta(&compose(&single, steps, self.tail_mass), delta)
     }
