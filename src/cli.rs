@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{QUICKSTART_TOML, RunConfig};
 use crate::error::{Error, Result};
-use crate::model::{self, Cpu, Head};
+use crate::model::{self, Cpu};
 use crate::pipeline::{self, FeatureSplit};
 use crate::privacy::{AccountantKind, SubsampledGaussian, calibrate_noise};
 use serde::Serialize;
@@ -219,7 +219,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let cfg = a.load()?;
             let fs = load_features(&features_path(&cfg))?;
             let input = fs.test.ncols();
-            let skeleton = Head::<Cpu>::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, &Default::default());
+            let skeleton = pipeline::new_head::<Cpu>(&cfg, input, &Default::default());
             let head = model::load_module(skeleton, &cfg.output_dir().join("head"), &Default::default())?;
             let metrics = pipeline::evaluate(&head, &fs);
             println!("{}", serde_json::to_string_pretty(&metrics).expect("serialises"));

@@ -229,12 +229,17 @@ impl<M> TrainedHead<M> {
     }
 }
 
+/// A fresh client head for inputs of width `input`, as the config describes it (also the skeleton to load a saved
+/// head into).
+pub fn new_head<B: burn::prelude::Backend>(cfg: &RunConfig, input: usize, device: &B::Device) -> Head<B> {
+    Head::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, device)
+}
+
 /// Train the client's head on (transferred) features and evaluate it on their test part.
 pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> TrainedHead<Head<Cpu>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    let head = Head::<model::Train>::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, &device);
-    let trained = train::train(head, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what);
+    let trained = train::train(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what);
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
 }
@@ -243,8 +248,7 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> TrainedHead
 pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    let head = Head::<model::Train>::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, &device);
-    let trained = train::train_private(head, fs.train_examples(), fs.validation_examples(), &cfg.head_training, plan, rng, cfg.seed, "head");
+    let trained = train::train_private(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, plan, rng, cfg.seed, "head");
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
 }
@@ -254,7 +258,7 @@ pub fn train_target_only(cfg: &RunConfig, fs: &FeatureSplit) -> TrainedHead<Full
     let device = Default::default();
     let lower = LowerNet::<model::Train>::new(&cfg.lower, fs.train.ncols(), cfg.seed, &device);
     let out = cfg.lower.output_dim();
-    let head = Head::<model::Train>::new(&cfg.head, out, cfg.head_hidden(out), cfg.seed, &device);
+    let head = new_head(cfg, out, &device);
     let trained = train::train(FullNet { lower, head }, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, "target-only");
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
@@ -299,7 +303,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (transferred, t) = timed(|| client.map(|x| lower_forward(&lower.net, x)));
     let transferred = transferred?;
     stage("lower network forward", t);
-    {
+    if tracing::enabled!(tracing::Level::INFO) {
         let x = &transferred.train;
         let col_std = x.std_axis(ndarray::Axis(0), 0.0);
         tracing::info!(mean = x.mean().unwrap_or(0.0), mean_col_std = col_std.mean().unwrap_or(0.0),

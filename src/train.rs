@@ -28,6 +28,15 @@ pub struct Examples<'a> {
     pub y: &'a [u8],
 }
 
+impl Examples<'_> {
+    /// The rows at `idx` and their labels as training tensors (`[n, d]`, `[n, 1]`).
+    pub fn batch(&self, idx: &[usize], device: &burn::tensor::Device<Train>) -> (Tensor<Train, 2>, Tensor<Train, 2>) {
+        let x = to_tensor::<Train>(self.x.select(ndarray::Axis(0), idx).view(), device);
+        let y: Vec<f32> = idx.iter().map(|&i| self.y[i] as f32).collect();
+        (x, Tensor::from_data(TensorData::new(y, [idx.len(), 1]), device))
+    }
+}
+
 /// What happened in one epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochStats {
@@ -100,9 +109,7 @@ where
             let clipped = if batch.is_empty() {
                 GradientsParams::new()
             } else {
-                let x = to_tensor::<Train>(train.x.select(ndarray::Axis(0), &batch).view(), &device);
-                let yv: Vec<f32> = batch.iter().map(|&i| train.y[i] as f32).collect();
-                let y = Tensor::<Train, 2>::from_data(TensorData::new(yv, [batch.len(), 1]), &device);
+                let (x, y) = train.batch(&batch, &device);
                 let c = model.clipped_gradient_sum(x, y, plan.max_grad_norm, Some(&mut DropoutRng { rng: &mut drop_rng }));
                 loss += c.loss_sum;
                 seen += batch.len();
@@ -146,10 +153,7 @@ where
         let bar = crate::progress::bar(batches as u64, &format!("{what} epoch {epoch}/{}", cfg.epochs));
         let mut total = 0.0;
         for batch in order.chunks(cfg.batch_size) {
-            let xb = train.x.select(ndarray::Axis(0), batch);
-            let x = to_tensor::<Train>(xb.view(), &device);
-            let yv: Vec<f32> = batch.iter().map(|&i| train.y[i] as f32).collect();
-            let y = Tensor::<Train, 2>::from_data(TensorData::new(yv, [batch.len(), 1]), &device);
+            let (x, y) = train.batch(batch, &device);
             let logits = model.logits(x, Some(&mut DropoutRng { rng: &mut rng }));
             let loss = bce_with_logits(logits, y).mean();
             total += loss.clone().into_scalar() as f64;
