@@ -105,3 +105,19 @@ fn extreme_parameters_give_an_answer_not_an_allocation_bomb() {
         }
     }
 }
+
+#[test]
+fn rdp_accountant_equals_opendp_composition_of_the_step_measurement() {
+    use cryptotl::privacy::rdp::{Rdp, rdp_measurement, rdp_to_epsilon};
+    let m = SubsampledGaussian::new(0.05, 0.9).unwrap();
+    let steps = 7;
+    let composed = opendp::combinators::make_composition(vec![rdp_measurement(&m).unwrap(); steps]).unwrap();
+    let curve = composed.map(&1.0).unwrap();
+    let acct = Rdp::default();
+    let via_opendp: Vec<f64> = acct.orders.iter().map(|a| curve.eval(a).unwrap()).collect();
+    let (eps, _) = rdp_to_epsilon(&acct.orders, &via_opendp, 1e-5);
+    let direct = acct.epsilon(&m, steps, 1e-5).unwrap();
+    assert!((eps - direct).abs() < 1e-12 * direct, "{eps} vs {direct}");
+    // The measurement accounts but never runs: no noise is drawn through OpenDP.
+    assert!(composed.invoke(&vec![0.0; 3]).is_err());
+}

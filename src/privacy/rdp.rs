@@ -122,3 +122,56 @@ impl Accountant for Rdp {
         Ok(self.epsilon_and_order(m, steps, delta).0)
     }
 }
+
+/// One DP-SGD step as an OpenDP [`Measurement`](opendp::core::Measurement) in the Rényi-DP measure: its privacy map
+/// takes the L2 sensitivity (in units of the clip norm) to the step's RDP curve α ↦ ε(α), so OpenDP's combinators
+/// (`make_composition`, which adds RDP curves) apply to it. The measurement only *accounts*: its function refuses
+/// to run, because DP-SGD draws its noise in `privacy::dpsgd`.
+///
+/// ```
+/// use cryptotl::privacy::{SubsampledGaussian, rdp::{rdp_measurement, rdp_per_step}};
+/// let m = rdp_measurement(&SubsampledGaussian::new(0.01, 1.1).unwrap()).unwrap();
+/// let composed = opendp::combinators::make_composition(vec![m; 3]).unwrap();
+/// let curve = composed.map(&1.0).unwrap();
+/// assert!((curve.eval(&8.0).unwrap() - 3.0 * rdp_per_step(0.01, 1.1, 8.0)).abs() < 1e-12);
+/// ```
+pub fn rdp_measurement(
+    m: &SubsampledGaussian,
+) -> Result<
+    opendp::core::Measurement<
+        opendp::domains::VectorDomain<opendp::domains::AtomDomain<f64>>,
+        opendp::metrics::L2Distance<f64>,
+        opendp::measures::RenyiDivergence,
+        Vec<f64>,
+    >,
+> {
+    use opendp::core::{Function, Measurement, PrivacyMap};
+    use opendp::domains::{AtomDomain, VectorDomain};
+    use opendp::error::{Error as OdpError, ErrorVariant};
+    let (q, sigma) = (m.sampling_rate, m.noise_multiplier);
+    Measurement::new(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+        opendp::metrics::L2Distance::default(),
+        opendp::measures::RenyiDivergence,
+        Function::new_fallible(|_: &Vec<f64>| {
+            Err(OdpError {
+                variant: ErrorVariant::FailedFunction,
+                message: Some("accounting only: DP-SGD draws its noise in cryptotl::privacy::dpsgd".into()),
+                backtrace: std::backtrace::Backtrace::disabled(),
+            })
+        }),
+        PrivacyMap::new_fallible(move |d_in: &f64| {
+            let d_in = *d_in;
+            if !(d_in >= 0.0) {
+                return Err(OdpError {
+                    variant: ErrorVariant::FailedMap,
+                    message: Some(format!("sensitivity must be >= 0, got {d_in}")),
+                    backtrace: std::backtrace::Backtrace::disabled(),
+                });
+            }
+            // Sensitivity d scales the noise multiplier to σ/d.
+            Ok(Function::new(move |alpha: &f64| if d_in == 0.0 { 0.0 } else { rdp_per_step(q, sigma / d_in, *alpha) }))
+        }),
+    )
+    .map_err(|e| crate::error::Error::Privacy(format!("OpenDP: {e}")))
+}
