@@ -208,7 +208,16 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::TrainHead(a) => {
             let cfg = a.load()?;
             let fs = load_features(&features_path(&cfg))?;
-            let head = pipeline::train_head(&cfg, &fs, "head");
+            // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
+            let head = match (pipeline::privacy_plan(&cfg, fs.train.nrows())?, &cfg.privacy) {
+                (Some(plan), Some(p)) => {
+                    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
+                    let head = pipeline::train_head_private(&cfg, &fs, &plan, &mut rng);
+                    println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({:?}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
+                    head
+                }
+                _ => pipeline::train_head(&cfg, &fs, "head"),
+            };
             model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
             println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
                 head.trained.history.len(), head.trained.best_epoch,

@@ -229,6 +229,14 @@ impl<M> TrainedHead<M> {
     }
 }
 
+/// The DP-SGD schedule for `n` training examples when `[privacy]` is on (refusing a schedule beyond its budget).
+pub fn privacy_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::privacy::plan::DpPlan>> {
+    match &cfg.privacy {
+        Some(p) if p.enabled => Ok(Some(crate::privacy::plan::plan(p, &cfg.head_training, n)?)),
+        _ => Ok(None),
+    }
+}
+
 /// A fresh client head for inputs of width `input`, as the config describes it (also the skeleton to load a saved
 /// head into).
 pub fn new_head<B: burn::prelude::Backend>(cfg: &RunConfig, input: usize, device: &B::Device) -> Head<B> {
@@ -287,10 +295,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let data = data?;
     stage("load + split data", t);
     // The privacy schedule is settled before any training: a run beyond its budget refuses to start.
-    let dp_plan = match &cfg.privacy {
-        Some(p) if p.enabled => Some(crate::privacy::plan::plan(p, &cfg.head_training, data.target.train.len())?),
-        _ => None,
-    };
+    let dp_plan = privacy_plan(cfg, data.target.train.len())?;
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
@@ -317,10 +322,13 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let source = &cfg.source.name;
     results.push(head.result("transfer", format!("head trained on the frozen lower network's outputs (pretrained on {source})")));
     let mut privacy_report = None;
+    // The head that is saved (and may be published): the private one whenever DP-SGD is on.
+    let mut published = head.trained.model.clone();
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
         let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
         let dp = train_head_private(cfg, &transferred, plan, &mut rng);
         stage("train head (DP-SGD)", dp.trained.seconds);
+        published = dp.trained.model.clone();
         let steps_run = plan.steps_allowed;
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, steps_run, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
@@ -364,7 +372,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     report.write(&out)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     client_pipeline.save(&out.join("client_features.json"))?;
-    model::save_module(&head.trained.model, &out.join("head"))?;
+    model::save_module(&published, &out.join("head"))?;
     cfg.save(&out.join("config.toml"))?;
     Ok(report)
 }

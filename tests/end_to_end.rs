@@ -151,6 +151,22 @@ fn private_head_learns_and_the_report_states_its_budget() {
     assert!(p.plan.delta < 1.0 / p.plan.examples as f64);
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("Privacy of the client's training data") && md.contains("FIXED seed"));
+    // The saved head is the private one: evaluated on the same transferred test features it reproduces the DP
+    // row exactly (the non-private head would not).
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let lower = cryptotl::pipeline::pretrain(&cfg, &data.source).unwrap();
+    let (_, client) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let fs = client.map(|x| cryptotl::pipeline::lower_forward(&lower.net, x)).unwrap();
+    let skeleton = cryptotl::pipeline::new_head::<cryptotl::model::Cpu>(&cfg, fs.test.ncols(), &Default::default());
+    let saved = cryptotl::model::load_module(skeleton, &dir.path().join("run/head"), &Default::default()).unwrap();
+    assert_eq!(cryptotl::pipeline::evaluate(&saved, &fs), dp.test);
+    let plain = cryptotl::pipeline::train_head(&cfg, &fs, "plain");
+    let dev = Default::default();
+    assert_ne!(
+        cryptotl::model::predict_proba(&saved, fs.test.view(), &dev),
+        cryptotl::model::predict_proba(&plain.trained.model, fs.test.view(), &dev),
+        "the saved head must not be the non-private one"
+    );
     // With the (test-only) fixed seed, the private run is reproducible.
     let again = cryptotl::pipeline::run(&cfg).unwrap();
     assert_eq!(again.results.iter().find(|r| r.method == "transfer_dp").unwrap().test, dp.test);
