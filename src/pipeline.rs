@@ -329,8 +329,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         let dp = train_head_private(cfg, &transferred, plan, &mut rng);
         stage("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
-        let steps_run = plan.steps_allowed;
-        privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, steps_run, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
+        privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
     if cfg.baselines.raw_features_head {
@@ -369,8 +368,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         config: cfg.clone(),
     };
     let out = cfg.output_dir();
-    report.write(&out)?;
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    report.write(&out)?; // creates `out`
     client_pipeline.save(&out.join("client_features.json"))?;
     model::save_module(&published, &out.join("head"))?;
     cfg.save(&out.join("config.toml"))?;

@@ -161,15 +161,19 @@ pub struct PrivacyReport {
 }
 
 impl PrivacyReport {
-    /// Account the steps that ran under every applicable accountant.
-    pub fn new(plan: &DpPlan, steps_run: usize, insecure_seed: bool, accuracy_with_dp: f64, accuracy_without_dp: f64) -> Result<Self> {
+    /// Account the `plan.steps_allowed` steps that training runs under every applicable accountant. The accountant
+    /// of record's ε after all steps is `plan.epsilon`, already computed by [`plan`], and is reused, not recomputed.
+    pub fn new(plan: &DpPlan, insecure_seed: bool, accuracy_with_dp: f64, accuracy_without_dp: f64) -> Result<Self> {
         let m = plan.mechanism();
+        let steps_run = plan.steps_allowed;
         let mut epsilons = Vec::new();
         for kind in [AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
-            let epsilon = if kind == AccountantKind::Zcdp && plan.sampling_rate < 1.0 {
+            let epsilon = if kind == plan.accountant {
+                Some(plan.epsilon)
+            } else if kind == AccountantKind::Zcdp && plan.sampling_rate < 1.0 {
                 None
             } else {
-                Some(kind.accountant().epsilon(&m, steps_run.max(1), plan.delta)?)
+                Some(kind.accountant().epsilon(&m, steps_run, plan.delta)?)
             };
             epsilons.push(AccountantEpsilon { accountant: kind, epsilon });
         }
@@ -180,7 +184,8 @@ impl PrivacyReport {
         while steps < steps_run {
             epoch += 1;
             steps = (steps + plan.steps_per_epoch).min(steps_run);
-            per_epoch.push(EpochEpsilon { epoch, steps, epsilon: acct.epsilon(&m, steps, plan.delta)? });
+            let epsilon = if steps == steps_run { plan.epsilon } else { acct.epsilon(&m, steps, plan.delta)? };
+            per_epoch.push(EpochEpsilon { epoch, steps, epsilon });
         }
         Ok(Self {
             mechanism: "DP-SGD on the client head: Poisson-subsampled Gaussian mechanism, add/remove-one adjacency, \
@@ -189,7 +194,7 @@ impl PrivacyReport {
             plan: plan.clone(),
             steps_run,
             epochs_run: steps_run as f64 / plan.steps_per_epoch as f64,
-            stopped_by_budget: steps_run < plan.steps_planned,
+            stopped_by_budget: plan.stopped_by_budget(),
             epsilons,
             per_epoch,
             noise_source: if insecure_seed {
