@@ -59,6 +59,80 @@ pub struct RunConfig {
     /// DP-SGD for the client's head. Absent: the head is trained without differential privacy.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// The encrypted (TFHE) evaluation of the lower network. On by default.
+    #[serde(default)]
+    pub he: HeConfig,
+}
+
+/// The TFHE stage: how the frozen lower network is quantized and which tfhe-rs parameter set encrypts it.
+/// See `cryptotl_server::program` for the exact integer semantics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeConfig {
+    /// Evaluate the lower network under encryption (off: plaintext float, for experiments only).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A vetted tfhe-rs 1.8 parameter set by its constant's name.
+    #[serde(default = "default_parameter_set")]
+    pub parameter_set: String,
+    /// Bits per input feature level (features in [0, 1] become 0..2^bits - 1).
+    #[serde(default = "default_input_bits")]
+    pub input_bits: u32,
+    /// Accumulator bits B the calibrated range of each neuron is mapped onto.
+    #[serde(default = "default_accumulator_bits")]
+    pub accumulator_bits: u32,
+    /// Top bits of the accumulator the bootstrap reads (lookup-table index bits).
+    #[serde(default = "default_lookup_bits")]
+    pub lookup_bits: u32,
+    /// Bits of the activation's output levels.
+    #[serde(default = "default_output_bits")]
+    pub output_bits: u32,
+    /// Widening of each neuron's calibrated pre-activation range, as a fraction of its width on each side.
+    #[serde(default = "default_calibration_margin")]
+    pub calibration_margin: f32,
+    /// Seed keys and encryption noise deterministically. INSECURE (the keys become guessable): for reproducible
+    /// tests only. Absent: fresh randomness from the CPU/OS.
+    #[serde(default)]
+    pub insecure_seed: Option<u64>,
+}
+fn default_parameter_set() -> String {
+    cryptotl_server::ParameterSet::default().name().into()
+}
+fn default_input_bits() -> u32 {
+    4
+}
+fn default_accumulator_bits() -> u32 {
+    12
+}
+fn default_lookup_bits() -> u32 {
+    5
+}
+fn default_output_bits() -> u32 {
+    7
+}
+fn default_calibration_margin() -> f32 {
+    0.1
+}
+impl Default for HeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            parameter_set: default_parameter_set(),
+            input_bits: default_input_bits(),
+            accumulator_bits: default_accumulator_bits(),
+            lookup_bits: default_lookup_bits(),
+            output_bits: default_output_bits(),
+            calibration_margin: default_calibration_margin(),
+            insecure_seed: None,
+        }
+    }
+}
+
+impl HeConfig {
+    /// The parameter set named by `parameter_set`.
+    pub fn params(&self) -> Result<cryptotl_server::ParameterSet> {
+        Ok(cryptotl_server::ParameterSet::from_name(&self.parameter_set)?)
+    }
 }
 
 /// DP-SGD for the client head: Poisson sampling, per-example clipping, Gaussian noise, accounted by
@@ -290,16 +364,16 @@ fn default_conv_kernel() -> usize {
     9
 }
 fn default_hidden() -> usize {
-    768
+    32
 }
 fn default_activation() -> Activation {
     Activation::Relu
 }
 fn default_pool() -> usize {
-    3
+    1
 }
 fn default_output() -> usize {
-    766
+    0
 }
 impl Default for LowerNetConfig {
     fn default() -> Self {
@@ -497,6 +571,9 @@ impl RunConfig {
         if let Some(p) = &self.privacy {
             validate_privacy(p, &err)?;
         }
+        if self.he.enabled {
+            validate_he(&self.he, l, &err)?;
+        }
         for (key, t) in [("pretrain", &self.pretrain), ("head_training", &self.head_training)] {
             if t.epochs == 0 {
                 return Err(err(&format!("{key}.epochs"), "must be at least 1".into()));
@@ -515,6 +592,35 @@ impl RunConfig {
     pub fn head_hidden(&self, input_dim: usize) -> usize {
         if self.head.hidden == 0 { input_dim } else { self.head.hidden }
     }
+}
+
+fn validate_he(h: &HeConfig, l: &LowerNetConfig, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+    let params = cryptotl_server::ParameterSet::from_name(&h.parameter_set).map_err(|e| err("he.parameter_set", e.to_string()))?;
+    if l.output > 0 {
+        return Err(err("lower.output", format!(
+            "is {}, but the encrypted network ends at the pooled activation: set lower.output = 0 (the client's first \
+             head layer takes the role of the server's last one; a dense layer after a bootstrap is drowned in its \
+             output noise), or set he.enabled = false", l.output)));
+    }
+    if !(1..=16).contains(&h.input_bits) {
+        return Err(err("he.input_bits", format!("must be in 1..=16, got {}", h.input_bits)));
+    }
+    let max_p = params.max_lookup_bits();
+    if h.lookup_bits == 0 || h.lookup_bits > max_p {
+        return Err(err("he.lookup_bits", format!("must be in 1..={max_p} for {}, got {}", params.name(), h.lookup_bits)));
+    }
+    if h.accumulator_bits <= h.lookup_bits || h.accumulator_bits > 40 {
+        return Err(err("he.accumulator_bits", format!("must be in {}..=40 (above he.lookup_bits), got {}", h.lookup_bits + 1, h.accumulator_bits)));
+    }
+    let pool_bits = (l.pool as u64).next_power_of_two().trailing_zeros();
+    let max_out = cryptotl_server::program::MAX_OUTPUT_PLUS_POOL_BITS - pool_bits;
+    if h.output_bits == 0 || h.output_bits > max_out {
+        return Err(err("he.output_bits", format!("must be in 1..={max_out} with lower.pool = {} (output noise), got {}", l.pool, h.output_bits)));
+    }
+    if !(h.calibration_margin.is_finite() && (0.0..=10.0).contains(&h.calibration_margin)) {
+        return Err(err("he.calibration_margin", format!("must be in [0, 10], got {}", h.calibration_margin)));
+    }
+    Ok(())
 }
 
 fn validate_privacy(p: &PrivacyConfig, err: &impl Fn(&str, String) -> Error) -> Result<()> {

@@ -55,6 +55,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A TFHE key, ciphertext or integer program was refused (wrong key, wrong parameters, corrupt blob, ...).
+    #[error("encrypted stage: {0}")]
+    He(#[from] cryptotl_server::HeError),
+
     /// An I/O error on a named path.
     #[error("{path}: {source}")]
     Io {
@@ -70,7 +74,7 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_) | Error::Privacy(_)
+            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_) | Error::Privacy(_) | Error::He(_)
         )
     }
 

@@ -11,6 +11,8 @@
 //! - [`config`]: the run's TOML configuration, validated before any work starts.
 //! - [`data`]: dataset loaders for every supported layout and seeded stratified splits.
 //! - [`features`]: text featurizers (hashed n-gram TF-IDF) and the min-max scaler.
+//! - [`he`]: the encrypted stage (TFHE): quantization, the client's keys; the server side is the crate
+//!   `cryptotl_server`, which cannot name the client's key.
 //! - [`model`]: the lower network, pretraining head, client head (Burn).
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
 //! - [`eval`]: metrics.
@@ -26,6 +28,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod he;
 pub mod model;
 pub mod privacy;
 pub mod pipeline;

@@ -69,6 +69,19 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
     }
 }
 
+/// The activation on one number (the encrypted stage tabulates it).
+pub fn activate_scalar(z: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Relu => z.max(0.0),
+        Activation::Tanh => z.tanh(),
+        Activation::Identity => z,
+        Activation::CubicRelu => {
+            let [a3, a2, a1, a0] = CUBIC_RELU;
+            ((a3 * z + a2) * z + a1) * z + a0
+        }
+    }
+}
+
 /// Pool a `[batch, width]` tensor along its width with window `k`, stride 1 (k = 1: identity).
 fn pool_width<B: Backend>(x: Tensor<B, 2>, k: usize, max: bool) -> Tensor<B, 2> {
     if k <= 1 {
@@ -115,13 +128,19 @@ impl<B: Backend> LowerNet<B> {
         Self { conv, dense1, dense2, activation: cfg.activation, pool: cfg.pool }
     }
 
-    /// `[batch, input_dim] -> [batch, output_dim]`.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// The linear part before the activation (convolution, then the first dense layer):
+    /// `[batch, input_dim] -> [batch, hidden]`. This is what the encrypted stage folds into one integer matrix.
+    pub fn pre_activation(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = match &self.conv {
             Some(conv) => conv.forward(x.unsqueeze_dim::<3>(1)).squeeze_dim::<2>(1),
             None => x,
         };
-        let h = pool_width(activate(self.dense1.forward(x), self.activation), self.pool, false);
+        self.dense1.forward(x)
+    }
+
+    /// `[batch, input_dim] -> [batch, output_dim]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let h = pool_width(activate(self.pre_activation(x), self.activation), self.pool, false);
         match &self.dense2 {
             Some(d) => d.forward(h),
             None => h,

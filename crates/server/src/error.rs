@@ -1,0 +1,30 @@
+//! Errors of the encrypted stage. Every one is a refusal with a reason; nothing here panics on input.
+
+/// What went wrong with keys, ciphertexts or the integer program.
+#[derive(Debug, thiserror::Error)]
+pub enum HeError {
+    /// A parameter-set name that is not one of the vetted sets this crate offers.
+    #[error("unknown TFHE parameter set `{0}` (known: {known})", known = crate::params::ParameterSet::names().join(", "))]
+    UnknownParameterSet(String),
+    /// A key or ciphertext made for another parameter set.
+    #[error("{what} was made for parameter set `{found}`, but this side uses `{expected}`")]
+    ParameterMismatch { what: &'static str, expected: String, found: String },
+    /// A ciphertext encrypted under another client key than the evaluation key in use.
+    #[error("{what} belongs to key {found:016x}, but the evaluation key in use is {expected:016x} (was it encrypted by another client or another key generation?)")]
+    KeyMismatch { what: &'static str, expected: u64, found: u64 },
+    /// A ciphertext or key with the wrong shape (dimension, count).
+    #[error("{what}: {message}")]
+    Shape { what: &'static str, message: String },
+    /// An integer program that cannot be evaluated correctly with the chosen parameters.
+    #[error("integer program: {0}")]
+    Program(String),
+    /// A blob that is not a valid serialization of the expected object (corrupt, truncated, foreign, too large).
+    #[error("cannot read {what}: {message}")]
+    Deserialize { what: &'static str, message: String },
+    /// Serialization failed (e.g. the object exceeds its size limit).
+    #[error("cannot write {what}: {message}")]
+    Serialize { what: &'static str, message: String },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, HeError>;

@@ -1,0 +1,205 @@
+//! The integer program the server evaluates, and its clear-integer evaluator (the oracle for the encrypted one).
+//!
+//! One program is one *stage*: a folded linear map with small signed integer weights, one lookup table per neuron,
+//! then a sum-pool over `pool` neighbouring neurons. On the torus Z/2^64:
+//!
+//! - input level `q_i` in `[0, 2^input_bits)` is encoded as `q_i * 2^(63 - accumulator_bits)`;
+//! - the accumulator of neuron j is `acc_j = bias_j + sum_i w_ji q_i`, read modulo `2^(accumulator_bits + 1)`
+//!   (the top torus bit is the padding bit);
+//! - the bootstrap reads the top `lookup_bits` of it with rounding: `r = round(acc_j / 2^(B - p))` taken modulo
+//!   `2^(p+1)`; for `r < 2^p` it returns `table_j[r]`, for `r >= 2^p` (an accumulator that overflowed into the
+//!   padding half) it returns `-table_j[r - 2^p]` (the negacyclic wrap-around of a bootstrap);
+//! - outputs are `sum_{t < pool} lookup_{k+t}`, encoded with `2^output_delta_log2`.
+//!
+//! [`IntegerProgram::evaluate_clear`] does exactly this in plain integers: same rounding, same wrap-around. The
+//! encrypted evaluation equals it except where noise moves an accumulator across a rounding boundary (a lookup one
+//! level off), at a rate the tests measure and bound.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HeError, Result};
+use crate::params::ParameterSet;
+
+/// Largest number of output bits (plus pooling bits) whose encoding stays far above the bootstrap's output noise
+/// (~2^49 of 2^64): 63 - 9 = 54 bits of headroom, 5 above the noise.
+pub const MAX_OUTPUT_PLUS_POOL_BITS: u32 = 9;
+
+/// What the client needs to know about a program to encode inputs and decode outputs (no weights, no tables).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramInterface {
+    /// Number of input features.
+    pub input_dim: usize,
+    /// Bits per input level: features in [0, 1] are quantized to `round(x * (2^input_bits - 1))`.
+    pub input_bits: u32,
+    /// Accumulator bits B (inputs are encoded with 2^(63 - B)).
+    pub accumulator_bits: u32,
+    /// Number of outputs.
+    pub outputs: usize,
+    /// Outputs are encoded as `level * 2^output_delta_log2`.
+    pub output_delta_log2: u32,
+    /// Float value of one output level, divided by the pool size (the client's dequantization).
+    pub output_scale: f32,
+}
+
+impl ProgramInterface {
+    /// Quantize one feature vector in [0, 1] (values outside are clipped) to input levels.
+    pub fn quantize(&self, x: &[f32]) -> Vec<u16> {
+        let top = ((1u32 << self.input_bits) - 1) as f32;
+        x.iter().map(|&v| (v.clamp(0.0, 1.0) * top).round() as u16).collect()
+    }
+
+    /// Output levels to floats.
+    pub fn dequantize(&self, levels: &[i64]) -> Vec<f32> {
+        levels.iter().map(|&l| l as f32 * self.output_scale).collect()
+    }
+}
+
+/// A quantized stage of the server's network (see the module docs for its exact semantics).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntegerProgram {
+    /// Number of input features d.
+    pub input_dim: usize,
+    /// Bits per input level.
+    pub input_bits: u32,
+    /// Accumulator bits B.
+    pub accumulator_bits: u32,
+    /// Lookup-table index bits p.
+    pub lookup_bits: u32,
+    /// Bits of the output levels (tables hold values in (-2^output_bits, 2^output_bits)).
+    pub output_bits: u32,
+    /// Neurons H.
+    pub neurons: usize,
+    /// Weights, neuron-major: `weights[j * input_dim + i]`.
+    pub weights: Vec<i32>,
+    /// Biases in accumulator units (the calibration offset included).
+    pub biases: Vec<i64>,
+    /// One table of 2^p output levels per neuron.
+    pub tables: Vec<Vec<i32>>,
+    /// Sum-pool window (stride 1); 1 = none.
+    pub pool: usize,
+    /// Float value of one output level (before dividing by the pool size).
+    pub output_unit: f32,
+}
+
+impl IntegerProgram {
+    /// Number of outputs after pooling.
+    pub fn outputs(&self) -> usize {
+        self.neurons + 1 - self.pool
+    }
+
+    /// Bits the pooled sum may add: ceil(log2(pool)).
+    pub fn pool_bits(&self) -> u32 {
+        (self.pool.max(1) as u64).next_power_of_two().trailing_zeros()
+    }
+
+    /// log2 of the output encoding scale.
+    pub fn output_delta_log2(&self) -> u32 {
+        63 - self.output_bits - self.pool_bits()
+    }
+
+    /// The client's view of this program.
+    pub fn interface(&self) -> ProgramInterface {
+        ProgramInterface {
+            input_dim: self.input_dim,
+            input_bits: self.input_bits,
+            accumulator_bits: self.accumulator_bits,
+            outputs: self.outputs(),
+            output_delta_log2: self.output_delta_log2(),
+            output_scale: self.output_unit / self.pool as f32,
+        }
+    }
+
+    /// Check the program is consistent and can be evaluated under `params`.
+    pub fn validate(&self, params: ParameterSet) -> Result<()> {
+        let fail = |m: String| Err(HeError::Program(m));
+        let (b, p) = (self.accumulator_bits, self.lookup_bits);
+        if self.input_dim == 0 || self.neurons == 0 {
+            return fail("empty program (no inputs or no neurons)".into());
+        }
+        if !(1..=16).contains(&self.input_bits) {
+            return fail(format!("input_bits = {} is outside 1..=16", self.input_bits));
+        }
+        if p == 0 || p > params.max_lookup_bits() {
+            return fail(format!("lookup_bits = {p} is outside 1..={} for {}", params.max_lookup_bits(), params.name()));
+        }
+        if b <= p || b > 40 {
+            return fail(format!("accumulator_bits = {b} must be in {}..=40 (above lookup_bits = {p})", p + 1));
+        }
+        if self.pool == 0 || self.pool > self.neurons {
+            return fail(format!("pool = {} must be in 1..={}", self.pool, self.neurons));
+        }
+        if self.output_bits == 0 || self.output_bits + self.pool_bits() > MAX_OUTPUT_PLUS_POOL_BITS {
+            return fail(format!(
+                "output_bits + ceil(log2 pool) = {} + {} must be in 1..={MAX_OUTPUT_PLUS_POOL_BITS} (the bootstrap's output noise)",
+                self.output_bits, self.pool_bits()
+            ));
+        }
+        if self.weights.len() != self.neurons * self.input_dim || self.biases.len() != self.neurons || self.tables.len() != self.neurons {
+            return fail("weights, biases and tables do not match neurons x input_dim".into());
+        }
+        let limit = 1i32 << self.output_bits;
+        if let Some(t) = self.tables.iter().find(|t| t.len() != 1 << p || t.iter().any(|v| v.abs() >= limit)) {
+            return fail(format!("a table has {} entries (want {}) or a value beyond ±2^{}", t.len(), 1 << p, self.output_bits));
+        }
+        if !self.output_unit.is_finite() || self.output_unit <= 0.0 {
+            return fail(format!("output_unit = {} must be finite and positive", self.output_unit));
+        }
+        Ok(())
+    }
+
+    /// Weight row of neuron `j`.
+    pub fn row(&self, j: usize) -> &[i32] {
+        &self.weights[j * self.input_dim..(j + 1) * self.input_dim]
+    }
+
+    /// The exact accumulator of every neuron (as an integer, before any wrap-around).
+    pub fn accumulators(&self, q: &[u16]) -> Vec<i64> {
+        (0..self.neurons)
+            .map(|j| self.biases[j] + self.row(j).iter().zip(q).map(|(&w, &x)| w as i64 * x as i64).sum::<i64>())
+            .collect()
+    }
+
+    /// Lookup-table index of an accumulator: `round(acc / 2^(B-p))` modulo `2^(p+1)`.
+    pub fn lookup_index(&self, acc: i64) -> usize {
+        let (b, p) = (self.accumulator_bits, self.lookup_bits);
+        let t = (acc as u64) & ((1u64 << (b + 1)) - 1);
+        let r = (t + (1u64 << (b - p - 1))) >> (b - p);
+        (r & ((1u64 << (p + 1)) - 1)) as usize
+    }
+
+    /// Whether an accumulator rounds to an index outside `[0, 2^p)`: below zero or into the padding half, where
+    /// the lookup wraps around (the calibration keeps accumulators inside `[-half bin, 2^B - half bin)`).
+    pub fn wraps(&self, acc: i64) -> bool {
+        let half = 1i64 << (self.accumulator_bits - self.lookup_bits - 1);
+        !(-half..(1i64 << self.accumulator_bits) - half).contains(&acc)
+    }
+
+    /// The bootstrap's output for neuron `j` at table index `r` (negacyclic beyond 2^p).
+    pub fn lookup(&self, j: usize, r: usize) -> i64 {
+        let half = 1usize << self.lookup_bits;
+        if r < half { self.tables[j][r] as i64 } else { -(self.tables[j][r - half] as i64) }
+    }
+
+    /// Sum-pool activations (stride 1) into outputs.
+    pub fn pool_levels(&self, activations: &[i64]) -> Vec<i64> {
+        activations.windows(self.pool).map(|w| w.iter().sum()).collect()
+    }
+
+    /// The clear-integer evaluation: input levels -> output levels. The oracle for the encrypted evaluation.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// // One neuron: acc = 2*x0 - x1 + 8, read at B = 4 bits through p = 2 index bits: r = round(acc / 4).
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3,
+    ///     neurons: 1, weights: vec![2, -1], biases: vec![8], tables: vec![vec![5, 0, 1, 2]], pool: 1, output_unit: 1.0 };
+    /// assert_eq!(prog.evaluate_clear(&[1, 1]), vec![1]); // acc 9 -> r 2
+    /// assert_eq!(prog.evaluate_clear(&[2, 1]), vec![2]); // acc 11 -> r 3
+    /// assert_eq!(prog.evaluate_clear(&[3, 0]), vec![-5]); // acc 14 -> r 4: past 2^p, the negacyclic -table[0]
+    /// assert!(prog.wraps(14) && !prog.wraps(13) && !prog.wraps(-2) && prog.wraps(-3));
+    /// ```
+    pub fn evaluate_clear(&self, q: &[u16]) -> Vec<i64> {
+        let acts: Vec<i64> =
+            self.accumulators(q).into_iter().enumerate().map(|(j, a)| self.lookup(j, self.lookup_index(a))).collect();
+        self.pool_levels(&acts)
+    }
+}

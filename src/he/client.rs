@@ -1,0 +1,156 @@
+//! The client's side of the encrypted stage: key generation, encryption of feature vectors, decryption of the
+//! server's outputs. The secret keys live only in [`ClientKey`]; the server crate (`cryptotl_server`) does not
+//! depend on this crate and so cannot name this type.
+
+use cryptotl_server::wire::WireObject;
+use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, HeError, ParameterSet, ProgramInterface};
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::generators::DeterministicSeeder;
+use tfhe::core_crypto::commons::math::random::Seed;
+use tfhe::core_crypto::prelude::*;
+use tfhe::named::Named;
+use tfhe_versionable::VersionsDispatch;
+
+/// The source of key and encryption randomness: tfhe-rs's seeder (RDSEED, else the OS) feeding its AES-CTR
+/// CSPRNG, or, with `insecure_seed`, a deterministic stream (reproducible tests only: it makes the keys guessable).
+pub fn seeder(insecure_seed: Option<u64>) -> Box<dyn Seeder> {
+    match insecure_seed {
+        Some(s) => Box::new(DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(s as u128 | 0xc17f_0000_0000_0000_0000))),
+        None => new_seeder(),
+    }
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, HeError>;
+
+/// The client's secret key material: the small LWE key (inputs are encrypted under it) and the GLWE key (whose
+/// flattening is the big LWE key the outputs come back under). Never leaves the client.
+#[derive(Clone, Serialize, Deserialize, tfhe_versionable::Versionize)]
+#[versionize(ClientKeyVersions)]
+pub struct ClientKey {
+    key_id: u64,
+    parameter_set: String,
+    small: LweSecretKeyOwned<u64>,
+    glwe: GlweSecretKeyOwned<u64>,
+}
+
+/// Versions of [`ClientKey`].
+#[derive(VersionsDispatch)]
+pub enum ClientKeyVersions {
+    /// The first version.
+    V0(ClientKey),
+}
+
+impl Named for ClientKey {
+    const NAME: &'static str = "cryptotl::ClientKey";
+}
+
+impl WireObject for ClientKey {
+    const WHAT: &'static str = "client key";
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientKey {{ key_id: {:016x}, parameter_set: {}, .. }}", self.key_id, self.parameter_set)
+    }
+}
+
+impl ClientKey {
+    /// Generate a fresh key pair for `params`: the secret [`ClientKey`] and the public [`EvaluationKey`] to send
+    /// to the server once. Randomness comes from tfhe-rs's seeder (RDSEED, else the OS) feeding its AES-CTR CSPRNG.
+    ///
+    /// `seeder` is [`seeder`]`(None)` in real use; a fixed seed makes keys reproducible (tests only).
+    ///
+    /// ```no_run
+    /// use cryptotl::he::{ClientKey, seeder};
+    /// use cryptotl_server::ParameterSet;
+    /// let (client, evaluation_key) = ClientKey::generate(ParameterSet::default(), seeder(None).as_mut());
+    /// assert_eq!(client.key_id(), evaluation_key.key_id);
+    /// ```
+    pub fn generate(params: ParameterSet, seeder: &mut dyn Seeder) -> (ClientKey, EvaluationKey) {
+        let p = params.tfhe();
+        let mut secret = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+        let small = allocate_and_generate_new_binary_lwe_secret_key(p.lwe_dimension, &mut secret);
+        let glwe = allocate_and_generate_new_binary_glwe_secret_key(p.glwe_dimension, p.polynomial_size, &mut secret);
+        let bootstrap_key = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+            &small,
+            &glwe,
+            p.pbs_base_log,
+            p.pbs_level,
+            p.glwe_noise_distribution,
+            p.ciphertext_modulus,
+            seeder,
+        );
+        let key_id = seeder.seed().0 as u64;
+        let parameter_set = params.name().to_string();
+        let evaluation = EvaluationKey { key_id, parameter_set: parameter_set.clone(), bootstrap_key };
+        (ClientKey { key_id, parameter_set, small, glwe }, evaluation)
+    }
+
+    /// The random tag stamped on this key's evaluation key and ciphertexts.
+    pub fn key_id(&self) -> u64 {
+        self.key_id
+    }
+
+    /// The parameter set.
+    pub fn params(&self) -> Result<ParameterSet> {
+        ParameterSet::from_name(&self.parameter_set)
+    }
+
+    /// Encrypt one vector of input levels (each below `2^interface.input_bits`) as a seeded LWE list under the
+    /// small key: level q is encoded as `q * 2^(63 - accumulator_bits)`.
+    pub fn encrypt(&self, levels: &[u16], interface: &ProgramInterface, seeder: &mut dyn Seeder) -> Result<EncryptedInput> {
+        let params = self.params()?;
+        if levels.len() != interface.input_dim {
+            return Err(HeError::Shape { what: "input levels", message: format!("{} values, the program takes {}", levels.len(), interface.input_dim) });
+        }
+        let top = 1u32 << interface.input_bits;
+        if let Some(v) = levels.iter().find(|&&v| v as u32 >= top) {
+            return Err(HeError::Shape { what: "input levels", message: format!("level {v} is not below 2^{}", interface.input_bits) });
+        }
+        let p = params.tfhe();
+        let shift = 63 - interface.accumulator_bits;
+        let plain = PlaintextList::from_container(levels.iter().map(|&q| (q as u64) << shift).collect::<Vec<_>>());
+        let mut list = SeededLweCiphertextList::new(
+            0u64,
+            p.lwe_dimension.to_lwe_size(),
+            LweCiphertextCount(levels.len()),
+            seeder.seed().into(),
+            p.ciphertext_modulus,
+        );
+        encrypt_seeded_lwe_ciphertext_list(&self.small, &mut list, &plain, p.lwe_noise_distribution, seeder);
+        Ok(EncryptedInput { key_id: self.key_id, parameter_set: self.parameter_set.clone(), features: list })
+    }
+
+    /// Decrypt the server's outputs to output levels (signed; see `cryptotl_server::program`).
+    pub fn decrypt(&self, output: &EncryptedOutput, interface: &ProgramInterface) -> Result<Vec<i64>> {
+        let params = self.params()?;
+        output.check(params, self.key_id, interface.outputs)?;
+        let key = self.glwe.as_lwe_secret_key();
+        let shift = interface.output_delta_log2 - 32;
+        Ok((0..interface.outputs)
+            .map(|i| {
+                let ct = output.ciphertext(i);
+                let (mask, body) = ct.split_at(ct.len() - 1);
+                let dot = mask.iter().zip(key.as_ref()).fold(0u32, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k as u32)));
+                let phase = body[0].wrapping_sub(dot);
+                (phase.wrapping_add(1 << (shift - 1)) as i32 >> shift) as i64
+            })
+            .collect())
+    }
+
+    /// Decrypt the server's linear-stage ciphertexts (small key, `neurons x (n + 1)` words) to accumulator
+    /// values as real numbers: exact accumulator plus noise, in accumulator units. For noise tests only (the
+    /// server never sends these).
+    pub fn decrypt_accumulators(&self, raw: &[u64], accumulator_bits: u32) -> Vec<f64> {
+        let size = self.small.lwe_dimension().0 + 1;
+        let unit = 2f64.powi(63 - accumulator_bits as i32);
+        raw.chunks(size)
+            .map(|ct| {
+                let (mask, body) = ct.split_at(size - 1);
+                let dot = mask.iter().zip(self.small.as_ref()).fold(0u64, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k)));
+                body[0].wrapping_sub(dot) as i64 as f64 / unit
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,145 @@
+//! Compile the server's frozen lower network into an [`IntegerProgram`]: fold the linear part, quantize the
+//! weights per neuron, calibrate each neuron's range on source data, tabulate the activation.
+//!
+//! For neuron j with float pre-activation `z_j = b_j + sum_i M_ij x_i` (convolution and first dense layer folded
+//! into one matrix M, inputs x in [0, 1]):
+//! 1. calibrate `[lo_j, hi_j]` = min/max of `z_j` over the calibration (source) features, widened by the margin on
+//!    each side and intersected with the exact bounds over the whole input box `[0, 1]^d`;
+//! 2. map that range onto the accumulator's index centres: `u_j = (hi_j - lo_j) / (2^B - 2^(B-p))` per unit, so
+//!    `acc_j = (z_j - lo_j) / u_j`, i.e. integer weights `w_ji = round(M_ij s_x / u_j)` with `s_x = 1/(2^b_in - 1)`
+//!    and bias `round((b_j - lo_j) / u_j)`;
+//! 3. tabulate `act(lo_j + r 2^(B-p) u_j)` at every index r, in output levels of a unit v shared by all neurons
+//!    (pooling adds neighbours, so they must agree on the unit): `v = max |act| / (2^output_bits - 1)`.
+
+use cryptotl_server::IntegerProgram;
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+use crate::config::HeConfig;
+use crate::error::{Error, Result};
+use crate::model::{Cpu, LowerNet, activate_scalar, to_array, to_tensor};
+
+/// The float affine map of the lower network's linear part: `z = x M + b`.
+pub struct AffineStage {
+    /// `[input_dim, hidden]`.
+    pub matrix: Array2<f32>,
+    /// `[hidden]`.
+    pub bias: Array1<f32>,
+}
+
+/// Fold the convolution and first dense layer into one matrix, by evaluating them on the zero vector and the
+/// unit vectors (exact: the map is affine).
+pub fn fold_linear(lower: &LowerNet<Cpu>, input_dim: usize) -> AffineStage {
+    let device = Default::default();
+    let pre = |x: Array2<f32>| to_array(lower.pre_activation(to_tensor::<Cpu>(x.view(), &device)));
+    let bias = pre(Array2::zeros((1, input_dim))).row(0).to_owned();
+    let mut matrix = pre(Array2::eye(input_dim));
+    matrix -= &bias;
+    AffineStage { matrix, bias }
+}
+
+/// Compile `lower` into an integer program, calibrated on `calibration` (scaled features, rows = samples).
+pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfig) -> Result<IntegerProgram> {
+    if lower.dense2.is_some() {
+        return Err(Error::Features("the encrypted network ends at the pooled activation; the lower network has an output dense layer (set lower.output = 0)".into()));
+    }
+    crate::features::check_finite(calibration)?;
+    if calibration.nrows() == 0 {
+        return Err(Error::Features("no calibration samples".into()));
+    }
+    let d = calibration.ncols();
+    let AffineStage { matrix, bias } = fold_linear(lower, d);
+    let hidden = bias.len();
+    let z = calibration.dot(&matrix) + &bias;
+    let (b, p) = (he.accumulator_bits, he.lookup_bits);
+    let bin = (1u64 << (b - p)) as f64;
+    let centres_span = (1u64 << b) as f64 - bin;
+    let s_x = 1.0 / (((1u32 << he.input_bits) - 1) as f64);
+    let mut ranges = Vec::with_capacity(hidden);
+    for j in 0..hidden {
+        let col = z.index_axis(Axis(1), j);
+        let (lo, hi) = col.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| (a.min(v), c.max(v)));
+        let m = matrix.index_axis(Axis(1), j);
+        let abs_lo = bias[j] + m.iter().map(|&w| w.min(0.0)).sum::<f32>();
+        let abs_hi = bias[j] + m.iter().map(|&w| w.max(0.0)).sum::<f32>();
+        let widen = he.calibration_margin * (hi - lo);
+        let (mut lo, mut hi) = ((lo - widen).max(abs_lo) as f64, (hi + widen).min(abs_hi) as f64);
+        if hi - lo < 1e-6 {
+            (lo, hi) = (lo - 1e-3, hi + 1e-3);
+        }
+        ranges.push((lo, hi));
+    }
+    let act = lower.activation;
+    let at = |j: usize, r: usize| -> f64 {
+        let (lo, hi) = ranges[j];
+        activate_scalar((lo + r as f64 * bin * (hi - lo) / centres_span) as f32, act) as f64
+    };
+    let levels = (1i64 << he.output_bits) - 1;
+    let max_abs = (0..hidden).flat_map(|j| (0..1usize << p).map(move |r| (j, r))).map(|(j, r)| at(j, r).abs()).fold(0.0, f64::max);
+    let unit = if max_abs > 0.0 { max_abs / levels as f64 } else { 1.0 };
+    let mut weights = Vec::with_capacity(hidden * d);
+    let mut biases = Vec::with_capacity(hidden);
+    let mut tables = Vec::with_capacity(hidden);
+    for (j, &(lo, hi)) in ranges.iter().enumerate() {
+        let u = (hi - lo) / centres_span;
+        for i in 0..d {
+            let w = (matrix[[i, j]] as f64 * s_x / u).round();
+            weights.push(w.clamp(i32::MIN as f64, i32::MAX as f64) as i32);
+        }
+        biases.push(((bias[j] as f64 - lo) / u).round() as i64);
+        tables.push((0..1usize << p).map(|r| (at(j, r) / unit).round().clamp(-levels as f64, levels as f64) as i32).collect());
+    }
+    let program = IntegerProgram {
+        input_dim: d,
+        input_bits: he.input_bits,
+        accumulator_bits: b,
+        lookup_bits: p,
+        output_bits: he.output_bits,
+        neurons: hidden,
+        weights,
+        biases,
+        tables,
+        pool: lower.pool,
+        output_unit: unit as f32,
+    };
+    program.validate(he.params()?)?;
+    Ok(program)
+}
+
+/// Statistics of a compiled program worth reporting.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProgramStats {
+    /// Largest |weight|.
+    pub max_abs_weight: i64,
+    /// Largest L2 norm of a neuron's weight row (scales the linear stage's noise).
+    pub max_row_norm: f64,
+    /// Fraction of zero weights.
+    pub zero_weight_fraction: f64,
+}
+
+impl ProgramStats {
+    /// Statistics of `program`.
+    pub fn of(program: &IntegerProgram) -> Self {
+        let max_abs_weight = program.weights.iter().map(|&w| (w as i64).abs()).max().unwrap_or(0);
+        let max_row_norm = (0..program.neurons)
+            .map(|j| program.row(j).iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt())
+            .fold(0.0, f64::max);
+        let zeros = program.weights.iter().filter(|&&w| w == 0).count();
+        Self { max_abs_weight, max_row_norm, zero_weight_fraction: zeros as f64 / program.weights.len().max(1) as f64 }
+    }
+}
+
+/// The clear-integer path over many samples: quantize, evaluate with the oracle, dequantize. Also returns the
+/// number of accumulators that fell outside the calibrated range (their lookups wrap around).
+pub fn clear_forward(program: &IntegerProgram, x: ArrayView2<f32>) -> Result<(Array2<f32>, usize)> {
+    crate::features::check_finite(x)?;
+    let iface = program.interface();
+    let mut out = Array2::zeros((x.nrows(), iface.outputs));
+    let mut wraps = 0;
+    for (mut row, xr) in out.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))) {
+        let q = iface.quantize(xr.as_slice().expect("standard layout").as_ref());
+        let accs = program.accumulators(&q);
+        wraps += accs.iter().filter(|&&a| program.wraps(a)).count();
+        row.assign(&Array1::from(iface.dequantize(&program.evaluate_clear(&q))));
+    }
+    Ok((out, wraps))
+}
