@@ -17,7 +17,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("features/hashed_tfidf_768/1000_sentences", |b| b.iter(|| featurizer.transform(black_box(&ds.texts)).unwrap()));
 
     let device = Default::default();
-    let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &device);
+    let lower = LowerNet::<Cpu>::new(&LowerNetConfig::paper(), 768, 0, &device);
     let x = Tensor::<Cpu, 2>::random([32, 768], burn::tensor::Distribution::Uniform(0.0, 1.0), &device);
     c.bench_function("lower_net/paper_768_766/forward_batch_32", |b| b.iter(|| lower.forward(black_box(x.clone())).into_data()));
 

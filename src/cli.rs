@@ -197,7 +197,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let data = pipeline::prepare_data(&cfg)?;
             let lower = pipeline::pretrain(&cfg, &data.source)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
-            let transferred = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
+            let (transferred, _) = pipeline::transfer(&cfg, &lower, &data.source, &client)?;
             let out = cfg.output_dir();
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
             client_pipeline.save(&out.join("client_features.json"))?;

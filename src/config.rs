@@ -388,6 +388,17 @@ impl Default for LowerNetConfig {
 }
 
 impl LowerNetConfig {
+    /// The CryptoTL paper's lower network: conv1d(9) -> dense(768) -> ReLU -> avg-pool(3) -> dense(766).
+    pub fn paper() -> Self {
+        Self { conv_kernel: 9, hidden: 768, activation: Activation::Relu, pool: 3, output: 766 }
+    }
+
+    /// The paper's network as it runs under encryption: it ends at the pooled activation (768 -> 768 ReLU ->
+    /// avg-pool 3 -> 766); the client's head takes the role of the last dense layer.
+    pub fn paper_encrypted() -> Self {
+        Self { output: 0, ..Self::paper() }
+    }
+
     /// Width of what the lower network outputs.
     pub fn output_dim(&self) -> usize {
         if self.output > 0 { self.output } else { self.hidden + 1 - self.pool }

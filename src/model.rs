@@ -10,7 +10,7 @@
 //! use cryptotl::config::{HeadConfig, LowerNetConfig};
 //! use cryptotl::model::{Cpu, Head, LowerNet};
 //! let device = Default::default();
-//! let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 1, &device);
+//! let lower = LowerNet::<Cpu>::new(&LowerNetConfig::paper(), 768, 1, &device);
 //! let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 2, &device);
 //! let y = head.logits(lower.forward(Tensor::zeros([4, 768], &device)), None);
 //! assert_eq!(y.dims(), [4, 1]);

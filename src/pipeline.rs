@@ -207,6 +207,56 @@ pub fn lower_forward(lower: &LowerNet<Cpu>, x: &Array2<f32>) -> Result<Array2<f3
     Ok(map_rows::<Cpu>(x.view(), &Default::default(), |t| lower.forward(t)))
 }
 
+/// The client's features through the three paths of the lower network, and what the encrypted one measured.
+pub struct EncryptedTransfer {
+    /// Decrypted outputs of the encrypted path (what the client trains on).
+    pub encrypted: FeatureSplit,
+    /// The float network's outputs (reference).
+    pub float: FeatureSplit,
+    /// The clear-integer program's outputs (the oracle of the encrypted path).
+    pub quantized: FeatureSplit,
+    /// Keys, sizes, timings, lookup errors (accuracies filled in by [`run`]).
+    pub report: crate::he::HeReport,
+}
+
+/// Compile the frozen lower network into an integer program (calibrated on the server's source training
+/// features), set up keys, and send every client sample through quantize -> encrypt -> server evaluation ->
+/// decrypt. Also computes the float and clear-integer outputs for comparison.
+pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Split, client: &FeatureSplit) -> Result<EncryptedTransfer> {
+    let params = cfg.he.params()?;
+    let calibration = lower.features.transform(&source.train.texts)?;
+    let program = crate::he::quant::compile(&lower.net, calibration.view(), &cfg.he)?;
+    let float = client.map(|x| lower_forward(&lower.net, x))?;
+    let overflow = std::cell::Cell::new(0usize);
+    let quantized = client.map(|x| {
+        let (y, wraps) = crate::he::quant::clear_forward(&program, x.view())?;
+        overflow.set(overflow.get() + wraps);
+        Ok(y)
+    })?;
+    let accumulators = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * program.neurons;
+    let session = crate::he::Session::new(program, params, cfg.he.insecure_seed)?;
+    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
+    let encrypted = client.map(|x| {
+        let (y, s) = session.forward(x.view(), &format!("{} samples", x.nrows()))?;
+        stats.borrow_mut().merge(s);
+        Ok(y)
+    })?;
+    let report = crate::he::HeReport::new(&session, &stats.borrow(), overflow.get() as f64 / accumulators.max(1) as f64);
+    tracing::info!(?report, "encrypted lower network done");
+    Ok(EncryptedTransfer { encrypted, float, quantized, report })
+}
+
+/// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
+/// and clear-integer paths for comparison), else the plaintext float network.
+pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Split, client: &FeatureSplit) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
+    if cfg.he.enabled {
+        let he = encrypted_transfer(cfg, lower, source, client)?;
+        Ok((he.encrypted.clone(), Some(he)))
+    } else {
+        Ok((client.map(|x| lower_forward(&lower.net, x))?, None))
+    }
+}
+
 /// A trained head (or baseline network) with its test metrics.
 pub struct TrainedHead<M> {
     /// The model.
@@ -305,9 +355,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
     stage("client features", t);
-    let (transferred, t) = timed(|| client.map(|x| lower_forward(&lower.net, x)));
-    let transferred = transferred?;
-    stage("lower network forward", t);
+    let (transferred, t) = timed(|| transfer(cfg, &lower, &data.source, &client));
+    let (transferred, he_paths) = transferred?;
+    stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
     if tracing::enabled!(tracing::Level::INFO) {
         let x = &transferred.train;
         let col_std = x.std_axis(ndarray::Axis(0), 0.0);
@@ -320,7 +370,20 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let head = train_head(cfg, &transferred, "head");
     stage("train head", head.trained.seconds);
     let source = &cfg.source.name;
-    results.push(head.result("transfer", format!("head trained on the frozen lower network's outputs (pretrained on {source})")));
+    let path = if cfg.he.enabled { "decrypted outputs of the encrypted" } else { "outputs of the (plaintext)" };
+    results.push(head.result("transfer", format!("head trained on the {path} frozen lower network (pretrained on {source})")));
+    let mut he_report = None;
+    if let Some(he) = he_paths {
+        let float = train_head(cfg, &he.float, "head (float path)");
+        stage("train head on float outputs", float.trained.seconds);
+        let quantized = train_head(cfg, &he.quantized, "head (quantized path)");
+        stage("train head on clear-integer outputs", quantized.trained.seconds);
+        let mut r = he.report;
+        (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (float.test.accuracy, quantized.test.accuracy, head.test.accuracy);
+        results.push(float.result("transfer_float", "as `transfer`, on the float lower network's outputs (no quantization, no encryption)".into()));
+        results.push(quantized.result("transfer_quantized", "as `transfer`, on the clear-integer program's outputs (quantized, not encrypted)".into()));
+        he_report = Some(r);
+    }
     let mut privacy_report = None;
     // The head that is saved (and may be published): the private one whenever DP-SGD is on.
     let mut published = head.trained.model.clone();
@@ -364,6 +427,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results,
         head_history: head.trained.history.clone(),
         privacy: privacy_report,
+        he: he_report,
         stages,
         config: cfg.clone(),
     };

@@ -73,6 +73,8 @@ pub struct Report {
     pub head_history: Vec<EpochStats>,
     /// DP-SGD of the client head, when on.
     pub privacy: Option<crate::privacy::plan::PrivacyReport>,
+    /// The encrypted stage (TFHE), when on.
+    pub he: Option<crate::he::HeReport>,
     /// Wall time per stage.
     pub stages: Vec<StageTime>,
     /// The full configuration.
@@ -147,6 +149,35 @@ impl Report {
             let _ = writeln!(s, "| epoch | steps | ε ({:?}) |\n|---:|---:|---:|", plan.accountant);
             for e in &p.per_epoch {
                 let _ = writeln!(s, "| {} | {} | {:.4} |", e.epoch, e.steps, e.epsilon);
+            }
+        }
+        if let Some(h) = &self.he {
+            let _ = writeln!(s, "\n## Encrypted lower network (TFHE)\n");
+            let _ = writeln!(s, "What TFHE protects: the client's features and the network's activations from the server (IND-CPA, \
+                {}-bit parameter set `{}`, n = {}, N = {}). The client holds the only secret key. It does not protect \
+                the server's network from the client, which sees the decrypted outputs for inputs it chooses.\n",
+                h.security_bits, h.parameter_set, h.lwe_dimension, h.polynomial_size);
+            let _ = writeln!(s, "| path | test accuracy |\n|---|---:|\n| float lower network | {:.4} |\n| quantized, clear integers | {:.4} |\n| encrypted (TFHE) | {:.4} |\n",
+                h.accuracy_float, h.accuracy_quantized, h.accuracy_encrypted);
+            let c = &h.counts;
+            let _ = writeln!(s, "| quantity | value |\n|---|---:|");
+            for (k, v) in [
+                ("bits: input / accumulator / lookup / output", format!("{} / {} / {} / {}", h.input_bits, h.accumulator_bits, h.lookup_bits, h.output_bits)),
+                ("neurons (bootstraps per sample) / outputs", format!("{} / {}", h.neurons, h.outputs)),
+                ("multiply-adds per sample (linear stage)", format!("{}", c.multiply_adds)),
+                ("max |weight| / max row L2 norm", format!("{} / {:.0}", h.program.max_abs_weight, h.program.max_row_norm)),
+                ("key generation", format!("{:.2} s", h.keygen_seconds)),
+                ("server setup (read key, FFT, tables)", format!("{:.2} s", h.server_setup_seconds)),
+                ("evaluation key (seeded, sent once)", format!("{:.1} MiB", h.evaluation_key_bytes as f64 / 1048576.0)),
+                ("upload per sample", format!("{:.2} KiB", h.upload_bytes_per_sample as f64 / 1024.0)),
+                ("download per sample", format!("{:.1} KiB", h.download_bytes_per_sample as f64 / 1024.0)),
+                ("server time per sample: median / p95", format!("{:.3} s / {:.3} s", h.server_seconds_median, h.server_seconds_p95)),
+                ("client time per sample (median)", format!("{:.4} s", h.client_seconds_median)),
+                ("samples evaluated", format!("{}", h.samples)),
+                ("outputs off the clear-integer oracle (one-level lookups)", format!("{:.4} (max {} levels)", h.off_by_one_rate, h.max_level_difference)),
+                ("accumulators outside the calibrated range", format!("{:.5}", h.calibration_overflow_rate)),
+            ] {
+                let _ = writeln!(s, "| {k} | {v} |");
             }
         }
         let _ = writeln!(s, "\n## Head training (transfer)\n\n| epoch | train loss | val loss | val accuracy |\n|---:|---:|---:|---:|");

@@ -12,11 +12,13 @@ fn err(text: &str, overrides: &[&str]) -> String {
 
 #[test]
 fn shipped_configs_are_valid() {
-    for f in ["quickstart", "imdb", "sms_spam"] {
+    for f in ["quickstart", "imdb", "sms_spam", "paper_network"] {
         let path = format!("{}/configs/{f}.toml", env!("CARGO_MANIFEST_DIR"));
         let cfg = RunConfig::load(path.as_ref(), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(cfg.name, f);
-        assert_eq!(cfg.lower.output_dim(), 766, "{f} uses the paper's lower network");
+        assert!(cfg.he.enabled, "{f}: the encrypted path is the default");
+        let want = if f == "paper_network" { 766 } else { 32 };
+        assert_eq!(cfg.lower.output_dim(), want, "{f}");
     }
     let q = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
     assert_eq!((q.features.dim, q.lower.activation), (768, Activation::Relu));
@@ -107,4 +109,20 @@ fn privacy_table_is_validated() {
     }
     let msg = RunConfig::from_toml_str(&with("noise_multiplier = 1.0\naccountant = \"moments\""), "q.toml", &[]).unwrap_err().to_string();
     assert!(msg.contains("moments") && msg.contains("pld"), "{msg}");
+}
+
+#[test]
+fn encrypted_stage_settings_are_checked() {
+    // A dense layer after the activation cannot run under encryption (the bootstrap's output noise drowns it).
+    let msg = err(QUICKSTART_TOML, &["lower.output=16"]);
+    assert!(msg.contains("lower.output") && msg.contains("he.enabled = false"), "{msg}");
+    assert!(RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["lower.output=16".into(), "he.enabled=false".into()]).is_ok());
+    let msg = err(QUICKSTART_TOML, &["he.parameter_set=\"PARAM_MADE_UP\""]);
+    assert!(msg.contains("he.parameter_set") && msg.contains("V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128"), "{msg}");
+    assert!(err(QUICKSTART_TOML, &["he.lookup_bits=11"]).contains("he.lookup_bits"));
+    assert!(err(QUICKSTART_TOML, &["he.accumulator_bits=4"]).contains("he.accumulator_bits"));
+    assert!(err(QUICKSTART_TOML, &["he.output_bits=10"]).contains("he.output_bits"));
+    assert!(err(QUICKSTART_TOML, &["he.input_bits=0"]).contains("he.input_bits"));
+    assert!(err(QUICKSTART_TOML, &["he.calibration_margin=-1"]).contains("he.calibration_margin"));
+    assert!(err(QUICKSTART_TOML, &["he.keyswitch=true"]).contains("unknown field"));
 }

@@ -27,9 +27,11 @@ format = "csv"
 paths = ["{FX}/separable_target.csv"]
 [lower]
 conv_kernel = 9
-hidden = 32
+hidden = 12
 pool = 3
-output = 16
+output = 0
+[he]
+insecure_seed = 3
 [pretrain]
 epochs = 25
 batch_size = 16
@@ -54,7 +56,7 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(!report.pretraining.from_cache);
     assert!(report.pretraining.source_test.accuracy > 0.9, "pretraining: {:?}", report.pretraining.source_test);
     let methods: Vec<&str> = report.results.iter().map(|r| r.method.as_str()).collect();
-    assert_eq!(methods, ["transfer", "raw_features_head", "target_only_network"]);
+    assert_eq!(methods, ["transfer", "transfer_float", "transfer_quantized", "raw_features_head", "target_only_network"]);
     let transfer = &report.results[0].test;
     assert!(transfer.accuracy > 0.85, "transfer must learn the separable target: {transfer:?}");
     assert_eq!(report.target.test, 24);
@@ -63,11 +65,20 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
 
     // Files a user reads.
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/report.json")).unwrap()).unwrap();
-    for key in ["results", "source", "target", "stages", "config", "seed", "pretraining"] {
+    for key in ["results", "source", "target", "stages", "config", "seed", "pretraining", "he"] {
         assert!(json.get(key).is_some(), "report.json lacks {key}");
     }
+    // The encrypted stage ran on every client sample and says what it cost.
+    let he = report.he.as_ref().expect("encrypted by default");
+    assert_eq!(he.samples, 120);
+    assert_eq!((he.neurons, he.outputs, he.counts.bootstraps), (12, 10, 12));
+    assert!(he.upload_bytes_per_sample < 256 * 8 + 300, "seeded upload: {}", he.upload_bytes_per_sample);
+    assert!(he.off_by_one_rate < 0.2 && he.max_level_difference < 1 << he.output_bits, "{he:?}");
+    assert!(he.server_seconds_median > 0.0 && he.server_seconds_p95 >= he.server_seconds_median);
+    assert_eq!(he.accuracy_encrypted, transfer.accuracy);
+    assert!(he.accuracy_float > 0.85 && he.accuracy_quantized > 0.85, "{he:?}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
-    assert!(md.contains("| transfer |") && md.contains("Wall time per stage"));
+    assert!(md.contains("| transfer |") && md.contains("Wall time per stage") && md.contains("Encrypted lower network (TFHE)"));
     assert!(dir.path().join("run/head.bin").exists() && dir.path().join("run/client_features.json").exists());
     let saved = RunConfig::load(&dir.path().join("run/config.toml"), &[]).unwrap();
     assert_eq!(saved, cfg, "the config saved beside the head reproduces the run's config");
@@ -112,7 +123,7 @@ fn cli_stage_subcommands_reuse_the_library() {
 fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, tiny_config(dir.path()).replace("hidden = 32", "hidden = 0")).unwrap();
+    std::fs::write(&bad, tiny_config(dir.path()).replace("hidden = 12", "hidden = 0")).unwrap();
     let (code, _, err) = cli(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml") && err.contains("lower.hidden"), "{err}");
@@ -137,6 +148,7 @@ fn private_head_learns_and_the_report_states_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let text = tiny_config(dir.path()) + "[privacy]\ntarget_epsilon = 8.0\nmax_grad_norm = 1.0\ninsecure_seed = 11\n";
     let mut cfg = RunConfig::from_toml_str(&text, "tiny.toml", &[]).unwrap();
+    cfg.he.enabled = false; // this test is about DP; it rebuilds the plaintext transferred features below
     cfg.baselines.raw_features_head = false;
     cfg.baselines.target_only_network = false;
     let report = cryptotl::pipeline::run(&cfg).unwrap();

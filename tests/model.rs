@@ -15,7 +15,7 @@ fn random_rows(n: usize, d: usize, seed: u64) -> Array2<f32> {
 
 #[test]
 fn paper_shapes() {
-    let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &device());
+    let lower = LowerNet::<Cpu>::new(&LowerNetConfig::paper(), 768, 0, &device());
     let out = lower.forward(Tensor::zeros([3, 768], &device()));
     assert_eq!(out.dims(), [3, 766], "conv(9) -> dense 768 -> avg-pool 3 -> dense 766");
     let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 0, &device());

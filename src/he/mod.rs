@@ -66,7 +66,8 @@ pub struct ForwardStats {
 }
 
 impl ForwardStats {
-    fn merge(&mut self, other: ForwardStats) {
+    /// Add another pass's measurements to these.
+    pub fn merge(&mut self, other: ForwardStats) {
         self.samples += other.samples;
         self.server_seconds.extend(other.server_seconds);
         self.client_seconds.extend(other.client_seconds);
@@ -159,5 +160,101 @@ impl Session {
         }
         bar.finish_and_clear();
         Ok((out, stats))
+    }
+}
+
+/// The encrypted stage's section of the run report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeReport {
+    /// tfhe-rs parameter set.
+    pub parameter_set: String,
+    /// Security level of the parameter set (tfhe-rs's vetted sets: 128 bits).
+    pub security_bits: u32,
+    /// Small LWE dimension n, polynomial size N.
+    pub lwe_dimension: usize,
+    /// Polynomial size N.
+    pub polynomial_size: usize,
+    /// Quantization: input, accumulator, lookup-index and output bits.
+    pub input_bits: u32,
+    /// Accumulator bits.
+    pub accumulator_bits: u32,
+    /// Lookup-index bits.
+    pub lookup_bits: u32,
+    /// Output-level bits.
+    pub output_bits: u32,
+    /// Neurons (bootstraps per sample) and outputs per sample.
+    pub neurons: usize,
+    /// Outputs per sample.
+    pub outputs: usize,
+    /// Weight statistics of the compiled program.
+    pub program: quant::ProgramStats,
+    /// Counted cost per sample.
+    pub counts: cryptotl_server::OpCounts,
+    /// Key generation, seconds.
+    pub keygen_seconds: f64,
+    /// Server setup (read key, Fourier transform, tables), seconds.
+    pub server_setup_seconds: f64,
+    /// Serialized evaluation key (sent once), bytes.
+    pub evaluation_key_bytes: usize,
+    /// Serialized encrypted input per sample, bytes.
+    pub upload_bytes_per_sample: usize,
+    /// Serialized encrypted output per sample, bytes.
+    pub download_bytes_per_sample: usize,
+    /// Samples evaluated under encryption.
+    pub samples: usize,
+    /// Server time per sample, median (seconds).
+    pub server_seconds_median: f64,
+    /// Server time per sample, 95th percentile (seconds).
+    pub server_seconds_p95: f64,
+    /// Client time per sample (encrypt + decrypt), median (seconds).
+    pub client_seconds_median: f64,
+    /// Outputs differing from the clear-integer oracle (one-level lookups), as a fraction.
+    pub off_by_one_rate: f64,
+    /// Largest |encrypted - oracle| in output levels.
+    pub max_level_difference: i64,
+    /// Accumulators of the client's samples outside the calibrated range (their lookups wrap), as a fraction.
+    pub calibration_overflow_rate: f64,
+    /// Test accuracy of a head trained on the float lower network's outputs.
+    pub accuracy_float: f64,
+    /// ... on the clear-integer (quantized) outputs.
+    pub accuracy_quantized: f64,
+    /// ... on the encrypted path's decrypted outputs.
+    pub accuracy_encrypted: f64,
+}
+
+impl HeReport {
+    /// The report of a session after `stats`, without accuracies (filled in once the heads are trained).
+    pub fn new(session: &Session, stats: &ForwardStats, overflow_rate: f64) -> Self {
+        let prog = session.server.program();
+        let params = session.server.params();
+        HeReport {
+            parameter_set: params.name().into(),
+            security_bits: 128,
+            lwe_dimension: params.lwe_dimension(),
+            polynomial_size: params.polynomial_size(),
+            input_bits: prog.input_bits,
+            accumulator_bits: prog.accumulator_bits,
+            lookup_bits: prog.lookup_bits,
+            output_bits: prog.output_bits,
+            neurons: prog.neurons,
+            outputs: prog.outputs(),
+            program: quant::ProgramStats::of(prog),
+            counts: session.server.counts(),
+            keygen_seconds: session.keygen_seconds,
+            server_setup_seconds: session.server_setup_seconds,
+            evaluation_key_bytes: session.evaluation_key_bytes,
+            upload_bytes_per_sample: stats.upload_bytes,
+            download_bytes_per_sample: stats.download_bytes,
+            samples: stats.samples,
+            server_seconds_median: quantile(&stats.server_seconds, 0.5),
+            server_seconds_p95: quantile(&stats.server_seconds, 0.95),
+            client_seconds_median: quantile(&stats.client_seconds, 0.5),
+            off_by_one_rate: stats.mismatch_rate(),
+            max_level_difference: stats.max_level_difference,
+            calibration_overflow_rate: overflow_rate,
+            accuracy_float: f64::NAN,
+            accuracy_quantized: f64::NAN,
+            accuracy_encrypted: f64::NAN,
+        }
     }
 }

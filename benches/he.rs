@@ -1,0 +1,66 @@
+//! Criterion benchmarks of the encrypted stage: key generation, encryption, server evaluation (per sample and per
+//! batch), decryption, for the default network (768 -> 32 ReLU) and the paper-shaped one (768 -> 768 ReLU ->
+//! avg-pool 3 -> 766). Run: `cargo bench --bench he` (README quotes the figures with the machine).
+//! `CRYPTOTL_BENCH_PAPER=0` skips the paper-shaped network (~5-10 s per sample).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use cryptotl::config::{HeConfig, LowerNetConfig};
+use cryptotl::he::{ClientKey, quant, seeder};
+use cryptotl::model::{Cpu, LowerNet};
+use cryptotl_server::{EncryptedInput, Evaluator, ParameterSet};
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+
+/// Sparse [0, 1] features shaped like scaled TF-IDF rows (a few percent non-zero).
+fn features(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Array2::from_shape_fn((rows, dim), |_| if rng.random_range(0.0..1.0f32) < 0.03 { rng.random_range(0.0..1.0) } else { 0.0 })
+}
+
+fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, client: &ClientKey, evaluation_key: &cryptotl_server::EvaluationKey) {
+    let he = HeConfig::default();
+    let lower = LowerNet::<Cpu>::new(lower_cfg, 768, 0, &Default::default());
+    let program = quant::compile(&lower, features(500, 768, 1).view(), &he).unwrap();
+    let server = Evaluator::new(program, evaluation_key, he.params().unwrap()).unwrap();
+    let iface = server.program().interface();
+    let x = features(4, 768, 2);
+    let levels: Vec<Vec<u16>> = x.rows().into_iter().map(|r| iface.quantize(r.as_slice().unwrap())).collect();
+    let mut s = seeder(None);
+    let inputs: Vec<EncryptedInput> = levels.iter().map(|q| client.encrypt(q, &iface, s.as_mut()).unwrap()).collect();
+    eprintln!("{name}: {:?}", server.counts());
+
+    let mut g = c.benchmark_group(format!("he/{name}"));
+    g.sample_size(10);
+    g.bench_function("encrypt_768", |b| b.iter(|| client.encrypt(black_box(&levels[0]), &iface, s.as_mut()).unwrap()));
+    g.bench_function("server_linear_stage", |b| b.iter(|| server.linear(black_box(&inputs[0])).unwrap()));
+    g.bench_function("server_evaluate_per_sample", |b| b.iter(|| server.evaluate(black_box(&inputs[0])).unwrap()));
+    g.bench_with_input(BenchmarkId::new("server_evaluate_batch", inputs.len()), &inputs, |b, inputs| {
+        b.iter(|| server.evaluate_batch(black_box(inputs)).unwrap())
+    });
+    let out = server.evaluate(&inputs[0]).unwrap();
+    g.bench_function("decrypt", |b| b.iter(|| client.decrypt(black_box(&out), &iface).unwrap()));
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let params = ParameterSet::default();
+    let mut g = c.benchmark_group("he/keys");
+    g.sample_size(10);
+    g.bench_function("keygen_client_and_seeded_evaluation_key", |b| b.iter(|| ClientKey::generate(params, seeder(None).as_mut())));
+    let (client, evaluation_key) = ClientKey::generate(params, seeder(None).as_mut());
+    g.bench_function("server_setup_fourier_and_tables_default_net", |b| {
+        let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &Default::default());
+        let program = quant::compile(&lower, features(100, 768, 1).view(), &HeConfig::default()).unwrap();
+        b.iter(|| Evaluator::new(program.clone(), &evaluation_key, params).unwrap())
+    });
+    g.finish();
+    bench_network(c, "default_768_32", &LowerNetConfig::default(), &client, &evaluation_key);
+    if std::env::var("CRYPTOTL_BENCH_PAPER").as_deref() != Ok("0") {
+        bench_network(c, "paper_768_768_pool3_766", &LowerNetConfig::paper_encrypted(), &client, &evaluation_key);
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
