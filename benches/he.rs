@@ -19,7 +19,7 @@ fn features(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
     Array2::from_shape_fn((rows, dim), |_| if rng.random_range(0.0..1.0f32) < 0.03 { rng.random_range(0.0..1.0) } else { 0.0 })
 }
 
-fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, client: &ClientKey, evaluation_key: &cryptotl_server::EvaluationKey) {
+fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, client: &ClientKey, evaluation_key: &cryptotl_server::EvaluationKey, full: bool) {
     let he = HeConfig::default();
     let lower = LowerNet::<Cpu>::new(lower_cfg, 768, 0, &Default::default());
     let program = quant::compile(&lower, features(500, 768, 1).view(), &he).unwrap();
@@ -33,14 +33,16 @@ fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, clie
 
     let mut g = c.benchmark_group(format!("he/{name}"));
     g.sample_size(10);
-    g.bench_function("encrypt_768", |b| b.iter(|| client.encrypt(black_box(&levels[0]), &iface, s.as_mut()).unwrap()));
     g.bench_function("server_linear_stage", |b| b.iter(|| server.linear(black_box(&inputs[0])).unwrap()));
     g.bench_function("server_evaluate_per_sample", |b| b.iter(|| server.evaluate(black_box(&inputs[0])).unwrap()));
-    g.bench_with_input(BenchmarkId::new("server_evaluate_batch", inputs.len()), &inputs, |b, inputs| {
-        b.iter(|| server.evaluate_batch(black_box(inputs)).unwrap())
-    });
     let out = server.evaluate(&inputs[0]).unwrap();
     g.bench_function("decrypt", |b| b.iter(|| client.decrypt(black_box(&out), &iface).unwrap()));
+    if full {
+        g.bench_function("encrypt_768", |b| b.iter(|| client.encrypt(black_box(&levels[0]), &iface, s.as_mut()).unwrap()));
+        g.bench_with_input(BenchmarkId::new("server_evaluate_batch", inputs.len()), &inputs, |b, inputs| {
+            b.iter(|| server.evaluate_batch(black_box(inputs)).unwrap())
+        });
+    }
     g.finish();
 }
 
@@ -56,9 +58,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Evaluator::new(program.clone(), &evaluation_key, params).unwrap())
     });
     g.finish();
-    bench_network(c, "default_768_32", &LowerNetConfig::default(), &client, &evaluation_key);
+    bench_network(c, "default_768_32", &LowerNetConfig::default(), &client, &evaluation_key, true);
     if std::env::var("CRYPTOTL_BENCH_PAPER").as_deref() != Ok("0") {
-        bench_network(c, "paper_768_768_pool3_766", &LowerNetConfig::paper_encrypted(), &client, &evaluation_key);
+        bench_network(c, "paper_768_768_pool3_766", &LowerNetConfig::paper_encrypted(), &client, &evaluation_key, false);
     }
 }
 

