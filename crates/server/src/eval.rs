@@ -172,13 +172,18 @@ impl Evaluator {
             );
             (fft, buffers)
         };
-        out.par_chunks_mut(big).zip(accumulators.par_chunks(size)).enumerate().for_each_init(scratch, |(fft, buffers), (j, (o, a))| {
-            let input = LweCiphertext::from_container(a, p.ciphertext_modulus);
-            let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(input, log_modulus);
-            let mut lut = self.luts[j].clone();
-            blind_rotate_assign_mem_optimized(&switched, &mut lut, &self.bsk, fft.as_view(), buffers.stack());
-            let mut output = LweCiphertext::from_container(o, p.ciphertext_modulus);
-            extract_lwe_sample_from_glwe_ciphertext(&lut, &mut output, MonomialDegree(0));
+        // One contiguous group of neurons per worker thread, so each thread sets up its scratch exactly once.
+        let per = self.program.neurons.div_ceil(rayon::current_num_threads().max(1));
+        out.par_chunks_mut(per * big).zip(accumulators.par_chunks(per * size)).enumerate().for_each(|(g, (outs, accs))| {
+            let (fft, mut buffers) = scratch();
+            for (i, (o, a)) in outs.chunks_mut(big).zip(accs.chunks(size)).enumerate() {
+                let input = LweCiphertext::from_container(a, p.ciphertext_modulus);
+                let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(input, log_modulus);
+                let mut lut = self.luts[g * per + i].clone();
+                blind_rotate_assign_mem_optimized(&switched, &mut lut, &self.bsk, fft.as_view(), buffers.stack());
+                let mut output = LweCiphertext::from_container(o, p.ciphertext_modulus);
+                extract_lwe_sample_from_glwe_ciphertext(&lut, &mut output, MonomialDegree(0));
+            }
         });
         out
     }

@@ -1,0 +1,48 @@
+//! Design exploration for the encrypted stage: test accuracy of heads trained on the float lower network's
+//! outputs and on the clear-integer program's outputs (the oracle of the encrypted path, without encryption),
+//! across network widths and bit widths. Cheap (no TFHE), so the README's trade-off table can cover many settings;
+//! the encrypted path then differs from the clear one only by its measured one-level lookups.
+//!
+//! `cargo run --release --example quantization_sweep [config.toml]` (default: the embedded quickstart).
+
+use cryptotl::config::RunConfig;
+use cryptotl::he::quant;
+use cryptotl::pipeline;
+
+fn main() -> anyhow::Result<()> {
+    let path = std::env::args().nth(1);
+    let base = match &path {
+        Some(p) => RunConfig::load(p.as_ref(), &[])?,
+        None => RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart", &[])?,
+    };
+    cryptotl::progress::hide();
+    let data = pipeline::prepare_data(&base)?;
+    println!("| hidden | input bits | lookup bits | float acc. | quantized acc. | accumulators out of range |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for hidden in [16, 32, 64] {
+        let mut cfg = base.clone();
+        cfg.lower.hidden = hidden;
+        let lower = pipeline::pretrain(&cfg, &data.source)?;
+        let (_, client) = pipeline::client_features(&cfg, &data.target)?;
+        let calibration = lower.features.transform(&data.source.train.texts)?;
+        let float = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
+        let float_acc = pipeline::train_head(&cfg, &float, "float").test.accuracy;
+        for input_bits in [3, 4] {
+            for lookup_bits in [3, 4, 5, 6] {
+                let mut he = cfg.he.clone();
+                (he.input_bits, he.lookup_bits) = (input_bits, lookup_bits);
+                let program = quant::compile(&lower.net, calibration.view(), &he)?;
+                let wraps = std::cell::Cell::new(0);
+                let quantized = client.map(|x| {
+                    let (y, w) = quant::clear_forward(&program, x.view())?;
+                    wraps.set(wraps.get() + w);
+                    Ok(y)
+                })?;
+                let acc = pipeline::train_head(&cfg, &quantized, "quantized").test.accuracy;
+                let total = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * hidden;
+                println!("| {hidden} | {input_bits} | {lookup_bits} | {float_acc:.3} | {acc:.3} | {:.5} |", wraps.get() as f64 / total as f64);
+            }
+        }
+    }
+    Ok(())
+}
