@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release --example quantization_sweep [config.toml]` (default: the embedded quickstart).
 
-use cryptotl::config::RunConfig;
+use cryptotl::config::{Calibration, RunConfig};
 use cryptotl::he::quant;
 use cryptotl::pipeline;
 
@@ -17,21 +17,24 @@ fn main() -> anyhow::Result<()> {
     };
     cryptotl::progress::hide();
     let data = pipeline::prepare_data(&base)?;
-    println!("| hidden | input bits | lookup bits | float acc. | quantized acc. | accumulators out of range |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| hidden | calibration | input bits | lookup bits | float acc. | quantized acc. | accumulators out of range |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for hidden in [16, 32, 64] {
         let mut cfg = base.clone();
         cfg.lower.hidden = hidden;
         let lower = pipeline::pretrain(&cfg, &data.source)?;
         let (_, client) = pipeline::client_features(&cfg, &data.target)?;
-        let calibration = lower.features.transform(&data.source.train.texts)?;
+        let source_features = lower.features.transform(&data.source.train.texts)?;
         let float = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
         let float_acc = pipeline::train_head(&cfg, &float, "float").test.accuracy;
-        for input_bits in [3, 4] {
-            for lookup_bits in [3, 4, 5, 6] {
+        for (calibration, input_bits, lookup_bits) in [Calibration::Source, Calibration::InputBox]
+            .into_iter()
+            .flat_map(|c| [3, 4].into_iter().flat_map(move |i| [3, 4, 5, 6, 7].into_iter().map(move |l| (c, i, l))))
+        {
+            {
                 let mut he = cfg.he.clone();
-                (he.input_bits, he.lookup_bits) = (input_bits, lookup_bits);
-                let program = quant::compile(&lower.net, calibration.view(), &he)?;
+                (he.calibration, he.input_bits, he.lookup_bits) = (calibration, input_bits, lookup_bits);
+                let program = quant::compile(&lower.net, source_features.view(), &he)?;
                 let wraps = std::cell::Cell::new(0);
                 let quantized = client.map(|x| {
                     let (y, w) = quant::clear_forward(&program, x.view())?;
@@ -40,7 +43,7 @@ fn main() -> anyhow::Result<()> {
                 })?;
                 let acc = pipeline::train_head(&cfg, &quantized, "quantized").test.accuracy;
                 let total = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * hidden;
-                println!("| {hidden} | {input_bits} | {lookup_bits} | {float_acc:.3} | {acc:.3} | {:.5} |", wraps.get() as f64 / total as f64);
+                println!("| {hidden} | {calibration:?} | {input_bits} | {lookup_bits} | {float_acc:.3} | {acc:.3} | {:.5} |", wraps.get() as f64 / total as f64);
             }
         }
     }

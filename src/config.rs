@@ -87,6 +87,12 @@ pub struct HeConfig {
     /// Bits of the activation's output levels.
     #[serde(default = "default_output_bits")]
     pub output_bits: u32,
+    /// How each neuron's pre-activation range is chosen: `source` (min/max over the server's source training
+    /// features, plus the margin: fine resolution, but a client whose features differ can fall outside it and its
+    /// lookups wrap around) or `input_box` (the exact range over every input in [0, 1]^d, plus the margin: never
+    /// wraps, coarser resolution).
+    #[serde(default)]
+    pub calibration: Calibration,
     /// Widening of each neuron's calibrated pre-activation range, as a fraction of its width on each side.
     #[serde(default = "default_calibration_margin")]
     pub calibration_margin: f32,
@@ -95,6 +101,17 @@ pub struct HeConfig {
     #[serde(default)]
     pub insecure_seed: Option<u64>,
 }
+/// Where the encrypted stage's per-neuron ranges come from (see [`HeConfig::calibration`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Calibration {
+    /// Min/max over the server's source training features.
+    #[default]
+    Source,
+    /// The exact range over the whole input box [0, 1]^d.
+    InputBox,
+}
+
 fn default_parameter_set() -> String {
     cryptotl_server::ParameterSet::default().name().into()
 }
@@ -122,6 +139,7 @@ impl Default for HeConfig {
             accumulator_bits: default_accumulator_bits(),
             lookup_bits: default_lookup_bits(),
             output_bits: default_output_bits(),
+            calibration: Calibration::default(),
             calibration_margin: default_calibration_margin(),
             insecure_seed: None,
         }

@@ -242,6 +242,12 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Spl
         Ok(y)
     })?;
     let report = crate::he::HeReport::new(&session, &stats.borrow(), overflow.get() as f64 / accumulators.max(1) as f64);
+    if report.calibration_overflow_rate > 0.01 {
+        tracing::warn!(rate = report.calibration_overflow_rate,
+            "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around. \
+             Set he.calibration = \"input_box\" (never wraps, coarser) or widen he.calibration_margin",
+            100.0 * report.calibration_overflow_rate);
+    }
     tracing::info!(?report, "encrypted lower network done");
     Ok(EncryptedTransfer { encrypted, float, quantized, report })
 }

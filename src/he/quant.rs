@@ -3,8 +3,9 @@
 //!
 //! For neuron j with float pre-activation `z_j = b_j + sum_i M_ij x_i` (convolution and first dense layer folded
 //! into one matrix M, inputs x in [0, 1]):
-//! 1. calibrate `[lo_j, hi_j]` = min/max of `z_j` over the calibration (source) features, widened by the margin on
-//!    each side (the margin also keeps noise from pushing an extreme accumulator across the wrap-around);
+//! 1. calibrate `[lo_j, hi_j]`: min/max of `z_j` over the calibration (source) features, or (`input_box`) the exact
+//!    range over every input in `[0, 1]^d`; widened by the margin on each side (which also keeps noise from pushing
+//!    an extreme accumulator across the wrap-around);
 //! 2. map that range onto the accumulator's index centres: `u_j = (hi_j - lo_j) / (2^B - 2^(B-p))` per unit, so
 //!    `acc_j = (z_j - lo_j) / u_j`, i.e. integer weights `w_ji = round(M_ij s_x / u_j)` with `s_x = 1/(2^b_in - 1)`
 //!    and bias `round((b_j - lo_j) / u_j)`;
@@ -14,7 +15,7 @@
 use cryptotl_server::IntegerProgram;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use crate::config::HeConfig;
+use crate::config::{Calibration, HeConfig};
 use crate::error::{Error, Result};
 use crate::model::{Cpu, LowerNet, activate_scalar, to_array, to_tensor};
 
@@ -56,8 +57,13 @@ pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfi
     let s_x = 1.0 / (((1u32 << he.input_bits) - 1) as f64);
     let mut ranges = Vec::with_capacity(hidden);
     for j in 0..hidden {
-        let col = z.index_axis(Axis(1), j);
-        let (lo, hi) = col.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| (a.min(v), c.max(v)));
+        let (lo, hi) = match he.calibration {
+            Calibration::Source => z.index_axis(Axis(1), j).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| (a.min(v), c.max(v))),
+            Calibration::InputBox => {
+                let m = matrix.index_axis(Axis(1), j);
+                (bias[j] + m.iter().map(|&w| w.min(0.0)).sum::<f32>(), bias[j] + m.iter().map(|&w| w.max(0.0)).sum::<f32>())
+            }
+        };
         // The margin is kept even where the calibrated range touches the bound over the whole input box (e.g.
         // z at x = 0): an accumulator sitting exactly on the first or last index would wrap around under noise.
         let widen = he.calibration_margin * (hi - lo);
