@@ -270,3 +270,62 @@ fn the_server_crate_cannot_name_the_client_key() {
         }
     }
 }
+
+/// Real inputs: the fixture's texts, featurized and scaled as the client would, through a compiled lower network.
+fn real_features() -> ndarray::Array2<f32> {
+    use cryptotl::config::{DatasetConfig, DatasetFormat, FeaturesConfig};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/separable_target.csv");
+    let ds = cryptotl::data::load(&DatasetConfig::new("fixture", DatasetFormat::Csv, &[path]), 0).unwrap();
+    let cfg = FeaturesConfig { dim: 64, ngrams: 1, ..FeaturesConfig::default() };
+    let pipeline = cryptotl::features::FeaturePipeline::fit(&cfg, &ds.texts).unwrap();
+    pipeline.transform(&ds.texts).unwrap()
+}
+
+fn compiled_lower(calibration: cryptotl::config::Calibration, x: ndarray::ArrayView2<f32>) -> (cryptotl::model::LowerNet<cryptotl::model::Cpu>, IntegerProgram) {
+    use cryptotl::config::{HeConfig, LowerNetConfig};
+    let cfg = LowerNetConfig { conv_kernel: 9, hidden: 16, pool: 3, output: 0, ..LowerNetConfig::default() };
+    let lower = cryptotl::model::LowerNet::new(&cfg, 64, 3, &Default::default());
+    let he = HeConfig { calibration, ..HeConfig::default() };
+    let program = cryptotl::he::quant::compile(&lower, x, &he).unwrap();
+    (lower, program)
+}
+
+#[test]
+fn encrypted_evaluation_equals_the_oracle_on_real_inputs_and_the_program_tracks_the_float_network() {
+    use cryptotl::config::Calibration;
+    let x = real_features();
+    let (lower, program) = compiled_lower(Calibration::Source, x.view());
+    // The clear-integer program approximates the float network: error well below the outputs' spread.
+    let float = cryptotl::pipeline::lower_forward(&lower, &x).unwrap();
+    let (clear, wraps) = cryptotl::he::quant::clear_forward(&program, x.view()).unwrap();
+    assert_eq!(wraps, 0, "calibrated on these very inputs");
+    let spread = float.std(0.0);
+    let err = (&clear - &float).mapv(f32::abs).mean().unwrap();
+    assert!(err < 0.1 * spread, "quantization error {err} vs output std {spread}");
+    // Encrypted == oracle up to one-level lookups, on real inputs.
+    let server = evaluator(program);
+    let iface = server.program().interface();
+    let inputs: Vec<Vec<u16>> = x.rows().into_iter().take(10).map(|r| iface.quantize(r.as_slice().unwrap())).collect();
+    let (mismatches, total) = compare_with_oracle(&server, &inputs);
+    assert!(mismatches as f64 / total as f64 <= 0.35, "{mismatches}/{total} (pooled outputs of 3 lookups at p = 5)");
+}
+
+#[test]
+fn input_box_calibration_never_wraps_where_source_calibration_does() {
+    use cryptotl::config::Calibration;
+    let sparse = real_features();
+    // Dense inputs the source never showed (the IMDB situation: long reviews against tweets).
+    let dense = ndarray::Array2::from_shape_fn((50, 64), |(i, j)| ((i * 7 + j * 13) % 17) as f32 / 16.0);
+    let extremes = ndarray::stack![ndarray::Axis(0), ndarray::Array1::<f32>::ones(64), ndarray::Array1::<f32>::zeros(64)];
+    let (_, source) = compiled_lower(Calibration::Source, sparse.view());
+    let (_, boxed) = compiled_lower(Calibration::InputBox, sparse.view());
+    let (_, wraps_source) = cryptotl::he::quant::clear_forward(&source, dense.view()).unwrap();
+    assert!(wraps_source > 0, "dense inputs leave a range calibrated on sparse ones");
+    for x in [dense.view(), extremes.view(), sparse.view()] {
+        assert_eq!(cryptotl::he::quant::clear_forward(&boxed, x).unwrap().1, 0);
+    }
+    // NaN features are refused before anything is quantized.
+    let mut bad = sparse.clone();
+    bad[[0, 0]] = f32::NAN;
+    assert!(cryptotl::he::quant::clear_forward(&boxed, bad.view()).is_err());
+}
