@@ -2,14 +2,11 @@
 //! server's outputs. The secret keys live only in [`ClientKey`]; the server crate (`cryptotl_server`) does not
 //! depend on this crate and so cannot name this type.
 
-use cryptotl_server::wire::WireObject;
 use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, HeError, ParameterSet, ProgramInterface};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
 use tfhe::core_crypto::commons::math::random::Seed;
 use tfhe::core_crypto::prelude::*;
-use tfhe::named::Named;
-use tfhe_versionable::VersionsDispatch;
 
 /// The source of key and encryption randomness: tfhe-rs's seeder (RDSEED, else the OS) feeding its AES-CTR
 /// CSPRNG, or, with `insecure_seed`, a deterministic stream (reproducible tests only: it makes the keys guessable).
@@ -34,20 +31,7 @@ pub struct ClientKey {
     glwe: GlweSecretKeyOwned<u64>,
 }
 
-/// Versions of [`ClientKey`].
-#[derive(VersionsDispatch)]
-pub enum ClientKeyVersions {
-    /// The first version.
-    V0(ClientKey),
-}
-
-impl Named for ClientKey {
-    const NAME: &'static str = "cryptotl::ClientKey";
-}
-
-impl WireObject for ClientKey {
-    const WHAT: &'static str = "client key";
-}
+cryptotl_server::wire_object!(ClientKey, ClientKeyVersions, "cryptotl::ClientKey", "client key");
 
 impl std::fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

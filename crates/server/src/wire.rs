@@ -15,10 +15,29 @@ use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 use tfhe::named::Named;
 use tfhe::{Unversionize, Versionize};
-use tfhe_versionable::VersionsDispatch;
 
 use crate::error::{HeError, Result};
 use crate::params::ParameterSet;
+
+/// Declare a type as a wire object: its versions enum (for tfhe's versioning), its `Named` tag (checked on
+/// reading) and its [`WireObject`] name. Users need `tfhe` and `tfhe-versionable` as dependencies.
+#[macro_export]
+macro_rules! wire_object {
+    ($ty:ident, $versions:ident, $name:literal, $what:literal) => {
+        #[doc = concat!("Versions of [`", stringify!($ty), "`].")]
+        #[derive(tfhe_versionable::VersionsDispatch)]
+        pub enum $versions {
+            /// The first version.
+            V0($ty),
+        }
+        impl tfhe::named::Named for $ty {
+            const NAME: &'static str = $name;
+        }
+        impl $crate::wire::WireObject for $ty {
+            const WHAT: &'static str = $what;
+        }
+    };
+}
 
 /// Bytes allowed for headers and metadata on top of an object's payload.
 const SLACK_BYTES: u64 = 4096;
@@ -74,20 +93,7 @@ pub struct EvaluationKey {
     pub bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
 }
 
-/// Versions of [`EvaluationKey`].
-#[derive(VersionsDispatch)]
-pub enum EvaluationKeyVersions {
-    /// The first version.
-    V0(EvaluationKey),
-}
-
-impl Named for EvaluationKey {
-    const NAME: &'static str = "cryptotl::EvaluationKey";
-}
-
-impl WireObject for EvaluationKey {
-    const WHAT: &'static str = "evaluation key";
-}
+wire_object!(EvaluationKey, EvaluationKeyVersions, "cryptotl::EvaluationKey", "evaluation key");
 
 impl EvaluationKey {
     /// Serialized size limit for `params`.
@@ -126,20 +132,7 @@ pub struct EncryptedInput {
     pub features: SeededLweCiphertextListOwned<u64>,
 }
 
-/// Versions of [`EncryptedInput`].
-#[derive(VersionsDispatch)]
-pub enum EncryptedInputVersions {
-    /// The first version.
-    V0(EncryptedInput),
-}
-
-impl Named for EncryptedInput {
-    const NAME: &'static str = "cryptotl::EncryptedInput";
-}
-
-impl WireObject for EncryptedInput {
-    const WHAT: &'static str = "encrypted input";
-}
+wire_object!(EncryptedInput, EncryptedInputVersions, "cryptotl::EncryptedInput", "encrypted input");
 
 impl EncryptedInput {
     /// Serialized size limit for `input_dim` features.
@@ -177,20 +170,7 @@ pub struct EncryptedOutput {
     pub data: Vec<u32>,
 }
 
-/// Versions of [`EncryptedOutput`].
-#[derive(VersionsDispatch)]
-pub enum EncryptedOutputVersions {
-    /// The first version.
-    V0(EncryptedOutput),
-}
-
-impl Named for EncryptedOutput {
-    const NAME: &'static str = "cryptotl::EncryptedOutput";
-}
-
-impl WireObject for EncryptedOutput {
-    const WHAT: &'static str = "encrypted output";
-}
+wire_object!(EncryptedOutput, EncryptedOutputVersions, "cryptotl::EncryptedOutput", "encrypted output");
 
 impl EncryptedOutput {
     /// Serialized size limit for `outputs` ciphertexts.
