@@ -39,6 +39,19 @@ pub fn fold_linear(lower: &LowerNet<Cpu>, input_dim: usize) -> AffineStage {
 }
 
 /// Compile `lower` into an integer program, calibrated on `calibration` (scaled features, rows = samples).
+///
+/// ```
+/// use cryptotl::config::{HeConfig, LowerNetConfig};
+/// use cryptotl::he::quant::{clear_forward, compile};
+/// use cryptotl::model::{Cpu, LowerNet};
+/// let cfg = LowerNetConfig { hidden: 8, ..LowerNetConfig::default() };
+/// let lower = LowerNet::<Cpu>::new(&cfg, 16, 0, &Default::default());
+/// let x = ndarray::Array2::from_shape_fn((20, 16), |(i, j)| ((i + j) % 5) as f32 / 4.0);
+/// let program = compile(&lower, x.view(), &HeConfig::default()).unwrap();
+/// assert_eq!((program.neurons, program.outputs()), (8, 8));
+/// let (y, wraps) = clear_forward(&program, x.view()).unwrap();
+/// assert_eq!((y.dim(), wraps), ((20, 8), 0));
+/// ```
 pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfig) -> Result<IntegerProgram> {
     if lower.dense2.is_some() {
         return Err(Error::Features("the encrypted network ends at the pooled activation; the lower network has an output dense layer (set lower.output = 0)".into()));

@@ -43,6 +43,14 @@ pub struct ProgramInterface {
 
 impl ProgramInterface {
     /// Quantize one feature vector in [0, 1] (values outside are clipped) to input levels.
+    ///
+    /// ```
+    /// use cryptotl_server::ProgramInterface;
+    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
+    ///     output_delta_log2: 54, output_scale: 0.5 };
+    /// assert_eq!(iface.quantize(&[0.0, 0.5, 2.0]), vec![0, 8, 15]);
+    /// assert_eq!(iface.dequantize(&[3, -2]), vec![1.5, -1.0]);
+    /// ```
     pub fn quantize(&self, x: &[f32]) -> Vec<u16> {
         let top = ((1u32 << self.input_bits) - 1) as f32;
         x.iter().map(|&v| (v.clamp(0.0, 1.0) * top).round() as u16).collect()
@@ -160,6 +168,14 @@ impl IntegerProgram {
     }
 
     /// Lookup-table index of an accumulator: `round(acc / 2^(B-p))` modulo `2^(p+1)`.
+    ///
+    /// ```
+    /// # use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 1, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3,
+    ///     neurons: 1, weights: vec![1], biases: vec![0], tables: vec![vec![0, 1, 2, 3]], pool: 1, output_unit: 1.0 };
+    /// assert_eq!([1, 2, 5, 6, 14, 31, 32].map(|a| prog.lookup_index(a)), [0, 1, 1, 2, 4, 0, 0]);
+    /// assert_eq!((prog.lookup(0, 2), prog.lookup(0, 6)), (2, -2)); // past 2^p: negacyclic
+    /// ```
     pub fn lookup_index(&self, acc: i64) -> usize {
         let (b, p) = (self.accumulator_bits, self.lookup_bits);
         let t = (acc as u64) & ((1u64 << (b + 1)) - 1);
