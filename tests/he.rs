@@ -187,6 +187,14 @@ fn a_ciphertext_or_key_for_other_parameters_is_rejected() {
     assert!(matches!(server.evaluate(&nine), Err(HeError::Shape { .. })));
     // Levels out of range are refused before encryption.
     assert!(keys().0.encrypt(&[16; 8], &server.program().interface(), seeder(None).as_mut()).is_err());
+    // A nonsensical interface from the server is an error for the client, not a panic.
+    let out = server.evaluate(&encrypt(&[1; 8], &server)).unwrap();
+    let mut iface = server.program().interface();
+    iface.output_delta_log2 = 5;
+    assert!(matches!(keys().0.decrypt(&out, &iface), Err(HeError::Program(_))));
+    iface = server.program().interface();
+    iface.accumulator_bits = 99;
+    assert!(keys().0.encrypt(&[1; 8], &iface, seeder(None).as_mut()).is_err());
 }
 
 #[test]
@@ -253,6 +261,9 @@ fn bad_programs_are_refused() {
     let mut p = random_program(8, 2, 3, 1, 6);
     p.output_bits = 10; // no room above the bootstrap's output noise
     assert!(Evaluator::new(p, &keys().1, PARAMS).is_err());
+    let mut p = random_program(8, 2, 3, 1, 6);
+    p.biases[0] = 1 << 62; // accumulators that could overflow the clear evaluation
+    assert!(matches!(Evaluator::new(p, &keys().1, PARAMS), Err(HeError::Program(_))));
 }
 
 #[test]

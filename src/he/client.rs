@@ -85,6 +85,7 @@ impl ClientKey {
     /// small key: level q is encoded as `q * 2^(63 - accumulator_bits)`.
     pub fn encrypt(&self, levels: &[u16], interface: &ProgramInterface, seeder: &mut dyn Seeder) -> Result<EncryptedInput> {
         let params = self.params()?;
+        interface.validate()?;
         if levels.len() != interface.input_dim {
             return Err(HeError::Shape { what: "input levels", message: format!("{} values, the program takes {}", levels.len(), interface.input_dim) });
         }
@@ -109,6 +110,7 @@ impl ClientKey {
     /// Decrypt the server's outputs to output levels (signed; see `cryptotl_server::program`).
     pub fn decrypt(&self, output: &EncryptedOutput, interface: &ProgramInterface) -> Result<Vec<i64>> {
         let params = self.params()?;
+        interface.validate()?;
         output.check(params, self.key_id, interface.outputs)?;
         let key = self.glwe.as_lwe_secret_key();
         let shift = interface.output_delta_log2 - 32;

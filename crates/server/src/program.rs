@@ -42,6 +42,20 @@ pub struct ProgramInterface {
 }
 
 impl ProgramInterface {
+    /// Check the interface can be used to encode and decode (it comes from the server: not trusted blindly).
+    pub fn validate(&self) -> Result<()> {
+        let ok = (1..=16).contains(&self.input_bits)
+            && (2..=40).contains(&self.accumulator_bits)
+            && (33..=62).contains(&self.output_delta_log2)
+            && self.input_dim > 0
+            && self.outputs > 0
+            && self.output_scale.is_finite();
+        if !ok {
+            return Err(HeError::Program(format!("unusable program interface {self:?}")));
+        }
+        Ok(())
+    }
+
     /// Quantize one feature vector in [0, 1] (values outside are clipped) to input levels.
     ///
     /// ```
@@ -151,6 +165,15 @@ impl IntegerProgram {
         }
         if !self.output_unit.is_finite() || self.output_unit <= 0.0 {
             return fail(format!("output_unit = {} must be finite and positive", self.output_unit));
+        }
+        // The clear evaluation sums in i64: keep every accumulator far from overflow.
+        let top = ((1u64 << self.input_bits) - 1) as i128;
+        let worst = (0..self.neurons)
+            .map(|j| self.biases[j].unsigned_abs() as i128 + self.row(j).iter().map(|&w| w.unsigned_abs() as i128).sum::<i128>() * top)
+            .max()
+            .unwrap_or(0);
+        if worst >= 1i128 << 62 {
+            return fail(format!("accumulators could reach {worst}, beyond 2^62"));
         }
         Ok(())
     }
