@@ -184,7 +184,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Pretrain(a) => {
             let cfg = a.load()?;
             let data = pipeline::prepare_data(&cfg)?;
-            let lower = pipeline::pretrain(&cfg, &data.source)?;
+            let lower = pipeline::server_lower_network(&cfg, &data.source)?;
             println!(
                 "lower network {} {} (source test accuracy {:.4})",
                 if lower.from_cache { "loaded from" } else { "pretrained and saved to" },
@@ -195,7 +195,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Features(a) => {
             let cfg = a.load()?;
             let data = pipeline::prepare_data(&cfg)?;
-            let lower = pipeline::pretrain(&cfg, &data.source)?;
+            let lower = pipeline::server_lower_network(&cfg, &data.source)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
             let (transferred, _) = pipeline::transfer(&cfg, &lower, &data.source, &client)?;
             let out = cfg.output_dir();

@@ -62,6 +62,52 @@ pub struct RunConfig {
     /// The encrypted (TFHE) evaluation of the lower network. On by default.
     #[serde(default)]
     pub he: HeConfig,
+    /// What the server does to protect its source data from the client (who sees the decrypted outputs of the
+    /// lower network for inputs it chooses). Both mechanisms are off by default.
+    #[serde(default)]
+    pub server_privacy: ServerPrivacyConfig,
+}
+
+/// The server's protection of its source data: `[server_privacy.weight_noise]` and/or
+/// `[server_privacy.dp_pretraining]`. Accounted by [`crate::privacy::server`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPrivacyConfig {
+    /// Gaussian noise on the frozen lower network's weights and biases after pretraining, before quantization.
+    #[serde(default)]
+    pub weight_noise: Option<WeightNoiseConfig>,
+    /// DP-SGD pretraining of the lower network on the source data: the same engine, schedule planner and
+    /// accountants as the client's `[privacy]`, run on `[pretrain]`'s schedule.
+    #[serde(default)]
+    pub dp_pretraining: Option<PrivacyConfig>,
+}
+
+/// The Gaussian mechanism on the flattened weight vector of the lower network. Give `noise_std`, or
+/// `target_epsilon` (the std is calibrated with OpenDP so that the release spends at most that at `delta`).
+///
+/// The guarantee holds **only if** `l2_sensitivity` truly bounds how far the weight vector (all weights and biases of
+/// the lower network, flattened) can move when one source example is added or removed. Ordinary training gives no
+/// such bound; DP pretraining (clipped gradients) or an analysis of the training procedure must supply it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightNoiseConfig {
+    /// Switch the noise on or off without deleting the table.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Declared L2 sensitivity Δ of the flattened weight vector to adding or removing one source example.
+    pub l2_sensitivity: f64,
+    /// Noise std per weight (exclusive with `target_epsilon`).
+    #[serde(default)]
+    pub noise_std: Option<f64>,
+    /// ε the release may spend at `delta`; the smallest std reaching it is used (exclusive with `noise_std`).
+    #[serde(default)]
+    pub target_epsilon: Option<f64>,
+    /// δ. Default 0.1/N for N source training examples, stated in the report.
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// Fixed seed for the noise. FOR TESTS ONLY: whoever knows the seed can remove the noise.
+    #[serde(default)]
+    pub insecure_seed: Option<u64>,
 }
 
 /// The TFHE stage: how the frozen lower network is quantized and which tfhe-rs parameter set encrypts it.
@@ -598,7 +644,13 @@ impl RunConfig {
             return Err(err("head.dropout", format!("must be in [0, 1), got {}", h.dropout)));
         }
         if let Some(p) = &self.privacy {
-            validate_privacy(p, &err)?;
+            validate_privacy(p, "privacy", &err)?;
+        }
+        if let Some(p) = &self.server_privacy.dp_pretraining {
+            validate_privacy(p, "server_privacy.dp_pretraining", &err)?;
+        }
+        if let Some(w) = &self.server_privacy.weight_noise {
+            validate_weight_noise(w, &err)?;
         }
         if self.he.enabled {
             validate_he(&self.he, l, &err)?;
@@ -652,10 +704,33 @@ fn validate_he(h: &HeConfig, l: &LowerNetConfig, err: &impl Fn(&str, String) -> 
     Ok(())
 }
 
-fn validate_privacy(p: &PrivacyConfig, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+fn validate_weight_noise(w: &WeightNoiseConfig, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+    let table = "server_privacy.weight_noise";
     let positive = |key: &str, v: Option<f64>| -> Result<()> {
         match v {
-            Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("privacy.{key}"), format!("must be a finite number > 0, got {x}"))),
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
+            _ => Ok(()),
+        }
+    };
+    positive("l2_sensitivity", Some(w.l2_sensitivity))?;
+    positive("noise_std", w.noise_std)?;
+    positive("target_epsilon", w.target_epsilon)?;
+    if let Some(d) = w.delta
+        && !(d.is_finite() && d > 0.0 && d < 1.0)
+    {
+        return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
+    }
+    match (w.noise_std, w.target_epsilon) {
+        (Some(_), Some(_)) => Err(err(table, "give either `noise_std` or `target_epsilon`, not both (the std follows from the target)".into())),
+        (None, None) if w.enabled => Err(err(table, "give `noise_std` or `target_epsilon` (with `delta`)".into())),
+        _ => Ok(()),
+    }
+}
+
+fn validate_privacy(p: &PrivacyConfig, table: &str, err: &impl Fn(&str, String) -> Error) -> Result<()> {
+    let positive = |key: &str, v: Option<f64>| -> Result<()> {
+        match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
             _ => Ok(()),
         }
     };
@@ -666,18 +741,18 @@ fn validate_privacy(p: &PrivacyConfig, err: &impl Fn(&str, String) -> Error) -> 
     if let Some(d) = p.delta
         && !(d.is_finite() && d > 0.0 && d < 1.0)
     {
-        return Err(err("privacy.delta", format!("must be in (0, 1), got {d}")));
+        return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
     }
     if let Some(q) = p.sampling_rate
         && !(q.is_finite() && q > 0.0 && q <= 1.0)
     {
-        return Err(err("privacy.sampling_rate", format!("must be in (0, 1], got {q}")));
+        return Err(err(&format!("{table}.sampling_rate"), format!("must be in (0, 1], got {q}")));
     }
     if p.enabled && p.noise_multiplier.is_none() && p.target_epsilon.is_none() {
-        return Err(err("privacy", "give `noise_multiplier` or `target_epsilon` (or both)".into()));
+        return Err(err(table, "give `noise_multiplier` or `target_epsilon` (or both)".into()));
     }
     if p.accountant == crate::privacy::AccountantKind::Zcdp && p.sampling_rate.is_some_and(|q| q < 1.0) {
-        return Err(err("privacy.accountant", "zcdp accounts only full-batch training (sampling_rate = 1); use pld or rdp".into()));
+        return Err(err(&format!("{table}.accountant"), "zcdp accounts only full-batch training (sampling_rate = 1); use pld or rdp".into()));
     }
     Ok(())
 }

@@ -126,6 +126,10 @@ pub struct PretrainedLower {
     pub from_cache: bool,
     /// The cache folder.
     pub cache_dir: PathBuf,
+    /// The DP-SGD schedule of the pretraining, when `[server_privacy.dp_pretraining]` is on.
+    pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+    /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
+    pub weight_noise: Option<AppliedWeightNoise>,
 }
 
 /// What a cached pretraining stores beside the network.
@@ -134,6 +138,21 @@ struct PretrainMeta {
     key: String,
     source_test: Metrics,
     history: Vec<EpochStats>,
+    #[serde(default)]
+    dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+}
+
+/// The weight noise the server applied to its lower network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedWeightNoise {
+    /// The resolved mechanism (std, δ, ε).
+    pub plan: crate::privacy::server::WeightNoisePlan,
+    /// Weights and biases noised (the dimension of the released vector).
+    pub parameters: usize,
+    /// Where the noise came from.
+    pub noise_source: String,
+    /// The noised network was drawn in an earlier run and reused (no new release, no new budget).
+    pub from_cache: bool,
 }
 
 /// A stable key of everything that determines the pretrained lower network.
@@ -142,11 +161,22 @@ pub fn pretrain_key(cfg: &RunConfig) -> String {
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source,
         "split": cfg.split, "lower": cfg.lower, "pretrain": cfg.pretrain,
+        "dp_pretraining": cfg.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled),
     });
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 
-/// Pretrain the lower network on the source data, or load it from the cache keyed by [`pretrain_key`].
+/// The DP-SGD schedule of the server's pretraining on `n` source training examples, when
+/// `[server_privacy.dp_pretraining]` is on (refusing a schedule beyond its budget).
+pub fn dp_pretraining_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::privacy::plan::DpPlan>> {
+    match &cfg.server_privacy.dp_pretraining {
+        Some(p) if p.enabled => Ok(Some(crate::privacy::plan::plan(p, &cfg.pretrain, n)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Pretrain the lower network on the source data (with DP-SGD when `[server_privacy.dp_pretraining]` is on), or
+/// load it from the cache keyed by [`pretrain_key`]. Weight noise is applied afterwards by [`apply_weight_noise`].
 pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
     let device = Default::default();
     let key = pretrain_key(cfg);
@@ -167,21 +197,31 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
                 history: meta.history,
                 from_cache: true,
                 cache_dir: dir,
+                dp_pretraining: meta.dp_pretraining,
+                weight_noise: None,
             });
         }
     }
+    // Settled before training: a schedule beyond its budget refuses to start.
+    let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
     let fs = FeatureSplit::from_split(&features, source)?;
     let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim, cfg.seed, &device);
-    let trained: Trained<PretrainNet<Cpu>> =
-        train::train(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain");
+    let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
+        (Some(plan), Some(p)) => {
+            tracing::info!(?plan, "DP pretraining schedule");
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
+            train::train_private(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, plan, &mut rng, cfg.seed, "pretrain")
+        }
+        _ => train::train(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
+    };
     let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, fs.test.view(), &device), &fs.test_y);
     tracing::info!(accuracy = source_test.accuracy, "pretraining done (source test split)");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     model::save_module(&trained.model, &net_path)?;
     features.save(&feat_path)?;
     cfg.save(&dir.join("config.toml"))?;
-    let meta = PretrainMeta { key, source_test: source_test.clone(), history: trained.history.clone() };
+    let meta = PretrainMeta { key, source_test: source_test.clone(), history: trained.history.clone(), dp_pretraining: dp_plan.clone() };
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
     Ok(PretrainedLower {
         net: trained.model.lower,
@@ -190,7 +230,61 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
         history: trained.history,
         from_cache: false,
         cache_dir: dir,
+        dp_pretraining: dp_plan,
+        weight_noise: None,
     })
+}
+
+/// Add `[server_privacy.weight_noise]` to the pretrained lower network (no-op when off), for `n_source` source
+/// training examples.
+///
+/// The noised network is a release: it is drawn once per (pretrained network, noise setting), stored in the
+/// pretraining cache and reused by later runs, so rerunning does not hand the client fresh draws of the same
+/// weights (each would spend the budget again).
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, n_source: usize) -> Result<()> {
+    let Some(wn) = cfg.server_privacy.weight_noise.as_ref() else { return Ok(()) };
+    let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n_source)? else { return Ok(()) };
+    let device = Default::default();
+    let material = serde_json::json!({ "plan": plan, "seed": wn.insecure_seed });
+    let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
+    let (net_path, meta_path) = (dir.join("lower"), dir.join("meta.json"));
+    if meta_path.exists() {
+        let mut applied: AppliedWeightNoise = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
+            .map_err(|e| Error::artifact(&meta_path, format!("corrupt: {e}")))?;
+        if applied.plan == plan {
+            lower.net = model::load_module(lower.net.clone(), &net_path, &device)?;
+            applied.from_cache = true;
+            tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
+            lower.weight_noise = Some(applied);
+            return Ok(());
+        }
+    }
+    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(wn.insecure_seed);
+    let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
+    tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
+    let noise_source = if wn.insecure_seed.is_some() {
+        "ChaCha20 with a FIXED seed from the config (insecure: tests only)"
+    } else {
+        "ChaCha20 seeded from the operating system; floating-point Gaussian (rand_distr)"
+    };
+    let applied = AppliedWeightNoise { plan, parameters, noise_source: noise_source.into(), from_cache: false };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    model::save_module(&net, &net_path)?;
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&applied).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
+    lower.net = net;
+    lower.weight_noise = Some(applied);
+    Ok(())
+}
+
+/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured, cached) and
+/// then noised (when configured, cached). Both budgets are checked before any training starts.
+pub fn server_lower_network(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
+    if let Some(wn) = &cfg.server_privacy.weight_noise {
+        crate::privacy::server::plan_weight_noise(wn, source.train.len())?;
+    }
+    let mut lower = pretrain(cfg, source)?;
+    apply_weight_noise(cfg, &mut lower, source.train.len())?;
+    Ok(lower)
 }
 
 /// The client's scaled features of its target data (pipeline fitted on target train only).
@@ -355,7 +449,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
-    let (lower, t) = timed(|| pretrain(cfg, &data.source));
+    let (lower, t) = timed(|| server_lower_network(cfg, &data.source));
     let lower = lower?;
     stage(if lower.from_cache { "pretrain (cached)" } else { "pretrain" }, t);
     let (client, t) = timed(|| client_features(cfg, &data.target));
@@ -417,6 +511,16 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("baseline: whole network on target", b.trained.seconds);
         results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
     }
+    let budget = crate::privacy::budget::BudgetReport::new(
+        privacy_report.as_ref(),
+        data.target.train.len(),
+        crate::privacy::budget::ServerMechanisms {
+            dp_pretraining: lower.dp_pretraining.as_ref(),
+            weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+            source_examples: data.source.train.len(),
+        },
+        crate::privacy::budget::TfheStatement::new(&cfg.he)?,
+    )?;
     let report = Report {
         name: cfg.name.clone(),
         seed: cfg.seed,
@@ -429,7 +533,10 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             cache_dir: lower.cache_dir.display().to_string(),
             source_test: lower.source_test,
             history: lower.history,
+            dp_pretraining: lower.dp_pretraining,
+            weight_noise: lower.weight_noise,
         },
+        budget,
         results,
         head_history: head.trained.history.clone(),
         privacy: privacy_report,

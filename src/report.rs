@@ -39,6 +39,10 @@ pub struct PretrainSummary {
     pub source_test: Metrics,
     /// Epoch history.
     pub history: Vec<EpochStats>,
+    /// DP pretraining's schedule, when on.
+    pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+    /// The weight noise on the released network, when on.
+    pub weight_noise: Option<crate::pipeline::AppliedWeightNoise>,
 }
 
 /// Wall time of one stage.
@@ -71,6 +75,8 @@ pub struct Report {
     pub results: Vec<MethodResult>,
     /// Head-training history of the transfer model.
     pub head_history: Vec<EpochStats>,
+    /// The privacy budget of every party and mechanism, and what TFHE protects.
+    pub budget: crate::privacy::budget::BudgetReport,
     /// DP-SGD of the client head, when on.
     pub privacy: Option<crate::privacy::plan::PrivacyReport>,
     /// The encrypted stage (TFHE), when on.
@@ -110,6 +116,18 @@ impl Report {
             p.history.len(),
             if p.from_cache { format!("loaded from cache `{}`", p.cache_dir) } else { format!("trained now, cached in `{}`", p.cache_dir) }
         );
+        if let Some(plan) = &p.dp_pretraining {
+            let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({:?}).\n",
+                plan.steps_allowed, plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate, plan.epsilon, plan.delta, plan.accountant);
+        }
+        if let Some(w) = &p.weight_noise {
+            let _ = writeln!(s, "Weight noise: std {:.4e}{} on {} weights and biases (Δ = {:.4e}, δ = {:.3e}, {}); {}. Noise: {}.\n",
+                w.plan.noise_std, if w.plan.noise_calibrated { " (calibrated)" } else { "" }, w.parameters, w.plan.l2_sensitivity,
+                w.plan.delta, w.plan.delta_source,
+                if w.from_cache { "the noised network was drawn in an earlier run and reused (no new release)" } else { "drawn now and cached for reuse" },
+                w.noise_source);
+        }
+        let _ = writeln!(s, "## Privacy budget (every party, every mechanism)\n\n{}", self.budget.to_markdown());
         let _ = writeln!(s, "## Results on the target test split\n");
         let _ = writeln!(s, "| method | accuracy | precision | recall | F1 | TP | FP | TN | FN | epochs (best) | train s |");
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

@@ -1,52 +1,11 @@
 //! A tiny run end to end on a separable fixture, the run cache, and the CLI's stage subcommands and exit codes.
 
-use std::path::Path;
 use std::process::Command;
 
 use cryptotl::config::RunConfig;
 
-const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn tiny_config(dir: &Path) -> String {
-    format!(
-        r#"
-name = "tiny"
-seed = 5
-output_dir = "{out}"
-cache_dir = "{cache}"
-[features]
-dim = 256
-ngrams = 1
-[source]
-name = "separable source"
-format = "csv"
-paths = ["{FX}/separable_source.csv"]
-[target]
-name = "separable target"
-format = "csv"
-paths = ["{FX}/separable_target.csv"]
-[lower]
-conv_kernel = 9
-hidden = 12
-pool = 3
-output = 0
-[he]
-insecure_seed = 3
-[pretrain]
-epochs = 25
-batch_size = 16
-learning_rate = 3e-3
-patience = 5
-[head_training]
-epochs = 40
-batch_size = 16
-learning_rate = 3e-3
-patience = 8
-"#,
-        out = dir.join("run").display(),
-        cache = dir.join("cache").display(),
-    )
-}
+mod common;
+use common::tiny_config;
 
 #[test]
 fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {

@@ -19,11 +19,13 @@
 //! assert!(pld < rdp);
 //! ```
 
+pub mod budget;
 pub mod dpsgd;
 pub mod normal;
 pub mod plan;
 pub mod pld;
 pub mod rdp;
+pub mod server;
 pub mod zcdp;
 
 use serde::{Deserialize, Serialize};

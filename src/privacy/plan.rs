@@ -1,14 +1,14 @@
 //! Turning a `[privacy]` config into a DP-SGD schedule that is known to fit the budget before training starts,
 //! and the privacy section of the run report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AccountantKind, SubsampledGaussian, calibrate_noise};
 use crate::config::{PrivacyConfig, TrainConfig};
 use crate::error::{Error, Result};
 
 /// A resolved DP-SGD schedule.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DpPlan {
     /// Poisson sampling rate q.
     pub sampling_rate: f64,

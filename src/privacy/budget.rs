@@ -1,0 +1,221 @@
+//! The privacy budget of a run, for every party and every mechanism: one table (`report.json` and `report.md`).
+//!
+//! | party | data | mechanisms |
+//! |---|---|---|
+//! | client | its target training split | DP-SGD on the head (`[privacy]`) |
+//! | server | its source training split | DP pretraining, weight noise, and their composition (`[server_privacy]`) |
+//!
+//! A party without a mechanism gets a row with ε = ∞: no guarantee is claimed. TFHE is not a DP mechanism; its
+//! statement (what it hides from whom, parameter set, security level) is reported beside the table.
+
+use serde::Serialize;
+
+use super::plan::{DpPlan, PrivacyReport};
+use super::server::{WeightNoisePlan, approx_dp_measurement, compose, weight_noise_approx_dp};
+use crate::error::Result;
+
+/// One party's mechanism and what it guarantees.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetRow {
+    /// `client` or `server`.
+    pub party: String,
+    /// Whose data the guarantee is about.
+    pub data: String,
+    /// The mechanism (`none` when the data is not protected).
+    pub mechanism: String,
+    /// ε for one added or removed example (`None`: no guarantee, ε = ∞).
+    pub epsilon: Option<f64>,
+    /// δ (`None` with ε = ∞).
+    pub delta: Option<f64>,
+    /// Who computed ε.
+    pub accountant: String,
+    /// The noise parameters.
+    pub noise: String,
+    /// What the guarantee protects against.
+    pub protects_against: String,
+}
+
+/// What the encryption protects.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TfheStatement {
+    /// Whether the lower network ran under TFHE.
+    pub enabled: bool,
+    /// tfhe-rs parameter set (when enabled).
+    pub parameter_set: Option<String>,
+    /// Claimed security level in bits (when enabled).
+    pub security_bits: Option<u32>,
+    /// log2 of tfhe-rs's bootstrap failure probability for the set (when enabled).
+    pub log2_failure_probability: Option<f64>,
+    /// The statement in words.
+    pub statement: String,
+}
+
+impl TfheStatement {
+    /// The statement for a run's `[he]` table.
+    pub fn new(he: &crate::config::HeConfig) -> Result<Self> {
+        if !he.enabled {
+            return Ok(Self {
+                enabled: false,
+                parameter_set: None,
+                security_bits: None,
+                log2_failure_probability: None,
+                statement: "he.enabled = false: the lower network ran in the clear, so the server would see the client's \
+                            features. Only a simulation; nothing protects the client's inputs from the server"
+                    .into(),
+            });
+        }
+        let params = he.params()?;
+        Ok(Self {
+            enabled: true,
+            parameter_set: Some(params.name().into()),
+            security_bits: Some(128),
+            log2_failure_probability: Some(params.tfhe_log2_p_fail()),
+            statement: format!(
+                "TFHE hides the client's features and every activation from the server (IND-CPA under LWE, tfhe-rs \
+                 parameter set `{}`, 128-bit security, bootstrap failure probability 2^{:.0}); the client holds the \
+                 only secret key. Not a DP guarantee, and it does not protect the server: the client decrypts the \
+                 outputs for inputs it chooses (that is what the server rows bound)",
+                params.name(),
+                params.tfhe_log2_p_fail()
+            ),
+        })
+    }
+}
+
+/// The server's source-data mechanisms of a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerMechanisms<'a> {
+    /// DP pretraining's schedule (ε of record after its steps).
+    pub dp_pretraining: Option<&'a DpPlan>,
+    /// The weight noise, with the number of values noised.
+    pub weight_noise: Option<(&'a WeightNoisePlan, usize)>,
+    /// Source training examples.
+    pub source_examples: usize,
+}
+
+/// The budget table of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetReport {
+    /// One row per party and mechanism.
+    pub rows: Vec<BudgetRow>,
+    /// Which valid bound on the source data is the tightest, in words (when the server has a mechanism).
+    pub source_tightest: Option<String>,
+    /// What the encryption protects.
+    pub tfhe: TfheStatement,
+}
+
+fn dp_sgd_noise(plan: &DpPlan, steps_run: usize) -> String {
+    format!("σ = {:.4}, C = {}, q = {:.5}, {steps_run} steps", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)
+}
+
+impl BudgetReport {
+    /// The table for a run: the client's DP-SGD report (if any, with its target example count `client_examples`),
+    /// the server's mechanisms, and the TFHE statement.
+    pub fn new(client: Option<&PrivacyReport>, client_examples: usize, server: ServerMechanisms<'_>, tfhe: TfheStatement) -> Result<Self> {
+        let mut rows = Vec::new();
+        let client_data = format!("client's target training split ({client_examples} examples)");
+        rows.push(match client {
+            Some(p) => BudgetRow {
+                party: "client".into(),
+                data: client_data,
+                mechanism: "DP-SGD on the head".into(),
+                epsilon: Some(p.plan.epsilon),
+                delta: Some(p.plan.delta),
+                accountant: format!("{:?}", p.plan.accountant).to_lowercase(),
+                noise: dp_sgd_noise(&p.plan, p.steps_run),
+                protects_against: "anyone who sees the trained head or its predictions (the server never sees it)".into(),
+            },
+            None => BudgetRow {
+                party: "client".into(),
+                data: client_data,
+                mechanism: "none (head trained without DP)".into(),
+                epsilon: None,
+                delta: None,
+                accountant: "-".into(),
+                noise: "-".into(),
+                protects_against: "nothing: publishing the head may reveal the client's training examples".into(),
+            },
+        });
+        let source_data = format!("server's source training split ({} examples)", server.source_examples);
+        let mut bounds: Vec<(String, f64, f64)> = Vec::new();
+        if let Some(plan) = server.dp_pretraining {
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data.clone(),
+                mechanism: "DP pretraining (DP-SGD on the lower network)".into(),
+                epsilon: Some(plan.epsilon),
+                delta: Some(plan.delta),
+                accountant: format!("{:?}", plan.accountant).to_lowercase(),
+                noise: dp_sgd_noise(plan, plan.steps_allowed),
+                protects_against: "the client (decrypted outputs for inputs it chooses) and anyone who sees the network; \
+                                   holds without any assumption on the training"
+                    .into(),
+            });
+            bounds.push(("DP pretraining alone (the released network is post-processing of its output)".into(), plan.epsilon, plan.delta));
+        }
+        if let Some((plan, parameters)) = server.weight_noise {
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data.clone(),
+                mechanism: "weight noise (Gaussian on the flattened lower-network weights)".into(),
+                epsilon: Some(plan.epsilon),
+                delta: Some(plan.delta),
+                accountant: format!("OpenDP make_gaussian, zCDP ρ = {:.4} -> approxDP (exact Gaussian: ε = {:.4})", plan.rho, plan.epsilon_exact),
+                noise: format!("std {:.4e} on {parameters} values, declared L2 sensitivity Δ = {:.4e}", plan.noise_std, plan.l2_sensitivity),
+                protects_against: "the client and anyone who sees the network, ONLY IF Δ truly bounds how far one source \
+                                   example moves the weights"
+                    .into(),
+            });
+            bounds.push(("weight noise alone (if the declared sensitivity holds)".into(), plan.epsilon, plan.delta));
+        }
+        if let (Some(pre), Some((wn, _))) = (server.dp_pretraining, server.weight_noise) {
+            let (epsilon, delta) = compose(vec![approx_dp_measurement(pre.epsilon, pre.delta, "DP pretraining")?, weight_noise_approx_dp(wn)?])?;
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data.clone(),
+                mechanism: "composed total (DP pretraining + weight noise)".into(),
+                epsilon: Some(epsilon),
+                delta: Some(delta),
+                accountant: "OpenDP make_composition in approximate DP (ε and δ add)".into(),
+                noise: "both of the above".into(),
+                protects_against: "as the weight-noise row; valid even if both the trained and the noised weights were released".into(),
+            });
+            bounds.push(("the composed total".into(), epsilon, delta));
+        }
+        let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
+            let mut s = format!("tightest valid bound on the source data: {what}, ε = {eps:.4} at δ = {delta:.3e}");
+            if bounds.len() > 1 {
+                s.push_str(". Every listed bound holds for the released network; DP pretraining's needs no assumption, the weight noise's needs the declared sensitivity to be true");
+            }
+            s
+        });
+        if bounds.is_empty() {
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data,
+                mechanism: "none".into(),
+                epsilon: None,
+                delta: None,
+                accountant: "-".into(),
+                noise: "-".into(),
+                protects_against: "nothing: the client sees outputs of a network trained on the source data in the clear".into(),
+            });
+        }
+        Ok(Self { rows, source_tightest, tfhe })
+    }
+
+    /// The table as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from("| party | data | mechanism | ε | δ | accountant | noise | protects against |\n|---|---|---|---:|---:|---|---|---|\n");
+        for r in &self.rows {
+            let eps = r.epsilon.map_or("∞".to_string(), |e| format!("{e:.4}"));
+            let delta = r.delta.map_or("-".to_string(), |d| format!("{d:.3e}"));
+            s.push_str(&format!("| {} | {} | {} | {eps} | {delta} | {} | {} | {} |\n", r.party, r.data, r.mechanism, r.accountant, r.noise, r.protects_against));
+        }
+        if let Some(t) = &self.source_tightest {
+            s.push_str(&format!("\nServer: {t}.\n"));
+        }
+        s.push_str(&format!("\nEncryption: {}.\n", self.tfhe.statement));
+        s
+    }
+}

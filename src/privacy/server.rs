@@ -1,0 +1,254 @@
+//! The server's protection of its source data, as OpenDP measurements on the source dataset.
+//!
+//! The client sees the decrypted outputs of the server's lower network for inputs it chooses, so whatever the
+//! weights remember about the source examples can leak to it. Two mechanisms bound that leak:
+//!
+//! - **Weight noise** ([`WeightNoisePlan`]): Gaussian noise of std s on every weight and bias of the lower network after
+//!   pretraining, before quantization. On the source dataset it is OpenDP's `make_gaussian` chained after the
+//!   training map, whose L2 stability the operator *declares* (`l2_sensitivity` Δ per added or removed example).
+//!   That gives zCDP ρ = Δ²/(2s²), converted to (ε, δ) with `make_zCDP_to_approxDP` and `make_fix_delta`.
+//!   **The guarantee holds only if Δ truly bounds** ‖W(D) − W(D')‖₂ over neighbouring source datasets. Ordinary
+//!   training gives no such bound. It protects the source examples against anyone who sees the noised weights or
+//!   anything computed from them, including the client's decrypted outputs.
+//! - **DP pretraining**: DP-SGD on the source data ([`crate::privacy::plan`], the client's engine and accountants),
+//!   whose guarantee needs no declared sensitivity. It enters OpenDP as an approximate-DP measurement
+//!   ([`approx_dp_measurement`]) whose map is the accountant's (ε, δ).
+//!
+//! [`compose`] composes them on the source data with OpenDP's `make_composition` in the common measure
+//! approximate DP (ε and δ add).
+//!
+//! OpenDP only accounts here: the measurements' functions are never invoked (the training runs in Burn, the noise
+//! comes from this crate's ChaCha20 CSPRNG, see [`crate::privacy::dpsgd::gaussian_noise`]).
+//!
+//! ```
+//! use cryptotl::privacy::server::weight_noise_epsilon;
+//! // Δ/s = 2 gives ρ = 2: the same ε as 100 full-batch DP-SGD steps at σ = 5 (see `zcdp`).
+//! let (rho, eps) = weight_noise_epsilon(0.2, 0.1, 1e-5).unwrap();
+//! assert!((rho - 2.0).abs() < 1e-9 && (eps - 10.724824).abs() < 1e-5);
+//! ```
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::Backend;
+use burn::tensor::{Tensor, TensorData};
+use opendp::combinators::{make_chain_mt, make_composition, make_fix_delta, make_zCDP_to_approxDP};
+use opendp::core::{Function, Measurement, PrivacyMap, StabilityMap, Transformation};
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::error::Fallible;
+use opendp::measurements::make_gaussian;
+use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::{L2Distance, SymmetricDistance};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::WeightNoiseConfig;
+use crate::error::{Error, Result};
+use crate::model::LowerNet;
+
+/// The source dataset as OpenDP sees it: a vector of texts, neighbours differ by adding or removing one.
+pub type SourceDomain = VectorDomain<AtomDomain<String>>;
+/// An (ε, δ) mechanism on the source data.
+pub type ApproxDpMeasurement = Measurement<SourceDomain, SymmetricDistance, Approximate<MaxDivergence>, Vec<f64>>;
+/// The weight-noise mechanism on the source data, in zCDP.
+pub type WeightNoiseMeasurement = Measurement<SourceDomain, SymmetricDistance, ZeroConcentratedDivergence, Vec<f64>>;
+
+fn opendp_err(e: opendp::error::Error) -> Error {
+    Error::Privacy(format!("OpenDP: {e}"))
+}
+
+fn accounting_only<T>(what: &'static str) -> Function<Vec<String>, T> {
+    Function::new_fallible(move |_: &Vec<String>| -> Fallible<T> {
+        Err(opendp::error::Error {
+            variant: opendp::error::ErrorVariant::FailedFunction,
+            message: Some(format!("{what}: accounting only; the computation runs outside OpenDP")),
+            backtrace: std::backtrace::Backtrace::disabled(),
+        })
+    })
+}
+
+/// The weight-noise mechanism as an OpenDP measurement on the source data: the training map (declared L2
+/// stability `l2_sensitivity` per added or removed example) chained with `make_gaussian` of std `noise_std`.
+pub fn weight_noise_measurement(l2_sensitivity: f64, noise_std: f64) -> Result<WeightNoiseMeasurement> {
+    check_positive("l2_sensitivity", l2_sensitivity)?;
+    check_positive("noise_std", noise_std)?;
+    let weights = VectorDomain::new(AtomDomain::<f64>::new_non_nan());
+    let training = Transformation::new(
+        SourceDomain::new(AtomDomain::default()),
+        SymmetricDistance,
+        weights.clone(),
+        L2Distance::default(),
+        accounting_only("pretraining"),
+        // Δ per added or removed example; the triangle inequality gives Δ·k for k of them.
+        StabilityMap::new(move |d_in: &u32| l2_sensitivity * *d_in as f64),
+    )
+    .map_err(opendp_err)?;
+    let gaussian: Measurement<_, _, ZeroConcentratedDivergence, Vec<f64>> =
+        make_gaussian(weights, L2Distance::default(), noise_std, None).map_err(opendp_err)?;
+    make_chain_mt(&gaussian, &training).map_err(opendp_err)
+}
+
+/// (ρ, ε at δ) of the weight noise for one added or removed source example, by OpenDP.
+pub fn weight_noise_epsilon(l2_sensitivity: f64, noise_std: f64, delta: f64) -> Result<(f64, f64)> {
+    super::check_query(1, delta)?;
+    let m = weight_noise_measurement(l2_sensitivity, noise_std)?;
+    let rho = m.map(&1).map_err(opendp_err)?;
+    let approx = make_fix_delta(&make_zCDP_to_approxDP(m).map_err(opendp_err)?, delta).map_err(opendp_err)?;
+    let (eps, _) = approx.map(&1).map_err(opendp_err)?;
+    Ok((rho, eps))
+}
+
+/// The smallest noise std (to relative precision 1e-6, rounded up) whose ε at `delta` is at most `target_epsilon`.
+pub fn calibrate_weight_noise(l2_sensitivity: f64, delta: f64, target_epsilon: f64) -> Result<f64> {
+    check_positive("target_epsilon", target_epsilon)?;
+    let eps_at = |s: f64| weight_noise_epsilon(l2_sensitivity, s, delta).map(|(_, e)| e);
+    // ε decreases in s; bracket around Δ (where ε is of order sqrt(ln 1/δ)).
+    let (mut lo, mut hi) = (l2_sensitivity, l2_sensitivity);
+    while eps_at(hi)? > target_epsilon {
+        hi *= 2.0;
+        if hi > l2_sensitivity * 1e9 {
+            return Err(Error::Privacy(format!("no noise std up to 1e9·Δ reaches ε = {target_epsilon}")));
+        }
+    }
+    while eps_at(lo)? <= target_epsilon {
+        lo /= 2.0;
+        if lo < l2_sensitivity * 1e-9 {
+            return Err(Error::Privacy(format!("ε = {target_epsilon} is reached with no useful noise (std below 1e-9·Δ)")));
+        }
+    }
+    while (hi - lo) / hi > 1e-6 {
+        let mid = 0.5 * (lo + hi);
+        if eps_at(mid)? > target_epsilon { lo = mid } else { hi = mid }
+    }
+    Ok(hi)
+}
+
+/// A resolved weight-noise release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WeightNoisePlan {
+    /// Declared L2 sensitivity Δ of the flattened weight vector to one source example.
+    pub l2_sensitivity: f64,
+    /// Noise std per weight and bias (given or calibrated).
+    pub noise_std: f64,
+    /// Whether the std was calibrated from `target_epsilon`.
+    pub noise_calibrated: bool,
+    /// δ.
+    pub delta: f64,
+    /// Where δ came from.
+    pub delta_source: String,
+    /// zCDP ρ = Δ²/(2s²) (OpenDP's map).
+    pub rho: f64,
+    /// ε at δ of record: OpenDP, zCDP converted to (ε, δ).
+    pub epsilon: f64,
+    /// ε at δ of the exact Gaussian mechanism (the `pld` accountant, one full-batch step): what the zCDP
+    /// conversion loses.
+    pub epsilon_exact: f64,
+}
+
+/// Resolve `[server_privacy.weight_noise]` for `n_source` source training examples (`None` when off).
+pub fn plan_weight_noise(cfg: &WeightNoiseConfig, n_source: usize) -> Result<Option<WeightNoisePlan>> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    if n_source == 0 {
+        return Err(Error::Privacy("no source training examples".into()));
+    }
+    let (delta, delta_source) = match cfg.delta {
+        Some(d) => (d, "config".to_string()),
+        None => (0.1 / n_source as f64, format!("default 0.1/N = 0.1/{n_source}")),
+    };
+    let (noise_std, noise_calibrated) = match (cfg.noise_std, cfg.target_epsilon) {
+        (Some(s), None) => (s, false),
+        (None, Some(t)) => (calibrate_weight_noise(cfg.l2_sensitivity, delta, t)?, true),
+        _ => return Err(Error::Privacy("weight noise: give exactly one of noise_std and target_epsilon".into())),
+    };
+    let (rho, epsilon) = weight_noise_epsilon(cfg.l2_sensitivity, noise_std, delta)?;
+    let gaussian = super::SubsampledGaussian::new(1.0, noise_std / cfg.l2_sensitivity)?;
+    let epsilon_exact = super::Accountant::epsilon(&super::pld::Pld::default(), &gaussian, 1, delta)?;
+    Ok(Some(WeightNoisePlan { l2_sensitivity: cfg.l2_sensitivity, noise_std, noise_calibrated, delta, delta_source, rho, epsilon, epsilon_exact }))
+}
+
+/// Adds N(0, std²) to every float parameter, drawing from one ChaCha20 stream in parameter order.
+struct AddNoise<'a> {
+    std: f64,
+    rng: &'a mut ChaCha20Rng,
+    count: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for AddNoise<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let n: usize = dims.iter().product();
+        let noise = super::dpsgd::gaussian_noise(n, self.std, self.rng);
+        self.count += n;
+        let noised = tensor.clone() + Tensor::<B, D>::from_data(TensorData::new(noise, dims), &tensor.device());
+        Param::from_mapped_value(id, noised, mapper)
+    }
+}
+
+/// The lower network with N(0, `noise_std`²) added to every weight and bias, and the number of values noised.
+///
+/// ```
+/// use cryptotl::config::LowerNetConfig;
+/// use cryptotl::model::{Cpu, LowerNet};
+/// use cryptotl::privacy::{dpsgd::PrivacyRng, server::add_weight_noise};
+/// let net = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 64, 1, &Default::default());
+/// let (noised, count) = add_weight_noise(net, 0.01, &mut PrivacyRng::insecure_from_seed(7).noise);
+/// assert_eq!(count, 9 + 64 * 32 + 32); // conv kernel (no bias), dense weights + biases
+/// # let _ = noised;
+/// ```
+pub fn add_weight_noise<B: Backend>(net: LowerNet<B>, noise_std: f64, rng: &mut ChaCha20Rng) -> (LowerNet<B>, usize) {
+    let mut mapper = AddNoise { std: noise_std, rng, count: 0 };
+    let net = net.map(&mut mapper);
+    (net, mapper.count)
+}
+
+/// A mechanism on the source data with a fixed (ε, δ) for one added or removed example (e.g. DP pretraining, as
+/// its accountant reports it), as an OpenDP measurement. Larger distances are refused rather than guessed.
+pub fn approx_dp_measurement(epsilon: f64, delta: f64, what: &'static str) -> Result<ApproxDpMeasurement> {
+    Measurement::new(
+        SourceDomain::new(AtomDomain::default()),
+        SymmetricDistance,
+        Approximate(MaxDivergence),
+        accounting_only(what),
+        PrivacyMap::new_fallible(move |d_in: &u32| {
+            if *d_in <= 1 {
+                Ok((epsilon, delta))
+            } else {
+                Err(opendp::error::Error {
+                    variant: opendp::error::ErrorVariant::RelationDebug,
+                    message: Some(format!("{what} is accounted for one added or removed example, not {d_in}")),
+                    backtrace: std::backtrace::Backtrace::disabled(),
+                })
+            }
+        }),
+    )
+    .map_err(opendp_err)
+}
+
+/// The weight noise in approximate DP at its δ (OpenDP's zCDP conversion), for composition.
+pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurement> {
+    let m = weight_noise_measurement(plan.l2_sensitivity, plan.noise_std)?;
+    make_fix_delta(&make_zCDP_to_approxDP(m).map_err(opendp_err)?, plan.delta).map_err(opendp_err)
+}
+
+/// Compose mechanisms on the source data with OpenDP's `make_composition` (approximate DP: ε and δ add) and
+/// return (ε, δ) for one added or removed example.
+///
+/// ```
+/// use cryptotl::privacy::server::{approx_dp_measurement, compose};
+/// let a = approx_dp_measurement(1.0, 1e-6, "a").unwrap();
+/// let b = approx_dp_measurement(0.5, 2e-6, "b").unwrap();
+/// let (eps, delta) = compose(vec![a, b]).unwrap();
+/// assert!((eps - 1.5).abs() < 1e-12 && (delta - 3e-6).abs() < 1e-18);
+/// ```
+pub fn compose(parts: Vec<ApproxDpMeasurement>) -> Result<(f64, f64)> {
+    make_composition(parts).map_err(opendp_err)?.map(&1).map_err(opendp_err)
+}
+
+fn check_positive(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Privacy(format!("{what} must be a finite number > 0, got {v}")))
+    }
+}

@@ -1,0 +1,223 @@
+//! The server's protection of its source data: weight noise (OpenDP Gaussian, declared sensitivity), DP
+//! pretraining, their composition, and the per-party budget table.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use cryptotl::config::{LowerNetConfig, QUICKSTART_TOML, RunConfig, WeightNoiseConfig};
+use cryptotl::model::{Cpu, LowerNet};
+use cryptotl::privacy::dpsgd::PrivacyRng;
+use cryptotl::privacy::server::{
+    add_weight_noise, approx_dp_measurement, calibrate_weight_noise, compose, plan_weight_noise, weight_noise_epsilon,
+};
+use cryptotl::privacy::{Accountant, SubsampledGaussian, zcdp};
+
+mod common;
+
+/// Every float parameter of a module, flattened in visiting order.
+struct Flatten(Vec<f32>);
+impl<B: burn::prelude::Backend> ModuleVisitor<B> for Flatten {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+    }
+}
+fn flatten<M: Module<Cpu>>(m: &M) -> Vec<f32> {
+    let mut v = Flatten(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    (mean, (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
+}
+
+fn noise_config(l2_sensitivity: f64, noise_std: Option<f64>, target_epsilon: Option<f64>, delta: Option<f64>) -> WeightNoiseConfig {
+    WeightNoiseConfig { enabled: true, l2_sensitivity, noise_std, target_epsilon, delta, insecure_seed: Some(1) }
+}
+
+#[test]
+fn weight_noise_has_the_configured_std_on_every_parameter() {
+    let net = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 256, 3, &Default::default());
+    let before = flatten(&net);
+    let std = 0.05;
+    let (noised, count) = add_weight_noise(net, std, &mut PrivacyRng::insecure_from_seed(11).noise);
+    let after = flatten(&noised);
+    assert_eq!(count, before.len());
+    assert_eq!(count, 9 + 256 * 32 + 32); // conv kernel (no bias), dense weights + biases
+    let diff: Vec<f64> = before.iter().zip(&after).map(|(a, b)| (*b - *a) as f64).collect();
+    assert!(diff.iter().all(|d| *d != 0.0), "every weight and bias is noised");
+    let n = diff.len() as f64;
+    let (mean, sample_std) = mean_std(&diff);
+    // Sample std of n Gaussians: relative error ~ 1/sqrt(2n) = 0.8%; allow 4%. Mean: std/sqrt(n) = 5.5e-4; allow 4x.
+    assert!((sample_std / std - 1.0).abs() < 0.04, "sample std {sample_std} vs {std}");
+    assert!(mean.abs() < 4.0 * std / n.sqrt(), "mean {mean}");
+    // A different seed gives different noise; the same seed the same noise.
+    let again = flatten(&add_weight_noise(LowerNet::<Cpu>::new(&LowerNetConfig::default(), 256, 3, &Default::default()), std, &mut PrivacyRng::insecure_from_seed(11).noise).0);
+    assert_eq!(again, after);
+    let other = flatten(&add_weight_noise(LowerNet::<Cpu>::new(&LowerNetConfig::default(), 256, 3, &Default::default()), std, &mut PrivacyRng::insecure_from_seed(12).noise).0);
+    assert_ne!(other, after);
+}
+
+#[test]
+fn opendp_weight_noise_epsilon_matches_independent_computations() {
+    let (delta, sens) = (1e-5, 0.3);
+    for std in [0.05, 0.15, 0.3, 1.2] {
+        let plan = plan_weight_noise(&noise_config(sens, Some(std), None, Some(delta)), 1000).unwrap().unwrap();
+        // ρ = Δ²/(2s²).
+        let rho = sens * sens / (2.0 * std * std);
+        assert!((plan.rho - rho).abs() < 1e-9 * rho.max(1.0), "rho {} vs {rho}", plan.rho);
+        // The same ε as one full-batch DP-SGD step at σ = s/Δ through OpenDP's zCDP path built independently.
+        let via_step = zcdp::Zcdp.epsilon(&SubsampledGaussian::new(1.0, std / sens).unwrap(), 1, delta).unwrap();
+        assert!((plan.epsilon - via_step).abs() < 1e-9 * via_step, "{} vs {via_step}", plan.epsilon);
+        // The classic zCDP conversion ρ + 2 sqrt(ρ ln 1/δ) is looser; the exact Gaussian is tighter.
+        assert!(plan.epsilon <= rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt() + 1e-9);
+        assert!(plan.epsilon_exact <= plan.epsilon + 1e-9, "exact {} > zCDP {}", plan.epsilon_exact, plan.epsilon);
+        // The exact ε solves the analytic Gaussian δ(ε) (Balle & Wang 2018) for δ, computed here with libm.
+        let phi = |x: f64| 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2);
+        let (a, e) = (sens / std, plan.epsilon_exact);
+        let delta_at = phi(a / 2.0 - e / a) - e.exp() * phi(-a / 2.0 - e / a);
+        assert!(delta_at <= delta * 1.001 && delta_at >= delta * 0.95, "δ(ε_exact) = {delta_at} for δ = {delta} (s = {std})");
+    }
+    // ρ = 2 (Δ/s = 2) pins OpenDP's conversion to the value the zcdp accountant is tested against.
+    let (rho, eps) = weight_noise_epsilon(0.2, 0.1, 1e-5).unwrap();
+    assert!((rho - 2.0).abs() < 1e-9 && (eps - 10.724824).abs() < 1e-5, "{rho} {eps}");
+}
+
+#[test]
+fn target_epsilon_calibrates_the_smallest_std() {
+    let (sens, delta) = (0.02, 1e-6);
+    for target in [0.5, 2.0, 8.0] {
+        let plan = plan_weight_noise(&noise_config(sens, None, Some(target), Some(delta)), 500).unwrap().unwrap();
+        assert!(plan.noise_calibrated);
+        assert!(plan.epsilon <= target && plan.epsilon > target * (1.0 - 1e-4), "ε {} for target {target}", plan.epsilon);
+        let (_, eps_below) = weight_noise_epsilon(sens, plan.noise_std * (1.0 - 1e-4), delta).unwrap();
+        assert!(eps_below > target, "a smaller std would also fit: not the smallest");
+        assert_eq!(calibrate_weight_noise(sens, delta, target).unwrap(), plan.noise_std);
+    }
+    // Default δ = 0.1/N.
+    let plan = plan_weight_noise(&noise_config(sens, Some(0.1), None, None), 400).unwrap().unwrap();
+    assert!((plan.delta - 0.1 / 400.0).abs() < 1e-15 && plan.delta_source.contains("0.1/400"));
+    // Disabled: no plan.
+    let off = WeightNoiseConfig { enabled: false, ..noise_config(sens, Some(0.1), None, None) };
+    assert!(plan_weight_noise(&off, 400).unwrap().is_none());
+}
+
+#[test]
+fn composition_adds_epsilons_and_deltas_and_refuses_larger_distances() {
+    let a = approx_dp_measurement(1.25, 1e-6, "a").unwrap();
+    let b = cryptotl::privacy::server::weight_noise_approx_dp(
+        &plan_weight_noise(&noise_config(0.1, Some(0.2), None, Some(2e-6)), 100).unwrap().unwrap(),
+    )
+    .unwrap();
+    let (_, eps_b) = weight_noise_epsilon(0.1, 0.2, 2e-6).unwrap();
+    let (eps, delta) = compose(vec![a.clone(), b]).unwrap();
+    assert!((eps - (1.25 + eps_b)).abs() < 1e-12, "{eps}");
+    assert!((delta - 3e-6).abs() < 1e-18, "{delta}");
+    assert!(a.map(&2).is_err(), "accounted for one example only");
+}
+
+fn rejected(overrides: &[&str], key: &str, words: &str) {
+    let ov: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let err = RunConfig::from_toml_str(QUICKSTART_TOML, "q.toml", &ov).unwrap_err().to_string();
+    assert!(err.contains(key) && err.contains(words), "{overrides:?}: {err}");
+}
+
+#[test]
+fn bad_server_privacy_configs_are_rejected_with_the_key_and_the_reason() {
+    let wn = "server_privacy.weight_noise";
+    rejected(&[&format!("{wn}.l2_sensitivity=-1.0"), &format!("{wn}.noise_std=0.1")], "l2_sensitivity", "> 0");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.target_epsilon=0.0")], "target_epsilon", "> 0");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.target_epsilon=-2.0")], "target_epsilon", "> 0");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.target_epsilon=1.0"), &format!("{wn}.delta=1.0")], "delta", "(0, 1)");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.noise_std=0.1"), &format!("{wn}.target_epsilon=1.0")], wn, "not both");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1")], wn, "noise_std");
+    rejected(&[&format!("{wn}.noise_std=0.1")], "l2_sensitivity", "missing");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.noise_std=0.1"), &format!("{wn}.sigma=1.0")], "sigma", "unknown");
+    let dp = "server_privacy.dp_pretraining";
+    rejected(&[&format!("{dp}.target_epsilon=0.0")], "server_privacy.dp_pretraining.target_epsilon", "> 0");
+    rejected(&[&format!("{dp}.noise_multiplier=1.0"), &format!("{dp}.delta=1.5")], "server_privacy.dp_pretraining.delta", "(0, 1)");
+    rejected(&[&format!("{dp}.max_grad_norm=1.0")], dp, "noise_multiplier");
+    // Accepted: each alone, and both.
+    for ov in [
+        vec![format!("{wn}.l2_sensitivity=0.1"), format!("{wn}.noise_std=0.1")],
+        vec![format!("{dp}.target_epsilon=3.0")],
+        vec![format!("{wn}.l2_sensitivity=0.1"), format!("{wn}.target_epsilon=2.0"), format!("{wn}.delta=1e-6"), format!("{dp}.noise_multiplier=1.0")],
+    ] {
+        RunConfig::from_toml_str(QUICKSTART_TOML, "q.toml", &ov).unwrap();
+    }
+}
+
+/// The tiny run with both server mechanisms and a private head, in the clear (the encrypted path is tested in
+/// `he.rs` and `end_to_end.rs`; here only the server's network and the budget matter).
+#[test]
+fn a_run_reports_every_party_and_noises_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::tiny_config(dir.path());
+    let load = |extra: &str| RunConfig::from_toml_str(&format!("{base}{extra}"), "tiny.toml", &["he.enabled=false".to_string()]).unwrap();
+    let data_cfg = load("");
+    let data = cryptotl::pipeline::prepare_data(&data_cfg).unwrap();
+
+    // Off: the released network is the pretrained one, bit for bit, and the table claims nothing for the server.
+    let plain = cryptotl::pipeline::server_lower_network(&data_cfg, &data.source).unwrap();
+    assert!(plain.weight_noise.is_none() && plain.dp_pretraining.is_none());
+    let pretrained = flatten(&cryptotl::pipeline::pretrain(&data_cfg, &data.source).unwrap().net);
+    assert_eq!(flatten(&plain.net), pretrained);
+    let disabled = load("[server_privacy.weight_noise]\nenabled = false\nl2_sensitivity = 0.01\n");
+    assert_eq!(flatten(&cryptotl::pipeline::server_lower_network(&disabled, &data.source).unwrap().net), pretrained);
+
+    // Weight noise alone: the difference to the pretrained network has the configured std.
+    let noisy_cfg = load("[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n");
+    let noisy = cryptotl::pipeline::server_lower_network(&noisy_cfg, &data.source).unwrap();
+    let diff: Vec<f64> = flatten(&noisy.net).iter().zip(&pretrained).map(|(a, b)| (*a - *b) as f64).collect();
+    let applied = noisy.weight_noise.as_ref().unwrap();
+    assert_eq!(applied.parameters, diff.len());
+    assert!(!applied.from_cache);
+    let (_, std) = mean_std(&diff);
+    assert!((std / 0.02 - 1.0).abs() < 0.08, "std {std} over {} values", diff.len());
+    // A second run reuses the same draw (no new release).
+    let again = cryptotl::pipeline::server_lower_network(&noisy_cfg, &data.source).unwrap();
+    assert!(again.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(flatten(&again.net), flatten(&noisy.net));
+
+    // Everything on: DP pretraining, weight noise, DP-SGD head.
+    let all = load(
+        "[server_privacy.weight_noise]\nl2_sensitivity = 0.01\ntarget_epsilon = 3.0\ndelta = 1e-6\ninsecure_seed = 9\n\
+         [server_privacy.dp_pretraining]\nnoise_multiplier = 1.0\ninsecure_seed = 4\n\
+         [privacy]\ntarget_epsilon = 4.0\ninsecure_seed = 1\n",
+    );
+    let report = cryptotl::pipeline::run(&all).unwrap();
+    let pre = report.pretraining.dp_pretraining.as_ref().expect("DP pretraining ran");
+    let wn = &report.pretraining.weight_noise.as_ref().expect("weight noise applied").plan;
+    let client = report.privacy.as_ref().unwrap();
+    let rows = &report.budget.rows;
+    let mechanisms: Vec<&str> = rows.iter().map(|r| r.mechanism.as_str()).collect();
+    assert_eq!(mechanisms.len(), 4, "{mechanisms:?}");
+    assert_eq!((rows[0].party.as_str(), rows[0].epsilon, rows[0].delta), ("client", Some(client.plan.epsilon), Some(client.plan.delta)));
+    assert_eq!((rows[1].party.as_str(), rows[1].epsilon), ("server", Some(pre.epsilon)));
+    assert!(rows[1].mechanism.starts_with("DP pretraining"));
+    assert_eq!(rows[2].epsilon, Some(wn.epsilon));
+    assert!(wn.epsilon <= 3.0 && wn.noise_calibrated);
+    assert!(rows[3].mechanism.starts_with("composed"));
+    assert!((rows[3].epsilon.unwrap() - (pre.epsilon + wn.epsilon)).abs() < 1e-12);
+    assert!((rows[3].delta.unwrap() - (pre.delta + wn.delta)).abs() < 1e-18);
+    let tightest = report.budget.source_tightest.as_ref().unwrap();
+    let expect = if pre.epsilon < wn.epsilon { "DP pretraining alone" } else { "weight noise alone" };
+    assert!(tightest.contains(expect), "{tightest}");
+    assert!(!report.budget.tfhe.enabled && report.budget.tfhe.statement.contains("he.enabled = false"));
+    let md = std::fs::read_to_string(all.output_dir().join("report.md")).unwrap();
+    assert!(md.contains("## Privacy budget") && md.contains("composed total") && md.contains("Encryption:"));
+    // The DP-pretrained network is cached under its own key, apart from the ordinary one.
+    assert_ne!(cryptotl::pipeline::pretrain_key(&all), cryptotl::pipeline::pretrain_key(&data_cfg));
+}
+
+#[test]
+fn the_budget_table_claims_nothing_where_nothing_was_done() {
+    let tfhe = cryptotl::privacy::budget::TfheStatement::new(&cryptotl::config::HeConfig::default()).unwrap();
+    assert!(tfhe.enabled && tfhe.security_bits == Some(128) && tfhe.statement.contains("V1_8_PARAM_MESSAGE_2_CARRY_2"));
+    let b = cryptotl::privacy::budget::BudgetReport::new(None, 10, Default::default(), tfhe).unwrap();
+    assert_eq!(b.rows.len(), 2);
+    assert!(b.rows.iter().all(|r| r.epsilon.is_none() && r.mechanism.starts_with("none")));
+    assert!(b.source_tightest.is_none());
+    assert!(b.to_markdown().contains("| ∞ |"));
+}
