@@ -43,6 +43,32 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Privacy budget of DP-SGD: ε for a noise multiplier, or the noise multiplier for a target ε.
     Budget(BudgetArgs),
+    /// Privacy-utility sweep: head accuracy against the client's ε (and the server's), as CSV, Markdown and SVG.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Client ε values for DP-SGD on the head, comma-separated; `inf` = no DP. E.g. 0.5,1,2,4,8,inf
+    #[arg(long, required = true)]
+    client_epsilons: String,
+    /// Server ε values, comma-separated (`inf` = mechanism off). Default: the config's server privacy as it is.
+    #[arg(long)]
+    server_epsilons: Option<String>,
+    /// Which server mechanism `--server-epsilons` sets.
+    #[arg(long, value_enum, default_value = "weight-noise")]
+    server_mechanism: crate::sweep::ServerMechanism,
+    /// Skip the client-alone line (the same heads on the raw features, no transfer).
+    #[arg(long)]
+    no_raw_baseline: bool,
+    /// Heads trained per setting (fresh DP noise and seeds), averaged.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Output folder. Default: `<run output dir>/sweep`.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +249,23 @@ fn dispatch(cmd: Command) -> Result<()> {
                 head.trained.history.len(), head.trained.best_epoch,
                 head.trained.history.get(head.trained.best_epoch.saturating_sub(1)).map_or(0.0, |e| e.val_accuracy),
                 cfg.output_dir().join("head.bin").display());
+        }
+        Command::Sweep(a) => {
+            let cfg = a.config.load()?;
+            let spec = crate::sweep::SweepSpec {
+                client_epsilons: crate::sweep::Epsilon::parse_list(&a.client_epsilons)?,
+                server_epsilons: a.server_epsilons.as_deref().map(crate::sweep::Epsilon::parse_list).transpose()?.unwrap_or_default(),
+                server_mechanism: a.server_mechanism,
+                raw_baseline: !a.no_raw_baseline,
+                repeats: a.repeats,
+            };
+            let sweep = crate::sweep::run(&cfg, &spec)?;
+            let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
+            let files = sweep.write(&dir)?;
+            println!("{}", sweep.to_markdown());
+            for f in files {
+                println!("written: {}", f.display());
+            }
         }
         Command::Evaluate(a) => {
             let cfg = a.load()?;

@@ -234,6 +234,24 @@ pub struct PrivacyConfig {
     pub insecure_seed: Option<u64>,
 }
 
+impl PrivacyConfig {
+    /// DP-SGD with every default and σ calibrated to spend `target_epsilon` (what sweeps use when the config has no
+    /// table of its own).
+    pub fn with_target_epsilon(target_epsilon: f64) -> Self {
+        Self {
+            enabled: true,
+            max_grad_norm: default_clip(),
+            noise_multiplier: None,
+            target_epsilon: Some(target_epsilon),
+            max_epsilon: None,
+            delta: None,
+            sampling_rate: None,
+            accountant: default_accountant(),
+            insecure_seed: None,
+        }
+    }
+}
+
 fn default_clip() -> f64 {
     1.0
 }

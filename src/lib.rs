@@ -13,11 +13,13 @@
 //! - [`features`]: text featurizers (hashed n-gram TF-IDF) and the min-max scaler.
 //! - [`he`]: the encrypted stage (TFHE): quantization, the client's keys; the server side is the crate
 //!   `cryptotl_server`, which cannot name the client's key.
+//! - [`privacy`]: DP-SGD, its accountants (OpenDP zCDP, RDP, PLD), the server's weight noise and DP pretraining.
 //! - [`model`]: the lower network, pretraining head, client head (Burn).
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
 //! - [`eval`]: metrics.
 //! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
-//! - [`report`]: `report.json` and `report.md`.
+//! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
+//! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`cli`]: the thin command-line layer.
 
 #![warn(missing_docs)]
@@ -34,6 +36,7 @@ pub mod privacy;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -98,6 +98,14 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("gone.csv") && err.contains("cannot read"), "{err}");
 
+    // Sweeps check their ε lists and settings before any work.
+    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1,0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("ε must be a number > 0"), "{err}");
+    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1", "--server-epsilons", "2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("l2_sensitivity"), "{err}");
+
     let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hidden = 128"), "the embedded quickstart with an override: {out}");

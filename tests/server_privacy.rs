@@ -221,3 +221,48 @@ fn the_budget_table_claims_nothing_where_nothing_was_done() {
     assert!(b.source_tightest.is_none());
     assert!(b.to_markdown().contains("| ∞ |"));
 }
+
+#[test]
+fn a_sweep_writes_csv_markdown_and_chart_with_one_line_per_server_setting() {
+    use cryptotl::sweep::{Epsilon, ServerMechanism, SweepSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::tiny_config(dir.path());
+    let ov = ["he.enabled=false".to_string()];
+    let cfg = RunConfig::from_toml_str(&format!("{base}[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.01\ninsecure_seed = 2\n[privacy]\ntarget_epsilon = 1.0\ninsecure_seed = 3\n"), "tiny.toml", &ov).unwrap();
+    let spec = SweepSpec {
+        client_epsilons: Epsilon::parse_list("2,inf").unwrap(),
+        server_epsilons: Epsilon::parse_list("4,inf").unwrap(),
+        server_mechanism: ServerMechanism::WeightNoise,
+        raw_baseline: true,
+        repeats: 2,
+    };
+    let sweep = cryptotl::sweep::run(&cfg, &spec).unwrap();
+    assert_eq!(sweep.points.len(), 3 * 2 * 2, "(2 server settings + raw) x 2 client ε x 2 repeats");
+    for p in &sweep.points {
+        if p.client_epsilon.is_finite() {
+            assert!(p.client_epsilon_reached <= p.client_epsilon && p.client_noise_multiplier > 0.0);
+        } else {
+            assert!(p.client_epsilon_reached.is_infinite() && p.client_noise_multiplier == 0.0);
+        }
+        match p.server_epsilon {
+            Some(e) if e.is_finite() => assert!(p.server_epsilon_reached <= e && p.server_epsilon_reached > 0.99 * e),
+            _ => assert!(p.server_epsilon_reached.is_infinite()),
+        }
+    }
+    // The separable target is learnt without DP on every line.
+    assert!(sweep.cells().iter().filter(|c| c.client_epsilon.is_infinite()).all(|c| c.accuracy_mean > 0.8), "{}", sweep.to_markdown());
+    let files = sweep.write(&dir.path().join("sweep")).unwrap();
+    let csv = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 12);
+    let svg = std::fs::read_to_string(&files[2]).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("server ε = 4 (weight-noise)") && svg.contains(cryptotl::sweep::RAW_SERIES));
+    assert!(std::fs::read_to_string(&files[1]).unwrap().contains("| server ε = ∞ (no weight-noise) |"));
+
+    // A server ε for weight noise needs the declared sensitivity.
+    let plain = RunConfig::from_toml_str(&base, "tiny.toml", &ov).unwrap();
+    let err = cryptotl::sweep::run(&plain, &spec).unwrap_err().to_string();
+    assert!(err.contains("l2_sensitivity"), "{err}");
+    for bad in ["0", "-1", "abc", "", "nan"] {
+        assert!(Epsilon::parse_list(bad).is_err(), "{bad:?}");
+    }
+}
