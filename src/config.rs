@@ -4,7 +4,7 @@
 //! ```
 //! let cfg = cryptotl::config::RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart.toml", &[])
 //!     .unwrap();
-//! assert_eq!(cfg.features.dim, 768);
+//! assert_eq!(cfg.features.dim(), 768);
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -270,15 +270,43 @@ fn default_cache_dir() -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FeaturesConfig {
-    /// Featurizer kind. `hashed`: hashed word n-gram TF-IDF (no model download).
+    /// Featurizer kind. `hashed`: hashed word n-gram TF-IDF (no model download). `minilm`: all-MiniLM-L6-v2
+    /// sentence embeddings (384 floats; `python3 datasets/fetch_model.py` fetches the model).
     #[serde(default = "default_feature_kind")]
     pub kind: String,
-    /// Output dimension (the lower network's input width). Default 768, as in the paper.
-    #[serde(default = "default_dim")]
-    pub dim: usize,
-    /// Longest word n-gram hashed (1 = words, 2 = words and bigrams).
+    /// Output dimension of `hashed` (the lower network's input width). Default 768, as in the paper. `minilm` is
+    /// always 384: leave this out (or set 384).
+    #[serde(default)]
+    pub dim: Option<usize>,
+    /// `hashed`: longest word n-gram hashed (1 = words, 2 = words and bigrams).
     #[serde(default = "default_ngrams")]
     pub ngrams: usize,
+    /// `minilm`: the model folder.
+    #[serde(default = "default_model_dir")]
+    pub model_dir: PathBuf,
+    /// `minilm`: texts per forward pass.
+    #[serde(default = "default_embed_batch")]
+    pub batch_size: usize,
+    /// `minilm`: the embedding cache (keyed by model hash and text hash).
+    #[serde(default = "default_embedding_cache")]
+    pub embedding_cache_dir: PathBuf,
+}
+
+impl FeaturesConfig {
+    /// The feature width: 384 for `minilm`, else `dim` (default 768).
+    pub fn dim(&self) -> usize {
+        if self.kind == "minilm" { crate::features::minilm::MINILM_DIM } else { self.dim.unwrap_or(default_dim()) }
+    }
+}
+
+fn default_model_dir() -> PathBuf {
+    PathBuf::from(crate::features::minilm::DEFAULT_MODEL_DIR)
+}
+fn default_embed_batch() -> usize {
+    32
+}
+fn default_embedding_cache() -> PathBuf {
+    PathBuf::from("runs/cache/embeddings")
 }
 
 fn default_feature_kind() -> String {
@@ -293,7 +321,14 @@ fn default_ngrams() -> usize {
 
 impl Default for FeaturesConfig {
     fn default() -> Self {
-        Self { kind: default_feature_kind(), dim: default_dim(), ngrams: default_ngrams() }
+        Self {
+            kind: default_feature_kind(),
+            dim: None,
+            ngrams: default_ngrams(),
+            model_dir: default_model_dir(),
+            batch_size: default_embed_batch(),
+            embedding_cache_dir: default_embedding_cache(),
+        }
     }
 }
 
@@ -615,11 +650,19 @@ impl RunConfig {
         {
             return Err(err("name", format!("must be non-empty and use only letters, digits, '-', '_', '.'; got {:?}", self.name)));
         }
-        if self.features.kind != "hashed" {
-            return Err(err("features.kind", format!("unknown featurizer {:?}; allowed: \"hashed\"", self.features.kind)));
-        }
-        if !(8..=65_536).contains(&self.features.dim) {
-            return Err(err("features.dim", format!("must be in 8..=65536, got {}", self.features.dim)));
+        let f = &self.features;
+        match (f.kind.as_str(), f.dim) {
+            ("hashed", Some(d)) if !(8..=65_536).contains(&d) => return Err(err("features.dim", format!("must be in 8..=65536, got {d}"))),
+            ("hashed", _) => {}
+            ("minilm", Some(d)) if d != crate::features::minilm::MINILM_DIM => {
+                return Err(err("features.dim", format!("minilm embeddings have {} dimensions; leave features.dim out (got {d})", crate::features::minilm::MINILM_DIM)));
+            }
+            ("minilm", _) => {
+                if f.batch_size == 0 || f.batch_size > 4096 {
+                    return Err(err("features.batch_size", format!("must be in 1..=4096, got {}", f.batch_size)));
+                }
+            }
+            (other, _) => return Err(err("features.kind", format!("unknown featurizer {other:?}; allowed: \"hashed\", \"minilm\""))),
         }
         if !(1..=3).contains(&self.features.ngrams) {
             return Err(err("features.ngrams", format!("must be 1, 2 or 3, got {}", self.features.ngrams)));
@@ -641,8 +684,8 @@ impl RunConfig {
         if l.conv_kernel > 0 && l.conv_kernel % 2 == 0 {
             return Err(err("lower.conv_kernel", format!("must be odd (same padding) or 0 to disable, got {}", l.conv_kernel)));
         }
-        if l.conv_kernel > self.features.dim {
-            return Err(err("lower.conv_kernel", format!("{} is wider than features.dim {}", l.conv_kernel, self.features.dim)));
+        if l.conv_kernel > self.features.dim() {
+            return Err(err("lower.conv_kernel", format!("{} is wider than the feature width {}", l.conv_kernel, self.features.dim())));
         }
         if l.hidden == 0 || l.hidden > 65_536 {
             return Err(err("lower.hidden", format!("must be in 1..=65536, got {}", l.hidden)));

