@@ -43,8 +43,23 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Privacy budget of DP-SGD: ε for a noise multiplier, or the noise multiplier for a target ε.
     Budget(BudgetArgs),
+    /// Embed texts: one text per line on stdin, one JSON array of floats per line on stdout.
+    Embed(EmbedArgs),
     /// Privacy-utility sweep: head accuracy against the client's ε (and the server's), as CSV, Markdown and SVG.
     Sweep(SweepArgs),
+}
+
+#[derive(Args, Debug)]
+struct EmbedArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Featurizer (default: the config's `features.kind`).
+    #[arg(long, value_parser = ["minilm", "hashed"])]
+    featurizer: Option<String>,
+    /// The featurizer's own output (for minilm: the L2-normalised sentence embedding), without the client's
+    /// min-max scaler. Default: the exact vector the pipeline feeds the lower network (scaled).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +265,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 head.trained.history.get(head.trained.best_epoch.saturating_sub(1)).map_or(0.0, |e| e.val_accuracy),
                 cfg.output_dir().join("head.bin").display());
         }
+        Command::Embed(a) => embed(&a)?,
         Command::Sweep(a) => {
             let cfg = a.config.load()?;
             let spec = crate::sweep::SweepSpec {
@@ -278,6 +294,41 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cryptotl embed`: the client's featurizer (and scaler) over stdin lines. The pipeline is the one a run saved
+/// (`<output_dir>/client_features.json`) when it is of the same kind, else fitted on the config's target training
+/// split as a run would fit it.
+fn embed(a: &EmbedArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    use crate::features::Featurizer;
+    let mut cfg = a.config.load()?;
+    if let Some(kind) = &a.featurizer
+        && *kind != cfg.features.kind
+    {
+        cfg.features = crate::config::FeaturesConfig { kind: kind.clone(), dim: None, ..cfg.features.clone() };
+        cfg.validate("--featurizer")?;
+    }
+    let texts: Vec<String> = std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?;
+    let rows = if a.raw && cfg.features.kind == "minilm" {
+        crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.transform(&texts)?
+    } else {
+        let saved = cfg.output_dir().join("client_features.json");
+        let pipeline = match crate::features::FeaturePipeline::load(&saved) {
+            Ok(p) if p.featurizer.kind() == cfg.features.kind && p.dim() == cfg.features.dim() => p,
+            _ => {
+                let data = pipeline::prepare_data(&cfg)?;
+                pipeline::client_features(&cfg, &data.target)?.0
+            }
+        };
+        if a.raw { pipeline.featurizer.transform(&texts)? } else { pipeline.transform(&texts)? }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for row in rows.rows() {
+        let line = serde_json::to_string(&row.to_vec()).expect("floats serialise");
+        writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    }
+    out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))
 }
 
 fn load_features(path: &Path) -> Result<FeatureSplit> {

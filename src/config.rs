@@ -31,8 +31,9 @@ pub struct RunConfig {
     /// Where pretrained lower networks are cached, keyed by a hash of what determines them.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
-    /// Text featurizer.
-    #[serde(default)]
+    /// Text featurizer: a `[features]` table, or the shorthand `features = "minilm"` / `"hashed"` (every other key
+    /// at its default).
+    #[serde(default, deserialize_with = "features_table_or_kind")]
     pub features: FeaturesConfig,
     /// The server's source dataset (pretraining).
     pub source: DatasetConfig,
@@ -290,6 +291,24 @@ pub struct FeaturesConfig {
     /// `minilm`: the embedding cache (keyed by model hash and text hash).
     #[serde(default = "default_embedding_cache")]
     pub embedding_cache_dir: PathBuf,
+}
+
+/// `features = "minilm"` (a kind with defaults) or a full `[features]` table, keeping the table's own error messages.
+fn features_table_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<FeaturesConfig, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = FeaturesConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a featurizer name (\"hashed\", \"minilm\") or a [features] table")
+        }
+        fn visit_str<E: serde::de::Error>(self, kind: &str) -> std::result::Result<FeaturesConfig, E> {
+            Ok(FeaturesConfig { kind: kind.to_string(), ..FeaturesConfig::default() })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<FeaturesConfig, A::Error> {
+            FeaturesConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl FeaturesConfig {
@@ -657,12 +676,11 @@ impl RunConfig {
             ("minilm", Some(d)) if d != crate::features::minilm::MINILM_DIM => {
                 return Err(err("features.dim", format!("minilm embeddings have {} dimensions; leave features.dim out (got {d})", crate::features::minilm::MINILM_DIM)));
             }
-            ("minilm", _) => {
-                if f.batch_size == 0 || f.batch_size > 4096 {
-                    return Err(err("features.batch_size", format!("must be in 1..=4096, got {}", f.batch_size)));
-                }
-            }
+            ("minilm", _) => {}
             (other, _) => return Err(err("features.kind", format!("unknown featurizer {other:?}; allowed: \"hashed\", \"minilm\""))),
+        }
+        if f.batch_size == 0 || f.batch_size > 4096 {
+            return Err(err("features.batch_size", format!("must be in 1..=4096, got {}", f.batch_size)));
         }
         if !(1..=3).contains(&self.features.ngrams) {
             return Err(err("features.ngrams", format!("must be 1, 2 or 3, got {}", self.features.ngrams)));

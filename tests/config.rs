@@ -46,7 +46,9 @@ fn invalid_values_name_the_key_and_the_allowed_range() {
         ("lower.pool=0", "lower.pool", "1..="),
         ("lower.conv_kernel=8", "lower.conv_kernel", "odd"),
         ("features.dim=4", "features.dim", "8..=65536"),
-        ("features.kind=\"bert\"", "features.kind", "allowed"),
+        ("features.kind=\"bert\"", "features.kind", "allowed: \"hashed\", \"minilm\""),
+        ("features=\"bert\"", "features.kind", "allowed"),
+        ("features.batch_size=0", "features.batch_size", "1..=4096"),
         ("split.test=1.5", "split.test", "(0, 1)"),
         ("split.validation=0.75", "split", "less than 10%"),
         ("head.dropout=1.0", "head.dropout", "[0, 1)"),
@@ -61,6 +63,24 @@ fn invalid_values_name_the_key_and_the_allowed_range() {
         assert!(msg.contains(&format!("key `{key}`")), "{ov}: {msg}");
         assert!(msg.contains(allowed), "{ov}: {msg}");
     }
+}
+
+#[test]
+fn minilm_is_selectable_in_every_config_and_sets_the_width() {
+    for file in ["quickstart", "imdb", "sms_spam", "paper_network"] {
+        let path = format!("{}/configs/{file}.toml", env!("CARGO_MANIFEST_DIR"));
+        for ov in ["features=\"minilm\"", "features.kind=\"minilm\""] {
+            let cfg = RunConfig::load(std::path::Path::new(&path), &[ov.to_string()]).unwrap();
+            assert_eq!((cfg.features.kind.as_str(), cfg.features.dim()), ("minilm", 384), "{file} {ov}");
+        }
+    }
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["features=\"hashed\"".into()]).unwrap();
+    assert_eq!(cfg.features.dim(), 768);
+    // An explicit width other than 384 with minilm is refused, 384 is accepted.
+    assert!(err(QUICKSTART_TOML, &["features.kind=\"minilm\"", "features.dim=768"]).contains("leave features.dim out"));
+    RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["features.kind=\"minilm\"".into(), "features.dim=384".into()]).unwrap();
+    // A malformed table keeps its precise message.
+    assert!(err(QUICKSTART_TOML, &["features.dimm=3"]).contains("unknown field `dimm`"));
 }
 
 #[test]

@@ -120,3 +120,15 @@ fn a_missing_or_wrong_model_is_a_clear_error() {
     let err = Encoder::load(fake.path()).err().unwrap().to_string();
     assert!(err.contains("sha256") && err.contains("fetch_model.py"), "{err}");
 }
+
+#[test]
+fn the_fast_erf_is_within_5e7_of_libm() {
+    let mut worst = 0f64;
+    for i in -100_000..=100_000 {
+        let x = i as f32 * 6e-5;
+        let err = (cryptotl::features::bert::erf_fast(x) as f64 - libm::erf(x as f64)).abs();
+        worst = worst.max(err);
+    }
+    assert!(worst < 5e-7, "max |erf_fast - erf| = {worst:e}");
+    assert_eq!(cryptotl::features::bert::erf_fast(100.0), 1.0);
+}

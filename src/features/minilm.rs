@@ -99,22 +99,31 @@ impl Encoder {
         let ids = self.tokenize(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
-        let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
         let bar = crate::progress::bar(texts.len() as u64, what);
-        for chunk in order.chunks(batch_size.max(1)) {
-            let len = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
-            let mut flat = vec![0u32; chunk.len() * len];
-            let mut mask = vec![0u32; chunk.len() * len];
-            for (r, &i) in chunk.iter().enumerate() {
-                flat[r * len..r * len + ids[i].len()].copy_from_slice(&ids[i]);
-                mask[r * len..r * len + ids[i].len()].iter_mut().for_each(|m| *m = 1);
-            }
-            let emb = self.bert.embed(&flat, &mask, chunk.len(), len)?;
-            let values = emb.into_data().to_vec::<f32>().map_err(|e| Error::Features(format!("embedding readback: {e:?}")))?;
+        // Batches run in parallel (one per core): the matrix products of one short batch are too small to keep
+        // both cores busy on their own.
+        use rayon::prelude::*;
+        let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        let embedded: Vec<Vec<f32>> = chunks
+            .par_iter()
+            .map(|chunk| {
+                let len = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
+                let mut flat = vec![0u32; chunk.len() * len];
+                let mut mask = vec![0u32; chunk.len() * len];
+                for (r, &i) in chunk.iter().enumerate() {
+                    flat[r * len..r * len + ids[i].len()].copy_from_slice(&ids[i]);
+                    mask[r * len..r * len + ids[i].len()].iter_mut().for_each(|m| *m = 1);
+                }
+                let emb = self.bert.embed(&flat, &mask, chunk.len(), len)?;
+                bar.inc(chunk.len() as u64);
+                emb.into_data().to_vec::<f32>().map_err(|e| Error::Features(format!("embedding readback: {e:?}")))
+            })
+            .collect::<Result<_>>()?;
+        let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
+        for (chunk, values) in chunks.iter().zip(&embedded) {
             for (r, &i) in chunk.iter().enumerate() {
                 out.row_mut(i).assign(&ndarray::ArrayView1::from(&values[r * MINILM_DIM..(r + 1) * MINILM_DIM]));
             }
-            bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
         Ok(out)
