@@ -126,6 +126,8 @@ pub struct Sweep {
     pub server_mechanism: ServerMechanism,
     /// Whether the lower network ran encrypted.
     pub encrypted: bool,
+    /// The featurizer (`hashed`, `minilm`).
+    pub features: String,
     /// Every head trained.
     pub points: Vec<SweepPoint>,
 }
@@ -255,7 +257,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(cfg, *e)).collect();
         train_heads(cfg, &heads, spec, &client, &head, &mut points)?;
     }
-    Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, points })
+    Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.clone(), points })
 }
 
 /// Mean and sample standard deviation.
@@ -318,9 +320,10 @@ impl Sweep {
     /// The Markdown table.
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Privacy-utility sweep `{}`\n\nLower network {}; server ε set through {}. Accuracy on the client's test split, mean ± std over repeats.\n\n\
+            "# Privacy-utility sweep `{}`\n\n`{}` features; lower network {}; server ε set through {}. Accuracy on the client's test split, mean ± std over repeats.\n\n\
              | series | server ε (reached) | client ε (reached) | accuracy | repeats |\n|---|---:|---:|---:|---:|\n",
             self.name,
+            self.features,
             if self.encrypted { "encrypted (TFHE)" } else { "in the clear (he.enabled = false)" },
             self.server_mechanism.name()
         );
@@ -368,7 +371,7 @@ impl Sweep {
             let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
-                .caption(format!("{}: accuracy vs client ε{}", self.name, if self.encrypted { " (encrypted)" } else { "" }), ("sans-serif", 20))
+                .caption(format!("{} ({} features, {}): accuracy vs client ε", self.name, self.features, if self.encrypted { "encrypted" } else { "in the clear" }), ("sans-serif", 20))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(56)

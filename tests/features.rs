@@ -67,7 +67,7 @@ fn nan_and_width_mismatch_are_clear_errors() {
 fn pipeline_is_fitted_on_training_texts_only() {
     let ds = data::load(&DatasetConfig::new("i", DatasetFormat::Csv, &["embedded:imdb_sentences"]), 0).unwrap();
     let split = data::stratified_split(&ds, &SplitConfig::default(), 1).unwrap();
-    let cfg = FeaturesConfig { dim: 128, ..Default::default() };
+    let cfg = FeaturesConfig { dim: Some(128), ..Default::default() };
     let run_cfg = RunConfig { features: cfg.clone(), ..RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap() };
     let (fitted, _) = client_features(&run_cfg, &split).unwrap();
     assert_eq!(fitted, FeaturePipeline::fit(&cfg, &split.train.texts).unwrap(), "the stage fits on train only");
@@ -84,7 +84,7 @@ fn pipeline_is_fitted_on_training_texts_only() {
 #[test]
 fn pipeline_save_load_round_trip_and_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let p = FeaturePipeline::fit(&FeaturesConfig { dim: 32, ..Default::default() }, &texts(&["a b", "c d e"])).unwrap();
+    let p = FeaturePipeline::fit(&FeaturesConfig { dim: Some(32), ..Default::default() }, &texts(&["a b", "c d e"])).unwrap();
     let path = dir.path().join("f.json");
     p.save(&path).unwrap();
     assert_eq!(FeaturePipeline::load(&path).unwrap(), p);

@@ -287,7 +287,7 @@ fn real_features() -> ndarray::Array2<f32> {
     use cryptotl::config::{DatasetConfig, DatasetFormat, FeaturesConfig};
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/separable_target.csv");
     let ds = cryptotl::data::load(&DatasetConfig::new("fixture", DatasetFormat::Csv, &[path]), 0).unwrap();
-    let cfg = FeaturesConfig { dim: 64, ngrams: 1, ..FeaturesConfig::default() };
+    let cfg = FeaturesConfig { dim: Some(64), ngrams: 1, ..FeaturesConfig::default() };
     let pipeline = cryptotl::features::FeaturePipeline::fit(&cfg, &ds.texts).unwrap();
     pipeline.transform(&ds.texts).unwrap()
 }

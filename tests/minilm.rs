@@ -130,5 +130,47 @@ fn the_fast_erf_is_within_5e7_of_libm() {
         worst = worst.max(err);
     }
     assert!(worst < 5e-7, "max |erf_fast - erf| = {worst:e}");
-    assert_eq!(cryptotl::features::bert::erf_fast(100.0), 1.0);
+    assert!((cryptotl::features::bert::erf_fast(100.0) - 1.0).abs() < 5e-7 && (cryptotl::features::bert::erf_fast(-100.0) + 1.0).abs() < 5e-7);
+}
+
+#[test]
+fn embed_cli_writes_one_json_array_per_input_line() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let run = |args: &[&str], input: &str| -> (i32, String, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    };
+    let rows = |out: &str| -> Vec<Vec<f32>> { out.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    // hashed, the pipeline's vector: the quickstart client's featurizer and scaler, fitted as a run fits them.
+    let out_dir = tempfile::tempdir().unwrap();
+    let od = out_dir.path().to_str().unwrap();
+    let (code, out, err) = run(&["-q", "embed", "--featurizer", "hashed", "--output-dir", od], "a fine film\nawful\n\n");
+    assert_eq!(code, 0, "{err}");
+    let hashed = rows(&out);
+    assert_eq!(hashed.len(), 3);
+    assert!(hashed.iter().all(|r| r.len() == 768 && r.iter().all(|v| (0.0..=1.0).contains(v))));
+    let Some(dir) = model_dir() else { return };
+    let r = reference();
+    let input: String = r.inputs[..3].iter().map(|t| t.replace(['\n', '\r'], " ") + "\n").collect();
+    let cache = tempfile::tempdir().unwrap();
+    let set_model = format!("features.model_dir={:?}", dir.to_str().unwrap());
+    let set_cache = format!("features.embedding_cache_dir={:?}", cache.path().to_str().unwrap());
+    let (code, out, err) = run(&["-q", "embed", "--featurizer", "minilm", "--raw", "--set", &set_model, "--set", &set_cache], &input);
+    assert_eq!(code, 0, "{err}");
+    let got = rows(&out);
+    assert_eq!(got.len(), 3);
+    for (i, row) in got.iter().enumerate() {
+        assert_eq!(row.len(), 384);
+        assert!(cosine(row, &r.embeddings[i]) >= 0.9999, "input {i}");
+    }
 }
