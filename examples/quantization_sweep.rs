@@ -3,7 +3,8 @@
 //! across network widths and bit widths. Cheap (no TFHE), so the README's trade-off table can cover many settings;
 //! the encrypted path then differs from the clear one only by its measured one-level lookups.
 //!
-//! `cargo run --release --example quantization_sweep [config.toml]` (default: the embedded quickstart).
+//! `cargo run --release --example quantization_sweep [config.toml]` (default: the embedded quickstart). The hidden
+//! widths are `CRYPTOTL_SWEEP_HIDDEN` (comma-separated, default 16,32,64).
 
 use cryptotl::config::{Calibration, RunConfig};
 use cryptotl::he::quant;
@@ -19,7 +20,12 @@ fn main() -> anyhow::Result<()> {
     let data = pipeline::prepare_data(&base)?;
     println!("| hidden | calibration | input bits | lookup bits | float acc. | quantized acc. | accumulators out of range |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    for hidden in [16, 32, 64] {
+    let widths: Vec<usize> = std::env::var("CRYPTOTL_SWEEP_HIDDEN")
+        .unwrap_or_else(|_| "16,32,64".into())
+        .split(',')
+        .map(|w| w.trim().parse())
+        .collect::<Result<_, _>>()?;
+    for hidden in widths {
         let mut cfg = base.clone();
         cfg.lower.hidden = hidden;
         let lower = pipeline::pretrain(&cfg, &data.source)?;
