@@ -262,12 +262,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, n_source
     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(wn.insecure_seed);
     let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
-    let noise_source = if wn.insecure_seed.is_some() {
-        "ChaCha20 with a FIXED seed from the config (insecure: tests only)"
-    } else {
-        "ChaCha20 seeded from the operating system; floating-point Gaussian (rand_distr)"
-    };
-    let applied = AppliedWeightNoise { plan, parameters, noise_source: noise_source.into(), from_cache: false };
+    let noise_source = crate::privacy::dpsgd::noise_source(wn.insecure_seed.is_some()).into();
+    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     model::save_module(&net, &net_path)?;
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&applied).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;

@@ -149,23 +149,25 @@ fn with_server_epsilon(cfg: &RunConfig, mechanism: ServerMechanism, eps: Epsilon
         }
         (ServerMechanism::DpPretraining, Epsilon::Infinite) => sp.dp_pretraining = None,
         (ServerMechanism::DpPretraining, Epsilon::Finite(e)) => {
-            let p = sp.dp_pretraining.get_or_insert_with(|| PrivacyConfig::with_target_epsilon(e));
-            (p.enabled, p.noise_multiplier, p.target_epsilon, p.max_epsilon) = (true, None, Some(e), None);
+            sp.dp_pretraining = Some(targeting(sp.dp_pretraining.clone(), e));
         }
     }
     c.validate("sweep setting")?;
     Ok(c)
 }
 
+/// A DP-SGD table (the config's, or the defaults) switched on with σ calibrated to spend exactly `e`.
+fn targeting(table: Option<PrivacyConfig>, e: f64) -> PrivacyConfig {
+    let mut p = table.unwrap_or_else(|| PrivacyConfig::with_target_epsilon(e));
+    (p.enabled, p.noise_multiplier, p.target_epsilon, p.max_epsilon) = (true, None, Some(e), None);
+    p
+}
+
 fn with_client_epsilon(cfg: &RunConfig, eps: Epsilon) -> RunConfig {
     let mut c = cfg.clone();
     c.privacy = match eps {
         Epsilon::Infinite => None,
-        Epsilon::Finite(e) => {
-            let mut p = cfg.privacy.clone().unwrap_or_else(|| PrivacyConfig::with_target_epsilon(e));
-            (p.enabled, p.noise_multiplier, p.target_epsilon, p.max_epsilon) = (true, None, Some(e), None);
-            Some(p)
-        }
+        Epsilon::Finite(e) => Some(targeting(cfg.privacy.clone(), e)),
     };
     c
 }

@@ -58,6 +58,15 @@ impl PrivacyRng {
     }
 }
 
+/// Where the noise of a [`PrivacyRng`] comes from, in words (for reports).
+pub fn noise_source(insecure_seed: bool) -> &'static str {
+    if insecure_seed {
+        "ChaCha20 with a FIXED seed from the config (insecure: tests only)"
+    } else {
+        "ChaCha20 seeded from the operating system; floating-point Gaussian (rand_distr)"
+    }
+}
+
 /// The clipped per-example gradient sum of a batch.
 pub struct ClippedSum {
     /// Σᵢ min(1, C/‖∇Lᵢ‖)·∇Lᵢ per parameter.

@@ -197,11 +197,7 @@ impl PrivacyReport {
             stopped_by_budget: plan.stopped_by_budget(),
             epsilons,
             per_epoch,
-            noise_source: if insecure_seed {
-                "ChaCha20 with a FIXED seed from the config (insecure: tests only)".into()
-            } else {
-                "ChaCha20 seeded from the operating system; floating-point Gaussian (rand_distr)".into()
-            },
+            noise_source: super::dpsgd::noise_source(insecure_seed).into(),
             accuracy_with_dp,
             accuracy_without_dp,
         })
