@@ -235,17 +235,16 @@ pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
     })
 }
 
-/// Add `[server_privacy.weight_noise]` to the pretrained lower network (no-op when off), for `n_source` source
-/// training examples.
+/// Add the resolved `[server_privacy.weight_noise]` (`plan`, from [`crate::privacy::server::plan_weight_noise`])
+/// to the pretrained lower network.
 ///
 /// The noised network is a release: it is drawn once per (pretrained network, noise setting), stored in the
 /// pretraining cache and reused by later runs, so rerunning does not hand the client fresh draws of the same
 /// weights (each would spend the budget again).
-pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, n_source: usize) -> Result<()> {
-    let Some(wn) = cfg.server_privacy.weight_noise.as_ref() else { return Ok(()) };
-    let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n_source)? else { return Ok(()) };
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: crate::privacy::server::WeightNoisePlan) -> Result<()> {
+    let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
     let device = Default::default();
-    let material = serde_json::json!({ "plan": plan, "seed": wn.insecure_seed });
+    let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
     let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
     let (net_path, meta_path) = (dir.join("lower"), dir.join("meta.json"));
     if meta_path.exists() {
@@ -259,10 +258,10 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, n_source
             return Ok(());
         }
     }
-    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(wn.insecure_seed);
+    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
     let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
-    let noise_source = crate::privacy::dpsgd::noise_source(wn.insecure_seed.is_some()).into();
+    let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
     let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     model::save_module(&net, &net_path)?;
@@ -275,11 +274,14 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, n_source
 /// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured, cached) and
 /// then noised (when configured, cached). Both budgets are checked before any training starts.
 pub fn server_lower_network(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
-    if let Some(wn) = &cfg.server_privacy.weight_noise {
-        crate::privacy::server::plan_weight_noise(wn, source.train.len())?;
-    }
+    let noise_plan = match &cfg.server_privacy.weight_noise {
+        Some(wn) => crate::privacy::server::plan_weight_noise(wn, source.train.len())?,
+        None => None,
+    };
     let mut lower = pretrain(cfg, source)?;
-    apply_weight_noise(cfg, &mut lower, source.train.len())?;
+    if let Some(plan) = noise_plan {
+        apply_weight_noise(cfg, &mut lower, plan)?;
+    }
     Ok(lower)
 }
 
