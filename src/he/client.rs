@@ -2,7 +2,7 @@
 //! server's outputs. The secret keys live only in [`ClientKey`]; the server crate (`cryptotl_server`) does not
 //! depend on this crate and so cannot name this type.
 
-use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, HeError, ParameterSet, ProgramInterface};
+use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, HeError, ParameterSet, ProgramInterface, SeededBootstrapKey};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
 use tfhe::core_crypto::commons::math::random::Seed;
@@ -56,15 +56,27 @@ impl ClientKey {
         let mut secret = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
         let small = allocate_and_generate_new_binary_lwe_secret_key(p.lwe_dimension, &mut secret);
         let glwe = allocate_and_generate_new_binary_glwe_secret_key(p.glwe_dimension, p.polynomial_size, &mut secret);
-        let bootstrap_key = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-            &small,
-            &glwe,
-            p.pbs_base_log,
-            p.pbs_level,
-            p.glwe_noise_distribution,
-            p.ciphertext_modulus,
-            seeder,
-        );
+        let bootstrap_key = match p.grouping_factor {
+            None => SeededBootstrapKey::Classic(par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+                &small,
+                &glwe,
+                p.pbs_base_log,
+                p.pbs_level,
+                p.glwe_noise_distribution,
+                p.ciphertext_modulus,
+                seeder,
+            )),
+            Some(g) => SeededBootstrapKey::MultiBit(par_allocate_and_generate_new_seeded_lwe_multi_bit_bootstrap_key(
+                &small,
+                &glwe,
+                p.pbs_base_log,
+                p.pbs_level,
+                p.glwe_noise_distribution,
+                g,
+                p.ciphertext_modulus,
+                seeder,
+            )),
+        };
         let key_id = seeder.seed().0 as u64;
         let parameter_set = params.name().to_string();
         let evaluation = EvaluationKey { key_id, parameter_set: parameter_set.clone(), bootstrap_key };

@@ -4,23 +4,44 @@
 //! 1. **Linear stage (leveled):** `acc_j = bias_j * 2^(63-B) + sum_i w_ji * ct_i` over the raw words of the input
 //!    ciphertexts (small-key LWE, n + 1 words each), a tight wrapping-integer loop blocked over neurons so each
 //!    input ciphertext is read once per block. No keyswitch is needed: inputs are already under the small key.
-//! 2. **Activation:** one programmable bootstrap with neuron j's lookup table (centered modulus switch), output
-//!    under the big key.
+//! 2. **Activation:** one programmable bootstrap with neuron j's lookup table, output under the big key. Classic
+//!    sets: tfhe-rs's blind rotation after a centered modulus switch, one neuron at a time. Multi-bit sets: our own
+//!    blind rotation from tfhe-rs's parts, [`MULTI_BIT_BATCH`] neurons at a time, group-major (see
+//!    [`Evaluator::activations`]).
 //! 3. **Pooling:** sums of `pool` neighbouring bootstrap outputs.
 //! 4. **Download:** each output modulus-switched from 2^64 to 2^32.
 //!
 //! Work is spread with rayon across neuron blocks (linear stage), neurons (bootstraps) and samples (batches).
 
 use rayon::prelude::*;
+use tfhe::core_crypto::algorithms::polynomial_algorithms::polynomial_wrapping_monic_monomial_div_assign;
+use tfhe::core_crypto::fft_impl::common::modulus_switch;
+use tfhe::core_crypto::fft_impl::fft64::c64;
+use tfhe::core_crypto::fft_impl::fft64::crypto::ggsw::{
+    FourierGgswCiphertext, add_external_product_assign, add_external_product_assign_scratch,
+};
+use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::prelude::*;
 
 use crate::error::Result;
 use crate::params::ParameterSet;
 use crate::program::IntegerProgram;
-use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey};
+use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey, SeededBootstrapKey};
 
 /// Neurons per block of the linear stage (each block's accumulators stay in L2).
 const BLOCK: usize = 8;
+
+/// Multi-bit bootstraps run together, group-major, on one thread. A multi-bit key is large (157 MB in the Fourier
+/// domain for `MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1`) and each group's 2^g GGSWs are folded into one per
+/// ciphertext, so one bootstrap at a time is bound by memory traffic: 12-13 ms per bootstrap on two cores here,
+/// against 5.7-5.8 ms in batches of 16 (`cargo run --release --example pbs_throughput`; 8: 7.4-8.3 ms, 32: noisier).
+pub const MULTI_BIT_BATCH: usize = 16;
+
+/// The bootstrap key in the Fourier domain, as the parameter set says.
+enum FourierKey {
+    Classic(FourierLweBootstrapKeyOwned),
+    MultiBit(FourierLweMultiBitBootstrapKeyOwned),
+}
 
 /// What one sample costs, counted (not timed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,7 +64,7 @@ pub struct Evaluator {
     program: IntegerProgram,
     params: ParameterSet,
     key_id: u64,
-    bsk: FourierLweBootstrapKeyOwned,
+    bsk: FourierKey,
     luts: Vec<GlweCiphertextOwned<u64>>,
     /// Weights transposed per block: `block_weights[b][i * BLOCK + r]` = weight of neuron `b*BLOCK + r` on input i.
     block_weights: Vec<Vec<u64>>,
@@ -71,15 +92,33 @@ impl Evaluator {
     pub fn new(program: IntegerProgram, key: &EvaluationKey, params: ParameterSet) -> Result<Self> {
         program.validate(params)?;
         key.check(params)?;
-        let standard = key.bootstrap_key.clone().par_decompress_into_lwe_bootstrap_key();
-        let mut bsk = FourierLweBootstrapKey::new(
-            standard.input_lwe_dimension(),
-            standard.glwe_size(),
-            standard.polynomial_size(),
-            standard.decomposition_base_log(),
-            standard.decomposition_level_count(),
-        );
-        par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut bsk);
+        let bsk = match &key.bootstrap_key {
+            SeededBootstrapKey::Classic(seeded) => {
+                let standard = seeded.clone().par_decompress_into_lwe_bootstrap_key();
+                let mut bsk = FourierLweBootstrapKey::new(
+                    standard.input_lwe_dimension(),
+                    standard.glwe_size(),
+                    standard.polynomial_size(),
+                    standard.decomposition_base_log(),
+                    standard.decomposition_level_count(),
+                );
+                par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut bsk);
+                FourierKey::Classic(bsk)
+            }
+            SeededBootstrapKey::MultiBit(seeded) => {
+                let standard = seeded.clone().par_decompress_into_lwe_multi_bit_bootstrap_key();
+                let mut bsk = FourierLweMultiBitBootstrapKey::new(
+                    standard.input_lwe_dimension(),
+                    standard.glwe_size(),
+                    standard.polynomial_size(),
+                    standard.decomposition_base_log(),
+                    standard.decomposition_level_count(),
+                    standard.grouping_factor(),
+                );
+                par_convert_standard_lwe_multi_bit_bootstrap_key_to_fourier(&standard, &mut bsk);
+                FourierKey::MultiBit(bsk)
+            }
+        };
         let delta = 1u64 << program.output_delta_log2();
         let luts = program.tables.iter().map(|t| lookup_table_glwe(params, t, delta)).collect();
         let d = program.input_dim;
@@ -155,10 +194,22 @@ impl Evaluator {
 
     /// Bootstrap every neuron's accumulator through its lookup table: `neurons x (k*N + 1)` words, big key.
     ///
-    /// The modulus switch to 2N is tfhe-rs's *centered* binary one: it subtracts the known mean of the mask
-    /// rounding error (half of it, the key being binary) from the body, which halves the switch's noise variance,
-    /// the dominant noise before the lookup. Each worker thread reuses its FFT plan and scratch memory.
+    /// Classic sets: the modulus switch to 2N is tfhe-rs's *centered* binary one: it subtracts the known mean of
+    /// the mask rounding error (half of it, the key being binary) from the body, which halves the switch's noise
+    /// variance, the dominant noise before the lookup. Each worker thread reuses its FFT plan and scratch memory.
+    ///
+    /// Multi-bit sets: per group of g mask elements, tfhe-rs's `prepare_multi_bit_ggsw_mem_optimized` folds the
+    /// group's 2^g GGSWs into one (each but the first times the monomial of its rounded subset sum), then one
+    /// external product. As tfhe-rs's `multi_bit_deterministic_blind_rotate_assign`, but on one thread and for
+    /// [`MULTI_BIT_BATCH`] neurons at once: each group's GGSWs are read once per batch and stay in cache.
     pub fn activations(&self, accumulators: &[u64]) -> Vec<u64> {
+        match &self.bsk {
+            FourierKey::Classic(bsk) => self.classic_activations(accumulators, bsk),
+            FourierKey::MultiBit(bsk) => self.multi_bit_activations(accumulators, bsk),
+        }
+    }
+
+    fn classic_activations(&self, accumulators: &[u64], bsk: &FourierLweBootstrapKeyOwned) -> Vec<u64> {
         let p = self.params.tfhe();
         let (size, big) = (self.params.lwe_dimension() + 1, self.params.big_lwe_dimension() + 1);
         let log_modulus = p.polynomial_size.to_blind_rotation_input_modulus_log();
@@ -180,11 +231,63 @@ impl Evaluator {
                 let input = LweCiphertext::from_container(a, p.ciphertext_modulus);
                 let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(input, log_modulus);
                 let mut lut = self.luts[g * per + i].clone();
-                blind_rotate_assign_mem_optimized(&switched, &mut lut, &self.bsk, fft.as_view(), buffers.stack());
+                blind_rotate_assign_mem_optimized(&switched, &mut lut, bsk, fft.as_view(), buffers.stack());
                 let mut output = LweCiphertext::from_container(o, p.ciphertext_modulus);
                 extract_lwe_sample_from_glwe_ciphertext(&lut, &mut output, MonomialDegree(0));
             }
         });
+        out
+    }
+
+    fn multi_bit_activations(&self, accumulators: &[u64], bsk: &FourierLweMultiBitBootstrapKeyOwned) -> Vec<u64> {
+        let p = self.params.tfhe();
+        let (size, big) = (self.params.lwe_dimension() + 1, self.params.big_lwe_dimension() + 1);
+        let (glwe_size, poly) = (p.glwe_dimension.to_glwe_size(), p.polynomial_size);
+        let log_modulus = poly.to_blind_rotation_input_modulus_log();
+        let g = bsk.grouping_factor();
+        let per_group = g.ggsw_per_multi_bit_element().0;
+        let ggsws: Vec<FourierGgswCiphertext<&[c64]>> = bsk.ggsw_iter().collect();
+        let scratch = || {
+            let fft = Fft::new(poly);
+            let mut buffers = ComputationBuffers::new();
+            buffers.resize(add_external_product_assign_scratch::<u64>(glwe_size, poly, fft.as_view()).unaligned_bytes_required());
+            let ggsw = FourierGgswCiphertext::new(glwe_size, poly, p.pbs_base_log, p.pbs_level);
+            let monomial = FourierPolynomial::new(poly);
+            let tmp = GlweCiphertext::new(0u64, glwe_size, poly, p.ciphertext_modulus);
+            (fft, buffers, ggsw, monomial, tmp)
+        };
+        let mut out = vec![0u64; self.program.neurons * big];
+        out.par_chunks_mut(MULTI_BIT_BATCH * big).zip(accumulators.par_chunks(MULTI_BIT_BATCH * size)).enumerate().for_each_init(
+            scratch,
+            |(fft, buffers, ggsw, monomial, tmp), (batch, (outs, accs))| {
+                // Rotate each lookup table by its rounded body, then fold in the mask group by group.
+                let mut luts: Vec<GlweCiphertextOwned<u64>> = accs
+                    .chunks(size)
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let mut lut = self.luts[batch * MULTI_BIT_BATCH + i].clone();
+                        let body: usize = modulus_switch(a[size - 1], log_modulus) as usize;
+                        for mut poly in lut.as_mut_polynomial_list().iter_mut() {
+                            polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(body));
+                        }
+                        lut
+                    })
+                    .collect();
+                for (w, group_ggsws) in ggsws.chunks_exact(per_group).enumerate() {
+                    for (a, lut) in accs.chunks(size).zip(luts.iter_mut()) {
+                        let degrees = modulus_switch_multi_bit(log_modulus, g, &a[w * g.0..(w + 1) * g.0]);
+                        prepare_multi_bit_ggsw_mem_optimized(ggsw, group_ggsws, degrees, monomial, fft.as_view());
+                        tmp.as_mut().fill(0);
+                        add_external_product_assign(tmp.as_mut_view(), ggsw.as_view(), lut.as_view(), fft.as_view(), buffers.stack());
+                        std::mem::swap(lut, tmp);
+                    }
+                }
+                for (o, lut) in outs.chunks_mut(big).zip(&luts) {
+                    let mut output = LweCiphertext::from_container(o, p.ciphertext_modulus);
+                    extract_lwe_sample_from_glwe_ciphertext(lut, &mut output, MonomialDegree(0));
+                }
+            },
+        );
         out
     }
 

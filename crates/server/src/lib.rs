@@ -14,7 +14,8 @@
 //! - [`program`]: the integer program (folded linear stage, lookup tables, pooling) and its clear-integer
 //!   evaluator, the oracle for the encrypted one.
 //! - [`wire`]: keys and ciphertexts as they cross the wire, with tfhe's versioned safe serialization.
-//! - [`eval`]: the homomorphic evaluation (tight integer loop over ciphertext data, one bootstrap per neuron).
+//! - [`eval`]: the homomorphic evaluation (tight integer loop over ciphertext data, one bootstrap per neuron,
+//!   classic or multi-bit).
 
 pub mod error;
 pub mod eval;
@@ -24,6 +25,6 @@ pub mod wire;
 
 pub use error::{HeError, Result};
 pub use eval::{Evaluator, OpCounts};
-pub use params::ParameterSet;
+pub use params::{ParameterSet, TfheParameters};
 pub use program::{IntegerProgram, ProgramInterface};
-pub use wire::{EncryptedInput, EncryptedOutput, EvaluationKey};
+pub use wire::{EncryptedInput, EncryptedOutput, EvaluationKey, SeededBootstrapKey};

@@ -80,6 +80,63 @@ fn shape(what: &'static str, message: String) -> HeError {
     HeError::Shape { what, message }
 }
 
+/// A seeded bootstrap key, classic or multi-bit, as the parameter set says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
+#[versionize(SeededBootstrapKeyVersions)]
+pub enum SeededBootstrapKey {
+    /// One GGSW per small-key bit.
+    Classic(SeededLweBootstrapKeyOwned<u64>),
+    /// 2^g GGSWs per group of g small-key bits (one per subset of the group).
+    MultiBit(SeededLweMultiBitBootstrapKeyOwned<u64>),
+}
+
+/// Versions of [`SeededBootstrapKey`].
+#[derive(tfhe_versionable::VersionsDispatch)]
+pub enum SeededBootstrapKeyVersions {
+    /// The first version.
+    V0(SeededBootstrapKey),
+}
+
+impl SeededBootstrapKey {
+    /// Whether every dimension matches `params` (kind, n, k, N, gadget, grouping, modulus, length).
+    fn matches(&self, params: ParameterSet) -> bool {
+        let p = params.tfhe();
+        let common = |n: LweDimension, glwe: GlweSize, size: PolynomialSize, base, level, modulus, len: usize| {
+            n == p.lwe_dimension
+                && glwe == p.glwe_dimension.to_glwe_size()
+                && size == p.polynomial_size
+                && base == p.pbs_base_log
+                && level == p.pbs_level
+                && modulus == p.ciphertext_modulus
+                && len == params.seeded_bootstrap_key_words()
+        };
+        match (self, p.grouping_factor) {
+            (Self::Classic(k), None) => common(
+                k.input_lwe_dimension(),
+                k.glwe_size(),
+                k.polynomial_size(),
+                k.decomposition_base_log(),
+                k.decomposition_level_count(),
+                k.ciphertext_modulus(),
+                k.as_ref().len(),
+            ),
+            (Self::MultiBit(k), Some(g)) => {
+                k.grouping_factor() == g
+                    && common(
+                        k.input_lwe_dimension(),
+                        k.glwe_size(),
+                        k.polynomial_size(),
+                        k.decomposition_base_log(),
+                        k.decomposition_level_count(),
+                        k.ciphertext_modulus(),
+                        k.as_ref().len(),
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The client's public evaluation key: a seeded bootstrap key from its small LWE key to its GLWE key.
 /// The server needs nothing else (the linear stage runs under the small key, so there is no keyswitch key).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
@@ -90,7 +147,7 @@ pub struct EvaluationKey {
     /// The tfhe-rs parameter-set name.
     pub parameter_set: String,
     /// Seeded bootstrap key (masks regenerated from the seed: about half the size of the full key).
-    pub bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
+    pub bootstrap_key: SeededBootstrapKey,
 }
 
 wire_object!(EvaluationKey, EvaluationKeyVersions, "cryptotl::EvaluationKey", "evaluation key");
@@ -104,15 +161,7 @@ impl EvaluationKey {
     /// Check parameter set and every dimension of the bootstrap key.
     pub fn check(&self, params: ParameterSet) -> Result<()> {
         check_params(Self::WHAT, &self.parameter_set, params)?;
-        let (p, k) = (params.tfhe(), &self.bootstrap_key);
-        let ok = k.input_lwe_dimension().0 == p.lwe_dimension.0
-            && k.glwe_size() == p.glwe_dimension.to_glwe_size()
-            && k.polynomial_size() == p.polynomial_size
-            && k.decomposition_base_log() == p.pbs_base_log
-            && k.decomposition_level_count() == p.pbs_level
-            && k.ciphertext_modulus() == p.ciphertext_modulus
-            && k.as_ref().len() == params.seeded_bootstrap_key_words();
-        if !ok {
+        if !self.bootstrap_key.matches(params) {
             return Err(shape(Self::WHAT, format!("bootstrap key dimensions do not match {}", params.name())));
         }
         Ok(())
