@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the encrypted stage: key generation, encryption, server evaluation (per sample and per
 //! batch), decryption, for the default network (768 -> 32 ReLU) and the paper-shaped one (768 -> 768 ReLU ->
 //! avg-pool 3 -> 766). Run: `cargo bench --bench he` (README quotes the figures with the machine).
-//! `CRYPTOTL_BENCH_PAPER=0` skips the paper-shaped network (~5-10 s per sample).
+//! Both for the classic default set (`MESSAGE_2_CARRY_2`) and the multi-bit set (`MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1`,
+//! batched bootstraps). `CRYPTOTL_BENCH_PAPER=0` skips the paper-shaped network (~5-11 s per sample).
 
 use std::hint::black_box;
 
@@ -19,10 +20,9 @@ fn features(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
     Array2::from_shape_fn((rows, dim), |_| if rng.random_range(0.0..1.0f32) < 0.03 { rng.random_range(0.0..1.0) } else { 0.0 })
 }
 
-fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, client: &ClientKey, evaluation_key: &cryptotl_server::EvaluationKey, full: bool) {
-    let he = HeConfig::default();
+fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, he: &HeConfig, client: &ClientKey, evaluation_key: &cryptotl_server::EvaluationKey, full: bool) {
     let lower = LowerNet::<Cpu>::new(lower_cfg, 768, 0, &Default::default());
-    let program = quant::compile(&lower, features(500, 768, 1).view(), &he).unwrap();
+    let program = quant::compile(&lower, features(500, 768, 1).view(), he).unwrap();
     let server = Evaluator::new(program, evaluation_key, he.params().unwrap()).unwrap();
     let iface = server.program().interface();
     let x = features(4, 768, 2);
@@ -47,20 +47,22 @@ fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, clie
 }
 
 fn bench(c: &mut Criterion) {
-    let params = ParameterSet::default();
-    let mut g = c.benchmark_group("he/keys");
-    g.sample_size(10);
-    g.bench_function("keygen_client_and_seeded_evaluation_key", |b| b.iter(|| ClientKey::generate(params, seeder(None).as_mut())));
-    let (client, evaluation_key) = ClientKey::generate(params, seeder(None).as_mut());
-    g.bench_function("server_setup_fourier_and_tables_default_net", |b| {
-        let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &Default::default());
-        let program = quant::compile(&lower, features(100, 768, 1).view(), &HeConfig::default()).unwrap();
-        b.iter(|| Evaluator::new(program.clone(), &evaluation_key, params).unwrap())
-    });
-    g.finish();
-    bench_network(c, "default_768_32", &LowerNetConfig::default(), &client, &evaluation_key, true);
-    if std::env::var("CRYPTOTL_BENCH_PAPER").as_deref() != Ok("0") {
-        bench_network(c, "paper_768_768_pool3_766", &LowerNetConfig::paper_encrypted(), &client, &evaluation_key, false);
+    for (params, tag) in [(ParameterSet::default(), ""), (ParameterSet::MultiBit3Message1Carry1, "_multibit")] {
+        let he = HeConfig { parameter_set: params.name().into(), ..HeConfig::default() };
+        let mut g = c.benchmark_group("he/keys");
+        g.sample_size(10);
+        g.bench_function(format!("keygen_client_and_seeded_evaluation_key{tag}"), |b| b.iter(|| ClientKey::generate(params, seeder(None).as_mut())));
+        let (client, evaluation_key) = ClientKey::generate(params, seeder(None).as_mut());
+        g.bench_function(format!("server_setup_fourier_and_tables_default_net{tag}"), |b| {
+            let lower = LowerNet::<Cpu>::new(&LowerNetConfig::default(), 768, 0, &Default::default());
+            let program = quant::compile(&lower, features(100, 768, 1).view(), &he).unwrap();
+            b.iter(|| Evaluator::new(program.clone(), &evaluation_key, params).unwrap())
+        });
+        g.finish();
+        bench_network(c, &format!("default_768_32{tag}"), &LowerNetConfig::default(), &he, &client, &evaluation_key, true);
+        if std::env::var("CRYPTOTL_BENCH_PAPER").as_deref() != Ok("0") {
+            bench_network(c, &format!("paper_768_768_pool3_766{tag}"), &LowerNetConfig::paper_encrypted(), &he, &client, &evaluation_key, false);
+        }
     }
 }
 

@@ -355,6 +355,15 @@ fn compiled_lower(calibration: cryptotl::config::Calibration, x: ndarray::ArrayV
 
 #[test]
 fn encrypted_evaluation_equals_the_oracle_on_real_inputs_and_the_program_tracks_the_float_network() {
+    oracle_on_real_inputs(PARAMS);
+}
+
+#[test]
+fn multi_bit_encrypted_evaluation_equals_the_oracle_on_real_inputs() {
+    oracle_on_real_inputs(MULTI_BIT);
+}
+
+fn oracle_on_real_inputs(params: ParameterSet) {
     use cryptotl::config::Calibration;
     let x = real_features();
     let (lower, program) = compiled_lower(Calibration::Source, x.view());
@@ -366,7 +375,7 @@ fn encrypted_evaluation_equals_the_oracle_on_real_inputs_and_the_program_tracks_
     let err = (&clear - &float).mapv(f32::abs).mean().unwrap();
     assert!(err < 0.1 * spread, "quantization error {err} vs output std {spread}");
     // Encrypted == oracle up to one-level lookups, on real inputs.
-    let server = evaluator(program);
+    let server = evaluator_with(program, params);
     let iface = server.program().interface();
     let inputs: Vec<Vec<u16>> = x.rows().into_iter().take(10).map(|r| iface.quantize(r.as_slice().unwrap())).collect();
     let (mismatches, total) = compare_with_oracle(&server, &inputs);

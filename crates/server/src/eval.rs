@@ -256,8 +256,10 @@ impl Evaluator {
             let tmp = GlweCiphertext::new(0u64, glwe_size, poly, p.ciphertext_modulus);
             (fft, buffers, ggsw, monomial, tmp)
         };
+        // Batches of MULTI_BIT_BATCH, smaller when there are too few neurons to give every thread one.
+        let batch_size = MULTI_BIT_BATCH.min(self.program.neurons.div_ceil(rayon::current_num_threads().max(1))).max(1);
         let mut out = vec![0u64; self.program.neurons * big];
-        out.par_chunks_mut(MULTI_BIT_BATCH * big).zip(accumulators.par_chunks(MULTI_BIT_BATCH * size)).enumerate().for_each_init(
+        out.par_chunks_mut(batch_size * big).zip(accumulators.par_chunks(batch_size * size)).enumerate().for_each_init(
             scratch,
             |(fft, buffers, ggsw, monomial, tmp), (batch, (outs, accs))| {
                 // Rotate each lookup table by its rounded body, then fold in the mask group by group.
@@ -265,7 +267,7 @@ impl Evaluator {
                     .chunks(size)
                     .enumerate()
                     .map(|(i, a)| {
-                        let mut lut = self.luts[batch * MULTI_BIT_BATCH + i].clone();
+                        let mut lut = self.luts[batch * batch_size + i].clone();
                         let body: usize = modulus_switch(a[size - 1], log_modulus) as usize;
                         for mut poly in lut.as_mut_polynomial_list().iter_mut() {
                             polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(body));
