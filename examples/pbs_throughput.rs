@@ -281,6 +281,72 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
             .collect()
     };
     report(&format!("{name} batch {batch}"), &c, key_mb, count, run_batched, &big, &msgs);
+    // Row-blocked fold: each group's GGSWs are cut into k + 1 blocks of polynomials small enough to stay in L2 while
+    // the whole batch folds them; the batch's folded GGSWs are kept, then the external products run.
+    let key_data: &[c64] = fbsk.as_view().data();
+    let run_rows = || -> Vec<LweCiphertextOwned<u64>> {
+        let poly = c.big_n / 2;
+        let glwe = GlweSize(c.k + 1);
+        let ggsw_len = c.level * glwe.0 * glwe.0 * poly;
+        let blocks = glwe.0;
+        let block_len = ggsw_len / blocks;
+        let per = g.ggsw_per_multi_bit_element().0;
+        let log_modulus = PolynomialSize(c.big_n).to_blind_rotation_input_modulus_log();
+        cts.par_chunks(batch)
+            .map_init(
+                || {
+                    let fft = Fft::new(PolynomialSize(c.big_n));
+                    let mut b = ComputationBuffers::new();
+                    b.resize(add_external_product_assign_scratch::<u64>(glwe, PolynomialSize(c.big_n), fft.as_view()).unaligned_bytes_required());
+                    let bufs: Vec<_> = (0..batch).map(|_| FourierGgswCiphertext::new(glwe, PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level))).collect();
+                    let mono = FourierPolynomial::new(PolynomialSize(c.big_n));
+                    let tmp = GlweCiphertext::new(0u64, glwe, PolynomialSize(c.big_n), CiphertextModulus::new_native());
+                    (fft, b, bufs, mono, tmp)
+                },
+                |(fft, stack, bufs, mono, tmp), chunk| {
+                    let mut accs = vec![lut0.clone(); chunk.len()];
+                    for (ct, acc) in chunk.iter().zip(accs.iter_mut()) {
+                        let input = ct.as_ref();
+                        let b: usize = modulus_switch(input[input.len() - 1], log_modulus) as usize;
+                        for mut p in acc.as_mut_polynomial_list().iter_mut() {
+                            polynomial_wrapping_monic_monomial_div_assign(&mut p, MonomialDegree(b));
+                        }
+                    }
+                    for w in 0..c.n / g.0 {
+                        let group = &key_data[w * per * ggsw_len..(w + 1) * per * ggsw_len];
+                        for r in 0..blocks {
+                            let sub: Vec<FourierGgswCiphertext<&[c64]>> = (0..per)
+                                .map(|j| {
+                                    let start = j * ggsw_len + r * block_len;
+                                    FourierGgswCiphertext::from_container(&group[start..start + block_len], GlweSize(1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(block_len / poly))
+                                })
+                                .collect();
+                            for (ct, buf) in chunk.iter().zip(bufs.iter_mut()) {
+                                let degrees = modulus_switch_multi_bit(log_modulus, g, &ct.as_ref()[w * g.0..(w + 1) * g.0]);
+                                let data = buf.as_mut_view().data();
+                                let mut out = FourierGgswCiphertext::from_container(&mut data[r * block_len..(r + 1) * block_len], GlweSize(1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(block_len / poly));
+                                prepare_multi_bit_ggsw_mem_optimized(&mut out, &sub, degrees, mono, fft.as_view());
+                            }
+                        }
+                        for (acc, buf) in accs.iter_mut().zip(bufs.iter()) {
+                            tmp.as_mut().fill(0);
+                            add_external_product_assign(tmp.as_mut_view(), buf.as_view(), acc.as_view(), fft.as_view(), stack.stack());
+                            std::mem::swap(acc, tmp);
+                        }
+                    }
+                    accs.iter()
+                        .map(|acc| {
+                            let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
+                            extract_lwe_sample_from_glwe_ciphertext(acc, &mut out, MonomialDegree(0));
+                            out
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .flatten()
+            .collect()
+    };
+    report(&format!("{name} row-blocked {batch}"), &c, key_mb, count, run_rows, &big, &msgs);
     // Lockstep: one batch at a time, both threads on the same group (the group's GGSWs are read once for both).
     let log_modulus = PolynomialSize(c.big_n).to_blind_rotation_input_modulus_log();
     let per = g.ggsw_per_multi_bit_element().0;
