@@ -172,6 +172,19 @@ fn multi_bit_blind_rotate<B: ContainerMut<Element = c64>, M: ContainerMut<Elemen
 
 use tfhe::core_crypto::fft_impl::fft64::c64;
 
+/// Per-thread scratch of a multi-bit blind rotation: FFT plan, external-product buffers, the folded GGSW, a
+/// monomial, a spare accumulator.
+macro_rules! multi_bit_scratch {
+    ($c:expr) => {{
+        let (glwe, poly) = (GlweSize($c.k + 1), PolynomialSize($c.big_n));
+        let fft = Fft::new(poly);
+        let mut b = ComputationBuffers::new();
+        b.resize(add_external_product_assign_scratch::<u64>(glwe, poly, fft.as_view()).unaligned_bytes_required());
+        let ggsw_buf = FourierGgswCiphertext::new(glwe, poly, DecompositionBaseLog($c.base), DecompositionLevelCount($c.level));
+        (fft, b, ggsw_buf, FourierPolynomial::new(poly), GlweCiphertext::new(0u64, glwe, poly, CiphertextModulus::new_native()))
+    }};
+}
+
 /// As [`multi_bit_blind_rotate`] for several ciphertexts at once, group-major: each group's GGSWs are read from
 /// memory once per batch instead of once per ciphertext.
 #[allow(clippy::too_many_arguments)]
@@ -232,13 +245,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
         cts.par_iter()
             .map_init(
                 || {
-                    let fft = Fft::new(PolynomialSize(c.big_n));
-                    let mut b = ComputationBuffers::new();
-                    b.resize(add_external_product_assign_scratch::<u64>(GlweSize(c.k + 1), PolynomialSize(c.big_n), fft.as_view()).unaligned_bytes_required());
-                    let ggsw_buf = FourierGgswCiphertext::new(GlweSize(c.k + 1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level));
-                    let mono = FourierPolynomial::new(PolynomialSize(c.big_n));
-                    let tmp = GlweCiphertext::new(0u64, GlweSize(c.k + 1), PolynomialSize(c.big_n), CiphertextModulus::new_native());
-                    (fft, b, ggsw_buf, mono, tmp)
+                    multi_bit_scratch!(c)
                 },
                 |(fft, b, ggsw_buf, mono, tmp), ct| {
                     let mut acc = lut0.clone();
@@ -256,13 +263,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
         cts.par_chunks(batch)
             .map_init(
                 || {
-                    let fft = Fft::new(PolynomialSize(c.big_n));
-                    let mut b = ComputationBuffers::new();
-                    b.resize(add_external_product_assign_scratch::<u64>(GlweSize(c.k + 1), PolynomialSize(c.big_n), fft.as_view()).unaligned_bytes_required());
-                    let ggsw_buf = FourierGgswCiphertext::new(GlweSize(c.k + 1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level));
-                    let mono = FourierPolynomial::new(PolynomialSize(c.big_n));
-                    let tmp = GlweCiphertext::new(0u64, GlweSize(c.k + 1), PolynomialSize(c.big_n), CiphertextModulus::new_native());
-                    (fft, b, ggsw_buf, mono, tmp)
+                    multi_bit_scratch!(c)
                 },
                 |(fft, b, ggsw_buf, mono, tmp), chunk| {
                     let inputs: Vec<&[u64]> = chunk.iter().map(|ct| ct.as_ref()).collect();
@@ -355,13 +356,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
         let mut out = Vec::new();
         let mut scratch: Vec<_> = (0..threads)
             .map(|_| {
-                let fft = Fft::new(PolynomialSize(c.big_n));
-                let mut b = ComputationBuffers::new();
-                b.resize(add_external_product_assign_scratch::<u64>(GlweSize(c.k + 1), PolynomialSize(c.big_n), fft.as_view()).unaligned_bytes_required());
-                let ggsw_buf = FourierGgswCiphertext::new(GlweSize(c.k + 1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level));
-                let mono = FourierPolynomial::new(PolynomialSize(c.big_n));
-                let tmp = GlweCiphertext::new(0u64, GlweSize(c.k + 1), PolynomialSize(c.big_n), CiphertextModulus::new_native());
-                (fft, b, ggsw_buf, mono, tmp)
+                multi_bit_scratch!(c)
             })
             .collect();
         for chunk in cts.chunks(batch) {

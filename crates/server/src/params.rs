@@ -65,39 +65,30 @@ pub struct TfheParameters {
     pub grouping_factor: Option<LweBskGroupingFactor>,
 }
 
-impl From<ClassicPBSParameters> for TfheParameters {
-    fn from(p: ClassicPBSParameters) -> Self {
-        Self {
-            lwe_dimension: p.lwe_dimension,
-            glwe_dimension: p.glwe_dimension,
-            polynomial_size: p.polynomial_size,
-            lwe_noise_distribution: p.lwe_noise_distribution,
-            glwe_noise_distribution: p.glwe_noise_distribution,
-            pbs_base_log: p.pbs_base_log,
-            pbs_level: p.pbs_level,
-            ciphertext_modulus: p.ciphertext_modulus,
-            log2_p_fail: p.log2_p_fail,
-            grouping_factor: None,
+/// `From` for both tfhe-rs parameter types: the same field names, plus the grouping factor of multi-bit sets.
+macro_rules! from_tfhe_parameters {
+    ($ty:ty, |$p:ident| $grouping:expr) => {
+        impl From<$ty> for TfheParameters {
+            fn from($p: $ty) -> Self {
+                Self {
+                    lwe_dimension: $p.lwe_dimension,
+                    glwe_dimension: $p.glwe_dimension,
+                    polynomial_size: $p.polynomial_size,
+                    lwe_noise_distribution: $p.lwe_noise_distribution,
+                    glwe_noise_distribution: $p.glwe_noise_distribution,
+                    pbs_base_log: $p.pbs_base_log,
+                    pbs_level: $p.pbs_level,
+                    ciphertext_modulus: $p.ciphertext_modulus,
+                    log2_p_fail: $p.log2_p_fail,
+                    grouping_factor: $grouping,
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<MultiBitPBSParameters> for TfheParameters {
-    fn from(p: MultiBitPBSParameters) -> Self {
-        Self {
-            lwe_dimension: p.lwe_dimension,
-            glwe_dimension: p.glwe_dimension,
-            polynomial_size: p.polynomial_size,
-            lwe_noise_distribution: p.lwe_noise_distribution,
-            glwe_noise_distribution: p.glwe_noise_distribution,
-            pbs_base_log: p.pbs_base_log,
-            pbs_level: p.pbs_level,
-            ciphertext_modulus: p.ciphertext_modulus,
-            log2_p_fail: p.log2_p_fail,
-            grouping_factor: Some(p.grouping_factor),
-        }
-    }
-}
+from_tfhe_parameters!(ClassicPBSParameters, |p| None);
+from_tfhe_parameters!(MultiBitPBSParameters, |p| Some(p.grouping_factor));
 
 impl ParameterSet {
     /// All sets.

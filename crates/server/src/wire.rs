@@ -101,37 +101,21 @@ impl SeededBootstrapKey {
     /// Whether every dimension matches `params` (kind, n, k, N, gadget, grouping, modulus, length).
     fn matches(&self, params: ParameterSet) -> bool {
         let p = params.tfhe();
-        let common = |n: LweDimension, glwe: GlweSize, size: PolynomialSize, base, level, modulus, len: usize| {
-            n == p.lwe_dimension
-                && glwe == p.glwe_dimension.to_glwe_size()
-                && size == p.polynomial_size
-                && base == p.pbs_base_log
-                && level == p.pbs_level
-                && modulus == p.ciphertext_modulus
-                && len == params.seeded_bootstrap_key_words()
-        };
+        // The same accessors on both key types (tfhe-rs has no trait for them).
+        macro_rules! dims_match {
+            ($k:expr) => {
+                $k.input_lwe_dimension() == p.lwe_dimension
+                    && $k.glwe_size() == p.glwe_dimension.to_glwe_size()
+                    && $k.polynomial_size() == p.polynomial_size
+                    && $k.decomposition_base_log() == p.pbs_base_log
+                    && $k.decomposition_level_count() == p.pbs_level
+                    && $k.ciphertext_modulus() == p.ciphertext_modulus
+                    && $k.as_ref().len() == params.seeded_bootstrap_key_words()
+            };
+        }
         match (self, p.grouping_factor) {
-            (Self::Classic(k), None) => common(
-                k.input_lwe_dimension(),
-                k.glwe_size(),
-                k.polynomial_size(),
-                k.decomposition_base_log(),
-                k.decomposition_level_count(),
-                k.ciphertext_modulus(),
-                k.as_ref().len(),
-            ),
-            (Self::MultiBit(k), Some(g)) => {
-                k.grouping_factor() == g
-                    && common(
-                        k.input_lwe_dimension(),
-                        k.glwe_size(),
-                        k.polynomial_size(),
-                        k.decomposition_base_log(),
-                        k.decomposition_level_count(),
-                        k.ciphertext_modulus(),
-                        k.as_ref().len(),
-                    )
-            }
+            (Self::Classic(k), None) => dims_match!(k),
+            (Self::MultiBit(k), Some(g)) => k.grouping_factor() == g && dims_match!(k),
             _ => false,
         }
     }
