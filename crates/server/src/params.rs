@@ -22,6 +22,16 @@ use crate::error::{HeError, Result};
 /// assert_eq!(p, ParameterSet::default());
 /// assert_eq!((p.lwe_dimension(), p.polynomial_size()), (918, 2048));
 /// assert!(ParameterSet::from_name("PARAM_I_MADE_UP").is_err());
+/// assert_eq!((p.grouping_factor(), p.bootstrap_key_ggsws()), (None, 918));
+///
+/// // The multi-bit set: 267 groups of 3 key bits, one GGSW per subset of each group.
+/// let m = ParameterSet::MultiBit3Message1Carry1;
+/// assert_eq!(m.grouping_factor().map(|g| g.0), Some(3));
+/// assert_eq!(m.bootstrap_key_ggsws(), 267 * 8);
+/// // Fresh noise 8x the default's (smaller n, same security); the modulus switch about as noisy in bins of 2N.
+/// assert!((m.fresh_noise_std() / p.fresh_noise_std() - 8.0).abs() < 0.01);
+/// let per_position = |q: ParameterSet| q.modulus_switch_noise_std() * 2.0 * q.polynomial_size() as f64;
+/// assert!(per_position(m) < per_position(p));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ParameterSet {
