@@ -198,9 +198,9 @@ impl Evaluator {
     /// the mask rounding error (half of it, the key being binary) from the body, which halves the switch's noise
     /// variance, the dominant noise before the lookup. Each worker thread reuses its FFT plan and scratch memory.
     ///
-    /// Multi-bit sets: per group of g mask elements, tfhe-rs's `prepare_multi_bit_ggsw_mem_optimized` folds the
-    /// group's 2^g GGSWs into one (each but the first times the monomial of its rounded subset sum), then one
-    /// external product. As tfhe-rs's `multi_bit_deterministic_blind_rotate_assign`, but on one thread and for
+    /// Multi-bit sets: per group of g mask elements, `fold_group` folds the group's 2^g GGSWs into one (each but
+    /// the first times the monomial of its rounded subset sum; tfhe-rs's `prepare_multi_bit_ggsw_mem_optimized`,
+    /// with less arithmetic), then one external product. As tfhe-rs's `multi_bit_deterministic_blind_rotate_assign`, but on one thread and for
     /// [`MULTI_BIT_BATCH`] neurons at once: each group's GGSWs are read once per batch and stay in cache.
     pub fn activations(&self, accumulators: &[u64]) -> Vec<u64> {
         match &self.bsk {
@@ -252,16 +252,17 @@ impl Evaluator {
             let mut buffers = ComputationBuffers::new();
             buffers.resize(add_external_product_assign_scratch::<u64>(glwe_size, poly, fft.as_view()).unaligned_bytes_required());
             let ggsw = FourierGgswCiphertext::new(glwe_size, poly, p.pbs_base_log, p.pbs_level);
-            let monomial = FourierPolynomial::new(poly);
+            // The 2^g - 1 monomials of one ciphertext's group, in the Fourier domain.
+            let monomials = vec![c64::default(); (per_group - 1) * poly.to_fourier_polynomial_size().0];
             let tmp = GlweCiphertext::new(0u64, glwe_size, poly, p.ciphertext_modulus);
-            (fft, buffers, ggsw, monomial, tmp)
+            (fft, buffers, ggsw, monomials, tmp)
         };
         // Batches of MULTI_BIT_BATCH, smaller when there are too few neurons to give every thread one.
         let batch_size = MULTI_BIT_BATCH.min(self.program.neurons.div_ceil(rayon::current_num_threads().max(1))).max(1);
         let mut out = vec![0u64; self.program.neurons * big];
         out.par_chunks_mut(batch_size * big).zip(accumulators.par_chunks(batch_size * size)).enumerate().for_each_init(
             scratch,
-            |(fft, buffers, ggsw, monomial, tmp), (batch, (outs, accs))| {
+            |(fft, buffers, ggsw, monomials, tmp), (batch, (outs, accs))| {
                 // Rotate each lookup table by its rounded body, then fold in the mask group by group.
                 let mut luts: Vec<GlweCiphertextOwned<u64>> = accs
                     .chunks(size)
@@ -278,7 +279,7 @@ impl Evaluator {
                 for (w, group_ggsws) in ggsws.chunks_exact(per_group).enumerate() {
                     for (a, lut) in accs.chunks(size).zip(luts.iter_mut()) {
                         let degrees = modulus_switch_multi_bit(log_modulus, g, &a[w * g.0..(w + 1) * g.0]);
-                        prepare_multi_bit_ggsw_mem_optimized(ggsw, group_ggsws, degrees, monomial, fft.as_view());
+                        fold_group(ggsw, group_ggsws, degrees, monomials, fft.as_view());
                         tmp.as_mut().fill(0);
                         add_external_product_assign(tmp.as_mut_view(), ggsw.as_view(), lut.as_view(), fft.as_view(), buffers.stack());
                         std::mem::swap(lut, tmp);
@@ -313,4 +314,61 @@ impl Evaluator {
     pub fn evaluate_batch(&self, inputs: &[EncryptedInput]) -> Result<Vec<EncryptedOutput>> {
         inputs.par_iter().map(|x| self.evaluate(x)).collect()
     }
+}
+
+/// Fold one group's 2^g Fourier GGSWs into `out` for one ciphertext: `out = G_0 + sum_j X^(d_j) G_j`, where
+/// `d_j` is the ciphertext's rounded subset sum for subset j (`degrees`, from `modulus_switch_multi_bit`).
+///
+/// What tfhe-rs's `prepare_multi_bit_ggsw_mem_optimized` computes, with two differences that make it cheaper: each
+/// monomial's Fourier transform is scaled by its factor once, up front (tfhe-rs multiplies every GGSW coefficient
+/// by both: two complex products per coefficient instead of one), and each output polynomial is finished in L1
+/// before the next (tfhe-rs sweeps the whole output once per subset). The multi-bit tests compare the result
+/// with the clear-integer oracle, so a wrong fold fails them.
+fn fold_group(
+    out: &mut FourierGgswCiphertext<impl ContainerMut<Element = c64>>,
+    group: &[FourierGgswCiphertext<&[c64]>],
+    degrees: impl Iterator<Item = usize>,
+    monomials: &mut [c64],
+    fft: FftView<'_>,
+) {
+    let half = fft.polynomial_size().to_fourier_polynomial_size().0;
+    let mut factors = [c64::default(); 16];
+    for ((mono, degree), factor) in monomials.chunks_exact_mut(half).zip(degrees).zip(factors.iter_mut()) {
+        *factor = fft.incomplete_monomial_forward_as_integer(FourierPolynomial { data: &mut *mono }, degree);
+    }
+    struct Fold<'a> {
+        out: &'a mut [c64],
+        group: &'a [FourierGgswCiphertext<&'a [c64]>],
+        monomials: &'a mut [c64],
+        factors: &'a [c64],
+        half: usize,
+    }
+    impl pulp::WithSimd for Fold<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            let Fold { out, group, monomials, factors, half } = self;
+            for (mono, &factor) in monomials.chunks_exact_mut(half).zip(factors) {
+                let factor = simd.splat_c64s(factor);
+                for z in S::as_mut_simd_c64s(mono).0 {
+                    *z = simd.mul_c64s(factor, *z);
+                }
+            }
+            let monomials = &*monomials;
+            for (p, o) in out.chunks_exact_mut(half).enumerate() {
+                let range = p * half..(p + 1) * half;
+                o.copy_from_slice(&group[0].as_view().data()[range.clone()]);
+                let o = S::as_mut_simd_c64s(o).0;
+                for (ggsw, mono) in group[1..].iter().zip(monomials.chunks_exact(half)) {
+                    let gj = S::as_simd_c64s(&ggsw.as_view().data()[range.clone()]).0;
+                    let mj = S::as_simd_c64s(mono).0;
+                    for ((o, &g), &m) in o.iter_mut().zip(gj).zip(mj) {
+                        *o = simd.mul_add_c64s(g, m, *o);
+                    }
+                }
+            }
+        }
+    }
+    assert!(group.len() <= factors.len() + 1, "grouping factor above 4");
+    pulp::Arch::new().dispatch(Fold { out: out.as_mut_view().data(), group, monomials, factors: &factors, half });
 }
