@@ -30,6 +30,22 @@ struct Common {
     level: usize,
 }
 
+/// Rotate a lookup table by the rounded body of `input` (the first step of every blind rotation here).
+fn rotate_by_body(acc: &mut GlweCiphertextOwned<u64>, input: &[u64]) {
+    let log_modulus = acc.polynomial_size().to_blind_rotation_input_modulus_log();
+    let b: usize = modulus_switch(input[input.len() - 1], log_modulus) as usize;
+    for mut poly in acc.as_mut_polynomial_list().iter_mut() {
+        polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(b));
+    }
+}
+
+/// The constant coefficient of a rotated table, as an LWE ciphertext under the big key.
+fn extract(c: &Common, acc: &GlweCiphertextOwned<u64>) -> LweCiphertextOwned<u64> {
+    let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
+    extract_lwe_sample_from_glwe_ciphertext(acc, &mut out, MonomialDegree(0));
+    out
+}
+
 fn keys(c: &Common, seed: u128) -> (LweSecretKeyOwned<u64>, GlweSecretKeyOwned<u64>, EncryptionRandomGenerator<DefaultRandomGenerator>) {
     let mut seeder = new_seeder();
     let mut sg = SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(seed));
@@ -106,9 +122,7 @@ fn classic(name: &str, p: ClassicPBSParameters, count: usize) {
                     let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(ct.as_view(), log_modulus);
                     let mut acc = lut0.clone();
                     blind_rotate_assign_mem_optimized(&switched, &mut acc, &fbsk, fft.as_view(), b.stack());
-                    let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
-                    extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
-                    out
+                    extract(&c, &acc)
                 },
             )
             .collect()
@@ -155,11 +169,8 @@ fn multi_bit_blind_rotate<B: ContainerMut<Element = c64>, M: ContainerMut<Elemen
     stack: &mut PodStack,
 ) {
     let log_modulus = acc.polynomial_size().to_blind_rotation_input_modulus_log();
-    let (mask, body) = input.split_at(input.len() - 1);
-    let b: usize = modulus_switch(body[0], log_modulus) as usize;
-    for mut poly in acc.as_mut_polynomial_list().iter_mut() {
-        polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(b));
-    }
+    let mask = &input[..input.len() - 1];
+    rotate_by_body(acc, input);
     let per = g.ggsw_per_multi_bit_element().0;
     for (w, group) in mask.chunks_exact(g.0).enumerate() {
         let degrees = modulus_switch_multi_bit(log_modulus, g, group);
@@ -201,10 +212,7 @@ fn multi_bit_blind_rotate_batch<B: ContainerMut<Element = c64>, M: ContainerMut<
 ) {
     let log_modulus = accs[0].polynomial_size().to_blind_rotation_input_modulus_log();
     for (input, acc) in inputs.iter().zip(accs.iter_mut()) {
-        let b: usize = modulus_switch(input[input.len() - 1], log_modulus) as usize;
-        for mut poly in acc.as_mut_polynomial_list().iter_mut() {
-            polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(b));
-        }
+        rotate_by_body(acc, input);
     }
     let per = g.ggsw_per_multi_bit_element().0;
     let groups = (inputs[0].len() - 1) / g.0;
@@ -250,9 +258,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
                 |(fft, b, ggsw_buf, mono, tmp), ct| {
                     let mut acc = lut0.clone();
                     multi_bit_blind_rotate(ct.as_ref(), &mut acc, tmp, &ggsws, g, ggsw_buf, mono, fft.as_view(), b.stack());
-                    let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
-                    extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
-                    out
+                    extract(&c, &acc)
                 },
             )
             .collect()
@@ -270,11 +276,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
                     let mut accs = vec![lut0.clone(); chunk.len()];
                     multi_bit_blind_rotate_batch(&inputs, &mut accs, tmp, &ggsws, g, ggsw_buf, mono, fft.as_view(), b.stack());
                     accs.iter()
-                        .map(|acc| {
-                            let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
-                            extract_lwe_sample_from_glwe_ciphertext(acc, &mut out, MonomialDegree(0));
-                            out
-                        })
+                        .map(|acc| extract(&c, acc))
                         .collect::<Vec<_>>()
                 },
             )
@@ -307,11 +309,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
                 |(fft, stack, bufs, mono, tmp), chunk| {
                     let mut accs = vec![lut0.clone(); chunk.len()];
                     for (ct, acc) in chunk.iter().zip(accs.iter_mut()) {
-                        let input = ct.as_ref();
-                        let b: usize = modulus_switch(input[input.len() - 1], log_modulus) as usize;
-                        for mut p in acc.as_mut_polynomial_list().iter_mut() {
-                            polynomial_wrapping_monic_monomial_div_assign(&mut p, MonomialDegree(b));
-                        }
+                        rotate_by_body(acc, ct.as_ref());
                     }
                     for w in 0..c.n / g.0 {
                         let group = &key_data[w * per * ggsw_len..(w + 1) * per * ggsw_len];
@@ -336,11 +334,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
                         }
                     }
                     accs.iter()
-                        .map(|acc| {
-                            let mut out = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
-                            extract_lwe_sample_from_glwe_ciphertext(acc, &mut out, MonomialDegree(0));
-                            out
-                        })
+                        .map(|acc| extract(&c, acc))
                         .collect::<Vec<_>>()
                 },
             )
@@ -362,11 +356,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
         for chunk in cts.chunks(batch) {
             let mut accs = vec![lut0.clone(); chunk.len()];
             for (ct, acc) in chunk.iter().zip(accs.iter_mut()) {
-                let input = ct.as_ref();
-                let b: usize = modulus_switch(input[input.len() - 1], log_modulus) as usize;
-                for mut poly in acc.as_mut_polynomial_list().iter_mut() {
-                    polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(b));
-                }
+                rotate_by_body(acc, ct.as_ref());
             }
             let share = chunk.len().div_ceil(threads);
             for w in 0..c.n / g.0 {
@@ -380,11 +370,7 @@ fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
                     }
                 });
             }
-            out.extend(accs.iter().map(|acc| {
-                let mut o = LweCiphertext::new(0u64, LweSize(c.k * c.big_n + 1), CiphertextModulus::new_native());
-                extract_lwe_sample_from_glwe_ciphertext(acc, &mut o, MonomialDegree(0));
-                o
-            }));
+            out.extend(accs.iter().map(|acc| extract(&c, acc)));
         }
         out
     };
