@@ -16,6 +16,7 @@ use tfhe::core_crypto::fft_impl::fft64::crypto::ggsw::FourierGgswCiphertext;
 use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::prelude::*;
 use tfhe::shortint::parameters::v1_8::*;
+use cryptotl_server::TfheParameters;
 use tfhe::shortint::parameters::{ClassicPBSParameters, MultiBitPBSParameters};
 
 const MSG_BITS: u32 = 4;
@@ -28,6 +29,20 @@ struct Common {
     glwe_noise: DynamicDistribution<u64>,
     base: usize,
     level: usize,
+}
+
+impl From<TfheParameters> for Common {
+    fn from(p: TfheParameters) -> Self {
+        Self {
+            n: p.lwe_dimension.0,
+            k: p.glwe_dimension.0,
+            big_n: p.polynomial_size.0,
+            lwe_noise: p.lwe_noise_distribution,
+            glwe_noise: p.glwe_noise_distribution,
+            base: p.pbs_base_log.0,
+            level: p.pbs_level.0,
+        }
+    }
 }
 
 /// Rotate a lookup table by the rounded body of `input` (the first step of every blind rotation here).
@@ -90,15 +105,7 @@ fn check(name: &str, big: &LweSecretKeyOwned<u64>, msgs: &[u64], outs: &[LweCiph
 }
 
 fn classic(name: &str, p: ClassicPBSParameters, count: usize) {
-    let c = Common {
-        n: p.lwe_dimension.0,
-        k: p.glwe_dimension.0,
-        big_n: p.polynomial_size.0,
-        lwe_noise: p.lwe_noise_distribution,
-        glwe_noise: p.glwe_noise_distribution,
-        base: p.pbs_base_log.0,
-        level: p.pbs_level.0,
-    };
+    let c = Common::from(TfheParameters::from(p));
     let (small, glwe, mut eg) = keys(&c, 1);
     let mut bsk = LweBootstrapKey::new(0u64, GlweSize(c.k + 1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level), LweDimension(c.n), CiphertextModulus::new_native());
     par_generate_lwe_bootstrap_key(&small, &glwe, &mut bsk, c.glwe_noise, &mut eg);
@@ -228,15 +235,7 @@ fn multi_bit_blind_rotate_batch<B: ContainerMut<Element = c64>, M: ContainerMut<
 }
 
 fn multi_bit(name: &str, p: MultiBitPBSParameters, count: usize) {
-    let c = Common {
-        n: p.lwe_dimension.0,
-        k: p.glwe_dimension.0,
-        big_n: p.polynomial_size.0,
-        lwe_noise: p.lwe_noise_distribution,
-        glwe_noise: p.glwe_noise_distribution,
-        base: p.pbs_base_log.0,
-        level: p.pbs_level.0,
-    };
+    let c = Common::from(TfheParameters::from(p));
     let g = p.grouping_factor;
     let (small, glwe, mut eg) = keys(&c, 2);
     let mut bsk = LweMultiBitBootstrapKey::new(0u64, GlweSize(c.k + 1), PolynomialSize(c.big_n), DecompositionBaseLog(c.base), DecompositionLevelCount(c.level), LweDimension(c.n), g, CiphertextModulus::new_native());
@@ -381,25 +380,22 @@ fn main() {
     let count: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(64);
     let only = std::env::args().nth(2).unwrap_or_default();
     let want = |s: &str| only.is_empty() || s.contains(&only);
-    if want("C22") {
-        classic("classic MESSAGE_2_CARRY_2 (C22)", V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, count);
+    let classic_sets = [
+        ("classic MESSAGE_2_CARRY_2 (C22)", V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128),
+        ("classic MESSAGE_1_CARRY_1 (C11)", V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128),
+    ];
+    let multi_bit_sets = [
+        ("multi-bit group 4 MESSAGE_1_CARRY_1 (M4_11)", V1_8_PARAM_MULTI_BIT_GROUP_4_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128),
+        ("multi-bit group 3 MESSAGE_1_CARRY_1 (M3_11)", V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128),
+        ("multi-bit group 2 MESSAGE_1_CARRY_1 (M2_11)", V1_8_PARAM_MULTI_BIT_GROUP_2_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128),
+        ("multi-bit group 4 MESSAGE_2_CARRY_2 (M4_22)", V1_8_PARAM_MULTI_BIT_GROUP_4_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128),
+        ("multi-bit group 3 MESSAGE_2_CARRY_2 (M3_22)", V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128),
+    ];
+    // The second argument picks sets by their tag, e.g. `M3_11`.
+    for (name, p) in classic_sets.into_iter().filter(|(name, _)| want(name)) {
+        classic(name, p, count);
     }
-    if want("C11") {
-        classic("classic MESSAGE_1_CARRY_1 (C11)", V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128, count);
-    }
-    if want("M4_11") {
-        multi_bit("multi-bit group 4 MESSAGE_1_CARRY_1 (M4_11)", V1_8_PARAM_MULTI_BIT_GROUP_4_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128, count);
-    }
-    if want("M3_11") {
-        multi_bit("multi-bit group 3 MESSAGE_1_CARRY_1 (M3_11)", V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128, count);
-    }
-    if want("M2_11") {
-        multi_bit("multi-bit group 2 MESSAGE_1_CARRY_1 (M2_11)", V1_8_PARAM_MULTI_BIT_GROUP_2_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128, count);
-    }
-    if want("M4_22") {
-        multi_bit("multi-bit group 4 MESSAGE_2_CARRY_2 (M4_22)", V1_8_PARAM_MULTI_BIT_GROUP_4_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, count);
-    }
-    if want("M3_22") {
-        multi_bit("multi-bit group 3 MESSAGE_2_CARRY_2 (M3_22)", V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, count);
+    for (name, p) in multi_bit_sets.into_iter().filter(|(name, _)| want(name)) {
+        multi_bit(name, p, count);
     }
 }
