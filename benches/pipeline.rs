@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
     let data = Examples { x: rows.view(), y: &labels };
     c.bench_function("head/paper_766/one_epoch_10_steps_batch_32", |b| {
         b.iter(|| {
-            let head = Head::<Train>::new(&HeadConfig::default(), 766, 766, 0, &device);
+            let head = Head::<Train>::new(&HeadConfig::mlp(0, 1, 0.2), 766, 766, 0, &device);
             train::train(head, data, data, &cfg, 0, "bench")
         })
     });

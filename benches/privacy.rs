@@ -13,7 +13,7 @@ use cryptotl::privacy::{Accountant, SubsampledGaussian, pld::Pld, rdp::Rdp};
 
 fn steps(c: &mut Criterion) {
     let device = Default::default();
-    let head = Head::<Train>::new(&HeadConfig { dropout: 0.0, ..Default::default() }, 766, 766, 0, &device);
+    let head = Head::<Train>::new(&HeadConfig::mlp(0, 1, 0.0), 766, 766, 0, &device);
     let x = Tensor::<Train, 2>::random([32, 766], Distribution::Uniform(0.0, 1.0), &device);
     let y = Tensor::<Train, 2>::random([32, 1], Distribution::Uniform(0.0, 1.0), &device).round();
     let mut optim = AdamConfig::new().init::<Train, Head<Train>>();

@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         let (_, client) = pipeline::client_features(&cfg, &data.target)?;
         let source_features = lower.features.transform(&data.source.train.texts)?;
         let float = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
-        let float_acc = pipeline::train_head(&cfg, &float, "float").test.accuracy;
+        let float_acc = pipeline::train_head(&cfg, &float, "float")?.test.accuracy;
         for (calibration, input_bits, lookup_bits) in [Calibration::Source, Calibration::InputBox]
             .into_iter()
             .flat_map(|c| [3, 4].into_iter().flat_map(move |i| [3, 4, 5, 6, 7].into_iter().map(move |l| (c, i, l))))
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
                     wraps.set(wraps.get() + w);
                     Ok(y)
                 })?;
-                let acc = pipeline::train_head(&cfg, &quantized, "quantized").test.accuracy;
+                let acc = pipeline::train_head(&cfg, &quantized, "quantized")?.test.accuracy;
                 let total = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * hidden;
                 println!("| {hidden} | {calibration:?} | {input_bits} | {lookup_bits} | {float_acc:.3} | {acc:.3} | {:.5} |", wraps.get() as f64 / total as f64);
             }

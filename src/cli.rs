@@ -45,6 +45,12 @@ enum Command {
     Budget(BudgetArgs),
     /// Embed texts: one text per line on stdin, one JSON array of floats per line on stdout.
     Embed(EmbedArgs),
+    /// Learning curves: the heads (transfer, raw features, bag of words; DP ones with [privacy]) trained on
+    /// seeded subsets of 16, 32, 64, ... labelled examples; JSON, Markdown and SVG in `<output dir>/curve/`.
+    Curve(CurveArgs),
+    /// Rebuild the MiniLM embeddings of the embedded datasets that ship in the binary (needs the model:
+    /// `python3 datasets/fetch_model.py`); then rebuild the binary.
+    ShipEmbeddings(ShipArgs),
     /// Privacy-utility sweep: head accuracy against the client's ε (and the server's), as CSV, Markdown and SVG.
     Sweep(SweepArgs),
 }
@@ -60,6 +66,25 @@ struct EmbedArgs {
     /// min-max scaler. Default: the exact vector the pipeline feeds the lower network (scaled).
     #[arg(long)]
     raw: bool,
+}
+
+#[derive(Args, Debug)]
+struct ShipArgs {
+    /// The model folder.
+    #[arg(long, default_value = crate::features::minilm::DEFAULT_MODEL_DIR)]
+    model_dir: PathBuf,
+    /// Where to write the table.
+    #[arg(long, default_value = crate::features::shipped::SHIPPED_EMBEDDINGS_PATH)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CurveArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Output folder. Default: `<run output dir>/curve`.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +264,8 @@ fn dispatch(cmd: Command) -> Result<()> {
             let lower = pipeline::server_lower_network(&cfg, &data.source)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
             let (transferred, _) = pipeline::transfer(&cfg, &lower, &data.source, &client)?;
+            // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
+            let transferred = pipeline::head_inputs(&cfg, &transferred, &client)?;
             let out = cfg.output_dir();
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
             client_pipeline.save(&out.join("client_features.json"))?;
@@ -257,7 +284,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({:?}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
                     head
                 }
-                _ => pipeline::train_head(&cfg, &fs, "head"),
+                _ => pipeline::train_head(&cfg, &fs, "head")?,
             };
             model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
             println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
@@ -266,6 +293,22 @@ fn dispatch(cmd: Command) -> Result<()> {
                 cfg.output_dir().join("head.bin").display());
         }
         Command::Embed(a) => embed(&a)?,
+        Command::ShipEmbeddings(a) => {
+            let bytes = crate::features::shipped::build(&a.model_dir, 32)?;
+            let table = crate::features::shipped::ShippedEmbeddings::decode(&bytes)?;
+            crate::atomic::write(&a.out, &bytes)?;
+            println!("{} embeddings ({} bytes) written to {}; rebuild the binary to ship them", table.len(), bytes.len(), a.out.display());
+        }
+        Command::Curve(a) => {
+            let cfg = a.config.load()?;
+            let curves = pipeline::curves(&cfg)?;
+            let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
+            let files = curves.write(&dir)?;
+            println!("{}", curves.to_markdown());
+            for f in files {
+                println!("written: {}", f.display());
+            }
+        }
         Command::Sweep(a) => {
             let cfg = a.config.load()?;
             let spec = crate::sweep::SweepSpec {

@@ -4,7 +4,7 @@
 //! ```
 //! let cfg = cryptotl::config::RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart.toml", &[])
 //!     .unwrap();
-//! assert_eq!(cfg.features.dim(), 768);
+//! assert_eq!(cfg.features.dim(), 384);
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,6 +57,9 @@ pub struct RunConfig {
     /// Which baselines the run also trains and reports.
     #[serde(default)]
     pub baselines: BaselinesConfig,
+    /// Learning curves over labelled-set sizes (transfer head, raw-feature head, bag of words).
+    #[serde(default)]
+    pub curve: CurveConfig,
     /// DP-SGD for the client's head. Absent: the head is trained without differential privacy.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
@@ -541,26 +544,83 @@ impl LowerNetConfig {
     }
 }
 
-/// The client's head: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1) -> sigmoid.
+/// What the client's head is: the linear probe or the CryptoTL paper's MLP.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// L2-regularised logistic regression (the standard linear probe): fitted exactly by L-BFGS on standardised
+    /// inputs without DP, by DP-SGD with `[privacy]`. The default: it is the best head on every shipped target's
+    /// validation split at small and full label counts (README "Heads for small data").
+    #[default]
+    Linear,
+    /// The paper's head: dense(hidden) -> ReLU -> max-pool -> dropout -> dense(1), trained with Adam.
+    Mlp,
+}
+
+/// What the client's head reads.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum HeadInputs {
+    /// The decrypted outputs of the server's frozen network only.
+    #[default]
+    #[serde(rename = "transfer")]
+    Transfer,
+    /// The decrypted outputs side by side with the client's own (scaled) features: the client owns both, so
+    /// using them together costs no privacy and lets the head fall back on its own features where transfer is weak.
+    #[serde(rename = "transfer+own")]
+    TransferPlusOwn,
+}
+
+impl HeadInputs {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transfer => "transfer",
+            Self::TransferPlusOwn => "transfer+own",
+        }
+    }
+}
+
+/// The client's head. `kind = "linear"` (default): logistic regression with inverse L2 strength `c`.
+/// `kind = "mlp"`: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1) -> sigmoid.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeadConfig {
-    /// Width of the head's dense layer. 0 means "same as its input" (766 on the paper network).
+    /// `linear` (logistic regression) or `mlp` (the paper's head).
+    #[serde(default)]
+    pub kind: HeadKind,
+    /// `transfer` (the decrypted outputs) or `transfer+own` (those and the client's own features side by side).
+    #[serde(default)]
+    pub inputs: HeadInputs,
+    /// `linear`: inverse L2 strength, as scikit-learn's `C` (the objective is C·Σ loss + ½‖w‖², bias not
+    /// penalised); larger is weaker regularisation. Ignored by DP-SGD, whose clipping and noise regularise.
+    #[serde(default = "default_c")]
+    pub c: f64,
+    /// `mlp`: width of the head's dense layer. 0 means "same as its input" (766 on the paper network).
     #[serde(default)]
     pub hidden: usize,
-    /// Max-pool window (stride 1); 1 disables pooling.
+    /// `mlp`: max-pool window (stride 1); 1 disables pooling.
     #[serde(default = "default_pool")]
     pub pool: usize,
-    /// Dropout probability during training.
+    /// `mlp`: dropout probability during training.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
 }
 fn default_dropout() -> f64 {
     0.2
 }
+fn default_c() -> f64 {
+    1.0
+}
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { hidden: 0, pool: default_pool(), dropout: default_dropout() }
+        Self { kind: HeadKind::default(), inputs: HeadInputs::default(), c: default_c(), hidden: 0, pool: default_pool(), dropout: default_dropout() }
+    }
+}
+
+impl HeadConfig {
+    /// The paper's MLP head with `hidden` units (0 = as wide as its input), max-pool `pool` and dropout `dropout`.
+    pub fn mlp(hidden: usize, pool: usize, dropout: f64) -> Self {
+        Self { kind: HeadKind::Mlp, hidden, pool, dropout, ..Self::default() }
     }
 }
 
@@ -614,10 +674,39 @@ pub struct BaselinesConfig {
     /// The whole network (lower + head) trained from scratch on the target only.
     #[serde(default = "default_true")]
     pub target_only_network: bool,
+    /// Bag-of-words logistic regression on the target alone: TF-IDF of word 1-2-grams hashed to 2^18 buckets,
+    /// L2 (C = 1), no transfer and no privacy: the strongest simple baseline a practitioner would try first.
+    #[serde(default = "default_true")]
+    pub bag_of_words: bool,
 }
 impl Default for BaselinesConfig {
     fn default() -> Self {
-        Self { raw_features_head: true, target_only_network: true }
+        Self { raw_features_head: true, target_only_network: true, bag_of_words: true }
+    }
+}
+
+/// Learning curves: once the target's samples have gone through the (encrypted) lower network, the heads are
+/// trained again on seeded subsets of the training split, of sizes 16, 32, 64, ... up to all of it. No extra
+/// encryption is needed: the subsets reuse the decrypted outputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CurveConfig {
+    /// Compute the curves in every `run` (`cryptotl curve` computes them regardless).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Subset sizes. Default: 16, 32, 64, ... doubling below the training split's size, then all of it.
+    #[serde(default)]
+    pub sizes: Option<Vec<usize>>,
+    /// Seeded draws per size (averaged; the spread is reported).
+    #[serde(default = "default_draws")]
+    pub draws: usize,
+}
+fn default_draws() -> usize {
+    5
+}
+impl Default for CurveConfig {
+    fn default() -> Self {
+        Self { enabled: true, sizes: None, draws: default_draws() }
     }
 }
 
@@ -721,6 +810,18 @@ impl RunConfig {
         }
         if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
             return Err(err("head.dropout", format!("must be in [0, 1), got {}", h.dropout)));
+        }
+        if !(h.c.is_finite() && h.c > 0.0 && h.c <= 1e12) {
+            return Err(err("head.c", format!("must be a number in (0, 1e12] (inverse L2 strength), got {}", h.c)));
+        }
+        let c = &self.curve;
+        if c.draws == 0 || c.draws > 1000 {
+            return Err(err("curve.draws", format!("must be in 1..=1000, got {}", c.draws)));
+        }
+        if let Some(sizes) = &c.sizes
+            && (sizes.is_empty() || sizes.iter().any(|&n| n < 2))
+        {
+            return Err(err("curve.sizes", format!("must list sizes of at least 2 (one example per class), got {sizes:?}")));
         }
         if let Some(p) = &self.privacy {
             validate_privacy(p, "privacy", &err)?;

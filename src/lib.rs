@@ -10,27 +10,34 @@
 //! Modules, one concern each, data flowing one way:
 //! - [`config`]: the run's TOML configuration, validated before any work starts.
 //! - [`data`]: dataset loaders for every supported layout and seeded stratified splits.
-//! - [`features`]: text featurizers (hashed n-gram TF-IDF) and the min-max scaler.
+//! - [`features`]: text featurizers (hashed n-gram TF-IDF, MiniLM sentence embeddings, and the MiniLM embeddings
+//!   of the embedded datasets shipped in the binary) and the min-max scaler.
 //! - [`he`]: the encrypted stage (TFHE): quantization, the client's keys; the server side is the crate
 //!   `cryptotl_server`, which cannot name the client's key.
 //! - [`privacy`]: DP-SGD, its accountants (OpenDP zCDP, RDP, PLD), the server's weight noise and DP pretraining.
 //! - [`model`]: the lower network, pretraining head, client head (Burn).
+//! - [`linear`]: exact L2 logistic regression (the linear head without DP, the bag-of-words baseline).
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
 //! - [`eval`]: metrics.
 //! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
 //! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
+//! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
+//! - [`atomic`]: atomic file writes (temp file, fsync, rename).
 //! - [`cli`]: the thin command-line layer.
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod cli;
 pub mod config;
+pub mod curve;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod features;
 pub mod he;
+pub mod linear;
 pub mod model;
 pub mod privacy;
 pub mod pipeline;

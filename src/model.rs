@@ -11,7 +11,7 @@
 //! use cryptotl::model::{Cpu, Head, LowerNet};
 //! let device = Default::default();
 //! let lower = LowerNet::<Cpu>::new(&LowerNetConfig::paper(), 768, 1, &device);
-//! let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 2, &device);
+//! let head = Head::<Cpu>::new(&HeadConfig::mlp(0, 3, 0.2), 766, 766, 2, &device);
 //! let y = head.logits(lower.forward(Tensor::zeros([4, 768], &device)), None);
 //! assert_eq!(y.dims(), [4, 1]);
 //! ```
@@ -28,7 +28,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{Activation, HeadConfig, LowerNetConfig};
+use crate::config::{Activation, HeadConfig, HeadKind, LowerNetConfig};
 use crate::error::{Error, Result};
 
 /// The CPU backend used for inference and frozen networks.
@@ -168,12 +168,13 @@ fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64, drop: Option<&mut DropoutRng<'_>
     x * Tensor::from_data(TensorData::new(mask, dims), &device)
 }
 
-/// The client's head: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1) (logit; sigmoid
-/// gives the probability of the positive class).
+/// The client's head. The paper's MLP: dense(hidden) -> ReLU -> max-pool(pool, stride 1) -> dropout -> dense(1);
+/// the linear probe (`head.kind = "linear"`): dense(1) alone. Both give one logit (sigmoid gives the probability of
+/// the positive class).
 #[derive(Module, Debug)]
 pub struct Head<B: Backend> {
-    /// Hidden dense layer.
-    pub dense1: Linear<B>,
+    /// Hidden dense layer (`None`: the linear head).
+    pub dense1: Option<Linear<B>>,
     /// Output dense layer (one logit).
     pub dense2: Linear<B>,
     /// Max-pool window.
@@ -183,20 +184,51 @@ pub struct Head<B: Backend> {
 }
 
 impl<B: Backend> Head<B> {
-    /// A freshly initialised head for inputs of width `input_dim` and a hidden layer of width `hidden`.
+    /// A freshly initialised head for inputs of width `input_dim`: for `kind = "mlp"` with a hidden layer of width
+    /// `hidden`, for `kind = "linear"` one dense layer (`hidden` is ignored).
     pub fn new(cfg: &HeadConfig, input_dim: usize, hidden: usize, seed: u64, device: &B::Device) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
-        let dense1 = seeded_linear(input_dim, hidden, &mut rng, device);
-        let dense2 = seeded_linear(hidden + 1 - cfg.pool, 1, &mut rng, device);
-        Self { dense1, dense2, pool: cfg.pool, dropout: cfg.dropout }
+        match cfg.kind {
+            HeadKind::Mlp => {
+                let dense1 = seeded_linear(input_dim, hidden, &mut rng, device);
+                let dense2 = seeded_linear(hidden + 1 - cfg.pool, 1, &mut rng, device);
+                Self { dense1: Some(dense1), dense2, pool: cfg.pool, dropout: cfg.dropout }
+            }
+            HeadKind::Linear => Self::linear(input_dim, seed, device),
+        }
+    }
+
+    /// A linear head (logistic regression) on `input_dim` inputs, seeded U(±1/sqrt(d)) initialisation.
+    pub fn linear(input_dim: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
+        Self { dense1: None, dense2: seeded_linear(input_dim, 1, &mut rng, device), pool: 1, dropout: 0.0 }
+    }
+
+    /// A linear head with the given weights and bias (e.g. fitted by [`crate::linear`]).
+    pub fn from_linear_weights(weights: &[f32], bias: f32, device: &B::Device) -> Self {
+        let d = weights.len();
+        let dense2 = Linear {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(weights.to_vec(), [d, 1]), device)),
+            bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![bias], [1]), device))),
+        };
+        Self { dense1: None, dense2, pool: 1, dropout: 0.0 }
+    }
+
+    /// Whether this is the linear head.
+    pub fn is_linear(&self) -> bool {
+        self.dense1.is_none()
     }
 
     /// `[batch, input_dim] -> [batch, 1]` logits. Dropout applies only when `drop` is given (training).
     pub fn logits(&self, x: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
-        self.dense2.forward(self.hidden_activations(self.dense1.forward(x), drop))
+        match &self.dense1 {
+            Some(d1) => self.dense2.forward(self.hidden_activations(d1.forward(x), drop)),
+            None => self.dense2.forward(x),
+        }
     }
 
-    /// What the output layer sees, from the first layer's pre-activation: ReLU -> max-pool -> dropout.
+    /// What the output layer of the MLP head sees, from the first layer's pre-activation: ReLU -> max-pool ->
+    /// dropout.
     pub fn hidden_activations(&self, z1: Tensor<B, 2>, drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
         dropout(pool_width(burn::tensor::activation::relu(z1), self.pool, true), self.dropout, drop)
     }

@@ -370,6 +370,7 @@ impl<M> TrainedHead<M> {
             method: method.into(),
             description,
             test: self.test.clone(),
+            validation_accuracy: self.trained.history.get(self.trained.best_epoch.saturating_sub(1)).map(|e| e.val_accuracy),
             epochs: self.trained.history.len(),
             best_epoch: self.trained.best_epoch,
             seconds: self.trained.seconds,
@@ -391,13 +392,58 @@ pub fn new_head<B: burn::prelude::Backend>(cfg: &RunConfig, input: usize, device
     Head::new(&cfg.head, input, cfg.head_hidden(input), cfg.seed, device)
 }
 
-/// Train the client's head on (transferred) features and evaluate it on their test part.
-pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> TrainedHead<Head<Cpu>> {
+/// What the client's head reads (`head.inputs`): the transferred features, or them side by side with the client's
+/// own scaled features (the client holds both, so this costs no privacy).
+pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit) -> Result<FeatureSplit> {
+    match cfg.head.inputs {
+        crate::config::HeadInputs::Transfer => Ok(transferred.clone()),
+        crate::config::HeadInputs::TransferPlusOwn => {
+            let join = |a: &Array2<f32>, b: &Array2<f32>| -> Result<Array2<f32>> {
+                ndarray::concatenate(ndarray::Axis(1), &[a.view(), b.view()])
+                    .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
+            };
+            if transferred.train_y != own.train_y || transferred.test_y != own.test_y || transferred.validation_y != own.validation_y {
+                return Err(Error::Features("transferred and own features are of different examples".into()));
+            }
+            Ok(FeatureSplit {
+                train: join(&transferred.train, &own.train)?,
+                train_y: own.train_y.clone(),
+                validation: join(&transferred.validation, &own.validation)?,
+                validation_y: own.validation_y.clone(),
+                test: join(&transferred.test, &own.test)?,
+                test_y: own.test_y.clone(),
+            })
+        }
+    }
+}
+
+/// Fit the linear head (L2 logistic regression with `head.c`, exact by L-BFGS) on `x`, `y`, as a Burn head.
+pub fn fit_linear_head(cfg: &RunConfig, x: ndarray::ArrayView2<'_, f32>, y: &[u8]) -> Result<(Head<Cpu>, crate::linear::LogisticRegression)> {
+    let lr = crate::linear::fit(crate::linear::Design::Dense(x), y, cfg.head.c)?;
+    Ok((Head::from_linear_weights(&lr.weights, lr.bias, &Default::default()), lr))
+}
+
+/// Train the client's head on (transferred) features and evaluate it on their test part: the linear head is
+/// fitted exactly (L-BFGS), the MLP head by Adam with early stopping on the validation split.
+pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    let trained = train::train(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what);
+    let trained = match cfg.head.kind {
+        crate::config::HeadKind::Mlp => {
+            train::train(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what)
+        }
+        crate::config::HeadKind::Linear => {
+            let started = Instant::now();
+            let (head, lr) = fit_linear_head(cfg, fs.train.view(), &fs.train_y)?;
+            let (train_loss, _) = train::evaluate_loss(&head, fs.train_examples());
+            let (val_loss, val_accuracy) = train::evaluate_loss(&head, fs.validation_examples());
+            tracing::info!(what, iterations = lr.iterations, train_loss, val_loss, val_accuracy, "linear head fitted (L-BFGS)");
+            let history = vec![EpochStats { epoch: 1, train_loss, val_loss, val_accuracy }];
+            Trained { model: head, history, best_epoch: 1, stopped_early: false, seconds: started.elapsed().as_secs_f64() }
+        }
+    };
     let test = evaluate(&trained.model, fs);
-    TrainedHead { trained, test }
+    Ok(TrainedHead { trained, test })
 }
 
 /// Train the client's head with DP-SGD under `plan` and evaluate it on the test part.
@@ -407,6 +453,69 @@ pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::priv
     let trained = train::train_private(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, plan, rng, cfg.seed, "head");
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
+}
+
+/// Hash buckets of the bag-of-words baseline.
+pub const BAG_OF_WORDS_DIM: usize = 1 << 18;
+/// Inverse L2 strength of the bag-of-words baseline (scikit-learn's default).
+pub const BAG_OF_WORDS_C: f64 = 1.0;
+
+/// The bag-of-words baseline's rows: TF-IDF of word 1-2-grams hashed to [`BAG_OF_WORDS_DIM`] buckets (IDF fitted
+/// on the target's training split), L2-normalised, sparse.
+#[derive(Debug, Clone)]
+pub struct BagOfWords {
+    /// Training rows.
+    pub train: Vec<crate::linear::SparseRow>,
+    /// Training labels.
+    pub train_y: Vec<u8>,
+    /// Validation rows.
+    pub validation: Vec<crate::linear::SparseRow>,
+    /// Validation labels.
+    pub validation_y: Vec<u8>,
+    /// Test rows.
+    pub test: Vec<crate::linear::SparseRow>,
+    /// Test labels.
+    pub test_y: Vec<u8>,
+}
+
+impl BagOfWords {
+    /// Fit the IDF on the target's training texts and featurize its training and test parts.
+    pub fn new(target: &Split) -> Self {
+        let tfidf = crate::features::HashedTfidf::fit(&target.train.texts, BAG_OF_WORDS_DIM, 2);
+        Self {
+            train: tfidf.transform_sparse(&target.train.texts),
+            train_y: target.train.labels.clone(),
+            validation: tfidf.transform_sparse(&target.validation.texts),
+            validation_y: target.validation.labels.clone(),
+            test: tfidf.transform_sparse(&target.test.texts),
+            test_y: target.test.labels.clone(),
+        }
+    }
+    /// Fit the logistic regression on the training rows at `idx` (all when `None`) and score the test part.
+    pub fn fit_and_test(&self, idx: Option<&[usize]>) -> Result<Metrics> {
+        Ok(self.fit_and_score(idx)?.0)
+    }
+
+    /// As [`Self::fit_and_test`], with the validation accuracy too.
+    pub fn fit_and_score(&self, idx: Option<&[usize]>) -> Result<(Metrics, f64)> {
+        let (rows, y): (Vec<crate::linear::SparseRow>, Vec<u8>) = match idx {
+            Some(idx) => (idx.iter().map(|&i| self.train[i].clone()).collect(), idx.iter().map(|&i| self.train_y[i]).collect()),
+            None => (self.train.clone(), self.train_y.clone()),
+        };
+        let lr = crate::linear::fit(crate::linear::Design::Sparse { rows: &rows, dim: BAG_OF_WORDS_DIM }, &y, BAG_OF_WORDS_C)?;
+        let p = lr.probabilities(crate::linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM });
+        let v = lr.probabilities(crate::linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
+        let val = Metrics::from_probabilities(&v, &self.validation_y).accuracy;
+        Ok((Metrics::from_probabilities(&p, &self.test_y), val))
+    }
+}
+
+/// The head's kind in words, for reports.
+pub fn head_name(cfg: &RunConfig) -> &'static str {
+    match cfg.head.kind {
+        crate::config::HeadKind::Linear => "linear (L2 logistic regression)",
+        crate::config::HeadKind::Mlp => "MLP",
+    }
 }
 
 /// Baseline: lower network and head trained together from scratch on the target only.
@@ -430,6 +539,20 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let t = Instant::now();
     let out = f();
     (out, t.elapsed().as_secs_f64())
+}
+
+/// Learning curves alone (`cryptotl curve`): data -> server network -> client features -> frozen lower network
+/// (encrypted when `he.enabled`) -> the heads on seeded subsets of every size ([`crate::curve`]).
+pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
+    let data = prepare_data(cfg)?;
+    // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
+    privacy_plan(cfg, data.target.train.len())?;
+    let lower = server_lower_network(cfg, &data.source)?;
+    let (_, client) = client_features(cfg, &data.target)?;
+    let (transferred, _) = transfer(cfg, &lower, &data.source, &client)?;
+    let transferred = head_inputs(cfg, &transferred, &client)?;
+    let bow = BagOfWords::new(&data.target);
+    crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
 }
 
 /// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
@@ -464,17 +587,22 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
     }
 
+    let transferred = head_inputs(cfg, &transferred, &client)?;
     let mut results = Vec::new();
-    let head = train_head(cfg, &transferred, "head");
+    let head = train_head(cfg, &transferred, "head")?;
     stage("train head", head.trained.seconds);
     let source = &cfg.source.name;
     let path = if cfg.he.enabled { "decrypted outputs of the encrypted" } else { "outputs of the (plaintext)" };
-    results.push(head.result("transfer", format!("head trained on the {path} frozen lower network (pretrained on {source})")));
+    let inputs = match cfg.head.inputs {
+        crate::config::HeadInputs::Transfer => String::new(),
+        crate::config::HeadInputs::TransferPlusOwn => " beside the client's own features".into(),
+    };
+    results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){inputs}", head_name(cfg))));
     let mut he_report = None;
     if let Some(he) = he_paths {
-        let float = train_head(cfg, &he.float, "head (float path)");
+        let float = train_head(cfg, &head_inputs(cfg, &he.float, &client)?, "head (float path)")?;
         stage("train head on float outputs", float.trained.seconds);
-        let quantized = train_head(cfg, &he.quantized, "head (quantized path)");
+        let quantized = train_head(cfg, &head_inputs(cfg, &he.quantized, &client)?, "head (quantized path)")?;
         stage("train head on clear-integer outputs", quantized.trained.seconds);
         let mut r = he.report;
         (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (float.test.accuracy, quantized.test.accuracy, head.test.accuracy);
@@ -494,9 +622,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
     if cfg.baselines.raw_features_head {
-        let b = train_head(cfg, &client, "baseline raw");
+        let b = train_head(cfg, &client, "baseline raw")?;
         stage("baseline: head on raw features", b.trained.seconds);
-        results.push(b.result("raw_features_head", "baseline: the same head trained on the target's scaled features (no transfer)".into()));
+        results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
         if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ 0xba5e));
             let b = train_head_private(cfg, &client, plan, &mut rng);
@@ -509,6 +637,28 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("baseline: whole network on target", b.trained.seconds);
         results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
     }
+    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled).then(|| BagOfWords::new(&data.target));
+    if let (true, Some(bow)) = (cfg.baselines.bag_of_words, &bow) {
+        let (m, t) = timed(|| bow.fit_and_score(None));
+        let (m, val) = m?;
+        stage("baseline: bag-of-words logistic regression", t);
+        results.push(crate::report::MethodResult {
+            method: "bag_of_words".into(),
+            description: format!("baseline: logistic regression (L2, C = {BAG_OF_WORDS_C}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
+            test: m,
+            validation_accuracy: Some(val),
+            epochs: 1,
+            best_epoch: 1,
+            seconds: t,
+        });
+    }
+    let curve = if cfg.curve.enabled {
+        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &transferred, &client, bow.as_ref()));
+        stage("learning curves", t);
+        Some(c?)
+    } else {
+        None
+    };
     let budget = crate::privacy::budget::BudgetReport::new(
         privacy_report.as_ref(),
         data.target.train.len(),
@@ -539,6 +689,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         head_history: head.trained.history.clone(),
         privacy: privacy_report,
         he: he_report,
+        curve,
         stages,
         config: cfg.clone(),
     };

@@ -20,6 +20,9 @@ pub struct MethodResult {
     pub description: String,
     /// Metrics on the target test split.
     pub test: Metrics,
+    /// Accuracy on the validation split (what defaults are chosen on; the test split is for reporting only).
+    #[serde(default)]
+    pub validation_accuracy: Option<f64>,
     /// Epochs run.
     pub epochs: usize,
     /// The epoch kept (best validation loss).
@@ -81,6 +84,8 @@ pub struct Report {
     pub privacy: Option<crate::privacy::plan::PrivacyReport>,
     /// The encrypted stage (TFHE), when on.
     pub he: Option<crate::he::HeReport>,
+    /// Learning curves over labelled-set sizes (`[curve]`), when on.
+    pub curve: Option<crate::curve::LearningCurves>,
     /// Wall time per stage.
     pub stages: Vec<StageTime>,
     /// The full configuration.
@@ -92,9 +97,12 @@ impl Report {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let json = dir.join("report.json");
-        std::fs::write(&json, serde_json::to_vec_pretty(self).expect("report serialises")).map_err(|e| Error::io(&json, e))?;
-        let md = dir.join("report.md");
-        std::fs::write(&md, self.to_markdown()).map_err(|e| Error::io(&md, e))
+        crate::atomic::write(&json, &serde_json::to_vec_pretty(self).expect("report serialises"))?;
+        crate::atomic::write(&dir.join("report.md"), self.to_markdown().as_bytes())?;
+        if let Some(c) = &self.curve {
+            c.chart(&dir.join("curve.svg"))?;
+        }
+        Ok(())
     }
 
     /// The report as Markdown.
@@ -129,20 +137,24 @@ impl Report {
         }
         let _ = writeln!(s, "## Privacy budget (every party, every mechanism)\n\n{}", self.budget.to_markdown());
         let _ = writeln!(s, "## Results on the target test split\n");
-        let _ = writeln!(s, "| method | accuracy | precision | recall | F1 | TP | FP | TN | FN | epochs (best) | train s |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| method | accuracy | precision | recall | F1 | TP | FP | TN | FN | validation acc. | epochs (best) | train s |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.results {
             let m = &r.test;
             let c = &m.confusion;
             let _ = writeln!(
                 s,
-                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} | {} ({}) | {:.1} |",
-                r.method, m.accuracy, m.precision, m.recall, m.f1, c.tp, c.fp, c.tn, c.fn_, r.epochs, r.best_epoch, r.seconds
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} | {} | {} ({}) | {:.1} |",
+                r.method, m.accuracy, m.precision, m.recall, m.f1, c.tp, c.fp, c.tn, c.fn_,
+                r.validation_accuracy.map_or("—".into(), |v| format!("{v:.4}")), r.epochs, r.best_epoch, r.seconds
             );
         }
         let _ = writeln!(s);
         for r in &self.results {
             let _ = writeln!(s, "- `{}`: {}", r.method, r.description);
+        }
+        if let Some(c) = &self.curve {
+            let _ = writeln!(s, "\n## Learning curves\n\n![learning curves](curve.svg)\n\n{}", c.to_markdown());
         }
         if let Some(p) = &self.privacy {
             let plan = &p.plan;

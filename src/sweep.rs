@@ -193,7 +193,7 @@ fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipe
                     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(repeat as u64)));
                     (pipeline::train_head_private(&c, fs, plan, &mut rng), plan.epsilon, plan.noise_multiplier)
                 }
-                _ => (pipeline::train_head(&c, fs, "head"), f64::INFINITY, 0.0),
+                _ => (pipeline::train_head(&c, fs, "head")?, f64::INFINITY, 0.0),
             };
             tracing::info!(series = setting.series, ?client_eps, repeat, accuracy = head.test.accuracy, "sweep point");
             points.push(SweepPoint {
@@ -246,6 +246,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
         let (transferred, _) = pipeline::transfer(server_cfg, &lower, &data.source, &client)?;
+        let transferred = pipeline::head_inputs(cfg, &transferred, &client)?;
         let series = match server_eps {
             None => "server as configured".to_string(),
             Some(Epsilon::Finite(e)) => format!("server ε = {e} ({})", spec.server_mechanism.name()),

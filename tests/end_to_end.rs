@@ -15,7 +15,23 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(!report.pretraining.from_cache);
     assert!(report.pretraining.source_test.accuracy > 0.9, "pretraining: {:?}", report.pretraining.source_test);
     let methods: Vec<&str> = report.results.iter().map(|r| r.method.as_str()).collect();
-    assert_eq!(methods, ["transfer", "transfer_float", "transfer_quantized", "raw_features_head", "target_only_network"]);
+    assert_eq!(methods, ["transfer", "transfer_float", "transfer_quantized", "raw_features_head", "target_only_network", "bag_of_words"]);
+    let bow = report.results.iter().find(|r| r.method == "bag_of_words").unwrap();
+    assert!(bow.test.accuracy > 0.85, "bag of words on the separable target: {:?}", bow.test);
+    // Learning curves: every size and every method, each point one accuracy per draw, on the test split.
+    let curve = report.curve.as_ref().expect("curves are on by default");
+    assert_eq!(curve.sizes, vec![16, 32, 64, report.target.train]);
+    assert_eq!(curve.methods, ["transfer", "raw_features", "bag_of_words"]);
+    for m in &curve.methods {
+        for &s in &curve.sizes {
+            let p = curve.point(m, s).unwrap_or_else(|| panic!("no point for {m} at {s}"));
+            assert_eq!(p.accuracies.len(), curve.draws);
+            assert!(p.accuracies.iter().all(|a| (0.0..=1.0).contains(a)));
+        }
+    }
+    // At the full size every draw is the whole training split: the curve's transfer point is the run's own head.
+    assert_eq!(curve.point("transfer", report.target.train).unwrap().mean, transfer.accuracy);
+    assert!(dir.path().join("run/curve.svg").exists());
     let transfer = &report.results[0].test;
     assert!(transfer.accuracy > 0.85, "transfer must learn the separable target: {transfer:?}");
     assert_eq!(report.target.test, 24);
@@ -140,7 +156,7 @@ fn private_head_learns_and_the_report_states_its_budget() {
     let skeleton = cryptotl::pipeline::new_head::<cryptotl::model::Cpu>(&cfg, fs.test.ncols(), &Default::default());
     let saved = cryptotl::model::load_module(skeleton, &dir.path().join("run/head"), &Default::default()).unwrap();
     assert_eq!(cryptotl::pipeline::evaluate(&saved, &fs), dp.test);
-    let plain = cryptotl::pipeline::train_head(&cfg, &fs, "plain");
+    let plain = cryptotl::pipeline::train_head(&cfg, &fs, "plain").unwrap();
     let dev = Default::default();
     assert_ne!(
         cryptotl::model::predict_proba(&saved, fs.test.view(), &dev),

@@ -174,3 +174,45 @@ fn embed_cli_writes_one_json_array_per_input_line() {
         assert!(cosine(row, &r.embeddings[i]) >= 0.9999, "input {i}");
     }
 }
+
+#[test]
+fn shipped_embeddings_cover_every_embedded_text_and_need_no_model() {
+    use cryptotl::features::shipped::{ShippedEmbeddings, embedded_texts};
+    let table = ShippedEmbeddings::embedded().unwrap();
+    let texts = embedded_texts().unwrap();
+    let unique: std::collections::HashSet<&String> = texts.iter().collect();
+    assert_eq!(table.len(), unique.len(), "one record per distinct embedded text");
+    assert!(table.len() > 2900);
+    for t in &texts {
+        let v = table.get(t).unwrap_or_else(|| panic!("not shipped: {t:?}"));
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 2e-3, "{t:?}: norm {norm}");
+    }
+    // Without a model: the embedded texts embed, any other text is refused with the fetch command.
+    let nowhere = std::env::temp_dir().join("cryptotl-no-model-here");
+    let f = MiniLm::new(&nowhere, 32, None).unwrap();
+    let x = f.transform(&texts[..50]).unwrap();
+    assert_eq!(x.row(7).to_vec(), table.get(&texts[7]).unwrap().to_vec());
+    let err = f.transform(&[texts[0].clone(), "a text nobody shipped".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("1 of 2 texts") && err.contains("fetch_model.py"), "{err}");
+}
+
+#[test]
+fn shipped_embeddings_match_the_model() {
+    let Some(dir) = model_dir() else { return };
+    use cryptotl::features::shipped::{ShippedEmbeddings, embedded_texts};
+    let table = ShippedEmbeddings::embedded().unwrap();
+    let texts: Vec<String> = embedded_texts().unwrap().into_iter().step_by(7).collect();
+    let enc = Encoder::load(&dir).unwrap();
+    assert_eq!(enc.model_sha256, table.model_sha256);
+    let rows = enc.embed(&texts, 32, "check").unwrap();
+    let worst = texts.iter().zip(rows.rows()).map(|(t, r)| cosine(table.get(t).unwrap(), r.as_slice().unwrap())).fold(1.0f64, f64::min);
+    assert!(worst >= 0.9999, "worst cosine {worst}");
+    // A corrupted table is refused, not read.
+    let mut bytes = ShippedEmbeddings::encode(&table.model_sha256, &texts[..3], &rows.slice(ndarray::s![..3, ..]).to_owned()).unwrap();
+    assert_eq!(ShippedEmbeddings::decode(&bytes).unwrap().len(), 3);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert!(ShippedEmbeddings::decode(&bytes).unwrap_err().to_string().contains("corrupt"));
+    assert!(ShippedEmbeddings::decode(&bytes[..bytes.len() - 5]).is_err());
+}

@@ -18,7 +18,7 @@ fn paper_shapes() {
     let lower = LowerNet::<Cpu>::new(&LowerNetConfig::paper(), 768, 0, &device());
     let out = lower.forward(Tensor::zeros([3, 768], &device()));
     assert_eq!(out.dims(), [3, 766], "conv(9) -> dense 768 -> avg-pool 3 -> dense 766");
-    let head = Head::<Cpu>::new(&HeadConfig::default(), 766, 766, 0, &device());
+    let head = Head::<Cpu>::new(&HeadConfig::mlp(0, 1, 0.2), 766, 766, 0, &device());
     assert_eq!(head.logits(out, None).dims(), [3, 1]);
     // Configurable sizes: no conv, other widths, no output layer.
     let cfg = LowerNetConfig { conv_kernel: 0, hidden: 40, activation: Activation::Tanh, pool: 1, output: 0 };
@@ -54,7 +54,7 @@ fn save_load_round_trip_gives_identical_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let x = random_rows(7, 64, 2);
     let lcfg = LowerNetConfig { hidden: 32, output: 16, ..Default::default() };
-    let hcfg = HeadConfig { hidden: 12, pool: 3, dropout: 0.2 };
+    let hcfg = HeadConfig::mlp(12, 3, 0.2);
     let net = FullNet::<Cpu> { lower: LowerNet::new(&lcfg, 64, 5, &device()), head: Head::new(&hcfg, 16, 12, 5, &device()) };
     let before = predict_proba(&net, x.view(), &device());
     let path = dir.path().join("net");
@@ -69,7 +69,7 @@ fn save_load_round_trip_gives_identical_predictions() {
 #[test]
 fn loading_a_missing_or_mismatched_checkpoint_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let head = Head::<Cpu>::new(&HeadConfig::default(), 20, 10, 0, &device());
+    let head = Head::<Cpu>::new(&HeadConfig::mlp(0, 1, 0.2), 20, 10, 0, &device());
     let e = model::load_module(head.clone(), &dir.path().join("nothing"), &device()).unwrap_err().to_string();
     assert!(e.contains("cannot load"), "{e}");
     let path = dir.path().join("garbage");

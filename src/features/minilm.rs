@@ -210,9 +210,9 @@ impl EmbeddingCache {
 }
 
 impl MiniLm {
-    /// The featurizer for a model folder; loads (and checks) the model now so that a missing model fails early.
+    /// The featurizer for a model folder. The model is loaded (and checked) on first use, when a text is not among
+    /// the shipped embeddings of the embedded datasets ([`super::shipped`]); without the model only those embed.
     pub fn new(model_dir: &Path, batch_size: usize, cache_dir: Option<PathBuf>) -> Result<Self> {
-        shared_encoder(model_dir)?;
         Ok(Self { model_dir: model_dir.to_path_buf(), batch_size, cache_dir })
     }
     /// The loaded encoder.
@@ -228,8 +228,39 @@ impl Featurizer for MiniLm {
     fn dim(&self) -> usize {
         MINILM_DIM
     }
-    fn transform(&self, texts: &[String]) -> Result<Array2<f32>> {
-        let encoder = self.encoder()?;
+    fn transform(&self, all_texts: &[String]) -> Result<Array2<f32>> {
+        // The embedded datasets' embeddings ship in the binary: those need no model.
+        let shipped = super::shipped::ShippedEmbeddings::embedded()?;
+        let mut out = Array2::<f32>::zeros((all_texts.len(), MINILM_DIM));
+        let mut rest = Vec::new();
+        for (i, t) in all_texts.iter().enumerate() {
+            match shipped.get(t) {
+                Some(v) => out.row_mut(i).assign(&ndarray::ArrayView1::from(v)),
+                None => rest.push(i),
+            }
+        }
+        if rest.is_empty() {
+            tracing::info!(texts = all_texts.len(), "MiniLM features: all shipped in the binary");
+            return Ok(out);
+        }
+        let texts: Vec<String> = rest.iter().map(|&i| all_texts[i].clone()).collect();
+        let encoder = self.encoder().map_err(|e| match e {
+            Error::Features(m) => Error::Features(format!(
+                "{} of {} texts are not among the MiniLM embeddings shipped for the embedded datasets ({}), so they need the model: {m}",
+                texts.len(), all_texts.len(), super::shipped::SHIPPED_DATASETS.join(", "))),
+            other => other,
+        })?;
+        let computed = self.embed_with(&encoder, &texts)?;
+        for (r, &i) in rest.iter().enumerate() {
+            out.row_mut(i).assign(&computed.row(r));
+        }
+        Ok(out)
+    }
+}
+
+impl MiniLm {
+    /// Embeddings of `texts` with the model, through the on-disk cache when one is configured.
+    fn embed_with(&self, encoder: &Encoder, texts: &[String]) -> Result<Array2<f32>> {
         let Some(dir) = &self.cache_dir else {
             return encoder.embed(texts, self.batch_size, &format!("MiniLM {} texts", texts.len()));
         };

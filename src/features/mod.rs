@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 
 pub mod bert;
 pub mod minilm;
+pub mod shipped;
 
 /// Turns texts into feature vectors of a fixed dimension.
 pub trait Featurizer {
@@ -87,6 +88,32 @@ impl HashedTfidf {
         let n = train_texts.len() as f32;
         let idf = df.iter().map(|&d| ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0).collect();
         Self { dim, ngrams, idf }
+    }
+
+    /// Sparse rows (bucket, weight), L2-normalised, buckets ascending: the same vectors as
+    /// [`Featurizer::transform`] without materialising the zeros (for wide hashes such as the bag-of-words
+    /// baseline's 2^18).
+    pub fn transform_sparse(&self, texts: &[String]) -> Vec<crate::linear::SparseRow> {
+        texts
+            .par_iter()
+            .map(|text| {
+                let mut row: crate::linear::SparseRow = Vec::new();
+                let mut terms = hashed_terms(text, self.ngrams);
+                terms.sort_unstable();
+                // Per distinct term (sublinear TF), summed into its bucket: as `embed_one`.
+                let mut acc: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
+                for run in terms.chunk_by(|a, b| a == b) {
+                    let b = (run[0] % self.dim as u64) as u32;
+                    *acc.entry(b).or_default() += (1.0 + (run.len() as f32).ln()) * self.idf[b as usize];
+                }
+                row.extend(acc);
+                let norm = row.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    row.iter_mut().for_each(|(_, v)| *v /= norm);
+                }
+                row
+            })
+            .collect()
     }
 
     fn embed_one(&self, text: &str) -> Vec<f32> {

@@ -169,37 +169,44 @@ fn row_sq_norms<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 impl<B: AutodiffBackend> PrivateModel<B> for Head<B> {
-    /// The fast path: one batched backward pass with zero-valued leaves on both dense layers' outputs.
+    /// The fast path: one batched backward pass with zero-valued leaves on the dense layers' outputs.
     fn clipped_gradient_sum(&self, x: Tensor<B, 2>, y: Tensor<B, 2>, clip: f64, drop: Option<&mut DropoutRng<'_>>) -> ClippedSum {
         let device = x.device();
         let [n, _] = x.dims();
-        let hidden = self.dense1.weight.dims()[1];
-        let leaf1 = Tensor::<B, 2>::zeros([n, hidden], &device).require_grad();
-        let leaf2 = Tensor::<B, 2>::zeros([n, 1], &device).require_grad();
         // The weights are detached: the backward pass then computes only what the per-example path needs (the
         // leaves' gradients), not the batch weight gradients that would be thrown away.
-        let z1 = detached_linear(&self.dense1, x.clone()) + leaf1.clone();
-        let a = self.hidden_activations(z1, drop);
+        let leaf1 = self.dense1.as_ref().map(|d1| Tensor::<B, 2>::zeros([n, d1.weight.dims()[1]], &device).require_grad());
+        let a = match (&self.dense1, &leaf1) {
+            (Some(d1), Some(l1)) => self.hidden_activations(detached_linear(d1, x.clone()) + l1.clone(), drop),
+            _ => x.clone(),
+        };
+        let leaf2 = Tensor::<B, 2>::zeros([n, 1], &device).require_grad();
         let z2 = detached_linear(&self.dense2, a.clone()) + leaf2.clone();
         let loss = bce_with_logits(z2, y).sum();
         let loss_sum = loss.clone().into_scalar().elem::<f64>();
         let grads = loss.backward();
-        let g1 = leaf1.grad(&grads).expect("leaf 1 is on the graph");
         let g2 = leaf2.grad(&grads).expect("leaf 2 is on the graph");
+        let g1 = leaf1.map(|l1| l1.grad(&grads).expect("leaf 1 is on the graph"));
         let (x, a) = (x.inner(), a.inner());
-        // ‖∇Lᵢ‖² = ‖xᵢ‖²‖g1ᵢ‖² + ‖g1ᵢ‖² + ‖aᵢ‖²‖g2ᵢ‖² + ‖g2ᵢ‖² (weights are outer products, biases the g's).
-        let (g1sq, g2sq) = (row_sq_norms(g1.clone()), row_sq_norms(g2.clone()));
-        let sq = row_sq_norms(x.clone()).add_scalar(1.0) * g1sq + row_sq_norms(a.clone()).add_scalar(1.0) * g2sq;
-        let norms: Vec<f64> = sq.clone().into_data().to_vec::<f32>().expect("floats").iter().map(|v| (*v as f64).sqrt()).collect();
+        // ‖∇Lᵢ‖² = ‖xᵢ‖²‖g1ᵢ‖² + ‖g1ᵢ‖² + ‖aᵢ‖²‖g2ᵢ‖² + ‖g2ᵢ‖² (weights are outer products, biases the g's); the
+        // linear head has only the second pair, with a = x.
+        let mut sq = row_sq_norms(a.clone()).add_scalar(1.0) * row_sq_norms(g2.clone());
+        if let Some(g1) = &g1 {
+            sq = sq + row_sq_norms(x.clone()).add_scalar(1.0) * row_sq_norms(g1.clone());
+        }
+        let norms: Vec<f64> = sq.into_data().to_vec::<f32>().expect("floats").iter().map(|v| (*v as f64).sqrt()).collect();
         let factors: Vec<f32> = norms.iter().map(|&v| clip_factor(v, clip) as f32).collect();
         let c = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(factors, [n, 1]), &device);
-        let (g1c, g2c) = (g1 * c.clone(), g2 * c);
         let mut out = GradientsParams::new();
-        out.register(self.dense1.weight.id, x.transpose().matmul(g1c.clone()));
-        out.register(self.dense2.weight.id, a.transpose().matmul(g2c.clone()));
-        if let Some(b) = &self.dense1.bias {
-            out.register(b.id, g1c.sum_dim(0).squeeze_dim::<1>(0));
+        if let (Some(d1), Some(g1)) = (&self.dense1, g1) {
+            let g1c = g1 * c.clone();
+            out.register(d1.weight.id, x.transpose().matmul(g1c.clone()));
+            if let Some(b) = &d1.bias {
+                out.register(b.id, g1c.sum_dim(0).squeeze_dim::<1>(0));
+            }
         }
+        let g2c = g2 * c;
+        out.register(self.dense2.weight.id, a.transpose().matmul(g2c.clone()));
         if let Some(b) = &self.dense2.bias {
             out.register(b.id, g2c.sum_dim(0).squeeze_dim::<1>(0));
         }

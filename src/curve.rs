@@ -1,0 +1,268 @@
+//! Learning curves: how each head does with fewer labels. Once the target's samples have gone through the
+//! (encrypted) lower network, the heads are trained again on seeded, stratified subsets of the training split of
+//! sizes 16, 32, 64, ... up to all of it, several draws each, and scored on the test split. No extra encryption is
+//! needed: the subsets reuse the decrypted outputs.
+//!
+//! Methods: `transfer` (the configured head on its configured inputs), `raw_features` (the same head on the
+//! client's own scaled features), `bag_of_words` (the TF-IDF logistic-regression baseline); with `[privacy]` also
+//! `transfer_dp` and `raw_features_dp`, trained by DP-SGD at the configured ε for each subset's size (σ is
+//! calibrated per size, so every point spends the configured budget on its own subset).
+//!
+//! ```
+//! let sizes = cryptotl::curve::default_sizes(300);
+//! assert_eq!(sizes, vec![16, 32, 64, 128, 256, 300]);
+//! let y = [0u8, 1, 0, 1, 0, 0, 1, 0];
+//! let idx = cryptotl::curve::stratified_subset(&y, 4, 7);
+//! assert_eq!(idx.len(), 4);
+//! assert!(idx.iter().any(|&i| y[i] == 1) && idx.iter().any(|&i| y[i] == 0));
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::pipeline::{BagOfWords, FeatureSplit};
+
+/// Seed stream of the curves' subsets (mixed with the run's seed, the size and the draw).
+const SUBSET_STREAM: u64 = 0xc0_12fe;
+
+/// Subset sizes 16, 32, 64, ... doubling below `n`, then `n` itself.
+pub fn default_sizes(n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut s = 16;
+    while s < n {
+        sizes.push(s);
+        s *= 2;
+    }
+    sizes.push(n);
+    sizes
+}
+
+/// `size` indices of `y`, drawn without replacement, stratified (each class in proportion, at least one of each
+/// when both exist), seeded.
+pub fn stratified_subset(y: &[u8], size: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let size = size.min(y.len());
+    let mut pos: Vec<usize> = (0..y.len()).filter(|&i| y[i] == 1).collect();
+    let mut neg: Vec<usize> = (0..y.len()).filter(|&i| y[i] != 1).collect();
+    pos.shuffle(&mut rng);
+    neg.shuffle(&mut rng);
+    let mut n_pos = ((size as f64) * pos.len() as f64 / y.len().max(1) as f64).round() as usize;
+    if !pos.is_empty() && !neg.is_empty() && size >= 2 {
+        n_pos = n_pos.clamp(1, size - 1);
+    }
+    let n_pos = n_pos.min(pos.len()).max(size.saturating_sub(neg.len()));
+    let mut idx: Vec<usize> = pos[..n_pos].iter().chain(&neg[..size - n_pos]).copied().collect();
+    idx.sort_unstable();
+    idx
+}
+
+/// One method at one size: the test accuracy of every draw.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CurvePoint {
+    /// Method id (`transfer`, `raw_features`, `bag_of_words`, `transfer_dp`, `raw_features_dp`).
+    pub method: String,
+    /// Labelled training examples.
+    pub size: usize,
+    /// Test accuracy per draw.
+    pub accuracies: Vec<f64>,
+    /// Mean over draws.
+    pub mean: f64,
+    /// Standard deviation over draws (0 with one draw, and at the full size, where every draw is the same set).
+    pub std: f64,
+}
+
+/// The learning curves of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LearningCurves {
+    /// Run name.
+    pub name: String,
+    /// Subset sizes.
+    pub sizes: Vec<usize>,
+    /// Draws per size.
+    pub draws: usize,
+    /// Methods, in table order.
+    pub methods: Vec<String>,
+    /// What each method is.
+    pub descriptions: Vec<(String, String)>,
+    /// Every (method, size) point.
+    pub points: Vec<CurvePoint>,
+    /// Where the transferred features came from (`encrypted` or `plaintext`).
+    pub path: String,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+fn subset_split(fs: &FeatureSplit, idx: &[usize]) -> FeatureSplit {
+    FeatureSplit {
+        train: fs.train.select(ndarray::Axis(0), idx),
+        train_y: idx.iter().map(|&i| fs.train_y[i]).collect(),
+        validation: fs.validation.clone(),
+        validation_y: fs.validation_y.clone(),
+        test: fs.test.clone(),
+        test_y: fs.test_y.clone(),
+    }
+}
+
+/// Train every method on seeded subsets of the training split (sizes from `curve.sizes` or [`default_sizes`],
+/// `curve.draws` draws each) and score each on the test split. `transferred` are the head's inputs (decrypted
+/// outputs, possibly beside the own features), `own` the client's scaled features, `bow` the bag-of-words rows.
+pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>) -> Result<LearningCurves> {
+    let n = transferred.train.nrows();
+    if own.train_y != transferred.train_y || bow.is_some_and(|b| b.train_y != transferred.train_y) {
+        return Err(Error::Features("learning curves: the feature sets are of different training examples".into()));
+    }
+    let mut sizes: Vec<usize> = cfg.curve.sizes.clone().unwrap_or_else(|| default_sizes(n)).into_iter().map(|s| s.min(n)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let draws = cfg.curve.draws;
+    let privacy = cfg.privacy.as_ref().filter(|p| p.enabled);
+    // One DP-SGD schedule per size: σ calibrated so that training on that many examples spends the configured ε.
+    let plans: Vec<Option<crate::privacy::plan::DpPlan>> = sizes
+        .iter()
+        .map(|&s| privacy.map(|p| crate::privacy::plan::plan(p, &cfg.head_training, s)).transpose())
+        .collect::<Result<_>>()?;
+    let mut methods = vec!["transfer".to_string(), "raw_features".to_string()];
+    let head = crate::pipeline::head_name(cfg);
+    let mut descriptions = vec![
+        ("transfer".to_string(), format!("{head} head on the {} of the frozen lower network ({})", if cfg.he.enabled { "decrypted outputs" } else { "plaintext outputs" }, cfg.head.inputs.name())),
+        ("raw_features".to_string(), format!("the same head on the client's own scaled {} features (no transfer)", cfg.features.kind)),
+    ];
+    if bow.is_some() {
+        methods.push("bag_of_words".into());
+        descriptions.push(("bag_of_words".into(), "logistic regression on TF-IDF word 1-2-grams (2^18 buckets), target only".into()));
+    }
+    if let Some(p) = privacy {
+        methods.push("transfer_dp".into());
+        methods.push("raw_features_dp".into());
+        let eps = p.target_epsilon.map_or_else(|| format!("σ = {:?}", p.noise_multiplier), |e| format!("ε = {e}"));
+        descriptions.push(("transfer_dp".into(), format!("`transfer` trained with DP-SGD at {eps} on each subset")));
+        descriptions.push(("raw_features_dp".into(), format!("`raw_features` trained with DP-SGD at {eps} on each subset")));
+    }
+    let jobs: Vec<(usize, usize)> = (0..sizes.len()).flat_map(|s| (0..draws).map(move |d| (s, d))).collect();
+    let bar = crate::progress::bar(jobs.len() as u64, "learning curves");
+    let results: Vec<Vec<(String, usize, f64)>> = jobs
+        .par_iter()
+        .map(|&(si, d)| -> Result<Vec<(String, usize, f64)>> {
+            let size = sizes[si];
+            let seed = cfg.seed ^ SUBSET_STREAM ^ ((size as u64) << 20) ^ d as u64;
+            let idx = stratified_subset(&transferred.train_y, size, seed);
+            let mut out = Vec::new();
+            let sub_t = subset_split(transferred, &idx);
+            let sub_o = subset_split(own, &idx);
+            out.push(("transfer".into(), size, crate::pipeline::train_head(cfg, &sub_t, "curve transfer")?.test.accuracy));
+            out.push(("raw_features".into(), size, crate::pipeline::train_head(cfg, &sub_o, "curve raw")?.test.accuracy));
+            if let Some(b) = bow {
+                out.push(("bag_of_words".into(), size, b.fit_and_test(Some(&idx))?.accuracy));
+            }
+            if let (Some(plan), Some(p)) = (&plans[si], privacy) {
+                let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
+                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, plan, &mut rng).test.accuracy));
+                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, plan, &mut rng).test.accuracy));
+            }
+            bar.inc(1);
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+    let mut points = Vec::new();
+    for m in &methods {
+        for &size in &sizes {
+            let accuracies: Vec<f64> = results.iter().flatten().filter(|(mm, s, _)| mm == m && *s == size).map(|(_, _, a)| *a).collect();
+            let (mean, std) = mean_std(&accuracies);
+            points.push(CurvePoint { method: m.clone(), size, accuracies, mean, std });
+        }
+    }
+    Ok(LearningCurves { name: cfg.name.clone(), sizes, draws, methods, descriptions, points, path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() } })
+}
+
+impl LearningCurves {
+    /// The point of `method` at `size`.
+    pub fn point(&self, method: &str, size: usize) -> Option<&CurvePoint> {
+        self.points.iter().find(|p| p.method == method && p.size == size)
+    }
+
+    /// The table: one row per size, one column per method (mean ± std of the test accuracy over the draws).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).\n", self.draws, self.path);
+        let _ = writeln!(s, "| labelled examples | {} |", self.methods.join(" | "));
+        let _ = writeln!(s, "|---:|{}", "---:|".repeat(self.methods.len()));
+        for &size in &self.sizes {
+            let cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
+            let _ = writeln!(s, "| {size} | {} |", cells.join(" | "));
+        }
+        let _ = writeln!(s);
+        for (m, d) in &self.descriptions {
+            let _ = writeln!(s, "- `{m}`: {d}");
+        }
+        s
+    }
+
+    /// Write `curve.json`, `curve.md` and `curve.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = dir.join("curve.json");
+        crate::atomic::write(&json, &serde_json::to_vec_pretty(self).expect("curves serialise"))?;
+        let md = dir.join("curve.md");
+        crate::atomic::write(&md, format!("# Learning curves: `{}`\n\n![learning curves](curve.svg)\n\n{}", self.name, self.to_markdown()).as_bytes())?;
+        let svg = dir.join("curve.svg");
+        self.chart(&svg)?;
+        Ok(vec![json, md, svg])
+    }
+
+    /// The chart: mean test accuracy (whiskers ± 1 std) against the number of labelled examples (log scale), one
+    /// line per method.
+    pub fn chart(&self, path: &Path) -> Result<()> {
+        use plotters::prelude::*;
+        let lo = self.points.iter().map(|p| p.mean - p.std).fold(1.0f64, f64::min);
+        let hi = self.points.iter().map(|p| p.mean + p.std).fold(0.0f64, f64::max);
+        let (ylo, yhi) = (((lo - 0.03) * 20.0).floor() / 20.0, ((hi + 0.03) * 20.0).ceil() / 20.0);
+        let (xlo, xhi) = (self.sizes.first().copied().unwrap_or(1) as f64, self.sizes.last().copied().unwrap_or(2) as f64);
+        let sizes = self.sizes.clone();
+        let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+            let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(format!("{}: test accuracy vs labelled examples ({})", self.name, self.path), ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d((xlo / 1.2..xhi * 1.2).log_scale(), ylo.max(0.0)..yhi.min(1.0))?;
+            chart
+                .configure_mesh()
+                .x_labels(sizes.len())
+                .x_label_formatter(&|x| sizes.iter().find(|&&s| ((s as f64) / x - 1.0).abs() < 0.02).map_or(String::new(), |s| s.to_string()))
+                .x_desc("labelled target examples (log scale)")
+                .y_desc("test accuracy")
+                .draw()?;
+            const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+            for (i, m) in self.methods.iter().enumerate() {
+                let color = if m == "bag_of_words" { BLACK.mix(0.55) } else { COLORS[i % COLORS.len()].to_rgba() };
+                let line: Vec<&CurvePoint> = self.sizes.iter().filter_map(|&s| self.point(m, s)).collect();
+                chart
+                    .draw_series(LineSeries::new(line.iter().map(|p| (p.size as f64, p.mean)), color.stroke_width(2)))?
+                    .label(m.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                chart.draw_series(line.iter().map(|p| Circle::new((p.size as f64, p.mean), 4, color.filled())))?;
+                chart.draw_series(line.iter().filter(|p| p.std > 0.0).map(|p| PathElement::new(vec![(p.size as f64, p.mean - p.std), (p.size as f64, p.mean + p.std)], color.stroke_width(1))))?;
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            root.present()?;
+            Ok(())
+        };
+        draw().map_err(|e| Error::artifact(path, format!("cannot draw the chart: {e}")))
+    }
+}

@@ -1,0 +1,152 @@
+//! The linear head and the bag-of-words baseline: exact L2 logistic regression (checked by its optimality
+//! conditions), sparse and dense TF-IDF agree, the head learns a separable fixture end to end.
+
+use cryptotl::config::RunConfig;
+use cryptotl::features::{Featurizer, HashedTfidf};
+use cryptotl::linear::{Design, SparseRow, fit};
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+
+mod common;
+use common::tiny_config;
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Noisy two-class data: labels from a random hyperplane with 15% flips (not separable, so the optimum is finite).
+fn noisy(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<u8>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x = Array2::from_shape_fn((n, d), |(_, j)| rng.random_range(0.0..1.0f32) * (1.0 + j as f32));
+    let y = x
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let z: f32 = r.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() - w.iter().enumerate().map(|(j, v)| v * (1.0 + j as f32) / 2.0).sum::<f32>();
+            u8::from((z > 0.0) != (rng.random::<f64>() < 0.15))
+        })
+        .collect();
+    (x, y)
+}
+
+#[test]
+fn dense_fit_meets_the_optimality_conditions() {
+    let (x, y) = noisy(300, 6, 1);
+    let c = 0.5;
+    let lr = fit(Design::Dense(x.view()), &y, c).unwrap();
+    // The penalty acts on the weights of the standardised inputs: recompute the gradient of
+    // mean loss + ‖w_std‖² / (2 C n) there, independently of the fitting code.
+    let n = x.nrows() as f64;
+    let mean = x.mean_axis(ndarray::Axis(0)).unwrap();
+    let std = x.std_axis(ndarray::Axis(0), 0.0);
+    let w_std: Vec<f64> = lr.weights.iter().zip(&std).map(|(&w, &s)| w as f64 * s as f64).collect();
+    let mut g = vec![0.0f64; 7];
+    for (row, &yi) in x.rows().into_iter().zip(&y) {
+        let z: f64 = row.iter().zip(&lr.weights).map(|(&v, &w)| v as f64 * w as f64).sum::<f64>() + lr.bias as f64;
+        let r = (sigmoid(z) - yi as f64) / n;
+        for j in 0..6 {
+            g[j] += r * (row[j] - mean[j]) as f64 / std[j] as f64;
+        }
+        g[6] += r;
+    }
+    for j in 0..6 {
+        g[j] += w_std[j] / (c * n);
+    }
+    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(norm < 1e-4, "gradient at the solution {g:?}");
+    // A stronger penalty gives smaller standardised weights.
+    let strong = fit(Design::Dense(x.view()), &y, 0.01).unwrap();
+    let size = |lr: &cryptotl::linear::LogisticRegression| lr.weights.iter().zip(&std).map(|(&w, &s)| (w * s).powi(2)).sum::<f32>();
+    assert!(size(&strong) < size(&lr));
+}
+
+#[test]
+fn sparse_fit_meets_the_optimality_conditions_and_matches_dense() {
+    let (x, y) = noisy(200, 5, 2);
+    let rows: Vec<SparseRow> = x.rows().into_iter().map(|r| r.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, &v)| (j as u32 * 3, v)).collect()).collect();
+    let c = 2.0;
+    let lr = fit(Design::Sparse { rows: &rows, dim: 15 }, &y, c).unwrap();
+    let n = rows.len() as f64;
+    let mut g = vec![0.0f64; 16];
+    for (row, &yi) in rows.iter().zip(&y) {
+        let z: f64 = row.iter().map(|&(j, v)| v as f64 * lr.weights[j as usize] as f64).sum::<f64>() + lr.bias as f64;
+        let r = (sigmoid(z) - yi as f64) / n;
+        for &(j, v) in row {
+            g[j as usize] += r * v as f64;
+        }
+        g[15] += r;
+    }
+    for j in 0..15 {
+        g[j] += lr.weights[j] as f64 / (c * n);
+    }
+    assert!(g.iter().map(|v| v * v).sum::<f64>().sqrt() < 1e-4, "{g:?}");
+    // Unused columns get no weight; probabilities are those of the fitted margins.
+    assert!(lr.weights.iter().enumerate().filter(|(j, _)| j % 3 != 0).all(|(_, w)| w.abs() < 1e-6));
+    let p = lr.probabilities(Design::Sparse { rows: &rows, dim: 15 });
+    assert_eq!(p.len(), 200);
+    let acc = p.iter().zip(&y).filter(|(p, y)| (**p >= 0.5) == (**y == 1)).count() as f64 / 200.0;
+    assert!(acc > 0.75, "{acc}");
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let x = ndarray::array![[0.0f32, 1.0], [1.0, 0.0]];
+    assert!(fit(Design::Dense(x.view()), &[1, 1], 1.0).unwrap_err().to_string().contains("both classes"));
+    assert!(fit(Design::Dense(x.view()), &[0], 1.0).is_err());
+    assert!(fit(Design::Dense(x.view()), &[0, 1], 0.0).is_err());
+    let nan = ndarray::array![[f32::NAN, 1.0], [1.0, 0.0]];
+    assert!(fit(Design::Dense(nan.view()), &[0, 1], 1.0).unwrap_err().to_string().contains("non-finite"));
+    let rows = vec![vec![(7u32, 1.0f32)], vec![(0, 1.0)]];
+    assert!(fit(Design::Sparse { rows: &rows, dim: 4 }, &[0, 1], 1.0).unwrap_err().to_string().contains("out of range"));
+}
+
+#[test]
+fn sparse_tfidf_rows_equal_the_dense_ones() {
+    let texts: Vec<String> = ["a great great movie", "a dull movie, truly dull", "", "great acting and a great plot"].iter().map(|s| s.to_string()).collect();
+    let f = HashedTfidf::fit(&texts, 97, 2);
+    let dense = f.transform(&texts).unwrap();
+    let sparse = f.transform_sparse(&texts);
+    for (r, row) in sparse.iter().enumerate() {
+        let mut v = vec![0f32; 97];
+        for &(j, x) in row {
+            v[j as usize] = x;
+        }
+        for (a, b) in v.iter().zip(dense.row(r)) {
+            assert!((a - b).abs() < 1e-6, "row {r}: {a} vs {b}");
+        }
+    }
+    assert!(sparse[2].is_empty());
+}
+
+#[test]
+fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = tiny_config(dir.path());
+    text = text.replace("[he]\ninsecure_seed = 3", "[he]\nenabled = false");
+    text.push_str("[curve]\nenabled = false\n");
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &["head.kind=\"linear\"".into()]).unwrap();
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let transfer = report.results.iter().find(|r| r.method == "transfer").unwrap();
+    assert!(transfer.test.accuracy > 0.9, "{:?}", transfer.test);
+    let raw = report.results.iter().find(|r| r.method == "raw_features_head").unwrap();
+    assert!(raw.test.accuracy > 0.9, "{:?}", raw.test);
+    assert!(report.curve.is_none());
+
+    let both = RunConfig::from_toml_str(&text, "tiny.toml", &["head.inputs=\"transfer+own\"".into()]).unwrap();
+    let data = cryptotl::pipeline::prepare_data(&both).unwrap();
+    let lower = cryptotl::pipeline::pretrain(&both, &data.source).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&both, &data.target).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &data.source, &own).unwrap();
+    let inputs = cryptotl::pipeline::head_inputs(&both, &t, &own).unwrap();
+    assert_eq!(inputs.train.ncols(), t.train.ncols() + own.train.ncols());
+    assert_eq!(inputs.train.column(0), t.train.column(0));
+    assert_eq!(inputs.train.column(t.train.ncols()), own.train.column(0));
+    let head = cryptotl::pipeline::train_head(&both, &inputs, "both").unwrap();
+    assert!(head.test.accuracy > 0.9);
+    // A bad value names the key and what is allowed.
+    let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.inputs=\"own\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("inputs") && err.contains("transfer+own"), "{err}");
+    let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.c=-1".into()]).unwrap_err().to_string();
+    assert!(err.contains("head.c"), "{err}");
+}
