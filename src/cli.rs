@@ -354,7 +354,7 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     }
     let texts: Vec<String> = std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?;
     let rows = if a.raw && cfg.features.kind == "minilm" {
-        crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.transform(&texts)?
+        crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.with_max_windows(cfg.features.max_windows).transform(&texts)?
     } else {
         let saved = cfg.output_dir().join("client_features.json");
         let pipeline = match crate::features::FeaturePipeline::load(&saved) {

@@ -294,6 +294,11 @@ pub struct FeaturesConfig {
     /// `minilm`: the embedding cache (keyed by model hash and text hash).
     #[serde(default = "default_embedding_cache")]
     pub embedding_cache_dir: PathBuf,
+    /// `minilm`: a text past 256 tokens is embedded whole, as overlapping windows whose embeddings are averaged;
+    /// this keeps only its first `max_windows` windows (for corpora of very long texts, e.g. e-mails). Default:
+    /// every window.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
 }
 
 /// `features = "minilm"` (a kind with defaults) or a full `[features]` table, keeping the table's own error messages.
@@ -350,6 +355,7 @@ impl Default for FeaturesConfig {
             model_dir: default_model_dir(),
             batch_size: default_embed_batch(),
             embedding_cache_dir: default_embedding_cache(),
+            max_windows: None,
         }
     }
 }
@@ -767,6 +773,9 @@ impl RunConfig {
             }
             ("minilm", _) => {}
             (other, _) => return Err(err("features.kind", format!("unknown featurizer {other:?}; allowed: \"hashed\", \"minilm\""))),
+        }
+        if f.max_windows == Some(0) {
+            return Err(err("features.max_windows", "must be at least 1 (omit it to embed whole texts)".into()));
         }
         if f.batch_size == 0 || f.batch_size > 4096 {
             return Err(err("features.batch_size", format!("must be in 1..=4096, got {}", f.batch_size)));

@@ -21,7 +21,10 @@ fn shipped_configs_are_valid() {
         assert_eq!(cfg.lower.output_dim(), want, "{f}");
     }
     let q = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
-    assert_eq!((q.features.dim(), q.lower.activation), (768, Activation::Relu));
+    assert_eq!((q.features.dim(), q.lower.activation), (384, Activation::Relu));
+    // The embedded default runs on the shipped sentence embeddings with the linear probe, curves and baselines on.
+    assert_eq!((q.features.kind.as_str(), q.head.kind), ("minilm", cryptotl::config::HeadKind::Linear));
+    assert!(q.curve.enabled && q.baselines.bag_of_words);
 }
 
 #[test]

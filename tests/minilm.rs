@@ -216,3 +216,35 @@ fn shipped_embeddings_match_the_model() {
     assert!(ShippedEmbeddings::decode(&bytes).unwrap_err().to_string().contains("corrupt"));
     assert!(ShippedEmbeddings::decode(&bytes[..bytes.len() - 5]).is_err());
 }
+
+#[test]
+fn a_600_token_text_is_embedded_whole_as_pooled_windows() {
+    let Some(dir) = model_dir() else { return };
+    use cryptotl::features::minilm::{MAX_TOKENS, windows};
+    let enc = Encoder::load(&dir).unwrap();
+    // About 600 tokens: a review whose verdict comes only at the end, past the first 256 tokens.
+    let mut text = "the plot follows a family that moves to a quiet town and meets its neighbours . ".repeat(36);
+    text.push_str("in the end the film is wonderful , moving and brilliantly acted .");
+    let whole = enc.tokenize_whole(std::slice::from_ref(&text)).unwrap().remove(0);
+    assert!((560..700).contains(&whole.len()), "{} tokens", whole.len());
+    let w = windows(&whole);
+    assert_eq!(w.len(), (whole.len() - 2 - (MAX_TOKENS - 2)).div_ceil(cryptotl::features::minilm::WINDOW_STRIDE) + 1);
+    // Every content token is in some window, and windows keep their order.
+    let content: Vec<u32> = whole[1..whole.len() - 1].to_vec();
+    assert_eq!(&w[0][1..MAX_TOKENS - 1], &content[..MAX_TOKENS - 2]);
+    assert_eq!(&w.last().unwrap()[1..MAX_TOKENS - 1], &content[content.len() - (MAX_TOKENS - 2)..]);
+    // The embedding is the normalised mean of the windows' embeddings.
+    let got = enc.embed(std::slice::from_ref(&text), 32, "long").unwrap();
+    let per = enc.embed_ids(&w, 32, "windows").unwrap();
+    let mut mean = per.mean_axis(ndarray::Axis(0)).unwrap();
+    let n = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+    mean.mapv_inplace(|v| v / n);
+    assert!(cosine(got.row(0).as_slice().unwrap(), mean.as_slice().unwrap()) > 0.99999);
+    // It is not the embedding of the text cut at 256 tokens.
+    let cut = enc.embed_ids(&enc.tokenize(std::slice::from_ref(&text)).unwrap(), 32, "cut").unwrap();
+    assert_eq!(cut.nrows(), 1);
+    assert!(cosine(got.row(0).as_slice().unwrap(), cut.row(0).as_slice().unwrap()) < 0.9999);
+    // Short texts are one window: the same as before.
+    let short = vec!["a short and lovely film".to_string()];
+    assert_eq!(enc.embed(&short, 32, "s").unwrap(), enc.embed_ids(&enc.tokenize(&short).unwrap(), 32, "s").unwrap());
+}

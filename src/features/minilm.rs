@@ -40,11 +40,49 @@ pub struct MiniLm {
     pub batch_size: usize,
     /// Folder of the embedding cache (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// Embed at most this many windows of a long text (its first ones); `None`: the whole text.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+}
+
+/// Content tokens between the starts of two consecutive windows of a long text (windows hold
+/// `MAX_TOKENS - 2` = 254 content tokens, so consecutive windows share a quarter of them: 64 tokens).
+pub const WINDOW_STRIDE: usize = (MAX_TOKENS - 2) * 3 / 4;
+
+/// The windows a text of token ids `ids` ([CLS] ... [SEP], untruncated) is embedded as: the text itself when it
+/// fits in [`MAX_TOKENS`]; else windows of `MAX_TOKENS - 2` content tokens starting every [`WINDOW_STRIDE`]
+/// tokens, the last one aligned to the end, each wrapped in [CLS] ... [SEP]. Every token is in some window.
+///
+/// ```
+/// use cryptotl::features::minilm::{MAX_TOKENS, windows};
+/// let ids: Vec<u32> = std::iter::once(101).chain(1000..1598).chain(std::iter::once(102)).collect(); // 600 tokens
+/// let w = windows(&ids);
+/// assert_eq!(w.len(), 3); // content tokens 0..254, 190..444, 344..598
+/// assert!(w.iter().all(|w| w.len() == MAX_TOKENS && w[0] == 101 && w[MAX_TOKENS - 1] == 102));
+/// assert_eq!(w[0][1], 1000);
+/// assert_eq!(w[2][MAX_TOKENS - 2], 1597);
+/// ```
+pub fn windows(ids: &[u32]) -> Vec<Vec<u32>> {
+    if ids.len() <= MAX_TOKENS || ids.len() < 2 {
+        return vec![ids.to_vec()];
+    }
+    let (cls, sep) = (ids[0], ids[ids.len() - 1]);
+    let content = &ids[1..ids.len() - 1];
+    let width = MAX_TOKENS - 2;
+    let mut starts: Vec<usize> = (0..).map(|k| k * WINDOW_STRIDE).take_while(|&s| s + width < content.len()).collect();
+    starts.push(content.len() - width);
+    starts.dedup();
+    starts
+        .into_iter()
+        .map(|s| std::iter::once(cls).chain(content[s..s + width].iter().copied()).chain(std::iter::once(sep)).collect())
+        .collect()
 }
 
 /// The tokenizer and the encoder, loaded.
 pub struct Encoder {
     tokenizer: tokenizers::Tokenizer,
+    /// The same tokenizer without truncation (long texts are embedded in windows).
+    untruncated: tokenizers::Tokenizer,
     bert: Bert<Cpu>,
     /// sha256 of `model.safetensors`.
     pub model_sha256: String,
@@ -77,6 +115,11 @@ impl Encoder {
             return Err(missing_model(dir, "no tokenizer.json"));
         }
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::artifact(&tok_path, format!("cannot load the tokenizer: {e}")))?;
+        let mut untruncated = tokenizer.clone();
+        untruncated
+            .with_truncation(None)
+            .map_err(|e| Error::artifact(&tok_path, format!("cannot unset truncation: {e}")))?;
+        untruncated.with_padding(None);
         // The shipped tokenizer.json pads to 128 and truncates at 128; the model's own limit is 256 and we pad per
         // batch ourselves.
         tokenizer
@@ -84,7 +127,7 @@ impl Encoder {
             .map_err(|e| Error::artifact(&tok_path, format!("cannot set truncation: {e}")))?;
         tokenizer.with_padding(None);
         let bert = Bert::from_safetensors(&bytes, &weights_path, config, &Default::default())?;
-        Ok(Self { tokenizer, bert, model_sha256 })
+        Ok(Self { tokenizer, untruncated, bert, model_sha256 })
     }
 
     /// Token ids per text ([CLS] ... [SEP], at most [`MAX_TOKENS`]).
@@ -94,9 +137,56 @@ impl Encoder {
         Ok(enc.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
-    /// Embeddings of `texts` (one row each), in batches of `batch_size` sorted by token count.
+    /// Token ids per text, untruncated.
+    pub fn tokenize_whole(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let enc = self.untruncated.encode_batch(inputs, true).map_err(|e| Error::Features(format!("tokenizer: {e}")))?;
+        Ok(enc.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Embeddings of `texts` (one row each). A text longer than [`MAX_TOKENS`] is embedded whole: as overlapping
+    /// [`windows`] whose embeddings are averaged and L2-normalised again. Windows run in batches of `batch_size`
+    /// sorted by token count.
     pub fn embed(&self, texts: &[String], batch_size: usize, what: &str) -> Result<Array2<f32>> {
-        let ids = self.tokenize(texts)?;
+        self.embed_windows(texts, batch_size, None, what)
+    }
+
+    /// As [`Self::embed`], keeping at most the first `max_windows` windows of each text (`None`: all).
+    pub fn embed_windows(&self, texts: &[String], batch_size: usize, max_windows: Option<usize>, what: &str) -> Result<Array2<f32>> {
+        let whole = self.tokenize_whole(texts)?;
+        let mut owner = Vec::new();
+        let mut ids = Vec::new();
+        for (t, w) in whole.iter().enumerate() {
+            for window in windows(w).into_iter().take(max_windows.unwrap_or(usize::MAX).max(1)) {
+                owner.push(t);
+                ids.push(window);
+            }
+        }
+        let per_window = self.embed_ids(&ids, batch_size, what)?;
+        if ids.len() == texts.len() {
+            return Ok(per_window);
+        }
+        let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
+        for (row, &t) in per_window.rows().into_iter().zip(&owner) {
+            let mut o = out.row_mut(t);
+            o += &row;
+        }
+        for mut row in out.rows_mut() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row.mapv_inplace(|v| v / norm);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embeddings of token-id sequences (each at most [`MAX_TOKENS`]), one row each, in batches of `batch_size`
+    /// sorted by length.
+    pub fn embed_ids(&self, ids: &[Vec<u32>], batch_size: usize, what: &str) -> Result<Array2<f32>> {
+        let texts = ids;
+        if let Some(long) = ids.iter().find(|w| w.len() > MAX_TOKENS) {
+            return Err(Error::Features(format!("a token sequence of {} ids is longer than the model's {MAX_TOKENS}", long.len())));
+        }
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let bar = crate::progress::bar(texts.len() as u64, what);
@@ -155,8 +245,10 @@ pub struct EmbeddingCache {
 impl EmbeddingCache {
     /// Open (or start) the cache file for `model_sha256` in `dir`. A torn last record (an interrupted write) is
     /// ignored with a warning.
-    pub fn open(dir: &Path, model_sha256: &str) -> Result<Self> {
-        let path = dir.join(format!("minilm-{}.bin", &model_sha256[..16]));
+    pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
+        // The window scheme is part of the name: caches of texts cut at 256 tokens are not reused.
+        let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
+        let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
         let mut entries = HashMap::new();
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -213,7 +305,12 @@ impl MiniLm {
     /// The featurizer for a model folder. The model is loaded (and checked) on first use, when a text is not among
     /// the shipped embeddings of the embedded datasets ([`super::shipped`]); without the model only those embed.
     pub fn new(model_dir: &Path, batch_size: usize, cache_dir: Option<PathBuf>) -> Result<Self> {
-        Ok(Self { model_dir: model_dir.to_path_buf(), batch_size, cache_dir })
+        Ok(Self { model_dir: model_dir.to_path_buf(), batch_size, cache_dir, max_windows: None })
+    }
+
+    /// Embed at most `max_windows` windows of each long text (`None`: whole texts).
+    pub fn with_max_windows(self, max_windows: Option<usize>) -> Self {
+        Self { max_windows, ..self }
     }
     /// The loaded encoder.
     pub fn encoder(&self) -> Result<Arc<Encoder>> {
@@ -262,15 +359,15 @@ impl MiniLm {
     /// Embeddings of `texts` with the model, through the on-disk cache when one is configured.
     fn embed_with(&self, encoder: &Encoder, texts: &[String]) -> Result<Array2<f32>> {
         let Some(dir) = &self.cache_dir else {
-            return encoder.embed(texts, self.batch_size, &format!("MiniLM {} texts", texts.len()));
+            return encoder.embed_windows(texts, self.batch_size, self.max_windows, &format!("MiniLM {} texts", texts.len()));
         };
-        let mut cache = EmbeddingCache::open(dir, &encoder.model_sha256)?;
+        let mut cache = EmbeddingCache::open(dir, &encoder.model_sha256, self.max_windows)?;
         let mut missing: Vec<&String> = texts.iter().filter(|t| cache.get(t).is_none()).collect();
         missing.sort();
         missing.dedup();
         if !missing.is_empty() {
             let owned: Vec<String> = missing.iter().map(|t| (*t).clone()).collect();
-            let rows = encoder.embed(&owned, self.batch_size, &format!("MiniLM {} new texts", owned.len()))?;
+            let rows = encoder.embed_windows(&owned, self.batch_size, self.max_windows, &format!("MiniLM {} new texts", owned.len()))?;
             cache.insert(&missing, &rows)?;
         }
         tracing::info!(texts = texts.len(), embedded_now = missing.len(), cached = cache.len(), "MiniLM features");

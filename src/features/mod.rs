@@ -50,7 +50,7 @@ pub struct HashedTfidf {
 }
 
 /// Bumped whenever the featurizer's output changes for the same input (it is part of cache keys).
-pub const FEATURIZER_VERSION: u32 = 3;
+pub const FEATURIZER_VERSION: u32 = 4;
 
 const HASH_SEED: u64 = 0x6372_7970_746f_746c; // "cryptotl"
 
@@ -238,7 +238,7 @@ impl FeaturePipeline {
     pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
         let featurizer = match cfg.kind.as_str() {
             "hashed" => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim(), cfg.ngrams)),
-            "minilm" => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?),
+            "minilm" => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
             other => return Err(Error::Features(format!("unknown featurizer {other:?}"))),
         };
         let raw = featurizer.transform(train_texts)?;
