@@ -48,7 +48,10 @@ fn invalid_values_name_the_key_and_the_allowed_range() {
     let cases: &[(&str, &str, &str)] = &[
         ("lower.pool=0", "lower.pool", "1..="),
         ("lower.conv_kernel=8", "lower.conv_kernel", "odd"),
-        ("features.dim=4", "features.dim", "8..=65536"),
+        ("features.max_windows=0", "features.max_windows", "at least 1"),
+        ("head.c=0", "head.c", "(0, 1e12]"),
+        ("curve.draws=0", "curve.draws", "1..=1000"),
+        ("curve.sizes=[1]", "curve.sizes", "at least 2"),
         ("features.kind=\"bert\"", "features.kind", "allowed: \"hashed\", \"minilm\""),
         ("features=\"bert\"", "features.kind", "allowed"),
         ("features.batch_size=0", "features.batch_size", "1..=4096"),
@@ -61,6 +64,9 @@ fn invalid_values_name_the_key_and_the_allowed_range() {
         ("source.max_examples=1", "source.max_examples", "at least 2"),
         ("name=\"has space\"", "name", "letters"),
     ];
+    let hashed = err(QUICKSTART_TOML, &["features.kind=\"hashed\"", "features.dim=4"]);
+    assert!(hashed.contains("key `features.dim`") && hashed.contains("8..=65536"), "{hashed}");
+    // The hashed width is checked on a hashed config (the quickstart is minilm, always 384).
     for (ov, key, allowed) in cases {
         let msg = err(QUICKSTART_TOML, &[ov]);
         assert!(msg.contains(&format!("key `{key}`")), "{ov}: {msg}");
