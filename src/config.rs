@@ -294,11 +294,28 @@ pub struct FeaturesConfig {
     /// `minilm`: the embedding cache (keyed by model hash and text hash).
     #[serde(default = "default_embedding_cache")]
     pub embedding_cache_dir: PathBuf,
+    /// How features are mapped into [0, 1] (what the encrypted stage quantizes): `fitted` (per-feature min-max over
+    /// the party's own training split; each party fits its own) or `fixed` (a data-independent map: MiniLM
+    /// coordinates from [-0.25, 0.25], hashed TF-IDF weights from [0, 1]; values outside are clipped). `fixed` gives
+    /// client and server the same map without either seeing the other's statistics.
+    #[serde(default)]
+    pub scaling: Scaling,
     /// `minilm`: a text past 256 tokens is embedded whole, as overlapping windows whose embeddings are averaged;
     /// this keeps only its first `max_windows` windows (for corpora of very long texts, e.g. e-mails). Default:
     /// every window.
     #[serde(default)]
     pub max_windows: Option<usize>,
+}
+
+/// How features are scaled into [0, 1] (see [`FeaturesConfig::scaling`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// Per-feature min-max over the party's own training split.
+    #[default]
+    Fitted,
+    /// A data-independent range per featurizer kind.
+    Fixed,
 }
 
 /// `features = "minilm"` (a kind with defaults) or a full `[features]` table, keeping the table's own error messages.
@@ -356,6 +373,7 @@ impl Default for FeaturesConfig {
             batch_size: default_embed_batch(),
             embedding_cache_dir: default_embedding_cache(),
             max_windows: None,
+            scaling: Scaling::default(),
         }
     }
 }

@@ -437,7 +437,7 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<Trai
             let (head, lr) = fit_linear_head(cfg, fs.train.view(), &fs.train_y)?;
             let (train_loss, _) = train::evaluate_loss(&head, fs.train_examples());
             let (val_loss, val_accuracy) = train::evaluate_loss(&head, fs.validation_examples());
-            tracing::info!(what, iterations = lr.iterations, train_loss, val_loss, val_accuracy, "linear head fitted (L-BFGS)");
+            tracing::debug!(what, iterations = lr.iterations, train_loss, val_loss, val_accuracy, "linear head fitted (L-BFGS)");
             let history = vec![EpochStats { epoch: 1, train_loss, val_loss, val_accuracy }];
             Trained { model: head, history, best_epoch: 1, stopped_early: false, seconds: started.elapsed().as_secs_f64() }
         }

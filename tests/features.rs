@@ -92,3 +92,18 @@ fn pipeline_save_load_round_trip_and_corruption() {
     let e = FeaturePipeline::load(&path).unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
 }
+
+#[test]
+fn fixed_scaling_is_the_same_map_for_every_party() {
+    use cryptotl::config::{FeaturesConfig, Scaling};
+    use cryptotl::features::FeaturePipeline;
+    let cfg = FeaturesConfig { dim: Some(64), scaling: Scaling::Fixed, ..FeaturesConfig::default() };
+    let a = FeaturePipeline::fit(&cfg, &["a great movie".to_string(), "dull".to_string()]).unwrap();
+    let b = FeaturePipeline::fit(&cfg, &["completely different texts here".to_string()]).unwrap();
+    assert_eq!(a.scaler, b.scaler, "no party statistics in a fixed scaler");
+    assert!(a.scaler.min.iter().all(|&m| m == 0.0) && a.scaler.max.iter().all(|&m| m == 1.0));
+    let fitted = FeaturePipeline::fit(&FeaturesConfig { scaling: Scaling::Fitted, ..cfg }, &["a great movie".to_string(), "dull".to_string()]).unwrap();
+    assert_ne!(fitted.scaler, a.scaler);
+    let x = a.transform(&["a great movie".to_string()]).unwrap();
+    assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+}

@@ -195,7 +195,21 @@ pub fn check_finite(x: ArrayView2<f32>) -> Result<()> {
     Ok(())
 }
 
+/// Half-width of the fixed range of MiniLM coordinates (`features.scaling = "fixed"`): a unit vector in 384
+/// dimensions has coordinates of std ~0.05; values beyond ±0.25 are clipped.
+pub const MINILM_FIXED_RANGE: f32 = 0.25;
+
 impl MinMaxScaler {
+    /// The data-independent scaler of a featurizer (`features.scaling = "fixed"`): MiniLM coordinates from
+    /// [-0.25, 0.25], hashed TF-IDF weights (non-negative, L2-normalised rows) from [0, 1].
+    pub fn fixed(featurizer: &FeaturizerState) -> Self {
+        let d = featurizer.dim();
+        match featurizer {
+            FeaturizerState::Minilm(_) => Self { min: vec![-MINILM_FIXED_RANGE; d], max: vec![MINILM_FIXED_RANGE; d] },
+            FeaturizerState::Hashed(_) => Self { min: vec![0.0; d], max: vec![1.0; d] },
+        }
+    }
+
     /// Fit on training rows (at least one row, all finite).
     pub fn fit(x: ArrayView2<f32>) -> Result<Self> {
         if x.nrows() == 0 {
@@ -241,8 +255,13 @@ impl FeaturePipeline {
             "minilm" => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
             other => return Err(Error::Features(format!("unknown featurizer {other:?}"))),
         };
-        let raw = featurizer.transform(train_texts)?;
-        let scaler = MinMaxScaler::fit(raw.view())?;
+        let scaler = match cfg.scaling {
+            crate::config::Scaling::Fitted => {
+                let raw = featurizer.transform(train_texts)?;
+                MinMaxScaler::fit(raw.view())?
+            }
+            crate::config::Scaling::Fixed => MinMaxScaler::fixed(&featurizer),
+        };
         Ok(Self { featurizer, scaler })
     }
 
