@@ -699,7 +699,8 @@ pub struct BaselinesConfig {
     #[serde(default = "default_true")]
     pub target_only_network: bool,
     /// Bag-of-words logistic regression on the target alone: TF-IDF of word 1-2-grams hashed to 2^18 buckets,
-    /// L2 (C = 1), no transfer and no privacy: the strongest simple baseline a practitioner would try first.
+    /// L2 with C chosen on the validation split, no transfer and no privacy: the strongest simple baseline a
+    /// practitioner would try first.
     #[serde(default = "default_true")]
     pub bag_of_words: bool,
 }

@@ -142,7 +142,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     ];
     if bow.is_some() {
         methods.push("bag_of_words".into());
-        descriptions.push(("bag_of_words".into(), "logistic regression on TF-IDF word 1-2-grams (2^18 buckets), target only".into()));
+        descriptions.push(("bag_of_words".into(), "logistic regression on TF-IDF word 1-2-grams (2^18 buckets), target only, C chosen on the whole validation split".into()));
     }
     if let Some(p) = privacy {
         methods.push("transfer_dp".into());
@@ -231,7 +231,6 @@ impl LearningCurves {
         let hi = self.points.iter().map(|p| p.mean + p.std).fold(0.0f64, f64::max);
         let (ylo, yhi) = (((lo - 0.03) * 20.0).floor() / 20.0, ((hi + 0.03) * 20.0).ceil() / 20.0);
         let (xlo, xhi) = (self.sizes.first().copied().unwrap_or(1) as f64, self.sizes.last().copied().unwrap_or(2) as f64);
-        let sizes = self.sizes.clone();
         let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
             let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
             root.fill(&WHITE)?;
@@ -243,8 +242,8 @@ impl LearningCurves {
                 .build_cartesian_2d((xlo / 1.2..xhi * 1.2).log_scale(), ylo.max(0.0)..yhi.min(1.0))?;
             chart
                 .configure_mesh()
-                .x_labels(sizes.len())
-                .x_label_formatter(&|x| sizes.iter().find(|&&s| ((s as f64) / x - 1.0).abs() < 0.02).map_or(String::new(), |s| s.to_string()))
+                .x_labels(12)
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .x_desc("labelled target examples (log scale)")
                 .y_desc("test accuracy")
                 .draw()?;
