@@ -500,9 +500,10 @@ impl BagOfWords {
 
     /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
     pub fn fit_and_score(&self, idx: Option<&[usize]>) -> Result<(Metrics, f64, f64)> {
-        let (rows, y): (Vec<crate::linear::SparseRow>, Vec<u8>) = match idx {
+        use std::borrow::Cow;
+        let (rows, y): (Cow<'_, [crate::linear::SparseRow]>, Cow<'_, [u8]>) = match idx {
             Some(idx) => (idx.iter().map(|&i| self.train[i].clone()).collect(), idx.iter().map(|&i| self.train_y[i]).collect()),
-            None => (self.train.clone(), self.train_y.clone()),
+            None => (Cow::Borrowed(&self.train[..]), Cow::Borrowed(&self.train_y[..])),
         };
         let mut best: Option<(f64, f64, crate::linear::LogisticRegression)> = None;
         for c in BAG_OF_WORDS_CS {

@@ -233,6 +233,11 @@ fn shared_encoder(dir: &Path) -> Result<Arc<Encoder>> {
     Ok(e)
 }
 
+/// The key of a text in the embedding cache and in the shipped table: the xxh3-128 of its UTF-8 bytes.
+pub fn text_key(text: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+}
+
 /// One cache record: 16-byte text key, then the embedding as little-endian f32.
 const RECORD: usize = 16 + 4 * MINILM_DIM;
 
@@ -265,13 +270,9 @@ impl EmbeddingCache {
         }
         Ok(Self { path, entries })
     }
-    /// The key of a text.
-    pub fn key(text: &str) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
-    }
     /// Cached embedding of a text.
     pub fn get(&self, text: &str) -> Option<&[f32]> {
-        self.entries.get(&Self::key(text)).map(Vec::as_slice)
+        self.entries.get(&text_key(text)).map(Vec::as_slice)
     }
     /// Entries in the cache.
     pub fn len(&self) -> usize {
@@ -288,7 +289,7 @@ impl EmbeddingCache {
         }
         let mut buf = Vec::with_capacity(texts.len() * RECORD);
         for (t, row) in texts.iter().zip(rows.rows()) {
-            let key = Self::key(t);
+            let key = text_key(t);
             if self.entries.contains_key(&key) {
                 continue;
             }

@@ -94,40 +94,32 @@ impl HashedTfidf {
     /// [`Featurizer::transform`] without materialising the zeros (for wide hashes such as the bag-of-words
     /// baseline's 2^18).
     pub fn transform_sparse(&self, texts: &[String]) -> Vec<crate::linear::SparseRow> {
-        texts
-            .par_iter()
-            .map(|text| {
-                let mut row: crate::linear::SparseRow = Vec::new();
-                let mut terms = hashed_terms(text, self.ngrams);
-                terms.sort_unstable();
-                // Per distinct term (sublinear TF), summed into its bucket: as `embed_one`.
-                let mut acc: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
-                for run in terms.chunk_by(|a, b| a == b) {
-                    let b = (run[0] % self.dim as u64) as u32;
-                    *acc.entry(b).or_default() += (1.0 + (run.len() as f32).ln()) * self.idf[b as usize];
-                }
-                row.extend(acc);
-                let norm = row.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    row.iter_mut().for_each(|(_, v)| *v /= norm);
-                }
-                row
-            })
-            .collect()
+        texts.par_iter().map(|t| self.sparse_one(t)).collect()
     }
 
-    fn embed_one(&self, text: &str) -> Vec<f32> {
+    /// One text's L2-normalised (bucket, weight) pairs, buckets ascending.
+    fn sparse_one(&self, text: &str) -> crate::linear::SparseRow {
         // Sorted, so colliding terms are summed in one fixed order: the output is bit-for-bit deterministic.
         let mut terms = hashed_terms(text, self.ngrams);
         terms.sort_unstable();
-        let mut v = vec![0f32; self.dim];
+        // Per distinct term (sublinear TF), summed into its bucket.
+        let mut acc: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
         for run in terms.chunk_by(|a, b| a == b) {
-            let b = (run[0] % self.dim as u64) as usize;
-            v[b] += (1.0 + (run.len() as f32).ln()) * self.idf[b];
+            let b = (run[0] % self.dim as u64) as u32;
+            *acc.entry(b).or_default() += (1.0 + (run.len() as f32).ln()) * self.idf[b as usize];
         }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut row: crate::linear::SparseRow = acc.into_iter().collect();
+        let norm = row.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
         if norm > 0.0 {
-            v.iter_mut().for_each(|x| *x /= norm);
+            row.iter_mut().for_each(|(_, v)| *v /= norm);
+        }
+        row
+    }
+
+    fn embed_one(&self, text: &str) -> Vec<f32> {
+        let mut v = vec![0f32; self.dim];
+        for (b, x) in self.sparse_one(text) {
+            v[b as usize] = x;
         }
         v
     }

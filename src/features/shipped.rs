@@ -32,7 +32,7 @@ use half::f16;
 use ndarray::Array2;
 use sha2::Digest;
 
-use super::minilm::{MINILM_DIM, MINILM_SHA256};
+use super::minilm::{MINILM_DIM, MINILM_SHA256, text_key};
 use crate::error::{Error, Result};
 
 /// Where the table lives in the repository (and what `ship-embeddings` writes).
@@ -77,11 +77,6 @@ pub struct ShippedEmbeddings {
 }
 
 impl ShippedEmbeddings {
-    /// The key of a text.
-    fn key(text: &str) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
-    }
-
     /// The table compiled into this binary, decoded and checked once.
     pub fn embedded() -> Result<&'static Self> {
         static TABLE: OnceLock<std::result::Result<ShippedEmbeddings, String>> = OnceLock::new();
@@ -93,7 +88,7 @@ impl ShippedEmbeddings {
 
     /// The embedding of `text`, when shipped.
     pub fn get(&self, text: &str) -> Option<&[f32]> {
-        self.entries.get(&Self::key(text)).map(Vec::as_slice)
+        self.entries.get(&text_key(text)).map(Vec::as_slice)
     }
 
     /// Number of texts.
@@ -119,11 +114,11 @@ impl ShippedEmbeddings {
         let mut seen = std::collections::HashSet::new();
         let mut records = Vec::new();
         for (t, row) in texts.iter().zip(rows.rows()) {
-            if !seen.insert(Self::key(t)) {
+            if !seen.insert(text_key(t)) {
                 continue;
             }
             crate::features::check_finite(row.insert_axis(ndarray::Axis(0)))?;
-            records.extend_from_slice(&Self::key(t).to_le_bytes());
+            records.extend_from_slice(&text_key(t).to_le_bytes());
             row.iter().for_each(|v| records.extend_from_slice(&f16::from_f32(*v).to_le_bytes()));
         }
         let mut out = Vec::with_capacity(HEADER + records.len());
