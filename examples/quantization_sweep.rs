@@ -18,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     };
     cryptotl::progress::hide();
     let data = pipeline::prepare_data(&base)?;
+    let (source, summary) = pipeline::load_source(&base)?;
     println!("| hidden | calibration | input bits | lookup bits | float acc. | quantized acc. | accumulators out of range |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
     let widths: Vec<usize> = std::env::var("CRYPTOTL_SWEEP_HIDDEN")
@@ -28,9 +29,9 @@ fn main() -> anyhow::Result<()> {
     for hidden in widths {
         let mut cfg = base.clone();
         cfg.lower.hidden = hidden;
-        let lower = pipeline::pretrain(&cfg, &data.source)?;
+        let lower = pipeline::pretrain(&cfg, &source, &summary)?;
         let (_, client) = pipeline::client_features(&cfg, &data.target)?;
-        let source_features = lower.features.transform(&data.source.train.texts)?;
+        let source_features = lower.features.transform(&source.train.texts)?;
         let float = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
         let float_acc = pipeline::train_head(&cfg, &float, "float")?.test.accuracy;
         for (calibration, input_bits, lookup_bits) in [Calibration::Source, Calibration::InputBox]

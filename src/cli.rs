@@ -51,6 +51,9 @@ enum Command {
     /// Rebuild the MiniLM embeddings of the embedded datasets that ship in the binary (needs the model:
     /// `python3 datasets/fetch_model.py`); then rebuild the binary.
     ShipEmbeddings(ShipArgs),
+    /// Pretrain the config's server network (or take it from the cache) and write it as the network shipped in
+    /// the binary (`datasets/shipped/sentiment_network/`); then rebuild the binary. Needs the config's sources.
+    ShipNetwork(ShipNetworkArgs),
     /// Privacy-utility sweep: head accuracy against the client's ε (and the server's), as CSV, Markdown and SVG.
     Sweep(SweepArgs),
 }
@@ -75,6 +78,15 @@ struct ShipArgs {
     model_dir: PathBuf,
     /// Where to write the table.
     #[arg(long, default_value = crate::features::shipped::SHIPPED_EMBEDDINGS_PATH)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ShipNetworkArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write `manifest.json` and `pretrain_net.bin`.
+    #[arg(long, default_value = crate::shipped_network::SHIPPED_NETWORK_DIR)]
     out: PathBuf,
 }
 
@@ -249,21 +261,26 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Pretrain(a) => {
             let cfg = a.load()?;
-            let data = pipeline::prepare_data(&cfg)?;
-            let lower = pipeline::server_lower_network(&cfg, &data.source)?;
+            let lower = pipeline::server_lower_network(&cfg)?;
             println!(
-                "lower network {} {} (source test accuracy {:.4})",
-                if lower.from_cache { "loaded from" } else { "pretrained and saved to" },
-                lower.cache_dir.display(),
+                "lower network {} (source test accuracy {:.4})",
+                match lower.origin {
+                    pipeline::NetworkOrigin::Trained => format!("pretrained and saved to {}", lower.cache_dir.display()),
+                    pipeline::NetworkOrigin::Cache => format!("loaded from {}", lower.cache_dir.display()),
+                    pipeline::NetworkOrigin::Shipped => "shipped in the binary".into(),
+                },
                 lower.source_test.accuracy
             );
+            for t in &lower.source_tasks {
+                println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
+            }
         }
         Command::Features(a) => {
             let cfg = a.load()?;
             let data = pipeline::prepare_data(&cfg)?;
-            let lower = pipeline::server_lower_network(&cfg, &data.source)?;
+            let lower = pipeline::server_lower_network(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
-            let (transferred, _) = pipeline::transfer(&cfg, &lower, &data.source, &client)?;
+            let (transferred, _) = pipeline::transfer(&cfg, &lower, &client)?;
             // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
             let transferred = pipeline::head_inputs(&cfg, &transferred, &client)?;
             let out = cfg.output_dir();
@@ -298,6 +315,15 @@ fn dispatch(cmd: Command) -> Result<()> {
             let table = crate::features::shipped::ShippedEmbeddings::decode(&bytes)?;
             crate::atomic::write(&a.out, &bytes)?;
             println!("{} embeddings ({} bytes) written to {}; rebuild the binary to ship them", table.len(), bytes.len(), a.out.display());
+        }
+        Command::ShipNetwork(a) => {
+            let cfg = a.config.load()?;
+            let m = crate::shipped_network::build(&cfg, &a.out)?;
+            println!("{} ({} bytes, key {}) written to {}; source test accuracy {:.4}", m.name, m.network_bytes, m.meta.key, a.out.display(), m.meta.source_test.accuracy);
+            for t in &m.meta.source_tasks {
+                println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
+            }
+            println!("rebuild the binary to ship it");
         }
         Command::Curve(a) => {
             let cfg = a.config.load()?;

@@ -428,6 +428,11 @@ pub struct DatasetConfig {
     /// Use at most this many examples (a stratified, seeded subsample) — for quick runs.
     #[serde(default)]
     pub max_examples: Option<usize>,
+    /// `[source]` only: pretraining sees every path equally often (the training and validation examples of the
+    /// smaller paths repeated up to the largest path's count), so a large source (e.g. 23k tweets) does not drown
+    /// the others. Default false: the paths pooled as they are.
+    #[serde(default)]
+    pub balance_paths: bool,
 }
 
 impl DatasetConfig {
@@ -446,6 +451,7 @@ impl DatasetConfig {
             ignore: vec![],
             lossy_utf8: false,
             max_examples: None,
+            balance_paths: false,
         }
     }
 }
@@ -804,6 +810,12 @@ impl RunConfig {
         }
         for (key, ds) in [("source", &self.source), ("target", &self.target)] {
             validate_dataset(ds, key, &err)?;
+        }
+        if self.source.balance_paths && self.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled) {
+            return Err(err("source.balance_paths", "repeats source examples, which DP pretraining's accountant does not allow for (each repeat would spend the budget again); turn one of them off".into()));
+        }
+        if self.target.balance_paths {
+            return Err(err("target.balance_paths", "only the server's pretraining balances its source paths; remove it from [target]".into()));
         }
         let s = &self.split;
         for (k, v) in [("split.validation", s.validation), ("split.test", s.test)] {

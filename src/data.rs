@@ -42,6 +42,11 @@ pub struct Dataset {
     pub lossy_replacements: usize,
     /// Rows skipped because their label is in the `ignore` list.
     pub ignored_rows: usize,
+    /// Which of the config's paths each example came from (an index into `origin_names`); empty for a dataset
+    /// built by hand. Lets the report give accuracy per source task.
+    pub origins: Vec<u16>,
+    /// The config's paths, in order.
+    pub origin_names: Vec<String>,
 }
 
 impl Dataset {
@@ -66,7 +71,21 @@ impl Dataset {
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             lossy_replacements: 0,
             ignored_rows: 0,
+            origins: if self.origins.len() == self.texts.len() { idx.iter().map(|&i| self.origins[i]).collect() } else { vec![] },
+            origin_names: self.origin_names.clone(),
         }
+    }
+    /// The indices of the examples that came from each of the config's paths: `(path, indices)` per path.
+    /// One group holding everything when the origins are unknown.
+    pub fn by_origin(&self) -> Vec<(String, Vec<usize>)> {
+        if self.origins.len() != self.texts.len() || self.origin_names.is_empty() {
+            return vec![(self.name.clone(), (0..self.len()).collect())];
+        }
+        self.origin_names
+            .iter()
+            .enumerate()
+            .map(|(o, name)| (name.clone(), (0..self.len()).filter(|&i| self.origins[i] as usize == o).collect()))
+            .collect()
     }
     fn push(&mut self, text: String, label: u8) {
         self.texts.push(text);
@@ -75,7 +94,7 @@ impl Dataset {
 }
 
 /// Sizes of a dataset for the report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct DatasetSummary {
     /// Name of the dataset.
     pub name: String,
@@ -121,14 +140,15 @@ impl Split {
 
 /// Load every path of a dataset config and concatenate them; subsample to `max_examples` (stratified, `seed`).
 pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
-    let mut ds = Dataset { name: cfg.name.clone(), ..Default::default() };
-    for p in &cfg.paths {
+    let mut ds = Dataset { name: cfg.name.clone(), origin_names: cfg.paths.clone(), ..Default::default() };
+    for (o, p) in cfg.paths.iter().enumerate() {
         match cfg.format {
             DatasetFormat::Csv => load_csv(cfg, p, &mut ds)?,
             DatasetFormat::Json => load_json(cfg, p, &mut ds)?,
             DatasetFormat::AclImdb => load_acl_imdb(cfg, Path::new(p), &mut ds)?,
             DatasetFormat::EmailDir => load_email_dir(cfg, Path::new(p), &mut ds)?,
         }
+        ds.origins.resize(ds.len(), u16::try_from(o).map_err(|_| Error::data(p.clone(), "more than 65,535 paths in one dataset"))?);
     }
     let [neg, pos] = ds.class_counts();
     if neg == 0 || pos == 0 {
@@ -148,7 +168,7 @@ pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
         let mut keep: Vec<usize> = neg_idx.into_iter().take(max - n_pos).chain(pos_idx.into_iter().take(n_pos)).collect();
         keep.sort_unstable();
         let (lossy, ignored) = (ds.lossy_replacements, ds.ignored_rows);
-        ds = ds.select(&keep);
+        ds = ds.select(&keep); // keeps origins
         ds.lossy_replacements = lossy;
         ds.ignored_rows = ignored;
     }
@@ -168,25 +188,32 @@ fn class_indices(ds: &Dataset, seed: u64) -> [Vec<usize>; 2] {
     by_class
 }
 
-/// Deterministic stratified split: each class is shuffled with `seed` and cut into test, validation and train
-/// parts of the configured fractions (rounded), so every part keeps the class ratio. Each part keeps file order.
+/// Deterministic stratified split: each class of each source path (see [`Dataset::origins`]) is shuffled with
+/// `seed` and cut into test, validation and train parts of the configured fractions (rounded), so every part keeps
+/// the class ratio and each path its share, and a path's split does not depend on the other paths of the dataset.
+/// Each part keeps file order.
 ///
-/// Fails when a class is too small to give every part at least one example.
+/// Fails when a class of a path is too small to give every part at least one example.
 pub fn stratified_split(ds: &Dataset, cfg: &SplitConfig, seed: u64) -> Result<Split> {
     let mut parts: [Vec<usize>; 3] = [vec![], vec![], vec![]];
-    for (c, idx) in class_indices(ds, seed).into_iter().enumerate() {
-        let n = idx.len();
-        let n_test = ((n as f64) * cfg.test).round() as usize;
-        let n_val = ((n as f64) * cfg.validation).round() as usize;
-        if n_test == 0 || n_val == 0 || n_test + n_val >= n {
-            return Err(Error::data(
-                ds.name.clone(),
-                format!("class {c} has {n} examples: too few to split into train/validation/test"),
-            ));
+    for (origin, members) in ds.by_origin() {
+        let sub = ds.select(&members);
+        for (c, idx) in class_indices(&sub, seed).into_iter().enumerate() {
+            let n = idx.len();
+            if n == 0 {
+                continue; // a path may hold one class only (e.g. a folder of spam); the dataset has both (checked on load)
+            }
+            let n_test = ((n as f64) * cfg.test).round() as usize;
+            let n_val = ((n as f64) * cfg.validation).round() as usize;
+            if n_test == 0 || n_val == 0 || n_test + n_val >= n {
+                let name = if origin == ds.name { ds.name.clone() } else { format!("{} ({origin})", ds.name) };
+                return Err(Error::data(name, format!("class {c} has {n} examples: too few to split into train/validation/test")));
+            }
+            let global = |v: &[usize]| v.iter().map(|&i| members[i]).collect::<Vec<_>>();
+            parts[2].extend(global(&idx[..n_test]));
+            parts[1].extend(global(&idx[n_test..n_test + n_val]));
+            parts[0].extend(global(&idx[n_test + n_val..]));
         }
-        parts[2].extend_from_slice(&idx[..n_test]);
-        parts[1].extend_from_slice(&idx[n_test..n_test + n_val]);
-        parts[0].extend_from_slice(&idx[n_test + n_val..]);
     }
     for p in &mut parts {
         p.sort_unstable();

@@ -67,6 +67,10 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// A failure of the program itself, not of its input (e.g. a value that should always serialise did not).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

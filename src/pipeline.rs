@@ -23,30 +23,34 @@ use crate::features::FeaturePipeline;
 use crate::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, map_rows, predict_proba};
 use crate::train::{self, EpochStats, Examples, Trained};
 
-/// Both datasets, loaded and split.
+/// The client's dataset, loaded and split. (The server's source data is loaded by [`load_source`], only where a
+/// network has to be trained or calibrated: a cached or shipped network needs none.)
 pub struct PreparedData {
-    /// Server's source data.
-    pub source: Split,
     /// Client's target data.
     pub target: Split,
-    /// Sizes for the report.
-    pub source_summary: DatasetSummary,
     /// Sizes for the report.
     pub target_summary: DatasetSummary,
 }
 
-/// Load and split the source and target datasets.
+fn load_split(cfg: &RunConfig, ds_cfg: &crate::config::DatasetConfig) -> Result<(Split, DatasetSummary)> {
+    let full: Dataset = data::load(ds_cfg, cfg.seed)?;
+    let split = data::stratified_split(&full, &cfg.split, cfg.seed)?;
+    let summary = split.summary(&full);
+    Ok((split, summary))
+}
+
+/// Load and split the client's target dataset.
 pub fn prepare_data(cfg: &RunConfig) -> Result<PreparedData> {
-    let load = |ds_cfg| -> Result<(Split, DatasetSummary)> {
-        let full: Dataset = data::load(ds_cfg, cfg.seed)?;
-        let split = data::stratified_split(&full, &cfg.split, cfg.seed)?;
-        let summary = split.summary(&full);
-        Ok((split, summary))
-    };
-    let (source, source_summary) = load(&cfg.source)?;
-    let (target, target_summary) = load(&cfg.target)?;
-    tracing::info!(source = ?source_summary, target = ?target_summary, "datasets loaded");
-    Ok(PreparedData { source, target, source_summary, target_summary })
+    let (target, target_summary) = load_split(cfg, &cfg.target)?;
+    tracing::info!(target = ?target_summary, "target dataset loaded");
+    Ok(PreparedData { target, target_summary })
+}
+
+/// Load and split the server's source dataset.
+pub fn load_source(cfg: &RunConfig) -> Result<(Split, DatasetSummary)> {
+    let (source, summary) = load_split(cfg, &cfg.source)?;
+    tracing::info!(source = ?summary, "source dataset loaded");
+    Ok((source, summary))
 }
 
 /// A split turned into scaled feature rows.
@@ -120,10 +124,17 @@ pub struct PretrainedLower {
     pub features: FeaturePipeline,
     /// Pretraining metrics on the source test split.
     pub source_test: Metrics,
-    /// Pretraining history (empty when loaded from cache and no history was saved).
+    /// The source test accuracy per source task (per path of `[source]`).
+    pub source_tasks: Vec<SourceTask>,
+    /// Sizes of the source data it was trained on.
+    pub source: DatasetSummary,
+    /// Each neuron's pre-activation range over the source training features ([`crate::he::quant::pre_activation_ranges`]):
+    /// what the compiler calibrates on, so the encrypted stage needs no source data.
+    pub source_ranges: Vec<(f32, f32)>,
+    /// Pretraining history.
     pub history: Vec<EpochStats>,
-    /// Loaded from the cache rather than trained now.
-    pub from_cache: bool,
+    /// Where the network came from: trained now, the cache, or shipped in the binary.
+    pub origin: NetworkOrigin,
     /// The cache folder.
     pub cache_dir: PathBuf,
     /// The DP-SGD schedule of the pretraining, when `[server_privacy.dp_pretraining]` is on.
@@ -132,14 +143,73 @@ pub struct PretrainedLower {
     pub weight_noise: Option<AppliedWeightNoise>,
 }
 
-/// What a cached pretraining stores beside the network.
-#[derive(Serialize, Deserialize)]
-struct PretrainMeta {
-    key: String,
-    source_test: Metrics,
-    history: Vec<EpochStats>,
+/// Where a [`PretrainedLower`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkOrigin {
+    /// Pretrained by this run (and saved to the cache).
+    Trained,
+    /// Loaded from the pretraining cache.
+    Cache,
+    /// Shipped inside the binary ([`crate::shipped_network`]).
+    Shipped,
+}
+
+impl PretrainedLower {
+    /// Not trained by this run.
+    pub fn from_cache(&self) -> bool {
+        self.origin != NetworkOrigin::Trained
+    }
+}
+
+/// Source test accuracy of the pretrained network on one source task (one path of `[source]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceTask {
+    /// The path of `[source]`.
+    pub source: String,
+    /// Its examples in the source test split.
+    pub test_examples: usize,
+    /// Accuracy of the pretraining network (lower network + its output layer) on them.
+    pub accuracy: f64,
+}
+
+/// What a stored pretraining (cache entry or shipped network) keeps beside the network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainMeta {
+    /// [`pretrain_key`] of the config that made it.
+    pub key: String,
+    /// Metrics on the source test split.
+    pub source_test: Metrics,
+    /// Per source task.
+    pub source_tasks: Vec<SourceTask>,
+    /// Sizes of the source data.
+    pub source: DatasetSummary,
+    /// See [`PretrainedLower::source_ranges`] (of the un-noised network).
+    pub source_ranges: Vec<(f32, f32)>,
+    /// Pretraining history.
+    pub history: Vec<EpochStats>,
+    /// The DP-SGD schedule, when the pretraining was private.
     #[serde(default)]
-    dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+    pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+}
+
+impl PretrainedLower {
+    /// A stored network with its meta data.
+    pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
+        Self {
+            net: net.lower,
+            features,
+            source_test: meta.source_test,
+            source_tasks: meta.source_tasks,
+            source: meta.source,
+            source_ranges: meta.source_ranges,
+            history: meta.history,
+            origin,
+            cache_dir,
+            dp_pretraining: meta.dp_pretraining,
+            weight_noise: None,
+        }
+    }
 }
 
 /// The weight noise the server applied to its lower network.
@@ -159,7 +229,7 @@ pub struct AppliedWeightNoise {
 pub fn pretrain_key(cfg: &RunConfig) -> String {
     let material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
-        "seed": cfg.seed, "features": cfg.features, "source": cfg.source,
+        "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "split_scheme": "per-path",
         "split": cfg.split, "lower": cfg.lower, "pretrain": cfg.pretrain,
         "dp_pretraining": cfg.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled),
     });
@@ -175,64 +245,137 @@ pub fn dp_pretraining_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::pr
     }
 }
 
-/// Pretrain the lower network on the source data (with DP-SGD when `[server_privacy.dp_pretraining]` is on), or
-/// load it from the cache keyed by [`pretrain_key`]. Weight noise is applied afterwards by [`apply_weight_noise`].
-pub fn pretrain(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
+/// The pretrained network for `cfg` from the cache or shipped in the binary, without touching the source data;
+/// `None` when it has to be trained. A cache entry that cannot be read is a miss (with a warning), never a failure.
+pub fn stored_pretrained(cfg: &RunConfig) -> Result<Option<PretrainedLower>> {
+    if let Some(cached) = cached_pretrained(cfg) {
+        return Ok(Some(cached));
+    }
+    let key = pretrain_key(cfg);
+    if let Some(shipped) = crate::shipped_network::find(&key) {
+        let shipped = shipped?;
+        let net = shipped.network(&cfg.lower, cfg.features.dim(), cfg.seed)?;
+        tracing::info!(name = shipped.manifest.name, "pretrained lower network shipped in the binary");
+        let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+        return Ok(Some(PretrainedLower::from_stored(net, shipped.manifest.features.clone(), shipped.manifest.meta.clone(), NetworkOrigin::Shipped, dir)));
+    }
+    Ok(None)
+}
+
+/// The pretraining cache entry of `cfg`, when there is a readable one.
+pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
     let device = Default::default();
     let key = pretrain_key(cfg);
     let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
     let (net_path, feat_path, meta_path) = (dir.join("lower"), dir.join("features.json"), dir.join("meta.json"));
     if meta_path.exists() {
-        let meta: PretrainMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
-            .map_err(|e| Error::artifact(&meta_path, format!("corrupt: {e}")))?;
-        if meta.key == key {
+        let cached = (|| -> Result<PretrainedLower> {
+            let meta: PretrainMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
+                .map_err(|e| Error::artifact(&meta_path, format!("unreadable (corrupt, or written by an older version): {e}")))?;
+            if meta.key != key {
+                return Err(Error::artifact(&meta_path, format!("holds key {}, expected {key}", meta.key)));
+            }
             let features = FeaturePipeline::load(&feat_path)?;
             let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
             let net = model::load_module(skeleton, &net_path, &device)?;
-            tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
-            return Ok(PretrainedLower {
-                net: net.lower,
-                features,
-                source_test: meta.source_test,
-                history: meta.history,
-                from_cache: true,
-                cache_dir: dir,
-                dp_pretraining: meta.dp_pretraining,
-                weight_noise: None,
-            });
+            Ok(PretrainedLower::from_stored(net, features, meta, NetworkOrigin::Cache, dir.clone()))
+        })();
+        match cached {
+            Ok(lower) => {
+                tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
+                return Some(lower);
+            }
+            Err(e) => tracing::warn!("pretraining cache entry ignored, training again: {e}"),
         }
     }
+    None
+}
+
+/// The source features with the training and validation rows of each path repeated up to the largest path's
+/// count (`[source] balance_paths`); the test rows as they are.
+pub fn balance_paths(fs: &FeatureSplit, source: &Split) -> FeatureSplit {
+    let repeat = |part: &Dataset| -> Vec<usize> {
+        let groups = part.by_origin();
+        let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+        let mut idx: Vec<usize> = groups.iter().filter(|(_, g)| !g.is_empty()).flat_map(|(_, g)| g.iter().cycle().take(largest).copied()).collect();
+        idx.sort_unstable();
+        idx
+    };
+    let (t, v) = (repeat(&source.train), repeat(&source.validation));
+    FeatureSplit {
+        train: fs.train.select(ndarray::Axis(0), &t),
+        train_y: t.iter().map(|&i| fs.train_y[i]).collect(),
+        validation: fs.validation.select(ndarray::Axis(0), &v),
+        validation_y: v.iter().map(|&i| fs.validation_y[i]).collect(),
+        test: fs.test.clone(),
+        test_y: fs.test_y.clone(),
+    }
+}
+
+/// Accuracy of the pretraining network per source task (per path of `[source]`) on the source test rows `fs.test`.
+fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Vec<SourceTask> {
+    let p = predict_proba(net, fs.test.view(), &Default::default());
+    source
+        .test
+        .by_origin()
+        .into_iter()
+        .map(|(name, idx)| {
+            let correct = idx.iter().filter(|&&i| (p[i] >= 0.5) == (fs.test_y[i] == 1)).count();
+            SourceTask { source: name, test_examples: idx.len(), accuracy: correct as f64 / idx.len().max(1) as f64 }
+        })
+        .collect()
+}
+
+/// Pretrain the lower network on the source data (with DP-SGD when `[server_privacy.dp_pretraining]` is on), or
+/// load it from the cache keyed by [`pretrain_key`] (or the binary, see [`stored_pretrained`]). Weight noise is
+/// applied afterwards by [`apply_weight_noise`].
+pub fn pretrain(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
+    match stored_pretrained(cfg)? {
+        Some(stored) => Ok(stored),
+        None => pretrain_on_source(cfg, source, summary),
+    }
+}
+
+/// Train the lower network on the source data now and cache it (what [`pretrain`] does on a miss; `ship-network`
+/// calls it directly so that it never re-ships the binary's own network).
+pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
+    let device = Default::default();
+    let key = pretrain_key(cfg);
+    let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
     let fs = FeatureSplit::from_split(&features, source)?;
+    let balanced = if cfg.source.balance_paths { Some(balance_paths(&fs, source)) } else { None };
+    let fit = balanced.as_ref().unwrap_or(&fs);
     let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
     let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
         (Some(plan), Some(p)) => {
             tracing::info!(?plan, "DP pretraining schedule");
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-            train::train_private(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, plan, &mut rng, cfg.seed, "pretrain")
+            train::train_private(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, plan, &mut rng, cfg.seed, "pretrain")
         }
-        _ => train::train(fresh, fs.train_examples(), fs.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
+        _ => train::train(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
     };
     let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, fs.test.view(), &device), &fs.test_y);
-    tracing::info!(accuracy = source_test.accuracy, "pretraining done (source test split)");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    model::save_module(&trained.model, &net_path)?;
-    features.save(&feat_path)?;
-    cfg.save(&dir.join("config.toml"))?;
-    let meta = PretrainMeta { key, source_test: source_test.clone(), history: trained.history.clone(), dp_pretraining: dp_plan.clone() };
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
-    Ok(PretrainedLower {
-        net: trained.model.lower,
-        features,
+    let tasks = source_tasks(&trained.model, source, &fs);
+    tracing::info!(accuracy = source_test.accuracy, ?tasks, "pretraining done (source test split)");
+    let meta = PretrainMeta {
+        key,
         source_test,
-        history: trained.history,
-        from_cache: false,
-        cache_dir: dir,
+        source_tasks: tasks,
+        source: summary.clone(),
+        source_ranges: crate::he::quant::pre_activation_ranges(&trained.model.lower, fs.train.view())?,
+        history: trained.history.clone(),
         dp_pretraining: dp_plan,
-        weight_noise: None,
-    })
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    model::save_module(&trained.model, &dir.join("lower"))?;
+    features.save(&dir.join("features.json"))?;
+    cfg.save(&dir.join("config.toml"))?;
+    // The meta file is written last and atomically: it is what marks the entry complete.
+    crate::atomic::write(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
+    Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
 }
 
 /// Add the resolved `[server_privacy.weight_noise]` (`plan`, from [`crate::privacy::server::plan_weight_noise`])
@@ -271,16 +414,38 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     Ok(())
 }
 
-/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured, cached) and
-/// then noised (when configured, cached). Both budgets are checked before any training starts.
-pub fn server_lower_network(cfg: &RunConfig, source: &Split) -> Result<PretrainedLower> {
+/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured; cached, or
+/// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
+/// starts. The source data is loaded only where it is needed: to train, or to calibrate a noised network.
+pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    let mut source: Option<(Split, DatasetSummary)> = None;
+    let mut lower = match stored_pretrained(cfg)? {
+        Some(stored) => stored,
+        None => {
+            let (split, summary) = source.insert(load_source(cfg)?);
+            if let Some(wn) = &cfg.server_privacy.weight_noise {
+                crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
+            }
+            pretrain(cfg, split, summary)?
+        }
+    };
     let noise_plan = match &cfg.server_privacy.weight_noise {
-        Some(wn) => crate::privacy::server::plan_weight_noise(wn, source.train.len())?,
+        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.source.train)?,
         None => None,
     };
-    let mut lower = pretrain(cfg, source)?;
     if let Some(plan) = noise_plan {
         apply_weight_noise(cfg, &mut lower, plan)?;
+        // The noised network's own ranges: the compiler calibrates on what it evaluates.
+        let (split, _) = match source {
+            Some(s) => s,
+            None => load_source(cfg).map_err(|e| Error::Config {
+                file: cfg.name.clone(),
+                key: "server_privacy.weight_noise".into(),
+                message: format!("a noised network is calibrated on its source data, which cannot be loaded: {e}"),
+            })?,
+        };
+        let x = lower.features.transform(&split.train.texts)?;
+        lower.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
     }
     Ok(lower)
 }
@@ -311,13 +476,12 @@ pub struct EncryptedTransfer {
     pub report: crate::he::HeReport,
 }
 
-/// Compile the frozen lower network into an integer program (calibrated on the server's source training
-/// features), set up keys, and send every client sample through quantize -> encrypt -> server evaluation ->
-/// decrypt. Also computes the float and clear-integer outputs for comparison.
-pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Split, client: &FeatureSplit) -> Result<EncryptedTransfer> {
+/// Compile the frozen lower network into an integer program (calibrated on the ranges it keeps from the server's
+/// source training features), set up keys, and send every client sample through quantize -> encrypt -> server
+/// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
+pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<EncryptedTransfer> {
     let params = cfg.he.params()?;
-    let calibration = lower.features.transform(&source.train.texts)?;
-    let program = crate::he::quant::compile(&lower.net, calibration.view(), &cfg.he)?;
+    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.source_ranges, &cfg.he)?;
     let float = client.map(|x| lower_forward(&lower.net, x))?;
     let overflow = std::cell::Cell::new(0usize);
     let quantized = client.map(|x| {
@@ -346,9 +510,9 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Spl
 
 /// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
 /// and clear-integer paths for comparison), else the plaintext float network.
-pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, source: &Split, client: &FeatureSplit) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
+pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
     if cfg.he.enabled {
-        let he = encrypted_transfer(cfg, lower, source, client)?;
+        let he = encrypted_transfer(cfg, lower, client)?;
         Ok((he.encrypted.clone(), Some(he)))
     } else {
         Ok((client.map(|x| lower_forward(&lower.net, x))?, None))
@@ -557,9 +721,9 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     let data = prepare_data(cfg)?;
     // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
     privacy_plan(cfg, data.target.train.len())?;
-    let lower = server_lower_network(cfg, &data.source)?;
+    let lower = server_lower_network(cfg)?;
     let (_, client) = client_features(cfg, &data.target)?;
-    let (transferred, _) = transfer(cfg, &lower, &data.source, &client)?;
+    let (transferred, _) = transfer(cfg, &lower, &client)?;
     let transferred = head_inputs(cfg, &transferred, &client)?;
     let bow = BagOfWords::new(&data.target);
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
@@ -580,13 +744,13 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
-    let (lower, t) = timed(|| server_lower_network(cfg, &data.source));
+    let (lower, t) = timed(|| server_lower_network(cfg));
     let lower = lower?;
-    stage(if lower.from_cache { "pretrain (cached)" } else { "pretrain" }, t);
+    stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
     stage("client features", t);
-    let (transferred, t) = timed(|| transfer(cfg, &lower, &data.source, &client));
+    let (transferred, t) = timed(|| transfer(cfg, &lower, &client));
     let (transferred, he_paths) = transferred?;
     stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
     if tracing::enabled!(tracing::Level::INFO) {
@@ -675,7 +839,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         crate::privacy::budget::ServerMechanisms {
             dp_pretraining: lower.dp_pretraining.as_ref(),
             weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-            source_examples: data.source.train.len(),
+            source_examples: lower.source.train,
         },
         crate::privacy::budget::TfheStatement::new(&cfg.he)?,
     )?;
@@ -684,12 +848,14 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         seed: cfg.seed,
         version: env!("CARGO_PKG_VERSION").into(),
         threads: rayon::current_num_threads(),
-        source: data.source_summary,
+        source: lower.source.clone(),
         target: data.target_summary,
         pretraining: PretrainSummary {
-            from_cache: lower.from_cache,
+            from_cache: lower.from_cache(),
+            origin: lower.origin,
             cache_dir: lower.cache_dir.display().to_string(),
             source_test: lower.source_test,
+            source_tasks: lower.source_tasks,
             history: lower.history,
             dp_pretraining: lower.dp_pretraining,
             weight_noise: lower.weight_noise,

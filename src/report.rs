@@ -34,12 +34,16 @@ pub struct MethodResult {
 /// Pretraining outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct PretrainSummary {
-    /// Loaded from the cache.
+    /// Not trained by this run (loaded from the cache or shipped in the binary).
     pub from_cache: bool,
+    /// Trained now, from the cache, or shipped in the binary.
+    pub origin: crate::pipeline::NetworkOrigin,
     /// Cache folder.
     pub cache_dir: String,
     /// Lower net + pretraining head on the source test split.
     pub source_test: Metrics,
+    /// The same per source task (per path of `[source]`).
+    pub source_tasks: Vec<crate::pipeline::SourceTask>,
     /// Epoch history.
     pub history: Vec<EpochStats>,
     /// DP pretraining's schedule, when on.
@@ -122,8 +126,19 @@ impl Report {
             p.source_test.accuracy,
             p.source_test.f1,
             p.history.len(),
-            if p.from_cache { format!("loaded from cache `{}`", p.cache_dir) } else { format!("trained now, cached in `{}`", p.cache_dir) }
+            match p.origin {
+                crate::pipeline::NetworkOrigin::Trained => format!("trained now, cached in `{}`", p.cache_dir),
+                crate::pipeline::NetworkOrigin::Cache => format!("loaded from cache `{}`", p.cache_dir),
+                crate::pipeline::NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
+            }
         );
+        if p.source_tasks.len() > 1 {
+            let _ = writeln!(s, "| source task | test examples | accuracy |\n|---|---:|---:|");
+            for t in &p.source_tasks {
+                let _ = writeln!(s, "| {} | {} | {:.4} |", t.source, t.test_examples, t.accuracy);
+            }
+            let _ = writeln!(s);
+        }
         if let Some(plan) = &p.dp_pretraining {
             let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({:?}).\n",
                 plan.steps_allowed, plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate, plan.epsilon, plan.delta, plan.accountant);

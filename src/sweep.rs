@@ -236,7 +236,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
     let (_, client) = pipeline::client_features(cfg, &data.target)?;
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
-        let lower = pipeline::server_lower_network(server_cfg, &data.source)?;
+        let lower = pipeline::server_lower_network(server_cfg)?;
         let server_reached = match (&lower.dp_pretraining, &lower.weight_noise) {
             (None, None) => f64::INFINITY,
             (Some(p), None) => p.epsilon,
@@ -245,7 +245,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
             (Some(p), Some(w)) => p.epsilon.min(w.plan.epsilon),
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
-        let (transferred, _) = pipeline::transfer(server_cfg, &lower, &data.source, &client)?;
+        let (transferred, _) = pipeline::transfer(server_cfg, &lower, &client)?;
         let transferred = pipeline::head_inputs(cfg, &transferred, &client)?;
         let series = match server_eps {
             None => "server as configured".to_string(),

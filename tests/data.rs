@@ -201,3 +201,28 @@ fn split_of_a_tiny_class_is_an_error() {
     let e = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2 }, 0).unwrap_err();
     assert!(e.to_string().contains("too few"), "{e}");
 }
+
+#[test]
+fn each_path_is_split_on_its_own_and_keeps_its_share() {
+    let cfg = SplitConfig { validation: 0.15, test: 0.2 };
+    let two = DatasetConfig::new("two", DatasetFormat::Csv, &["embedded:yelp_sentences", "embedded:amazon_sentences"]);
+    let both = data::load(&two, 0).unwrap();
+    assert_eq!(both.origins.len(), 2000);
+    assert_eq!(both.by_origin().iter().map(|(p, g)| (p.as_str(), g.len())).collect::<Vec<_>>(),
+        [("embedded:yelp_sentences", 1000), ("embedded:amazon_sentences", 1000)]);
+    let split = data::stratified_split(&both, &cfg, 7).unwrap();
+    // Every path gives every part its share of each class.
+    for part in [&split.train, &split.validation, &split.test] {
+        let groups = part.by_origin();
+        assert_eq!(groups[0].1.len(), groups[1].1.len());
+    }
+    assert_eq!(split.test.len(), 400);
+    // A path's parts do not depend on the other paths: yelp alone splits exactly as yelp among two.
+    let yelp = data::load(&DatasetConfig::new("y", DatasetFormat::Csv, &["embedded:yelp_sentences"]), 0).unwrap();
+    let alone = data::stratified_split(&yelp, &cfg, 7).unwrap();
+    let (_, in_two) = &split.test.by_origin()[0];
+    assert_eq!(in_two.iter().map(|&i| split.test.texts[i].clone()).collect::<Vec<_>>(), alone.test.texts);
+    // A dataset built by hand (no origins) is one group.
+    let hand = Dataset { name: "h".into(), texts: vec!["a".into(), "b".into()], labels: vec![0, 1], ..Default::default() };
+    assert_eq!(hand.by_origin(), [("h".to_string(), vec![0, 1])]);
+}

@@ -150,7 +150,7 @@ fn private_head_learns_and_the_report_states_its_budget() {
     // The saved head is the private one: evaluated on the same transferred test features it reproduces the DP
     // row exactly (the non-private head would not).
     let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
-    let lower = cryptotl::pipeline::pretrain(&cfg, &data.source).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
     let (_, client) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
     let fs = client.map(|x| cryptotl::pipeline::lower_forward(&lower.net, x)).unwrap();
     let skeleton = cryptotl::pipeline::new_head::<cryptotl::model::Cpu>(&cfg, fs.test.ncols(), &Default::default());

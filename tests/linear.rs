@@ -135,9 +135,9 @@ fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_inp
 
     let both = RunConfig::from_toml_str(&text, "tiny.toml", &["head.inputs=\"transfer+own\"".into()]).unwrap();
     let data = cryptotl::pipeline::prepare_data(&both).unwrap();
-    let lower = cryptotl::pipeline::pretrain(&both, &data.source).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&both).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(&both, &data.target).unwrap();
-    let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &data.source, &own).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &own).unwrap();
     let inputs = cryptotl::pipeline::head_inputs(&both, &t, &own).unwrap();
     assert_eq!(inputs.train.ncols(), t.train.ncols() + own.train.ncols());
     assert_eq!(inputs.train.column(0), t.train.column(0));

@@ -156,19 +156,19 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     let base = common::tiny_config(dir.path());
     let load = |extra: &str| RunConfig::from_toml_str(&format!("{base}{extra}"), "tiny.toml", &["he.enabled=false".to_string()]).unwrap();
     let data_cfg = load("");
-    let data = cryptotl::pipeline::prepare_data(&data_cfg).unwrap();
+    let (source, summary) = cryptotl::pipeline::load_source(&data_cfg).unwrap();
 
     // Off: the released network is the pretrained one, bit for bit, and the table claims nothing for the server.
-    let plain = cryptotl::pipeline::server_lower_network(&data_cfg, &data.source).unwrap();
+    let plain = cryptotl::pipeline::server_lower_network(&data_cfg).unwrap();
     assert!(plain.weight_noise.is_none() && plain.dp_pretraining.is_none());
-    let pretrained = flatten(&cryptotl::pipeline::pretrain(&data_cfg, &data.source).unwrap().net);
+    let pretrained = flatten(&cryptotl::pipeline::pretrain(&data_cfg, &source, &summary).unwrap().net);
     assert_eq!(flatten(&plain.net), pretrained);
     let disabled = load("[server_privacy.weight_noise]\nenabled = false\nl2_sensitivity = 0.01\n");
-    assert_eq!(flatten(&cryptotl::pipeline::server_lower_network(&disabled, &data.source).unwrap().net), pretrained);
+    assert_eq!(flatten(&cryptotl::pipeline::server_lower_network(&disabled).unwrap().net), pretrained);
 
     // Weight noise alone: the difference to the pretrained network has the configured std.
     let noisy_cfg = load("[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n");
-    let noisy = cryptotl::pipeline::server_lower_network(&noisy_cfg, &data.source).unwrap();
+    let noisy = cryptotl::pipeline::server_lower_network(&noisy_cfg).unwrap();
     let diff: Vec<f64> = flatten(&noisy.net).iter().zip(&pretrained).map(|(a, b)| (*a - *b) as f64).collect();
     let applied = noisy.weight_noise.as_ref().unwrap();
     assert_eq!(applied.parameters, diff.len());
@@ -176,7 +176,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     let (_, std) = mean_std(&diff);
     assert!((std / 0.02 - 1.0).abs() < 0.08, "std {std} over {} values", diff.len());
     // A second run reuses the same draw (no new release).
-    let again = cryptotl::pipeline::server_lower_network(&noisy_cfg, &data.source).unwrap();
+    let again = cryptotl::pipeline::server_lower_network(&noisy_cfg).unwrap();
     assert!(again.weight_noise.as_ref().unwrap().from_cache);
     assert_eq!(flatten(&again.net), flatten(&noisy.net));
 

@@ -53,17 +53,48 @@ pub fn fold_linear(lower: &LowerNet<Cpu>, input_dim: usize) -> AffineStage {
 /// assert_eq!((y.dim(), wraps), ((20, 8), 0));
 /// ```
 pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfig) -> Result<IntegerProgram> {
-    if lower.dense2.is_some() {
-        return Err(Error::Features("the encrypted network ends at the pooled activation; the lower network has an output dense layer (set lower.output = 0)".into()));
-    }
+    let ranges = pre_activation_ranges(lower, calibration)?;
+    compile_with_ranges(lower, calibration.ncols(), &ranges, he)
+}
+
+/// Each neuron's range `(min, max)` of the float pre-activation over the calibration rows (scaled features): the
+/// summary of the server's source data that [`compile_with_ranges`] needs, so a shipped or cached network compiles
+/// without its source data.
+///
+/// ```
+/// use cryptotl::config::LowerNetConfig;
+/// use cryptotl::he::quant::pre_activation_ranges;
+/// use cryptotl::model::{Cpu, LowerNet};
+/// let lower = LowerNet::<Cpu>::new(&LowerNetConfig { hidden: 4, ..LowerNetConfig::default() }, 6, 0, &Default::default());
+/// let x = ndarray::Array2::from_shape_fn((10, 6), |(i, j)| ((i * j) % 3) as f32 / 2.0);
+/// let ranges = pre_activation_ranges(&lower, x.view()).unwrap();
+/// assert!(ranges.len() == 4 && ranges.iter().all(|(lo, hi)| lo <= hi));
+/// ```
+pub fn pre_activation_ranges(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>) -> Result<Vec<(f32, f32)>> {
     crate::features::check_finite(calibration)?;
     if calibration.nrows() == 0 {
         return Err(Error::Features("no calibration samples".into()));
     }
-    let d = calibration.ncols();
+    let AffineStage { matrix, bias } = fold_linear(lower, calibration.ncols());
+    let z = calibration.dot(&matrix) + &bias;
+    Ok(z.axis_iter(Axis(1)).map(|c| c.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)))).collect())
+}
+
+/// Compile `lower` (inputs `input_dim` wide) into an integer program from the per-neuron source ranges of
+/// [`pre_activation_ranges`] (ignored with `he.calibration = "input_box"`).
+pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_ranges: &[(f32, f32)], he: &HeConfig) -> Result<IntegerProgram> {
+    if lower.dense2.is_some() {
+        return Err(Error::Features("the encrypted network ends at the pooled activation; the lower network has an output dense layer (set lower.output = 0)".into()));
+    }
+    let d = input_dim;
     let AffineStage { matrix, bias } = fold_linear(lower, d);
     let hidden = bias.len();
-    let z = calibration.dot(&matrix) + &bias;
+    if he.calibration == Calibration::Source && source_ranges.len() != hidden {
+        return Err(Error::Features(format!("calibration ranges for {} neurons, the network has {hidden}", source_ranges.len())));
+    }
+    if source_ranges.iter().any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
+        return Err(Error::Features("calibration ranges must be finite with min <= max".into()));
+    }
     let (b, p) = (he.accumulator_bits, he.lookup_bits);
     let bin = (1u64 << (b - p)) as f64;
     let centres_span = (1u64 << b) as f64 - bin;
@@ -71,7 +102,7 @@ pub fn compile(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>, he: &HeConfi
     let mut ranges = Vec::with_capacity(hidden);
     for j in 0..hidden {
         let (lo, hi) = match he.calibration {
-            Calibration::Source => z.index_axis(Axis(1), j).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| (a.min(v), c.max(v))),
+            Calibration::Source => source_ranges[j],
             Calibration::InputBox => {
                 let m = matrix.index_axis(Axis(1), j);
                 (bias[j] + m.iter().map(|&w| w.min(0.0)).sum::<f32>(), bias[j] + m.iter().map(|&w| w.max(0.0)).sum::<f32>())

@@ -1,0 +1,182 @@
+//! The server's general sentiment network, pretrained and shipped inside the binary, so the quickstart runs on a
+//! network pretrained on every sentiment source the project has (the fetched CrowdFlower tweets included) with
+//! nothing fetched.
+//!
+//! It is a pretraining cache entry made portable: `datasets/shipped/sentiment_network/` holds
+//!
+//! | file | what |
+//! |---|---|
+//! | `manifest.json` | format, the [`crate::pipeline::pretrain_key`] of the config that made it, the command, the sha256 and size of the network, the pretraining meta data (source sizes, source accuracy per source task, each neuron's pre-activation range over the source training features, history), the server's fitted feature pipeline, and the config tables that determine it (for people) |
+//! | `pretrain_net.bin` | the lower network and its pretraining output layer, Burn's binary record |
+//!
+//! `cargo run --release -- ship-network configs/quickstart.toml` rebuilds both from the fetched sources
+//! (`python3 datasets/fetch.py tweets`). A run whose [`crate::pipeline::pretrain_key`] equals the manifest's key
+//! (and that has no cache entry) uses it instead of pretraining, and never loads the source data: the compiler
+//! calibrates on the shipped ranges. Any change to what determines the network (source paths, features, network,
+//! pretraining schedule, split, seed, version) changes the key and the run pretrains as before.
+//!
+//! Decoding checks the format and the network's sha256 before anything is parsed, so a corrupt file is an error,
+//! never a network. An empty manifest means no network is shipped.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use burn::module::Module;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::config::{LowerNetConfig, RunConfig};
+use crate::error::{Error, Result};
+use crate::features::FeaturePipeline;
+use crate::model::{Cpu, PretrainNet};
+use crate::pipeline::PretrainMeta;
+
+/// Where the shipped network lives in the repository (and what `ship-network` writes by default).
+pub const SHIPPED_NETWORK_DIR: &str = "datasets/shipped/sentiment_network";
+/// The manifest's `format`.
+pub const FORMAT: &str = "cryptotl-pretrained-network/1";
+/// The command that rebuilds the shipped network.
+pub const BUILD_COMMAND: &str = "python3 datasets/fetch.py tweets && cargo run --release -- ship-network configs/quickstart.toml";
+
+static MANIFEST: &str = include_str!("../datasets/shipped/sentiment_network/manifest.json");
+static NETWORK: &[u8] = include_bytes!("../datasets/shipped/sentiment_network/pretrain_net.bin");
+
+/// What `manifest.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// A name for reports.
+    pub name: String,
+    /// How to rebuild it.
+    pub built_by: String,
+    /// cryptotl version that built it.
+    pub version: String,
+    /// sha256 of `pretrain_net.bin`.
+    pub network_sha256: String,
+    /// Size of `pretrain_net.bin`.
+    pub network_bytes: usize,
+    /// The pretraining's meta data (its `key` is what a run matches).
+    pub meta: PretrainMeta,
+    /// The server's fitted feature pipeline.
+    pub features: FeaturePipeline,
+    /// The config tables that determine the network, for people (the key is what is checked).
+    pub config: serde_json::Value,
+}
+
+/// A decoded shipped network.
+#[derive(Debug, Clone)]
+pub struct ShippedNetwork {
+    /// The manifest.
+    pub manifest: Manifest,
+    network: Vec<u8>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ShippedNetwork {
+    /// Encode a pretraining network with its meta data and feature pipeline: `(manifest.json, pretrain_net.bin)`.
+    pub fn encode(cfg: &RunConfig, net: &PretrainNet<Cpu>, meta: &PretrainMeta, features: &FeaturePipeline) -> Result<(Vec<u8>, Vec<u8>)> {
+        let network = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(net.clone().into_record(), ())
+            .map_err(|e| Error::Internal(format!("cannot encode the network: {e}")))?;
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            name: format!("{} network (pretrained on {})", cfg.name, cfg.source.name),
+            built_by: BUILD_COMMAND.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            network_sha256: sha256_hex(&network),
+            network_bytes: network.len(),
+            meta: meta.clone(),
+            features: features.clone(),
+            config: serde_json::json!({
+                "seed": cfg.seed, "source": cfg.source, "features": cfg.features, "split": cfg.split,
+                "lower": cfg.lower, "pretrain": cfg.pretrain,
+            }),
+        };
+        let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(format!("cannot encode the manifest: {e}")))?;
+        json.push(b'\n');
+        Ok((json, network))
+    }
+
+    /// Decode and check a manifest and its network bytes. `Ok(None)` for an empty manifest (nothing shipped).
+    pub fn decode(manifest: &str, network: &[u8]) -> Result<Option<Self>> {
+        let what = Path::new(SHIPPED_NETWORK_DIR);
+        if manifest.trim().is_empty() {
+            return Ok(None);
+        }
+        let m: Manifest = serde_json::from_str(manifest).map_err(|e| Error::artifact(what, format!("corrupt manifest: {e}")))?;
+        if m.format != FORMAT {
+            return Err(Error::artifact(what, format!("format {:?}, expected {FORMAT:?}", m.format)));
+        }
+        if network.len() != m.network_bytes || sha256_hex(network) != m.network_sha256 {
+            return Err(Error::artifact(what, format!(
+                "pretrain_net.bin ({} bytes) does not match its manifest ({} bytes, sha256 {}): rebuild with `{BUILD_COMMAND}`",
+                network.len(), m.network_bytes, m.network_sha256)));
+        }
+        if m.meta.source_ranges.iter().any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
+            return Err(Error::artifact(what, "calibration ranges must be finite with min <= max"));
+        }
+        Ok(Some(Self { manifest: m, network: network.to_vec() }))
+    }
+
+    /// The network, loaded into a skeleton of the run's architecture (the key match guarantees it is the same).
+    pub fn network(&self, lower: &LowerNetConfig, input_dim: usize, seed: u64) -> Result<PretrainNet<Cpu>> {
+        let device = Default::default();
+        let skeleton = PretrainNet::<Cpu>::new(lower, input_dim, seed, &device);
+        // Checked by sha256 in `decode`, so the bytes are the ones `encode` wrote for this architecture.
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(self.network.clone(), &device)
+            .map_err(|e| Error::artifact(Path::new(SHIPPED_NETWORK_DIR), format!("cannot decode the network: {e}")))?;
+        Ok(skeleton.load_record(record))
+    }
+}
+
+/// The network shipped in this binary (`None` when none is shipped). Decoded once.
+pub fn shipped() -> Result<Option<&'static ShippedNetwork>> {
+    static DECODED: OnceLock<std::result::Result<Option<ShippedNetwork>, String>> = OnceLock::new();
+    match DECODED.get_or_init(|| ShippedNetwork::decode(MANIFEST, NETWORK).map_err(|e| e.to_string())) {
+        Ok(n) => Ok(n.as_ref()),
+        Err(e) => Err(Error::Internal(e.clone())),
+    }
+}
+
+/// The shipped network when it was made by a config with pretraining key `key`.
+pub fn find(key: &str) -> Option<Result<&'static ShippedNetwork>> {
+    match shipped() {
+        Ok(Some(n)) if n.manifest.meta.key == key => Some(Ok(n)),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// Pretrain (or load from the cache; never from the binary) the network of `cfg` and write it to `dir` as a
+/// shippable entry, atomically. Returns the manifest.
+pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
+    let (source, summary) = crate::pipeline::load_source(cfg)?;
+    if cfg.server_privacy.weight_noise.is_some() {
+        return Err(Error::Config { file: cfg.name.clone(), key: "server_privacy.weight_noise".into(),
+            message: "a shipped network is the pretrained one; weight noise is drawn by each run".into() });
+    }
+    let lower = match crate::pipeline::cached_pretrained(cfg) {
+        Some(cached) => cached,
+        None => crate::pipeline::pretrain_on_source(cfg, &source, &summary)?,
+    };
+    let device = Default::default();
+    let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
+    let net = crate::model::load_module(skeleton, &lower.cache_dir.join("lower"), &device)?;
+    let meta: PretrainMeta = {
+        let path = lower.cache_dir.join("meta.json");
+        serde_json::from_slice(&std::fs::read(&path).map_err(|e| Error::io(&path, e))?).map_err(|e| Error::artifact(&path, format!("corrupt: {e}")))?
+    };
+    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &meta, &lower.features)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::atomic::write(&dir.join("pretrain_net.bin"), &network)?;
+    crate::atomic::write(&dir.join("manifest.json"), &manifest)?;
+    let decoded = ShippedNetwork::decode(std::str::from_utf8(&manifest).expect("JSON is UTF-8"), &network)?
+        .ok_or_else(|| Error::Internal("empty manifest written".into()))?;
+    Ok(decoded.manifest)
+}

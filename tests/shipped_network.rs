@@ -1,0 +1,119 @@
+//! The server network shipped in the binary: it is the quickstart's, it runs without its source data, its
+//! recorded figures are reproduced from what ships, and a corrupt copy is refused.
+
+use cryptotl::config::{DatasetConfig, DatasetFormat, QUICKSTART_TOML, RunConfig};
+use cryptotl::pipeline::{self, NetworkOrigin};
+use cryptotl::shipped_network::{self, ShippedNetwork};
+
+fn quickstart(cache: &std::path::Path) -> RunConfig {
+    let ov = [format!("cache_dir={:?}", cache.display().to_string())];
+    RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &ov).unwrap()
+}
+
+fn shipped() -> &'static ShippedNetwork {
+    shipped_network::shipped().unwrap().expect("a network ships in the binary")
+}
+
+#[test]
+fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quickstart(dir.path());
+    assert_eq!(pipeline::pretrain_key(&cfg), shipped().manifest.meta.key,
+        "configs/quickstart.toml no longer matches the shipped network: rebuild it with `{}`", shipped_network::BUILD_COMMAND);
+    // The cache is empty, so the network comes from the binary; the tweets it was trained on are never read (CI
+    // does not have them).
+    let lower = pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(lower.origin, NetworkOrigin::Shipped);
+    assert_eq!(lower.source_ranges.len(), cfg.lower.hidden);
+    assert_eq!(lower.source_tasks.len(), 3);
+    assert!(lower.source.train > 15_000, "{:?}", lower.source);
+    // The encrypted stage compiles from the shipped ranges alone.
+    let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.source_ranges, &cfg.he).unwrap();
+    assert_eq!(program.neurons, cfg.lower.hidden);
+    // Anything that changes the network changes the key: then the run pretrains (and needs the sources).
+    cfg.pretrain.epochs += 1;
+    assert!(pipeline::stored_pretrained(&cfg).unwrap().is_none());
+}
+
+#[test]
+fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart(dir.path());
+    let n = shipped();
+    let net = n.network(&cfg.lower, cfg.features.dim(), cfg.seed).unwrap();
+    // Each path is split on its own, so the embedded sources' test rows are the ones the shipped run saw, tweets
+    // or not. Their embeddings ship too: no model is needed.
+    let embedded: Vec<&str> = cfg.source.paths.iter().map(String::as_str).filter(|p| p.starts_with("embedded:")).collect();
+    assert_eq!(embedded.len(), 2);
+    let ds = cryptotl::data::load(&DatasetConfig::new("embedded sources", DatasetFormat::Csv, &embedded), cfg.seed).unwrap();
+    let split = cryptotl::data::stratified_split(&ds, &cfg.split, cfg.seed).unwrap();
+    let device = Default::default();
+    for (path, idx) in split.test.by_origin() {
+        let texts: Vec<String> = idx.iter().map(|&i| split.test.texts[i].clone()).collect();
+        let x = n.manifest.features.transform(&texts).unwrap();
+        let p = cryptotl::model::predict_proba(&net, x.view(), &device);
+        let correct = idx.iter().zip(&p).filter(|&(&i, &p)| (p >= 0.5) == (split.test.labels[i] == 1)).count();
+        let recorded = n.manifest.meta.source_tasks.iter().find(|t| t.source == path).expect("task recorded");
+        assert_eq!((recorded.test_examples, recorded.accuracy), (idx.len(), correct as f64 / idx.len() as f64), "{path}");
+    }
+    // The calibration ranges cover the pre-activations of (a subset of) the source training rows.
+    let x = n.manifest.features.transform(&split.train.texts).unwrap();
+    let sub = cryptotl::he::quant::pre_activation_ranges(&net.lower, x.view()).unwrap();
+    for ((lo, hi), (slo, shi)) in n.manifest.meta.source_ranges.iter().zip(&sub) {
+        assert!(lo <= slo && shi <= hi, "[{slo}, {shi}] outside the shipped [{lo}, {hi}]");
+    }
+}
+
+#[test]
+fn a_corrupt_or_foreign_shipped_network_is_refused() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/shipped/sentiment_network");
+    let manifest = std::fs::read_to_string(format!("{root}/manifest.json")).unwrap();
+    let network = std::fs::read(format!("{root}/pretrain_net.bin")).unwrap();
+    assert!(ShippedNetwork::decode(&manifest, &network).unwrap().is_some());
+    assert!(ShippedNetwork::decode("", &network).unwrap().is_none(), "an empty manifest ships nothing");
+    let mut flipped = network.clone();
+    flipped[network.len() / 2] ^= 1;
+    let e = ShippedNetwork::decode(&manifest, &flipped).unwrap_err().to_string();
+    assert!(e.contains("does not match its manifest") && e.contains("ship-network"), "{e}");
+    let e = ShippedNetwork::decode(&manifest, &network[..network.len() - 1]).unwrap_err().to_string();
+    assert!(e.contains("does not match"), "{e}");
+    let e = ShippedNetwork::decode(&manifest[..manifest.len() / 2], &network).unwrap_err().to_string();
+    assert!(e.contains("corrupt manifest"), "{e}");
+    let other = manifest.replace("cryptotl-pretrained-network/1", "cryptotl-pretrained-network/9");
+    assert!(ShippedNetwork::decode(&other, &network).unwrap_err().to_string().contains("format"));
+}
+
+#[test]
+fn balancing_repeats_each_source_path_up_to_the_largest() {
+    let cfg = DatasetConfig::new("two", DatasetFormat::Csv, &["embedded:yelp_sentences", "embedded:amazon_sentences"]);
+    let mut ds = cryptotl::data::load(&cfg, 0).unwrap();
+    // Make the second path small: keep 100 of its examples (both classes).
+    let keep: Vec<usize> = (0..ds.len()).filter(|&i| ds.origins[i] == 0 || i % 10 == 0).collect();
+    ds = ds.select(&keep);
+    let split = cryptotl::data::stratified_split(&ds, &cryptotl::config::SplitConfig { validation: 0.15, test: 0.2 }, 1).unwrap();
+    let rows = |d: &cryptotl::data::Dataset| ndarray::Array2::from_shape_fn((d.len(), 1), |(i, _)| i as f32);
+    let fs = pipeline::FeatureSplit {
+        train: rows(&split.train), train_y: split.train.labels.clone(),
+        validation: rows(&split.validation), validation_y: split.validation.labels.clone(),
+        test: rows(&split.test), test_y: split.test.labels.clone(),
+    };
+    let b = pipeline::balance_paths(&fs, &split);
+    let [big, small] = [0, 1].map(|o| split.train.origins.iter().filter(|&&x| x == o).count());
+    assert!(small * 5 < big);
+    assert_eq!(b.train.nrows(), 2 * big);
+    // Every row is one of the originals with its own label; the small path's rows each appear about big/small times.
+    let mut counts = vec![0usize; split.train.len()];
+    for (r, &y) in b.train.column(0).iter().zip(&b.train_y) {
+        counts[*r as usize] += 1;
+        assert_eq!(y, split.train.labels[*r as usize]);
+    }
+    for (i, &c) in counts.iter().enumerate() {
+        let want = if split.train.origins[i] == 0 { 1..=1 } else { big / small..=big / small + 1 };
+        assert!(want.contains(&c), "row {i} appears {c} times");
+    }
+    assert_eq!(b.test, fs.test, "the test rows are not repeated");
+    // Refused where it would be wrong.
+    let err = |ov: &[&str]| RunConfig::from_toml_str(QUICKSTART_TOML, "q", &ov.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
+    assert!(err(&["target.balance_paths=true"]).contains("target.balance_paths"));
+    assert!(err(&["server_privacy.dp_pretraining.target_epsilon=4.0"]).contains("source.balance_paths"));
+}
