@@ -158,6 +158,10 @@ struct BudgetAnswer {
     steps: usize,
     delta: f64,
     epsilon: f64,
+    /// The exact ε, where one exists (q = 1).
+    exact_epsilon: Option<f64>,
+    /// Why the accountant answered ∞, when it could not evaluate the mechanism.
+    note: Option<String>,
 }
 
 fn budget(a: &BudgetArgs) -> Result<()> {
@@ -171,7 +175,11 @@ fn budget(a: &BudgetArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires one of the two"),
     };
-    let answer = BudgetAnswer { accountant: a.accountant, sampling_rate: a.sampling_rate, noise_multiplier: sigma, steps: a.steps, delta: a.delta, epsilon: eps };
+    let m = SubsampledGaussian::new(a.sampling_rate, sigma)?;
+    // At q = 1 the exact answer exists: show it beside the accountant's (which is never below it).
+    let exact_epsilon = if a.sampling_rate == 1.0 { Some(crate::privacy::exact::gaussian_epsilon(sigma, a.steps as u64, a.delta)?) } else { None };
+    let note = if a.accountant == crate::privacy::AccountantKind::Pld { crate::privacy::pld::Pld::unsupported(&m) } else { None };
+    let answer = BudgetAnswer { accountant: a.accountant, sampling_rate: a.sampling_rate, noise_multiplier: sigma, steps: a.steps, delta: a.delta, epsilon: eps, exact_epsilon, note };
     if a.json {
         println!("{}", serde_json::to_string(&answer).expect("serialises"));
     } else if a.target_epsilon.is_some() {
@@ -179,6 +187,14 @@ fn budget(a: &BudgetArgs) -> Result<()> {
             a.target_epsilon.unwrap_or_default(), a.delta, a.steps, a.sampling_rate, acct.name());
     } else {
         println!("ε = {eps:.6} at δ = {} after {} steps with q = {}, σ = {sigma} ({})", a.delta, a.steps, a.sampling_rate, acct.name());
+    }
+    if !a.json {
+        if let Some(x) = answer.exact_epsilon {
+            println!("exact (q = 1: the Gaussian mechanism with μ = √T/σ): ε = {x:.6}");
+        }
+        if let Some(n) = &answer.note {
+            println!("note: {n}; `--accountant rdp` gives a finite bound");
+        }
     }
     Ok(())
 }

@@ -47,11 +47,12 @@ fn budget_json_for_scripts() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(keys.len(), 6);
-    for k in ["accountant", "sampling_rate", "noise_multiplier", "steps", "delta", "epsilon"] {
+    assert_eq!(keys.len(), 8);
+    for k in ["accountant", "sampling_rate", "noise_multiplier", "steps", "delta", "epsilon", "exact_epsilon", "note"] {
         assert!(v.get(k).is_some(), "missing {k}: {out}");
     }
     assert_eq!(v["accountant"], "rdp");
+    assert!(v["exact_epsilon"].is_null(), "no exact answer at q < 1");
     let direct = AccountantKind::Rdp.accountant().epsilon(&SubsampledGaussian::new(0.01, 1.1).unwrap(), 1000, 1e-5).unwrap();
     assert_eq!(v["epsilon"].as_f64().unwrap(), direct);
 }

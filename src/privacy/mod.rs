@@ -21,6 +21,7 @@
 
 pub mod budget;
 pub mod dpsgd;
+pub mod exact;
 pub mod normal;
 pub mod plan;
 pub mod pld;
@@ -54,10 +55,17 @@ impl SubsampledGaussian {
     }
 }
 
+/// The most steps an accountant answers for (10^12: far past any training run; the accountants' arithmetic is
+/// checked up to here).
+pub const MAX_STEPS: usize = 1_000_000_000_000;
+
 /// Check the (steps, δ) of a query.
 pub fn check_query(steps: usize, delta: f64) -> Result<()> {
     if steps == 0 {
         return Err(Error::Privacy("steps T must be at least 1".into()));
+    }
+    if steps > MAX_STEPS {
+        return Err(Error::Privacy(format!("steps T = {steps} is past the accountants' maximum of {MAX_STEPS}")));
     }
     if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
         return Err(Error::Privacy(format!("δ must be in (0, 1), got {delta}")));

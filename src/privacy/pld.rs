@@ -217,7 +217,23 @@ fn epsilon_for_delta(p: &Pmf, delta: f64) -> f64 {
     0.0
 }
 
+/// The largest single-step privacy loss the discretisation evaluates: the hockey-stick curve needs e^ε, which
+/// overflows past ~709.
+pub const MAX_SINGLE_STEP_LOSS: f64 = 700.0;
+
 impl Pld {
+    /// Why this accountant cannot discretise `m` (then it answers ε = ∞, a valid but useless bound): a noise
+    /// multiplier so small that one step's privacy loss leaves the range where it can be evaluated.
+    pub fn unsupported(m: &SubsampledGaussian) -> Option<String> {
+        let (q, sigma) = (m.sampling_rate, m.noise_multiplier);
+        [Direction::Remove, Direction::Add].into_iter().find_map(|dir| {
+            let (lo, hi) = loss_range(dir, q, sigma);
+            (!(lo.is_finite() && hi.is_finite() && lo.abs() <= MAX_SINGLE_STEP_LOSS && hi.abs() <= MAX_SINGLE_STEP_LOSS)).then(|| {
+                format!("σ = {sigma} is too small for the PLD grid (one step's privacy loss reaches {:.3e}, past ±{MAX_SINGLE_STEP_LOSS}); it answers ∞", lo.abs().max(hi.abs()))
+            })
+        })
+    }
+
     fn direction_epsilon(&self, dir: Direction, m: &SubsampledGaussian, steps: usize, delta: f64) -> f64 {
         let (q, sigma) = (m.sampling_rate, m.noise_multiplier);
         // Grid sizes are bounded whatever σ: a tiny σ makes the single-step loss range astronomically wide.
@@ -243,6 +259,10 @@ impl Accountant for Pld {
     }
     fn epsilon(&self, m: &SubsampledGaussian, steps: usize, delta: f64) -> Result<f64> {
         super::check_query(steps, delta)?;
+        if let Some(why) = Self::unsupported(m) {
+            tracing::debug!("{why}");
+            return Ok(f64::INFINITY);
+        }
         let remove = self.direction_epsilon(Direction::Remove, m, steps, delta);
         let add = self.direction_epsilon(Direction::Add, m, steps, delta);
         Ok(remove.max(add))

@@ -1,7 +1,7 @@
 //! zCDP accountant, computed by OpenDP itself: one DP-SGD step is OpenDP's Gaussian mechanism (`make_gaussian`,
-//! zCDP with ρ = (Δ/σ)²/2 for L2 sensitivity Δ = 1 = the clip norm), composed over T steps with
-//! `make_composition`, converted with `make_zCDP_to_approxDP` (the Canonne-Kamath-Steinke 2020 bound) and fixed at
-//! δ with `make_fix_delta`. zCDP has no amplification by subsampling, so this accountant is exact only for
+//! zCDP with ρ = (Δ/σ)²/2 for L2 sensitivity Δ = 1 = the clip norm); T steps compose to ρ·T, which is OpenDP's
+//! Gaussian mechanism at scale σ/√T (rounded so ρ can only grow; no list of T measurements in memory), converted
+//! with `make_zCDP_to_approxDP` (the Canonne-Kamath-Steinke 2020 bound) and fixed at δ with `make_fix_delta`. zCDP has no amplification by subsampling, so this accountant is exact only for
 //! full-batch training (q = 1) and refuses q < 1 rather than report a number that ignores sampling.
 //!
 //! OpenDP here only *accounts*: its measurement's sampler is never invoked (the noise DP-SGD adds comes from this
@@ -14,7 +14,7 @@
 //! assert!((eps - 10.724824).abs() < 1e-5);
 //! ```
 
-use opendp::combinators::{make_composition, make_fix_delta, make_zCDP_to_approxDP};
+use opendp::combinators::{make_fix_delta, make_zCDP_to_approxDP};
 use opendp::core::Measurement;
 use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::make_gaussian;
@@ -40,13 +40,6 @@ pub fn gaussian_step(noise_multiplier: f64) -> Result<GaussianStep> {
         .map_err(opendp_err)
 }
 
-/// ρ of `steps` composed Gaussian steps, by OpenDP's composition.
-pub fn composed_rho(noise_multiplier: f64, steps: usize) -> Result<f64> {
-    let step = gaussian_step(noise_multiplier)?;
-    let composed = make_composition(vec![step; steps]).map_err(opendp_err)?;
-    composed.map(&1.0).map_err(opendp_err)
-}
-
 impl Accountant for Zcdp {
     fn name(&self) -> &'static str {
         "zcdp"
@@ -59,10 +52,20 @@ impl Accountant for Zcdp {
                 m.sampling_rate
             )));
         }
-        let step = gaussian_step(m.noise_multiplier)?;
-        let composed = make_composition(vec![step; steps]).map_err(opendp_err)?;
-        let approx = make_fix_delta(&make_zCDP_to_approxDP(composed).map_err(opendp_err)?, delta).map_err(opendp_err)?;
-        let (eps, _delta) = approx.map(&1.0).map_err(opendp_err)?;
-        Ok(eps)
+        // T Gaussian steps of scale σ compose in zCDP to ρ = T/(2σ²): OpenDP's Gaussian mechanism of scale σ/√T,
+        // made a hair smaller so that rounding can only raise ρ. (A composition of T measurements would hold T of
+        // them in memory.)
+        let scale = m.noise_multiplier / (steps as f64).sqrt() * (1.0 - 1e-12);
+        let step = gaussian_step(scale)?;
+        let approx = make_fix_delta(&make_zCDP_to_approxDP(step).map_err(opendp_err)?, delta).map_err(opendp_err)?;
+        match approx.map(&1.0) {
+            Ok((eps, _delta)) => Ok(eps),
+            // OpenDP's conversion overflows for a huge ρ: ∞ is then the (valid) answer.
+            Err(e) if e.variant == opendp::error::ErrorVariant::Overflow => {
+                tracing::debug!(rho = steps as f64 / (2.0 * m.noise_multiplier * m.noise_multiplier), "zCDP conversion overflows: ε = ∞");
+                Ok(f64::INFINITY)
+            }
+            Err(e) => Err(opendp_err(e)),
+        }
     }
 }
