@@ -263,13 +263,27 @@ fn wire_objects_round_trip_and_hostile_blobs_are_errors() {
     assert!(ct.to_bytes(64).is_err());
     // Corrupt: every single-byte flip is an error or a well-formed object (never a panic); a well-formed object with
     // a damaged header field is then refused by its check.
+    let (mut decoded, mut refused_by_check) = (0, 0);
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
         b[i] ^= 0xa5;
         if let Ok(obj) = EncryptedInput::from_bytes(&b, limit) {
-            let _ = obj.check(PARAMS, keys().0.key_id(), 32);
+            decoded += 1;
+            let checked = obj.check(PARAMS, keys().0.key_id(), 32);
+            // A damaged key id or parameter-set name must be refused; a damaged ciphertext word is a valid
+            // (different) ciphertext and passes.
+            let header = |o: &EncryptedInput| {
+                (o.key_id, o.parameter_set.clone(), o.features.lwe_size().0, o.features.ciphertext_modulus(), o.features.as_ref().len())
+            };
+            if header(&obj) != header(&ct) {
+                assert!(checked.is_err(), "flip at {i}: a foreign header passed its check");
+                refused_by_check += 1;
+            } else {
+                assert!(checked.is_ok(), "flip at {i}: {checked:?}");
+            }
         }
     }
+    assert!(decoded > 0 && refused_by_check > 0, "the flips reached both the payload and the header ({decoded}, {refused_by_check})");
     // An allocation bomb: a length prefix claiming 2^60 elements, tried at every offset. The size limit refuses it
     // before anything is allocated (an attempt would abort the process, failing the test).
     for p in 0..bytes.len() - 8 {
