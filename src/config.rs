@@ -811,9 +811,6 @@ impl RunConfig {
         for (key, ds) in [("source", &self.source), ("target", &self.target)] {
             validate_dataset(ds, key, &err)?;
         }
-        if self.source.balance_paths && self.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled) {
-            return Err(err("source.balance_paths", "repeats source examples, which DP pretraining's accountant does not allow for (each repeat would spend the budget again); turn one of them off".into()));
-        }
         if self.target.balance_paths {
             return Err(err("target.balance_paths", "only the server's pretraining balances its source paths; remove it from [target]".into()));
         }
@@ -872,6 +869,10 @@ impl RunConfig {
         if let Some(w) = &self.server_privacy.weight_noise {
             validate_weight_noise(w, &err)?;
         }
+        if self.source.balance_paths && self.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled) {
+            return Err(err("source.balance_paths", "repeats source examples, which DP pretraining's accountant does not allow for (each repeat would spend the budget again); set source.balance_paths = false to pretrain with DP".into()));
+        }
+
         if self.he.enabled {
             validate_he(&self.he, l, &err)?;
         }

@@ -370,10 +370,17 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         dp_pretraining: dp_plan,
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    model::save_module(&trained.model, &dir.join("lower"))?;
-    features.save(&dir.join("features.json"))?;
+    // The meta file marks an entry complete: it goes first when an entry is rewritten, and comes back last, so a
+    // run killed in between leaves an incomplete entry (a miss), never a valid meta beside a torn network.
+    let meta_path = dir.join("meta.json");
+    if meta_path.exists() {
+        std::fs::remove_file(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    }
+    model::save_module(&trained.model, &dir.join("lower-partial"))?; // Burn sets the extension `.bin`
+    let (partial, final_path) = (dir.join("lower-partial.bin"), dir.join("lower.bin"));
+    std::fs::rename(&partial, &final_path).map_err(|e| Error::io(&final_path, e))?;
+    crate::atomic::write(&dir.join("features.json"), &serde_json::to_vec(&features).map_err(|e| Error::Internal(format!("feature pipeline: {e}")))?)?;
     cfg.save(&dir.join("config.toml"))?;
-    // The meta file is written last and atomically: it is what marks the entry complete.
     crate::atomic::write(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
     Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
 }

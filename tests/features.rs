@@ -107,3 +107,38 @@ fn fixed_scaling_is_the_same_map_for_every_party() {
     let x = a.transform(&["a great movie".to_string()]).unwrap();
     assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
 }
+
+#[test]
+fn the_embedding_cache_survives_torn_tails_and_flipped_bytes() {
+    use cryptotl::features::minilm::{EmbeddingCache, MINILM_DIM};
+    const RECORD: usize = 16 + 4 * MINILM_DIM + 8;
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "ab".repeat(32);
+    let texts: Vec<String> = (0..4).map(|i| format!("text {i}")).collect();
+    let unit = |i: usize| ndarray::Array2::from_shape_fn((1, MINILM_DIM), |(_, j)| if j == i { 1.0f32 } else { 0.0 });
+    let mut cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
+    for i in 0..3 {
+        cache.insert(&[&texts[i]], &unit(i)).unwrap();
+    }
+    let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 3 * RECORD);
+    // An interrupted append leaves a torn tail: the whole records still read, and the next append cuts it off.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(&[7u8; 100]);
+    std::fs::write(&file, &bytes).unwrap();
+    let mut cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
+    assert_eq!(cache.len(), 3);
+    cache.insert(&[&texts[3]], &unit(3)).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 4 * RECORD, "the torn tail is cut, not kept");
+    let cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
+    assert_eq!(cache.len(), 4);
+    assert_eq!(cache.get("text 3").unwrap()[3], 1.0);
+    // A flipped byte inside a record: that text is a miss (embedded again), never a wrong embedding.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[RECORD + 16 + 4 * 5] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
+    assert!(cache.get("text 1").is_none());
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.get("text 2").unwrap()[2], 1.0);
+}

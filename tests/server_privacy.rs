@@ -144,6 +144,13 @@ fn bad_server_privacy_configs_are_rejected_with_the_key_and_the_reason() {
         vec![format!("{dp}.target_epsilon=3.0")],
         vec![format!("{wn}.l2_sensitivity=0.1"), format!("{wn}.target_epsilon=2.0"), format!("{wn}.delta=1e-6"), format!("{dp}.noise_multiplier=1.0")],
     ] {
+        // DP pretraining needs the source paths pooled: balancing repeats examples (refused, saying so).
+        let dp_on = ov.iter().any(|o| o.starts_with(dp));
+        if dp_on {
+            let err = RunConfig::from_toml_str(QUICKSTART_TOML, "q.toml", &ov).unwrap_err().to_string();
+            assert!(err.contains("source.balance_paths"), "{err}");
+        }
+        let ov: Vec<String> = ov.into_iter().chain(dp_on.then(|| "source.balance_paths=false".to_string())).collect();
         RunConfig::from_toml_str(QUICKSTART_TOML, "q.toml", &ov).unwrap();
     }
 }
@@ -265,4 +272,26 @@ fn a_sweep_writes_csv_markdown_and_chart_with_one_line_per_server_setting() {
     for bad in ["0", "-1", "abc", "", "nan"] {
         assert!(Epsilon::parse_list(bad).is_err(), "{bad:?}");
     }
+}
+
+/// A damaged pretraining cache entry is a miss (warn, train again), never a permanent failure.
+#[test]
+fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
+    use cryptotl::pipeline::NetworkOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&common::tiny_config(dir.path()), "tiny.toml", &["he.enabled=false".to_string()]).unwrap();
+    let first = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(first.origin, NetworkOrigin::Trained);
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().origin, NetworkOrigin::Cache);
+    let net = first.cache_dir.join("lower.bin");
+    let len = std::fs::metadata(&net).unwrap().len();
+    // Torn network file (a run killed while writing it, as the issue found): trained again, then cached again.
+    std::fs::OpenOptions::new().write(true).open(&net).unwrap().set_len(len / 3).unwrap();
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().origin, NetworkOrigin::Trained);
+    assert_eq!(std::fs::metadata(&net).unwrap().len(), len);
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().origin, NetworkOrigin::Cache);
+    // Garbage meta data: the same.
+    std::fs::write(first.cache_dir.join("meta.json"), b"{\"key\": 3").unwrap();
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().origin, NetworkOrigin::Trained);
+    assert!(!first.cache_dir.join("lower-partial.bin").exists());
 }

@@ -8,7 +8,7 @@
 //! embedding is kept in an on-disk cache keyed by the model's hash and the text's hash, so reruns cost nothing.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -238,34 +238,48 @@ pub fn text_key(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
-/// One cache record: 16-byte text key, then the embedding as little-endian f32.
-const RECORD: usize = 16 + 4 * MINILM_DIM;
+/// One cache record: 16-byte text key, the embedding as little-endian f32, then an 8-byte xxh3-64 of both.
+const RECORD: usize = 16 + 4 * MINILM_DIM + 8;
 
-/// The on-disk embedding cache of one model: an append-only file of (xxh3-128 of the text, embedding) records.
+/// The on-disk embedding cache of one model: an append-only file of (xxh3-128 of the text, embedding, checksum)
+/// records. A record whose checksum fails is a miss (recomputed, with a warning); a torn tail (an interrupted
+/// append) is cut off before the next append, so the file never holds unreadable bytes before good ones.
 pub struct EmbeddingCache {
     path: PathBuf,
     entries: HashMap<u128, Vec<f32>>,
 }
 
+fn record_checksum(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(body)
+}
+
 impl EmbeddingCache {
-    /// Open (or start) the cache file for `model_sha256` in `dir`. A torn last record (an interrupted write) is
-    /// ignored with a warning.
+    /// Open (or start) the cache file for `model_sha256` in `dir`. Damaged records are skipped with a warning.
     pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
-        // The window scheme is part of the name: caches of texts cut at 256 tokens are not reused.
+        // The window scheme is part of the name: caches of texts cut at 256 tokens are not reused. `c2`: records
+        // carry checksums.
         let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
-        let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
+        let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16]));
         let mut entries = HashMap::new();
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if bytes.len() % RECORD != 0 {
-                tracing::warn!(path = %path.display(), "embedding cache ends in a torn record; it is ignored");
+                tracing::warn!(path = %path.display(), bytes = bytes.len() % RECORD, "embedding cache ends in a torn record; it is cut off at the next write");
             }
+            let mut damaged = 0usize;
             for rec in bytes.chunks_exact(RECORD) {
-                let key = u128::from_le_bytes(rec[..16].try_into().expect("16 bytes"));
-                let v: Vec<f32> = rec[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                if v.iter().all(|x| x.is_finite()) {
+                let (body, sum) = rec.split_at(RECORD - 8);
+                let key = u128::from_le_bytes(body[..16].try_into().expect("16 bytes"));
+                let v: Vec<f32> = body[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let norm2: f32 = v.iter().map(|x| x * x).sum();
+                if u64::from_le_bytes(sum.try_into().expect("8 bytes")) == record_checksum(body) && (norm2 - 1.0).abs() < 1e-3 {
                     entries.insert(key, v);
+                } else {
+                    damaged += 1;
                 }
+            }
+            if damaged > 0 {
+                tracing::warn!(path = %path.display(), damaged, "embedding cache records failed their checksum; those texts are embedded again");
             }
         }
         Ok(Self { path, entries })
@@ -293,12 +307,29 @@ impl EmbeddingCache {
             if self.entries.contains_key(&key) {
                 continue;
             }
+            let start = buf.len();
             buf.extend_from_slice(&key.to_le_bytes());
             row.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            let sum = record_checksum(&buf[start..]);
+            buf.extend_from_slice(&sum.to_le_bytes());
             self.entries.insert(key, row.to_vec());
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        f.write_all(&buf).map_err(|e| Error::io(&self.path, e))
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let io = |e| Error::io(&self.path, e);
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path).map_err(io)?;
+        // Cut a torn tail (the file as it is now: another run may have appended since it was read), then append
+        // after the last whole record.
+        let len = f.metadata().map_err(io)?.len();
+        let whole = len - len % RECORD as u64;
+        if whole != len {
+            f.set_len(whole).map_err(io)?;
+        }
+        f.seek(std::io::SeekFrom::Start(whole)).map_err(io)?;
+        f.write_all(&buf).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        Ok(())
     }
 }
 
