@@ -15,6 +15,35 @@ use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` atomically (parent folders are created).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with_mode(path, bytes, None)
+}
+
+/// Write a file only its owner may read (mode 0600 on Unix), atomically: the client's decrypted features and
+/// fitted featurizer, the embedding cache, the server's cached weights.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with_mode(path, bytes, Some(0o600))
+}
+
+/// Restrict an existing file or folder to its owner (0600 for files, 0700 for folders; no-op off Unix).
+pub fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = if path.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Create a folder (and its parents) that only its owner may enter (0700 on Unix).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    make_private(dir)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -23,7 +52,16 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if let Some(m) = mode {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(m);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -33,4 +71,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Create `dir` (and its parents) and prove it writable by writing and removing a probe file: a path that names a
+/// file, or a folder without write permission, fails here, before any long work.
+pub fn writable_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a directory")));
+    }
+    let probe = dir.join(".cryptotl-write-test");
+    write(&probe, b"")?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }

@@ -293,6 +293,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Features(a) => {
             let cfg = a.load()?;
+            pipeline::prepare_output_dir(&cfg)?;
             let data = pipeline::prepare_data(&cfg)?;
             let lower = pipeline::server_lower_network(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
@@ -343,8 +344,9 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Curve(a) => {
             let cfg = a.config.load()?;
-            let curves = pipeline::curves(&cfg)?;
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
+            crate::atomic::writable_dir(&dir)?;
+            let curves = pipeline::curves(&cfg)?;
             let files = curves.write(&dir)?;
             println!("{}", curves.to_markdown());
             for f in files {
@@ -360,8 +362,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                 raw_baseline: !a.no_raw_baseline,
                 repeats: a.repeats,
             };
-            let sweep = crate::sweep::run(&cfg, &spec)?;
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
+            crate::atomic::writable_dir(&dir)?;
+            let sweep = crate::sweep::run(&cfg, &spec)?;
             let files = sweep.write(&dir)?;
             println!("{}", sweep.to_markdown());
             for f in files {

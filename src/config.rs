@@ -772,8 +772,8 @@ impl RunConfig {
 
     /// Write the config (every default filled in) as TOML, e.g. beside a checkpoint.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = toml::to_string(self).expect("a config serialises");
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+        let text = toml::to_string(self).map_err(|e| Error::Internal(format!("the config does not serialise: {e}")))?;
+        crate::atomic::write(path, text.as_bytes())
     }
 
     /// The output directory of this run.
@@ -788,6 +788,17 @@ impl RunConfig {
             || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(err("name", format!("must be non-empty and use only letters, digits, '-', '_', '.'; got {:?}", self.name)));
+        }
+        if self.name.chars().all(|c| c == '.') {
+            return Err(err("name", format!("{:?} names the current or parent directory; the run's output goes to runs/<name>", self.name)));
+        }
+        if self.name.len() > 100 {
+            return Err(err("name", format!("is {} characters long; at most 100", self.name.len())));
+        }
+        if let Some(dir) = &self.output_dir
+            && (dir.as_os_str().is_empty() || dir.components().all(|c| matches!(c, std::path::Component::CurDir | std::path::Component::ParentDir)))
+        {
+            return Err(err("output_dir", format!("{:?} is not a run directory of its own (it would write config.toml, report.* and head.bin into it); name a new or dedicated folder", dir.display().to_string())));
         }
         let f = &self.features;
         match (f.kind.as_str(), f.dim) {

@@ -103,7 +103,8 @@ impl FeatureSplit {
     }
     /// Save as JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, serde_json::to_vec(self).expect("serialises")).map_err(|e| Error::io(path, e))
+        // The client's decrypted features and labels: private to the owner.
+        crate::atomic::write_private(path, &serde_json::to_vec(self).map_err(|e| Error::Internal(format!("features: {e}")))?)
     }
     /// Load from JSON, checking that labels match rows.
     pub fn load(path: &Path) -> Result<Self> {
@@ -369,7 +370,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         history: trained.history.clone(),
         dp_pretraining: dp_plan,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::atomic::create_private_dir(&dir)?;
     // The meta file marks an entry complete: it goes first when an entry is rewritten, and comes back last, so a
     // run killed in between leaves an incomplete entry (a miss), never a valid meta beside a torn network.
     let meta_path = dir.join("meta.json");
@@ -378,8 +379,9 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     }
     model::save_module(&trained.model, &dir.join("lower-partial"))?; // Burn sets the extension `.bin`
     let (partial, final_path) = (dir.join("lower-partial.bin"), dir.join("lower.bin"));
+    crate::atomic::make_private(&partial)?;
     std::fs::rename(&partial, &final_path).map_err(|e| Error::io(&final_path, e))?;
-    crate::atomic::write(&dir.join("features.json"), &serde_json::to_vec(&features).map_err(|e| Error::Internal(format!("feature pipeline: {e}")))?)?;
+    crate::atomic::write_private(&dir.join("features.json"), &serde_json::to_vec(&features).map_err(|e| Error::Internal(format!("feature pipeline: {e}")))?)?;
     cfg.save(&dir.join("config.toml"))?;
     crate::atomic::write(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
     Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
@@ -736,12 +738,22 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
 }
 
+/// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
+pub fn prepare_output_dir(cfg: &RunConfig) -> Result<PathBuf> {
+    let out = cfg.output_dir();
+    crate::atomic::writable_dir(&out)?;
+    // It receives the client's decrypted features, fitted featurizer and head: owner only.
+    crate::atomic::make_private(&out)?;
+    Ok(out)
+}
+
 /// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
 /// report (written to the run's output directory and returned).
 pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     use crate::report::{PretrainSummary, Report, StageTime};
     let mut stages = Vec::new();
     let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
+    prepare_output_dir(cfg)?;
 
     let (data, t) = timed(|| prepare_data(cfg));
     let data = data?;

@@ -155,3 +155,42 @@ fn encrypted_stage_settings_are_checked() {
     assert!(err(QUICKSTART_TOML, &["he.calibration_margin=-1"]).contains("he.calibration_margin"));
     assert!(err(QUICKSTART_TOML, &["he.keyswitch=true"]).contains("unknown field"));
 }
+
+#[test]
+fn names_and_output_dirs_that_would_write_outside_a_run_directory_are_refused() {
+    for (ov, key) in [
+        ("name=\"..\"", "name"),
+        ("name=\".\"", "name"),
+        (&*format!("name=\"{}\"", "a".repeat(101)), "name"),
+        ("output_dir=\"\"", "output_dir"),
+        ("output_dir=\".\"", "output_dir"),
+        ("output_dir=\"../..\"", "output_dir"),
+    ] {
+        let msg = err(QUICKSTART_TOML, &[ov]);
+        assert!(msg.contains(&format!("`{key}`")), "{ov}: {msg}");
+    }
+    RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["output_dir=\"../elsewhere\"".into()]).unwrap();
+}
+
+#[test]
+fn an_output_dir_that_is_a_file_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("taken");
+    std::fs::write(&file, b"mine").unwrap();
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", file.display().to_string())]).unwrap();
+    let started = std::time::Instant::now();
+    let e = cryptotl::pipeline::run(&cfg).err().expect("must refuse").to_string();
+    assert!(e.contains("not a directory"), "{e}");
+    assert!(started.elapsed().as_secs() < 5, "refused only after {:?}", started.elapsed());
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine", "the file is untouched");
+    // A writable folder is created, proven writable, and closed to others.
+    let out = dir.path().join("run");
+    let ok = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", out.display().to_string())]).unwrap();
+    cryptotl::pipeline::prepare_output_dir(&ok).unwrap();
+    assert!(out.is_dir() && std::fs::read_dir(&out).unwrap().next().is_none(), "no probe left behind");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -142,3 +142,27 @@ fn the_embedding_cache_survives_torn_tails_and_flipped_bytes() {
     assert_eq!(cache.len(), 3);
     assert_eq!(cache.get("text 2").unwrap()[2], 1.0);
 }
+
+#[cfg(unix)]
+#[test]
+fn the_clients_private_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let texts = texts(&["a good film", "a bad film", "fine"]);
+    let cfg = FeaturesConfig { kind: "hashed".into(), dim: Some(16), ..FeaturesConfig::default() };
+    let p = FeaturePipeline::fit(&cfg, &texts).unwrap();
+    let path = dir.path().join("client_features.json");
+    p.save(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let x = p.transform(&texts).unwrap();
+    let fs = cryptotl::pipeline::FeatureSplit { train: x.clone(), train_y: vec![1, 0, 1], validation: x.clone(), validation_y: vec![1, 0, 1], test: x, test_y: vec![1, 0, 1] };
+    let path = dir.path().join("features.json");
+    fs.save(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let mut cache = cryptotl::features::minilm::EmbeddingCache::open(&dir.path().join("emb"), &"cd".repeat(32), None).unwrap();
+    let row = ndarray::Array2::from_shape_fn((1, 384), |(_, j)| if j == 0 { 1.0f32 } else { 0.0 });
+    cache.insert(&[&texts[0]], &row).unwrap();
+    let file = std::fs::read_dir(dir.path().join("emb")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!((mode(&file), mode(&dir.path().join("emb"))), (0o600, 0o700));
+}

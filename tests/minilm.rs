@@ -103,14 +103,29 @@ fn the_featurizer_caches_embeddings_on_disk_and_reruns_read_them() {
     let texts: Vec<String> = r.inputs[..4].iter().chain(r.inputs[..2].iter()).cloned().collect();
     let first = f.transform(&texts).unwrap();
     assert_eq!(first.row(0), first.row(4), "duplicates embed once and agree");
+    const RECORD: usize = 16 + 4 * 384 + 8;
     let file = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 4 * (16 + 4 * 384), "4 distinct texts cached");
-    // A poisoned cache entry proves the second call reads the cache instead of recomputing.
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 4 * RECORD, "4 distinct texts cached");
+    // A doctored entry with a valid checksum (two coordinates swapped: still unit norm) proves the second call
+    // reads the cache instead of recomputing.
     let mut bytes = std::fs::read(&file).unwrap();
-    bytes[16..20].copy_from_slice(&7.0f32.to_le_bytes());
+    let (a, b) = (bytes[16..20].to_vec(), bytes[20..24].to_vec());
+    bytes[16..20].copy_from_slice(&b);
+    bytes[20..24].copy_from_slice(&a);
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..RECORD - 8]);
+    bytes[RECORD - 8..RECORD].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&file, &bytes).unwrap();
+    let which = texts.iter().position(|t| {
+        cryptotl::features::minilm::text_key(t).to_le_bytes() == bytes[..16]
+    }).unwrap();
     let second = f.transform(&texts).unwrap();
-    assert!(second.iter().any(|v| *v == 7.0));
+    assert_eq!((second[[which, 0]], second[[which, 1]]), (first[[which, 1]], first[[which, 0]]));
+    // A flipped byte without a matching checksum is a miss: that text is embedded again, correctly.
+    bytes[30] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let again = f.transform(&texts).unwrap();
+    assert!(cosine(&again.row(which).to_vec(), &first.row(which).to_vec()) > 0.9999);
+    assert_ne!((again[[which, 0]], again[[which, 1]]), (second[[which, 0]], second[[which, 1]]));
     // A torn record (interrupted write) is ignored, not fatal.
     std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
     let third = f.transform(&texts).unwrap();

@@ -299,7 +299,7 @@ impl EmbeddingCache {
     /// Add embeddings and append them to the file.
     pub fn insert(&mut self, texts: &[&String], rows: &Array2<f32>) -> Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::atomic::create_private_dir(dir)?;
         }
         let mut buf = Vec::with_capacity(texts.len() * RECORD);
         for (t, row) in texts.iter().zip(rows.rows()) {
@@ -318,7 +318,15 @@ impl EmbeddingCache {
             return Ok(());
         }
         let io = |e| Error::io(&self.path, e);
-        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path).map_err(io)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).write(true).truncate(false);
+        #[cfg(unix)]
+        {
+            // The embeddings of private texts: owner only.
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&self.path).map_err(io)?;
         // Cut a torn tail (the file as it is now: another run may have appended since it was read), then append
         // after the last whole record.
         let len = f.metadata().map_err(io)?.len();

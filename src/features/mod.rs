@@ -270,8 +270,9 @@ impl FeaturePipeline {
 
     /// Save as JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).expect("feature pipeline serialises");
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+        let json = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("feature pipeline: {e}")))?;
+        // A party's fitted featurizer holds statistics of its data (min/max per feature, IDF): owner only.
+        crate::atomic::write_private(path, &json)
     }
 
     /// Load from JSON, checking internal consistency.
