@@ -301,7 +301,20 @@ fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
         (cfg.text_column.parse().unwrap_or(1), cfg.label_column.parse().unwrap_or(0))
     };
     let before = ds.len();
-    for (i, rec) in reader.records().enumerate() {
+    // A quote that never closes makes the csv reader swallow every following line into one field: an odd number
+    // of quote characters with a last record spanning lines is that, and an error naming where it starts.
+    let unbalanced = text.bytes().filter(|&b| b == b'"').count() % 2 == 1;
+    let records: Vec<_> = reader.records().collect();
+    if unbalanced
+        && let Some(Ok(last)) = records.last()
+        && last.iter().any(|f| f.contains('\n'))
+    {
+        let line = last.position().map_or(0, |p| p.line());
+        return Err(Error::data(path, format!(
+            "row {} (line {line}): a quoted field is never closed, so it would swallow every line after it",
+            records.len() + usize::from(cfg.header))));
+    }
+    for (i, rec) in records.into_iter().enumerate() {
         let row = i + 1 + usize::from(cfg.header);
         let rec = rec.map_err(|e| Error::data(path, format!("row {row}: {e}")))?;
         let (Some(raw_label), Some(raw_text)) = (rec.get(label_col), rec.get(text_col)) else {

@@ -226,3 +226,24 @@ fn each_path_is_split_on_its_own_and_keeps_its_share() {
     let hand = Dataset { name: "h".into(), texts: vec!["a".into(), "b".into()], labels: vec![0, 1], ..Default::default() };
     assert_eq!(hand.by_origin(), [("h".to_string(), vec![0, 1])]);
 }
+
+#[test]
+fn an_unterminated_quote_is_an_error_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from("label,text\n");
+    for i in 0..50 {
+        if i == 1 {
+            body.push_str("1,\"this quote never closes\n");
+        } else {
+            body.push_str(&format!("{},row {i}\n", i % 2));
+        }
+    }
+    let path = dir.path().join("open_quote.csv");
+    std::fs::write(&path, &body).unwrap();
+    let cfg = DatasetConfig::new("q", DatasetFormat::Csv, &[path.to_str().unwrap()]);
+    let e = err_of(&cfg);
+    assert!(e.contains("never closed") && e.contains("line 3"), "{e}");
+    // Closed multi-line quotes and a stray quote inside an unquoted field are fine.
+    std::fs::write(&path, "label,text\n1,\"two\nlines\"\n0,a 5\" screen\"\"\n1,ok\n0,fine\n").unwrap();
+    assert_eq!(data::load(&cfg, 0).unwrap().len(), 4);
+}
