@@ -305,10 +305,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             client_pipeline.save(&out.join("client_features.json"))?;
             cfg.save(&out.join("config.toml"))?;
             transferred.save(&features_path(&cfg))?;
+            crate::rundir::RunManifest::new(&cfg).write(&out)?;
             println!("transferred features written to {}", features_path(&cfg).display());
         }
         Command::TrainHead(a) => {
             let cfg = a.load()?;
+            let mut manifest = crate::rundir::RunManifest::load_for(&cfg)?;
             let fs = load_features(&features_path(&cfg))?;
             // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
             let head = match (pipeline::privacy_plan(&cfg, fs.train.nrows())?, &cfg.privacy) {
@@ -321,6 +323,8 @@ fn dispatch(cmd: Command) -> Result<()> {
                 _ => pipeline::train_head(&cfg, &fs, "head")?,
             };
             model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
+            manifest.head = Some(crate::rundir::HeadShape::of(&cfg, fs.train.ncols()));
+            manifest.write(&cfg.output_dir())?;
             println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
                 head.trained.history.len(), head.trained.best_epoch,
                 head.trained.history.get(head.trained.best_epoch.saturating_sub(1)).map_or(0.0, |e| e.val_accuracy),
@@ -373,8 +377,10 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Evaluate(a) => {
             let cfg = a.load()?;
+            let manifest = crate::rundir::RunManifest::load_for(&cfg)?;
             let fs = load_features(&features_path(&cfg))?;
             let input = fs.test.ncols();
+            manifest.check_head(&cfg, input)?;
             let skeleton = pipeline::new_head::<Cpu>(&cfg, input, &Default::default());
             let head = model::load_module(skeleton, &cfg.output_dir().join("head"), &Default::default())?;
             let metrics = pipeline::evaluate(&head, &fs);

@@ -43,6 +43,7 @@ pub mod privacy;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod rundir;
 pub mod shipped_network;
 pub mod sweep;
 pub mod train;

@@ -113,6 +113,15 @@ impl FeatureSplit {
         if f.train.nrows() != f.train_y.len() || f.validation.nrows() != f.validation_y.len() || f.test.nrows() != f.test_y.len() {
             return Err(Error::artifact(path, "row and label counts differ"));
         }
+        if let Some(bad) = f.train_y.iter().chain(&f.validation_y).chain(&f.test_y).find(|&&y| y > 1) {
+            return Err(Error::artifact(path, format!("label {bad}: labels are 0 or 1")));
+        }
+        if f.train.ncols() != f.validation.ncols() || f.train.ncols() != f.test.ncols() {
+            return Err(Error::artifact(path, "the parts have different widths"));
+        }
+        for (part, x) in [("train", &f.train), ("validation", &f.validation), ("test", &f.test)] {
+            crate::features::check_finite(x.view()).map_err(|e| Error::artifact(path, format!("{part}: {e}")))?;
+        }
         Ok(f)
     }
 }
@@ -891,7 +900,12 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let out = cfg.output_dir();
     report.write(&out)?; // creates `out`
     client_pipeline.save(&out.join("client_features.json"))?;
+    // Everything `evaluate` needs: the head's inputs, the head, and the manifest that ties them to this config.
+    transferred.save(&out.join("features.json"))?;
     model::save_module(&published, &out.join("head"))?;
     cfg.save(&out.join("config.toml"))?;
+    let mut manifest = crate::rundir::RunManifest::new(cfg);
+    manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
+    manifest.write(&out)?;
     Ok(report)
 }

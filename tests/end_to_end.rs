@@ -93,6 +93,33 @@ fn cli_stage_subcommands_reuse_the_library() {
     assert_eq!(code, 0, "{err}");
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(m["accuracy"].as_f64().unwrap() > 0.85, "{out}");
+    // A config that does not match the run directory is a clear error (exit 2) naming the key, not a panic and
+    // not a head scored on another split's features.
+    for (args, needle) in [(vec!["--set", "head.kind=\"mlp\""], "head.kind"), (vec!["--seed", "6"], "another config")] {
+        let all: Vec<&str> = ["-q", "evaluate", c].into_iter().chain(args.iter().copied()).collect();
+        let (code, _, err) = cli(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // The MLP head's shape: a head trained with pool 3 is not loaded into a config saying 1.
+    for stage in ["train-head", "evaluate"] {
+        let (code, _, err) = cli(&["-q", stage, c, "--set", "head.kind=\"mlp\"", "--set", "head.pool=3"]);
+        assert_eq!(code, 0, "{stage}: {err}");
+    }
+    let (code, _, err) = cli(&["-q", "evaluate", c, "--set", "head.kind=\"mlp\"", "--set", "head.pool=1"]);
+    assert!(code == 2 && err.contains("head.pool"), "{err}");
+    // Features with a label that is not 0/1 are refused.
+    let features = dir.path().join("run/features.json");
+    let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&features).unwrap()).unwrap();
+    f["test_y"][0] = serde_json::json!(7);
+    std::fs::write(&features, serde_json::to_vec(&f).unwrap()).unwrap();
+    let (code, _, err) = cli(&["-q", "evaluate", c, "--set", "head.kind=\"mlp\"", "--set", "head.pool=3"]);
+    assert!(code != 0 && err.contains("labels are 0 or 1"), "{err}");
+    // `run` writes everything `evaluate` needs.
+    let (code, _, err) = cli(&["-q", "run", c, "--set", "he.enabled=false", "--set", "curve.enabled=false"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["-q", "evaluate", c, "--set", "he.enabled=false", "--set", "curve.enabled=false"]);
+    assert_eq!(code, 0, "evaluate after run: {err}");
 }
 
 #[test]
