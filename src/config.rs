@@ -851,6 +851,15 @@ impl RunConfig {
         if l.output > 65_536 {
             return Err(err("lower.output", format!("must be at most 65536 (0 = no output layer), got {}", l.output)));
         }
+        // A size check before anything is allocated: the first dense layer's weights, their gradient and Adam's
+        // two moments (4 copies of f32), and the same again for the encrypted stage's folded matrix.
+        let weights = (self.features.dim() as u128) * (l.hidden as u128) + ((l.hidden + 1 - l.pool) as u128) * (l.output as u128);
+        const MAX_WEIGHTS: u128 = 64 << 20;
+        if weights > MAX_WEIGHTS {
+            return Err(err("lower.hidden", format!(
+                "the lower network would have {weights} weights ({:.1} GiB to train); at most {MAX_WEIGHTS} (features.dim x lower.hidden): lower one of them",
+                (weights * 16) as f64 / (1u64 << 30) as f64)));
+        }
         let h = &self.head;
         let head_hidden = if h.hidden == 0 { l.output_dim() } else { h.hidden };
         if h.pool == 0 || h.pool > head_hidden {
@@ -888,8 +897,8 @@ impl RunConfig {
             validate_he(&self.he, l, &err)?;
         }
         for (key, t) in [("pretrain", &self.pretrain), ("head_training", &self.head_training)] {
-            if t.epochs == 0 {
-                return Err(err(&format!("{key}.epochs"), "must be at least 1".into()));
+            if t.epochs == 0 || t.epochs > 1_000_000 {
+                return Err(err(&format!("{key}.epochs"), format!("must be in 1..=1000000, got {}", t.epochs)));
             }
             if t.batch_size == 0 {
                 return Err(err(&format!("{key}.batch_size"), "must be at least 1".into()));
@@ -1029,7 +1038,11 @@ fn apply_override(table: &mut toml::Table, ov: &str) -> Result<()> {
     let key = key.trim();
     let raw = raw.trim();
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("just inserted"),
+        Ok(mut t) => t.remove("v").ok_or_else(|| Error::Internal("override value lost".into()))?,
+        // All digits and still not a TOML value: an integer past TOML's 64-bit range, not a word.
+        Err(_) if !raw.is_empty() && raw.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || c == '_') => {
+            return Err(Error::Config { file: file.into(), key: key.trim().into(), message: format!("{raw} is out of range (integers must fit in 64 bits)") });
+        }
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();

@@ -59,7 +59,7 @@ fn invalid_values_name_the_key_and_the_allowed_range() {
         ("split.validation=0.75", "split", "less than 10%"),
         ("head.dropout=1.0", "head.dropout", "[0, 1)"),
         ("pretrain.learning_rate=-1.0", "pretrain.learning_rate", "(0, 1]"),
-        ("head_training.epochs=0", "head_training.epochs", "at least 1"),
+        ("head_training.epochs=0", "head_training.epochs", "1..=1000000"),
         ("target.paths=[]", "target.paths", "at least one"),
         ("source.max_examples=1", "source.max_examples", "at least 2"),
         ("name=\"has space\"", "name", "letters"),
@@ -193,4 +193,20 @@ fn an_output_dir_that_is_a_file_fails_before_any_work() {
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
     }
+}
+
+#[test]
+fn huge_numbers_are_range_errors_before_any_allocation() {
+    let hashed = ["features.kind=\"hashed\"", "features.dim=65536"];
+    let msg = err(QUICKSTART_TOML, &[hashed[0], hashed[1], "lower.hidden=65536"]);
+    assert!(msg.contains("`lower.hidden`") && msg.contains("GiB"), "{msg}");
+    let msg = err(QUICKSTART_TOML, &["lower.hidden=99999999999999999999999"]);
+    assert!(msg.contains("out of range") && msg.contains("lower.hidden"), "{msg}");
+    let msg = err(QUICKSTART_TOML, &["head_training.epochs=4611686018427387905"]);
+    assert!(msg.contains("head_training.epochs") && msg.contains("1..=1000000"), "{msg}");
+    // The largest allowed schedule still has checked arithmetic: far too many steps is a privacy error, no wrap.
+    let train = cryptotl::config::TrainConfig { epochs: 1_000_000, batch_size: 1, ..Default::default() };
+    let p = cryptotl::config::PrivacyConfig { noise_multiplier: Some(1.0), target_epsilon: None, sampling_rate: Some(1e-9), ..cryptotl::config::PrivacyConfig::with_target_epsilon(1.0) };
+    let e = cryptotl::privacy::plan::plan(&p, &train, 10).unwrap_err().to_string();
+    assert!(e.contains("maximum"), "{e}");
 }

@@ -57,7 +57,9 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
     }
     let q = cfg.sampling_rate.unwrap_or_else(|| (train.batch_size as f64 / n as f64).min(1.0));
     let steps_per_epoch = ((1.0 / q).round() as usize).max(1);
-    let steps = train.epochs * steps_per_epoch;
+    let steps = train.epochs.checked_mul(steps_per_epoch).filter(|&s| s <= super::MAX_STEPS).ok_or_else(|| {
+        Error::Privacy(format!("{} epochs × {steps_per_epoch} steps per epoch is past the accountants' maximum of {} steps", train.epochs, super::MAX_STEPS))
+    })?;
     let (delta, delta_source) = match cfg.delta {
         Some(d) => (d, "config".to_string()),
         None => (0.1 / n as f64, format!("default 0.1/N = 0.1/{n}")),
