@@ -83,3 +83,44 @@ pub fn writable_dir(dir: &Path) -> Result<()> {
     write(&probe, b"")?;
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
+
+/// An exclusive advisory lock on a folder (its `.lock` file), held until dropped: two runs never write one output
+/// directory or one cache entry at once.
+#[derive(Debug)]
+pub struct DirLock {
+    dir: std::path::PathBuf,
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    fn open(dir: &Path) -> Result<std::fs::File> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(".lock");
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Take the lock, or fail at once (naming the folder) when another process holds it.
+    pub fn try_acquire(dir: &Path) -> Result<Self> {
+        let file = Self::open(dir)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { dir: dir.to_path_buf(), _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::WouldBlock, "another cryptotl run is using this directory: wait for it to finish, or choose another output_dir"),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(dir.join(".lock"), e)),
+        }
+    }
+
+    /// Take the lock, waiting for another process that holds it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let file = Self::open(dir)?;
+        file.lock().map_err(|e| Error::io(dir.join(".lock"), e))?;
+        Ok(Self { dir: dir.to_path_buf(), _file: file })
+    }
+
+    /// The locked folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -293,7 +293,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Features(a) => {
             let cfg = a.load()?;
-            pipeline::prepare_output_dir(&cfg)?;
+            let _lock = pipeline::prepare_output_dir(&cfg)?;
             let data = pipeline::prepare_data(&cfg)?;
             let lower = pipeline::server_lower_network(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;

@@ -352,6 +352,12 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let device = Default::default();
     let key = pretrain_key(cfg);
     let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+    crate::atomic::create_private_dir(&dir)?;
+    // One run trains an entry at a time; a run that waited finds it done.
+    let _lock = crate::atomic::DirLock::acquire(&dir)?;
+    if let Some(done) = cached_pretrained(cfg) {
+        return Ok(done);
+    }
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
@@ -748,12 +754,13 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
 }
 
 /// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
-pub fn prepare_output_dir(cfg: &RunConfig) -> Result<PathBuf> {
+/// The returned lock keeps a second run out of the same directory until it is dropped.
+pub fn prepare_output_dir(cfg: &RunConfig) -> Result<crate::atomic::DirLock> {
     let out = cfg.output_dir();
     crate::atomic::writable_dir(&out)?;
     // It receives the client's decrypted features, fitted featurizer and head: owner only.
     crate::atomic::make_private(&out)?;
-    Ok(out)
+    crate::atomic::DirLock::try_acquire(&out)
 }
 
 /// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
@@ -762,7 +769,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     use crate::report::{PretrainSummary, Report, StageTime};
     let mut stages = Vec::new();
     let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
-    prepare_output_dir(cfg)?;
+    let _lock = prepare_output_dir(cfg)?;
 
     let (data, t) = timed(|| prepare_data(cfg));
     let data = data?;

@@ -186,8 +186,14 @@ fn an_output_dir_that_is_a_file_fails_before_any_work() {
     // A writable folder is created, proven writable, and closed to others.
     let out = dir.path().join("run");
     let ok = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", out.display().to_string())]).unwrap();
-    cryptotl::pipeline::prepare_output_dir(&ok).unwrap();
-    assert!(out.is_dir() && std::fs::read_dir(&out).unwrap().next().is_none(), "no probe left behind");
+    let lock = cryptotl::pipeline::prepare_output_dir(&ok).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from(".lock")], "no probe left behind, only the lock");
+    // A second run into the same directory is refused while the first holds it, and allowed after.
+    let e = cryptotl::pipeline::prepare_output_dir(&ok).unwrap_err().to_string();
+    assert!(e.contains("another cryptotl run"), "{e}");
+    drop(lock);
+    drop(cryptotl::pipeline::prepare_output_dir(&ok).unwrap());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

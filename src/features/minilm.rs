@@ -327,6 +327,8 @@ impl EmbeddingCache {
             opts.mode(0o600);
         }
         let mut f = opts.open(&self.path).map_err(io)?;
+        // Two runs appending at once would interleave records: one at a time (released when `f` closes).
+        f.lock().map_err(io)?;
         // Cut a torn tail (the file as it is now: another run may have appended since it was read), then append
         // after the last whole record.
         let len = f.metadata().map_err(io)?.len();
