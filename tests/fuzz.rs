@@ -1,0 +1,86 @@
+//! Property-based fuzzing (proptest, a bounded number of cases so CI stays fast): whatever a user or a peer
+//! sends, the config parser, `--set`, the dataset loaders, the feature files and the wire objects answer with a
+//! value or an error, never a panic or an allocation past their limits.
+
+use cryptotl::config::{DatasetConfig, DatasetFormat, QUICKSTART_TOML, RunConfig};
+use cryptotl_server::wire::WireObject;
+use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+/// Text that looks like TOML: keys, tables, values, quotes, brackets and noise.
+fn tomlish() -> impl Strategy<Value = String> {
+    let atom = prop_oneof![
+        Just("[lower]\n".to_string()), Just("[he]\n".to_string()), Just("[privacy]\n".to_string()),
+        Just("hidden = ".to_string()), Just("seed = ".to_string()), Just("name = ".to_string()),
+        Just("\"x\"\n".to_string()), Just("99999999999999999999\n".to_string()), Just("-1\n".to_string()),
+        Just("1e308\n".to_string()), Just("nan\n".to_string()), Just("[[a]]\n".to_string()), Just("= = =\n".to_string()),
+        "[a-z_.=\\[\\]\"' \n0-9-]{0,20}",
+    ];
+    prop::collection::vec(atom, 0..12).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn config_text_never_panics(extra in tomlish()) {
+        let _ = RunConfig::from_toml_str(&extra, "fuzz.toml", &[]);
+        let _ = RunConfig::from_toml_str(&format!("{QUICKSTART_TOML}\n{extra}"), "fuzz.toml", &[]);
+    }
+
+    #[test]
+    fn overrides_never_panic(key in "[a-z_]{1,12}(\\.[a-z_]{1,12}){0,2}", value in "[ -~]{0,24}") {
+        let ov = [format!("{key}={value}")];
+        if let Ok(cfg) = RunConfig::from_toml_str(QUICKSTART_TOML, "fuzz.toml", &ov) {
+            // Whatever is accepted is valid, and validation is idempotent.
+            prop_assert!(cfg.validate("again").is_ok());
+        }
+    }
+
+    #[test]
+    fn csv_and_json_loaders_never_panic(body in prop::collection::vec(any::<u8>(), 0..400), header in any::<bool>(), lossy in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        for (format, name) in [(DatasetFormat::Csv, "d.csv"), (DatasetFormat::Json, "d.json")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &body).unwrap();
+            let mut cfg = DatasetConfig::new("fuzz", format, &[path.to_str().unwrap()]);
+            cfg.header = header;
+            cfg.lossy_utf8 = lossy;
+            if !header {
+                (cfg.label_column, cfg.text_column) = ("0".into(), "1".into());
+            }
+            if let Ok(ds) = cryptotl::data::load(&cfg, 0) {
+                prop_assert!(ds.labels.iter().all(|&l| l <= 1) && ds.texts.iter().all(|t| !t.trim().is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn labelled_csv_rows_never_panic(rows in prop::collection::vec(("[ -~]{0,3}", "[ -~\n\"]{0,30}"), 0..30)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        let body: String = std::iter::once("label,text\n".to_string()).chain(rows.iter().map(|(l, t)| format!("{l},{t}\n"))).collect();
+        std::fs::write(&path, body).unwrap();
+        let _ = cryptotl::data::load(&DatasetConfig::new("fuzz", DatasetFormat::Csv, &[path.to_str().unwrap()]), 0);
+    }
+
+    #[test]
+    fn feature_files_never_panic(body in prop::collection::vec(any::<u8>(), 0..300)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.json");
+        std::fs::write(&path, &body).unwrap();
+        let _ = cryptotl::pipeline::FeatureSplit::load(&path);
+        let _ = cryptotl::features::FeaturePipeline::load(&path);
+    }
+
+    #[test]
+    fn wire_objects_never_panic_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = EncryptedInput::from_bytes(&body, 1 << 16);
+        let _ = EncryptedOutput::from_bytes(&body, 1 << 16);
+        let _ = EvaluationKey::from_bytes(&body, 1 << 16);
+    }
+}
