@@ -110,6 +110,10 @@ pub struct DatasetSummary {
     pub lossy_replacements: usize,
     /// Rows skipped for an ignored label.
     pub ignored_rows: usize,
+    /// Test examples whose text (trimmed, exact) also occurs in the training part: a test score on them measures
+    /// memory, not generalisation. (Splits do not yet keep duplicates together.)
+    #[serde(default)]
+    pub test_texts_in_train: usize,
 }
 
 /// Train, validation and test parts of one dataset.
@@ -134,7 +138,14 @@ impl Split {
             positives: full.class_counts()[1],
             lossy_replacements: full.lossy_replacements,
             ignored_rows: full.ignored_rows,
+            test_texts_in_train: self.test_texts_in_train(),
         }
+    }
+
+    /// Test examples whose text also occurs in the training part.
+    pub fn test_texts_in_train(&self) -> usize {
+        let train: std::collections::HashSet<&str> = self.train.texts.iter().map(|t| t.as_str()).collect();
+        self.test.texts.iter().filter(|t| train.contains(t.as_str())).count()
     }
 }
 

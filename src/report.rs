@@ -114,10 +114,13 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "# cryptotl run `{}`\n", self.name);
         let _ = writeln!(s, "cryptotl {} · seed {} · {} threads\n", self.version, self.seed, self.threads);
-        let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows | test texts also in train |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for (role, d) in [("server (source)", &self.source), ("client (target)", &self.target)] {
-            let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows);
+            let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows, d.test_texts_in_train);
+        }
+        if self.target.test_texts_in_train > 0 {
+            let _ = writeln!(s, "\n{} of the target's {} test texts also occur in its training split (duplicates in the data): on those the test accuracy measures memory, not generalisation.", self.target.test_texts_in_train, self.target.test);
         }
         let p = &self.pretraining;
         let _ = writeln!(

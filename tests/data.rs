@@ -247,3 +247,26 @@ fn an_unterminated_quote_is_an_error_naming_its_line() {
     std::fs::write(&path, "label,text\n1,\"two\nlines\"\n0,a 5\" screen\"\"\n1,ok\n0,fine\n").unwrap();
     assert_eq!(data::load(&cfg, 0).unwrap().len(), 4);
 }
+
+#[test]
+fn test_texts_that_also_occur_in_training_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dups.csv");
+    // 40 distinct texts and one text repeated 20 times (as the SMS collection repeats its spam).
+    let mut body = String::from("label,text\n");
+    for i in 0..40 {
+        body.push_str(&format!("{},text {i}\n", i % 2));
+    }
+    for _ in 0..20 {
+        body.push_str("1,win a prize now\n");
+    }
+    std::fs::write(&path, body).unwrap();
+    let ds = data::load(&DatasetConfig::new("d", DatasetFormat::Csv, &[path.to_str().unwrap()]), 0).unwrap();
+    let split = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2 }, 3).unwrap();
+    let want = split.test.texts.iter().filter(|t| t.as_str() == "win a prize now").count();
+    assert!(want > 0);
+    assert_eq!(split.test_texts_in_train(), want);
+    assert_eq!(split.summary(&ds).test_texts_in_train, want);
+    let clean = data::stratified_split(&imdb(), &SplitConfig { validation: 0.15, test: 0.2 }, 3).unwrap();
+    assert!(clean.test_texts_in_train() <= 3, "the IMDb sentences hold 3 duplicates");
+}
