@@ -15,13 +15,13 @@ use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` atomically (parent folders are created).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with_mode(path, bytes, None)
+    write_file(path, bytes, false)
 }
 
 /// Write a file only its owner may read (mode 0600 on Unix), atomically: the client's decrypted features and
 /// fitted featurizer, the embedding cache, the server's cached weights.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with_mode(path, bytes, Some(0o600))
+    write_file(path, bytes, true)
 }
 
 /// Restrict an existing file or folder to its owner (0600 for files, 0700 for folders; no-op off Unix).
@@ -43,7 +43,21 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     make_private(dir)
 }
 
-fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+/// Options that create a file for writing, owner-only (0600 on Unix) when `private`.
+pub fn open_options(private: bool) -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    opts
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -52,16 +66,7 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if let Some(m) = mode {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(m);
-        }
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut f = opts.open(&tmp)?;
+        let mut f = open_options(private).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -88,7 +93,6 @@ pub fn writable_dir(dir: &Path) -> Result<()> {
 /// directory or one cache entry at once.
 #[derive(Debug)]
 pub struct DirLock {
-    dir: std::path::PathBuf,
     _file: std::fs::File,
 }
 
@@ -103,7 +107,7 @@ impl DirLock {
     pub fn try_acquire(dir: &Path) -> Result<Self> {
         let file = Self::open(dir)?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { dir: dir.to_path_buf(), _file: file }),
+            Ok(()) => Ok(Self { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
                 dir,
                 std::io::Error::new(std::io::ErrorKind::WouldBlock, "another cryptotl run is using this directory: wait for it to finish, or choose another output_dir"),
@@ -116,11 +120,6 @@ impl DirLock {
     pub fn acquire(dir: &Path) -> Result<Self> {
         let file = Self::open(dir)?;
         file.lock().map_err(|e| Error::io(dir.join(".lock"), e))?;
-        Ok(Self { dir: dir.to_path_buf(), _file: file })
-    }
-
-    /// The locked folder.
-    pub fn path(&self) -> &Path {
-        &self.dir
+        Ok(Self { _file: file })
     }
 }

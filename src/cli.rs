@@ -285,9 +285,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                     pipeline::NetworkOrigin::Cache => format!("loaded from {}", lower.cache_dir.display()),
                     pipeline::NetworkOrigin::Shipped => "shipped in the binary".into(),
                 },
-                lower.source_test.accuracy
+                lower.meta.source_test.accuracy
             );
-            for t in &lower.source_tasks {
+            for t in &lower.meta.source_tasks {
                 println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
             }
         }

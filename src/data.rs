@@ -175,7 +175,7 @@ pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
             return Err(Error::data(cfg.paths.join(", "), "max_examples must be at least 2 (one per class)"));
         }
         let n_pos = ((pos as f64 * max as f64 / ds.len() as f64).round() as usize).clamp(1, max - 1);
-        let [neg_idx, pos_idx] = class_indices(&ds, seed);
+        let [neg_idx, pos_idx] = class_indices(ds.labels.iter().copied(), seed);
         let mut keep: Vec<usize> = neg_idx.into_iter().take(max - n_pos).chain(pos_idx.into_iter().take(n_pos)).collect();
         keep.sort_unstable();
         let (lossy, ignored) = (ds.lossy_replacements, ds.ignored_rows);
@@ -186,11 +186,11 @@ pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Indices of each class, shuffled by `seed`.
-fn class_indices(ds: &Dataset, seed: u64) -> [Vec<usize>; 2] {
+/// Positions of each class among `labels`, shuffled by `seed`.
+fn class_indices(labels: impl Iterator<Item = u8>, seed: u64) -> [Vec<usize>; 2] {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut by_class: [Vec<usize>; 2] = [vec![], vec![]];
-    for (i, &l) in ds.labels.iter().enumerate() {
+    for (i, l) in labels.enumerate() {
         by_class[l as usize].push(i);
     }
     for v in &mut by_class {
@@ -208,8 +208,7 @@ fn class_indices(ds: &Dataset, seed: u64) -> [Vec<usize>; 2] {
 pub fn stratified_split(ds: &Dataset, cfg: &SplitConfig, seed: u64) -> Result<Split> {
     let mut parts: [Vec<usize>; 3] = [vec![], vec![], vec![]];
     for (origin, members) in ds.by_origin() {
-        let sub = ds.select(&members);
-        for (c, idx) in class_indices(&sub, seed).into_iter().enumerate() {
+        for (c, idx) in class_indices(members.iter().map(|&i| ds.labels[i]), seed).into_iter().enumerate() {
             let n = idx.len();
             if n == 0 {
                 continue; // a path may hold one class only (e.g. a folder of spam); the dataset has both (checked on load)

@@ -328,6 +328,17 @@ pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<
     module.clone().save_file(path.to_path_buf(), &recorder()).map_err(|e| Error::artifact(path, format!("cannot save: {e}")))
 }
 
+/// [`save_module`], atomically and owner-only: written as `<path>-partial.bin`, then renamed to `<path>.bin`, so
+/// a reader never sees a torn network.
+pub fn save_module_atomic<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!("{name}-partial"));
+    save_module(module, &partial)?; // Burn sets the extension `.bin`
+    let (partial, done) = (partial.with_extension("bin"), path.with_extension("bin"));
+    crate::atomic::make_private(&partial)?;
+    std::fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))
+}
+
 /// Load a module saved by [`save_module`] into a skeleton of the same architecture.
 pub fn load_module<B: Backend, M: Module<B>>(skeleton: M, path: &Path, device: &B::Device) -> Result<M> {
     skeleton

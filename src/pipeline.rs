@@ -132,23 +132,13 @@ pub struct PretrainedLower {
     pub net: LowerNet<Cpu>,
     /// The server's featurizer + scaler (fitted on source train).
     pub features: FeaturePipeline,
-    /// Pretraining metrics on the source test split.
-    pub source_test: Metrics,
-    /// The source test accuracy per source task (per path of `[source]`).
-    pub source_tasks: Vec<SourceTask>,
-    /// Sizes of the source data it was trained on.
-    pub source: DatasetSummary,
-    /// Each neuron's pre-activation range over the source training features ([`crate::he::quant::pre_activation_ranges`]):
-    /// what the compiler calibrates on, so the encrypted stage needs no source data.
-    pub source_ranges: Vec<(f32, f32)>,
-    /// Pretraining history.
-    pub history: Vec<EpochStats>,
+    /// What the pretraining recorded (source metrics, sizes, history, DP schedule), with the calibration ranges of
+    /// the network as released (recomputed after weight noise).
+    pub meta: PretrainMeta,
     /// Where the network came from: trained now, the cache, or shipped in the binary.
     pub origin: NetworkOrigin,
     /// The cache folder.
     pub cache_dir: PathBuf,
-    /// The DP-SGD schedule of the pretraining, when `[server_privacy.dp_pretraining]` is on.
-    pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
     /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
     pub weight_noise: Option<AppliedWeightNoise>,
 }
@@ -194,7 +184,8 @@ pub struct PretrainMeta {
     pub source_tasks: Vec<SourceTask>,
     /// Sizes of the source data.
     pub source: DatasetSummary,
-    /// See [`PretrainedLower::source_ranges`] (of the un-noised network).
+    /// Each neuron's pre-activation range over the source training features ([`crate::he::quant::pre_activation_ranges`]):
+    /// what the compiler calibrates on, so the encrypted stage needs no source data.
     pub source_ranges: Vec<(f32, f32)>,
     /// Pretraining history.
     pub history: Vec<EpochStats>,
@@ -206,19 +197,7 @@ pub struct PretrainMeta {
 impl PretrainedLower {
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self {
-            net: net.lower,
-            features,
-            source_test: meta.source_test,
-            source_tasks: meta.source_tasks,
-            source: meta.source,
-            source_ranges: meta.source_ranges,
-            history: meta.history,
-            origin,
-            cache_dir,
-            dp_pretraining: meta.dp_pretraining,
-            weight_noise: None,
-        }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None }
     }
 }
 
@@ -385,18 +364,14 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         history: trained.history.clone(),
         dp_pretraining: dp_plan,
     };
-    crate::atomic::create_private_dir(&dir)?;
     // The meta file marks an entry complete: it goes first when an entry is rewritten, and comes back last, so a
     // run killed in between leaves an incomplete entry (a miss), never a valid meta beside a torn network.
     let meta_path = dir.join("meta.json");
     if meta_path.exists() {
         std::fs::remove_file(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
     }
-    model::save_module(&trained.model, &dir.join("lower-partial"))?; // Burn sets the extension `.bin`
-    let (partial, final_path) = (dir.join("lower-partial.bin"), dir.join("lower.bin"));
-    crate::atomic::make_private(&partial)?;
-    std::fs::rename(&partial, &final_path).map_err(|e| Error::io(&final_path, e))?;
-    crate::atomic::write_private(&dir.join("features.json"), &serde_json::to_vec(&features).map_err(|e| Error::Internal(format!("feature pipeline: {e}")))?)?;
+    model::save_module_atomic(&trained.model, &dir.join("lower"))?;
+    features.save(&dir.join("features.json"))?;
     cfg.save(&dir.join("config.toml"))?;
     crate::atomic::write(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
     Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
@@ -450,11 +425,12 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
             if let Some(wn) = &cfg.server_privacy.weight_noise {
                 crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
             }
-            pretrain(cfg, split, summary)?
+            // The cache and the binary were just consulted.
+            pretrain_on_source(cfg, split, summary)?
         }
     };
     let noise_plan = match &cfg.server_privacy.weight_noise {
-        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.source.train)?,
+        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.meta.source.train)?,
         None => None,
     };
     if let Some(plan) = noise_plan {
@@ -469,7 +445,7 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
             })?,
         };
         let x = lower.features.transform(&split.train.texts)?;
-        lower.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
+        lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
     }
     Ok(lower)
 }
@@ -505,7 +481,7 @@ pub struct EncryptedTransfer {
 /// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
 pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<EncryptedTransfer> {
     let params = cfg.he.params()?;
-    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.source_ranges, &cfg.he)?;
+    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
     let float = client.map(|x| lower_forward(&lower.net, x))?;
     let overflow = std::cell::Cell::new(0usize);
     let quantized = client.map(|x| {
@@ -872,9 +848,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         privacy_report.as_ref(),
         data.target.train.len(),
         crate::privacy::budget::ServerMechanisms {
-            dp_pretraining: lower.dp_pretraining.as_ref(),
+            dp_pretraining: lower.meta.dp_pretraining.as_ref(),
             weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-            source_examples: lower.source.train,
+            source_examples: lower.meta.source.train,
         },
         crate::privacy::budget::TfheStatement::new(&cfg.he)?,
     )?;
@@ -883,16 +859,16 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         seed: cfg.seed,
         version: env!("CARGO_PKG_VERSION").into(),
         threads: rayon::current_num_threads(),
-        source: lower.source.clone(),
+        source: lower.meta.source.clone(),
         target: data.target_summary,
         pretraining: PretrainSummary {
             from_cache: lower.from_cache(),
             origin: lower.origin,
             cache_dir: lower.cache_dir.display().to_string(),
-            source_test: lower.source_test,
-            source_tasks: lower.source_tasks,
-            history: lower.history,
-            dp_pretraining: lower.dp_pretraining,
+            source_test: lower.meta.source_test,
+            source_tasks: lower.meta.source_tasks,
+            history: lower.meta.history,
+            dp_pretraining: lower.meta.dp_pretraining,
             weight_noise: lower.weight_noise,
         },
         budget,

@@ -156,23 +156,23 @@ pub fn find(key: &str) -> Option<Result<&'static ShippedNetwork>> {
 /// Pretrain (or load from the cache; never from the binary) the network of `cfg` and write it to `dir` as a
 /// shippable entry, atomically. Returns the manifest.
 pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
-    let (source, summary) = crate::pipeline::load_source(cfg)?;
     if cfg.server_privacy.weight_noise.is_some() {
         return Err(Error::Config { file: cfg.name.clone(), key: "server_privacy.weight_noise".into(),
             message: "a shipped network is the pretrained one; weight noise is drawn by each run".into() });
     }
+    // The sources are loaded only when the cache has no entry to ship.
     let lower = match crate::pipeline::cached_pretrained(cfg) {
         Some(cached) => cached,
-        None => crate::pipeline::pretrain_on_source(cfg, &source, &summary)?,
+        None => {
+            let (source, summary) = crate::pipeline::load_source(cfg)?;
+            crate::pipeline::pretrain_on_source(cfg, &source, &summary)?
+        }
     };
+    // The pretraining output layer is not kept in memory (transfer drops it): read the whole network back.
     let device = Default::default();
     let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
     let net = crate::model::load_module(skeleton, &lower.cache_dir.join("lower"), &device)?;
-    let meta: PretrainMeta = {
-        let path = lower.cache_dir.join("meta.json");
-        serde_json::from_slice(&std::fs::read(&path).map_err(|e| Error::io(&path, e))?).map_err(|e| Error::artifact(&path, format!("corrupt: {e}")))?
-    };
-    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &meta, &lower.features)?;
+    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::atomic::write(&dir.join("pretrain_net.bin"), &network)?;
     crate::atomic::write(&dir.join("manifest.json"), &manifest)?;

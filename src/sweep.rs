@@ -237,7 +237,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
         let lower = pipeline::server_lower_network(server_cfg)?;
-        let server_reached = match (&lower.dp_pretraining, &lower.weight_noise) {
+        let server_reached = match (&lower.meta.dp_pretraining, &lower.weight_noise) {
             (None, None) => f64::INFINITY,
             (Some(p), None) => p.epsilon,
             (None, Some(w)) => w.plan.epsilon,

@@ -167,7 +167,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
 
     // Off: the released network is the pretrained one, bit for bit, and the table claims nothing for the server.
     let plain = cryptotl::pipeline::server_lower_network(&data_cfg).unwrap();
-    assert!(plain.weight_noise.is_none() && plain.dp_pretraining.is_none());
+    assert!(plain.weight_noise.is_none() && plain.meta.dp_pretraining.is_none());
     let pretrained = flatten(&cryptotl::pipeline::pretrain(&data_cfg, &source, &summary).unwrap().net);
     assert_eq!(flatten(&plain.net), pretrained);
     let disabled = load("[server_privacy.weight_noise]\nenabled = false\nl2_sensitivity = 0.01\n");

@@ -24,11 +24,11 @@ fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
     // does not have them).
     let lower = pipeline::server_lower_network(&cfg).unwrap();
     assert_eq!(lower.origin, NetworkOrigin::Shipped);
-    assert_eq!(lower.source_ranges.len(), cfg.lower.hidden);
-    assert_eq!(lower.source_tasks.len(), 3);
-    assert!(lower.source.train > 15_000, "{:?}", lower.source);
+    assert_eq!(lower.meta.source_ranges.len(), cfg.lower.hidden);
+    assert_eq!(lower.meta.source_tasks.len(), 3);
+    assert!(lower.meta.source.train > 15_000, "{:?}", lower.meta.source);
     // The encrypted stage compiles from the shipped ranges alone.
-    let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.source_ranges, &cfg.he).unwrap();
+    let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he).unwrap();
     assert_eq!(program.neurons, cfg.lower.hidden);
     // Anything that changes the network changes the key: then the run pretrains (and needs the sources).
     cfg.pretrain.epochs += 1;

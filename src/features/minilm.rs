@@ -318,15 +318,8 @@ impl EmbeddingCache {
             return Ok(());
         }
         let io = |e| Error::io(&self.path, e);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).write(true).truncate(false);
-        #[cfg(unix)]
-        {
-            // The embeddings of private texts: owner only.
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&self.path).map_err(io)?;
+        // The embeddings of private texts: owner only.
+        let mut f = crate::atomic::open_options(true).truncate(false).open(&self.path).map_err(io)?;
         // Two runs appending at once would interleave records: one at a time (released when `f` closes).
         f.lock().map_err(io)?;
         // Cut a torn tail (the file as it is now: another run may have appended since it was read), then append
