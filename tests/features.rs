@@ -143,6 +143,29 @@ fn the_embedding_cache_survives_torn_tails_and_flipped_bytes() {
     assert_eq!(cache.get("text 2").unwrap()[2], 1.0);
 }
 
+#[test]
+fn an_embedding_cache_from_before_checksums_is_carried_over_not_recomputed() {
+    use cryptotl::features::minilm::{EmbeddingCache, MINILM_DIM, WINDOW_STRIDE, text_key};
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "ef".repeat(32);
+    // The old format: 16-byte key and the embedding, no checksum. One good record, one with a wrong norm.
+    let mut old = Vec::new();
+    for (text, value) in [("kept", 1.0f32), ("damaged", 3.0)] {
+        old.extend_from_slice(&text_key(text).to_le_bytes());
+        (0..MINILM_DIM).for_each(|j| old.extend_from_slice(&(if j == 7 { value } else { 0.0f32 }).to_le_bytes()));
+    }
+    let legacy = dir.path().join(format!("minilm-w{WINDOW_STRIDE}-{}.bin", &sha[..16]));
+    std::fs::write(&legacy, &old).unwrap();
+    let cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
+    assert_eq!(cache.get("kept").unwrap()[7], 1.0);
+    assert!(cache.get("damaged").is_none(), "a record that is not unit-norm is not carried over");
+    assert_eq!(cache.len(), 1);
+    assert_eq!(std::fs::read(&legacy).unwrap(), old, "the old file is left as it was");
+    // The carried-over file is the current format and reads again without the old one.
+    std::fs::remove_file(&legacy).unwrap();
+    assert_eq!(EmbeddingCache::open(dir.path(), &sha, None).unwrap().get("kept").unwrap()[7], 1.0);
+}
+
 #[cfg(unix)]
 #[test]
 fn the_clients_private_files_are_owner_only() {

@@ -238,6 +238,9 @@ pub fn text_key(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
+/// Texts embedded between two appends to the cache.
+const CACHE_CHUNK: usize = 256;
+
 /// One cache record: 16-byte text key, the embedding as little-endian f32, then an 8-byte xxh3-64 of both.
 const RECORD: usize = 16 + 4 * MINILM_DIM + 8;
 
@@ -261,6 +264,12 @@ impl EmbeddingCache {
         let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
         let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16]));
         let mut entries = HashMap::new();
+        if !path.exists() {
+            let legacy = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
+            if legacy.exists() {
+                Self::migrate(&legacy, &path)?;
+            }
+        }
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if bytes.len() % RECORD != 0 {
@@ -284,6 +293,29 @@ impl EmbeddingCache {
         }
         Ok(Self { path, entries })
     }
+    /// Carry the records of a cache written before records had checksums (same model, same windows) over to the
+    /// current format, keeping those that are whole and unit-norm, so an upgrade does not embed everything again.
+    /// The new file is written atomically; the old one is left as it is.
+    fn migrate(legacy: &Path, path: &Path) -> Result<()> {
+        const LEGACY_RECORD: usize = 16 + 4 * MINILM_DIM;
+        let bytes = std::fs::read(legacy).map_err(|e| Error::io(legacy, e))?;
+        let mut out = Vec::with_capacity(bytes.len() / LEGACY_RECORD * RECORD);
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        for rec in bytes.chunks_exact(LEGACY_RECORD) {
+            let norm2: f32 = rec[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).powi(2)).sum();
+            if (norm2 - 1.0).abs() < 1e-3 {
+                out.extend_from_slice(rec);
+                out.extend_from_slice(&record_checksum(rec).to_le_bytes());
+                kept += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        crate::atomic::write_private(path, &out)?;
+        tracing::info!(from = %legacy.display(), to = %path.display(), kept, dropped, "embedding cache carried over to the checksummed format");
+        Ok(())
+    }
+
     /// Cached embedding of a text.
     pub fn get(&self, text: &str) -> Option<&[f32]> {
         self.entries.get(&text_key(text)).map(Vec::as_slice)
@@ -400,10 +432,12 @@ impl MiniLm {
         let mut missing: Vec<&String> = texts.iter().filter(|t| cache.get(t).is_none()).collect();
         missing.sort();
         missing.dedup();
-        if !missing.is_empty() {
-            let owned: Vec<String> = missing.iter().map(|t| (*t).clone()).collect();
-            let rows = encoder.embed_windows(&owned, self.batch_size, self.max_windows, &format!("MiniLM {} new texts", owned.len()))?;
-            cache.insert(&missing, &rows)?;
+        // Saved chunk by chunk: a run killed while embedding keeps what it embedded before the last chunk.
+        for (c, chunk) in missing.chunks(CACHE_CHUNK).enumerate() {
+            let owned: Vec<String> = chunk.iter().map(|t| (*t).clone()).collect();
+            let what = format!("MiniLM new texts {}/{}", c * CACHE_CHUNK, missing.len());
+            let rows = encoder.embed_windows(&owned, self.batch_size, self.max_windows, &what)?;
+            cache.insert(chunk, &rows)?;
         }
         tracing::info!(texts = texts.len(), embedded_now = missing.len(), cached = cache.len(), "MiniLM features");
         let mut out = Array2::<f32>::zeros((texts.len(), MINILM_DIM));
