@@ -299,7 +299,8 @@ fn dispatch(cmd: Command) -> Result<()> {
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
             let (transferred, _) = pipeline::transfer(&cfg, &lower, &client)?;
             // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
-            let transferred = pipeline::head_inputs(&cfg, &transferred, &client)?;
+            let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| pipeline::BagOfWords::new(&data.target));
+            let transferred = pipeline::head_inputs(&cfg, &transferred, &client, bow.as_ref())?;
             let out = cfg.output_dir();
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
             client_pipeline.save(&out.join("client_features.json"))?;

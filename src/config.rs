@@ -482,6 +482,22 @@ pub struct SplitConfig {
     /// Fraction of each class held out for the final test.
     #[serde(default = "default_test")]
     pub test: f64,
+    /// Examples whose text occurs more than once: `together` (default) keeps every copy in one part (the
+    /// earliest of train, validation, test that holds one), so no test score rests on a text seen in training;
+    /// `allow` leaves the copies where the shuffle put them.
+    #[serde(default)]
+    pub duplicates: Duplicates,
+}
+
+/// What a split does with texts that occur more than once in a dataset.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Duplicates {
+    /// Every copy of a text goes to one part: training if any copy was drawn for it, else validation.
+    #[default]
+    Together,
+    /// Copies stay where the stratified shuffle put them.
+    Allow,
 }
 fn default_validation() -> f64 {
     0.15
@@ -491,7 +507,7 @@ fn default_test() -> f64 {
 }
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { validation: default_validation(), test: default_test() }
+        Self { validation: default_validation(), test: default_test(), duplicates: Duplicates::default() }
     }
 }
 
@@ -598,6 +614,12 @@ pub enum HeadInputs {
     /// using them together costs no privacy and lets the head fall back on its own features where transfer is weak.
     #[serde(rename = "transfer+own")]
     TransferPlusOwn,
+    /// The decrypted outputs beside one more column: the score of a bag-of-words logistic regression fitted on the
+    /// client's own training texts, out of fold for the training rows (each row scored by a model that did not see
+    /// it), so the head learns how far to trust it. The client holds the texts, so this costs no privacy towards
+    /// the server; but the score is fitted on the labels without DP, so it cannot go with `[privacy]`.
+    #[serde(rename = "transfer+bow")]
+    TransferPlusBow,
 }
 
 impl HeadInputs {
@@ -606,6 +628,7 @@ impl HeadInputs {
         match self {
             Self::Transfer => "transfer",
             Self::TransferPlusOwn => "transfer+own",
+            Self::TransferPlusBow => "transfer+bow",
         }
     }
 }
@@ -618,7 +641,8 @@ pub struct HeadConfig {
     /// `linear` (logistic regression) or `mlp` (the paper's head).
     #[serde(default)]
     pub kind: HeadKind,
-    /// `transfer` (the decrypted outputs) or `transfer+own` (those and the client's own features side by side).
+    /// `transfer` (the decrypted outputs), `transfer+own` (those and the client's own features side by side) or
+    /// `transfer+bow` (those and a cross-fitted bag-of-words score).
     #[serde(default)]
     pub inputs: HeadInputs,
     /// `linear`: inverse L2 strength, as scikit-learn's `C` (the objective is C·Σ loss + ½‖w‖², bias not
@@ -888,6 +912,9 @@ impl RunConfig {
         }
         if let Some(w) = &self.server_privacy.weight_noise {
             validate_weight_noise(w, &err)?;
+        }
+        if self.head.inputs == HeadInputs::TransferPlusBow && self.privacy.as_ref().is_some_and(|p| p.enabled) {
+            return Err(err("head.inputs", "\"transfer+bow\" adds a bag-of-words score fitted on the training labels without DP, so a DP-SGD head on it would not be private; use \"transfer\" or \"transfer+own\" with [privacy]".into()));
         }
         if self.source.balance_paths && self.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled) {
             return Err(err("source.balance_paths", "repeats source examples, which DP pretraining's accountant does not allow for (each repeat would spend the budget again); set source.balance_paths = false to pretrain with DP".into()));

@@ -117,12 +117,16 @@ fn subset_split(fs: &FeatureSplit, idx: &[usize]) -> FeatureSplit {
 }
 
 /// Train every method on seeded subsets of the training split (sizes from `curve.sizes` or [`default_sizes`],
-/// `curve.draws` draws each) and score each on the test split. `transferred` are the head's inputs (decrypted
-/// outputs, possibly beside the own features), `own` the client's scaled features, `bow` the bag-of-words rows.
+/// `curve.draws` draws each) and score each on the test split. `transferred` are the decrypted outputs, `own` the
+/// client's scaled features, `bow` the bag-of-words rows. The transfer head's inputs (`head.inputs`) are built
+/// from each subset alone, so a cross-fitted bag-of-words score at 16 labels is fitted on those 16.
 pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>) -> Result<LearningCurves> {
     let n = transferred.train.nrows();
     if own.train_y != transferred.train_y || bow.is_some_and(|b| b.train_y != transferred.train_y) {
         return Err(Error::Features("learning curves: the feature sets are of different training examples".into()));
+    }
+    if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow && bow.is_none() {
+        return Err(Error::Internal("learning curves of a \"transfer+bow\" head without the bag-of-words rows".into()));
     }
     let mut sizes: Vec<usize> = cfg.curve.sizes.clone().unwrap_or_else(|| default_sizes(n)).into_iter().map(|s| s.min(n)).collect();
     sizes.sort_unstable();
@@ -160,12 +164,13 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             let seed = cfg.seed ^ SUBSET_STREAM ^ ((size as u64) << 20) ^ d as u64;
             let idx = stratified_subset(&transferred.train_y, size, seed);
             let mut out = Vec::new();
-            let sub_t = subset_split(transferred, &idx);
             let sub_o = subset_split(own, &idx);
+            let sub_bow = bow.map(|b| b.subset(&idx));
+            let sub_t = crate::pipeline::head_inputs(cfg, &subset_split(transferred, &idx), &sub_o, sub_bow.as_ref())?;
             out.push(("transfer".into(), size, crate::pipeline::train_head(cfg, &sub_t, "curve transfer")?.test.accuracy));
             out.push(("raw_features".into(), size, crate::pipeline::train_head(cfg, &sub_o, "curve raw")?.test.accuracy));
-            if let Some(b) = bow {
-                out.push(("bag_of_words".into(), size, b.fit_and_test(Some(&idx))?.accuracy));
+            if let Some(b) = &sub_bow {
+                out.push(("bag_of_words".into(), size, b.fit_and_test(None)?.accuracy));
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));

@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::config::{DatasetConfig, DatasetFormat, SplitConfig};
+use crate::config::{DatasetConfig, DatasetFormat, Duplicates, SplitConfig};
 use crate::error::{Error, Result};
 
 /// Datasets shipped inside the binary (CC BY 4.0, Kotzias et al. 2015; see `datasets/README.md`).
@@ -111,9 +111,12 @@ pub struct DatasetSummary {
     /// Rows skipped for an ignored label.
     pub ignored_rows: usize,
     /// Test examples whose text (trimmed, exact) also occurs in the training part: a test score on them measures
-    /// memory, not generalisation. (Splits do not yet keep duplicates together.)
+    /// memory, not generalisation. 0 unless `[split] duplicates = "allow"`.
     #[serde(default)]
     pub test_texts_in_train: usize,
+    /// Examples moved to join a copy of their text in an earlier part (`[split] duplicates = "together"`).
+    #[serde(default)]
+    pub duplicates_moved: usize,
 }
 
 /// Train, validation and test parts of one dataset.
@@ -125,6 +128,9 @@ pub struct Split {
     pub validation: Dataset,
     /// Test part (final metrics only).
     pub test: Dataset,
+    /// Examples moved out of the part the shuffle drew them for, to join a copy of their text in an earlier part
+    /// (`[split] duplicates = "together"`).
+    pub duplicates_moved: usize,
 }
 
 impl Split {
@@ -139,6 +145,7 @@ impl Split {
             lossy_replacements: full.lossy_replacements,
             ignored_rows: full.ignored_rows,
             test_texts_in_train: self.test_texts_in_train(),
+            duplicates_moved: self.duplicates_moved,
         }
     }
 
@@ -225,10 +232,35 @@ pub fn stratified_split(ds: &Dataset, cfg: &SplitConfig, seed: u64) -> Result<Sp
             parts[0].extend(global(&idx[n_test + n_val..]));
         }
     }
+    let duplicates_moved = match cfg.duplicates {
+        Duplicates::Together => keep_duplicates_together(ds, &mut parts),
+        Duplicates::Allow => 0,
+    };
     for p in &mut parts {
         p.sort_unstable();
     }
-    Ok(Split { train: ds.select(&parts[0]), validation: ds.select(&parts[1]), test: ds.select(&parts[2]) })
+    Ok(Split { train: ds.select(&parts[0]), validation: ds.select(&parts[1]), test: ds.select(&parts[2]), duplicates_moved })
+}
+
+/// Move every copy of a text into the earliest part (train, validation, test) that holds one; the number moved.
+/// A dataset without repeated texts is left exactly as split.
+fn keep_duplicates_together(ds: &Dataset, parts: &mut [Vec<usize>; 3]) -> usize {
+    let mut home: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (p, idx) in parts.iter().enumerate() {
+        for &i in idx {
+            home.entry(ds.texts[i].as_str()).or_insert(p);
+        }
+    }
+    let mut moved = 0;
+    for p in 1..3 {
+        let (stay, go): (Vec<usize>, Vec<usize>) = parts[p].iter().partition(|&&i| home[ds.texts[i].as_str()] == p);
+        moved += go.len();
+        for i in go {
+            parts[home[ds.texts[i].as_str()]].push(i);
+        }
+        parts[p] = stay;
+    }
+    moved
 }
 
 // ---------------------------------------------------------------------------------------------------------------

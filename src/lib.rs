@@ -17,6 +17,7 @@
 //! - [`privacy`]: DP-SGD, its accountants (OpenDP zCDP, RDP, PLD), the server's weight noise and DP pretraining.
 //! - [`model`]: the lower network, pretraining head, client head (Burn).
 //! - [`linear`]: exact L2 logistic regression (the linear head without DP, the bag-of-words baseline).
+//! - [`bow`]: the client's bag-of-words model: the baseline of every report, and the score `head.inputs = "transfer+bow"` adds.
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
 //! - [`eval`]: metrics.
 //! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod bow;
 pub mod cli;
 pub mod config;
 pub mod curve;

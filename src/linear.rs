@@ -213,9 +213,18 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
 impl LogisticRegression {
     /// `P(y = 1)` for every row.
     pub fn probabilities(&self, x: Design<'_>) -> Vec<f32> {
+        self.margins_f64(x).into_iter().map(|z| sigmoid(z) as f32).collect()
+    }
+
+    /// The margin `x·w + b` (the log-odds of `y = 1`) of every row.
+    pub fn margins(&self, x: Design<'_>) -> Vec<f32> {
+        self.margins_f64(x).into_iter().map(|z| z as f32).collect()
+    }
+
+    fn margins_f64(&self, x: Design<'_>) -> Vec<f64> {
         let w: Vec<f64> = self.weights.iter().map(|&v| v as f64).collect();
         let ones = vec![1.0; w.len()];
         let zeros = vec![0.0; w.len()];
-        x.margins(&w, self.bias as f64, &zeros, &ones).into_iter().map(|z| sigmoid(z) as f32).collect()
+        x.margins(&w, self.bias as f64, &zeros, &ones)
     }
 }

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::eval::Metrics;
 use crate::features::FeaturePipeline;
 use crate::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, map_rows, predict_proba};
+pub use crate::bow::{BAG_OF_WORDS_CS, BAG_OF_WORDS_DIM, BagOfWords};
 use crate::train::{self, EpochStats, Examples, Trained};
 
 /// The client's dataset, loaded and split. (The server's source data is loaded by [`load_source`], only where a
@@ -141,6 +142,26 @@ pub struct PretrainedLower {
     pub cache_dir: PathBuf,
     /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
     pub weight_noise: Option<AppliedWeightNoise>,
+    /// The pretraining output layer on top of the lower network: the server's source classifier.
+    pub source_head: SourceHead,
+}
+
+/// The server's source classifier on its lower network's outputs: `logit = outputs·weights + bias`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceHead {
+    /// One weight per lower-network output.
+    pub weights: Vec<f32>,
+    /// The bias.
+    pub bias: f32,
+}
+
+impl SourceHead {
+    /// The output layer of a pretraining network.
+    pub fn of(net: &PretrainNet<Cpu>) -> Self {
+        let weights = net.out.weight.val().into_data().to_vec::<f32>().unwrap_or_default();
+        let bias = net.out.bias.as_ref().map_or(0.0, |b| b.val().into_data().to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(0.0));
+        Self { weights, bias }
+    }
 }
 
 /// Where a [`PretrainedLower`] came from.
@@ -197,7 +218,8 @@ pub struct PretrainMeta {
 impl PretrainedLower {
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None }
+        let source_head = SourceHead::of(&net);
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, source_head }
     }
 }
 
@@ -557,26 +579,41 @@ pub fn new_head<B: burn::prelude::Backend>(cfg: &RunConfig, input: usize, device
 }
 
 /// What the client's head reads (`head.inputs`): the transferred features, or them side by side with the client's
-/// own scaled features (the client holds both, so this costs no privacy).
-pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit) -> Result<FeatureSplit> {
+/// own scaled features, or with the bag-of-words score of its own texts ([`BagOfWords::stacked_scores`], needs
+/// `bow`, rows in the same order). The client holds all of these, so none costs privacy towards the server.
+pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>) -> Result<FeatureSplit> {
+    let join = |a: &Array2<f32>, b: ndarray::ArrayView2<'_, f32>| -> Result<Array2<f32>> {
+        ndarray::concatenate(ndarray::Axis(1), &[a.view(), b])
+            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
+    };
+    let same_examples = |ys: [&[u8]; 3]| ys == [&transferred.train_y[..], &transferred.validation_y[..], &transferred.test_y[..]];
+    let beside = |extra: [ndarray::ArrayView2<'_, f32>; 3]| -> Result<FeatureSplit> {
+        Ok(FeatureSplit {
+            train: join(&transferred.train, extra[0])?,
+            train_y: transferred.train_y.clone(),
+            validation: join(&transferred.validation, extra[1])?,
+            validation_y: transferred.validation_y.clone(),
+            test: join(&transferred.test, extra[2])?,
+            test_y: transferred.test_y.clone(),
+        })
+    };
     match cfg.head.inputs {
         crate::config::HeadInputs::Transfer => Ok(transferred.clone()),
         crate::config::HeadInputs::TransferPlusOwn => {
-            let join = |a: &Array2<f32>, b: &Array2<f32>| -> Result<Array2<f32>> {
-                ndarray::concatenate(ndarray::Axis(1), &[a.view(), b.view()])
-                    .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
-            };
-            if transferred.train_y != own.train_y || transferred.test_y != own.test_y || transferred.validation_y != own.validation_y {
+            if !same_examples([&own.train_y, &own.validation_y, &own.test_y]) {
                 return Err(Error::Features("transferred and own features are of different examples".into()));
             }
-            Ok(FeatureSplit {
-                train: join(&transferred.train, &own.train)?,
-                train_y: own.train_y.clone(),
-                validation: join(&transferred.validation, &own.validation)?,
-                validation_y: own.validation_y.clone(),
-                test: join(&transferred.test, &own.test)?,
-                test_y: own.test_y.clone(),
-            })
+            beside([own.train.view(), own.validation.view(), own.test.view()])
+        }
+        crate::config::HeadInputs::TransferPlusBow => {
+            let bow = bow.ok_or_else(|| Error::Internal("head.inputs = \"transfer+bow\" without the bag-of-words rows".into()))?;
+            if !same_examples([&bow.train_y, &bow.validation_y, &bow.test_y]) {
+                return Err(Error::Features("transferred features and bag-of-words rows are of different examples".into()));
+            }
+            let [tr, va, te] = bow.stacked_scores(cfg.seed ^ crate::bow::FOLD_STREAM)?;
+            let col = |v: Vec<f32>| Array2::from_shape_vec((v.len(), 1), v).map_err(|e| Error::Internal(format!("score column: {e}")));
+            let (tr, va, te) = (col(tr)?, col(va)?, col(te)?);
+            beside([tr.view(), va.view(), te.view()])
         }
     }
 }
@@ -619,71 +656,6 @@ pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::priv
     TrainedHead { trained, test }
 }
 
-/// Hash buckets of the bag-of-words baseline.
-pub const BAG_OF_WORDS_DIM: usize = 1 << 18;
-/// Inverse L2 strengths the bag-of-words baseline chooses from, on the validation split (as scikit-learn's
-/// `LogisticRegressionCV` would; the smallest C wins ties). A baseline this tuned is what a practitioner would run;
-/// in the learning curves it even uses the whole validation split at every size, which favours it.
-pub const BAG_OF_WORDS_CS: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
-
-/// The bag-of-words baseline's rows: TF-IDF of word 1-2-grams hashed to [`BAG_OF_WORDS_DIM`] buckets (IDF fitted
-/// on the target's training split), L2-normalised, sparse.
-#[derive(Debug, Clone)]
-pub struct BagOfWords {
-    /// Training rows.
-    pub train: Vec<crate::linear::SparseRow>,
-    /// Training labels.
-    pub train_y: Vec<u8>,
-    /// Validation rows.
-    pub validation: Vec<crate::linear::SparseRow>,
-    /// Validation labels.
-    pub validation_y: Vec<u8>,
-    /// Test rows.
-    pub test: Vec<crate::linear::SparseRow>,
-    /// Test labels.
-    pub test_y: Vec<u8>,
-}
-
-impl BagOfWords {
-    /// Fit the IDF on the target's training texts and featurize its training and test parts.
-    pub fn new(target: &Split) -> Self {
-        let tfidf = crate::features::HashedTfidf::fit(&target.train.texts, BAG_OF_WORDS_DIM, 2);
-        Self {
-            train: tfidf.transform_sparse(&target.train.texts),
-            train_y: target.train.labels.clone(),
-            validation: tfidf.transform_sparse(&target.validation.texts),
-            validation_y: target.validation.labels.clone(),
-            test: tfidf.transform_sparse(&target.test.texts),
-            test_y: target.test.labels.clone(),
-        }
-    }
-    /// Fit the logistic regression on the training rows at `idx` (all when `None`) and score the test part.
-    pub fn fit_and_test(&self, idx: Option<&[usize]>) -> Result<Metrics> {
-        Ok(self.fit_and_score(idx)?.0)
-    }
-
-    /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
-    pub fn fit_and_score(&self, idx: Option<&[usize]>) -> Result<(Metrics, f64, f64)> {
-        use std::borrow::Cow;
-        let (rows, y): (Cow<'_, [crate::linear::SparseRow]>, Cow<'_, [u8]>) = match idx {
-            Some(idx) => (idx.iter().map(|&i| self.train[i].clone()).collect(), idx.iter().map(|&i| self.train_y[i]).collect()),
-            None => (Cow::Borrowed(&self.train[..]), Cow::Borrowed(&self.train_y[..])),
-        };
-        let mut best: Option<(f64, f64, crate::linear::LogisticRegression)> = None;
-        for c in BAG_OF_WORDS_CS {
-            let lr = crate::linear::fit(crate::linear::Design::Sparse { rows: &rows, dim: BAG_OF_WORDS_DIM }, &y, c)?;
-            let v = lr.probabilities(crate::linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
-            let val = Metrics::from_probabilities(&v, &self.validation_y).accuracy;
-            if best.as_ref().is_none_or(|(b, _, _)| val > *b) {
-                best = Some((val, c, lr));
-            }
-        }
-        let (val, c, lr) = best.expect("at least one C");
-        let p = lr.probabilities(crate::linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM });
-        Ok((Metrics::from_probabilities(&p, &self.test_y), val, c))
-    }
-}
-
 /// The head's kind in words, for reports.
 pub fn head_name(cfg: &RunConfig) -> &'static str {
     match cfg.head.kind {
@@ -724,7 +696,6 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     let lower = server_lower_network(cfg)?;
     let (_, client) = client_features(cfg, &data.target)?;
     let (transferred, _) = transfer(cfg, &lower, &client)?;
-    let transferred = head_inputs(cfg, &transferred, &client)?;
     let bow = BagOfWords::new(&data.target);
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
 }
@@ -772,7 +743,11 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
     }
 
-    let transferred = head_inputs(cfg, &transferred, &client)?;
+    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled || cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow)
+        .then(|| BagOfWords::new(&data.target));
+    // The decrypted outputs as they came (the learning curves build their heads' inputs per subset).
+    let decrypted = transferred;
+    let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
     let mut results = Vec::new();
     let head = train_head(cfg, &transferred, "head")?;
     stage("train head", head.trained.seconds);
@@ -781,13 +756,14 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let inputs = match cfg.head.inputs {
         crate::config::HeadInputs::Transfer => String::new(),
         crate::config::HeadInputs::TransferPlusOwn => " beside the client's own features".into(),
+        crate::config::HeadInputs::TransferPlusBow => " beside the cross-fitted score of a bag-of-words model of the client's own texts".into(),
     };
     results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){inputs}", head_name(cfg))));
     let mut he_report = None;
     if let Some(he) = he_paths {
-        let float = train_head(cfg, &head_inputs(cfg, &he.float, &client)?, "head (float path)")?;
+        let float = train_head(cfg, &head_inputs(cfg, &he.float, &client, bow.as_ref())?, "head (float path)")?;
         stage("train head on float outputs", float.trained.seconds);
-        let quantized = train_head(cfg, &head_inputs(cfg, &he.quantized, &client)?, "head (quantized path)")?;
+        let quantized = train_head(cfg, &head_inputs(cfg, &he.quantized, &client, bow.as_ref())?, "head (quantized path)")?;
         stage("train head on clear-integer outputs", quantized.trained.seconds);
         let mut r = he.report;
         (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (float.test.accuracy, quantized.test.accuracy, head.test.accuracy);
@@ -822,7 +798,6 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("baseline: whole network on target", b.trained.seconds);
         results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
     }
-    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled).then(|| BagOfWords::new(&data.target));
     if let (true, Some(bow)) = (cfg.baselines.bag_of_words, &bow) {
         let (m, t) = timed(|| bow.fit_and_score(None));
         let (m, val, c) = m?;
@@ -838,7 +813,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         });
     }
     let curve = if cfg.curve.enabled {
-        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &transferred, &client, bow.as_ref()));
+        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref()));
         stage("learning curves", t);
         Some(c?)
     } else {

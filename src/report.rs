@@ -114,10 +114,14 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "# cryptotl run `{}`\n", self.name);
         let _ = writeln!(s, "cryptotl {} · seed {} · {} threads\n", self.version, self.seed, self.threads);
-        let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows | test texts also in train |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows | copies moved to join their text | test texts also in train |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (role, d) in [("server (source)", &self.source), ("client (target)", &self.target)] {
-            let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows, d.test_texts_in_train);
+            let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows, d.duplicates_moved, d.test_texts_in_train);
+        }
+        if self.target.duplicates_moved > 0 {
+            let _ = writeln!(s, "
+{} of the target's examples repeat a text drawn for an earlier part and were moved there (`[split] duplicates = \"together\"`): no test text occurs in training.", self.target.duplicates_moved);
         }
         if self.target.test_texts_in_train > 0 {
             let _ = writeln!(s, "\n{} of the target's {} test texts also occur in its training split (duplicates in the data): on those the test accuracy measures memory, not generalisation.", self.target.test_texts_in_train, self.target.test);

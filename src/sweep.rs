@@ -220,6 +220,13 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
     if spec.repeats == 0 {
         return Err(Error::Privacy("repeats must be at least 1".into()));
     }
+    if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
+        return Err(Error::Config {
+            file: cfg.name.clone(),
+            key: "head.inputs".into(),
+            message: "the sweep trains DP-SGD heads, and \"transfer+bow\" adds a score fitted on the labels without DP; sweep with --set head.inputs=transfer (or transfer+own)".into(),
+        });
+    }
     let server_settings: Vec<Option<Epsilon>> =
         if spec.server_epsilons.is_empty() { vec![None] } else { spec.server_epsilons.iter().copied().map(Some).collect() };
     // Every setting's config is built (and validated) before any work starts.
@@ -246,7 +253,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
         let (transferred, _) = pipeline::transfer(server_cfg, &lower, &client)?;
-        let transferred = pipeline::head_inputs(cfg, &transferred, &client)?;
+        let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),
             Some(Epsilon::Finite(e)) => format!("server ε = {e} ({})", spec.server_mechanism.name()),

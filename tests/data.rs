@@ -1,6 +1,6 @@
 //! Loaders on good and malformed fixtures, and split determinism.
 
-use cryptotl::config::{DatasetConfig, DatasetFormat, SplitConfig};
+use cryptotl::config::{DatasetConfig, DatasetFormat, Duplicates, SplitConfig};
 use cryptotl::data::{self, Dataset};
 
 const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -179,7 +179,7 @@ fn imdb() -> Dataset {
 #[test]
 fn split_is_deterministic_stratified_and_disjoint() {
     let ds = imdb();
-    let cfg = SplitConfig { validation: 0.15, test: 0.2 };
+    let cfg = SplitConfig { validation: 0.15, test: 0.2, ..Default::default() };
     let a = data::stratified_split(&ds, &cfg, 11).unwrap();
     let b = data::stratified_split(&ds, &cfg, 11).unwrap();
     let c = data::stratified_split(&ds, &cfg, 12).unwrap();
@@ -198,13 +198,14 @@ fn split_is_deterministic_stratified_and_disjoint() {
 #[test]
 fn split_of_a_tiny_class_is_an_error() {
     let ds = data::load(&csv("good.csv"), 0).unwrap();
-    let e = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2 }, 0).unwrap_err();
+    let e = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2, ..Default::default() }, 0).unwrap_err();
     assert!(e.to_string().contains("too few"), "{e}");
 }
 
 #[test]
 fn each_path_is_split_on_its_own_and_keeps_its_share() {
-    let cfg = SplitConfig { validation: 0.15, test: 0.2 };
+    // The shuffle itself (the sentences hold a few repeated texts, which `together` would move).
+    let cfg = SplitConfig { validation: 0.15, test: 0.2, duplicates: Duplicates::Allow };
     let two = DatasetConfig::new("two", DatasetFormat::Csv, &["embedded:yelp_sentences", "embedded:amazon_sentences"]);
     let both = data::load(&two, 0).unwrap();
     assert_eq!(both.origins.len(), 2000);
@@ -262,11 +263,24 @@ fn test_texts_that_also_occur_in_training_are_counted() {
     }
     std::fs::write(&path, body).unwrap();
     let ds = data::load(&DatasetConfig::new("d", DatasetFormat::Csv, &[path.to_str().unwrap()]), 0).unwrap();
-    let split = data::stratified_split(&ds, &SplitConfig { validation: 0.15, test: 0.2 }, 3).unwrap();
+    let allow = SplitConfig { validation: 0.15, test: 0.2, duplicates: Duplicates::Allow };
+    let split = data::stratified_split(&ds, &allow, 3).unwrap();
     let want = split.test.texts.iter().filter(|t| t.as_str() == "win a prize now").count();
     assert!(want > 0);
     assert_eq!(split.test_texts_in_train(), want);
     assert_eq!(split.summary(&ds).test_texts_in_train, want);
-    let clean = data::stratified_split(&imdb(), &SplitConfig { validation: 0.15, test: 0.2 }, 3).unwrap();
+    assert_eq!(split.duplicates_moved, 0);
+    let clean = data::stratified_split(&imdb(), &allow, 3).unwrap();
     assert!(clean.test_texts_in_train() <= 3, "the IMDb sentences hold 3 duplicates");
+
+    // The default keeps every copy in one part: all 20 in training, none in validation or test.
+    let together = data::stratified_split(&ds, &SplitConfig::default(), 3).unwrap();
+    assert_eq!(together.test_texts_in_train(), 0);
+    assert_eq!(together.train.texts.iter().filter(|t| t.as_str() == "win a prize now").count(), 20);
+    assert!(!together.validation.texts.iter().any(|t| t == "win a prize now"));
+    assert_eq!(together.duplicates_moved, 20 - split.train.texts.iter().filter(|t| t.as_str() == "win a prize now").count());
+    assert_eq!(together.train.len() + together.validation.len() + together.test.len(), ds.len(), "nothing lost");
+    // Without repeated texts the split is exactly the shuffled one.
+    let distinct = ds.select(&(0..40).collect::<Vec<_>>());
+    assert_eq!(data::stratified_split(&distinct, &SplitConfig::default(), 3).unwrap(), data::stratified_split(&distinct, &allow, 3).unwrap());
 }

@@ -138,7 +138,7 @@ fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_inp
     let lower = cryptotl::pipeline::server_lower_network(&both).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(&both, &data.target).unwrap();
     let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &own).unwrap();
-    let inputs = cryptotl::pipeline::head_inputs(&both, &t, &own).unwrap();
+    let inputs = cryptotl::pipeline::head_inputs(&both, &t, &own, None).unwrap();
     assert_eq!(inputs.train.ncols(), t.train.ncols() + own.train.ncols());
     assert_eq!(inputs.train.column(0), t.train.column(0));
     assert_eq!(inputs.train.column(t.train.ncols()), own.train.column(0));
@@ -149,4 +149,75 @@ fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_inp
     assert!(err.contains("inputs") && err.contains("transfer+own"), "{err}");
     let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.c=-1".into()]).unwrap_err().to_string();
     assert!(err.contains("head.c"), "{err}");
+}
+
+fn dataset(texts: Vec<String>, labels: Vec<u8>) -> cryptotl::data::Dataset {
+    cryptotl::data::Dataset { name: "d".into(), texts, labels, ..Default::default() }
+}
+
+#[test]
+fn the_stacked_bag_of_words_score_of_a_training_row_never_saw_its_label() {
+    // Unique words and random labels: a model fitted on a row memorises it, one fitted on the other folds cannot.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let n = 200;
+    let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    let texts: Vec<String> = (0..n).map(|i| format!("w{}a w{}b w{}c", i, rng.random::<u32>(), i * 7)).collect();
+    let test = dataset(vec!["w1a".into(), "w2a".into()], vec![1, 0]);
+    let split = cryptotl::data::Split { train: dataset(texts, labels.clone()), validation: test.clone(), test, duplicates_moved: 0 };
+    let bow = cryptotl::bow::BagOfWords::new(&split);
+    let [train, validation, test] = bow.stacked_scores(1).unwrap();
+    assert_eq!((train.len(), validation.len(), test.len()), (n, 2, 2));
+    let sign_accuracy = |m: &[f32]| m.iter().zip(&labels).filter(|(m, l)| (**m > 0.0) == (**l == 1)).count() as f64 / n as f64;
+    let in_sample = fit(Design::Sparse { rows: &bow.train, dim: cryptotl::bow::BAG_OF_WORDS_DIM }, &labels, cryptotl::bow::STACKED_C).unwrap();
+    assert!(sign_accuracy(&in_sample.margins(Design::Sparse { rows: &bow.train, dim: cryptotl::bow::BAG_OF_WORDS_DIM })) > 0.95, "the fixture is memorisable");
+    assert!(sign_accuracy(&train) < 0.65, "out-of-fold scores carry no memorised label: {}", sign_accuracy(&train));
+    // Seeded: the same folds again.
+    assert_eq!(bow.stacked_scores(1).unwrap()[0], train);
+    // A subset with one example of a class cannot be cross-fitted.
+    let err = bow.subset(&[0, 1, 3]).stacked_scores(1).unwrap_err().to_string();
+    assert!(err.contains("at least 2 training examples of each class"), "{err}");
+}
+
+#[test]
+fn transfer_plus_bow_adds_one_learned_column_and_refuses_dp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = tiny_config(dir.path());
+    text = text.replace("[he]\ninsecure_seed = 3", "[he]\nenabled = false");
+    text.push_str("[curve]\nenabled = true\ndraws = 2\n");
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &["head.inputs=\"transfer+bow\"".into()]).unwrap();
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &own).unwrap();
+    let bow = cryptotl::bow::BagOfWords::new(&data.target);
+    let inputs = cryptotl::pipeline::head_inputs(&cfg, &t, &own, Some(&bow)).unwrap();
+    assert_eq!(inputs.train.ncols(), t.train.ncols() + 1);
+    assert_eq!(inputs.train.column(0), t.train.column(0));
+    let scores = bow.stacked_scores(cfg.seed ^ cryptotl::bow::FOLD_STREAM).unwrap();
+    assert_eq!(inputs.test.column(t.train.ncols()).to_vec(), scores[2]);
+    assert!(cryptotl::pipeline::head_inputs(&cfg, &t, &own, None).is_err(), "the score needs the rows");
+    // The whole run: the head, its report row and the curves (inputs rebuilt per subset).
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let transfer = report.results.iter().find(|r| r.method == "transfer").unwrap();
+    assert!(transfer.test.accuracy > 0.9, "{:?}", transfer.test);
+    assert!(transfer.description.contains("bag-of-words"), "{}", transfer.description);
+    let curve = report.curve.unwrap();
+    for &size in &curve.sizes {
+        assert_eq!(curve.point("transfer", size).unwrap().accuracies.len(), 2);
+    }
+    // The score is fitted on the labels without DP: never beside a DP-SGD head.
+    let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.inputs=\"transfer+bow\"".into(), "privacy.enabled=true".into(), "privacy.target_epsilon=4".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head.inputs") && err.contains("not be private"), "{err}");
+    // Nor in a privacy-utility sweep, which trains DP-SGD heads.
+    let spec = cryptotl::sweep::SweepSpec {
+        client_epsilons: vec![cryptotl::sweep::Epsilon::Finite(1.0)],
+        server_epsilons: vec![],
+        server_mechanism: cryptotl::sweep::ServerMechanism::WeightNoise,
+        raw_baseline: false,
+        repeats: 1,
+    };
+    let err = cryptotl::sweep::run(&cfg, &spec).unwrap_err().to_string();
+    assert!(err.contains("head.inputs") && err.contains("head.inputs=transfer"), "{err}");
 }

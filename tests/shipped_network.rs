@@ -90,7 +90,7 @@ fn balancing_repeats_each_source_path_up_to_the_largest() {
     // Make the second path small: keep 100 of its examples (both classes).
     let keep: Vec<usize> = (0..ds.len()).filter(|&i| ds.origins[i] == 0 || i % 10 == 0).collect();
     ds = ds.select(&keep);
-    let split = cryptotl::data::stratified_split(&ds, &cryptotl::config::SplitConfig { validation: 0.15, test: 0.2 }, 1).unwrap();
+    let split = cryptotl::data::stratified_split(&ds, &cryptotl::config::SplitConfig { validation: 0.15, test: 0.2, ..Default::default() }, 1).unwrap();
     let rows = |d: &cryptotl::data::Dataset| ndarray::Array2::from_shape_fn((d.len(), 1), |(i, _)| i as f32);
     let fs = pipeline::FeatureSplit {
         train: rows(&split.train), train_y: split.train.labels.clone(),
