@@ -590,6 +590,15 @@ impl LowerNetConfig {
     }
 }
 
+/// Memory the system can give this process now (`MemAvailable` of `/proc/meminfo`, in bytes); `None` where
+/// that is not known (not Linux, or unreadable), and then only the fixed bound applies.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// What the client's head is: the linear probe or the CryptoTL paper's MLP.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -883,6 +892,15 @@ impl RunConfig {
             return Err(err("lower.hidden", format!(
                 "the lower network would have {weights} weights ({:.1} GiB to train); at most {MAX_WEIGHTS} (features.dim x lower.hidden): lower one of them",
                 (weights * 16) as f64 / (1u64 << 30) as f64)));
+        }
+        // And against this machine: the estimate (bytes) beside what the system has free.
+        let estimate = (weights * 32) as u64;
+        if let Some(available) = available_memory()
+            && estimate > available
+        {
+            return Err(err("lower.hidden", format!(
+                "the lower network would need about {:.1} GiB to train and compile ({weights} weights x 4 copies x 2 stages of f32), more than the {:.1} GiB this machine has available; lower features.dim or lower.hidden",
+                estimate as f64 / (1u64 << 30) as f64, available as f64 / (1u64 << 30) as f64)));
         }
         let h = &self.head;
         let head_hidden = if h.hidden == 0 { l.output_dim() } else { h.hidden };

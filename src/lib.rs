@@ -25,12 +25,14 @@
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`atomic`]: atomic file writes (temp file, fsync, rename).
+//! - [`cache`]: cache entries (a directory completed by its `meta.json` last), for the pretrained and the noised network.
 //! - [`cli`]: the thin command-line layer.
 
 #![warn(missing_docs)]
 
 pub mod atomic;
 pub mod bow;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod curve;

@@ -278,11 +278,11 @@ pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
     let device = Default::default();
     let key = pretrain_key(cfg);
     let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
-    let (net_path, feat_path, meta_path) = (dir.join("lower"), dir.join("features.json"), dir.join("meta.json"));
-    if meta_path.exists() {
+    let entry = crate::cache::Entry::new(dir.clone());
+    let (net_path, feat_path, meta_path) = (dir.join("lower"), dir.join("features.json"), entry.meta_path());
+    if let Some(meta) = entry.meta::<PretrainMeta>() {
         let cached = (|| -> Result<PretrainedLower> {
-            let meta: PretrainMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
-                .map_err(|e| Error::artifact(&meta_path, format!("unreadable (corrupt, or written by an older version): {e}")))?;
+            let meta = meta?;
             if meta.key != key {
                 return Err(Error::artifact(&meta_path, format!("holds key {}, expected {key}", meta.key)));
             }
@@ -353,9 +353,9 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let device = Default::default();
     let key = pretrain_key(cfg);
     let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
-    crate::atomic::create_private_dir(&dir)?;
+    let entry = crate::cache::Entry::new(dir.clone());
     // One run trains an entry at a time; a run that waited finds it done.
-    let _lock = crate::atomic::DirLock::acquire(&dir)?;
+    let _lock = entry.lock()?;
     if let Some(done) = cached_pretrained(cfg) {
         return Ok(done);
     }
@@ -386,16 +386,13 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         history: trained.history.clone(),
         dp_pretraining: dp_plan,
     };
-    // The meta file marks an entry complete: it goes first when an entry is rewritten, and comes back last, so a
-    // run killed in between leaves an incomplete entry (a miss), never a valid meta beside a torn network.
-    let meta_path = dir.join("meta.json");
-    if meta_path.exists() {
-        std::fs::remove_file(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-    }
+    // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
+    // network ([`crate::cache`]).
+    entry.begin()?;
     model::save_module_atomic(&trained.model, &dir.join("lower"))?;
     features.save(&dir.join("features.json"))?;
     cfg.save(&dir.join("config.toml"))?;
-    crate::atomic::write(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
+    entry.finish(&meta)?;
     Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
 }
 
@@ -410,26 +407,41 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     let device = Default::default();
     let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
     let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
-    let (net_path, meta_path) = (dir.join("lower"), dir.join("meta.json"));
-    if meta_path.exists() {
-        let mut applied: AppliedWeightNoise = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
-            .map_err(|e| Error::artifact(&meta_path, format!("corrupt: {e}")))?;
-        if applied.plan == plan {
-            lower.net = model::load_module(lower.net.clone(), &net_path, &device)?;
-            applied.from_cache = true;
-            tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
-            lower.weight_noise = Some(applied);
-            return Ok(());
+    let entry = crate::cache::Entry::new(dir.clone());
+    let net_path = dir.join("lower");
+    // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
+    let _lock = entry.lock()?;
+    // A complete entry is a network the server may already have released. If it cannot be read, drawing again
+    // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
+    // entry (no meta.json) was never used, so it is drawn again.
+    let unreadable = |e: Error| Error::Config {
+        file: cfg.name.clone(),
+        key: "server_privacy.weight_noise".into(),
+        message: format!(
+            "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
+             Restore the entry, or delete it and account for both releases",
+            dir.display()
+        ),
+    };
+    if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
+        let mut applied = applied.map_err(unreadable)?;
+        if applied.plan != plan {
+            return Err(unreadable(Error::artifact(entry.meta_path(), "holds another noise setting")));
         }
+        lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
+        applied.from_cache = true;
+        tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
+        lower.weight_noise = Some(applied);
+        return Ok(());
     }
     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
     let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
     let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
     let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    model::save_module(&net, &net_path)?;
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&applied).expect("serialises")).map_err(|e| Error::io(&meta_path, e))?;
+    entry.begin()?;
+    model::save_module_atomic(&net, &net_path)?;
+    entry.finish(&applied)?;
     lower.net = net;
     lower.weight_noise = Some(applied);
     Ok(())

@@ -215,4 +215,10 @@ fn huge_numbers_are_range_errors_before_any_allocation() {
     let p = cryptotl::config::PrivacyConfig { noise_multiplier: Some(1.0), target_epsilon: None, sampling_rate: Some(1e-9), ..cryptotl::config::PrivacyConfig::with_target_epsilon(1.0) };
     let e = cryptotl::privacy::plan::plan(&p, &train, 10).unwrap_err().to_string();
     assert!(e.contains("maximum"), "{e}");
+    // The machine's free memory is known where the runs happen (Linux), so the estimate is checked against it.
+    #[cfg(target_os = "linux")]
+    {
+        let free = cryptotl::config::available_memory().expect("MemAvailable in /proc/meminfo");
+        assert!(free > 64 << 20 && free < 1 << 50, "{free} bytes");
+    }
 }

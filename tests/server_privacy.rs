@@ -186,6 +186,24 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     let again = cryptotl::pipeline::server_lower_network(&noisy_cfg).unwrap();
     assert!(again.weight_noise.as_ref().unwrap().from_cache);
     assert_eq!(flatten(&again.net), flatten(&noisy.net));
+    // A stored release that cannot be read is never silently drawn again (that would be a second release).
+    let entry = std::fs::read_dir(&noisy.cache_dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-")).unwrap();
+    let net_file = entry.join("lower.bin");
+    let good = std::fs::read(&net_file).unwrap();
+    std::fs::write(&net_file, &good[..good.len() / 2]).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&noisy_cfg).err().expect("a torn release is refused").to_string();
+    assert!(err.contains("second release") && err.contains("server_privacy.weight_noise"), "{err}");
+    // An entry without its meta.json was never used: it is drawn again (the same seeded draw here).
+    std::fs::remove_file(entry.join("meta.json")).unwrap();
+    let redrawn = cryptotl::pipeline::server_lower_network(&noisy_cfg).unwrap();
+    assert!(!redrawn.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(flatten(&redrawn.net), flatten(&noisy.net));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&entry), mode(&net_file), mode(&entry.join("meta.json"))), (0o700, 0o600, 0o600), "the server's weights are owner-only");
+    }
 
     // Everything on: DP pretraining, weight noise, DP-SGD head.
     let all = load(
