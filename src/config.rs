@@ -227,7 +227,18 @@ pub struct PrivacyConfig {
     /// δ. Default 0.1/N for N training examples (below 1/N), stated in the report.
     #[serde(default)]
     pub delta: Option<f64>,
-    /// Poisson sampling rate q. Default `head_training.batch_size / N`.
+    /// How the steps are taken: `full_batch` (the default for the client's head: every step sees every example,
+    /// q = 1, for `steps` steps at `learning_rate`; the privacy loss then has an exact closed form) or `minibatch`
+    /// (Poisson batches of `sampling_rate`, `epochs` of the training schedule; the default for DP pretraining).
+    #[serde(default)]
+    pub recipe: Option<DpRecipe>,
+    /// `full_batch`: gradient steps (default 100).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// `full_batch`: Adam's learning rate (default 0.05; not tuned per run, so it spends no privacy).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    /// `minibatch`: Poisson sampling rate q. Default `batch_size / N` of the training schedule.
     #[serde(default)]
     pub sampling_rate: Option<f64>,
     /// Accountant of record: `pld` (tight, default), `rdp`, `zcdp` (q = 1 only). The report shows all that apply.
@@ -249,12 +260,30 @@ impl PrivacyConfig {
             target_epsilon: Some(target_epsilon),
             max_epsilon: None,
             delta: None,
+            recipe: None,
+            steps: None,
+            learning_rate: None,
             sampling_rate: None,
             accountant: default_accountant(),
             insecure_seed: None,
         }
     }
 }
+
+/// How DP-SGD takes its steps (`[privacy] recipe`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DpRecipe {
+    /// Full-batch DP gradient descent: q = 1, `steps` steps, Adam at `learning_rate`.
+    FullBatch,
+    /// DP-SGD on Poisson batches of rate `sampling_rate` for the schedule's epochs and learning rate.
+    Minibatch,
+}
+
+/// Full-batch steps when `[privacy] steps` is not given. Chosen on the server's side of the quickstart, not per run.
+pub const DEFAULT_DP_STEPS: usize = 100;
+/// Full-batch learning rate when `[privacy] learning_rate` is not given.
+pub const DEFAULT_DP_LEARNING_RATE: f64 = 0.05;
 
 fn default_clip() -> f64 {
     1.0
@@ -1028,6 +1057,20 @@ fn validate_privacy(p: &PrivacyConfig, table: &str, err: &impl Fn(&str, String) 
         && !(d.is_finite() && d > 0.0 && d < 1.0)
     {
         return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
+    }
+    positive("learning_rate", p.learning_rate)?;
+    if p.steps.is_some_and(|t| t == 0 || t > 1_000_000) {
+        return Err(err(&format!("{table}.steps"), format!("must be in 1..=1000000, got {:?}", p.steps)));
+    }
+    let full_batch_keys = p.steps.is_some() || p.learning_rate.is_some();
+    match p.recipe {
+        Some(DpRecipe::Minibatch) if full_batch_keys => {
+            return Err(err(&format!("{table}.recipe"), "`steps` and `learning_rate` belong to recipe = \"full_batch\"; the minibatch recipe takes the training schedule's epochs and learning rate".into()));
+        }
+        Some(DpRecipe::FullBatch) if p.sampling_rate.is_some() => {
+            return Err(err(&format!("{table}.sampling_rate"), "recipe = \"full_batch\" samples every example (q = 1); drop sampling_rate, or set recipe = \"minibatch\"".into()));
+        }
+        _ => {}
     }
     if let Some(q) = p.sampling_rate
         && !(q.is_finite() && q > 0.0 && q <= 1.0)

@@ -251,7 +251,14 @@ pub fn pretrain_key(cfg: &RunConfig) -> String {
 /// `[server_privacy.dp_pretraining]` is on (refusing a schedule beyond its budget).
 pub fn dp_pretraining_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::privacy::plan::DpPlan>> {
     match &cfg.server_privacy.dp_pretraining {
-        Some(p) if p.enabled => Ok(Some(crate::privacy::plan::plan(p, &cfg.pretrain, n)?)),
+        Some(p) if p.enabled => {
+            // Pretraining a whole network on the source: minibatch DP-SGD unless the table says otherwise.
+            let mut p = p.clone();
+            if p.recipe.is_none() && p.steps.is_none() && p.learning_rate.is_none() {
+                p.recipe = Some(crate::config::DpRecipe::Minibatch);
+            }
+            Ok(Some(crate::privacy::plan::plan(&p, &cfg.pretrain, n)?))
+        }
         _ => Ok(None),
     }
 }
@@ -370,7 +377,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         (Some(plan), Some(p)) => {
             tracing::info!(?plan, "DP pretraining schedule");
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-            train::train_private(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, plan, &mut rng, cfg.seed, "pretrain")
+            train::train_private(fresh, fit.train_examples(), fit.validation_examples(), plan, &mut rng, cfg.seed, "pretrain")
         }
         _ => train::train(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
     };
@@ -663,7 +670,7 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<Trai
 pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    let trained = train::train_private(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, plan, rng, cfg.seed, "head");
+    let trained = train::train_private(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), plan, rng, cfg.seed, "head");
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
 }

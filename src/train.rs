@@ -84,7 +84,7 @@ pub fn evaluate_loss<M: BinaryClassifier<Cpu>>(model: &M, data: Examples<'_>) ->
 /// the private gradient, `plan.steps_allowed` steps. No early stopping and no best-epoch selection: both would
 /// consult the (private) validation split outside the accountant; the last step's parameters are returned and the
 /// validation figures are reported for information only.
-pub fn train_private<M>(model: M, train: Examples<'_>, val: Examples<'_>, cfg: &TrainConfig, plan: &DpPlan, rng: &mut PrivacyRng, seed: u64, what: &str) -> Trained<M::InnerModule>
+pub fn train_private<M>(model: M, train: Examples<'_>, val: Examples<'_>, plan: &DpPlan, rng: &mut PrivacyRng, seed: u64, what: &str) -> Trained<M::InnerModule>
 where
     M: PrivateModel<Train>,
     M::InnerModule: BinaryClassifier<Cpu>,
@@ -116,7 +116,7 @@ where
                 c.grads
             };
             let grads = noisy_gradient(&model, clipped, plan.noise_multiplier, plan.max_grad_norm, expected_batch, &mut rng.noise);
-            model = optim.step(cfg.learning_rate, model, grads);
+            model = optim.step(plan.learning_rate, model, grads);
             bar.inc(1);
         }
         bar.finish_and_clear();

@@ -147,6 +147,10 @@ fn privacy(noise: Option<f64>, target: Option<f64>, max: Option<f64>) -> Privacy
         target_epsilon: target,
         max_epsilon: max,
         delta: Some(1e-5),
+        // These schedules are minibatch ones: epochs of batch_size / N.
+        recipe: Some(cryptotl::config::DpRecipe::Minibatch),
+        steps: None,
+        learning_rate: None,
         sampling_rate: None,
         accountant: AccountantKind::Rdp,
         insecure_seed: None,
@@ -177,4 +181,34 @@ fn schedule_refuses_to_exceed_the_target_and_stops_at_a_hard_budget() {
     cfg.delta = None;
     let p = plan(&cfg, &train, 1000).unwrap();
     assert!(p.delta < 1.0 / 1000.0 && p.delta_source.contains("0.1/N"));
+}
+
+#[test]
+fn the_default_recipe_is_full_batch_and_its_epsilon_is_never_below_the_exact_one() {
+    use cryptotl::config::{DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DpRecipe};
+    let train = TrainConfig { epochs: 10, batch_size: 50, learning_rate: 1e-3, patience: 0 };
+    for accountant in [AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
+        let cfg = PrivacyConfig { accountant, ..PrivacyConfig::with_target_epsilon(1.0) };
+        let p = plan(&cfg, &train, 650).unwrap();
+        assert_eq!((p.recipe, p.sampling_rate, p.steps_allowed, p.learning_rate), (DpRecipe::FullBatch, 1.0, DEFAULT_DP_STEPS, DEFAULT_DP_LEARNING_RATE));
+        // At q = 1 the exact ε is known: the reported one is at least it, and close (calibrated to the target).
+        let exact = cryptotl::privacy::exact::gaussian_epsilon(p.noise_multiplier, p.steps_allowed as u64, p.delta).unwrap();
+        assert!(p.epsilon >= exact * (1.0 - 1e-9) && p.epsilon <= 1.0 + 1e-6, "{accountant:?}: {} vs exact {exact}", p.epsilon);
+        // PLD is tight; RDP and zCDP convert to (ε, δ) with some slack.
+        let tight = if accountant == AccountantKind::Pld { 0.97 } else { 0.85 };
+        assert!(exact > tight, "{accountant:?} calibrates close to the target: exact {exact}");
+    }
+    // Its own steps and learning rate; sampling_rate alone means the minibatch schedule.
+    let cfg = PrivacyConfig { steps: Some(30), learning_rate: Some(0.2), ..PrivacyConfig::with_target_epsilon(2.0) };
+    let p = plan(&cfg, &train, 650).unwrap();
+    assert_eq!((p.steps_allowed, p.learning_rate), (30, 0.2));
+    let cfg = PrivacyConfig { sampling_rate: Some(0.1), ..PrivacyConfig::with_target_epsilon(2.0) };
+    let p = plan(&cfg, &train, 650).unwrap();
+    assert_eq!((p.recipe, p.steps_allowed, p.learning_rate), (DpRecipe::Minibatch, 100, 1e-3));
+    // Keys of one recipe under the other are config errors naming the key.
+    let text = |extra: &str| format!("{}\n[privacy]\ntarget_epsilon = 1.0\n{extra}\n", cryptotl::config::QUICKSTART_TOML);
+    for (extra, key) in [("recipe = \"minibatch\"\nsteps = 10", "privacy.recipe"), ("recipe = \"full_batch\"\nsampling_rate = 0.1", "privacy.sampling_rate"), ("steps = 0", "privacy.steps")] {
+        let err = cryptotl::config::RunConfig::from_toml_str(&text(extra), "c.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
 }

@@ -168,7 +168,9 @@ fn private_head_learns_and_the_report_states_its_budget() {
     let p = report.privacy.as_ref().expect("privacy section");
     let pld = p.epsilons.iter().find(|e| e.accountant == cryptotl::privacy::AccountantKind::Pld).unwrap().epsilon.unwrap();
     assert!(pld <= 8.0 && pld > 1.0, "calibrated to the target: {pld}");
-    assert_eq!(p.per_epoch.len(), 40);
+    // The default recipe: full batch, 100 steps, reported in ten rounds of ten.
+    assert_eq!((p.plan.recipe, p.plan.sampling_rate, p.plan.steps_allowed), (cryptotl::config::DpRecipe::FullBatch, 1.0, 100));
+    assert_eq!(p.per_epoch.len(), 10);
     assert!(p.per_epoch.windows(2).all(|w| w[0].epsilon < w[1].epsilon));
     assert!((p.per_epoch.last().unwrap().epsilon - pld).abs() < 1e-9);
     assert!(p.plan.delta < 1.0 / p.plan.examples as f64);

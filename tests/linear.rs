@@ -176,6 +176,10 @@ fn the_stacked_bag_of_words_score_of_a_training_row_never_saw_its_label() {
     // A subset with one example of a class cannot be cross-fitted.
     let err = bow.subset(&[0, 1, 3]).stacked_scores(1).unwrap_err().to_string();
     assert!(err.contains("at least 2 training examples of each class"), "{err}");
+    // Below the minimum the score is left out: a zero column the head ignores.
+    let small = bow.subset(&(0..cryptotl::bow::STACKED_MIN_EXAMPLES - 1).collect::<Vec<_>>()).stacked_scores(1).unwrap();
+    assert!(small.iter().flatten().all(|&v| v == 0.0));
+    assert!(n >= cryptotl::bow::STACKED_MIN_EXAMPLES, "the fixture is large enough to be scored");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{AccountantKind, SubsampledGaussian, calibrate_noise};
-use crate::config::{PrivacyConfig, TrainConfig};
+use crate::config::{DpRecipe, PrivacyConfig, TrainConfig};
 use crate::error::{Error, Result};
 
 /// A resolved DP-SGD schedule.
@@ -36,6 +36,16 @@ pub struct DpPlan {
     pub max_epsilon: Option<f64>,
     /// Training examples N.
     pub examples: usize,
+    /// How the steps are taken.
+    #[serde(default = "minibatch")]
+    pub recipe: crate::config::DpRecipe,
+    /// The optimiser's learning rate for these steps.
+    #[serde(default)]
+    pub learning_rate: f64,
+}
+
+fn minibatch() -> crate::config::DpRecipe {
+    crate::config::DpRecipe::Minibatch
 }
 
 impl DpPlan {
@@ -55,11 +65,23 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
     if n == 0 {
         return Err(Error::Privacy("no training examples".into()));
     }
-    let q = cfg.sampling_rate.unwrap_or_else(|| (train.batch_size as f64 / n as f64).min(1.0));
-    let steps_per_epoch = ((1.0 / q).round() as usize).max(1);
-    let steps = train.epochs.checked_mul(steps_per_epoch).filter(|&s| s <= super::MAX_STEPS).ok_or_else(|| {
-        Error::Privacy(format!("{} epochs × {steps_per_epoch} steps per epoch is past the accountants' maximum of {} steps", train.epochs, super::MAX_STEPS))
-    })?;
+    // Without a recipe: full batch when sampling_rate is not given, else the minibatch schedule it belongs to.
+    let recipe = cfg.recipe.unwrap_or(if cfg.sampling_rate.is_some() { DpRecipe::Minibatch } else { DpRecipe::FullBatch });
+    let (q, steps_per_epoch, steps, learning_rate) = match recipe {
+        DpRecipe::FullBatch => {
+            let steps = cfg.steps.unwrap_or(crate::config::DEFAULT_DP_STEPS);
+            // Epochs are only the unit of the report's ε-per-epoch table here: ten of them.
+            (1.0, steps.div_ceil(10).max(1), steps, cfg.learning_rate.unwrap_or(crate::config::DEFAULT_DP_LEARNING_RATE))
+        }
+        DpRecipe::Minibatch => {
+            let q = cfg.sampling_rate.unwrap_or_else(|| (train.batch_size as f64 / n as f64).min(1.0));
+            let steps_per_epoch = ((1.0 / q).round() as usize).max(1);
+            let steps = train.epochs.checked_mul(steps_per_epoch).filter(|&s| s <= super::MAX_STEPS).ok_or_else(|| {
+                Error::Privacy(format!("{} epochs × {steps_per_epoch} steps per epoch is past the accountants' maximum of {} steps", train.epochs, super::MAX_STEPS))
+            })?;
+            (q, steps_per_epoch, steps, train.learning_rate)
+        }
+    };
     let (delta, delta_source) = match cfg.delta {
         Some(d) => (d, "config".to_string()),
         None => (0.1 / n as f64, format!("default 0.1/N = 0.1/{n}")),
@@ -76,10 +98,9 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
         && planned_eps > target
     {
         return Err(Error::Privacy(format!(
-            "the schedule ({} epochs × {steps_per_epoch} steps, q = {q:.4}, σ = {sigma}) would spend ε = {planned_eps:.4} \
-             at δ = {delta:.3e} ({}), more than target_epsilon = {target}; refusing to start. Lower the epochs, raise \
+            "the schedule ({steps} steps, q = {q:.4}, σ = {sigma}) would spend ε = {planned_eps:.4} \
+             at δ = {delta:.3e} ({}), more than target_epsilon = {target}; refusing to start. Take fewer steps, raise \
              noise_multiplier, or drop it to have σ calibrated",
-            train.epochs,
             acct.name()
         )));
     }
@@ -114,6 +135,8 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
         epsilon,
         max_epsilon: cfg.max_epsilon,
         examples: n,
+        recipe,
+        learning_rate,
     })
 }
 
