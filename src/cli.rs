@@ -48,6 +48,10 @@ enum Command {
     /// Learning curves: the heads (transfer, raw features, bag of words; DP ones with [privacy]) trained on
     /// seeded subsets of 16, 32, 64, ... labelled examples; JSON, Markdown and SVG in `<output dir>/curve/`.
     Curve(CurveArgs),
+    /// Empirical privacy audit of the DP-SGD head (one run, Steinke, Nasr & Jagielski 2023): canaries, each in
+    /// training with probability 1/2, guessed from the trained head; the ε lower bound this proves beside the
+    /// accountant's ε. Needs `[privacy]`; writes `<output dir>/audit.json` and `audit.md`.
+    Audit(AuditArgs),
     /// Rebuild the MiniLM embeddings of the embedded datasets that ship in the binary (needs the model:
     /// `python3 datasets/fetch_model.py`); then rebuild the binary.
     ShipEmbeddings(ShipArgs),
@@ -97,6 +101,18 @@ struct CurveArgs {
     /// Output folder. Default: `<run output dir>/curve`.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Canaries (each included with probability 1/2).
+    #[arg(long, default_value_t = crate::audit::DEFAULT_CANARIES)]
+    canaries: usize,
+    /// Seed of the canaries' labels and inclusion (not of the training noise).
+    #[arg(long, default_value_t = 0)]
+    canary_seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -357,6 +373,18 @@ fn dispatch(cmd: Command) -> Result<()> {
             for f in files {
                 println!("written: {}", f.display());
             }
+        }
+        Command::Audit(a) => {
+            let cfg = a.config.load()?;
+            let out = cfg.output_dir();
+            crate::atomic::writable_dir(&out)?;
+            let result = crate::audit::audit_config(&cfg, a.canaries, a.canary_seed)?;
+            let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
+            crate::atomic::write(&out.join("audit.json"), &json)?;
+            let md = result.to_markdown();
+            crate::atomic::write(&out.join("audit.md"), md.as_bytes())?;
+            println!("{md}");
+            println!("written: {} and audit.md", out.join("audit.json").display());
         }
         Command::Sweep(a) => {
             let cfg = a.config.load()?;

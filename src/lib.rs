@@ -23,6 +23,7 @@
 //! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
 //! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
+//! - [`audit`]: the one-run empirical privacy audit of the DP-SGD head (a lower bound beside the accountant's ε).
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`atomic`]: atomic file writes (temp file, fsync, rename).
 //! - [`cache`]: cache entries (a directory completed by its `meta.json` last), for the pretrained and the noised network.
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod audit;
 pub mod bow;
 pub mod cache;
 pub mod cli;

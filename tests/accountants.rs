@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use cryptotl::privacy::exact::{gaussian_delta, gaussian_epsilon};
-use cryptotl::privacy::{Accountant, AccountantKind, MAX_STEPS, SubsampledGaussian};
+use cryptotl::privacy::{AccountantKind, MAX_STEPS, SubsampledGaussian};
 
 fn eps(kind: AccountantKind, q: f64, sigma: f64, steps: usize) -> f64 {
     kind.accountant().epsilon(&SubsampledGaussian::new(q, sigma).unwrap(), steps, 1e-5).unwrap()
