@@ -107,12 +107,12 @@ struct CurveArgs {
 struct AuditArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Canaries (each included with probability 1/2).
-    #[arg(long, default_value_t = crate::audit::DEFAULT_CANARIES)]
-    canaries: usize,
-    /// Seed of the canaries' labels and inclusion (not of the training noise).
-    #[arg(long, default_value_t = 0)]
-    canary_seed: u64,
+    /// Canaries (each included with probability 1/2). Default: `[audit] canaries` (1000).
+    #[arg(long)]
+    canaries: Option<usize>,
+    /// Seed of the canaries' labels and inclusion (not of the training noise). Default: `[audit] seed` (0).
+    #[arg(long)]
+    canary_seed: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -378,7 +378,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let cfg = a.config.load()?;
             let out = cfg.output_dir();
             crate::atomic::writable_dir(&out)?;
-            let result = crate::audit::audit_config(&cfg, a.canaries, a.canary_seed)?;
+            let result = crate::audit::audit_config(&cfg, a.canaries.unwrap_or(cfg.audit.canaries), a.canary_seed.unwrap_or(cfg.audit.seed))?;
             let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
             crate::atomic::write(&out.join("audit.json"), &json)?;
             let md = result.to_markdown();

@@ -63,6 +63,9 @@ pub struct RunConfig {
     /// DP-SGD for the client's head. Absent: the head is trained without differential privacy.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// The empirical privacy audit of the DP-SGD head ([`crate::audit`]), run beside it whenever `[privacy]` is on.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The encrypted (TFHE) evaluation of the lower network. On by default.
     #[serde(default)]
     pub he: HeConfig,
@@ -803,6 +806,24 @@ impl Default for CurveConfig {
     }
 }
 
+/// `[audit]`: the one-run privacy audit of the DP-SGD head, in every run with `[privacy]` and the linear head
+/// (a second DP-SGD training of the head with canaries: seconds).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Audit whenever `[privacy]` is on.
+    pub enabled: bool,
+    /// Canaries, each included with probability 1/2.
+    pub canaries: usize,
+    /// Seed of the canaries' labels and inclusion (not of the training noise).
+    pub seed: u64,
+}
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { enabled: true, canaries: crate::audit::DEFAULT_CANARIES, seed: 0 }
+    }
+}
+
 impl RunConfig {
     /// Read, override (`key=value` pairs, TOML values) and validate a config file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -953,6 +974,9 @@ impl RunConfig {
         }
         if let Some(p) = &self.privacy {
             validate_privacy(p, "privacy", &err)?;
+        }
+        if !(2..=1_000_000).contains(&self.audit.canaries) {
+            return Err(err("audit.canaries", format!("must be in 2..=1000000, got {}", self.audit.canaries)));
         }
         if let Some(p) = &self.server_privacy.dp_pretraining {
             validate_privacy(p, "server_privacy.dp_pretraining", &err)?;

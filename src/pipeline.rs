@@ -791,6 +791,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         he_report = Some(r);
     }
     let mut privacy_report = None;
+    let mut audit = None;
     // The head that is saved (and may be published): the private one whenever DP-SGD is on.
     let mut published = head.trained.model.clone();
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
@@ -799,6 +800,11 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
+        if cfg.audit.enabled && cfg.head.kind == crate::config::HeadKind::Linear {
+            let (a, t) = timed(|| crate::audit::audit(cfg, &transferred, cfg.audit.canaries, cfg.audit.seed));
+            stage("privacy audit (canaries)", t);
+            audit = Some(a?);
+        }
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
     if cfg.baselines.raw_features_head {
@@ -869,6 +875,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results,
         head_history: head.trained.history.clone(),
         privacy: privacy_report,
+        audit,
         he: he_report,
         curve,
         stages,

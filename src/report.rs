@@ -86,6 +86,8 @@ pub struct Report {
     pub budget: crate::privacy::budget::BudgetReport,
     /// DP-SGD of the client head, when on.
     pub privacy: Option<crate::privacy::plan::PrivacyReport>,
+    /// The empirical audit of the DP-SGD head (`[audit]`), beside the accountant's ε.
+    pub audit: Option<crate::audit::AuditResult>,
     /// The encrypted stage (TFHE), when on.
     pub he: Option<crate::he::HeReport>,
     /// Learning curves over labelled-set sizes (`[curve]`), when on.
@@ -177,6 +179,9 @@ impl Report {
         }
         if let Some(c) = &self.curve {
             let _ = writeln!(s, "\n## Learning curves\n\n![learning curves](curve.svg)\n\n{}", c.to_markdown());
+        }
+        if let Some(a) = &self.audit {
+            let _ = writeln!(s, "\n{}", a.to_markdown());
         }
         if let Some(p) = &self.privacy {
             let plan = &p.plan;

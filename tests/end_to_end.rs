@@ -174,6 +174,10 @@ fn private_head_learns_and_the_report_states_its_budget() {
     assert!(p.per_epoch.windows(2).all(|w| w[0].epsilon < w[1].epsilon));
     assert!((p.per_epoch.last().unwrap().epsilon - pld).abs() < 1e-9);
     assert!(p.plan.delta < 1.0 / p.plan.examples as f64);
+    // The audit runs beside the DP head and never proves more than the accountant claims.
+    let audit = report.audit.as_ref().expect("an audit beside the DP head");
+    assert_eq!(audit.canaries, 1000);
+    assert!(audit.epsilon_lower_bound <= audit.epsilon_claimed, "{audit:?}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("Privacy of the client's training data") && md.contains("FIXED seed"));
     // The saved head is the private one: evaluated on the same transferred test features it reproduces the DP
