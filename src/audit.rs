@@ -172,8 +172,7 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
     let device = Default::default();
     let head = crate::model::Head::<crate::model::Train>::from_linear_weights(&vec![0.0; d + m], 0.0, &device);
     let mut noise = crate::privacy::dpsgd::PrivacyRng::new(privacy.insecure_seed.map(|s| s ^ seed));
-    let val_x = Array2::<f32>::zeros((fs.validation.nrows(), d + m));
-    let mut val_x = val_x;
+    let mut val_x = Array2::<f32>::zeros((fs.validation.nrows(), d + m));
     val_x.slice_mut(ndarray::s![.., ..d]).assign(&fs.validation);
     let trained = crate::train::train_private(
         head,

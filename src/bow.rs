@@ -34,6 +34,9 @@ pub struct BagOfWords {
     pub test: Vec<linear::SparseRow>,
     /// Test labels.
     pub test_y: Vec<u8>,
+    /// [`Self::stacked_scores`] once computed, with its seed: a run builds the head's inputs for the encrypted,
+    /// float and clear-integer outputs from the same rows.
+    stacked: std::sync::OnceLock<(u64, [Vec<f32>; 3])>,
 }
 
 impl BagOfWords {
@@ -47,23 +50,20 @@ impl BagOfWords {
             validation_y: target.validation.labels.clone(),
             test: tfidf.transform_sparse(&target.test.texts),
             test_y: target.test.labels.clone(),
+            stacked: std::sync::OnceLock::new(),
         }
     }
-    /// Fit the logistic regression on the training rows at `idx` (all when `None`) and score the test part.
-    pub fn fit_and_test(&self, idx: Option<&[usize]>) -> Result<Metrics> {
-        Ok(self.fit_and_score(idx)?.0)
+    /// Fit the logistic regression on the training rows (a subset: [`Self::subset`]) and score the test part.
+    pub fn fit_and_test(&self) -> Result<Metrics> {
+        Ok(self.fit_and_score()?.0)
     }
 
     /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
-    pub fn fit_and_score(&self, idx: Option<&[usize]>) -> Result<(Metrics, f64, f64)> {
-        use std::borrow::Cow;
-        let (rows, y): (Cow<'_, [linear::SparseRow]>, Cow<'_, [u8]>) = match idx {
-            Some(idx) => (idx.iter().map(|&i| self.train[i].clone()).collect(), idx.iter().map(|&i| self.train_y[i]).collect()),
-            None => (Cow::Borrowed(&self.train[..]), Cow::Borrowed(&self.train_y[..])),
-        };
+    pub fn fit_and_score(&self) -> Result<(Metrics, f64, f64)> {
+        let (rows, y) = (&self.train[..], &self.train_y[..]);
         let mut best: Option<(f64, f64, linear::LogisticRegression)> = None;
         for c in BAG_OF_WORDS_CS {
-            let lr = linear::fit(linear::Design::Sparse { rows: &rows, dim: BAG_OF_WORDS_DIM }, &y, c)?;
+            let lr = linear::fit(linear::Design::Sparse { rows, dim: BAG_OF_WORDS_DIM }, y, c)?;
             let v = lr.probabilities(linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
             let val = Metrics::from_probabilities(&v, &self.validation_y).accuracy;
             if best.as_ref().is_none_or(|(b, _, _)| val > *b) {
@@ -96,7 +96,11 @@ impl BagOfWords {
         Self {
             train: idx.iter().map(|&i| self.train[i].clone()).collect(),
             train_y: idx.iter().map(|&i| self.train_y[i]).collect(),
-            ..self.clone()
+            validation: self.validation.clone(),
+            validation_y: self.validation_y.clone(),
+            test: self.test.clone(),
+            test_y: self.test_y.clone(),
+            stacked: std::sync::OnceLock::new(),
         }
     }
 
@@ -109,6 +113,17 @@ impl BagOfWords {
     /// With fewer than [`STACKED_MIN_EXAMPLES`] training examples every score is 0 (the head then ignores the
     /// column). Fails with fewer than 2 training examples of a class (no fold could hold one out).
     pub fn stacked_scores(&self, seed: u64) -> Result<[Vec<f32>; 3]> {
+        if let Some((s, scores)) = self.stacked.get()
+            && *s == seed
+        {
+            return Ok(scores.clone());
+        }
+        let scores = self.compute_stacked_scores(seed)?;
+        let _ = self.stacked.set((seed, scores.clone()));
+        Ok(scores)
+    }
+
+    fn compute_stacked_scores(&self, seed: u64) -> Result<[Vec<f32>; 3]> {
         let mut by_class: [Vec<usize>; 2] = [vec![], vec![]];
         for (i, &l) in self.train_y.iter().enumerate() {
             by_class[usize::from(l.min(1))].push(i);

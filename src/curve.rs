@@ -170,7 +170,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             out.push(("transfer".into(), size, crate::pipeline::train_head(cfg, &sub_t, "curve transfer")?.test.accuracy));
             out.push(("raw_features".into(), size, crate::pipeline::train_head(cfg, &sub_o, "curve raw")?.test.accuracy));
             if let Some(b) = &sub_bow {
-                out.push(("bag_of_words".into(), size, b.fit_and_test(None)?.accuracy));
+                out.push(("bag_of_words".into(), size, b.fit_and_test()?.accuracy));
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));

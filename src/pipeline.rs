@@ -142,26 +142,6 @@ pub struct PretrainedLower {
     pub cache_dir: PathBuf,
     /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
     pub weight_noise: Option<AppliedWeightNoise>,
-    /// The pretraining output layer on top of the lower network: the server's source classifier.
-    pub source_head: SourceHead,
-}
-
-/// The server's source classifier on its lower network's outputs: `logit = outputs·weights + bias`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceHead {
-    /// One weight per lower-network output.
-    pub weights: Vec<f32>,
-    /// The bias.
-    pub bias: f32,
-}
-
-impl SourceHead {
-    /// The output layer of a pretraining network.
-    pub fn of(net: &PretrainNet<Cpu>) -> Self {
-        let weights = net.out.weight.val().into_data().to_vec::<f32>().unwrap_or_default();
-        let bias = net.out.bias.as_ref().map_or(0.0, |b| b.val().into_data().to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(0.0));
-        Self { weights, bias }
-    }
 }
 
 /// Where a [`PretrainedLower`] came from.
@@ -218,8 +198,7 @@ pub struct PretrainMeta {
 impl PretrainedLower {
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        let source_head = SourceHead::of(&net);
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, source_head }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None }
     }
 }
 
@@ -824,7 +803,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
     }
     if let (true, Some(bow)) = (cfg.baselines.bag_of_words, &bow) {
-        let (m, t) = timed(|| bow.fit_and_score(None));
+        let (m, t) = timed(|| bow.fit_and_score());
         let (m, val, c) = m?;
         stage("baseline: bag-of-words logistic regression", t);
         results.push(crate::report::MethodResult {
