@@ -576,6 +576,15 @@ pub struct LowerNetConfig {
     /// Width of the output dense layer (what the client receives). 0 ends the network at the pooling.
     #[serde(default = "default_output")]
     pub output: usize,
+    /// Drop, before compiling, every ReLU neuron that never fires on the server's source training data (its
+    /// pre-activation range ends at or below 0): it outputs 0 on every source input and costs one bootstrap per
+    /// sample. ReLU networks without pooling only; decided from the calibration ranges the program is compiled
+    /// from, so it reveals nothing they do not. Not part of the pretraining key (the pretrained network is the same).
+    #[serde(default = "default_prune_dead")]
+    pub prune_dead: bool,
+}
+fn default_prune_dead() -> bool {
+    true
 }
 fn default_conv_kernel() -> usize {
     9
@@ -600,6 +609,7 @@ impl Default for LowerNetConfig {
             activation: default_activation(),
             pool: default_pool(),
             output: default_output(),
+            prune_dead: default_prune_dead(),
         }
     }
 }
@@ -607,7 +617,7 @@ impl Default for LowerNetConfig {
 impl LowerNetConfig {
     /// The CryptoTL paper's lower network: conv1d(9) -> dense(768) -> ReLU -> avg-pool(3) -> dense(766).
     pub fn paper() -> Self {
-        Self { conv_kernel: 9, hidden: 768, activation: Activation::Relu, pool: 3, output: 766 }
+        Self { conv_kernel: 9, hidden: 768, activation: Activation::Relu, pool: 3, output: 766, prune_dead: default_prune_dead() }
     }
 
     /// The paper's network as it runs under encryption: it ends at the pooled activation (768 -> 768 ReLU ->

@@ -128,6 +128,25 @@ impl<B: Backend> LowerNet<B> {
         Self { conv, dense1, dense2, activation: cfg.activation, pool: cfg.pool }
     }
 
+    /// The same network with only the hidden units `keep` (indices into the first dense layer's outputs, in
+    /// order): their columns of the first dense layer and their rows of the output layer. Only meaningful without
+    /// pooling (pooling mixes neighbouring units); the caller checks.
+    pub fn keep_units(mut self, keep: &[usize]) -> Self {
+        let device = self.dense1.weight.device();
+        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
+            &device,
+        );
+        self.dense1.weight = Param::from_tensor(self.dense1.weight.val().select(1, idx.clone()));
+        if let Some(bias) = self.dense1.bias.take() {
+            self.dense1.bias = Some(Param::from_tensor(bias.val().select(0, idx.clone())));
+        }
+        if let Some(d2) = self.dense2.as_mut() {
+            d2.weight = Param::from_tensor(d2.weight.val().select(0, idx));
+        }
+        self
+    }
+
     /// The linear part before the activation (convolution, then the first dense layer):
     /// `[batch, input_dim] -> [batch, hidden]`. This is what the encrypted stage folds into one integer matrix.
     pub fn pre_activation(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {

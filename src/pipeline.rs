@@ -142,6 +142,8 @@ pub struct PretrainedLower {
     pub cache_dir: PathBuf,
     /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
     pub weight_noise: Option<AppliedWeightNoise>,
+    /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
+    pub pruned: Option<PrunedUnits>,
 }
 
 /// Where a [`PretrainedLower`] came from.
@@ -198,7 +200,7 @@ pub struct PretrainMeta {
 impl PretrainedLower {
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
     }
 }
 
@@ -220,10 +222,19 @@ pub fn pretrain_key(cfg: &RunConfig) -> String {
     let material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "split_scheme": "per-path",
-        "split": cfg.split, "lower": cfg.lower, "pretrain": cfg.pretrain,
+        "split": cfg.split, "lower": lower_for_key(&cfg.lower), "pretrain": cfg.pretrain,
         "dp_pretraining": cfg.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled),
     });
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
+}
+
+/// `[lower]` as the pretraining key sees it: without `prune_dead`, which acts after pretraining.
+fn lower_for_key(lower: &crate::config::LowerNetConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(lower).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("prune_dead");
+    }
+    v
 }
 
 /// The DP-SGD schedule of the server's pretraining on `n` source training examples, when
@@ -467,7 +478,38 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
     }
+    if cfg.lower.prune_dead {
+        prune_dead_units(&mut lower);
+    }
     Ok(lower)
+}
+
+/// Neurons of the released network dropped by `[lower] prune_dead`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrunedUnits {
+    /// Hidden units before pruning.
+    pub hidden: usize,
+    /// Indices (into those) of the units dropped: their pre-activation never exceeds 0 on the source training data.
+    pub dropped: Vec<usize>,
+}
+
+/// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
+/// range is at or below 0), with their calibration ranges. Networks with pooling or another activation, and one
+/// whose units are all dead (nothing would be left to send), are kept whole.
+pub fn prune_dead_units(lower: &mut PretrainedLower) {
+    if lower.net.activation != crate::config::Activation::Relu || lower.net.pool != 1 {
+        return;
+    }
+    let ranges = lower.meta.source_ranges.clone();
+    let keep: Vec<usize> = (0..ranges.len()).filter(|&j| ranges[j].1 > 0.0).collect();
+    if keep.len() == ranges.len() || keep.is_empty() {
+        return;
+    }
+    let dropped: Vec<usize> = (0..ranges.len()).filter(|j| !keep.contains(j)).collect();
+    tracing::info!(kept = keep.len(), of = ranges.len(), "dead neurons dropped (never fire on the source training data)");
+    lower.net = lower.net.clone().keep_units(&keep);
+    lower.meta.source_ranges = keep.iter().map(|&j| ranges[j]).collect();
+    lower.pruned = Some(PrunedUnits { hidden: ranges.len(), dropped });
 }
 
 /// The client's scaled features of its target data (pipeline fitted on target train only).
@@ -849,6 +891,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             history: lower.meta.history,
             dp_pretraining: lower.meta.dp_pretraining,
             weight_noise: lower.weight_noise,
+            pruned: lower.pruned,
         },
         budget,
         results,

@@ -50,6 +50,8 @@ pub struct PretrainSummary {
     pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
     /// The weight noise on the released network, when on.
     pub weight_noise: Option<crate::pipeline::AppliedWeightNoise>,
+    /// Dead units dropped before compiling (`[lower] prune_dead`), when any were.
+    pub pruned: Option<crate::pipeline::PrunedUnits>,
 }
 
 /// Wall time of one stage.
@@ -147,6 +149,10 @@ impl Report {
                 let _ = writeln!(s, "| {} | {} | {:.4} |", t.source, t.test_examples, t.accuracy);
             }
             let _ = writeln!(s);
+        }
+        if let Some(pr) = &p.pruned {
+            let _ = writeln!(s, "Dead neurons: {} of {} never fire on the source training data and were dropped before compiling (`[lower] prune_dead`); the network sends {} outputs, one bootstrap each.\n",
+                pr.dropped.len(), pr.hidden, pr.hidden - pr.dropped.len());
         }
         if let Some(plan) = &p.dp_pretraining {
             let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({:?}).\n",

@@ -21,10 +21,33 @@ fn paper_shapes() {
     let head = Head::<Cpu>::new(&HeadConfig::mlp(0, 1, 0.2), 766, 766, 0, &device());
     assert_eq!(head.logits(out, None).dims(), [3, 1]);
     // Configurable sizes: no conv, other widths, no output layer.
-    let cfg = LowerNetConfig { conv_kernel: 0, hidden: 40, activation: Activation::Tanh, pool: 1, output: 0 };
+    let cfg = LowerNetConfig { conv_kernel: 0, hidden: 40, activation: Activation::Tanh, pool: 1, output: 0, ..Default::default() };
     let lower = LowerNet::<Cpu>::new(&cfg, 16, 0, &device());
     assert_eq!(lower.forward(Tensor::zeros([2, 16], &device())).dims(), [2, cfg.output_dim()]);
     assert_eq!(cfg.output_dim(), 40);
+}
+
+#[test]
+fn keeping_units_drops_their_columns_and_the_output_rows_they_feed() {
+    let cfg = LowerNetConfig { conv_kernel: 3, hidden: 6, output: 3, ..Default::default() };
+    let mut net = LowerNet::<Cpu>::new(&cfg, 10, 1, &device());
+    // Units 1 and 4 can never fire on inputs in [0, 1]: a bias far below what the weights can add.
+    let mut bias: Vec<f32> = net.dense1.bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
+    bias[1] = -100.0;
+    bias[4] = -100.0;
+    net.dense1.bias = Some(burn::module::Param::from_tensor(Tensor::from_floats(bias.as_slice(), &device())));
+    let x = random_rows(9, 10, 3);
+    let before = net.forward(Tensor::from_data(burn::tensor::TensorData::new(x.iter().copied().collect::<Vec<_>>(), [9, 10]), &device()));
+    let kept = net.clone().keep_units(&[0, 2, 3, 5]);
+    assert_eq!(kept.dense1.weight.dims(), [10, 4]);
+    assert_eq!(kept.dense2.as_ref().unwrap().weight.dims(), [4, 3]);
+    let after = kept.forward(Tensor::from_data(burn::tensor::TensorData::new(x.iter().copied().collect::<Vec<_>>(), [9, 10]), &device()));
+    let (a, b): (Vec<f32>, Vec<f32>) = (before.into_data().to_vec().unwrap(), after.into_data().to_vec().unwrap());
+    assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} vs {b:?}");
+    // Keeping a unit that does fire changes the outputs: the test sees a wrong selection.
+    let wrong = net.keep_units(&[0, 1, 2, 3]).forward(Tensor::from_data(burn::tensor::TensorData::new(x.iter().copied().collect::<Vec<_>>(), [9, 10]), &device()));
+    let c: Vec<f32> = wrong.into_data().to_vec().unwrap();
+    assert!(a.iter().zip(&c).any(|(p, q)| (p - q).abs() > 1e-3));
 }
 
 #[test]

@@ -24,12 +24,14 @@ fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
     // does not have them).
     let lower = pipeline::server_lower_network(&cfg).unwrap();
     assert_eq!(lower.origin, NetworkOrigin::Shipped);
-    assert_eq!(lower.meta.source_ranges.len(), cfg.lower.hidden);
+    // Dead units are dropped before compiling ([lower] prune_dead): what is left is what the program evaluates.
+    let live = cfg.lower.hidden - lower.pruned.as_ref().map_or(0, |p| p.dropped.len());
+    assert_eq!(lower.meta.source_ranges.len(), live);
     assert_eq!(lower.meta.source_tasks.len(), 3);
     assert!(lower.meta.source.train > 15_000, "{:?}", lower.meta.source);
     // The encrypted stage compiles from the shipped ranges alone.
     let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he).unwrap();
-    assert_eq!(program.neurons, cfg.lower.hidden);
+    assert_eq!(program.neurons, live);
     // Anything that changes the network changes the key: then the run pretrains (and needs the sources).
     cfg.pretrain.epochs += 1;
     assert!(pipeline::stored_pretrained(&cfg).unwrap().is_none());
@@ -116,4 +118,33 @@ fn balancing_repeats_each_source_path_up_to_the_largest() {
     let err = |ov: &[&str]| RunConfig::from_toml_str(QUICKSTART_TOML, "q", &ov.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
     assert!(err(&["target.balance_paths=true"]).contains("target.balance_paths"));
     assert!(err(&["server_privacy.dp_pretraining.target_epsilon=4.0"]).contains("source.balance_paths"));
+}
+
+#[test]
+fn dropping_dead_units_keeps_every_output_of_the_units_that_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quickstart(dir.path());
+    let pruned = pipeline::server_lower_network(&cfg).unwrap();
+    cfg.lower.prune_dead = false;
+    let whole = pipeline::server_lower_network(&cfg).unwrap();
+    assert!(whole.pruned.is_none());
+    assert_eq!(pipeline::pretrain_key(&cfg), shipped().manifest.meta.key, "prune_dead is not part of the pretraining key");
+    let dropped = &pruned.pruned.as_ref().expect("the shipped network has units that never fire on its source").dropped;
+    assert_eq!(pruned.pruned.as_ref().unwrap().hidden, cfg.lower.hidden);
+    assert!(!dropped.is_empty() && dropped.len() < cfg.lower.hidden);
+    for &j in dropped {
+        assert!(whole.meta.source_ranges[j].1 <= 0.0, "unit {j} fires on the source: {:?}", whole.meta.source_ranges[j]);
+    }
+    let kept: Vec<usize> = (0..cfg.lower.hidden).filter(|j| !dropped.contains(j)).collect();
+    assert!(kept.iter().all(|&j| whole.meta.source_ranges[j].1 > 0.0));
+    assert_eq!(pruned.meta.source_ranges, kept.iter().map(|&j| whole.meta.source_ranges[j]).collect::<Vec<_>>());
+    // On the embedded target texts: the kept columns are the whole network's, bit for bit.
+    let ds = cryptotl::data::load(&DatasetConfig::new("target", DatasetFormat::Csv, &["embedded:imdb_sentences"]), cfg.seed).unwrap();
+    let x = whole.features.transform(&ds.texts[..200]).unwrap();
+    let a = pipeline::lower_forward(&whole.net, &x).unwrap();
+    let b = pipeline::lower_forward(&pruned.net, &x).unwrap();
+    assert_eq!(b.ncols(), kept.len());
+    for (c, &j) in kept.iter().enumerate() {
+        assert_eq!(a.column(j), b.column(c), "unit {j}");
+    }
 }
