@@ -58,6 +58,7 @@ OUTPUT_SHA256 = {
     "amazon_sentences": "9654c58b3c733d460872961ded8b0701419e776a7ecea22784e0a1dfa0da3c96",
     "imdb_sentences": "e96648f2c65065a74823ff0aca73de01ef20675887f6e9bc925851242410fd1e",
     "pang_lee_reviews": "c11f6a1ed80ac502f2db968b9b824eaa687d996d6e79d324e14779a72d5f4c78",
+    "pang_lee_sentences": "4ad6b56657acb00c460691ae415c8910dcbd6538184f7c4080a77c8eb6e17002",
     "sms_spam": "66daa04b10e51121ffbaed025894596c6b3faad30b723999cc5520751a72aa75",
     "spam_assassin": "b54b498a335e2278be89cd7462c1ccdadde9081f6fbcf4b53ed098152c575c44",
     "tweets": "46971fc21bd86c6a53dad8829cd1bc80d163f1667cd9b1dba55fd3e438e23413",
@@ -178,9 +179,8 @@ def kotzias(which: str):
     return load
 
 
-def pang_lee():
-    """Pang & Lee polarity v2.0 subset: 1,500 IMDb reviews (labels 1/-1, no header, UTF-8 BOM)."""
-    member = "usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee1.csv"
+def _pang_lee_file(which: str, member_no: int, counts: dict[int, int]):
+    member = f"usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee{member_no}.csv"
     raw = deb_member_bytes(obtain("pattern"), member).decode("utf-8-sig")
     rows = []
     for rec in csv.reader(io.StringIO(raw, newline="")):
@@ -188,9 +188,19 @@ def pang_lee():
             continue
         label = {"1": 1, "-1": 0}.get(rec[0])
         if label is None:
-            raise FetchError(f"pang_lee: unknown label {rec[0]!r}")
+            raise FetchError(f"{which}: unknown label {rec[0]!r}")
         rows.append((label, rec[1].strip()))
-    return rows, {0: 750, 1: 750}
+    return rows, counts
+
+
+def pang_lee():
+    """Pang & Lee polarity v2.0 subset: 1,500 IMDb reviews (labels 1/-1, no header, UTF-8 BOM)."""
+    return _pang_lee_file("pang_lee_reviews", 1, {0: 750, 1: 750})
+
+
+def pang_lee_sentences():
+    """Pang & Lee sentence polarity v1.0 subset: 4,000 Rotten Tomatoes review snippets (same format as the reviews)."""
+    return _pang_lee_file("pang_lee_sentences", 2, {0: 2000, 1: 2000})
 
 
 def tweets():
@@ -238,6 +248,7 @@ DATASETS = {
     "yelp_sentences": kotzias("yelp"),
     "amazon_sentences": kotzias("amazon"),
     "pang_lee_reviews": pang_lee,
+    "pang_lee_sentences": pang_lee_sentences,
     "tweets": tweets,
     "spam_assassin": spam_assassin,
 }

@@ -10,7 +10,7 @@
 //! | `pretrain_net.bin` | the lower network and its pretraining output layer, Burn's binary record |
 //!
 //! `cargo run --release -- ship-network configs/quickstart.toml` rebuilds both from the fetched sources
-//! (`python3 datasets/fetch.py tweets`). A run whose [`crate::pipeline::pretrain_key`] equals the manifest's key
+//! (`python3 datasets/fetch.py tweets pang_lee_sentences`). A run whose [`crate::pipeline::pretrain_key`] equals the manifest's key
 //! (and that has no cache entry) uses it instead of pretraining, and never loads the source data: the compiler
 //! calibrates on the shipped ranges. Any change to what determines the network (source paths, features, network,
 //! pretraining schedule, split, seed, version) changes the key and the run pretrains as before.
@@ -37,7 +37,7 @@ pub const SHIPPED_NETWORK_DIR: &str = "datasets/shipped/sentiment_network";
 /// The manifest's `format`.
 pub const FORMAT: &str = "cryptotl-pretrained-network/1";
 /// The command that rebuilds the shipped network.
-pub const BUILD_COMMAND: &str = "python3 datasets/fetch.py tweets && cargo run --release -- ship-network configs/quickstart.toml";
+pub const BUILD_COMMAND: &str = "python3 datasets/fetch.py tweets pang_lee_sentences && cargo run --release -- ship-network configs/quickstart.toml";
 
 static MANIFEST: &str = include_str!("../datasets/shipped/sentiment_network/manifest.json");
 static NETWORK: &[u8] = include_bytes!("../datasets/shipped/sentiment_network/pretrain_net.bin");

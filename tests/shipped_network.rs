@@ -27,7 +27,7 @@ fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
     // Dead units are dropped before compiling ([lower] prune_dead): what is left is what the program evaluates.
     let live = cfg.lower.hidden - lower.pruned.as_ref().map_or(0, |p| p.dropped.len());
     assert_eq!(lower.meta.source_ranges.len(), live);
-    assert_eq!(lower.meta.source_tasks.len(), 3);
+    assert_eq!(lower.meta.source_tasks.len(), 4);
     assert!(lower.meta.source.train > 15_000, "{:?}", lower.meta.source);
     // The encrypted stage compiles from the shipped ranges alone.
     let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he).unwrap();
