@@ -158,7 +158,7 @@ struct BudgetArgs {
     #[arg(long, allow_negative_numbers = true)]
     delta: f64,
     /// Accountant.
-    #[arg(long, value_enum, default_value = "pld")]
+    #[arg(long, value_enum, default_value = "tightest")]
     accountant: AccountantKind,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -202,7 +202,7 @@ fn budget(a: &BudgetArgs) -> Result<()> {
         println!("noise multiplier σ = {sigma:.6} gives ε = {eps:.6} (target {}) at δ = {} after {} steps with q = {} ({})",
             a.target_epsilon.unwrap_or_default(), a.delta, a.steps, a.sampling_rate, acct.name());
     } else {
-        println!("ε = {eps:.6} at δ = {} after {} steps with q = {}, σ = {sigma} ({})", a.delta, a.steps, a.sampling_rate, acct.name());
+        println!("ε = {eps:.6} at δ = {} after {} steps with q = {}, σ = {sigma:?} ({})", a.delta, a.steps, a.sampling_rate, acct.name());
     }
     if !a.json {
         if let Some(x) = answer.exact_epsilon {

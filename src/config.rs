@@ -244,7 +244,8 @@ pub struct PrivacyConfig {
     /// `minibatch`: Poisson sampling rate q. Default `batch_size / N` of the training schedule.
     #[serde(default)]
     pub sampling_rate: Option<f64>,
-    /// Accountant of record: `pld` (tight, default), `rdp`, `zcdp` (q = 1 only). The report shows all that apply.
+    /// Accountant of record: `tightest` (default: exact at q = 1, else the smaller of the `pld` and `rdp` bounds),
+    /// `pld`, `rdp`, `zcdp` (q = 1 only). The report shows all that apply.
     #[serde(default = "default_accountant")]
     pub accountant: crate::privacy::AccountantKind,
     /// Fixed seed for sampling and noise. FOR TESTS ONLY: whoever knows the seed can remove the noise.
@@ -292,7 +293,7 @@ fn default_clip() -> f64 {
     1.0
 }
 fn default_accountant() -> crate::privacy::AccountantKind {
-    crate::privacy::AccountantKind::Pld
+    crate::privacy::AccountantKind::Tightest
 }
 
 fn default_seed() -> u64 {

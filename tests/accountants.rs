@@ -33,7 +33,7 @@ fn no_accountant_reports_below_the_exact_full_batch_epsilon() {
     for sigma in [1e-3, 0.01, 0.02, 0.025, 0.03, 0.05, 0.3, 1.0, 10.0] {
         for steps in [1usize, 10, 1000, 1_000_000] {
             let exact = gaussian_epsilon(sigma, steps as u64, 1e-5).unwrap();
-            for kind in [AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
+            for kind in [AccountantKind::Tightest, AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
                 let e = eps(kind, 1.0, sigma, steps);
                 assert!(e >= exact * (1.0 - 1e-9), "{kind:?} σ = {sigma}, T = {steps}: {e} below the exact {exact}");
             }
@@ -64,9 +64,37 @@ fn pld_stays_below_rdp_and_answers_infinity_where_it_cannot_discretise() {
 }
 
 #[test]
+fn the_tightest_answer_is_the_exact_one_at_full_batch_and_the_smaller_bound_otherwise() {
+    // q = 1: exactly the closed form, also where the PLD answers ∞ (σ = 0.02) or is loose (T = 10^12).
+    for (sigma, steps) in [(0.02, 10usize), (0.3, 100), (1.0, 1000), (10.0, 1_000_000_000_000)] {
+        let exact = gaussian_epsilon(sigma, steps as u64, 1e-5).unwrap();
+        assert_eq!(eps(AccountantKind::Tightest, 1.0, sigma, steps), exact, "σ = {sigma}, T = {steps}");
+    }
+    assert!(eps(AccountantKind::Pld, 1.0, 10.0, 1_000_000_000_000) > 10.0 * gaussian_epsilon(10.0, 1_000_000_000_000, 1e-5).unwrap());
+    // q < 1: the smaller of two valid upper bounds, so never above either.
+    for q in [0.001, 0.01, 0.1, 0.5] {
+        for sigma in [0.5, 1.0, 2.0] {
+            for steps in [1usize, 100, 10_000] {
+                let (pld, rdp) = (eps(AccountantKind::Pld, q, sigma, steps), eps(AccountantKind::Rdp, q, sigma, steps));
+                assert_eq!(eps(AccountantKind::Tightest, q, sigma, steps), pld.min(rdp), "q = {q}, σ = {sigma}, T = {steps}");
+            }
+        }
+    }
+    // Where the PLD cannot discretise the mechanism, the RDP bound stands (finite where it is).
+    let (tight, rdp) = (eps(AccountantKind::Tightest, 0.5, 0.02, 10), eps(AccountantKind::Rdp, 0.5, 0.02, 10));
+    assert_eq!(eps(AccountantKind::Pld, 0.5, 0.02, 10), f64::INFINITY);
+    assert!(tight.is_finite() && tight == rdp, "{tight} vs {rdp}");
+    // Calibrated on it, full batch spends exactly the target by the closed form (not more, hardly less).
+    let acct = AccountantKind::Tightest.accountant();
+    let sigma = cryptotl::privacy::calibrate_noise(acct.as_ref(), 1.0, 100, 1e-5, 1.0).unwrap();
+    let spent = gaussian_epsilon(sigma, 100, 1e-5).unwrap();
+    assert!(spent <= 1.0 && spent > 0.999, "σ = {sigma}: ε = {spent}");
+}
+
+#[test]
 fn step_counts_past_the_maximum_are_refused_and_huge_ones_are_cheap() {
     let m = SubsampledGaussian::new(1.0, 1e4).unwrap();
-    for kind in [AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
+    for kind in [AccountantKind::Tightest, AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
         let e = kind.accountant().epsilon(&m, MAX_STEPS + 1, 1e-5).unwrap_err().to_string();
         assert!(e.contains("maximum"), "{kind:?}: {e}");
         assert!(kind.accountant().epsilon(&m, usize::MAX, 1e-5).is_err());
@@ -92,7 +120,12 @@ fn the_budget_command_shows_the_exact_answer_and_refuses_absurd_steps() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let exact = v["exact_epsilon"].as_f64().unwrap();
     assert!((exact / 13173.0 - 1.0).abs() < 1e-3, "{out}");
+    // The default accountant answers with the exact value itself at q = 1.
+    assert_eq!((v["accountant"].as_str(), v["epsilon"].as_f64()), (Some("tightest"), Some(exact)), "{out}");
     // The PLD cannot discretise σ = 0.02: it says so and answers ∞ (JSON null), never the old 7500.
+    let (code, out, err) = budget(&["--sampling-rate", "1", "--noise-multiplier", "0.02", "--steps", "10", "--delta", "1e-5", "--json", "--accountant", "pld"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["epsilon"].is_null() && v["note"].as_str().unwrap().contains("too small"), "{out}");
     let (code, _, err) = budget(&["--sampling-rate", "0.5", "--noise-multiplier", "1", "--steps", "18446744073709551615", "--delta", "1e-5"]);
     assert_eq!(code, 2, "{err}");

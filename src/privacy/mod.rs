@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | [`zcdp::Zcdp`] | OpenDP: `make_gaussian` (zCDP) composed T times, `make_zCDP_to_approxDP`, `make_fix_delta` | full batch (q = 1); refuses q < 1 (no amplification by sampling in zCDP) |
 //! | [`rdp::Rdp`] | Rényi DP of the subsampled Gaussian (Mironov et al. 2019) as Opacus computes it | a valid upper bound, loose by 10-60% |
-//! | [`pld::Pld`] | privacy-loss distribution, connect-the-dots discretisation (pessimistic), FFT composition | a tight upper bound: the best available answer |
+//! | [`pld::Pld`] | privacy-loss distribution, connect-the-dots discretisation (pessimistic), FFT composition | a tight upper bound; ∞ where σ is too small for its grid, loose past ~1e9 steps |
+//! | [`tightest::Tightest`] | the exact Gaussian composition at q = 1 ([`exact`]), else the smaller of PLD and RDP | exact at q = 1; the default accountant of record |
 //!
 //! ```
 //! use cryptotl::privacy::{Accountant, AccountantKind, SubsampledGaussian};
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod pld;
 pub mod rdp;
 pub mod server;
+pub mod tightest;
 pub mod zcdp;
 
 use serde::{Deserialize, Serialize};
@@ -91,6 +93,8 @@ pub enum AccountantKind {
     Rdp,
     /// Privacy-loss distribution (tight).
     Pld,
+    /// The smallest valid answer: exact at q = 1, else min(PLD, RDP) (the default).
+    Tightest,
 }
 
 impl AccountantKind {
@@ -100,6 +104,7 @@ impl AccountantKind {
             Self::Zcdp => Box::new(zcdp::Zcdp),
             Self::Rdp => Box::new(rdp::Rdp::default()),
             Self::Pld => Box::new(pld::Pld::default()),
+            Self::Tightest => Box::new(tightest::Tightest::default()),
         }
     }
 }

@@ -192,7 +192,7 @@ impl PrivacyReport {
         let m = plan.mechanism();
         let steps_run = plan.steps_allowed;
         let mut epsilons = Vec::new();
-        for kind in [AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
+        for kind in [AccountantKind::Tightest, AccountantKind::Pld, AccountantKind::Rdp, AccountantKind::Zcdp] {
             let epsilon = if kind == plan.accountant {
                 Some(plan.epsilon)
             } else if kind == AccountantKind::Zcdp && plan.sampling_rate < 1.0 {

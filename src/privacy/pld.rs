@@ -229,7 +229,7 @@ impl Pld {
         [Direction::Remove, Direction::Add].into_iter().find_map(|dir| {
             let (lo, hi) = loss_range(dir, q, sigma);
             (!(lo.is_finite() && hi.is_finite() && lo.abs() <= MAX_SINGLE_STEP_LOSS && hi.abs() <= MAX_SINGLE_STEP_LOSS)).then(|| {
-                format!("σ = {sigma} is too small for the PLD grid (one step's privacy loss reaches {:.3e}, past ±{MAX_SINGLE_STEP_LOSS}); it answers ∞", lo.abs().max(hi.abs()))
+                format!("σ = {sigma:?} is too small for the PLD grid (one step's privacy loss reaches {:.3e}, past ±{MAX_SINGLE_STEP_LOSS}); it answers ∞", lo.abs().max(hi.abs()))
             })
         })
     }
