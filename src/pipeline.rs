@@ -873,7 +873,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
             source_examples: lower.meta.source.train,
         },
-        crate::privacy::budget::TfheStatement::new(&cfg.he)?,
+        crate::privacy::budget::TfheStatement::new(&cfg.he, he_report.as_ref())?,
     )?;
     let report = Report {
         name: cfg.name.clone(),

@@ -238,7 +238,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
 
 #[test]
 fn the_budget_table_claims_nothing_where_nothing_was_done() {
-    let tfhe = cryptotl::privacy::budget::TfheStatement::new(&cryptotl::config::HeConfig::default()).unwrap();
+    let tfhe = cryptotl::privacy::budget::TfheStatement::new(&cryptotl::config::HeConfig::default(), None).unwrap();
     assert!(tfhe.enabled && tfhe.security_bits == Some(128) && tfhe.statement.contains("V1_8_PARAM_MESSAGE_2_CARRY_2"));
     let b = cryptotl::privacy::budget::BudgetReport::new(None, 10, Default::default(), tfhe).unwrap();
     assert_eq!(b.rows.len(), 2);

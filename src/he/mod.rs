@@ -229,7 +229,7 @@ impl HeReport {
         let params = session.server.params();
         HeReport {
             parameter_set: params.name().into(),
-            security_bits: 128,
+            security_bits: params.security_bits(),
             lwe_dimension: params.lwe_dimension(),
             polynomial_size: params.polynomial_size(),
             input_bits: prog.input_bits,

@@ -44,39 +44,74 @@ pub struct TfheStatement {
     pub parameter_set: Option<String>,
     /// Claimed security level in bits (when enabled).
     pub security_bits: Option<u32>,
-    /// log2 of tfhe-rs's bootstrap failure probability for the set (when enabled).
+    /// log2 of tfhe-rs's bootstrap failure probability for the set, for tfhe-rs's own message space (when
+    /// enabled). Not the exactness of this pipeline's lookups: see the measured fields.
     pub log2_failure_probability: Option<f64>,
+    /// Measured in this run: the fraction of decrypted outputs that differ from the clear-integer program.
+    pub measured_off_oracle_rate: Option<f64>,
+    /// Measured in this run: the largest such difference, in output levels.
+    pub measured_max_level_difference: Option<i64>,
     /// The statement in words.
     pub statement: String,
 }
 
 impl TfheStatement {
-    /// The statement for a run's `[he]` table.
-    pub fn new(he: &crate::config::HeConfig) -> Result<Self> {
+    /// The statement for a run's `[he]` table, with what the run measured of its encrypted outputs (`measured`:
+    /// the run's [`crate::he::HeReport`], when the lower network ran under TFHE).
+    pub fn new(he: &crate::config::HeConfig, measured: Option<&crate::he::HeReport>) -> Result<Self> {
         if !he.enabled {
             return Ok(Self {
                 enabled: false,
                 parameter_set: None,
                 security_bits: None,
                 log2_failure_probability: None,
+                measured_off_oracle_rate: None,
+                measured_max_level_difference: None,
                 statement: "he.enabled = false: the lower network ran in the clear, so the server would see the client's \
                             features. Only a simulation; nothing protects the client's inputs from the server"
                     .into(),
             });
         }
         let params = he.params()?;
+        // tfhe-rs's failure figure is for its own message space of the set; this pipeline reads `lookup_bits` from
+        // it, so what holds for the outputs is what the run measured against the clear-integer program.
+        let exactness = match measured {
+            Some(r) => format!(
+                "tfhe-rs states a bootstrap failure probability of 2^{:.0} for this set's own message space; this \
+                 pipeline reads {}-bit lookups from it, so its outputs are not exact to that figure: in this run {:.2}% \
+                 of the decrypted outputs differ from the clear-integer program (most by one lookup level; the largest \
+                 by {} of {} output levels{}). That is an accuracy cost the heads are trained on, not a leak",
+                params.tfhe_log2_p_fail(),
+                r.lookup_bits,
+                100.0 * r.off_by_one_rate,
+                r.max_level_difference,
+                1u64 << r.output_bits,
+                if r.calibration_overflow_rate > 0.0 {
+                    format!(", where {:.3}% of accumulators fell outside the calibrated range and their lookups wrapped", 100.0 * r.calibration_overflow_rate)
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!(
+                "tfhe-rs states a bootstrap failure probability of 2^{:.0} for this set's own message space, not for \
+                 this pipeline's wider lookups (the run report measures those against the clear-integer program)",
+                params.tfhe_log2_p_fail()
+            ),
+        };
         Ok(Self {
             enabled: true,
             parameter_set: Some(params.name().into()),
-            security_bits: Some(128),
+            security_bits: Some(params.security_bits()),
             log2_failure_probability: Some(params.tfhe_log2_p_fail()),
+            measured_off_oracle_rate: measured.map(|r| r.off_by_one_rate),
+            measured_max_level_difference: measured.map(|r| r.max_level_difference),
             statement: format!(
                 "TFHE hides the client's features and every activation from the server (IND-CPA under LWE, tfhe-rs \
-                 parameter set `{}`, 128-bit security, bootstrap failure probability 2^{:.0}); the client holds the \
-                 only secret key. Not a DP guarantee, and it does not protect the server: the client decrypts the \
-                 outputs for inputs it chooses (that is what the server rows bound)",
+                 parameter set `{}`, {}-bit security); the client holds the only secret key. {exactness}. Not a DP \
+                 guarantee, and it does not protect the server: the client decrypts the outputs for inputs it chooses \
+                 (that is what the server rows bound)",
                 params.name(),
-                params.tfhe_log2_p_fail()
+                params.security_bits()
             ),
         })
     }

@@ -176,6 +176,12 @@ impl ParameterSet {
         tuniform_std(self.tfhe().glwe_noise_distribution)
     }
 
+    /// The security level tfhe-rs states for this set: every set offered here is one of its vetted 128-bit sets
+    /// (the `…2M128` suffix: 128-bit security, failure probability below 2^-128 for its own message space).
+    pub fn security_bits(self) -> u32 {
+        128
+    }
+
     /// The failure probability tfhe-rs states for its own use of this set (log2). Not ours: see the module docs.
     pub fn tfhe_log2_p_fail(self) -> f64 {
         self.tfhe().log2_p_fail
