@@ -14,13 +14,14 @@
 //!   of the embedded datasets shipped in the binary) and the min-max scaler.
 //! - [`he`]: the encrypted stage (TFHE): quantization, the client's keys; the server side is the crate
 //!   `cryptotl_server`, which cannot name the client's key.
-//! - [`privacy`]: DP-SGD, its accountants (OpenDP zCDP, RDP, PLD), the server's weight noise and DP pretraining.
+//! - [`privacy`]: DP-SGD, its accountants (OpenDP zCDP, RDP, PLD, and `tightest`, the default of record), the
+//!   server's weight noise and DP pretraining.
 //! - [`model`]: the lower network, pretraining head, client head (Burn).
 //! - [`linear`]: exact L2 logistic regression (the linear head without DP, the bag-of-words baseline).
 //! - [`bow`]: the client's bag-of-words model: the baseline of every report, and the score `head.inputs = "transfer+bow"` adds.
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
 //! - [`eval`]: metrics.
-//! - [`pipeline`]: the stages of a run (the TFHE seam is [`pipeline::lower_forward`]).
+//! - [`pipeline`]: the stages of a run (the TFHE stage is [`pipeline::encrypted_transfer`]).
 //! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
 //! - [`audit`]: the one-run empirical privacy audit of the DP-SGD head (a lower bound beside the accountant's ε).

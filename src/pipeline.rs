@@ -519,8 +519,9 @@ pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeli
     Ok((pipeline, fs))
 }
 
-/// The frozen lower network applied to the client's scaled features: the seam where the TFHE stage goes
-/// (quantize -> encrypt -> server evaluation -> decrypt). Plaintext for now.
+/// The frozen lower network applied to the client's scaled features in the clear (float): the reference the
+/// encrypted path ([`encrypted_transfer`]: quantize -> encrypt -> server evaluation -> decrypt) is compared with,
+/// and the path of `he.enabled = false`.
 pub fn lower_forward(lower: &LowerNet<Cpu>, x: &Array2<f32>) -> Result<Array2<f32>> {
     crate::features::check_finite(x.view())?;
     Ok(map_rows::<Cpu>(x.view(), &Default::default(), |t| lower.forward(t)))

@@ -208,8 +208,10 @@ pub struct HeReport {
     pub server_seconds_p95: f64,
     /// Client time per sample (encrypt + decrypt), median (seconds).
     pub client_seconds_median: f64,
-    /// Outputs differing from the clear-integer oracle (one-level lookups), as a fraction.
-    pub off_by_one_rate: f64,
+    /// Outputs differing from the clear-integer oracle by any number of levels (most by one lookup level), as a
+    /// fraction (`off_by_one_rate` in reports before it was renamed).
+    #[serde(alias = "off_by_one_rate")]
+    pub off_oracle_rate: f64,
     /// Largest |encrypted - oracle| in output levels.
     pub max_level_difference: i64,
     /// Accumulators of the client's samples outside the calibrated range (their lookups wrap), as a fraction.
@@ -249,7 +251,7 @@ impl HeReport {
             server_seconds_median: quantile(&stats.server_seconds, 0.5),
             server_seconds_p95: quantile(&stats.server_seconds, 0.95),
             client_seconds_median: quantile(&stats.client_seconds, 0.5),
-            off_by_one_rate: stats.mismatch_rate(),
+            off_oracle_rate: stats.mismatch_rate(),
             max_level_difference: stats.max_level_difference,
             calibration_overflow_rate: overflow_rate,
             accuracy_float: f64::NAN,

@@ -83,7 +83,7 @@ impl TfheStatement {
                  by {} of {} output levels{}). That is an accuracy cost the heads are trained on, not a leak",
                 params.tfhe_log2_p_fail(),
                 r.lookup_bits,
-                100.0 * r.off_by_one_rate,
+                100.0 * r.off_oracle_rate,
                 r.max_level_difference,
                 1u64 << r.output_bits,
                 if r.calibration_overflow_rate > 0.0 {
@@ -103,7 +103,7 @@ impl TfheStatement {
             parameter_set: Some(params.name().into()),
             security_bits: Some(params.security_bits()),
             log2_failure_probability: Some(params.tfhe_log2_p_fail()),
-            measured_off_oracle_rate: measured.map(|r| r.off_by_one_rate),
+            measured_off_oracle_rate: measured.map(|r| r.off_oracle_rate),
             measured_max_level_difference: measured.map(|r| r.max_level_difference),
             statement: format!(
                 "TFHE hides the client's features and every activation from the server (IND-CPA under LWE, tfhe-rs \
