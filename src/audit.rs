@@ -44,10 +44,17 @@ use crate::pipeline::FeatureSplit;
 pub const CANARY_VALUE: f32 = 10.0;
 /// Canaries when not configured.
 pub const DEFAULT_CANARIES: usize = 1000;
+/// The canary counts an audit accepts (`[audit] canaries` and `cryptotl audit --canaries`).
+pub const CANARIES: std::ops::RangeInclusive<usize> = 2..=1_000_000;
 /// Confidence of the reported lower bound: ε is rejected when its p-value is below `1 − 0.95`.
 pub const CONFIDENCE: f64 = 0.95;
 /// Seed stream of the canaries' labels and inclusion (xored with the audit's seed).
 const CANARY_STREAM: u64 = 0xca_4a41;
+
+/// The error message for a canary count outside [`CANARIES`].
+pub fn canaries_out_of_range(m: usize) -> String {
+    format!("must be in {}..={}, got {m}", CANARIES.start(), CANARIES.end())
+}
 
 /// P[at least `v` of `r` guesses correct] for an (ε, δ)-DP algorithm, among `m` canaries each included with
 /// probability 1/2 (Steinke, Nasr and Jagielski 2023, Theorem 3.1 and Appendix D).
@@ -151,8 +158,8 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
     if cfg.head.kind != HeadKind::Linear {
         return Err(Error::Config { file: cfg.name.clone(), key: "head.kind".into(), message: "the audit's canaries widen a linear head; use head.kind = \"linear\"".into() });
     }
-    if !(2..=1_000_000).contains(&m) {
-        return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: format!("must be in 2..=1000000, got {m}") });
+    if !CANARIES.contains(&m) {
+        return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
     }
     let (n, d) = fs.train.dim();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ CANARY_STREAM);

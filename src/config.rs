@@ -986,8 +986,8 @@ impl RunConfig {
         if let Some(p) = &self.privacy {
             validate_privacy(p, "privacy", &err)?;
         }
-        if !(2..=1_000_000).contains(&self.audit.canaries) {
-            return Err(err("audit.canaries", format!("must be in 2..=1000000, got {}", self.audit.canaries)));
+        if !crate::audit::CANARIES.contains(&self.audit.canaries) {
+            return Err(err("audit.canaries", crate::audit::canaries_out_of_range(self.audit.canaries)));
         }
         if let Some(p) = &self.server_privacy.dp_pretraining {
             validate_privacy(p, "server_privacy.dp_pretraining", &err)?;

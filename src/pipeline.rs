@@ -500,16 +500,15 @@ pub fn prune_dead_units(lower: &mut PretrainedLower) {
     if lower.net.activation != crate::config::Activation::Relu || lower.net.pool != 1 {
         return;
     }
-    let ranges = lower.meta.source_ranges.clone();
-    let keep: Vec<usize> = (0..ranges.len()).filter(|&j| ranges[j].1 > 0.0).collect();
-    if keep.len() == ranges.len() || keep.is_empty() {
+    let hidden = lower.meta.source_ranges.len();
+    let (keep, dropped): (Vec<usize>, Vec<usize>) = (0..hidden).partition(|&j| lower.meta.source_ranges[j].1 > 0.0);
+    if dropped.is_empty() || keep.is_empty() {
         return;
     }
-    let dropped: Vec<usize> = (0..ranges.len()).filter(|j| !keep.contains(j)).collect();
-    tracing::info!(kept = keep.len(), of = ranges.len(), "dead neurons dropped (never fire on the source training data)");
+    tracing::info!(kept = keep.len(), of = hidden, "dead neurons dropped (never fire on the source training data)");
     lower.net = lower.net.clone().keep_units(&keep);
-    lower.meta.source_ranges = keep.iter().map(|&j| ranges[j]).collect();
-    lower.pruned = Some(PrunedUnits { hidden: ranges.len(), dropped });
+    lower.meta.source_ranges = keep.iter().map(|&j| lower.meta.source_ranges[j]).collect();
+    lower.pruned = Some(PrunedUnits { hidden, dropped });
 }
 
 /// The client's scaled features of its target data (pipeline fitted on target train only).
