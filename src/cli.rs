@@ -60,6 +60,72 @@ enum Command {
     ShipNetwork(ShipNetworkArgs),
     /// Privacy-utility sweep: head accuracy against the client's ε (and the server's), as CSV, Markdown and SVG.
     Sweep(SweepArgs),
+    /// The model owner's side: build the model directory `serve` runs, issue client tokens.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Run the model owner's encrypted-inference service over HTTP (TLS with --tls-cert/--tls-key; plain HTTP only
+    /// on loopback). Prints `listening on <url>` once it accepts connections; stops on SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCommand {
+    /// Pretrain (or take from the cache) the config's server network, apply its privacy mechanisms, compile the
+    /// integer program, and write the model directory: program, public interface, privacy statement, manifest.
+    Build(ServerBuildArgs),
+    /// Issue a bearer token for a client: appends `<name> <sha256 of the token>` to the token file and prints the
+    /// token (give it to the client; the server keeps only its hash).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerBuildArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The model directory to write. Default: `<run output dir>/server_model`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The client's name (for logs; letters, digits, `-`, `_`, `.`).
+    #[arg(long)]
+    name: String,
+    /// The server's token file (created if missing, owner-only).
+    #[arg(long)]
+    tokens: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The model directory (`cryptotl server build`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// The token file (`cryptotl server token`).
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Folder of the evaluation-key store (shared by replicas). Default: `<model>/keys`.
+    #[arg(long)]
+    key_store: Option<PathBuf>,
+    /// Bound of the key store in MiB (least recently used keys are evicted past it).
+    #[arg(long, default_value_t = 4096)]
+    key_store_mib: u64,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Evaluation requests waiting or running at most (more get 503 with Retry-After).
+    #[arg(long, default_value_t = 8)]
+    max_queue: usize,
+    /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
+    #[arg(long, default_value_t = 300)]
+    queue_timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -246,21 +312,24 @@ impl ConfigArgs {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, service: bool) {
     let default = match verbose {
+        // A service logs one line per request by default.
+        0 if service => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cryptotl={default},warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).try_init();
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
     if cli.quiet {
         crate::progress::hide();
     }
@@ -277,8 +346,84 @@ fn features_path(cfg: &RunConfig) -> PathBuf {
     cfg.output_dir().join("features.json")
 }
 
+fn serve(a: &ServeArgs) -> Result<()> {
+    let artifact = cryptotl_server::ModelArtifact::load(&a.model)?;
+    let tokens = cryptotl_server::auth::Tokens::load(&a.tokens)?;
+    let store_dir = a.key_store.clone().unwrap_or_else(|| a.model.join("keys"));
+    let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20))
+        .map_err(|e| Error::Server { server: a.listen.to_string(), message: e.to_string() })?;
+    let model_id = artifact.interface.model_id.clone();
+    let service = cryptotl_server::Service::new(artifact, store)?;
+    let opts = cryptotl_server::http::ServeOptions {
+        listen: a.listen,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        max_queue: a.max_queue,
+        queue_timeout: std::time::Duration::from_secs(a.queue_timeout),
+    };
+    let plain = opts.tls.is_none();
+    cryptotl_server::http::serve(service, tokens, opts, |addr, scheme| {
+        use std::io::Write as _;
+        if plain {
+            eprintln!("warning: plain HTTP on a loopback address: for one machine only (give --tls-cert and --tls-key to serve a network)");
+        }
+        println!("listening on {scheme}://{addr} (model {}, key store {})", &model_id[..16], store_dir.display());
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}
+
+fn server_command(cmd: &ServerCommand) -> Result<()> {
+    match cmd {
+        ServerCommand::Build(a) => {
+            let cfg = a.config.load()?;
+            let out = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("server_model"));
+            let (artifact, lower) = pipeline::server_artifact(&cfg)?;
+            let manifest = artifact.write(&out)?;
+            let i = &artifact.interface;
+            println!("server model written to {} (model {})", out.display(), &manifest.model_id[..16]);
+            println!("  network: {} (source test accuracy {:.4})", match lower.origin {
+                pipeline::NetworkOrigin::Trained => "pretrained now",
+                pipeline::NetworkOrigin::Cache => "from the pretraining cache",
+                pipeline::NetworkOrigin::Shipped => "shipped in the binary",
+            }, lower.meta.source_test.accuracy);
+            println!("  interface: {} {} features in, {} outputs, {} bootstraps per sample, {}", i.program.input_dim,
+                i.features.get("kind").and_then(|k| k.as_str()).unwrap_or("?"), i.program.outputs, i.counts.bootstraps, i.parameter_set);
+            let statement: crate::privacy::budget::ServerStatement = serde_json::from_value(artifact.privacy.clone())
+                .map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
+            for r in &statement.rows {
+                println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{e:.4} at δ = {:.3e}", r.delta.unwrap_or(0.0))));
+            }
+        }
+        ServerCommand::Token(a) => {
+            if a.name.is_empty() || !a.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(Error::Config { file: "<command line>".into(), key: "--name".into(), message: format!("`{}`: use letters, digits, `-`, `_`, `.`", a.name) });
+            }
+            let existing = match std::fs::read_to_string(&a.tokens) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# cryptotl bearer tokens: <client name> <sha256 of the token>\n".into(),
+                Err(e) => return Err(Error::io(&a.tokens, e)),
+            };
+            if existing.lines().any(|l| l.split_whitespace().next() == Some(a.name.as_str())) {
+                return Err(Error::Config { file: a.tokens.display().to_string(), key: "--name".into(), message: format!("a client named `{}` already has a token", a.name) });
+            }
+            let token = cryptotl_server::auth::Tokens::generate()?;
+            let mut text = existing;
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&cryptotl_server::auth::Tokens::line(&a.name, &token));
+            crate::atomic::write_private(&a.tokens, text.as_bytes())?;
+            eprintln!("token for `{}` added to {} (only its hash is stored; this is the one time it is shown)", a.name, a.tokens.display());
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Serve(a) => serve(&a)?,
+        Command::Server(c) => server_command(&c)?,
         Command::Budget(a) => budget(&a)?,
         Command::CheckConfig(a) => {
             let cfg = a.load()?;
@@ -311,9 +456,17 @@ fn dispatch(cmd: Command) -> Result<()> {
             let cfg = a.load()?;
             let _lock = pipeline::prepare_output_dir(&cfg)?;
             let data = pipeline::prepare_data(&cfg)?;
-            let lower = pipeline::server_lower_network(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
-            let (transferred, _) = pipeline::transfer(&cfg, &lower, &client)?;
+            let transferred = match cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })? {
+                crate::config::ServerLocation::Remote(url) if cfg.he.enabled => {
+                    let (t, he) = pipeline::remote_transfer(&cfg, &url, &client)?;
+                    eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
+                        he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
+                    crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
+                    t
+                }
+                _ => pipeline::transfer(&cfg, &pipeline::server_lower_network(&cfg)?, &client)?.0,
+            };
             // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
             let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| pipeline::BagOfWords::new(&data.target));
             let transferred = pipeline::head_inputs(&cfg, &transferred, &client, bow.as_ref())?;

@@ -153,6 +153,43 @@ pub struct HeConfig {
     /// tests only. Absent: fresh randomness from the CPU/OS.
     #[serde(default)]
     pub insecure_seed: Option<u64>,
+    /// The model owner's server: `local` (the one-process simulation: the server's service runs in this process
+    /// and the decrypted outputs are checked against its clear-integer program) or the URL of a `cryptotl serve`
+    /// (`https://host:port`; `http://` only for a loopback host). With a URL, the client never sees the server's
+    /// network: it fetches the interface, uploads its evaluation key once, sends encrypted batches.
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// Environment variable holding the bearer token for a remote server (when `token_file` is not set).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// File holding the bearer token for a remote server (first line; takes precedence over `token_env`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate to trust for a remote server (a private CA or the server's self-signed certificate).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Samples per evaluation request (capped by the server's `max_batch`).
+    #[serde(default = "default_he_batch")]
+    pub batch: usize,
+}
+
+/// Where the encrypted lower network is evaluated (see [`HeConfig::server`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerLocation {
+    /// The one-process simulation.
+    Local,
+    /// A remote `cryptotl serve` at this base URL.
+    Remote(String),
+}
+
+fn default_server() -> String {
+    "local".into()
+}
+fn default_token_env() -> String {
+    "CRYPTOTL_TOKEN".into()
+}
+fn default_he_batch() -> usize {
+    crate::he::DEFAULT_BATCH
 }
 /// Where the encrypted stage's per-neuron ranges come from (see [`HeConfig::calibration`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -195,6 +232,11 @@ impl Default for HeConfig {
             calibration: Calibration::default(),
             calibration_margin: default_calibration_margin(),
             insecure_seed: None,
+            server: default_server(),
+            token_env: default_token_env(),
+            token_file: None,
+            ca_cert: None,
+            batch: default_he_batch(),
         }
     }
 }
@@ -203,6 +245,53 @@ impl HeConfig {
     /// The parameter set named by `parameter_set`.
     pub fn params(&self) -> Result<cryptotl_server::ParameterSet> {
         Ok(cryptotl_server::ParameterSet::from_name(&self.parameter_set)?)
+    }
+
+    /// Where the lower network is evaluated, checked: `local`, an `https://` URL, or an `http://` URL whose host is
+    /// a loopback address (a token must not cross a network in the clear).
+    pub fn server_location(&self) -> std::result::Result<ServerLocation, String> {
+        let s = self.server.trim();
+        if s == "local" {
+            return Ok(ServerLocation::Local);
+        }
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| format!("`{s}` is neither `local` nor a URL (https://host:port)"))?;
+        let host = rest.split('/').next().unwrap_or("");
+        let hostname = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if hostname.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        match scheme {
+            "https" => Ok(ServerLocation::Remote(s.trim_end_matches('/').into())),
+            "http" => {
+                let loopback = hostname == "localhost" || hostname.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!("`{s}`: plain http:// is only allowed to a loopback host (the bearer token would cross the network in the clear); use https://"));
+                }
+                Ok(ServerLocation::Remote(s.trim_end_matches('/').into()))
+            }
+            other => Err(format!("`{s}`: scheme `{other}` is not http or https")),
+        }
+    }
+
+    /// The bearer token for a remote server: the first line of `token_file`, else the environment variable
+    /// `token_env`.
+    pub fn token(&self) -> Result<String> {
+        let err = |m: String| Error::Config { file: "<config>".into(), key: "he.token_file".into(), message: m };
+        let token = match &self.token_file {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| err(format!("{}: {e}", p.display())))?.lines().next().unwrap_or("").trim().to_string(),
+            None => std::env::var(&self.token_env).map_err(|_| Error::Config {
+                file: "<config>".into(),
+                key: "he.token_env".into(),
+                message: format!("the environment variable {} holds no token (set it, or set he.token_file)", self.token_env),
+            })?,
+        };
+        if token.is_empty() {
+            return Err(err("the token is empty".into()));
+        }
+        Ok(token)
     }
 }
 
@@ -1050,6 +1139,10 @@ fn validate_he(h: &HeConfig, l: &LowerNetConfig, err: &impl Fn(&str, String) -> 
     }
     if !(h.calibration_margin.is_finite() && (0.0..=10.0).contains(&h.calibration_margin)) {
         return Err(err("he.calibration_margin", format!("must be in [0, 10], got {}", h.calibration_margin)));
+    }
+    h.server_location().map_err(|m| err("he.server", m))?;
+    if !(1..=cryptotl_server::artifact::DEFAULT_MAX_BATCH).contains(&h.batch) {
+        return Err(err("he.batch", format!("must be in 1..={}, got {}", cryptotl_server::artifact::DEFAULT_MAX_BATCH, h.batch)));
     }
     Ok(())
 }

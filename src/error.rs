@@ -59,6 +59,15 @@ pub enum Error {
     #[error("encrypted stage: {0}")]
     He(#[from] cryptotl_server::HeError),
 
+    /// The model owner's server refused a request, or could not be reached after every retry.
+    #[error("server {server}: {message}")]
+    Server {
+        /// The server (its URL, or `local`).
+        server: String,
+        /// What it answered, or why it could not be reached.
+        message: String,
+    },
+
     /// An I/O error on a named path.
     #[error("{path}: {source}")]
     Io {

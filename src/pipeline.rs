@@ -552,22 +552,81 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &Fea
         Ok(y)
     })?;
     let accumulators = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * program.neurons;
-    let session = crate::he::Session::new(program, params, cfg.he.insecure_seed)?;
+    let mut session = crate::he::Session::local(program.clone(), params, cfg.he.insecure_seed)?;
+    session.batch = cfg.he.batch.min(session.model.max_batch);
     let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
     let encrypted = client.map(|x| {
         let (y, s) = session.forward(x.view(), &format!("{} samples", x.nrows()))?;
         stats.borrow_mut().merge(s);
         Ok(y)
     })?;
-    let report = crate::he::HeReport::new(&session, &stats.borrow(), overflow.get() as f64 / accumulators.max(1) as f64);
-    if report.calibration_overflow_rate > 0.01 {
-        tracing::warn!(rate = report.calibration_overflow_rate,
+    let report = crate::he::HeReport::new(&session, Some(&program), &stats.borrow(), Some(overflow.get() as f64 / accumulators.max(1) as f64));
+    if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
+        tracing::warn!(rate,
             "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around. \
              Set he.calibration = \"input_box\" (never wraps, coarser) or widen he.calibration_margin",
-            100.0 * report.calibration_overflow_rate);
+            100.0 * rate);
     }
     tracing::info!(?report, "encrypted lower network done");
     Ok(EncryptedTransfer { encrypted, float, quantized, report })
+}
+
+/// The server's model artifact for `cfg` (what `cryptotl server build` writes): its lower network (pretrained,
+/// cached or shipped, with the config's server privacy mechanisms applied), compiled to the integer program, with
+/// the interface clients fetch and the server's privacy statement. Returns the network too.
+pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifact, PretrainedLower)> {
+    if !cfg.he.enabled {
+        return Err(Error::Config { file: "<config>".into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
+    }
+    let lower = server_lower_network(cfg)?;
+    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
+    let features = serde_json::json!({
+        "kind": cfg.features.kind,
+        "dim": lower.features.dim(),
+        "featurizer": cfg.features,
+        "featurizer_version": crate::features::FEATURIZER_VERSION,
+        "scaling": "each feature min-max scaled to [0, 1] on the client's own training split",
+    });
+    let statement = crate::privacy::budget::ServerStatement::new(crate::privacy::budget::ServerMechanisms {
+        dp_pretraining: lower.meta.dp_pretraining.as_ref(),
+        weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+        source_examples: lower.meta.source.train,
+    })?;
+    let privacy = serde_json::to_value(&statement).map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
+    Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
+}
+
+/// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
+/// client's features.
+pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> {
+    let ca = match &cfg.he.ca_cert {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
+        None => None,
+    };
+    let transport = crate::he::Http::new(url, cfg.he.token()?, ca.as_deref())?;
+    let model = crate::he::Transport::interface(&transport)?;
+    let kind = model.features.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind != cfg.features.kind {
+        return Err(Error::Config { file: "<config>".into(), key: "features.kind".into(), message: format!(
+            "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
+    }
+    let mut session = crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?;
+    session.batch = cfg.he.batch.min(session.model.max_batch);
+    Ok(session)
+}
+
+/// The client's features through a remote server's encrypted lower network (`[he] server = URL`): the decrypted
+/// outputs and what the encrypted stage measured (no oracle comparison: the client has no program).
+pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::HeReport)> {
+    let session = remote_session(cfg, url)?;
+    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
+    let encrypted = client.map(|x| {
+        let (y, s) = session.forward(x.view(), &format!("{} samples via {url}", x.nrows()))?;
+        stats.borrow_mut().merge(s);
+        Ok(y)
+    })?;
+    let report = crate::he::HeReport::new(&session, None, &stats.borrow(), None);
+    Ok((encrypted, report))
 }
 
 /// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
@@ -756,6 +815,12 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     use crate::report::{PretrainSummary, Report, StageTime};
     let mut stages = Vec::new();
     let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
+    if let (true, Ok(crate::config::ServerLocation::Remote(url))) = (cfg.he.enabled, cfg.he.server_location()) {
+        return Err(Error::Config { file: "<config>".into(), key: "he.server".into(), message: format!(
+            "is {url}: `cryptotl run` compares the encrypted path with the server's own network, which a client of a \
+             remote server does not have. Run `cryptotl features` (encrypted through {url}), then `cryptotl train-head` \
+             and `cryptotl evaluate`") });
+    }
     let _lock = prepare_output_dir(cfg)?;
 
     let (data, t) = timed(|| prepare_data(cfg));

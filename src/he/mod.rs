@@ -14,33 +14,51 @@
 
 pub mod client;
 pub mod quant;
+pub mod transport;
 
 use std::time::Instant;
 
 use cryptotl_server::wire::WireObject;
-use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, Evaluator, IntegerProgram, ParameterSet, ProgramInterface};
+use cryptotl_server::{EncryptedOutput, EvaluationKey, IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, ProgramInterface, frames};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 pub use client::{ClientKey, seeder};
+pub use transport::{Http, InProcess, Transport};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// The protocol set up for one run: the client's key, the server's evaluator (holding the program and the
-/// client's evaluation key, as received over the wire), and the program's public interface.
+/// Samples per evaluation request (at most the server's `max_batch`): enough for the server to spread the batch
+/// over its cores, small enough that a retried request repeats little.
+pub const DEFAULT_BATCH: usize = 16;
+
+/// The client's side of the protocol for one run: its key, the server it talks to (through a [`Transport`]), the
+/// model's interface, the id of its uploaded evaluation key.
 pub struct Session {
     /// The client's secret key.
     pub client: ClientKey,
-    /// The server's evaluator.
-    pub server: Evaluator,
-    /// What the client knows of the program.
+    transport: Box<dyn Transport>,
+    /// What the server publishes about its model.
+    pub model: ModelInterface,
+    /// What the client knows of the program (quantization).
     pub interface: ProgramInterface,
+    /// The server's program, in the one-process simulation only: the clear-integer oracle the decrypted outputs
+    /// are compared with. A real client never has it.
+    oracle: Option<IntegerProgram>,
+    /// The serialized evaluation key, kept to upload again if the server lost it.
+    evaluation_key: Vec<u8>,
+    key_id: std::cell::RefCell<String>,
     /// Seconds to generate the client's keys.
     pub keygen_seconds: f64,
-    /// Seconds for the server to read the evaluation key and prepare (Fourier transform, lookup tables).
-    pub server_setup_seconds: f64,
+    /// Seconds to upload the evaluation key (and for the server to check and store it).
+    pub key_upload_seconds: f64,
+    /// Seconds for the server to prepare its evaluator for this key (read it, Fourier transform, tables), as the
+    /// server reported it; NaN until the first batch.
+    pub server_setup_seconds: std::cell::Cell<f64>,
     /// Serialized size of the evaluation key (sent once).
     pub evaluation_key_bytes: usize,
+    /// Samples per request.
+    pub batch: usize,
     seeder: std::cell::RefCell<Box<dyn tfhe::core_crypto::prelude::Seeder>>,
 }
 
@@ -49,7 +67,8 @@ pub struct Session {
 pub struct ForwardStats {
     /// Samples evaluated.
     pub samples: usize,
-    /// Server evaluation seconds per sample (reading the ciphertext included), in sample order.
+    /// Server evaluation seconds per sample (its batch's time shared out; the round trip when the server does not
+    /// say), in sample order.
     pub server_seconds: Vec<f64>,
     /// Client seconds per sample (quantize, encrypt, serialize; read, decrypt).
     pub client_seconds: Vec<f64>,
@@ -57,7 +76,7 @@ pub struct ForwardStats {
     pub upload_bytes: usize,
     /// Serialized bytes of one encrypted output.
     pub download_bytes: usize,
-    /// Outputs compared with the clear-integer oracle.
+    /// Outputs compared with the clear-integer oracle (0 against a remote server: the client has no oracle).
     pub compared_outputs: usize,
     /// Outputs that differ from the oracle (a lookup one level off somewhere in their pool window).
     pub mismatched_outputs: usize,
@@ -95,68 +114,148 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 impl Session {
-    /// Generate the client's keys, send the evaluation key to the server through the wire format, prepare the
-    /// server's evaluator for `program`.
+    /// The one-process simulation: the server's service for `program` runs in this process ([`InProcess`]), and
+    /// the decrypted outputs are compared with the clear-integer oracle.
     /// `insecure_seed` makes keys and encryption noise reproducible (tests only).
-    pub fn new(program: IntegerProgram, params: ParameterSet, insecure_seed: Option<u64>) -> Result<Self> {
+    pub fn local(program: IntegerProgram, params: ParameterSet, insecure_seed: Option<u64>) -> Result<Self> {
+        let artifact = ModelArtifact::new(program.clone(), params, serde_json::Value::Null, serde_json::Value::Null)?;
+        Self::connect(Box::new(InProcess::new(artifact)?), Some(program), insecure_seed)
+    }
+
+    /// Fetch the model's interface through `transport`, generate keys for its parameter set, upload the
+    /// evaluation key. `oracle`: the server's program, for the one-process simulation's comparison only.
+    pub fn connect(transport: Box<dyn Transport>, oracle: Option<IntegerProgram>, insecure_seed: Option<u64>) -> Result<Self> {
+        let model = transport.interface()?;
+        let params = model.validate()?;
+        let interface = model.program.clone();
         let mut seeder = seeder(insecure_seed);
         let t = Instant::now();
         let (client, evaluation_key) = ClientKey::generate(params, seeder.as_mut());
         let keygen_seconds = t.elapsed().as_secs_f64();
-        let limit = EvaluationKey::size_limit(params);
-        let bytes = evaluation_key.to_bytes(limit)?;
-        drop(evaluation_key);
+        let evaluation_key = evaluation_key.to_bytes(EvaluationKey::size_limit(params))?;
         let t = Instant::now();
-        let received = EvaluationKey::from_bytes(&bytes, limit)?;
-        let interface = program.interface();
-        let server = Evaluator::new(program, &received, params)?;
-        let server_setup_seconds = t.elapsed().as_secs_f64();
-        tracing::info!(keygen_seconds, server_setup_seconds, evaluation_key_mib = bytes.len() as f64 / 1048576.0, "TFHE keys ready");
-        Ok(Self { client, server, interface, keygen_seconds, server_setup_seconds, evaluation_key_bytes: bytes.len(), seeder: seeder.into() })
+        let key_id = transport.upload_key(&evaluation_key)?;
+        let key_upload_seconds = t.elapsed().as_secs_f64();
+        tracing::info!(server = transport.describe(), keygen_seconds, key_upload_seconds, evaluation_key_mib = evaluation_key.len() as f64 / 1048576.0, "TFHE keys ready");
+        Ok(Self {
+            client,
+            transport,
+            batch: DEFAULT_BATCH.min(model.max_batch),
+            model,
+            interface,
+            oracle,
+            evaluation_key_bytes: evaluation_key.len(),
+            evaluation_key,
+            key_id: key_id.into(),
+            keygen_seconds,
+            key_upload_seconds,
+            server_setup_seconds: f64::NAN.into(),
+            seeder: seeder.into(),
+        })
     }
 
-    /// One sample through the whole protocol: returns output levels and this sample's stats.
-    pub fn forward_one(&self, x: &[f32]) -> Result<(Vec<i64>, ForwardStats)> {
-        let params = self.server.params();
+    /// Where the server is (`local` for the one-process simulation).
+    pub fn server(&self) -> String {
+        self.transport.describe()
+    }
+
+    /// Whether the decrypted outputs are compared with the clear-integer oracle (one-process simulation only).
+    pub fn has_oracle(&self) -> bool {
+        self.oracle.is_some()
+    }
+
+    /// Send one framed batch, uploading the key again if the server no longer has it.
+    fn evaluate(&self, batch: &[u8]) -> Result<transport::Evaluation> {
+        for _ in 0..2 {
+            let id = self.key_id.borrow().clone();
+            if let Some(e) = self.transport.evaluate(&id, batch)? {
+                return Ok(e);
+            }
+            tracing::info!(server = self.transport.describe(), "the server no longer has our evaluation key: uploading it again");
+            *self.key_id.borrow_mut() = self.transport.upload_key(&self.evaluation_key)?;
+        }
+        Err(Error::Server { server: self.transport.describe(), message: "lost the evaluation key again right after it was uploaded".into() })
+    }
+
+    /// Some samples (rows, scaled features) through the protocol: quantize, encrypt, one request, decrypt.
+    /// Returns each sample's output levels and the batch's stats.
+    pub fn forward_batch(&self, rows: &[Vec<f32>]) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
+        let params = self.client.params()?;
         let iface = &self.interface;
         let t = Instant::now();
-        let q = iface.quantize(x);
-        let upload = self.client.encrypt(&q, iface, self.seeder.borrow_mut().as_mut())?.to_bytes(EncryptedInput::size_limit(iface.input_dim))?;
-        let mut client_seconds = t.elapsed().as_secs_f64();
+        let levels: Vec<Vec<u16>> = rows.iter().map(|x| iface.quantize(x)).collect();
+        let uploads = levels
+            .iter()
+            .map(|q| self.client.encrypt(q, iface, self.seeder.borrow_mut().as_mut())?.to_bytes(self.model.input_limit).map_err(Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        let body = frames::encode(&uploads);
+        let encrypt_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let received = EncryptedInput::from_bytes(&upload, EncryptedInput::size_limit(self.server.program().input_dim))?;
-        let download = self.server.evaluate(&received)?.to_bytes(EncryptedOutput::size_limit(params, self.server.program().outputs()))?;
-        let server_seconds = t.elapsed().as_secs_f64();
+        let answer = self.evaluate(&body)?;
+        let round_trip = t.elapsed().as_secs_f64();
+        if let Some(s) = answer.setup_seconds.filter(|&s| s > 0.0) {
+            self.server_setup_seconds.set(s);
+        }
         let t = Instant::now();
-        let output = EncryptedOutput::from_bytes(&download, EncryptedOutput::size_limit(params, iface.outputs))?;
-        let levels = self.client.decrypt(&output, iface)?;
-        client_seconds += t.elapsed().as_secs_f64();
-        let oracle = self.server.program().evaluate_clear(&q);
-        let diffs = levels.iter().zip(&oracle).map(|(a, b)| (a - b).abs());
-        let stats = ForwardStats {
-            samples: 1,
-            server_seconds: vec![server_seconds],
-            client_seconds: vec![client_seconds],
-            upload_bytes: upload.len(),
-            download_bytes: download.len(),
-            compared_outputs: levels.len(),
-            mismatched_outputs: diffs.clone().filter(|&d| d != 0).count(),
-            max_level_difference: diffs.max().unwrap_or(0),
+        let server = || Error::Server { server: self.transport.describe(), message: "malformed evaluation answer".into() };
+        let items = frames::decode(&answer.body, rows.len(), self.model.output_limit).map_err(|e| Error::Server { server: self.transport.describe(), message: e.to_string() })?;
+        if items.len() != rows.len() {
+            return Err(server());
+        }
+        let outputs = items
+            .iter()
+            .map(|b| {
+                let out = EncryptedOutput::from_bytes(b, EncryptedOutput::size_limit(params, iface.outputs))?;
+                self.client.decrypt(&out, iface).map_err(Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decrypt_seconds = t.elapsed().as_secs_f64();
+        let n = rows.len() as f64;
+        let per_sample = answer.server_seconds.unwrap_or(round_trip) / n;
+        let mut stats = ForwardStats {
+            samples: rows.len(),
+            server_seconds: vec![per_sample; rows.len()],
+            client_seconds: vec![(encrypt_seconds + decrypt_seconds) / n; rows.len()],
+            upload_bytes: uploads.iter().map(Vec::len).max().unwrap_or(0),
+            download_bytes: items.iter().map(|b| b.len()).max().unwrap_or(0),
+            ..Default::default()
         };
-        Ok((levels, stats))
+        if let Some(program) = &self.oracle {
+            for (q, got) in levels.iter().zip(&outputs) {
+                let want = program.evaluate_clear(q);
+                let diffs = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
+                stats.compared_outputs += got.len();
+                stats.mismatched_outputs += diffs.clone().filter(|&d| d != 0).count();
+                stats.max_level_difference = stats.max_level_difference.max(diffs.max().unwrap_or(0));
+            }
+        }
+        Ok((outputs, stats))
     }
 
-    /// Every row of `x` (scaled features) through the encrypted path; returns the dequantized outputs.
+    /// One sample through the whole protocol: its output levels and stats.
+    pub fn forward_one(&self, x: &[f32]) -> Result<(Vec<i64>, ForwardStats)> {
+        let (mut out, stats) = self.forward_batch(&[x.to_vec()])?;
+        Ok((out.pop().unwrap_or_default(), stats))
+    }
+
+    /// Every row of `x` (scaled features) through the encrypted path, [`Session::batch`] samples per request;
+    /// returns the dequantized outputs.
     pub fn forward(&self, x: ArrayView2<f32>, what: &str) -> Result<(Array2<f32>, ForwardStats)> {
         crate::features::check_finite(x)?;
+        if x.ncols() != self.interface.input_dim {
+            return Err(Error::Features(format!("{} features per sample, the server's model takes {}", x.ncols(), self.interface.input_dim)));
+        }
         let bar = crate::progress::bar(x.nrows() as u64, &format!("encrypted forward: {what}"));
         let mut out = Array2::zeros((x.nrows(), self.interface.outputs));
         let mut stats = ForwardStats::default();
-        for (mut row, xr) in out.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))) {
-            let (levels, s) = self.forward_one(&xr.to_vec())?;
-            row.assign(&Array1::from(self.interface.dequantize(&levels)));
+        let rows: Vec<Vec<f32>> = x.axis_iter(Axis(0)).map(|r| r.to_vec()).collect();
+        for (chunk, mut block) in rows.chunks(self.batch.max(1)).zip(out.axis_chunks_iter_mut(Axis(0), self.batch.max(1))) {
+            let (levels, s) = self.forward_batch(chunk)?;
+            for (mut row, l) in block.axis_iter_mut(Axis(0)).zip(&levels) {
+                row.assign(&Array1::from(self.interface.dequantize(l)));
+            }
             stats.merge(s);
-            bar.inc(1);
+            bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
         Ok((out, stats))
@@ -166,6 +265,9 @@ impl Session {
 /// The encrypted stage's section of the run report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeReport {
+    /// The server that evaluated the lower network: `local` (the one-process simulation) or its URL.
+    #[serde(default = "local_server")]
+    pub server: String,
     /// tfhe-rs parameter set.
     pub parameter_set: String,
     /// Security level of the parameter set (tfhe-rs's vetted sets: 128 bits).
@@ -186,12 +288,16 @@ pub struct HeReport {
     pub neurons: usize,
     /// Outputs per sample.
     pub outputs: usize,
-    /// Weight statistics of the compiled program.
-    pub program: quant::ProgramStats,
+    /// Weight statistics of the compiled program (one-process simulation only: a remote server does not publish
+    /// its weights).
+    pub program: Option<quant::ProgramStats>,
     /// Counted cost per sample.
     pub counts: cryptotl_server::OpCounts,
     /// Key generation, seconds.
     pub keygen_seconds: f64,
+    /// Key upload (the server checks and stores the key), seconds.
+    #[serde(default)]
+    pub key_upload_seconds: f64,
     /// Server setup (read key, Fourier transform, tables), seconds.
     pub server_setup_seconds: f64,
     /// Serialized evaluation key (sent once), bytes.
@@ -210,12 +316,14 @@ pub struct HeReport {
     pub client_seconds_median: f64,
     /// Outputs differing from the clear-integer oracle by any number of levels (most by one lookup level), as a
     /// fraction (`off_by_one_rate` in reports before it was renamed).
+    /// None against a remote server: only the one-process simulation has the oracle.
     #[serde(alias = "off_by_one_rate")]
-    pub off_oracle_rate: f64,
+    pub off_oracle_rate: Option<f64>,
     /// Largest |encrypted - oracle| in output levels.
-    pub max_level_difference: i64,
+    pub max_level_difference: Option<i64>,
     /// Accumulators of the client's samples outside the calibrated range (their lookups wrap), as a fraction.
-    pub calibration_overflow_rate: f64,
+    /// None against a remote server (it takes the server's program).
+    pub calibration_overflow_rate: Option<f64>,
     /// Test accuracy of a head trained on the float lower network's outputs.
     pub accuracy_float: f64,
     /// ... on the clear-integer (quantized) outputs.
@@ -224,26 +332,34 @@ pub struct HeReport {
     pub accuracy_encrypted: f64,
 }
 
+fn local_server() -> String {
+    "local".into()
+}
+
 impl HeReport {
     /// The report of a session after `stats`, without accuracies (filled in once the heads are trained).
-    pub fn new(session: &Session, stats: &ForwardStats, overflow_rate: f64) -> Self {
-        let prog = session.server.program();
-        let params = session.server.params();
+    /// `program`: the server's program, known in the one-process simulation only (its lookup bits and weight
+    /// statistics are not part of the public interface).
+    pub fn new(session: &Session, program: Option<&IntegerProgram>, stats: &ForwardStats, overflow_rate: Option<f64>) -> Self {
+        let params = session.client.params().unwrap_or_default();
+        let iface = &session.interface;
         HeReport {
+            server: session.server(),
             parameter_set: params.name().into(),
             security_bits: params.security_bits(),
             lwe_dimension: params.lwe_dimension(),
             polynomial_size: params.polynomial_size(),
-            input_bits: prog.input_bits,
-            accumulator_bits: prog.accumulator_bits,
-            lookup_bits: prog.lookup_bits,
-            output_bits: prog.output_bits,
-            neurons: prog.neurons,
-            outputs: prog.outputs(),
-            program: quant::ProgramStats::of(prog),
-            counts: session.server.counts(),
+            input_bits: iface.input_bits,
+            accumulator_bits: iface.accumulator_bits,
+            lookup_bits: program.map_or(0, |p| p.lookup_bits),
+            output_bits: program.map_or(0, |p| p.output_bits),
+            neurons: session.model.counts.bootstraps,
+            outputs: iface.outputs,
+            program: program.map(quant::ProgramStats::of),
+            counts: session.model.counts,
             keygen_seconds: session.keygen_seconds,
-            server_setup_seconds: session.server_setup_seconds,
+            key_upload_seconds: session.key_upload_seconds,
+            server_setup_seconds: session.server_setup_seconds.get(),
             evaluation_key_bytes: session.evaluation_key_bytes,
             upload_bytes_per_sample: stats.upload_bytes,
             download_bytes_per_sample: stats.download_bytes,
@@ -251,8 +367,8 @@ impl HeReport {
             server_seconds_median: quantile(&stats.server_seconds, 0.5),
             server_seconds_p95: quantile(&stats.server_seconds, 0.95),
             client_seconds_median: quantile(&stats.client_seconds, 0.5),
-            off_oracle_rate: stats.mismatch_rate(),
-            max_level_difference: stats.max_level_difference,
+            off_oracle_rate: (stats.compared_outputs > 0).then(|| stats.mismatch_rate()),
+            max_level_difference: (stats.compared_outputs > 0).then_some(stats.max_level_difference),
             calibration_overflow_rate: overflow_rate,
             accuracy_float: f64::NAN,
             accuracy_quantized: f64::NAN,

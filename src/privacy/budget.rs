@@ -15,7 +15,7 @@ use super::server::{WeightNoisePlan, approx_dp_measurement, compose, weight_nois
 use crate::error::Result;
 
 /// One party's mechanism and what it guarantees.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BudgetRow {
     /// `client` or `server`.
     pub party: String,
@@ -75,26 +75,27 @@ impl TfheStatement {
         let params = he.params()?;
         // tfhe-rs's failure figure is for its own message space of the set; this pipeline reads `lookup_bits` from
         // it, so what holds for the outputs is what the run measured against the clear-integer program.
-        let exactness = match measured {
-            Some(r) => format!(
+        let exactness = match measured.and_then(|r| Some((r, r.off_oracle_rate?, r.max_level_difference?))) {
+            Some((r, rate, max)) => format!(
                 "tfhe-rs states a bootstrap failure probability of 2^{:.0} for this set's own message space; this \
                  pipeline reads {}-bit lookups from it, so its outputs are not exact to that figure: in this run {:.2}% \
                  of the decrypted outputs differ from the clear-integer program (most by one lookup level; the largest \
                  by {} of {} output levels{}). That is an accuracy cost the heads are trained on, not a leak",
                 params.tfhe_log2_p_fail(),
                 r.lookup_bits,
-                100.0 * r.off_oracle_rate,
-                r.max_level_difference,
+                100.0 * rate,
+                max,
                 1u64 << r.output_bits,
-                if r.calibration_overflow_rate > 0.0 {
-                    format!(", where {:.3}% of accumulators fell outside the calibrated range and their lookups wrapped", 100.0 * r.calibration_overflow_rate)
+                if let Some(o) = r.calibration_overflow_rate.filter(|&o| o > 0.0) {
+                    format!(", where {:.3}% of accumulators fell outside the calibrated range and their lookups wrapped", 100.0 * o)
                 } else {
                     String::new()
                 }
             ),
             None => format!(
                 "tfhe-rs states a bootstrap failure probability of 2^{:.0} for this set's own message space, not for \
-                 this pipeline's wider lookups (the run report measures those against the clear-integer program)",
+                 this pipeline's wider lookups (the one-process simulation measures those against the clear-integer \
+                 program; a client of a remote server cannot, having no program)",
                 params.tfhe_log2_p_fail()
             ),
         };
@@ -103,8 +104,8 @@ impl TfheStatement {
             parameter_set: Some(params.name().into()),
             security_bits: Some(params.security_bits()),
             log2_failure_probability: Some(params.tfhe_log2_p_fail()),
-            measured_off_oracle_rate: measured.map(|r| r.off_oracle_rate),
-            measured_max_level_difference: measured.map(|r| r.max_level_difference),
+            measured_off_oracle_rate: measured.and_then(|r| r.off_oracle_rate),
+            measured_max_level_difference: measured.and_then(|r| r.max_level_difference),
             statement: format!(
                 "TFHE hides the client's features and every activation from the server (IND-CPA under LWE, tfhe-rs \
                  parameter set `{}`, {}-bit security); the client holds the only secret key. {exactness}. Not a DP \
@@ -126,6 +127,26 @@ pub struct ServerMechanisms<'a> {
     pub weight_noise: Option<(&'a WeightNoisePlan, usize)>,
     /// Source training examples.
     pub source_examples: usize,
+}
+
+/// The server's privacy statement as it publishes it to clients (`privacy.json` of `cryptotl server build`,
+/// `GET /v1/privacy`): its rows of the budget table.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ServerStatement {
+    /// The server's rows (party `server`).
+    pub rows: Vec<BudgetRow>,
+    /// The tightest valid bound on the source data, in words.
+    pub source_tightest: Option<String>,
+}
+
+impl ServerStatement {
+    /// The statement of these mechanisms.
+    pub fn new(server: ServerMechanisms<'_>) -> Result<Self> {
+        let off = TfheStatement { enabled: false, parameter_set: None, security_bits: None, log2_failure_probability: None,
+            measured_off_oracle_rate: None, measured_max_level_difference: None, statement: String::new() };
+        let all = BudgetReport::new(None, 0, server, off)?;
+        Ok(Self { rows: all.rows.into_iter().filter(|r| r.party == "server").collect(), source_tightest: all.source_tightest })
+    }
 }
 
 /// The budget table of a run.

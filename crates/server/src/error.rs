@@ -24,6 +24,16 @@ pub enum HeError {
     /// Serialization failed (e.g. the object exceeds its size limit).
     #[error("cannot write {what}: {message}")]
     Serialize { what: &'static str, message: String },
+    /// A file of the server's (model artifact, key store, token file) that cannot be read or written.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl HeError {
+    /// A file error at `path`.
+    pub fn file(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
+        HeError::File { path: path.display().to_string(), message: message.to_string() }
+    }
 }
 
 /// Result alias of this crate.

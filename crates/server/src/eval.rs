@@ -58,6 +58,22 @@ pub struct OpCounts {
     pub download_bytes: usize,
 }
 
+impl OpCounts {
+    /// What one sample of `program` costs under `params` (byte counts are estimates: payload plus ~200 bytes of
+    /// serialization header; reports quote measured sizes beside them).
+    pub fn of(program: &IntegerProgram, params: ParameterSet) -> Self {
+        let nnz = program.weights.iter().filter(|&&w| w != 0).count();
+        let header = 200; // measured safe-serialization header + metadata, order of magnitude
+        OpCounts {
+            bootstraps: program.neurons,
+            keyswitches: 0,
+            multiply_adds: nnz * (params.lwe_dimension() + 1),
+            upload_bytes: program.input_dim * 8 + header,
+            download_bytes: program.outputs() * (params.big_lwe_dimension() + 1) * 4 + header,
+        }
+    }
+}
+
 /// The server's evaluator: the program, the client's bootstrap key in the Fourier domain, one lookup-table
 /// accumulator per neuron.
 pub struct Evaluator {
@@ -148,15 +164,7 @@ impl Evaluator {
 
     /// What one sample costs.
     pub fn counts(&self) -> OpCounts {
-        let nnz = self.program.weights.iter().filter(|&&w| w != 0).count();
-        let header = 200; // measured safe-serialization header + metadata, order of magnitude
-        OpCounts {
-            bootstraps: self.program.neurons,
-            keyswitches: 0,
-            multiply_adds: nnz * (self.params.lwe_dimension() + 1),
-            upload_bytes: self.program.input_dim * 8 + header,
-            download_bytes: self.program.outputs() * (self.params.big_lwe_dimension() + 1) * 4 + header,
-        }
+        OpCounts::of(&self.program, self.params)
     }
 
     /// The linear stage alone: one small-key LWE ciphertext per neuron (`neurons x (n + 1)` words), holding

@@ -16,12 +16,29 @@
 //! - [`wire`]: keys and ciphertexts as they cross the wire, with tfhe's versioned safe serialization.
 //! - [`eval`]: the homomorphic evaluation (tight integer loop over ciphertext data, one bootstrap per neuron,
 //!   classic or multi-bit).
+//!
+//! The deployed service (`cryptotl serve`):
+//! - [`artifact`]: the model directory the server keeps (program, public interface, privacy statement, manifest).
+//! - [`frames`]: batches of wire objects in one body.
+//! - [`auth`]: bearer tokens, stored hashed, compared in constant time.
+//! - [`keystore`]: clients' evaluation keys, content-addressed, bound to their uploader, LRU-bounded, on disk.
+//! - [`service`]: the transport-independent service (upload a key, evaluate a batch), every input checked.
+//! - [`http`]: the service over HTTP/TLS, with a bounded queue, metrics and request logs.
 
+pub mod artifact;
+pub mod auth;
 pub mod error;
 pub mod eval;
+pub mod frames;
+pub mod http;
+pub mod keystore;
 pub mod params;
 pub mod program;
+pub mod service;
 pub mod wire;
+
+pub use artifact::{ModelArtifact, ModelInterface};
+pub use service::{Service, ServiceError};
 
 pub use error::{HeError, Result};
 pub use eval::{Evaluator, OpCounts};

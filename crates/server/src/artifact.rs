@@ -1,0 +1,204 @@
+//! The server's model artifact: the directory `cryptotl server build` writes and `cryptotl serve` reads.
+//!
+//! | file | holds | who sees it |
+//! |---|---|---|
+//! | `program.json` | the integer program (weights, tables): the server's asset | the server only |
+//! | `interface.json` | [`ModelInterface`]: what a client needs to encode inputs and decode outputs | every client |
+//! | `privacy.json` | the server's privacy statement (mechanisms on its source data, ε, δ) | every client |
+//! | `manifest.json` | [`Manifest`]: the SHA-256 of each file above, versions | the server |
+//!
+//! Every file is written atomically (temporary file, fsync, rename), the manifest last; [`ModelArtifact::load`]
+//! checks every hash, so a truncated or edited artifact is refused with the file that is wrong.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::error::{HeError, Result};
+use crate::eval::OpCounts;
+use crate::params::ParameterSet;
+use crate::program::{IntegerProgram, ProgramInterface};
+use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey};
+
+/// Version of the artifact layout and of the interface document.
+pub const FORMAT: u32 = 1;
+/// Largest number of samples in one evaluation request.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+const PROGRAM: &str = "program.json";
+const INTERFACE: &str = "interface.json";
+const PRIVACY: &str = "privacy.json";
+const MANIFEST: &str = "manifest.json";
+
+/// Lowercase hex SHA-256 of `bytes`.
+///
+/// ```
+/// assert!(cryptotl_server::artifact::sha256_hex(b"").starts_with("e3b0c442"));
+/// ```
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| HeError::file(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| HeError::file(dir, e))?;
+    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| HeError::file(path, e))?;
+    tmp.persist(path).map_err(|e| HeError::file(path, e.error))?;
+    Ok(())
+}
+
+/// What a client fetches before it sends anything: how to encode its inputs, how to decode the outputs, what a
+/// request may hold. Nothing of the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInterface {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// SHA-256 of the program: names this model (a client can pin it).
+    pub model_id: String,
+    /// The tfhe-rs parameter set the client must generate its keys with.
+    pub parameter_set: String,
+    /// Quantization of inputs and outputs.
+    pub program: ProgramInterface,
+    /// The features the program expects, as the server's builder described them (featurizer, its model's hash,
+    /// dimension, scaling): the client must produce the same kind of vector.
+    pub features: serde_json::Value,
+    /// What one sample costs the server (bootstraps, multiply-adds).
+    pub counts: OpCounts,
+    /// Samples per evaluation request at most.
+    pub max_batch: usize,
+    /// Largest evaluation key accepted, bytes.
+    pub evaluation_key_limit: u64,
+    /// Largest serialized encrypted input, bytes.
+    pub input_limit: u64,
+    /// Largest serialized encrypted output, bytes.
+    pub output_limit: u64,
+}
+
+impl ModelInterface {
+    /// Check an interface received from a server before using it.
+    pub fn validate(&self) -> Result<ParameterSet> {
+        if self.format != FORMAT {
+            return Err(HeError::Program(format!("the server speaks interface format {}, this client {FORMAT}", self.format)));
+        }
+        let params = ParameterSet::from_name(&self.parameter_set)?;
+        self.program.validate()?;
+        if self.max_batch == 0 {
+            return Err(HeError::Program("the server accepts batches of 0 samples".into()));
+        }
+        Ok(params)
+    }
+
+    /// Largest evaluation request body, bytes.
+    pub fn request_limit(&self) -> u64 {
+        self.max_batch as u64 * self.input_limit + crate::frames::overhead(self.max_batch)
+    }
+}
+
+/// Hashes and versions of an artifact's files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The model id (SHA-256 of `program.json`).
+    pub model_id: String,
+    /// Version of this crate that wrote the artifact.
+    pub server_version: String,
+    /// File name -> SHA-256.
+    pub files: BTreeMap<String, String>,
+}
+
+/// The server's model: its program under a parameter set, the interface it publishes, its privacy statement.
+#[derive(Clone, Debug)]
+pub struct ModelArtifact {
+    /// The integer program (the server's asset).
+    pub program: IntegerProgram,
+    /// The parameter set.
+    pub params: ParameterSet,
+    /// What clients fetch.
+    pub interface: ModelInterface,
+    /// The server's privacy statement (published to clients as is).
+    pub privacy: serde_json::Value,
+}
+
+fn to_json<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| HeError::Serialize { what, message: e.to_string() })
+}
+
+impl ModelArtifact {
+    /// An artifact for `program` under `params` (checked), publishing `features` and `privacy` to clients.
+    pub fn new(program: IntegerProgram, params: ParameterSet, features: serde_json::Value, privacy: serde_json::Value) -> Result<Self> {
+        program.validate(params)?;
+        let model_id = sha256_hex(&to_json(&program, "program")?);
+        let interface = ModelInterface {
+            format: FORMAT,
+            model_id,
+            parameter_set: params.name().into(),
+            program: program.interface(),
+            features,
+            counts: OpCounts::of(&program, params),
+            max_batch: DEFAULT_MAX_BATCH,
+            evaluation_key_limit: EvaluationKey::size_limit(params),
+            input_limit: EncryptedInput::size_limit(program.input_dim),
+            output_limit: EncryptedOutput::size_limit(params, program.outputs()),
+        };
+        Ok(Self { program, params, interface, privacy })
+    }
+
+    /// Write the artifact into `dir` (created if missing), the manifest last.
+    pub fn write(&self, dir: &Path) -> Result<Manifest> {
+        let mut files = BTreeMap::new();
+        for (name, bytes) in [
+            (PROGRAM, to_json(&self.program, "program")?),
+            (INTERFACE, to_json(&self.interface, "interface")?),
+            (PRIVACY, to_json(&self.privacy, "privacy statement")?),
+        ] {
+            write_atomic(&dir.join(name), &bytes)?;
+            files.insert(name.to_string(), sha256_hex(&bytes));
+        }
+        let manifest = Manifest { format: FORMAT, model_id: self.interface.model_id.clone(), server_version: env!("CARGO_PKG_VERSION").into(), files };
+        write_atomic(&dir.join(MANIFEST), &to_json(&manifest, "manifest")?)?;
+        Ok(manifest)
+    }
+
+    /// Read an artifact, checking the manifest's hashes, the program against its parameter set and the interface
+    /// against the program.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |name: &str| -> Result<Vec<u8>> {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| HeError::file(&p, format!("{e} (is {} a model directory written by `cryptotl server build`?)", dir.display())))
+        };
+        let parse = |name: &str, bytes: &[u8]| -> Result<serde_json::Value> {
+            serde_json::from_slice(bytes).map_err(|e| HeError::file(&dir.join(name), format!("not valid JSON: {e}")))
+        };
+        let manifest: Manifest = serde_json::from_value(parse(MANIFEST, &read(MANIFEST)?)?)
+            .map_err(|e| HeError::file(&dir.join(MANIFEST), e))?;
+        if manifest.format != FORMAT {
+            return Err(HeError::file(&dir.join(MANIFEST), format!("artifact format {}, this server reads {FORMAT}", manifest.format)));
+        }
+        let mut contents = BTreeMap::new();
+        for name in [PROGRAM, INTERFACE, PRIVACY] {
+            let bytes = read(name)?;
+            let want = manifest.files.get(name).ok_or_else(|| HeError::file(&dir.join(MANIFEST), format!("lists no hash for {name}")))?;
+            if &sha256_hex(&bytes) != want {
+                return Err(HeError::file(&dir.join(name), "does not match the manifest's SHA-256 (corrupt or edited; rebuild with `cryptotl server build`)"));
+            }
+            contents.insert(name, bytes);
+        }
+        let program: IntegerProgram = serde_json::from_slice(&contents[PROGRAM]).map_err(|e| HeError::file(&dir.join(PROGRAM), e))?;
+        let interface: ModelInterface = serde_json::from_slice(&contents[INTERFACE]).map_err(|e| HeError::file(&dir.join(INTERFACE), e))?;
+        let privacy = parse(PRIVACY, &contents[PRIVACY])?;
+        let params = interface.validate()?;
+        let artifact = Self::new(program, params, interface.features.clone(), privacy)?;
+        if artifact.interface.model_id != manifest.model_id || artifact.interface.program != interface.program {
+            return Err(HeError::file(&dir.join(INTERFACE), "does not describe program.json"));
+        }
+        // Limits the builder chose (a smaller max batch, say) are kept.
+        let max_batch = interface.max_batch;
+        Ok(Self { interface: ModelInterface { max_batch, ..artifact.interface }, ..artifact })
+    }
+}

@@ -1,0 +1,309 @@
+//! `cryptotl serve`: the [`Service`] over HTTP (tokio + axum on hyper; TLS by rustls).
+//!
+//! Why HTTP/1.1 and not gRPC: the messages are a few opaque binary bodies (a 50 MB key once, then batches of a
+//! few KB up and ~130 KB per sample down) whose format is tfhe's own versioned serialization; HTTP carries them as
+//! they are, any load balancer, proxy or `curl` speaks it, and axum/hyper is the most used async stack in Rust.
+//! A protobuf schema would wrap the same bytes.
+//!
+//! | method, path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/interface` | | [`crate::ModelInterface`] (JSON) |
+//! | `GET /v1/privacy` | | the server's privacy statement (JSON) |
+//! | `POST /v1/keys` | an evaluation key (tfhe safe serialization) | `201 {"key_id": "<sha256>"}` |
+//! | `POST /v1/keys/{key_id}/evaluate` | [`crate::frames`] of encrypted inputs | frames of encrypted outputs |
+//! | `GET /healthz` | | `ok` (no token needed) |
+//! | `GET /metrics` | | Prometheus text format (no token needed) |
+//!
+//! Every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise). A key belongs to the token that
+//! uploaded it (403 for any other). Bodies are bounded by the model's interface (413 past it). Evaluations wait
+//! in a bounded queue, served one batch at a time (each batch uses every core); when the queue is full, or a
+//! request waited past its timeout, the answer is 503 with `Retry-After`. Errors are JSON `{"error": "..."}`.
+//! Plain HTTP is refused on any address but loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+
+use crate::auth::{ClientId, Tokens};
+use crate::error::HeError;
+use crate::service::{Service, ServiceError};
+
+/// How `cryptotl serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// TLS certificate chain and private key (PEM files). Without them only loopback addresses are allowed.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Evaluation requests waiting or running at most; more get 503.
+    pub max_queue: usize,
+    /// Longest an evaluation request may wait for its turn before it gets 503.
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram>,
+    samples: Counter,
+    bootstraps: Counter,
+    bootstraps_per_second: Gauge<f64, AtomicU64>,
+    queue_depth: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("cryptotl");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
+        let (samples, bootstraps) = (Counter::default(), Counter::default());
+        let bootstraps_per_second = Gauge::<f64, AtomicU64>::default();
+        let queue_depth = Gauge::default();
+        registry.register("requests", "HTTP requests by endpoint and status", requests.clone());
+        registry.register("request_seconds", "HTTP request latency by endpoint and status", latency.clone());
+        registry.register("samples", "Encrypted samples evaluated", samples.clone());
+        registry.register("bootstraps", "Programmable bootstraps run", bootstraps.clone());
+        registry.register("bootstraps_per_second", "Bootstraps per second of the last evaluated batch", bootstraps_per_second.clone());
+        registry.register("queue_depth", "Evaluation requests waiting or running", queue_depth.clone());
+        Self { registry, requests, latency, samples, bootstraps, bootstraps_per_second, queue_depth }
+    }
+}
+
+struct AppState {
+    service: Arc<Service>,
+    tokens: Tokens,
+    queue: Arc<Semaphore>,
+    max_queue: usize,
+    worker: Arc<Semaphore>,
+    queue_timeout: Duration,
+    metrics: Metrics,
+}
+
+type Shared = Arc<AppState>;
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+fn busy(message: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        error(StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), self)
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| state.tokens.authenticate(t)) {
+        Some(c) => Ok(c),
+        None => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token (Authorization: Bearer <token>)");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(r)
+        }
+    }
+}
+
+async fn interface(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    match authenticate(&s, &headers) {
+        Ok(_) => axum::Json(s.service.interface().clone()).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn privacy(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    match authenticate(&s, &headers) {
+        Ok(_) => axum::Json(s.service.privacy().clone()).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn upload_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let client = match authenticate(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let service = s.service.clone();
+    match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
+        Ok(Ok(id)) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "key_id": id }))).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("key upload failed: {e}")),
+    }
+}
+
+async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let client = match authenticate(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Ok(place) = s.queue.clone().try_acquire_owned() else {
+        return busy("the evaluation queue is full; retry later");
+    };
+    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    let worker = match tokio::time::timeout(s.queue_timeout, s.worker.clone().acquire_owned()).await {
+        Ok(Ok(w)) => w,
+        _ => return busy("waited too long for a turn in the evaluation queue; retry later"),
+    };
+    let service = s.service.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let _turn = (place, worker);
+        service.evaluate(&client, &key_id, &body)
+    })
+    .await;
+    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    match done {
+        Ok(Ok(out)) => {
+            s.metrics.samples.inc_by(out.samples as u64);
+            s.metrics.bootstraps.inc_by(out.bootstraps as u64);
+            if out.eval_seconds > 0.0 {
+                s.metrics.bootstraps_per_second.set(out.bootstraps as f64 / out.eval_seconds);
+            }
+            let timing = |v: f64| HeaderValue::from_str(&format!("{v:.6}")).unwrap_or(HeaderValue::from_static("0"));
+            let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], out.body).into_response();
+            r.headers_mut().insert("x-eval-seconds", timing(out.eval_seconds));
+            r.headers_mut().insert("x-setup-seconds", timing(out.setup_seconds));
+            r
+        }
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("evaluation failed: {e}")),
+    }
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.metrics.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// One log line and one metrics sample per request.
+async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    let t = Instant::now();
+    let method = request.method().clone();
+    let endpoint = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let seconds = t.elapsed().as_secs_f64();
+    let labels = RequestLabels { endpoint: endpoint.clone(), status };
+    s.metrics.requests.get_or_create(&labels).inc();
+    s.metrics.latency.get_or_create(&labels).observe(seconds);
+    tracing::info!(%method, endpoint, status, ms = (seconds * 1e3).round(), "request");
+    response
+}
+
+/// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
+pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_timeout: Duration) -> Router {
+    let iface = service.interface().clone();
+    let state = Arc::new(AppState {
+        service,
+        tokens,
+        queue: Arc::new(Semaphore::new(max_queue.max(1))),
+        max_queue: max_queue.max(1),
+        worker: Arc::new(Semaphore::new(1)),
+        queue_timeout,
+        metrics: Metrics::new(),
+    });
+    let key_limit = iface.evaluation_key_limit as usize;
+    let batch_limit = iface.request_limit() as usize;
+    Router::new()
+        .route("/v1/interface", get(interface))
+        .route("/v1/privacy", get(privacy))
+        .route("/v1/keys", post(upload_key).layer(DefaultBodyLimit::max(key_limit)))
+        .route("/v1/keys/{key_id}/evaluate", post(evaluate).layer(DefaultBodyLimit::max(batch_limit)))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Bind, call `ready` with the bound address and scheme, and serve until SIGINT or SIGTERM.
+pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl FnOnce(SocketAddr, &str)) -> Result<(), HeError> {
+    let io = |what: &str, e: std::io::Error| HeError::File { path: what.to_string(), message: e.to_string() };
+    if opts.tls.is_none() && !opts.listen.ip().is_loopback() {
+        return Err(HeError::File {
+            path: opts.listen.to_string(),
+            message: "plain HTTP is only allowed on a loopback address; give --tls-cert and --tls-key to listen elsewhere".into(),
+        });
+    }
+    let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| io(&opts.listen.to_string(), e))?;
+    listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
+    let addr = listener.local_addr().map_err(|e| io("listener", e))?;
+    let app = router(Arc::new(service), tokens, opts.max_queue, opts.queue_timeout);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| io("tokio runtime", e))?;
+    runtime.block_on(async move {
+        match opts.tls {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| io("listener", e))?;
+                ready(addr, "http");
+                axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| io("server", e))
+            }
+            Some((cert, key)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                    .await
+                    .map_err(|e| io(&format!("{} / {}", cert.display(), key.display()), e))?;
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    h.graceful_shutdown(Some(Duration::from_secs(30)));
+                });
+                ready(addr, "https");
+                axum_server::from_tcp_rustls(listener, config).handle(handle).serve(app.into_make_service()).await.map_err(|e| io("server", e))
+            }
+        }
+    })
+}

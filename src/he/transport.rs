@@ -1,0 +1,207 @@
+//! How the client reaches the model owner's service: one [`Transport`] trait, two implementations.
+//!
+//! - [`InProcess`]: the server's [`Service`] in this process (`[he] server = "local"`, the default): the
+//!   one-process simulation of the protocol, with every message still serialized and checked.
+//! - [`Http`]: a remote `cryptotl serve` (`[he] server = "https://host:port"`), with a bearer token, retries with
+//!   exponential backoff on connection failures and 503s (honouring `Retry-After`), and the same bytes.
+//!
+//! The client keeps each encrypted batch until its outputs arrive, so a server restart costs a retry, never a
+//! re-encryption or a lost sample; a key the server no longer has (evicted, or a fresh store) is uploaded again.
+
+use std::time::{Duration, Instant};
+
+use cryptotl_server::auth::ClientId;
+use cryptotl_server::keystore::KeyStore;
+use cryptotl_server::{ModelArtifact, ModelInterface, Service, ServiceError};
+
+use crate::error::{Error, Result};
+
+/// What the server answered to one evaluation request.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The framed encrypted outputs.
+    pub body: Vec<u8>,
+    /// Seconds the server spent evaluating, when it said.
+    pub server_seconds: Option<f64>,
+    /// Seconds the server spent preparing the evaluator for this key (first use), when it said.
+    pub setup_seconds: Option<f64>,
+}
+
+/// The client's view of the model owner's service.
+pub trait Transport: Send + Sync {
+    /// Where the server is (for messages and reports).
+    fn describe(&self) -> String;
+    /// Whether this is the one-process simulation (the only place the clear-integer oracle can be compared).
+    fn is_local(&self) -> bool;
+    /// The model's public interface.
+    fn interface(&self) -> Result<ModelInterface>;
+    /// The server's privacy statement.
+    fn privacy(&self) -> Result<serde_json::Value>;
+    /// Upload an evaluation key; returns its id.
+    fn upload_key(&self, key: &[u8]) -> Result<String>;
+    /// Evaluate a framed batch under key `key_id`; `Ok(None)` when the server does not have the key (upload again).
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>>;
+}
+
+/// The server's service in this process.
+pub struct InProcess {
+    service: Service,
+    client: ClientId,
+}
+
+impl InProcess {
+    /// Serve `artifact` in this process, keys held in memory.
+    pub fn new(artifact: ModelArtifact) -> Result<Self> {
+        let bound = artifact.interface.evaluation_key_limit * 2;
+        let service = Service::new(artifact, KeyStore::in_memory(bound))?;
+        Ok(Self { service, client: ClientId { name: "local".into(), token_sha256: "local".into() } })
+    }
+}
+
+fn refused(server: &str, e: ServiceError) -> Error {
+    Error::Server { server: server.into(), message: format!("refused ({}): {e}", e.status()) }
+}
+
+impl Transport for InProcess {
+    fn describe(&self) -> String {
+        "local".into()
+    }
+    fn is_local(&self) -> bool {
+        true
+    }
+    fn interface(&self) -> Result<ModelInterface> {
+        Ok(self.service.interface().clone())
+    }
+    fn privacy(&self) -> Result<serde_json::Value> {
+        Ok(self.service.privacy().clone())
+    }
+    fn upload_key(&self, key: &[u8]) -> Result<String> {
+        self.service.upload_key(&self.client, key).map_err(|e| refused("local", e))
+    }
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>> {
+        match self.service.evaluate(&self.client, key_id, batch) {
+            Ok(e) => Ok(Some(Evaluation { body: e.body, server_seconds: Some(e.eval_seconds), setup_seconds: Some(e.setup_seconds) })),
+            Err(ServiceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(refused("local", e)),
+        }
+    }
+}
+
+/// Retries of one request before giving up (with backoff 0.5 s doubling to 30 s: ~5 minutes in all).
+const ATTEMPTS: u32 = 14;
+
+/// A remote `cryptotl serve`.
+pub struct Http {
+    base: String,
+    token: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Http {
+    /// A client of the server at `base` (`https://host:port`; `http://` only for a loopback host) with bearer
+    /// `token`; `ca_pem` adds a trusted root (a private CA or a self-signed server certificate).
+    pub fn new(base: &str, token: String, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let server = |m: String| Error::Server { server: base.into(), message: m };
+        let base = base.trim_end_matches('/').to_string();
+        let mut builder = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(900))
+            .user_agent(concat!("cryptotl/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| server(format!("CA certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| server(format!("HTTP client: {e}")))?;
+        Ok(Self { base, token, client })
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Server { server: self.base.clone(), message }
+    }
+
+    /// Send a request (rebuilt per attempt), retrying connection failures, 502-504 and 503 with backoff.
+    fn send(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+        let mut delay = Duration::from_millis(500);
+        let start = Instant::now();
+        for attempt in 1..=ATTEMPTS {
+            let wait = match build().bearer_auth(&self.token).send() {
+                Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                    let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).map(Duration::from_secs);
+                    tracing::info!(status = r.status().as_u16(), attempt, "{what}: server busy or restarting, retrying");
+                    after.unwrap_or(delay).max(delay)
+                }
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    tracing::info!(attempt, error = %e, "{what}: server unreachable, retrying");
+                    delay
+                }
+                Err(e) => return Err(self.error(format!("{what}: {e}"))),
+            };
+            if attempt < ATTEMPTS {
+                std::thread::sleep(wait);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        Err(self.error(format!("{what}: no answer after {ATTEMPTS} attempts over {:.0} s", start.elapsed().as_secs_f64())))
+    }
+
+    /// The body of a successful answer, else the server's error message.
+    fn ok(&self, what: &str, r: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
+        let status = r.status();
+        if status.is_success() {
+            return Ok(r);
+        }
+        let text = r.text().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        let hint = match status.as_u16() {
+            401 => " (check the token: [he] token_file or the environment variable [he] token_env names)",
+            403 => " (the key belongs to another client's token)",
+            _ => "",
+        };
+        Err(self.error(format!("{what}: {status}: {message}{hint}")))
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let r = self.send(path, || self.client.get(&url))?;
+        self.ok(path, r)?.json().map_err(|e| self.error(format!("{path}: unreadable answer: {e}")))
+    }
+}
+
+impl Transport for Http {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+    fn is_local(&self) -> bool {
+        false
+    }
+    fn interface(&self) -> Result<ModelInterface> {
+        self.get_json("/v1/interface")
+    }
+    fn privacy(&self) -> Result<serde_json::Value> {
+        self.get_json("/v1/privacy")
+    }
+    fn upload_key(&self, key: &[u8]) -> Result<String> {
+        let url = format!("{}/v1/keys", self.base);
+        let body = bytes::Bytes::copy_from_slice(key);
+        let r = self.send("key upload", || self.client.post(&url).header("content-type", "application/octet-stream").body(body.clone()))?;
+        let v: serde_json::Value = self.ok("key upload", r)?.json().map_err(|e| self.error(format!("key upload: unreadable answer: {e}")))?;
+        v.get("key_id").and_then(|k| k.as_str()).map(str::to_string).ok_or_else(|| self.error("key upload: no key_id in the answer".into()))
+    }
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>> {
+        let url = format!("{}/v1/keys/{key_id}/evaluate", self.base);
+        let body = bytes::Bytes::copy_from_slice(batch);
+        let r = self.send("evaluate", || self.client.post(&url).header("content-type", "application/octet-stream").body(body.clone()))?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let r = self.ok("evaluate", r)?;
+        let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<f64>().ok());
+        let (server_seconds, setup_seconds) = (header("x-eval-seconds"), header("x-setup-seconds"));
+        let body = r.bytes().map_err(|e| self.error(format!("evaluate: reading the answer: {e}")))?.to_vec();
+        Ok(Some(Evaluation { body, server_seconds, setup_seconds }))
+    }
+}
