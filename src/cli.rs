@@ -63,9 +63,26 @@ enum Command {
     /// The model owner's side: build the model directory `serve` runs, issue client tokens.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Classify new texts with a finished run (its saved featurizer and head), through the same encrypted path
+    /// (`[he] server`: local simulation or remote). Texts one per line from --input or stdin; one JSON line each on
+    /// stdout: {"label": 0|1, "probability": p}.
+    Predict(PredictArgs),
     /// Run the model owner's encrypted-inference service over HTTP (TLS with --tls-cert/--tls-key; plain HTTP only
     /// on loopback). Prints `listening on <url>` once it accepts connections; stops on SIGINT/SIGTERM.
     Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// The run directory (`run`, or `features` + `train-head`): its config.toml, client_features.json, head.
+    #[arg(long)]
+    run: PathBuf,
+    /// Texts, one per line. Default: stdin.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Override a key of the run's config (e.g. the server's address: `--set he.server="https://host:8443"`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -372,6 +389,23 @@ fn serve(a: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+fn predict(a: &PredictArgs) -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut overrides = a.set.clone();
+    overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
+    let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
+    let texts: Vec<String> = match &a.input {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?.lines().map(str::to_string).collect(),
+        None => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?,
+    };
+    let predictions = pipeline::predict(&cfg, &a.run, &texts)?;
+    let mut out = std::io::stdout().lock();
+    for p in predictions {
+        writeln!(out, "{}", serde_json::to_string(&p).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    }
+    Ok(())
+}
+
 fn server_command(cmd: &ServerCommand) -> Result<()> {
     match cmd {
         ServerCommand::Build(a) => {
@@ -423,6 +457,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Serve(a) => serve(&a)?,
+        Command::Predict(a) => predict(&a)?,
         Command::Server(c) => server_command(&c)?,
         Command::Budget(a) => budget(&a)?,
         Command::CheckConfig(a) => {

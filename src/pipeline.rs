@@ -629,6 +629,62 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Res
     Ok((encrypted, report))
 }
 
+/// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
+/// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
+pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
+    if !cfg.he.enabled {
+        return lower_forward(&server_lower_network(cfg)?.net, x);
+    }
+    let location = cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })?;
+    let session = match location {
+        crate::config::ServerLocation::Remote(url) => remote_session(cfg, &url)?,
+        crate::config::ServerLocation::Local => {
+            let lower = server_lower_network(cfg)?;
+            let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
+            let mut s = crate::he::Session::local(program, cfg.he.params()?, cfg.he.insecure_seed)?;
+            s.batch = cfg.he.batch.min(s.model.max_batch);
+            s
+        }
+    };
+    Ok(session.forward(x.view(), what)?.0)
+}
+
+/// One prediction of [`predict`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prediction {
+    /// The predicted class (1 = the dataset's positive class).
+    pub label: u8,
+    /// The head's probability of class 1.
+    pub probability: f32,
+}
+
+/// Classify new texts with a finished run's saved featurizer and head (`run_dir`, made by `run` or
+/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features.
+pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<Prediction>> {
+    if texts.is_empty() {
+        return Ok(vec![]);
+    }
+    if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
+        return Err(Error::Config { file: "<config>".into(), key: "head.inputs".into(), message:
+            "is `transfer+bow`: its bag-of-words score is cross-fitted on the training texts and not saved with the run; \
+             predict works with `transfer` and `transfer+own`".into() });
+    }
+    let manifest = crate::rundir::RunManifest::load_for(cfg)?;
+    let own = FeaturePipeline::load(&run_dir.join("client_features.json"))?.transform(texts)?;
+    let transferred = transfer_rows(cfg, &own, &format!("{} new texts", texts.len()))?;
+    let x = match cfg.head.inputs {
+        crate::config::HeadInputs::TransferPlusOwn => ndarray::concatenate(ndarray::Axis(1), &[transferred.view(), own.view()])
+            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))?,
+        _ => transferred,
+    };
+    manifest.check_head(cfg, x.ncols())?;
+    let head = model::load_module(new_head::<Cpu>(cfg, x.ncols(), &Default::default()), &run_dir.join("head"), &Default::default())?;
+    Ok(predict_proba(&head, x.view(), &Default::default())
+        .into_iter()
+        .map(|p| Prediction { label: (p >= 0.5) as u8, probability: p })
+        .collect())
+}
+
 /// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
 /// and clear-integer paths for comparison), else the plaintext float network.
 pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {

@@ -27,10 +27,21 @@ pub const MANIFEST: &str = "manifest.json";
 
 /// A stable key of everything that determines a run's transferred features (`features.json`).
 pub fn features_key(cfg: &RunConfig) -> String {
+    // How the client reaches the server (token, CA, batch size) does not change the features; which server does.
+    let mut he = serde_json::to_value(&cfg.he).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = he.as_object_mut() {
+        for k in ["token_env", "token_file", "ca_cert", "batch"] {
+            m.remove(k);
+        }
+        if m.get("server").and_then(|v| v.as_str()) == Some("local") {
+            // Keys of runs from before the two-party server stay valid.
+            m.remove("server");
+        }
+    }
     let material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "target": cfg.target, "split": cfg.split,
-        "lower": cfg.lower, "pretrain": cfg.pretrain, "he": cfg.he, "server_privacy": cfg.server_privacy,
+        "lower": cfg.lower, "pretrain": cfg.pretrain, "he": he, "server_privacy": cfg.server_privacy,
         "inputs": cfg.head.inputs,
     });
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))

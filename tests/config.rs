@@ -157,6 +157,28 @@ fn encrypted_stage_settings_are_checked() {
 }
 
 #[test]
+fn the_server_address_is_local_https_or_loopback_http() {
+    use cryptotl::config::ServerLocation;
+    let at = |s: &str| RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("he.server={s:?}")]).map(|c| c.he.server_location().unwrap());
+    assert_eq!(at("local").unwrap(), ServerLocation::Local);
+    assert_eq!(at("https://models.example:8443/").unwrap(), ServerLocation::Remote("https://models.example:8443".into()));
+    for ok in ["http://127.0.0.1:8443", "http://localhost:1", "http://[::1]:8443"] {
+        assert!(matches!(at(ok).unwrap(), ServerLocation::Remote(_)), "{ok}");
+    }
+    // A bearer token never crosses a network in the clear; nonsense is named.
+    for (bad, says) in [("http://10.0.0.2:8443", "loopback"), ("ftp://h:1", "scheme"), ("models:8443", "neither"), ("https://", "no host")] {
+        let msg = err(QUICKSTART_TOML, &[&format!("he.server={bad:?}")]);
+        assert!(msg.contains("he.server") && msg.contains(says), "{bad}: {msg}");
+    }
+    assert!(err(QUICKSTART_TOML, &["he.batch=0"]).contains("he.batch"));
+    assert!(err(QUICKSTART_TOML, &["he.batch=65"]).contains("he.batch"));
+    // `run` needs the server's own network for its comparisons: with a remote server it says what to run instead.
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["he.server=\"http://127.0.0.1:9\"".into()]).unwrap();
+    let msg = cryptotl::pipeline::run(&cfg).err().expect("refused").to_string();
+    assert!(msg.contains("cryptotl features") && msg.contains("train-head"), "{msg}");
+}
+
+#[test]
 fn names_and_output_dirs_that_would_write_outside_a_run_directory_are_refused() {
     for (ov, key) in [
         ("name=\"..\"", "name"),

@@ -100,6 +100,24 @@ fn cli_stage_subcommands_reuse_the_library() {
     assert_eq!(code, 0, "{err}");
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(m["accuracy"].as_f64().unwrap() > 0.85, "{out}");
+    // `predict`: new texts through the run's featurizer, the encrypted path and its head, one JSON line each.
+    let rows: Vec<(u8, String)> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/separable_target.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(24)
+        .map(|l| { let (y, t) = l.split_once(',').unwrap(); (y.parse().unwrap(), t.to_string()) })
+        .collect();
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, rows.iter().map(|r| format!("{}\n", r.1)).collect::<String>()).unwrap();
+    let run_dir = dir.path().join("run");
+    let (code, out, err) = cli(&["-q", "predict", "--run", run_dir.to_str().unwrap(), "--input", texts.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let predictions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(predictions.len(), rows.len());
+    let right = predictions.iter().zip(&rows).filter(|(p, r)| p["label"].as_u64() == Some(r.0 as u64)).count();
+    assert!(right >= 21, "{right} of {} right: {out}", rows.len());
+    assert!(predictions.iter().all(|p| (0.0..=1.0).contains(&p["probability"].as_f64().unwrap())));
     // A config that does not match the run directory is a clear error (exit 2) naming the key, not a panic and
     // not a head scored on another split's features.
     for (args, needle) in [(vec!["--set", "head.kind=\"mlp\""], "head.kind"), (vec!["--seed", "6"], "another config")] {

@@ -119,8 +119,9 @@ impl Http {
         Error::Server { server: self.base.clone(), message }
     }
 
-    /// Send a request (rebuilt per attempt), retrying connection failures, 502-504 and 503 with backoff.
-    fn send(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+    /// Send a request (rebuilt per attempt) and read its whole answer, retrying connection failures, answers cut
+    /// off mid-body, 502-504 and 503 with backoff (honouring `Retry-After`).
+    fn send(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> Result<Answer> {
         let mut delay = Duration::from_millis(500);
         let start = Instant::now();
         for attempt in 1..=ATTEMPTS {
@@ -130,8 +131,18 @@ impl Http {
                     tracing::info!(status = r.status().as_u16(), attempt, "{what}: server busy or restarting, retrying");
                     after.unwrap_or(delay).max(delay)
                 }
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                Ok(r) => {
+                    let (status, headers) = (r.status(), r.headers().clone());
+                    match r.bytes() {
+                        Ok(body) => return Ok(Answer { status, headers, body }),
+                        Err(e) => {
+                            tracing::info!(attempt, error = %e, "{what}: answer cut off, retrying");
+                            delay
+                        }
+                    }
+                }
+                Err(e) if is_tls_failure(&e) => return Err(self.error(format!("{what}: TLS: {} (is [he] ca_cert the certificate the server uses?)", error_chain(&e)))),
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() => {
                     tracing::info!(attempt, error = %e, "{what}: server unreachable, retrying");
                     delay
                 }
@@ -145,13 +156,13 @@ impl Http {
         Err(self.error(format!("{what}: no answer after {ATTEMPTS} attempts over {:.0} s", start.elapsed().as_secs_f64())))
     }
 
-    /// The body of a successful answer, else the server's error message.
-    fn ok(&self, what: &str, r: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
-        let status = r.status();
+    /// A successful answer, else the server's error message.
+    fn ok(&self, what: &str, r: Answer) -> Result<Answer> {
+        let status = r.status;
         if status.is_success() {
             return Ok(r);
         }
-        let text = r.text().unwrap_or_default();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
@@ -164,11 +175,40 @@ impl Http {
         Err(self.error(format!("{what}: {status}: {message}{hint}")))
     }
 
+    fn json<T: serde::de::DeserializeOwned>(&self, what: &str, r: &Answer) -> Result<T> {
+        serde_json::from_slice(&r.body).map_err(|e| self.error(format!("{what}: unreadable answer: {e}")))
+    }
+
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let r = self.send(path, || self.client.get(&url))?;
-        self.ok(path, r)?.json().map_err(|e| self.error(format!("{path}: unreadable answer: {e}")))
+        self.json(path, &self.ok(path, r)?)
     }
+}
+
+/// The error and its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A failed TLS handshake (an untrusted or wrong certificate): retrying cannot help.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let chain = error_chain(e).to_lowercase();
+    chain.contains("certificate") || chain.contains("handshake")
+}
+
+/// A whole answer.
+struct Answer {
+    status: reqwest::StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
 }
 
 impl Transport for Http {
@@ -188,20 +228,19 @@ impl Transport for Http {
         let url = format!("{}/v1/keys", self.base);
         let body = bytes::Bytes::copy_from_slice(key);
         let r = self.send("key upload", || self.client.post(&url).header("content-type", "application/octet-stream").body(body.clone()))?;
-        let v: serde_json::Value = self.ok("key upload", r)?.json().map_err(|e| self.error(format!("key upload: unreadable answer: {e}")))?;
+        let v: serde_json::Value = self.json("key upload", &self.ok("key upload", r)?)?;
         v.get("key_id").and_then(|k| k.as_str()).map(str::to_string).ok_or_else(|| self.error("key upload: no key_id in the answer".into()))
     }
     fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>> {
         let url = format!("{}/v1/keys/{key_id}/evaluate", self.base);
         let body = bytes::Bytes::copy_from_slice(batch);
         let r = self.send("evaluate", || self.client.post(&url).header("content-type", "application/octet-stream").body(body.clone()))?;
-        if r.status().as_u16() == 404 {
+        if r.status.as_u16() == 404 {
             return Ok(None);
         }
         let r = self.ok("evaluate", r)?;
-        let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<f64>().ok());
+        let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()?.parse::<f64>().ok());
         let (server_seconds, setup_seconds) = (header("x-eval-seconds"), header("x-setup-seconds"));
-        let body = r.bytes().map_err(|e| self.error(format!("evaluate: reading the answer: {e}")))?.to_vec();
-        Ok(Some(Evaluation { body, server_seconds, setup_seconds }))
+        Ok(Some(Evaluation { body: r.body.to_vec(), server_seconds, setup_seconds }))
     }
 }

@@ -1,0 +1,407 @@
+//! The two parties as two processes: a spawned `cryptotl serve` on loopback (ephemeral ports), clients talking to
+//! it over HTTP. Outputs equal the one-process simulation's bit for bit (same keys and encryption noise from the
+//! same insecure seed, and the server's evaluation is deterministic), refusals have their status, a kill -9 mid-run
+//! loses and duplicates nothing, replicas share one key store. Every server here stops with its test.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cryptotl::he::transport::{Evaluation, Http, Transport};
+use cryptotl::he::{ClientKey, Session, seeder};
+use cryptotl_server::wire::WireObject as _;
+use cryptotl_server::{IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, frames};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const PARAMS: ParameterSet = ParameterSet::Message2Carry2;
+
+/// A small random program (as in tests/he.rs): 16 inputs, 6 neurons, ReLU-like tables.
+fn program() -> IntegerProgram {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (d, h, b, p) = (16usize, 6usize, 12u32, 4u32);
+    let weights = (0..d * h).map(|_| rng.random_range(-3..=3)).collect();
+    let biases = (0..h).map(|_| (1i64 << (b - 1)) + rng.random_range(-200..=200)).collect();
+    let tables = (0..h).map(|_| (0..1i32 << p).map(|r| (r - 8).max(0) * 3).collect()).collect();
+    IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: b, lookup_bits: p, output_bits: 6, neurons: h, weights, biases, tables, pool: 1, output_unit: 0.5 }
+}
+
+fn samples(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| (0..16).map(|_| rng.random_range(0.0..1.0)).collect()).collect()
+}
+
+/// A model directory and a token file with clients `alice` and `bob`.
+struct Fixture {
+    dir: tempfile::TempDir,
+    alice: String,
+    bob: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let privacy = serde_json::json!({ "rows": [], "source_tightest": null });
+        let features = serde_json::json!({ "kind": "test", "dim": 16 });
+        ModelArtifact::new(program(), PARAMS, features, privacy).unwrap().write(&dir.path().join("model")).unwrap();
+        let (alice, bob) = ("alice-token-0123456789".to_string(), "bob-token-9876543210".to_string());
+        let tokens = format!("# test\n{}{}", cryptotl_server::auth::Tokens::line("alice", &alice), cryptotl_server::auth::Tokens::line("bob", &bob));
+        std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+        Self { dir, alice, bob }
+    }
+
+    fn model(&self) -> PathBuf {
+        self.dir.path().join("model")
+    }
+
+    fn serve(&self, listen: &str, store: &Path) -> Server {
+        Server::spawn(&self.model(), &self.dir.path().join("tokens"), store, listen, &[])
+    }
+}
+
+/// A spawned `cryptotl serve`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn spawn(model: &Path, tokens: &Path, store: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+            .args(["serve", "--model"])
+            .arg(model)
+            .args(["--listen", listen, "--tokens"])
+            .arg(tokens)
+            .arg("--key-store")
+            .arg(store)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the server says where it listens within 60 s");
+        let url = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        Server { child, url }
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.url)).unwrap().text().unwrap()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http(url: &str, token: &str) -> Box<dyn Transport> {
+    Box::new(Http::new(url, token.into(), None).unwrap())
+}
+
+/// Outputs of the one-process simulation for these samples under keys from `seed`.
+fn local_outputs(seed: u64, xs: &[Vec<f32>], batch: usize) -> Vec<Vec<i64>> {
+    let mut s = Session::local(program(), PARAMS, Some(seed)).unwrap();
+    s.batch = batch;
+    xs.chunks(batch).flat_map(|c| s.forward_batch(c).unwrap().0).collect()
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[test]
+fn a_client_through_a_spawned_server_gets_the_one_process_outputs() {
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let xs = samples(12, 1);
+    let session = Session::connect(http(&server.url, &f.alice), Some(program()), Some(11)).unwrap();
+    assert!(!session.server().contains("local"));
+    let (remote, stats) = session.forward_batch(&xs[..6]).unwrap();
+    let (rest, _) = session.forward_batch(&xs[6..]).unwrap();
+    let remote: Vec<Vec<i64>> = remote.into_iter().chain(rest).collect();
+    assert_eq!(remote, local_outputs(11, &xs, 6), "HTTP and the one-process simulation must agree bit for bit");
+    // And both are the clear-integer program's outputs, up to the tested rate of one-level lookups.
+    assert_eq!(stats.compared_outputs, 36);
+    assert!(stats.mismatch_rate() < 0.25 && stats.max_level_difference <= 3, "{stats:?}");
+    let m = server.metrics();
+    assert_eq!(metric(&m, "cryptotl_samples_total"), 12.0, "{m}");
+    assert_eq!(metric(&m, "cryptotl_bootstraps_total"), 72.0, "{m}");
+    assert!(m.contains("cryptotl_request_seconds_bucket"), "{m}");
+    // The key is on disk, under its content address, bound to alice's token hash.
+    let keys: Vec<_> = std::fs::read_dir(f.dir.path().join("keys")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(keys.iter().filter(|k| k.ends_with(".key")).count(), 1, "{keys:?}");
+}
+
+fn status(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
+    let r = r.send().unwrap();
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+/// A valid framed batch of `n` samples encrypted under `key`.
+fn batch(key: &ClientKey, iface: &ModelInterface, n: usize) -> Vec<u8> {
+    let items: Vec<Vec<u8>> = samples(n, 9)
+        .iter()
+        .map(|x| key.encrypt(&iface.program.quantize(x), &iface.program, seeder(Some(1)).as_mut()).unwrap().to_bytes(iface.input_limit).unwrap())
+        .collect();
+    frames::encode(&items)
+}
+
+#[test]
+fn refusals_have_their_status_and_garbage_leaves_the_server_standing() {
+    let f = Fixture::new();
+    let mut server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let url = &server.url.clone();
+    let c = reqwest::blocking::Client::new();
+    // No token, a wrong token: 401 on every /v1 endpoint.
+    assert_eq!(status(c.get(format!("{url}/v1/interface"))).0, 401);
+    assert_eq!(status(c.get(format!("{url}/v1/privacy")).bearer_auth("not-a-token")).0, 401);
+    assert_eq!(status(c.post(format!("{url}/v1/keys")).bearer_auth("alice-token-012345678").body(vec![0u8; 10])).0, 401);
+    assert_eq!(status(c.get(format!("{url}/healthz"))), (200, "ok".into()));
+
+    let iface: ModelInterface = c.get(format!("{url}/v1/interface")).bearer_auth(&f.alice).send().unwrap().json().unwrap();
+    assert_eq!(iface.program, program().interface());
+    let (alice_key, alice_eval) = ClientKey::generate(PARAMS, seeder(Some(21)).as_mut());
+    let key_bytes = alice_eval.to_bytes(iface.evaluation_key_limit).unwrap();
+    let r = c.post(format!("{url}/v1/keys")).bearer_auth(&f.alice).body(key_bytes.clone()).send().unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let id = r.json::<serde_json::Value>().unwrap()["key_id"].as_str().unwrap().to_string();
+    let body = batch(&alice_key, &iface, 3);
+    let eval = |token: &str, id: &str, body: Vec<u8>| status(c.post(format!("{url}/v1/keys/{id}/evaluate")).bearer_auth(token).body(body));
+    assert_eq!(eval(&f.alice, &id, body.clone()).0, 200);
+    // Another client may not use alice's key, nor upload it as its own.
+    let (code, text) = eval(&f.bob, &id, body.clone());
+    assert_eq!(code, 403, "{text}");
+    assert_eq!(status(c.post(format!("{url}/v1/keys")).bearer_auth(&f.bob).body(key_bytes.clone())).0, 403);
+    // An unknown key id: 404 (the client uploads again); a malformed one: 400.
+    assert_eq!(eval(&f.alice, &"0".repeat(64), body.clone()).0, 404);
+    assert_eq!(eval(&f.alice, "../../etc/passwd", body.clone()).0, 404, "a path-like id does not even route");
+    assert_eq!(eval(&f.alice, "nothex", body.clone()).0, 400);
+    // A key of another parameter set: 400, saying so.
+    let other = ClientKey::generate(ParameterSet::Message1Carry1, seeder(Some(22)).as_mut()).1;
+    let (code, text) = status(c.post(format!("{url}/v1/keys")).bearer_auth(&f.alice).body(other.to_bytes(u64::MAX).unwrap()));
+    assert!(code == 400 && text.contains("parameter set"), "{code} {text}");
+    // Ciphertexts under another key than the one named: 400.
+    let stranger = ClientKey::generate(PARAMS, seeder(Some(23)).as_mut()).0;
+    let (code, text) = eval(&f.alice, &id, batch(&stranger, &iface, 1));
+    assert!(code == 400 && text.contains("key"), "{code} {text}");
+    // Truncated and padded batches: 400; a body past the model's limit: 413.
+    assert_eq!(eval(&f.alice, &id, body[..body.len() - 1].to_vec()).0, 400);
+    assert_eq!(eval(&f.alice, &id, [&body[..], &[0]].concat()).0, 400);
+    assert_eq!(eval(&f.alice, &id, vec![1u8; iface.request_limit() as usize + 1]).0, 413);
+    assert_eq!(status(c.post(format!("{url}/v1/keys")).bearer_auth(&f.alice).body(vec![0u8; iface.evaluation_key_limit as usize + 1])).0, 413);
+
+    // A burst of garbage: random bodies, random lengths, random paths. No panic, no growth past a bound.
+    let before = server.rss_kib();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let start = Instant::now();
+    for i in 0..300 {
+        let len = rng.random_range(0..20_000);
+        let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let path = match i % 4 {
+            0 => format!("/v1/keys/{id}/evaluate"),
+            1 => "/v1/keys".into(),
+            2 => format!("/v1/keys/{}/evaluate", "f".repeat(rng.random_range(1..100))),
+            _ => format!("/{}", (0..rng.random_range(1..30)).map(|_| rng.random_range(b'a'..=b'z') as char).collect::<String>()),
+        };
+        let (code, _) = status(c.post(format!("{url}{path}")).bearer_auth(&f.alice).body(junk));
+        assert!((400..500).contains(&code), "garbage to {path} got {code}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(120));
+    assert!(server.alive(), "the server survived the garbage");
+    assert_eq!(status(c.get(format!("{url}/healthz"))).0, 200);
+    assert_eq!(eval(&f.alice, &id, body).0, 200, "and still serves");
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "resident memory grew by {grown} KiB over the garbage");
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let f = Fixture::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+        .args(["serve", "--model"])
+        .arg(f.model())
+        .args(["--listen", "0.0.0.0:0", "--tokens"])
+        .arg(f.dir.path().join("tokens"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed on a loopback address"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tls_with_a_self_signed_certificate() {
+    let f = Fixture::new();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let (cp, kp) = (f.dir.path().join("cert.pem"), f.dir.path().join("key.pem"));
+    std::fs::write(&cp, &cert_pem).unwrap();
+    std::fs::write(&kp, &key_pem).unwrap();
+    let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--tls-cert", cp.to_str().unwrap(), "--tls-key", kp.to_str().unwrap()]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let url = format!("https://localhost:{}", server.port());
+    // Without trusting the certificate the client refuses the server; trusting it, it works end to end.
+    let t = Instant::now();
+    let err = Http::new(&url, f.alice.clone(), None).unwrap().interface().unwrap_err().to_string();
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "a certificate failure is not retried");
+    let transport = Box::new(Http::new(&url, f.alice.clone(), Some(cert_pem.as_bytes())).unwrap());
+    let session = Session::connect(transport, None, Some(12)).unwrap();
+    let xs = samples(4, 2);
+    assert_eq!(session.forward_batch(&xs).unwrap().0, local_outputs(12, &xs, 4));
+}
+
+#[test]
+fn four_clients_at_once_with_their_own_keys() {
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let xs = samples(8, 3);
+    let results: Vec<Vec<Vec<i64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|c| {
+                let (url, token, xs) = (&server.url, if c % 2 == 0 { &f.alice } else { &f.bob }, &xs);
+                s.spawn(move || {
+                    let mut session = Session::connect(http(url, token), None, Some(100 + c)).unwrap();
+                    session.batch = 4;
+                    xs.chunks(4).flat_map(|ch| session.forward_batch(ch).unwrap().0).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, got) in results.iter().enumerate() {
+        assert_eq!(got, &local_outputs(100 + c as u64, &xs, 4), "client {c}");
+    }
+    let keys = std::fs::read_dir(f.dir.path().join("keys")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".key")).count();
+    assert_eq!(keys, 4);
+    assert_eq!(metric(&server.metrics(), "cryptotl_samples_total"), 32.0);
+}
+
+#[test]
+fn a_server_killed_mid_run_restarts_and_the_client_loses_and_repeats_nothing() {
+    let f = Fixture::new();
+    let store = f.dir.path().join("keys");
+    let server = f.serve("127.0.0.1:0", &store);
+    let (port, first_url) = (server.port(), server.url.clone());
+    let xs = samples(40, 4);
+    let mut server = Some(server);
+    let got = std::thread::scope(|s| {
+        let (xs, url, token) = (&xs, &first_url, &f.alice);
+        let client = s.spawn(move || {
+            let mut session = Session::connect(http(url, token), None, Some(31)).unwrap();
+            session.batch = 2;
+            xs.chunks(2).flat_map(|ch| session.forward_batch(ch).unwrap().0).collect::<Vec<_>>()
+        });
+        // Kill -9 once some batches are done (so the kill lands mid-run), restart on the same port and store.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metric(&server.as_ref().unwrap().metrics(), "cryptotl_samples_total") < 6.0 {
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(server.take()); // SIGKILL
+        std::thread::sleep(Duration::from_millis(1500));
+        let restarted = f.serve(&format!("127.0.0.1:{port}"), &store);
+        let got = client.join().unwrap();
+        (got, restarted.metrics())
+    });
+    let (got, metrics) = got;
+    assert_eq!(got.len(), 40);
+    assert_eq!(got, local_outputs(31, &xs, 2), "every sample once, in order, as without the kill");
+    // The key survived the restart: the second server never received an upload.
+    assert_eq!(metric(&metrics, "cryptotl_requests_total{endpoint=\"/v1/keys\""), 0.0, "{metrics}");
+    assert!(metric(&metrics, "cryptotl_samples_total") > 0.0);
+}
+
+/// A transport that sends each request to the next replica in turn.
+struct Alternate(Vec<Box<dyn Transport>>, AtomicUsize);
+
+impl Alternate {
+    fn next(&self) -> &dyn Transport {
+        &*self.0[self.1.fetch_add(1, Ordering::Relaxed) % self.0.len()]
+    }
+}
+
+impl Transport for Alternate {
+    fn describe(&self) -> String {
+        "two replicas".into()
+    }
+    fn is_local(&self) -> bool {
+        false
+    }
+    fn interface(&self) -> cryptotl::Result<ModelInterface> {
+        self.next().interface()
+    }
+    fn privacy(&self) -> cryptotl::Result<serde_json::Value> {
+        self.next().privacy()
+    }
+    fn upload_key(&self, key: &[u8]) -> cryptotl::Result<String> {
+        self.next().upload_key(key)
+    }
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> cryptotl::Result<Option<Evaluation>> {
+        self.next().evaluate(key_id, batch)
+    }
+}
+
+#[test]
+fn two_replicas_share_one_key_store() {
+    let f = Fixture::new();
+    let store = f.dir.path().join("shared-keys");
+    let (a, b) = (f.serve("127.0.0.1:0", &store), f.serve("127.0.0.1:0", &store));
+    let transport = Alternate(vec![http(&a.url, &f.alice), http(&b.url, &f.alice)], AtomicUsize::new(0));
+    let mut session = Session::connect(Box::new(transport), None, Some(41)).unwrap();
+    session.batch = 2;
+    let xs = samples(8, 5);
+    let got: Vec<Vec<i64>> = xs.chunks(2).flat_map(|ch| session.forward_batch(ch).unwrap().0).collect();
+    assert_eq!(got, local_outputs(41, &xs, 2));
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!(metric(&ma, "cryptotl_samples_total") + metric(&mb, "cryptotl_samples_total"), 8.0);
+    assert!(metric(&ma, "cryptotl_samples_total") > 0.0 && metric(&mb, "cryptotl_samples_total") > 0.0, "both replicas served");
+    // One upload in all: the replica that did not receive it read the key from the shared store.
+    let uploads = metric(&ma, "cryptotl_requests_total{endpoint=\"/v1/keys\"") + metric(&mb, "cryptotl_requests_total{endpoint=\"/v1/keys\"");
+    assert_eq!(uploads, 1.0);
+}
+
+#[test]
+fn a_full_key_store_evicts_the_least_recently_used_key() {
+    // The store's bound in whole keys: two fit, the third evicts the oldest.
+    let dir = tempfile::tempdir().unwrap();
+    let store = cryptotl_server::keystore::KeyStore::open(dir.path(), 25).unwrap();
+    let ids: Vec<String> = (0..3u8).map(|i| {
+        let id = store.put("o", &[i; 10]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        id
+    }).collect();
+    assert!(matches!(store.get("o", &ids[0]), Err(cryptotl_server::keystore::StoreError::NotFound)));
+    assert!(store.get("o", &ids[1]).is_ok() && store.get("o", &ids[2]).is_ok());
+    // Using a key makes it recent: once ids[1] is used, ids[2] is the oldest.
+    std::thread::sleep(Duration::from_millis(20));
+    store.get("o", &ids[1]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store.put("o", &[9u8; 10]).unwrap();
+    assert!(store.get("o", &ids[1]).is_ok());
+    assert!(matches!(store.get("o", &ids[2]), Err(cryptotl_server::keystore::StoreError::NotFound)));
+}
