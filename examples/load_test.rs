@@ -23,6 +23,7 @@ fn main() -> cryptotl::Result<()> {
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &[])?;
     let (artifact, _) = cryptotl::pipeline::server_artifact(&cfg)?;
     let dim = artifact.interface.program.input_dim;
+    let (program, params) = (artifact.program.clone(), artifact.params);
     let dir = tempfile::tempdir().map_err(|e| cryptotl::Error::Internal(e.to_string()))?;
     let store = cryptotl_server::keystore::KeyStore::open(&dir.path().join("keys"), 4 << 30).map_err(|e| cryptotl::Error::Internal(e.to_string()))?;
     let tokens_text: String = (0..4).map(|c| cryptotl_server::auth::Tokens::line(&format!("client{c}"), &format!("load-test-token-{c}"))).collect();
@@ -38,6 +39,24 @@ fn main() -> cryptotl::Result<()> {
     let url = format!("http://{}", rx.recv().map_err(|e| cryptotl::Error::Internal(e.to_string()))?);
     println!("server at {url}; {batches} batches of {batch} samples per client, {} threads", rayon::current_num_threads());
     println!("| clients | samples | wall (s) | samples/s | request p50 (s) | request p95 (s) |\n|---:|---:|---:|---:|---:|---:|");
+    // The same batches in this process, without HTTP (the transport's cost is the difference).
+    {
+        let mut s = Session::local(program, params, None)?;
+        s.batch = batch;
+        s.forward_batch(&[vec![0.5; dim]])?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut l = Vec::new();
+        let t = Instant::now();
+        for _ in 0..batches {
+            let rows: Vec<Vec<f32>> = (0..batch).map(|_| (0..dim).map(|_| rng.random_range(0.0..1.0)).collect()).collect();
+            let t = Instant::now();
+            s.forward_batch(&rows)?;
+            l.push(t.elapsed().as_secs_f64());
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let samples = batches * batch;
+        println!("| 1 (in-process, no HTTP) | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} |", samples as f64 / wall, quantile(&l, 0.5), quantile(&l, 0.95));
+    }
     for clients in [1usize, 2, 4] {
         // Each client connects, uploads its key and warms the server's evaluator for it (not timed), then all
         // start together.
