@@ -494,7 +494,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
             let transferred = match cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })? {
                 crate::config::ServerLocation::Remote(url) if cfg.he.enabled => {
-                    let (t, he) = pipeline::remote_transfer(&cfg, &url, &client)?;
+                    let (t, he, _) = pipeline::remote_transfer(&cfg, &url, &client)?;
                     eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
                         he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
                     crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;

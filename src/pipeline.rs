@@ -617,8 +617,9 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`): the decrypted
 /// outputs and what the encrypted stage measured (no oracle comparison: the client has no program).
-pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::HeReport)> {
+pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement)> {
     let session = remote_session(cfg, url)?;
+    let statement = session.server_privacy()?;
     let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
     let encrypted = client.map(|x| {
         let (y, s) = session.forward(x.view(), &format!("{} samples via {url}", x.nrows()))?;
@@ -626,7 +627,7 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Res
         Ok(y)
     })?;
     let report = crate::he::HeReport::new(&session, None, &stats.borrow(), None);
-    Ok((encrypted, report))
+    Ok((encrypted, report, statement))
 }
 
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
@@ -871,12 +872,12 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     use crate::report::{PretrainSummary, Report, StageTime};
     let mut stages = Vec::new();
     let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
-    if let (true, Ok(crate::config::ServerLocation::Remote(url))) = (cfg.he.enabled, cfg.he.server_location()) {
-        return Err(Error::Config { file: "<config>".into(), key: "he.server".into(), message: format!(
-            "is {url}: `cryptotl run` compares the encrypted path with the server's own network, which a client of a \
-             remote server does not have. Run `cryptotl features` (encrypted through {url}), then `cryptotl train-head` \
-             and `cryptotl evaluate`") });
-    }
+    // With a remote server the client has neither the server's network nor its source data: no pretraining here,
+    // no float or clear-integer comparison, and the server's rows of the budget come from its published statement.
+    let remote = match (cfg.he.enabled, cfg.he.server_location()) {
+        (true, Ok(crate::config::ServerLocation::Remote(url))) => Some(url),
+        _ => None,
+    };
     let _lock = prepare_output_dir(cfg)?;
 
     let (data, t) = timed(|| prepare_data(cfg));
@@ -887,15 +888,33 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
-    let (lower, t) = timed(|| server_lower_network(cfg));
-    let lower = lower?;
-    stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
+    let lower = match &remote {
+        Some(_) => None,
+        None => {
+            let (lower, t) = timed(|| server_lower_network(cfg));
+            let lower = lower?;
+            stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
+            Some(lower)
+        }
+    };
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
     stage("client features", t);
-    let (transferred, t) = timed(|| transfer(cfg, &lower, &client));
-    let (transferred, he_paths) = transferred?;
-    stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
+    let (transferred, he_paths, remote_he) = match (&remote, &lower) {
+        (Some(url), _) => {
+            let (r, t) = timed(|| remote_transfer(cfg, url, &client));
+            let (transferred, he, statement) = r?;
+            stage("lower network: keys, encrypted forward through the remote server", t);
+            (transferred, None, Some((he, statement)))
+        }
+        (None, Some(lower)) => {
+            let (r, t) = timed(|| transfer(cfg, lower, &client));
+            let (transferred, he_paths) = r?;
+            stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
+            (transferred, he_paths, None)
+        }
+        (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
+    };
     if tracing::enabled!(tracing::Level::INFO) {
         let x = &transferred.train;
         let col_std = x.std_axis(ndarray::Axis(0), 0.0);
@@ -912,7 +931,10 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut results = Vec::new();
     let head = train_head(cfg, &transferred, "head")?;
     stage("train head", head.trained.seconds);
-    let source = &cfg.source.name;
+    let source = match &remote {
+        Some(url) => format!("the source data of the server at {url}"),
+        None => cfg.source.name.clone(),
+    };
     let path = if cfg.he.enabled { "decrypted outputs of the encrypted" } else { "outputs of the (plaintext)" };
     let inputs = match cfg.head.inputs {
         crate::config::HeadInputs::Transfer => String::new(),
@@ -931,6 +953,13 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(float.result("transfer_float", "as `transfer`, on the float lower network's outputs (no quantization, no encryption)".into()));
         results.push(quantized.result("transfer_quantized", "as `transfer`, on the clear-integer program's outputs (quantized, not encrypted)".into()));
         he_report = Some(r);
+    }
+    let mut remote_statement = None;
+    if let Some((mut r, statement)) = remote_he {
+        // A client of a remote server has only the encrypted path: no float or clear-integer reference.
+        (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (f64::NAN, f64::NAN, head.test.accuracy);
+        he_report = Some(r);
+        remote_statement = Some(statement);
     }
     let mut privacy_report = None;
     let mut audit = None;
@@ -986,24 +1015,34 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     } else {
         None
     };
-    let budget = crate::privacy::budget::BudgetReport::new(
-        privacy_report.as_ref(),
-        data.target.train.len(),
-        crate::privacy::budget::ServerMechanisms {
-            dp_pretraining: lower.meta.dp_pretraining.as_ref(),
-            weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-            source_examples: lower.meta.source.train,
-        },
-        crate::privacy::budget::TfheStatement::new(&cfg.he, he_report.as_ref())?,
-    )?;
+    let tfhe = crate::privacy::budget::TfheStatement::new(&cfg.he, he_report.as_ref())?;
+    let budget = match (&lower, remote_statement) {
+        (Some(lower), _) => crate::privacy::budget::BudgetReport::new(
+            privacy_report.as_ref(),
+            data.target.train.len(),
+            crate::privacy::budget::ServerMechanisms {
+                dp_pretraining: lower.meta.dp_pretraining.as_ref(),
+                weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+                source_examples: lower.meta.source.train,
+            },
+            tfhe,
+        )?,
+        (None, statement) => crate::privacy::budget::BudgetReport::with_server_statement(
+            privacy_report.as_ref(),
+            data.target.train.len(),
+            statement.unwrap_or_default(),
+            tfhe,
+        )?,
+    };
     let report = Report {
         name: cfg.name.clone(),
         seed: cfg.seed,
         version: env!("CARGO_PKG_VERSION").into(),
         threads: rayon::current_num_threads(),
-        source: lower.meta.source.clone(),
+        source: lower.as_ref().map(|l| l.meta.source.clone()),
         target: data.target_summary,
-        pretraining: PretrainSummary {
+        server: remote.clone().unwrap_or_else(|| "local".into()),
+        pretraining: lower.map(|lower| PretrainSummary {
             from_cache: lower.from_cache(),
             origin: lower.origin,
             cache_dir: lower.cache_dir.display().to_string(),
@@ -1013,7 +1052,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             dp_pretraining: lower.meta.dp_pretraining,
             weight_noise: lower.weight_noise,
             pruned: lower.pruned,
-        },
+        }),
         budget,
         results,
         head_history: head.trained.history.clone(),

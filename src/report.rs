@@ -74,12 +74,14 @@ pub struct Report {
     pub version: String,
     /// Worker threads available.
     pub threads: usize,
-    /// Source dataset sizes.
-    pub source: DatasetSummary,
+    /// Source dataset sizes (None with a remote server: its data is its own).
+    pub source: Option<DatasetSummary>,
     /// Target dataset sizes.
     pub target: DatasetSummary,
-    /// Pretraining.
-    pub pretraining: PretrainSummary,
+    /// Where the lower network ran: `local` (this process) or the remote server's URL.
+    pub server: String,
+    /// Pretraining (None with a remote server).
+    pub pretraining: Option<PretrainSummary>,
     /// Transfer and baselines.
     pub results: Vec<MethodResult>,
     /// Head-training history of the transfer model.
@@ -120,7 +122,7 @@ impl Report {
         let _ = writeln!(s, "cryptotl {} · seed {} · {} threads\n", self.version, self.seed, self.threads);
         let _ = writeln!(s, "## Data\n\n| role | dataset | train | validation | test | positives (all) | lossy UTF-8 replacements | ignored rows | copies moved to join their text | test texts also in train |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for (role, d) in [("server (source)", &self.source), ("client (target)", &self.target)] {
+        for (role, d) in [("server (source)", self.source.as_ref()), ("client (target)", Some(&self.target))].into_iter().filter_map(|(r, d)| Some((r, d?))) {
             let _ = writeln!(s, "| {role} | {} | {} | {} | {} | {} | {} | {} | {} | {} |", d.name, d.train, d.validation, d.test, d.positives, d.lossy_replacements, d.ignored_rows, d.duplicates_moved, d.test_texts_in_train);
         }
         if self.target.duplicates_moved > 0 {
@@ -130,7 +132,10 @@ impl Report {
         if self.target.test_texts_in_train > 0 {
             let _ = writeln!(s, "\n{} of the target's {} test texts also occur in its training split (duplicates in the data): on those the test accuracy measures memory, not generalisation.", self.target.test_texts_in_train, self.target.test);
         }
-        let p = &self.pretraining;
+        let Some(p) = &self.pretraining else {
+            let _ = writeln!(s, "\n## Pretraining (server)\n\nThe lower network ran on the remote server at {}: its network, source data and pretraining are the server's own. Its privacy statement is in the budget table.\n", self.server);
+            return self.markdown_rest(s);
+        };
         let _ = writeln!(
             s,
             "\n## Pretraining (server)\n\nSource test accuracy {:.4} (F1 {:.4}); {} epochs; {}.\n",
@@ -165,6 +170,11 @@ impl Report {
                 if w.from_cache { "the noised network was drawn in an earlier run and reused (no new release)" } else { "drawn now and cached for reuse" },
                 w.noise_source);
         }
+        self.markdown_rest(s)
+    }
+
+    /// The report's sections from the budget on.
+    fn markdown_rest(&self, mut s: String) -> String {
         let _ = writeln!(s, "## Privacy budget (every party, every mechanism)\n\n{}", self.budget.to_markdown());
         let _ = writeln!(s, "## Results on the target test split\n");
         let _ = writeln!(s, "| method | accuracy | precision | recall | F1 | TP | FP | TN | FN | validation acc. | epochs (best) | train s |");

@@ -172,10 +172,6 @@ fn the_server_address_is_local_https_or_loopback_http() {
     }
     assert!(err(QUICKSTART_TOML, &["he.batch=0"]).contains("he.batch"));
     assert!(err(QUICKSTART_TOML, &["he.batch=65"]).contains("he.batch"));
-    // `run` needs the server's own network for its comparisons: with a remote server it says what to run instead.
-    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["he.server=\"http://127.0.0.1:9\"".into()]).unwrap();
-    let msg = cryptotl::pipeline::run(&cfg).err().expect("refused").to_string();
-    assert!(msg.contains("cryptotl features") && msg.contains("train-head"), "{msg}");
 }
 
 #[test]

@@ -12,8 +12,8 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[]).unwrap();
     let report = cryptotl::pipeline::run(&cfg).unwrap();
-    assert!(!report.pretraining.from_cache);
-    assert!(report.pretraining.source_test.accuracy > 0.9, "pretraining: {:?}", report.pretraining.source_test);
+    assert!(!report.pretraining.as_ref().unwrap().from_cache);
+    assert!(report.pretraining.as_ref().unwrap().source_test.accuracy > 0.9, "pretraining: {:?}", report.pretraining.as_ref().unwrap().source_test);
     let methods: Vec<&str> = report.results.iter().map(|r| r.method.as_str()).collect();
     assert_eq!(methods, ["transfer", "transfer_float", "transfer_quantized", "raw_features_head", "target_only_network", "bag_of_words"]);
     let bow = report.results.iter().find(|r| r.method == "bag_of_words").unwrap();
@@ -68,9 +68,9 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
 
     // Second run: the lower network comes from the cache, and the results are identical (seeded throughout).
     let again = cryptotl::pipeline::run(&cfg).unwrap();
-    assert!(again.pretraining.from_cache);
+    assert!(again.pretraining.as_ref().unwrap().from_cache);
     assert_eq!(again.results[0].test, report.results[0].test);
-    assert_eq!(again.pretraining.source_test, report.pretraining.source_test);
+    assert_eq!(again.pretraining.as_ref().unwrap().source_test, report.pretraining.as_ref().unwrap().source_test);
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {

@@ -16,6 +16,8 @@ use cryptotl_server::{IntegerProgram, ModelArtifact, ModelInterface, ParameterSe
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+
 const PARAMS: ParameterSet = ParameterSet::Message2Carry2;
 
 /// A small random program (as in tests/he.rs): 16 inputs, 6 neurons, ReLU-like tables.
@@ -404,4 +406,60 @@ fn a_full_key_store_evicts_the_least_recently_used_key() {
     store.put("o", &[9u8; 10]).unwrap();
     assert!(store.get("o", &ids[1]).is_ok());
     assert!(matches!(store.get("o", &ids[2]), Err(cryptotl_server::keystore::StoreError::NotFound)));
+}
+
+fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(args).envs(env.iter().copied()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn run_and_predict_through_a_server_that_server_build_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, common::tiny_config(dir.path())).unwrap();
+    let c = cfg.to_str().unwrap();
+    // The model owner: pretrain and compile, issue a token, serve.
+    let (model, tokens) = (dir.path().join("model"), dir.path().join("tokens"));
+    let (code, out, err) = cli(&["-q", "server", "build", c, "--out", model.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("server model written"), "{out}");
+    let (code, token, err) = cli(&["server", "token", "--name", "carol", "--tokens", tokens.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    assert_eq!(token.len(), 64);
+    assert!(!std::fs::read_to_string(&tokens).unwrap().contains(&token), "the token file keeps only the hash");
+    let (code, _, err) = cli(&["server", "token", "--name", "carol", "--tokens", tokens.to_str().unwrap()], &[]);
+    assert!(code == 2 && err.contains("already has a token"), "{err}");
+    let server = Server::spawn(&model, &tokens, &dir.path().join("keys"), "127.0.0.1:0", &[]);
+
+    // The data owner: the whole run through the server, never touching the server's network or source data.
+    let set = format!("he.server={:?}", server.url);
+    let env = [("CRYPTOTL_TOKEN", token.as_str())];
+    let (code, _, err) = cli(&["-q", "run", c, "--set", &set, "--set", "curve.enabled=false"], &env);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/report.json")).unwrap()).unwrap();
+    assert_eq!(report["server"], server.url.as_str());
+    assert!(report["pretraining"].is_null() && report["source"].is_null(), "a remote client has no server network");
+    let he = &report["he"];
+    assert_eq!(he["server"], server.url.as_str());
+    assert!(he["off_oracle_rate"].is_null() && he["program"].is_null(), "{he}");
+    assert_eq!(he["samples"], 120);
+    let transfer = report["results"].as_array().unwrap().iter().find(|r| r["method"] == "transfer").unwrap();
+    assert!(transfer["test"]["accuracy"].as_f64().unwrap() > 0.85, "{transfer}");
+    let rows = report["budget"]["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["party"] == "server" && r["mechanism"] == "none"), "the server's published statement: {rows:?}");
+    let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(md.contains("remote server at") && md.contains("not measurable"), "{md}");
+
+    // New texts through the same remote path.
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "lovely story very this quite wonderful\nan bad it really quite horrible\n").unwrap();
+    let (code, out, err) = cli(&["-q", "predict", "--run", dir.path().join("run").to_str().unwrap(), "--input", texts.to_str().unwrap(), "--set", &set], &env);
+    assert_eq!(code, 0, "{err}");
+    let labels: Vec<u64> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["label"].as_u64().unwrap()).collect();
+    assert_eq!(labels, vec![1, 0], "{out}");
+    // A wrong token: a clear refusal, exit 1, no retry storm.
+    let (code, _, err) = cli(&["-q", "features", c, "--set", &set], &[("CRYPTOTL_TOKEN", "wrong")]);
+    assert!(code == 1 && err.contains("401"), "{code}: {err}");
 }

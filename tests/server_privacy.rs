@@ -212,8 +212,8 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
          [privacy]\ntarget_epsilon = 4.0\ninsecure_seed = 1\n",
     );
     let report = cryptotl::pipeline::run(&all).unwrap();
-    let pre = report.pretraining.dp_pretraining.as_ref().expect("DP pretraining ran");
-    let wn = &report.pretraining.weight_noise.as_ref().expect("weight noise applied").plan;
+    let pre = report.pretraining.as_ref().unwrap().dp_pretraining.as_ref().expect("DP pretraining ran");
+    let wn = &report.pretraining.as_ref().unwrap().weight_noise.as_ref().expect("weight noise applied").plan;
     let client = report.privacy.as_ref().unwrap();
     let rows = &report.budget.rows;
     let mechanisms: Vec<&str> = rows.iter().map(|r| r.mechanism.as_str()).collect();

@@ -159,6 +159,12 @@ impl Session {
         self.transport.describe()
     }
 
+    /// The server's published privacy statement (its rows of the budget table).
+    pub fn server_privacy(&self) -> Result<crate::privacy::budget::ServerStatement> {
+        let v = self.transport.privacy()?;
+        serde_json::from_value(v).map_err(|e| Error::Server { server: self.transport.describe(), message: format!("unreadable privacy statement: {e}") })
+    }
+
     /// Whether the decrypted outputs are compared with the clear-integer oracle (one-process simulation only).
     pub fn has_oracle(&self) -> bool {
         self.oracle.is_some()

@@ -131,7 +131,7 @@ pub struct ServerMechanisms<'a> {
 
 /// The server's privacy statement as it publishes it to clients (`privacy.json` of `cryptotl server build`,
 /// `GET /v1/privacy`): its rows of the budget table.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct ServerStatement {
     /// The server's rows (party `server`).
     pub rows: Vec<BudgetRow>,
@@ -258,6 +258,18 @@ impl BudgetReport {
             });
         }
         Ok(Self { rows, source_tightest, tfhe })
+    }
+
+    /// The table for a client of a remote server: the client's row, and the server's rows as its published
+    /// `statement` gives them (a statement with no rows is reported as no mechanism: ε = ∞).
+    pub fn with_server_statement(client: Option<&PrivacyReport>, client_examples: usize, statement: ServerStatement, tfhe: TfheStatement) -> Result<Self> {
+        let mut report = Self::new(client, client_examples, ServerMechanisms::default(), tfhe)?;
+        if !statement.rows.is_empty() {
+            report.rows.retain(|r| r.party != "server");
+            report.rows.extend(statement.rows.into_iter().map(|r| BudgetRow { party: "server".into(), ..r }));
+        }
+        report.source_tightest = statement.source_tightest;
+        Ok(report)
     }
 
     /// The table as Markdown.
