@@ -230,12 +230,17 @@ impl Report {
                 {}-bit parameter set `{}`, n = {}, N = {}). The client holds the only secret key. It does not protect \
                 the server's network from the client, which sees the decrypted outputs for inputs it chooses.\n",
                 h.security_bits, h.parameter_set, h.lwe_dimension, h.polynomial_size);
-            let _ = writeln!(s, "| path | test accuracy |\n|---|---:|\n| float lower network | {:.4} |\n| quantized, clear integers | {:.4} |\n| encrypted (TFHE) | {:.4} |\n",
-                h.accuracy_float, h.accuracy_quantized, h.accuracy_encrypted);
+            let reference = |a: f64| if a.is_nan() { "— (only the server has its network)".to_string() } else { format!("{a:.4}") };
+            let _ = writeln!(s, "| path | test accuracy |\n|---|---:|\n| float lower network | {} |\n| quantized, clear integers | {} |\n| encrypted (TFHE) | {:.4} |\n",
+                reference(h.accuracy_float), reference(h.accuracy_quantized), h.accuracy_encrypted);
             let c = &h.counts;
             let _ = writeln!(s, "| quantity | value |\n|---|---:|");
             for (k, v) in [
-                ("bits: input / accumulator / lookup / output", format!("{} / {} / {} / {}", h.input_bits, h.accumulator_bits, h.lookup_bits, h.output_bits)),
+                ("bits: input / accumulator / lookup / output", if h.program.is_some() {
+                    format!("{} / {} / {} / {}", h.input_bits, h.accumulator_bits, h.lookup_bits, h.output_bits)
+                } else {
+                    format!("{} / {} / not published / not published", h.input_bits, h.accumulator_bits)
+                }),
                 ("neurons (bootstraps per sample) / outputs", format!("{} / {}", h.neurons, h.outputs)),
                 ("multiply-adds per sample (linear stage)", format!("{}", c.multiply_adds)),
                 ("server", h.server.clone()),

@@ -201,6 +201,8 @@ impl Evaluator {
     }
 
     /// Bootstrap every neuron's accumulator through its lookup table: `neurons x (k*N + 1)` words, big key.
+    /// `accumulators` may hold the linear stages of several samples one after the other (ciphertext i takes
+    /// neuron `i % neurons`'s table); the outputs keep that order.
     ///
     /// Classic sets: the modulus switch to 2N is tfhe-rs's *centered* binary one: it subtracts the known mean of
     /// the mask rounding error (half of it, the key being binary) from the body, which halves the switch's noise
@@ -221,7 +223,8 @@ impl Evaluator {
         let p = self.params.tfhe();
         let (size, big) = (self.params.lwe_dimension() + 1, self.params.big_lwe_dimension() + 1);
         let log_modulus = p.polynomial_size.to_blind_rotation_input_modulus_log();
-        let mut out = vec![0u64; self.program.neurons * big];
+        let count = accumulators.len() / size;
+        let mut out = vec![0u64; count * big];
         let scratch = || {
             let fft = Fft::new(p.polynomial_size);
             let mut buffers = ComputationBuffers::new();
@@ -232,13 +235,13 @@ impl Evaluator {
             (fft, buffers)
         };
         // One contiguous group of neurons per worker thread, so each thread sets up its scratch exactly once.
-        let per = self.program.neurons.div_ceil(rayon::current_num_threads().max(1));
+        let per = count.div_ceil(rayon::current_num_threads().max(1)).max(1);
         out.par_chunks_mut(per * big).zip(accumulators.par_chunks(per * size)).enumerate().for_each(|(g, (outs, accs))| {
             let (fft, mut buffers) = scratch();
             for (i, (o, a)) in outs.chunks_mut(big).zip(accs.chunks(size)).enumerate() {
                 let input = LweCiphertext::from_container(a, p.ciphertext_modulus);
                 let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(input, log_modulus);
-                let mut lut = self.luts[g * per + i].clone();
+                let mut lut = self.luts[(g * per + i) % self.program.neurons].clone();
                 blind_rotate_assign_mem_optimized(&switched, &mut lut, bsk, fft.as_view(), buffers.stack());
                 let mut output = LweCiphertext::from_container(o, p.ciphertext_modulus);
                 extract_lwe_sample_from_glwe_ciphertext(&lut, &mut output, MonomialDegree(0));
@@ -265,9 +268,11 @@ impl Evaluator {
             let tmp = GlweCiphertext::new(0u64, glwe_size, poly, p.ciphertext_modulus);
             (fft, buffers, ggsw, monomials, tmp)
         };
-        // Batches of MULTI_BIT_BATCH, smaller when there are too few neurons to give every thread one.
-        let batch_size = MULTI_BIT_BATCH.min(self.program.neurons.div_ceil(rayon::current_num_threads().max(1))).max(1);
-        let mut out = vec![0u64; self.program.neurons * big];
+        // Batches of MULTI_BIT_BATCH bootstraps (neurons of one sample or of several), smaller when there are too
+        // few to give every thread one.
+        let count = accumulators.len() / size;
+        let batch_size = MULTI_BIT_BATCH.min(count.div_ceil(rayon::current_num_threads().max(1))).max(1);
+        let mut out = vec![0u64; count * big];
         out.par_chunks_mut(batch_size * big).zip(accumulators.par_chunks(batch_size * size)).enumerate().for_each_init(
             scratch,
             |(fft, buffers, ggsw, monomials, tmp), (batch, (outs, accs))| {
@@ -276,7 +281,7 @@ impl Evaluator {
                     .chunks(size)
                     .enumerate()
                     .map(|(i, a)| {
-                        let mut lut = self.luts[batch * batch_size + i].clone();
+                        let mut lut = self.luts[(batch * batch_size + i) % self.program.neurons].clone();
                         let body: usize = modulus_switch(a[size - 1], log_modulus) as usize;
                         for mut poly in lut.as_mut_polynomial_list().iter_mut() {
                             polynomial_wrapping_monic_monomial_div_assign(&mut poly, MonomialDegree(body));
@@ -304,23 +309,31 @@ impl Evaluator {
 
     /// Evaluate the program on one encrypted sample.
     pub fn evaluate(&self, input: &EncryptedInput) -> Result<EncryptedOutput> {
-        let acts = self.activations(&self.linear(input)?);
-        let big = self.params.big_lwe_dimension() + 1;
-        let (pool, outputs) = (self.program.pool, self.program.outputs());
-        let mut data = vec![0u32; outputs * big];
-        for (k, o) in data.chunks_mut(big).enumerate() {
-            for (w, out) in o.iter_mut().enumerate() {
-                let sum = (0..pool).fold(0u64, |s, t| s.wrapping_add(acts[(k + t) * big + w]));
-                // Modulus switch 2^64 -> 2^32 with rounding.
-                *out = (sum.wrapping_add(1 << 31) >> 32) as u32;
-            }
-        }
-        Ok(EncryptedOutput { key_id: self.key_id, parameter_set: self.params.name().into(), count: outputs as u64, data })
+        Ok(self.evaluate_batch(std::slice::from_ref(input))?.remove(0))
     }
 
-    /// Evaluate many samples (parallel across samples and, inside each, across neurons).
+    /// Evaluate many samples: the linear stage per sample (in parallel), then every bootstrap of every sample in
+    /// one pass, so a multi-bit batch holds neurons of several samples (the bootstrap key is read once per batch,
+    /// not once per sample), then pooling and the modulus switch per sample.
     pub fn evaluate_batch(&self, inputs: &[EncryptedInput]) -> Result<Vec<EncryptedOutput>> {
-        inputs.par_iter().map(|x| self.evaluate(x)).collect()
+        let accumulators: Vec<Vec<u64>> = inputs.par_iter().map(|x| self.linear(x)).collect::<Result<_>>()?;
+        let acts = self.activations(&accumulators.concat());
+        let big = self.params.big_lwe_dimension() + 1;
+        let (pool, outputs, neurons) = (self.program.pool, self.program.outputs(), self.program.neurons);
+        Ok(acts
+            .chunks(neurons * big)
+            .map(|acts| {
+                let mut data = vec![0u32; outputs * big];
+                for (k, o) in data.chunks_mut(big).enumerate() {
+                    for (w, out) in o.iter_mut().enumerate() {
+                        let sum = (0..pool).fold(0u64, |s, t| s.wrapping_add(acts[(k + t) * big + w]));
+                        // Modulus switch 2^64 -> 2^32 with rounding.
+                        *out = (sum.wrapping_add(1 << 31) >> 32) as u32;
+                    }
+                }
+                EncryptedOutput { key_id: self.key_id, parameter_set: self.params.name().into(), count: outputs as u64, data }
+            })
+            .collect())
     }
 }
 
