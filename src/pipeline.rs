@@ -554,13 +554,8 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &Fea
     let accumulators = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * program.neurons;
     let mut session = crate::he::Session::local(program.clone(), params, cfg.he.insecure_seed)?;
     session.batch = cfg.he.batch.min(session.model.max_batch);
-    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
-    let encrypted = client.map(|x| {
-        let (y, s) = session.forward(x.view(), &format!("{} samples", x.nrows()))?;
-        stats.borrow_mut().merge(s);
-        Ok(y)
-    })?;
-    let report = crate::he::HeReport::new(&session, Some(&program), &stats.borrow(), Some(overflow.get() as f64 / accumulators.max(1) as f64));
+    let (encrypted, stats) = forward_split(&session, client)?;
+    let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
     if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
         tracing::warn!(rate,
             "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around. \
@@ -569,6 +564,18 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &Fea
     }
     tracing::info!(?report, "encrypted lower network done");
     Ok(EncryptedTransfer { encrypted, float, quantized, report })
+}
+
+/// Every split of the client's features through the session's encrypted path, with what it measured.
+fn forward_split(session: &crate::he::Session, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
+    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
+    let server = session.server();
+    let encrypted = client.map(|x| {
+        let (y, s) = session.forward(x.view(), &format!("{} samples via {server}", x.nrows()))?;
+        stats.borrow_mut().merge(s);
+        Ok(y)
+    })?;
+    Ok((encrypted, stats.into_inner()))
 }
 
 /// The server's model artifact for `cfg` (what `cryptotl server build` writes): its lower network (pretrained,
@@ -620,13 +627,8 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
 pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement)> {
     let session = remote_session(cfg, url)?;
     let statement = session.server_privacy()?;
-    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
-    let encrypted = client.map(|x| {
-        let (y, s) = session.forward(x.view(), &format!("{} samples via {url}", x.nrows()))?;
-        stats.borrow_mut().merge(s);
-        Ok(y)
-    })?;
-    let report = crate::he::HeReport::new(&session, None, &stats.borrow(), None);
+    let (encrypted, stats) = forward_split(&session, client)?;
+    let report = crate::he::HeReport::new(&session, None, &stats, None);
     Ok((encrypted, report, statement))
 }
 
