@@ -542,8 +542,7 @@ pub struct EncryptedTransfer {
 /// source training features), set up keys, and send every client sample through quantize -> encrypt -> server
 /// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
 pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<EncryptedTransfer> {
-    let params = cfg.he.params()?;
-    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
+    let program = compile_program(cfg, lower)?;
     let float = client.map(|x| lower_forward(&lower.net, x))?;
     let overflow = std::cell::Cell::new(0usize);
     let quantized = client.map(|x| {
@@ -552,8 +551,7 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &Fea
         Ok(y)
     })?;
     let accumulators = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * program.neurons;
-    let mut session = crate::he::Session::local(program.clone(), params, cfg.he.insecure_seed)?;
-    session.batch = cfg.he.batch.min(session.model.max_batch);
+    let session = local_session(cfg, &program)?;
     let (encrypted, stats) = forward_split(&session, client)?;
     let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
     if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
@@ -564,6 +562,31 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &Fea
     }
     tracing::info!(?report, "encrypted lower network done");
     Ok(EncryptedTransfer { encrypted, float, quantized, report })
+}
+
+/// The server's lower network compiled to its integer program (calibrated on the ranges it keeps from the server's
+/// source training features).
+pub fn compile_program(cfg: &RunConfig, lower: &PretrainedLower) -> Result<cryptotl_server::IntegerProgram> {
+    Ok(crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?)
+}
+
+/// The one-process simulation of the server for `program`, with the config's keys seed and batch size.
+fn local_session(cfg: &RunConfig, program: &cryptotl_server::IntegerProgram) -> Result<crate::he::Session> {
+    let mut session = crate::he::Session::local(program.clone(), cfg.he.params()?, cfg.he.insecure_seed)?;
+    session.set_batch(cfg.he.batch);
+    Ok(session)
+}
+
+/// The remote server the lower network runs on (`[he] server` with `he.enabled`); None for the one-process
+/// simulation or the plaintext path.
+pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
+    if !cfg.he.enabled {
+        return Ok(None);
+    }
+    match cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })? {
+        crate::config::ServerLocation::Remote(url) => Ok(Some(url)),
+        crate::config::ServerLocation::Local => Ok(None),
+    }
 }
 
 /// Every split of the client's features through the session's encrypted path, with what it measured.
@@ -586,7 +609,7 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
         return Err(Error::Config { file: "<config>".into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
     }
     let lower = server_lower_network(cfg)?;
-    let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
+    let program = compile_program(cfg, &lower)?;
     let features = serde_json::json!({
         "kind": cfg.features.kind,
         "dim": lower.features.dim(),
@@ -618,7 +641,7 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }
     let mut session = crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?;
-    session.batch = cfg.he.batch.min(session.model.max_batch);
+    session.set_batch(cfg.he.batch);
     Ok(session)
 }
 
@@ -635,19 +658,10 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Res
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
 /// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
 pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
-    if !cfg.he.enabled {
-        return lower_forward(&server_lower_network(cfg)?.net, x);
-    }
-    let location = cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })?;
-    let session = match location {
-        crate::config::ServerLocation::Remote(url) => remote_session(cfg, &url)?,
-        crate::config::ServerLocation::Local => {
-            let lower = server_lower_network(cfg)?;
-            let program = crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?;
-            let mut s = crate::he::Session::local(program, cfg.he.params()?, cfg.he.insecure_seed)?;
-            s.batch = cfg.he.batch.min(s.model.max_batch);
-            s
-        }
+    let session = match remote_server(cfg)? {
+        Some(url) => remote_session(cfg, &url)?,
+        None if !cfg.he.enabled => return lower_forward(&server_lower_network(cfg)?.net, x),
+        None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
     };
     Ok(session.forward(x.view(), what)?.0)
 }
@@ -876,10 +890,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
     // With a remote server the client has neither the server's network nor its source data: no pretraining here,
     // no float or clear-integer comparison, and the server's rows of the budget come from its published statement.
-    let remote = match (cfg.he.enabled, cfg.he.server_location()) {
-        (true, Ok(crate::config::ServerLocation::Remote(url))) => Some(url),
-        _ => None,
-    };
+    let remote = remote_server(cfg)?;
     let _lock = prepare_output_dir(cfg)?;
 
     let (data, t) = timed(|| prepare_data(cfg));

@@ -24,7 +24,6 @@ use std::sync::OnceLock;
 use burn::module::Module;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::config::{LowerNetConfig, RunConfig};
 use crate::error::{Error, Result};
@@ -73,9 +72,7 @@ pub struct ShippedNetwork {
     network: Vec<u8>,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+use cryptotl_server::artifact::sha256_hex;
 
 impl ShippedNetwork {
     /// Encode a pretraining network with its meta data and feature pipeline: `(manifest.json, pretrain_net.bin)`.

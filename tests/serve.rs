@@ -351,9 +351,6 @@ impl Transport for Alternate {
     fn describe(&self) -> String {
         "two replicas".into()
     }
-    fn is_local(&self) -> bool {
-        false
-    }
     fn interface(&self) -> cryptotl::Result<ModelInterface> {
         self.next().interface()
     }

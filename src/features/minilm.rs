@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use super::Featurizer;
 use super::bert::{Bert, BertConfig};
@@ -104,7 +103,7 @@ impl Encoder {
             return Err(missing_model(dir, "no model.safetensors"));
         }
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let model_sha256: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let model_sha256 = cryptotl_server::artifact::sha256_hex(&bytes);
         if model_sha256 != MINILM_SHA256 {
             return Err(Error::artifact(&weights_path, format!(
                 "sha256 {model_sha256} is not the pinned all-MiniLM-L6-v2 ({MINILM_SHA256}); re-run `python3 datasets/fetch_model.py`")));

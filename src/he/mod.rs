@@ -165,9 +165,9 @@ impl Session {
         serde_json::from_value(v).map_err(|e| Error::Server { server: self.transport.describe(), message: format!("unreadable privacy statement: {e}") })
     }
 
-    /// Whether the decrypted outputs are compared with the clear-integer oracle (one-process simulation only).
-    pub fn has_oracle(&self) -> bool {
-        self.oracle.is_some()
+    /// Send at most `n` samples per request (at least 1, at most the server's `max_batch`).
+    pub fn set_batch(&mut self, n: usize) {
+        self.batch = n.clamp(1, self.model.max_batch);
     }
 
     /// Send one framed batch, uploading the key again if the server no longer has it.
@@ -204,14 +204,16 @@ impl Session {
         }
         let t = Instant::now();
         let server = || Error::Server { server: self.transport.describe(), message: "malformed evaluation answer".into() };
-        let items = frames::decode(&answer.body, rows.len(), self.model.output_limit).map_err(|e| Error::Server { server: self.transport.describe(), message: e.to_string() })?;
+        // The client bounds the answer by its own computation, not by the limit the server published.
+        let output_limit = EncryptedOutput::size_limit(params, iface.outputs);
+        let items = frames::decode(&answer.body, rows.len(), output_limit).map_err(|e| Error::Server { server: self.transport.describe(), message: e.to_string() })?;
         if items.len() != rows.len() {
             return Err(server());
         }
         let outputs = items
             .iter()
             .map(|b| {
-                let out = EncryptedOutput::from_bytes(b, EncryptedOutput::size_limit(params, iface.outputs))?;
+                let out = EncryptedOutput::from_bytes(b, output_limit)?;
                 self.client.decrypt(&out, iface).map_err(Error::from)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -236,12 +238,6 @@ impl Session {
             }
         }
         Ok((outputs, stats))
-    }
-
-    /// One sample through the whole protocol: its output levels and stats.
-    pub fn forward_one(&self, x: &[f32]) -> Result<(Vec<i64>, ForwardStats)> {
-        let (mut out, stats) = self.forward_batch(&[x.to_vec()])?;
-        Ok((out.pop().unwrap_or_default(), stats))
     }
 
     /// Every row of `x` (scaled features) through the encrypted path, [`Session::batch`] samples per request;

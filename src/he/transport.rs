@@ -31,8 +31,6 @@ pub struct Evaluation {
 pub trait Transport: Send + Sync {
     /// Where the server is (for messages and reports).
     fn describe(&self) -> String;
-    /// Whether this is the one-process simulation (the only place the clear-integer oracle can be compared).
-    fn is_local(&self) -> bool;
     /// The model's public interface.
     fn interface(&self) -> Result<ModelInterface>;
     /// The server's privacy statement.
@@ -65,9 +63,6 @@ fn refused(server: &str, e: ServiceError) -> Error {
 impl Transport for InProcess {
     fn describe(&self) -> String {
         "local".into()
-    }
-    fn is_local(&self) -> bool {
-        true
     }
     fn interface(&self) -> Result<ModelInterface> {
         Ok(self.service.interface().clone())
@@ -214,9 +209,6 @@ struct Answer {
 impl Transport for Http {
     fn describe(&self) -> String {
         self.base.clone()
-    }
-    fn is_local(&self) -> bool {
-        false
     }
     fn interface(&self) -> Result<ModelInterface> {
         self.get_json("/v1/interface")

@@ -39,7 +39,12 @@ const MANIFEST: &str = "manifest.json";
 /// assert!(cryptotl_server::artifact::sha256_hex(b"").starts_with("e3b0c442"));
 /// ```
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use subtle::ConstantTimeEq as _;
 
-use crate::artifact::sha256_hex;
+use crate::artifact::{hex, sha256_hex};
 use crate::error::{HeError, Result};
 
 /// An authenticated client.
@@ -87,7 +87,7 @@ impl Tokens {
     pub fn generate() -> Result<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| HeError::File { path: "<OS random source>".into(), message: e.to_string() })?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex(&bytes))
     }
 
     /// The client holding `token`, if any (constant time in the token's bytes).
@@ -99,6 +99,6 @@ impl Tokens {
                 found = Some(name);
             }
         }
-        found.map(|name| ClientId { name: name.clone(), token_sha256: hash.iter().map(|b| format!("{b:02x}")).collect() })
+        found.map(|name| ClientId { name: name.clone(), token_sha256: hex(&hash) })
     }
 }

@@ -102,6 +102,13 @@ struct AppState {
     metrics: Metrics,
 }
 
+impl AppState {
+    /// Evaluation requests waiting or running, into the metrics.
+    fn record_queue_depth(&self) {
+        self.metrics.queue_depth.set((self.max_queue - self.queue.available_permits()) as i64);
+    }
+}
+
 type Shared = Arc<AppState>;
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -171,7 +178,7 @@ async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: 
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
     };
-    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    s.record_queue_depth();
     let worker = match tokio::time::timeout(s.queue_timeout, s.worker.clone().acquire_owned()).await {
         Ok(Ok(w)) => w,
         _ => return busy("waited too long for a turn in the evaluation queue; retry later"),
@@ -182,7 +189,7 @@ async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: 
         service.evaluate(&client, &key_id, &body)
     })
     .await;
-    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    s.record_queue_depth();
     match done {
         Ok(Ok(out)) => {
             s.metrics.samples.inc_by(out.samples as u64);
@@ -202,7 +209,7 @@ async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: 
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
-    s.metrics.queue_depth.set((s.max_queue - s.queue.available_permits()) as i64);
+    s.record_queue_depth();
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.metrics.registry) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
