@@ -143,6 +143,17 @@ struct ServeArgs {
     /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
     #[arg(long, default_value_t = 300)]
     queue_timeout: u64,
+    /// Seconds one batch may evaluate once its turn came (then it is stopped and answered 413: send fewer
+    /// samples per request, `[he] batch`).
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
+    eval_timeout: f64,
+}
+
+fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e7 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 10000000]")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -376,6 +387,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
         max_queue: a.max_queue,
         queue_timeout: std::time::Duration::from_secs(a.queue_timeout),
+        eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };
     let plain = opts.tls.is_none();
     cryptotl_server::http::serve(service, tokens, opts, |addr, scheme| {

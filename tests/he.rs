@@ -415,3 +415,21 @@ fn input_box_calibration_never_wraps_where_source_calibration_does() {
     bad[[0, 0]] = f32::NAN;
     assert!(cryptotl::he::quant::clear_forward(&boxed, bad.view()).is_err());
 }
+
+#[test]
+fn a_batch_past_its_time_limit_stops_and_returns_nothing_for_both_kinds_of_bootstrap() {
+    for params in [PARAMS, MULTI_BIT] {
+        let server = evaluator_with(random_program(16, 6, 3, 1, 4), params);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let inputs: Vec<EncryptedInput> = (0..4).map(|_| encrypt(&(0..16).map(|_| rng.random_range(0..16u16)).collect::<Vec<_>>(), &server)).collect();
+        // A limit already over: the first bootstrap step sees it, nothing partial comes back.
+        match server.evaluate_batch_within(&inputs, Some(std::time::Duration::ZERO)) {
+            Err(HeError::TimedOut { samples: 4, .. }) => {}
+            other => panic!("{}: expected a timeout, got {other:?}", params.name()),
+        }
+        // A generous limit changes nothing: the same outputs as without one (evaluation is deterministic).
+        let limited = server.evaluate_batch_within(&inputs, Some(std::time::Duration::from_secs(3600))).unwrap();
+        let free = server.evaluate_batch(&inputs).unwrap();
+        assert_eq!(limited.iter().map(|o| &o.data).collect::<Vec<_>>(), free.iter().map(|o| &o.data).collect::<Vec<_>>());
+    }
+}

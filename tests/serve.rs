@@ -278,6 +278,23 @@ fn tls_with_a_self_signed_certificate() {
 }
 
 #[test]
+fn a_batch_past_the_evaluation_timeout_is_stopped_and_the_server_serves_on() {
+    let f = Fixture::new();
+    let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--eval-timeout", "0.001"]);
+    let session = Session::connect(http(&server.url, &f.alice), None, Some(12)).unwrap();
+    // 6 neurons x 8 samples = 48 bootstraps of ~10 ms: far past 1 ms, so the evaluation is stopped and refused.
+    let err = session.forward_batch(&samples(8, 2)).unwrap_err().to_string();
+    assert!(err.contains("413") && err.contains("took longer than the limit") && err.contains("[he] batch"), "{err}");
+    // The worker is free again: the next request is taken (and stopped) too, health is fine, nothing was counted.
+    let err = session.forward_batch(&samples(8, 3)).unwrap_err().to_string();
+    assert!(err.contains("413"), "{err}");
+    assert_eq!(status(reqwest::blocking::Client::new().get(format!("{}/healthz", server.url))).0, 200);
+    let m = server.metrics();
+    assert_eq!(metric(&m, "cryptotl_samples_total"), 0.0, "{m}");
+    assert_eq!(metric(&m, "cryptotl_queue_depth"), 0.0, "{m}");
+}
+
+#[test]
 fn four_clients_at_once_with_their_own_keys() {
     let f = Fixture::new();
     let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));

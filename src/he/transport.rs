@@ -165,6 +165,7 @@ impl Http {
         let hint = match status.as_u16() {
             401 => " (check the token: [he] token_file or the environment variable [he] token_env names)",
             403 => " (the key belongs to another client's token)",
+            413 => " (lower [he] batch to send fewer samples per request)",
             _ => "",
         };
         Err(self.error(format!("{what}: {status}: {message}{hint}")))

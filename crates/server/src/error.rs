@@ -24,6 +24,9 @@ pub enum HeError {
     /// Serialization failed (e.g. the object exceeds its size limit).
     #[error("cannot write {what}: {message}")]
     Serialize { what: &'static str, message: String },
+    /// A batch whose evaluation ran past its time limit (stopped, nothing returned).
+    #[error("evaluating {samples} samples took longer than the limit of {limit_seconds:.1} s and was stopped; send fewer samples per batch")]
+    TimedOut { samples: usize, limit_seconds: f64 },
     /// A file of the server's (model artifact, key store, token file) that cannot be read or written.
     #[error("{path}: {message}")]
     File { path: String, message: String },

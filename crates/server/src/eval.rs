@@ -13,6 +13,9 @@
 //!
 //! Work is spread with rayon across neuron blocks (linear stage), neurons (bootstraps) and samples (batches).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 use tfhe::core_crypto::algorithms::polynomial_algorithms::polynomial_wrapping_monic_monomial_div_assign;
 use tfhe::core_crypto::fft_impl::common::modulus_switch;
@@ -23,7 +26,7 @@ use tfhe::core_crypto::fft_impl::fft64::crypto::ggsw::{
 use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::prelude::*;
 
-use crate::error::Result;
+use crate::error::{HeError, Result};
 use crate::params::ParameterSet;
 use crate::program::IntegerProgram;
 use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey, SeededBootstrapKey};
@@ -213,13 +216,19 @@ impl Evaluator {
     /// with less arithmetic), then one external product. As tfhe-rs's `multi_bit_deterministic_blind_rotate_assign`, but on one thread and for
     /// [`MULTI_BIT_BATCH`] neurons at once: each group's GGSWs are read once per batch and stay in cache.
     pub fn activations(&self, accumulators: &[u64]) -> Vec<u64> {
+        self.activations_within(accumulators, &Deadline::none())
+    }
+
+    /// [`Self::activations`], stopping early (with outputs left unfinished) once `deadline` has passed; the
+    /// caller asks `deadline.passed()` (did any worker stop?) before using the result.
+    fn activations_within(&self, accumulators: &[u64], deadline: &Deadline) -> Vec<u64> {
         match &self.bsk {
-            FourierKey::Classic(bsk) => self.classic_activations(accumulators, bsk),
-            FourierKey::MultiBit(bsk) => self.multi_bit_activations(accumulators, bsk),
+            FourierKey::Classic(bsk) => self.classic_activations(accumulators, bsk, deadline),
+            FourierKey::MultiBit(bsk) => self.multi_bit_activations(accumulators, bsk, deadline),
         }
     }
 
-    fn classic_activations(&self, accumulators: &[u64], bsk: &FourierLweBootstrapKeyOwned) -> Vec<u64> {
+    fn classic_activations(&self, accumulators: &[u64], bsk: &FourierLweBootstrapKeyOwned, deadline: &Deadline) -> Vec<u64> {
         let p = self.params.tfhe();
         let (size, big) = (self.params.lwe_dimension() + 1, self.params.big_lwe_dimension() + 1);
         let log_modulus = p.polynomial_size.to_blind_rotation_input_modulus_log();
@@ -239,6 +248,9 @@ impl Evaluator {
         out.par_chunks_mut(per * big).zip(accumulators.par_chunks(per * size)).enumerate().for_each(|(g, (outs, accs))| {
             let (fft, mut buffers) = scratch();
             for (i, (o, a)) in outs.chunks_mut(big).zip(accs.chunks(size)).enumerate() {
+                if deadline.check() {
+                    return;
+                }
                 let input = LweCiphertext::from_container(a, p.ciphertext_modulus);
                 let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(input, log_modulus);
                 let mut lut = self.luts[(g * per + i) % self.program.neurons].clone();
@@ -250,7 +262,7 @@ impl Evaluator {
         out
     }
 
-    fn multi_bit_activations(&self, accumulators: &[u64], bsk: &FourierLweMultiBitBootstrapKeyOwned) -> Vec<u64> {
+    fn multi_bit_activations(&self, accumulators: &[u64], bsk: &FourierLweMultiBitBootstrapKeyOwned, deadline: &Deadline) -> Vec<u64> {
         let p = self.params.tfhe();
         let (size, big) = (self.params.lwe_dimension() + 1, self.params.big_lwe_dimension() + 1);
         let (glwe_size, poly) = (p.glwe_dimension.to_glwe_size(), p.polynomial_size);
@@ -290,6 +302,9 @@ impl Evaluator {
                     })
                     .collect();
                 for (w, group_ggsws) in ggsws.chunks_exact(per_group).enumerate() {
+                    if deadline.check() {
+                        return;
+                    }
                     for (a, lut) in accs.chunks(size).zip(luts.iter_mut()) {
                         let degrees = modulus_switch_multi_bit(log_modulus, g, &a[w * g.0..(w + 1) * g.0]);
                         fold_group(ggsw, group_ggsws, degrees, monomials, fft.as_view());
@@ -316,8 +331,30 @@ impl Evaluator {
     /// one pass, so a multi-bit batch holds neurons of several samples (the bootstrap key is read once per batch,
     /// not once per sample), then pooling and the modulus switch per sample.
     pub fn evaluate_batch(&self, inputs: &[EncryptedInput]) -> Result<Vec<EncryptedOutput>> {
+        self.evaluate_batch_within(inputs, None)
+    }
+
+    /// [`Self::evaluate_batch`] with a time limit: the work stops at the first bootstrap step after `limit` has
+    /// passed (checked between blind-rotation groups, so within a few milliseconds) and the batch fails with
+    /// [`HeError::TimedOut`]; nothing partial is returned. `None`: no limit.
+    ///
+    /// ```no_run
+    /// # fn f(server: &cryptotl_server::Evaluator, inputs: &[cryptotl_server::EncryptedInput]) {
+    /// use std::time::Duration;
+    /// match server.evaluate_batch_within(inputs, Some(Duration::from_secs(60))) {
+    ///     Ok(outputs) => assert_eq!(outputs.len(), inputs.len()),
+    ///     Err(cryptotl_server::HeError::TimedOut { .. }) => { /* send fewer samples per batch */ }
+    ///     Err(e) => panic!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn evaluate_batch_within(&self, inputs: &[EncryptedInput], limit: Option<Duration>) -> Result<Vec<EncryptedOutput>> {
+        let deadline = Deadline::after(limit);
         let accumulators: Vec<Vec<u64>> = inputs.par_iter().map(|x| self.linear(x)).collect::<Result<_>>()?;
-        let acts = self.activations(&accumulators.concat());
+        let acts = self.activations_within(&accumulators.concat(), &deadline);
+        if deadline.passed() {
+            return Err(HeError::TimedOut { samples: inputs.len(), limit_seconds: limit.unwrap_or_default().as_secs_f64() });
+        }
         let big = self.params.big_lwe_dimension() + 1;
         let (pool, outputs, neurons) = (self.program.pool, self.program.outputs(), self.program.neurons);
         Ok(acts
@@ -334,6 +371,39 @@ impl Evaluator {
                 EncryptedOutput { key_id: self.key_id, parameter_set: self.params.name().into(), count: outputs as u64, data }
             })
             .collect())
+    }
+}
+
+/// When a batch must stop. Checked by every worker between bootstrap steps; once one has seen it pass, all stop.
+struct Deadline {
+    at: Option<Instant>,
+    passed: AtomicBool,
+}
+
+impl Deadline {
+    fn none() -> Self {
+        Self { at: None, passed: AtomicBool::new(false) }
+    }
+
+    fn after(limit: Option<Duration>) -> Self {
+        Self { at: limit.map(|l| Instant::now() + l), passed: AtomicBool::new(false) }
+    }
+
+    /// Whether the work should stop now (and remember it).
+    fn check(&self) -> bool {
+        if self.passed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let over = self.at.is_some_and(|at| Instant::now() >= at);
+        if over {
+            self.passed.store(true, Ordering::Relaxed);
+        }
+        over
+    }
+
+    /// Whether some worker stopped (the work is unfinished). A batch that finished just before its deadline did not.
+    fn passed(&self) -> bool {
+        self.passed.load(Ordering::Relaxed)
     }
 }
 

@@ -17,7 +17,9 @@
 //! Every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise). A key belongs to the token that
 //! uploaded it (403 for any other). Bodies are bounded by the model's interface (413 past it). Evaluations wait
 //! in a bounded queue, served one batch at a time (each batch uses every core); when the queue is full, or a
-//! request waited past its timeout, the answer is 503 with `Retry-After`. Errors are JSON `{"error": "..."}`.
+//! request waited past its timeout, the answer is 503 with `Retry-After`. A batch that runs past the evaluation
+//! timeout is stopped within milliseconds (the worker is free again) and answered 413: the same batch would run as
+//! long again, fewer samples per request pass. Errors are JSON `{"error": "..."}`.
 //! Plain HTTP is refused on any address but loopback.
 
 use std::net::SocketAddr;
@@ -56,6 +58,9 @@ pub struct ServeOptions {
     pub max_queue: usize,
     /// Longest an evaluation request may wait for its turn before it gets 503.
     pub queue_timeout: Duration,
+    /// Longest one batch may run once its turn came; past it the evaluation stops and the answer is 413 (fewer
+    /// samples per request). Set on the [`Service`] by [`serve`].
+    pub eval_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,6 +293,7 @@ pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl F
     let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| io(&opts.listen.to_string(), e))?;
     listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
     let addr = listener.local_addr().map_err(|e| io("listener", e))?;
+    let service = service.with_eval_limit(Some(opts.eval_timeout));
     let app = router(Arc::new(service), tokens, opts.max_queue, opts.queue_timeout);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| io("tokio runtime", e))?;
     runtime.block_on(async move {

@@ -7,7 +7,7 @@
 //! onto an HTTP status; nothing a client sends makes this code panic.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::artifact::{ModelArtifact, ModelInterface};
 use crate::auth::ClientId;
@@ -35,6 +35,10 @@ pub enum ServiceError {
     /// A body over its limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// A batch whose evaluation ran past the server's time limit and was stopped (413: the same request would
+    /// fail again; fewer samples per request pass).
+    #[error("{0}")]
+    TimedOut(String),
     /// The server's own failure (500).
     #[error("{0}")]
     Internal(String),
@@ -47,7 +51,7 @@ impl ServiceError {
             ServiceError::BadRequest(_) => 400,
             ServiceError::Forbidden(_) => 403,
             ServiceError::NotFound(_) => 404,
-            ServiceError::TooLarge(_) => 413,
+            ServiceError::TooLarge(_) | ServiceError::TimedOut(_) => 413,
             ServiceError::Internal(_) => 500,
         }
     }
@@ -89,6 +93,8 @@ pub struct Service {
     store: KeyStore,
     /// (key id, owner's token hash, evaluator), most recently used last.
     evaluators: Mutex<Vec<(String, String, Arc<Evaluator>)>>,
+    /// Longest one batch may evaluate (None: no limit).
+    eval_limit: Option<Duration>,
 }
 
 impl Service {
@@ -101,7 +107,13 @@ impl Service {
                 artifact.interface.evaluation_key_limit
             )));
         }
-        Ok(Self { artifact, store, evaluators: Mutex::default() })
+        Ok(Self { artifact, store, evaluators: Mutex::default(), eval_limit: None })
+    }
+
+    /// Stop any batch whose evaluation runs longer than `limit` (refused with [`ServiceError::TimedOut`]).
+    pub fn with_eval_limit(mut self, limit: Option<Duration>) -> Self {
+        self.eval_limit = limit;
+        self
     }
 
     /// What clients fetch first.
@@ -164,7 +176,10 @@ impl Service {
             .map(|(i, b)| EncryptedInput::from_bytes(b, iface.input_limit).map_err(|e| ServiceError::BadRequest(format!("sample {i}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let t = Instant::now();
-        let outputs = ev.evaluate_batch(&inputs).map_err(bad)?;
+        let outputs = ev.evaluate_batch_within(&inputs, self.eval_limit).map_err(|e| match e {
+            HeError::TimedOut { .. } => ServiceError::TimedOut(e.to_string()),
+            e => bad(e),
+        })?;
         let eval_seconds = t.elapsed().as_secs_f64();
         let bytes = outputs
             .iter()
