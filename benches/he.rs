@@ -3,11 +3,14 @@
 //! avg-pool 3 -> 766). Run: `cargo bench --bench he` (README quotes the figures with the machine).
 //! Both for the classic default set (`MESSAGE_2_CARRY_2`) and the multi-bit set (`MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1`,
 //! batched bootstraps). `CRYPTOTL_BENCH_PAPER=0` skips the paper-shaped network (~5-11 s per sample).
+//! `he/quickstart_server` measures what `cryptotl serve` runs for the embedded default: the shipped network as
+//! `server build` compiles it (dead units dropped), its parameter set, batches of 16 samples (the client's default
+//! `he.batch`) against the same 16 evaluated one at a time. `cargo bench --bench he -- quickstart` runs only it.
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use cryptotl::config::{HeConfig, LowerNetConfig};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use cryptotl::config::{HeConfig, LowerNetConfig, QUICKSTART_TOML, RunConfig};
 use cryptotl::he::{ClientKey, quant, seeder};
 use cryptotl::model::{Cpu, LowerNet};
 use cryptotl_server::{EncryptedInput, Evaluator, ParameterSet};
@@ -48,7 +51,36 @@ fn bench_network(c: &mut Criterion, name: &str, lower_cfg: &LowerNetConfig, he: 
     g.finish();
 }
 
+/// The embedded default's server program: samples per second, batched across samples and one at a time.
+fn bench_quickstart_server(c: &mut Criterion) {
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &[]).unwrap();
+    let (artifact, _) = cryptotl::pipeline::server_artifact(&cfg).unwrap();
+    let params = artifact.params;
+    let (client, evaluation_key) = ClientKey::generate(params, seeder(None).as_mut());
+    let server = Evaluator::new(artifact.program.clone(), &evaluation_key, params).unwrap();
+    let iface = server.program().interface();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut s = seeder(None);
+    let batch = cryptotl::config::HeConfig::default().batch;
+    let inputs: Vec<EncryptedInput> = (0..batch)
+        .map(|_| {
+            let x: Vec<f32> = (0..iface.input_dim).map(|_| rng.random_range(0.0..1.0f32)).collect();
+            client.encrypt(&iface.quantize(&x), &iface, s.as_mut()).unwrap()
+        })
+        .collect();
+    eprintln!("quickstart_server ({}): {:?}", params.name(), server.counts());
+    let mut g = c.benchmark_group("he/quickstart_server");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(batch as u64));
+    g.bench_with_input(BenchmarkId::new("evaluate_batch", batch), &inputs, |b, inputs| b.iter(|| server.evaluate_batch(black_box(inputs)).unwrap()));
+    g.bench_with_input(BenchmarkId::new("evaluate_one_at_a_time", batch), &inputs, |b, inputs| {
+        b.iter(|| inputs.iter().map(|x| server.evaluate(black_box(x)).unwrap()).collect::<Vec<_>>())
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    bench_quickstart_server(c);
     for (params, tag) in [(ParameterSet::default(), ""), (ParameterSet::MultiBit3Message1Carry1, "_multibit")] {
         let he = HeConfig { parameter_set: params.name().into(), ..HeConfig::default() };
         let mut g = c.benchmark_group("he/keys");

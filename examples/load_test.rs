@@ -1,6 +1,9 @@
 //! Load test of `cryptotl serve` on loopback: the quickstart's server model (shipped network, default parameter
 //! set), served over HTTP in this process on an ephemeral port, and 1, 2 and 4 clients at once, each with its own
-//! key, sending `BATCHES` batches of `BATCH` samples. Reports request latency (p50, p95) and samples per second.
+//! key, sending `BATCHES` batches of `BATCH` samples. Reports request latency (p50, p95), samples per second, and
+//! the transport's share of each request: its latency minus the server's evaluation time (the `x-eval-seconds` it
+//! answers with) and the client's encryption and decryption, over the latency. That share is HTTP's cost (plus
+//! queueing when several clients wait), measured per request and so free of run-to-run drift.
 //! Bounded: it stops by itself after the last round.
 //!
 //! ```sh
@@ -30,7 +33,7 @@ fn main() -> cryptotl::Result<()> {
     let tokens = cryptotl_server::auth::Tokens::parse(&tokens_text).map_err(cryptotl::Error::Internal)?;
     let service = cryptotl_server::Service::new(artifact, store)?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let opts = cryptotl_server::http::ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), tls: None, max_queue: 16, queue_timeout: Duration::from_secs(600) };
+    let opts = cryptotl_server::http::ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), tls: None, max_queue: 16, queue_timeout: Duration::from_secs(600), eval_timeout: Duration::from_secs(600) };
     std::thread::spawn(move || {
         let _ = cryptotl_server::http::serve(service, tokens, opts, |addr, _| {
             let _ = tx.send(addr);
@@ -38,33 +41,48 @@ fn main() -> cryptotl::Result<()> {
     });
     let url = format!("http://{}", rx.recv().map_err(|e| cryptotl::Error::Internal(e.to_string()))?);
     println!("server at {url}; {batches} batches of {batch} samples per client, {} threads", rayon::current_num_threads());
-    println!("| clients | samples | wall (s) | samples/s | request p50 (s) | request p95 (s) |\n|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | samples | wall (s) | samples/s | request p50 (s) | request p95 (s) | transport share (mean) |\n|---:|---:|---:|---:|---:|---:|---:|");
+    // Latency minus server and client work, over latency.
+    let share = |latency: f64, stats: &cryptotl::he::ForwardStats| {
+        let work: f64 = stats.server_seconds.iter().sum::<f64>() + stats.client_seconds.iter().sum::<f64>();
+        ((latency - work) / latency).max(0.0)
+    };
     // The same batches in this process, without HTTP (the transport's cost is the difference).
     {
         let mut s = Session::local(program, params, None)?;
         s.batch = batch;
         s.forward_batch(&[vec![0.5; dim]])?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let mut l = Vec::new();
+        let (mut l, mut shares) = (Vec::new(), Vec::new());
         let t = Instant::now();
         for _ in 0..batches {
             let rows: Vec<Vec<f32>> = (0..batch).map(|_| (0..dim).map(|_| rng.random_range(0.0..1.0)).collect()).collect();
             let t = Instant::now();
-            s.forward_batch(&rows)?;
-            l.push(t.elapsed().as_secs_f64());
+            let (_, stats) = s.forward_batch(&rows)?;
+            let latency = t.elapsed().as_secs_f64();
+            l.push(latency);
+            shares.push(share(latency, &stats));
         }
         let wall = t.elapsed().as_secs_f64();
         let samples = batches * batch;
-        println!("| 1 (in-process, no HTTP) | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} |", samples as f64 / wall, quantile(&l, 0.5), quantile(&l, 0.95));
+        let mean_share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
+        println!(
+            "| 1 (in-process, no HTTP) | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+            samples as f64 / wall,
+            quantile(&l, 0.5),
+            quantile(&l, 0.95),
+            100.0 * mean_share
+        );
     }
     for clients in [1usize, 2, 4] {
         // Each client connects, uploads its key and warms the server's evaluator for it (not timed), then all
         // start together.
         let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shares = Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Arc::new(std::sync::Barrier::new(clients + 1));
         let t = std::thread::scope(|scope| {
             for c in 0..clients {
-                let (latencies, start, url) = (latencies.clone(), start.clone(), &url);
+                let (latencies, shares, start, url) = (latencies.clone(), shares.clone(), start.clone(), &url);
                 scope.spawn(move || {
                     let http = Http::new(url, format!("load-test-token-{c}"), None).expect("client");
                     let mut s = Session::connect(Box::new(http), None, None).expect("connect");
@@ -75,8 +93,10 @@ fn main() -> cryptotl::Result<()> {
                     for _ in 0..batches {
                         let rows: Vec<Vec<f32>> = (0..batch).map(|_| (0..dim).map(|_| rng.random_range(0.0..1.0)).collect()).collect();
                         let t = Instant::now();
-                        s.forward_batch(&rows).expect("batch");
-                        latencies.lock().unwrap().push(t.elapsed().as_secs_f64());
+                        let (_, stats) = s.forward_batch(&rows).expect("batch");
+                        let latency = t.elapsed().as_secs_f64();
+                        latencies.lock().unwrap().push(latency);
+                        shares.lock().unwrap().push(share(latency, &stats));
                     }
                 });
             }
@@ -85,8 +105,16 @@ fn main() -> cryptotl::Result<()> {
         });
         let wall = t.elapsed().as_secs_f64();
         let l = latencies.lock().unwrap();
+        let shares = shares.lock().unwrap();
+        let mean_share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
         let samples = clients * batches * batch;
-        println!("| {clients} | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} |", samples as f64 / wall, quantile(&l, 0.5), quantile(&l, 0.95));
+        println!(
+            "| {clients} | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+            samples as f64 / wall,
+            quantile(&l, 0.5),
+            quantile(&l, 0.95),
+            100.0 * mean_share
+        );
     }
     Ok(())
 }
