@@ -205,7 +205,7 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
         confidence: CONFIDENCE,
         epsilon_lower_bound: lb,
         epsilon_claimed: plan.epsilon,
-        accountant: format!("{:?}", plan.accountant).to_lowercase(),
+        accountant: plan.accountant.name().to_string(),
         noise_multiplier: plan.noise_multiplier,
         steps: plan.steps_allowed,
         sampling_rate: plan.sampling_rate,

@@ -160,7 +160,7 @@ impl Report {
                 pr.dropped.len(), pr.hidden, pr.hidden - pr.dropped.len());
         }
         if let Some(plan) = &p.dp_pretraining {
-            let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({:?}).\n",
+            let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({}).\n",
                 plan.steps_allowed, plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate, plan.epsilon, plan.delta, plan.accountant);
         }
         if let Some(w) = &p.weight_noise {
@@ -213,13 +213,13 @@ impl Report {
             let _ = writeln!(s, "| accountant | ε at δ |\n|---|---:|");
             for e in &p.epsilons {
                 let v = e.epsilon.map_or("n/a (q < 1: no amplification by sampling in zCDP)".to_string(), |v| format!("{v:.4}"));
-                let _ = writeln!(s, "| {:?}{} | {v} |", e.accountant, if e.accountant == plan.accountant { " (of record)" } else { "" });
+                let _ = writeln!(s, "| {}{} | {v} |", e.accountant, if e.accountant == plan.accountant { " (of record)" } else { "" });
             }
             if p.stopped_by_budget {
                 let _ = writeln!(s, "\n**Stopped by the hard budget** max_epsilon = {:?} after {} of {} steps.", plan.max_epsilon, p.steps_run, plan.steps_planned);
             }
             let _ = writeln!(s, "\nTest accuracy with DP {:.4}, without DP (same run) {:.4}. Noise: {}.\n", p.accuracy_with_dp, p.accuracy_without_dp, p.noise_source);
-            let _ = writeln!(s, "| epoch | steps | ε ({:?}) |\n|---:|---:|---:|", plan.accountant);
+            let _ = writeln!(s, "| epoch | steps | ε ({}) |\n|---:|---:|---:|", plan.accountant);
             for e in &p.per_epoch {
                 let _ = writeln!(s, "| {} | {} | {:.4} |", e.epoch, e.steps, e.epsilon);
             }

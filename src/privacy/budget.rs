@@ -177,7 +177,7 @@ impl BudgetReport {
                 mechanism: "DP-SGD on the head".into(),
                 epsilon: Some(p.plan.epsilon),
                 delta: Some(p.plan.delta),
-                accountant: format!("{:?}", p.plan.accountant).to_lowercase(),
+                accountant: p.plan.accountant.name().to_string(),
                 noise: dp_sgd_noise(&p.plan, p.steps_run),
                 protects_against: "anyone who sees the trained head or its predictions (the server never sees it)".into(),
             },
@@ -201,7 +201,7 @@ impl BudgetReport {
                 mechanism: "DP pretraining (DP-SGD on the lower network)".into(),
                 epsilon: Some(plan.epsilon),
                 delta: Some(plan.delta),
-                accountant: format!("{:?}", plan.accountant).to_lowercase(),
+                accountant: plan.accountant.name().to_string(),
                 noise: dp_sgd_noise(plan, plan.steps_allowed),
                 protects_against: "the client (decrypted outputs for inputs it chooses) and anyone who sees the network; \
                                    holds without any assumption on the training"

@@ -83,7 +83,7 @@ pub trait Accountant {
     fn epsilon(&self, m: &SubsampledGaussian, steps: usize, delta: f64) -> Result<f64>;
 }
 
-/// The accountants by name (config and CLI).
+/// The accountants by name (config and CLI); displayed as [`AccountantKind::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountantKind {
@@ -97,7 +97,23 @@ pub enum AccountantKind {
     Tightest,
 }
 
+impl std::fmt::Display for AccountantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl AccountantKind {
+    /// The name configs, the CLI and reports use: `zcdp`, `rdp`, `pld`, `tightest`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zcdp => "zcdp",
+            Self::Rdp => "rdp",
+            Self::Pld => "pld",
+            Self::Tightest => "tightest",
+        }
+    }
+
     /// The accountant with default settings.
     pub fn accountant(self) -> Box<dyn Accountant> {
         match self {
