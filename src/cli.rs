@@ -149,6 +149,10 @@ struct ServeArgs {
     eval_timeout: f64,
 }
 
+fn parse_feature_kind(s: &str) -> std::result::Result<crate::config::FeatureKind, String> {
+    s.parse()
+}
+
 fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 1e7 => Ok(v),
@@ -161,8 +165,8 @@ struct EmbedArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Featurizer (default: the config's `features.kind`).
-    #[arg(long, value_parser = ["minilm", "hashed"])]
-    featurizer: Option<String>,
+    #[arg(long, value_parser = parse_feature_kind)]
+    featurizer: Option<crate::config::FeatureKind>,
     /// The featurizer's own output (for minilm: the L2-normalised sentence embedding), without the client's
     /// min-max scaler. Default: the exact vector the pipeline feeds the lower network (scaled).
     #[arg(long)]
@@ -626,14 +630,14 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     use std::io::{BufRead, Write};
     use crate::features::Featurizer;
     let mut cfg = a.config.load()?;
-    if let Some(kind) = &a.featurizer
-        && *kind != cfg.features.kind
+    if let Some(kind) = a.featurizer
+        && kind != cfg.features.kind
     {
-        cfg.features = crate::config::FeaturesConfig { kind: kind.clone(), dim: None, ..cfg.features.clone() };
+        cfg.features = crate::config::FeaturesConfig { kind, dim: None, ..cfg.features.clone() };
         cfg.validate("--featurizer")?;
     }
     let texts: Vec<String> = std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?;
-    let rows = if a.raw && cfg.features.kind == "minilm" {
+    let rows = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
         crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.with_max_windows(cfg.features.max_windows).transform(&texts)?
     } else {
         let saved = cfg.output_dir().join("client_features.json");

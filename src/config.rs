@@ -398,8 +398,8 @@ fn default_cache_dir() -> PathBuf {
 pub struct FeaturesConfig {
     /// Featurizer kind. `hashed`: hashed word n-gram TF-IDF (no model download). `minilm`: all-MiniLM-L6-v2
     /// sentence embeddings (384 floats; `python3 datasets/fetch_model.py` fetches the model).
-    #[serde(default = "default_feature_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: FeatureKind,
     /// Output dimension of `hashed` (the lower network's input width). Default 768, as in the paper. `minilm` is
     /// always 384: leave this out (or set 384).
     #[serde(default)]
@@ -429,6 +429,59 @@ pub struct FeaturesConfig {
     pub max_windows: Option<usize>,
 }
 
+/// Which text featurizer (`features.kind`). Written and read as `"hashed"` / `"minilm"`; any other name is refused
+/// with the allowed ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FeatureKind {
+    /// Hashed word n-gram TF-IDF: no model download (the library's default).
+    #[default]
+    Hashed,
+    /// all-MiniLM-L6-v2 sentence embeddings (384 floats; the shipped configs use it).
+    Minilm,
+}
+
+impl FeatureKind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [FeatureKind; 2] = [FeatureKind::Hashed, FeatureKind::Minilm];
+
+    /// The name configs, reports and the CLI use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureKind::Hashed => "hashed",
+            FeatureKind::Minilm => "minilm",
+        }
+    }
+}
+
+impl std::fmt::Display for FeatureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FeatureKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let allowed: Vec<String> = Self::ALL.iter().map(|k| format!("{:?}", k.name())).collect();
+            format!("key `features.kind`: unknown featurizer {s:?}; allowed: {}", allowed.join(", "))
+        })
+    }
+}
+
+impl Serialize for FeatureKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for FeatureKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// How features are scaled into [0, 1] (see [`FeaturesConfig::scaling`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -449,7 +502,7 @@ fn features_table_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> std::result
             f.write_str("a featurizer name (\"hashed\", \"minilm\") or a [features] table")
         }
         fn visit_str<E: serde::de::Error>(self, kind: &str) -> std::result::Result<FeaturesConfig, E> {
-            Ok(FeaturesConfig { kind: kind.to_string(), ..FeaturesConfig::default() })
+            Ok(FeaturesConfig { kind: kind.parse().map_err(E::custom)?, ..FeaturesConfig::default() })
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<FeaturesConfig, A::Error> {
             FeaturesConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
@@ -461,7 +514,10 @@ fn features_table_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> std::result
 impl FeaturesConfig {
     /// The feature width: 384 for `minilm`, else `dim` (default 768).
     pub fn dim(&self) -> usize {
-        if self.kind == "minilm" { crate::features::minilm::MINILM_DIM } else { self.dim.unwrap_or(default_dim()) }
+        match self.kind {
+            FeatureKind::Minilm => crate::features::minilm::MINILM_DIM,
+            FeatureKind::Hashed => self.dim.unwrap_or(default_dim()),
+        }
     }
 }
 
@@ -475,9 +531,6 @@ fn default_embedding_cache() -> PathBuf {
     PathBuf::from("runs/cache/embeddings")
 }
 
-fn default_feature_kind() -> String {
-    "hashed".into()
-}
 fn default_dim() -> usize {
     768
 }
@@ -488,7 +541,7 @@ fn default_ngrams() -> usize {
 impl Default for FeaturesConfig {
     fn default() -> Self {
         Self {
-            kind: default_feature_kind(),
+            kind: FeatureKind::default(),
             dim: None,
             ngrams: default_ngrams(),
             model_dir: default_model_dir(),
@@ -984,14 +1037,12 @@ impl RunConfig {
             return Err(err("output_dir", format!("{:?} is not a run directory of its own (it would write config.toml, report.* and head.bin into it); name a new or dedicated folder", dir.display().to_string())));
         }
         let f = &self.features;
-        match (f.kind.as_str(), f.dim) {
-            ("hashed", Some(d)) if !(8..=65_536).contains(&d) => return Err(err("features.dim", format!("must be in 8..=65536, got {d}"))),
-            ("hashed", _) => {}
-            ("minilm", Some(d)) if d != crate::features::minilm::MINILM_DIM => {
+        match (f.kind, f.dim) {
+            (FeatureKind::Hashed, Some(d)) if !(8..=65_536).contains(&d) => return Err(err("features.dim", format!("must be in 8..=65536, got {d}"))),
+            (FeatureKind::Minilm, Some(d)) if d != crate::features::minilm::MINILM_DIM => {
                 return Err(err("features.dim", format!("minilm embeddings have {} dimensions; leave features.dim out (got {d})", crate::features::minilm::MINILM_DIM)));
             }
-            ("minilm", _) => {}
-            (other, _) => return Err(err("features.kind", format!("unknown featurizer {other:?}; allowed: \"hashed\", \"minilm\""))),
+            _ => {}
         }
         if f.max_windows == Some(0) {
             return Err(err("features.max_windows", "must be at least 1 (omit it to embed whole texts)".into()));

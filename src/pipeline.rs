@@ -636,7 +636,7 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
     let transport = crate::he::Http::new(url, cfg.he.token()?, ca.as_deref())?;
     let model = crate::he::Transport::interface(&transport)?;
     let kind = model.features.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-    if kind != cfg.features.kind {
+    if kind != cfg.features.kind.name() {
         return Err(Error::Config { file: "<config>".into(), key: "features.kind".into(), message: format!(
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }

@@ -267,7 +267,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(cfg, *e)).collect();
         train_heads(cfg, &heads, spec, &client, &head, &mut points)?;
     }
-    Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.clone(), points })
+    Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.name().to_string(), points })
 }
 
 /// Mean and sample standard deviation.

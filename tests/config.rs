@@ -23,7 +23,7 @@ fn shipped_configs_are_valid() {
     let q = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
     assert_eq!((q.features.dim(), q.lower.activation), (384, Activation::Relu));
     // The embedded default runs on the shipped sentence embeddings with the linear probe, curves and baselines on.
-    assert_eq!((q.features.kind.as_str(), q.head.kind), ("minilm", cryptotl::config::HeadKind::Linear));
+    assert_eq!((q.features.kind, q.head.kind), (cryptotl::config::FeatureKind::Minilm, cryptotl::config::HeadKind::Linear));
     assert!(q.curve.enabled && q.baselines.bag_of_words);
 }
 
@@ -80,7 +80,7 @@ fn minilm_is_selectable_in_every_config_and_sets_the_width() {
         let path = format!("{}/configs/{file}.toml", env!("CARGO_MANIFEST_DIR"));
         for ov in ["features=\"minilm\"", "features.kind=\"minilm\""] {
             let cfg = RunConfig::load(std::path::Path::new(&path), &[ov.to_string()]).unwrap();
-            assert_eq!((cfg.features.kind.as_str(), cfg.features.dim()), ("minilm", 384), "{file} {ov}");
+            assert_eq!((cfg.features.kind, cfg.features.dim()), (cryptotl::config::FeatureKind::Minilm, 384), "{file} {ov}");
         }
     }
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["features=\"hashed\"".into()]).unwrap();

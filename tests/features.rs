@@ -173,7 +173,7 @@ fn the_clients_private_files_are_owner_only() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tempfile::tempdir().unwrap();
     let texts = texts(&["a good film", "a bad film", "fine"]);
-    let cfg = FeaturesConfig { kind: "hashed".into(), dim: Some(16), ..FeaturesConfig::default() };
+    let cfg = FeaturesConfig { kind: cryptotl::config::FeatureKind::Hashed, dim: Some(16), ..FeaturesConfig::default() };
     let p = FeaturePipeline::fit(&cfg, &texts).unwrap();
     let path = dir.path().join("client_features.json");
     p.save(&path).unwrap();

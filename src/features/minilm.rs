@@ -385,8 +385,8 @@ impl MiniLm {
 }
 
 impl Featurizer for MiniLm {
-    fn kind(&self) -> &'static str {
-        "minilm"
+    fn kind(&self) -> crate::config::FeatureKind {
+        crate::config::FeatureKind::Minilm
     }
     fn dim(&self) -> usize {
         MINILM_DIM

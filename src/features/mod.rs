@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
-use crate::config::FeaturesConfig;
+use crate::config::{FeatureKind, FeaturesConfig};
 use crate::error::{Error, Result};
 
 pub mod bert;
@@ -32,8 +32,8 @@ pub mod shipped;
 
 /// Turns texts into feature vectors of a fixed dimension.
 pub trait Featurizer {
-    /// Short name (`hashed`, `minilm`).
-    fn kind(&self) -> &'static str;
+    /// Which featurizer this is.
+    fn kind(&self) -> FeatureKind;
     /// Width of every vector.
     fn dim(&self) -> usize;
     /// One row per text.
@@ -126,8 +126,8 @@ impl HashedTfidf {
 }
 
 impl Featurizer for HashedTfidf {
-    fn kind(&self) -> &'static str {
-        "hashed"
+    fn kind(&self) -> FeatureKind {
+        FeatureKind::Hashed
     }
     fn dim(&self) -> usize {
         self.dim
@@ -149,7 +149,7 @@ pub enum FeaturizerState {
 }
 
 impl Featurizer for FeaturizerState {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> FeatureKind {
         match self {
             Self::Hashed(f) => f.kind(),
             Self::Minilm(f) => f.kind(),
@@ -242,10 +242,9 @@ pub struct FeaturePipeline {
 impl FeaturePipeline {
     /// Fit featurizer and scaler on training texts only.
     pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
-        let featurizer = match cfg.kind.as_str() {
-            "hashed" => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim(), cfg.ngrams)),
-            "minilm" => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
-            other => return Err(Error::Features(format!("unknown featurizer {other:?}"))),
+        let featurizer = match cfg.kind {
+            FeatureKind::Hashed => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim(), cfg.ngrams)),
+            FeatureKind::Minilm => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
         };
         let scaler = match cfg.scaling {
             crate::config::Scaling::Fitted => {
