@@ -247,8 +247,9 @@ pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult>
     plain.he.enabled = false;
     let data = crate::pipeline::prepare_data(&plain)?;
     let lower = crate::pipeline::server_lower_network(&plain)?;
-    let (_, own) = crate::pipeline::client_features(&plain, &data.target)?;
-    let (transferred, _) = crate::pipeline::transfer(&plain, &lower, &own)?;
+    let (pipeline, own) = crate::pipeline::client_features(&plain, &data.target)?;
+    let input = crate::pipeline::TransferInput::new(&plain, &pipeline, &data.target, &own)?;
+    let (transferred, _) = crate::pipeline::transfer(&plain, &lower, &input)?;
     let inputs = crate::pipeline::head_inputs(&plain, &transferred, &own, None)?;
     audit(&plain, &inputs, m, seed)
 }

@@ -508,15 +508,16 @@ fn dispatch(cmd: Command) -> Result<()> {
             let _lock = pipeline::prepare_output_dir(&cfg)?;
             let data = pipeline::prepare_data(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
+            let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?;
             let transferred = match pipeline::remote_server(&cfg)? {
                 Some(url) => {
-                    let (t, he, _) = pipeline::remote_transfer(&cfg, &url, &client)?;
+                    let (t, he, _) = pipeline::remote_transfer(&cfg, &url, &input)?;
                     eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
                         he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
                     crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
                     t
                 }
-                None => pipeline::transfer(&cfg, &pipeline::server_lower_network(&cfg)?, &client)?.0,
+                None => pipeline::transfer(&cfg, &pipeline::server_lower_network(&cfg)?, &input)?.0,
             };
             // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
             let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| pipeline::BagOfWords::new(&data.target));

@@ -852,6 +852,39 @@ pub struct HeadConfig {
     /// `mlp`: dropout probability during training.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
+    /// What the server's network is applied to: `text` (each text's feature vector, the default) or `sentence`
+    /// (each sentence of a text separately, through the same encrypted path; the client averages a text's
+    /// decrypted outputs). For long texts on a network pretrained on sentences.
+    #[serde(default, skip_serializing_if = "TransferUnit::is_text")]
+    pub transfer_unit: TransferUnit,
+    /// `sentence`: at most this many sentences per text go to the server, evenly spaced through the text (each
+    /// costs one encrypted evaluation).
+    #[serde(default = "default_max_sentences", skip_serializing_if = "is_default_max_sentences")]
+    pub max_sentences: usize,
+}
+
+/// What one encrypted evaluation of the server's network covers (see [`HeadConfig::transfer_unit`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferUnit {
+    /// The whole text's feature vector.
+    #[default]
+    Text,
+    /// Each sentence's feature vector; a text's outputs are the mean over its sentences.
+    Sentence,
+}
+
+impl TransferUnit {
+    fn is_text(&self) -> bool {
+        *self == TransferUnit::Text
+    }
+}
+
+fn default_max_sentences() -> usize {
+    16
+}
+fn is_default_max_sentences(n: &usize) -> bool {
+    *n == default_max_sentences()
 }
 fn default_dropout() -> f64 {
     0.2
@@ -861,7 +894,16 @@ fn default_c() -> f64 {
 }
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { kind: HeadKind::default(), inputs: HeadInputs::default(), c: default_c(), hidden: 0, pool: default_pool(), dropout: default_dropout() }
+        Self {
+            kind: HeadKind::default(),
+            inputs: HeadInputs::default(),
+            c: default_c(),
+            hidden: 0,
+            pool: default_pool(),
+            dropout: default_dropout(),
+            transfer_unit: TransferUnit::default(),
+            max_sentences: default_max_sentences(),
+        }
     }
 }
 
@@ -1113,6 +1155,9 @@ impl RunConfig {
         }
         if !(h.c.is_finite() && h.c > 0.0 && h.c <= 1e12) {
             return Err(err("head.c", format!("must be a number in (0, 1e12] (inverse L2 strength), got {}", h.c)));
+        }
+        if !(1..=256).contains(&h.max_sentences) {
+            return Err(err("head.max_sentences", format!("must be in 1..=256 (encrypted evaluations per text), got {}", h.max_sentences)));
         }
         let c = &self.curve;
         if c.draws == 0 || c.draws > 1000 {

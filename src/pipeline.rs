@@ -518,6 +518,93 @@ pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeli
     Ok((pipeline, fs))
 }
 
+/// What the client sends through the server's network (`head.transfer_unit`): its feature rows, one per text, or
+/// one per sentence with each text's sentences next to each other. The server evaluates every row alike; the
+/// client averages a text's decrypted outputs ([`TransferInput::pool`]), so the head sees one row per text either
+/// way. With sentences the server learns how many sentences (at most `head.max_sentences`) each text has, from
+/// the number of ciphertexts; nothing else.
+#[derive(Debug, Clone)]
+pub struct TransferInput {
+    /// The rows the network is applied to (a sentence carries its text's label).
+    pub rows: FeatureSplit,
+    /// Per part (train, validation, test): where each text's rows start, and the end. None: one row per text.
+    starts: Option<[Vec<usize>; 3]>,
+    /// Per part, each text's label.
+    labels: [Vec<u8>; 3],
+}
+
+impl TransferInput {
+    /// The client's features as they are: one row per text (`transfer_unit = "text"`).
+    pub fn texts(own: &FeatureSplit) -> Self {
+        Self { rows: own.clone(), starts: None, labels: [own.train_y.clone(), own.validation_y.clone(), own.test_y.clone()] }
+    }
+
+    /// As `head.transfer_unit` says: [`Self::texts`], or each text of `target` split into sentences
+    /// ([`crate::features::sentences`]) featurized by the client's `pipeline` (the one `own` came from).
+    pub fn new(cfg: &RunConfig, pipeline: &FeaturePipeline, target: &Split, own: &FeatureSplit) -> Result<Self> {
+        if cfg.head.transfer_unit == crate::config::TransferUnit::Text {
+            return Ok(Self::texts(own));
+        }
+        let part = |d: &Dataset| -> Result<(Array2<f32>, Vec<u8>, Vec<usize>)> {
+            let (rows, starts) = sentence_rows(cfg, pipeline, &d.texts)?;
+            let labels = starts.windows(2).zip(&d.labels).flat_map(|(w, &y)| std::iter::repeat_n(y, w[1] - w[0])).collect();
+            Ok((rows, labels, starts))
+        };
+        let (train, train_y, s0) = part(&target.train)?;
+        let (validation, validation_y, s1) = part(&target.validation)?;
+        let (test, test_y, s2) = part(&target.test)?;
+        let units = train.nrows() + validation.nrows() + test.nrows();
+        tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
+        Ok(Self {
+            rows: FeatureSplit { train, train_y, validation, validation_y, test, test_y },
+            starts: Some([s0, s1, s2]),
+            labels: [target.train.labels.clone(), target.validation.labels.clone(), target.test.labels.clone()],
+        })
+    }
+
+    /// Rows the server evaluates.
+    pub fn units(&self) -> usize {
+        self.rows.train.nrows() + self.rows.validation.nrows() + self.rows.test.nrows()
+    }
+
+    /// One row per text from the network's outputs `y` for [`Self::rows`]: a text's outputs averaged over its
+    /// sentences (or `y` itself for one row per text).
+    pub fn pool(&self, y: FeatureSplit) -> FeatureSplit {
+        let Some([s0, s1, s2]) = &self.starts else { return y };
+        let [l0, l1, l2] = &self.labels;
+        FeatureSplit {
+            train: mean_rows(&y.train, s0),
+            train_y: l0.clone(),
+            validation: mean_rows(&y.validation, s1),
+            validation_y: l1.clone(),
+            test: mean_rows(&y.test, s2),
+            test_y: l2.clone(),
+        }
+    }
+}
+
+/// The sentences of `texts` featurized by `pipeline`, and where each text's rows start (plus the end).
+pub fn sentence_rows(cfg: &RunConfig, pipeline: &FeaturePipeline, texts: &[String]) -> Result<(Array2<f32>, Vec<usize>)> {
+    let mut sentences = Vec::new();
+    let mut starts = vec![0];
+    for t in texts {
+        sentences.extend(crate::features::sentences(t, cfg.head.max_sentences));
+        starts.push(sentences.len());
+    }
+    Ok((pipeline.transform(&sentences)?, starts))
+}
+
+/// The mean of each group of rows of `y` (group i: rows `starts[i]..starts[i + 1]`).
+pub fn mean_rows(y: &Array2<f32>, starts: &[usize]) -> Array2<f32> {
+    let mut out = Array2::zeros((starts.len().saturating_sub(1), y.ncols()));
+    for (mut row, w) in out.axis_iter_mut(ndarray::Axis(0)).zip(starts.windows(2)) {
+        if let Some(m) = y.slice(ndarray::s![w[0]..w[1], ..]).mean_axis(ndarray::Axis(0)) {
+            row.assign(&m);
+        }
+    }
+    out
+}
+
 /// The frozen lower network applied to the client's scaled features in the clear (float): the reference the
 /// encrypted path ([`encrypted_transfer`]: quantize -> encrypt -> server evaluation -> decrypt) is compared with,
 /// and the path of `he.enabled = false`.
@@ -541,18 +628,20 @@ pub struct EncryptedTransfer {
 /// Compile the frozen lower network into an integer program (calibrated on the ranges it keeps from the server's
 /// source training features), set up keys, and send every client sample through quantize -> encrypt -> server
 /// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
-pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<EncryptedTransfer> {
+pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &TransferInput) -> Result<EncryptedTransfer> {
     let program = compile_program(cfg, lower)?;
-    let float = client.map(|x| lower_forward(&lower.net, x))?;
+    let client = &input.rows;
+    let float = input.pool(client.map(|x| lower_forward(&lower.net, x))?);
     let overflow = std::cell::Cell::new(0usize);
-    let quantized = client.map(|x| {
+    let quantized = input.pool(client.map(|x| {
         let (y, wraps) = crate::he::quant::clear_forward(&program, x.view())?;
         overflow.set(overflow.get() + wraps);
         Ok(y)
-    })?;
-    let accumulators = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * program.neurons;
+    })?);
+    let accumulators = input.units() * program.neurons;
     let session = local_session(cfg, &program)?;
     let (encrypted, stats) = forward_split(&session, client)?;
+    let encrypted = input.pool(encrypted);
     let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
     if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
         tracing::warn!(rate,
@@ -647,12 +736,12 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`): the decrypted
 /// outputs and what the encrypted stage measured (no oracle comparison: the client has no program).
-pub fn remote_transfer(cfg: &RunConfig, url: &str, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement)> {
+pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement)> {
     let session = remote_session(cfg, url)?;
     let statement = session.server_privacy()?;
-    let (encrypted, stats) = forward_split(&session, client)?;
+    let (encrypted, stats) = forward_split(&session, &input.rows)?;
     let report = crate::he::HeReport::new(&session, None, &stats, None);
-    Ok((encrypted, report, statement))
+    Ok((input.pool(encrypted), report, statement))
 }
 
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
@@ -687,8 +776,15 @@ pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<
              predict works with `transfer` and `transfer+own`".into() });
     }
     let manifest = crate::rundir::RunManifest::load_for(cfg)?;
-    let own = FeaturePipeline::load(&run_dir.join("client_features.json"))?.transform(texts)?;
-    let transferred = transfer_rows(cfg, &own, &format!("{} new texts", texts.len()))?;
+    let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
+    let own = pipeline.transform(texts)?;
+    let transferred = match cfg.head.transfer_unit {
+        crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()))?,
+        crate::config::TransferUnit::Sentence => {
+            let (rows, starts) = sentence_rows(cfg, &pipeline, texts)?;
+            mean_rows(&transfer_rows(cfg, &rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()))?, &starts)
+        }
+    };
     let x = match cfg.head.inputs {
         crate::config::HeadInputs::TransferPlusOwn => ndarray::concatenate(ndarray::Axis(1), &[transferred.view(), own.view()])
             .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))?,
@@ -704,12 +800,12 @@ pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<
 
 /// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
 /// and clear-integer paths for comparison), else the plaintext float network.
-pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, client: &FeatureSplit) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
+pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &TransferInput) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
     if cfg.he.enabled {
-        let he = encrypted_transfer(cfg, lower, client)?;
+        let he = encrypted_transfer(cfg, lower, input)?;
         Ok((he.encrypted.clone(), Some(he)))
     } else {
-        Ok((client.map(|x| lower_forward(&lower.net, x))?, None))
+        Ok((input.pool(input.rows.map(|x| lower_forward(&lower.net, x))?), None))
     }
 }
 
@@ -866,8 +962,8 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
     privacy_plan(cfg, data.target.train.len())?;
     let lower = server_lower_network(cfg)?;
-    let (_, client) = client_features(cfg, &data.target)?;
-    let (transferred, _) = transfer(cfg, &lower, &client)?;
+    let (pipeline, client) = client_features(cfg, &data.target)?;
+    let (transferred, _) = transfer(cfg, &lower, &TransferInput::new(cfg, &pipeline, &data.target, &client)?)?;
     let bow = BagOfWords::new(&data.target);
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
 }
@@ -912,16 +1008,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     };
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
-    stage("client features", t);
+    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client));
+    let input = input?;
+    stage("client features", t + t2);
     let (transferred, he_paths, remote_he) = match (&remote, &lower) {
         (Some(url), _) => {
-            let (r, t) = timed(|| remote_transfer(cfg, url, &client));
+            let (r, t) = timed(|| remote_transfer(cfg, url, &input));
             let (transferred, he, statement) = r?;
             stage("lower network: keys, encrypted forward through the remote server", t);
             (transferred, None, Some((he, statement)))
         }
         (None, Some(lower)) => {
-            let (r, t) = timed(|| transfer(cfg, lower, &client));
+            let (r, t) = timed(|| transfer(cfg, lower, &input));
             let (transferred, he_paths) = r?;
             stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
             (transferred, he_paths, None)
@@ -954,7 +1052,15 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         crate::config::HeadInputs::TransferPlusOwn => " beside the client's own features".into(),
         crate::config::HeadInputs::TransferPlusBow => " beside the cross-fitted score of a bag-of-words model of the client's own texts".into(),
     };
-    results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){inputs}", head_name(cfg))));
+    let unit = match cfg.head.transfer_unit {
+        crate::config::TransferUnit::Text => String::new(),
+        crate::config::TransferUnit::Sentence => format!(
+            ", applied to each sentence (at most {} per text, {} evaluations in all) and averaged per text",
+            cfg.head.max_sentences,
+            input.units()
+        ),
+    };
+    results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){unit}{inputs}", head_name(cfg))));
     let mut he_report = None;
     if let Some(he) = he_paths {
         let float = train_head(cfg, &head_inputs(cfg, &he.float, &client, bow.as_ref())?, "head (float path)")?;

@@ -44,6 +44,11 @@ pub fn features_key(cfg: &RunConfig) -> String {
         "lower": cfg.lower, "pretrain": cfg.pretrain, "he": he, "server_privacy": cfg.server_privacy,
         "inputs": cfg.head.inputs,
     });
+    let mut material = material;
+    if cfg.head.transfer_unit != crate::config::TransferUnit::Text {
+        // Only when set, so the keys of earlier runs (one unit per text) stay valid.
+        material["transfer_unit"] = serde_json::json!({ "unit": cfg.head.transfer_unit, "max_sentences": cfg.head.max_sentences });
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 

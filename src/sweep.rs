@@ -240,7 +240,8 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         settings.push((*s, server_cfg, heads));
     }
     let data = pipeline::prepare_data(cfg)?;
-    let (_, client) = pipeline::client_features(cfg, &data.target)?;
+    let (client_pipeline, client) = pipeline::client_features(cfg, &data.target)?;
+    let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?;
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
         let lower = pipeline::server_lower_network(server_cfg)?;
@@ -252,7 +253,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
             (Some(p), Some(w)) => p.epsilon.min(w.plan.epsilon),
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
-        let (transferred, _) = pipeline::transfer(server_cfg, &lower, &client)?;
+        let (transferred, _) = pipeline::transfer(server_cfg, &lower, &input)?;
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),

@@ -36,7 +36,7 @@ fn head_inputs(cfg: &RunConfig) -> cryptotl::pipeline::FeatureSplit {
     let data = cryptotl::pipeline::prepare_data(cfg).unwrap();
     let lower = cryptotl::pipeline::server_lower_network(cfg).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(cfg, &data.target).unwrap();
-    let (t, _) = cryptotl::pipeline::transfer(cfg, &lower, &own).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
     cryptotl::pipeline::head_inputs(cfg, &t, &own, None).unwrap()
 }
 

@@ -137,7 +137,7 @@ fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_inp
     let data = cryptotl::pipeline::prepare_data(&both).unwrap();
     let lower = cryptotl::pipeline::server_lower_network(&both).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(&both, &data.target).unwrap();
-    let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &own).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&both, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
     let inputs = cryptotl::pipeline::head_inputs(&both, &t, &own, None).unwrap();
     assert_eq!(inputs.train.ncols(), t.train.ncols() + own.train.ncols());
     assert_eq!(inputs.train.column(0), t.train.column(0));
@@ -192,7 +192,7 @@ fn transfer_plus_bow_adds_one_learned_column_and_refuses_dp() {
     let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
     let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
-    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &own).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
     let bow = cryptotl::bow::BagOfWords::new(&data.target);
     let inputs = cryptotl::pipeline::head_inputs(&cfg, &t, &own, Some(&bow)).unwrap();
     assert_eq!(inputs.train.ncols(), t.train.ncols() + 1);
@@ -224,4 +224,74 @@ fn transfer_plus_bow_adds_one_learned_column_and_refuses_dp() {
     };
     let err = cryptotl::sweep::run(&cfg, &spec).unwrap_err().to_string();
     assert!(err.contains("head.inputs") && err.contains("head.inputs=transfer"), "{err}");
+}
+
+#[test]
+fn per_sentence_transfer_averages_each_texts_outputs_over_its_sentences() {
+    use cryptotl::features::sentences;
+    use cryptotl::pipeline::{self, TransferInput};
+    let dir = tempfile::tempdir().unwrap();
+    // A target of multi-sentence texts: three fixture texts of one label joined as sentences.
+    let rows: Vec<(String, String)> = std::fs::read_to_string(format!("{}/separable_target.csv", common::FX))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| { let (y, t) = l.split_once(',').unwrap(); (y.to_string(), t.to_string()) })
+        .collect();
+    let mut csv = String::from("label,text\n");
+    for label in ["0", "1"] {
+        let texts: Vec<&String> = rows.iter().filter(|(y, _)| y == label).map(|(_, t)| t).collect();
+        for (i, c) in texts.chunks(3).enumerate() {
+            // Some texts have more sentences than max_sentences, some one.
+            let joined = if i % 4 == 0 { c[0].clone() } else { c.iter().chain(c.iter()).map(|t| t.as_str()).collect::<Vec<_>>().join(". ") };
+            csv.push_str(&format!("{label},{joined}\n"));
+        }
+    }
+    let target = dir.path().join("multi.csv");
+    std::fs::write(&target, csv).unwrap();
+    let mut text = tiny_config(dir.path()).replace("[he]\ninsecure_seed = 3", "[he]\nenabled = false");
+    text.push_str("[curve]\nenabled = false\n");
+    let target_path = format!("target.paths=[{:?}]", target.display().to_string());
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &[target_path.clone(), "head.transfer_unit=\"sentence\"".into(), "head.max_sentences=4".into()]).unwrap();
+    let per_text = RunConfig::from_toml_str(&text, "tiny.toml", &[target_path]).unwrap();
+    assert_ne!(cryptotl::rundir::features_key(&cfg), cryptotl::rundir::features_key(&per_text), "the transfer unit changes the features");
+
+    let data = pipeline::prepare_data(&cfg).unwrap();
+    let lower = pipeline::server_lower_network(&cfg).unwrap();
+    let (client_pipeline, own) = pipeline::client_features(&cfg, &data.target).unwrap();
+    let input = TransferInput::new(&cfg, &client_pipeline, &data.target, &own).unwrap();
+    let units: usize = data.target.train.texts.iter().map(|t| sentences(t, 4).len()).sum();
+    assert_eq!(input.rows.train.nrows(), units);
+    assert!(units > data.target.train.len() && data.target.train.texts.iter().any(|t| sentences(t, 4).len() == 4), "the fixture has multi-sentence texts, some capped");
+    let (t, _) = pipeline::transfer(&cfg, &lower, &input).unwrap();
+    assert_eq!((t.train.nrows(), &t.train_y, t.test.nrows()), (own.train.nrows(), &own.train_y, own.test.nrows()));
+    // Each text's row is the mean of the network's outputs over its own sentences, computed here independently.
+    for i in 0..data.target.train.len() {
+        let x = client_pipeline.transform(&sentences(&data.target.train.texts[i], 4)).unwrap();
+        let want = pipeline::lower_forward(&lower.net, &x).unwrap().mean_axis(ndarray::Axis(0)).unwrap();
+        for (a, b) in t.train.row(i).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "text {i}: {a} vs {b}");
+        }
+    }
+    // The whole run works on it and still learns the separable target.
+    let report = pipeline::run(&cfg).unwrap();
+    let transfer = report.results.iter().find(|r| r.method == "transfer").unwrap();
+    assert!(transfer.test.accuracy > 0.9, "{:?}", transfer.test);
+    assert!(RunConfig::from_toml_str(&text, "tiny.toml", &["head.max_sentences=0".into()]).unwrap_err().to_string().contains("head.max_sentences"));
+}
+
+#[test]
+fn sentences_split_at_line_breaks_and_end_punctuation_and_keep_evenly_spaced_ones() {
+    use cryptotl::features::sentences;
+    let review = "it starts well . the middle sags badly!\nthen a twist arrives ? and the end lands\n\n";
+    assert_eq!(sentences(review, 16), ["it starts well .", "the middle sags badly!", "then a twist arrives ?", "and the end lands"]);
+    // Short pieces join their neighbour; a text with no sentence end is one sentence; an empty one is itself.
+    assert_eq!(sentences("great. really great film overall", 16), ["great. really great film overall"]);
+    assert_eq!(sentences("no punctuation at all here", 16), ["no punctuation at all here"]);
+    assert_eq!(sentences("", 16), [""]);
+    // Capped: the first and the last are kept, the rest evenly spaced.
+    let many: String = (0..10).map(|i| format!("sentence number {i} here. ")).collect();
+    let kept = sentences(&many, 4);
+    assert_eq!(kept, ["sentence number 0 here.", "sentence number 3 here.", "sentence number 6 here.", "sentence number 9 here."]);
+    assert_eq!(sentences(&many, 1), ["sentence number 0 here."]);
 }

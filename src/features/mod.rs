@@ -30,6 +30,57 @@ pub mod bert;
 pub mod minilm;
 pub mod shipped;
 
+/// The sentences of `text`, at most `max` of them (evenly spaced through the text when it has more), for
+/// `head.transfer_unit = "sentence"`. A sentence ends at a line break or at `.`, `!` or `?` followed by white
+/// space (which also splits tokenised corpora such as Pang & Lee's, where punctuation stands apart); a piece of
+/// fewer than 3 words joins the sentence before it. A text with no words gives itself, so every text has at
+/// least one unit.
+///
+/// ```
+/// let s = cryptotl::features::sentences("A fine film . The plot , though , drags!\nWorth seeing? yes , twice over", 16);
+/// assert_eq!(s, ["A fine film .", "The plot , though , drags! Worth seeing?", "yes , twice over"]);
+/// assert_eq!(cryptotl::features::sentences("one two three. four five six. seven eight nine.", 2).len(), 2);
+/// ```
+pub fn sentences(text: &str, max: usize) -> Vec<String> {
+    let mut pieces: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let mut start = 0;
+        let chars: Vec<(usize, char)> = line.char_indices().collect();
+        for (k, &(i, c)) in chars.iter().enumerate() {
+            let ends = matches!(c, '.' | '!' | '?') && chars.get(k + 1).is_some_and(|&(_, n)| n.is_whitespace());
+            if ends {
+                pieces.push(line[start..i + c.len_utf8()].trim().to_string());
+                start = i + c.len_utf8();
+            }
+        }
+        pieces.push(line[start..].trim().to_string());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for p in pieces.into_iter().filter(|p| !p.is_empty()) {
+        match out.last_mut() {
+            Some(last) if p.split_whitespace().count() < 3 => {
+                last.push(' ');
+                last.push_str(&p);
+            }
+            _ => out.push(p),
+        }
+    }
+    // A short first piece stays on its own above; join it forward when there is more.
+    if out.len() > 1 && out[0].split_whitespace().count() < 3 {
+        let first = out.remove(0);
+        out[0] = format!("{first} {}", out[0]);
+    }
+    if out.is_empty() {
+        return vec![text.to_string()];
+    }
+    let max = max.max(1);
+    if out.len() > max {
+        let n = out.len();
+        out = (0..max).map(|i| out[i * (n - 1) / (max - 1).max(1)].clone()).collect();
+    }
+    out
+}
+
 /// Turns texts into feature vectors of a fixed dimension.
 pub trait Featurizer {
     /// Which featurizer this is.
