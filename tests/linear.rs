@@ -277,6 +277,17 @@ fn per_sentence_transfer_averages_each_texts_outputs_over_its_sentences() {
     let report = pipeline::run(&cfg).unwrap();
     let transfer = report.results.iter().find(|r| r.method == "transfer").unwrap();
     assert!(transfer.test.accuracy > 0.9, "{:?}", transfer.test);
+    // `predict` splits new texts the same way: on the test texts it scores exactly what the run reported.
+    // Its probabilities are the saved head's on the per-sentence means computed above (`t.test`).
+    let preds = pipeline::predict(&cfg, &cfg.output_dir(), &data.target.test.texts).unwrap();
+    let right = preds.iter().zip(&data.target.test.labels).filter(|(p, y)| p.label == **y).count();
+    assert_eq!(right as f64 / preds.len() as f64, transfer.test.accuracy);
+    let dev = Default::default();
+    let head = cryptotl::model::load_module(pipeline::new_head::<cryptotl::model::Cpu>(&cfg, t.test.ncols(), &dev), &cfg.output_dir().join("head"), &dev).unwrap();
+    let want = cryptotl::model::predict_proba(&head, t.test.view(), &dev);
+    for (p, w) in preds.iter().zip(&want) {
+        assert!((p.probability - w).abs() < 1e-5, "{} vs {w}", p.probability);
+    }
     assert!(RunConfig::from_toml_str(&text, "tiny.toml", &["head.max_sentences=0".into()]).unwrap_err().to_string().contains("head.max_sentences"));
 }
 
