@@ -21,6 +21,18 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// One row of the table: samples per second, request latency quantiles, mean transport share.
+fn print_row(clients: &str, samples: usize, wall: f64, latencies: &[f64], shares: &[f64]) {
+    let mean_share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
+    println!(
+        "| {clients} | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+        samples as f64 / wall,
+        quantile(latencies, 0.5),
+        quantile(latencies, 0.95),
+        100.0 * mean_share
+    );
+}
+
 fn main() -> cryptotl::Result<()> {
     let (batches, batch) = (env("BATCHES", 4), env("BATCH", 16));
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &[])?;
@@ -63,16 +75,7 @@ fn main() -> cryptotl::Result<()> {
             l.push(latency);
             shares.push(share(latency, &stats));
         }
-        let wall = t.elapsed().as_secs_f64();
-        let samples = batches * batch;
-        let mean_share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
-        println!(
-            "| 1 (in-process, no HTTP) | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
-            samples as f64 / wall,
-            quantile(&l, 0.5),
-            quantile(&l, 0.95),
-            100.0 * mean_share
-        );
+        print_row("1 (in-process, no HTTP)", batches * batch, t.elapsed().as_secs_f64(), &l, &shares);
     }
     for clients in [1usize, 2, 4] {
         // Each client connects, uploads its key and warms the server's evaluator for it (not timed), then all
@@ -103,18 +106,7 @@ fn main() -> cryptotl::Result<()> {
             start.wait();
             Instant::now()
         });
-        let wall = t.elapsed().as_secs_f64();
-        let l = latencies.lock().unwrap();
-        let shares = shares.lock().unwrap();
-        let mean_share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
-        let samples = clients * batches * batch;
-        println!(
-            "| {clients} | {samples} | {wall:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
-            samples as f64 / wall,
-            quantile(&l, 0.5),
-            quantile(&l, 0.95),
-            100.0 * mean_share
-        );
+        print_row(&clients.to_string(), clients * batches * batch, t.elapsed().as_secs_f64(), &latencies.lock().unwrap(), &shares.lock().unwrap());
     }
     Ok(())
 }
