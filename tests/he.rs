@@ -339,13 +339,24 @@ fn the_server_crate_cannot_name_the_client_key() {
     let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crates/server/Cargo.toml")).unwrap();
     let deps = manifest.split("[dependencies]").nth(1).expect("a dependencies table");
     assert!(!deps.lines().any(|l| l.trim_start().starts_with("cryptotl ") || l.trim_start().starts_with("cryptotl=")), "{deps}");
-    // And its source never spells the client's key types.
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/crates/server/src")).unwrap() {
-        let src = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for name in ["ClientKey", "LweSecretKey", "GlweSecretKey"] {
-            assert!(!src.contains(name), "server source mentions {name}");
+    // And its source (every file, in every folder) never spells the client's key types.
+    let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/crates/server/src"))];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            files += 1;
+            for name in ["ClientKey", "LweSecretKey", "GlweSecretKey"] {
+                assert!(!src.contains(name), "{} mentions {name}", path.display());
+            }
         }
     }
+    assert!(files >= 15, "read {files} server source files");
 }
 
 /// Real inputs: the fixture's texts, featurized and scaled as the client would, through a compiled lower network.

@@ -1,0 +1,64 @@
+//! The linear stage: every neuron's accumulator as a small-key LWE ciphertext, from the raw words of the input
+//! ciphertexts and the program's integer weights (no keyswitch, no bootstrap).
+
+use rayon::prelude::*;
+
+use super::Evaluator;
+use crate::error::Result;
+use crate::program::IntegerProgram;
+use crate::wire::EncryptedInput;
+
+/// Neurons per block of the linear stage (each block's accumulators stay in L2).
+pub const BLOCK: usize = 8;
+
+/// The program's weights transposed per block of [`BLOCK`] neurons: `w[b][i * BLOCK + r]` = weight of neuron
+/// `b * BLOCK + r` on input i (as wrapping u64), so the loop reads each input ciphertext once per block.
+pub fn block_weights(program: &IntegerProgram) -> Vec<Vec<u64>> {
+    let d = program.input_dim;
+    (0..program.neurons.div_ceil(BLOCK))
+        .map(|b| {
+            let mut w = vec![0u64; d * BLOCK];
+            for r in 0..BLOCK.min(program.neurons - b * BLOCK) {
+                for (i, &v) in program.row(b * BLOCK + r).iter().enumerate() {
+                    w[i * BLOCK + r] = v as i64 as u64;
+                }
+            }
+            w
+        })
+        .collect()
+}
+
+impl Evaluator {
+    /// The linear stage alone: one small-key LWE ciphertext per neuron (`neurons x (n + 1)` words), holding
+    /// `acc_j * 2^(63 - B)` plus noise. Public for noise tests and benchmarks.
+    pub fn linear(&self, input: &EncryptedInput) -> Result<Vec<u64>> {
+        input.check(self.params, self.key_id, self.program.input_dim)?;
+        let x = input.features.clone().par_decompress_into_lwe_ciphertext_list().into_container();
+        let size = self.params.lwe_dimension() + 1;
+        let d = self.program.input_dim;
+        let delta_in = 1u64 << (63 - self.program.accumulator_bits);
+        let mut out = vec![0u64; self.program.neurons * size];
+        out.par_chunks_mut(BLOCK * size).enumerate().for_each(|(b, chunk)| {
+            let rows = chunk.len() / size;
+            let w = &self.block_weights[b];
+            for i in 0..d {
+                let xi = &x[i * size..(i + 1) * size];
+                for r in 0..rows {
+                    let wi = w[i * BLOCK + r];
+                    if wi == 0 {
+                        continue;
+                    }
+                    for (o, &c) in chunk[r * size..(r + 1) * size].iter_mut().zip(xi) {
+                        *o = o.wrapping_add(c.wrapping_mul(wi));
+                    }
+                }
+            }
+            for r in 0..rows {
+                let bias = (self.program.biases[b * BLOCK + r] as u64).wrapping_mul(delta_in);
+                let body = &mut chunk[(r + 1) * size - 1];
+                *body = body.wrapping_add(bias);
+            }
+        });
+        Ok(out)
+    }
+}
