@@ -191,11 +191,6 @@ impl<B: Backend> Bert<B> {
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &BertConfig {
-        &self.config
-    }
-
     /// Mean-pooled, L2-normalised sentence embeddings of a padded batch: `ids` and `mask` are `batch` rows of
     /// `len` tokens (mask 1 for real tokens, 0 for padding; token type 0 everywhere). Returns [batch, hidden].
     pub fn embed(&self, ids: &[u32], mask: &[u32], batch: usize, len: usize) -> Result<Tensor<B, 2>> {

@@ -171,11 +171,6 @@ impl ParameterSet {
         tuniform_std(self.tfhe().lwe_noise_distribution)
     }
 
-    /// Standard deviation (torus fraction) of the bootstrap key's GLWE noise.
-    pub fn glwe_noise_std(self) -> f64 {
-        tuniform_std(self.tfhe().glwe_noise_distribution)
-    }
-
     /// The security level tfhe-rs states for this set: every set offered here is one of its vetted 128-bit sets
     /// (the `…2M128` suffix: 128-bit security, failure probability below 2^-128 for its own message space).
     pub fn security_bits(self) -> u32 {
