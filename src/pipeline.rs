@@ -524,24 +524,25 @@ pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeli
 /// way. With sentences the server learns how many sentences (at most `head.max_sentences`) each text has, from
 /// the number of ciphertexts; nothing else.
 #[derive(Debug, Clone)]
-pub struct TransferInput {
-    /// The rows the network is applied to (a sentence carries its text's label).
-    pub rows: FeatureSplit,
+pub struct TransferInput<'a> {
+    /// The rows the network is applied to: the client's own features, or its sentences' (a sentence carries its
+    /// text's label).
+    pub rows: std::borrow::Cow<'a, FeatureSplit>,
+    /// The client's own features, one row per text (whose labels the pooled outputs carry).
+    own: &'a FeatureSplit,
     /// Per part (train, validation, test): where each text's rows start, and the end. None: one row per text.
     starts: Option<[Vec<usize>; 3]>,
-    /// Per part, each text's label.
-    labels: [Vec<u8>; 3],
 }
 
-impl TransferInput {
+impl<'a> TransferInput<'a> {
     /// The client's features as they are: one row per text (`transfer_unit = "text"`).
-    pub fn texts(own: &FeatureSplit) -> Self {
-        Self { rows: own.clone(), starts: None, labels: [own.train_y.clone(), own.validation_y.clone(), own.test_y.clone()] }
+    pub fn texts(own: &'a FeatureSplit) -> Self {
+        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None }
     }
 
     /// As `head.transfer_unit` says: [`Self::texts`], or each text of `target` split into sentences
     /// ([`crate::features::sentences`]) featurized by the client's `pipeline` (the one `own` came from).
-    pub fn new(cfg: &RunConfig, pipeline: &FeaturePipeline, target: &Split, own: &FeatureSplit) -> Result<Self> {
+    pub fn new(cfg: &RunConfig, pipeline: &FeaturePipeline, target: &Split, own: &'a FeatureSplit) -> Result<Self> {
         if cfg.head.transfer_unit == crate::config::TransferUnit::Text {
             return Ok(Self::texts(own));
         }
@@ -555,11 +556,8 @@ impl TransferInput {
         let (test, test_y, s2) = part(&target.test)?;
         let units = train.nrows() + validation.nrows() + test.nrows();
         tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
-        Ok(Self {
-            rows: FeatureSplit { train, train_y, validation, validation_y, test, test_y },
-            starts: Some([s0, s1, s2]),
-            labels: [target.train.labels.clone(), target.validation.labels.clone(), target.test.labels.clone()],
-        })
+        let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y };
+        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]) })
     }
 
     /// Rows the server evaluates.
@@ -571,14 +569,13 @@ impl TransferInput {
     /// sentences (or `y` itself for one row per text).
     pub fn pool(&self, y: FeatureSplit) -> FeatureSplit {
         let Some([s0, s1, s2]) = &self.starts else { return y };
-        let [l0, l1, l2] = &self.labels;
         FeatureSplit {
             train: mean_rows(&y.train, s0),
-            train_y: l0.clone(),
+            train_y: self.own.train_y.clone(),
             validation: mean_rows(&y.validation, s1),
-            validation_y: l1.clone(),
+            validation_y: self.own.validation_y.clone(),
             test: mean_rows(&y.test, s2),
-            test_y: l2.clone(),
+            test_y: self.own.test_y.clone(),
         }
     }
 }
@@ -630,7 +627,7 @@ pub struct EncryptedTransfer {
 /// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
 pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &TransferInput) -> Result<EncryptedTransfer> {
     let program = compile_program(cfg, lower)?;
-    let client = &input.rows;
+    let client = input.rows.as_ref();
     let float = input.pool(client.map(|x| lower_forward(&lower.net, x))?);
     let overflow = std::cell::Cell::new(0usize);
     let quantized = input.pool(client.map(|x| {

@@ -38,13 +38,12 @@ pub fn features_key(cfg: &RunConfig) -> String {
             m.remove("server");
         }
     }
-    let material = serde_json::json!({
+    let mut material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "target": cfg.target, "split": cfg.split,
         "lower": cfg.lower, "pretrain": cfg.pretrain, "he": he, "server_privacy": cfg.server_privacy,
         "inputs": cfg.head.inputs,
     });
-    let mut material = material;
     if cfg.head.transfer_unit != crate::config::TransferUnit::Text {
         // Only when set, so the keys of earlier runs (one unit per text) stay valid.
         material["transfer_unit"] = serde_json::json!({ "unit": cfg.head.transfer_unit, "max_sentences": cfg.head.max_sentences });

@@ -10,10 +10,7 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    pub fn none() -> Self {
-        Self { at: None, passed: AtomicBool::new(false) }
-    }
-
+    /// A deadline `limit` from now (None: never).
     pub fn after(limit: Option<Duration>) -> Self {
         Self { at: limit.map(|l| Instant::now() + l), passed: AtomicBool::new(false) }
     }

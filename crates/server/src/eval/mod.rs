@@ -153,7 +153,7 @@ impl Evaluator {
     /// with less arithmetic), then one external product. As tfhe-rs's `multi_bit_deterministic_blind_rotate_assign`, but on one thread and for
     /// [`MULTI_BIT_BATCH`] neurons at once: each group's GGSWs are read once per batch and stay in cache.
     pub fn activations(&self, accumulators: &[u64]) -> Vec<u64> {
-        self.activations_within(accumulators, &Deadline::none())
+        self.activations_within(accumulators, &Deadline::after(None))
     }
 
     /// [`Self::activations`], stopping early (with outputs left unfinished) once `deadline` has passed; the
