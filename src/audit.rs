@@ -42,19 +42,12 @@ use crate::pipeline::FeatureSplit;
 /// The one non-zero feature of a canary: large enough that its gradient is clipped to the full norm until the
 /// head has fitted it.
 pub const CANARY_VALUE: f32 = 10.0;
-/// Canaries when not configured.
-pub const DEFAULT_CANARIES: usize = 1000;
-/// The canary counts an audit accepts (`[audit] canaries` and `cryptotl audit --canaries`).
-pub const CANARIES: std::ops::RangeInclusive<usize> = 2..=1_000_000;
+/// Canaries when not configured, the counts an audit accepts, and the message for any other count (`[audit]`).
+pub use crate::config::{CANARIES, DEFAULT_CANARIES, canaries_out_of_range};
 /// Confidence of the reported lower bound: ε is rejected when its p-value is below `1 − 0.95`.
 pub const CONFIDENCE: f64 = 0.95;
 /// Seed stream of the canaries' labels and inclusion (xored with the audit's seed).
 const CANARY_STREAM: u64 = 0xca_4a41;
-
-/// The error message for a canary count outside [`CANARIES`].
-pub fn canaries_out_of_range(m: usize) -> String {
-    format!("must be in {}..={}, got {m}", CANARIES.start(), CANARIES.end())
-}
 
 /// P[at least `v` of `r` guesses correct] for an (ε, δ)-DP algorithm, among `m` canaries each included with
 /// probability 1/2 (Steinke, Nasr and Jagielski 2023, Theorem 3.1 and Appendix D).

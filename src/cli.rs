@@ -223,8 +223,8 @@ struct SweepArgs {
     /// Server ε values, comma-separated (`inf` = mechanism off). Default: the config's server privacy as it is.
     #[arg(long)]
     server_epsilons: Option<String>,
-    /// Which server mechanism `--server-epsilons` sets.
-    #[arg(long, value_enum, default_value = "weight-noise")]
+    /// Which server mechanism `--server-epsilons` sets: weight-noise or dp-pretraining.
+    #[arg(long, default_value = "weight-noise")]
     server_mechanism: crate::sweep::ServerMechanism,
     /// Skip the client-alone line (the same heads on the raw features, no transfer).
     #[arg(long)]
@@ -255,8 +255,8 @@ struct BudgetArgs {
     /// δ in (0, 1).
     #[arg(long, allow_negative_numbers = true)]
     delta: f64,
-    /// Accountant.
-    #[arg(long, value_enum, default_value = "tightest")]
+    /// Accountant: zcdp, rdp, pld or tightest.
+    #[arg(long, default_value = "tightest")]
     accountant: AccountantKind,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -634,8 +634,7 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     if let Some(kind) = a.featurizer
         && kind != cfg.features.kind
     {
-        cfg.features = crate::config::FeaturesConfig { kind, dim: None, ..cfg.features.clone() };
-        cfg.validate("--featurizer")?;
+        cfg = cfg.edited("--featurizer", |c| c.features = crate::config::FeaturesConfig { kind, dim: None, ..c.features.clone() })?;
     }
     let texts: Vec<String> = std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?;
     let rows = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {

@@ -60,7 +60,7 @@ impl Epsilon {
 }
 
 /// Which server mechanism `--server-epsilons` sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerMechanism {
     /// `[server_privacy.weight_noise]` with `target_epsilon` (needs the declared `l2_sensitivity` in the config).
@@ -69,7 +69,20 @@ pub enum ServerMechanism {
     DpPretraining,
 }
 
+impl std::str::FromStr for ServerMechanism {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            let allowed: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown server mechanism {s:?}; allowed: {}", allowed.join(", "))
+        })
+    }
+}
+
 impl ServerMechanism {
+    /// Both mechanisms, in the order messages list them.
+    pub const ALL: [ServerMechanism; 2] = [Self::WeightNoise, Self::DpPretraining];
+
     /// The CLI spelling.
     pub fn name(self) -> &'static str {
         match self {
@@ -133,27 +146,28 @@ pub struct Sweep {
 }
 
 fn with_server_epsilon(cfg: &RunConfig, mechanism: ServerMechanism, eps: Epsilon) -> Result<RunConfig> {
-    let mut c = cfg.clone();
-    let sp = &mut c.server_privacy;
-    match (mechanism, eps) {
-        (ServerMechanism::WeightNoise, Epsilon::Infinite) => sp.weight_noise = None,
-        (ServerMechanism::WeightNoise, Epsilon::Finite(e)) => {
-            let Some(w) = sp.weight_noise.as_mut() else {
-                return Err(Error::Privacy(
-                    "--server-epsilons with the weight-noise mechanism needs [server_privacy.weight_noise] with the declared \
-                     l2_sensitivity in the config (the noise for an ε depends on it)"
-                        .into(),
-                ));
-            };
-            (w.enabled, w.noise_std, w.target_epsilon) = (true, None, Some(e));
-        }
-        (ServerMechanism::DpPretraining, Epsilon::Infinite) => sp.dp_pretraining = None,
-        (ServerMechanism::DpPretraining, Epsilon::Finite(e)) => {
-            sp.dp_pretraining = Some(targeting(sp.dp_pretraining.clone(), e));
-        }
+    if mechanism == ServerMechanism::WeightNoise && eps != Epsilon::Infinite && cfg.server_privacy.weight_noise.is_none() {
+        return Err(Error::Privacy(
+            "--server-epsilons with the weight-noise mechanism needs [server_privacy.weight_noise] with the declared \
+             l2_sensitivity in the config (the noise for an ε depends on it)"
+                .into(),
+        ));
     }
-    c.validate("sweep setting")?;
-    Ok(c)
+    cfg.edited("sweep setting", |c| {
+        let sp = &mut c.server_privacy;
+        match (mechanism, eps) {
+            (ServerMechanism::WeightNoise, Epsilon::Infinite) => sp.weight_noise = None,
+            (ServerMechanism::WeightNoise, Epsilon::Finite(e)) => {
+                if let Some(w) = sp.weight_noise.as_mut() {
+                    (w.enabled, w.noise_std, w.target_epsilon) = (true, None, Some(e));
+                }
+            }
+            (ServerMechanism::DpPretraining, Epsilon::Infinite) => sp.dp_pretraining = None,
+            (ServerMechanism::DpPretraining, Epsilon::Finite(e)) => {
+                sp.dp_pretraining = Some(targeting(sp.dp_pretraining.clone(), e));
+            }
+        }
+    })
 }
 
 /// A DP-SGD table (the config's, or the defaults) switched on with σ calibrated to spend exactly `e`.

@@ -20,14 +20,11 @@ use super::bert::{Bert, BertConfig};
 use crate::error::{Error, Result};
 use crate::model::Cpu;
 
-/// Width of a MiniLM embedding.
-pub const MINILM_DIM: usize = 384;
+pub use crate::config::{DEFAULT_MODEL_DIR, MINILM_DIM};
 /// sha256 of the pinned `model.safetensors` (upstream revision 1110a243).
 pub const MINILM_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 /// Longest input in tokens ([CLS] and [SEP] included), as sentence-transformers' `max_seq_length`.
 pub const MAX_TOKENS: usize = 256;
-/// The default model folder (what `datasets/fetch_model.py` writes).
-pub const DEFAULT_MODEL_DIR: &str = "datasets/models/all-MiniLM-L6-v2";
 
 /// The `minilm` featurizer: where the model and the embedding cache live (the model itself is loaded once per
 /// process and shared).

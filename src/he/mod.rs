@@ -29,8 +29,8 @@ pub use transport::{Http, InProcess, Transport};
 use crate::error::{Error, Result};
 
 /// Samples per evaluation request (at most the server's `max_batch`): enough for the server to spread the batch
-/// over its cores, small enough that a retried request repeats little.
-pub const DEFAULT_BATCH: usize = 16;
+/// over its cores, small enough that a retried request repeats little. The config's default (`[he] batch`).
+pub use crate::config::DEFAULT_HE_BATCH as DEFAULT_BATCH;
 
 /// The client's side of the protocol for one run: its key, the server it talks to (through a [`Transport`]), the
 /// model's interface, the id of its uploaded evaluation key.

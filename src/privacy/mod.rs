@@ -83,37 +83,10 @@ pub trait Accountant {
     fn epsilon(&self, m: &SubsampledGaussian, steps: usize, delta: f64) -> Result<f64>;
 }
 
-/// The accountants by name (config and CLI); displayed as [`AccountantKind::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum AccountantKind {
-    /// OpenDP zCDP composition (exact for q = 1 only).
-    Zcdp,
-    /// Rényi DP (Opacus-compatible).
-    Rdp,
-    /// Privacy-loss distribution (tight).
-    Pld,
-    /// The smallest valid answer: exact at q = 1, else min(PLD, RDP) (the default).
-    Tightest,
-}
-
-impl std::fmt::Display for AccountantKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The accountants by name (`[privacy] accountant`, `--accountant`): a config type, given its mechanisms here.
+pub use crate::config::AccountantKind;
 
 impl AccountantKind {
-    /// The name configs, the CLI and reports use: `zcdp`, `rdp`, `pld`, `tightest`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Zcdp => "zcdp",
-            Self::Rdp => "rdp",
-            Self::Pld => "pld",
-            Self::Tightest => "tightest",
-        }
-    }
-
     /// The accountant with default settings.
     pub fn accountant(self) -> Box<dyn Accountant> {
         match self {

@@ -24,6 +24,75 @@ use crate::params::ParameterSet;
 /// (~2^49 of 2^64): 63 - 9 = 54 bits of headroom, 5 above the noise.
 pub const MAX_OUTPUT_PLUS_POOL_BITS: u32 = 9;
 
+/// The bit widths of a program and its pooling window: what a parameter set must accommodate. One check serves
+/// the compiled program ([`IntegerProgram::validate`]) and a client's configuration before anything is compiled.
+///
+/// ```
+/// use cryptotl_server::{ParameterSet, program::BitWidths};
+/// let w = BitWidths { input_bits: 4, accumulator_bits: 12, lookup_bits: 4, output_bits: 7, pool: 1 };
+/// assert!(w.check(ParameterSet::default()).is_ok());
+/// let err = BitWidths { lookup_bits: 12, ..w }.check(ParameterSet::default()).unwrap_err();
+/// assert_eq!(err.field, "lookup_bits");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitWidths {
+    /// Bits per input level.
+    pub input_bits: u32,
+    /// Accumulator bits B.
+    pub accumulator_bits: u32,
+    /// Lookup-table index bits p.
+    pub lookup_bits: u32,
+    /// Bits of the output levels.
+    pub output_bits: u32,
+    /// Sum-pool window (stride 1); 1 = none. Its bits add to the output's.
+    pub pool: usize,
+}
+
+/// Which width [`BitWidths::check`] refused (the field's name) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitWidthError {
+    /// `input_bits`, `accumulator_bits`, `lookup_bits` or `output_bits`.
+    pub field: &'static str,
+    /// What the allowed range is and what was given.
+    pub message: String,
+}
+
+impl std::fmt::Display for BitWidthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
+    }
+}
+
+impl BitWidths {
+    /// Every width in the range the parameter set and the output noise allow.
+    pub fn check(&self, params: ParameterSet) -> std::result::Result<(), BitWidthError> {
+        let fail = |field, message| Err(BitWidthError { field, message });
+        let (b, p) = (self.accumulator_bits, self.lookup_bits);
+        if !(1..=16).contains(&self.input_bits) {
+            return fail("input_bits", format!("must be in 1..=16, got {}", self.input_bits));
+        }
+        if p == 0 || p > params.max_lookup_bits() {
+            return fail("lookup_bits", format!("must be in 1..={} for {}, got {p}", params.max_lookup_bits(), params.name()));
+        }
+        if b <= p || b > 40 {
+            return fail("accumulator_bits", format!("must be in {}..=40 (above lookup_bits), got {b}", p + 1));
+        }
+        let pool_bits = pool_bits(self.pool);
+        let max_out = MAX_OUTPUT_PLUS_POOL_BITS.saturating_sub(pool_bits);
+        if self.output_bits == 0 || self.output_bits > max_out {
+            return fail("output_bits", format!(
+                "must be in 1..={max_out} with a pool of {} (output_bits + ceil(log2 pool) <= {MAX_OUTPUT_PLUS_POOL_BITS}: the bootstrap's output noise), got {}",
+                self.pool, self.output_bits));
+        }
+        Ok(())
+    }
+}
+
+/// ceil(log2(pool)): the bits a sum over `pool` outputs may add.
+fn pool_bits(pool: usize) -> u32 {
+    (pool.max(1) as u64).next_power_of_two().trailing_zeros()
+}
+
 /// What the client needs to know about a program to encode inputs and decode outputs (no weights, no tables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProgramInterface {
@@ -111,7 +180,18 @@ impl IntegerProgram {
 
     /// Bits the pooled sum may add: ceil(log2(pool)).
     pub fn pool_bits(&self) -> u32 {
-        (self.pool.max(1) as u64).next_power_of_two().trailing_zeros()
+        pool_bits(self.pool)
+    }
+
+    /// The program's bit widths and pooling window.
+    pub fn bit_widths(&self) -> BitWidths {
+        BitWidths {
+            input_bits: self.input_bits,
+            accumulator_bits: self.accumulator_bits,
+            lookup_bits: self.lookup_bits,
+            output_bits: self.output_bits,
+            pool: self.pool,
+        }
     }
 
     /// log2 of the output encoding scale.
@@ -134,28 +214,14 @@ impl IntegerProgram {
     /// Check the program is consistent and can be evaluated under `params`.
     pub fn validate(&self, params: ParameterSet) -> Result<()> {
         let fail = |m: String| Err(HeError::Program(m));
-        let (b, p) = (self.accumulator_bits, self.lookup_bits);
+        let p = self.lookup_bits;
         if self.input_dim == 0 || self.neurons == 0 {
             return fail("empty program (no inputs or no neurons)".into());
-        }
-        if !(1..=16).contains(&self.input_bits) {
-            return fail(format!("input_bits = {} is outside 1..=16", self.input_bits));
-        }
-        if p == 0 || p > params.max_lookup_bits() {
-            return fail(format!("lookup_bits = {p} is outside 1..={} for {}", params.max_lookup_bits(), params.name()));
-        }
-        if b <= p || b > 40 {
-            return fail(format!("accumulator_bits = {b} must be in {}..=40 (above lookup_bits = {p})", p + 1));
         }
         if self.pool == 0 || self.pool > self.neurons {
             return fail(format!("pool = {} must be in 1..={}", self.pool, self.neurons));
         }
-        if self.output_bits == 0 || self.output_bits + self.pool_bits() > MAX_OUTPUT_PLUS_POOL_BITS {
-            return fail(format!(
-                "output_bits + ceil(log2 pool) = {} + {} must be in 1..={MAX_OUTPUT_PLUS_POOL_BITS} (the bootstrap's output noise)",
-                self.output_bits, self.pool_bits()
-            ));
-        }
+        self.bit_widths().check(params).map_err(|e| HeError::Program(e.to_string()))?;
         if self.weights.len() != self.neurons * self.input_dim || self.biases.len() != self.neurons || self.tables.len() != self.neurons {
             return fail("weights, biases and tables do not match neurons x input_dim".into());
         }

@@ -1,0 +1,253 @@
+//! `[privacy]` (the client's DP-SGD head) and `[server_privacy]` (what the server does for its source data).
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+use crate::error::Result;
+
+/// The server's protection of its source data: `[server_privacy.weight_noise]` and/or
+/// `[server_privacy.dp_pretraining]`. Accounted by [`crate::privacy::server`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerPrivacyConfig {
+    /// Gaussian noise on the frozen lower network's weights and biases after pretraining, before quantization.
+    pub weight_noise: Option<WeightNoiseConfig>,
+    /// DP-SGD pretraining of the lower network on the source data: the same engine, schedule planner and
+    /// accountants as the client's `[privacy]`, run on `[pretrain]`'s schedule.
+    pub dp_pretraining: Option<PrivacyConfig>,
+}
+
+/// The Gaussian mechanism on the flattened weight vector of the lower network. Give `noise_std`, or
+/// `target_epsilon` (the std is calibrated with OpenDP so that the release spends at most that at `delta`).
+///
+/// The guarantee holds **only if** `l2_sensitivity` truly bounds how far the weight vector (all weights and biases of
+/// the lower network, flattened) can move when one source example is added or removed. Ordinary training gives no
+/// such bound; DP pretraining (clipped gradients) or an analysis of the training procedure must supply it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightNoiseConfig {
+    /// Switch the noise on or off without deleting the table.
+    #[serde(default = "super::default_true")]
+    pub enabled: bool,
+    /// Declared L2 sensitivity Δ of the flattened weight vector to adding or removing one source example.
+    pub l2_sensitivity: f64,
+    /// Noise std per weight (exclusive with `target_epsilon`).
+    #[serde(default)]
+    pub noise_std: Option<f64>,
+    /// ε the release may spend at `delta`; the smallest std reaching it is used (exclusive with `noise_std`).
+    #[serde(default)]
+    pub target_epsilon: Option<f64>,
+    /// δ. Default 0.1/N for N source training examples, stated in the report.
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// Fixed seed for the noise. FOR TESTS ONLY: whoever knows the seed can remove the noise.
+    #[serde(default)]
+    pub insecure_seed: Option<u64>,
+}
+
+/// DP-SGD for the client head: Poisson sampling, per-example clipping, Gaussian noise, accounted by
+/// `crate::privacy`. Give `noise_multiplier` (σ), or `target_epsilon` (σ is calibrated so that the whole schedule
+/// spends at most that), or both (the run refuses to start if the schedule would spend more than the target).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Switch DP-SGD on or off without deleting the table.
+    pub enabled: bool,
+    /// Per-example gradient clipping norm C (over all parameters of the head).
+    pub max_grad_norm: f64,
+    /// Noise multiplier σ: noise std = σ·C.
+    pub noise_multiplier: Option<f64>,
+    /// ε the whole schedule may spend (at `delta`).
+    pub target_epsilon: Option<f64>,
+    /// Hard budget: training stops at the last step whose ε stays within it (a privacy filter).
+    pub max_epsilon: Option<f64>,
+    /// δ. Default 0.1/N for N training examples (below 1/N), stated in the report.
+    pub delta: Option<f64>,
+    /// How the steps are taken: `full_batch` (the default for the client's head: every step sees every example,
+    /// q = 1, for `steps` steps at `learning_rate`; the privacy loss then has an exact closed form) or `minibatch`
+    /// (Poisson batches of `sampling_rate`, `epochs` of the training schedule; the default for DP pretraining).
+    pub recipe: Option<DpRecipe>,
+    /// `full_batch`: gradient steps (default 100).
+    pub steps: Option<usize>,
+    /// `full_batch`: Adam's learning rate (default 0.05; not tuned per run, so it spends no privacy).
+    pub learning_rate: Option<f64>,
+    /// `minibatch`: Poisson sampling rate q. Default `batch_size / N` of the training schedule.
+    pub sampling_rate: Option<f64>,
+    /// Accountant of record: `tightest` (default: exact at q = 1, else the smaller of the `pld` and `rdp` bounds),
+    /// `pld`, `rdp`, `zcdp` (q = 1 only). The report shows all that apply.
+    pub accountant: AccountantKind,
+    /// Fixed seed for sampling and noise. FOR TESTS ONLY: whoever knows the seed can remove the noise.
+    pub insecure_seed: Option<u64>,
+}
+
+/// Every key at its default: on, clipping norm 1, no noise given (so it does not validate until `noise_multiplier`
+/// or `target_epsilon` is set), the tightest accountant.
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_grad_norm: 1.0,
+            noise_multiplier: None,
+            target_epsilon: None,
+            max_epsilon: None,
+            delta: None,
+            recipe: None,
+            steps: None,
+            learning_rate: None,
+            sampling_rate: None,
+            accountant: AccountantKind::default(),
+            insecure_seed: None,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// DP-SGD with every default and σ calibrated to spend `target_epsilon` (what sweeps use when the config has no
+    /// table of its own).
+    pub fn with_target_epsilon(target_epsilon: f64) -> Self {
+        Self { target_epsilon: Some(target_epsilon), ..Self::default() }
+    }
+}
+
+/// The accountants by name (config and CLI); displayed as [`AccountantKind::name`]. Each one's mechanism lives in
+/// [`crate::privacy`] (`AccountantKind::accountant`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountantKind {
+    /// OpenDP zCDP composition (exact for q = 1 only).
+    Zcdp,
+    /// Rényi DP (Opacus-compatible).
+    Rdp,
+    /// Privacy-loss distribution (tight).
+    Pld,
+    /// The smallest valid answer: exact at q = 1, else min(PLD, RDP) (the default).
+    #[default]
+    Tightest,
+}
+
+impl AccountantKind {
+    /// Every accountant, in the order messages list them.
+    pub const ALL: [AccountantKind; 4] = [Self::Zcdp, Self::Rdp, Self::Pld, Self::Tightest];
+
+    /// The name configs, the CLI and reports use: `zcdp`, `rdp`, `pld`, `tightest`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zcdp => "zcdp",
+            Self::Rdp => "rdp",
+            Self::Pld => "pld",
+            Self::Tightest => "tightest",
+        }
+    }
+}
+
+impl std::fmt::Display for AccountantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// ```
+/// use cryptotl::config::AccountantKind;
+/// assert_eq!("pld".parse::<AccountantKind>(), Ok(AccountantKind::Pld));
+/// assert!("moments".parse::<AccountantKind>().unwrap_err().contains("tightest"));
+/// ```
+impl std::str::FromStr for AccountantKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let allowed: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown accountant {s:?}; allowed: {}", allowed.join(", "))
+        })
+    }
+}
+
+/// How DP-SGD takes its steps (`[privacy] recipe`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DpRecipe {
+    /// Full-batch DP gradient descent: q = 1, `steps` steps, Adam at `learning_rate`.
+    FullBatch,
+    /// DP-SGD on Poisson batches of rate `sampling_rate` for the schedule's epochs and learning rate.
+    Minibatch,
+}
+
+/// Full-batch steps when `[privacy] steps` is not given. Chosen on the server's side of the quickstart, not per run.
+pub const DEFAULT_DP_STEPS: usize = 100;
+/// Full-batch learning rate when `[privacy] learning_rate` is not given.
+pub const DEFAULT_DP_LEARNING_RATE: f64 = 0.05;
+
+impl WeightNoiseConfig {
+    /// Positive sensitivity, std and ε; δ in (0, 1); exactly one of `noise_std` and `target_epsilon`.
+    pub(super) fn check(&self, at: Invalid) -> Result<()> {
+        let (w, err) = (self, |k: &str, m: String| at.key(k, m));
+        let table = "server_privacy.weight_noise";
+        let positive = |key: &str, v: Option<f64>| -> Result<()> {
+            match v {
+                Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
+                _ => Ok(()),
+            }
+        };
+        positive("l2_sensitivity", Some(w.l2_sensitivity))?;
+        positive("noise_std", w.noise_std)?;
+        positive("target_epsilon", w.target_epsilon)?;
+        if let Some(d) = w.delta
+            && !(d.is_finite() && d > 0.0 && d < 1.0)
+        {
+            return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
+        }
+        match (w.noise_std, w.target_epsilon) {
+            (Some(_), Some(_)) => Err(err(table, "give either `noise_std` or `target_epsilon`, not both (the std follows from the target)".into())),
+            (None, None) if w.enabled => Err(err(table, "give `noise_std` or `target_epsilon` (with `delta`)".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// The DP-SGD table at `table` (`privacy` or `server_privacy.dp_pretraining`): positive numbers, a recipe whose
+    /// keys belong to it, noise or a target given, an accountant that covers the sampling.
+    pub(super) fn check(&self, table: &str, at: Invalid) -> Result<()> {
+        let (p, err) = (self, |k: &str, m: String| at.key(k, m));
+        let positive = |key: &str, v: Option<f64>| -> Result<()> {
+            match v {
+                Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
+                _ => Ok(()),
+            }
+        };
+        positive("max_grad_norm", Some(p.max_grad_norm))?;
+        positive("noise_multiplier", p.noise_multiplier)?;
+        positive("target_epsilon", p.target_epsilon)?;
+        positive("max_epsilon", p.max_epsilon)?;
+        if let Some(d) = p.delta
+            && !(d.is_finite() && d > 0.0 && d < 1.0)
+        {
+            return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
+        }
+        positive("learning_rate", p.learning_rate)?;
+        if p.steps.is_some_and(|t| t == 0 || t > 1_000_000) {
+            return Err(err(&format!("{table}.steps"), format!("must be in 1..=1000000, got {:?}", p.steps)));
+        }
+        let full_batch_keys = p.steps.is_some() || p.learning_rate.is_some();
+        match p.recipe {
+            Some(DpRecipe::Minibatch) if full_batch_keys => {
+                return Err(err(&format!("{table}.recipe"), "`steps` and `learning_rate` belong to recipe = \"full_batch\"; the minibatch recipe takes the training schedule's epochs and learning rate".into()));
+            }
+            Some(DpRecipe::FullBatch) if p.sampling_rate.is_some() => {
+                return Err(err(&format!("{table}.sampling_rate"), "recipe = \"full_batch\" samples every example (q = 1); drop sampling_rate, or set recipe = \"minibatch\"".into()));
+            }
+            _ => {}
+        }
+        if let Some(q) = p.sampling_rate
+            && !(q.is_finite() && q > 0.0 && q <= 1.0)
+        {
+            return Err(err(&format!("{table}.sampling_rate"), format!("must be in (0, 1], got {q}")));
+        }
+        if p.enabled && p.noise_multiplier.is_none() && p.target_epsilon.is_none() {
+            return Err(err(table, "give `noise_multiplier` or `target_epsilon` (or both)".into()));
+        }
+        if p.accountant == AccountantKind::Zcdp && p.sampling_rate.is_some_and(|q| q < 1.0) {
+            return Err(err(&format!("{table}.accountant"), "zcdp accounts only full-batch training (sampling_rate = 1); use pld or rdp".into()));
+        }
+        Ok(())
+    }
+}
