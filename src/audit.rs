@@ -46,8 +46,6 @@ pub const CANARY_VALUE: f32 = 10.0;
 pub use crate::config::{CANARIES, DEFAULT_CANARIES, canaries_out_of_range};
 /// Confidence of the reported lower bound: ε is rejected when its p-value is below `1 − 0.95`.
 pub const CONFIDENCE: f64 = 0.95;
-/// Seed stream of the canaries' labels and inclusion (xored with the audit's seed).
-const CANARY_STREAM: u64 = 0xca_4a41;
 
 /// P[at least `v` of `r` guesses correct] for an (ε, δ)-DP algorithm, among `m` canaries each included with
 /// probability 1/2 (Steinke, Nasr and Jagielski 2023, Theorem 3.1 and Appendix D).
@@ -155,7 +153,7 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
         return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
     }
     let (n, d) = fs.train.dim();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ CANARY_STREAM);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::AUDIT_CANARIES));
     let labels: Vec<u8> = (0..m).map(|_| u8::from(rng.random::<bool>())).collect();
     let included: Vec<bool> = (0..m).map(|_| rng.random::<bool>()).collect();
     let members: Vec<usize> = (0..m).filter(|&c| included[c]).collect();

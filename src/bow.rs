@@ -80,8 +80,6 @@ impl BagOfWords {
 /// The inverse L2 strength of the bag-of-words score that `head.inputs = "transfer+bow"` adds (fixed, not chosen
 /// per run: chosen once on the IMDB validation split, where 10 and 100 were within a point).
 pub const STACKED_C: f64 = 10.0;
-/// Seed stream of the out-of-fold score's folds (xored with the run's seed).
-pub const FOLD_STREAM: u64 = 0xb0f_f01d;
 /// Fewer training examples than this, and the score is left out (a zero column): a bag-of-words model of a few
 /// dozen texts is mostly noise, and a head that weighs it can do worse than chance on a bad draw. Chosen on the IMDB
 /// validation split (the stacked head against the transfer head alone: -1.6 points at 16 examples, -0.4 at 32,

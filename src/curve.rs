@@ -30,8 +30,6 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{BagOfWords, FeatureSplit};
 
-/// Seed stream of the curves' subsets (mixed with the run's seed, the size and the draw).
-const SUBSET_STREAM: u64 = 0xc0_12fe;
 
 /// Subset sizes 16, 32, 64, ... doubling below `n`, then `n` itself.
 pub fn default_sizes(n: usize) -> Vec<usize> {
@@ -161,7 +159,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
         .par_iter()
         .map(|&(si, d)| -> Result<Vec<(String, usize, f64)>> {
             let size = sizes[si];
-            let seed = cfg.seed ^ SUBSET_STREAM ^ ((size as u64) << 20) ^ d as u64;
+            let seed = crate::seeds::stream(cfg.seed, crate::seeds::CURVE_SUBSETS) ^ ((size as u64) << 20) ^ d as u64;
             let idx = stratified_subset(&transferred.train_y, size, seed);
             let mut out = Vec::new();
             let sub_o = subset_split(own, &idx);

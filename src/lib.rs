@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Modules, one concern each, data flowing one way:
-//! - [`config`]: the run's TOML configuration, validated before any work starts.
+//! - [`config`]: the run's TOML configuration, one file per group of tables, validated before any work starts; a
+//!   leaf every other module reads.
 //! - [`data`]: dataset loaders for every supported layout and seeded stratified splits.
 //! - [`features`]: text featurizers (hashed n-gram TF-IDF, MiniLM sentence embeddings, and the MiniLM embeddings
 //!   of the embedded datasets shipped in the binary) and the min-max scaler.
@@ -28,6 +29,10 @@
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`atomic`]: atomic file writes (temp file, fsync, rename).
 //! - [`cache`]: cache entries (a directory completed by its `meta.json` last), for the pretrained and the noised network.
+//! - [`shipped_network`]: the server's sentiment network shipped in the binary (what the quickstart runs on).
+//! - [`rundir`]: the run directory's manifest, so later commands never mix features, heads and configs.
+//! - [`seeds`]: the seed streams every seeded draw mixes in, in one place.
+//! - [`progress`]: progress bars for long work.
 //! - [`cli`]: the thin command-line layer.
 
 #![warn(missing_docs)]
@@ -51,6 +56,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod rundir;
+pub mod seeds;
 pub mod shipped_network;
 pub mod sweep;
 pub mod train;

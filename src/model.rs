@@ -112,7 +112,7 @@ pub struct LowerNet<B: Backend> {
 impl<B: Backend> LowerNet<B> {
     /// A freshly initialised lower network for inputs of width `input_dim`.
     pub fn new(cfg: &LowerNetConfig, input_dim: usize, seed: u64, device: &B::Device) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10e3);
+        let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::LOWER_INIT));
         let conv = (cfg.conv_kernel > 0).then(|| {
             let mut conv = Conv1dConfig::new(1, 1, cfg.conv_kernel)
                 .with_padding(PaddingConfig1d::Same)
@@ -206,7 +206,7 @@ impl<B: Backend> Head<B> {
     /// A freshly initialised head for inputs of width `input_dim`: for `kind = "mlp"` with a hidden layer of width
     /// `hidden`, for `kind = "linear"` one dense layer (`hidden` is ignored).
     pub fn new(cfg: &HeadConfig, input_dim: usize, hidden: usize, seed: u64, device: &B::Device) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
+        let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::HEAD_INIT));
         match cfg.kind {
             HeadKind::Mlp => {
                 let dense1 = seeded_linear(input_dim, hidden, &mut rng, device);
@@ -219,7 +219,7 @@ impl<B: Backend> Head<B> {
 
     /// A linear head (logistic regression) on `input_dim` inputs, seeded U(±1/sqrt(d)) initialisation.
     pub fn linear(input_dim: usize, seed: u64, device: &B::Device) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
+        let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::HEAD_INIT));
         Self { dense1: None, dense2: seeded_linear(input_dim, 1, &mut rng, device), pool: 1, dropout: 0.0 }
     }
 
@@ -265,7 +265,7 @@ pub struct PretrainNet<B: Backend> {
 impl<B: Backend> PretrainNet<B> {
     /// Fresh network.
     pub fn new(cfg: &LowerNetConfig, input_dim: usize, seed: u64, device: &B::Device) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0a7);
+        let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::PRETRAIN_OUTPUT_INIT));
         Self { lower: LowerNet::new(cfg, input_dim, seed, device), out: seeded_linear(cfg.output_dim(), 1, &mut rng, device) }
     }
 }

@@ -54,6 +54,9 @@ pub fn load_source(cfg: &RunConfig) -> Result<(Split, DatasetSummary)> {
     Ok((source, summary))
 }
 
+/// What a run's report records about the server's network (defined there: the report reads no pipeline type).
+pub use crate::report::{AppliedWeightNoise, NetworkOrigin, PrunedUnits, SourceTask};
+
 /// A split turned into scaled feature rows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FeatureSplit {
@@ -146,34 +149,11 @@ pub struct PretrainedLower {
     pub pruned: Option<PrunedUnits>,
 }
 
-/// Where a [`PretrainedLower`] came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NetworkOrigin {
-    /// Pretrained by this run (and saved to the cache).
-    Trained,
-    /// Loaded from the pretraining cache.
-    Cache,
-    /// Shipped inside the binary ([`crate::shipped_network`]).
-    Shipped,
-}
-
 impl PretrainedLower {
     /// Not trained by this run.
     pub fn from_cache(&self) -> bool {
         self.origin != NetworkOrigin::Trained
     }
-}
-
-/// Source test accuracy of the pretrained network on one source task (one path of `[source]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceTask {
-    /// The path of `[source]`.
-    pub source: String,
-    /// Its examples in the source test split.
-    pub test_examples: usize,
-    /// Accuracy of the pretraining network (lower network + its output layer) on them.
-    pub accuracy: f64,
 }
 
 /// What a stored pretraining (cache entry or shipped network) keeps beside the network.
@@ -202,19 +182,6 @@ impl PretrainedLower {
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
         Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
     }
-}
-
-/// The weight noise the server applied to its lower network.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppliedWeightNoise {
-    /// The resolved mechanism (std, δ, ε).
-    pub plan: crate::privacy::server::WeightNoisePlan,
-    /// Weights and biases noised (the dimension of the released vector).
-    pub parameters: usize,
-    /// Where the noise came from.
-    pub noise_source: String,
-    /// The noised network was drawn in an earlier run and reused (no new release, no new budget).
-    pub from_cache: bool,
 }
 
 /// A stable key of everything that determines the pretrained lower network.
@@ -482,15 +449,6 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
         prune_dead_units(&mut lower);
     }
     Ok(lower)
-}
-
-/// Neurons of the released network dropped by `[lower] prune_dead`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PrunedUnits {
-    /// Hidden units before pruning.
-    pub hidden: usize,
-    /// Indices (into those) of the units dropped: their pre-activation never exceeds 0 on the source training data.
-    pub dropped: Vec<usize>,
 }
 
 /// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
@@ -875,7 +833,7 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
             if !same_examples([&bow.train_y, &bow.validation_y, &bow.test_y]) {
                 return Err(Error::Features("transferred features and bag-of-words rows are of different examples".into()));
             }
-            let [tr, va, te] = bow.stacked_scores(cfg.seed ^ crate::bow::FOLD_STREAM)?;
+            let [tr, va, te] = bow.stacked_scores(crate::seeds::stream(cfg.seed, crate::seeds::BOW_FOLDS))?;
             let col = |v: Vec<f32>| Array2::from_shape_vec((v.len(), 1), v).map_err(|e| Error::Internal(format!("score column: {e}")));
             let (tr, va, te) = (col(tr)?, col(va)?, col(te)?);
             beside([tr.view(), va.view(), te.view()])
@@ -1099,7 +1057,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("baseline: head on raw features", b.trained.seconds);
         results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
         if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
-            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ 0xba5e));
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
             let b = train_head_private(cfg, &client, plan, &mut rng);
             stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
             results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));

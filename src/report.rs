@@ -3,13 +3,58 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::data::DatasetSummary;
 use crate::error::{Error, Result};
 use crate::eval::Metrics;
 use crate::train::EpochStats;
+
+/// Where the server's pretrained network came from (`pipeline::PretrainedLower`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkOrigin {
+    /// Pretrained by this run (and saved to the cache).
+    Trained,
+    /// Loaded from the pretraining cache.
+    Cache,
+    /// Shipped inside the binary ([`crate::shipped_network`]).
+    Shipped,
+}
+
+/// Source test accuracy of the pretrained network on one source task (one path of `[source]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceTask {
+    /// The path of `[source]`.
+    pub source: String,
+    /// Its examples in the source test split.
+    pub test_examples: usize,
+    /// Accuracy of the pretraining network (lower network + its output layer) on them.
+    pub accuracy: f64,
+}
+
+/// The weight noise the server applied to its lower network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedWeightNoise {
+    /// The resolved mechanism (std, δ, ε).
+    pub plan: crate::privacy::server::WeightNoisePlan,
+    /// Weights and biases noised (the dimension of the released vector).
+    pub parameters: usize,
+    /// Where the noise came from.
+    pub noise_source: String,
+    /// The noised network was drawn in an earlier run and reused (no new release, no new budget).
+    pub from_cache: bool,
+}
+
+/// Neurons of the released network dropped by `[lower] prune_dead`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrunedUnits {
+    /// Hidden units before pruning.
+    pub hidden: usize,
+    /// Indices (into those) of the units dropped: their pre-activation never exceeds 0 on the source training data.
+    pub dropped: Vec<usize>,
+}
 
 /// One trained model's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -37,21 +82,21 @@ pub struct PretrainSummary {
     /// Not trained by this run (loaded from the cache or shipped in the binary).
     pub from_cache: bool,
     /// Trained now, from the cache, or shipped in the binary.
-    pub origin: crate::pipeline::NetworkOrigin,
+    pub origin: NetworkOrigin,
     /// Cache folder.
     pub cache_dir: String,
     /// Lower net + pretraining head on the source test split.
     pub source_test: Metrics,
     /// The same per source task (per path of `[source]`).
-    pub source_tasks: Vec<crate::pipeline::SourceTask>,
+    pub source_tasks: Vec<SourceTask>,
     /// Epoch history.
     pub history: Vec<EpochStats>,
     /// DP pretraining's schedule, when on.
     pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
     /// The weight noise on the released network, when on.
-    pub weight_noise: Option<crate::pipeline::AppliedWeightNoise>,
+    pub weight_noise: Option<AppliedWeightNoise>,
     /// Dead units dropped before compiling (`[lower] prune_dead`), when any were.
-    pub pruned: Option<crate::pipeline::PrunedUnits>,
+    pub pruned: Option<PrunedUnits>,
 }
 
 /// Wall time of one stage.
@@ -143,9 +188,9 @@ impl Report {
             p.source_test.f1,
             p.history.len(),
             match p.origin {
-                crate::pipeline::NetworkOrigin::Trained => format!("trained now, cached in `{}`", p.cache_dir),
-                crate::pipeline::NetworkOrigin::Cache => format!("loaded from cache `{}`", p.cache_dir),
-                crate::pipeline::NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
+                NetworkOrigin::Trained => format!("trained now, cached in `{}`", p.cache_dir),
+                NetworkOrigin::Cache => format!("loaded from cache `{}`", p.cache_dir),
+                NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
             }
         );
         if p.source_tasks.len() > 1 {

@@ -92,7 +92,7 @@ where
     let started = Instant::now();
     let device = Default::default();
     let mut optim = AdamConfig::new().init::<Train, M>();
-    let mut drop_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a1);
+    let mut drop_rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::TRAINING));
     let n = train.y.len();
     let expected_batch = plan.sampling_rate * n as f64;
     let mut model = model;
@@ -140,7 +140,7 @@ where
     let started = Instant::now();
     let device = Default::default();
     let mut optim = AdamConfig::new().init::<Train, M>();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a1);
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::TRAINING));
     let mut model = model;
     let mut best = (f64::INFINITY, model.valid(), 0usize);
     let mut history = Vec::new();

@@ -197,7 +197,7 @@ fn transfer_plus_bow_adds_one_learned_column_and_refuses_dp() {
     let inputs = cryptotl::pipeline::head_inputs(&cfg, &t, &own, Some(&bow)).unwrap();
     assert_eq!(inputs.train.ncols(), t.train.ncols() + 1);
     assert_eq!(inputs.train.column(0), t.train.column(0));
-    let scores = bow.stacked_scores(cfg.seed ^ cryptotl::bow::FOLD_STREAM).unwrap();
+    let scores = bow.stacked_scores(cryptotl::seeds::stream(cfg.seed, cryptotl::seeds::BOW_FOLDS)).unwrap();
     assert_eq!(inputs.test.column(t.train.ncols()).to_vec(), scores[2]);
     assert!(cryptotl::pipeline::head_inputs(&cfg, &t, &own, None).is_err(), "the score needs the rows");
     // The whole run: the head, its report row and the curves (inputs rebuilt per subset).

@@ -49,7 +49,7 @@ impl PrivacyRng {
     }
     /// Fixed seed: reproducible, for tests only (the noise is then known to whoever knows the seed).
     pub fn insecure_from_seed(seed: u64) -> Self {
-        Self { sampling: ChaCha20Rng::seed_from_u64(seed ^ 0x5a), noise: ChaCha20Rng::seed_from_u64(seed ^ 0x401e) }
+        Self { sampling: ChaCha20Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::DP_SAMPLING)), noise: ChaCha20Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::DP_NOISE)) }
     }
     /// Poisson sampling: each of `n` indices independently with probability `q` (the batch may be empty).
     pub fn poisson_batch(&mut self, n: usize, q: f64) -> Vec<usize> {

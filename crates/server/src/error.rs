@@ -4,8 +4,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum HeError {
     /// A parameter-set name that is not one of the vetted sets this crate offers.
-    #[error("unknown TFHE parameter set `{0}` (known: {known})", known = crate::params::ParameterSet::names().join(", "))]
-    UnknownParameterSet(String),
+    #[error("unknown TFHE parameter set `{name}` (known: {})", known.join(", "))]
+    UnknownParameterSet {
+        /// The name asked for.
+        name: String,
+        /// The names this crate offers.
+        known: Vec<&'static str>,
+    },
     /// A key or ciphertext made for another parameter set.
     #[error("{what} was made for parameter set `{found}`, but this side uses `{expected}`")]
     ParameterMismatch { what: &'static str, expected: String, found: String },

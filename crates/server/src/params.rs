@@ -121,7 +121,7 @@ impl ParameterSet {
 
     /// The set with this tfhe-rs name.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| HeError::UnknownParameterSet(name.into()))
+        Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| HeError::UnknownParameterSet { name: name.into(), known: Self::names() })
     }
 
     /// The tfhe-rs parameters themselves.
