@@ -478,13 +478,13 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Budget(a) => budget(&a)?,
         Command::CheckConfig(a) => {
             let cfg = a.load()?;
-            print!("{}", toml::to_string(&cfg).expect("config serialises"));
+            print!("{}", toml::to_string(&cfg).map_err(|e| Error::Internal(format!("the config does not serialise: {e}")))?);
             eprintln!("config OK");
         }
         Command::Run(a) => {
             let cfg = a.load()?;
             let report = pipeline::run(&cfg)?;
-            println!("{}", report.to_markdown().split("\n## Head training").next().unwrap_or(""));
+            println!("{}", report.summary_markdown());
             println!("report written to {}", cfg.output_dir().join("report.md").display());
         }
         Command::Pretrain(a) => {
@@ -535,15 +535,11 @@ fn dispatch(cmd: Command) -> Result<()> {
             let mut manifest = crate::rundir::RunManifest::load_for(&cfg)?;
             let fs = load_features(&features_path(&cfg))?;
             // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
-            let head = match (pipeline::privacy_plan(&cfg, fs.train.nrows())?, &cfg.privacy) {
-                (Some(plan), Some(p)) => {
-                    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-                    let head = pipeline::train_head_private(&cfg, &fs, &plan, &mut rng);
-                    println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({:?}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
-                    head
-                }
-                _ => pipeline::train_head(&cfg, &fs, "head")?,
-            };
+            let plan = pipeline::privacy_plan(&cfg, fs.train.nrows())?;
+            let head = pipeline::train_configured_head(&cfg, &fs, plan.as_ref(), 0, "head")?;
+            if let Some(plan) = &plan {
+                println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
+            }
             model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
             manifest.head = Some(crate::rundir::HeadShape::of(&cfg, fs.train.ncols()));
             manifest.write(&cfg.output_dir())?;

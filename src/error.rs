@@ -82,6 +82,14 @@ pub enum Error {
     Internal(String),
 }
 
+/// OpenDP's refusals (a measurement that cannot be built, a map that cannot be evaluated) as privacy errors, so
+/// OpenDP calls take `?`.
+impl From<opendp::error::Error> for Error {
+    fn from(e: opendp::error::Error) -> Self {
+        Error::Privacy(format!("OpenDP: {e}"))
+    }
+}
+
 impl Error {
     /// True when the error is the user's input (config, data, features), not an internal failure.
     pub fn is_input_error(&self) -> bool {

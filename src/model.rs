@@ -167,7 +167,7 @@ impl<B: Backend> LowerNet<B> {
     }
 }
 
-/// A per-batch dropout mask source: the trainer's seeded RNG and the drop probability.
+/// The seeded stream dropout masks are drawn from during training (the drop probability is the head's own).
 pub struct DropoutRng<'a> {
     /// Seeded stream the masks are drawn from.
     pub rng: &'a mut ChaCha8Rng,

@@ -879,6 +879,18 @@ pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::priv
     TrainedHead { trained, test }
 }
 
+/// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
+/// the OS, or from the insecure test seed plus `noise_offset`, so repeats draw fresh noise), else without DP.
+pub fn train_configured_head(cfg: &RunConfig, fs: &FeatureSplit, plan: Option<&crate::privacy::plan::DpPlan>, noise_offset: u64, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
+    match (plan, &cfg.privacy) {
+        (Some(plan), Some(p)) => {
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(noise_offset)));
+            Ok(train_head_private(cfg, fs, plan, &mut rng))
+        }
+        _ => train_head(cfg, fs, what),
+    }
+}
+
 /// The head's kind in words, for reports.
 pub fn head_name(cfg: &RunConfig) -> &'static str {
     match cfg.head.kind {

@@ -160,8 +160,25 @@ impl Report {
         Ok(())
     }
 
-    /// The report as Markdown.
+    /// The report as Markdown (`report.md`): the [summary](Self::summary_markdown), then the head's training
+    /// history, the wall time per stage and the configuration.
     pub fn to_markdown(&self) -> String {
+        let mut s = self.summary_markdown();
+        let _ = writeln!(s, "\n## Head training (transfer)\n\n| epoch | train loss | val loss | val accuracy |\n|---:|---:|---:|---:|");
+        for e in &self.head_history {
+            let _ = writeln!(s, "| {} | {:.4} | {:.4} | {:.4} |", e.epoch, e.train_loss, e.val_loss, e.val_accuracy);
+        }
+        let _ = writeln!(s, "\n## Wall time per stage\n\n| stage | seconds |\n|---|---:|");
+        for t in &self.stages {
+            let _ = writeln!(s, "| {} | {:.2} |", t.stage, t.seconds);
+        }
+        let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}```", toml::to_string(&self.config).unwrap_or_default());
+        s
+    }
+
+    /// What `cryptotl run` prints: data, pretraining, the privacy budget, results, learning curves, DP and the
+    /// encrypted stage.
+    pub fn summary_markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# cryptotl run `{}`\n", self.name);
         let _ = writeln!(s, "cryptotl {} · seed {} · {} threads\n", self.version, self.seed, self.threads);
@@ -308,15 +325,6 @@ impl Report {
                 let _ = writeln!(s, "| {k} | {v} |");
             }
         }
-        let _ = writeln!(s, "\n## Head training (transfer)\n\n| epoch | train loss | val loss | val accuracy |\n|---:|---:|---:|---:|");
-        for e in &self.head_history {
-            let _ = writeln!(s, "| {} | {:.4} | {:.4} | {:.4} |", e.epoch, e.train_loss, e.val_loss, e.val_accuracy);
-        }
-        let _ = writeln!(s, "\n## Wall time per stage\n\n| stage | seconds |\n|---|---:|");
-        for t in &self.stages {
-            let _ = writeln!(s, "| {} | {:.2} |", t.stage, t.seconds);
-        }
-        let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}```", toml::to_string(&self.config).unwrap_or_default());
         s
     }
 }

@@ -202,13 +202,8 @@ fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipe
         for repeat in 0..spec.repeats {
             let mut c = head_cfg.clone();
             c.seed = cfg.seed.wrapping_add(repeat as u64);
-            let (head, reached, sigma) = match (&plan, &c.privacy) {
-                (Some(plan), Some(p)) => {
-                    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(repeat as u64)));
-                    (pipeline::train_head_private(&c, fs, plan, &mut rng), plan.epsilon, plan.noise_multiplier)
-                }
-                _ => (pipeline::train_head(&c, fs, "head")?, f64::INFINITY, 0.0),
-            };
+            let head = pipeline::train_configured_head(&c, fs, plan.as_ref(), repeat as u64, "head")?;
+            let (reached, sigma) = plan.as_ref().map_or((f64::INFINITY, 0.0), |p| (p.epsilon, p.noise_multiplier));
             tracing::info!(series = setting.series, ?client_eps, repeat, accuracy = head.test.accuracy, "sweep point");
             points.push(SweepPoint {
                 series: setting.series.to_string(),

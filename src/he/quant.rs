@@ -12,7 +12,7 @@
 //! 3. tabulate `act(lo_j + r 2^(B-p) u_j)` at every index r, in output levels of a unit v shared by all neurons
 //!    (pooling adds neighbours, so they must agree on the unit): `v = max |act| / (2^output_bits - 1)`.
 
-use cryptotl_server::IntegerProgram;
+use cryptotl_server::{HeError, IntegerProgram};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::config::{Calibration, HeConfig};
@@ -84,16 +84,20 @@ pub fn pre_activation_ranges(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>
 /// [`pre_activation_ranges`] (ignored with `he.calibration = "input_box"`).
 pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_ranges: &[(f32, f32)], he: &HeConfig) -> Result<IntegerProgram> {
     if lower.dense2.is_some() {
-        return Err(Error::Features("the encrypted network ends at the pooled activation; the lower network has an output dense layer (set lower.output = 0)".into()));
+        return Err(Error::Config {
+            file: "<config>".into(),
+            key: "lower.output".into(),
+            message: "the encrypted network ends at the pooled activation; this lower network has an output dense layer (set lower.output = 0)".into(),
+        });
     }
     let d = input_dim;
     let AffineStage { matrix, bias } = fold_linear(lower, d);
     let hidden = bias.len();
     if he.calibration == Calibration::Source && source_ranges.len() != hidden {
-        return Err(Error::Features(format!("calibration ranges for {} neurons, the network has {hidden}", source_ranges.len())));
+        return Err(Error::He(HeError::Program(format!("calibration ranges for {} neurons, the network has {hidden}", source_ranges.len()))));
     }
     if source_ranges.iter().any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
-        return Err(Error::Features("calibration ranges must be finite with min <= max".into()));
+        return Err(Error::He(HeError::Program("calibration ranges must be finite with min <= max".into())));
     }
     let (b, p) = (he.accumulator_bits, he.lookup_bits);
     let bin = (1u64 << (b - p)) as f64;

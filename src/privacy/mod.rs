@@ -1,4 +1,5 @@
-//! Differential-privacy accounting for DP-SGD (and, later, for the server's weight noise).
+//! Differential privacy: DP-SGD and its accountants for the client's head and DP pretraining, and the server's
+//! weight noise ([`server`]).
 //!
 //! The mechanism is the Poisson-subsampled Gaussian: each step, every example joins the batch independently with
 //! probability `q`; per-example gradients are clipped to norm C and Gaussian noise of std `σ·C` is added to their

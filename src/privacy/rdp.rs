@@ -147,31 +147,23 @@ pub fn rdp_measurement(
 > {
     use opendp::core::{Function, Measurement, PrivacyMap};
     use opendp::domains::{AtomDomain, VectorDomain};
-    use opendp::error::{Error as OdpError, ErrorVariant};
+    use opendp::{err, fallible};
     let (q, sigma) = (m.sampling_rate, m.noise_multiplier);
     Measurement::new(
         VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
         opendp::metrics::L2Distance::default(),
         opendp::measures::RenyiDivergence,
         Function::new_fallible(|_: &Vec<f64>| {
-            Err(OdpError {
-                variant: ErrorVariant::FailedFunction,
-                message: Some("accounting only: DP-SGD draws its noise in cryptotl::privacy::dpsgd".into()),
-                backtrace: std::backtrace::Backtrace::disabled(),
-            })
+            fallible!(FailedFunction, "accounting only: DP-SGD draws its noise in cryptotl::privacy::dpsgd")
         }),
         PrivacyMap::new_fallible(move |d_in: &f64| {
             let d_in = *d_in;
             if !(d_in >= 0.0) {
-                return Err(OdpError {
-                    variant: ErrorVariant::FailedMap,
-                    message: Some(format!("sensitivity must be >= 0, got {d_in}")),
-                    backtrace: std::backtrace::Backtrace::disabled(),
-                });
+                return fallible!(FailedMap, "sensitivity must be >= 0, got {d_in}");
             }
             // Sensitivity d scales the noise multiplier to σ/d.
             Ok(Function::new(move |alpha: &f64| if d_in == 0.0 { 0.0 } else { rdp_per_step(q, sigma / d_in, *alpha) }))
         }),
     )
-    .map_err(|e| crate::error::Error::Privacy(format!("OpenDP: {e}")))
+    .map_err(crate::error::Error::from)
 }

@@ -34,6 +34,7 @@ use opendp::combinators::{make_chain_mt, make_composition, make_fix_delta, make_
 use opendp::core::{Function, Measurement, PrivacyMap, StabilityMap, Transformation};
 use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::error::Fallible;
+use opendp::{err, fallible};
 use opendp::measurements::make_gaussian;
 use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
 use opendp::metrics::{L2Distance, SymmetricDistance};
@@ -51,17 +52,9 @@ pub type ApproxDpMeasurement = Measurement<SourceDomain, SymmetricDistance, Appr
 /// The weight-noise mechanism on the source data, in zCDP.
 pub type WeightNoiseMeasurement = Measurement<SourceDomain, SymmetricDistance, ZeroConcentratedDivergence, Vec<f64>>;
 
-fn opendp_err(e: opendp::error::Error) -> Error {
-    Error::Privacy(format!("OpenDP: {e}"))
-}
-
 fn accounting_only<T>(what: &'static str) -> Function<Vec<String>, T> {
     Function::new_fallible(move |_: &Vec<String>| -> Fallible<T> {
-        Err(opendp::error::Error {
-            variant: opendp::error::ErrorVariant::FailedFunction,
-            message: Some(format!("{what}: accounting only; the computation runs outside OpenDP")),
-            backtrace: std::backtrace::Backtrace::disabled(),
-        })
+        fallible!(FailedFunction, "{what}: accounting only; the computation runs outside OpenDP")
     })
 }
 
@@ -80,19 +73,19 @@ pub fn weight_noise_measurement(l2_sensitivity: f64, noise_std: f64) -> Result<W
         // Δ per added or removed example; the triangle inequality gives Δ·k for k of them.
         StabilityMap::new(move |d_in: &u32| l2_sensitivity * *d_in as f64),
     )
-    .map_err(opendp_err)?;
+    .map_err(Error::from)?;
     let gaussian: Measurement<_, _, ZeroConcentratedDivergence, Vec<f64>> =
-        make_gaussian(weights, L2Distance::default(), noise_std, None).map_err(opendp_err)?;
-    make_chain_mt(&gaussian, &training).map_err(opendp_err)
+        make_gaussian(weights, L2Distance::default(), noise_std, None).map_err(Error::from)?;
+    make_chain_mt(&gaussian, &training).map_err(Error::from)
 }
 
 /// (ρ, ε at δ) of the weight noise for one added or removed source example, by OpenDP.
 pub fn weight_noise_epsilon(l2_sensitivity: f64, noise_std: f64, delta: f64) -> Result<(f64, f64)> {
     super::check_query(1, delta)?;
     let m = weight_noise_measurement(l2_sensitivity, noise_std)?;
-    let rho = m.map(&1).map_err(opendp_err)?;
-    let approx = make_fix_delta(&make_zCDP_to_approxDP(m).map_err(opendp_err)?, delta).map_err(opendp_err)?;
-    let (eps, _) = approx.map(&1).map_err(opendp_err)?;
+    let rho = m.map(&1).map_err(Error::from)?;
+    let approx = make_fix_delta(&make_zCDP_to_approxDP(m).map_err(Error::from)?, delta).map_err(Error::from)?;
+    let (eps, _) = approx.map(&1).map_err(Error::from)?;
     Ok((rho, eps))
 }
 
@@ -214,21 +207,17 @@ pub fn approx_dp_measurement(epsilon: f64, delta: f64, what: &'static str) -> Re
             if *d_in <= 1 {
                 Ok((epsilon, delta))
             } else {
-                Err(opendp::error::Error {
-                    variant: opendp::error::ErrorVariant::RelationDebug,
-                    message: Some(format!("{what} is accounted for one added or removed example, not {d_in}")),
-                    backtrace: std::backtrace::Backtrace::disabled(),
-                })
+                fallible!(RelationDebug, "{what} is accounted for one added or removed example, not {d_in}")
             }
         }),
     )
-    .map_err(opendp_err)
+    .map_err(Error::from)
 }
 
 /// The weight noise in approximate DP at its δ (OpenDP's zCDP conversion), for composition.
 pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurement> {
     let m = weight_noise_measurement(plan.l2_sensitivity, plan.noise_std)?;
-    make_fix_delta(&make_zCDP_to_approxDP(m).map_err(opendp_err)?, plan.delta).map_err(opendp_err)
+    make_fix_delta(&make_zCDP_to_approxDP(m).map_err(Error::from)?, plan.delta).map_err(Error::from)
 }
 
 /// Compose mechanisms on the source data with OpenDP's `make_composition` (approximate DP: ε and δ add) and
@@ -242,7 +231,7 @@ pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurem
 /// assert!((eps - 1.5).abs() < 1e-12 && (delta - 3e-6).abs() < 1e-18);
 /// ```
 pub fn compose(parts: Vec<ApproxDpMeasurement>) -> Result<(f64, f64)> {
-    make_composition(parts).map_err(opendp_err)?.map(&1).map_err(opendp_err)
+    make_composition(parts).map_err(Error::from)?.map(&1).map_err(Error::from)
 }
 
 fn check_positive(what: &str, v: f64) -> Result<()> {

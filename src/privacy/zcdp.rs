@@ -30,14 +30,10 @@ pub struct Zcdp;
 
 type GaussianStep = Measurement<VectorDomain<AtomDomain<f64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<f64>>;
 
-fn opendp_err(e: opendp::error::Error) -> Error {
-    Error::Privacy(format!("OpenDP: {e}"))
-}
-
 /// One DP-SGD step as an OpenDP measurement: the Gaussian mechanism with noise scale σ on an L2-sensitivity-1 sum.
 pub fn gaussian_step(noise_multiplier: f64) -> Result<GaussianStep> {
     make_gaussian(VectorDomain::new(AtomDomain::<f64>::new_non_nan()), L2Distance::default(), noise_multiplier, None)
-        .map_err(opendp_err)
+        .map_err(Error::from)
 }
 
 impl Accountant for Zcdp {
@@ -57,7 +53,7 @@ impl Accountant for Zcdp {
         // them in memory.)
         let scale = m.noise_multiplier / (steps as f64).sqrt() * (1.0 - 1e-12);
         let step = gaussian_step(scale)?;
-        let approx = make_fix_delta(&make_zCDP_to_approxDP(step).map_err(opendp_err)?, delta).map_err(opendp_err)?;
+        let approx = make_fix_delta(&make_zCDP_to_approxDP(step).map_err(Error::from)?, delta).map_err(Error::from)?;
         match approx.map(&1.0) {
             Ok((eps, _delta)) => Ok(eps),
             // OpenDP's conversion overflows for a huge ρ: ∞ is then the (valid) answer.
@@ -65,7 +61,7 @@ impl Accountant for Zcdp {
                 tracing::debug!(rho = steps as f64 / (2.0 * m.noise_multiplier * m.noise_multiplier), "zCDP conversion overflows: ε = ∞");
                 Ok(f64::INFINITY)
             }
-            Err(e) => Err(opendp_err(e)),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -48,8 +48,6 @@ enum FourierKey {
 pub struct OpCounts {
     /// Programmable bootstraps.
     pub bootstraps: usize,
-    /// Keyswitches (none: the linear stage runs under the small key).
-    pub keyswitches: usize,
     /// Wrapping 64-bit multiply-adds in the linear stage (non-zero weights x (n + 1)).
     pub multiply_adds: usize,
     /// Serialized bytes of one encrypted input.
@@ -66,7 +64,6 @@ impl OpCounts {
         let header = 200; // measured safe-serialization header + metadata, order of magnitude
         OpCounts {
             bootstraps: program.neurons,
-            keyswitches: 0,
             multiply_adds: nnz * (params.lwe_dimension() + 1),
             upload_bytes: program.input_dim * 8 + header,
             download_bytes: program.outputs() * (params.big_lwe_dimension() + 1) * 4 + header,
