@@ -8,7 +8,6 @@
 //! assert_eq!(std::fs::read(&p).unwrap(), b"{}");
 //! ```
 
-use std::io::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -57,25 +56,9 @@ pub fn open_options(private: bool) -> std::fs::OpenOptions {
     opts
 }
 
+/// The one atomic write both parties use ([`cryptotl_server::atomic::write`]), with this crate's error.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = open_options(private).truncate(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    cryptotl_server::atomic::write(path, bytes, private).map_err(|e| Error::io(path, e))
 }
 
 /// Create `dir` (and its parents) and prove it writable by writing and removing a probe file: a path that names a

@@ -293,7 +293,8 @@ pub struct HeReport {
     /// Weight statistics of the compiled program (one-process simulation only: a remote server does not publish
     /// its weights).
     pub program: Option<quant::ProgramStats>,
-    /// Counted cost per sample.
+    /// Counted cost per sample (its byte counts are estimates; `upload_bytes_per_sample` and
+    /// `download_bytes_per_sample` are measured).
     pub counts: cryptotl_server::OpCounts,
     /// Key generation, seconds.
     pub keygen_seconds: f64,

@@ -11,7 +11,6 @@
 //! checks every hash, so a truncated or edited artifact is refused with the file that is wrong.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -47,14 +46,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
+/// Write `bytes` to `path` atomically, owner-only ([`crate::atomic::write`]): the model directory and the key store.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| HeError::file(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| HeError::file(dir, e))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| HeError::file(path, e))?;
-    tmp.persist(path).map_err(|e| HeError::file(path, e.error))?;
-    Ok(())
+    crate::atomic::write(path, bytes, true).map_err(|e| HeError::file(path, e))
 }
 
 /// What a client fetches before it sends anything: how to encode its inputs, how to decode the outputs, what a

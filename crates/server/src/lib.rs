@@ -26,6 +26,7 @@
 //! - [`http`]: the service over HTTP/TLS, with a bounded queue, metrics and request logs.
 
 pub mod artifact;
+pub mod atomic;
 pub mod auth;
 pub mod error;
 pub mod eval;

@@ -50,10 +50,13 @@ pub struct OpCounts {
     pub bootstraps: usize,
     /// Wrapping 64-bit multiply-adds in the linear stage (non-zero weights x (n + 1)).
     pub multiply_adds: usize,
-    /// Serialized bytes of one encrypted input.
-    pub upload_bytes: usize,
-    /// Serialized bytes of one encrypted output.
-    pub download_bytes: usize,
+    /// Estimated serialized bytes of one encrypted input (payload plus ~200 bytes of header; the client's report
+    /// quotes the measured size beside it).
+    #[serde(rename = "estimated_upload_bytes", alias = "upload_bytes")]
+    pub estimated_upload_bytes: usize,
+    /// Estimated serialized bytes of one encrypted output (as `estimated_upload_bytes`).
+    #[serde(rename = "estimated_download_bytes", alias = "download_bytes")]
+    pub estimated_download_bytes: usize,
 }
 
 impl OpCounts {
@@ -65,8 +68,8 @@ impl OpCounts {
         OpCounts {
             bootstraps: program.neurons,
             multiply_adds: nnz * (params.lwe_dimension() + 1),
-            upload_bytes: program.input_dim * 8 + header,
-            download_bytes: program.outputs() * (params.big_lwe_dimension() + 1) * 4 + header,
+            estimated_upload_bytes: program.input_dim * 8 + header,
+            estimated_download_bytes: program.outputs() * (params.big_lwe_dimension() + 1) * 4 + header,
         }
     }
 }
