@@ -72,10 +72,7 @@ pub enum ServerMechanism {
 impl std::str::FromStr for ServerMechanism {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            let allowed: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown server mechanism {s:?}; allowed: {}", allowed.join(", "))
-        })
+        crate::config::parse_named(&Self::ALL, Self::name, s, "server mechanism")
     }
 }
 

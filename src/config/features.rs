@@ -76,10 +76,7 @@ impl std::fmt::Display for FeatureKind {
 impl std::str::FromStr for FeatureKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let allowed: Vec<String> = Self::ALL.iter().map(|k| format!("{:?}", k.name())).collect();
-            format!("key `features.kind`: unknown featurizer {s:?}; allowed: {}", allowed.join(", "))
-        })
+        super::parse_named(&Self::ALL, Self::name, s, "featurizer").map_err(|m| format!("key `features.kind`: {m}"))
     }
 }
 

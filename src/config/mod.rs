@@ -51,6 +51,38 @@ impl Invalid<'_> {
     }
 }
 
+/// The member of `all` called `s` (by `name`), or a message naming the allowed ones: what every named kind's
+/// `FromStr` answers (featurizers, accountants, server mechanisms).
+///
+/// ```
+/// use cryptotl::config::{FeatureKind, parse_named};
+/// assert_eq!(parse_named(&FeatureKind::ALL, FeatureKind::name, "minilm", "featurizer"), Ok(FeatureKind::Minilm));
+/// assert_eq!(parse_named(&FeatureKind::ALL, FeatureKind::name, "bert", "featurizer").unwrap_err(),
+///     "unknown featurizer \"bert\"; allowed: \"hashed\", \"minilm\"");
+/// ```
+pub fn parse_named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, s: &str, what: &str) -> std::result::Result<T, String> {
+    all.iter().copied().find(|&k| name(k) == s).ok_or_else(|| {
+        let allowed: Vec<String> = all.iter().map(|&k| format!("{:?}", name(k))).collect();
+        format!("unknown {what} {s:?}; allowed: {}", allowed.join(", "))
+    })
+}
+
+/// A key that must hold a finite number above 0 when given.
+pub(crate) fn check_positive(at: Invalid, key: &str, v: Option<f64>) -> Result<()> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => Err(at.key(key, format!("must be a finite number > 0, got {x}"))),
+        _ => Ok(()),
+    }
+}
+
+/// A δ key: in (0, 1) when given.
+pub(crate) fn check_delta(at: Invalid, key: &str, v: Option<f64>) -> Result<()> {
+    match v {
+        Some(d) if !(d.is_finite() && d > 0.0 && d < 1.0) => Err(at.key(key, format!("must be in (0, 1), got {d}"))),
+        _ => Ok(()),
+    }
+}
+
 /// serde's default for the few `bool` keys of tables that also have required keys.
 pub(crate) fn default_true() -> bool {
     true

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{Invalid, check_delta, check_positive};
 use crate::error::Result;
 
 /// The server's protection of its source data: `[server_privacy.weight_noise]` and/or
@@ -154,10 +154,7 @@ impl std::fmt::Display for AccountantKind {
 impl std::str::FromStr for AccountantKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let allowed: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown accountant {s:?}; allowed: {}", allowed.join(", "))
-        })
+        super::parse_named(&Self::ALL, Self::name, s, "accountant")
     }
 }
 
@@ -181,20 +178,11 @@ impl WeightNoiseConfig {
     pub(super) fn check(&self, at: Invalid) -> Result<()> {
         let (w, err) = (self, |k: &str, m: String| at.key(k, m));
         let table = "server_privacy.weight_noise";
-        let positive = |key: &str, v: Option<f64>| -> Result<()> {
-            match v {
-                Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
-                _ => Ok(()),
-            }
-        };
-        positive("l2_sensitivity", Some(w.l2_sensitivity))?;
-        positive("noise_std", w.noise_std)?;
-        positive("target_epsilon", w.target_epsilon)?;
-        if let Some(d) = w.delta
-            && !(d.is_finite() && d > 0.0 && d < 1.0)
-        {
-            return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
-        }
+        let key = |k: &str| format!("{table}.{k}");
+        check_positive(at, &key("l2_sensitivity"), Some(w.l2_sensitivity))?;
+        check_positive(at, &key("noise_std"), w.noise_std)?;
+        check_positive(at, &key("target_epsilon"), w.target_epsilon)?;
+        check_delta(at, &key("delta"), w.delta)?;
         match (w.noise_std, w.target_epsilon) {
             (Some(_), Some(_)) => Err(err(table, "give either `noise_std` or `target_epsilon`, not both (the std follows from the target)".into())),
             (None, None) if w.enabled => Err(err(table, "give `noise_std` or `target_epsilon` (with `delta`)".into())),
@@ -208,22 +196,13 @@ impl PrivacyConfig {
     /// keys belong to it, noise or a target given, an accountant that covers the sampling.
     pub(super) fn check(&self, table: &str, at: Invalid) -> Result<()> {
         let (p, err) = (self, |k: &str, m: String| at.key(k, m));
-        let positive = |key: &str, v: Option<f64>| -> Result<()> {
-            match v {
-                Some(x) if !(x.is_finite() && x > 0.0) => Err(err(&format!("{table}.{key}"), format!("must be a finite number > 0, got {x}"))),
-                _ => Ok(()),
-            }
-        };
-        positive("max_grad_norm", Some(p.max_grad_norm))?;
-        positive("noise_multiplier", p.noise_multiplier)?;
-        positive("target_epsilon", p.target_epsilon)?;
-        positive("max_epsilon", p.max_epsilon)?;
-        if let Some(d) = p.delta
-            && !(d.is_finite() && d > 0.0 && d < 1.0)
-        {
-            return Err(err(&format!("{table}.delta"), format!("must be in (0, 1), got {d}")));
-        }
-        positive("learning_rate", p.learning_rate)?;
+        let key = |k: &str| format!("{table}.{k}");
+        check_positive(at, &key("max_grad_norm"), Some(p.max_grad_norm))?;
+        check_positive(at, &key("noise_multiplier"), p.noise_multiplier)?;
+        check_positive(at, &key("target_epsilon"), p.target_epsilon)?;
+        check_positive(at, &key("max_epsilon"), p.max_epsilon)?;
+        check_delta(at, &key("delta"), p.delta)?;
+        check_positive(at, &key("learning_rate"), p.learning_rate)?;
         if p.steps.is_some_and(|t| t == 0 || t > 1_000_000) {
             return Err(err(&format!("{table}.steps"), format!("must be in 1..=1000000, got {:?}", p.steps)));
         }
