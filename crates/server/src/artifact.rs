@@ -42,11 +42,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Lowercase hex of `bytes`.
+///
+/// ```
+/// assert_eq!(cryptotl_server::artifact::hex(&[0, 15, 255]), "000fff");
+/// ```
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Write `bytes` to `path` atomically, owner-only ([`crate::atomic::write`]): the model directory and the key store.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let p = dir.path().join("program.bin");
+/// cryptotl_server::artifact::write_atomic(&p, b"bytes").unwrap();
+/// assert_eq!(std::fs::read(&p).unwrap(), b"bytes");
+/// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::atomic::write(path, bytes, true).map_err(|e| HeError::file(path, e))
 }

@@ -15,6 +15,14 @@ use std::path::Path;
 
 /// Write `bytes` to `path` atomically, creating parent folders. `private`: the file is readable by its owner only
 /// (0600 on Unix); otherwise it gets the usual 0666 less the umask.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let p = dir.path().join("a.json");
+/// cryptotl_server::atomic::write(&p, b"1", true).unwrap();
+/// cryptotl_server::atomic::write(&p, b"22", true).unwrap();
+/// assert_eq!(std::fs::read(&p).unwrap(), b"22");
+/// ```
 pub fn write(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;

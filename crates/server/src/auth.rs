@@ -52,6 +52,13 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 
 impl Tokens {
     /// Parse a token file's text.
+    ///
+    /// ```
+    /// use cryptotl_server::auth::Tokens;
+    /// let t = Tokens::parse(&format!("# comment\n{}", Tokens::line("bob", "t0k3n"))).unwrap();
+    /// assert_eq!(t.authenticate("t0k3n").unwrap().name, "bob");
+    /// assert!(Tokens::parse("bob not-a-hash").is_err());
+    /// ```
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let mut entries = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -73,17 +80,38 @@ impl Tokens {
     }
 
     /// Read and parse a token file.
+    ///
+    /// ```
+    /// use cryptotl_server::auth::Tokens;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("tokens");
+    /// std::fs::write(&path, Tokens::line("carol", "abc")).unwrap();
+    /// assert!(Tokens::load(&path).unwrap().authenticate("abc").is_some());
+    /// assert!(Tokens::load(&dir.path().join("missing")).is_err());
+    /// ```
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| HeError::file(path, e))?;
         Self::parse(&text).map_err(|e| HeError::file(path, e))
     }
 
     /// The token file line for client `name` holding `token`.
+    ///
+    /// ```
+    /// let line = cryptotl_server::auth::Tokens::line("alice", "secret");
+    /// assert!(line.starts_with("alice ") && !line.contains("secret"));
+    /// ```
     pub fn line(name: &str, token: &str) -> String {
         format!("{name} {}\n", sha256_hex(token.as_bytes()))
     }
 
     /// A fresh random token (256 bits from the OS, hex).
+    ///
+    /// ```
+    /// use cryptotl_server::auth::Tokens;
+    /// let (a, b) = (Tokens::generate().unwrap(), Tokens::generate().unwrap());
+    /// assert_eq!(a.len(), 64);
+    /// assert_ne!(a, b);
+    /// ```
     pub fn generate() -> Result<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| HeError::File { path: "<OS random source>".into(), message: e.to_string() })?;
@@ -91,6 +119,14 @@ impl Tokens {
     }
 
     /// The client holding `token`, if any (constant time in the token's bytes).
+    ///
+    /// ```
+    /// use cryptotl_server::auth::Tokens;
+    /// let t = Tokens::parse(&Tokens::line("dave", "d-token")).unwrap();
+    /// let id = t.authenticate("d-token").unwrap();
+    /// assert_eq!(id.token_sha256, cryptotl_server::artifact::sha256_hex(b"d-token"));
+    /// assert!(t.authenticate("d-token ").is_none());
+    /// ```
     pub fn authenticate(&self, token: &str) -> Option<ClientId> {
         let hash: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes())).into();
         let mut found = None;

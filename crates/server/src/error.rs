@@ -39,6 +39,11 @@ pub enum HeError {
 
 impl HeError {
     /// A file error at `path`.
+    ///
+    /// ```
+    /// let e = cryptotl_server::HeError::file(std::path::Path::new("keys/k.bin"), "disk full");
+    /// assert!(e.to_string().contains("keys/k.bin") && e.to_string().contains("disk full"));
+    /// ```
     pub fn file(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
         HeError::File { path: path.display().to_string(), message: message.to_string() }
     }

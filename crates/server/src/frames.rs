@@ -17,11 +17,22 @@ fn bad(message: String) -> HeError {
 }
 
 /// Bytes of the framing around `items` items.
+///
+/// ```
+/// use cryptotl_server::frames;
+/// let body = frames::encode(&[vec![0u8; 10], vec![1u8; 5]]);
+/// assert_eq!(body.len() as u64, 15 + frames::overhead(2));
+/// ```
 pub fn overhead(items: usize) -> u64 {
     4 + 4 * items as u64
 }
 
 /// Frame `items` into one body.
+///
+/// ```
+/// let body = cryptotl_server::frames::encode(&[b"xy".to_vec()]);
+/// assert_eq!(body, [1, 0, 0, 0, 2, 0, 0, 0, b'x', b'y']);
+/// ```
 pub fn encode<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
     let total: usize = items.iter().map(|i| i.as_ref().len() + 4).sum();
     let mut out = Vec::with_capacity(4 + total);
@@ -35,6 +46,14 @@ pub fn encode<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
 
 /// Split a body into its items, refusing more than `max_items` items, an item over `max_item_bytes`, an empty
 /// batch, and any byte missing or left over.
+///
+/// ```
+/// use cryptotl_server::frames;
+/// let body = frames::encode(&[b"abc".to_vec()]);
+/// assert_eq!(frames::decode(&body, 1, 3).unwrap(), vec![&b"abc"[..]]);
+/// assert!(frames::decode(&body, 1, 2).is_err()); // the item is over 2 bytes
+/// assert!(frames::decode(&frames::encode::<Vec<u8>>(&[]), 1, 3).is_err()); // an empty batch
+/// ```
 pub fn decode(body: &[u8], max_items: usize, max_item_bytes: u64) -> Result<Vec<&[u8]>> {
     let word = |at: usize| -> Result<usize> {
         body.get(at..at + 4)

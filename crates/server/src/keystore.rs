@@ -52,6 +52,12 @@ pub struct KeyStore {
 }
 
 /// Whether `id` has the shape of a key id (so it can name a file).
+///
+/// ```
+/// use cryptotl_server::keystore::is_key_id;
+/// assert!(is_key_id(&"ab".repeat(32)));
+/// assert!(!is_key_id("../../etc/passwd") && !is_key_id(&"AB".repeat(32)));
+/// ```
 pub fn is_key_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -65,6 +71,16 @@ fn touch(path: &Path) {
 
 impl KeyStore {
     /// A store in folder `dir` (created, owner-only on Unix) holding at most `max_bytes` of keys.
+    ///
+    /// ```
+    /// use cryptotl_server::keystore::{KeyStore, StoreError};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = KeyStore::open(&dir.path().join("keys"), 1 << 20).unwrap();
+    /// let id = store.put("alice", b"key bytes").unwrap();
+    /// // Another store on the same folder (a replica) finds it.
+    /// let replica = KeyStore::open(&dir.path().join("keys"), 1 << 20).unwrap();
+    /// assert_eq!(replica.get("alice", &id).unwrap().as_slice(), b"key bytes");
+    /// ```
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| HeError::file(dir, e))?;
         #[cfg(unix)]
@@ -76,17 +92,36 @@ impl KeyStore {
     }
 
     /// A store in memory holding at most `max_bytes` of keys.
+    ///
+    /// ```
+    /// use cryptotl_server::keystore::{KeyStore, StoreError};
+    /// let store = KeyStore::in_memory(1 << 20);
+    /// let id = store.put("alice", b"key").unwrap();
+    /// assert_eq!(store.get("alice", &id).unwrap().as_slice(), b"key");
+    /// ```
     pub fn in_memory(max_bytes: u64) -> Self {
         Self { backing: Backing::Memory(Mutex::default()), max_bytes }
     }
 
     /// The byte bound.
+    ///
+    /// ```
+    /// assert_eq!(cryptotl_server::keystore::KeyStore::in_memory(4096).max_bytes(), 4096);
+    /// ```
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
     }
 
     /// Store `bytes` for `owner` (an opaque client id); returns the key's id. Uploading the same key again is a
     /// no-op that marks it used; the same bytes from another owner are refused.
+    ///
+    /// ```
+    /// use cryptotl_server::keystore::{KeyStore, StoreError};
+    /// let store = KeyStore::in_memory(1 << 20);
+    /// let id = store.put("alice", b"key").unwrap();
+    /// assert_eq!(store.put("alice", b"key").unwrap(), id); // the same key again: the same id
+    /// assert!(matches!(store.put("bob", b"key"), Err(StoreError::Forbidden)));
+    /// ```
     pub fn put(&self, owner: &str, bytes: &[u8]) -> Result<String, StoreError> {
         let id = sha256_hex(bytes);
         match &self.backing {
@@ -137,6 +172,15 @@ impl KeyStore {
     }
 
     /// The key `id` if `owner` uploaded it; marks it used.
+    ///
+    /// ```
+    /// use cryptotl_server::keystore::{KeyStore, StoreError};
+    /// let store = KeyStore::in_memory(1 << 20);
+    /// let id = store.put("alice", b"key").unwrap();
+    /// assert!(matches!(store.get("bob", &id), Err(StoreError::Forbidden)));
+    /// assert!(matches!(store.get("alice", &"0".repeat(64)), Err(StoreError::NotFound)));
+    /// assert!(matches!(store.get("alice", "x"), Err(StoreError::BadId(_))));
+    /// ```
     pub fn get(&self, owner: &str, id: &str) -> Result<Arc<Vec<u8>>, StoreError> {
         if !is_key_id(id) {
             return Err(StoreError::BadId(id.chars().take(80).collect()));

@@ -105,6 +105,11 @@ impl ParameterSet {
     pub const ALL: [ParameterSet; 4] = [Self::Message1Carry1, Self::Message2Carry2, Self::Message3Carry3, Self::MultiBit3Message1Carry1];
 
     /// The tfhe-rs constant's name (what configs write).
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// assert_eq!(ParameterSet::Message2Carry2.name(), "V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Self::Message1Carry1 => "V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128",
@@ -115,16 +120,32 @@ impl ParameterSet {
     }
 
     /// Every name on offer.
+    ///
+    /// ```
+    /// assert_eq!(cryptotl_server::ParameterSet::names().len(), cryptotl_server::ParameterSet::ALL.len());
+    /// ```
     pub fn names() -> Vec<&'static str> {
         Self::ALL.iter().map(|p| p.name()).collect()
     }
 
     /// The set with this tfhe-rs name.
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// let p = ParameterSet::from_name("V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128").unwrap();
+    /// assert_eq!(p, ParameterSet::Message2Carry2);
+    /// assert!(ParameterSet::from_name("PARAM_MADE_UP").unwrap_err().to_string().contains("known:"));
+    /// ```
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| HeError::UnknownParameterSet { name: name.into(), known: Self::names() })
     }
 
     /// The tfhe-rs parameters themselves.
+    ///
+    /// ```
+    /// let p = cryptotl_server::ParameterSet::Message2Carry2.tfhe();
+    /// assert_eq!(p.polynomial_size.0, 2048);
+    /// ```
     pub fn tfhe(self) -> TfheParameters {
         match self {
             Self::Message1Carry1 => V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128.into(),
@@ -135,55 +156,103 @@ impl ParameterSet {
     }
 
     /// Key bits per multi-bit group, or `None` for a classic bootstrap.
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// assert!(ParameterSet::Message2Carry2.grouping_factor().is_none());
+    /// assert_eq!(ParameterSet::MultiBit3Message1Carry1.grouping_factor().unwrap().0, 3);
+    /// ```
     pub fn grouping_factor(self) -> Option<LweBskGroupingFactor> {
         self.tfhe().grouping_factor
     }
 
     /// Dimension n of the small LWE key (inputs are encrypted under it; the bootstrap reads it).
+    ///
+    /// ```
+    /// assert_eq!(cryptotl_server::ParameterSet::Message2Carry2.lwe_dimension(), 918);
+    /// ```
     pub fn lwe_dimension(self) -> usize {
         self.tfhe().lwe_dimension.0
     }
 
     /// GLWE dimension k.
+    ///
+    /// ```
+    /// assert_eq!(cryptotl_server::ParameterSet::Message2Carry2.glwe_dimension(), 1);
+    /// ```
     pub fn glwe_dimension(self) -> usize {
         self.tfhe().glwe_dimension.0
     }
 
     /// Polynomial size N.
+    ///
+    /// ```
+    /// assert_eq!(cryptotl_server::ParameterSet::MultiBit3Message1Carry1.polynomial_size(), 1024);
+    /// ```
     pub fn polynomial_size(self) -> usize {
         self.tfhe().polynomial_size.0
     }
 
     /// Dimension k*N of the big LWE key (bootstrap outputs are under it).
+    ///
+    /// ```
+    /// let p = cryptotl_server::ParameterSet::MultiBit3Message1Carry1;
+    /// assert_eq!(p.big_lwe_dimension(), p.glwe_dimension() * p.polynomial_size());
+    /// ```
     pub fn big_lwe_dimension(self) -> usize {
         self.glwe_dimension() * self.polynomial_size()
     }
 
     /// The most lookup-table index bits a bootstrap can resolve: log2(N) (2N positions, half of them for the
     /// padding bit's negacyclic copy), minus one so that every box holds at least two positions.
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// assert_eq!(ParameterSet::Message2Carry2.max_lookup_bits(), 10); // N = 2048
+    /// assert_eq!(ParameterSet::MultiBit3Message1Carry1.max_lookup_bits(), 9); // N = 1024
+    /// ```
     pub fn max_lookup_bits(self) -> u32 {
         self.polynomial_size().trailing_zeros() - 1
     }
 
     /// Standard deviation, as a fraction of the torus, of a fresh encryption under the small key
     /// (TUniform with bound 2^b: variance (2^(2b+1) + 1) / 6 in units of 2^-64).
+    ///
+    /// ```
+    /// let s = cryptotl_server::ParameterSet::Message2Carry2.fresh_noise_std();
+    /// assert!(s > 0.0 && s < 1e-3);
+    /// ```
     pub fn fresh_noise_std(self) -> f64 {
         tuniform_std(self.tfhe().lwe_noise_distribution)
     }
 
     /// The security level tfhe-rs states for this set: every set offered here is one of its vetted 128-bit sets
     /// (the `…2M128` suffix: 128-bit security, failure probability below 2^-128 for its own message space).
+    ///
+    /// ```
+    /// assert!(cryptotl_server::ParameterSet::ALL.iter().all(|p| p.security_bits() == 128));
+    /// ```
     pub fn security_bits(self) -> u32 {
         128
     }
 
     /// The failure probability tfhe-rs states for its own use of this set (log2). Not ours: see the module docs.
+    ///
+    /// ```
+    /// assert!(cryptotl_server::ParameterSet::Message2Carry2.tfhe_log2_p_fail() < -100.0);
+    /// ```
     pub fn tfhe_log2_p_fail(self) -> f64 {
         self.tfhe().log2_p_fail
     }
 
     /// GGSW ciphertexts in the bootstrap key: n for a classic key; for a multi-bit one, n / g groups of 2^g (one
     /// per subset of the group).
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// assert_eq!(ParameterSet::Message2Carry2.bootstrap_key_ggsws(), 918);
+    /// assert_eq!(ParameterSet::MultiBit3Message1Carry1.bootstrap_key_ggsws(), 801 / 3 * 8);
+    /// ```
     pub fn bootstrap_key_ggsws(self) -> usize {
         let n = self.lwe_dimension();
         match self.grouping_factor() {
@@ -194,6 +263,12 @@ impl ParameterSet {
 
     /// 64-bit words of a seeded bootstrap key: its GGSW ciphertexts of (k+1) * levels GLWE rows, each stored as its
     /// body polynomial only (the masks are regenerated from the seed): ggsws * (k+1) * levels * N.
+    ///
+    /// ```
+    /// let p = cryptotl_server::ParameterSet::Message2Carry2;
+    /// let t = p.tfhe();
+    /// assert_eq!(p.seeded_bootstrap_key_words(), 918 * 2 * t.pbs_level.0 * 2048);
+    /// ```
     pub fn seeded_bootstrap_key_words(self) -> usize {
         let p = self.tfhe();
         self.bootstrap_key_ggsws() * (p.glwe_dimension.0 + 1) * p.pbs_level.0 * p.polynomial_size.0
@@ -204,6 +279,12 @@ impl ParameterSet {
     /// error uniform in ±1/2 of a 2N step, plus the body's. Multi-bit: one rounding per group of g key bits
     /// (the sum over the group's set bits is rounded once), present unless all g bits are zero, plus the body's.
     /// The evaluator's classic switch is the *centered* one, whose variance is about half this bound.
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// // One rounding per group of 3 key bits: less noise than one per bit.
+    /// assert!(ParameterSet::MultiBit3Message1Carry1.modulus_switch_noise_std() < ParameterSet::Message1Carry1.modulus_switch_noise_std() * 2.0);
+    /// ```
     pub fn modulus_switch_noise_std(self) -> f64 {
         let n = self.lwe_dimension() as f64;
         let roundings = match self.grouping_factor() {

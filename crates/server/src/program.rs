@@ -112,6 +112,14 @@ pub struct ProgramInterface {
 
 impl ProgramInterface {
     /// Check the interface can be used to encode and decode (it comes from the server: not trusted blindly).
+    ///
+    /// ```
+    /// use cryptotl_server::ProgramInterface;
+    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
+    ///     output_delta_log2: 54, output_scale: 0.5 };
+    /// assert!(iface.validate().is_ok());
+    /// assert!(ProgramInterface { output_scale: f32::NAN, ..iface }.validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<()> {
         let ok = (1..=16).contains(&self.input_bits)
             && (2..=40).contains(&self.accumulator_bits)
@@ -140,6 +148,13 @@ impl ProgramInterface {
     }
 
     /// Output levels to floats.
+    ///
+    /// ```
+    /// use cryptotl_server::ProgramInterface;
+    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
+    ///     output_delta_log2: 54, output_scale: 0.5 };
+    /// assert_eq!(iface.dequantize(&[4]), vec![2.0]);
+    /// ```
     pub fn dequantize(&self, levels: &[i64]) -> Vec<f32> {
         levels.iter().map(|&l| l as f32 * self.output_scale).collect()
     }
@@ -174,16 +189,40 @@ pub struct IntegerProgram {
 
 impl IntegerProgram {
     /// Number of outputs after pooling.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(prog.outputs(), 2);
+    /// assert_eq!(IntegerProgram { pool: 2, ..prog }.outputs(), 1);
+    /// ```
     pub fn outputs(&self) -> usize {
         self.neurons + 1 - self.pool
     }
 
     /// Bits the pooled sum may add: ceil(log2(pool)).
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(prog.pool_bits(), 0);
+    /// assert_eq!(IntegerProgram { pool: 3, ..prog }.pool_bits(), 2);
+    /// ```
     pub fn pool_bits(&self) -> u32 {
         pool_bits(self.pool)
     }
 
     /// The program's bit widths and pooling window.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// let w = prog.bit_widths();
+    /// assert_eq!((w.input_bits, w.accumulator_bits, w.lookup_bits, w.output_bits, w.pool), (2, 4, 2, 3, 1));
+    /// ```
     pub fn bit_widths(&self) -> BitWidths {
         BitWidths {
             input_bits: self.input_bits,
@@ -195,11 +234,26 @@ impl IntegerProgram {
     }
 
     /// log2 of the output encoding scale.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(prog.output_delta_log2(), 63 - 3);
+    /// ```
     pub fn output_delta_log2(&self) -> u32 {
         63 - self.output_bits - self.pool_bits()
     }
 
     /// The client's view of this program.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// let iface = prog.interface();
+    /// assert_eq!((iface.input_dim, iface.outputs, iface.output_scale), (2, 2, 0.5));
+    /// ```
     pub fn interface(&self) -> ProgramInterface {
         ProgramInterface {
             input_dim: self.input_dim,
@@ -212,6 +266,15 @@ impl IntegerProgram {
     }
 
     /// Check the program is consistent and can be evaluated under `params`.
+    ///
+    /// ```
+    /// use cryptotl_server::{IntegerProgram, ParameterSet};
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert!(prog.validate(ParameterSet::Message2Carry2).is_ok());
+    /// let short_table = IntegerProgram { tables: vec![vec![0, 1]; 2], ..prog.clone() };
+    /// assert!(short_table.validate(ParameterSet::Message2Carry2).is_err());
+    /// ```
     pub fn validate(&self, params: ParameterSet) -> Result<()> {
         let fail = |m: String| Err(HeError::Program(m));
         let p = self.lookup_bits;
@@ -245,11 +308,25 @@ impl IntegerProgram {
     }
 
     /// Weight row of neuron `j`.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(prog.row(1), &[1, 1]);
+    /// ```
     pub fn row(&self, j: usize) -> &[i32] {
         &self.weights[j * self.input_dim..(j + 1) * self.input_dim]
     }
 
     /// The exact accumulator of every neuron (as an integer, before any wrap-around).
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(prog.accumulators(&[1, 1]), vec![9, 2]); // 2 - 1 + 8, 1 + 1
+    /// ```
     pub fn accumulators(&self, q: &[u16]) -> Vec<i64> {
         (0..self.neurons)
             .map(|j| self.biases[j] + self.row(j).iter().zip(q).map(|(&w, &x)| w as i64 * x as i64).sum::<i64>())
@@ -274,18 +351,41 @@ impl IntegerProgram {
 
     /// Whether an accumulator rounds to an index outside `[0, 2^p)`: below zero or into the padding half, where
     /// the lookup wraps around (the calibration keeps accumulators inside `[-half bin, 2^B - half bin)`).
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// // B = 4, p = 2: a bin is 4 units, accumulators stay in [-2, 14).
+    /// assert!(!prog.wraps(-2) && !prog.wraps(13));
+    /// assert!(prog.wraps(-3) && prog.wraps(14));
+    /// ```
     pub fn wraps(&self, acc: i64) -> bool {
         let half = 1i64 << (self.accumulator_bits - self.lookup_bits - 1);
         !(-half..(1i64 << self.accumulator_bits) - half).contains(&acc)
     }
 
     /// The bootstrap's output for neuron `j` at table index `r` (negacyclic beyond 2^p).
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!((prog.lookup(0, 3), prog.lookup(0, 5)), (3, -1)); // index 5 = 4 + 1: the negacyclic copy
+    /// ```
     pub fn lookup(&self, j: usize, r: usize) -> i64 {
         let half = 1usize << self.lookup_bits;
         if r < half { self.tables[j][r] as i64 } else { -(self.tables[j][r - half] as i64) }
     }
 
     /// Sum-pool activations (stride 1) into outputs.
+    ///
+    /// ```
+    /// use cryptotl_server::IntegerProgram;
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// assert_eq!(IntegerProgram { pool: 2, ..prog }.pool_levels(&[1, 2, 3]), vec![3, 5]);
+    /// ```
     pub fn pool_levels(&self, activations: &[i64]) -> Vec<i64> {
         activations.windows(self.pool).map(|w| w.iter().sum()).collect()
     }
