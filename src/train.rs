@@ -57,9 +57,11 @@ pub struct Trained<M> {
     pub model: M,
     /// One entry per epoch run.
     pub history: Vec<EpochStats>,
-    /// The epoch whose parameters were kept.
+    /// The epoch whose parameters were kept: the one of best validation loss without DP; with DP-SGD
+    /// always the last one (choosing by validation loss is not part of the accounted mechanism).
     pub best_epoch: usize,
-    /// True when patience ran out before `epochs`.
+    /// Training ended before its schedule did: patience ran out (without DP), or the privacy filter
+    /// (`[privacy] max_epsilon`) stopped it (DP-SGD).
     pub stopped_early: bool,
     /// Wall time in seconds.
     pub seconds: f64,
