@@ -93,6 +93,10 @@ enum ServerCommand {
     /// Issue a bearer token for a client: appends `<name> <sha256 of the token>` to the token file and prints the
     /// token (give it to the client; the server keeps only its hash).
     Token(TokenArgs),
+    /// Membership inference on the server's source data through the network's outputs (what a client sees): the
+    /// loss attack's AUC and TPR at 1% FPR, members from the source training split against the source test split.
+    /// Needs the source data. Writes `<run output dir>/membership.json`.
+    Membership(ConfigArgs),
 }
 
 #[derive(Args, Debug)]
@@ -443,6 +447,15 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             for r in &statement.rows {
                 println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{e:.4} at δ = {:.3e}", r.delta.unwrap_or(0.0))));
             }
+        }
+        ServerCommand::Membership(a) => {
+            let cfg = a.load()?;
+            let attack = crate::membership::audit_server(&cfg)?;
+            let out = cfg.output_dir();
+            let json = serde_json::to_vec_pretty(&attack).map_err(|e| Error::Internal(format!("the attack's result does not serialise: {e}")))?;
+            crate::atomic::write(&out.join("membership.json"), &json)?;
+            print!("{}", attack.to_markdown());
+            println!("written to {}", out.join("membership.json").display());
         }
         ServerCommand::Token(a) => {
             if a.name.is_empty() || !a.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {

@@ -26,6 +26,7 @@
 //! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
 //! - [`audit`]: the one-run empirical privacy audit of the DP-SGD head (a lower bound beside the accountant's ε).
+//! - [`membership`]: a membership-inference attack on the server's source data through the network's outputs.
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`atomic`]: atomic file writes (temp file, fsync, rename).
 //! - [`cache`]: cache entries (a directory completed by its `meta.json` last), for the pretrained and the noised network.
@@ -50,6 +51,7 @@ pub mod eval;
 pub mod features;
 pub mod he;
 pub mod linear;
+pub mod membership;
 pub mod model;
 pub mod privacy;
 pub mod pipeline;

@@ -28,9 +28,23 @@ pub const BOW_FOLDS: u64 = 0xb0f_f01d;
 /// The audit's canary labels and inclusion (mixed with `[audit] seed`).
 pub const AUDIT_CANARIES: u64 = 0xca_4a41;
 
+/// The membership attack's sample of source training examples.
+pub const MEMBERSHIP: u64 = 0x3e3b_e25;
+
 /// Every stream above.
-pub const ALL: [u64; 10] =
-    [LOWER_INIT, PRETRAIN_OUTPUT_INIT, HEAD_INIT, TRAINING, DP_SAMPLING, DP_NOISE, RAW_BASELINE_DP, CURVE_SUBSETS, BOW_FOLDS, AUDIT_CANARIES];
+pub const ALL: [u64; 11] = [
+    LOWER_INIT,
+    PRETRAIN_OUTPUT_INIT,
+    HEAD_INIT,
+    TRAINING,
+    DP_SAMPLING,
+    DP_NOISE,
+    RAW_BASELINE_DP,
+    CURVE_SUBSETS,
+    BOW_FOLDS,
+    AUDIT_CANARIES,
+    MEMBERSHIP,
+];
 
 /// The seed of one stream.
 pub fn stream(seed: u64, stream: u64) -> u64 {
