@@ -101,6 +101,22 @@ pub struct LogisticRegression {
     pub iterations: u64,
 }
 
+impl LogisticRegression {
+    /// log P(y | x) under the model, computed without overflow.
+    ///
+    /// ```
+    /// let lr = cryptotl::linear::LogisticRegression { weights: vec![1.0], bias: 0.0, c: 1.0, iterations: 0 };
+    /// let x = ndarray::arr1(&[0.0f32]);
+    /// assert!((lr.log_likelihood(x.view(), 1) - 0.5f64.ln()).abs() < 1e-12);
+    /// assert!(lr.log_likelihood(ndarray::arr1(&[1e4f32]).view(), 0) < -9e3);
+    /// ```
+    pub fn log_likelihood(&self, x: ndarray::ArrayView1<'_, f32>, y: u8) -> f64 {
+        let z: f64 = x.iter().zip(&self.weights).map(|(&a, &w)| a as f64 * w as f64).sum::<f64>() + self.bias as f64;
+        // The cross-entropy the fit minimises, negated: log σ(z) for y = 1, log σ(-z) for y = 0.
+        -(softplus(z) - z * y as f64)
+    }
+}
+
 /// ln(1 + e^z), stable.
 fn softplus(z: f64) -> f64 {
     if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }

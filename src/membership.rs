@@ -93,16 +93,7 @@ pub fn tpr_at_fpr(pos: &[f64], neg: &[f64], fpr: f64) -> f64 {
 
 /// log P(label) under the probe, per row.
 fn log_likelihoods(x: &Array2<f32>, y: &[u8], probe: &crate::linear::LogisticRegression) -> Vec<f64> {
-    x.rows()
-        .into_iter()
-        .zip(y)
-        .map(|(row, &label)| {
-            let z: f64 = row.iter().zip(&probe.weights).map(|(&a, &w)| a as f64 * w as f64).sum::<f64>() + probe.bias as f64;
-            let s = if label == 1 { z } else { -z };
-            // log sigmoid(s) = -softplus(-s), computed without overflow.
-            -((-s).max(0.0) + (-s.abs()).exp().ln_1p())
-        })
-        .collect()
+    x.rows().into_iter().zip(y).map(|(row, &label)| probe.log_likelihood(row, label)).collect()
 }
 
 /// The loss attack on outputs the client received: a probe fitted on `reference` (known non-members), then
@@ -137,16 +128,18 @@ pub fn audit_server(cfg: &RunConfig) -> Result<MembershipAttack> {
     let outputs = |texts: &[String]| -> Result<Array2<f32>> { crate::pipeline::lower_forward(&lower.net, &lower.features.transform(texts)?) };
     let n = source.test.texts.len().min(MAX_CANDIDATES);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seeds::stream(cfg.seed, crate::seeds::MEMBERSHIP));
-    let mut members: Vec<usize> = (0..source.train.texts.len()).collect();
-    members.shuffle(&mut rng);
-    members.truncate(n);
-    let pick = |d: &crate::data::Dataset, idx: &[usize]| -> (Vec<String>, Vec<u8>) { (idx.iter().map(|&i| d.texts[i].clone()).collect(), idx.iter().map(|&i| d.labels[i]).collect()) };
-    let (member_texts, member_y) = pick(&source.train, &members);
     // Both sides drawn at random from their split, so their mix of source paths (tweets, reviews, ...) is the same
     // in expectation: every path is split with the same fractions.
-    let mut held_out: Vec<usize> = (0..source.test.texts.len()).collect();
-    held_out.shuffle(&mut rng);
-    held_out.truncate(n);
+    let mut sample = |len: usize| {
+        let mut idx: Vec<usize> = (0..len).collect();
+        idx.shuffle(&mut rng);
+        idx.truncate(n);
+        idx
+    };
+    let members = sample(source.train.texts.len());
+    let held_out = sample(source.test.texts.len());
+    let pick = |d: &crate::data::Dataset, idx: &[usize]| -> (Vec<String>, Vec<u8>) { (idx.iter().map(|&i| d.texts[i].clone()).collect(), idx.iter().map(|&i| d.labels[i]).collect()) };
+    let (member_texts, member_y) = pick(&source.train, &members);
     let (non_texts, non_y) = pick(&source.test, &held_out);
     let x_members = outputs(&member_texts)?;
     let x_non = outputs(&non_texts)?;

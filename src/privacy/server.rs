@@ -73,9 +73,9 @@ pub fn weight_noise_measurement(l2_sensitivity: f64, noise_std: f64) -> Result<W
         // Δ per added or removed example; the triangle inequality gives Δ·k for k of them.
         StabilityMap::new(move |d_in: &u32| l2_sensitivity * *d_in as f64),
     )
-    .map_err(Error::from)?;
+    ?;
     let gaussian: Measurement<_, _, ZeroConcentratedDivergence, Vec<f64>> =
-        make_gaussian(weights, L2Distance::default(), noise_std, None).map_err(Error::from)?;
+        make_gaussian(weights, L2Distance::default(), noise_std, None)?;
     make_chain_mt(&gaussian, &training).map_err(Error::from)
 }
 
@@ -83,9 +83,9 @@ pub fn weight_noise_measurement(l2_sensitivity: f64, noise_std: f64) -> Result<W
 pub fn weight_noise_epsilon(l2_sensitivity: f64, noise_std: f64, delta: f64) -> Result<(f64, f64)> {
     super::check_query(1, delta)?;
     let m = weight_noise_measurement(l2_sensitivity, noise_std)?;
-    let rho = m.map(&1).map_err(Error::from)?;
-    let approx = make_fix_delta(&make_zCDP_to_approxDP(m).map_err(Error::from)?, delta).map_err(Error::from)?;
-    let (eps, _) = approx.map(&1).map_err(Error::from)?;
+    let rho = m.map(&1)?;
+    let approx = make_fix_delta(&make_zCDP_to_approxDP(m)?, delta)?;
+    let (eps, _) = approx.map(&1)?;
     Ok((rho, eps))
 }
 
@@ -217,7 +217,7 @@ pub fn approx_dp_measurement(epsilon: f64, delta: f64, what: &'static str) -> Re
 /// The weight noise in approximate DP at its δ (OpenDP's zCDP conversion), for composition.
 pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurement> {
     let m = weight_noise_measurement(plan.l2_sensitivity, plan.noise_std)?;
-    make_fix_delta(&make_zCDP_to_approxDP(m).map_err(Error::from)?, plan.delta).map_err(Error::from)
+    make_fix_delta(&make_zCDP_to_approxDP(m)?, plan.delta).map_err(Error::from)
 }
 
 /// Compose mechanisms on the source data with OpenDP's `make_composition` (approximate DP: ε and δ add) and
@@ -231,7 +231,7 @@ pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurem
 /// assert!((eps - 1.5).abs() < 1e-12 && (delta - 3e-6).abs() < 1e-18);
 /// ```
 pub fn compose(parts: Vec<ApproxDpMeasurement>) -> Result<(f64, f64)> {
-    make_composition(parts).map_err(Error::from)?.map(&1).map_err(Error::from)
+    make_composition(parts)?.map(&1).map_err(Error::from)
 }
 
 fn check_positive(what: &str, v: f64) -> Result<()> {

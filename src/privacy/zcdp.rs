@@ -53,7 +53,7 @@ impl Accountant for Zcdp {
         // them in memory.)
         let scale = m.noise_multiplier / (steps as f64).sqrt() * (1.0 - 1e-12);
         let step = gaussian_step(scale)?;
-        let approx = make_fix_delta(&make_zCDP_to_approxDP(step).map_err(Error::from)?, delta).map_err(Error::from)?;
+        let approx = make_fix_delta(&make_zCDP_to_approxDP(step)?, delta)?;
         match approx.map(&1.0) {
             Ok((eps, _delta)) => Ok(eps),
             // OpenDP's conversion overflows for a huge ρ: ∞ is then the (valid) answer.
