@@ -469,9 +469,28 @@ pub fn prune_dead_units(lower: &mut PretrainedLower) {
     lower.pruned = Some(PrunedUnits { hidden, dropped });
 }
 
-/// The client's scaled features of its target data (pipeline fitted on target train only).
+/// The client's scaled features of its target data: the pipeline fitted on target train only, or, when the run
+/// trains a head with DP-SGD (`[privacy]` on), fitted on nothing ([`FeaturePipeline::data_independent`]).
 pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeline, FeatureSplit)> {
-    let pipeline = FeaturePipeline::fit(&cfg.features, &target.train.texts)?;
+    client_features_for(cfg, target, client_is_private(cfg))
+}
+
+/// Whether the client trains a head with DP-SGD in this run.
+pub fn client_is_private(cfg: &RunConfig) -> bool {
+    cfg.privacy.as_ref().is_some_and(|p| p.enabled)
+}
+
+/// [`client_features`] with the choice made by the caller: `private` gives the data-independent map (a sweep
+/// that trains private and non-private heads on one set of features asks for it once for all of them). DP-SGD
+/// bounds what one example does to the head through its own features; a min-max range or IDF weight fitted on the
+/// training split would move every example's features with it, so the accountant's ε would not hold.
+pub fn client_features_for(cfg: &RunConfig, target: &Split, private: bool) -> Result<(FeaturePipeline, FeatureSplit)> {
+    let pipeline = if private {
+        tracing::info!("client feature map fitted on nothing (DP-SGD head): fixed scaling, no IDF");
+        FeaturePipeline::data_independent(&cfg.features)?
+    } else {
+        FeaturePipeline::fit(&cfg.features, &target.train.texts)?
+    };
     let fs = FeatureSplit::from_split(&pipeline, target)?;
     Ok((pipeline, fs))
 }

@@ -48,6 +48,11 @@ pub fn features_key(cfg: &RunConfig) -> String {
         // Only when set, so the keys of earlier runs (one unit per text) stay valid.
         material["transfer_unit"] = serde_json::json!({ "unit": cfg.head.transfer_unit, "max_sentences": cfg.head.max_sentences });
     }
+    if crate::pipeline::client_is_private(cfg) {
+        // A DP head's features come through a map fitted on nothing ([`crate::pipeline::client_features`]), so
+        // features made for a non-private head cannot be reused for a private one. Only when set, as above.
+        material["client_map"] = serde_json::json!("data_independent");
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 
@@ -113,9 +118,10 @@ impl RunManifest {
         if m.features_key != features_key(cfg) {
             return Err(Error::Config {
                 file: dir.display().to_string(),
-                key: "seed / features / source / target / split / lower / he".into(),
+                key: "seed / features / source / target / split / lower / he / privacy".into(),
                 message: format!(
-                    "the features in this run directory were made by another config (key {}, this config gives {}): \
+                    "the features in this run directory were made by another config (key {}, this config gives {}; a \
+                     DP-SGD head needs features made with [privacy] on, through a map fitted on no data): \
                      rerun `cryptotl features` (or `run`) with it, or point output_dir elsewhere",
                     m.features_key, features_key(cfg)),
             });

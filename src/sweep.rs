@@ -246,7 +246,10 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         settings.push((*s, server_cfg, heads));
     }
     let data = pipeline::prepare_data(cfg)?;
-    let (client_pipeline, client) = pipeline::client_features(cfg, &data.target)?;
+    // One set of client features for every head: the data-independent map as soon as one head is private, so the
+    // ε = ∞ point is measured on the same features as the private ones.
+    let any_private = spec.client_epsilons.iter().any(|e| matches!(e, Epsilon::Finite(_)));
+    let (client_pipeline, client) = pipeline::client_features_for(cfg, &data.target, any_private)?;
     let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?;
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {

@@ -234,6 +234,36 @@ fn private_head_learns_and_the_report_states_its_budget() {
 }
 
 #[test]
+fn a_private_heads_features_come_through_a_map_fitted_on_no_data() {
+    // DP-SGD bounds what one example does to the head through its own features. A min-max range or IDF weight
+    // fitted on the training split would let one example move every other example's features, outside what the
+    // accountant counts; with [privacy] on, a test text's features must not depend on the training split at all.
+    let dir = tempfile::tempdir().unwrap();
+    let private = tiny_config(dir.path()) + "[privacy]\ntarget_epsilon = 8.0\n";
+    let cfg = RunConfig::from_toml_str(&private, "tiny.toml", &[]).unwrap();
+    assert!(cryptotl::pipeline::client_is_private(&cfg));
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let mut fewer = data.target.clone();
+    let half = fewer.train.texts.len() / 2;
+    fewer.train.texts.truncate(half);
+    fewer.train.labels.truncate(half);
+    let test_rows = |split: &cryptotl::data::Split, private: bool| cryptotl::pipeline::client_features_for(&cfg, split, private).unwrap().1.test;
+    assert_eq!(test_rows(&data.target, true), test_rows(&fewer, true));
+    assert_eq!(cryptotl::pipeline::client_features(&cfg, &data.target).unwrap().1.test, test_rows(&data.target, true));
+    // The fitted map does depend on it (so the equality above is a real check).
+    assert_ne!(test_rows(&data.target, false), test_rows(&fewer, false));
+    // Features made without [privacy] are not reused for a DP-SGD head: a clear error, not a head whose ε is wrong.
+    let (plain_path, private_path) = (dir.path().join("plain.toml"), dir.path().join("private.toml"));
+    std::fs::write(&plain_path, tiny_config(dir.path())).unwrap();
+    std::fs::write(&private_path, &private).unwrap();
+    let (code, _, err) = cli(&["-q", "features", plain_path.to_str().unwrap(), "--set", "he.enabled=false"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["-q", "train-head", private_path.to_str().unwrap(), "--set", "he.enabled=false"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[privacy] on"), "{err}");
+}
+
+#[test]
 fn a_run_beyond_its_budget_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let text = tiny_config(dir.path()) + "[privacy]\nnoise_multiplier = 0.5\ntarget_epsilon = 1.0\n";

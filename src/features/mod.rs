@@ -119,6 +119,12 @@ fn hashed_terms(text: &str, ngrams: usize) -> Vec<u64> {
 }
 
 impl HashedTfidf {
+    /// Term frequencies with every IDF weight 1: the featurizer fitted on nothing, for a party whose map must not
+    /// depend on its data ([`FeaturePipeline::data_independent`]).
+    pub fn unfitted(dim: usize, ngrams: usize) -> Self {
+        Self { dim, ngrams, idf: vec![1.0; dim] }
+    }
+
     /// Fit the IDF weights on training texts.
     pub fn fit(train_texts: &[String], dim: usize, ngrams: usize) -> Self {
         let df: Vec<u32> = train_texts
@@ -291,12 +297,20 @@ pub struct FeaturePipeline {
 }
 
 impl FeaturePipeline {
+    /// The featurizer of `cfg`, fitted on `train_texts` (hashed TF-IDF's IDF weights) or on nothing (`None`).
+    fn featurizer(cfg: &FeaturesConfig, train_texts: Option<&[String]>) -> Result<FeaturizerState> {
+        Ok(match cfg.kind {
+            FeatureKind::Hashed => FeaturizerState::Hashed(match train_texts {
+                Some(texts) => HashedTfidf::fit(texts, cfg.dim(), cfg.ngrams),
+                None => HashedTfidf::unfitted(cfg.dim(), cfg.ngrams),
+            }),
+            FeatureKind::Minilm => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
+        })
+    }
+
     /// Fit featurizer and scaler on training texts only.
     pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
-        let featurizer = match cfg.kind {
-            FeatureKind::Hashed => FeaturizerState::Hashed(HashedTfidf::fit(train_texts, cfg.dim(), cfg.ngrams)),
-            FeatureKind::Minilm => FeaturizerState::Minilm(minilm::MiniLm::new(&cfg.model_dir, cfg.batch_size, Some(cfg.embedding_cache_dir.clone()))?.with_max_windows(cfg.max_windows)),
-        };
+        let featurizer = Self::featurizer(cfg, Some(train_texts))?;
         let scaler = match cfg.scaling {
             crate::config::Scaling::Fitted => {
                 let raw = featurizer.transform(train_texts)?;
@@ -304,6 +318,17 @@ impl FeaturePipeline {
             }
             crate::config::Scaling::Fixed => MinMaxScaler::fixed(&featurizer),
         };
+        Ok(Self { featurizer, scaler })
+    }
+
+    /// A pipeline that reads nothing of any data: the featurizer unfitted (MiniLM has nothing to fit; hashed TF-IDF
+    /// keeps term frequencies, every IDF weight 1) and the `fixed` scaling. What a client whose head is trained
+    /// with DP-SGD must use: the guarantee is for a fixed map from one example to its features, and a map fitted on
+    /// the training split (min-max ranges, IDF weights) would let one example move every other example's
+    /// features, outside what the accountant bounds.
+    pub fn data_independent(cfg: &FeaturesConfig) -> Result<Self> {
+        let featurizer = Self::featurizer(cfg, None)?;
+        let scaler = MinMaxScaler::fixed(&featurizer);
         Ok(Self { featurizer, scaler })
     }
 
