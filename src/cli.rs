@@ -447,10 +447,21 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             for r in &statement.rows {
                 println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{e:.4} at δ = {:.3e}", r.delta.unwrap_or(0.0))));
             }
+            if let Some(m) = &statement.source_membership {
+                println!("  measured: {}", m.sentence());
+            }
         }
         ServerCommand::Membership(a) => {
             let cfg = a.load()?;
-            let attack = crate::membership::audit_server(&cfg)?;
+            // Measured now, also for the shipped network (that is how its recorded figure is reproduced).
+            let (lower, source) = pipeline::server_network_and_source(&cfg)?;
+            let source = match source {
+                Some(s) => s,
+                None => pipeline::load_source(&cfg)
+                    .map_err(|e| Error::Config { file: cfg.name.clone(), key: "source.paths".into(), message: format!("the membership attack needs the server's source data: {e}") })?
+                    .0,
+            };
+            let attack = pipeline::measure_membership(&cfg, &lower, &source)?;
             let out = cfg.output_dir();
             let json = serde_json::to_vec_pretty(&attack).map_err(|e| Error::Internal(format!("the attack's result does not serialise: {e}")))?;
             crate::atomic::write(&out.join("membership.json"), &json)?;

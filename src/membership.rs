@@ -10,6 +10,9 @@
 //! non-members (a seeded sample of the source test split). Reported: the ROC AUC (0.5 = nothing learned about membership) and the
 //! true-positive rate at a 1% false-positive rate (Carlini et al. 2022's measure of confident inference).
 //!
+//! Every run measures it for the budget section of its report (`[audit] membership`, [`crate::pipeline::source_membership`]);
+//! `cryptotl server membership` runs it alone.
+//!
 //! The attack is an empirical lower bound on leakage, not a guarantee: a stronger attack may do better. DP
 //! pretraining bounds every attack; this measures one.
 //!
@@ -25,8 +28,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
-use crate::error::{Error, Result};
+use crate::data::{Dataset, Split};
+use crate::error::Result;
 
 /// Inverse L2 strength of the attacker's probe (the linear head's default).
 pub const PROBE_C: f64 = 1.0;
@@ -115,32 +118,22 @@ pub fn loss_attack(members: (&Array2<f32>, &[u8]), non_members: (&Array2<f32>, &
     })
 }
 
-/// Run the attack on the config's server network (pretrained, cached or shipped; with its DP pretraining and
-/// weight noise as configured) and its source data: members from the source training split, non-members from the
-/// source test split, the probe's reference from the source validation split. Needs the source data.
-pub fn audit_server(cfg: &RunConfig) -> Result<MembershipAttack> {
-    let lower = crate::pipeline::server_lower_network(cfg)?;
-    let (source, _) = crate::pipeline::load_source(cfg).map_err(|e| Error::Config {
-        file: cfg.name.clone(),
-        key: "source.paths".into(),
-        message: format!("the membership attack needs the server's source data: {e}"),
-    })?;
-    let outputs = |texts: &[String]| -> Result<Array2<f32>> { crate::pipeline::lower_forward(&lower.net, &lower.features.transform(texts)?) };
+/// The attack on a network's source data: members are a seeded sample (`seed`) of `source.train`, non-members as
+/// many of `source.test`, the probe's reference is `source.validation`; `outputs` maps texts to what the client
+/// would decrypt for them (the frozen network's outputs). At most [`MAX_CANDIDATES`] candidates per side.
+pub fn attack_source(source: &Split, seed: u64, outputs: impl Fn(&[String]) -> Result<Array2<f32>>) -> Result<MembershipAttack> {
     let n = source.test.texts.len().min(MAX_CANDIDATES);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seeds::stream(cfg.seed, crate::seeds::MEMBERSHIP));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     // Both sides drawn at random from their split, so their mix of source paths (tweets, reviews, ...) is the same
     // in expectation: every path is split with the same fractions.
-    let mut sample = |len: usize| {
-        let mut idx: Vec<usize> = (0..len).collect();
+    let mut sample = |d: &Dataset| -> (Vec<String>, Vec<u8>) {
+        let mut idx: Vec<usize> = (0..d.texts.len()).collect();
         idx.shuffle(&mut rng);
         idx.truncate(n);
-        idx
+        (idx.iter().map(|&i| d.texts[i].clone()).collect(), idx.iter().map(|&i| d.labels[i]).collect())
     };
-    let members = sample(source.train.texts.len());
-    let held_out = sample(source.test.texts.len());
-    let pick = |d: &crate::data::Dataset, idx: &[usize]| -> (Vec<String>, Vec<u8>) { (idx.iter().map(|&i| d.texts[i].clone()).collect(), idx.iter().map(|&i| d.labels[i]).collect()) };
-    let (member_texts, member_y) = pick(&source.train, &members);
-    let (non_texts, non_y) = pick(&source.test, &held_out);
+    let (member_texts, member_y) = sample(&source.train);
+    let (non_texts, non_y) = sample(&source.test);
     let x_members = outputs(&member_texts)?;
     let x_non = outputs(&non_texts)?;
     let x_ref = outputs(&source.validation.texts)?;

@@ -131,6 +131,7 @@ impl FeatureSplit {
 }
 
 /// The server's pretrained, frozen lower network with its feature pipeline.
+#[derive(Clone)]
 pub struct PretrainedLower {
     /// The frozen lower network.
     pub net: LowerNet<Cpu>,
@@ -415,6 +416,12 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
 /// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
 /// starts. The source data is loaded only where it is needed: to train, or to calibrate a noised network.
 pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    Ok(server_network_and_source(cfg)?.0)
+}
+
+/// [`server_lower_network`], with the source data when it had to be loaded for it (so a caller that needs it too,
+/// such as the membership attack, does not load it twice).
+pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
     let mut source: Option<(Split, DatasetSummary)> = None;
     let mut lower = match stored_pretrained(cfg)? {
         Some(stored) => stored,
@@ -434,13 +441,13 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
     if let Some(plan) = noise_plan {
         apply_weight_noise(cfg, &mut lower, plan)?;
         // The noised network's own ranges: the compiler calibrates on what it evaluates.
-        let (split, _) = match source {
+        let (split, _) = match &source {
             Some(s) => s,
-            None => load_source(cfg).map_err(|e| Error::Config {
+            None => source.insert(load_source(cfg).map_err(|e| Error::Config {
                 file: cfg.name.clone(),
                 key: "server_privacy.weight_noise".into(),
                 message: format!("a noised network is calibrated on its source data, which cannot be loaded: {e}"),
-            })?,
+            })?),
         };
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
@@ -448,7 +455,52 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
     if cfg.lower.prune_dead {
         prune_dead_units(&mut lower);
     }
-    Ok(lower)
+    Ok((lower, source.map(|(split, _)| split)))
+}
+
+/// The membership-inference figure on the server's source data for the budget section ([`crate::membership`]):
+/// the loss attack on `lower` as the client sees it (its outputs, plaintext: encrypted evaluation returns the same
+/// outputs up to the measured lookup errors). A shipped network unchanged by this run carries the figure measured
+/// when it was built (`ship-network`), so the quickstart needs no source data; any other network is attacked now,
+/// on `source` or the config's source data loaded here (embeddings come from the cache pretraining filled). When the
+/// source data cannot be loaded the report says so instead of failing the run. `now` says where a figure measured
+/// here was measured (the run's report, or the server's published statement).
+pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, now: &str) -> Result<crate::privacy::budget::SourceMembership> {
+    use crate::privacy::budget::SourceMembership;
+    if lower.origin == NetworkOrigin::Shipped && lower.weight_noise.is_none() {
+        let shipped = crate::shipped_network::find(&lower.meta.key).transpose()?;
+        return Ok(match shipped.and_then(|n| n.manifest.membership.clone()) {
+            Some(attack) => SourceMembership {
+                provenance: format!("measured when the shipped network was built (`{}`; `cryptotl server membership <config>` measures it again from the fetched sources)", crate::shipped_network::BUILD_COMMAND),
+                attack: Some(attack),
+            },
+            None => SourceMembership { provenance: "the shipped network carries no figure; `cryptotl server membership <config>` measures it from the fetched sources".into(), attack: None },
+        });
+    }
+    let loaded;
+    let source = match source {
+        Some(s) => s,
+        None => match load_source(cfg) {
+            Ok((s, _)) => {
+                loaded = s;
+                &loaded
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "membership attack skipped: the source data cannot be loaded");
+                return Ok(SourceMembership { provenance: format!("the source data cannot be loaded: {e}"), attack: None });
+            }
+        },
+    };
+    let attack = measure_membership(cfg, lower, source)?;
+    Ok(SourceMembership { provenance: now.into(), attack: Some(attack) })
+}
+
+/// The loss attack ([`crate::membership::attack_source`]) on `lower`'s plaintext outputs for `source`, members and
+/// non-members drawn by the run's membership seed stream.
+pub fn measure_membership(cfg: &RunConfig, lower: &PretrainedLower, source: &Split) -> Result<crate::membership::MembershipAttack> {
+    crate::membership::attack_source(source, crate::seeds::stream(cfg.seed, crate::seeds::MEMBERSHIP), |texts| {
+        lower_forward(&lower.net, &lower.features.transform(texts)?)
+    })
 }
 
 /// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
@@ -671,8 +723,10 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     if !cfg.he.enabled {
         return Err(Error::Config { file: "<config>".into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
     }
-    let lower = server_lower_network(cfg)?;
+    let (lower, source) = server_network_and_source(cfg)?;
     let program = compile_program(cfg, &lower)?;
+    // The server has its source data: it measures the attack (or quotes the shipped figure) for its statement.
+    let membership = if cfg.audit.membership { Some(source_membership(cfg, &lower, source.as_ref(), "measured by the server when it built this model")?) } else { None };
     let features = serde_json::json!({
         "kind": cfg.features.kind,
         "dim": lower.features.dim(),
@@ -684,6 +738,8 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
         dp_pretraining: lower.meta.dp_pretraining.as_ref(),
         weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
         source_examples: lower.meta.source.train,
+        membership: membership.as_ref(),
+        fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
     })?;
     let privacy = serde_json::to_value(&statement).map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
     Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
@@ -983,13 +1039,20 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
-    let lower = match &remote {
-        Some(_) => None,
+    let (lower, membership) = match &remote {
+        Some(_) => (None, None),
         None => {
-            let (lower, t) = timed(|| server_lower_network(cfg));
-            let lower = lower?;
+            let (r, t) = timed(|| server_network_and_source(cfg));
+            let (lower, source) = r?;
             stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
-            Some(lower)
+            let membership = if cfg.audit.membership {
+                let (m, t) = timed(|| source_membership(cfg, &lower, source.as_ref(), "measured in this run"));
+                stage("membership attack on the source data (server side)", t);
+                Some(m?)
+            } else {
+                None
+            };
+            (Some(lower), membership)
         }
     };
     let (client, t) = timed(|| client_features(cfg, &data.target));
@@ -1129,6 +1192,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
                 dp_pretraining: lower.meta.dp_pretraining.as_ref(),
                 weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
                 source_examples: lower.meta.source.train,
+                membership: membership.as_ref(),
+                fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
             },
             tfhe,
         )?,

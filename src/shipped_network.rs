@@ -6,7 +6,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `manifest.json` | format, the [`crate::pipeline::pretrain_key`] of the config that made it, the command, the sha256 and size of the network, the pretraining meta data (source sizes, source accuracy per source task, each neuron's pre-activation range over the source training features, history), the server's fitted feature pipeline, and the config tables that determine it (for people) |
+//! | `manifest.json` | format, the [`crate::pipeline::pretrain_key`] of the config that made it, the command, the sha256 and size of the network, the pretraining meta data (source sizes, source accuracy per source task, each neuron's pre-activation range over the source training features, history), the server's fitted feature pipeline, the config tables that determine it (for people), and the membership attack on the source data measured when it was built |
 //! | `pretrain_net.bin` | the lower network and its pretraining output layer, Burn's binary record |
 //!
 //! `cargo run --release -- ship-network configs/quickstart.toml` rebuilds both from the fetched sources
@@ -62,6 +62,10 @@ pub struct Manifest {
     pub features: FeaturePipeline,
     /// The config tables that determine the network, for people (the key is what is checked).
     pub config: serde_json::Value,
+    /// The membership attack on the source data measured when it was built ([`crate::membership`]), quoted by the
+    /// budget of every run that uses the network unchanged.
+    #[serde(default)]
+    pub membership: Option<crate::membership::MembershipAttack>,
 }
 
 /// A decoded shipped network.
@@ -76,7 +80,7 @@ use cryptotl_server::artifact::sha256_hex;
 
 impl ShippedNetwork {
     /// Encode a pretraining network with its meta data and feature pipeline: `(manifest.json, pretrain_net.bin)`.
-    pub fn encode(cfg: &RunConfig, net: &PretrainNet<Cpu>, meta: &PretrainMeta, features: &FeaturePipeline) -> Result<(Vec<u8>, Vec<u8>)> {
+    pub fn encode(cfg: &RunConfig, net: &PretrainNet<Cpu>, meta: &PretrainMeta, features: &FeaturePipeline, membership: Option<crate::membership::MembershipAttack>) -> Result<(Vec<u8>, Vec<u8>)> {
         let network = BinBytesRecorder::<FullPrecisionSettings>::default()
             .record(net.clone().into_record(), ())
             .map_err(|e| Error::Internal(format!("cannot encode the network: {e}")))?;
@@ -93,6 +97,7 @@ impl ShippedNetwork {
                 "seed": cfg.seed, "source": cfg.source, "features": cfg.features, "split": cfg.split,
                 "lower": cfg.lower, "pretrain": cfg.pretrain,
             }),
+            membership,
         };
         let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(format!("cannot encode the manifest: {e}")))?;
         json.push(b'\n');
@@ -150,26 +155,30 @@ pub fn find(key: &str) -> Option<Result<&'static ShippedNetwork>> {
     }
 }
 
-/// Pretrain (or load from the cache; never from the binary) the network of `cfg` and write it to `dir` as a
-/// shippable entry, atomically. Returns the manifest.
+/// Pretrain (or load from the cache; never from the binary) the network of `cfg`, measure the membership attack on
+/// its source data (`[audit] membership`), and write it to `dir` as a shippable entry, atomically. Returns the
+/// manifest.
 pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
     if cfg.server_privacy.weight_noise.is_some() {
         return Err(Error::Config { file: cfg.name.clone(), key: "server_privacy.weight_noise".into(),
             message: "a shipped network is the pretrained one; weight noise is drawn by each run".into() });
     }
-    // The sources are loaded only when the cache has no entry to ship.
+    let (source, summary) = crate::pipeline::load_source(cfg)?;
     let lower = match crate::pipeline::cached_pretrained(cfg) {
         Some(cached) => cached,
-        None => {
-            let (source, summary) = crate::pipeline::load_source(cfg)?;
-            crate::pipeline::pretrain_on_source(cfg, &source, &summary)?
-        }
+        None => crate::pipeline::pretrain_on_source(cfg, &source, &summary)?,
     };
+    // Measured on the network as every run that uses it sees it (dead units dropped: they output constant 0).
+    let mut released = lower.clone();
+    if cfg.lower.prune_dead {
+        crate::pipeline::prune_dead_units(&mut released);
+    }
+    let membership = if cfg.audit.membership { Some(crate::pipeline::measure_membership(cfg, &released, &source)?) } else { None };
     // The pretraining output layer is not kept in memory (transfer drops it): read the whole network back.
     let device = Default::default();
     let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
     let net = crate::model::load_module(skeleton, &lower.cache_dir.join("lower"), &device)?;
-    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features)?;
+    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features, membership)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::atomic::write(&dir.join("pretrain_net.bin"), &network)?;
     crate::atomic::write(&dir.join("manifest.json"), &manifest)?;

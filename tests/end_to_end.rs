@@ -62,12 +62,22 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(he.accuracy_float > 0.85 && he.accuracy_quantized > 0.85, "{he:?}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("| transfer |") && md.contains("Wall time per stage") && md.contains("Encrypted lower network (TFHE)"));
+    // The server side, measured: the membership attack on the source data the network was just trained on.
+    let membership = report.budget.source_membership.as_ref().expect("[audit] membership is on by default");
+    assert_eq!(membership.provenance, "measured in this run");
+    let attack = membership.attack.as_ref().unwrap();
+    let (source, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
+    assert_eq!((attack.members, attack.non_members, attack.reference), (source.test.texts.len(), source.test.texts.len(), source.validation.texts.len()));
+    assert!(md.contains("Server, measured: membership inference on the source data"), "{md}");
     assert!(dir.path().join("run/head.bin").exists() && dir.path().join("run/client_features.json").exists());
     let saved = RunConfig::load(&dir.path().join("run/config.toml"), &[]).unwrap();
     assert_eq!(saved, cfg, "the config saved beside the head reproduces the run's config");
 
     // Second run: the lower network comes from the cache, and the results are identical (seeded throughout).
-    let again = cryptotl::pipeline::run(&cfg).unwrap();
+    // Without the membership attack this time: the budget then has no figure (and the key is unchanged).
+    let quiet = cfg.edited("test", |c| c.audit.membership = false).unwrap();
+    let again = cryptotl::pipeline::run(&quiet).unwrap();
+    assert!(again.budget.source_membership.is_none());
     assert!(again.pretraining.as_ref().unwrap().from_cache);
     assert_eq!(again.results[0].test, report.results[0].test);
     assert_eq!(again.pretraining.as_ref().unwrap().source_test, report.pretraining.as_ref().unwrap().source_test);

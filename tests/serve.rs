@@ -463,6 +463,10 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     assert!(transfer["test"]["accuracy"].as_f64().unwrap() > 0.85, "{transfer}");
     let rows = report["budget"]["rows"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["party"] == "server" && r["mechanism"] == "none"), "the server's published statement: {rows:?}");
+    // The server measured the membership attack on its own source data when it built the model, and published it.
+    let membership = &report["budget"]["source_membership"];
+    assert_eq!(membership["provenance"], "measured by the server when it built this model", "{membership}");
+    assert!((0.0..=1.0).contains(&membership["attack"]["auc"].as_f64().unwrap()), "{membership}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("remote server at") && md.contains("not measurable"), "{md}");
 

@@ -32,6 +32,12 @@ fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
     // The encrypted stage compiles from the shipped ranges alone.
     let program = cryptotl::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he).unwrap();
     assert_eq!(program.neurons, live);
+    // The budget quotes the membership attack measured when the network was built: no source data is read.
+    let m = pipeline::source_membership(&cfg, &lower, None, "now").unwrap();
+    let a = m.attack.as_ref().expect("the shipped network carries its membership figure");
+    assert_eq!(Some(a), shipped().manifest.membership.as_ref());
+    assert!(m.provenance.contains("when the shipped network was built"), "{}", m.provenance);
+    assert!(a.members == a.non_members && a.members > 1000 && a.reference > 1000 && (0.0..=1.0).contains(&a.auc), "{a:?}");
     // Anything that changes the network changes the key: then the run pretrains (and needs the sources).
     cfg.pretrain.epochs += 1;
     assert!(pipeline::stored_pretrained(&cfg).unwrap().is_none());

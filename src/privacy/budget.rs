@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::plan::{DpPlan, PrivacyReport};
 use super::server::{WeightNoisePlan, approx_dp_measurement, compose, weight_noise_approx_dp};
 use crate::error::Result;
+use crate::membership::MembershipAttack;
 
 /// One party's mechanism and what it guarantees.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -127,6 +128,61 @@ pub struct ServerMechanisms<'a> {
     pub weight_noise: Option<(&'a WeightNoisePlan, usize)>,
     /// Source training examples.
     pub source_examples: usize,
+    /// What a membership-inference attack on the source data measured through the client's view (`[audit]
+    /// membership`), when it was run.
+    pub membership: Option<&'a SourceMembership>,
+    /// What the release also fitted on the source data outside the mechanisms (feature scaling, IDF weights,
+    /// calibration ranges, dead-unit pruning): the mechanisms' ε does not cover these ([`fitted_outside`]).
+    pub fitted_outside: &'a [&'static str],
+}
+
+/// What a server with `cfg` fits on its source data besides the trained weights, none of it under a DP mechanism:
+/// with DP pretraining or weight noise the report names these, since their ε covers the weights only.
+/// `features.scaling = "fixed"` (MiniLM), `he.calibration = "input_box"` and `lower.prune_dead = false` leave none.
+pub fn fitted_outside(cfg: &crate::config::RunConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg.features.scaling == crate::config::Scaling::Fitted {
+        out.push("the min-max feature scaling (features.scaling = \"fitted\")");
+    }
+    if cfg.features.kind == crate::config::FeatureKind::Hashed {
+        out.push("the hashed TF-IDF's IDF weights");
+    }
+    if cfg.he.enabled && cfg.he.calibration == crate::config::Calibration::Source {
+        out.push("the encrypted program's calibration ranges (he.calibration = \"source\")");
+    }
+    if cfg.lower.prune_dead {
+        out.push("which units are dropped as dead (lower.prune_dead)");
+    }
+    out
+}
+
+/// A membership-inference attack on the server's source data through what the client sees
+/// ([`crate::membership`]): the measured counterpart of the server rows' "protects against". An empirical lower
+/// bound on leakage from one attack, not a guarantee.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SourceMembership {
+    /// Where the figure was measured (this run, or when the shipped network was built), or why there is none.
+    pub provenance: String,
+    /// The attack's figures (`None`: not measured, see `provenance`).
+    pub attack: Option<MembershipAttack>,
+}
+
+impl SourceMembership {
+    /// The figure in one sentence, for the report.
+    pub fn sentence(&self) -> String {
+        match &self.attack {
+            Some(a) => format!(
+                "membership inference on the source data through the client's view (the frozen network's outputs): ROC \
+                 AUC {:.3} (0.5 = chance), TPR {:.1}% at 1% FPR, {} members against {} non-members; {}",
+                a.auc,
+                100.0 * a.tpr_at_1pct_fpr,
+                a.members,
+                a.non_members,
+                self.provenance
+            ),
+            None => format!("membership inference on the source data: not measured ({})", self.provenance),
+        }
+    }
 }
 
 /// The server's privacy statement as it publishes it to clients (`privacy.json` of `cryptotl server build`,
@@ -137,6 +193,9 @@ pub struct ServerStatement {
     pub rows: Vec<BudgetRow>,
     /// The tightest valid bound on the source data, in words.
     pub source_tightest: Option<String>,
+    /// The server's membership-inference figure on its source data (absent from statements of older servers).
+    #[serde(default)]
+    pub source_membership: Option<SourceMembership>,
 }
 
 impl ServerStatement {
@@ -145,7 +204,11 @@ impl ServerStatement {
         let off = TfheStatement { enabled: false, parameter_set: None, security_bits: None, log2_failure_probability: None,
             measured_off_oracle_rate: None, measured_max_level_difference: None, statement: String::new() };
         let all = BudgetReport::new(None, 0, server, off)?;
-        Ok(Self { rows: all.rows.into_iter().filter(|r| r.party == "server").collect(), source_tightest: all.source_tightest })
+        Ok(Self {
+            rows: all.rows.into_iter().filter(|r| r.party == "server").collect(),
+            source_tightest: all.source_tightest,
+            source_membership: all.source_membership,
+        })
     }
 }
 
@@ -156,8 +219,22 @@ pub struct BudgetReport {
     pub rows: Vec<BudgetRow>,
     /// Which valid bound on the source data is the tightest, in words (when the server has a mechanism).
     pub source_tightest: Option<String>,
+    /// The membership-inference figure on the source data (when `[audit] membership` is on).
+    pub source_membership: Option<SourceMembership>,
     /// What the encryption protects.
     pub tfhe: TfheStatement,
+}
+
+/// "; it covers the weights, not ..." when the release fitted something else on the source data.
+fn outside_note(fitted: &[&str]) -> String {
+    if fitted.is_empty() {
+        return String::new();
+    }
+    format!(
+        ". It covers the weights only: {} also come from the source data without noise (a release wholly covered: \
+         features.scaling = \"fixed\", he.calibration = \"input_box\", lower.prune_dead = false)",
+        fitted.join(", ")
+    )
 }
 
 fn dp_sgd_noise(plan: &DpPlan, steps_run: usize) -> String {
@@ -174,7 +251,7 @@ impl BudgetReport {
             Some(p) => BudgetRow {
                 party: "client".into(),
                 data: client_data,
-                mechanism: "DP-SGD on the head".into(),
+                mechanism: "DP-SGD on the head (its inputs through a feature map fitted on no data)".into(),
                 epsilon: Some(p.plan.epsilon),
                 delta: Some(p.plan.delta),
                 accountant: p.plan.accountant.name().to_string(),
@@ -203,9 +280,11 @@ impl BudgetReport {
                 delta: Some(plan.delta),
                 accountant: plan.accountant.name().to_string(),
                 noise: dp_sgd_noise(plan, plan.steps_allowed),
-                protects_against: "the client (decrypted outputs for inputs it chooses) and anyone who sees the network; \
-                                   holds without any assumption on the training"
-                    .into(),
+                protects_against: format!(
+                    "the client (decrypted outputs for inputs it chooses) and anyone who sees the network; holds without \
+                     any assumption on the training{}",
+                    outside_note(server.fitted_outside)
+                ),
             });
             bounds.push(("DP pretraining alone (the released network is post-processing of its output)".into(), plan.epsilon, plan.delta));
         }
@@ -218,9 +297,11 @@ impl BudgetReport {
                 delta: Some(plan.delta),
                 accountant: format!("OpenDP make_gaussian, zCDP ρ = {:.4} -> approxDP (exact Gaussian: ε = {:.4})", plan.rho, plan.epsilon_exact),
                 noise: format!("std {:.4e} on {parameters} values, declared L2 sensitivity Δ = {:.4e}", plan.noise_std, plan.l2_sensitivity),
-                protects_against: "the client and anyone who sees the network, ONLY IF Δ truly bounds how far one source \
-                                   example moves the weights"
-                    .into(),
+                protects_against: format!(
+                    "the client and anyone who sees the network, ONLY IF Δ truly bounds how far one source example \
+                     moves the weights{}",
+                    outside_note(server.fitted_outside)
+                ),
             });
             bounds.push(("weight noise alone (if the declared sensitivity holds)".into(), plan.epsilon, plan.delta));
         }
@@ -257,7 +338,7 @@ impl BudgetReport {
                 protects_against: "nothing: the client sees outputs of a network trained on the source data in the clear".into(),
             });
         }
-        Ok(Self { rows, source_tightest, tfhe })
+        Ok(Self { rows, source_tightest, source_membership: server.membership.cloned(), tfhe })
     }
 
     /// The table for a client of a remote server: the client's row, and the server's rows as its published
@@ -269,6 +350,7 @@ impl BudgetReport {
             report.rows.extend(statement.rows.into_iter().map(|r| BudgetRow { party: "server".into(), ..r }));
         }
         report.source_tightest = statement.source_tightest;
+        report.source_membership = statement.source_membership;
         Ok(report)
     }
 
@@ -282,6 +364,9 @@ impl BudgetReport {
         }
         if let Some(t) = &self.source_tightest {
             s.push_str(&format!("\nServer: {t}.\n"));
+        }
+        if let Some(m) = &self.source_membership {
+            s.push_str(&format!("\nServer, measured: {}.\n", m.sentence()));
         }
         s.push_str(&format!("\nEncryption: {}.\n", self.tfhe.statement));
         s
