@@ -435,11 +435,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             let manifest = artifact.write(&out)?;
             let i = &artifact.interface;
             println!("server model written to {} (model {})", out.display(), &manifest.model_id[..16]);
-            println!("  network: {} (source test accuracy {:.4})", match lower.origin {
-                pipeline::NetworkOrigin::Trained => "pretrained now",
-                pipeline::NetworkOrigin::Cache => "from the pretraining cache",
-                pipeline::NetworkOrigin::Shipped => "shipped in the binary",
-            }, lower.meta.source_test.accuracy);
+            println!("  network: {} (source test accuracy {:.4})", lower.origin.describe(&lower.cache_dir.display().to_string()), lower.meta.source_test.accuracy);
             println!("  interface: {} {} features in, {} outputs, {} bootstraps per sample, {}", i.program.input_dim,
                 i.features.get("kind").and_then(|k| k.as_str()).unwrap_or("?"), i.program.outputs, i.counts.bootstraps, i.parameter_set);
             let statement: crate::privacy::budget::ServerStatement = serde_json::from_value(artifact.privacy.clone())
@@ -516,11 +512,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let lower = pipeline::server_lower_network(&cfg)?;
             println!(
                 "lower network {} (source test accuracy {:.4})",
-                match lower.origin {
-                    pipeline::NetworkOrigin::Trained => format!("pretrained and saved to {}", lower.cache_dir.display()),
-                    pipeline::NetworkOrigin::Cache => format!("loaded from {}", lower.cache_dir.display()),
-                    pipeline::NetworkOrigin::Shipped => "shipped in the binary".into(),
-                },
+                lower.origin.describe(&lower.cache_dir.display().to_string()),
                 lower.meta.source_test.accuracy
             );
             for t in &lower.meta.source_tasks {

@@ -23,6 +23,18 @@ pub enum NetworkOrigin {
     Shipped,
 }
 
+impl NetworkOrigin {
+    /// Where the network came from, in words, for the CLI and the report (`cache_dir`: the pretraining cache
+    /// folder it was saved to or loaded from).
+    pub fn describe(self, cache_dir: &str) -> String {
+        match self {
+            NetworkOrigin::Trained => format!("pretrained and saved to `{cache_dir}`"),
+            NetworkOrigin::Cache => format!("loaded from the pretraining cache `{cache_dir}`"),
+            NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
+        }
+    }
+}
+
 /// Source test accuracy of the pretrained network on one source task (one path of `[source]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceTask {
@@ -204,11 +216,7 @@ impl Report {
             p.source_test.accuracy,
             p.source_test.f1,
             p.history.len(),
-            match p.origin {
-                NetworkOrigin::Trained => format!("trained now, cached in `{}`", p.cache_dir),
-                NetworkOrigin::Cache => format!("loaded from cache `{}`", p.cache_dir),
-                NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
-            }
+            p.origin.describe(&p.cache_dir)
         );
         if p.source_tasks.len() > 1 {
             let _ = writeln!(s, "| source task | test examples | accuracy |\n|---|---:|---:|");

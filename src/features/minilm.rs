@@ -234,6 +234,32 @@ pub fn text_key(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
+/// Embeddings by text (keyed by [`text_key`]): what the on-disk cache ([`EmbeddingCache`]) and the table shipped in
+/// the binary ([`super::shipped::ShippedEmbeddings`]) both hold, and read through `Deref`.
+#[derive(Debug, Default)]
+pub struct EmbeddingTable(HashMap<u128, Vec<f32>>);
+
+impl EmbeddingTable {
+    /// The embedding of `text`, when held.
+    pub fn get(&self, text: &str) -> Option<&[f32]> {
+        self.0.get(&text_key(text)).map(Vec::as_slice)
+    }
+    /// Number of texts held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether no text is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(u128, Vec<f32>)> for EmbeddingTable {
+    fn from_iter<I: IntoIterator<Item = (u128, Vec<f32>)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
 /// Texts embedded between two appends to the cache.
 const CACHE_CHUNK: usize = 256;
 
@@ -245,7 +271,14 @@ const RECORD: usize = 16 + 4 * MINILM_DIM + 8;
 /// append) is cut off before the next append, so the file never holds unreadable bytes before good ones.
 pub struct EmbeddingCache {
     path: PathBuf,
-    entries: HashMap<u128, Vec<f32>>,
+    entries: EmbeddingTable,
+}
+
+impl std::ops::Deref for EmbeddingCache {
+    type Target = EmbeddingTable;
+    fn deref(&self) -> &EmbeddingTable {
+        &self.entries
+    }
 }
 
 fn record_checksum(body: &[u8]) -> u64 {
@@ -259,7 +292,7 @@ impl EmbeddingCache {
         // carry checksums.
         let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
         let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16]));
-        let mut entries = HashMap::new();
+        let mut entries = EmbeddingTable::default();
         if !path.exists() {
             let legacy = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
             if legacy.exists() {
@@ -278,7 +311,7 @@ impl EmbeddingCache {
                 let v: Vec<f32> = body[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 let norm2: f32 = v.iter().map(|x| x * x).sum();
                 if u64::from_le_bytes(sum.try_into().expect("8 bytes")) == record_checksum(body) && (norm2 - 1.0).abs() < 1e-3 {
-                    entries.insert(key, v);
+                    entries.0.insert(key, v);
                 } else {
                     damaged += 1;
                 }
@@ -312,18 +345,6 @@ impl EmbeddingCache {
         Ok(())
     }
 
-    /// Cached embedding of a text.
-    pub fn get(&self, text: &str) -> Option<&[f32]> {
-        self.entries.get(&text_key(text)).map(Vec::as_slice)
-    }
-    /// Entries in the cache.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
     /// Add embeddings and append them to the file.
     pub fn insert(&mut self, texts: &[&String], rows: &Array2<f32>) -> Result<()> {
         if let Some(dir) = self.path.parent() {
@@ -332,7 +353,7 @@ impl EmbeddingCache {
         let mut buf = Vec::with_capacity(texts.len() * RECORD);
         for (t, row) in texts.iter().zip(rows.rows()) {
             let key = text_key(t);
-            if self.entries.contains_key(&key) {
+            if self.entries.0.contains_key(&key) {
                 continue;
             }
             let start = buf.len();
@@ -340,7 +361,7 @@ impl EmbeddingCache {
             row.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
             let sum = record_checksum(&buf[start..]);
             buf.extend_from_slice(&sum.to_le_bytes());
-            self.entries.insert(key, row.to_vec());
+            self.entries.0.insert(key, row.to_vec());
         }
         if buf.is_empty() {
             return Ok(());

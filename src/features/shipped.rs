@@ -25,14 +25,13 @@
 //! assert!(table.get("another film").is_none());
 //! ```
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use half::f16;
 use ndarray::Array2;
 use sha2::Digest;
 
-use super::minilm::{MINILM_DIM, MINILM_SHA256, text_key};
+use super::minilm::{EmbeddingTable, MINILM_DIM, MINILM_SHA256, text_key};
 use crate::error::{Error, Result};
 
 /// Where the table lives in the repository (and what `ship-embeddings` writes).
@@ -73,7 +72,14 @@ pub fn build(model_dir: &std::path::Path, batch_size: usize) -> Result<Vec<u8>> 
 pub struct ShippedEmbeddings {
     /// sha256 of the model that made them.
     pub model_sha256: String,
-    entries: HashMap<u128, Vec<f32>>,
+    entries: EmbeddingTable,
+}
+
+impl std::ops::Deref for ShippedEmbeddings {
+    type Target = EmbeddingTable;
+    fn deref(&self) -> &EmbeddingTable {
+        &self.entries
+    }
 }
 
 impl ShippedEmbeddings {
@@ -84,21 +90,6 @@ impl ShippedEmbeddings {
             .get_or_init(|| Self::decode(TABLE_BYTES).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| Error::Features(format!("the shipped MiniLM embeddings in this binary are unusable ({e}); rebuild them with `cargo run --release -- ship-embeddings`")))
-    }
-
-    /// The embedding of `text`, when shipped.
-    pub fn get(&self, text: &str) -> Option<&[f32]> {
-        self.entries.get(&text_key(text)).map(Vec::as_slice)
-    }
-
-    /// Number of texts.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Encode embeddings (`rows`, one per text, [`MINILM_DIM`] wide) made by the model with sha256 `model_sha256`.
