@@ -193,6 +193,12 @@ pub fn pretrain_key(cfg: &RunConfig) -> String {
         "split": cfg.split, "lower": lower_for_key(&cfg.lower), "pretrain": cfg.pretrain,
         "dp_pretraining": cfg.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled),
     });
+    let mut material = material;
+    if server_pretrains_privately(cfg) {
+        // DP pretraining's features come through a map fitted on nothing ([`server_feature_map`]); entries made
+        // before, with the fitted map, are not reused. Only when set, so other keys (the shipped network's) stay.
+        material["server_map"] = serde_json::json!("data_independent");
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 
@@ -203,6 +209,23 @@ fn lower_for_key(lower: &crate::config::LowerNetConfig) -> serde_json::Value {
         m.remove("prune_dead");
     }
     v
+}
+
+/// The server's feature map for pretraining: fitted on the source training split, or, with DP pretraining on,
+/// fitted on nothing ([`FeaturePipeline::data_independent`]): DP-SGD's ε is for a fixed map from one example to its
+/// features, and a min-max range or IDF weight fitted on the source would let one example move all the others.
+pub fn server_feature_map(cfg: &RunConfig, source: &Split) -> Result<FeaturePipeline> {
+    if server_pretrains_privately(cfg) {
+        tracing::info!("server feature map fitted on nothing (DP pretraining): fixed scaling, no IDF");
+        FeaturePipeline::data_independent(&cfg.features)
+    } else {
+        FeaturePipeline::fit(&cfg.features, &source.train.texts)
+    }
+}
+
+/// Whether the server pretrains with DP-SGD (`[server_privacy.dp_pretraining]` on).
+pub fn server_pretrains_privately(cfg: &RunConfig) -> bool {
+    cfg.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled)
 }
 
 /// The DP-SGD schedule of the server's pretraining on `n` source training examples, when
@@ -326,7 +349,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     }
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
-    let features = FeaturePipeline::fit(&cfg.features, &source.train.texts)?;
+    let features = server_feature_map(cfg, source)?;
     let fs = FeatureSplit::from_split(&features, source)?;
     let balanced = if cfg.source.balance_paths { Some(balance_paths(&fs, source)) } else { None };
     let fit = balanced.as_ref().unwrap_or(&fs);

@@ -234,6 +234,17 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     assert!(md.contains("## Privacy budget") && md.contains("composed total") && md.contains("Encryption:"));
     // The DP-pretrained network is cached under its own key, apart from the ordinary one.
     assert_ne!(cryptotl::pipeline::pretrain_key(&all), cryptotl::pipeline::pretrain_key(&data_cfg));
+    // DP pretraining reads the source through a map fitted on nothing: DP-SGD's ε is for a fixed map from one
+    // example to its features, and a min-max range or IDF weight fitted on the source would let one example move
+    // all the others. The plain network's map is fitted (so the check can fail).
+    let fixed = cryptotl::features::FeaturePipeline::data_independent(&all.features).unwrap();
+    assert_eq!(cryptotl::pipeline::server_lower_network(&all).unwrap().features, fixed);
+    assert_ne!(plain.features, fixed);
+    // The budget names what else came from the source outside the mechanisms: no longer the map under DP
+    // pretraining; the scaling and IDF weights with weight noise alone.
+    let outside = |c: &RunConfig| cryptotl::privacy::budget::fitted_outside(c).join("; ");
+    assert!(!outside(&all).contains("scaling") && !outside(&all).contains("IDF"), "{}", outside(&all));
+    assert!(outside(&noisy_cfg).contains("min-max feature scaling") && outside(&noisy_cfg).contains("IDF"), "{}", outside(&noisy_cfg));
 }
 
 #[test]

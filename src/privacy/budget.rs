@@ -138,13 +138,16 @@ pub struct ServerMechanisms<'a> {
 
 /// What a server with `cfg` fits on its source data besides the trained weights, none of it under a DP mechanism:
 /// with DP pretraining or weight noise the report names these, since their ε covers the weights only.
-/// `features.scaling = "fixed"` (MiniLM), `he.calibration = "input_box"` and `lower.prune_dead = false` leave none.
+/// A map fitted on nothing (DP pretraining's own, or `features.scaling = "fixed"` with MiniLM),
+/// `he.calibration = "input_box"` and `lower.prune_dead = false` leave none.
 pub fn fitted_outside(cfg: &crate::config::RunConfig) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if cfg.features.scaling == crate::config::Scaling::Fitted {
+    // DP pretraining maps the source through a map fitted on nothing (`pipeline::server_feature_map`).
+    let fitted_map = !crate::pipeline::server_pretrains_privately(cfg);
+    if fitted_map && cfg.features.scaling == crate::config::Scaling::Fitted {
         out.push("the min-max feature scaling (features.scaling = \"fitted\")");
     }
-    if cfg.features.kind == crate::config::FeatureKind::Hashed {
+    if fitted_map && cfg.features.kind == crate::config::FeatureKind::Hashed {
         out.push("the hashed TF-IDF's IDF weights");
     }
     if cfg.he.enabled && cfg.he.calibration == crate::config::Calibration::Source {
@@ -232,7 +235,8 @@ fn outside_note(fitted: &[&str]) -> String {
     }
     format!(
         ". It covers the weights only: {} also come from the source data without noise (a release wholly covered: \
-         features.scaling = \"fixed\", he.calibration = \"input_box\", lower.prune_dead = false)",
+         DP pretraining or MiniLM with features.scaling = \"fixed\", he.calibration = \"input_box\", \
+         lower.prune_dead = false)",
         fitted.join(", ")
     )
 }
