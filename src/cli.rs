@@ -525,15 +525,21 @@ fn dispatch(cmd: Command) -> Result<()> {
             let data = pipeline::prepare_data(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
             let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?;
-            let transferred = match pipeline::remote_server(&cfg)? {
+            let (transferred, references) = match pipeline::remote_server(&cfg)? {
                 Some(url) => {
                     let (t, he, _) = pipeline::remote_transfer(&cfg, &url, &input)?;
                     eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
                         he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
                     crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
-                    t
+                    let references = pipeline::DpReferences::new(&cfg, None, t.train.ncols(), client.train.ncols());
+                    (t, references)
                 }
-                None => pipeline::transfer(&cfg, &pipeline::server_lower_network(&cfg)?, &input)?.0,
+                None => {
+                    let lower = pipeline::server_lower_network(&cfg)?;
+                    let t = pipeline::transfer(&cfg, &lower, &input)?.0;
+                    let references = pipeline::DpReferences::new(&cfg, Some(&lower), t.train.ncols(), client.train.ncols());
+                    (t, references)
+                }
             };
             // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
             let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| pipeline::BagOfWords::new(&data.target));
@@ -543,7 +549,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             client_pipeline.save(&out.join("client_features.json"))?;
             cfg.save(&out.join("config.toml"))?;
             transferred.save(&features_path(&cfg))?;
-            crate::rundir::RunManifest::new(&cfg).write(&out)?;
+            crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(&cfg) }.write(&out)?;
             println!("transferred features written to {}", features_path(&cfg).display());
         }
         Command::TrainHead(a) => {
@@ -552,7 +558,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             let fs = load_features(&features_path(&cfg))?;
             // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
             let plan = pipeline::privacy_plan(&cfg, fs.train.nrows())?;
-            let head = pipeline::train_configured_head(&cfg, &fs, plan.as_ref(), 0, "head")?;
+            // A run directory from before DP heads were centred has no reference point: such a head trains uncentred.
+            let reference = manifest.dp_references.as_ref().map(|r| r.transferred.clone()).unwrap_or_default();
+            let head = pipeline::train_configured_head(&cfg, &fs, &reference, plan.as_ref(), 0, "head")?;
             if let Some(plan) = &plan {
                 println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
             }

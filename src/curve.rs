@@ -117,8 +117,9 @@ fn subset_split(fs: &FeatureSplit, idx: &[usize]) -> FeatureSplit {
 /// Train every method on seeded subsets of the training split (sizes from `curve.sizes` or [`default_sizes`],
 /// `curve.draws` draws each) and score each on the test split. `transferred` are the decrypted outputs, `own` the
 /// client's scaled features, `bow` the bag-of-words rows. The transfer head's inputs (`head.inputs`) are built
-/// from each subset alone, so a cross-fitted bag-of-words score at 16 labels is fitted on those 16.
-pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>) -> Result<LearningCurves> {
+/// from each subset alone, so a cross-fitted bag-of-words score at 16 labels is fitted on those 16. DP heads centre
+/// their inputs on `dp_references` ([`crate::pipeline::DpReferences`]).
+pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>, dp_references: &crate::pipeline::DpReferences) -> Result<LearningCurves> {
     let n = transferred.train.nrows();
     if own.train_y != transferred.train_y || bow.is_some_and(|b| b.train_y != transferred.train_y) {
         return Err(Error::Features("learning curves: the feature sets are of different training examples".into()));
@@ -172,8 +173,8 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
-                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, plan, &mut rng).test.accuracy));
-                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, plan, &mut rng).test.accuracy));
+                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng).test.accuracy));
+                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng).test.accuracy));
             }
             bar.inc(1);
             Ok(out)

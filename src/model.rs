@@ -233,6 +233,36 @@ impl<B: Backend> Head<B> {
         Self { dense1: None, dense2, pool: 1, dropout: 0.0 }
     }
 
+    /// The same head for inputs not shifted by `shift`: a head trained on `x - shift` becomes one on `x`, its
+    /// first layer's bias lowered by `shift`·W. Exact up to rounding; `shift` of another width leaves it as it is.
+    ///
+    /// ```
+    /// use cryptotl::model::{Cpu, Head};
+    /// let head = Head::<Cpu>::from_linear_weights(&[2.0, -1.0], 0.5, &Default::default());
+    /// let folded = head.clone().fold_input_shift(&[1.0, 3.0]);
+    /// let x = ndarray::array![[4.0f32, 5.0]];
+    /// let shifted = ndarray::array![[3.0f32, 2.0]];
+    /// let p = |h: &Head<Cpu>, x: &ndarray::Array2<f32>| cryptotl::model::predict_proba(h, x.view(), &Default::default());
+    /// assert!((p(&folded, &x)[0] - p(&head, &shifted)[0]).abs() < 1e-6);
+    /// ```
+    pub fn fold_input_shift(mut self, shift: &[f32]) -> Self {
+        let first = match &mut self.dense1 {
+            Some(d1) => d1,
+            None => &mut self.dense2,
+        };
+        let w = first.weight.val();
+        let [d_in, d_out] = w.dims();
+        if shift.len() != d_in || shift.iter().all(|&v| v == 0.0) {
+            return self;
+        }
+        let device = w.device();
+        let s = Tensor::<B, 2>::from_data(TensorData::new(shift.to_vec(), [1, d_in]), &device);
+        let delta = s.matmul(w).reshape([d_out]);
+        let bias = first.bias.as_ref().map_or_else(|| Tensor::zeros([d_out], &device), |b| b.val());
+        first.bias = Some(Param::from_tensor(bias - delta));
+        self
+    }
+
     /// Whether this is the linear head.
     pub fn is_linear(&self) -> bool {
         self.dense1.is_none()

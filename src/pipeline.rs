@@ -968,22 +968,99 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<Trai
     Ok(TrainedHead { trained, test })
 }
 
+/// Public reference points for the inputs of DP-SGD heads: the point each head's inputs are centred on while it
+/// trains ([`train_head_private`]). Made from the config and the server's network only, never from the client's
+/// data, so centring is part of the fixed map from one example to what DP-SGD sees and costs no ε.
+///
+/// Why: the client's inputs sit far from the origin (MiniLM coordinates map to about 0.5 under the fixed scaling,
+/// ReLU outputs are non-negative), so every example's gradient shares one large common part and clipping at C
+/// scales it away with the rest; measured on SMS spam at ε = 1 (float path), centring lifts the private
+/// `transfer+own` head from 0.933 to 0.974 (no DP: 0.980).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpReferences {
+    /// For the head on the transferred inputs (`head.inputs`: the transfer outputs, then the client's own features).
+    pub transferred: Vec<f32>,
+    /// For a head on the client's own features alone (the raw-feature baseline).
+    pub own: Vec<f32>,
+}
+
+impl DpReferences {
+    /// The reference points for heads on `transfer_outputs` outputs of the lower network (with the client's
+    /// `own_width` own features beside them as `head.inputs` says) and on the own features alone.
+    /// Own features: the image of the zero vector under the data-independent map (MiniLM: 0.5, the middle of the
+    /// fixed range; hashed TF-IDF: 0). Transfer outputs: the middle of each output's range over the server's source
+    /// data ([`transfer_output_ranges`], from `lower`); 0 (not centred) where they are unknown, as for a client of a
+    /// remote server, whose interface does not publish them.
+    pub fn new(cfg: &RunConfig, lower: Option<&PretrainedLower>, transfer_outputs: usize, own_width: usize) -> Self {
+        let zero = crate::features::fixed_image_of_zero(cfg.features.kind);
+        let t = transfer_outputs;
+        let mut transferred = match lower.and_then(|l| transfer_output_ranges(cfg, l)).filter(|r| r.len() == t) {
+            Some(ranges) => ranges.iter().map(|(lo, hi)| (lo + hi) / 2.0).collect(),
+            None => {
+                if t > 0 {
+                    tracing::info!("DP head: the transfer outputs' ranges are unknown here; only the client's own features are centred");
+                }
+                vec![0.0; t]
+            }
+        };
+        match cfg.head.inputs {
+            crate::config::HeadInputs::Transfer => {}
+            crate::config::HeadInputs::TransferPlusOwn => transferred.extend(std::iter::repeat_n(zero, own_width)),
+            // Refused with [privacy]; its one score column is left where it is.
+            crate::config::HeadInputs::TransferPlusBow => transferred.push(0.0),
+        }
+        Self { transferred, own: vec![zero; own_width] }
+    }
+}
+
+/// The range of each transfer output (what the client decrypts) over the server's source training data: the
+/// activation over each unit's pre-activation range ([`PretrainMeta::source_ranges`]), averaged over the pooling
+/// window. `None` when the network ends in a dense layer (`lower.output > 0`), whose output ranges are not kept.
+pub fn transfer_output_ranges(cfg: &RunConfig, lower: &PretrainedLower) -> Option<Vec<(f32, f32)>> {
+    if cfg.lower.output > 0 || lower.meta.source_ranges.is_empty() {
+        return None;
+    }
+    let act = cfg.lower.activation;
+    // The activation's range over [lo, hi], on a grid (exact for the monotone ones; the cubic may turn inside).
+    let unit = |(lo, hi): (f32, f32)| -> (f32, f32) {
+        (0..=64).map(|k| model::activate_scalar(lo + (hi - lo) * k as f32 / 64.0, act)).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+    };
+    let units: Vec<(f32, f32)> = lower.meta.source_ranges.iter().copied().map(unit).collect();
+    let k = cfg.lower.pool.max(1);
+    if units.len() < k {
+        return None;
+    }
+    Some(units.windows(k).map(|w| (w.iter().map(|r| r.0).sum::<f32>() / k as f32, w.iter().map(|r| r.1).sum::<f32>() / k as f32)).collect())
+}
+
 /// Train the client's head with DP-SGD under `plan` and evaluate it on the test part.
-pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
+pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    let trained = train::train_private(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), plan, rng, cfg.seed, "head");
+    // Trained on the inputs centred on the public reference point, then the shift is folded into the first
+    // layer's bias (post-processing), so the head takes the inputs as they are everywhere else.
+    let shift = if reference.len() == input { ndarray::Array1::from(reference.to_vec()) } else { ndarray::Array1::zeros(input) };
+    let centred = FeatureSplit {
+        train: &fs.train - &shift,
+        train_y: fs.train_y.clone(),
+        validation: &fs.validation - &shift,
+        validation_y: fs.validation_y.clone(),
+        test: &fs.test - &shift,
+        test_y: fs.test_y.clone(),
+    };
+    let mut trained = train::train_private(new_head(cfg, input, &device), centred.train_examples(), centred.validation_examples(), plan, rng, cfg.seed, "head");
+    trained.model = trained.model.fold_input_shift(shift.as_slice().unwrap_or(&[]));
     let test = evaluate(&trained.model, fs);
     TrainedHead { trained, test }
 }
 
 /// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
 /// the OS, or from the insecure test seed plus `noise_offset`, so repeats draw fresh noise), else without DP.
-pub fn train_configured_head(cfg: &RunConfig, fs: &FeatureSplit, plan: Option<&crate::privacy::plan::DpPlan>, noise_offset: u64, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
+pub fn train_configured_head(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: Option<&crate::privacy::plan::DpPlan>, noise_offset: u64, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
     match (plan, &cfg.privacy) {
         (Some(plan), Some(p)) => {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(noise_offset)));
-            Ok(train_head_private(cfg, fs, plan, &mut rng))
+            Ok(train_head_private(cfg, fs, reference, plan, &mut rng))
         }
         _ => train_head(cfg, fs, what),
     }
@@ -1030,7 +1107,8 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     let (pipeline, client) = client_features(cfg, &data.target)?;
     let (transferred, _) = transfer(cfg, &lower, &TransferInput::new(cfg, &pipeline, &data.target, &client)?)?;
     let bow = BagOfWords::new(&data.target);
-    crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow))
+    let references = DpReferences::new(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+    crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
 }
 
 /// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
@@ -1111,6 +1189,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     // The decrypted outputs as they came (the learning curves build their heads' inputs per subset).
     let decrypted = transferred;
     let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
+    let dp_references = DpReferences::new(cfg, lower.as_ref(), decrypted.train.ncols(), client.train.ncols());
     let mut results = Vec::new();
     let head = train_head(cfg, &transferred, "head")?;
     stage("train head", head.trained.seconds);
@@ -1158,7 +1237,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut published = head.trained.model.clone();
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
         let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-        let dp = train_head_private(cfg, &transferred, plan, &mut rng);
+        let dp = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng);
         stage("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
@@ -1175,7 +1254,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
         if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
-            let b = train_head_private(cfg, &client, plan, &mut rng);
+            let b = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng);
             stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
             results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
         }
@@ -1200,7 +1279,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         });
     }
     let curve = if cfg.curve.enabled {
-        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref()));
+        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref(), &dp_references));
         stage("learning curves", t);
         Some(c?)
     } else {
@@ -1263,7 +1342,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     transferred.save(&out.join("features.json"))?;
     model::save_module(&published, &out.join("head"))?;
     cfg.save(&out.join("config.toml"))?;
-    let mut manifest = crate::rundir::RunManifest::new(cfg);
+    let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), ..crate::rundir::RunManifest::new(cfg) };
     manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
     manifest.write(&out)?;
     Ok(report)

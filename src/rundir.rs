@@ -88,6 +88,10 @@ pub struct RunManifest {
     pub features_key: String,
     /// The saved head, once one is.
     pub head: Option<HeadShape>,
+    /// The public points a DP-SGD head on these features centres its inputs on ([`crate::pipeline::DpReferences`]),
+    /// so `train-head` trains the head `run` would.
+    #[serde(default)]
+    pub dp_references: Option<crate::pipeline::DpReferences>,
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -97,7 +101,7 @@ fn path(dir: &Path) -> PathBuf {
 impl RunManifest {
     /// A manifest for features made by `cfg` (no head yet).
     pub fn new(cfg: &RunConfig) -> Self {
-        Self { version: env!("CARGO_PKG_VERSION").into(), features_key: features_key(cfg), head: None }
+        Self { version: env!("CARGO_PKG_VERSION").into(), features_key: features_key(cfg), head: None, dp_references: None }
     }
 
     /// Write it into `dir`, atomically.

@@ -193,13 +193,13 @@ struct HeadSetting<'a> {
 }
 
 /// Train `spec.repeats` heads per client ε on `fs` (one config per client ε in `heads`).
-fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipeline::FeatureSplit, setting: &HeadSetting<'_>, points: &mut Vec<SweepPoint>) -> Result<()> {
+fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipeline::FeatureSplit, reference: &[f32], setting: &HeadSetting<'_>, points: &mut Vec<SweepPoint>) -> Result<()> {
     for (head_cfg, client_eps) in heads.iter().zip(&spec.client_epsilons) {
         let plan = pipeline::privacy_plan(head_cfg, fs.train.nrows())?;
         for repeat in 0..spec.repeats {
             let mut c = head_cfg.clone();
             c.seed = cfg.seed.wrapping_add(repeat as u64);
-            let head = pipeline::train_configured_head(&c, fs, plan.as_ref(), repeat as u64, "head")?;
+            let head = pipeline::train_configured_head(&c, fs, reference, plan.as_ref(), repeat as u64, "head")?;
             let (reached, sigma) = plan.as_ref().map_or((f64::INFINITY, 0.0), |p| (p.epsilon, p.noise_multiplier));
             tracing::info!(series = setting.series, ?client_eps, repeat, accuracy = head.test.accuracy, "sweep point");
             points.push(SweepPoint {
@@ -263,6 +263,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
         let (transferred, _) = pipeline::transfer(server_cfg, &lower, &input)?;
+        let references = pipeline::DpReferences::new(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),
@@ -270,12 +271,13 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
             Some(Epsilon::Infinite) => format!("server ε = ∞ (no {})", spec.server_mechanism.name()),
         };
         let head = HeadSetting { series: &series, server_epsilon: server_eps.map(Epsilon::value), server_reached };
-        train_heads(cfg, heads, spec, &transferred, &head, &mut points)?;
+        train_heads(cfg, heads, spec, &transferred, &references.transferred, &head, &mut points)?;
     }
     if spec.raw_baseline {
         let head = HeadSetting { series: RAW_SERIES, server_epsilon: None, server_reached: f64::INFINITY };
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(cfg, *e)).collect();
-        train_heads(cfg, &heads, spec, &client, &head, &mut points)?;
+        let own = pipeline::DpReferences::new(cfg, None, 0, client.train.ncols()).own;
+        train_heads(cfg, &heads, spec, &client, &own, &head, &mut points)?;
     }
     Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.name().to_string(), points })
 }

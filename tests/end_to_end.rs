@@ -284,3 +284,41 @@ fn a_run_beyond_its_budget_refuses_to_start() {
     assert!(err.contains("would spend ε =") && err.contains("refusing to start"), "{err}");
     assert!(!dir.path().join("cache").exists(), "nothing was trained before refusing");
 }
+
+#[test]
+fn dp_heads_centre_on_points_made_from_the_config_and_the_server_network_only() {
+    // `DpReferences::new` takes no client data at all (its signature is the proof that centring costs no ε); here:
+    // the transfer outputs' reference is the middle of their range over the server's source training data, the
+    // own features' the image of zero under the data-independent map.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &["he.enabled=false".into(), "head.inputs=\"transfer+own\"".into()]).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let (_, client) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let (transferred, _) = cryptotl::pipeline::transfer(&cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&client)).unwrap();
+    let (t, d) = (transferred.train.ncols(), client.train.ncols());
+    let ranges = cryptotl::pipeline::transfer_output_ranges(&cfg, &lower).expect("no dense layer after the activation");
+    assert_eq!(ranges.len(), t);
+    // The ranges hold every source training example's outputs (pooled over tiny's window of 3).
+    let (source, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
+    let out = cryptotl::pipeline::lower_forward(&lower.net, &lower.features.transform(&source.train.texts).unwrap()).unwrap();
+    for row in out.rows() {
+        for (v, (lo, hi)) in row.iter().zip(&ranges) {
+            assert!(lo - 1e-4 <= *v && *v <= hi + 1e-4, "{v} outside [{lo}, {hi}]");
+        }
+    }
+    let r = cryptotl::pipeline::DpReferences::new(&cfg, Some(&lower), t, d);
+    assert_eq!(r.transferred.len(), t + d);
+    for (c, (lo, hi)) in r.transferred.iter().zip(&ranges) {
+        assert!((c - (lo + hi) / 2.0).abs() < 1e-6);
+    }
+    assert!(r.transferred[..t].iter().any(|&c| c > 0.0), "ReLU outputs are centred somewhere above 0: {:?}", r.transferred);
+    // Hashed TF-IDF: an absent term maps to 0; MiniLM: 0 maps to the middle of the fixed range.
+    assert!(r.transferred[t..].iter().all(|&c| c == 0.0) && r.own == vec![0.0; d]);
+    let mut minilm = cfg.clone();
+    minilm.features.kind = cryptotl::config::FeatureKind::Minilm;
+    assert_eq!(cryptotl::pipeline::DpReferences::new(&minilm, None, 0, 384).own, vec![0.5; 384]);
+    // A client without the server's network (a remote server's interface does not publish the ranges) centres
+    // only its own features.
+    assert!(cryptotl::pipeline::DpReferences::new(&cfg, None, t, d).transferred[..t].iter().all(|&c| c == 0.0));
+}

@@ -113,3 +113,22 @@ fn bce_matches_the_naive_formula() {
         assert!((g - naive(z, y)).abs() < 1e-5, "{g} vs {}", naive(z, y));
     }
 }
+
+#[test]
+fn folding_an_input_shift_into_the_first_layer_keeps_every_prediction() {
+    // A DP head trains on inputs centred on a public point and is saved for the inputs as they are: the shift
+    // folded into the first layer's bias must give the same predictions, for the MLP head as for the linear one.
+    let x = random_rows(20, 6, 3);
+    let shift = [0.5f32, 0.1, -0.3, 0.0, 2.0, 0.7];
+    let shifted = &x - &ndarray::Array1::from(shift.to_vec());
+    for kind in [cryptotl::config::HeadKind::Mlp, cryptotl::config::HeadKind::Linear] {
+        let cfg = HeadConfig { kind, hidden: 5, pool: 2, ..HeadConfig::default() };
+        let head = Head::<Cpu>::new(&cfg, 6, 5, 7, &device());
+        let folded = head.clone().fold_input_shift(&shift);
+        let (a, b) = (predict_proba(&folded, x.view(), &device()), predict_proba(&head, shifted.view(), &device()));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{kind:?}: {a:?} vs {b:?}");
+        // And the shift matters (the check above could fail): unfolded on the raw inputs the predictions differ.
+        let raw = predict_proba(&head, x.view(), &device());
+        assert!(raw.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3), "{kind:?}");
+    }
+}

@@ -248,6 +248,15 @@ pub fn check_finite(x: ArrayView2<f32>) -> Result<()> {
 /// dimensions has coordinates of std ~0.05; values beyond ±0.25 are clipped.
 pub const MINILM_FIXED_RANGE: f32 = 0.25;
 
+/// Where the data-independent map ([`MinMaxScaler::fixed`]) sends a zero coordinate: the middle of the MiniLM range
+/// (0.5), hashed TF-IDF's 0 (an absent term). The public centre a DP head's own-feature inputs are centred on.
+pub fn fixed_image_of_zero(kind: crate::config::FeatureKind) -> f32 {
+    match kind {
+        crate::config::FeatureKind::Minilm => 0.5,
+        crate::config::FeatureKind::Hashed => 0.0,
+    }
+}
+
 impl MinMaxScaler {
     /// The data-independent scaler of a featurizer (`features.scaling = "fixed"`): MiniLM coordinates from
     /// [-0.25, 0.25], hashed TF-IDF weights (non-negative, L2-normalised rows) from [0, 1].
