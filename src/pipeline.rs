@@ -756,6 +756,9 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
         "featurizer": cfg.features,
         "featurizer_version": crate::features::FEATURIZER_VERSION,
         "scaling": "each feature min-max scaled to [0, 1] on the client's own training split",
+        // Where each output lies over the source data (from the calibration ranges the program is built on): the
+        // public point a client's DP head centres these outputs on ([`DpReferences`]).
+        "output_ranges": transfer_output_ranges(cfg, &lower),
     });
     let statement = crate::privacy::budget::ServerStatement::new(crate::privacy::budget::ServerMechanisms {
         dp_pretraining: lower.meta.dp_pretraining.as_ref(),
@@ -789,12 +792,14 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`): the decrypted
 /// outputs and what the encrypted stage measured (no oracle comparison: the client has no program).
-pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement)> {
+/// With them, the output ranges the server publishes ([`crate::he::Session::published_output_ranges`]).
+pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement, Option<Vec<(f32, f32)>>)> {
     let session = remote_session(cfg, url)?;
     let statement = session.server_privacy()?;
+    let ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows)?;
     let report = crate::he::HeReport::new(&session, None, &stats, None);
-    Ok((input.pool(encrypted), report, statement))
+    Ok((input.pool(encrypted), report, statement, ranges))
 }
 
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
@@ -989,16 +994,22 @@ impl DpReferences {
     /// `own_width` own features beside them as `head.inputs` says) and on the own features alone.
     /// Own features: the image of the zero vector under the data-independent map (MiniLM: 0.5, the middle of the
     /// fixed range; hashed TF-IDF: 0). Transfer outputs: the middle of each output's range over the server's source
-    /// data ([`transfer_output_ranges`], from `lower`); 0 (not centred) where they are unknown, as for a client of a
-    /// remote server, whose interface does not publish them.
+    /// data ([`transfer_output_ranges`], from `lower`, or as a remote server publishes them: [`Self::from_ranges`]);
+    /// 0 (not centred) where they are unknown.
     pub fn new(cfg: &RunConfig, lower: Option<&PretrainedLower>, transfer_outputs: usize, own_width: usize) -> Self {
+        Self::from_ranges(cfg, lower.and_then(|l| transfer_output_ranges(cfg, l)).as_deref(), transfer_outputs, own_width)
+    }
+
+    /// [`Self::new`] from the transfer outputs' ranges as a remote server publishes them
+    /// ([`crate::he::Session::published_output_ranges`]); `None` or ranges of another width: not centred.
+    pub fn from_ranges(cfg: &RunConfig, ranges: Option<&[(f32, f32)]>, transfer_outputs: usize, own_width: usize) -> Self {
         let zero = crate::features::fixed_image_of_zero(cfg.features.kind);
         let t = transfer_outputs;
-        let mut transferred = match lower.and_then(|l| transfer_output_ranges(cfg, l)).filter(|r| r.len() == t) {
+        let mut transferred = match ranges.filter(|r| r.len() == t) {
             Some(ranges) => ranges.iter().map(|(lo, hi)| (lo + hi) / 2.0).collect(),
             None => {
                 if t > 0 {
-                    tracing::info!("DP head: the transfer outputs' ranges are unknown here; only the client's own features are centred");
+                    tracing::info!("DP head: the transfer outputs' ranges are unknown (a server that does not publish them); only the client's own features are centred");
                 }
                 vec![0.0; t]
             }
@@ -1161,18 +1172,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client));
     let input = input?;
     stage("client features", t + t2);
-    let (transferred, he_paths, remote_he) = match (&remote, &lower) {
+    let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {
         (Some(url), _) => {
             let (r, t) = timed(|| remote_transfer(cfg, url, &input));
-            let (transferred, he, statement) = r?;
+            let (transferred, he, statement, ranges) = r?;
             stage("lower network: keys, encrypted forward through the remote server", t);
-            (transferred, None, Some((he, statement)))
+            (transferred, None, Some((he, statement)), ranges)
         }
         (None, Some(lower)) => {
             let (r, t) = timed(|| transfer(cfg, lower, &input));
             let (transferred, he_paths) = r?;
             stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
-            (transferred, he_paths, None)
+            (transferred, he_paths, None, transfer_output_ranges(cfg, lower))
         }
         (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
     };
@@ -1189,7 +1200,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     // The decrypted outputs as they came (the learning curves build their heads' inputs per subset).
     let decrypted = transferred;
     let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
-    let dp_references = DpReferences::new(cfg, lower.as_ref(), decrypted.train.ncols(), client.train.ncols());
+    let dp_references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), decrypted.train.ncols(), client.train.ncols());
     let mut results = Vec::new();
     let head = train_head(cfg, &transferred, "head")?;
     stage("train head", head.trained.seconds);

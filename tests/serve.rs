@@ -469,6 +469,17 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     assert!((0.0..=1.0).contains(&membership["attack"]["auc"].as_f64().unwrap()), "{membership}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("remote server at") && md.contains("not measurable"), "{md}");
+    // The server published its outputs' source ranges, so the remote client centres a DP head's inputs on the
+    // same public points as a client in one process with the server's network.
+    let local = cryptotl::config::RunConfig::from_toml_str(&common::tiny_config(dir.path()), "tiny.toml", &[]).unwrap();
+    let ranges = cryptotl::pipeline::transfer_output_ranges(&local, &cryptotl::pipeline::server_lower_network(&local).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run").join(cryptotl::rundir::MANIFEST)).unwrap()).unwrap();
+    let centres: Vec<f64> = manifest["dp_references"]["transferred"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(centres.len(), ranges.len(), "head.inputs = transfer: one centre per output");
+    for (c, (lo, hi)) in centres.iter().zip(&ranges) {
+        assert!((c - f64::from(lo + hi) / 2.0).abs() < 1e-6, "{c} vs [{lo}, {hi}]");
+    }
+    assert!(centres.iter().any(|&c| c > 0.0));
 
     // New texts through the same remote path.
     let texts = dir.path().join("texts.txt");

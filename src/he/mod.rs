@@ -159,6 +159,19 @@ impl Session {
         self.transport.describe()
     }
 
+    /// The range of each output over the server's source data, as the model's interface publishes it
+    /// (`features.output_ranges`, written by `cryptotl server build`): where a DP head centres these outputs
+    /// ([`crate::pipeline::DpReferences`]). `None` when absent or unusable (not one finite `[lo, hi]` per output):
+    /// the head then leaves them uncentred, which costs accuracy but nothing else.
+    pub fn published_output_ranges(&self) -> Option<Vec<(f32, f32)>> {
+        let ranges: Vec<(f32, f32)> = serde_json::from_value(self.model.features.get("output_ranges")?.clone()).ok()?;
+        let usable = ranges.len() == self.interface.outputs && ranges.iter().all(|(lo, hi)| lo.is_finite() && hi.is_finite() && lo <= hi);
+        if !usable {
+            tracing::warn!(server = self.transport.describe(), "the server's published output ranges are unusable; DP heads leave its outputs uncentred");
+        }
+        usable.then_some(ranges)
+    }
+
     /// The server's published privacy statement (its rows of the budget table).
     pub fn server_privacy(&self) -> Result<crate::privacy::budget::ServerStatement> {
         let v = self.transport.privacy()?;
