@@ -537,7 +537,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 None => {
                     let lower = pipeline::server_lower_network(&cfg)?;
                     let t = pipeline::transfer(&cfg, &lower, &input)?.0;
-                    let references = pipeline::DpReferences::new(&cfg, Some(&lower), t.train.ncols(), client.train.ncols());
+                    let references = pipeline::dp_references(&cfg, Some(&lower), t.train.ncols(), client.train.ncols());
                     (t, references)
                 }
             };

@@ -20,6 +20,7 @@ use crate::data::{self, Dataset, DatasetSummary, Split};
 use crate::error::{Error, Result};
 use crate::eval::Metrics;
 use crate::features::FeaturePipeline;
+pub use crate::privacy::centring::DpReferences;
 use crate::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, map_rows, predict_proba};
 pub use crate::bow::{BAG_OF_WORDS_CS, BAG_OF_WORDS_DIM, BagOfWords};
 use crate::train::{self, EpochStats, Examples, Trained};
@@ -973,55 +974,10 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<Trai
     Ok(TrainedHead { trained, test })
 }
 
-/// Public reference points for the inputs of DP-SGD heads: the point each head's inputs are centred on while it
-/// trains ([`train_head_private`]). Made from the config and the server's network only, never from the client's
-/// data, so centring is part of the fixed map from one example to what DP-SGD sees and costs no ε.
-///
-/// Why: the client's inputs sit far from the origin (MiniLM coordinates map to about 0.5 under the fixed scaling,
-/// ReLU outputs are non-negative), so every example's gradient shares one large common part and clipping at C
-/// scales it away with the rest; measured on SMS spam at ε = 1 (float path), centring lifts the private
-/// `transfer+own` head from 0.933 to 0.974 (no DP: 0.980).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DpReferences {
-    /// For the head on the transferred inputs (`head.inputs`: the transfer outputs, then the client's own features).
-    pub transferred: Vec<f32>,
-    /// For a head on the client's own features alone (the raw-feature baseline).
-    pub own: Vec<f32>,
-}
-
-impl DpReferences {
-    /// The reference points for heads on `transfer_outputs` outputs of the lower network (with the client's
-    /// `own_width` own features beside them as `head.inputs` says) and on the own features alone.
-    /// Own features: the image of the zero vector under the data-independent map (MiniLM: 0.5, the middle of the
-    /// fixed range; hashed TF-IDF: 0). Transfer outputs: the middle of each output's range over the server's source
-    /// data ([`transfer_output_ranges`], from `lower`, or as a remote server publishes them: [`Self::from_ranges`]);
-    /// 0 (not centred) where they are unknown.
-    pub fn new(cfg: &RunConfig, lower: Option<&PretrainedLower>, transfer_outputs: usize, own_width: usize) -> Self {
-        Self::from_ranges(cfg, lower.and_then(|l| transfer_output_ranges(cfg, l)).as_deref(), transfer_outputs, own_width)
-    }
-
-    /// [`Self::new`] from the transfer outputs' ranges as a remote server publishes them
-    /// ([`crate::he::Session::published_output_ranges`]); `None` or ranges of another width: not centred.
-    pub fn from_ranges(cfg: &RunConfig, ranges: Option<&[(f32, f32)]>, transfer_outputs: usize, own_width: usize) -> Self {
-        let zero = crate::features::fixed_image_of_zero(cfg.features.kind);
-        let t = transfer_outputs;
-        let mut transferred = match ranges.filter(|r| r.len() == t) {
-            Some(ranges) => ranges.iter().map(|(lo, hi)| (lo + hi) / 2.0).collect(),
-            None => {
-                if t > 0 {
-                    tracing::info!("DP head: the transfer outputs' ranges are unknown (a server that does not publish them); only the client's own features are centred");
-                }
-                vec![0.0; t]
-            }
-        };
-        match cfg.head.inputs {
-            crate::config::HeadInputs::Transfer => {}
-            crate::config::HeadInputs::TransferPlusOwn => transferred.extend(std::iter::repeat_n(zero, own_width)),
-            // Refused with [privacy]; its one score column is left where it is.
-            crate::config::HeadInputs::TransferPlusBow => transferred.push(0.0),
-        }
-        Self { transferred, own: vec![zero; own_width] }
-    }
+/// The public points a DP head centres its inputs on ([`DpReferences`]), for a client with the server's network
+/// `lower` in hand (the one-process run): the transfer outputs' ranges come from [`transfer_output_ranges`].
+pub fn dp_references(cfg: &RunConfig, lower: Option<&PretrainedLower>, transfer_outputs: usize, own_width: usize) -> DpReferences {
+    DpReferences::from_ranges(cfg, lower.and_then(|l| transfer_output_ranges(cfg, l)).as_deref(), transfer_outputs, own_width)
 }
 
 /// The range of each transfer output (what the client decrypts) over the server's source training data: the
@@ -1118,7 +1074,7 @@ pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
     let (pipeline, client) = client_features(cfg, &data.target)?;
     let (transferred, _) = transfer(cfg, &lower, &TransferInput::new(cfg, &pipeline, &data.target, &client)?)?;
     let bow = BagOfWords::new(&data.target);
-    let references = DpReferences::new(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+    let references = dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
 }
 

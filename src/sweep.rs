@@ -263,7 +263,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         };
         tracing::info!(?server_eps, server_reached, "server setting ready");
         let (transferred, _) = pipeline::transfer(server_cfg, &lower, &input)?;
-        let references = pipeline::DpReferences::new(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+        let references = pipeline::dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),
@@ -276,7 +276,7 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
     if spec.raw_baseline {
         let head = HeadSetting { series: RAW_SERIES, server_epsilon: None, server_reached: f64::INFINITY };
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(cfg, *e)).collect();
-        let own = pipeline::DpReferences::new(cfg, None, 0, client.train.ncols()).own;
+        let own = pipeline::dp_references(cfg, None, 0, client.train.ncols()).own;
         train_heads(cfg, &heads, spec, &client, &own, &head, &mut points)?;
     }
     Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.name().to_string(), points })

@@ -287,7 +287,7 @@ fn a_run_beyond_its_budget_refuses_to_start() {
 
 #[test]
 fn dp_heads_centre_on_points_made_from_the_config_and_the_server_network_only() {
-    // `DpReferences::new` takes no client data at all (its signature is the proof that centring costs no ε); here:
+    // `pipeline::dp_references` takes no client data at all (its signature is the proof that centring costs no ε); here:
     // the transfer outputs' reference is the middle of their range over the server's source training data, the
     // own features' the image of zero under the data-independent map.
     let dir = tempfile::tempdir().unwrap();
@@ -307,7 +307,7 @@ fn dp_heads_centre_on_points_made_from_the_config_and_the_server_network_only() 
             assert!(lo - 1e-4 <= *v && *v <= hi + 1e-4, "{v} outside [{lo}, {hi}]");
         }
     }
-    let r = cryptotl::pipeline::DpReferences::new(&cfg, Some(&lower), t, d);
+    let r = cryptotl::pipeline::dp_references(&cfg, Some(&lower), t, d);
     assert_eq!(r.transferred.len(), t + d);
     for (c, (lo, hi)) in r.transferred.iter().zip(&ranges) {
         assert!((c - (lo + hi) / 2.0).abs() < 1e-6);
@@ -317,8 +317,8 @@ fn dp_heads_centre_on_points_made_from_the_config_and_the_server_network_only() 
     assert!(r.transferred[t..].iter().all(|&c| c == 0.0) && r.own == vec![0.0; d]);
     let mut minilm = cfg.clone();
     minilm.features.kind = cryptotl::config::FeatureKind::Minilm;
-    assert_eq!(cryptotl::pipeline::DpReferences::new(&minilm, None, 0, 384).own, vec![0.5; 384]);
+    assert_eq!(cryptotl::pipeline::dp_references(&minilm, None, 0, 384).own, vec![0.5; 384]);
     // A client without the server's network (a remote server's interface does not publish the ranges) centres
     // only its own features.
-    assert!(cryptotl::pipeline::DpReferences::new(&cfg, None, t, d).transferred[..t].iter().all(|&c| c == 0.0));
+    assert!(cryptotl::pipeline::dp_references(&cfg, None, t, d).transferred[..t].iter().all(|&c| c == 0.0));
 }

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod budget;
+pub mod centring;
 pub mod dpsgd;
 pub mod exact;
 pub mod normal;
