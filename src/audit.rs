@@ -141,7 +141,7 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
 /// Audit the DP-SGD head of `cfg` on its head inputs `fs` with `m` canaries (seeded by `seed`; the training noise
 /// follows `[privacy] insecure_seed` like any run). Needs `[privacy]` on and the linear head.
 pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<AuditResult> {
-    let privacy = cfg.privacy.as_ref().filter(|p| p.enabled).ok_or_else(|| Error::Config {
+    let privacy = cfg.client_privacy().ok_or_else(|| Error::Config {
         file: cfg.name.clone(),
         key: "privacy".into(),
         message: "the audit checks the DP-SGD head: give a [privacy] table (e.g. --set privacy.target_epsilon=1)".into(),

@@ -131,7 +131,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     sizes.sort_unstable();
     sizes.dedup();
     let draws = cfg.curve.draws;
-    let privacy = cfg.privacy.as_ref().filter(|p| p.enabled);
+    let privacy = cfg.client_privacy();
     // One DP-SGD schedule per size: σ calibrated so that training on that many examples spends the configured ε.
     let plans: Vec<Option<crate::privacy::plan::DpPlan>> = sizes
         .iter()
@@ -173,8 +173,8 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
-                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng).test.accuracy));
-                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng).test.accuracy));
+                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng)?.test.accuracy));
+                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng)?.test.accuracy));
             }
             bar.inc(1);
             Ok(out)

@@ -188,15 +188,14 @@ impl PretrainedLower {
 
 /// A stable key of everything that determines the pretrained lower network.
 pub fn pretrain_key(cfg: &RunConfig) -> String {
-    let material = serde_json::json!({
+    let mut material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
         "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "split_scheme": "per-path",
         "split": cfg.split, "lower": lower_for_key(&cfg.lower), "pretrain": cfg.pretrain,
-        "dp_pretraining": cfg.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled),
+        "dp_pretraining": cfg.dp_pretraining(),
     });
-    let mut material = material;
-    if server_pretrains_privately(cfg) {
-        // DP pretraining's features come through a map fitted on nothing ([`server_feature_map`]); entries made
+    if cfg.dp_pretraining().is_some() {
+        // DP pretraining's features come through a map fitted on nothing ([`FeaturePipeline::for_training`]); entries made
         // before, with the fitted map, are not reused. Only when set, so other keys (the shipped network's) stay.
         material["server_map"] = serde_json::json!("data_independent");
     }
@@ -210,23 +209,6 @@ fn lower_for_key(lower: &crate::config::LowerNetConfig) -> serde_json::Value {
         m.remove("prune_dead");
     }
     v
-}
-
-/// The server's feature map for pretraining: fitted on the source training split, or, with DP pretraining on,
-/// fitted on nothing ([`FeaturePipeline::data_independent`]): DP-SGD's ε is for a fixed map from one example to its
-/// features, and a min-max range or IDF weight fitted on the source would let one example move all the others.
-pub fn server_feature_map(cfg: &RunConfig, source: &Split) -> Result<FeaturePipeline> {
-    if server_pretrains_privately(cfg) {
-        tracing::info!("server feature map fitted on nothing (DP pretraining): fixed scaling, no IDF");
-        FeaturePipeline::data_independent(&cfg.features)
-    } else {
-        FeaturePipeline::fit(&cfg.features, &source.train.texts)
-    }
-}
-
-/// Whether the server pretrains with DP-SGD (`[server_privacy.dp_pretraining]` on).
-pub fn server_pretrains_privately(cfg: &RunConfig) -> bool {
-    cfg.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled)
 }
 
 /// The DP-SGD schedule of the server's pretraining on `n` source training examples, when
@@ -350,7 +332,8 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     }
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
-    let features = server_feature_map(cfg, source)?;
+    // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
+    let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;
     let fs = FeatureSplit::from_split(&features, source)?;
     let balanced = if cfg.source.balance_paths { Some(balance_paths(&fs, source)) } else { None };
     let fit = balanced.as_ref().unwrap_or(&fs);
@@ -548,12 +531,7 @@ pub fn prune_dead_units(lower: &mut PretrainedLower) {
 /// The client's scaled features of its target data: the pipeline fitted on target train only, or, when the run
 /// trains a head with DP-SGD (`[privacy]` on), fitted on nothing ([`FeaturePipeline::data_independent`]).
 pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeline, FeatureSplit)> {
-    client_features_for(cfg, target, client_is_private(cfg))
-}
-
-/// Whether the client trains a head with DP-SGD in this run.
-pub fn client_is_private(cfg: &RunConfig) -> bool {
-    cfg.privacy.as_ref().is_some_and(|p| p.enabled)
+    client_features_for(cfg, target, cfg.client_privacy().is_some())
 }
 
 /// [`client_features`] with the choice made by the caller: `private` gives the data-independent map (a sweep
@@ -561,12 +539,7 @@ pub fn client_is_private(cfg: &RunConfig) -> bool {
 /// bounds what one example does to the head through its own features; a min-max range or IDF weight fitted on the
 /// training split would move every example's features with it, so the accountant's ε would not hold.
 pub fn client_features_for(cfg: &RunConfig, target: &Split, private: bool) -> Result<(FeaturePipeline, FeatureSplit)> {
-    let pipeline = if private {
-        tracing::info!("client feature map fitted on nothing (DP-SGD head): fixed scaling, no IDF");
-        FeaturePipeline::data_independent(&cfg.features)?
-    } else {
-        FeaturePipeline::fit(&cfg.features, &target.train.texts)?
-    };
+    let pipeline = FeaturePipeline::for_training(&cfg.features, &target.train.texts, private)?;
     let fs = FeatureSplit::from_split(&pipeline, target)?;
     Ok((pipeline, fs))
 }
@@ -1001,24 +974,24 @@ pub fn transfer_output_ranges(cfg: &RunConfig, lower: &PretrainedLower) -> Optio
 }
 
 /// Train the client's head with DP-SGD under `plan` and evaluate it on the test part.
-pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> TrainedHead<Head<Cpu>> {
+pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> Result<TrainedHead<Head<Cpu>>> {
     let device = Default::default();
     let input = fs.train.ncols();
     // Trained on the inputs centred on the public reference point, then the shift is folded into the first
-    // layer's bias (post-processing), so the head takes the inputs as they are everywhere else.
-    let shift = if reference.len() == input { ndarray::Array1::from(reference.to_vec()) } else { ndarray::Array1::zeros(input) };
-    let centred = FeatureSplit {
-        train: &fs.train - &shift,
-        train_y: fs.train_y.clone(),
-        validation: &fs.validation - &shift,
-        validation_y: fs.validation_y.clone(),
-        test: &fs.test - &shift,
-        test_y: fs.test_y.clone(),
+    // layer's bias (post-processing), so the head takes the inputs as they are everywhere else. A reference of
+    // another width (a run directory from before centring has none) leaves the inputs as they are.
+    let centred;
+    let train_on = if reference.len() == input {
+        let shift = ndarray::Array1::from(reference.to_vec());
+        centred = fs.map(|x| Ok(x - &shift))?;
+        &centred
+    } else {
+        fs
     };
-    let mut trained = train::train_private(new_head(cfg, input, &device), centred.train_examples(), centred.validation_examples(), plan, rng, cfg.seed, "head");
-    trained.model = trained.model.fold_input_shift(shift.as_slice().unwrap_or(&[]));
+    let mut trained = train::train_private(new_head(cfg, input, &device), train_on.train_examples(), train_on.validation_examples(), plan, rng, cfg.seed, "head");
+    trained.model = trained.model.fold_input_shift(reference);
     let test = evaluate(&trained.model, fs);
-    TrainedHead { trained, test }
+    Ok(TrainedHead { trained, test })
 }
 
 /// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
@@ -1027,7 +1000,7 @@ pub fn train_configured_head(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f3
     match (plan, &cfg.privacy) {
         (Some(plan), Some(p)) => {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(noise_offset)));
-            Ok(train_head_private(cfg, fs, reference, plan, &mut rng))
+            train_head_private(cfg, fs, reference, plan, &mut rng)
         }
         _ => train_head(cfg, fs, what),
     }
@@ -1204,7 +1177,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut published = head.trained.model.clone();
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
         let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-        let dp = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng);
+        let dp = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng)?;
         stage("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
@@ -1221,7 +1194,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
         if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
-            let b = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng);
+            let b = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng)?;
             stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
             results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
         }

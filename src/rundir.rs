@@ -48,7 +48,7 @@ pub fn features_key(cfg: &RunConfig) -> String {
         // Only when set, so the keys of earlier runs (one unit per text) stay valid.
         material["transfer_unit"] = serde_json::json!({ "unit": cfg.head.transfer_unit, "max_sentences": cfg.head.max_sentences });
     }
-    if crate::pipeline::client_is_private(cfg) {
+    if cfg.client_privacy().is_some() {
         // A DP head's features come through a map fitted on nothing ([`crate::pipeline::client_features`]), so
         // features made for a non-private head cannot be reused for a private one. Only when set, as above.
         material["client_map"] = serde_json::json!("data_independent");

@@ -251,7 +251,7 @@ fn a_private_heads_features_come_through_a_map_fitted_on_no_data() {
     let dir = tempfile::tempdir().unwrap();
     let private = tiny_config(dir.path()) + "[privacy]\ntarget_epsilon = 8.0\n";
     let cfg = RunConfig::from_toml_str(&private, "tiny.toml", &[]).unwrap();
-    assert!(cryptotl::pipeline::client_is_private(&cfg));
+    assert!(cfg.client_privacy().is_some());
     let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
     let mut fewer = data.target.clone();
     let half = fewer.train.texts.len() / 2;

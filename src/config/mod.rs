@@ -250,10 +250,10 @@ impl RunConfig {
         if let Some(w) = &self.server_privacy.weight_noise {
             w.check(at)?;
         }
-        if self.head.inputs == HeadInputs::TransferPlusBow && self.privacy.as_ref().is_some_and(|p| p.enabled) {
+        if self.head.inputs == HeadInputs::TransferPlusBow && self.client_privacy().is_some() {
             return Err(at.key("head.inputs", "\"transfer+bow\" adds a bag-of-words score fitted on the training labels without DP, so a DP-SGD head on it would not be private; use \"transfer\" or \"transfer+own\" with [privacy]".into()));
         }
-        if self.source.balance_paths && self.server_privacy.dp_pretraining.as_ref().is_some_and(|p| p.enabled) {
+        if self.source.balance_paths && self.dp_pretraining().is_some() {
             return Err(at.key("source.balance_paths", "repeats source examples, which DP pretraining's accountant does not allow for (each repeat would spend the budget again); set source.balance_paths = false to pretrain with DP".into()));
         }
         if self.he.enabled {
@@ -262,6 +262,18 @@ impl RunConfig {
         self.pretrain.check("pretrain", at)?;
         self.head_training.check("head_training", at)?;
         Ok(())
+    }
+
+    /// `[privacy]` when it is on: the client trains its head with DP-SGD (and reads its data through a map fitted
+    /// on nothing).
+    pub fn client_privacy(&self) -> Option<&PrivacyConfig> {
+        self.privacy.as_ref().filter(|p| p.enabled)
+    }
+
+    /// `[server_privacy.dp_pretraining]` when it is on: the server pretrains with DP-SGD (through a map fitted on
+    /// nothing).
+    pub fn dp_pretraining(&self) -> Option<&PrivacyConfig> {
+        self.server_privacy.dp_pretraining.as_ref().filter(|p| p.enabled)
     }
 
     /// The head's hidden width after resolving `0 = same as input`.

@@ -341,6 +341,17 @@ impl FeaturePipeline {
         Ok(Self { featurizer, scaler })
     }
 
+    /// The pipeline a party trains on: [`Self::fit`] on its `train_texts`, or, when it trains with DP-SGD (`dp`),
+    /// [`Self::data_independent`], since the accountant's ε is for a fixed map from one example to its features.
+    pub fn for_training(cfg: &FeaturesConfig, train_texts: &[String], dp: bool) -> Result<Self> {
+        if dp {
+            tracing::info!("feature map fitted on nothing (DP-SGD): fixed scaling, no IDF weights");
+            Self::data_independent(cfg)
+        } else {
+            Self::fit(cfg, train_texts)
+        }
+    }
+
     /// Width of the scaled vectors.
     pub fn dim(&self) -> usize {
         self.featurizer.dim()

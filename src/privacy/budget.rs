@@ -142,8 +142,8 @@ pub struct ServerMechanisms<'a> {
 /// `he.calibration = "input_box"` and `lower.prune_dead = false` leave none.
 pub fn fitted_outside(cfg: &crate::config::RunConfig) -> Vec<&'static str> {
     let mut out = Vec::new();
-    // DP pretraining maps the source through a map fitted on nothing (`pipeline::server_feature_map`).
-    let fitted_map = !crate::pipeline::server_pretrains_privately(cfg);
+    // DP pretraining maps the source through a map fitted on nothing (`FeaturePipeline::for_training`).
+    let fitted_map = cfg.dp_pretraining().is_none();
     if fitted_map && cfg.features.scaling == crate::config::Scaling::Fitted {
         out.push("the min-max feature scaling (features.scaling = \"fitted\")");
     }
