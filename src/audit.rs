@@ -3,7 +3,7 @@
 //!
 //! **The experiment.** `m` canaries are drawn; each is included in the training set independently with
 //! probability 1/2. The head is trained once, by the same DP-SGD code and schedule as the run's head, on the real
-//! training rows plus the included canaries. Every canary is then scored; the auditor guesses "in" for the `k`
+//! training rows (centred on the run's public reference point, as the head's are) plus the included canaries. Every canary is then scored; the auditor guesses "in" for the `k`
 //! highest scores, "out" for the `k` lowest, and abstains on the rest. If training is (ε, δ)-DP, the number of
 //! correct guesses is (up to δ) no more likely than under randomised response with accuracy e^ε / (1 + e^ε), which
 //! gives a p-value for every ε ([`p_value`]); the audit reports the largest ε rejected at 95% confidence
@@ -140,7 +140,13 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
 
 /// Audit the DP-SGD head of `cfg` on its head inputs `fs` with `m` canaries (seeded by `seed`; the training noise
 /// follows `[privacy] insecure_seed` like any run). Needs `[privacy]` on and the linear head.
-pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<AuditResult> {
+///
+/// `reference` is the public point the run's DP head centres its inputs on
+/// ([`crate::privacy::centring::DpReferences::transferred`]); the real rows are centred on it exactly as
+/// `pipeline::train_head_private` centres them, so the audited training sees the head's own inputs. The canary
+/// columns are centred on 0 (their real rows are 0). An empty reference, or one of another width, leaves the rows
+/// as they are, as the head's training does.
+pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, seed: u64) -> Result<AuditResult> {
     let privacy = cfg.client_privacy().ok_or_else(|| Error::Config {
         file: cfg.name.clone(),
         key: "privacy".into(),
@@ -153,13 +159,16 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
         return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
     }
     let (n, d) = fs.train.dim();
+    let centre = |rows: &Array2<f32>| -> Array2<f32> {
+        if reference.len() == d { rows - &ndarray::ArrayView1::from(reference) } else { rows.clone() }
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::AUDIT_CANARIES));
     let labels: Vec<u8> = (0..m).map(|_| u8::from(rng.random::<bool>())).collect();
     let included: Vec<bool> = (0..m).map(|_| rng.random::<bool>()).collect();
     let members: Vec<usize> = (0..m).filter(|&c| included[c]).collect();
     let rows = n + members.len();
     let mut x = Array2::<f32>::zeros((rows, d + m));
-    x.slice_mut(ndarray::s![..n, ..d]).assign(&fs.train);
+    x.slice_mut(ndarray::s![..n, ..d]).assign(&centre(&fs.train));
     let mut y = fs.train_y.clone();
     for (r, &c) in members.iter().enumerate() {
         x[[n + r, d + c]] = CANARY_VALUE;
@@ -171,7 +180,7 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, m: usize, seed: u64) -> Result<
     let head = crate::model::Head::<crate::model::Train>::from_linear_weights(&vec![0.0; d + m], 0.0, &device);
     let mut noise = crate::privacy::dpsgd::PrivacyRng::new(privacy.insecure_seed.map(|s| s ^ seed));
     let mut val_x = Array2::<f32>::zeros((fs.validation.nrows(), d + m));
-    val_x.slice_mut(ndarray::s![.., ..d]).assign(&fs.validation);
+    val_x.slice_mut(ndarray::s![.., ..d]).assign(&centre(&fs.validation));
     let trained = crate::train::train_private(
         head,
         crate::train::Examples { x: x.view(), y: &y },
@@ -232,7 +241,8 @@ impl AuditResult {
 
 /// The audit of a config end to end: its data, the server's network, the client's features through the
 /// **plaintext** lower network (the DP mechanism does not depend on how its inputs were computed, and encrypting
-/// every sample again would only cost time), its head inputs, then [`audit`].
+/// every sample again would only cost time), its head inputs centred on the run's public reference point, then
+/// [`audit`].
 pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult> {
     let mut plain = cfg.clone();
     plain.he.enabled = false;
@@ -242,5 +252,6 @@ pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult>
     let input = crate::pipeline::TransferInput::new(&plain, &pipeline, &data.target, &own)?;
     let (transferred, _) = crate::pipeline::transfer(&plain, &lower, &input)?;
     let inputs = crate::pipeline::head_inputs(&plain, &transferred, &own, None)?;
-    audit(&plain, &inputs, m, seed)
+    let references = crate::pipeline::dp_references(&plain, Some(&lower), transferred.train.ncols(), own.train.ncols());
+    audit(&plain, &inputs, &references.transferred, m, seed)
 }

@@ -1182,7 +1182,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
         if cfg.audit.enabled && cfg.head.kind == crate::config::HeadKind::Linear {
-            let (a, t) = timed(|| crate::audit::audit(cfg, &transferred, cfg.audit.canaries, cfg.audit.seed));
+            let (a, t) = timed(|| crate::audit::audit(cfg, &transferred, &dp_references.transferred, cfg.audit.canaries, cfg.audit.seed));
             stage("privacy audit (canaries)", t);
             audit = Some(a?);
         }

@@ -32,12 +32,14 @@ fn p_values_and_bounds_match_an_independent_computation() {
     assert_eq!(guesses(&scores, &[false; 6], 2), (4, 2));
 }
 
-fn head_inputs(cfg: &RunConfig) -> cryptotl::pipeline::FeatureSplit {
+/// The head's inputs and the public point its DP training centres them on.
+fn head_inputs(cfg: &RunConfig) -> (cryptotl::pipeline::FeatureSplit, Vec<f32>) {
     let data = cryptotl::pipeline::prepare_data(cfg).unwrap();
     let lower = cryptotl::pipeline::server_lower_network(cfg).unwrap();
     let (_, own) = cryptotl::pipeline::client_features(cfg, &data.target).unwrap();
     let (t, _) = cryptotl::pipeline::transfer(cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
-    cryptotl::pipeline::head_inputs(cfg, &t, &own, None).unwrap()
+    let references = cryptotl::pipeline::dp_references(cfg, Some(&lower), t.train.ncols(), own.train.ncols());
+    (cryptotl::pipeline::head_inputs(cfg, &t, &own, None).unwrap(), references.transferred)
 }
 
 #[test]
@@ -45,25 +47,26 @@ fn the_audit_sees_leakage_without_dp_and_never_proves_more_than_the_accountant_c
     let dir = tempfile::tempdir().unwrap();
     let base = common::tiny_config(dir.path());
     let load = |privacy: &str| RunConfig::from_toml_str(&format!("{base}[privacy]\n{privacy}\ninsecure_seed = 3\n"), "tiny.toml", &["he.enabled=false".to_string()]).unwrap();
-    let fs = head_inputs(&load("target_epsilon = 1.0"));
+    let (fs, reference) = head_inputs(&load("target_epsilon = 1.0"));
+    assert_eq!(reference.len(), fs.train.ncols(), "the audit centres the head's inputs as its training does");
     // σ tiny: DP in name only (ε in the millions). The canaries are plainly visible.
-    let leaky = audit(&load("noise_multiplier = 0.001"), &fs, 1000, 1).unwrap();
+    let leaky = audit(&load("noise_multiplier = 0.001"), &fs, &reference, 1000, 1).unwrap();
     assert!(leaky.epsilon_claimed > 100.0, "{leaky:?}");
     assert!(leaky.epsilon_lower_bound > 3.0, "no DP: the audit must see the leakage: {leaky:?}");
     assert_eq!(leaky.guesses, 200);
     // DP at ε = 1, 4, 8 over several seeds: the proven lower bound never exceeds the claimed upper bound.
     for eps in [1.0, 4.0, 8.0] {
         for seed in 1..=3u64 {
-            let r = audit(&load(&format!("target_epsilon = {eps}")), &fs, 1000, seed).unwrap();
+            let r = audit(&load(&format!("target_epsilon = {eps}")), &fs, &reference, 1000, seed).unwrap();
             assert!(r.epsilon_claimed <= eps + 1e-6);
             assert!(r.epsilon_lower_bound <= r.epsilon_claimed, "ε = {eps}, seed {seed}: audited {} > claimed {}", r.epsilon_lower_bound, r.epsilon_claimed);
         }
     }
     // Refusals: no [privacy], the MLP head, too few canaries.
     let plain = RunConfig::from_toml_str(&base, "tiny.toml", &["he.enabled=false".to_string()]).unwrap();
-    assert!(audit(&plain, &fs, 1000, 1).unwrap_err().to_string().contains("privacy"));
+    assert!(audit(&plain, &fs, &reference, 1000, 1).unwrap_err().to_string().contains("privacy"));
     let mut mlp = load("target_epsilon = 1.0");
     mlp.head.kind = cryptotl::config::HeadKind::Mlp;
-    assert!(audit(&mlp, &fs, 1000, 1).unwrap_err().to_string().contains("head.kind"));
-    assert!(audit(&load("target_epsilon = 1.0"), &fs, 1, 1).unwrap_err().to_string().contains("canaries"));
+    assert!(audit(&mlp, &fs, &reference, 1000, 1).unwrap_err().to_string().contains("head.kind"));
+    assert!(audit(&load("target_epsilon = 1.0"), &fs, &reference, 1, 1).unwrap_err().to_string().contains("canaries"));
 }
