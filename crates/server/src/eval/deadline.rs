@@ -32,3 +32,22 @@ impl Deadline {
         self.passed.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_limit_never_stops_and_a_passed_limit_stops_every_worker() {
+        let never = Deadline::after(None);
+        assert!(!never.check() && !never.passed());
+        let now = Deadline::after(Some(Duration::ZERO));
+        assert!(!now.passed(), "nobody has stopped yet");
+        assert!(now.check());
+        assert!(now.passed());
+        // Once seen, it stays seen (the other workers stop at their next check).
+        assert!(now.check());
+        let later = Deadline::after(Some(Duration::from_secs(3600)));
+        assert!(!later.check() && !later.passed());
+    }
+}

@@ -13,6 +13,22 @@ pub const BLOCK: usize = 8;
 
 /// The program's weights transposed per block of [`BLOCK`] neurons: `w[b][i * BLOCK + r]` = weight of neuron
 /// `b * BLOCK + r` on input i (as wrapping u64), so the loop reads each input ciphertext once per block.
+/// The last block is padded with zero weights, which the loop skips.
+///
+/// ```
+/// use cryptotl_server::IntegerProgram;
+/// use cryptotl_server::eval::linear::{BLOCK, block_weights};
+/// // Two neurons on two inputs: neuron 0 weighs (2, -1), neuron 1 weighs (1, 1).
+/// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+/// let w = block_weights(&prog);
+/// assert_eq!(w.len(), 1); // one block holds both neurons
+/// assert_eq!(w[0].len(), 2 * BLOCK);
+/// assert_eq!(w[0][0], 2); // input 0, neuron 0
+/// assert_eq!(w[0][BLOCK] as i64, -1); // input 1, neuron 0: a wrapping u64
+/// assert_eq!(w[0][BLOCK + 1], 1); // input 1, neuron 1
+/// assert_eq!(w[0][2], 0); // no neuron 2: padding
+/// ```
 pub fn block_weights(program: &IntegerProgram) -> Vec<Vec<u64>> {
     let d = program.input_dim;
     (0..program.neurons.div_ceil(BLOCK))
@@ -60,5 +76,45 @@ impl Evaluator {
             }
         });
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every weight of a program that spans several blocks lands where the linear stage reads it, and nothing else
+    /// is non-zero.
+    #[test]
+    fn block_layout_holds_every_weight_once() {
+        let (d, h) = (5, 2 * BLOCK + 3);
+        let weights: Vec<i32> = (0..d * h).map(|k| k as i32 - 40).collect();
+        let prog = IntegerProgram {
+            input_dim: d,
+            input_bits: 2,
+            accumulator_bits: 10,
+            lookup_bits: 2,
+            output_bits: 3,
+            neurons: h,
+            weights: weights.clone(),
+            biases: vec![0; h],
+            tables: vec![vec![0; 4]; h],
+            pool: 1,
+            output_unit: 1.0,
+        };
+        let w = block_weights(&prog);
+        assert_eq!(w.len(), h.div_ceil(BLOCK));
+        let mut seen = 0;
+        for (b, block) in w.iter().enumerate() {
+            for i in 0..d {
+                for r in 0..BLOCK {
+                    let j = b * BLOCK + r;
+                    let want = if j < h { weights[j * d + i] as i64 } else { 0 };
+                    assert_eq!(block[i * BLOCK + r] as i64, want, "block {b}, input {i}, row {r}");
+                    seen += usize::from(j < h);
+                }
+            }
+        }
+        assert_eq!(seen, d * h);
     }
 }

@@ -30,8 +30,8 @@ use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey, SeededBootstra
 
 mod classic;
 mod deadline;
-mod linear;
-mod lookup;
+pub mod linear;
+pub mod lookup;
 mod multi_bit;
 
 use deadline::Deadline;
@@ -62,6 +62,16 @@ pub struct OpCounts {
 impl OpCounts {
     /// What one sample of `program` costs under `params` (byte counts are estimates: payload plus ~200 bytes of
     /// serialization header; reports quote measured sizes beside them).
+    ///
+    /// ```
+    /// use cryptotl_server::{IntegerProgram, OpCounts, ParameterSet};
+    /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
+    ///     weights: vec![2, 0, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    /// let params = ParameterSet::default();
+    /// let c = OpCounts::of(&prog, params);
+    /// assert_eq!(c.bootstraps, 2); // one per neuron
+    /// assert_eq!(c.multiply_adds, 3 * (params.lwe_dimension() + 1)); // zero weights are skipped
+    /// ```
     pub fn of(program: &IntegerProgram, params: ParameterSet) -> Self {
         let nnz = program.weights.iter().filter(|&&w| w != 0).count();
         let header = 200; // measured safe-serialization header + metadata, order of magnitude
