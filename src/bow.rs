@@ -14,7 +14,7 @@ use crate::linear::{self, Design};
 /// Hash buckets of the bag-of-words baseline.
 pub const BAG_OF_WORDS_DIM: usize = 1 << 18;
 /// Inverse L2 strengths the bag-of-words baseline chooses from, on the validation split (as scikit-learn's
-/// `LogisticRegressionCV` would; the smallest C wins ties). A baseline this tuned is what a practitioner would run;
+/// `LogisticRegressionCV` would; ties go to the lower validation log-loss: [`linear::fit_choosing_c`]). A baseline this tuned is what a practitioner would run;
 /// in the learning curves it even uses the whole validation split at every size, which favours it.
 pub const BAG_OF_WORDS_CS: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
 
@@ -60,17 +60,9 @@ impl BagOfWords {
 
     /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
     pub fn fit_and_score(&self) -> Result<(Metrics, f64, f64)> {
-        let (rows, y) = (&self.train[..], &self.train_y[..]);
-        let mut best: Option<(f64, f64, linear::LogisticRegression)> = None;
-        for c in BAG_OF_WORDS_CS {
-            let lr = linear::fit(linear::Design::Sparse { rows, dim: BAG_OF_WORDS_DIM }, y, c)?;
-            let v = lr.probabilities(linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
-            let val = Metrics::from_probabilities(&v, &self.validation_y).accuracy;
-            if best.as_ref().is_none_or(|(b, _, _)| val > *b) {
-                best = Some((val, c, lr));
-            }
-        }
-        let (val, c, lr) = best.expect("at least one C");
+        let (train, validation) = (linear::Design::Sparse { rows: &self.train, dim: BAG_OF_WORDS_DIM }, linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
+        let (lr, val) = linear::fit_choosing_c(train, &self.train_y, validation, &self.validation_y, &BAG_OF_WORDS_CS)?;
+        let c = lr.c;
         let p = lr.probabilities(linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM });
         Ok((Metrics::from_probabilities(&p, &self.test_y), val, c))
     }

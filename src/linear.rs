@@ -117,6 +117,46 @@ impl LogisticRegression {
     }
 }
 
+/// Fit with each inverse L2 strength of `cs` on `x`, `y` and keep the model that scores best on the validation rows
+/// `validation`, `validation_y`: the highest accuracy; ties go to the lower validation log-loss, then to the earlier
+/// C (as scikit-learn's `LogisticRegressionCV` with one held-out split). Returns the model (its `c` is the one
+/// chosen) and its validation accuracy. Fails without validation rows, or without both classes among them, since
+/// nothing could be chosen on those.
+///
+/// ```
+/// use cryptotl::linear::{Design, fit_choosing_c};
+/// // One informative column and one of noise; the validation rows follow the first.
+/// let x = ndarray::arr2(&[[0.0f32, 1.0], [1.0, 0.0], [0.1, 0.0], [0.9, 1.0]]);
+/// let v = ndarray::arr2(&[[0.2f32, 1.0], [0.8, 1.0]]);
+/// let (lr, acc) = fit_choosing_c(Design::Dense(x.view()), &[0, 1, 0, 1], Design::Dense(v.view()), &[0, 1], &[0.01, 1.0, 100.0]).unwrap();
+/// assert_eq!(acc, 1.0);
+/// assert!([0.01, 1.0, 100.0].contains(&lr.c));
+/// ```
+pub fn fit_choosing_c<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, validation_y: &[u8], cs: &[f64]) -> Result<(LogisticRegression, f64)> {
+    if validation.rows() != validation_y.len() {
+        return Err(Error::Features(format!("logistic regression: {} validation rows but {} labels", validation.rows(), validation_y.len())));
+    }
+    if !validation_y.contains(&0) || !validation_y.contains(&1) {
+        return Err(Error::Features(format!(
+            "choosing C on the validation split needs validation examples of both classes (it has {}); give the head a fixed C (head.c = 1) or a larger validation split",
+            validation_y.len()
+        )));
+    }
+    let mut best: Option<(f64, f64, LogisticRegression)> = None;
+    for &c in cs {
+        let lr = fit(x, y, c)?;
+        let z = lr.margins_f64(validation);
+        let n = z.len() as f64;
+        let accuracy = z.iter().zip(validation_y).filter(|&(&z, &y)| (z >= 0.0) == (y == 1)).count() as f64 / n;
+        let loss = z.iter().zip(validation_y).map(|(&z, &y)| softplus(z) - z * y as f64).sum::<f64>() / n;
+        if best.as_ref().is_none_or(|(a, l, _)| accuracy > *a || (accuracy == *a && loss < *l)) {
+            best = Some((accuracy, loss, lr));
+        }
+    }
+    let (accuracy, _, lr) = best.ok_or_else(|| Error::Features("logistic regression: no C to choose from".into()))?;
+    Ok((lr, accuracy))
+}
+
 /// ln(1 + e^z), stable.
 fn softplus(z: f64) -> f64 {
     if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }

@@ -847,6 +847,8 @@ pub struct TrainedHead<M> {
     pub trained: Trained<M>,
     /// Metrics on the test split.
     pub test: Metrics,
+    /// The linear head's C as fitted (None for the MLP head and DP-SGD heads).
+    pub c: Option<crate::report::LinearC>,
 }
 
 impl<M> TrainedHead<M> {
@@ -860,6 +862,7 @@ impl<M> TrainedHead<M> {
             epochs: self.trained.history.len(),
             best_epoch: self.trained.best_epoch,
             seconds: self.trained.seconds,
+            c: self.c,
         }
     }
 }
@@ -918,10 +921,20 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
     }
 }
 
-/// Fit the linear head (L2 logistic regression with `head.c`, exact by L-BFGS) on `x`, `y`, as a Burn head.
-pub fn fit_linear_head(cfg: &RunConfig, x: ndarray::ArrayView2<'_, f32>, y: &[u8]) -> Result<(Head<Cpu>, crate::linear::LogisticRegression)> {
-    let lr = crate::linear::fit(crate::linear::Design::Dense(x), y, cfg.head.c)?;
-    Ok((Head::from_linear_weights(&lr.weights, lr.bias, &Default::default()), lr))
+/// Fit the linear head (L2 logistic regression, exact by L-BFGS) on the training part of `fs` as a Burn head: with
+/// `head.c`, or with the C of [`crate::config::LINEAR_HEAD_CS`] that scores best on the validation part
+/// (`head.c = "validation"`, the default; [`crate::linear::fit_choosing_c`]).
+pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>, crate::linear::LogisticRegression, crate::report::LinearC)> {
+    use crate::linear::{Design, fit, fit_choosing_c};
+    let train = Design::Dense(fs.train.view());
+    let (lr, chosen_on_validation) = match cfg.head.c {
+        crate::config::InverseL2::Fixed(c) => (fit(train, &fs.train_y, c)?, false),
+        crate::config::InverseL2::Validation => {
+            (fit_choosing_c(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &crate::config::LINEAR_HEAD_CS)?.0, true)
+        }
+    };
+    let c = crate::report::LinearC { c: lr.c, chosen_on_validation };
+    Ok((Head::from_linear_weights(&lr.weights, lr.bias, &Default::default()), lr, c))
 }
 
 /// Train the client's head on (transferred) features and evaluate it on their test part: the linear head is
@@ -929,22 +942,24 @@ pub fn fit_linear_head(cfg: &RunConfig, x: ndarray::ArrayView2<'_, f32>, y: &[u8
 pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
     let device = Default::default();
     let input = fs.train.ncols();
+    let mut c = None;
     let trained = match cfg.head.kind {
         crate::config::HeadKind::Mlp => {
             train::train(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what)
         }
         crate::config::HeadKind::Linear => {
             let started = Instant::now();
-            let (head, lr) = fit_linear_head(cfg, fs.train.view(), &fs.train_y)?;
+            let (head, lr, linear_c) = fit_linear_head(cfg, fs)?;
+            c = Some(linear_c);
             let (train_loss, _) = train::evaluate_loss(&head, fs.train_examples());
             let (val_loss, val_accuracy) = train::evaluate_loss(&head, fs.validation_examples());
-            tracing::debug!(what, iterations = lr.iterations, train_loss, val_loss, val_accuracy, "linear head fitted (L-BFGS)");
+            tracing::debug!(what, c = lr.c, iterations = lr.iterations, train_loss, val_loss, val_accuracy, "linear head fitted (L-BFGS)");
             let history = vec![EpochStats { epoch: 1, train_loss, val_loss, val_accuracy }];
             Trained { model: head, history, best_epoch: 1, stopped_early: false, seconds: started.elapsed().as_secs_f64() }
         }
     };
     let test = evaluate(&trained.model, fs);
-    Ok(TrainedHead { trained, test })
+    Ok(TrainedHead { trained, test, c })
 }
 
 /// The public points a DP head centres its inputs on ([`DpReferences`]), for a client with the server's network
@@ -991,7 +1006,7 @@ pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32],
     let mut trained = train::train_private(new_head(cfg, input, &device), train_on.train_examples(), train_on.validation_examples(), plan, rng, cfg.seed, "head");
     trained.model = trained.model.fold_input_shift(reference);
     let test = evaluate(&trained.model, fs);
-    Ok(TrainedHead { trained, test })
+    Ok(TrainedHead { trained, test, c: None })
 }
 
 /// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
@@ -1022,7 +1037,7 @@ pub fn train_target_only(cfg: &RunConfig, fs: &FeatureSplit) -> TrainedHead<Full
     let head = new_head(cfg, out, &device);
     let trained = train::train(FullNet { lower, head }, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, "target-only");
     let test = evaluate(&trained.model, fs);
-    TrainedHead { trained, test }
+    TrainedHead { trained, test, c: None }
 }
 
 /// Test metrics of a classifier on a feature split.
@@ -1210,12 +1225,13 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         stage("baseline: bag-of-words logistic regression", t);
         results.push(crate::report::MethodResult {
             method: "bag_of_words".into(),
-            description: format!("baseline: logistic regression (L2, C = {c} chosen on the validation split from {BAG_OF_WORDS_CS:?}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
+            description: format!("baseline: logistic regression (L2, C from {BAG_OF_WORDS_CS:?}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
             test: m,
             validation_accuracy: Some(val),
             epochs: 1,
             best_epoch: 1,
             seconds: t,
+            c: Some(crate::report::LinearC { c, chosen_on_validation: true }),
         });
     }
     let curve = if cfg.curve.enabled {

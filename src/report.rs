@@ -86,6 +86,19 @@ pub struct MethodResult {
     pub best_epoch: usize,
     /// Training wall time, seconds.
     pub seconds: f64,
+    /// The linear head's inverse L2 strength, and whether it was chosen on the validation split (`head.c =
+    /// "validation"`); absent for the MLP head and DP-SGD heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<LinearC>,
+}
+
+/// A linear head's inverse L2 strength as fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinearC {
+    /// The C.
+    pub c: f64,
+    /// Chosen on the validation split from `config::LINEAR_HEAD_CS`, or given as `head.c`.
+    pub chosen_on_validation: bool,
 }
 
 /// Pretraining outcome.
@@ -261,7 +274,11 @@ impl Report {
         }
         let _ = writeln!(s);
         for r in &self.results {
-            let _ = writeln!(s, "- `{}`: {}", r.method, r.description);
+            let _ = match r.c {
+                Some(LinearC { c, chosen_on_validation: true }) => writeln!(s, "- `{}`: {} (C = {c}, chosen on the validation split)", r.method, r.description),
+                Some(LinearC { c, chosen_on_validation: false }) => writeln!(s, "- `{}`: {} (C = {c})", r.method, r.description),
+                None => writeln!(s, "- `{}`: {}", r.method, r.description),
+            };
         }
         if let Some(c) = &self.curve {
             let _ = writeln!(s, "\n## Learning curves\n\n![learning curves](curve.svg)\n\n{}", c.to_markdown());

@@ -3,7 +3,7 @@
 
 use cryptotl::config::RunConfig;
 use cryptotl::features::{Featurizer, HashedTfidf};
-use cryptotl::linear::{Design, SparseRow, fit};
+use cryptotl::linear::{Design, SparseRow, fit, fit_choosing_c};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 
@@ -149,6 +149,62 @@ fn linear_head_learns_the_separable_fixture_and_transfer_plus_own_widens_its_inp
     assert!(err.contains("inputs") && err.contains("transfer+own"), "{err}");
     let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.c=-1".into()]).unwrap_err().to_string();
     assert!(err.contains("head.c"), "{err}");
+    let err = RunConfig::from_toml_str(&text, "tiny.toml", &["head.c=\"cv\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("head.c") && err.contains("validation"), "{err}");
+}
+
+/// `head.c = "validation"` (the default) chooses each head's C on the validation split, from the grid, and says so
+/// in the report row; a number is used as it is.
+#[test]
+fn the_linear_head_chooses_its_c_on_the_validation_split_unless_given_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path());
+    let chosen = RunConfig::from_toml_str(&text, "tiny.toml", &["he.enabled=false".into()]).unwrap();
+    assert_eq!(chosen.head.c, cryptotl::config::InverseL2::Validation, "the default");
+    let fixed = RunConfig::from_toml_str(&text, "tiny.toml", &["he.enabled=false".into(), "head.c=2".into()]).unwrap();
+    assert_eq!(fixed.head.c, cryptotl::config::InverseL2::Fixed(2.0), "an integer is a number too");
+    let data = cryptotl::pipeline::prepare_data(&chosen).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&chosen, &data.target).unwrap();
+    let head = cryptotl::pipeline::train_head(&chosen, &own, "chosen").unwrap();
+    let c = head.c.expect("a linear head reports its C");
+    assert!(c.chosen_on_validation && cryptotl::config::LINEAR_HEAD_CS.contains(&c.c), "{c:?}");
+    let row = head.result("raw_features_head", "d".into());
+    assert_eq!(row.c, Some(c));
+    let head = cryptotl::pipeline::train_head(&fixed, &own, "fixed").unwrap();
+    assert_eq!(head.c, Some(cryptotl::report::LinearC { c: 2.0, chosen_on_validation: false }));
+    // The chosen C is the one whose validation accuracy no other C of the grid beats.
+    let (lr, best) = fit_choosing_c(Design::Dense(own.train.view()), &own.train_y, Design::Dense(own.validation.view()), &own.validation_y, &cryptotl::config::LINEAR_HEAD_CS).unwrap();
+    assert_eq!(lr.c, c.c);
+    for cand in cryptotl::config::LINEAR_HEAD_CS {
+        let m = fit(Design::Dense(own.train.view()), &own.train_y, cand).unwrap();
+        let p = m.probabilities(Design::Dense(own.validation.view()));
+        assert!(cryptotl::eval::Metrics::from_probabilities(&p, &own.validation_y).accuracy <= best + 1e-12, "C = {cand} beats the chosen {}", lr.c);
+    }
+}
+
+/// Choosing C prefers strong regularisation where the training rows are few and most columns are noise, weak
+/// regularisation where the signal is clean; it refuses validation rows it cannot choose on.
+#[test]
+fn choosing_c_follows_the_validation_rows_and_refuses_unusable_ones() {
+    // 40 training rows, 1 informative column among 200 of noise: a weak penalty fits the noise.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut make = |n: usize| {
+        let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let x = Array2::from_shape_fn((n, 200), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.8..0.8f32) } else { rng.random_range(-1.0..1.0f32) });
+        (x, y)
+    };
+    let (x, y) = make(40);
+    let (v, vy) = make(400);
+    let cs = [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
+    let (lr, acc) = fit_choosing_c(Design::Dense(x.view()), &y, Design::Dense(v.view()), &vy, &cs).unwrap();
+    let weakest = fit(Design::Dense(x.view()), &y, 100.0).unwrap();
+    let weak_acc = cryptotl::eval::Metrics::from_probabilities(&weakest.probabilities(Design::Dense(v.view())), &vy).accuracy;
+    assert!(lr.c < 100.0 && acc > weak_acc, "chose C = {} ({acc}) against C = 100 ({weak_acc})", lr.c);
+    // One validation class only, or none at all: nothing to choose on, and the error says what to do.
+    let err = fit_choosing_c(Design::Dense(x.view()), &y, Design::Dense(v.slice(ndarray::s![..1, ..])), &vy[..1], &cs).unwrap_err().to_string();
+    assert!(err.contains("validation") && err.contains("head.c"), "{err}");
+    let err = fit_choosing_c(Design::Dense(x.view()), &y, Design::Dense(v.slice(ndarray::s![..0, ..])), &vy[..0], &cs).unwrap_err().to_string();
+    assert!(err.contains("validation"), "{err}");
 }
 
 fn dataset(texts: Vec<String>, labels: Vec<u8>) -> cryptotl::data::Dataset {
