@@ -111,6 +111,7 @@ fn subset_split(fs: &FeatureSplit, idx: &[usize]) -> FeatureSplit {
         validation_y: fs.validation_y.clone(),
         test: fs.test.clone(),
         test_y: fs.test_y.clone(),
+        own_columns: fs.own_columns,
     }
 }
 

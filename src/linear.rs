@@ -117,11 +117,51 @@ impl LogisticRegression {
     }
 }
 
-/// Fit with each inverse L2 strength of `cs` on `x`, `y` and keep the model that scores best on the validation rows
-/// `validation`, `validation_y`: the highest accuracy; ties go to the lower validation log-loss, then to the earlier
-/// C (as scikit-learn's `LogisticRegressionCV` with one held-out split). Returns the model (its `c` is the one
-/// chosen) and its validation accuracy. Fails without validation rows, or without both classes among them, since
+/// One candidate of [`fit_choosing`]: an inverse L2 strength and, optionally, column weights ([`fit_weighted`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Inverse L2 strength.
+    pub c: f64,
+    /// Column weights on the standardised inputs (`None`: 1 everywhere).
+    pub column_weights: Option<Vec<f64>>,
+}
+
+/// Fit every candidate on `x`, `y` and keep the one that scores best on the validation rows `validation`,
+/// `validation_y`: the highest accuracy; ties go to the lower validation log-loss, then to the earlier candidate
+/// (as scikit-learn's `LogisticRegressionCV` with one held-out split). Returns the model, the index of the candidate
+/// chosen and its validation accuracy. A candidate with the same column weights as the one before it starts from
+/// that one's solution (list each weighting's Cs in order for a warm-started path). Fails without validation rows, or without both classes among them, since
 /// nothing could be chosen on those.
+pub fn fit_choosing<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, validation_y: &[u8], candidates: &[Candidate]) -> Result<(LogisticRegression, usize, f64)> {
+    if validation.rows() != validation_y.len() {
+        return Err(Error::Features(format!("logistic regression: {} validation rows but {} labels", validation.rows(), validation_y.len())));
+    }
+    if !validation_y.contains(&0) || !validation_y.contains(&1) {
+        return Err(Error::Features(format!(
+            "choosing C on the validation split needs validation examples of both classes (it has {}); give the head a fixed C (head.c = 1) or a larger validation split",
+            validation_y.len()
+        )));
+    }
+    let mut best: Option<(f64, f64, usize, LogisticRegression)> = None;
+    let mut previous: Option<Vec<f64>> = None;
+    for (k, cand) in candidates.iter().enumerate() {
+        let init = if k > 0 && candidates[k - 1].column_weights == cand.column_weights { previous.take() } else { None };
+        let (lr, param) = fit_from(x, y, cand.c, cand.column_weights.as_deref(), init)?;
+        previous = Some(param);
+        let z = lr.margins_f64(validation);
+        let n = z.len() as f64;
+        let accuracy = z.iter().zip(validation_y).filter(|&(&z, &y)| (z >= 0.0) == (y == 1)).count() as f64 / n;
+        let loss = z.iter().zip(validation_y).map(|(&z, &y)| softplus(z) - z * y as f64).sum::<f64>() / n;
+        if best.as_ref().is_none_or(|(a, l, _, _)| accuracy > *a || (accuracy == *a && loss < *l)) {
+            best = Some((accuracy, loss, k, lr));
+        }
+    }
+    let (accuracy, _, k, lr) = best.ok_or_else(|| Error::Features("logistic regression: no candidate to choose from".into()))?;
+    Ok((lr, k, accuracy))
+}
+
+/// [`fit_choosing`] over the inverse L2 strengths `cs` alone. Returns the model (its `c` is the one chosen) and its
+/// validation accuracy.
 ///
 /// ```
 /// use cryptotl::linear::{Design, fit_choosing_c};
@@ -133,27 +173,8 @@ impl LogisticRegression {
 /// assert!([0.01, 1.0, 100.0].contains(&lr.c));
 /// ```
 pub fn fit_choosing_c<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, validation_y: &[u8], cs: &[f64]) -> Result<(LogisticRegression, f64)> {
-    if validation.rows() != validation_y.len() {
-        return Err(Error::Features(format!("logistic regression: {} validation rows but {} labels", validation.rows(), validation_y.len())));
-    }
-    if !validation_y.contains(&0) || !validation_y.contains(&1) {
-        return Err(Error::Features(format!(
-            "choosing C on the validation split needs validation examples of both classes (it has {}); give the head a fixed C (head.c = 1) or a larger validation split",
-            validation_y.len()
-        )));
-    }
-    let mut best: Option<(f64, f64, LogisticRegression)> = None;
-    for &c in cs {
-        let lr = fit(x, y, c)?;
-        let z = lr.margins_f64(validation);
-        let n = z.len() as f64;
-        let accuracy = z.iter().zip(validation_y).filter(|&(&z, &y)| (z >= 0.0) == (y == 1)).count() as f64 / n;
-        let loss = z.iter().zip(validation_y).map(|(&z, &y)| softplus(z) - z * y as f64).sum::<f64>() / n;
-        if best.as_ref().is_none_or(|(a, l, _)| accuracy > *a || (accuracy == *a && loss < *l)) {
-            best = Some((accuracy, loss, lr));
-        }
-    }
-    let (accuracy, _, lr) = best.ok_or_else(|| Error::Features("logistic regression: no C to choose from".into()))?;
+    let candidates: Vec<Candidate> = cs.iter().map(|&c| Candidate { c, column_weights: None }).collect();
+    let (lr, _, accuracy) = fit_choosing(x, y, validation, validation_y, &candidates)?;
     Ok((lr, accuracy))
 }
 
@@ -212,6 +233,29 @@ impl Gradient for Problem<'_> {
 /// labels `y`. Both classes must be present. Dense rows are standardised internally (the returned weights apply
 /// to the original rows).
 pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression> {
+    fit_weighted(x, y, c, None)
+}
+
+/// [`fit`] with a weight per dense column on the standardised inputs: a column of weight `a` enters the model as
+/// `a` times its standardised value, which is the same as penalising its coefficient `1 / a²` times as much as the
+/// others'; weight 0 leaves the column out (its coefficient is 0). `None` is weight 1 everywhere. Sparse rows are
+/// not standardised and take no weights.
+///
+/// ```
+/// use cryptotl::linear::{Design, fit_weighted};
+/// let x = ndarray::array![[0.0f32, 1.0], [0.1, 0.0], [1.0, 1.0], [0.9, 0.0]];
+/// let lr = fit_weighted(Design::Dense(x.view()), &[0, 0, 1, 1], 1.0, Some(&[1.0, 0.0])).unwrap();
+/// assert_eq!(lr.weights[1], 0.0); // left out
+/// assert!(lr.weights[0] > 0.0);
+/// ```
+pub fn fit_weighted<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>) -> Result<LogisticRegression> {
+    Ok(fit_from(x, y, c, column_weights, None)?.0)
+}
+
+/// [`fit_weighted`] starting L-BFGS from `init` (the solver's parameters, standardised weights then bias, as this
+/// returns them beside the model) instead of 0: along a path of C the previous solution is a close start. The
+/// problem is convex, so the start changes the iterations, not the minimum.
+fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
     let n = x.rows();
     if n != y.len() {
         return Err(Error::Features(format!("logistic regression: {n} rows but {} labels", y.len())));
@@ -229,7 +273,13 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
             let mean = m.mean_axis(ndarray::Axis(0)).expect("n > 0");
             let std = m.std_axis(ndarray::Axis(0), 0.0);
             let shift: Vec<f64> = mean.iter().map(|&v| v as f64).collect();
-            let scale: Vec<f64> = std.iter().map(|&s| if s > 1e-12 { 1.0 / s as f64 } else { 0.0 }).collect();
+            let mut scale: Vec<f64> = std.iter().map(|&s| if s > 1e-12 { 1.0 / s as f64 } else { 0.0 }).collect();
+            if let Some(a) = column_weights {
+                if a.len() != scale.len() || a.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+                    return Err(Error::Features(format!("logistic regression: {} column weights (finite, >= 0) for {} columns", a.len(), scale.len())));
+                }
+                scale.iter_mut().zip(a).for_each(|(s, a)| *s *= a);
+            }
             (shift, scale)
         }
         Design::Sparse { rows, dim } => {
@@ -245,7 +295,7 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
         .with_tolerance_grad(1e-7)
         .and_then(|s| s.with_tolerance_cost(1e-12))
         .map_err(|e| Error::Features(format!("L-BFGS setup: {e}")))?;
-    let init = vec![0.0f64; d + 1];
+    let init = init.filter(|p| p.len() == d + 1).unwrap_or_else(|| vec![0.0f64; d + 1]);
     let res = Executor::new(problem, solver)
         .configure(|state| state.param(init).max_iters(1000))
         .run()
@@ -253,6 +303,7 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
     let iterations = res.state().get_iter();
     let problem = res.problem.problem.as_ref().expect("the problem is kept");
     let p = res.state().get_best_param().ok_or_else(|| Error::Features("L-BFGS returned no parameters".into()))?;
+    let param = p.clone();
     let (w, b) = problem.split(p);
     let (weights, bias) = match x {
         // x·w' + b' with w'_j = w_j s_j and b' = b − Σ_j w_j s_j m_j (s = 1/std, m = mean).
@@ -263,7 +314,7 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
         }
         Design::Sparse { .. } => (w.iter().map(|&v| v as f32).collect(), b as f32),
     };
-    Ok(LogisticRegression { weights, bias, c, iterations })
+    Ok((LogisticRegression { weights, bias, c, iterations }, param))
 }
 
 impl LogisticRegression {

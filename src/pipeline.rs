@@ -73,6 +73,11 @@ pub struct FeatureSplit {
     pub test: Array2<f32>,
     /// Test labels.
     pub test_y: Vec<u8>,
+    /// How many of the last columns are the client's own features beside the transfer outputs (`head.inputs =
+    /// "transfer+own"`, [`head_inputs`]); 0 otherwise. A linear head with `head.c = "validation"` chooses how much
+    /// more to penalise them than the transfer outputs ([`crate::config::OWN_FEATURE_WEIGHTS`]).
+    #[serde(default)]
+    pub own_columns: usize,
 }
 
 impl FeatureSplit {
@@ -85,17 +90,22 @@ impl FeatureSplit {
             validation_y: split.validation.labels.clone(),
             test: pipeline.transform(&split.test.texts)?,
             test_y: split.test.labels.clone(),
+            own_columns: 0,
         })
     }
-    /// Apply a row map to every part (e.g. the lower network).
+    /// Apply a row map to every part (e.g. the lower network). A map that keeps the width keeps
+    /// [`Self::own_columns`]; one that changes it leaves 0.
     pub fn map(&self, f: impl Fn(&Array2<f32>) -> Result<Array2<f32>>) -> Result<Self> {
+        let train = f(&self.train)?;
+        let own_columns = if train.ncols() == self.train.ncols() { self.own_columns } else { 0 };
         Ok(Self {
-            train: f(&self.train)?,
+            train,
             train_y: self.train_y.clone(),
             validation: f(&self.validation)?,
             validation_y: self.validation_y.clone(),
             test: f(&self.test)?,
             test_y: self.test_y.clone(),
+            own_columns,
         })
     }
     /// Training examples.
@@ -123,6 +133,9 @@ impl FeatureSplit {
         }
         if f.train.ncols() != f.validation.ncols() || f.train.ncols() != f.test.ncols() {
             return Err(Error::artifact(path, "the parts have different widths"));
+        }
+        if f.own_columns > f.train.ncols() {
+            return Err(Error::artifact(path, format!("{} own-feature columns in rows {} wide", f.own_columns, f.train.ncols())));
         }
         for (part, x) in [("train", &f.train), ("validation", &f.validation), ("test", &f.test)] {
             crate::features::check_finite(x.view()).map_err(|e| Error::artifact(path, format!("{part}: {e}")))?;
@@ -291,6 +304,7 @@ pub fn balance_paths(fs: &FeatureSplit, source: &Split) -> FeatureSplit {
         validation_y: v.iter().map(|&i| fs.validation_y[i]).collect(),
         test: fs.test.clone(),
         test_y: fs.test_y.clone(),
+        own_columns: fs.own_columns,
     }
 }
 
@@ -582,7 +596,7 @@ impl<'a> TransferInput<'a> {
         let (test, test_y, s2) = part(&target.test)?;
         let units = train.nrows() + validation.nrows() + test.nrows();
         tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
-        let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y };
+        let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y, own_columns: 0 };
         Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]) })
     }
 
@@ -602,6 +616,7 @@ impl<'a> TransferInput<'a> {
             validation_y: self.own.validation_y.clone(),
             test: mean_rows(&y.test, s2),
             test_y: self.own.test_y.clone(),
+            own_columns: 0,
         }
     }
 }
@@ -890,7 +905,7 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
             .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
     };
     let same_examples = |ys: [&[u8]; 3]| ys == [&transferred.train_y[..], &transferred.validation_y[..], &transferred.test_y[..]];
-    let beside = |extra: [ndarray::ArrayView2<'_, f32>; 3]| -> Result<FeatureSplit> {
+    let beside = |extra: [ndarray::ArrayView2<'_, f32>; 3], own_columns: usize| -> Result<FeatureSplit> {
         Ok(FeatureSplit {
             train: join(&transferred.train, extra[0])?,
             train_y: transferred.train_y.clone(),
@@ -898,6 +913,7 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
             validation_y: transferred.validation_y.clone(),
             test: join(&transferred.test, extra[2])?,
             test_y: transferred.test_y.clone(),
+            own_columns,
         })
     };
     match cfg.head.inputs {
@@ -906,7 +922,7 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
             if !same_examples([&own.train_y, &own.validation_y, &own.test_y]) {
                 return Err(Error::Features("transferred and own features are of different examples".into()));
             }
-            beside([own.train.view(), own.validation.view(), own.test.view()])
+            beside([own.train.view(), own.validation.view(), own.test.view()], own.train.ncols())
         }
         crate::config::HeadInputs::TransferPlusBow => {
             let bow = bow.ok_or_else(|| Error::Internal("head.inputs = \"transfer+bow\" without the bag-of-words rows".into()))?;
@@ -916,24 +932,38 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
             let [tr, va, te] = bow.stacked_scores(crate::seeds::stream(cfg.seed, crate::seeds::BOW_FOLDS))?;
             let col = |v: Vec<f32>| Array2::from_shape_vec((v.len(), 1), v).map_err(|e| Error::Internal(format!("score column: {e}")));
             let (tr, va, te) = (col(tr)?, col(va)?, col(te)?);
-            beside([tr.view(), va.view(), te.view()])
+            beside([tr.view(), va.view(), te.view()], 0)
         }
     }
 }
 
 /// Fit the linear head (L2 logistic regression, exact by L-BFGS) on the training part of `fs` as a Burn head: with
-/// `head.c`, or with the C of [`crate::config::LINEAR_HEAD_CS`] that scores best on the validation part
+/// `head.c`, or with the C of [`crate::config::LINEAR_HEAD_CS`] (and, beside own features, their weight of
+/// [`crate::config::OWN_FEATURE_WEIGHTS`]) that scores best on the validation part
 /// (`head.c = "validation"`, the default; [`crate::linear::fit_choosing_c`]).
 pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>, crate::linear::LogisticRegression, crate::report::LinearC)> {
-    use crate::linear::{Design, fit, fit_choosing_c};
+    use crate::linear::{Candidate, Design, fit, fit_choosing};
     let train = Design::Dense(fs.train.view());
-    let (lr, chosen_on_validation) = match cfg.head.c {
-        crate::config::InverseL2::Fixed(c) => (fit(train, &fs.train_y, c)?, false),
+    let (lr, c) = match cfg.head.c {
+        crate::config::InverseL2::Fixed(c) => (fit(train, &fs.train_y, c)?, crate::report::LinearC { c, chosen_on_validation: false, own_weight: None }),
         crate::config::InverseL2::Validation => {
-            (fit_choosing_c(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &crate::config::LINEAR_HEAD_CS)?.0, true)
+            let (width, own) = (fs.train.ncols(), fs.own_columns.min(fs.train.ncols()));
+            let weights: Vec<Option<f64>> = if own > 0 { crate::config::OWN_FEATURE_WEIGHTS.iter().map(|&w| Some(w)).collect() } else { vec![None] };
+            let candidates: Vec<(Candidate, Option<f64>)> = weights
+                .iter()
+                .flat_map(|&w| {
+                    crate::config::LINEAR_HEAD_CS.iter().map(move |&c| {
+                        let column_weights = w.map(|w| (0..width).map(|j| if j < width - own { 1.0 } else { w }).collect());
+                        (Candidate { c, column_weights }, w)
+                    })
+                })
+                .collect();
+            let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+            let (lr, k, _) = fit_choosing(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &plain)?;
+            let c = crate::report::LinearC { c: lr.c, chosen_on_validation: true, own_weight: candidates[k].1 };
+            (lr, c)
         }
     };
-    let c = crate::report::LinearC { c: lr.c, chosen_on_validation };
     Ok((Head::from_linear_weights(&lr.weights, lr.bias, &Default::default()), lr, c))
 }
 
@@ -1231,7 +1261,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             epochs: 1,
             best_epoch: 1,
             seconds: t,
-            c: Some(crate::report::LinearC { c, chosen_on_validation: true }),
+            c: Some(crate::report::LinearC { c, chosen_on_validation: true, own_weight: None }),
         });
     }
     let curve = if cfg.curve.enabled {

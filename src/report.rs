@@ -99,6 +99,23 @@ pub struct LinearC {
     pub c: f64,
     /// Chosen on the validation split from `config::LINEAR_HEAD_CS`, or given as `head.c`.
     pub chosen_on_validation: bool,
+    /// Beside the client's own features (`transfer+own`, C chosen): the weight chosen for them from
+    /// `config::OWN_FEATURE_WEIGHTS` (their coefficients penalised `1 / weight²` times as much; 0: left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_weight: Option<f64>,
+}
+
+impl LinearC {
+    /// In words, for the report: `C = 0.001, own features' weight 0.1, chosen on the validation split`.
+    pub fn describe(&self) -> String {
+        let own = match self.own_weight {
+            Some(w) if w == 0.0 => ", own features left out".to_string(),
+            Some(w) => format!(", own features' weight {w:.3}"),
+            None => String::new(),
+        };
+        let chosen = if self.chosen_on_validation { ", chosen on the validation split" } else { "" };
+        format!("C = {}{own}{chosen}", self.c)
+    }
 }
 
 /// Pretraining outcome.
@@ -274,9 +291,8 @@ impl Report {
         }
         let _ = writeln!(s);
         for r in &self.results {
-            let _ = match r.c {
-                Some(LinearC { c, chosen_on_validation: true }) => writeln!(s, "- `{}`: {} (C = {c}, chosen on the validation split)", r.method, r.description),
-                Some(LinearC { c, chosen_on_validation: false }) => writeln!(s, "- `{}`: {} (C = {c})", r.method, r.description),
+            let _ = match &r.c {
+                Some(c) => writeln!(s, "- `{}`: {} ({})", r.method, r.description, c.describe()),
                 None => writeln!(s, "- `{}`: {}", r.method, r.description),
             };
         }

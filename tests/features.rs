@@ -179,7 +179,7 @@ fn the_clients_private_files_are_owner_only() {
     p.save(&path).unwrap();
     assert_eq!(mode(&path), 0o600);
     let x = p.transform(&texts).unwrap();
-    let fs = cryptotl::pipeline::FeatureSplit { train: x.clone(), train_y: vec![1, 0, 1], validation: x.clone(), validation_y: vec![1, 0, 1], test: x, test_y: vec![1, 0, 1] };
+    let fs = cryptotl::pipeline::FeatureSplit { train: x.clone(), train_y: vec![1, 0, 1], validation: x.clone(), validation_y: vec![1, 0, 1], test: x, test_y: vec![1, 0, 1], own_columns: 0 };
     let path = dir.path().join("features.json");
     fs.save(&path).unwrap();
     assert_eq!(mode(&path), 0o600);

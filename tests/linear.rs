@@ -3,7 +3,7 @@
 
 use cryptotl::config::RunConfig;
 use cryptotl::features::{Featurizer, HashedTfidf};
-use cryptotl::linear::{Design, SparseRow, fit, fit_choosing_c};
+use cryptotl::linear::{Design, SparseRow, fit, fit_choosing_c, fit_weighted};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 
@@ -171,7 +171,7 @@ fn the_linear_head_chooses_its_c_on_the_validation_split_unless_given_one() {
     let row = head.result("raw_features_head", "d".into());
     assert_eq!(row.c, Some(c));
     let head = cryptotl::pipeline::train_head(&fixed, &own, "fixed").unwrap();
-    assert_eq!(head.c, Some(cryptotl::report::LinearC { c: 2.0, chosen_on_validation: false }));
+    assert_eq!(head.c, Some(cryptotl::report::LinearC { c: 2.0, chosen_on_validation: false, own_weight: None }));
     // The chosen C is the one whose validation accuracy no other C of the grid beats.
     let (lr, best) = fit_choosing_c(Design::Dense(own.train.view()), &own.train_y, Design::Dense(own.validation.view()), &own.validation_y, &cryptotl::config::LINEAR_HEAD_CS).unwrap();
     assert_eq!(lr.c, c.c);
@@ -361,4 +361,49 @@ fn sentences_split_at_line_breaks_and_end_punctuation_and_keep_evenly_spaced_one
     let kept = sentences(&many, 4);
     assert_eq!(kept, ["sentence number 0 here.", "sentence number 3 here.", "sentence number 6 here.", "sentence number 9 here."]);
     assert_eq!(sentences(&many, 1), ["sentence number 0 here."]);
+}
+
+/// A column of weight 0 is left out exactly: the fit equals the one on the other columns alone. A small weight is
+/// a stronger penalty: the column's coefficient shrinks.
+#[test]
+fn column_weights_penalise_columns_and_zero_leaves_them_out() {
+    let (x, y) = noisy(300, 6, 3);
+    let first = x.slice(ndarray::s![.., ..4]).to_owned();
+    let alone = fit(Design::Dense(first.view()), &y, 0.5).unwrap();
+    let weighted = fit_weighted(Design::Dense(x.view()), &y, 0.5, Some(&[1.0, 1.0, 1.0, 1.0, 0.0, 0.0])).unwrap();
+    assert_eq!(&weighted.weights[4..], &[0.0, 0.0]);
+    for (a, b) in alone.weights.iter().zip(&weighted.weights[..4]) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{:?} vs {:?}", alone.weights, weighted.weights);
+    }
+    assert!((alone.bias - weighted.bias).abs() < 1e-3 * (1.0 + alone.bias.abs()));
+    let std = x.std_axis(ndarray::Axis(0), 0.0);
+    let size = |lr: &cryptotl::linear::LogisticRegression| (lr.weights[5] * std[5]).abs();
+    let full = fit(Design::Dense(x.view()), &y, 0.5).unwrap();
+    let shrunk = fit_weighted(Design::Dense(x.view()), &y, 0.5, Some(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.1])).unwrap();
+    assert!(size(&shrunk) < size(&full), "{} vs {}", size(&shrunk), size(&full));
+    // Bad weights are refused, not used.
+    assert!(fit_weighted(Design::Dense(x.view()), &y, 0.5, Some(&[1.0; 5])).is_err());
+    assert!(fit_weighted(Design::Dense(x.view()), &y, 0.5, Some(&[1.0, 1.0, 1.0, 1.0, 1.0, f64::NAN])).is_err());
+}
+
+/// A `transfer+own` head with C chosen also chooses the own features' weight, and its inputs say which columns
+/// are the own features.
+#[test]
+fn a_transfer_plus_own_head_chooses_the_own_features_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path());
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &["he.enabled=false".into(), "head.inputs=\"transfer+own\"".into()]).unwrap();
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
+    let inputs = cryptotl::pipeline::head_inputs(&cfg, &t, &own, None).unwrap();
+    assert_eq!(inputs.own_columns, own.train.ncols());
+    assert_eq!(t.own_columns, 0);
+    let head = cryptotl::pipeline::train_head(&cfg, &inputs, "both").unwrap();
+    let c = head.c.unwrap();
+    let w = c.own_weight.expect("beside own features the weight is chosen too");
+    assert!(cryptotl::config::OWN_FEATURE_WEIGHTS.contains(&w), "{c:?}");
+    // The head on the own features alone has no own block to weigh.
+    assert_eq!(cryptotl::pipeline::train_head(&cfg, &own, "raw").unwrap().c.unwrap().own_weight, None);
 }

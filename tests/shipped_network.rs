@@ -103,7 +103,7 @@ fn balancing_repeats_each_source_path_up_to_the_largest() {
     let fs = pipeline::FeatureSplit {
         train: rows(&split.train), train_y: split.train.labels.clone(),
         validation: rows(&split.validation), validation_y: split.validation.labels.clone(),
-        test: rows(&split.test), test_y: split.test.labels.clone(),
+        test: rows(&split.test), test_y: split.test.labels.clone(), own_columns: 0,
     };
     let b = pipeline::balance_paths(&fs, &split);
     let [big, small] = [0, 1].map(|o| split.train.origins.iter().filter(|&&x| x == o).count());

@@ -33,7 +33,7 @@ pub use evaluation::{AuditConfig, BaselinesConfig, CANARIES, CurveConfig, DEFAUL
 pub use features::{DEFAULT_HASHED_DIM, DEFAULT_MODEL_DIR, FeatureKind, FeaturesConfig, MINILM_DIM, Scaling};
 pub use he::{Calibration, DEFAULT_HE_BATCH, HeConfig, ServerLocation};
 pub use network::{
-    Activation, DEFAULT_MAX_SENTENCES, HeadConfig, HeadInputs, HeadKind, InverseL2, LINEAR_HEAD_CS, LowerNetConfig, TrainConfig, TransferUnit, available_memory,
+    Activation, DEFAULT_MAX_SENTENCES, HeadConfig, HeadInputs, HeadKind, InverseL2, LINEAR_HEAD_CS, LowerNetConfig, OWN_FEATURE_WEIGHTS, TrainConfig, TransferUnit, available_memory,
 };
 pub use privacy::{AccountantKind, DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DpRecipe, PrivacyConfig, ServerPrivacyConfig, WeightNoiseConfig};
 
