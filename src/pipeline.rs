@@ -940,7 +940,7 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
 /// Fit the linear head (L2 logistic regression, exact by L-BFGS) on the training part of `fs` as a Burn head: with
 /// `head.c`, or with the C of [`crate::config::LINEAR_HEAD_CS`] (and, beside own features, their weight of
 /// [`crate::config::OWN_FEATURE_WEIGHTS`]) that scores best on the validation part
-/// (`head.c = "validation"`, the default; [`crate::linear::fit_choosing_c`]).
+/// (`head.c = "validation"`, the default; [`crate::linear::fit_choosing`]).
 pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>, crate::linear::LogisticRegression, crate::report::LinearC)> {
     use crate::linear::{Candidate, Design, fit, fit_choosing};
     let train = Design::Dense(fs.train.view());
@@ -948,19 +948,16 @@ pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>,
         crate::config::InverseL2::Fixed(c) => (fit(train, &fs.train_y, c)?, crate::report::LinearC { c, chosen_on_validation: false, own_weight: None }),
         crate::config::InverseL2::Validation => {
             let (width, own) = (fs.train.ncols(), fs.own_columns.min(fs.train.ncols()));
+            // One C path per own-feature weight (None: no own block), in order, so each path is warm-started.
             let weights: Vec<Option<f64>> = if own > 0 { crate::config::OWN_FEATURE_WEIGHTS.iter().map(|&w| Some(w)).collect() } else { vec![None] };
-            let candidates: Vec<(Candidate, Option<f64>)> = weights
+            let candidates: Vec<Candidate> = weights
                 .iter()
                 .flat_map(|&w| {
-                    crate::config::LINEAR_HEAD_CS.iter().map(move |&c| {
-                        let column_weights = w.map(|w| (0..width).map(|j| if j < width - own { 1.0 } else { w }).collect());
-                        (Candidate { c, column_weights }, w)
-                    })
+                    crate::config::LINEAR_HEAD_CS.iter().map(move |&c| Candidate { c, column_weights: w.map(|w| (0..width).map(|j| if j < width - own { 1.0 } else { w }).collect()) })
                 })
                 .collect();
-            let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
-            let (lr, k, _) = fit_choosing(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &plain)?;
-            let c = crate::report::LinearC { c: lr.c, chosen_on_validation: true, own_weight: candidates[k].1 };
+            let (lr, k, _) = fit_choosing(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &candidates)?;
+            let c = crate::report::LinearC { c: lr.c, chosen_on_validation: true, own_weight: weights[k / crate::config::LINEAR_HEAD_CS.len()] };
             (lr, c)
         }
     };
