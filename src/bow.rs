@@ -3,8 +3,6 @@
 //! (no transfer, no privacy), and with `head.inputs = "transfer+bow"` its cross-fitted score is one more input of
 //! the transfer head ([`BagOfWords::stacked_scores`]).
 
-use rand::SeedableRng as _;
-use rand::seq::SliceRandom as _;
 
 use crate::data::Split;
 use crate::error::{Error, Result};
@@ -14,8 +12,9 @@ use crate::linear::{self, Design};
 /// Hash buckets of the bag-of-words baseline.
 pub const BAG_OF_WORDS_DIM: usize = 1 << 18;
 /// Inverse L2 strengths the bag-of-words baseline chooses from, on the validation split (as scikit-learn's
-/// `LogisticRegressionCV` would; ties go to the lower validation log-loss: [`linear::fit_choosing_c`]). A baseline this tuned is what a practitioner would run;
-/// in the learning curves it even uses the whole validation split at every size, which favours it.
+/// `LogisticRegressionCV` would; ties go to the lower validation log-loss: [`linear::fit_choosing`]). A baseline this
+/// tuned is what a practitioner would run. A learning curve's subset chooses by cross-validation on its own rows,
+/// as every head there does (`[curve] selection`).
 pub const BAG_OF_WORDS_CS: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
 
 /// The bag-of-words baseline's rows: TF-IDF of word 1-2-grams hashed to [`BAG_OF_WORDS_DIM`] buckets (IDF fitted
@@ -53,15 +52,24 @@ impl BagOfWords {
             stacked: std::sync::OnceLock::new(),
         }
     }
-    /// Fit the logistic regression on the training rows (a subset: [`Self::subset`]) and score the test part.
+    /// Fit the logistic regression on the training rows (a subset: [`Self::subset`]), its C chosen on the
+    /// validation rows, and score the test part.
     pub fn fit_and_test(&self) -> Result<Metrics> {
         Ok(self.fit_and_score()?.0)
     }
 
     /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
     pub fn fit_and_score(&self) -> Result<(Metrics, f64, f64)> {
-        let (train, validation) = (linear::Design::Sparse { rows: &self.train, dim: BAG_OF_WORDS_DIM }, linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM });
-        let (lr, val) = linear::fit_choosing_c(train, &self.train_y, validation, &self.validation_y, &BAG_OF_WORDS_CS)?;
+        let validation = linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM };
+        self.fit_and_score_selecting(linear::Selection::Validation(validation, &self.validation_y))
+    }
+
+    /// As [`Self::fit_and_score`], C chosen where `selection` says (a learning curve's subset chooses by
+    /// cross-validation on its own rows). Returns the test metrics, the selection's accuracy and the C.
+    pub fn fit_and_score_selecting(&self, selection: linear::Selection<'_>) -> Result<(Metrics, f64, f64)> {
+        let train = linear::Design::Sparse { rows: &self.train, dim: BAG_OF_WORDS_DIM };
+        let candidates: Vec<linear::Candidate> = BAG_OF_WORDS_CS.iter().map(|&c| linear::Candidate { c, column_weights: None }).collect();
+        let (lr, _, val) = linear::fit_choosing_by(train, &self.train_y, selection, &candidates)?;
         let c = lr.c;
         let p = lr.probabilities(linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM });
         Ok((Metrics::from_probabilities(&p, &self.test_y), val, c))
@@ -114,25 +122,12 @@ impl BagOfWords {
     }
 
     fn compute_stacked_scores(&self, seed: u64) -> Result<[Vec<f32>; 3]> {
-        let mut by_class: [Vec<usize>; 2] = [vec![], vec![]];
-        for (i, &l) in self.train_y.iter().enumerate() {
-            by_class[usize::from(l.min(1))].push(i);
-        }
-        let smallest = by_class.iter().map(Vec::len).min().unwrap_or(0);
-        if smallest < 2 {
+        let Some((fold_of, folds)) = linear::stratified_folds(&self.train_y, STACKED_FOLDS, seed) else {
+            let smallest = [0u8, 1].map(|c| self.train_y.iter().filter(|&&l| l.min(1) == c).count()).into_iter().min().unwrap_or(0);
             return Err(Error::Features(format!("head.inputs = \"transfer+bow\" needs at least 2 training examples of each class for its out-of-fold score, found {smallest}")));
-        }
+        };
         if self.train.len() < STACKED_MIN_EXAMPLES {
             return Ok([vec![0.0; self.train.len()], vec![0.0; self.validation.len()], vec![0.0; self.test.len()]]);
-        }
-        let folds = STACKED_FOLDS.min(smallest);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut fold_of = vec![0usize; self.train.len()];
-        for members in &mut by_class {
-            members.shuffle(&mut rng);
-            for (k, &i) in members.iter().enumerate() {
-                fold_of[i] = k % folds;
-            }
         }
         let dim = BAG_OF_WORDS_DIM;
         let mut train_scores = vec![0f32; self.train.len()];

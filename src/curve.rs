@@ -3,6 +3,11 @@
 //! sizes 16, 32, 64, ... up to all of it, several draws each, and scored on the test split. No extra encryption is
 //! needed: the subsets reuse the decrypted outputs.
 //!
+//! A point below the full size stands for a client that has only that many labelled examples, so its linear heads
+//! (and the bag-of-words baseline) choose their C by stratified cross-validation on the subset itself
+//! (`[curve] selection = "cross_validation"`, the default); the full-size point chooses on the validation split as
+//! the run's heads do.
+//!
 //! Methods: `transfer` (the configured head on its configured inputs), `raw_features` (the same head on the
 //! client's own scaled features), `bag_of_words` (the TF-IDF logistic-regression baseline); with `[privacy]` also
 //! `transfer_dp` and `raw_features_dp`, trained by DP-SGD at the configured ε for each subset's size (σ is
@@ -26,9 +31,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{CurveSelection, RunConfig};
 use crate::error::{Error, Result};
-use crate::pipeline::{BagOfWords, FeatureSplit};
+use crate::pipeline::{BagOfWords, FeatureSplit, HeadSelection};
 
 
 /// Subset sizes 16, 32, 64, ... doubling below `n`, then `n` itself.
@@ -94,6 +99,11 @@ pub struct LearningCurves {
     pub points: Vec<CurvePoint>,
     /// Where the transferred features came from (`encrypted` or `plaintext`).
     pub path: String,
+    /// How the heads below the full size chose their C (`[curve] selection`: `cross_validation` on each subset's
+    /// own labels, or `validation_split`); the full size chooses on the validation split. Empty in reports written
+    /// before it was recorded (they chose on the validation split).
+    #[serde(default)]
+    pub selection: String,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -101,6 +111,15 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
     (mean, var.sqrt())
+}
+
+/// Where the heads of a point of `size` examples (of `n`) choose their C: as `[curve] selection` says below the
+/// full size; on the validation split at the full size, as the run's own heads do.
+fn point_selection(cfg: &RunConfig, size: usize, n: usize, seed: u64) -> HeadSelection {
+    match cfg.curve.selection {
+        CurveSelection::CrossValidation if size < n => HeadSelection::CrossValidation { folds: cfg.curve.folds, seed },
+        _ => HeadSelection::ValidationSplit,
+    }
 }
 
 fn subset_split(fs: &FeatureSplit, idx: &[usize]) -> FeatureSplit {
@@ -146,7 +165,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     ];
     if bow.is_some() {
         methods.push("bag_of_words".into());
-        descriptions.push(("bag_of_words".into(), "logistic regression on TF-IDF word 1-2-grams (2^18 buckets), target only, C chosen on the whole validation split".into()));
+        descriptions.push(("bag_of_words".into(), "logistic regression on TF-IDF word 1-2-grams (2^18 buckets), target only".into()));
     }
     if let Some(p) = privacy {
         methods.push("transfer_dp".into());
@@ -163,14 +182,20 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             let size = sizes[si];
             let seed = crate::seeds::stream(cfg.seed, crate::seeds::CURVE_SUBSETS) ^ ((size as u64) << 20) ^ d as u64;
             let idx = stratified_subset(&transferred.train_y, size, seed);
+            let selection = point_selection(cfg, size, n, crate::seeds::stream(cfg.seed, crate::seeds::CURVE_FOLDS) ^ ((size as u64) << 20) ^ d as u64);
             let mut out = Vec::new();
             let sub_o = subset_split(own, &idx);
             let sub_bow = bow.map(|b| b.subset(&idx));
             let sub_t = crate::pipeline::head_inputs(cfg, &subset_split(transferred, &idx), &sub_o, sub_bow.as_ref())?;
-            out.push(("transfer".into(), size, crate::pipeline::train_head(cfg, &sub_t, "curve transfer")?.test.accuracy));
-            out.push(("raw_features".into(), size, crate::pipeline::train_head(cfg, &sub_o, "curve raw")?.test.accuracy));
-            if let Some(b) = &sub_bow {
-                out.push(("bag_of_words".into(), size, b.fit_and_test()?.accuracy));
+            // At the full size every draw is the whole training split, so the heads without DP (deterministic) are
+            // fitted by the first draw alone and their accuracy stands for every draw.
+            if size < n || d == 0 {
+                out.push(("transfer".into(), size, crate::pipeline::train_head_selecting(cfg, &sub_t, "curve transfer", selection)?.test.accuracy));
+                out.push(("raw_features".into(), size, crate::pipeline::train_head_selecting(cfg, &sub_o, "curve raw", selection)?.test.accuracy));
+                if let Some(b) = &sub_bow {
+                    let by = selection.with_validation(crate::linear::Design::Sparse { rows: &b.validation, dim: crate::bow::BAG_OF_WORDS_DIM }, &b.validation_y);
+                    out.push(("bag_of_words".into(), size, b.fit_and_score_selecting(by)?.0.accuracy));
+                }
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
@@ -185,12 +210,16 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     let mut points = Vec::new();
     for m in &methods {
         for &size in &sizes {
-            let accuracies: Vec<f64> = results.iter().flatten().filter(|(mm, s, _)| mm == m && *s == size).map(|(_, _, a)| *a).collect();
+            let mut accuracies: Vec<f64> = results.iter().flatten().filter(|(mm, s, _)| mm == m && *s == size).map(|(_, _, a)| *a).collect();
+            if accuracies.len() == 1 {
+                // Fitted once at the full size (above): the same for every draw.
+                accuracies = vec![accuracies[0]; draws];
+            }
             let (mean, std) = mean_std(&accuracies);
             points.push(CurvePoint { method: m.clone(), size, accuracies, mean, std });
         }
     }
-    Ok(LearningCurves { name: cfg.name.clone(), sizes, draws, methods, descriptions, points, path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() } })
+    Ok(LearningCurves { name: cfg.name.clone(), sizes, draws, methods, descriptions, points, path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() }, selection: cfg.curve.selection.name().into() })
 }
 
 impl LearningCurves {
@@ -202,7 +231,11 @@ impl LearningCurves {
     /// The table: one row per size, one column per method (mean ± std of the test accuracy over the draws).
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).\n", self.draws, self.path);
+        let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).", self.draws, self.path);
+        let _ = writeln!(s, "{}\n", match self.selection.as_str() {
+            "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
+            _ => "Every linear head chooses its C on the whole validation split, at every size.",
+        });
         let _ = writeln!(s, "| labelled examples | {} |", self.methods.join(" | "));
         let _ = writeln!(s, "|---:|{}", "---:|".repeat(self.methods.len()));
         for &size in &self.sizes {

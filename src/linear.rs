@@ -178,6 +178,152 @@ pub fn fit_choosing_c<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, va
     Ok((lr, accuracy))
 }
 
+/// Where a linear model chooses among its candidates ([`fit_choosing_by`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Selection<'v> {
+    /// On held-out validation rows and their labels ([`fit_choosing`]): a run's heads, whose client holds those
+    /// labels too.
+    Validation(Design<'v>, &'v [u8]),
+    /// By stratified cross-validation on the training rows alone ([`fit_choosing_cv`]): a learning curve's subset,
+    /// whose client has no other labels.
+    CrossValidation {
+        /// Folds (fewer when a class has fewer examples).
+        folds: usize,
+        /// Seed of the fold assignment.
+        seed: u64,
+    },
+}
+
+/// [`fit_choosing`] or [`fit_choosing_cv`], as `selection` says.
+pub fn fit_choosing_by<'a>(x: Design<'a>, y: &'a [u8], selection: Selection<'_>, candidates: &[Candidate]) -> Result<(LogisticRegression, usize, f64)> {
+    match selection {
+        Selection::Validation(v, vy) => fit_choosing(x, y, v, vy, candidates),
+        Selection::CrossValidation { folds, seed } => fit_choosing_cv(x, y, candidates, folds, seed),
+    }
+}
+
+/// Stratified fold assignment: every row's fold in `0..k`, each class shuffled (seeded) and dealt round-robin,
+/// with `k = folds` capped at the smaller class's count, so each fold holds at least one example of each class.
+/// Returns `None` when that is below 2 (a class with fewer than 2 examples leaves nothing to hold out).
+///
+/// ```
+/// let y = [0u8, 0, 0, 1, 1, 0, 1, 0];
+/// let (fold_of, k) = cryptotl::linear::stratified_folds(&y, 5, 7).unwrap();
+/// assert_eq!(k, 3); // three positives
+/// for f in 0..k {
+///     assert!((0..y.len()).any(|i| fold_of[i] == f && y[i] == 1));
+/// }
+/// assert!(cryptotl::linear::stratified_folds(&[0, 0, 1], 5, 7).is_none());
+/// ```
+pub fn stratified_folds(y: &[u8], folds: usize, seed: u64) -> Option<(Vec<usize>, usize)> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut by_class: [Vec<usize>; 2] = [vec![], vec![]];
+    for (i, &l) in y.iter().enumerate() {
+        by_class[usize::from(l.min(1))].push(i);
+    }
+    let k = folds.min(by_class[0].len()).min(by_class[1].len());
+    if k < 2 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut fold_of = vec![0usize; y.len()];
+    for members in &mut by_class {
+        members.shuffle(&mut rng);
+        for (j, &i) in members.iter().enumerate() {
+            fold_of[i] = j % k;
+        }
+    }
+    Some((fold_of, k))
+}
+
+/// Rows of a [`Design`] taken out of it (a fold), owned.
+enum Rows {
+    Dense(ndarray::Array2<f32>),
+    Sparse(Vec<SparseRow>, usize),
+}
+
+impl Rows {
+    fn select(x: Design<'_>, idx: &[usize]) -> Self {
+        match x {
+            Design::Dense(m) => Self::Dense(m.select(ndarray::Axis(0), idx)),
+            Design::Sparse { rows, dim } => Self::Sparse(idx.iter().map(|&i| rows[i].clone()).collect(), dim),
+        }
+    }
+    fn view(&self) -> Design<'_> {
+        match self {
+            Self::Dense(m) => Design::Dense(m.view()),
+            Self::Sparse(rows, dim) => Design::Sparse { rows, dim: *dim },
+        }
+    }
+}
+
+/// As [`fit_choosing`], with no validation rows: each candidate is scored by stratified `folds`-fold
+/// cross-validation on `x`, `y` themselves ([`stratified_folds`], seeded), the held-out accuracy pooled over the
+/// folds (ties: the lower pooled log-loss, then the earlier candidate), and the candidate chosen is fitted again on
+/// every row. This is how a client that has only these labelled examples chooses: it has no other labels to
+/// validate on (a learning curve's small subsets; Perez, Kiela and Cho, "True Few-Shot Learning with Language
+/// Models", 2021). Returns the model, the index of the candidate chosen and its cross-validated accuracy.
+///
+/// With fewer than 2 examples of a class nothing can be held out, and the candidate nearest to scikit-learn's
+/// default (C = 1, column weights all 1 or none) is fitted instead, with accuracy `NaN`.
+///
+/// ```
+/// use cryptotl::linear::{Candidate, Design, fit_choosing_cv};
+/// // One informative column and one of noise.
+/// let x = ndarray::arr2(&[[0.0f32, 1.0], [1.0, 0.0], [0.1, 0.0], [0.9, 1.0], [0.2, 1.0], [0.8, 0.0], [0.15, 0.5], [0.95, 0.5]]);
+/// let y = [0u8, 1, 0, 1, 0, 1, 0, 1];
+/// let cands: Vec<Candidate> = [0.01, 1.0, 100.0].iter().map(|&c| Candidate { c, column_weights: None }).collect();
+/// let (lr, k, acc) = fit_choosing_cv(Design::Dense(x.view()), &y, &cands, 4, 1).unwrap();
+/// assert_eq!(acc, 1.0);
+/// assert_eq!(lr.c, cands[k].c);
+/// ```
+pub fn fit_choosing_cv<'a>(x: Design<'a>, y: &'a [u8], candidates: &[Candidate], folds: usize, seed: u64) -> Result<(LogisticRegression, usize, f64)> {
+    if x.rows() != y.len() {
+        return Err(Error::Features(format!("logistic regression: {} rows but {} labels", x.rows(), y.len())));
+    }
+    if candidates.is_empty() {
+        return Err(Error::Features("logistic regression: no candidate to choose from".into()));
+    }
+    let Some((fold_of, k)) = stratified_folds(y, folds, seed) else {
+        // Nothing to hold out: scikit-learn's default, C = 1 with every column in.
+        let default = candidates
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| {
+                let key = |c: &Candidate| (c.column_weights.as_ref().is_some_and(|w| w.iter().any(|&v| v != 1.0)), (c.c.ln()).abs());
+                key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let cand = &candidates[default];
+        return Ok((fit_weighted(x, y, cand.c, cand.column_weights.as_deref())?, default, f64::NAN));
+    };
+    // Pooled held-out correct counts and log-losses per candidate.
+    let mut correct = vec![0usize; candidates.len()];
+    let mut loss = vec![0f64; candidates.len()];
+    for f in 0..k {
+        let (fit_idx, held): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| fold_of[i] != f);
+        let (fit_rows, held_rows) = (Rows::select(x, &fit_idx), Rows::select(x, &held));
+        let fit_y: Vec<u8> = fit_idx.iter().map(|&i| y[i]).collect();
+        let held_y: Vec<u8> = held.iter().map(|&i| y[i]).collect();
+        let mut previous: Option<Vec<f64>> = None;
+        for (j, cand) in candidates.iter().enumerate() {
+            let init = if j > 0 && candidates[j - 1].column_weights == cand.column_weights { previous.take() } else { None };
+            let (lr, param) = fit_from(fit_rows.view(), &fit_y, cand.c, cand.column_weights.as_deref(), init)?;
+            previous = Some(param);
+            for (&z, &t) in lr.margins_f64(held_rows.view()).iter().zip(&held_y) {
+                correct[j] += usize::from((z >= 0.0) == (t == 1));
+                loss[j] += softplus(z) - z * t as f64;
+            }
+        }
+    }
+    let best = (0..candidates.len()).fold(0, |b, j| if correct[j] > correct[b] || (correct[j] == correct[b] && loss[j] < loss[b]) { j } else { b });
+    let cand = &candidates[best];
+    let lr = fit_weighted(x, y, cand.c, cand.column_weights.as_deref())?;
+    Ok((lr, best, correct[best] as f64 / y.len() as f64))
+}
+
 /// ln(1 + e^z), stable.
 fn softplus(z: f64) -> f64 {
     if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }

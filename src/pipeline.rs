@@ -937,12 +937,42 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
     }
 }
 
+/// Where a head with `head.c = "validation"` chooses its C (and, beside own features, their weight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadSelection {
+    /// On the split's validation rows: a run's heads (the client holds those labels too).
+    ValidationSplit,
+    /// By stratified cross-validation on the training rows alone ([`crate::linear::fit_choosing_cv`]): a learning
+    /// curve's subset, whose client has no other labels. An MLP head still stops early on the validation rows.
+    CrossValidation {
+        /// Folds (fewer when a class has fewer examples).
+        folds: usize,
+        /// Seed of the fold assignment.
+        seed: u64,
+    },
+}
+
+impl HeadSelection {
+    /// The linear models' selection, with these validation rows and labels if it chooses on them.
+    pub fn with_validation<'a>(self, validation: crate::linear::Design<'a>, validation_y: &'a [u8]) -> crate::linear::Selection<'a> {
+        match self {
+            Self::ValidationSplit => crate::linear::Selection::Validation(validation, validation_y),
+            Self::CrossValidation { folds, seed } => crate::linear::Selection::CrossValidation { folds, seed },
+        }
+    }
+
+    /// [`Self::with_validation`] on the validation part of `fs`.
+    pub fn over(self, fs: &FeatureSplit) -> crate::linear::Selection<'_> {
+        self.with_validation(crate::linear::Design::Dense(fs.validation.view()), &fs.validation_y)
+    }
+}
+
 /// Fit the linear head (L2 logistic regression, exact by L-BFGS) on the training part of `fs` as a Burn head: with
 /// `head.c`, or with the C of [`crate::config::LINEAR_HEAD_CS`] (and, beside own features, their weight of
-/// [`crate::config::OWN_FEATURE_WEIGHTS`]) that scores best on the validation part
-/// (`head.c = "validation"`, the default; [`crate::linear::fit_choosing`]).
-pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>, crate::linear::LogisticRegression, crate::report::LinearC)> {
-    use crate::linear::{Candidate, Design, fit, fit_choosing};
+/// [`crate::config::OWN_FEATURE_WEIGHTS`]) that scores best where `selection` says: on the validation part, or by
+/// cross-validation on the training part (`head.c = "validation"`, the default; [`crate::linear::fit_choosing_by`]).
+pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit, selection: HeadSelection) -> Result<(Head<Cpu>, crate::linear::LogisticRegression, crate::report::LinearC)> {
+    use crate::linear::{Candidate, Design, fit, fit_choosing_by};
     let train = Design::Dense(fs.train.view());
     let (lr, c) = match cfg.head.c {
         crate::config::InverseL2::Fixed(c) => (fit(train, &fs.train_y, c)?, crate::report::LinearC { c, chosen_on_validation: false, own_weight: None }),
@@ -956,7 +986,7 @@ pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>,
                     crate::config::LINEAR_HEAD_CS.iter().map(move |&c| Candidate { c, column_weights: w.map(|w| (0..width).map(|j| if j < width - own { 1.0 } else { w }).collect()) })
                 })
                 .collect();
-            let (lr, k, _) = fit_choosing(train, &fs.train_y, Design::Dense(fs.validation.view()), &fs.validation_y, &candidates)?;
+            let (lr, k, _) = fit_choosing_by(train, &fs.train_y, selection.over(fs), &candidates)?;
             let c = crate::report::LinearC { c: lr.c, chosen_on_validation: true, own_weight: weights[k / crate::config::LINEAR_HEAD_CS.len()] };
             (lr, c)
         }
@@ -965,8 +995,14 @@ pub fn fit_linear_head(cfg: &RunConfig, fs: &FeatureSplit) -> Result<(Head<Cpu>,
 }
 
 /// Train the client's head on (transferred) features and evaluate it on their test part: the linear head is
-/// fitted exactly (L-BFGS), the MLP head by Adam with early stopping on the validation split.
+/// fitted exactly (L-BFGS), the MLP head by Adam with early stopping on the validation split. A linear head with
+/// `head.c = "validation"` chooses on the validation split ([`train_head_selecting`] chooses otherwise).
 pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<TrainedHead<Head<Cpu>>> {
+    train_head_selecting(cfg, fs, what, HeadSelection::ValidationSplit)
+}
+
+/// [`train_head`], a linear head choosing its C where `selection` says.
+pub fn train_head_selecting(cfg: &RunConfig, fs: &FeatureSplit, what: &str, selection: HeadSelection) -> Result<TrainedHead<Head<Cpu>>> {
     let device = Default::default();
     let input = fs.train.ncols();
     let mut c = None;
@@ -976,7 +1012,7 @@ pub fn train_head(cfg: &RunConfig, fs: &FeatureSplit, what: &str) -> Result<Trai
         }
         crate::config::HeadKind::Linear => {
             let started = Instant::now();
-            let (head, lr, linear_c) = fit_linear_head(cfg, fs)?;
+            let (head, lr, linear_c) = fit_linear_head(cfg, fs, selection)?;
             c = Some(linear_c);
             let (train_loss, _) = train::evaluate_loss(&head, fs.train_examples());
             let (val_loss, val_accuracy) = train::evaluate_loss(&head, fs.validation_examples());

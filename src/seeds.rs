@@ -23,6 +23,8 @@ pub const DP_NOISE: u64 = 0x401e;
 pub const RAW_BASELINE_DP: u64 = 0xba5e;
 /// The learning curves' subsets (further mixed with the size and the draw).
 pub const CURVE_SUBSETS: u64 = 0xc0_12fe;
+/// The learning curves' cross-validation folds (mixed with the size and the draw, as the subsets are).
+pub const CURVE_FOLDS: u64 = 0xc0_f01d5;
 /// The bag-of-words score's cross-fitting folds (`head.inputs = "transfer+bow"`).
 pub const BOW_FOLDS: u64 = 0xb0f_f01d;
 /// The audit's canary labels and inclusion (mixed with `[audit] seed`).
@@ -32,7 +34,7 @@ pub const AUDIT_CANARIES: u64 = 0xca_4a41;
 pub const MEMBERSHIP: u64 = 0x3e3b_e25;
 
 /// Every stream above.
-pub const ALL: [u64; 11] = [
+pub const ALL: [u64; 12] = [
     LOWER_INIT,
     PRETRAIN_OUTPUT_INIT,
     HEAD_INIT,
@@ -41,6 +43,7 @@ pub const ALL: [u64; 11] = [
     DP_NOISE,
     RAW_BASELINE_DP,
     CURVE_SUBSETS,
+    CURVE_FOLDS,
     BOW_FOLDS,
     AUDIT_CANARIES,
     MEMBERSHIP,

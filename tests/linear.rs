@@ -407,3 +407,89 @@ fn a_transfer_plus_own_head_chooses_the_own_features_weight() {
     // The head on the own features alone has no own block to weigh.
     assert_eq!(cryptotl::pipeline::train_head(&cfg, &own, "raw").unwrap().c.unwrap().own_weight, None);
 }
+
+/// Cross-validated choice: every candidate scored on held-out folds of the training rows alone, pooled; the one
+/// chosen is the best there (checked by brute force), and with one example of a class it falls back on C = 1.
+#[test]
+fn cross_validation_chooses_on_the_training_rows_alone() {
+    use cryptotl::linear::{Candidate, fit_choosing_cv, stratified_folds};
+    // 40 rows, 1 informative column among 200 of noise: a weak penalty fits the noise.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let y: Vec<u8> = (0..40).map(|i| (i % 2) as u8).collect();
+    let x = Array2::from_shape_fn((40, 200), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.8..0.8f32) } else { rng.random_range(-1.0..1.0f32) });
+    let cs = [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
+    let cands: Vec<Candidate> = cs.iter().map(|&c| Candidate { c, column_weights: None }).collect();
+    let (lr, k, acc) = fit_choosing_cv(Design::Dense(x.view()), &y, &cands, 5, 11).unwrap();
+    assert_eq!(lr.c, cs[k]);
+    // Brute force: the pooled held-out accuracy of every candidate over the same folds.
+    let (fold_of, folds) = stratified_folds(&y, 5, 11).unwrap();
+    assert_eq!(folds, 5);
+    let pooled: Vec<f64> = cs
+        .iter()
+        .map(|&c| {
+            let mut correct = 0;
+            for f in 0..folds {
+                let (tr, te): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| fold_of[i] != f);
+                let m = fit(Design::Dense(x.select(ndarray::Axis(0), &tr).view()), &tr.iter().map(|&i| y[i]).collect::<Vec<_>>(), c).unwrap();
+                let p = m.probabilities(Design::Dense(x.select(ndarray::Axis(0), &te).view()));
+                correct += te.iter().zip(&p).filter(|&(&i, &p)| (p >= 0.5) == (y[i] == 1)).count();
+            }
+            correct as f64 / y.len() as f64
+        })
+        .collect();
+    assert!((acc - pooled[k]).abs() < 1e-12, "reported {acc}, brute force {}", pooled[k]);
+    assert!(pooled.iter().all(|&a| a <= acc + 1e-12), "{pooled:?} beats the chosen {acc}");
+    assert!(lr.c < 100.0 && acc > pooled[5], "chose C = {} ({acc}) against C = 100 ({})", lr.c, pooled[5]);
+    // The model returned is the chosen candidate refitted on every row.
+    assert_eq!(lr.weights, fit(Design::Dense(x.view()), &y, lr.c).unwrap().weights);
+    // One positive: no fold could hold one out, so scikit-learn's default C = 1, said with a NaN accuracy.
+    let mut one = vec![0u8; 12];
+    one[3] = 1;
+    let (lr, k, acc) = fit_choosing_cv(Design::Dense(x.slice(ndarray::s![..12, ..]).view()), &one, &cands, 5, 1).unwrap();
+    assert_eq!((lr.c, k), (1.0, 3));
+    assert!(acc.is_nan());
+}
+
+/// A learning curve's point below the full size stands for a client with only that many labels: with
+/// `[curve] selection = "cross_validation"` (the default) its heads and the bag-of-words baseline never read the
+/// validation labels (scrambling them changes no point below the full size); with `"validation_split"` they do.
+#[test]
+fn curve_points_below_the_full_size_choose_without_the_validation_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path());
+    let overrides = ["he.enabled=false".to_string(), "curve.draws=2".into(), "curve.sizes=[8, 16]".into(), "head.inputs=\"transfer+own\"".into()];
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &overrides).unwrap();
+    assert_eq!(cfg.curve.selection, cryptotl::config::CurveSelection::CrossValidation, "the default");
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
+    let bow = cryptotl::pipeline::BagOfWords::new(&data.target);
+    let refs = cryptotl::pipeline::dp_references(&cfg, Some(&lower), t.train.ncols(), own.train.ncols());
+    let before = cryptotl::curve::learning_curves(&cfg, &t, &own, Some(&bow), &refs).unwrap();
+    assert_eq!(before.selection, "cross_validation");
+    assert!(before.to_markdown().contains("cross-validation on its own subset"));
+    // Every validation label one class: nothing could be chosen on them.
+    let scramble = |fs: &cryptotl::pipeline::FeatureSplit| {
+        let mut fs = fs.clone();
+        fs.validation_y.iter_mut().for_each(|y| *y = 0);
+        fs
+    };
+    let (t2, own2) = (scramble(&t), scramble(&own));
+    let mut bow2 = cryptotl::pipeline::BagOfWords::new(&data.target);
+    bow2.validation_y.iter_mut().for_each(|y| *y = 0);
+    let after = cryptotl::curve::learning_curves(&cfg, &t2, &own2, Some(&bow2), &refs).unwrap();
+    for m in &before.methods {
+        for s in [8, 16] {
+            assert_eq!(before.point(m, s).unwrap().accuracies, after.point(m, s).unwrap().accuracies, "{m} at {s} read the validation labels");
+        }
+    }
+    // Choosing on the validation split reads them, and says it cannot choose on one class.
+    let on_validation = RunConfig::from_toml_str(&text, "tiny.toml", &[overrides.to_vec(), vec!["curve.selection=\"validation_split\"".into()]].concat()).unwrap();
+    assert!(cryptotl::curve::learning_curves(&on_validation, &t, &own, Some(&bow), &refs).is_ok());
+    let err = cryptotl::curve::learning_curves(&on_validation, &t2, &own2, Some(&bow2), &refs).unwrap_err().to_string();
+    assert!(err.contains("validation"), "{err}");
+    // Folds out of range are refused, naming the key.
+    let err = RunConfig::from_toml_str(&text, "tiny.toml", &["curve.folds=1".into()]).unwrap_err().to_string();
+    assert!(err.contains("curve.folds"), "{err}");
+}

@@ -46,10 +46,42 @@ pub struct CurveConfig {
     pub sizes: Option<Vec<usize>>,
     /// Seeded draws per size (averaged; the spread is reported).
     pub draws: usize,
+    /// How a linear head (and the bag-of-words baseline) below the full size chooses its C and, beside own
+    /// features, their weight: `cross_validation` (the default) on the subset's own labels, since a client with that
+    /// many labels has no others; or `validation_split`, on the whole validation split at every size (labels a
+    /// client that small would not have: it flatters every method, most those with many inputs). The full-size
+    /// point always chooses on the validation split, as the run's heads do.
+    pub selection: CurveSelection,
+    /// Folds of `selection = "cross_validation"` (fewer when a class has fewer examples in the subset).
+    pub folds: usize,
 }
 impl Default for CurveConfig {
     fn default() -> Self {
-        Self { enabled: true, sizes: None, draws: 5 }
+        Self { enabled: true, sizes: None, draws: 5, selection: CurveSelection::default(), folds: DEFAULT_CURVE_FOLDS }
+    }
+}
+
+/// Folds of the learning curves' cross-validation when `[curve] folds` is not given.
+pub const DEFAULT_CURVE_FOLDS: usize = 5;
+
+/// Where a learning curve's heads choose their C ([`CurveConfig::selection`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CurveSelection {
+    /// Stratified cross-validation on the subset's own labelled examples.
+    #[default]
+    CrossValidation,
+    /// The whole validation split, at every size.
+    ValidationSplit,
+}
+
+impl CurveSelection {
+    /// The name a config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CrossValidation => "cross_validation",
+            Self::ValidationSplit => "validation_split",
+        }
     }
 }
 
@@ -80,6 +112,9 @@ impl CurveConfig {
     pub(super) fn check(&self, at: Invalid) -> Result<()> {
         if self.draws == 0 || self.draws > 1000 {
             return Err(at.key("curve.draws", format!("must be in 1..=1000, got {}", self.draws)));
+        }
+        if !(2..=20).contains(&self.folds) {
+            return Err(at.key("curve.folds", format!("must be in 2..=20, got {}", self.folds)));
         }
         if let Some(sizes) = &self.sizes
             && (sizes.is_empty() || sizes.iter().any(|&n| n < 2))
