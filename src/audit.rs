@@ -142,8 +142,9 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
 /// follows `[privacy] insecure_seed` like any run). Needs `[privacy]` on and the linear head.
 ///
 /// `reference` is the public point the run's DP head centres its inputs on
-/// ([`crate::privacy::centring::DpReferences::transferred`]); the real rows are centred on it exactly as
-/// `pipeline::train_head_private` centres them, so the audited training sees the head's own inputs. The canary
+/// ([`crate::privacy::centring::DpReferences::transferred`]); the real rows go through the same
+/// [`crate::privacy::centring::DpInputMap`] as in `pipeline::train_head_private` (centred, own features weighted),
+/// so the audited training sees the head's own inputs. The canary
 /// columns are centred on 0 (their real rows are 0). An empty reference, or one of another width, leaves the rows
 /// as they are, as the head's training does.
 pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, seed: u64) -> Result<AuditResult> {
@@ -159,9 +160,9 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, se
         return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
     }
     let (n, d) = fs.train.dim();
-    let centre = |rows: &Array2<f32>| -> Array2<f32> {
-        if reference.len() == d { rows - &ndarray::ArrayView1::from(reference) } else { rows.clone() }
-    };
+    // The head's own map: centred on the reference, the own features weighted as the run's head weighs them.
+    let map = crate::privacy::centring::DpInputMap::new(cfg, reference, fs.own_columns, &crate::privacy::plan::plan(privacy, &cfg.head_training, n)?);
+    let centre = |rows: &Array2<f32>| -> Array2<f32> { map.apply(rows.view()) };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::AUDIT_CANARIES));
     let labels: Vec<u8> = (0..m).map(|_| u8::from(rng.random::<bool>())).collect();
     let included: Vec<bool> = (0..m).map(|_| rng.random::<bool>()).collect();

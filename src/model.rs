@@ -233,6 +233,34 @@ impl<B: Backend> Head<B> {
         Self { dense1: None, dense2, pool: 1, dropout: 0.0 }
     }
 
+    /// The same head for inputs not multiplied by `scale`: a head trained on `x ∘ scale` (each column times its
+    /// weight) becomes one on `x`, its first layer's row `j` multiplied by `scale[j]`. Exact up to rounding; `scale`
+    /// of another width leaves it as it is.
+    ///
+    /// ```
+    /// use cryptotl::model::{Cpu, Head};
+    /// let head = Head::<Cpu>::from_linear_weights(&[2.0, -1.0], 0.5, &Default::default());
+    /// let folded = head.clone().fold_input_scale(&[0.5, 0.0]);
+    /// let x = ndarray::array![[4.0f32, 5.0]];
+    /// let scaled = ndarray::array![[2.0f32, 0.0]];
+    /// let p = |h: &Head<Cpu>, x: &ndarray::Array2<f32>| cryptotl::model::predict_proba(h, x.view(), &Default::default());
+    /// assert!((p(&folded, &x)[0] - p(&head, &scaled)[0]).abs() < 1e-6);
+    /// ```
+    pub fn fold_input_scale(mut self, scale: &[f32]) -> Self {
+        let first = match &mut self.dense1 {
+            Some(d1) => d1,
+            None => &mut self.dense2,
+        };
+        let w = first.weight.val();
+        let [d_in, _] = w.dims();
+        if scale.len() != d_in || scale.iter().all(|&v| v == 1.0) {
+            return self;
+        }
+        let s = Tensor::<B, 2>::from_data(TensorData::new(scale.to_vec(), [d_in, 1]), &w.device());
+        first.weight = Param::from_tensor(w * s);
+        self
+    }
+
     /// The same head for inputs not shifted by `shift`: a head trained on `x - shift` becomes one on `x`, its
     /// first layer's bias lowered by `shift`·W. Exact up to rounding; `shift` of another width leaves it as it is.
     ///

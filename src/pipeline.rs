@@ -1051,23 +1051,18 @@ pub fn transfer_output_ranges(cfg: &RunConfig, lower: &PretrainedLower) -> Optio
     Some(units.windows(k).map(|w| (w.iter().map(|r| r.0).sum::<f32>() / k as f32, w.iter().map(|r| r.1).sum::<f32>() / k as f32)).collect())
 }
 
-/// Train the client's head with DP-SGD under `plan` and evaluate it on the test part.
+/// Train the client's head with DP-SGD under `plan` and evaluate it on the test part. It trains on its inputs
+/// through the public [`crate::privacy::centring::DpInputMap`] (centred on `reference`; the client's own features,
+/// if any, weighted by `[privacy] own_weight` or its default rule), which is then folded into the head (post-processing), so
+/// the head takes the inputs as they are everywhere else. A reference of another width (a run directory from before
+/// centring has none) leaves the inputs as they are.
 pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> Result<TrainedHead<Head<Cpu>>> {
     let device = Default::default();
     let input = fs.train.ncols();
-    // Trained on the inputs centred on the public reference point, then the shift is folded into the first
-    // layer's bias (post-processing), so the head takes the inputs as they are everywhere else. A reference of
-    // another width (a run directory from before centring has none) leaves the inputs as they are.
-    let centred;
-    let train_on = if reference.len() == input {
-        let shift = ndarray::Array1::from(reference.to_vec());
-        centred = fs.map(|x| Ok(x - &shift))?;
-        &centred
-    } else {
-        fs
-    };
+    let map = crate::privacy::centring::DpInputMap::new(cfg, reference, fs.own_columns, plan);
+    let train_on = fs.map(|x| Ok(map.apply(x.view())))?;
     let mut trained = train::train_private(new_head(cfg, input, &device), train_on.train_examples(), train_on.validation_examples(), plan, rng, cfg.seed, "head");
-    trained.model = trained.model.fold_input_shift(reference);
+    trained.model = map.fold(trained.model);
     let test = evaluate(&trained.model, fs);
     Ok(TrainedHead { trained, test, c: None })
 }
@@ -1264,7 +1259,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             stage("privacy audit (canaries)", t);
             audit = Some(a?);
         }
-        results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
+        let map = crate::privacy::centring::DpInputMap::new(cfg, &dp_references.transferred, transferred.own_columns, plan).describe(plan);
+        let map = if map.is_empty() { map } else { format!(", {map}") };
+        results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4}{map})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
     if cfg.baselines.raw_features_head {
         let b = train_head(cfg, &client, "baseline raw")?;

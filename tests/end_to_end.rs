@@ -322,3 +322,48 @@ fn dp_heads_centre_on_points_made_from_the_config_and_the_server_network_only() 
     // only its own features.
     assert!(cryptotl::pipeline::dp_references(&cfg, None, t, d).transferred[..t].iter().all(|&c| c == 0.0));
 }
+
+/// A private `transfer+own` head weighs the client's own features by a public rule of the DP-SGD schedule (left
+/// out where the noise per example is large, in where it is small) or by `[privacy] own_weight`; weight 0 leaves
+/// every own-feature coefficient at exactly 0.
+#[test]
+fn a_private_heads_own_features_are_weighted_by_a_public_rule_or_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["he.enabled=false".to_string(), "head.kind=\"linear\"".into(), "head.inputs=\"transfer+own\"".into(), "privacy.insecure_seed=1".into()];
+    let with = |extra: &[&str]| RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[base.to_vec(), extra.iter().map(|s| s.to_string()).collect()].concat()).unwrap();
+    let cfg = with(&["privacy.target_epsilon=1"]);
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let lower = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let (_, own) = cryptotl::pipeline::client_features(&cfg, &data.target).unwrap();
+    let (t, _) = cryptotl::pipeline::transfer(&cfg, &lower, &cryptotl::pipeline::TransferInput::texts(&own)).unwrap();
+    let inputs = cryptotl::pipeline::head_inputs(&cfg, &t, &own, None).unwrap();
+    let refs = cryptotl::pipeline::dp_references(&cfg, Some(&lower), t.train.ncols(), own.train.ncols());
+    let n = inputs.train.nrows();
+    let own_weights = |cfg: &RunConfig| -> (Option<f32>, Vec<f32>) {
+        let plan = cryptotl::privacy::plan::plan(cfg.privacy.as_ref().unwrap(), &cfg.head_training, n).unwrap();
+        let map = cryptotl::privacy::centring::DpInputMap::new(cfg, &refs.transferred, inputs.own_columns, &plan);
+        let mut rng = cryptotl::privacy::dpsgd::PrivacyRng::new(Some(1));
+        let head = cryptotl::pipeline::train_head_private(cfg, &inputs, &refs.transferred, &plan, &mut rng).unwrap();
+        let w: Vec<f32> = head.trained.model.dense2.weight.val().into_data().to_vec::<f32>().unwrap();
+        (map.own_weight, w[t.train.ncols()..].to_vec())
+    };
+    // ε = 1 on this small training split: σ / n is far above the rule's bound, so the own features are left out.
+    let plan = cryptotl::privacy::plan::plan(cfg.privacy.as_ref().unwrap(), &cfg.head_training, n).unwrap();
+    assert!(plan.noise_multiplier / n as f64 > cryptotl::config::DP_OWN_FEATURES_MAX_NOISE, "σ = {} for n = {n}", plan.noise_multiplier);
+    let (w, coefficients) = own_weights(&cfg);
+    assert_eq!(w, Some(0.0));
+    assert!(coefficients.iter().all(|&c| c == 0.0), "{coefficients:?}");
+    // A small σ (given, not calibrated) is under the bound: they are in.
+    let (w, coefficients) = own_weights(&with(&["privacy.noise_multiplier=0.5"]));
+    assert_eq!(w, Some(1.0));
+    assert!(coefficients.iter().any(|&c| c != 0.0));
+    // The config's weight wins over the rule either way.
+    let (w, coefficients) = own_weights(&with(&["privacy.target_epsilon=1", "privacy.own_weight=0.5"]));
+    assert_eq!(w, Some(0.5));
+    assert!(coefficients.iter().any(|&c| c != 0.0));
+    // Out of range, or in the server's DP pretraining table: refused, naming the key.
+    let err = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[base.to_vec(), vec!["privacy.target_epsilon=1".into(), "privacy.own_weight=-1".into()]].concat()).unwrap_err().to_string();
+    assert!(err.contains("privacy.own_weight"), "{err}");
+    let err = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &["server_privacy.dp_pretraining.target_epsilon=4".into(), "server_privacy.dp_pretraining.own_weight=1".into()]).unwrap_err().to_string();
+    assert!(err.contains("own_weight") && err.contains("[privacy] only"), "{err}");
+}

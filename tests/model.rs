@@ -132,3 +132,22 @@ fn folding_an_input_shift_into_the_first_layer_keeps_every_prediction() {
         assert!(raw.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3), "{kind:?}");
     }
 }
+
+#[test]
+fn folding_a_dp_input_map_keeps_every_prediction() {
+    // A DP head trains on (x - shift) ∘ scale (centred, the client's own features weighted) and is saved for x as it
+    // is: folding the scale into the first layer's rows, then the shift into its bias, gives the same predictions.
+    let x = random_rows(20, 6, 4);
+    let map = cryptotl::privacy::centring::DpInputMap { shift: vec![0.5, 0.1, -0.3, 0.0, 2.0, 0.7], scale: vec![1.0, 1.0, 0.3, 0.3, 0.0, 2.0], own_weight: None, own_weight_by_rule: false };
+    let mapped = map.apply(x.view());
+    for kind in [cryptotl::config::HeadKind::Mlp, cryptotl::config::HeadKind::Linear] {
+        let cfg = HeadConfig { kind, hidden: 5, pool: 2, ..HeadConfig::default() };
+        let head = Head::<Cpu>::new(&cfg, 6, 5, 8, &device());
+        let folded = map.fold(head.clone());
+        let (a, b) = (predict_proba(&folded, x.view(), &device()), predict_proba(&head, mapped.view(), &device()));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{kind:?}: {a:?} vs {b:?}");
+        // The scale matters: folding the shift alone gives other predictions.
+        let shift_only = predict_proba(&head.clone().fold_input_shift(&map.shift), x.view(), &device());
+        assert!(shift_only.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3), "{kind:?}");
+    }
+}

@@ -35,7 +35,7 @@ pub use he::{Calibration, DEFAULT_HE_BATCH, HeConfig, ServerLocation};
 pub use network::{
     Activation, DEFAULT_MAX_SENTENCES, HeadConfig, HeadInputs, HeadKind, InverseL2, LINEAR_HEAD_CS, LowerNetConfig, OWN_FEATURE_WEIGHTS, TrainConfig, TransferUnit, available_memory,
 };
-pub use privacy::{AccountantKind, DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DpRecipe, PrivacyConfig, ServerPrivacyConfig, WeightNoiseConfig};
+pub use privacy::{AccountantKind, DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DP_OWN_FEATURES_MAX_NOISE, DpRecipe, PrivacyConfig, ServerPrivacyConfig, WeightNoiseConfig, dp_own_weight};
 
 /// The embedded default configuration (`configs/quickstart.toml`), used when `cryptotl run` gets no file.
 pub const QUICKSTART_TOML: &str = include_str!("../../configs/quickstart.toml");

@@ -64,3 +64,74 @@ impl DpReferences {
     }
 }
 
+
+/// What DP-SGD sees of a head's inputs: each input minus the public reference point ([`DpReferences`]), times a
+/// public weight per column (the client's own features beside the transfer outputs weighted by `[privacy]
+/// own_weight`, by default [`crate::config::dp_own_weight`] of the schedule's noise per example). Both are made
+/// from the config, the server's network and the DP-SGD schedule only, so the map is fixed before any example is seen
+/// and costs no ε. [`Self::fold`] turns a head trained on the mapped inputs into one on the inputs as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpInputMap {
+    /// Subtracted from every row (empty: nothing).
+    pub shift: Vec<f32>,
+    /// Then each column multiplied by this.
+    pub scale: Vec<f32>,
+    /// The weight of the client's own features, when the head has any beside the transfer outputs.
+    pub own_weight: Option<f32>,
+    /// Whether that weight is the default rule's ([`crate::config::dp_own_weight`]), not `[privacy] own_weight`.
+    pub own_weight_by_rule: bool,
+}
+
+impl DpInputMap {
+    /// The map of a DP head on `width` inputs whose last `own_columns` are the client's own features, centred on
+    /// `reference` (one of another width, e.g. from a run directory made before centring, centres nothing),
+    /// trained under `plan` (the own features' default weight reads its noise per example).
+    ///
+    /// ```
+    /// use cryptotl::privacy::centring::DpInputMap;
+    /// let toml = "name = \"x\"\n[source]\nname = \"s\"\nformat = \"csv\"\npaths = [\"embedded:yelp_sentences\"]\n\
+    ///             [target]\nname = \"t\"\nformat = \"csv\"\npaths = [\"embedded:imdb_sentences\"]\n\
+    ///             [privacy]\ntarget_epsilon = 1.0\n";
+    /// let cfg = cryptotl::config::RunConfig::from_toml_str(toml, "x.toml", &[]).unwrap();
+    /// let plan = |n| cryptotl::privacy::plan::plan(cfg.privacy.as_ref().unwrap(), &cfg.head_training, n).unwrap();
+    /// let few = DpInputMap::new(&cfg, &[1.0, 0.5, 0.5], 2, &plan(16));
+    /// assert_eq!(few.scale, vec![1.0, 0.0, 0.0]); // 16 examples at ε = 1: the transfer output alone
+    /// let rows = few.apply(ndarray::array![[3.0f32, 0.7, 0.2]].view());
+    /// assert_eq!(rows, ndarray::array![[2.0f32, 0.0, 0.0]]);
+    /// assert_eq!(DpInputMap::new(&cfg, &[1.0, 0.5, 0.5], 2, &plan(1000)).scale, vec![1.0; 3]);
+    /// ```
+    pub fn new(cfg: &RunConfig, reference: &[f32], own_columns: usize, plan: &crate::privacy::plan::DpPlan) -> Self {
+        let width = reference.len();
+        let own = own_columns.min(width);
+        let expected_batch = plan.sampling_rate * plan.examples as f64;
+        let given = cfg.client_privacy().and_then(|p| p.own_weight);
+        let weight = given.unwrap_or_else(|| crate::config::dp_own_weight(plan.noise_multiplier, expected_batch)) as f32;
+        let scale = (0..width).map(|j| if j < width - own { 1.0 } else { weight }).collect();
+        Self { shift: reference.to_vec(), scale, own_weight: (own > 0).then_some(weight), own_weight_by_rule: given.is_none() }
+    }
+
+    /// The own features' weight in words for a report (empty for a head without them), e.g. `own features' weight 0
+    /// (default rule: σ / expected batch 0.120 > 0.08)`.
+    pub fn describe(&self, plan: &crate::privacy::plan::DpPlan) -> String {
+        let Some(w) = self.own_weight else { return String::new() };
+        if !self.own_weight_by_rule {
+            return format!("own features' weight {w} ([privacy] own_weight)");
+        }
+        let noise = plan.noise_multiplier / (plan.sampling_rate * plan.examples as f64).max(1.0);
+        let max = crate::config::DP_OWN_FEATURES_MAX_NOISE;
+        format!("own features' weight {w} (default rule: σ / expected batch {noise:.3} {} {max})", if noise <= max { "≤" } else { ">" })
+    }
+
+    /// `(x - shift) ∘ scale` for every row; rows of another width than the map are returned as they are.
+    pub fn apply(&self, rows: ndarray::ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
+        if rows.ncols() != self.shift.len() {
+            return rows.to_owned();
+        }
+        (&rows - &ndarray::ArrayView1::from(&self.shift[..])) * &ndarray::ArrayView1::from(&self.scale[..])
+    }
+
+    /// A head trained on [`Self::apply`]'s rows as a head on the rows as they are.
+    pub fn fold<B: burn::tensor::backend::Backend>(&self, head: crate::model::Head<B>) -> crate::model::Head<B> {
+        head.fold_input_scale(&self.scale).fold_input_shift(&self.shift)
+    }
+}
