@@ -247,10 +247,7 @@ impl<B: Backend> Head<B> {
     /// assert!((p(&folded, &x)[0] - p(&head, &scaled)[0]).abs() < 1e-6);
     /// ```
     pub fn fold_input_scale(mut self, scale: &[f32]) -> Self {
-        let first = match &mut self.dense1 {
-            Some(d1) => d1,
-            None => &mut self.dense2,
-        };
+        let first = self.first_layer_mut();
         let w = first.weight.val();
         let [d_in, _] = w.dims();
         if scale.len() != d_in || scale.iter().all(|&v| v == 1.0) {
@@ -274,10 +271,7 @@ impl<B: Backend> Head<B> {
     /// assert!((p(&folded, &x)[0] - p(&head, &shifted)[0]).abs() < 1e-6);
     /// ```
     pub fn fold_input_shift(mut self, shift: &[f32]) -> Self {
-        let first = match &mut self.dense1 {
-            Some(d1) => d1,
-            None => &mut self.dense2,
-        };
+        let first = self.first_layer_mut();
         let w = first.weight.val();
         let [d_in, d_out] = w.dims();
         if shift.len() != d_in || shift.iter().all(|&v| v == 0.0) {
@@ -289,6 +283,14 @@ impl<B: Backend> Head<B> {
         let bias = first.bias.as_ref().map_or_else(|| Tensor::zeros([d_out], &device), |b| b.val());
         first.bias = Some(Param::from_tensor(bias - delta));
         self
+    }
+
+    /// The layer that reads the inputs: the hidden layer of the MLP head, the only one of the linear head.
+    fn first_layer_mut(&mut self) -> &mut Linear<B> {
+        match &mut self.dense1 {
+            Some(d1) => d1,
+            None => &mut self.dense2,
+        }
     }
 
     /// Whether this is the linear head.
