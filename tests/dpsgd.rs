@@ -154,6 +154,7 @@ fn privacy(noise: Option<f64>, target: Option<f64>, max: Option<f64>) -> Privacy
         sampling_rate: None,
         accountant: AccountantKind::Rdp,
         insecure_seed: None,
+        own_weight: None,
     }
 }
 
