@@ -13,6 +13,12 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.into())
 }
 
+/// One table row's cells: a method's mean ± std at every size.
+fn row(curves: &cryptotl::curve::LearningCurves, method: &str) -> String {
+    let cells: Vec<String> = curves.sizes.iter().map(|&s| curves.point(method, s).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
+    cells.join(" | ")
+}
+
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1);
     let epsilon: f64 = env_or("CRYPTOTL_EPSILON", "1").parse()?;
@@ -36,7 +42,8 @@ fn main() -> anyhow::Result<()> {
     let on_validation = |fs: &pipeline::FeatureSplit| pipeline::FeatureSplit { test: fs.validation.clone(), test_y: fs.validation_y.clone(), ..fs.clone() };
     let (transferred, own) = (on_validation(&transferred), on_validation(&own));
     println!("{}: private `{}` head at ε = {epsilon}, validation accuracy, mean ± std over {draws} draws\n", base.name, base.head.inputs.name());
-    let mut header = false;
+    // DP on the raw embeddings does not read the weight: its row is the first weight's.
+    let mut raw_row = None;
     for &w in &weights {
         let cfg = base.edited("own weight", |c| {
             if let Some(p) = c.privacy.as_mut() {
@@ -44,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
         })?;
         let curves = cryptotl::curve::learning_curves(&cfg, &transferred, &own, None, &references)?;
-        if !header {
+        if raw_row.is_none() {
             println!("| own weight | {} |", curves.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" | "));
             println!("|---:|{}", "---:|".repeat(curves.sizes.len()));
             // The noise on the mean clipped gradient, per coordinate, in units of the clipping norm: σ / n.
@@ -52,16 +59,15 @@ fn main() -> anyhow::Result<()> {
             let noise: Vec<String> = curves
                 .sizes
                 .iter()
-                .map(|&n| cryptotl::privacy::plan::plan(privacy, &cfg.head_training, n).map(|p| format!("{:.3}", p.noise_multiplier / n as f64)))
+                .map(|&n| cryptotl::privacy::plan::plan(privacy, &cfg.head_training, n).map(|p| format!("{:.3}", p.noise_per_example())))
                 .collect::<Result<_, _>>()?;
             println!("| σ / n | {} |", noise.join(" | "));
-            header = true;
+            raw_row = Some(row(&curves, "raw_features_dp"));
         }
-        let cells: Vec<String> = curves.sizes.iter().map(|&s| curves.point("transfer_dp", s).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
-        println!("| {w} | {} |", cells.join(" | "));
+        println!("| {w} | {} |", row(&curves, "transfer_dp"));
     }
-    let curves = cryptotl::curve::learning_curves(&base, &transferred, &own, None, &references)?;
-    let cells: Vec<String> = curves.sizes.iter().map(|&s| curves.point("raw_features_dp", s).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
-    println!("| raw embeddings (DP) | {} |", cells.join(" | "));
+    if let Some(row) = raw_row {
+        println!("| raw embeddings (DP) | {row} |");
+    }
     Ok(())
 }

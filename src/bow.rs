@@ -53,12 +53,7 @@ impl BagOfWords {
         }
     }
     /// Fit the logistic regression on the training rows (a subset: [`Self::subset`]), its C chosen on the
-    /// validation rows, and score the test part.
-    pub fn fit_and_test(&self) -> Result<Metrics> {
-        Ok(self.fit_and_score()?.0)
-    }
-
-    /// As [`Self::fit_and_test`], with the validation accuracy and the chosen C too.
+    /// validation rows, and score the test part. Returns the test metrics, the validation accuracy and the C.
     pub fn fit_and_score(&self) -> Result<(Metrics, f64, f64)> {
         let validation = linear::Design::Sparse { rows: &self.validation, dim: BAG_OF_WORDS_DIM };
         self.fit_and_score_selecting(linear::Selection::Validation(validation, &self.validation_y))

@@ -1259,7 +1259,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             stage("privacy audit (canaries)", t);
             audit = Some(a?);
         }
-        let map = crate::privacy::centring::DpInputMap::new(cfg, &dp_references.transferred, transferred.own_columns, plan).describe(plan);
+        let map = crate::privacy::centring::DpInputMap::new(cfg, &dp_references.transferred, transferred.own_columns, plan).describe();
         let map = if map.is_empty() { map } else { format!(", {map}") };
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4}{map})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }

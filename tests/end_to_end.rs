@@ -349,7 +349,7 @@ fn a_private_heads_own_features_are_weighted_by_a_public_rule_or_the_config() {
     };
     // ε = 1 on this small training split: σ / n is far above the rule's bound, so the own features are left out.
     let plan = cryptotl::privacy::plan::plan(cfg.privacy.as_ref().unwrap(), &cfg.head_training, n).unwrap();
-    assert!(plan.noise_multiplier / n as f64 > cryptotl::config::DP_OWN_FEATURES_MAX_NOISE, "σ = {} for n = {n}", plan.noise_multiplier);
+    assert!(plan.noise_per_example() > cryptotl::config::DP_OWN_FEATURES_MAX_NOISE, "σ = {} for n = {n}", plan.noise_multiplier);
     let (w, coefficients) = own_weights(&cfg);
     assert_eq!(w, Some(0.0));
     assert!(coefficients.iter().all(|&c| c == 0.0), "{coefficients:?}");

@@ -138,7 +138,7 @@ fn folding_a_dp_input_map_keeps_every_prediction() {
     // A DP head trains on (x - shift) ∘ scale (centred, the client's own features weighted) and is saved for x as it
     // is: folding the scale into the first layer's rows, then the shift into its bias, gives the same predictions.
     let x = random_rows(20, 6, 4);
-    let map = cryptotl::privacy::centring::DpInputMap { shift: vec![0.5, 0.1, -0.3, 0.0, 2.0, 0.7], scale: vec![1.0, 1.0, 0.3, 0.3, 0.0, 2.0], own_weight: None, own_weight_by_rule: false };
+    let map = cryptotl::privacy::centring::DpInputMap { shift: vec![0.5, 0.1, -0.3, 0.0, 2.0, 0.7], scale: vec![1.0, 1.0, 0.3, 0.3, 0.0, 2.0], own_weight: None, rule_noise: None };
     let mapped = map.apply(x.view());
     for kind in [cryptotl::config::HeadKind::Mlp, cryptotl::config::HeadKind::Linear] {
         let cfg = HeadConfig { kind, hidden: 5, pool: 2, ..HeadConfig::default() };

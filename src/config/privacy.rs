@@ -88,24 +88,24 @@ pub struct PrivacyConfig {
 /// The weight of the client's own features in a DP-SGD head beside the transfer outputs when `[privacy]
 /// own_weight` is not given: 1 when the noise DP-SGD adds to the mean clipped gradient, per coordinate and in units of
 /// the clipping norm (`noise_multiplier / expected_batch`, the expected batch being every example in the full-batch
-/// recipe), is at most [`DP_OWN_FEATURES_MAX_NOISE`]; else 0 (the transfer outputs alone). A public rule: it reads
+/// recipe; `privacy::plan::DpPlan::noise_per_example`), is at most [`DP_OWN_FEATURES_MAX_NOISE`]; else 0 (the transfer outputs alone). A public rule: it reads
 /// only the schedule, which is fixed before training from ε, δ and the training set's size. With few examples or a
 /// small ε the noise on the own features' hundreds of coordinates drowns what they add; with many it does not.
 ///
 /// ```
 /// use cryptotl::config::dp_own_weight;
-/// assert_eq!(dp_own_weight(30.8, 256.0), 0.0); // ε = 1, 256 examples: σ / n = 0.12
-/// assert_eq!(dp_own_weight(30.8, 512.0), 1.0); // 0.06
-/// assert_eq!(dp_own_weight(8.5, 128.0), 1.0); // ε = 4, 128 examples: 0.066
+/// assert_eq!(dp_own_weight(0.111), 0.0); // ε = 1, 256 examples (σ = 28.4)
+/// assert_eq!(dp_own_weight(0.059), 1.0); // ε = 1, 512 examples
+/// assert_eq!(dp_own_weight(0.066), 1.0); // ε = 4, 128 examples
 /// ```
-pub fn dp_own_weight(noise_multiplier: f64, expected_batch: f64) -> f64 {
-    if noise_multiplier / expected_batch.max(1.0) <= DP_OWN_FEATURES_MAX_NOISE { 1.0 } else { 0.0 }
+pub fn dp_own_weight(noise_per_example: f64) -> f64 {
+    if noise_per_example <= DP_OWN_FEATURES_MAX_NOISE { 1.0 } else { 0.0 }
 }
 
 /// The largest noise on the mean clipped gradient (σ / expected batch) at which a DP-SGD head reads the client's
 /// own features ([`dp_own_weight`]). Chosen on the quickstart's validation split (`cargo run --release --example
 /// dp_own_weight`, ε = 1 and 4): the own features first help at σ / n between 0.066 and 0.124 at ε = 4 and between
-/// 0.06 and 0.12 at ε = 1.
+/// 0.059 and 0.111 at ε = 1 (σ grows with N through δ = 1/N^1.1, so σ / n is printed from each size's schedule).
 pub const DP_OWN_FEATURES_MAX_NOISE: f64 = 0.08;
 
 /// Every key at its default: on, clipping norm 1, no noise given (so it does not validate until `noise_multiplier`

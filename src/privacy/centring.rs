@@ -78,8 +78,9 @@ pub struct DpInputMap {
     pub scale: Vec<f32>,
     /// The weight of the client's own features, when the head has any beside the transfer outputs.
     pub own_weight: Option<f32>,
-    /// Whether that weight is the default rule's ([`crate::config::dp_own_weight`]), not `[privacy] own_weight`.
-    pub own_weight_by_rule: bool,
+    /// When that weight is the default rule's ([`crate::config::dp_own_weight`]), not `[privacy] own_weight`: the
+    /// schedule's noise per example it was read from.
+    pub rule_noise: Option<f64>,
 }
 
 impl DpInputMap {
@@ -103,23 +104,28 @@ impl DpInputMap {
     pub fn new(cfg: &RunConfig, reference: &[f32], own_columns: usize, plan: &crate::privacy::plan::DpPlan) -> Self {
         let width = reference.len();
         let own = own_columns.min(width);
-        let expected_batch = plan.sampling_rate * plan.examples as f64;
-        let given = cfg.client_privacy().and_then(|p| p.own_weight);
-        let weight = given.unwrap_or_else(|| crate::config::dp_own_weight(plan.noise_multiplier, expected_batch)) as f32;
+        let (weight, rule_noise) = match cfg.client_privacy().and_then(|p| p.own_weight) {
+            Some(w) => (w as f32, None),
+            None => {
+                let noise = plan.noise_per_example();
+                (crate::config::dp_own_weight(noise) as f32, Some(noise))
+            }
+        };
         let scale = (0..width).map(|j| if j < width - own { 1.0 } else { weight }).collect();
-        Self { shift: reference.to_vec(), scale, own_weight: (own > 0).then_some(weight), own_weight_by_rule: given.is_none() }
+        Self { shift: reference.to_vec(), scale, own_weight: (own > 0).then_some(weight), rule_noise }
     }
 
     /// The own features' weight in words for a report (empty for a head without them), e.g. `own features' weight 0
     /// (default rule: σ / expected batch 0.120 > 0.08)`.
-    pub fn describe(&self, plan: &crate::privacy::plan::DpPlan) -> String {
+    pub fn describe(&self) -> String {
         let Some(w) = self.own_weight else { return String::new() };
-        if !self.own_weight_by_rule {
-            return format!("own features' weight {w} ([privacy] own_weight)");
+        match self.rule_noise {
+            None => format!("own features' weight {w} ([privacy] own_weight)"),
+            Some(noise) => {
+                let max = crate::config::DP_OWN_FEATURES_MAX_NOISE;
+                format!("own features' weight {w} (default rule: σ / expected batch {noise:.3} {} {max})", if w == 1.0 { "≤" } else { ">" })
+            }
         }
-        let noise = plan.noise_multiplier / (plan.sampling_rate * plan.examples as f64).max(1.0);
-        let max = crate::config::DP_OWN_FEATURES_MAX_NOISE;
-        format!("own features' weight {w} (default rule: σ / expected batch {noise:.3} {} {max})", if noise <= max { "≤" } else { ">" })
     }
 
     /// `(x - shift) ∘ scale` for every row; rows of another width than the map are returned as they are.

@@ -53,6 +53,11 @@ impl DpPlan {
     pub fn mechanism(&self) -> SubsampledGaussian {
         SubsampledGaussian { sampling_rate: self.sampling_rate, noise_multiplier: self.noise_multiplier }
     }
+    /// The noise DP-SGD adds to the mean clipped gradient, per coordinate and in units of the clipping norm:
+    /// σ / expected batch (q·N, at least 1). What [`crate::config::dp_own_weight`] reads.
+    pub fn noise_per_example(&self) -> f64 {
+        self.noise_multiplier / (self.sampling_rate * self.examples as f64).max(1.0)
+    }
     /// True when the hard budget cuts the schedule short.
     pub fn stopped_by_budget(&self) -> bool {
         self.steps_allowed < self.steps_planned
