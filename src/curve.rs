@@ -4,9 +4,9 @@
 //! needed: the subsets reuse the decrypted outputs.
 //!
 //! A point below the full size stands for a client that has only that many labelled examples, so its linear heads
-//! (and the bag-of-words baseline) choose their C by stratified cross-validation on the subset itself
-//! (`[curve] selection = "cross_validation"`, the default); the full-size point chooses on the validation split as
-//! the run's heads do.
+//! (and the bag-of-words baseline) choose their C by stratified cross-validation on the subset itself, and an MLP
+//! head stops early on one held-out fold of it (`[curve] selection = "cross_validation"`, the default); the
+//! full-size point chooses on the validation split as the run's heads do.
 //!
 //! Methods: `transfer` (the configured head on its configured inputs), `raw_features` (the same head on the
 //! client's own scaled features), `bag_of_words` (the TF-IDF logistic-regression baseline); with `[privacy]` also
@@ -233,7 +233,7 @@ impl LearningCurves {
         let mut s = String::new();
         let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).", self.draws, self.path);
         let _ = writeln!(s, "{}\n", match self.selection.as_str() {
-            "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
+            "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset, and an MLP head stops early on a held-out fold of it (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
             _ => "Every linear head chooses its C on the whole validation split, at every size.",
         });
         let _ = writeln!(s, "| labelled examples | {} |", self.methods.join(" | "));

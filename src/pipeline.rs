@@ -943,7 +943,8 @@ pub enum HeadSelection {
     /// On the split's validation rows: a run's heads (the client holds those labels too).
     ValidationSplit,
     /// By stratified cross-validation on the training rows alone ([`crate::linear::fit_choosing_cv`]): a learning
-    /// curve's subset, whose client has no other labels. An MLP head still stops early on the validation rows.
+    /// curve's subset, whose client has no other labels. An MLP head stops early on one stratified fold of the
+    /// training rows and trains on the others.
     CrossValidation {
         /// Folds (fewer when a class has fewer examples).
         folds: usize,
@@ -1008,7 +1009,22 @@ pub fn train_head_selecting(cfg: &RunConfig, fs: &FeatureSplit, what: &str, sele
     let mut c = None;
     let trained = match cfg.head.kind {
         crate::config::HeadKind::Mlp => {
-            train::train(new_head(cfg, input, &device), fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what)
+            let head = new_head(cfg, input, &device);
+            match selection {
+                HeadSelection::ValidationSplit => train::train(head, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, what),
+                // A client with only these labels stops early on a held-out stratified fold of them and trains on
+                // the rest; with a class too small to split, on its training rows (no held-out labels to spare).
+                HeadSelection::CrossValidation { folds, seed } => match crate::linear::stratified_folds(&fs.train_y, folds, seed) {
+                    Some((fold_of, _)) => {
+                        let (fit, stop): (Vec<usize>, Vec<usize>) = (0..fs.train_y.len()).partition(|&i| fold_of[i] != 0);
+                        let rows = |idx: &[usize]| (fs.train.select(ndarray::Axis(0), idx), idx.iter().map(|&i| fs.train_y[i]).collect::<Vec<u8>>());
+                        let ((fit_x, fit_y), (stop_x, stop_y)) = (rows(&fit), rows(&stop));
+                        let (fit, stop) = (train::Examples { x: fit_x.view(), y: &fit_y }, train::Examples { x: stop_x.view(), y: &stop_y });
+                        train::train(head, fit, stop, &cfg.head_training, cfg.seed, what)
+                    }
+                    None => train::train(head, fs.train_examples(), fs.train_examples(), &cfg.head_training, cfg.seed, what),
+                },
+            }
         }
         crate::config::HeadKind::Linear => {
             let started = Instant::now();

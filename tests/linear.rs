@@ -492,4 +492,14 @@ fn curve_points_below_the_full_size_choose_without_the_validation_labels() {
     // Folds out of range are refused, naming the key.
     let err = RunConfig::from_toml_str(&text, "tiny.toml", &["curve.folds=1".into()]).unwrap_err().to_string();
     assert!(err.contains("curve.folds"), "{err}");
+    // The MLP head has no C, but it stops early: below the full size on a held-out fold of its own subset, not on
+    // the validation split.
+    let mlp = RunConfig::from_toml_str(&text, "tiny.toml", &[overrides.to_vec(), vec!["head.kind=\"mlp\"".into(), "baselines.bag_of_words=false".into()]].concat()).unwrap();
+    let before = cryptotl::curve::learning_curves(&mlp, &t, &own, None, &refs).unwrap();
+    let after = cryptotl::curve::learning_curves(&mlp, &t2, &own2, None, &refs).unwrap();
+    for m in ["transfer", "raw_features"] {
+        for s in [8, 16] {
+            assert_eq!(before.point(m, s).unwrap().accuracies, after.point(m, s).unwrap().accuracies, "MLP {m} at {s} read the validation labels");
+        }
+    }
 }
