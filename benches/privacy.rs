@@ -1,5 +1,6 @@
-//! DP-SGD step cost against a non-private step on the paper head, and accountant latency.
-//! Run: `cargo bench --bench privacy`.
+//! DP-SGD step cost against a non-private step on the paper head, accountant latency, and the one-run privacy
+//! audit's cost against its number of canaries on the quickstart's head inputs.
+//! Run: `cargo bench --bench privacy` (the audit alone: `cargo bench --bench privacy -- audit`).
 
 use std::hint::black_box;
 
@@ -53,5 +54,27 @@ fn accountants(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, steps, accountants);
+/// The audit on the embedded quickstart at ε = 1 (float lower network: the audit's cost does not depend on how
+/// the inputs were computed): its wall time grows with the widened matrix, (N + m/2) x (d + m) cells, so about
+/// quadratically in m once m passes N and d.
+fn audit(c: &mut Criterion) {
+    let cfg = cryptotl::config::RunConfig::from_toml_str(
+        cryptotl::config::QUICKSTART_TOML,
+        "quickstart.toml",
+        &["he.enabled=false".into(), "privacy.target_epsilon=1".into()],
+    )
+    .unwrap();
+    let (inputs, reference) = cryptotl::audit::audit_inputs(&cfg).unwrap();
+    let (n, d) = inputs.train.dim();
+    let mut group = c.benchmark_group(format!("audit/quickstart_eps1_n{n}_d{d}"));
+    group.sample_size(10);
+    for m in [250usize, 1000, 4000] {
+        group.bench_function(format!("canaries_{m}"), |b| {
+            b.iter(|| cryptotl::audit::audit(&cfg, &inputs, &reference, black_box(m), 0).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, steps, accountants, audit);
 criterion_main!(benches);

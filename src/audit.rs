@@ -46,6 +46,26 @@ pub const CANARY_VALUE: f32 = 10.0;
 pub use crate::config::{CANARIES, DEFAULT_CANARIES, canaries_out_of_range};
 /// Confidence of the reported lower bound: ε is rejected when its p-value is below `1 − 0.95`.
 pub const CONFIDENCE: f64 = 0.95;
+/// The most cells (rows × columns) the widened training matrix may hold: `(n + m) × (d + m)`, counting every canary
+/// as included so the check is made before they are drawn. Training holds about two copies of it in f32 (measured:
+/// 1.18 GB peak at 142 million cells, 16,000 canaries on the quickstart), so this caps the audit near 4 GB.
+/// Time grows with the cells too (47 s for those 142 million on 2 cores): see `docs/privacy.md`, "Cost".
+pub const MAX_AUDIT_CELLS: u64 = 500_000_000;
+
+/// The cells of the widened training matrix in the worst case (every canary included).
+pub fn audit_cells(n: usize, d: usize, m: usize) -> u64 {
+    (n as u64 + m as u64) * (d as u64 + m as u64)
+}
+
+/// The most canaries whose worst-case widened matrix fits [`MAX_AUDIT_CELLS`] for `n` training rows of width `d`.
+pub fn max_canaries(n: usize, d: usize) -> usize {
+    let (mut lo, mut hi) = (0usize, *CANARIES.end());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if audit_cells(n, d, mid) <= MAX_AUDIT_CELLS { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
 
 /// P[at least `v` of `r` guesses correct] for an (ε, δ)-DP algorithm, among `m` canaries each included with
 /// probability 1/2 (Steinke, Nasr and Jagielski 2023, Theorem 3.1 and Appendix D).
@@ -127,6 +147,8 @@ pub struct AuditResult {
     pub steps: usize,
     /// Sampling rate.
     pub sampling_rate: f64,
+    /// Wall time of the audit (widening, training the widened head, scoring), in seconds.
+    pub seconds: f64,
 }
 
 /// Guess from the scores (high = "in"): the `k` highest in, the `k` lowest out; returns (guesses, correct).
@@ -159,7 +181,20 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, se
     if !CANARIES.contains(&m) {
         return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
     }
+    let started = std::time::Instant::now();
     let (n, d) = fs.train.dim();
+    if audit_cells(n, d, m) > MAX_AUDIT_CELLS {
+        return Err(Error::Config {
+            file: cfg.name.clone(),
+            key: "canaries".into(),
+            message: format!(
+                "{m} canaries widen the head's training matrix to up to ({n} + {m}) x ({d} + {m}) = {} cells, more than the \
+                 audit's limit of {MAX_AUDIT_CELLS} (about 4 GB while training); with {n} training rows of width {d} use at most {} canaries",
+                audit_cells(n, d, m),
+                max_canaries(n, d)
+            ),
+        });
+    }
     // The head's own map: centred on the reference, the own features weighted as the run's head weighs them.
     let map = crate::privacy::centring::DpInputMap::new(cfg, reference, fs.own_columns, &crate::privacy::plan::plan(privacy, &cfg.head_training, n)?);
     let centre = |rows: &Array2<f32>| -> Array2<f32> { map.apply(rows.view()) };
@@ -210,6 +245,7 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, se
         noise_multiplier: plan.noise_multiplier,
         steps: plan.steps_allowed,
         sampling_rate: plan.sampling_rate,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 
@@ -218,9 +254,9 @@ impl AuditResult {
     pub fn to_markdown(&self) -> String {
         format!(
             "## Empirical privacy audit (one run, Steinke, Nasr & Jagielski 2023)\n\n\
-             | canaries (included) | guesses | correct | ε lower bound ({:.0}% confidence, δ = {:.3e}) | ε claimed ({}) | σ | steps | q |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|\n\
-             | {} ({}) | {} | {} | {:.3} | {:.3} | {:.4} | {} | {:.4} |\n\n\
+             | canaries (included) | guesses | correct | ε lower bound ({:.0}% confidence, δ = {:.3e}) | ε claimed ({}) | σ | steps | q | time |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+             | {} ({}) | {} | {} | {:.3} | {:.3} | {:.4} | {} | {:.4} | {:.1} s |\n\n\
              The lower bound is what the guesses prove the head leaks; the claimed ε is the accountant's upper bound. \
              A lower bound above the claim would mean the accountant or the clipping is wrong. White-box Dirac canaries \
              (one extra input column each, random labels), the run's DP-SGD schedule.\n",
@@ -235,24 +271,32 @@ impl AuditResult {
             self.epsilon_claimed,
             self.noise_multiplier,
             self.steps,
-            self.sampling_rate
+            self.sampling_rate,
+            self.seconds
         )
     }
 }
 
+/// What the audit of `cfg` trains on: its head inputs through the **plaintext** lower network (the DP mechanism
+/// does not depend on how its inputs were computed, and encrypting every sample again would only cost time), and
+/// the public point the run's DP head centres them on. Returns the inputs and that reference; `cfg` should have
+/// `he.enabled = false` (as [`audit_config`] sets it).
+pub fn audit_inputs(cfg: &RunConfig) -> Result<(FeatureSplit, Vec<f32>)> {
+    let data = crate::pipeline::prepare_data(cfg)?;
+    let lower = crate::pipeline::server_lower_network(cfg)?;
+    let (pipeline, own) = crate::pipeline::client_features(cfg, &data.target)?;
+    let input = crate::pipeline::TransferInput::new(cfg, &pipeline, &data.target, &own)?;
+    let (transferred, _) = crate::pipeline::transfer(cfg, &lower, &input)?;
+    let inputs = crate::pipeline::head_inputs(cfg, &transferred, &own, None)?;
+    let references = crate::pipeline::dp_references(cfg, Some(&lower), transferred.train.ncols(), own.train.ncols());
+    Ok((inputs, references.transferred))
+}
+
 /// The audit of a config end to end: its data, the server's network, the client's features through the
-/// **plaintext** lower network (the DP mechanism does not depend on how its inputs were computed, and encrypting
-/// every sample again would only cost time), its head inputs centred on the run's public reference point, then
-/// [`audit`].
+/// plaintext lower network ([`audit_inputs`]), then [`audit`].
 pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult> {
     let mut plain = cfg.clone();
     plain.he.enabled = false;
-    let data = crate::pipeline::prepare_data(&plain)?;
-    let lower = crate::pipeline::server_lower_network(&plain)?;
-    let (pipeline, own) = crate::pipeline::client_features(&plain, &data.target)?;
-    let input = crate::pipeline::TransferInput::new(&plain, &pipeline, &data.target, &own)?;
-    let (transferred, _) = crate::pipeline::transfer(&plain, &lower, &input)?;
-    let inputs = crate::pipeline::head_inputs(&plain, &transferred, &own, None)?;
-    let references = crate::pipeline::dp_references(&plain, Some(&lower), transferred.train.ncols(), own.train.ncols());
-    audit(&plain, &inputs, &references.transferred, m, seed)
+    let (inputs, reference) = audit_inputs(&plain)?;
+    audit(&plain, &inputs, &reference, m, seed)
 }

@@ -101,6 +101,9 @@ where
     let mut history = Vec::new();
     let mut done = 0;
     let mut epoch = 0;
+    // The whole training set as tensors, made once: a full batch (every step at q = 1) reuses it instead of copying
+    // every row twice per step. Poisson sampling lists the rows in order, so a batch of n rows is exactly it.
+    let mut all_rows: Option<(Tensor<Train, 2>, Tensor<Train, 2>)> = None;
     while done < plan.steps_allowed {
         epoch += 1;
         let steps = plan.steps_per_epoch.min(plan.steps_allowed - done);
@@ -111,7 +114,7 @@ where
             let clipped = if batch.is_empty() {
                 GradientsParams::new()
             } else {
-                let (x, y) = train.batch(&batch, &device);
+                let (x, y) = if batch.len() == n { all_rows.get_or_insert_with(|| train.batch(&batch, &device)).clone() } else { train.batch(&batch, &device) };
                 let c = model.clipped_gradient_sum(x, y, plan.max_grad_norm, Some(&mut DropoutRng { rng: &mut drop_rng }));
                 loss += c.loss_sum;
                 seen += batch.len();

@@ -54,6 +54,7 @@ fn the_audit_sees_leakage_without_dp_and_never_proves_more_than_the_accountant_c
     assert!(leaky.epsilon_claimed > 100.0, "{leaky:?}");
     assert!(leaky.epsilon_lower_bound > 3.0, "no DP: the audit must see the leakage: {leaky:?}");
     assert_eq!(leaky.guesses, 200);
+    assert!(leaky.seconds > 0.0 && leaky.to_markdown().contains(" s |"), "the audit states its wall time");
     // DP at ε = 1, 4, 8 over several seeds: the proven lower bound never exceeds the claimed upper bound.
     for eps in [1.0, 4.0, 8.0] {
         for seed in 1..=3u64 {
@@ -69,4 +70,13 @@ fn the_audit_sees_leakage_without_dp_and_never_proves_more_than_the_accountant_c
     mlp.head.kind = cryptotl::config::HeadKind::Mlp;
     assert!(audit(&mlp, &fs, &reference, 1000, 1).unwrap_err().to_string().contains("head.kind"));
     assert!(audit(&load("target_epsilon = 1.0"), &fs, &reference, 1, 1).unwrap_err().to_string().contains("canaries"));
+    // A canary count whose widened matrix would not fit is refused before anything is allocated, naming the most
+    // canaries this data allows.
+    let (n, d) = fs.train.dim();
+    let most = cryptotl::audit::max_canaries(n, d);
+    assert!(cryptotl::audit::audit_cells(n, d, most) <= cryptotl::audit::MAX_AUDIT_CELLS);
+    assert!(cryptotl::audit::audit_cells(n, d, most + 1) > cryptotl::audit::MAX_AUDIT_CELLS);
+    let e = audit(&load("target_epsilon = 1.0"), &fs, &reference, most + 1, 1).unwrap_err().to_string();
+    assert!(e.contains("canaries") && e.contains(&format!("at most {most} canaries")), "{e}");
+    assert!(audit(&load("target_epsilon = 1.0"), &fs, &reference, 1_000_000, 1).is_err());
 }
