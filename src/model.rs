@@ -402,20 +402,38 @@ fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
     BinFileRecorder::<FullPrecisionSettings>::new()
 }
 
-/// Save a module with Burn's binary record format (`.bin` is appended by Burn).
+/// Save a module with Burn's binary record format to `<path>.bin`, atomically: Burn writes a uniquely named
+/// temporary file beside it, which is synced and renamed over the target, so a reader, or a run killed while it
+/// saves, sees the old file or the new one, never a torn one. The bytes are exactly Burn's [`BinFileRecorder`]'s.
 pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<()> {
-    module.clone().save_file(path.to_path_buf(), &recorder()).map_err(|e| Error::artifact(path, format!("cannot save: {e}")))
+    save_module_replacing(module, path, false)
 }
 
-/// [`save_module`], atomically and owner-only: written as `<path>-partial.bin`, then renamed to `<path>.bin`, so
-/// a reader never sees a torn network.
-pub fn save_module_atomic<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let partial = path.with_file_name(format!("{name}-partial"));
-    save_module(module, &partial)?; // Burn sets the extension `.bin`
-    let (partial, done) = (partial.with_extension("bin"), path.with_extension("bin"));
-    crate::atomic::make_private(&partial)?;
-    std::fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))
+/// [`save_module`], owner-only (0600): the server's cached network.
+pub fn save_module_private<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<()> {
+    save_module_replacing(module, path, true)
+}
+
+fn save_module_replacing<B: Backend, M: Module<B>>(module: &M, path: &Path, private: bool) -> Result<()> {
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let done = path.with_extension("bin");
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Burn sets the extension `.bin` on what it is given.
+    let partial = path.with_file_name(format!(".{stem}-partial-{}-{unique}", std::process::id()));
+    let written = partial.with_extension("bin");
+    let result = (|| {
+        module.clone().save_file(partial, &recorder()).map_err(|e| Error::artifact(&done, format!("cannot save: {e}")))?;
+        std::fs::File::open(&written).and_then(|f| f.sync_all()).map_err(|e| Error::io(&written, e))?;
+        if private {
+            crate::atomic::make_private(&written)?;
+        }
+        std::fs::rename(&written, &done).map_err(|e| Error::io(&done, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&written);
+    }
+    result
 }
 
 /// Load a module saved by [`save_module`] into a skeleton of the same architecture.

@@ -375,7 +375,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
     // network ([`crate::cache`]).
     entry.begin()?;
-    model::save_module_atomic(&trained.model, &dir.join("lower"))?;
+    model::save_module_private(&trained.model, &dir.join("lower"))?;
     features.save(&dir.join("features.json"))?;
     cfg.save(&dir.join("config.toml"))?;
     entry.finish(&meta)?;
@@ -426,7 +426,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
     let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false };
     entry.begin()?;
-    model::save_module_atomic(&net, &net_path)?;
+    model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
     lower.weight_noise = Some(applied);

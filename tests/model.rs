@@ -1,5 +1,6 @@
 //! Network shapes, seeded initialisation and save/load round trips.
 
+use burn::module::Module as _;
 use burn::tensor::Tensor;
 use cryptotl::config::{Activation, HeadConfig, LowerNetConfig};
 use cryptotl::model::{self, Cpu, FullNet, Head, LowerNet, PretrainNet, predict_proba};
@@ -87,6 +88,21 @@ fn save_load_round_trip_gives_identical_predictions() {
     assert_ne!(predict_proba(&skeleton, x.view(), &device()), before);
     let loaded = model::load_module(skeleton, &path, &device()).unwrap();
     assert_eq!(predict_proba(&loaded, x.view(), &device()), before);
+    // The atomic save writes exactly the bytes Burn's file recorder writes (shipped networks and older run
+    // directories stay byte for byte the same), leaves no temporary file, and replaces a previous file whole.
+    let burn_path = dir.path().join("burn");
+    net.clone().save_file(burn_path.clone(), &burn::record::BinFileRecorder::<burn::record::FullPrecisionSettings>::new()).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("burn.bin")).unwrap(), std::fs::read(dir.path().join("net.bin")).unwrap());
+    model::save_module(&net, &path).unwrap();
+    model::save_module_private(&net, &path).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["burn.bin", "net.bin"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(dir.path().join("net.bin")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }
 
 #[test]
