@@ -885,7 +885,13 @@ impl<M> TrainedHead<M> {
 /// The DP-SGD schedule for `n` training examples when `[privacy]` is on (refusing a schedule beyond its budget).
 pub fn privacy_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::privacy::plan::DpPlan>> {
     match &cfg.privacy {
-        Some(p) if p.enabled => Ok(Some(crate::privacy::plan::plan(p, &cfg.head_training, n)?)),
+        Some(p) if p.enabled => {
+            let plan = crate::privacy::plan::plan(p, &cfg.head_training, n)?;
+            if let Some(w) = plan.noise_warning() {
+                tracing::warn!("{w}");
+            }
+            Ok(Some(plan))
+        }
         _ => Ok(None),
     }
 }

@@ -318,6 +318,9 @@ impl Report {
                 let v = e.epsilon.map_or("n/a (q < 1: no amplification by sampling in zCDP)".to_string(), |v| format!("{v:.4}"));
                 let _ = writeln!(s, "| {}{} | {v} |", e.accountant, if e.accountant == plan.accountant { " (of record)" } else { "" });
             }
+            if let Some(w) = &p.warning {
+                let _ = writeln!(s, "\n**Warning:** {w}.");
+            }
             if p.stopped_by_budget {
                 let _ = writeln!(s, "\n**Stopped by the hard budget** max_epsilon = {:?} after {} of {} steps.", plan.max_epsilon, p.steps_run, plan.steps_planned);
             }

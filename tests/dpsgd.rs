@@ -184,6 +184,24 @@ fn schedule_refuses_to_exceed_the_target_and_stops_at_a_hard_budget() {
     assert!(p.delta < 1.0 / 1000.0 && p.delta_source.contains("0.1/N"));
 }
 
+/// A schedule whose noise outweighs the examples' clipped gradients says so, in the plan and in the report; the
+/// threshold is on σ / expected batch, so it depends on both N and ε.
+#[test]
+fn a_schedule_too_noisy_to_be_dependable_is_flagged() {
+    use cryptotl::privacy::plan::{PrivacyReport, UNRELIABLE_NOISE_PER_EXAMPLE};
+    let train = TrainConfig { epochs: 10, batch_size: 50, learning_rate: 1e-3, patience: 0 };
+    let at = |eps: f64, n: usize| plan(&PrivacyConfig::with_target_epsilon(eps), &train, n).unwrap();
+    let few = at(1.0, 16);
+    assert!(few.noise_per_example() > UNRELIABLE_NOISE_PER_EXAMPLE);
+    let w = few.noise_warning().expect("16 examples at ε = 1 is a lottery");
+    assert!(w.contains("σ / expected batch") && w.contains("16 examples"), "{w}");
+    assert_eq!(PrivacyReport::new(&few, false, 0.5, 0.9).unwrap().warning, Some(w));
+    let many = at(1.0, 652);
+    assert!(many.noise_warning().is_none() && PrivacyReport::new(&many, false, 0.9, 0.9).unwrap().warning.is_none());
+    // The same 16 examples with a large enough ε are not flagged.
+    assert!(at(64.0, 16).noise_warning().is_none(), "{}", at(64.0, 16).noise_per_example());
+}
+
 #[test]
 fn the_default_recipe_is_full_batch_and_its_epsilon_is_never_below_the_exact_one() {
     use cryptotl::config::{DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DpRecipe};
