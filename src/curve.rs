@@ -199,8 +199,8 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
-                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng)?.test.accuracy));
-                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng)?.test.accuracy));
+                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng)?.0.test.accuracy));
+                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng)?.0.test.accuracy));
             }
             bar.inc(1);
             Ok(out)

@@ -1077,8 +1077,15 @@ pub fn transfer_output_ranges(cfg: &RunConfig, lower: &PretrainedLower) -> Optio
 /// through the public [`crate::privacy::centring::DpInputMap`] (centred on `reference`; the client's own features,
 /// if any, weighted by `[privacy] own_weight` or its default rule), which is then folded into the head (post-processing), so
 /// the head takes the inputs as they are everywhere else. A reference of another width (a run directory from before
-/// centring has none) leaves the inputs as they are.
-pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], plan: &crate::privacy::plan::DpPlan, rng: &mut crate::privacy::dpsgd::PrivacyRng) -> Result<TrainedHead<Head<Cpu>>> {
+/// centring has none) leaves the inputs as they are. Returns the head and the map it was trained through (for the
+/// report's words on it, [`crate::privacy::centring::DpInputMap::describe`]).
+pub fn train_head_private(
+    cfg: &RunConfig,
+    fs: &FeatureSplit,
+    reference: &[f32],
+    plan: &crate::privacy::plan::DpPlan,
+    rng: &mut crate::privacy::dpsgd::PrivacyRng,
+) -> Result<(TrainedHead<Head<Cpu>>, crate::privacy::centring::DpInputMap)> {
     let device = Default::default();
     let input = fs.train.ncols();
     let map = crate::privacy::centring::DpInputMap::new(cfg, reference, fs.own_columns, plan);
@@ -1086,7 +1093,7 @@ pub fn train_head_private(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32],
     let mut trained = train::train_private(new_head(cfg, input, &device), train_on.train_examples(), train_on.validation_examples(), plan, rng, cfg.seed, "head");
     trained.model = map.fold(trained.model);
     let test = evaluate(&trained.model, fs);
-    Ok(TrainedHead { trained, test, c: None })
+    Ok((TrainedHead { trained, test, c: None }, map))
 }
 
 /// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
@@ -1095,7 +1102,7 @@ pub fn train_configured_head(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f3
     match (plan, &cfg.privacy) {
         (Some(plan), Some(p)) => {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s.wrapping_add(noise_offset)));
-            train_head_private(cfg, fs, reference, plan, &mut rng)
+            Ok(train_head_private(cfg, fs, reference, plan, &mut rng)?.0)
         }
         _ => train_head(cfg, fs, what),
     }
@@ -1272,7 +1279,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut published = head.trained.model.clone();
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
         let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
-        let dp = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng)?;
+        let (dp, map) = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng)?;
         stage("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
@@ -1281,7 +1288,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             stage("privacy audit (canaries)", t);
             audit = Some(a?);
         }
-        let map = crate::privacy::centring::DpInputMap::new(cfg, &dp_references.transferred, transferred.own_columns, plan).describe();
+        let map = map.describe();
         let map = if map.is_empty() { map } else { format!(", {map}") };
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4}{map})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
@@ -1291,7 +1298,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
         if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
             let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
-            let b = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng)?;
+            let (b, _) = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng)?;
             stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
             results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
         }

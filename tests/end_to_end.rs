@@ -341,9 +341,9 @@ fn a_private_heads_own_features_are_weighted_by_a_public_rule_or_the_config() {
     let n = inputs.train.nrows();
     let own_weights = |cfg: &RunConfig| -> (Option<f32>, Vec<f32>) {
         let plan = cryptotl::privacy::plan::plan(cfg.privacy.as_ref().unwrap(), &cfg.head_training, n).unwrap();
-        let map = cryptotl::privacy::centring::DpInputMap::new(cfg, &refs.transferred, inputs.own_columns, &plan);
         let mut rng = cryptotl::privacy::dpsgd::PrivacyRng::new(Some(1));
-        let head = cryptotl::pipeline::train_head_private(cfg, &inputs, &refs.transferred, &plan, &mut rng).unwrap();
+        let (head, map) = cryptotl::pipeline::train_head_private(cfg, &inputs, &refs.transferred, &plan, &mut rng).unwrap();
+        assert_eq!(map, cryptotl::privacy::centring::DpInputMap::new(cfg, &refs.transferred, inputs.own_columns, &plan), "the map the head trained through");
         let w: Vec<f32> = head.trained.model.dense2.weight.val().into_data().to_vec::<f32>().unwrap();
         (map.own_weight, w[t.train.ncols()..].to_vec())
     };
