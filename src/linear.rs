@@ -385,7 +385,7 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
 /// [`fit`] with a weight per dense column on the standardised inputs: a column of weight `a` enters the model as
 /// `a` times its standardised value, which is the same as penalising its coefficient `1 / a²` times as much as the
 /// others'; weight 0 leaves the column out (its coefficient is 0). `None` is weight 1 everywhere. Sparse rows are
-/// not standardised and take no weights.
+/// not standardised and take no weights: weights given with them are refused.
 ///
 /// ```
 /// use cryptotl::linear::{Design, fit_weighted};
@@ -429,6 +429,9 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
             (shift, scale)
         }
         Design::Sparse { rows, dim } => {
+            if column_weights.is_some() {
+                return Err(Error::Features("logistic regression: column weights apply to dense rows only (sparse rows are not standardised)".into()));
+            }
             if let Some(&(j, v)) = rows.iter().flatten().find(|(j, v)| *j as usize >= dim || !v.is_finite()) {
                 return Err(Error::Features(format!("sparse row entry ({j}, {v}) is out of range or not finite")));
             }

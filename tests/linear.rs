@@ -99,6 +99,11 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(fit(Design::Dense(nan.view()), &[0, 1], 1.0).unwrap_err().to_string().contains("non-finite"));
     let rows = vec![vec![(7u32, 1.0f32)], vec![(0, 1.0)]];
     assert!(fit(Design::Sparse { rows: &rows, dim: 4 }, &[0, 1], 1.0).unwrap_err().to_string().contains("out of range"));
+    // Column weights act on standardised dense columns; on sparse rows they would be ignored, so they are refused.
+    let rows = vec![vec![(1u32, 1.0f32)], vec![(0, 1.0)]];
+    assert!(fit(Design::Sparse { rows: &rows, dim: 4 }, &[0, 1], 1.0).is_ok());
+    let err = fit_weighted(Design::Sparse { rows: &rows, dim: 4 }, &[0, 1], 1.0, Some(&[1.0, 0.0, 1.0, 1.0])).unwrap_err();
+    assert!(err.to_string().contains("dense rows only"), "{err}");
 }
 
 #[test]
