@@ -57,33 +57,10 @@ impl Design<'_> {
         }
     }
     /// `xᵢ·w + b` for every row.
-    fn margins(&self, w: &[f64], b: f64, shift: &[f64], scale: &[f64]) -> Vec<f64> {
+    fn margins(&self, w: &[f64], b: f64) -> Vec<f64> {
         match self {
-            Self::Dense(x) => x
-                .rows()
-                .into_iter()
-                .map(|r| b + r.iter().zip(w).zip(shift.iter().zip(scale)).map(|((&v, &wj), (&m, &s))| (v as f64 - m) * s * wj).sum::<f64>())
-                .collect(),
+            Self::Dense(x) => x.rows().into_iter().map(|r| b + r.iter().zip(w).map(|(&v, &wj)| v as f64 * wj).sum::<f64>()).collect(),
             Self::Sparse { rows, .. } => rows.iter().map(|r| b + r.iter().map(|&(j, v)| v as f64 * w[j as usize]).sum::<f64>()).collect(),
-        }
-    }
-    /// `g += Σᵢ rᵢ xᵢ` (standardised for dense rows).
-    fn accumulate(&self, residuals: &[f64], g: &mut [f64], shift: &[f64], scale: &[f64]) {
-        match self {
-            Self::Dense(x) => {
-                for (row, &r) in x.rows().into_iter().zip(residuals) {
-                    for (j, &v) in row.iter().enumerate() {
-                        g[j] += r * (v as f64 - shift[j]) * scale[j];
-                    }
-                }
-            }
-            Self::Sparse { rows, .. } => {
-                for (row, &r) in rows.iter().zip(residuals) {
-                    for &(j, v) in row {
-                        g[j as usize] += r * v as f64;
-                    }
-                }
-            }
         }
     }
 }
@@ -333,18 +310,65 @@ fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 { 1.0 / (1.0 + (-z).exp()) } else { z.exp() / (1.0 + z.exp()) }
 }
 
+/// The training rows as the solver reads them. Dense rows are standardised (and column-weighted) once into `f64`,
+/// so every evaluation is one matrix-vector product (`zᵢ = x̃ᵢ·w + b`) and one `g += Σᵢ rᵢ x̃ᵢ`, instead of
+/// re-standardising each entry per evaluation; the terms are the same `((v − m)·s)·wⱼ` as before, only summed in
+/// another order. Sparse rows are read as they are.
+enum SolverRows<'a> {
+    Dense(ndarray::Array2<f64>),
+    Sparse(&'a [SparseRow]),
+}
+
 struct Problem<'a> {
-    x: Design<'a>,
+    rows: SolverRows<'a>,
     y: &'a [u8],
     /// `1 / (C n)`: the L2 weight of the objective divided by `C n`.
     l2: f64,
+    /// Per dense column: the mean subtracted and the factor applied (1/std times the column weight).
     shift: Vec<f64>,
     scale: Vec<f64>,
+    /// The margins at the last parameters evaluated: the Moré-Thuente line search asks for the cost and then the
+    /// gradient at the same point, which then costs one matrix-vector product, not two.
+    last: std::cell::RefCell<Option<(Vec<f64>, Vec<f64>)>>,
 }
 
 impl Problem<'_> {
     fn split<'p>(&self, p: &'p [f64]) -> (&'p [f64], f64) {
         (&p[..p.len() - 1], p[p.len() - 1])
+    }
+
+    /// `zᵢ = x̃ᵢ·w + b` for every training row at parameters `p` (weights, then bias).
+    fn margins(&self, p: &[f64]) -> Vec<f64> {
+        if let Some((at, z)) = self.last.borrow().as_ref().filter(|(at, _)| at.as_slice() == p) {
+            debug_assert_eq!(at.len(), p.len());
+            return z.clone();
+        }
+        let (w, b) = self.split(p);
+        let z: Vec<f64> = match &self.rows {
+            SolverRows::Dense(m) => m.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
+            SolverRows::Sparse(rows) => rows.iter().map(|r| b + r.iter().map(|&(j, v)| v as f64 * w[j as usize]).sum::<f64>()).collect(),
+        };
+        *self.last.borrow_mut() = Some((p.to_vec(), z.clone()));
+        z
+    }
+
+    /// `g += Σᵢ rᵢ x̃ᵢ`.
+    fn accumulate(&self, residuals: &[f64], g: &mut [f64]) {
+        match &self.rows {
+            SolverRows::Dense(m) => {
+                let mut g = ndarray::ArrayViewMut1::from(g);
+                for (row, &r) in m.rows().into_iter().zip(residuals) {
+                    g.scaled_add(r, &row);
+                }
+            }
+            SolverRows::Sparse(rows) => {
+                for (row, &r) in rows.iter().zip(residuals) {
+                    for &(j, v) in row {
+                        g[j as usize] += r * v as f64;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -352,8 +376,8 @@ impl CostFunction for Problem<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
-        let (w, b) = self.split(p);
-        let z = self.x.margins(w, b, &self.shift, &self.scale);
+        let (w, _) = self.split(p);
+        let z = self.margins(p);
         let n = self.y.len() as f64;
         let loss: f64 = z.iter().zip(self.y).map(|(&z, &y)| softplus(z) - z * y as f64).sum::<f64>() / n;
         Ok(loss + 0.5 * self.l2 * w.iter().map(|v| v * v).sum::<f64>())
@@ -364,12 +388,12 @@ impl Gradient for Problem<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
-        let (w, b) = self.split(p);
-        let z = self.x.margins(w, b, &self.shift, &self.scale);
+        let (w, _) = self.split(p);
+        let z = self.margins(p);
         let n = self.y.len() as f64;
         let r: Vec<f64> = z.iter().zip(self.y).map(|(&z, &y)| (sigmoid(z) - y as f64) / n).collect();
         let mut g: Vec<f64> = w.iter().map(|&wj| self.l2 * wj).collect();
-        self.x.accumulate(&r, &mut g, &self.shift, &self.scale);
+        self.accumulate(&r, &mut g);
         g.push(r.iter().sum());
         Ok(g)
     }
@@ -438,7 +462,11 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
             (vec![], vec![])
         }
     };
-    let problem = Problem { x, y, l2: 1.0 / (c * n as f64), shift, scale };
+    let rows = match x {
+        Design::Dense(m) => SolverRows::Dense(ndarray::Array2::from_shape_fn(m.dim(), |(i, j)| (m[[i, j]] as f64 - shift[j]) * scale[j])),
+        Design::Sparse { rows, .. } => SolverRows::Sparse(rows),
+    };
+    let problem = Problem { rows, y, l2: 1.0 / (c * n as f64), shift, scale, last: Default::default() };
     let linesearch = MoreThuenteLineSearch::new();
     let solver = LBFGS::new(linesearch, 10)
         .with_tolerance_grad(1e-7)
@@ -479,8 +507,6 @@ impl LogisticRegression {
 
     fn margins_f64(&self, x: Design<'_>) -> Vec<f64> {
         let w: Vec<f64> = self.weights.iter().map(|&v| v as f64).collect();
-        let ones = vec![1.0; w.len()];
-        let zeros = vec![0.0; w.len()];
-        x.margins(&w, self.bias as f64, &zeros, &ones)
+        x.margins(&w, self.bias as f64)
     }
 }
