@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the linear probe (`cryptotl::linear`): one L-BFGS fit, and the cross-validated choice
 //! of C that every learning-curve subset makes, on rows shaped like the quickstart's `transfer+own` head
-//! (16 transfer outputs beside 384 own features).
+//! (16 transfer outputs beside 384 own features), and the bag-of-words baseline's sparse fits.
 //! Run: `cargo bench --bench linear` (docs/benchmarks.md quotes the figures with the machine).
 
 use std::hint::black_box;
@@ -33,6 +33,17 @@ fn bench(c: &mut Criterion) {
     let (x, y) = fixture(128, 400);
     let cands: Vec<Candidate> = cryptotl::config::LINEAR_HEAD_CS.iter().map(|&c| Candidate { c, column_weights: None }).collect();
     g.bench_function("fit_choosing_cv/128x400/11_cs_5_folds", |b| b.iter(|| fit_choosing_cv(Design::Dense(black_box(x.view())), &y, &cands, 5, 1).unwrap()));
+    // The bag-of-words baseline's sparse rows (TF-IDF word 1-2-grams hashed to 2^18 columns) of IMDb sentences:
+    // a curve subset of 128 choosing among its 4 Cs by 5-fold cross-validation, and one fit on 652.
+    let ds = cryptotl::data::load(&cryptotl::config::DatasetConfig::new("imdb", cryptotl::config::DatasetFormat::Csv, &["embedded:imdb_sentences"]), 0).unwrap();
+    let dim = cryptotl::bow::BAG_OF_WORDS_DIM;
+    let tfidf = cryptotl::features::HashedTfidf::fit(&ds.texts[..652], dim, 2);
+    let rows = tfidf.transform_sparse(&ds.texts[..652]);
+    let bow_cands: Vec<Candidate> = cryptotl::bow::BAG_OF_WORDS_CS.iter().map(|&c| Candidate { c, column_weights: None }).collect();
+    g.bench_function("bow_fit_c10/652_sparse", |b| b.iter(|| fit(Design::Sparse { rows: black_box(&rows), dim }, &ds.labels[..652], 10.0).unwrap()));
+    g.bench_function("bow_fit_choosing_cv/128_sparse/4_cs_5_folds", |b| {
+        b.iter(|| fit_choosing_cv(Design::Sparse { rows: black_box(&rows[..128]), dim }, &ds.labels[..128], &bow_cands, 5, 1).unwrap())
+    });
     g.finish();
 }
 
