@@ -315,8 +315,24 @@ fn sigmoid(z: f64) -> f64 {
 /// re-standardising each entry per evaluation; the terms are the same `((v − m)·s)·wⱼ` as before, only summed in
 /// another order. Sparse rows are renumbered onto the columns they use ([`CompactRows`]).
 enum SolverRows {
-    Dense(ndarray::Array2<f64>),
-    Sparse(Vec<SparseRow>),
+    Dense {
+        /// `(x − shift) ∘ scale`, row by row.
+        z: ndarray::Array2<f64>,
+        /// Per column: the mean subtracted and the factor applied (1/std times the column weight).
+        shift: Vec<f64>,
+        scale: Vec<f64>,
+    },
+    Sparse(CompactRows),
+}
+
+impl SolverRows {
+    /// The solver's weights (the bias comes after them): one per dense column, one per column the sparse rows use.
+    fn width(&self) -> usize {
+        match self {
+            Self::Dense { z, .. } => z.ncols(),
+            Self::Sparse(c) => c.columns.len(),
+        }
+    }
 }
 
 /// Sparse rows renumbered onto the columns that occur in them, in their order. A column that no training row uses
@@ -346,9 +362,6 @@ struct Problem<'a> {
     y: &'a [u8],
     /// `1 / (C n)`: the L2 weight of the objective divided by `C n`.
     l2: f64,
-    /// Per dense column: the mean subtracted and the factor applied (1/std times the column weight).
-    shift: Vec<f64>,
-    scale: Vec<f64>,
     /// The margins at the last parameters evaluated: the Moré-Thuente line search asks for the cost and then the
     /// gradient at the same point, which then costs one matrix-vector product, not two.
     last: std::cell::RefCell<Option<(Vec<f64>, Vec<f64>)>>,
@@ -361,14 +374,13 @@ impl Problem<'_> {
 
     /// `zᵢ = x̃ᵢ·w + b` for every training row at parameters `p` (weights, then bias).
     fn margins(&self, p: &[f64]) -> Vec<f64> {
-        if let Some((at, z)) = self.last.borrow().as_ref().filter(|(at, _)| at.as_slice() == p) {
-            debug_assert_eq!(at.len(), p.len());
+        if let Some((_, z)) = self.last.borrow().as_ref().filter(|(at, _)| at.as_slice() == p) {
             return z.clone();
         }
         let (w, b) = self.split(p);
         let z: Vec<f64> = match &self.rows {
-            SolverRows::Dense(m) => m.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
-            SolverRows::Sparse(rows) => rows.iter().map(|r| b + r.iter().map(|&(j, v)| v as f64 * w[j as usize]).sum::<f64>()).collect(),
+            SolverRows::Dense { z, .. } => z.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
+            SolverRows::Sparse(c) => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
         };
         *self.last.borrow_mut() = Some((p.to_vec(), z.clone()));
         z
@@ -377,14 +389,14 @@ impl Problem<'_> {
     /// `g += Σᵢ rᵢ x̃ᵢ`.
     fn accumulate(&self, residuals: &[f64], g: &mut [f64]) {
         match &self.rows {
-            SolverRows::Dense(m) => {
+            SolverRows::Dense { z, .. } => {
                 let mut g = ndarray::ArrayViewMut1::from(g);
-                for (row, &r) in m.rows().into_iter().zip(residuals) {
+                for (row, &r) in z.rows().into_iter().zip(residuals) {
                     g.scaled_add(r, &row);
                 }
             }
-            SolverRows::Sparse(rows) => {
-                for (row, &r) in rows.iter().zip(residuals) {
+            SolverRows::Sparse(c) => {
+                for (row, &r) in c.rows.iter().zip(residuals) {
                     for &(j, v) in row {
                         g[j as usize] += r * v as f64;
                     }
@@ -445,8 +457,9 @@ pub fn fit_weighted<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Opti
 }
 
 /// [`fit_weighted`] starting L-BFGS from `init` (the solver's parameters, as this returns them beside the model:
-/// the standardised weights, for sparse rows those of the columns the rows use, then the bias) instead of 0: along a path of C the previous solution is a close start. The
-/// problem is convex, so the start changes the iterations, not the minimum.
+/// the standardised weights, for sparse rows those of the columns the rows use, then the bias) instead of 0: along
+/// a path of C the previous solution is a close start. The problem is convex, so the start changes the iterations,
+/// not the minimum.
 fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
     let n = x.rows();
     if n != y.len() {
@@ -458,7 +471,7 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
     if !(c.is_finite() && c > 0.0) {
         return Err(Error::Features(format!("logistic regression: C must be a finite number > 0, got {c}")));
     }
-    let (shift, scale) = match x {
+    let rows = match x {
         Design::Dense(m) => {
             crate::features::check_finite(m)?;
             let mean = m.mean_axis(ndarray::Axis(0)).expect("n > 0");
@@ -471,7 +484,8 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
                 }
                 scale.iter_mut().zip(a).for_each(|(s, a)| *s *= a);
             }
-            (shift, scale)
+            let z = ndarray::Array2::from_shape_fn(m.dim(), |(i, j)| (m[[i, j]] as f64 - shift[j]) * scale[j]);
+            SolverRows::Dense { z, shift, scale }
         }
         Design::Sparse { rows, dim } => {
             if column_weights.is_some() {
@@ -480,19 +494,11 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
             if let Some(&(j, v)) = rows.iter().flatten().find(|(j, v)| *j as usize >= dim || !v.is_finite()) {
                 return Err(Error::Features(format!("sparse row entry ({j}, {v}) is out of range or not finite")));
             }
-            (vec![], vec![])
+            SolverRows::Sparse(CompactRows::new(rows))
         }
     };
-    let (rows, columns) = match x {
-        Design::Dense(m) => (SolverRows::Dense(ndarray::Array2::from_shape_fn(m.dim(), |(i, j)| (m[[i, j]] as f64 - shift[j]) * scale[j])), None),
-        Design::Sparse { rows, .. } => {
-            let compact = CompactRows::new(rows);
-            (SolverRows::Sparse(compact.rows), Some(compact.columns))
-        }
-    };
-    // The solver's parameters: one weight per (used) column, then the bias.
-    let d = columns.as_ref().map_or(x.dim(), Vec::len);
-    let problem = Problem { rows, y, l2: 1.0 / (c * n as f64), shift, scale, last: Default::default() };
+    let d = rows.width();
+    let problem = Problem { rows, y, l2: 1.0 / (c * n as f64), last: Default::default() };
     let linesearch = MoreThuenteLineSearch::new();
     let solver = LBFGS::new(linesearch, 10)
         .with_tolerance_grad(1e-7)
@@ -508,16 +514,17 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
     let p = res.state().get_best_param().ok_or_else(|| Error::Features("L-BFGS returned no parameters".into()))?;
     let param = p.clone();
     let (w, b) = problem.split(p);
-    let (weights, bias) = match x {
+    let (weights, bias) = match &problem.rows {
         // x·w' + b' with w'_j = w_j s_j and b' = b − Σ_j w_j s_j m_j (s = 1/std, m = mean).
-        Design::Dense(_) => {
-            let weights: Vec<f32> = w.iter().zip(&problem.scale).map(|(&wj, &s)| (wj * s) as f32).collect();
-            let bias = b - w.iter().zip(problem.scale.iter().zip(&problem.shift)).map(|(&wj, (&s, &m))| wj * s * m).sum::<f64>();
+        SolverRows::Dense { shift, scale, .. } => {
+            let weights: Vec<f32> = w.iter().zip(scale).map(|(&wj, &s)| (wj * s) as f32).collect();
+            let bias = b - w.iter().zip(scale.iter().zip(shift)).map(|(&wj, (&s, &m))| wj * s * m).sum::<f64>();
             (weights, bias as f32)
         }
-        Design::Sparse { dim, .. } => {
-            let mut weights = vec![0f32; dim];
-            for (&j, &wj) in columns.as_deref().unwrap_or_default().iter().zip(w) {
+        // Back onto every column: the ones no row uses keep weight 0.
+        SolverRows::Sparse(c) => {
+            let mut weights = vec![0f32; x.dim()];
+            for (&j, &wj) in c.columns.iter().zip(w) {
                 weights[j as usize] = wj as f32;
             }
             (weights, b as f32)
