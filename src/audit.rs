@@ -254,21 +254,22 @@ impl AuditResult {
     pub fn to_markdown(&self) -> String {
         format!(
             "## Empirical privacy audit (one run, Steinke, Nasr & Jagielski 2023)\n\n\
-             | canaries (included) | guesses | correct | ε lower bound ({:.0}% confidence, δ = {:.3e}) | ε claimed ({}) | σ | steps | q | time |\n\
+             | canaries (included) | guesses | correct | ε lower bound ({:.0}% confidence, δ = {}) | ε claimed ({}) | σ | steps | q | time |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-             | {} ({}) | {} | {} | {:.3} | {:.3} | {:.4} | {} | {:.4} | {:.1} s |\n\n\
+             | {} ({}) | {} | {} | {} | {} | {:.4} | {} | {:.4} | {:.1} s |\n\n\
              The lower bound is what the guesses prove the head leaks; the claimed ε is the accountant's upper bound. \
              A lower bound above the claim would mean the accountant or the clipping is wrong. White-box Dirac canaries \
              (one extra input column each, random labels), the run's DP-SGD schedule.\n",
             100.0 * self.confidence,
-            self.delta,
+            crate::privacy::shown::delta(self.delta),
             self.accountant,
             self.canaries,
             self.included,
             self.guesses,
             self.correct,
-            self.epsilon_lower_bound,
-            self.epsilon_claimed,
+            // Printed down and up: the row never shows more leakage proved, or less promised, than computed.
+            crate::privacy::shown::lower_bound(self.epsilon_lower_bound),
+            crate::privacy::shown::rounded(self.epsilon_claimed, 3, crate::privacy::shown::Side::AtLeast),
             self.noise_multiplier,
             self.steps,
             self.sampling_rate,

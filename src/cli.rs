@@ -10,7 +10,7 @@ use crate::config::{QUICKSTART_TOML, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{self, Cpu};
 use crate::pipeline::{self, FeatureSplit};
-use crate::privacy::{AccountantKind, SubsampledGaussian, calibrate_noise};
+use crate::privacy::{AccountantKind, SubsampledGaussian, calibrate_noise, shown};
 use serde::Serialize;
 
 /// Private transfer learning (CryptoTL): a frozen server network, a client head, reports.
@@ -301,14 +301,15 @@ fn budget(a: &BudgetArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&answer).expect("serialises"));
     } else if a.target_epsilon.is_some() {
-        println!("noise multiplier σ = {sigma:.6} gives ε = {eps:.6} (target {}) at δ = {} after {} steps with q = {} ({})",
+        println!("noise multiplier σ = {} gives ε = {} (target {}) at δ = {} after {} steps with q = {} ({})",
+            shown::rounded(sigma, 6, shown::Side::AtLeast), shown::rounded(eps, 6, shown::Side::AtLeast),
             a.target_epsilon.unwrap_or_default(), a.delta, a.steps, a.sampling_rate, acct.name());
     } else {
-        println!("ε = {eps:.6} at δ = {} after {} steps with q = {}, σ = {sigma:?} ({})", a.delta, a.steps, a.sampling_rate, acct.name());
+        println!("ε = {} at δ = {} after {} steps with q = {}, σ = {sigma:?} ({})", shown::rounded(eps, 6, shown::Side::AtLeast), a.delta, a.steps, a.sampling_rate, acct.name());
     }
     if !a.json {
         if let Some(x) = answer.exact_epsilon {
-            println!("exact (q = 1: the Gaussian mechanism with μ = √T/σ): ε = {x:.6}");
+            println!("exact (q = 1: the Gaussian mechanism with μ = √T/σ): ε = {}", shown::rounded(x, 6, shown::Side::AtLeast));
         }
         if let Some(n) = &answer.note {
             println!("note: {n}; `--accountant rdp` gives a finite bound");
@@ -441,7 +442,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             let statement: crate::privacy::budget::ServerStatement = serde_json::from_value(artifact.privacy.clone())
                 .map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
             for r in &statement.rows {
-                println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{e:.4} at δ = {:.3e}", r.delta.unwrap_or(0.0))));
+                println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{} at δ = {}", shown::epsilon(e), shown::delta(r.delta.unwrap_or(0.0)))));
             }
             if let Some(m) = &statement.source_membership {
                 println!("  measured: {}", m.sentence());
@@ -562,7 +563,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let reference = manifest.dp_references.as_ref().map(|r| r.transferred.clone()).unwrap_or_default();
             let head = pipeline::train_configured_head(&cfg, &fs, &reference, plan.as_ref(), 0, "head")?;
             if let Some(plan) = &plan {
-                println!("DP-SGD: ε = {:.4} at δ = {:.3e} ({}), σ = {:.4}, {} steps", plan.epsilon, plan.delta, plan.accountant, plan.noise_multiplier, plan.steps_allowed);
+                println!("DP-SGD: ε = {} at δ = {} ({}), σ = {:.4}, {} steps", shown::epsilon(plan.epsilon), shown::delta(plan.delta), plan.accountant, plan.noise_multiplier, plan.steps_allowed);
             }
             model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
             manifest.head = Some(crate::rundir::HeadShape::of(&cfg, fs.train.ncols()));

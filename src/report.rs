@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::data::DatasetSummary;
 use crate::error::{Error, Result};
+use crate::privacy::shown;
 use crate::eval::Metrics;
 use crate::train::EpochStats;
 
@@ -260,13 +261,13 @@ impl Report {
                 pr.dropped.len(), pr.hidden, pr.hidden - pr.dropped.len());
         }
         if let Some(plan) = &p.dp_pretraining {
-            let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {:.4} at δ = {:.3e} ({}).\n",
-                plan.steps_allowed, plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate, plan.epsilon, plan.delta, plan.accountant);
+            let _ = writeln!(s, "Pretrained with DP-SGD: {} steps, σ = {:.4}, C = {}, q = {:.5}; ε = {} at δ = {} ({}).\n",
+                plan.steps_allowed, plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate, shown::epsilon(plan.epsilon), shown::delta(plan.delta), plan.accountant);
         }
         if let Some(w) = &p.weight_noise {
-            let _ = writeln!(s, "Weight noise: std {:.4e}{} on {} weights and biases (Δ = {:.4e}, δ = {:.3e}, {}); {}. Noise: {}.\n",
+            let _ = writeln!(s, "Weight noise: std {:.4e}{} on {} weights and biases (Δ = {:.4e}, δ = {}, {}); {}. Noise: {}.\n",
                 w.plan.noise_std, if w.plan.noise_calibrated { " (calibrated)" } else { "" }, w.parameters, w.plan.l2_sensitivity,
-                w.plan.delta, w.plan.delta_source,
+                shown::delta(w.plan.delta), w.plan.delta_source,
                 if w.from_cache { "the noised network was drawn in an earlier run and reused (no new release)" } else { "drawn now and cached for reuse" },
                 w.noise_source);
         }
@@ -309,13 +310,13 @@ impl Report {
             let _ = writeln!(s, "| q | σ | C | steps run (planned) | epochs | δ | N |\n|---:|---:|---:|---:|---:|---:|---:|");
             let _ = writeln!(
                 s,
-                "| {:.5} | {:.4}{} | {} | {} ({}) | {:.2} | {:.3e} ({}) | {} |\n",
+                "| {:.5} | {:.4}{} | {} | {} ({}) | {:.2} | {} ({}) | {} |\n",
                 plan.sampling_rate, plan.noise_multiplier, if plan.noise_calibrated { " (calibrated)" } else { "" },
-                plan.max_grad_norm, p.steps_run, plan.steps_planned, p.epochs_run, plan.delta, plan.delta_source, plan.examples
+                plan.max_grad_norm, p.steps_run, plan.steps_planned, p.epochs_run, shown::delta(plan.delta), plan.delta_source, plan.examples
             );
             let _ = writeln!(s, "| accountant | ε at δ |\n|---|---:|");
             for e in &p.epsilons {
-                let v = e.epsilon.map_or("n/a (q < 1: no amplification by sampling in zCDP)".to_string(), |v| format!("{v:.4}"));
+                let v = e.epsilon.map_or("n/a (q < 1: no amplification by sampling in zCDP)".to_string(), shown::epsilon);
                 let _ = writeln!(s, "| {}{} | {v} |", e.accountant, if e.accountant == plan.accountant { " (of record)" } else { "" });
             }
             if let Some(w) = &p.warning {
@@ -327,7 +328,7 @@ impl Report {
             let _ = writeln!(s, "\nTest accuracy with DP {:.4}, without DP (same run) {:.4}. Noise: {}.\n", p.accuracy_with_dp, p.accuracy_without_dp, p.noise_source);
             let _ = writeln!(s, "| epoch | steps | ε ({}) |\n|---:|---:|---:|", plan.accountant);
             for e in &p.per_epoch {
-                let _ = writeln!(s, "| {} | {} | {:.4} |", e.epoch, e.steps, e.epsilon);
+                let _ = writeln!(s, "| {} | {} | {} |", e.epoch, e.steps, shown::epsilon(e.epsilon));
             }
         }
         if let Some(h) = &self.he {

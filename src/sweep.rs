@@ -311,8 +311,9 @@ pub struct SweepCell {
     pub repeats: usize,
 }
 
+/// An ε of the sweep's table: 3 decimals, rounded up ([`crate::privacy::shown`]).
 fn fmt_eps(e: f64) -> String {
-    if e.is_finite() { format!("{e:.3}") } else { "∞".into() }
+    crate::privacy::shown::rounded(e, 3, crate::privacy::shown::Side::AtLeast)
 }
 
 impl Sweep {

@@ -325,3 +325,34 @@ fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
     let left: Vec<_> = std::fs::read_dir(&first.cache_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("partial")).collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+#[test]
+fn printed_privacy_figures_never_claim_more_than_was_computed() {
+    // Rounded to the nearest, ε = 1.00004 would print as 1.0000 and δ = 8.7444e-5 as 8.744e-5: less privacy loss
+    // than the accountant computed. The report's table rounds them up.
+    let tfhe = cryptotl::privacy::budget::TfheStatement::new(&cryptotl::config::HeConfig::default(), None).unwrap();
+    let mut b = cryptotl::privacy::budget::BudgetReport::new(None, 10, Default::default(), tfhe).unwrap();
+    b.rows[0].epsilon = Some(1.00004);
+    b.rows[0].delta = Some(8.7444e-5);
+    let md = b.to_markdown();
+    assert!(md.contains("| 1.0001 | 8.745e-5 |") && !md.contains("1.0000"), "{md}");
+    // The audit's row: its lower bound rounded down, the claim up, so a printed bound above the printed claim
+    // means the computed one is above it too.
+    let audit = cryptotl::audit::AuditResult {
+        canaries: 1000,
+        included: 500,
+        guesses: 200,
+        correct: 190,
+        delta: 1e-5,
+        confidence: 0.95,
+        epsilon_lower_bound: 0.99996,
+        epsilon_claimed: 1.00004,
+        accountant: "tightest".into(),
+        noise_multiplier: 1.0,
+        steps: 100,
+        sampling_rate: 1.0,
+        seconds: 1.0,
+    };
+    let md = audit.to_markdown();
+    assert!(md.contains("| 0.999 | 1.001 |"), "{md}");
+}

@@ -299,7 +299,7 @@ impl BudgetReport {
                 mechanism: "weight noise (Gaussian on the flattened lower-network weights)".into(),
                 epsilon: Some(plan.epsilon),
                 delta: Some(plan.delta),
-                accountant: format!("OpenDP make_gaussian, zCDP ρ = {:.4} -> approxDP (exact Gaussian: ε = {:.4})", plan.rho, plan.epsilon_exact),
+                accountant: format!("OpenDP make_gaussian, zCDP ρ = {} -> approxDP (exact Gaussian: ε = {})", super::shown::epsilon(plan.rho), super::shown::epsilon(plan.epsilon_exact)),
                 noise: format!("std {:.4e} on {parameters} values, declared L2 sensitivity Δ = {:.4e}", plan.noise_std, plan.l2_sensitivity),
                 protects_against: format!(
                     "the client and anyone who sees the network, ONLY IF Δ truly bounds how far one source example \
@@ -324,7 +324,7 @@ impl BudgetReport {
             bounds.push(("the composed total".into(), epsilon, delta));
         }
         let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
-            let mut s = format!("tightest valid bound on the source data: {what}, ε = {eps:.4} at δ = {delta:.3e}");
+            let mut s = format!("tightest valid bound on the source data: {what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
             if bounds.len() > 1 {
                 s.push_str(". Every listed bound holds for the released network; DP pretraining's needs no assumption, the weight noise's needs the declared sensitivity to be true");
             }
@@ -362,8 +362,8 @@ impl BudgetReport {
     pub fn to_markdown(&self) -> String {
         let mut s = String::from("| party | data | mechanism | ε | δ | accountant | noise | protects against |\n|---|---|---|---:|---:|---|---|---|\n");
         for r in &self.rows {
-            let eps = r.epsilon.map_or("∞".to_string(), |e| format!("{e:.4}"));
-            let delta = r.delta.map_or("-".to_string(), |d| format!("{d:.3e}"));
+            let eps = r.epsilon.map_or("∞".to_string(), super::shown::epsilon);
+            let delta = r.delta.map_or("-".to_string(), super::shown::delta);
             s.push_str(&format!("| {} | {} | {} | {eps} | {delta} | {} | {} | {} |\n", r.party, r.data, r.mechanism, r.accountant, r.noise, r.protects_against));
         }
         if let Some(t) = &self.source_tightest {

@@ -30,6 +30,7 @@ pub mod plan;
 pub mod pld;
 pub mod rdp;
 pub mod server;
+pub mod shown;
 pub mod tightest;
 pub mod zcdp;
 

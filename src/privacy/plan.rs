@@ -123,9 +123,11 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
         && planned_eps > target
     {
         return Err(Error::Privacy(format!(
-            "the schedule ({steps} steps, q = {q:.4}, σ = {sigma}) would spend ε = {planned_eps:.4} \
-             at δ = {delta:.3e} ({}), more than target_epsilon = {target}; refusing to start. Take fewer steps, raise \
+            "the schedule ({steps} steps, q = {q:.4}, σ = {sigma}) would spend ε = {} \
+             at δ = {} ({}), more than target_epsilon = {target}; refusing to start. Take fewer steps, raise \
              noise_multiplier, or drop it to have σ calibrated",
+            super::shown::epsilon(planned_eps),
+            super::shown::delta(delta),
             acct.name()
         )));
     }
