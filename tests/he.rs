@@ -131,6 +131,38 @@ fn multi_bit_decrypt_of_encrypt_is_the_identity() {
     identity_round_trip(MULTI_BIT);
 }
 
+#[test]
+fn a_batch_encrypted_in_parallel_decrypts_sample_by_sample_and_is_reproducible_under_a_fixed_seed() {
+    // The identity program of `identity_round_trip`: each sample comes back as itself.
+    let d = 16;
+    let mut weights = vec![0; d * d];
+    (0..d).for_each(|i| weights[i * d + i] = 2);
+    let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 5, neurons: d,
+        weights, biases: vec![0; d], tables: vec![(0..16).collect(); d], pool: 1, output_unit: 1.0 };
+    let server = evaluator(prog);
+    let iface = server.program().interface();
+    let client = &keys().0;
+    // Five samples, two of them equal: equal inputs must still get different ciphertexts (fresh randomness each).
+    let samples: Vec<Vec<u16>> = vec![(0..16).collect(), (0..16).rev().collect(), vec![3; 16], vec![3; 16], (0..16).map(|i| (i * 7) % 16).collect()];
+    let batch = client.encrypt_batch(&samples, &iface, seeder(None).as_mut()).unwrap();
+    assert_eq!(batch.len(), samples.len());
+    for (q, ct) in samples.iter().zip(&batch) {
+        let got = client.decrypt(&server.evaluate(ct).unwrap(), &iface).unwrap();
+        assert_eq!(got, q.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    }
+    let bytes = |b: &[EncryptedInput]| b.iter().map(|c| c.to_bytes(u64::MAX).unwrap()).collect::<Vec<_>>();
+    let fresh = bytes(&batch);
+    assert_ne!(fresh[2], fresh[3], "two equal samples were encrypted with the same randomness");
+    // A fixed seed gives the same ciphertexts on one thread as on several (the per-sample seeds are drawn in order).
+    let fixed = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| bytes(&client.encrypt_batch(&samples, &iface, seeder(Some(11)).as_mut()).unwrap()))
+    };
+    let one = fixed(1);
+    assert_eq!(one, fixed(2));
+    assert_ne!(one, bytes(&client.encrypt_batch(&samples, &iface, seeder(Some(12)).as_mut()).unwrap()));
+}
+
 fn identity_round_trip(params: ParameterSet) {
     // acc = 2q read at B = 5, p = 4 gives index q; the table is the identity: the program returns its input.
     let d = 16;

@@ -203,10 +203,8 @@ impl Session {
         let iface = &self.interface;
         let t = Instant::now();
         let levels: Vec<Vec<u16>> = rows.iter().map(|x| iface.quantize(x)).collect();
-        let uploads = levels
-            .iter()
-            .map(|q| self.client.encrypt(q, iface, self.seeder.borrow_mut().as_mut())?.to_bytes(self.model.input_limit).map_err(Error::from))
-            .collect::<Result<Vec<_>>>()?;
+        let inputs = self.client.encrypt_batch(&levels, iface, self.seeder.borrow_mut().as_mut())?;
+        let uploads = inputs.iter().map(|c| c.to_bytes(self.model.input_limit).map_err(Error::from)).collect::<Result<Vec<_>>>()?;
         let body = frames::encode(&uploads);
         let encrypt_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
