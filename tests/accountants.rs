@@ -130,4 +130,16 @@ fn the_budget_command_shows_the_exact_answer_and_refuses_absurd_steps() {
     let (code, _, err) = budget(&["--sampling-rate", "0.5", "--noise-multiplier", "1", "--steps", "18446744073709551615", "--delta", "1e-5"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("maximum"), "{err}");
+    // The text answer keeps the bound's side: a tiny ε is not printed as 0, and the printed σ still meets the
+    // target (rounded up, never down).
+    let (code, out, err) = budget(&["--sampling-rate", "0.01", "--steps", "100", "--delta", "1e-5", "--target-epsilon", "1e-9"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("ε = 0.000000") && out.contains("e-10"), "{out}");
+    let (_, json, _) = budget(&["--sampling-rate", "0.01", "--steps", "100", "--delta", "1e-5", "--target-epsilon", "1e-9", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let printed: f64 = out.split("σ = ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).expect("σ in the text answer");
+    let (exact_sigma, exact_eps) = (v["noise_multiplier"].as_f64().unwrap(), v["epsilon"].as_f64().unwrap());
+    assert!(printed >= exact_sigma, "{out} vs {json}");
+    let printed_eps: f64 = out.split("gives ε = ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).expect("ε in the text answer");
+    assert!(printed_eps >= exact_eps, "{out} vs {json}");
 }
