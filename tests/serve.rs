@@ -159,6 +159,71 @@ fn a_client_through_a_spawned_server_gets_the_one_process_outputs() {
     assert_eq!(keys.iter().filter(|k| k.ends_with(".key")).count(), 1, "{keys:?}");
 }
 
+#[test]
+fn a_whole_pass_through_a_server_pipelines_and_equals_the_one_process_pass() {
+    // `Session::forward` against a server elsewhere encrypts the next batch while the server evaluates this one;
+    // the seeds are drawn in the same order, so the ciphertexts and outputs are the one-process pass's, row for row.
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let xs = samples(11, 6);
+    let x = ndarray::Array2::from_shape_vec((11, 16), xs.concat()).unwrap();
+    let mut remote = Session::connect(http(&server.url, &f.alice), Some(program()), Some(13)).unwrap();
+    remote.batch = 3; // four requests, the last one short
+    let (got, stats) = remote.forward(x.view(), "pipelined").unwrap();
+    let mut local = Session::local(program(), PARAMS, Some(13)).unwrap();
+    local.batch = 3;
+    let (want, _) = local.forward(x.view(), "one process").unwrap();
+    assert_eq!(got, want, "pipelined remote pass and one-process pass must agree bit for bit");
+    assert_eq!(stats.samples, 11);
+    assert_eq!(stats.compared_outputs, 66, "every row compared with the clear program, in its own order");
+    assert!(stats.mismatch_rate() < 0.25 && stats.max_level_difference <= 3, "{stats:?}");
+    assert_eq!(metric(&server.metrics(), "cryptotl_samples_total"), 11.0, "each sample evaluated once");
+}
+
+/// A transport that forwards to `inner` and fails its `fail_at`-th evaluation (counting from 1).
+struct FailsAt {
+    inner: Box<dyn Transport>,
+    calls: AtomicUsize,
+    fail_at: usize,
+}
+
+impl Transport for FailsAt {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    fn interface(&self) -> cryptotl::Result<ModelInterface> {
+        self.inner.interface()
+    }
+    fn privacy(&self) -> cryptotl::Result<serde_json::Value> {
+        self.inner.privacy()
+    }
+    fn upload_key(&self, key: &[u8]) -> cryptotl::Result<String> {
+        self.inner.upload_key(key)
+    }
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> cryptotl::Result<Option<Evaluation>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(cryptotl::Error::Server { server: "flaky".into(), message: "connection reset mid-pass".into() });
+        }
+        self.inner.evaluate(key_id, batch)
+    }
+}
+
+#[test]
+fn a_server_error_mid_pass_ends_the_pipelined_pass_with_that_error() {
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let transport = FailsAt { inner: http(&server.url, &f.alice), calls: AtomicUsize::new(0), fail_at: 2 };
+    let mut session = Session::connect(Box::new(transport), None, Some(17)).unwrap();
+    session.batch = 2;
+    let x = ndarray::Array2::from_shape_vec((10, 16), samples(10, 7).concat()).unwrap();
+    let err = session.forward(x.view(), "flaky").unwrap_err().to_string();
+    assert!(err.contains("connection reset mid-pass") && err.contains("flaky"), "{err}");
+    // The encrypting thread stopped with the pass (`forward` returned), and the server saw only the first batch.
+    assert_eq!(metric(&server.metrics(), "cryptotl_samples_total"), 2.0);
+    // The session stays usable after the error.
+    assert_eq!(session.forward_batch(&samples(2, 8)).unwrap().0.len(), 2);
+}
+
 fn status(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
     let r = r.send().unwrap();
     (r.status().as_u16(), r.text().unwrap_or_default())

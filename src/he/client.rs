@@ -130,12 +130,23 @@ impl ClientKey {
     /// # Ok(()) }
     /// ```
     pub fn encrypt_batch(&self, samples: &[Vec<u16>], interface: &ProgramInterface, seeder: &mut dyn Seeder) -> Result<Vec<EncryptedInput>> {
-        use rayon::prelude::*;
         let seeds: Vec<Seed> = samples.iter().map(|_| seeder.seed()).collect();
+        self.encrypt_with_seeds(samples, interface, &seeds)
+    }
+
+    /// [`Self::encrypt_batch`] with the per-sample seeds already drawn (one per sample, in order): lets a caller
+    /// draw a whole pass's seeds from its seeder up front and encrypt the batches elsewhere (another thread) with
+    /// the same ciphertexts as [`Self::encrypt_batch`] would give.
+    ///
+    /// # Panics
+    /// If `seeds` is not as long as `samples` (a caller's bug, not bad input).
+    pub fn encrypt_with_seeds(&self, samples: &[Vec<u16>], interface: &ProgramInterface, seeds: &[Seed]) -> Result<Vec<EncryptedInput>> {
+        use rayon::prelude::*;
+        assert_eq!(seeds.len(), samples.len(), "one seed per sample");
         samples
             .par_iter()
             .zip(seeds)
-            .map(|(levels, seed)| self.encrypt(levels, interface, &mut DeterministicSeeder::<DefaultRandomGenerator>::new(seed)))
+            .map(|(levels, &seed)| self.encrypt(levels, interface, &mut DeterministicSeeder::<DefaultRandomGenerator>::new(seed)))
             .collect()
     }
 

@@ -22,6 +22,7 @@ use cryptotl_server::wire::WireObject;
 use cryptotl_server::{EncryptedOutput, EvaluationKey, IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, ProgramInterface, frames};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::math::random::Seed;
 
 pub use client::{ClientKey, seeder};
 pub use transport::{Http, InProcess, Transport};
@@ -199,14 +200,21 @@ impl Session {
     /// Some samples (rows, scaled features) through the protocol: quantize, encrypt, one request, decrypt.
     /// Returns each sample's output levels and the batch's stats.
     pub fn forward_batch(&self, rows: &[Vec<f32>]) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
+        let seeds = self.draw_seeds(rows.len());
+        self.exchange(prepare_batch(&self.client, &self.interface, self.model.input_limit, rows, &seeds)?)
+    }
+
+    /// One encryption seed per sample, drawn in order from the session's seeder.
+    fn draw_seeds(&self, n: usize) -> Vec<Seed> {
+        let mut seeder = self.seeder.borrow_mut();
+        (0..n).map(|_| seeder.seed()).collect()
+    }
+
+    /// Send a prepared batch, decrypt the answer, and measure.
+    fn exchange(&self, prepared: PreparedBatch) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
+        let PreparedBatch { levels, body, upload_bytes, encrypt_seconds } = prepared;
         let params = self.client.params()?;
         let iface = &self.interface;
-        let t = Instant::now();
-        let levels: Vec<Vec<u16>> = rows.iter().map(|x| iface.quantize(x)).collect();
-        let inputs = self.client.encrypt_batch(&levels, iface, self.seeder.borrow_mut().as_mut())?;
-        let uploads = inputs.iter().map(|c| c.to_bytes(self.model.input_limit).map_err(Error::from)).collect::<Result<Vec<_>>>()?;
-        let body = frames::encode(&uploads);
-        let encrypt_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let answer = self.evaluate(&body)?;
         let round_trip = t.elapsed().as_secs_f64();
@@ -217,8 +225,8 @@ impl Session {
         let server = || Error::Server { server: self.transport.describe(), message: "malformed evaluation answer".into() };
         // The client bounds the answer by its own computation, not by the limit the server published.
         let output_limit = EncryptedOutput::size_limit(params, iface.outputs);
-        let items = frames::decode(&answer.body, rows.len(), output_limit).map_err(|e| Error::Server { server: self.transport.describe(), message: e.to_string() })?;
-        if items.len() != rows.len() {
+        let items = frames::decode(&answer.body, levels.len(), output_limit).map_err(|e| Error::Server { server: self.transport.describe(), message: e.to_string() })?;
+        if items.len() != levels.len() {
             return Err(server());
         }
         let outputs = items
@@ -229,13 +237,13 @@ impl Session {
             })
             .collect::<Result<Vec<_>>>()?;
         let decrypt_seconds = t.elapsed().as_secs_f64();
-        let n = rows.len() as f64;
+        let n = levels.len() as f64;
         let per_sample = answer.server_seconds.unwrap_or(round_trip) / n;
         let mut stats = ForwardStats {
-            samples: rows.len(),
-            server_seconds: vec![per_sample; rows.len()],
-            client_seconds: vec![(encrypt_seconds + decrypt_seconds) / n; rows.len()],
-            upload_bytes: uploads.iter().map(Vec::len).max().unwrap_or(0),
+            samples: levels.len(),
+            server_seconds: vec![per_sample; levels.len()],
+            client_seconds: vec![(encrypt_seconds + decrypt_seconds) / n; levels.len()],
+            upload_bytes,
             download_bytes: items.iter().map(|b| b.len()).max().unwrap_or(0),
             ..Default::default()
         };
@@ -252,7 +260,9 @@ impl Session {
     }
 
     /// Every row of `x` (scaled features) through the encrypted path, [`Session::batch`] samples per request;
-    /// returns the dequantized outputs.
+    /// returns the dequantized outputs. Against a server on another machine the client encrypts the next batch
+    /// while the server evaluates this one (one batch ahead, in a second thread); the one-process simulation,
+    /// whose server shares these cores, goes one batch at a time.
     pub fn forward(&self, x: ArrayView2<f32>, what: &str) -> Result<(Array2<f32>, ForwardStats)> {
         crate::features::check_finite(x)?;
         if x.ncols() != self.interface.input_dim {
@@ -262,17 +272,64 @@ impl Session {
         let mut out = Array2::zeros((x.nrows(), self.interface.outputs));
         let mut stats = ForwardStats::default();
         let rows: Vec<Vec<f32>> = x.axis_iter(Axis(0)).map(|r| r.to_vec()).collect();
-        for (chunk, mut block) in rows.chunks(self.batch.max(1)).zip(out.axis_chunks_iter_mut(Axis(0), self.batch.max(1))) {
-            let (levels, s) = self.forward_batch(chunk)?;
+        let batch = self.batch.max(1);
+        let mut take = |levels: Vec<Vec<i64>>, s: ForwardStats, mut block: ndarray::ArrayViewMut2<f32>| {
             for (mut row, l) in block.axis_iter_mut(Axis(0)).zip(&levels) {
                 row.assign(&Array1::from(self.interface.dequantize(l)));
             }
+            bar.inc(levels.len() as u64);
             stats.merge(s);
-            bar.inc(chunk.len() as u64);
+        };
+        if self.transport.shares_our_cores() {
+            for (chunk, block) in rows.chunks(batch).zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
+                let (levels, s) = self.forward_batch(chunk)?;
+                take(levels, s, block);
+            }
+        } else {
+            // The pass's seeds are drawn here, in sample order, as `forward_batch` would draw them: the same seed gives
+            // the same ciphertexts whichever path encrypts them.
+            let seeds = self.draw_seeds(rows.len());
+            let (client, interface, limit) = (&self.client, &self.interface, self.model.input_limit);
+            std::thread::scope(|scope| -> Result<()> {
+                let (ready, prepared) = std::sync::mpsc::sync_channel::<Result<PreparedBatch>>(1);
+                let (rows, seeds) = (&rows, &seeds);
+                scope.spawn(move || {
+                    for (chunk, seeds) in rows.chunks(batch).zip(seeds.chunks(batch)) {
+                        // Stops when the receiver is gone (an error ended the pass).
+                        if ready.send(prepare_batch(client, interface, limit, chunk, seeds)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                for (next, block) in prepared.iter().zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
+                    let (levels, s) = self.exchange(next?)?;
+                    take(levels, s, block);
+                }
+                Ok(())
+            })?;
         }
         bar.finish_and_clear();
         Ok((out, stats))
     }
+}
+
+/// A batch ready to send: its quantized levels (for the oracle comparison), the framed ciphertexts, the size of
+/// the largest upload and the seconds the client spent making them.
+struct PreparedBatch {
+    levels: Vec<Vec<u16>>,
+    body: Vec<u8>,
+    upload_bytes: usize,
+    encrypt_seconds: f64,
+}
+
+/// Quantize, encrypt (in parallel, [`ClientKey::encrypt_batch`]), serialize and frame some samples.
+fn prepare_batch(client: &ClientKey, iface: &ProgramInterface, input_limit: u64, rows: &[Vec<f32>], seeds: &[Seed]) -> Result<PreparedBatch> {
+    let t = Instant::now();
+    let levels: Vec<Vec<u16>> = rows.iter().map(|x| iface.quantize(x)).collect();
+    let inputs = client.encrypt_with_seeds(&levels, iface, seeds)?;
+    let uploads = inputs.iter().map(|c| c.to_bytes(input_limit).map_err(Error::from)).collect::<Result<Vec<_>>>()?;
+    let body = frames::encode(&uploads);
+    Ok(PreparedBatch { levels, body, upload_bytes: uploads.iter().map(Vec::len).max().unwrap_or(0), encrypt_seconds: t.elapsed().as_secs_f64() })
 }
 
 /// The encrypted stage's section of the run report.

@@ -39,6 +39,12 @@ pub trait Transport: Send + Sync {
     fn upload_key(&self, key: &[u8]) -> Result<String>;
     /// Evaluate a framed batch under key `key_id`; `Ok(None)` when the server does not have the key (upload again).
     fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>>;
+    /// Whether the server computes on this machine's cores (the one-process simulation). The client then does not
+    /// encrypt the next batch while the server evaluates one: both would share the same cores and the server's
+    /// measured time would include the client's work.
+    fn shares_our_cores(&self) -> bool {
+        false
+    }
 }
 
 /// The server's service in this process.
@@ -63,6 +69,9 @@ fn refused(server: &str, e: ServiceError) -> Error {
 impl Transport for InProcess {
     fn describe(&self) -> String {
         "local".into()
+    }
+    fn shares_our_cores(&self) -> bool {
+        true
     }
     fn interface(&self) -> Result<ModelInterface> {
         Ok(self.service.interface().clone())
