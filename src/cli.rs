@@ -528,7 +528,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?;
             let (transferred, references) = match pipeline::remote_server(&cfg)? {
                 Some(url) => {
-                    let (t, he, _, ranges) = pipeline::remote_transfer(&cfg, &url, &input)?;
+                    let pipeline::RemoteTransfer { features: t, he, output_ranges: ranges, .. } = pipeline::remote_transfer(&cfg, &url, &input)?;
                     eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
                         he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
                     crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;

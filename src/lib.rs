@@ -21,7 +21,7 @@
 //! - [`linear`]: exact L2 logistic regression (the linear head without DP, the bag-of-words baseline).
 //! - [`bow`]: the client's bag-of-words model: the baseline of every report, and the score `head.inputs = "transfer+bow"` adds.
 //! - [`train`]: mini-batch Adam training with early stopping (the DP-SGD seam is its gradient step).
-//! - [`eval`]: metrics.
+//! - [`eval`][]: metrics.
 //! - [`pipeline`]: the stages of a run (the TFHE stage is [`pipeline::encrypted_transfer`]).
 //! - [`report`]: `report.json` and `report.md`, with the privacy budget of every party ([`privacy::budget`]).
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).

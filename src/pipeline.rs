@@ -694,7 +694,7 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &Tran
 /// The server's lower network compiled to its integer program (calibrated on the ranges it keeps from the server's
 /// source training features).
 pub fn compile_program(cfg: &RunConfig, lower: &PretrainedLower) -> Result<cryptotl_server::IntegerProgram> {
-    Ok(crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)?)
+    crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)
 }
 
 /// The one-process simulation of the server for `program`, with the config's keys seed and batch size.
@@ -779,16 +779,26 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
     Ok(session)
 }
 
-/// The client's features through a remote server's encrypted lower network (`[he] server = URL`): the decrypted
-/// outputs and what the encrypted stage measured (no oracle comparison: the client has no program).
-/// With them, the output ranges the server publishes ([`crate::he::Session::published_output_ranges`]).
-pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<(FeatureSplit, crate::he::HeReport, crate::privacy::budget::ServerStatement, Option<Vec<(f32, f32)>>)> {
+/// What [`remote_transfer`] brings back from a remote server.
+pub struct RemoteTransfer {
+    /// The decrypted outputs, pooled per text.
+    pub features: FeatureSplit,
+    /// What the encrypted stage measured (no oracle comparison: the client has no program).
+    pub he: crate::he::HeReport,
+    /// The server's statement of its own privacy.
+    pub statement: crate::privacy::budget::ServerStatement,
+    /// The output ranges the server publishes ([`crate::he::Session::published_output_ranges`]), if it does.
+    pub output_ranges: Option<Vec<(f32, f32)>>,
+}
+
+/// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
+pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
     let session = remote_session(cfg, url)?;
     let statement = session.server_privacy()?;
-    let ranges = session.published_output_ranges();
+    let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows)?;
-    let report = crate::he::HeReport::new(&session, None, &stats, None);
-    Ok((input.pool(encrypted), report, statement, ranges))
+    let he = crate::he::HeReport::new(&session, None, &stats, None);
+    Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
 }
 
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
@@ -1206,9 +1216,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {
         (Some(url), _) => {
             let (r, t) = timed(|| remote_transfer(cfg, url, &input));
-            let (transferred, he, statement, ranges) = r?;
+            let RemoteTransfer { features, he, statement, output_ranges } = r?;
             stage("lower network: keys, encrypted forward through the remote server", t);
-            (transferred, None, Some((he, statement)), ranges)
+            (features, None, Some((he, statement)), output_ranges)
         }
         (None, Some(lower)) => {
             let (r, t) = timed(|| transfer(cfg, lower, &input));

@@ -110,7 +110,7 @@ impl LinearC {
     /// In words, for the report: `C = 0.001, own features' weight 0.1, chosen on the validation split`.
     pub fn describe(&self) -> String {
         let own = match self.own_weight {
-            Some(w) if w == 0.0 => ", own features left out".to_string(),
+            Some(0.0) => ", own features left out".to_string(),
             Some(w) => format!(", own features' weight {w:.3}"),
             None => String::new(),
         };

@@ -31,7 +31,7 @@ pub const BOW_FOLDS: u64 = 0xb0f_f01d;
 pub const AUDIT_CANARIES: u64 = 0xca_4a41;
 
 /// The membership attack's sample of source training examples.
-pub const MEMBERSHIP: u64 = 0x3e3b_e25;
+pub const MEMBERSHIP: u64 = 0x03e3_be25;
 
 /// Every stream above.
 pub const ALL: [u64; 12] = [

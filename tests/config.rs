@@ -197,7 +197,7 @@ fn an_output_dir_that_is_a_file_fails_before_any_work() {
     std::fs::write(&file, b"mine").unwrap();
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", file.display().to_string())]).unwrap();
     let started = std::time::Instant::now();
-    let e = cryptotl::pipeline::run(&cfg).err().expect("must refuse").to_string();
+    let e = cryptotl::pipeline::run(&cfg).expect_err("must refuse").to_string();
     assert!(e.contains("not a directory"), "{e}");
     assert!(started.elapsed().as_secs() < 5, "refused only after {:?}", started.elapsed());
     assert_eq!(std::fs::read(&file).unwrap(), b"mine", "the file is untouched");

@@ -117,8 +117,8 @@ fn the_embedding_cache_survives_torn_tails_and_flipped_bytes() {
     let texts: Vec<String> = (0..4).map(|i| format!("text {i}")).collect();
     let unit = |i: usize| ndarray::Array2::from_shape_fn((1, MINILM_DIM), |(_, j)| if j == i { 1.0f32 } else { 0.0 });
     let mut cache = EmbeddingCache::open(dir.path(), &sha, None).unwrap();
-    for i in 0..3 {
-        cache.insert(&[&texts[i]], &unit(i)).unwrap();
+    for (i, text) in texts.iter().take(3).enumerate() {
+        cache.insert(&[text], &unit(i)).unwrap();
     }
     let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
     assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 3 * RECORD);

@@ -77,8 +77,8 @@ fn sparse_fit_meets_the_optimality_conditions_and_matches_dense() {
         }
         g[15] += r;
     }
-    for j in 0..15 {
-        g[j] += lr.weights[j] as f64 / (c * n);
+    for (gj, &w) in g.iter_mut().zip(&lr.weights).take(15) {
+        *gj += w as f64 / (c * n);
     }
     assert!(g.iter().map(|v| v * v).sum::<f64>().sqrt() < 1e-4, "{g:?}");
     // Unused columns get no weight; probabilities are those of the fitted margins.

@@ -290,7 +290,7 @@ impl LowerNetConfig {
     /// feature width.
     pub(super) fn check(&self, input_dim: usize, at: Invalid) -> Result<()> {
         let l = self;
-        if l.conv_kernel > 0 && l.conv_kernel % 2 == 0 {
+        if l.conv_kernel > 0 && l.conv_kernel.is_multiple_of(2) {
             return Err(at.key("lower.conv_kernel", format!("must be odd (same padding) or 0 to disable, got {}", l.conv_kernel)));
         }
         if l.conv_kernel > input_dim {

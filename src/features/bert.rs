@@ -44,7 +44,7 @@ impl BertConfig {
         if c.hidden_act != "gelu" {
             return Err(Error::artifact(path, format!("hidden_act {:?} is not supported (only \"gelu\")", c.hidden_act)));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::artifact(path, format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
         }
         Ok(c)

@@ -133,7 +133,7 @@ impl DpInputMap {
         if rows.ncols() != self.shift.len() {
             return rows.to_owned();
         }
-        (&rows - &ndarray::ArrayView1::from(&self.shift[..])) * &ndarray::ArrayView1::from(&self.scale[..])
+        (&rows - &ndarray::ArrayView1::from(&self.shift[..])) * ndarray::ArrayView1::from(&self.scale[..])
     }
 
     /// A head trained on [`Self::apply`]'s rows as a head on the rows as they are.

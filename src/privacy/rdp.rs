@@ -123,6 +123,14 @@ impl Accountant for Rdp {
     }
 }
 
+/// The OpenDP measurement [`rdp_measurement`] makes: vectors of f64 under the L2 distance to an RDP curve.
+pub type RdpMeasurement = opendp::core::Measurement<
+    opendp::domains::VectorDomain<opendp::domains::AtomDomain<f64>>,
+    opendp::metrics::L2Distance<f64>,
+    opendp::measures::RenyiDivergence,
+    Vec<f64>,
+>;
+
 /// One DP-SGD step as an OpenDP [`Measurement`](opendp::core::Measurement) in the Rényi-DP measure: its privacy map
 /// takes the L2 sensitivity (in units of the clip norm) to the step's RDP curve α ↦ ε(α), so OpenDP's combinators
 /// (`make_composition`, which adds RDP curves) apply to it. The measurement only *accounts*: its function refuses
@@ -135,16 +143,7 @@ impl Accountant for Rdp {
 /// let curve = composed.map(&1.0).unwrap();
 /// assert!((curve.eval(&8.0).unwrap() - 3.0 * rdp_per_step(0.01, 1.1, 8.0)).abs() < 1e-12);
 /// ```
-pub fn rdp_measurement(
-    m: &SubsampledGaussian,
-) -> Result<
-    opendp::core::Measurement<
-        opendp::domains::VectorDomain<opendp::domains::AtomDomain<f64>>,
-        opendp::metrics::L2Distance<f64>,
-        opendp::measures::RenyiDivergence,
-        Vec<f64>,
-    >,
-> {
+pub fn rdp_measurement(m: &SubsampledGaussian) -> Result<RdpMeasurement> {
     use opendp::core::{Function, Measurement, PrivacyMap};
     use opendp::domains::{AtomDomain, VectorDomain};
     use opendp::{err, fallible};
@@ -158,7 +157,7 @@ pub fn rdp_measurement(
         }),
         PrivacyMap::new_fallible(move |d_in: &f64| {
             let d_in = *d_in;
-            if !(d_in >= 0.0) {
+            if d_in.is_nan() || d_in < 0.0 {
                 return fallible!(FailedMap, "sensitivity must be >= 0, got {d_in}");
             }
             // Sensitivity d scales the noise multiplier to σ/d.

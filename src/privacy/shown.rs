@@ -159,7 +159,7 @@ mod tests {
             assert!(read(&lower_bound(x)) <= x, "lower bound {x} printed {}", lower_bound(x));
             assert!(read(&lower_bound(-x)) <= -x, "lower bound {} printed {}", -x, lower_bound(-x));
             // And not further than one unit of the last printed digit (two for the scientific nudge).
-            if x >= 1e-4 && x < 1e10 {
+            if (1e-4..1e10).contains(&x) {
                 assert!(read(&epsilon(x)) - x <= 1e-4 + 1e-9 * x, "ε {x} printed {}", epsilon(x));
                 assert!(x - read(&lower_bound(x)) <= 1e-3 + 1e-9 * x, "lower bound {x} printed {}", lower_bound(x));
             }

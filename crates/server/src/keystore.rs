@@ -40,9 +40,12 @@ pub enum StoreError {
     File(#[from] HeError),
 }
 
+/// A key held in memory: its owner, its bytes, when it was last used.
+type MemoryEntry = (String, Arc<Vec<u8>>, SystemTime);
+
 enum Backing {
     Disk(PathBuf),
-    Memory(Mutex<HashMap<String, (String, Arc<Vec<u8>>, SystemTime)>>),
+    Memory(Mutex<HashMap<String, MemoryEntry>>),
 }
 
 /// A bounded, content-addressed key store (see the module docs).
