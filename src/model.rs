@@ -313,20 +313,30 @@ impl<B: Backend> Head<B> {
     }
 }
 
-/// The lower network with its pretraining head `dense(1)` (dropped for transfer).
+/// The lower network with its pretraining output layer (dropped for transfer): one logit, or one per source task
+/// (`[source] output_per_path`).
+///
+/// With `T > 1` outputs its input rows carry the task too: the features, then `T` one-hot columns naming the
+/// task whose output is the example's logit ([`PretrainNet::logits`]). So the trainers, DP-SGD's per-example
+/// gradients included, see one logit per example either way.
 #[derive(Module, Debug)]
 pub struct PretrainNet<B: Backend> {
     /// The part that is frozen and shared.
     pub lower: LowerNet<B>,
-    /// Pretraining output layer (one logit).
+    /// Pretraining output layer: `[lower outputs, T]`.
     pub out: Linear<B>,
 }
 
 impl<B: Backend> PretrainNet<B> {
-    /// Fresh network.
-    pub fn new(cfg: &LowerNetConfig, input_dim: usize, seed: u64, device: &B::Device) -> Self {
+    /// Fresh network with `outputs` logits (1: one shared source task).
+    pub fn new(cfg: &LowerNetConfig, input_dim: usize, outputs: usize, seed: u64, device: &B::Device) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::stream(seed, crate::seeds::PRETRAIN_OUTPUT_INIT));
-        Self { lower: LowerNet::new(cfg, input_dim, seed, device), out: seeded_linear(cfg.output_dim(), 1, &mut rng, device) }
+        Self { lower: LowerNet::new(cfg, input_dim, seed, device), out: seeded_linear(cfg.output_dim(), outputs.max(1), &mut rng, device) }
+    }
+
+    /// The number of source tasks (logits of the output layer).
+    pub fn outputs(&self) -> usize {
+        self.out.weight.dims()[1]
     }
 }
 
@@ -351,8 +361,17 @@ impl<B: Backend> BinaryClassifier<B> for Head<B> {
     }
 }
 impl<B: Backend> BinaryClassifier<B> for PretrainNet<B> {
+    /// One output: `x` is `[batch, features]`. `T > 1` outputs: `x` is `[batch, features + T]`, the last `T`
+    /// columns one-hot, and the logit is the named task's output.
     fn logits(&self, x: Tensor<B, 2>, _drop: Option<&mut DropoutRng<'_>>) -> Tensor<B, 2> {
-        self.out.forward(self.lower.forward(x))
+        let tasks = self.outputs();
+        if tasks == 1 {
+            return self.out.forward(self.lower.forward(x));
+        }
+        let [rows, cols] = x.dims();
+        let features = x.clone().slice([0..rows, 0..cols - tasks]);
+        let one_hot = x.slice([0..rows, cols - tasks..cols]);
+        (self.out.forward(self.lower.forward(features)) * one_hot).sum_dim(1)
     }
 }
 impl<B: Backend> BinaryClassifier<B> for FullNet<B> {

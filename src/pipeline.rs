@@ -199,6 +199,38 @@ impl PretrainedLower {
     }
 }
 
+/// The pretraining network's outputs: one per path of `[source]` with `output_per_path`, else one.
+pub fn pretrain_outputs(cfg: &RunConfig) -> usize {
+    if cfg.source.output_per_path { cfg.source.paths.len().max(1) } else { 1 }
+}
+
+/// Source features with their task appended as one-hot columns (`tasks` of them, in the order of the paths of
+/// `[source]`), as a [`PretrainNet`] with `tasks > 1` outputs reads them. One task: the features as they are.
+pub fn with_task_columns(fs: &FeatureSplit, source: &Split, tasks: usize) -> FeatureSplit {
+    if tasks <= 1 {
+        return fs.clone();
+    }
+    let augment = |x: &Array2<f32>, part: &Dataset| -> Array2<f32> {
+        let mut out = Array2::zeros((x.nrows(), x.ncols() + tasks));
+        out.slice_mut(ndarray::s![.., ..x.ncols()]).assign(x);
+        for (task, (_, rows)) in part.by_origin().into_iter().enumerate().take(tasks) {
+            for i in rows {
+                out[[i, x.ncols() + task]] = 1.0;
+            }
+        }
+        out
+    };
+    FeatureSplit {
+        train: augment(&fs.train, &source.train),
+        train_y: fs.train_y.clone(),
+        validation: augment(&fs.validation, &source.validation),
+        validation_y: fs.validation_y.clone(),
+        test: augment(&fs.test, &source.test),
+        test_y: fs.test_y.clone(),
+        own_columns: fs.own_columns,
+    }
+}
+
 /// A stable key of everything that determines the pretrained lower network.
 pub fn pretrain_key(cfg: &RunConfig) -> String {
     let mut material = serde_json::json!({
@@ -249,7 +281,7 @@ pub fn stored_pretrained(cfg: &RunConfig) -> Result<Option<PretrainedLower>> {
     let key = pretrain_key(cfg);
     if let Some(shipped) = crate::shipped_network::find(&key) {
         let shipped = shipped?;
-        let net = shipped.network(&cfg.lower, cfg.features.dim(), cfg.seed)?;
+        let net = shipped.network(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed)?;
         tracing::info!(name = shipped.manifest.name, "pretrained lower network shipped in the binary");
         let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
         return Ok(Some(PretrainedLower::from_stored(net, shipped.manifest.features.clone(), shipped.manifest.meta.clone(), NetworkOrigin::Shipped, dir)));
@@ -271,7 +303,7 @@ pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
                 return Err(Error::artifact(&meta_path, format!("holds key {}, expected {key}", meta.key)));
             }
             let features = FeaturePipeline::load(&feat_path)?;
-            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
+            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed, &device);
             let net = model::load_module(skeleton, &net_path, &device)?;
             Ok(PretrainedLower::from_stored(net, features, meta, NetworkOrigin::Cache, dir.clone()))
         })();
@@ -349,9 +381,12 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
     let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;
     let fs = FeatureSplit::from_split(&features, source)?;
-    let balanced = if cfg.source.balance_paths { Some(balance_paths(&fs, source)) } else { None };
-    let fit = balanced.as_ref().unwrap_or(&fs);
-    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
+    // With one output per source path, every row carries its task ([`PretrainNet::logits`]).
+    let tasks = pretrain_outputs(cfg);
+    let tasked = with_task_columns(&fs, source, tasks);
+    let balanced = if cfg.source.balance_paths { Some(balance_paths(&tasked, source)) } else { None };
+    let fit = balanced.as_ref().unwrap_or(&tasked);
+    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), tasks, cfg.seed, &device);
     let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
         (Some(plan), Some(p)) => {
             tracing::info!(?plan, "DP pretraining schedule");
@@ -360,8 +395,8 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         }
         _ => train::train(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
     };
-    let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, fs.test.view(), &device), &fs.test_y);
-    let tasks = source_tasks(&trained.model, source, &fs);
+    let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, tasked.test.view(), &device), &fs.test_y);
+    let tasks = source_tasks(&trained.model, source, &tasked);
     tracing::info!(accuracy = source_test.accuracy, ?tasks, "pretraining done (source test split)");
     let meta = PretrainMeta {
         key,

@@ -126,9 +126,9 @@ impl ShippedNetwork {
     }
 
     /// The network, loaded into a skeleton of the run's architecture (the key match guarantees it is the same).
-    pub fn network(&self, lower: &LowerNetConfig, input_dim: usize, seed: u64) -> Result<PretrainNet<Cpu>> {
+    pub fn network(&self, lower: &LowerNetConfig, input_dim: usize, outputs: usize, seed: u64) -> Result<PretrainNet<Cpu>> {
         let device = Default::default();
-        let skeleton = PretrainNet::<Cpu>::new(lower, input_dim, seed, &device);
+        let skeleton = PretrainNet::<Cpu>::new(lower, input_dim, outputs, seed, &device);
         // Checked by sha256 in `decode`, so the bytes are the ones `encode` wrote for this architecture.
         let record = BinBytesRecorder::<FullPrecisionSettings>::default()
             .load(self.network.clone(), &device)
@@ -176,7 +176,7 @@ pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
     let membership = if cfg.audit.membership { Some(crate::pipeline::measure_membership(cfg, &released, &source)?) } else { None };
     // The pretraining output layer is not kept in memory (transfer drops it): read the whole network back.
     let device = Default::default();
-    let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), cfg.seed, &device);
+    let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), crate::pipeline::pretrain_outputs(cfg), cfg.seed, &device);
     let net = crate::model::load_module(skeleton, &lower.cache_dir.join("lower"), &device)?;
     let (manifest, network) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features, membership)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -65,9 +65,9 @@ fn cubic_relu_matches_the_reference_polynomial() {
 fn same_seed_same_network_other_seed_other_network() {
     let x = random_rows(5, 64, 1);
     let cfg = LowerNetConfig { hidden: 32, output: 8, ..Default::default() };
-    let a = PretrainNet::<Cpu>::new(&cfg, 64, 3, &device());
-    let b = PretrainNet::<Cpu>::new(&cfg, 64, 3, &device());
-    let c = PretrainNet::<Cpu>::new(&cfg, 64, 4, &device());
+    let a = PretrainNet::<Cpu>::new(&cfg, 64, 1, 3, &device());
+    let b = PretrainNet::<Cpu>::new(&cfg, 64, 1, 3, &device());
+    let c = PretrainNet::<Cpu>::new(&cfg, 64, 1, 4, &device());
     let (pa, pb, pc) = (predict_proba(&a, x.view(), &device()), predict_proba(&b, x.view(), &device()), predict_proba(&c, x.view(), &device()));
     assert_eq!(pa, pb);
     assert_ne!(pa, pc);
@@ -166,4 +166,54 @@ fn folding_a_dp_input_map_keeps_every_prediction() {
         let shift_only = predict_proba(&head.clone().fold_input_shift(&map.shift), x.view(), &device());
         assert!(shift_only.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3), "{kind:?}");
     }
+}
+
+/// Rows of `d` features in [0, 1] and their task appended one-hot (2 tasks). Task 0 labels a row 1 when its first
+/// feature is above 0.5, task 1 when it is below: the two tasks disagree on every row.
+fn two_conflicting_tasks(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<u8>) {
+    let x = random_rows(n, d, seed);
+    let mut rows = Array2::zeros((n, d + 2));
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let task = i % 2;
+        rows.slice_mut(ndarray::s![i, ..d]).assign(&x.row(i));
+        rows[[i, d + task]] = 1.0;
+        y.push(u8::from((x[[i, 0]] > 0.5) == (task == 0)));
+    }
+    (rows, y)
+}
+
+#[test]
+fn one_output_per_source_task_learns_tasks_that_one_shared_output_cannot() {
+    use cryptotl::config::TrainConfig;
+    use cryptotl::train::{Examples, train};
+    let cfg = LowerNetConfig { conv_kernel: 0, hidden: 8, activation: Activation::Relu, pool: 1, output: 0, ..Default::default() };
+    let (d, schedule) = (6, TrainConfig { epochs: 60, batch_size: 16, learning_rate: 0.01, patience: 0 });
+    let (x, y) = two_conflicting_tasks(400, d, 1);
+    let (xv, yv) = two_conflicting_tasks(200, d, 2);
+    let accuracy = |p: &[f32], y: &[u8]| p.iter().zip(y).filter(|&(&p, &y)| (p >= 0.5) == (y == 1)).count() as f64 / y.len() as f64;
+
+    let net = PretrainNet::<model::Train>::new(&cfg, d, 2, 5, &Default::default());
+    assert_eq!(net.outputs(), 2);
+    let per_task = train(net, Examples { x: x.view(), y: &y }, Examples { x: xv.view(), y: &yv }, &schedule, 5, "two tasks").model;
+    let per_task_acc = accuracy(&predict_proba(&per_task, xv.view(), &device()), &yv);
+    assert!(per_task_acc > 0.85, "one output per task: {per_task_acc}");
+
+    // The same rows through one shared output (the task columns dropped): the tasks cancel out.
+    let shared = PretrainNet::<model::Train>::new(&cfg, d, 1, 5, &Default::default());
+    let (sx, svx) = (x.slice(ndarray::s![.., ..d]).to_owned(), xv.slice(ndarray::s![.., ..d]).to_owned());
+    let shared = train(shared, Examples { x: sx.view(), y: &y }, Examples { x: svx.view(), y: &yv }, &schedule, 5, "shared").model;
+    let shared_acc = accuracy(&predict_proba(&shared, svx.view(), &device()), &yv);
+    assert!(shared_acc < 0.7, "one shared output cannot fit both tasks: {shared_acc}");
+
+    // The task column chooses the logit: the same features under the other task give the complementary answer.
+    let mut flipped = xv.clone();
+    for mut row in flipped.rows_mut() {
+        let t0 = row[d];
+        row[d] = row[d + 1];
+        row[d + 1] = t0;
+    }
+    let (p, q) = (predict_proba(&per_task, xv.view(), &device()), predict_proba(&per_task, flipped.view(), &device()));
+    let disagree = p.iter().zip(&q).filter(|&(&a, &b)| (a >= 0.5) != (b >= 0.5)).count() as f64 / p.len() as f64;
+    assert!(disagree > 0.8, "{disagree}");
 }

@@ -48,7 +48,7 @@ fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = quickstart(dir.path());
     let n = shipped();
-    let net = n.network(&cfg.lower, cfg.features.dim(), cfg.seed).unwrap();
+    let net = n.network(&cfg.lower, cfg.features.dim(), 1, cfg.seed).unwrap();
     // Each path is split on its own, so the embedded sources' test rows are the ones the shipped run saw, tweets
     // or not. Their embeddings ship too: no model is needed.
     let embedded: Vec<&str> = cfg.source.paths.iter().map(String::as_str).filter(|p| p.starts_with("embedded:")).collect();
@@ -124,6 +124,39 @@ fn balancing_repeats_each_source_path_up_to_the_largest() {
     let err = |ov: &[&str]| RunConfig::from_toml_str(QUICKSTART_TOML, "q", &ov.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
     assert!(err(&["target.balance_paths=true"]).contains("target.balance_paths"));
     assert!(err(&["server_privacy.dp_pretraining.target_epsilon=4.0"]).contains("source.balance_paths"));
+}
+
+#[test]
+fn one_output_per_source_path_marks_each_row_with_its_path() {
+    let cfg = DatasetConfig::new("two", DatasetFormat::Csv, &["embedded:yelp_sentences", "embedded:amazon_sentences"]);
+    let ds = cryptotl::data::load(&cfg, 0).unwrap();
+    let split = cryptotl::data::stratified_split(&ds, &cryptotl::config::SplitConfig { validation: 0.15, test: 0.2, ..Default::default() }, 1).unwrap();
+    let rows = |d: &cryptotl::data::Dataset| ndarray::Array2::from_shape_fn((d.len(), 3), |(i, j)| (i * 3 + j) as f32);
+    let fs = pipeline::FeatureSplit {
+        train: rows(&split.train), train_y: split.train.labels.clone(),
+        validation: rows(&split.validation), validation_y: split.validation.labels.clone(),
+        test: rows(&split.test), test_y: split.test.labels.clone(), own_columns: 0,
+    };
+    assert_eq!(pipeline::with_task_columns(&fs, &split, 1), fs, "one task: the features as they are");
+    let t = pipeline::with_task_columns(&fs, &split, 2);
+    for (part, x, orig) in [(&split.train, &t.train, &fs.train), (&split.validation, &t.validation, &fs.validation), (&split.test, &t.test, &fs.test)] {
+        assert_eq!(x.ncols(), 5);
+        assert_eq!(x.slice(ndarray::s![.., ..3]), orig.view(), "the features are kept");
+        for (i, row) in x.rows().into_iter().enumerate() {
+            let want: [f32; 2] = if part.origins[i] == 0 { [1.0, 0.0] } else { [0.0, 1.0] };
+            assert_eq!(row.slice(ndarray::s![3..]).to_vec(), want, "row {i}");
+        }
+    }
+    // Its own pretraining key when set (the shipped network is the shared-output one); refused for the target.
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = quickstart(dir.path());
+    assert_eq!(pipeline::pretrain_outputs(&q), 1);
+    let shared_key = pipeline::pretrain_key(&q);
+    q.source.output_per_path = true;
+    assert_eq!(pipeline::pretrain_outputs(&q), q.source.paths.len());
+    assert_ne!(pipeline::pretrain_key(&q), shared_key);
+    let err = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["target.output_per_path=true".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("target.output_per_path"), "{err}");
 }
 
 #[test]

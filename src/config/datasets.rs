@@ -60,6 +60,11 @@ pub struct DatasetConfig {
     /// the others. Default false: the paths pooled as they are.
     #[serde(default)]
     pub balance_paths: bool,
+    /// `[source]` only: pretraining gives each path its own output (multi-task: one frozen network, several source
+    /// tasks; each example's loss is on its own path's output) instead of one output shared by all. Default false.
+    /// Left out of the serialised config when false, so the pretraining keys of configs without it stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_per_path: bool,
 }
 
 impl DatasetConfig {
@@ -79,6 +84,7 @@ impl DatasetConfig {
             lossy_utf8: false,
             max_examples: None,
             balance_paths: false,
+            output_per_path: false,
         }
     }
 }

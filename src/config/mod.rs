@@ -233,6 +233,9 @@ impl RunConfig {
         self.features.check(at)?;
         self.source.check("source", at)?;
         self.target.check("target", at)?;
+        if self.target.output_per_path {
+            return Err(at.key("target.output_per_path", "only the server's pretraining has source tasks; remove it from [target]".into()));
+        }
         if self.target.balance_paths {
             return Err(at.key("target.balance_paths", "only the server's pretraining balances its source paths; remove it from [target]".into()));
         }
