@@ -48,7 +48,8 @@ fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = quickstart(dir.path());
     let n = shipped();
-    let net = n.network(&cfg.lower, cfg.features.dim(), 1, cfg.seed).unwrap();
+    let outputs = pipeline::pretrain_outputs(&cfg);
+    let net = n.network(&cfg.lower, cfg.features.dim(), outputs, cfg.seed).unwrap();
     // Each path is split on its own, so the embedded sources' test rows are the ones the shipped run saw, tweets
     // or not. Their embeddings ship too: no model is needed.
     let embedded: Vec<&str> = cfg.source.paths.iter().map(String::as_str).filter(|p| p.starts_with("embedded:")).collect();
@@ -59,6 +60,16 @@ fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
     for (path, idx) in split.test.by_origin() {
         let texts: Vec<String> = idx.iter().map(|&i| split.test.texts[i].clone()).collect();
         let x = n.manifest.features.transform(&texts).unwrap();
+        // With one output per source path, each row names its path's output (one-hot after the features).
+        let x = if outputs > 1 {
+            let task = cfg.source.paths.iter().position(|p| *p == path).expect("a path of [source]");
+            let mut tasked = ndarray::Array2::zeros((x.nrows(), x.ncols() + outputs));
+            tasked.slice_mut(ndarray::s![.., ..x.ncols()]).assign(&x);
+            tasked.column_mut(x.ncols() + task).fill(1.0);
+            tasked
+        } else {
+            x
+        };
         let p = cryptotl::model::predict_proba(&net, x.view(), &device);
         let correct = idx.iter().zip(&p).filter(|&(&i, &p)| (p >= 0.5) == (split.test.labels[i] == 1)).count();
         let recorded = n.manifest.meta.source_tasks.iter().find(|t| t.source == path).expect("task recorded");
@@ -147,9 +158,10 @@ fn one_output_per_source_path_marks_each_row_with_its_path() {
             assert_eq!(row.slice(ndarray::s![3..]).to_vec(), want, "row {i}");
         }
     }
-    // Its own pretraining key when set (the shipped network is the shared-output one); refused for the target.
+    // Part of the pretraining key (the quickstart ships the per-path network); refused for the target.
     let dir = tempfile::tempdir().unwrap();
     let mut q = quickstart(dir.path());
+    q.source.output_per_path = false;
     assert_eq!(pipeline::pretrain_outputs(&q), 1);
     let shared_key = pipeline::pretrain_key(&q);
     q.source.output_per_path = true;
