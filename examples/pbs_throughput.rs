@@ -38,10 +38,17 @@ fn program(params: ParameterSet, neurons: usize) -> IntegerProgram {
 fn main() {
     let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (neurons, samples) = (arg(1, 64).max(1), arg(2, 1).max(1));
-    let only = std::env::args().nth(3).unwrap_or_default();
+    // The filter matches any part of a set's name, in any case (`multi` picks the multi-bit sets).
+    let only = std::env::args().nth(3).unwrap_or_default().to_uppercase();
+    let sets: Vec<ParameterSet> = ParameterSet::ALL.into_iter().filter(|p| p.name().to_uppercase().contains(&only)).collect();
+    if sets.is_empty() {
+        let names: Vec<&str> = ParameterSet::ALL.iter().map(|p| p.name()).collect();
+        eprintln!("no parameter set's name contains `{only}`; the sets: {}", names.join(", "));
+        std::process::exit(2);
+    }
     println!("| parameter set | lookup bits | bootstraps | setup s | best of 3, s | ms per bootstrap | bootstraps/s | outputs off the clear program |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for params in ParameterSet::ALL.into_iter().filter(|p| p.name().contains(&only)) {
+    for params in sets {
         let program = program(params, neurons);
         program.validate(params).expect("the synthetic program fits the parameter set");
         let (client, key) = ClientKey::generate(params, seeder(None).as_mut());
