@@ -622,6 +622,8 @@ fn dispatch(cmd: Command) -> Result<()> {
                 repeats: a.repeats,
             };
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
+            // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
+            crate::sweep::validate(&cfg, &spec)?;
             crate::atomic::writable_dir(&dir)?;
             let sweep = crate::sweep::run(&cfg, &spec)?;
             let files = sweep.write(&dir)?;

@@ -220,6 +220,22 @@ fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipe
 
 /// Run the sweep (see the module docs for what is shared between settings).
 pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
+    let settings = settings(cfg, spec)?;
+    run_settings(cfg, spec, settings)
+}
+
+/// Check a sweep's lists and settings against `cfg` without doing any of its work: what [`run`] refuses, this
+/// refuses too, so a caller can check before it creates an output folder.
+pub fn validate(cfg: &RunConfig, spec: &SweepSpec) -> Result<()> {
+    settings(cfg, spec).map(|_| ())
+}
+
+/// One server setting of a sweep: its ε (`None`: the config's server as it is), its config, and the config of each
+/// client head.
+type Setting = (Option<Epsilon>, RunConfig, Vec<RunConfig>);
+
+/// Every setting's config, built and validated before any work starts.
+fn settings(cfg: &RunConfig, spec: &SweepSpec) -> Result<Vec<Setting>> {
     if spec.client_epsilons.is_empty() {
         return Err(Error::Privacy("give at least one client ε".into()));
     }
@@ -235,7 +251,6 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
     }
     let server_settings: Vec<Option<Epsilon>> =
         if spec.server_epsilons.is_empty() { vec![None] } else { spec.server_epsilons.iter().copied().map(Some).collect() };
-    // Every setting's config is built (and validated) before any work starts.
     let mut settings = Vec::new();
     for s in &server_settings {
         let server_cfg = match s {
@@ -245,6 +260,10 @@ pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(&server_cfg, *e)).collect();
         settings.push((*s, server_cfg, heads));
     }
+    Ok(settings)
+}
+
+fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>) -> Result<Sweep> {
     let data = pipeline::prepare_data(cfg)?;
     // One set of client features for every head: the data-independent map as soon as one head is private, so the
     // ε = ∞ point is measured on the same features as the private ones.

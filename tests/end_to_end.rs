@@ -176,13 +176,16 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("gone.csv") && err.contains("cannot read"), "{err}");
 
-    // Sweeps check their ε lists and settings before any work.
-    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1,0"]);
+    // Sweeps check their ε lists and settings before any work, and a refused sweep leaves no folder behind.
+    let out = dir.path().join("sweep-out");
+    let out_arg = out.to_str().unwrap();
+    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1,0", "--out", out_arg]);
     assert_eq!(code, 2);
     assert!(err.contains("ε must be a number > 0"), "{err}");
-    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1", "--server-epsilons", "2"]);
+    let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1", "--server-epsilons", "2", "--out", out_arg]);
     assert_eq!(code, 2);
     assert!(err.contains("l2_sensitivity"), "{err}");
+    assert!(!out.exists(), "a refused sweep created {}", out.display());
 
     let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
     assert_eq!(code, 0, "{err}");
