@@ -205,10 +205,11 @@ pub fn pretrain_outputs(cfg: &RunConfig) -> usize {
 }
 
 /// Source features with their task appended as one-hot columns (`tasks` of them, in the order of the paths of
-/// `[source]`), as a [`PretrainNet`] with `tasks > 1` outputs reads them. One task: the features as they are.
-pub fn with_task_columns(fs: &FeatureSplit, source: &Split, tasks: usize) -> FeatureSplit {
+/// `[source]`), as a [`PretrainNet`] with `tasks > 1` outputs reads them. One task: the features as they are,
+/// borrowed (no copy of the source features).
+pub fn with_task_columns<'a>(fs: &'a FeatureSplit, source: &Split, tasks: usize) -> std::borrow::Cow<'a, FeatureSplit> {
     if tasks <= 1 {
-        return fs.clone();
+        return std::borrow::Cow::Borrowed(fs);
     }
     let augment = |x: &Array2<f32>, part: &Dataset| -> Array2<f32> {
         let mut out = Array2::zeros((x.nrows(), x.ncols() + tasks));
@@ -220,7 +221,7 @@ pub fn with_task_columns(fs: &FeatureSplit, source: &Split, tasks: usize) -> Fea
         }
         out
     };
-    FeatureSplit {
+    std::borrow::Cow::Owned(FeatureSplit {
         train: augment(&fs.train, &source.train),
         train_y: fs.train_y.clone(),
         validation: augment(&fs.validation, &source.validation),
@@ -228,7 +229,7 @@ pub fn with_task_columns(fs: &FeatureSplit, source: &Split, tasks: usize) -> Fea
         test: augment(&fs.test, &source.test),
         test_y: fs.test_y.clone(),
         own_columns: fs.own_columns,
-    }
+    })
 }
 
 /// A stable key of everything that determines the pretrained lower network.
@@ -385,7 +386,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let tasks = pretrain_outputs(cfg);
     let tasked = with_task_columns(&fs, source, tasks);
     let balanced = if cfg.source.balance_paths { Some(balance_paths(&tasked, source)) } else { None };
-    let fit = balanced.as_ref().unwrap_or(&tasked);
+    let fit = balanced.as_ref().unwrap_or(tasked.as_ref());
     let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), tasks, cfg.seed, &device);
     let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
         (Some(plan), Some(p)) => {

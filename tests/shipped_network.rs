@@ -148,7 +148,9 @@ fn one_output_per_source_path_marks_each_row_with_its_path() {
         validation: rows(&split.validation), validation_y: split.validation.labels.clone(),
         test: rows(&split.test), test_y: split.test.labels.clone(), own_columns: 0,
     };
-    assert_eq!(pipeline::with_task_columns(&fs, &split, 1), fs, "one task: the features as they are");
+    let one = pipeline::with_task_columns(&fs, &split, 1);
+    assert!(matches!(one, std::borrow::Cow::Borrowed(_)), "one task: no copy");
+    assert_eq!(*one, fs, "one task: the features as they are");
     let t = pipeline::with_task_columns(&fs, &split, 2);
     for (part, x, orig) in [(&split.train, &t.train, &fs.train), (&split.validation, &t.validation, &fs.validation), (&split.test, &t.test, &fs.test)] {
         assert_eq!(x.ncols(), 5);
