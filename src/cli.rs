@@ -623,9 +623,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             };
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
             // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
-            crate::sweep::validate(&cfg, &spec)?;
+            let plan = crate::sweep::plan(&cfg, &spec)?;
             crate::atomic::writable_dir(&dir)?;
-            let sweep = crate::sweep::run(&cfg, &spec)?;
+            let sweep = plan.run()?;
             let files = sweep.write(&dir)?;
             println!("{}", sweep.to_markdown());
             for f in files {

@@ -220,22 +220,23 @@ fn train_heads(cfg: &RunConfig, heads: &[RunConfig], spec: &SweepSpec, fs: &pipe
 
 /// Run the sweep (see the module docs for what is shared between settings).
 pub fn run(cfg: &RunConfig, spec: &SweepSpec) -> Result<Sweep> {
-    let settings = settings(cfg, spec)?;
-    run_settings(cfg, spec, settings)
-}
-
-/// Check a sweep's lists and settings against `cfg` without doing any of its work: what [`run`] refuses, this
-/// refuses too, so a caller can check before it creates an output folder.
-pub fn validate(cfg: &RunConfig, spec: &SweepSpec) -> Result<()> {
-    settings(cfg, spec).map(|_| ())
+    plan(cfg, spec)?.run()
 }
 
 /// One server setting of a sweep: its ε (`None`: the config's server as it is), its config, and the config of each
 /// client head.
 type Setting = (Option<Epsilon>, RunConfig, Vec<RunConfig>);
 
-/// Every setting's config, built and validated before any work starts.
-fn settings(cfg: &RunConfig, spec: &SweepSpec) -> Result<Vec<Setting>> {
+/// A sweep whose lists and settings are checked and whose configs are built, none of its work done yet: what
+/// [`run`] refuses, [`plan`] refuses, so a caller can plan before it creates an output folder.
+pub struct SweepPlan<'a> {
+    cfg: &'a RunConfig,
+    spec: &'a SweepSpec,
+    settings: Vec<Setting>,
+}
+
+/// Check a sweep's lists and settings against `cfg` and build every setting's config, before any work starts.
+pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>> {
     if spec.client_epsilons.is_empty() {
         return Err(Error::Privacy("give at least one client ε".into()));
     }
@@ -260,7 +261,15 @@ fn settings(cfg: &RunConfig, spec: &SweepSpec) -> Result<Vec<Setting>> {
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(&server_cfg, *e)).collect();
         settings.push((*s, server_cfg, heads));
     }
-    Ok(settings)
+    Ok(SweepPlan { cfg, spec, settings })
+}
+
+impl SweepPlan<'_> {
+    /// Do the sweep's work.
+    pub fn run(self) -> Result<Sweep> {
+        let SweepPlan { cfg, spec, settings } = self;
+        run_settings(cfg, spec, settings)
+    }
 }
 
 fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>) -> Result<Sweep> {
