@@ -280,16 +280,16 @@ impl Session {
             bar.inc(levels.len() as u64);
             stats.merge(s);
         };
+        // The pass's seeds are drawn up front, in sample order, as `forward_batch` would draw them: the same seed
+        // gives the same ciphertexts whichever way the batches are encrypted.
+        let seeds = self.draw_seeds(rows.len());
+        let (client, interface, limit) = (&self.client, &self.interface, self.model.input_limit);
         if self.transport.shares_our_cores() {
-            for (chunk, block) in rows.chunks(batch).zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
-                let (levels, s) = self.forward_batch(chunk)?;
+            for ((chunk, seeds), block) in rows.chunks(batch).zip(seeds.chunks(batch)).zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
+                let (levels, s) = self.exchange(prepare_batch(client, interface, limit, chunk, seeds)?)?;
                 take(levels, s, block);
             }
         } else {
-            // The pass's seeds are drawn here, in sample order, as `forward_batch` would draw them: the same seed gives
-            // the same ciphertexts whichever path encrypts them.
-            let seeds = self.draw_seeds(rows.len());
-            let (client, interface, limit) = (&self.client, &self.interface, self.model.input_limit);
             std::thread::scope(|scope| -> Result<()> {
                 let (ready, prepared) = std::sync::mpsc::sync_channel::<Result<PreparedBatch>>(1);
                 let (rows, seeds) = (&rows, &seeds);
