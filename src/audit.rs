@@ -160,6 +160,36 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
     (2 * k, correct)
 }
 
+/// What an audit of `cfg` with `m` canaries needs before any data is read: `[privacy]` on, the linear head, and
+/// `m` in [`CANARIES`]. [`audit`] checks it again; `cryptotl audit` calls it first, so a refused audit does no work
+/// and leaves no output folder behind. (Whether `m` canaries fit beside the training rows is known only once the
+/// data is read: [`audit`] checks that.)
+///
+/// ```
+/// use cryptotl::config::{RunConfig, QUICKSTART_TOML};
+/// let plain = RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &[]).unwrap();
+/// assert!(cryptotl::audit::check(&plain, 1000).is_err()); // no [privacy]
+/// let private = RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &["privacy.target_epsilon=1".into()]).unwrap();
+/// assert!(cryptotl::audit::check(&private, 1000).is_ok());
+/// assert!(cryptotl::audit::check(&private, 1).is_err()); // too few canaries
+/// ```
+pub fn check(cfg: &RunConfig, m: usize) -> Result<()> {
+    if cfg.client_privacy().is_none() {
+        return Err(Error::Config {
+            file: cfg.name.clone(),
+            key: "privacy".into(),
+            message: "the audit checks the DP-SGD head: give a [privacy] table (e.g. --set privacy.target_epsilon=1)".into(),
+        });
+    }
+    if cfg.head.kind != HeadKind::Linear {
+        return Err(Error::Config { file: cfg.name.clone(), key: "head.kind".into(), message: "the audit's canaries widen a linear head; use head.kind = \"linear\"".into() });
+    }
+    if !CANARIES.contains(&m) {
+        return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
+    }
+    Ok(())
+}
+
 /// Audit the DP-SGD head of `cfg` on its head inputs `fs` with `m` canaries (seeded by `seed`; the training noise
 /// follows `[privacy] insecure_seed` like any run). Needs `[privacy]` on and the linear head.
 ///
@@ -170,17 +200,8 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
 /// columns are centred on 0 (their real rows are 0). An empty reference, or one of another width, leaves the rows
 /// as they are, as the head's training does.
 pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, seed: u64) -> Result<AuditResult> {
-    let privacy = cfg.client_privacy().ok_or_else(|| Error::Config {
-        file: cfg.name.clone(),
-        key: "privacy".into(),
-        message: "the audit checks the DP-SGD head: give a [privacy] table (e.g. --set privacy.target_epsilon=1)".into(),
-    })?;
-    if cfg.head.kind != HeadKind::Linear {
-        return Err(Error::Config { file: cfg.name.clone(), key: "head.kind".into(), message: "the audit's canaries widen a linear head; use head.kind = \"linear\"".into() });
-    }
-    if !CANARIES.contains(&m) {
-        return Err(Error::Config { file: cfg.name.clone(), key: "canaries".into(), message: canaries_out_of_range(m) });
-    }
+    check(cfg, m)?;
+    let privacy = cfg.client_privacy().expect("check() refuses a config without [privacy]");
     let started = std::time::Instant::now();
     let (n, d) = fs.train.dim();
     if audit_cells(n, d, m) > MAX_AUDIT_CELLS {
@@ -296,6 +317,7 @@ pub fn audit_inputs(cfg: &RunConfig) -> Result<(FeatureSplit, Vec<f32>)> {
 /// The audit of a config end to end: its data, the server's network, the client's features through the
 /// plaintext lower network ([`audit_inputs`]), then [`audit`].
 pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult> {
+    check(cfg, m)?;
     let mut plain = cfg.clone();
     plain.he.enabled = false;
     let (inputs, reference) = audit_inputs(&plain)?;

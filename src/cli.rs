@@ -602,9 +602,12 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Audit(a) => {
             let cfg = a.config.load()?;
+            let canaries = a.canaries.unwrap_or(cfg.audit.canaries);
+            // A refused audit leaves no folder behind; a folder that cannot be written is found before the work.
+            crate::audit::check(&cfg, canaries)?;
             let out = cfg.output_dir();
             crate::atomic::writable_dir(&out)?;
-            let result = crate::audit::audit_config(&cfg, a.canaries.unwrap_or(cfg.audit.canaries), a.canary_seed.unwrap_or(cfg.audit.seed))?;
+            let result = crate::audit::audit_config(&cfg, canaries, a.canary_seed.unwrap_or(cfg.audit.seed))?;
             let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
             crate::atomic::write(&out.join("audit.json"), &json)?;
             let md = result.to_markdown();

@@ -186,6 +186,16 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("l2_sensitivity"), "{err}");
     assert!(!out.exists(), "a refused sweep created {}", out.display());
+    // So does a refused audit: no [privacy], or a canary count out of range.
+    let audit_out = dir.path().join("audit-out");
+    let audit_arg = audit_out.to_str().unwrap();
+    let (code, _, err) = cli(&["-q", "audit", "--output-dir", audit_arg]);
+    assert_eq!(code, 2);
+    assert!(err.contains("[privacy]"), "{err}");
+    let (code, _, err) = cli(&["-q", "audit", "--set", "privacy.target_epsilon=1", "--canaries", "1", "--output-dir", audit_arg]);
+    assert_eq!(code, 2);
+    assert!(err.contains("canaries") && err.contains("got 1"), "{err}");
+    assert!(!audit_out.exists(), "a refused audit created {}", audit_out.display());
 
     let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
     assert_eq!(code, 0, "{err}");
