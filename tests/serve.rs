@@ -248,6 +248,11 @@ fn refusals_have_their_status_and_garbage_leaves_the_server_standing() {
     assert_eq!(status(c.get(format!("{url}/v1/interface"))).0, 401);
     assert_eq!(status(c.get(format!("{url}/v1/privacy")).bearer_auth("not-a-token")).0, 401);
     assert_eq!(status(c.post(format!("{url}/v1/keys")).bearer_auth("alice-token-012345678").body(vec![0u8; 10])).0, 401);
+    assert_eq!(status(c.post(format!("{url}/v1/keys/any/evaluate")).body(vec![0u8; 10])).0, 401);
+    // A 401 says which scheme to use (RFC 6750) and why, as JSON.
+    let r = c.get(format!("{url}/v1/interface")).send().unwrap();
+    assert_eq!(r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()), Some("Bearer".into()));
+    assert!(r.text().unwrap().contains("bearer token"));
     assert_eq!(status(c.get(format!("{url}/healthz"))), (200, "ok".into()));
 
     let iface: ModelInterface = c.get(format!("{url}/v1/interface")).bearer_auth(&f.alice).send().unwrap().json().unwrap();

@@ -132,40 +132,45 @@ impl IntoResponse for ServiceError {
     }
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId, Response> {
+/// A request without a known bearer token: answered 401 with `WWW-Authenticate: Bearer`.
+#[derive(Debug)]
+struct Unauthorized;
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token (Authorization: Bearer <token>)");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId, Unauthorized> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token.and_then(|t| state.tokens.authenticate(t)) {
-        Some(c) => Ok(c),
-        None => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token (Authorization: Bearer <token>)");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
-        }
-    }
+    token.and_then(|t| state.tokens.authenticate(t)).ok_or(Unauthorized)
 }
 
 async fn interface(State(s): State<Shared>, headers: HeaderMap) -> Response {
     match authenticate(&s, &headers) {
         Ok(_) => axum::Json(s.service.interface().clone()).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn privacy(State(s): State<Shared>, headers: HeaderMap) -> Response {
     match authenticate(&s, &headers) {
         Ok(_) => axum::Json(s.service.privacy().clone()).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn upload_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let client = match authenticate(&s, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let service = s.service.clone();
     match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
@@ -178,7 +183,7 @@ async fn upload_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) ->
 async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let client = match authenticate(&s, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
