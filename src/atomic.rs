@@ -56,6 +56,35 @@ pub fn open_options(private: bool) -> std::fs::OpenOptions {
     opts
 }
 
+/// Append whole fixed-size records (`bytes`, a multiple of `record` long) to an append-only private file (0600),
+/// synced before it returns: the embedding cache's and the encrypted pass's journal's write. Appends are taken one
+/// at a time (an exclusive lock on the file, released when it closes), and a torn tail left by a writer killed
+/// mid-append (the file as it is now: another process may have appended since it was read) is cut first, so the
+/// file never holds unreadable bytes before good ones.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let p = dir.path().join("records.bin");
+/// std::fs::write(&p, [1, 2, 3, 4, 5]).unwrap(); // one 4-byte record and a torn byte
+/// cryptotl::atomic::append_records(&p, 4, &[6, 7, 8, 9]).unwrap();
+/// assert_eq!(std::fs::read(&p).unwrap(), [1, 2, 3, 4, 6, 7, 8, 9]);
+/// ```
+pub fn append_records(path: &Path, record: usize, bytes: &[u8]) -> Result<()> {
+    use std::io::{Seek as _, Write as _};
+    debug_assert_eq!(bytes.len() % record, 0);
+    let io = |e| Error::io(path, e);
+    let mut f = open_options(true).truncate(false).open(path).map_err(io)?;
+    f.lock().map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let whole = len - len % record as u64;
+    if whole != len {
+        f.set_len(whole).map_err(io)?;
+    }
+    f.seek(std::io::SeekFrom::Start(whole)).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
 /// The one atomic write both parties use ([`cryptotl_server::atomic::write`]), with this crate's error.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     cryptotl_server::atomic::write(path, bytes, private).map_err(|e| Error::io(path, e))

@@ -608,12 +608,14 @@ pub struct TransferInput<'a> {
     own: &'a FeatureSplit,
     /// Per part (train, validation, test): where each text's rows start, and the end. None: one row per text.
     starts: Option<[Vec<usize>; 3]>,
+    /// Where the encrypted pass keeps its journal ([`crate::he::OutputJournal`]), if it keeps one.
+    journal: Option<PathBuf>,
 }
 
 impl<'a> TransferInput<'a> {
     /// The client's features as they are: one row per text (`transfer_unit = "text"`).
     pub fn texts(own: &'a FeatureSplit) -> Self {
-        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None }
+        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None, journal: None }
     }
 
     /// As `head.transfer_unit` says: [`Self::texts`], or each text of `target` split into sentences
@@ -633,7 +635,15 @@ impl<'a> TransferInput<'a> {
         let units = train.nrows() + validation.nrows() + test.nrows();
         tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
         let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y, own_columns: 0 };
-        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]) })
+        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]), journal: None })
+    }
+
+    /// Keep the encrypted pass's journal in `dir` (a run's output folder): each batch's decrypted outputs are
+    /// recorded as they come back, a pass killed midway resumes from them when the run is started again, and the
+    /// journal is removed once every split is through ([`crate::he::OutputJournal`]).
+    pub fn journaled_in(mut self, dir: &Path) -> Self {
+        self.journal = Some(dir.to_path_buf());
+        self
     }
 
     /// Rows the server evaluates.
@@ -714,7 +724,7 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &Tran
     })?);
     let accumulators = input.units() * program.neurons;
     let session = local_session(cfg, &program)?;
-    let (encrypted, stats) = forward_split(&session, client)?;
+    let (encrypted, stats) = forward_split(&session, client, input.journal.as_deref())?;
     let encrypted = input.pool(encrypted);
     let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
     if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
@@ -752,15 +762,30 @@ pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
     }
 }
 
-/// Every split of the client's features through the session's encrypted path, with what it measured.
-fn forward_split(session: &crate::he::Session, client: &FeatureSplit) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
+/// Every split of the client's features through the session's encrypted path, with what it measured. With
+/// `journal_dir`, the pass resumes from and records into the session's journal there, removed once all is through.
+fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_dir: Option<&Path>) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
     let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
     let server = session.server();
+    let mut journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &session.journal_identity(), session.interface.outputs)).transpose()?;
+    let journal_cell = std::cell::RefCell::new(journal.as_mut());
     let encrypted = client.map(|x| {
-        let (y, s) = session.forward(x.view(), &format!("{} samples via {server}", x.nrows()))?;
+        let (y, s) = session.forward_journaled(x.view(), &format!("{} samples via {server}", x.nrows()), journal_cell.borrow_mut().as_deref_mut())?;
         stats.borrow_mut().merge(s);
         Ok(y)
-    })?;
+    });
+    let encrypted = match encrypted {
+        Ok(e) => e,
+        Err(e) => {
+            if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
+                tracing::warn!(path = %j.path().display(), samples = j.len(), "the encrypted pass stopped; the outputs it had are kept in its journal and a new run of the same config resumes from them");
+            }
+            return Err(e);
+        }
+    };
+    if let Some(j) = journal {
+        j.remove()?;
+    }
     Ok((encrypted, stats.into_inner()))
 }
 
@@ -832,7 +857,7 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
     let session = remote_session(cfg, url)?;
     let statement = session.server_privacy()?;
     let output_ranges = session.published_output_ranges();
-    let (encrypted, stats) = forward_split(&session, &input.rows)?;
+    let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
     let he = crate::he::HeReport::new(&session, None, &stats, None);
     Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
 }
@@ -1246,7 +1271,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     };
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
-    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client));
+    // The encrypted pass keeps its journal in the run's folder: a run killed during it resumes where it stopped.
+    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(&cfg.output_dir())));
     let input = input?;
     stage("client features", t + t2);
     let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {

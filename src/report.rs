@@ -360,7 +360,11 @@ impl Report {
                 ("download per sample", format!("{:.1} KiB", h.download_bytes_per_sample as f64 / 1024.0)),
                 ("server time per sample: median / p95", format!("{:.3} s / {:.3} s", h.server_seconds_median, h.server_seconds_p95)),
                 ("client time per sample (median)", format!("{:.4} s", h.client_seconds_median)),
-                ("samples evaluated", format!("{}", h.samples)),
+                ("samples evaluated", if h.resumed_samples > 0 {
+                    format!("{} ({} of them before an interruption, taken from the run's journal)", h.samples, h.resumed_samples)
+                } else {
+                    format!("{}", h.samples)
+                }),
                 ("outputs off the clear-integer oracle (any difference; most are one lookup level)", match (h.off_oracle_rate, h.max_level_difference) {
                     (Some(r), Some(m)) => format!("{r:.4} (max {m} levels)"),
                     _ => "not measurable: only the one-process simulation has the server's program".into(),

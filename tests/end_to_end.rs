@@ -46,6 +46,10 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     // The encrypted stage ran on every client sample and says what it cost.
     let he = report.he.as_ref().expect("encrypted by default");
     assert_eq!(he.samples, 120);
+    // Nothing was resumed, and the pass's journal is gone once it succeeded.
+    assert_eq!(he.resumed_samples, 0);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("run")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".journal")).collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!((he.neurons, he.outputs, he.counts.bootstraps), (12, 10, 12));
     assert!(he.upload_bytes_per_sample < 256 * 8 + 300, "seeded upload: {}", he.upload_bytes_per_sample);
     // Each pooled output sums 3 lookups, each one level off at a few percent (p = 5).

@@ -224,6 +224,64 @@ fn a_server_error_mid_pass_ends_the_pipelined_pass_with_that_error() {
     assert_eq!(session.forward_batch(&samples(2, 8)).unwrap().0.len(), 2);
 }
 
+#[test]
+fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
+    use cryptotl::he::{InProcess, OutputJournal};
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = || ModelArtifact::new(program(), PARAMS, serde_json::Value::Null, serde_json::Value::Null).unwrap();
+    let x = ndarray::Array2::from_shape_vec((10, 16), samples(10, 31).concat()).unwrap();
+    // The pass a run would have made without interruption, under the same keys and seeds.
+    let mut whole = Session::local(program(), PARAMS, Some(21)).unwrap();
+    whole.batch = 2;
+    let (want, _) = whole.forward(x.view(), "whole").unwrap();
+
+    // A pass whose third request fails (a killed server, a lost connection): the first two batches are journaled.
+    let flaky = FailsAt { inner: Box::new(InProcess::new(artifact()).unwrap()), calls: AtomicUsize::new(0), fail_at: 3 };
+    let mut first = Session::connect(Box::new(flaky), Some(program()), Some(21)).unwrap();
+    first.batch = 2;
+    let identity = first.journal_identity();
+    let mut journal = OutputJournal::open(dir.path(), &identity, 6).unwrap();
+    let err = first.forward_journaled(x.view(), "interrupted", Some(&mut journal)).unwrap_err().to_string();
+    assert!(err.contains("connection reset mid-pass"), "{err}");
+    assert_eq!(OutputJournal::open(dir.path(), &identity, 6).unwrap().len(), 4, "two whole batches are on disk");
+    // Another model, parameter set or server has a journal of its own.
+    assert!(OutputJournal::open(dir.path(), &identity.replace("flaky", "local"), 6).unwrap().is_empty());
+
+    // Damage: one record's bytes flipped, and a torn tail from an append cut short.
+    let path = journal.path().to_path_buf();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0xff;
+    bytes.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    // The run again: new keys, a server that counts its requests. Only the samples the journal lacks are sent.
+    let counting = FailsAt { inner: Box::new(InProcess::new(artifact()).unwrap()), calls: AtomicUsize::new(0), fail_at: usize::MAX };
+    let mut again = Session::connect(Box::new(counting), Some(program()), Some(99)).unwrap();
+    again.batch = 2;
+    let mut journal = OutputJournal::open(dir.path(), &again.journal_identity(), 6).unwrap();
+    assert_eq!(journal.len(), 3, "the damaged record is a miss");
+    let (got, stats) = again.forward_journaled(x.view(), "resumed", Some(&mut journal)).unwrap();
+    assert_eq!((stats.resumed, stats.samples), (3, 7));
+    assert_eq!(got.slice(ndarray::s![1..4, ..]), want.slice(ndarray::s![1..4, ..]), "resumed rows are the interrupted pass's outputs");
+    assert_eq!(stats.compared_outputs, 60, "resumed rows are compared with the clear program too");
+    assert!(stats.mismatch_rate() < 0.25 && stats.max_level_difference <= 3, "{stats:?}");
+    // The journal now holds every sample (the torn tail was cut first), and a third pass sends nothing.
+    let journal = OutputJournal::open(dir.path(), &again.journal_identity(), 6).unwrap();
+    assert_eq!(journal.len(), 10);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() % (16 + 8 * 6 + 8), 0);
+    let mut journal = journal;
+    let (third, stats) = again.forward_journaled(x.view(), "all resumed", Some(&mut journal)).unwrap();
+    assert_eq!((stats.resumed, stats.samples), (10, 0));
+    assert_eq!(third, got);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "decrypted outputs are private");
+    }
+    journal.remove().unwrap();
+    assert!(!path.exists());
+}
+
 fn status(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
     let r = r.send().unwrap();
     (r.status().as_u16(), r.text().unwrap_or_default())

@@ -8,7 +8,6 @@
 //! embedding is kept in an on-disk cache keyed by the model's hash and the text's hash, so reruns cost nothing.
 
 use std::collections::HashMap;
-use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -366,22 +365,8 @@ impl EmbeddingCache {
         if buf.is_empty() {
             return Ok(());
         }
-        let io = |e| Error::io(&self.path, e);
-        // The embeddings of private texts: owner only.
-        let mut f = crate::atomic::open_options(true).truncate(false).open(&self.path).map_err(io)?;
-        // Two runs appending at once would interleave records: one at a time (released when `f` closes).
-        f.lock().map_err(io)?;
-        // Cut a torn tail (the file as it is now: another run may have appended since it was read), then append
-        // after the last whole record.
-        let len = f.metadata().map_err(io)?.len();
-        let whole = len - len % RECORD as u64;
-        if whole != len {
-            f.set_len(whole).map_err(io)?;
-        }
-        f.seek(std::io::SeekFrom::Start(whole)).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        Ok(())
+        // The embeddings of private texts: owner only; two runs appending at once take turns.
+        crate::atomic::append_records(&self.path, RECORD, &buf)
     }
 }
 

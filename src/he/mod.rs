@@ -13,6 +13,7 @@
 //! The server side lives in the separate crate `cryptotl_server`, which cannot name [`ClientKey`].
 
 pub mod client;
+pub mod journal;
 pub mod quant;
 pub mod transport;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::commons::math::random::Seed;
 
 pub use client::{ClientKey, seeder};
+pub use journal::OutputJournal;
 pub use transport::{Http, InProcess, Transport};
 
 use crate::error::{Error, Result};
@@ -83,6 +85,9 @@ pub struct ForwardStats {
     pub mismatched_outputs: usize,
     /// Largest |encrypted - oracle| in output levels.
     pub max_level_difference: i64,
+    /// Samples whose outputs came from the journal of an interrupted pass ([`OutputJournal`]): encrypted and
+    /// evaluated then, not again now (not in `samples` or the timings).
+    pub resumed: usize,
 }
 
 impl ForwardStats {
@@ -96,6 +101,7 @@ impl ForwardStats {
         self.compared_outputs += other.compared_outputs;
         self.mismatched_outputs += other.mismatched_outputs;
         self.max_level_difference = self.max_level_difference.max(other.max_level_difference);
+        self.resumed += other.resumed;
     }
 
     /// Fraction of outputs that differ from the oracle.
@@ -201,7 +207,28 @@ impl Session {
     /// Returns each sample's output levels and the batch's stats.
     pub fn forward_batch(&self, rows: &[Vec<f32>]) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
         let seeds = self.draw_seeds(rows.len());
-        self.exchange(prepare_batch(&self.client, &self.interface, self.model.input_limit, rows, &seeds)?)
+        let levels: Vec<Vec<u16>> = rows.iter().map(|x| self.interface.quantize(x)).collect();
+        self.exchange(prepare_batch(&self.client, &self.interface, self.model.input_limit, levels, &seeds)?)
+    }
+
+    /// What names this session's [`OutputJournal`]: the model (the SHA-256 of its program), the parameter set and
+    /// the server. The outputs depend on the model alone; the other two keep the report true (a resumed pass was
+    /// evaluated by the server, under the parameter set, that the report names).
+    pub fn journal_identity(&self) -> String {
+        format!("{} | {} | {}", self.model.model_id, self.model.parameter_set, self.transport.describe())
+    }
+
+    /// Compare some outputs with the clear-integer oracle (the one-process simulation only), into `stats`.
+    fn check_oracle(&self, levels: &[Vec<u16>], outputs: &[Vec<i64>], stats: &mut ForwardStats) {
+        if let Some(program) = &self.oracle {
+            for (q, got) in levels.iter().zip(outputs) {
+                let want = program.evaluate_clear(q);
+                let diffs = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
+                stats.compared_outputs += got.len();
+                stats.mismatched_outputs += diffs.clone().filter(|&d| d != 0).count();
+                stats.max_level_difference = stats.max_level_difference.max(diffs.max().unwrap_or(0));
+            }
+        }
     }
 
     /// One encryption seed per sample, drawn in order from the session's seeder.
@@ -247,15 +274,7 @@ impl Session {
             download_bytes: items.iter().map(|b| b.len()).max().unwrap_or(0),
             ..Default::default()
         };
-        if let Some(program) = &self.oracle {
-            for (q, got) in levels.iter().zip(&outputs) {
-                let want = program.evaluate_clear(q);
-                let diffs = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
-                stats.compared_outputs += got.len();
-                stats.mismatched_outputs += diffs.clone().filter(|&d| d != 0).count();
-                stats.max_level_difference = stats.max_level_difference.max(diffs.max().unwrap_or(0));
-            }
-        }
+        self.check_oracle(&levels, &outputs, &mut stats);
         Ok((outputs, stats))
     }
 
@@ -264,6 +283,13 @@ impl Session {
     /// while the server evaluates this one (one batch ahead, in a second thread); the one-process simulation,
     /// whose server shares these cores, goes one batch at a time.
     pub fn forward(&self, x: ArrayView2<f32>, what: &str) -> Result<(Array2<f32>, ForwardStats)> {
+        self.forward_journaled(x, what, None)
+    }
+
+    /// [`Session::forward`], resuming from and appending to `journal` ([`OutputJournal`], opened for
+    /// [`Session::journal_identity`]): samples it holds are not sent again, and each batch's outputs are recorded
+    /// as they come back, so a pass killed midway loses at most the batches in flight.
+    pub fn forward_journaled(&self, x: ArrayView2<f32>, what: &str, mut journal: Option<&mut OutputJournal>) -> Result<(Array2<f32>, ForwardStats)> {
         crate::features::check_finite(x)?;
         if x.ncols() != self.interface.input_dim {
             return Err(Error::Features(format!("{} features per sample, the server's model takes {}", x.ncols(), self.interface.input_dim)));
@@ -271,39 +297,64 @@ impl Session {
         let bar = crate::progress::bar(x.nrows() as u64, &format!("encrypted forward: {what}"));
         let mut out = Array2::zeros((x.nrows(), self.interface.outputs));
         let mut stats = ForwardStats::default();
-        let rows: Vec<Vec<f32>> = x.axis_iter(Axis(0)).map(|r| r.to_vec()).collect();
-        let batch = self.batch.max(1);
-        let mut take = |levels: Vec<Vec<i64>>, s: ForwardStats, mut block: ndarray::ArrayViewMut2<f32>| {
-            for (mut row, l) in block.axis_iter_mut(Axis(0)).zip(&levels) {
-                row.assign(&Array1::from(self.interface.dequantize(l)));
+        let levels: Vec<Vec<u16>> = x.axis_iter(Axis(0)).map(|r| self.interface.quantize(&r.to_vec())).collect();
+        // Samples an interrupted pass already took through: their outputs, checked against the oracle like new ones.
+        let mut todo = Vec::with_capacity(levels.len());
+        let (mut resumed_levels, mut resumed_outputs) = (Vec::new(), Vec::new());
+        for (i, l) in levels.iter().enumerate() {
+            match journal.as_deref().and_then(|j| j.get(l)) {
+                Some(o) => {
+                    out.row_mut(i).assign(&Array1::from(self.interface.dequantize(o)));
+                    resumed_levels.push(l.clone());
+                    resumed_outputs.push(o.to_vec());
+                }
+                None => todo.push(i),
             }
-            bar.inc(levels.len() as u64);
+        }
+        if !resumed_levels.is_empty() {
+            stats.resumed = resumed_levels.len();
+            self.check_oracle(&resumed_levels, &resumed_outputs, &mut stats);
+            bar.inc(stats.resumed as u64);
+            tracing::info!(resumed = stats.resumed, of = levels.len(), "samples taken from the journal of an interrupted pass");
+        }
+        let batch = self.batch.max(1);
+        let mut take = |rows: &[usize], outputs: Vec<Vec<i64>>, s: ForwardStats| -> Result<()> {
+            for (&i, o) in rows.iter().zip(&outputs) {
+                out.row_mut(i).assign(&Array1::from(self.interface.dequantize(o)));
+            }
+            if let Some(j) = journal.as_deref_mut() {
+                let done: Vec<(&[u16], &[i64])> = rows.iter().zip(&outputs).map(|(&i, o)| (levels[i].as_slice(), o.as_slice())).collect();
+                j.append(&done)?;
+            }
+            bar.inc(outputs.len() as u64);
             stats.merge(s);
+            Ok(())
         };
         // The pass's seeds are drawn up front, in sample order, as `forward_batch` would draw them: the same seed
         // gives the same ciphertexts whichever way the batches are encrypted.
-        let seeds = self.draw_seeds(rows.len());
+        let seeds = self.draw_seeds(todo.len());
         let (client, interface, limit) = (&self.client, &self.interface, self.model.input_limit);
+        let batch_levels = |rows: &[usize]| -> Vec<Vec<u16>> { rows.iter().map(|&i| levels[i].clone()).collect() };
         if self.transport.shares_our_cores() {
-            for ((chunk, seeds), block) in rows.chunks(batch).zip(seeds.chunks(batch)).zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
-                let (levels, s) = self.exchange(prepare_batch(client, interface, limit, chunk, seeds)?)?;
-                take(levels, s, block);
+            for (rows, seeds) in todo.chunks(batch).zip(seeds.chunks(batch)) {
+                let (outputs, s) = self.exchange(prepare_batch(client, interface, limit, batch_levels(rows), seeds)?)?;
+                take(rows, outputs, s)?;
             }
         } else {
             std::thread::scope(|scope| -> Result<()> {
                 let (ready, prepared) = std::sync::mpsc::sync_channel::<Result<PreparedBatch>>(1);
-                let (rows, seeds) = (&rows, &seeds);
+                let (todo, seeds, batch_levels) = (&todo, &seeds, &batch_levels);
                 scope.spawn(move || {
-                    for (chunk, seeds) in rows.chunks(batch).zip(seeds.chunks(batch)) {
+                    for (rows, seeds) in todo.chunks(batch).zip(seeds.chunks(batch)) {
                         // Stops when the receiver is gone (an error ended the pass).
-                        if ready.send(prepare_batch(client, interface, limit, chunk, seeds)).is_err() {
+                        if ready.send(prepare_batch(client, interface, limit, batch_levels(rows), seeds)).is_err() {
                             return;
                         }
                     }
                 });
-                for (next, block) in prepared.iter().zip(out.axis_chunks_iter_mut(Axis(0), batch)) {
-                    let (levels, s) = self.exchange(next?)?;
-                    take(levels, s, block);
+                for (next, rows) in prepared.iter().zip(todo.chunks(batch)) {
+                    let (outputs, s) = self.exchange(next?)?;
+                    take(rows, outputs, s)?;
                 }
                 Ok(())
             })?;
@@ -322,10 +373,9 @@ struct PreparedBatch {
     encrypt_seconds: f64,
 }
 
-/// Quantize, encrypt (in parallel, [`ClientKey::encrypt_batch`]), serialize and frame some samples.
-fn prepare_batch(client: &ClientKey, iface: &ProgramInterface, input_limit: u64, rows: &[Vec<f32>], seeds: &[Seed]) -> Result<PreparedBatch> {
+/// Encrypt (in parallel, [`ClientKey::encrypt_batch`]), serialize and frame some samples' quantized levels.
+fn prepare_batch(client: &ClientKey, iface: &ProgramInterface, input_limit: u64, levels: Vec<Vec<u16>>, seeds: &[Seed]) -> Result<PreparedBatch> {
     let t = Instant::now();
-    let levels: Vec<Vec<u16>> = rows.iter().map(|x| iface.quantize(x)).collect();
     let inputs = client.encrypt_with_seeds(&levels, iface, seeds)?;
     let uploads = inputs.iter().map(|c| c.to_bytes(input_limit).map_err(Error::from)).collect::<Result<Vec<_>>>()?;
     let body = frames::encode(&uploads);
@@ -377,8 +427,12 @@ pub struct HeReport {
     pub upload_bytes_per_sample: usize,
     /// Serialized encrypted output per sample, bytes.
     pub download_bytes_per_sample: usize,
-    /// Samples evaluated under encryption.
+    /// Samples evaluated under encryption, those resumed from an interrupted pass's journal included.
     pub samples: usize,
+    /// Of `samples`, those whose outputs came from the journal of an interrupted pass of this run (encrypted and
+    /// evaluated by the same server, model and parameter set then; the timings cover the others).
+    #[serde(default)]
+    pub resumed_samples: usize,
     /// Server time per sample, median (seconds).
     pub server_seconds_median: f64,
     /// Server time per sample, 95th percentile (seconds).
@@ -434,7 +488,8 @@ impl HeReport {
             evaluation_key_bytes: session.evaluation_key_bytes,
             upload_bytes_per_sample: stats.upload_bytes,
             download_bytes_per_sample: stats.download_bytes,
-            samples: stats.samples,
+            samples: stats.samples + stats.resumed,
+            resumed_samples: stats.resumed,
             server_seconds_median: quantile(&stats.server_seconds, 0.5),
             server_seconds_p95: quantile(&stats.server_seconds, 0.95),
             client_seconds_median: quantile(&stats.client_seconds, 0.5),

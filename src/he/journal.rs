@@ -1,0 +1,133 @@
+//! The encrypted stage's journal: the decrypted outputs of each batch, appended as the batch comes back, so a run
+//! killed during the encrypted forward pass (minutes on the quickstart, an hour against a slow server) starts again
+//! where it stopped instead of encrypting every sample again.
+//!
+//! A sample is known by its quantized input levels: one whose levels are in the journal needs no second trip, and
+//! the outputs it gets are those of its one encryption and evaluation before the interruption (as valid as a fresh
+//! one: two passes differ at most where a lookup falls a level off the clear-integer oracle, which the report's
+//! oracle rate counts in the one-process simulation, resumed samples included). A journal belongs to one model on
+//! one server with one parameter set ([`Session::journal_identity`](super::Session::journal_identity)): its file
+//! name carries a hash of that, so another network, parameter set or server never reads it.
+//!
+//! The file holds the client's decrypted outputs: it is private (0600), kept beside the run's other private files
+//! in its output folder, and removed once the whole pass has succeeded. Like the embedding cache it is append-only,
+//! every record carries a checksum (a damaged record is a miss: that sample is evaluated again), and a torn tail is
+//! cut before the next append.
+//!
+//! ```
+//! use cryptotl::he::journal::OutputJournal;
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut journal = OutputJournal::open(dir.path(), "model a | parameter set | local", 2).unwrap();
+//! journal.append(&[(&[1, 2, 3][..], &[7, -1][..])]).unwrap();
+//! // A later run (a new process) finds the sample's outputs.
+//! let again = OutputJournal::open(dir.path(), "model a | parameter set | local", 2).unwrap();
+//! assert_eq!(again.get(&[1, 2, 3]), Some(&[7, -1][..]));
+//! assert_eq!(again.get(&[1, 2, 4]), None);
+//! // Another model's journal is another file.
+//! assert!(OutputJournal::open(dir.path(), "model b | parameter set | local", 2).unwrap().is_empty());
+//! again.remove().unwrap();
+//! assert!(OutputJournal::open(dir.path(), "model a | parameter set | local", 2).unwrap().is_empty());
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The decrypted outputs of samples already through the encrypted path, on disk and in memory.
+#[derive(Debug)]
+pub struct OutputJournal {
+    path: PathBuf,
+    outputs: usize,
+    entries: HashMap<u128, Vec<i64>>,
+}
+
+/// The key of a sample: xxh3-128 of its quantized input levels.
+fn key_of(levels: &[u16]) -> u128 {
+    let bytes: Vec<u8> = levels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_128(&bytes)
+}
+
+fn checksum(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(body)
+}
+
+impl OutputJournal {
+    /// Open (or start) the journal of `identity` (a model on a server, [`super::Session::journal_identity`]) in
+    /// `dir`, for `outputs` outputs per sample. Damaged records are skipped with a warning.
+    pub fn open(dir: &Path, identity: &str, outputs: usize) -> Result<Self> {
+        let path = dir.join(format!("encrypted-{:032x}.journal", xxhash_rust::xxh3::xxh3_128(identity.as_bytes())));
+        let mut entries = HashMap::new();
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let record = Self::record_len(outputs);
+            let mut damaged = 0usize;
+            for rec in bytes.chunks_exact(record) {
+                let (body, sum) = rec.split_at(record - 8);
+                if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != checksum(body) {
+                    damaged += 1;
+                    continue;
+                }
+                let key = u128::from_le_bytes(body[..16].try_into().expect("16 bytes"));
+                let levels = body[16..].chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                entries.insert(key, levels);
+            }
+            if damaged > 0 || bytes.len() % record != 0 {
+                tracing::warn!(path = %path.display(), damaged, torn_bytes = bytes.len() % record,
+                    "the encrypted stage's journal has damaged records; those samples are evaluated again");
+            }
+        }
+        Ok(Self { path, outputs, entries })
+    }
+
+    fn record_len(outputs: usize) -> usize {
+        16 + 8 * outputs + 8
+    }
+
+    /// Where the journal is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Samples it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The decrypted output levels of the sample with these quantized input levels, if it went through before.
+    pub fn get(&self, levels: &[u16]) -> Option<&[i64]> {
+        self.entries.get(&key_of(levels)).map(Vec::as_slice)
+    }
+
+    /// Record some samples' outputs (input levels, output levels), synced to disk before it returns.
+    pub fn append(&mut self, samples: &[(&[u16], &[i64])]) -> Result<()> {
+        let record = Self::record_len(self.outputs);
+        let mut buf = Vec::with_capacity(samples.len() * record);
+        for &(levels, out) in samples {
+            if out.len() != self.outputs {
+                return Err(Error::Internal(format!("{} outputs for a journal of {} per sample", out.len(), self.outputs)));
+            }
+            let start = buf.len();
+            let key = key_of(levels);
+            buf.extend_from_slice(&key.to_le_bytes());
+            out.iter().for_each(|o| buf.extend_from_slice(&o.to_le_bytes()));
+            let sum = checksum(&buf[start..]);
+            buf.extend_from_slice(&sum.to_le_bytes());
+            self.entries.insert(key, out.to_vec());
+        }
+        crate::atomic::append_records(&self.path, record, &buf)
+    }
+
+    /// Delete the journal (the pass it served is complete).
+    pub fn remove(self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.path, e)),
+            _ => Ok(()),
+        }
+    }
+}
