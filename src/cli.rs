@@ -628,7 +628,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
             let plan = crate::sweep::plan(&cfg, &spec)?;
             crate::atomic::writable_dir(&dir)?;
-            let sweep = plan.run()?;
+            let sweep = plan.journaled_in(&dir).run()?;
             let files = sweep.write(&dir)?;
             println!("{}", sweep.to_markdown());
             for f in files {

@@ -233,6 +233,7 @@ pub struct SweepPlan<'a> {
     cfg: &'a RunConfig,
     spec: &'a SweepSpec,
     settings: Vec<Setting>,
+    journal: Option<std::path::PathBuf>,
 }
 
 /// Check a sweep's lists and settings against `cfg` and build every setting's config, before any work starts.
@@ -261,24 +262,35 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(&server_cfg, *e)).collect();
         settings.push((*s, server_cfg, heads));
     }
-    Ok(SweepPlan { cfg, spec, settings })
+    Ok(SweepPlan { cfg, spec, settings, journal: None })
 }
 
 impl SweepPlan<'_> {
+    /// Keep each encrypted pass's journal in `dir` (the sweep's output folder), so a sweep killed during a pass
+    /// resumes it ([`crate::he::OutputJournal`]; each server setting's network has a journal of its own).
+    pub fn journaled_in(mut self, dir: &std::path::Path) -> Self {
+        self.journal = Some(dir.to_path_buf());
+        self
+    }
+
     /// Do the sweep's work.
     pub fn run(self) -> Result<Sweep> {
-        let SweepPlan { cfg, spec, settings } = self;
-        run_settings(cfg, spec, settings)
+        let SweepPlan { cfg, spec, settings, journal } = self;
+        run_settings(cfg, spec, settings, journal.as_deref())
     }
 }
 
-fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>) -> Result<Sweep> {
+fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journal: Option<&std::path::Path>) -> Result<Sweep> {
     let data = pipeline::prepare_data(cfg)?;
     // One set of client features for every head: the data-independent map as soon as one head is private, so the
     // ε = ∞ point is measured on the same features as the private ones.
     let any_private = spec.client_epsilons.iter().any(|e| matches!(e, Epsilon::Finite(_)));
     let (client_pipeline, client) = pipeline::client_features_for(cfg, &data.target, any_private)?;
     let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?;
+    let input = match journal {
+        Some(dir) => input.journaled_in(dir),
+        None => input,
+    };
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
         let lower = pipeline::server_lower_network(server_cfg)?;
