@@ -551,6 +551,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             cfg.save(&out.join("config.toml"))?;
             transferred.save(&features_path(&cfg))?;
             crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(&cfg) }.write(&out)?;
+            crate::he::journal::remove_all(&out)?;
             println!("transferred features written to {}", features_path(&cfg).display());
         }
         Command::TrainHead(a) => {
@@ -630,6 +631,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             crate::atomic::writable_dir(&dir)?;
             let sweep = plan.journaled_in(&dir).run()?;
             let files = sweep.write(&dir)?;
+            crate::he::journal::remove_all(&dir)?;
             println!("{}", sweep.to_markdown());
             for f in files {
                 println!("written: {}", f.display());

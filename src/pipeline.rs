@@ -639,8 +639,9 @@ impl<'a> TransferInput<'a> {
     }
 
     /// Keep the encrypted pass's journal in `dir` (a run's output folder): each batch's decrypted outputs are
-    /// recorded as they come back, a pass killed midway resumes from them when the run is started again, and the
-    /// journal is removed once every split is through ([`crate::he::OutputJournal`]).
+    /// recorded as they come back, and a pass killed midway resumes from them when the run is started again
+    /// ([`crate::he::OutputJournal`]). The caller removes it once its results are written
+    /// ([`crate::he::journal::remove_all`]).
     pub fn journaled_in(mut self, dir: &Path) -> Self {
         self.journal = Some(dir.to_path_buf());
         self
@@ -763,7 +764,8 @@ pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
 }
 
 /// Every split of the client's features through the session's encrypted path, with what it measured. With
-/// `journal_dir`, the pass resumes from and records into the session's journal there, removed once all is through.
+/// `journal_dir`, the pass resumes from and records into the session's journal there (the caller removes it,
+/// [`crate::he::journal::remove_all`], once its results are written).
 fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_dir: Option<&Path>) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
     let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
     let server = session.server();
@@ -783,9 +785,6 @@ fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_di
             return Err(e);
         }
     };
-    if let Some(j) = journal {
-        j.remove()?;
-    }
     Ok((encrypted, stats.into_inner()))
 }
 
@@ -1462,5 +1461,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), ..crate::rundir::RunManifest::new(cfg) };
     manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
     manifest.write(&out)?;
+    // Its results are written: the encrypted pass's journal has served.
+    crate::he::journal::remove_all(&out)?;
     Ok(report)
 }

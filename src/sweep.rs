@@ -267,7 +267,8 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
 
 impl SweepPlan<'_> {
     /// Keep each encrypted pass's journal in `dir` (the sweep's output folder), so a sweep killed during a pass
-    /// resumes it ([`crate::he::OutputJournal`]; each server setting's network has a journal of its own).
+    /// resumes it ([`crate::he::OutputJournal`]; each server setting's network has a journal of its own). The caller
+    /// removes the journals once the sweep's files are written ([`crate::he::journal::remove_all`]).
     pub fn journaled_in(mut self, dir: &std::path::Path) -> Self {
         self.journal = Some(dir.to_path_buf());
         self

@@ -8,6 +8,31 @@ mod common;
 use common::tiny_config;
 
 #[test]
+fn a_run_that_fails_after_its_encrypted_pass_resumes_it_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &["curve.enabled=false".into(), "audit.membership=false".into()]).unwrap();
+    // The run's last write fails (its report's path is taken by a folder): everything before it, the encrypted
+    // pass included, is done.
+    let out = cfg.output_dir();
+    std::fs::create_dir_all(out.join("report.json")).unwrap();
+    let err = cryptotl::pipeline::run(&cfg).unwrap_err().to_string();
+    assert!(err.contains("report.json"), "{err}");
+    let journals = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&out).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "journal")).collect()
+    };
+    assert_eq!(journals().len(), 1, "the pass's outputs are kept");
+    // Started again, the run sends nothing: all 120 samples come from the journal, which goes once the run is written.
+    std::fs::remove_dir(out.join("report.json")).unwrap();
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let he = report.he.as_ref().unwrap();
+    assert_eq!((he.samples, he.resumed_samples), (120, 120));
+    assert_eq!(he.off_oracle_rate.map(|r| r < 0.25), Some(true), "resumed outputs are still checked against the oracle");
+    assert!(journals().is_empty());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("120 (120 of them before an interruption"), "{md}");
+}
+
+#[test]
 fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[]).unwrap();

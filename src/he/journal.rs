@@ -10,7 +10,8 @@
 //! name carries a hash of that, so another network, parameter set or server never reads it.
 //!
 //! The file holds the client's decrypted outputs: it is private (0600), kept beside the run's other private files
-//! in its output folder, and removed once the whole pass has succeeded. Like the embedding cache it is append-only,
+//! in its output folder, and removed ([`remove_all`]) once the command that made it has written its results, so a
+//! run killed after the pass (while it trains heads or draws curves) does not encrypt again either. Like the embedding cache it is append-only,
 //! every record carries a checksum (a damaged record is a miss: that sample is evaluated again), and a torn tail is
 //! cut before the next append.
 //!
@@ -125,9 +126,43 @@ impl OutputJournal {
 
     /// Delete the journal (the pass it served is complete).
     pub fn remove(self) -> Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.path, e)),
-            _ => Ok(()),
+        remove_file(&self.path)
+    }
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Delete every journal in `dir` (a run's folder whose results are written): they hold decrypted outputs the
+/// finished run no longer needs. Returns how many there were. A missing folder has none.
+///
+/// ```
+/// use cryptotl::he::journal::{OutputJournal, remove_all};
+/// let dir = tempfile::tempdir().unwrap();
+/// OutputJournal::open(dir.path(), "a model", 1).unwrap().append(&[(&[1][..], &[2][..])]).unwrap();
+/// std::fs::write(dir.path().join("report.json"), b"{}").unwrap();
+/// assert_eq!(remove_all(dir.path()).unwrap(), 1);
+/// assert!(dir.path().join("report.json").exists());
+/// assert_eq!(remove_all(&dir.path().join("missing")).unwrap(), 0);
+/// ```
+pub fn remove_all(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("encrypted-") && name.ends_with(".journal") {
+            remove_file(&path)?;
+            removed += 1;
         }
     }
+    Ok(removed)
 }
