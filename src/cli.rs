@@ -594,8 +594,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             let cfg = a.config.load()?;
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
             crate::atomic::writable_dir(&dir)?;
-            let curves = pipeline::curves(&cfg)?;
+            let curves = pipeline::curves(&cfg, Some(&dir))?;
             let files = curves.write(&dir)?;
+            crate::he::journal::remove_all(&dir)?;
             println!("{}", curves.to_markdown());
             for f in files {
                 println!("written: {}", f.display());

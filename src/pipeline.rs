@@ -1210,14 +1210,21 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 /// Learning curves alone (`cryptotl curve`): data -> server network -> client features -> frozen lower network
-/// (encrypted when `he.enabled`) -> the heads on seeded subsets of every size ([`crate::curve`]).
-pub fn curves(cfg: &RunConfig) -> Result<crate::curve::LearningCurves> {
+/// (encrypted when `he.enabled`) -> the heads on seeded subsets of every size ([`crate::curve`]). With
+/// `journal_dir`, the encrypted pass keeps its journal there ([`TransferInput::journaled_in`]; the caller removes it
+/// once the curves are written).
+pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curve::LearningCurves> {
     let data = prepare_data(cfg)?;
     // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
     privacy_plan(cfg, data.target.train.len())?;
     let lower = server_lower_network(cfg)?;
     let (pipeline, client) = client_features(cfg, &data.target)?;
-    let (transferred, _) = transfer(cfg, &lower, &TransferInput::new(cfg, &pipeline, &data.target, &client)?)?;
+    let input = TransferInput::new(cfg, &pipeline, &data.target, &client)?;
+    let input = match journal_dir {
+        Some(dir) => input.journaled_in(dir),
+        None => input,
+    };
+    let (transferred, _) = transfer(cfg, &lower, &input)?;
     let bow = BagOfWords::new(&data.target);
     let references = dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
