@@ -16,6 +16,7 @@ use cryptotl::model::{Cpu, LowerNet};
 use cryptotl_server::{EncryptedInput, Evaluator, ParameterSet};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 
 /// Sparse [0, 1] features shaped like scaled TF-IDF rows (a few percent non-zero).
 fn features(rows: usize, dim: usize, seed: u64) -> Array2<f32> {
@@ -73,6 +74,14 @@ fn bench_quickstart_server(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_with_input(BenchmarkId::new("evaluate_batch", batch), &inputs, |b, inputs| b.iter(|| server.evaluate_batch(black_box(inputs)).unwrap()));
+    // The batch's linear stage alone, as `evaluate_batch` runs it (samples in parallel): the part before the bootstraps.
+    g.bench_with_input(BenchmarkId::new("linear_stage_batch", batch), &inputs, |b, inputs| {
+        b.iter(|| inputs.par_iter().map(|x| server.linear(black_box(x)).unwrap()).collect::<Vec<_>>())
+    });
+    // Of which the expansion of the seeded masks (the CSPRNG), without the multiply-adds.
+    g.bench_with_input(BenchmarkId::new("mask_expansion_batch", batch), &inputs, |b, inputs| {
+        b.iter(|| inputs.par_iter().map(|x| black_box(x).features.clone().par_decompress_into_lwe_ciphertext_list().into_container()).collect::<Vec<_>>())
+    });
     g.bench_with_input(BenchmarkId::new("evaluate_one_at_a_time", batch), &inputs, |b, inputs| {
         b.iter(|| inputs.iter().map(|x| server.evaluate(black_box(x)).unwrap()).collect::<Vec<_>>())
     });
