@@ -341,6 +341,9 @@ impl Report {
             let _ = writeln!(s, "| path | test accuracy |\n|---|---:|\n| float lower network | {} |\n| quantized, clear integers | {} |\n| encrypted (TFHE) | {:.4} |\n",
                 reference(h.accuracy_float), reference(h.accuracy_quantized), h.accuracy_encrypted);
             let c = &h.counts;
+            // Per-sample sizes and times are measured on the samples this run sent; a run that resumed them all sent none.
+            let all_resumed = h.samples > 0 && h.resumed_samples == h.samples;
+            let measured = |v: String| if all_resumed { "not measured: every sample came from the journal of an interrupted run".to_string() } else { v };
             let _ = writeln!(s, "| quantity | value |\n|---|---:|");
             for (k, v) in [
                 ("bits: input / accumulator / lookup / output", if h.program.is_some() {
@@ -356,10 +359,10 @@ impl Report {
                 ("key upload (server checks and stores it)", format!("{:.2} s", h.key_upload_seconds)),
                 ("server setup (read key, FFT, tables)", format!("{:.2} s", h.server_setup_seconds)),
                 ("evaluation key (seeded, sent once)", format!("{:.1} MiB", h.evaluation_key_bytes as f64 / 1048576.0)),
-                ("upload per sample", format!("{:.2} KiB", h.upload_bytes_per_sample as f64 / 1024.0)),
-                ("download per sample", format!("{:.1} KiB", h.download_bytes_per_sample as f64 / 1024.0)),
-                ("server time per sample: median / p95", format!("{:.3} s / {:.3} s", h.server_seconds_median, h.server_seconds_p95)),
-                ("client time per sample (median)", format!("{:.4} s", h.client_seconds_median)),
+                ("upload per sample", measured(format!("{:.2} KiB", h.upload_bytes_per_sample as f64 / 1024.0))),
+                ("download per sample", measured(format!("{:.1} KiB", h.download_bytes_per_sample as f64 / 1024.0))),
+                ("server time per sample: median / p95", measured(format!("{:.3} s / {:.3} s", h.server_seconds_median, h.server_seconds_p95))),
+                ("client time per sample (median)", measured(format!("{:.4} s", h.client_seconds_median))),
                 ("samples evaluated", if h.resumed_samples > 0 {
                     format!("{} ({} of them before an interruption, taken from the run's journal)", h.samples, h.resumed_samples)
                 } else {

@@ -30,6 +30,7 @@ fn a_run_that_fails_after_its_encrypted_pass_resumes_it_from_the_journal() {
     assert!(journals().is_empty());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("120 (120 of them before an interruption"), "{md}");
+    assert!(md.contains("| server time per sample: median / p95 | not measured: every sample came from the journal"), "{md}");
 }
 
 #[test]
