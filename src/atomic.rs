@@ -101,6 +101,24 @@ pub fn writable_dir(dir: &Path) -> Result<()> {
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 
+/// Claim a command's output folder before any work: create it, prove it writable ([`writable_dir`]), make it
+/// owner-only (it may receive the client's decrypted outputs, e.g. an encrypted pass's journal) and take its lock
+/// ([`DirLock::try_acquire`]): a second command into the same folder fails at once, naming it.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let out = dir.path().join("curve");
+/// let lock = cryptotl::atomic::claim_dir(&out).unwrap();
+/// assert!(cryptotl::atomic::claim_dir(&out).is_err()); // held
+/// drop(lock);
+/// assert!(cryptotl::atomic::claim_dir(&out).is_ok());
+/// ```
+pub fn claim_dir(dir: &Path) -> Result<DirLock> {
+    writable_dir(dir)?;
+    make_private(dir)?;
+    DirLock::try_acquire(dir)
+}
+
 /// An exclusive advisory lock on a folder (its `.lock` file), held until dropped: two runs never write one output
 /// directory or one cache entry at once.
 #[derive(Debug)]

@@ -593,7 +593,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Curve(a) => {
             let cfg = a.config.load()?;
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
-            crate::atomic::writable_dir(&dir)?;
+            let _lock = crate::atomic::claim_dir(&dir)?;
             let curves = pipeline::curves(&cfg, Some(&dir))?;
             let files = curves.write(&dir)?;
             crate::he::journal::remove_all(&dir)?;
@@ -608,7 +608,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             // A refused audit leaves no folder behind; a folder that cannot be written is found before the work.
             crate::audit::check(&cfg, canaries)?;
             let out = cfg.output_dir();
-            crate::atomic::writable_dir(&out)?;
+            let _lock = crate::atomic::claim_dir(&out)?;
             let result = crate::audit::audit_config(&cfg, canaries, a.canary_seed.unwrap_or(cfg.audit.seed))?;
             let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
             crate::atomic::write(&out.join("audit.json"), &json)?;
@@ -629,7 +629,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
             // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
             let plan = crate::sweep::plan(&cfg, &spec)?;
-            crate::atomic::writable_dir(&dir)?;
+            let _lock = crate::atomic::claim_dir(&dir)?;
             let sweep = plan.journaled_in(&dir).run()?;
             let files = sweep.write(&dir)?;
             crate::he::journal::remove_all(&dir)?;

@@ -1233,11 +1233,8 @@ pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curv
 /// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
 /// The returned lock keeps a second run out of the same directory until it is dropped.
 pub fn prepare_output_dir(cfg: &RunConfig) -> Result<crate::atomic::DirLock> {
-    let out = cfg.output_dir();
-    crate::atomic::writable_dir(&out)?;
     // It receives the client's decrypted features, fitted featurizer and head: owner only.
-    crate::atomic::make_private(&out)?;
-    crate::atomic::DirLock::try_acquire(&out)
+    crate::atomic::claim_dir(&cfg.output_dir())
 }
 
 /// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->

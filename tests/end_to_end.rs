@@ -226,6 +226,19 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("canaries") && err.contains("got 1"), "{err}");
     assert!(!audit_out.exists(), "a refused audit created {}", audit_out.display());
+    // A curve, sweep or audit into a folder another command holds is refused at once, naming it.
+    let held = dir.path().join("held");
+    let _lock = cryptotl::atomic::claim_dir(&held).unwrap();
+    let held_arg = held.to_str().unwrap();
+    for args in [
+        vec!["-q", "curve", "--out", held_arg],
+        vec!["-q", "sweep", "--client-epsilons", "1", "--out", held_arg],
+        vec!["-q", "audit", "--set", "privacy.target_epsilon=1", "--output-dir", held_arg],
+    ] {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 1, "{args:?}: a busy folder is not bad input, so exit 1 as for a run");
+        assert!(err.contains("another cryptotl run is using this directory") && err.contains("held"), "{args:?}: {err}");
+    }
 
     let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
     assert_eq!(code, 0, "{err}");
