@@ -9,12 +9,8 @@ use super::{Invalid, LowerNetConfig};
 use crate::error::{Error, Result};
 
 /// Samples per evaluation request when `[he] batch` is not given (at most the server's `max_batch`): enough for the
-/// server to spread the batch over its cores, small enough that a retried request repeats little (32 of the
-/// quickstart's samples are about 1.3 s of a 2-core server). 32 rather than 16: the multi-bit bootstraps of a batch
-/// share the key's reads and balance better over the cores (quickstart, idle 2-core EPYC, four runs each: whole
-/// run 45.6-47.7 s against 47.9-50.1 s, server 0.038-0.040 s a sample against 0.041-0.043 s; `pbs_throughput 13 32
-/// MULTI_BIT` 2.72-2.88 ms a bootstrap against 3.03-3.06 ms at 16).
-pub const DEFAULT_HE_BATCH: usize = 32;
+/// server to spread the batch over its cores, small enough that a retried request repeats little.
+pub const DEFAULT_HE_BATCH: usize = 16;
 
 /// The TFHE stage: how the frozen lower network is quantized and which tfhe-rs parameter set encrypts it.
 /// See `cryptotl_server::program` for the exact integer semantics.

@@ -35,7 +35,7 @@ pub mod lookup;
 mod multi_bit;
 
 use deadline::Deadline;
-pub use multi_bit::MULTI_BIT_BATCH;
+pub use multi_bit::{MULTI_BIT_BATCH, multi_bit_batch_size};
 
 /// The bootstrap key in the Fourier domain, as the parameter set says.
 enum FourierKey {

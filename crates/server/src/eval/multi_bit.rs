@@ -20,6 +20,24 @@ use super::deadline::Deadline;
 /// against 5.7-5.8 ms in batches of 16 (`cargo run --release --example pbs_throughput`; 8: 7.4-8.3 ms, 32: noisier).
 pub const MULTI_BIT_BATCH: usize = 16;
 
+/// Bootstraps per batch for `count` of them on `threads` threads: at most [`MULTI_BIT_BATCH`], and as even as
+/// it can be over the threads. The batches are made a multiple of the threads in number, then as equal in size as
+/// that allows: 208 bootstraps (13 neurons x 16 samples) on 2 threads make 14 batches of at most 15 (7 a thread),
+/// not 13 of 16 (7 on one thread, 6 on the other, which idles for a fourteenth of the pass).
+///
+/// ```
+/// use cryptotl_server::eval::multi_bit_batch_size as batch_size;
+/// assert_eq!(batch_size(208, 2), 15); // 14 batches, 7 a thread
+/// assert_eq!(batch_size(256, 2), 16); // 16 batches of 16
+/// assert_eq!(batch_size(13, 2), 7); // one sample: two batches
+/// assert_eq!(batch_size(1, 8), 1);
+/// ```
+pub fn multi_bit_batch_size(count: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let rounds = count.div_ceil(threads * MULTI_BIT_BATCH).max(1);
+    count.div_ceil(threads * rounds).clamp(1, MULTI_BIT_BATCH)
+}
+
 impl Evaluator {
     pub(super) fn multi_bit_activations(&self, accumulators: &[u64], bsk: &FourierLweMultiBitBootstrapKeyOwned, deadline: &Deadline) -> Vec<u64> {
         let p = self.params.tfhe();
@@ -39,10 +57,8 @@ impl Evaluator {
             let tmp = GlweCiphertext::new(0u64, glwe_size, poly, p.ciphertext_modulus);
             (fft, buffers, ggsw, monomials, tmp)
         };
-        // Batches of MULTI_BIT_BATCH bootstraps (neurons of one sample or of several), smaller when there are too
-        // few to give every thread one.
         let count = accumulators.len() / size;
-        let batch_size = MULTI_BIT_BATCH.min(count.div_ceil(rayon::current_num_threads().max(1))).max(1);
+        let batch_size = multi_bit_batch_size(count, rayon::current_num_threads());
         let mut out = vec![0u64; count * big];
         out.par_chunks_mut(batch_size * big).zip(accumulators.par_chunks(batch_size * size)).enumerate().for_each_init(
             scratch,
@@ -137,4 +153,26 @@ fn fold_group(
     }
     assert!(group.len() <= factors.len() + 1, "grouping factor above 4");
     pulp::Arch::new().dispatch(Fold { out: out.as_mut_view().data(), group, monomials, factors: &factors, half });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every count of bootstraps on every thread count: batches of 1..=16, as few rounds per thread as batches of
+    /// 16 would need, and never an idle thread while another has two batches left.
+    #[test]
+    fn batches_are_even_over_the_threads_and_never_above_the_limit() {
+        for threads in [1usize, 2, 3, 4, 8] {
+            for count in 1..=700usize {
+                let b = multi_bit_batch_size(count, threads);
+                assert!((1..=MULTI_BIT_BATCH).contains(&b), "{count} on {threads}: {b}");
+                let batches = count.div_ceil(b);
+                let rounds = count.div_ceil(threads * MULTI_BIT_BATCH);
+                assert!(batches.div_ceil(threads) <= rounds.max(1), "{count} on {threads}: {batches} batches of {b}");
+                // No more batches than it takes (each but the last one full).
+                assert!(batches == 1 || (batches - 1) * b < count);
+            }
+        }
+    }
 }
