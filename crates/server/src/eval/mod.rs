@@ -4,10 +4,12 @@
 //! 1. **Linear stage (leveled):** `acc_j = bias_j * 2^(63-B) + sum_i w_ji * ct_i` over the raw words of the input
 //!    ciphertexts (small-key LWE, n + 1 words each), a tight wrapping-integer loop blocked over neurons so each
 //!    input ciphertext is read once per block. No keyswitch is needed: inputs are already under the small key.
+//!    The inputs arrive seeded, so their masks are first expanded from the seeds (tfhe-rs's CSPRNG): that
+//!    expansion, not the multiply-adds, is nearly all of this stage's time (docs/benchmarks.md).
 //! 2. **Activation:** one programmable bootstrap with neuron j's lookup table, output under the big key. Classic
 //!    sets: tfhe-rs's blind rotation after a centered modulus switch, one neuron at a time. Multi-bit sets: our own
-//!    blind rotation from tfhe-rs's parts, [`MULTI_BIT_BATCH`] neurons at a time, group-major (see
-//!    [`Evaluator::activations`]).
+//!    blind rotation from tfhe-rs's parts, up to [`MULTI_BIT_BATCH`] neurons at a time, group-major, in batches
+//!    spread evenly over the threads ([`multi_bit_batch_size`]; see [`Evaluator::activations`]).
 //! 3. **Pooling:** sums of `pool` neighbouring bootstrap outputs.
 //! 4. **Download:** each output modulus-switched from 2^64 to 2^32.
 //!
