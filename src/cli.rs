@@ -529,7 +529,8 @@ fn dispatch(cmd: Command) -> Result<()> {
             let (transferred, references) = match pipeline::remote_server(&cfg)? {
                 Some(url) => {
                     let pipeline::RemoteTransfer { features: t, he, output_ranges: ranges, .. } = pipeline::remote_transfer(&cfg, &url, &input)?;
-                    eprintln!("{} samples through {url}: server {:.3} s per sample (median), {:.1} KiB down per sample",
+                    let resumed = if he.resumed_samples > 0 { format!(" ({} of them from the journal of an interrupted run)", he.resumed_samples) } else { String::new() };
+                    eprintln!("{} samples through {url}{resumed}: server {:.3} s per sample (median), {:.1} KiB down per sample",
                         he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
                     crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
                     let references = pipeline::DpReferences::from_ranges(&cfg, ranges.as_deref(), t.train.ncols(), client.train.ncols());
