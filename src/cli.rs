@@ -525,7 +525,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let _lock = pipeline::prepare_output_dir(&cfg)?;
             let data = pipeline::prepare_data(&cfg)?;
             let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
-            let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?.journaled_in(&cfg.output_dir());
+            let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?.journaled_in(Some(&cfg.output_dir()));
             let (transferred, references) = match pipeline::remote_server(&cfg)? {
                 Some(url) => {
                     let pipeline::RemoteTransfer { features: t, he, output_ranges: ranges, .. } = pipeline::remote_transfer(&cfg, &url, &input)?;

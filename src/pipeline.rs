@@ -642,8 +642,9 @@ impl<'a> TransferInput<'a> {
     /// recorded as they come back, and a pass killed midway resumes from them when the run is started again
     /// ([`crate::he::OutputJournal`]). The caller removes it once its results are written
     /// ([`crate::he::journal::remove_all`]).
-    pub fn journaled_in(mut self, dir: &Path) -> Self {
-        self.journal = Some(dir.to_path_buf());
+    /// `None` keeps none (as [`Self::new`] and [`Self::texts`] start).
+    pub fn journaled_in(mut self, dir: Option<&Path>) -> Self {
+        self.journal = dir.map(Path::to_path_buf);
         self
     }
 
@@ -769,22 +770,18 @@ pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
 fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_dir: Option<&Path>) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
     let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
     let server = session.server();
-    let mut journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &session.journal_identity(), session.interface.outputs)).transpose()?;
-    let journal_cell = std::cell::RefCell::new(journal.as_mut());
-    let encrypted = client.map(|x| {
-        let (y, s) = session.forward_journaled(x.view(), &format!("{} samples via {server}", x.nrows()), journal_cell.borrow_mut().as_deref_mut())?;
-        stats.borrow_mut().merge(s);
-        Ok(y)
-    });
-    let encrypted = match encrypted {
-        Ok(e) => e,
-        Err(e) => {
-            if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
+    let journal = std::cell::RefCell::new(journal_dir.map(|d| crate::he::OutputJournal::open(d, &session.journal_identity(), session.interface.outputs)).transpose()?);
+    let encrypted = client
+        .map(|x| {
+            let (y, s) = session.forward_journaled(x.view(), &format!("{} samples via {server}", x.nrows()), journal.borrow_mut().as_mut())?;
+            stats.borrow_mut().merge(s);
+            Ok(y)
+        })
+        .inspect_err(|_| {
+            if let Some(j) = journal.borrow().as_ref().filter(|j| !j.is_empty()) {
                 tracing::warn!(path = %j.path().display(), samples = j.len(), "the encrypted pass stopped; the outputs it had are kept in its journal and a new run of the same config resumes from them");
             }
-            return Err(e);
-        }
-    };
+        })?;
     Ok((encrypted, stats.into_inner()))
 }
 
@@ -1219,11 +1216,7 @@ pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curv
     privacy_plan(cfg, data.target.train.len())?;
     let lower = server_lower_network(cfg)?;
     let (pipeline, client) = client_features(cfg, &data.target)?;
-    let input = TransferInput::new(cfg, &pipeline, &data.target, &client)?;
-    let input = match journal_dir {
-        Some(dir) => input.journaled_in(dir),
-        None => input,
-    };
+    let input = TransferInput::new(cfg, &pipeline, &data.target, &client)?.journaled_in(journal_dir);
     let (transferred, _) = transfer(cfg, &lower, &input)?;
     let bow = BagOfWords::new(&data.target);
     let references = dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
@@ -1275,7 +1268,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (client, t) = timed(|| client_features(cfg, &data.target));
     let (client_pipeline, client) = client?;
     // The encrypted pass keeps its journal in the run's folder: a run killed during it resumes where it stopped.
-    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(&cfg.output_dir())));
+    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(Some(&cfg.output_dir()))));
     let input = input?;
     stage("client features", t + t2);
     let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {

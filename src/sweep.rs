@@ -287,11 +287,7 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
     // ε = ∞ point is measured on the same features as the private ones.
     let any_private = spec.client_epsilons.iter().any(|e| matches!(e, Epsilon::Finite(_)));
     let (client_pipeline, client) = pipeline::client_features_for(cfg, &data.target, any_private)?;
-    let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?;
-    let input = match journal {
-        Some(dir) => input.journaled_in(dir),
-        None => input,
-    };
+    let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?.journaled_in(journal);
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
         let lower = pipeline::server_lower_network(server_cfg)?;

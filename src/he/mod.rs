@@ -219,9 +219,9 @@ impl Session {
     }
 
     /// Compare some outputs with the clear-integer oracle (the one-process simulation only), into `stats`.
-    fn check_oracle(&self, levels: &[Vec<u16>], outputs: &[Vec<i64>], stats: &mut ForwardStats) {
+    fn check_oracle<'a>(&self, samples: impl IntoIterator<Item = (&'a [u16], &'a [i64])>, stats: &mut ForwardStats) {
         if let Some(program) = &self.oracle {
-            for (q, got) in levels.iter().zip(outputs) {
+            for (q, got) in samples {
                 let want = program.evaluate_clear(q);
                 let diffs = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
                 stats.compared_outputs += got.len();
@@ -274,7 +274,7 @@ impl Session {
             download_bytes: items.iter().map(|b| b.len()).max().unwrap_or(0),
             ..Default::default()
         };
-        self.check_oracle(&levels, &outputs, &mut stats);
+        self.check_oracle(levels.iter().map(Vec::as_slice).zip(outputs.iter().map(Vec::as_slice)), &mut stats);
         Ok((outputs, stats))
     }
 
@@ -300,20 +300,17 @@ impl Session {
         let levels: Vec<Vec<u16>> = x.axis_iter(Axis(0)).map(|r| self.interface.quantize(&r.to_vec())).collect();
         // Samples an interrupted pass already took through: their outputs, checked against the oracle like new ones.
         let mut todo = Vec::with_capacity(levels.len());
-        let (mut resumed_levels, mut resumed_outputs) = (Vec::new(), Vec::new());
         for (i, l) in levels.iter().enumerate() {
             match journal.as_deref().and_then(|j| j.get(l)) {
                 Some(o) => {
                     out.row_mut(i).assign(&Array1::from(self.interface.dequantize(o)));
-                    resumed_levels.push(l.clone());
-                    resumed_outputs.push(o.to_vec());
+                    self.check_oracle([(l.as_slice(), o)], &mut stats);
+                    stats.resumed += 1;
                 }
                 None => todo.push(i),
             }
         }
-        if !resumed_levels.is_empty() {
-            stats.resumed = resumed_levels.len();
-            self.check_oracle(&resumed_levels, &resumed_outputs, &mut stats);
+        if stats.resumed > 0 {
             bar.inc(stats.resumed as u64);
             tracing::info!(resumed = stats.resumed, of = levels.len(), "samples taken from the journal of an interrupted pass");
         }
