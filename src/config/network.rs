@@ -85,7 +85,7 @@ pub fn available_memory() -> Option<u64> {
 pub enum HeadKind {
     /// L2-regularised logistic regression (the standard linear probe): fitted exactly by L-BFGS on standardised
     /// inputs without DP, by DP-SGD with `[privacy]`. The default: it is the best head on every shipped target's
-    /// validation split at small and full label counts (README "Heads for small data").
+    /// validation split at small and full label counts (README "Defaults, and why"; docs/results.md "Heads for small data").
     #[default]
     Linear,
     /// The paper's head: dense(hidden) -> ReLU -> max-pool -> dropout -> dense(1), trained with Adam.
