@@ -1,5 +1,5 @@
 //! Sentence embeddings with all-MiniLM-L6-v2 (`features.kind = "minilm"`), like the SBERT inputs of the CryptoTL
-//! paper: the Hugging Face tokenizer from `tokenizer.json` (lower-casing WordPiece, [CLS]/[SEP], truncation at
+//! paper: the Hugging Face tokenizer from `tokenizer.json` (lower-casing WordPiece, `[CLS]`/`[SEP]`, truncation at
 //! 256 tokens, no padding), the BERT encoder of [`super::bert`] in Burn, mean pooling over real tokens, L2
 //! normalisation: 384 floats per text.
 //!
@@ -22,7 +22,7 @@ use crate::model::Cpu;
 pub use crate::config::{DEFAULT_MODEL_DIR, MINILM_DIM};
 /// sha256 of the pinned `model.safetensors` (upstream revision 1110a243).
 pub const MINILM_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
-/// Longest input in tokens ([CLS] and [SEP] included), as sentence-transformers' `max_seq_length`.
+/// Longest input in tokens (`[CLS]` and `[SEP]` included), as sentence-transformers' `max_seq_length`.
 pub const MAX_TOKENS: usize = 256;
 
 /// The `minilm` featurizer: where the model and the embedding cache live (the model itself is loaded once per
@@ -44,9 +44,9 @@ pub struct MiniLm {
 /// `MAX_TOKENS - 2` = 254 content tokens, so consecutive windows share a quarter of them: 64 tokens).
 pub const WINDOW_STRIDE: usize = (MAX_TOKENS - 2) * 3 / 4;
 
-/// The windows a text of token ids `ids` ([CLS] ... [SEP], untruncated) is embedded as: the text itself when it
+/// The windows a text of token ids `ids` (`[CLS]` ... `[SEP]`, untruncated) is embedded as: the text itself when it
 /// fits in [`MAX_TOKENS`]; else windows of `MAX_TOKENS - 2` content tokens starting every [`WINDOW_STRIDE`]
-/// tokens, the last one aligned to the end, each wrapped in [CLS] ... [SEP]. Every token is in some window.
+/// tokens, the last one aligned to the end, each wrapped in `[CLS]` ... `[SEP]`. Every token is in some window.
 ///
 /// ```
 /// use cryptotl::features::minilm::{MAX_TOKENS, windows};
@@ -125,7 +125,7 @@ impl Encoder {
         Ok(Self { tokenizer, untruncated, bert, model_sha256 })
     }
 
-    /// Token ids per text ([CLS] ... [SEP], at most [`MAX_TOKENS`]).
+    /// Token ids per text (`[CLS]` ... `[SEP]`, at most [`MAX_TOKENS`]).
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let enc = self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Features(format!("tokenizer: {e}")))?;

@@ -1,0 +1,272 @@
+//! The commands that chain the stages: a whole run and the learning curves alone.
+
+use std::path::Path;
+
+use crate::bow::{BAG_OF_WORDS_CS, BagOfWords};
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model;
+use crate::privacy::centring::DpReferences;
+use crate::report::NetworkOrigin;
+
+use super::{prepare_data, timed};
+use super::heads::{dp_references, head_inputs, head_name, privacy_plan, train_head, train_head_private, train_target_only, transfer_output_ranges};
+use super::server::{server_lower_network, server_network_and_source, source_membership};
+use super::transfer::{client_features, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
+
+/// Learning curves alone (`cryptotl curve`): data -> server network -> client features -> frozen lower network
+/// (encrypted when `he.enabled`) -> the heads on seeded subsets of every size ([`crate::curve`]). With
+/// `journal_dir`, the encrypted pass keeps its journal there ([`TransferInput::journaled_in`]; the caller removes it
+/// once the curves are written).
+pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curve::LearningCurves> {
+    let data = prepare_data(cfg)?;
+    // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
+    privacy_plan(cfg, data.target.train.len())?;
+    let lower = server_lower_network(cfg)?;
+    let (pipeline, client) = client_features(cfg, &data.target)?;
+    let input = TransferInput::new(cfg, &pipeline, &data.target, &client)?.journaled_in(journal_dir);
+    let (transferred, _) = transfer(cfg, &lower, &input)?;
+    let bow = BagOfWords::new(&data.target);
+    let references = dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+    crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
+}
+
+/// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
+/// The returned lock keeps a second run out of the same directory until it is dropped.
+pub fn prepare_output_dir(cfg: &RunConfig) -> Result<crate::atomic::DirLock> {
+    // It receives the client's decrypted features, fitted featurizer and head: owner only.
+    crate::atomic::claim_dir(&cfg.output_dir())
+}
+
+/// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
+/// report (written to the run's output directory and returned).
+pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
+    use crate::report::{PretrainSummary, Report, StageTime};
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
+    // With a remote server the client has neither the server's network nor its source data: no pretraining here,
+    // no float or clear-integer comparison, and the server's rows of the budget come from its published statement.
+    let remote = remote_server(cfg)?;
+    let _lock = prepare_output_dir(cfg)?;
+
+    let (data, t) = timed(|| prepare_data(cfg));
+    let data = data?;
+    stage("load + split data", t);
+    // The privacy schedule is settled before any training: a run beyond its budget refuses to start.
+    let dp_plan = privacy_plan(cfg, data.target.train.len())?;
+    if let Some(plan) = &dp_plan {
+        tracing::info!(?plan, "DP-SGD schedule");
+    }
+    let (lower, membership) = match &remote {
+        Some(_) => (None, None),
+        None => {
+            let (r, t) = timed(|| server_network_and_source(cfg));
+            let (lower, source) = r?;
+            stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
+            let membership = if cfg.audit.membership {
+                let (m, t) = timed(|| source_membership(cfg, &lower, source.as_ref(), "measured in this run"));
+                stage("membership attack on the source data (server side)", t);
+                Some(m?)
+            } else {
+                None
+            };
+            (Some(lower), membership)
+        }
+    };
+    let (client, t) = timed(|| client_features(cfg, &data.target));
+    let (client_pipeline, client) = client?;
+    // The encrypted pass keeps its journal in the run's folder: a run killed during it resumes where it stopped.
+    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(Some(&cfg.output_dir()))));
+    let input = input?;
+    stage("client features", t + t2);
+    let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {
+        (Some(url), _) => {
+            let (r, t) = timed(|| remote_transfer(cfg, url, &input));
+            let RemoteTransfer { features, he, statement, output_ranges } = r?;
+            stage("lower network: keys, encrypted forward through the remote server", t);
+            (features, None, Some((he, statement)), output_ranges)
+        }
+        (None, Some(lower)) => {
+            let (r, t) = timed(|| transfer(cfg, lower, &input));
+            let (transferred, he_paths) = r?;
+            stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
+            (transferred, he_paths, None, transfer_output_ranges(cfg, lower))
+        }
+        (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
+    };
+    if tracing::enabled!(tracing::Level::INFO) {
+        let x = &transferred.train;
+        let col_std = x.std_axis(ndarray::Axis(0), 0.0);
+        tracing::info!(mean = x.mean().unwrap_or(0.0), mean_col_std = col_std.mean().unwrap_or(0.0),
+            max_col_std = col_std.fold(0f32, |a, &b| a.max(b)), min = x.fold(f32::INFINITY, |a, &b| a.min(b)),
+            max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
+    }
+
+    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled || cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow)
+        .then(|| BagOfWords::new(&data.target));
+    // The decrypted outputs as they came (the learning curves build their heads' inputs per subset).
+    let decrypted = transferred;
+    let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
+    let dp_references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), decrypted.train.ncols(), client.train.ncols());
+    let mut results = Vec::new();
+    let head = train_head(cfg, &transferred, "head")?;
+    stage("train head", head.trained.seconds);
+    let source = match &remote {
+        Some(url) => format!("the source data of the server at {url}"),
+        None => cfg.source.name.clone(),
+    };
+    let path = if cfg.he.enabled { "decrypted outputs of the encrypted" } else { "outputs of the (plaintext)" };
+    let inputs = match cfg.head.inputs {
+        crate::config::HeadInputs::Transfer => String::new(),
+        crate::config::HeadInputs::TransferPlusOwn => " beside the client's own features".into(),
+        crate::config::HeadInputs::TransferPlusBow => " beside the cross-fitted score of a bag-of-words model of the client's own texts".into(),
+    };
+    let unit = match cfg.head.transfer_unit {
+        crate::config::TransferUnit::Text => String::new(),
+        crate::config::TransferUnit::Sentence => format!(
+            ", applied to each sentence (at most {} per text, {} evaluations in all) and averaged per text",
+            cfg.head.max_sentences,
+            input.units()
+        ),
+    };
+    results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){unit}{inputs}", head_name(cfg))));
+    let mut he_report = None;
+    if let Some(he) = he_paths {
+        let float = train_head(cfg, &head_inputs(cfg, &he.float, &client, bow.as_ref())?, "head (float path)")?;
+        stage("train head on float outputs", float.trained.seconds);
+        let quantized = train_head(cfg, &head_inputs(cfg, &he.quantized, &client, bow.as_ref())?, "head (quantized path)")?;
+        stage("train head on clear-integer outputs", quantized.trained.seconds);
+        let mut r = he.report;
+        (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (float.test.accuracy, quantized.test.accuracy, head.test.accuracy);
+        results.push(float.result("transfer_float", "as `transfer`, on the float lower network's outputs (no quantization, no encryption)".into()));
+        results.push(quantized.result("transfer_quantized", "as `transfer`, on the clear-integer program's outputs (quantized, not encrypted)".into()));
+        he_report = Some(r);
+    }
+    let mut remote_statement = None;
+    if let Some((mut r, statement)) = remote_he {
+        // A client of a remote server has only the encrypted path: no float or clear-integer reference.
+        (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (f64::NAN, f64::NAN, head.test.accuracy);
+        he_report = Some(r);
+        remote_statement = Some(statement);
+    }
+    let mut privacy_report = None;
+    let mut audit = None;
+    // The head that is saved (and may be published): the private one whenever DP-SGD is on.
+    let mut published = head.trained.model.clone();
+    if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
+        let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
+        let (dp, map) = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng)?;
+        stage("train head (DP-SGD)", dp.trained.seconds);
+        published = dp.trained.model.clone();
+        privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
+        if cfg.audit.enabled && cfg.head.kind == crate::config::HeadKind::Linear {
+            let (a, t) = timed(|| crate::audit::audit(cfg, &transferred, &dp_references.transferred, cfg.audit.canaries, cfg.audit.seed));
+            stage("privacy audit (canaries)", t);
+            audit = Some(a?);
+        }
+        let map = map.describe();
+        let map = if map.is_empty() { map } else { format!(", {map}") };
+        results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4}{map})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
+    }
+    if cfg.baselines.raw_features_head {
+        let b = train_head(cfg, &client, "baseline raw")?;
+        stage("baseline: head on raw features", b.trained.seconds);
+        results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
+        if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
+            let (b, _) = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng)?;
+            stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
+            results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
+        }
+    }
+    if cfg.baselines.target_only_network {
+        let b = train_target_only(cfg, &client);
+        stage("baseline: whole network on target", b.trained.seconds);
+        results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
+    }
+    if let (true, Some(bow)) = (cfg.baselines.bag_of_words, &bow) {
+        let (m, t) = timed(|| bow.fit_and_score());
+        let (m, val, c) = m?;
+        stage("baseline: bag-of-words logistic regression", t);
+        results.push(crate::report::MethodResult {
+            method: "bag_of_words".into(),
+            description: format!("baseline: logistic regression (L2, C from {BAG_OF_WORDS_CS:?}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
+            test: m,
+            validation_accuracy: Some(val),
+            epochs: 1,
+            best_epoch: 1,
+            seconds: t,
+            c: Some(crate::report::LinearC { c, chosen_on_validation: true, own_weight: None }),
+        });
+    }
+    let curve = if cfg.curve.enabled {
+        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref(), &dp_references));
+        stage("learning curves", t);
+        Some(c?)
+    } else {
+        None
+    };
+    let tfhe = crate::privacy::budget::TfheStatement::new(&cfg.he, he_report.as_ref())?;
+    let budget = match (&lower, remote_statement) {
+        (Some(lower), _) => crate::privacy::budget::BudgetReport::new(
+            privacy_report.as_ref(),
+            data.target.train.len(),
+            crate::privacy::budget::ServerMechanisms {
+                dp_pretraining: lower.meta.dp_pretraining.as_ref(),
+                weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+                source_examples: lower.meta.source.train,
+                membership: membership.as_ref(),
+                fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
+            },
+            tfhe,
+        )?,
+        (None, statement) => crate::privacy::budget::BudgetReport::with_server_statement(
+            privacy_report.as_ref(),
+            data.target.train.len(),
+            statement.unwrap_or_default(),
+            tfhe,
+        )?,
+    };
+    let report = Report {
+        name: cfg.name.clone(),
+        seed: cfg.seed,
+        version: env!("CARGO_PKG_VERSION").into(),
+        threads: rayon::current_num_threads(),
+        source: lower.as_ref().map(|l| l.meta.source.clone()),
+        target: data.target_summary,
+        server: remote.clone().unwrap_or_else(|| "local".into()),
+        pretraining: lower.map(|lower| PretrainSummary {
+            from_cache: lower.from_cache(),
+            origin: lower.origin,
+            cache_dir: lower.cache_dir.display().to_string(),
+            source_test: lower.meta.source_test,
+            source_tasks: lower.meta.source_tasks,
+            history: lower.meta.history,
+            dp_pretraining: lower.meta.dp_pretraining,
+            weight_noise: lower.weight_noise,
+            pruned: lower.pruned,
+        }),
+        budget,
+        results,
+        head_history: head.trained.history.clone(),
+        privacy: privacy_report,
+        audit,
+        he: he_report,
+        curve,
+        stages,
+        config: cfg.clone(),
+    };
+    let out = cfg.output_dir();
+    report.write(&out)?; // creates `out`
+    client_pipeline.save(&out.join("client_features.json"))?;
+    // Everything `evaluate` needs: the head's inputs, the head, and the manifest that ties them to this config.
+    transferred.save(&out.join("features.json"))?;
+    model::save_module(&published, &out.join("head"))?;
+    cfg.save(&out.join("config.toml"))?;
+    let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), ..crate::rundir::RunManifest::new(cfg) };
+    manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
+    manifest.write(&out)?;
+    // Its results are written: the encrypted pass's journal has served.
+    crate::he::journal::remove_all(&out)?;
+    Ok(report)
+}

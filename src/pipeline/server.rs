@@ -1,0 +1,453 @@
+//! The server's side of a run: pretraining the lower network on the source data (cached, or shipped in the
+//! binary), DP pretraining and weight noise, dropping dead units, and the membership attack on the source data.
+
+use std::path::PathBuf;
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::data::{Dataset, DatasetSummary, Split};
+use crate::error::{Error, Result};
+use crate::eval::Metrics;
+use crate::features::FeaturePipeline;
+use crate::model::{self, Cpu, LowerNet, predict_proba, PretrainNet};
+use crate::report::{AppliedWeightNoise, NetworkOrigin, PrunedUnits, SourceTask};
+use crate::train::{self, EpochStats, Trained};
+
+use super::{FeatureSplit, load_source};
+use super::transfer::lower_forward;
+
+/// The server's pretrained, frozen lower network with its feature pipeline.
+#[derive(Clone)]
+pub struct PretrainedLower {
+    /// The frozen lower network.
+    pub net: LowerNet<Cpu>,
+    /// The server's featurizer + scaler (fitted on source train).
+    pub features: FeaturePipeline,
+    /// What the pretraining recorded (source metrics, sizes, history, DP schedule), with the calibration ranges of
+    /// the network as released (recomputed after weight noise).
+    pub meta: PretrainMeta,
+    /// Where the network came from: trained now, the cache, or shipped in the binary.
+    pub origin: NetworkOrigin,
+    /// The cache folder.
+    pub cache_dir: PathBuf,
+    /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
+    pub weight_noise: Option<AppliedWeightNoise>,
+    /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
+    pub pruned: Option<PrunedUnits>,
+}
+
+impl PretrainedLower {
+    /// Not trained by this run.
+    pub fn from_cache(&self) -> bool {
+        self.origin != NetworkOrigin::Trained
+    }
+}
+
+/// What a stored pretraining (cache entry or shipped network) keeps beside the network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainMeta {
+    /// [`pretrain_key`] of the config that made it.
+    pub key: String,
+    /// Metrics on the source test split.
+    pub source_test: Metrics,
+    /// Per source task.
+    pub source_tasks: Vec<SourceTask>,
+    /// Sizes of the source data.
+    pub source: DatasetSummary,
+    /// Each neuron's pre-activation range over the source training features ([`crate::he::quant::pre_activation_ranges`]):
+    /// what the compiler calibrates on, so the encrypted stage needs no source data.
+    pub source_ranges: Vec<(f32, f32)>,
+    /// Pretraining history.
+    pub history: Vec<EpochStats>,
+    /// The DP-SGD schedule, when the pretraining was private.
+    #[serde(default)]
+    pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+}
+
+impl PretrainedLower {
+    /// A stored network with its meta data.
+    pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
+    }
+}
+
+/// The pretraining network's outputs: one per path of `[source]` with `output_per_path`, else one.
+pub fn pretrain_outputs(cfg: &RunConfig) -> usize {
+    if cfg.source.output_per_path { cfg.source.paths.len().max(1) } else { 1 }
+}
+
+/// Source features with their task appended as one-hot columns (`tasks` of them, in the order of the paths of
+/// `[source]`), as a [`PretrainNet`] with `tasks > 1` outputs reads them. One task: the features as they are,
+/// borrowed (no copy of the source features).
+pub fn with_task_columns<'a>(fs: &'a FeatureSplit, source: &Split, tasks: usize) -> std::borrow::Cow<'a, FeatureSplit> {
+    if tasks <= 1 {
+        return std::borrow::Cow::Borrowed(fs);
+    }
+    let augment = |x: &Array2<f32>, part: &Dataset| -> Array2<f32> {
+        let mut out = Array2::zeros((x.nrows(), x.ncols() + tasks));
+        out.slice_mut(ndarray::s![.., ..x.ncols()]).assign(x);
+        for (task, (_, rows)) in part.by_origin().into_iter().enumerate().take(tasks) {
+            for i in rows {
+                out[[i, x.ncols() + task]] = 1.0;
+            }
+        }
+        out
+    };
+    std::borrow::Cow::Owned(FeatureSplit {
+        train: augment(&fs.train, &source.train),
+        train_y: fs.train_y.clone(),
+        validation: augment(&fs.validation, &source.validation),
+        validation_y: fs.validation_y.clone(),
+        test: augment(&fs.test, &source.test),
+        test_y: fs.test_y.clone(),
+        own_columns: fs.own_columns,
+    })
+}
+
+/// A stable key of everything that determines the pretrained lower network.
+pub fn pretrain_key(cfg: &RunConfig) -> String {
+    let mut material = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
+        "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "split_scheme": "per-path",
+        "split": cfg.split, "lower": lower_for_key(&cfg.lower), "pretrain": cfg.pretrain,
+        "dp_pretraining": cfg.dp_pretraining(),
+    });
+    if cfg.dp_pretraining().is_some() {
+        // DP pretraining's features come through a map fitted on nothing ([`FeaturePipeline::for_training`]); entries made
+        // before, with the fitted map, are not reused. Only when set, so other keys (the shipped network's) stay.
+        material["server_map"] = serde_json::json!("data_independent");
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
+}
+
+/// `[lower]` as the pretraining key sees it: without `prune_dead`, which acts after pretraining.
+fn lower_for_key(lower: &crate::config::LowerNetConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(lower).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("prune_dead");
+    }
+    v
+}
+
+/// The DP-SGD schedule of the server's pretraining on `n` source training examples, when
+/// `[server_privacy.dp_pretraining]` is on (refusing a schedule beyond its budget).
+pub fn dp_pretraining_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::privacy::plan::DpPlan>> {
+    match &cfg.server_privacy.dp_pretraining {
+        Some(p) if p.enabled => {
+            // Pretraining a whole network on the source: minibatch DP-SGD unless the table says otherwise.
+            let mut p = p.clone();
+            if p.recipe.is_none() && p.steps.is_none() && p.learning_rate.is_none() {
+                p.recipe = Some(crate::config::DpRecipe::Minibatch);
+            }
+            Ok(Some(crate::privacy::plan::plan(&p, &cfg.pretrain, n)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The pretrained network for `cfg` from the cache or shipped in the binary, without touching the source data;
+/// `None` when it has to be trained. A cache entry that cannot be read is a miss (with a warning), never a failure.
+pub fn stored_pretrained(cfg: &RunConfig) -> Result<Option<PretrainedLower>> {
+    if let Some(cached) = cached_pretrained(cfg) {
+        return Ok(Some(cached));
+    }
+    let key = pretrain_key(cfg);
+    if let Some(shipped) = crate::shipped_network::find(&key) {
+        let shipped = shipped?;
+        let net = shipped.network(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed)?;
+        tracing::info!(name = shipped.manifest.name, "pretrained lower network shipped in the binary");
+        let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+        return Ok(Some(PretrainedLower::from_stored(net, shipped.manifest.features.clone(), shipped.manifest.meta.clone(), NetworkOrigin::Shipped, dir)));
+    }
+    Ok(None)
+}
+
+/// The pretraining cache entry of `cfg`, when there is a readable one.
+pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
+    let device = Default::default();
+    let key = pretrain_key(cfg);
+    let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+    let entry = crate::cache::Entry::new(dir.clone());
+    let (net_path, feat_path, meta_path) = (dir.join("lower"), dir.join("features.json"), entry.meta_path());
+    if let Some(meta) = entry.meta::<PretrainMeta>() {
+        let cached = (|| -> Result<PretrainedLower> {
+            let meta = meta?;
+            if meta.key != key {
+                return Err(Error::artifact(&meta_path, format!("holds key {}, expected {key}", meta.key)));
+            }
+            let features = FeaturePipeline::load(&feat_path)?;
+            let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed, &device);
+            let net = model::load_module(skeleton, &net_path, &device)?;
+            Ok(PretrainedLower::from_stored(net, features, meta, NetworkOrigin::Cache, dir.clone()))
+        })();
+        match cached {
+            Ok(lower) => {
+                tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
+                return Some(lower);
+            }
+            Err(e) => tracing::warn!("pretraining cache entry ignored, training again: {e}"),
+        }
+    }
+    None
+}
+
+/// The source features with the training and validation rows of each path repeated up to the largest path's
+/// count (`[source] balance_paths`); the test rows as they are.
+pub fn balance_paths(fs: &FeatureSplit, source: &Split) -> FeatureSplit {
+    let repeat = |part: &Dataset| -> Vec<usize> {
+        let groups = part.by_origin();
+        let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+        let mut idx: Vec<usize> = groups.iter().filter(|(_, g)| !g.is_empty()).flat_map(|(_, g)| g.iter().cycle().take(largest).copied()).collect();
+        idx.sort_unstable();
+        idx
+    };
+    let (t, v) = (repeat(&source.train), repeat(&source.validation));
+    FeatureSplit {
+        train: fs.train.select(ndarray::Axis(0), &t),
+        train_y: t.iter().map(|&i| fs.train_y[i]).collect(),
+        validation: fs.validation.select(ndarray::Axis(0), &v),
+        validation_y: v.iter().map(|&i| fs.validation_y[i]).collect(),
+        test: fs.test.clone(),
+        test_y: fs.test_y.clone(),
+        own_columns: fs.own_columns,
+    }
+}
+
+/// Accuracy of the pretraining network per source task (per path of `[source]`) on the source test rows `fs.test`.
+fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Vec<SourceTask> {
+    let p = predict_proba(net, fs.test.view(), &Default::default());
+    source
+        .test
+        .by_origin()
+        .into_iter()
+        .map(|(name, idx)| {
+            let correct = idx.iter().filter(|&&i| (p[i] >= 0.5) == (fs.test_y[i] == 1)).count();
+            SourceTask { source: name, test_examples: idx.len(), accuracy: correct as f64 / idx.len().max(1) as f64 }
+        })
+        .collect()
+}
+
+/// Pretrain the lower network on the source data (with DP-SGD when `[server_privacy.dp_pretraining]` is on), or
+/// load it from the cache keyed by [`pretrain_key`] (or the binary, see [`stored_pretrained`]). Weight noise is
+/// applied afterwards by [`apply_weight_noise`].
+pub fn pretrain(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
+    match stored_pretrained(cfg)? {
+        Some(stored) => Ok(stored),
+        None => pretrain_on_source(cfg, source, summary),
+    }
+}
+
+/// Train the lower network on the source data now and cache it (what [`pretrain`] does on a miss; `ship-network`
+/// calls it directly so that it never re-ships the binary's own network).
+pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
+    let device = Default::default();
+    let key = pretrain_key(cfg);
+    let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
+    let entry = crate::cache::Entry::new(dir.clone());
+    // One run trains an entry at a time; a run that waited finds it done.
+    let _lock = entry.lock()?;
+    if let Some(done) = cached_pretrained(cfg) {
+        return Ok(done);
+    }
+    // Settled before training: a schedule beyond its budget refuses to start.
+    let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
+    // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
+    let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;
+    let fs = FeatureSplit::from_split(&features, source)?;
+    // With one output per source path, every row carries its task ([`PretrainNet::logits`]).
+    let tasks = pretrain_outputs(cfg);
+    let tasked = with_task_columns(&fs, source, tasks);
+    let balanced = if cfg.source.balance_paths { Some(balance_paths(&tasked, source)) } else { None };
+    let fit = balanced.as_ref().unwrap_or(tasked.as_ref());
+    let fresh = PretrainNet::<model::Train>::new(&cfg.lower, cfg.features.dim(), tasks, cfg.seed, &device);
+    let trained: Trained<PretrainNet<Cpu>> = match (&dp_plan, &cfg.server_privacy.dp_pretraining) {
+        (Some(plan), Some(p)) => {
+            tracing::info!(?plan, "DP pretraining schedule");
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
+            train::train_private(fresh, fit.train_examples(), fit.validation_examples(), plan, &mut rng, cfg.seed, "pretrain")
+        }
+        _ => train::train(fresh, fit.train_examples(), fit.validation_examples(), &cfg.pretrain, cfg.seed, "pretrain"),
+    };
+    let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, tasked.test.view(), &device), &fs.test_y);
+    let tasks = source_tasks(&trained.model, source, &tasked);
+    tracing::info!(accuracy = source_test.accuracy, ?tasks, "pretraining done (source test split)");
+    let meta = PretrainMeta {
+        key,
+        source_test,
+        source_tasks: tasks,
+        source: summary.clone(),
+        source_ranges: crate::he::quant::pre_activation_ranges(&trained.model.lower, fs.train.view())?,
+        history: trained.history.clone(),
+        dp_pretraining: dp_plan,
+    };
+    // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
+    // network ([`crate::cache`]).
+    entry.begin()?;
+    model::save_module_private(&trained.model, &dir.join("lower"))?;
+    features.save(&dir.join("features.json"))?;
+    cfg.save(&dir.join("config.toml"))?;
+    entry.finish(&meta)?;
+    Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
+}
+
+/// Add the resolved `[server_privacy.weight_noise]` (`plan`, from [`crate::privacy::server::plan_weight_noise`])
+/// to the pretrained lower network.
+///
+/// The noised network is a release: it is drawn once per (pretrained network, noise setting), stored in the
+/// pretraining cache and reused by later runs, so rerunning does not hand the client fresh draws of the same
+/// weights (each would spend the budget again).
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: crate::privacy::server::WeightNoisePlan) -> Result<()> {
+    let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
+    let device = Default::default();
+    let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
+    let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
+    let entry = crate::cache::Entry::new(dir.clone());
+    let net_path = dir.join("lower");
+    // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
+    let _lock = entry.lock()?;
+    // A complete entry is a network the server may already have released. If it cannot be read, drawing again
+    // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
+    // entry (no meta.json) was never used, so it is drawn again.
+    let unreadable = |e: Error| Error::Config {
+        file: cfg.name.clone(),
+        key: "server_privacy.weight_noise".into(),
+        message: format!(
+            "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
+             Restore the entry, or delete it and account for both releases",
+            dir.display()
+        ),
+    };
+    if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
+        let mut applied = applied.map_err(unreadable)?;
+        if applied.plan != plan {
+            return Err(unreadable(Error::artifact(entry.meta_path(), "holds another noise setting")));
+        }
+        lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
+        applied.from_cache = true;
+        tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
+        lower.weight_noise = Some(applied);
+        return Ok(());
+    }
+    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
+    let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
+    tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
+    let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
+    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false };
+    entry.begin()?;
+    model::save_module_private(&net, &net_path)?;
+    entry.finish(&applied)?;
+    lower.net = net;
+    lower.weight_noise = Some(applied);
+    Ok(())
+}
+
+/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured; cached, or
+/// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
+/// starts. The source data is loaded only where it is needed: to train, or to calibrate a noised network.
+pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    Ok(server_network_and_source(cfg)?.0)
+}
+
+/// [`server_lower_network`], with the source data when it had to be loaded for it (so a caller that needs it too,
+/// such as the membership attack, does not load it twice).
+pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
+    let mut source: Option<(Split, DatasetSummary)> = None;
+    let mut lower = match stored_pretrained(cfg)? {
+        Some(stored) => stored,
+        None => {
+            let (split, summary) = source.insert(load_source(cfg)?);
+            if let Some(wn) = &cfg.server_privacy.weight_noise {
+                crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
+            }
+            // The cache and the binary were just consulted.
+            pretrain_on_source(cfg, split, summary)?
+        }
+    };
+    let noise_plan = match &cfg.server_privacy.weight_noise {
+        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.meta.source.train)?,
+        None => None,
+    };
+    if let Some(plan) = noise_plan {
+        apply_weight_noise(cfg, &mut lower, plan)?;
+        // The noised network's own ranges: the compiler calibrates on what it evaluates.
+        let (split, _) = match &source {
+            Some(s) => s,
+            None => source.insert(load_source(cfg).map_err(|e| Error::Config {
+                file: cfg.name.clone(),
+                key: "server_privacy.weight_noise".into(),
+                message: format!("a noised network is calibrated on its source data, which cannot be loaded: {e}"),
+            })?),
+        };
+        let x = lower.features.transform(&split.train.texts)?;
+        lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
+    }
+    if cfg.lower.prune_dead {
+        prune_dead_units(&mut lower);
+    }
+    Ok((lower, source.map(|(split, _)| split)))
+}
+
+/// The membership-inference figure on the server's source data for the budget section ([`crate::membership`]):
+/// the loss attack on `lower` as the client sees it (its outputs, plaintext: encrypted evaluation returns the same
+/// outputs up to the measured lookup errors). A shipped network unchanged by this run carries the figure measured
+/// when it was built (`ship-network`), so the quickstart needs no source data; any other network is attacked now,
+/// on `source` or the config's source data loaded here (embeddings come from the cache pretraining filled). When the
+/// source data cannot be loaded the report says so instead of failing the run. `now` says where a figure measured
+/// here was measured (the run's report, or the server's published statement).
+pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, now: &str) -> Result<crate::privacy::budget::SourceMembership> {
+    use crate::privacy::budget::SourceMembership;
+    if lower.origin == NetworkOrigin::Shipped && lower.weight_noise.is_none() {
+        let shipped = crate::shipped_network::find(&lower.meta.key).transpose()?;
+        return Ok(match shipped.and_then(|n| n.manifest.membership.clone()) {
+            Some(attack) => SourceMembership {
+                provenance: format!("measured when the shipped network was built (`{}`; `cryptotl server membership <config>` measures it again from the fetched sources)", crate::shipped_network::BUILD_COMMAND),
+                attack: Some(attack),
+            },
+            None => SourceMembership { provenance: "the shipped network carries no figure; `cryptotl server membership <config>` measures it from the fetched sources".into(), attack: None },
+        });
+    }
+    let loaded;
+    let source = match source {
+        Some(s) => s,
+        None => match load_source(cfg) {
+            Ok((s, _)) => {
+                loaded = s;
+                &loaded
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "membership attack skipped: the source data cannot be loaded");
+                return Ok(SourceMembership { provenance: format!("the source data cannot be loaded: {e}"), attack: None });
+            }
+        },
+    };
+    let attack = measure_membership(cfg, lower, source)?;
+    Ok(SourceMembership { provenance: now.into(), attack: Some(attack) })
+}
+
+/// The loss attack ([`crate::membership::attack_source`]) on `lower`'s plaintext outputs for `source`, members and
+/// non-members drawn by the run's membership seed stream.
+pub fn measure_membership(cfg: &RunConfig, lower: &PretrainedLower, source: &Split) -> Result<crate::membership::MembershipAttack> {
+    crate::membership::attack_source(source, crate::seeds::stream(cfg.seed, crate::seeds::MEMBERSHIP), |texts| {
+        lower_forward(&lower.net, &lower.features.transform(texts)?)
+    })
+}
+
+/// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
+/// range is at or below 0), with their calibration ranges. Networks with pooling or another activation, and one
+/// whose units are all dead (nothing would be left to send), are kept whole.
+pub fn prune_dead_units(lower: &mut PretrainedLower) {
+    if lower.net.activation != crate::config::Activation::Relu || lower.net.pool != 1 {
+        return;
+    }
+    let hidden = lower.meta.source_ranges.len();
+    let (keep, dropped): (Vec<usize>, Vec<usize>) = (0..hidden).partition(|&j| lower.meta.source_ranges[j].1 > 0.0);
+    if dropped.is_empty() || keep.is_empty() {
+        return;
+    }
+    tracing::info!(kept = keep.len(), of = hidden, "dead neurons dropped (never fire on the source training data)");
+    lower.net = lower.net.clone().keep_units(&keep);
+    lower.meta.source_ranges = keep.iter().map(|&j| lower.meta.source_ranges[j]).collect();
+    lower.pruned = Some(PrunedUnits { hidden, dropped });
+}

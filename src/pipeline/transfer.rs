@@ -1,0 +1,362 @@
+//! The client's features and their way through the server's frozen lower network: in the clear, under
+//! encryption in this process, or against a remote server; and prediction on new texts through the same path.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::features::FeaturePipeline;
+use crate::model::{self, Cpu, LowerNet, map_rows, predict_proba};
+
+use super::FeatureSplit;
+use super::heads::{new_head, transfer_output_ranges};
+use super::server::{PretrainedLower, server_lower_network, server_network_and_source, source_membership};
+
+/// The client's scaled features of its target data: the pipeline fitted on target train only, or, when the run
+/// trains a head with DP-SGD (`[privacy]` on), fitted on nothing ([`FeaturePipeline::data_independent`]).
+pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeline, FeatureSplit)> {
+    client_features_for(cfg, target, cfg.client_privacy().is_some())
+}
+
+/// [`client_features`] with the choice made by the caller: `private` gives the data-independent map (a sweep
+/// that trains private and non-private heads on one set of features asks for it once for all of them). DP-SGD
+/// bounds what one example does to the head through its own features; a min-max range or IDF weight fitted on the
+/// training split would move every example's features with it, so the accountant's ε would not hold.
+pub fn client_features_for(cfg: &RunConfig, target: &Split, private: bool) -> Result<(FeaturePipeline, FeatureSplit)> {
+    let pipeline = FeaturePipeline::for_training(&cfg.features, &target.train.texts, private)?;
+    let fs = FeatureSplit::from_split(&pipeline, target)?;
+    Ok((pipeline, fs))
+}
+
+/// What the client sends through the server's network (`head.transfer_unit`): its feature rows, one per text, or
+/// one per sentence with each text's sentences next to each other. The server evaluates every row alike; the
+/// client averages a text's decrypted outputs ([`TransferInput::pool`]), so the head sees one row per text either
+/// way. With sentences the server learns how many sentences (at most `head.max_sentences`) each text has, from
+/// the number of ciphertexts; nothing else.
+#[derive(Debug, Clone)]
+pub struct TransferInput<'a> {
+    /// The rows the network is applied to: the client's own features, or its sentences' (a sentence carries its
+    /// text's label).
+    pub rows: std::borrow::Cow<'a, FeatureSplit>,
+    /// The client's own features, one row per text (whose labels the pooled outputs carry).
+    own: &'a FeatureSplit,
+    /// Per part (train, validation, test): where each text's rows start, and the end. None: one row per text.
+    starts: Option<[Vec<usize>; 3]>,
+    /// Where the encrypted pass keeps its journal ([`crate::he::OutputJournal`]), if it keeps one.
+    journal: Option<PathBuf>,
+}
+
+impl<'a> TransferInput<'a> {
+    /// The client's features as they are: one row per text (`transfer_unit = "text"`).
+    pub fn texts(own: &'a FeatureSplit) -> Self {
+        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None, journal: None }
+    }
+
+    /// As `head.transfer_unit` says: [`Self::texts`], or each text of `target` split into sentences
+    /// ([`crate::features::sentences`]) featurized by the client's `pipeline` (the one `own` came from).
+    pub fn new(cfg: &RunConfig, pipeline: &FeaturePipeline, target: &Split, own: &'a FeatureSplit) -> Result<Self> {
+        if cfg.head.transfer_unit == crate::config::TransferUnit::Text {
+            return Ok(Self::texts(own));
+        }
+        let part = |d: &Dataset| -> Result<(Array2<f32>, Vec<u8>, Vec<usize>)> {
+            let (rows, starts) = sentence_rows(cfg, pipeline, &d.texts)?;
+            let labels = starts.windows(2).zip(&d.labels).flat_map(|(w, &y)| std::iter::repeat_n(y, w[1] - w[0])).collect();
+            Ok((rows, labels, starts))
+        };
+        let (train, train_y, s0) = part(&target.train)?;
+        let (validation, validation_y, s1) = part(&target.validation)?;
+        let (test, test_y, s2) = part(&target.test)?;
+        let units = train.nrows() + validation.nrows() + test.nrows();
+        tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
+        let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y, own_columns: 0 };
+        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]), journal: None })
+    }
+
+    /// Keep the encrypted pass's journal in `dir` (a run's output folder): each batch's decrypted outputs are
+    /// recorded as they come back, and a pass killed midway resumes from them when the run is started again
+    /// ([`crate::he::OutputJournal`]). The caller removes it once its results are written
+    /// ([`crate::he::journal::remove_all`]).
+    /// `None` keeps none (as [`Self::new`] and [`Self::texts`] start).
+    pub fn journaled_in(mut self, dir: Option<&Path>) -> Self {
+        self.journal = dir.map(Path::to_path_buf);
+        self
+    }
+
+    /// Rows the server evaluates.
+    pub fn units(&self) -> usize {
+        self.rows.train.nrows() + self.rows.validation.nrows() + self.rows.test.nrows()
+    }
+
+    /// One row per text from the network's outputs `y` for [`Self::rows`]: a text's outputs averaged over its
+    /// sentences (or `y` itself for one row per text).
+    pub fn pool(&self, y: FeatureSplit) -> FeatureSplit {
+        let Some([s0, s1, s2]) = &self.starts else { return y };
+        FeatureSplit {
+            train: mean_rows(&y.train, s0),
+            train_y: self.own.train_y.clone(),
+            validation: mean_rows(&y.validation, s1),
+            validation_y: self.own.validation_y.clone(),
+            test: mean_rows(&y.test, s2),
+            test_y: self.own.test_y.clone(),
+            own_columns: 0,
+        }
+    }
+}
+
+/// The sentences of `texts` featurized by `pipeline`, and where each text's rows start (plus the end).
+pub fn sentence_rows(cfg: &RunConfig, pipeline: &FeaturePipeline, texts: &[String]) -> Result<(Array2<f32>, Vec<usize>)> {
+    let mut sentences = Vec::new();
+    let mut starts = vec![0];
+    for t in texts {
+        sentences.extend(crate::features::sentences(t, cfg.head.max_sentences));
+        starts.push(sentences.len());
+    }
+    Ok((pipeline.transform(&sentences)?, starts))
+}
+
+/// The mean of each group of rows of `y` (group i: rows `starts[i]..starts[i + 1]`).
+pub fn mean_rows(y: &Array2<f32>, starts: &[usize]) -> Array2<f32> {
+    let mut out = Array2::zeros((starts.len().saturating_sub(1), y.ncols()));
+    for (mut row, w) in out.axis_iter_mut(ndarray::Axis(0)).zip(starts.windows(2)) {
+        if let Some(m) = y.slice(ndarray::s![w[0]..w[1], ..]).mean_axis(ndarray::Axis(0)) {
+            row.assign(&m);
+        }
+    }
+    out
+}
+
+/// The frozen lower network applied to the client's scaled features in the clear (float): the reference the
+/// encrypted path ([`encrypted_transfer`]: quantize -> encrypt -> server evaluation -> decrypt) is compared with,
+/// and the path of `he.enabled = false`.
+pub fn lower_forward(lower: &LowerNet<Cpu>, x: &Array2<f32>) -> Result<Array2<f32>> {
+    crate::features::check_finite(x.view())?;
+    Ok(map_rows::<Cpu>(x.view(), &Default::default(), |t| lower.forward(t)))
+}
+
+/// The client's features through the three paths of the lower network, and what the encrypted one measured.
+pub struct EncryptedTransfer {
+    /// Decrypted outputs of the encrypted path (what the client trains on).
+    pub encrypted: FeatureSplit,
+    /// The float network's outputs (reference).
+    pub float: FeatureSplit,
+    /// The clear-integer program's outputs (the oracle of the encrypted path).
+    pub quantized: FeatureSplit,
+    /// Keys, sizes, timings, lookup errors (accuracies filled in by [`crate::pipeline::run`]).
+    pub report: crate::he::HeReport,
+}
+
+/// Compile the frozen lower network into an integer program (calibrated on the ranges it keeps from the server's
+/// source training features), set up keys, and send every client sample through quantize -> encrypt -> server
+/// evaluation -> decrypt. Also computes the float and clear-integer outputs for comparison.
+pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &TransferInput) -> Result<EncryptedTransfer> {
+    let program = compile_program(cfg, lower)?;
+    let client = input.rows.as_ref();
+    let float = input.pool(client.map(|x| lower_forward(&lower.net, x))?);
+    let overflow = std::cell::Cell::new(0usize);
+    let quantized = input.pool(client.map(|x| {
+        let (y, wraps) = crate::he::quant::clear_forward(&program, x.view())?;
+        overflow.set(overflow.get() + wraps);
+        Ok(y)
+    })?);
+    let accumulators = input.units() * program.neurons;
+    let session = local_session(cfg, &program)?;
+    let (encrypted, stats) = forward_split(&session, client, input.journal.as_deref())?;
+    let encrypted = input.pool(encrypted);
+    let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
+    if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
+        tracing::warn!(rate,
+            "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around. \
+             Set he.calibration = \"input_box\" (never wraps, coarser) or widen he.calibration_margin",
+            100.0 * rate);
+    }
+    tracing::info!(?report, "encrypted lower network done");
+    Ok(EncryptedTransfer { encrypted, float, quantized, report })
+}
+
+/// The server's lower network compiled to its integer program (calibrated on the ranges it keeps from the server's
+/// source training features).
+pub fn compile_program(cfg: &RunConfig, lower: &PretrainedLower) -> Result<cryptotl_server::IntegerProgram> {
+    crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)
+}
+
+/// The one-process simulation of the server for `program`, with the config's keys seed and batch size.
+fn local_session(cfg: &RunConfig, program: &cryptotl_server::IntegerProgram) -> Result<crate::he::Session> {
+    let mut session = crate::he::Session::local(program.clone(), cfg.he.params()?, cfg.he.insecure_seed)?;
+    session.set_batch(cfg.he.batch);
+    Ok(session)
+}
+
+/// The remote server the lower network runs on (`[he] server` with `he.enabled`); None for the one-process
+/// simulation or the plaintext path.
+pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
+    if !cfg.he.enabled {
+        return Ok(None);
+    }
+    match cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })? {
+        crate::config::ServerLocation::Remote(url) => Ok(Some(url)),
+        crate::config::ServerLocation::Local => Ok(None),
+    }
+}
+
+/// Every split of the client's features through the session's encrypted path, with what it measured. With
+/// `journal_dir`, the pass resumes from and records into the session's journal there (the caller removes it,
+/// [`crate::he::journal::remove_all`], once its results are written).
+fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_dir: Option<&Path>) -> Result<(FeatureSplit, crate::he::ForwardStats)> {
+    let stats = std::cell::RefCell::new(crate::he::ForwardStats::default());
+    let server = session.server();
+    let journal = std::cell::RefCell::new(journal_dir.map(|d| crate::he::OutputJournal::open(d, &session.journal_identity(), session.interface.outputs)).transpose()?);
+    let encrypted = client
+        .map(|x| {
+            let (y, s) = session.forward_journaled(x.view(), &format!("{} samples via {server}", x.nrows()), journal.borrow_mut().as_mut())?;
+            stats.borrow_mut().merge(s);
+            Ok(y)
+        })
+        .inspect_err(|_| {
+            if let Some(j) = journal.borrow().as_ref().filter(|j| !j.is_empty()) {
+                tracing::warn!(path = %j.path().display(), samples = j.len(), "the encrypted pass stopped; the outputs it had are kept in its journal and a new run of the same config resumes from them");
+            }
+        })?;
+    Ok((encrypted, stats.into_inner()))
+}
+
+/// The server's model artifact for `cfg` (what `cryptotl server build` writes): its lower network (pretrained,
+/// cached or shipped, with the config's server privacy mechanisms applied), compiled to the integer program, with
+/// the interface clients fetch and the server's privacy statement. Returns the network too.
+pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifact, PretrainedLower)> {
+    if !cfg.he.enabled {
+        return Err(Error::Config { file: "<config>".into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
+    }
+    let (lower, source) = server_network_and_source(cfg)?;
+    let program = compile_program(cfg, &lower)?;
+    // The server has its source data: it measures the attack (or quotes the shipped figure) for its statement.
+    let membership = if cfg.audit.membership { Some(source_membership(cfg, &lower, source.as_ref(), "measured by the server when it built this model")?) } else { None };
+    let features = serde_json::json!({
+        "kind": cfg.features.kind,
+        "dim": lower.features.dim(),
+        "featurizer": cfg.features,
+        "featurizer_version": crate::features::FEATURIZER_VERSION,
+        "scaling": "each feature min-max scaled to [0, 1] on the client's own training split",
+        // Where each output lies over the source data (from the calibration ranges the program is built on): the
+        // public point a client's DP head centres these outputs on ([`DpReferences`]).
+        "output_ranges": transfer_output_ranges(cfg, &lower),
+    });
+    let statement = crate::privacy::budget::ServerStatement::new(crate::privacy::budget::ServerMechanisms {
+        dp_pretraining: lower.meta.dp_pretraining.as_ref(),
+        weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+        source_examples: lower.meta.source.train,
+        membership: membership.as_ref(),
+        fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
+    })?;
+    let privacy = serde_json::to_value(&statement).map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
+    Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
+}
+
+/// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
+/// client's features.
+pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> {
+    let ca = match &cfg.he.ca_cert {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
+        None => None,
+    };
+    let transport = crate::he::Http::new(url, cfg.he.token()?, ca.as_deref())?;
+    let model = crate::he::Transport::interface(&transport)?;
+    let kind = model.features.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind != cfg.features.kind.name() {
+        return Err(Error::Config { file: "<config>".into(), key: "features.kind".into(), message: format!(
+            "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
+    }
+    let mut session = crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?;
+    session.set_batch(cfg.he.batch);
+    Ok(session)
+}
+
+/// What [`remote_transfer`] brings back from a remote server.
+pub struct RemoteTransfer {
+    /// The decrypted outputs, pooled per text.
+    pub features: FeatureSplit,
+    /// What the encrypted stage measured (no oracle comparison: the client has no program).
+    pub he: crate::he::HeReport,
+    /// The server's statement of its own privacy.
+    pub statement: crate::privacy::budget::ServerStatement,
+    /// The output ranges the server publishes ([`crate::he::Session::published_output_ranges`]), if it does.
+    pub output_ranges: Option<Vec<(f32, f32)>>,
+}
+
+/// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
+pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
+    let session = remote_session(cfg, url)?;
+    let statement = session.server_privacy()?;
+    let output_ranges = session.published_output_ranges();
+    let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
+    let he = crate::he::HeReport::new(&session, None, &stats, None);
+    Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
+}
+
+/// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
+/// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
+pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
+    let session = match remote_server(cfg)? {
+        Some(url) => remote_session(cfg, &url)?,
+        None if !cfg.he.enabled => return lower_forward(&server_lower_network(cfg)?.net, x),
+        None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
+    };
+    Ok(session.forward(x.view(), what)?.0)
+}
+
+/// One prediction of [`predict`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prediction {
+    /// The predicted class (1 = the dataset's positive class).
+    pub label: u8,
+    /// The head's probability of class 1.
+    pub probability: f32,
+}
+
+/// Classify new texts with a finished run's saved featurizer and head (`run_dir`, made by `run` or
+/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features.
+pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<Prediction>> {
+    if texts.is_empty() {
+        return Ok(vec![]);
+    }
+    if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
+        return Err(Error::Config { file: "<config>".into(), key: "head.inputs".into(), message:
+            "is `transfer+bow`: its bag-of-words score is cross-fitted on the training texts and not saved with the run; \
+             predict works with `transfer` and `transfer+own`".into() });
+    }
+    let manifest = crate::rundir::RunManifest::load_for(cfg)?;
+    let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
+    let own = pipeline.transform(texts)?;
+    let transferred = match cfg.head.transfer_unit {
+        crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()))?,
+        crate::config::TransferUnit::Sentence => {
+            let (rows, starts) = sentence_rows(cfg, &pipeline, texts)?;
+            mean_rows(&transfer_rows(cfg, &rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()))?, &starts)
+        }
+    };
+    let x = match cfg.head.inputs {
+        crate::config::HeadInputs::TransferPlusOwn => ndarray::concatenate(ndarray::Axis(1), &[transferred.view(), own.view()])
+            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))?,
+        _ => transferred,
+    };
+    manifest.check_head(cfg, x.ncols())?;
+    let head = model::load_module(new_head::<Cpu>(cfg, x.ncols(), &Default::default()), &run_dir.join("head"), &Default::default())?;
+    Ok(predict_proba(&head, x.view(), &Default::default())
+        .into_iter()
+        .map(|p| Prediction { label: (p >= 0.5) as u8, probability: p })
+        .collect())
+}
+
+/// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
+/// and clear-integer paths for comparison), else the plaintext float network.
+pub fn transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &TransferInput) -> Result<(FeatureSplit, Option<EncryptedTransfer>)> {
+    if cfg.he.enabled {
+        let he = encrypted_transfer(cfg, lower, input)?;
+        Ok((he.encrypted.clone(), Some(he)))
+    } else {
+        Ok((input.pool(input.rows.map(|x| lower_forward(&lower.net, x))?), None))
+    }
+}
