@@ -222,10 +222,57 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     Ok(LearningCurves { name: cfg.name.clone(), sizes, draws, methods, descriptions, points, path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() }, selection: cfg.curve.selection.name().into() })
 }
 
+/// How far one method's test accuracy is above another's at one size, paired by draw: in every draw both heads
+/// train on the same subset, so the per-draw differences cancel the luck of the subset that moves both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Margin {
+    /// Mean over draws of the difference in test accuracy (a fraction: 0.05 is 5 points).
+    pub mean: f64,
+    /// Standard error of that mean (sample standard deviation of the differences over the square root of their
+    /// count); 0 where every draw is the same subset (the full size) or there is one draw.
+    pub std_error: f64,
+}
+
 impl LearningCurves {
     /// The point of `method` at `size`.
     pub fn point(&self, method: &str, size: usize) -> Option<&CurvePoint> {
         self.points.iter().find(|p| p.method == method && p.size == size)
+    }
+
+    /// The margin of `method` over `baseline` at `size`, paired by draw ([`Margin`]); `None` when either has no
+    /// point there or their draws differ in number.
+    ///
+    /// ```
+    /// use cryptotl::curve::{CurvePoint, LearningCurves};
+    /// let point = |method: &str, accuracies: Vec<f64>| CurvePoint { method: method.into(), size: 64, mean: 0.0, std: 0.0, accuracies };
+    /// let curves = LearningCurves {
+    ///     name: "x".into(), sizes: vec![64], draws: 3, methods: vec!["transfer".into(), "raw_features".into()],
+    ///     descriptions: vec![], path: "plaintext".into(), selection: "cross_validation".into(),
+    ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92]), point("raw_features", vec![0.85, 0.85, 0.86])],
+    /// };
+    /// let m = curves.margin("transfer", "raw_features", 64).unwrap();
+    /// assert!((m.mean - 0.0467).abs() < 1e-4);              // differences 0.05, 0.03, 0.06
+    /// assert!((m.std_error - 0.00882).abs() < 1e-4);         // their sample std 0.0153 over √3
+    /// assert!(curves.margin("transfer", "bag_of_words", 64).is_none());
+    /// ```
+    pub fn margin(&self, method: &str, baseline: &str, size: usize) -> Option<Margin> {
+        let (a, b) = (self.point(method, size)?, self.point(baseline, size)?);
+        if a.accuracies.len() != b.accuracies.len() || a.accuracies.is_empty() {
+            return None;
+        }
+        let d: Vec<f64> = a.accuracies.iter().zip(&b.accuracies).map(|(x, y)| x - y).collect();
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let std_error = if d.len() < 2 { 0.0 } else { (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt() };
+        Some(Margin { mean, std_error })
+    }
+
+    /// The margins the table shows: the transfer head over the raw-feature head, without DP and with it.
+    fn margin_columns(&self) -> Vec<(&'static str, &'static str)> {
+        [("transfer", "raw_features"), ("transfer_dp", "raw_features_dp")]
+            .into_iter()
+            .filter(|(a, b)| self.methods.iter().any(|m| m == a) && self.methods.iter().any(|m| m == b))
+            .collect()
     }
 
     /// The table: one row per size, one column per method (mean ± std of the test accuracy over the draws).
@@ -236,15 +283,25 @@ impl LearningCurves {
             "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset, and an MLP head stops early on a held-out fold of it (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
             _ => "Every linear head chooses its C on the whole validation split, at every size.",
         });
-        let _ = writeln!(s, "| labelled examples | {} |", self.methods.join(" | "));
-        let _ = writeln!(s, "|---:|{}", "---:|".repeat(self.methods.len()));
+        let margins = self.margin_columns();
+        let headers: Vec<String> = self.methods.iter().cloned().chain(margins.iter().map(|(a, b)| format!("{a} − {b}, points"))).collect();
+        let _ = writeln!(s, "| labelled examples | {} |", headers.join(" | "));
+        let _ = writeln!(s, "|---:|{}", "---:|".repeat(headers.len()));
         for &size in &self.sizes {
-            let cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
+            let mut cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
+            for (a, b) in &margins {
+                cells.push(self.margin(a, b, size).map_or("—".into(), |m| {
+                    if m.std_error > 0.0 { format!("{:+.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std_error) } else { format!("{:+.1}", 100.0 * m.mean) }
+                }));
+            }
             let _ = writeln!(s, "| {size} | {} |", cells.join(" | "));
         }
         let _ = writeln!(s);
         for (m, d) in &self.descriptions {
             let _ = writeln!(s, "- `{m}`: {d}");
+        }
+        for (a, b) in &margins {
+            let _ = writeln!(s, "- `{a} − {b}`: how many points `{a}` is above `{b}`, the mean of the per-draw differences (both train on the same subset in each draw) ± its standard error");
         }
         s
     }

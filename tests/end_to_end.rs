@@ -58,6 +58,19 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     // At the full size every draw is the whole training split: the curve's transfer point is the run's own head.
     assert_eq!(curve.point("transfer", report.target.train).unwrap().mean, report.results[0].test.accuracy);
     assert!(dir.path().join("run/curve.svg").exists());
+    // The table's margin column: transfer over the raw-feature head, paired by draw, so its mean is the difference
+    // of the two means; its standard error is that of the per-draw differences (0 at the full size).
+    let table = curve.to_markdown();
+    assert!(table.contains("| transfer − raw_features, points |"), "{table}");
+    for &s in &curve.sizes {
+        let m = curve.margin("transfer", "raw_features", s).unwrap();
+        let (t, r) = (curve.point("transfer", s).unwrap(), curve.point("raw_features", s).unwrap());
+        assert!((m.mean - (t.mean - r.mean)).abs() < 1e-12, "size {s}: {m:?}");
+        let d: Vec<f64> = t.accuracies.iter().zip(&r.accuracies).map(|(a, b)| a - b).collect();
+        let var = d.iter().map(|x| (x - m.mean).powi(2)).sum::<f64>() / (d.len() as f64 - 1.0);
+        assert!((m.std_error - (var / d.len() as f64).sqrt()).abs() < 1e-12, "size {s}: {m:?}");
+    }
+    assert_eq!(curve.margin("transfer", "raw_features", report.target.train).unwrap().std_error, 0.0);
     let transfer = &report.results[0].test;
     assert!(transfer.accuracy > 0.85, "transfer must learn the separable target: {transfer:?}");
     assert_eq!(report.target.test, 24);
