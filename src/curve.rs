@@ -275,7 +275,9 @@ impl LearningCurves {
             .collect()
     }
 
-    /// The table: one row per size, one column per method (mean ± std of the test accuracy over the draws).
+    /// The table: one row per size, one column per method (mean ± std of the test accuracy over the draws), then
+    /// the transfer head's [`Self::margin`] over the raw-feature head (without DP, and with it when the curves have DP
+    /// heads) in points ± its standard error.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).", self.draws, self.path);
