@@ -104,6 +104,25 @@ pub struct LearningCurves {
     /// before it was recorded (they chose on the validation split).
     #[serde(default)]
     pub selection: String,
+    /// The margins the table shows ([`Self::margin`]), at every size: the transfer head over the raw-feature head,
+    /// and the DP pair when there is one. Empty in reports written before they were recorded.
+    #[serde(default)]
+    pub margins: Vec<CurveMargin>,
+}
+
+/// One margin of the table, as `report.json` records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CurveMargin {
+    /// The method above (`transfer`, `transfer_dp`).
+    pub method: String,
+    /// The method below (`raw_features`, `raw_features_dp`).
+    pub baseline: String,
+    /// Labelled training examples.
+    pub size: usize,
+    /// [`Margin::mean`].
+    pub mean: f64,
+    /// [`Margin::std_error`].
+    pub std_error: f64,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -219,7 +238,24 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             points.push(CurvePoint { method: m.clone(), size, accuracies, mean, std });
         }
     }
-    Ok(LearningCurves { name: cfg.name.clone(), sizes, draws, methods, descriptions, points, path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() }, selection: cfg.curve.selection.name().into() })
+    let mut curves = LearningCurves {
+        name: cfg.name.clone(),
+        sizes,
+        draws,
+        methods,
+        descriptions,
+        points,
+        path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() },
+        selection: cfg.curve.selection.name().into(),
+        margins: Vec::new(),
+    };
+    curves.margins = curves
+        .margin_columns()
+        .into_iter()
+        .flat_map(|(a, b)| curves.sizes.iter().map(move |&size| (a, b, size)))
+        .filter_map(|(a, b, size)| curves.margin(a, b, size).map(|m| CurveMargin { method: a.into(), baseline: b.into(), size, mean: m.mean, std_error: m.std_error }))
+        .collect();
+    Ok(curves)
 }
 
 /// How far one method's test accuracy is above another's at one size, paired by draw: in every draw both heads
@@ -247,7 +283,7 @@ impl LearningCurves {
     /// let point = |method: &str, accuracies: Vec<f64>| CurvePoint { method: method.into(), size: 64, mean: 0.0, std: 0.0, accuracies };
     /// let curves = LearningCurves {
     ///     name: "x".into(), sizes: vec![64], draws: 3, methods: vec!["transfer".into(), "raw_features".into()],
-    ///     descriptions: vec![], path: "plaintext".into(), selection: "cross_validation".into(),
+    ///     descriptions: vec![], path: "plaintext".into(), selection: "cross_validation".into(), margins: vec![],
     ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92]), point("raw_features", vec![0.85, 0.85, 0.86])],
     /// };
     /// let m = curves.margin("transfer", "raw_features", 64).unwrap();

@@ -71,6 +71,12 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
         assert!((m.std_error - (var / d.len() as f64).sqrt()).abs() < 1e-12, "size {s}: {m:?}");
     }
     assert_eq!(curve.margin("transfer", "raw_features", report.target.train).unwrap().std_error, 0.0);
+    // report.json records the same margins, one per size.
+    assert_eq!(curve.margins.len(), curve.sizes.len());
+    for m in &curve.margins {
+        let again = curve.margin(&m.method, &m.baseline, m.size).unwrap();
+        assert_eq!((m.method.as_str(), m.baseline.as_str(), m.mean, m.std_error), ("transfer", "raw_features", again.mean, again.std_error));
+    }
     let transfer = &report.results[0].test;
     assert!(transfer.accuracy > 0.85, "transfer must learn the separable target: {transfer:?}");
     assert_eq!(report.target.test, 24);
