@@ -85,6 +85,59 @@ pub fn append_records(path: &Path, record: usize, bytes: &[u8]) -> Result<()> {
     f.sync_data().map_err(io)
 }
 
+/// Append one checksummed record to `buf`, as the embedding cache and the encrypted pass's journal store them: the
+/// 16-byte little-endian `key`, the bytes `payload` writes, then an 8-byte xxh3-64 of both. [`read_records`] reads
+/// them back; [`append_records`] puts a buffer of them on disk.
+///
+/// ```
+/// let mut buf = Vec::new();
+/// cryptotl::atomic::push_record(&mut buf, 7, |b| b.extend_from_slice(&[1, 2]));
+/// assert_eq!(buf.len(), 16 + 2 + 8);
+/// let mut seen = Vec::new();
+/// assert_eq!(cryptotl::atomic::read_records(&buf, 26, |key, payload| { seen.push((key, payload.to_vec())); true }), (0, 0));
+/// assert_eq!(seen, [(7, vec![1, 2])]);
+/// ```
+pub fn push_record(buf: &mut Vec<u8>, key: u128, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&key.to_le_bytes());
+    payload(buf);
+    let sum = xxhash_rust::xxh3::xxh3_64(&buf[start..]);
+    buf.extend_from_slice(&sum.to_le_bytes());
+}
+
+/// Read the whole `record`-byte records of `bytes` ([`push_record`]'s format): `keep(key, payload)` is called for
+/// each record whose checksum holds and says whether the payload is good. Returns how many records were damaged
+/// (checksum failed, or `keep` refused them) and how many bytes of a torn record trail the last whole one.
+///
+/// ```
+/// let mut buf = Vec::new();
+/// cryptotl::atomic::push_record(&mut buf, 1, |b| b.push(10));
+/// cryptotl::atomic::push_record(&mut buf, 2, |b| b.push(20));
+/// buf[16 + 1 + 8 + 16] ^= 1; // flip a bit of the second record's payload
+/// buf.push(0); // and a torn byte
+/// let mut keys = Vec::new();
+/// assert_eq!(cryptotl::atomic::read_records(&buf, 25, |key, _| { keys.push(key); true }), (1, 1));
+/// assert_eq!(keys, [1]);
+/// ```
+pub fn read_records(bytes: &[u8], record: usize, mut keep: impl FnMut(u128, &[u8]) -> bool) -> (usize, usize) {
+    let mut damaged = 0;
+    for rec in bytes.chunks_exact(record) {
+        let (body, sum) = rec.split_at(record - 8);
+        let sound = u64::from_le_bytes(sum.try_into().expect("8 bytes")) == xxhash_rust::xxh3::xxh3_64(body)
+            && keep(u128::from_le_bytes(body[..16].try_into().expect("16 bytes")), &body[16..]);
+        damaged += usize::from(!sound);
+    }
+    (damaged, bytes.len() % record)
+}
+
+/// Remove a file if it is there; a missing one is not an error.
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The one atomic write both parties use ([`cryptotl_server::atomic::write`]), with this crate's error.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     cryptotl_server::atomic::write(path, bytes, private).map_err(|e| Error::io(path, e))

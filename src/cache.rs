@@ -72,12 +72,7 @@ impl Entry {
     /// Start (re)writing the entry: its `meta.json` goes first.
     pub fn begin(&self) -> Result<()> {
         crate::atomic::create_private_dir(&self.dir)?;
-        let path = self.meta_path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, e)),
-        }
+        crate::atomic::remove_if_exists(&self.meta_path())
     }
 
     /// Mark the entry complete: `meta.json`, written atomically and owner-only, after everything else.

@@ -280,10 +280,6 @@ impl std::ops::Deref for EmbeddingCache {
     }
 }
 
-fn record_checksum(body: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(body)
-}
-
 impl EmbeddingCache {
     /// Open (or start) the cache file for `model_sha256` in `dir`. Damaged records are skipped with a warning.
     pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
@@ -300,20 +296,17 @@ impl EmbeddingCache {
         }
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            if bytes.len() % RECORD != 0 {
-                tracing::warn!(path = %path.display(), bytes = bytes.len() % RECORD, "embedding cache ends in a torn record; it is cut off at the next write");
-            }
-            let mut damaged = 0usize;
-            for rec in bytes.chunks_exact(RECORD) {
-                let (body, sum) = rec.split_at(RECORD - 8);
-                let key = u128::from_le_bytes(body[..16].try_into().expect("16 bytes"));
-                let v: Vec<f32> = body[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                let norm2: f32 = v.iter().map(|x| x * x).sum();
-                if u64::from_le_bytes(sum.try_into().expect("8 bytes")) == record_checksum(body) && (norm2 - 1.0).abs() < 1e-3 {
+            // A record must pass its checksum and hold a unit-norm embedding.
+            let (damaged, torn) = crate::atomic::read_records(&bytes, RECORD, |key, payload| {
+                let v: Vec<f32> = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let unit = (v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-3;
+                if unit {
                     entries.0.insert(key, v);
-                } else {
-                    damaged += 1;
                 }
+                unit
+            });
+            if torn != 0 {
+                tracing::warn!(path = %path.display(), bytes = torn, "embedding cache ends in a torn record; it is cut off at the next write");
             }
             if damaged > 0 {
                 tracing::warn!(path = %path.display(), damaged, "embedding cache records failed their checksum; those texts are embedded again");
@@ -332,8 +325,7 @@ impl EmbeddingCache {
         for rec in bytes.chunks_exact(LEGACY_RECORD) {
             let norm2: f32 = rec[16..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).powi(2)).sum();
             if (norm2 - 1.0).abs() < 1e-3 {
-                out.extend_from_slice(rec);
-                out.extend_from_slice(&record_checksum(rec).to_le_bytes());
+                crate::atomic::push_record(&mut out, u128::from_le_bytes(rec[..16].try_into().expect("16 bytes")), |b| b.extend_from_slice(&rec[16..]));
                 kept += 1;
             } else {
                 dropped += 1;
@@ -355,11 +347,7 @@ impl EmbeddingCache {
             if self.entries.0.contains_key(&key) {
                 continue;
             }
-            let start = buf.len();
-            buf.extend_from_slice(&key.to_le_bytes());
-            row.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
-            let sum = record_checksum(&buf[start..]);
-            buf.extend_from_slice(&sum.to_le_bytes());
+            crate::atomic::push_record(&mut buf, key, |b| row.iter().for_each(|v| b.extend_from_slice(&v.to_le_bytes())));
             self.entries.0.insert(key, row.to_vec());
         }
         if buf.is_empty() {

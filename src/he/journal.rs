@@ -49,10 +49,6 @@ fn key_of(levels: &[u16]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(&bytes)
 }
 
-fn checksum(body: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(body)
-}
-
 impl OutputJournal {
     /// Open (or start) the journal of `identity` (a model on a server, [`super::Session::journal_identity`]) in
     /// `dir`, for `outputs` outputs per sample. Damaged records are skipped with a warning.
@@ -61,20 +57,12 @@ impl OutputJournal {
         let mut entries = HashMap::new();
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let record = Self::record_len(outputs);
-            let mut damaged = 0usize;
-            for rec in bytes.chunks_exact(record) {
-                let (body, sum) = rec.split_at(record - 8);
-                if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != checksum(body) {
-                    damaged += 1;
-                    continue;
-                }
-                let key = u128::from_le_bytes(body[..16].try_into().expect("16 bytes"));
-                let levels = body[16..].chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
-                entries.insert(key, levels);
-            }
-            if damaged > 0 || bytes.len() % record != 0 {
-                tracing::warn!(path = %path.display(), damaged, torn_bytes = bytes.len() % record,
+            let (damaged, torn_bytes) = crate::atomic::read_records(&bytes, Self::record_len(outputs), |key, payload| {
+                entries.insert(key, payload.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect());
+                true
+            });
+            if damaged > 0 || torn_bytes > 0 {
+                tracing::warn!(path = %path.display(), damaged, torn_bytes,
                     "the encrypted stage's journal has damaged records; those samples are evaluated again");
             }
         }
@@ -113,12 +101,8 @@ impl OutputJournal {
             if out.len() != self.outputs {
                 return Err(Error::Internal(format!("{} outputs for a journal of {} per sample", out.len(), self.outputs)));
             }
-            let start = buf.len();
             let key = key_of(levels);
-            buf.extend_from_slice(&key.to_le_bytes());
-            out.iter().for_each(|o| buf.extend_from_slice(&o.to_le_bytes()));
-            let sum = checksum(&buf[start..]);
-            buf.extend_from_slice(&sum.to_le_bytes());
+            crate::atomic::push_record(&mut buf, key, |b| out.iter().for_each(|o| b.extend_from_slice(&o.to_le_bytes())));
             self.entries.insert(key, out.to_vec());
         }
         crate::atomic::append_records(&self.path, record, &buf)
@@ -126,14 +110,7 @@ impl OutputJournal {
 
     /// Delete the journal (the pass it served is complete).
     pub fn remove(self) -> Result<()> {
-        remove_file(&self.path)
-    }
-}
-
-fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
+        crate::atomic::remove_if_exists(&self.path)
     }
 }
 
@@ -160,7 +137,7 @@ pub fn remove_all(dir: &Path) -> Result<usize> {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with("encrypted-") && name.ends_with(".journal") {
-            remove_file(&path)?;
+            crate::atomic::remove_if_exists(&path)?;
             removed += 1;
         }
     }
