@@ -18,13 +18,13 @@
 
 use std::path::Path;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Linear, PaddingConfig1d};
 use burn::prelude::Backend;
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::module::{avg_pool1d, max_pool1d};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -456,8 +456,45 @@ fn save_module_replacing<B: Backend, M: Module<B>>(module: &M, path: &Path, priv
 }
 
 /// Load a module saved by [`save_module`] into a skeleton of the same architecture.
+///
+/// A missing file and an unreadable one are different errors, each naming `<path>.bin`. Burn's own message for an
+/// unreadable record (which suggests loading it with an older Burn) goes to the debug log, not to the user: a
+/// record this program cannot read is truncated, corrupt, or was saved for another architecture.
 pub fn load_module<B: Backend, M: Module<B>>(skeleton: M, path: &Path, device: &B::Device) -> Result<M> {
-    skeleton
-        .load_file(path.to_path_buf(), &recorder(), device)
-        .map_err(|e| Error::artifact(path, format!("cannot load (missing, corrupt, or saved for another architecture): {e}")))
+    let file = path.with_extension("bin");
+    if !file.is_file() {
+        return Err(Error::artifact(&file, "cannot load: not found (the command that writes it has not run for this directory)"));
+    }
+    let expected = parameter_shapes(&skeleton);
+    let loaded = skeleton.load_file(path.to_path_buf(), &recorder(), device).map_err(|e| {
+        tracing::debug!(path = %file.display(), error = %e, "burn could not read the record");
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        Error::artifact(&file, format!("cannot load: truncated or corrupt ({size} bytes), or saved for another architecture than this config's; write it again"))
+    })?;
+    // Burn loads a record of the same structure whatever its tensors' shapes: a head saved for 30 inputs loads into
+    // a skeleton of 20 and fails later, inside a matrix product. Refuse it here, naming both shapes.
+    let found = parameter_shapes(&loaded);
+    if let Some((want, got)) = expected.iter().zip(&found).find(|(w, g)| w != g) {
+        return Err(Error::artifact(&file, format!("cannot load: saved for another architecture than this config's (a parameter of shape {:?} where this config has {:?}); write it again", got.as_slice(), want.as_slice())));
+    }
+    Ok(loaded)
+}
+
+/// The shapes of a module's parameters, in the order Burn visits them, without initialising lazy ones.
+fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<burn::tensor::Shape> {
+    struct Shapes(Vec<burn::tensor::Shape>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.lazy_shape());
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+            self.0.push(param.lazy_shape());
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+            self.0.push(param.lazy_shape());
+        }
+    }
+    let mut shapes = Shapes(Vec::new());
+    module.visit(&mut shapes);
+    shapes.0
 }

@@ -110,10 +110,17 @@ fn loading_a_missing_or_mismatched_checkpoint_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let head = Head::<Cpu>::new(&HeadConfig::mlp(0, 1, 0.2), 20, 10, 0, &device());
     let e = model::load_module(head.clone(), &dir.path().join("nothing"), &device()).unwrap_err().to_string();
-    assert!(e.contains("cannot load"), "{e}");
+    assert!(e.contains("nothing.bin") && e.contains("not found"), "{e}");
     let path = dir.path().join("garbage");
     std::fs::write(dir.path().join("garbage.bin"), b"not a burn record").unwrap();
-    assert!(model::load_module(head, &path, &device()).is_err());
+    let e = model::load_module(head.clone(), &path, &device()).unwrap_err().to_string();
+    assert!(e.contains("garbage.bin") && e.contains("truncated or corrupt (17 bytes)"), "{e}");
+    assert!(!e.contains("previous version"), "Burn's advice to load with an older Burn reaches the user: {e}");
+    // A record of another architecture (a head of another input width) is refused too, not loaded into the wrong shape.
+    let wide = Head::<Cpu>::new(&HeadConfig::mlp(0, 1, 0.2), 30, 10, 0, &device());
+    model::save_module(&wide, &dir.path().join("wide")).unwrap();
+    let e = model::load_module(head, &dir.path().join("wide"), &device()).unwrap_err().to_string();
+    assert!(e.contains("wide.bin") && e.contains("another architecture") && e.contains("[30, 10]") && e.contains("[20, 10]"), "{e}");
 }
 
 #[test]
