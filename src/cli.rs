@@ -411,14 +411,11 @@ fn serve(a: &ServeArgs) -> Result<()> {
 }
 
 fn predict(a: &PredictArgs) -> Result<()> {
-    use std::io::{BufRead as _, Write as _};
+    use std::io::Write as _;
     let mut overrides = a.set.clone();
     overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
     let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
-    let texts: Vec<String> = match &a.input {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?.lines().map(str::to_string).collect(),
-        None => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?,
-    };
+    let texts = read_text_lines(a.input.as_deref())?;
     let predictions = pipeline::predict(&cfg, &a.run, &texts)?;
     let mut out = std::io::stdout().lock();
     for p in predictions {
@@ -658,7 +655,7 @@ fn dispatch(cmd: Command) -> Result<()> {
 /// (`<output_dir>/client_features.json`) when it is of the same kind, else fitted on the config's target training
 /// split as a run would fit it.
 fn embed(a: &EmbedArgs) -> Result<()> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use crate::features::Featurizer;
     let mut cfg = a.config.load()?;
     if let Some(kind) = a.featurizer
@@ -666,7 +663,7 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     {
         cfg = cfg.edited("--featurizer", |c| c.features = crate::config::FeaturesConfig { kind, dim: None, ..c.features.clone() })?;
     }
-    let texts: Vec<String> = std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(Path::new("<stdin>"), e))?;
+    let texts = read_text_lines(None)?;
     let rows = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
         crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.with_max_windows(cfg.features.max_windows).transform(&texts)?
     } else {
@@ -686,6 +683,19 @@ fn embed(a: &EmbedArgs) -> Result<()> {
         writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
     }
     out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))
+}
+
+/// Texts one per line from `path`, or from stdin (`None`): [`crate::data::text_lines`].
+fn read_text_lines(path: Option<&Path>) -> Result<Vec<String>> {
+    use std::io::Read as _;
+    match path {
+        Some(p) => crate::data::text_lines(&std::fs::read(p).map_err(|e| Error::io(p, e))?, p),
+        None => {
+            let mut bytes = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut bytes).map_err(|e| Error::io(Path::new("<stdin>"), e))?;
+            crate::data::text_lines(&bytes, Path::new("<stdin>"))
+        }
+    }
 }
 
 fn load_features(path: &Path) -> Result<FeatureSplit> {

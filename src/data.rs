@@ -156,6 +156,37 @@ impl Split {
     }
 }
 
+/// Unlabelled texts, one per line, as [`str::lines`] splits them (`\n` or `\r\n`; a final newline ends the last line
+/// and adds none). `source` names where the bytes came from in errors. A line that is not UTF-8 is an
+/// [`Error::Data`] naming its line, column and byte, not a failure of the whole stream with no place.
+///
+/// ```
+/// use std::path::Path;
+/// let texts = cryptotl::data::text_lines(b"a fine film\r\n\nnot good\n", Path::new("<stdin>")).unwrap();
+/// assert_eq!(texts, ["a fine film", "", "not good"]);
+/// let e = cryptotl::data::text_lines(b"fine\nbad \xff byte\n", Path::new("<stdin>")).unwrap_err();
+/// assert_eq!(e.to_string(), "dataset <stdin>: line 2 is not valid UTF-8 (byte 0xff at column 5); texts must be UTF-8");
+/// ```
+pub fn text_lines(bytes: &[u8], source: &Path) -> Result<Vec<String>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ended = bytes.ends_with(b"\n");
+    let body = if ended { &bytes[..bytes.len() - 1] } else { bytes };
+    let count = body.split(|&b| b == b'\n').count();
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            // `\r` belongs to the line ending only before a `\n`.
+            let line = if ended || i + 1 < count { line.strip_suffix(b"\r").unwrap_or(line) } else { line };
+            std::str::from_utf8(line).map(str::to_string).map_err(|e| {
+                let at = e.valid_up_to();
+                Error::data(source, format!("line {} is not valid UTF-8 (byte {:#04x} at column {}); texts must be UTF-8", i + 1, line[at], at + 1))
+            })
+        })
+        .collect()
+}
+
 /// Load every path of a dataset config and concatenate them; subsample to `max_examples` (stratified, `seed`).
 pub fn load(cfg: &DatasetConfig, seed: u64) -> Result<Dataset> {
     let mut ds = Dataset { name: cfg.name.clone(), origin_names: cfg.paths.clone(), ..Default::default() };

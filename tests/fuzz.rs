@@ -72,6 +72,22 @@ proptest! {
     }
 
     #[test]
+    fn text_lines_split_as_str_lines_and_refuse_bad_bytes_with_their_line(body in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0xc3u8), Just(0xa9u8), Just(0xffu8)], 0..40)) {
+        let source = std::path::Path::new("<stdin>");
+        match std::str::from_utf8(&body) {
+            Ok(text) => {
+                let want: Vec<&str> = text.lines().collect();
+                prop_assert_eq!(cryptotl::data::text_lines(&body, source).unwrap(), want);
+            }
+            Err(e) => {
+                let line = 1 + body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+                let msg = cryptotl::data::text_lines(&body, source).unwrap_err().to_string();
+                prop_assert!(msg.contains(&format!("line {line} is not valid UTF-8")), "{}", msg);
+            }
+        }
+    }
+
+    #[test]
     fn feature_files_never_panic(body in prop::collection::vec(any::<u8>(), 0..300)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("features.json");
