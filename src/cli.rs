@@ -77,7 +77,7 @@ struct PredictArgs {
     /// The run directory (`run`, or `features` + `train-head`): its config.toml, client_features.json, head.
     #[arg(long)]
     run: PathBuf,
-    /// Texts, one per line. Default: stdin.
+    /// Texts, one per line, UTF-8 (a blank line is a text too: one output line per input line). Default: stdin.
     #[arg(long)]
     input: Option<PathBuf>,
     /// Override a key of the run's config (e.g. the server's address: `--set he.server="https://host:8443"`).
