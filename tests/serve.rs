@@ -616,7 +616,98 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     assert_eq!(code, 0, "{err}");
     let labels: Vec<u64> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["label"].as_u64().unwrap()).collect();
     assert_eq!(labels, vec![1, 0], "{out}");
+    // Predicting again reuses the key the run made and kept in its directory: the server stores one key, not one
+    // per call.
+    let (code, again, err) = cli(&["-q", "predict", "--run", dir.path().join("run").to_str().unwrap(), "--input", texts.to_str().unwrap(), "--set", &set], &env);
+    assert_eq!(code, 0, "{err}");
+    let again: Vec<u64> = again.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["label"].as_u64().unwrap()).collect();
+    assert_eq!(again, labels);
+    let keys = std::fs::read_dir(dir.path().join("keys")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".key")).count();
+    assert_eq!(keys, 1, "the run's key, reused by both predictions");
+    assert!(dir.path().join("run").join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
     // A wrong token: a clear refusal, exit 1, no retry storm.
     let (code, _, err) = cli(&["-q", "features", c, "--set", &set], &[("CRYPTOTL_TOKEN", "wrong")]);
     assert!(code == 1 && err.contains("401"), "{code}: {err}");
+}
+
+/// Outputs within the tested rate of one-level lookups of the clear-integer program (what a session without the
+/// oracle cannot check itself).
+fn assert_near_the_program(session: &Session, xs: &[Vec<f32>], got: &[Vec<i64>]) {
+    let program = program();
+    let (mut compared, mut off) = (0, 0);
+    for (x, g) in xs.iter().zip(got) {
+        let want = program.evaluate_clear(&session.interface.quantize(x));
+        for (a, b) in g.iter().zip(&want) {
+            assert!((a - b).abs() <= 3, "{g:?} against {want:?}");
+            compared += 1;
+            off += (a != b) as usize;
+        }
+    }
+    assert!(compared > 0 && (off as f64) < 0.25 * compared as f64, "{off} of {compared} outputs off the program");
+}
+
+#[test]
+fn a_kept_client_key_is_reused_and_made_again_when_the_server_lost_it() {
+    let f = Fixture::new();
+    let store = f.dir.path().join("keys");
+    let key_file = f.dir.path().join("client_key.json");
+    let uploads = |s: &Server| metric(&s.metrics(), "cryptotl_requests_total{endpoint=\"/v1/keys\"");
+    let xs = samples(6, 7);
+    let server = f.serve("127.0.0.1:0", &store);
+    let port = server.port();
+
+    // A first session makes a key, uploads it and keeps it, owner-only.
+    let first = Session::connect_keeping_key(http(&server.url, &f.alice), Some(51), &key_file, true).unwrap();
+    assert!(!first.key_reused && first.evaluation_key_bytes > 0);
+    assert_eq!(first.forward_batch(&xs).unwrap().0, local_outputs(51, &xs, 6), "a kept key changes nothing of a new session");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600, "the file holds the secret key");
+    }
+    let kept = std::fs::read(&key_file).unwrap();
+
+    // Later sessions reuse it: no key generated, nothing uploaded, and their outputs decrypt.
+    for seed in [52, 53] {
+        let again = Session::connect_keeping_key(http(&server.url, &f.alice), Some(seed), &key_file, true).unwrap();
+        assert!(again.key_reused && again.keygen_seconds == 0.0 && again.evaluation_key_bytes == 0);
+        assert_eq!(again.client.key_id(), first.client.key_id());
+        let got = again.forward_batch(&xs).unwrap().0;
+        assert_near_the_program(&again, &xs, &got);
+    }
+    assert_eq!(uploads(&server), 1.0, "one upload for three sessions");
+    assert_eq!(std::fs::read(&key_file).unwrap(), kept);
+
+    // `reuse = false` (a run) makes a new key and keeps that one instead.
+    let fresh = Session::connect_keeping_key(http(&server.url, &f.alice), Some(54), &key_file, false).unwrap();
+    assert!(!fresh.key_reused && fresh.client.key_id() != first.client.key_id());
+    assert_eq!(uploads(&server), 2.0);
+    drop(fresh);
+
+    // The server loses every key (a new machine, an empty store, the same address): the next session sends a new
+    // evaluation key made from the kept secret key, once, and records the server's new id for it.
+    drop(server);
+    std::fs::remove_dir_all(&store).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let server = f.serve(&format!("127.0.0.1:{port}"), &store);
+    let before: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    let lost = Session::connect_keeping_key(http(&server.url, &f.alice), Some(55), &key_file, true).unwrap();
+    assert!(lost.key_reused);
+    let got = lost.forward_batch(&xs).unwrap().0;
+    assert_near_the_program(&lost, &xs, &got);
+    assert_eq!(uploads(&server), 1.0);
+    let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    assert_eq!(after["client_key"], before["client_key"], "the same secret key");
+    let again = Session::connect_keeping_key(http(&server.url, &f.alice), Some(56), &key_file, true).unwrap();
+    let got = again.forward_batch(&xs).unwrap().0;
+    assert_near_the_program(&again, &xs, &got);
+    assert_eq!(uploads(&server), 1.0, "the new id was kept: no second upload");
+
+    // A corrupt file, or one kept for another server, means a new key, not an error.
+    std::fs::write(&key_file, b"{ not json").unwrap();
+    let s = Session::connect_keeping_key(http(&server.url, &f.alice), Some(57), &key_file, true).unwrap();
+    assert!(!s.key_reused);
+    let other = f.serve("127.0.0.1:0", &f.dir.path().join("other-keys"));
+    let s = Session::connect_keeping_key(http(&other.url, &f.alice), Some(58), &key_file, true).unwrap();
+    assert!(!s.key_reused, "a key kept for {} is not offered to {}", server.url, other.url);
 }

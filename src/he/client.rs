@@ -56,10 +56,36 @@ impl ClientKey {
         let mut secret = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
         let small = allocate_and_generate_new_binary_lwe_secret_key(p.lwe_dimension, &mut secret);
         let glwe = allocate_and_generate_new_binary_glwe_secret_key(p.glwe_dimension, p.polynomial_size, &mut secret);
+        let mut client = ClientKey { key_id: 0, parameter_set: params.name().to_string(), small, glwe };
+        let mut evaluation = client.bootstrap_key(params, seeder);
+        // Drawn after the bootstrap key, as it always was: a fixed seed gives the keys it always gave.
+        client.key_id = seeder.seed().0 as u64;
+        evaluation.key_id = client.key_id;
+        (client, evaluation)
+    }
+
+    /// A new evaluation key for this secret key (fresh noise and mask seeds, the same key id), for a server that
+    /// lost the one it had: a client that keeps its [`ClientKey`] between sessions need not keep the 50 MiB
+    /// evaluation key too.
+    ///
+    /// ```no_run
+    /// use cryptotl::he::client::{ClientKey, seeder};
+    /// use cryptotl_server::ParameterSet;
+    /// let (client, first) = ClientKey::generate(ParameterSet::default(), seeder(None).as_mut());
+    /// let again = client.new_evaluation_key(seeder(None).as_mut()).unwrap();
+    /// assert_eq!(again.key_id, first.key_id);
+    /// ```
+    pub fn new_evaluation_key(&self, seeder: &mut dyn Seeder) -> Result<EvaluationKey> {
+        Ok(self.bootstrap_key(self.params()?, seeder))
+    }
+
+    fn bootstrap_key(&self, params: ParameterSet, seeder: &mut dyn Seeder) -> EvaluationKey {
+        let p = params.tfhe();
+        let (small, glwe) = (&self.small, &self.glwe);
         let bootstrap_key = match p.grouping_factor {
             None => SeededBootstrapKey::Classic(par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-                &small,
-                &glwe,
+                small,
+                glwe,
                 p.pbs_base_log,
                 p.pbs_level,
                 p.glwe_noise_distribution,
@@ -67,8 +93,8 @@ impl ClientKey {
                 seeder,
             )),
             Some(g) => SeededBootstrapKey::MultiBit(par_allocate_and_generate_new_seeded_lwe_multi_bit_bootstrap_key(
-                &small,
-                &glwe,
+                small,
+                glwe,
                 p.pbs_base_log,
                 p.pbs_level,
                 p.glwe_noise_distribution,
@@ -77,10 +103,13 @@ impl ClientKey {
                 seeder,
             )),
         };
-        let key_id = seeder.seed().0 as u64;
-        let parameter_set = params.name().to_string();
-        let evaluation = EvaluationKey { key_id, parameter_set: parameter_set.clone(), bootstrap_key };
-        (ClientKey { key_id, parameter_set, small, glwe }, evaluation)
+        EvaluationKey { key_id: self.key_id, parameter_set: params.name().to_string(), bootstrap_key }
+    }
+
+    /// Bytes a serialized [`ClientKey`] of `params` may take (its two secret keys, one word per coefficient).
+    pub fn size_limit(params: ParameterSet) -> u64 {
+        let p = params.tfhe();
+        ((p.lwe_dimension.0 + p.glwe_dimension.0 * p.polynomial_size.0) * 8 + 4096) as u64
     }
 
     /// The random tag stamped on this key's evaluation key and ciphertexts.

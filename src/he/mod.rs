@@ -48,9 +48,15 @@ pub struct Session {
     /// The server's program, in the one-process simulation only: the clear-integer oracle the decrypted outputs
     /// are compared with. A real client never has it.
     oracle: Option<IntegerProgram>,
-    /// The serialized evaluation key, kept to upload again if the server lost it.
-    evaluation_key: Vec<u8>,
+    /// The serialized evaluation key, kept to upload again if the server lost it; `None` for a key kept from an
+    /// earlier session until the server asks for it (then made anew from the secret key).
+    evaluation_key: std::cell::RefCell<Option<Vec<u8>>>,
     key_id: std::cell::RefCell<String>,
+    /// Where the client key is kept between sessions ([`Session::connect_keeping_key`]), to record a new key id.
+    key_file: Option<std::path::PathBuf>,
+    /// True when this session reuses a client key, and the server's copy of its evaluation key, from an earlier
+    /// session: no key was generated or uploaded.
+    pub key_reused: bool,
     /// Seconds to generate the client's keys.
     pub keygen_seconds: f64,
     /// Seconds to upload the evaluation key (and for the server to check and store it).
@@ -63,6 +69,57 @@ pub struct Session {
     /// Samples per request.
     pub batch: usize,
     seeder: std::cell::RefCell<Box<dyn tfhe::core_crypto::prelude::Seeder>>,
+}
+
+/// A client key kept between sessions ([`Session::connect_keeping_key`]).
+#[derive(Serialize, Deserialize)]
+struct SavedClientKey {
+    /// The model, parameter set and server it was made for: [`key_identity`].
+    identity: String,
+    /// The server's id for its copy of the evaluation key.
+    key_id: String,
+    /// The [`ClientKey`], serialized.
+    client_key: Vec<u8>,
+}
+
+/// What a kept key is bound to: the model (the SHA-256 of its program), the parameter set and the server.
+fn key_identity(model: &ModelInterface, transport: &dyn Transport) -> String {
+    format!("{} | {} | {}", model.model_id, model.parameter_set, transport.describe())
+}
+
+/// The client key and evaluation-key id kept in `path` for `identity`, if there is one that can be used; a file
+/// that cannot is reported and replaced by the caller.
+fn saved_key(path: &std::path::Path, identity: &str, params: ParameterSet) -> Option<(ClientKey, String)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the kept client key: making a new one");
+            return None;
+        }
+    };
+    let saved: SavedClientKey = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the kept client key file is corrupt: making a new key");
+            return None;
+        }
+    };
+    if saved.identity != identity {
+        tracing::info!(path = %path.display(), kept_for = saved.identity, "the kept client key is for another server, model or parameter set: making a new one");
+        return None;
+    }
+    match ClientKey::from_bytes(&saved.client_key, ClientKey::size_limit(params)) {
+        Ok(client) if client.params().ok() == Some(params) => Some((client, saved.key_id)),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the kept client key is of another parameter set: making a new one");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the kept client key is corrupt: making a new one");
+            None
+        }
+    }
 }
 
 /// What one pass of samples through the encrypted path measured.
@@ -133,6 +190,62 @@ impl Session {
     /// evaluation key. `oracle`: the server's program, for the one-process simulation's comparison only.
     pub fn connect(transport: Box<dyn Transport>, oracle: Option<IntegerProgram>, insecure_seed: Option<u64>) -> Result<Self> {
         let model = transport.interface()?;
+        Self::with_new_key(transport, model, oracle, insecure_seed)
+    }
+
+    /// [`Self::connect`] to a remote server, keeping the client key in `key_file` between sessions, as a
+    /// deployed client keeps its keys: a later session with the same server, model and parameter set reuses the
+    /// secret key and the evaluation key the server already stores, so it neither generates keys (about a second)
+    /// nor uploads the 50 MiB evaluation key again, nor leaves one more key in the server's store. If the server has
+    /// lost that key (evicted, another store), a new evaluation key is made from the kept secret key and uploaded
+    /// once. A missing, unreadable or foreign `key_file` means a new key, written there (owner-only, atomically);
+    /// the file holds the client's secret key and is never sent. `reuse = false` always makes a new key (and keeps
+    /// it): a run's report then measures key generation and upload, and the predictions after it reuse its key.
+    pub fn connect_keeping_key(transport: Box<dyn Transport>, insecure_seed: Option<u64>, key_file: &std::path::Path, reuse: bool) -> Result<Self> {
+        let model = transport.interface()?;
+        let params = model.validate()?;
+        let identity = key_identity(&model, transport.as_ref());
+        if let Some((client, key_id)) = saved_key(key_file, &identity, params).filter(|_| reuse) {
+            tracing::info!(server = transport.describe(), key_file = %key_file.display(), "TFHE keys: reusing the kept client key");
+            let interface = model.program.clone();
+            return Ok(Self {
+                client,
+                transport,
+                batch: DEFAULT_BATCH.min(model.max_batch),
+                model,
+                interface,
+                oracle: None,
+                evaluation_key_bytes: 0,
+                evaluation_key: None.into(),
+                key_id: key_id.into(),
+                key_file: Some(key_file.to_path_buf()),
+                key_reused: true,
+                keygen_seconds: 0.0,
+                key_upload_seconds: 0.0,
+                server_setup_seconds: f64::NAN.into(),
+                seeder: seeder(insecure_seed).into(),
+            });
+        }
+        let mut session = Self::with_new_key(transport, model, None, insecure_seed)?;
+        session.key_file = Some(key_file.to_path_buf());
+        session.save_key()?;
+        Ok(session)
+    }
+
+    /// Write the client key and the server's id for its evaluation key to `key_file`, owner-only.
+    fn save_key(&self) -> Result<()> {
+        let Some(path) = &self.key_file else { return Ok(()) };
+        let params = self.client.params()?;
+        let saved = SavedClientKey {
+            identity: key_identity(&self.model, self.transport.as_ref()),
+            key_id: self.key_id.borrow().clone(),
+            client_key: self.client.to_bytes(ClientKey::size_limit(params))?,
+        };
+        let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(format!("client key file: {e}")))?;
+        crate::atomic::write_private(path, &json)
+    }
+
+    fn with_new_key(transport: Box<dyn Transport>, model: ModelInterface, oracle: Option<IntegerProgram>, insecure_seed: Option<u64>) -> Result<Self> {
         let params = model.validate()?;
         let interface = model.program.clone();
         let mut seeder = seeder(insecure_seed);
@@ -152,8 +265,10 @@ impl Session {
             interface,
             oracle,
             evaluation_key_bytes: evaluation_key.len(),
-            evaluation_key,
+            evaluation_key: Some(evaluation_key).into(),
             key_id: key_id.into(),
+            key_file: None,
+            key_reused: false,
             keygen_seconds,
             key_upload_seconds,
             server_setup_seconds: f64::NAN.into(),
@@ -198,7 +313,16 @@ impl Session {
                 return Ok(e);
             }
             tracing::info!(server = self.transport.describe(), "the server no longer has our evaluation key: uploading it again");
-            *self.key_id.borrow_mut() = self.transport.upload_key(&self.evaluation_key)?;
+            let mut kept = self.evaluation_key.borrow_mut();
+            if kept.is_none() {
+                let params = self.client.params()?;
+                let key = self.client.new_evaluation_key(self.seeder.borrow_mut().as_mut())?;
+                *kept = Some(key.to_bytes(EvaluationKey::size_limit(params))?);
+            }
+            let bytes = kept.as_deref().unwrap_or_default();
+            *self.key_id.borrow_mut() = self.transport.upload_key(bytes)?;
+            drop(kept);
+            self.save_key()?;
         }
         Err(Error::Server { server: self.transport.describe(), message: "lost the evaluation key again right after it was uploaded".into() })
     }

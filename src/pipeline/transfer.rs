@@ -255,9 +255,17 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
 }
 
+/// The file in a run directory that keeps the client's TFHE key for a remote server (its secret key: owner-only,
+/// never sent).
+pub const CLIENT_KEY_FILE: &str = "client_key.json";
+
 /// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
 /// client's features.
-pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> {
+///
+/// The client key is kept in the run directory ([`CLIENT_KEY_FILE`], owner-only): `reuse_key = false` (a run,
+/// `features`) makes a new one and keeps it; `true` (`predict`) reuses the kept one and the evaluation key the
+/// server stores for it ([`crate::he::Session::connect_keeping_key`]).
+pub fn remote_session(cfg: &RunConfig, url: &str, reuse_key: bool) -> Result<crate::he::Session> {
     let ca = match &cfg.he.ca_cert {
         Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
         None => None,
@@ -269,7 +277,8 @@ pub fn remote_session(cfg: &RunConfig, url: &str) -> Result<crate::he::Session> 
         return Err(Error::Config { file: "<config>".into(), key: "features.kind".into(), message: format!(
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }
-    let mut session = crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?;
+    let key_file = cfg.output_dir().join(CLIENT_KEY_FILE);
+    let mut session = crate::he::Session::connect_keeping_key(Box::new(transport), cfg.he.insecure_seed, &key_file, reuse_key)?;
     session.set_batch(cfg.he.batch);
     Ok(session)
 }
@@ -288,7 +297,7 @@ pub struct RemoteTransfer {
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
 pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
-    let session = remote_session(cfg, url)?;
+    let session = remote_session(cfg, url, false)?;
     let statement = session.server_privacy()?;
     let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
@@ -300,7 +309,7 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
 /// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
 pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
     let session = match remote_server(cfg)? {
-        Some(url) => remote_session(cfg, &url)?,
+        Some(url) => remote_session(cfg, &url, true)?,
         None if !cfg.he.enabled => return lower_forward(&server_lower_network(cfg)?.net, x),
         None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
     };
