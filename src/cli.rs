@@ -65,7 +65,8 @@ enum Command {
     Server(ServerCommand),
     /// Classify new texts with a finished run (its saved featurizer and head), through the same encrypted path
     /// (`[he] server`: local simulation or remote). Texts one per line from --input or stdin; one JSON line each on
-    /// stdout: {"label": 0|1, "probability": p}.
+    /// stdout: {"label": 0|1, "probability": p}. A prediction stopped during its encrypted pass resumes from its
+    /// journal in the run directory when run again.
     Predict(PredictArgs),
     /// Run the model owner's encrypted-inference service over HTTP (TLS with --tls-cert/--tls-key; plain HTTP only
     /// on loopback). Prints `listening on <url>` once it accepts connections; stops on SIGINT/SIGTERM.

@@ -34,6 +34,47 @@ fn a_run_that_fails_after_its_encrypted_pass_resumes_it_from_the_journal() {
 }
 
 #[test]
+fn a_prediction_stopped_during_its_encrypted_pass_resumes_from_its_own_journal() {
+    use cryptotl::pipeline;
+    use ndarray::s;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &["curve.enabled=false".into(), "audit.membership=false".into()]).unwrap();
+    pipeline::run(&cfg).unwrap();
+    let out = cfg.output_dir();
+    // What an interrupted run of this folder would have left: `predict` neither reads nor removes it.
+    let mut theirs = cryptotl::he::OutputJournal::open(&out, "a run's pass", 1).unwrap();
+    theirs.append(&[(&[1][..], &[2][..])]).unwrap();
+    let texts = pipeline::prepare_data(&cfg).unwrap().target.test.texts;
+    let own = cryptotl::features::FeaturePipeline::load(&out.join("client_features.json")).unwrap().transform(&texts).unwrap();
+    let half = texts.len() / 2;
+    // A prediction stopped half way: the first half's outputs are in its journal.
+    let (first, journal) = pipeline::transfer_rows(&cfg, &own.slice(s![..half, ..]).to_owned(), "first half", Some(&out)).unwrap();
+    let journal = journal.expect("an encrypted pass keeps a journal");
+    let (path, record) = (journal.path().to_path_buf(), std::fs::metadata(journal.path()).unwrap().len() / half as u64);
+    assert_eq!(journal.len(), half);
+    assert!(path.file_name().unwrap().to_string_lossy().starts_with("encrypted-") && path != theirs.path());
+    drop(journal);
+    // Again on every text: the first half comes from the journal (the same rows, and not appended again), only the
+    // second half is encrypted.
+    let (all, journal) = pipeline::transfer_rows(&cfg, &own, "all", Some(&out)).unwrap();
+    assert_eq!(all.slice(s![..half, ..]), first);
+    assert_eq!(journal.unwrap().len(), texts.len());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), record * texts.len() as u64, "resumed rows are not appended again");
+    // `predict` resumes every row from it, so it scores exactly these outputs, and removes its own journal only.
+    let predictions = pipeline::predict(&cfg, &out, &texts).unwrap();
+    let x = match cfg.head.inputs {
+        cryptotl::config::HeadInputs::TransferPlusOwn => ndarray::concatenate(ndarray::Axis(1), &[all.view(), own.view()]).unwrap(),
+        _ => all,
+    };
+    let dev = Default::default();
+    let head = cryptotl::model::load_module(pipeline::new_head::<cryptotl::model::Cpu>(&cfg, x.ncols(), &dev), &out.join("head"), &dev).unwrap();
+    let want: Vec<f32> = cryptotl::model::predict_proba(&head, x.view(), &dev);
+    assert_eq!(predictions.iter().map(|p| p.probability).collect::<Vec<_>>(), want);
+    assert!(!path.exists(), "a finished prediction removes its journal");
+    assert_eq!(cryptotl::he::OutputJournal::open(&out, "a run's pass", 1).unwrap().get(&[1]), Some(&[2][..]), "the run's journal is left alone");
+}
+
+#[test]
 fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[]).unwrap();

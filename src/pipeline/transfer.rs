@@ -307,14 +307,29 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
 
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
 /// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
-pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
+///
+/// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]: a file of its own, apart from
+/// the run's) and resumes from it, so a prediction killed during the pass takes the rows it had finished from the
+/// journal when it is run again. The caller removes the journal ([`crate::he::OutputJournal::remove`]) once it has
+/// what it needed; on an error it stays for the next attempt.
+pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str, journal_dir: Option<&Path>) -> Result<(Array2<f32>, Option<crate::he::OutputJournal>)> {
     let session = match remote_server(cfg)? {
         Some(url) => remote_session(cfg, &url, true)?,
-        None if !cfg.he.enabled => return lower_forward(&server_lower_network(cfg)?.net, x),
+        None if !cfg.he.enabled => return Ok((lower_forward(&server_lower_network(cfg)?.net, x)?, None)),
         None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
     };
-    Ok(session.forward(x.view(), what)?.0)
+    let identity = format!("{} | {PREDICT_JOURNAL}", session.journal_identity());
+    let mut journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &identity, session.interface.outputs)).transpose()?;
+    let (y, stats) = session.forward_journaled(x.view(), what, journal.as_mut())?;
+    if stats.resumed > 0 {
+        tracing::info!(resumed = stats.resumed, of = x.nrows(), "rows taken from the journal of an interrupted prediction");
+    }
+    Ok((y, journal))
 }
+
+/// What sets `predict`'s journal apart from the run's in the same folder (it is part of the journal's identity, so
+/// its file name): a prediction never reads, nor removes, what an interrupted `run` kept there.
+pub const PREDICT_JOURNAL: &str = "predict";
 
 /// One prediction of [`predict`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -339,11 +354,12 @@ pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<
     let manifest = crate::rundir::RunManifest::load_for(cfg)?;
     let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
     let own = pipeline.transform(texts)?;
-    let transferred = match cfg.head.transfer_unit {
-        crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()))?,
+    let (transferred, journal) = match cfg.head.transfer_unit {
+        crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()), Some(run_dir))?,
         crate::config::TransferUnit::Sentence => {
             let (rows, starts) = sentence_rows(cfg, &pipeline, texts)?;
-            mean_rows(&transfer_rows(cfg, &rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()))?, &starts)
+            let (y, journal) = transfer_rows(cfg, &rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()), Some(run_dir))?;
+            (mean_rows(&y, &starts), journal)
         }
     };
     let x = match cfg.head.inputs {
@@ -353,10 +369,15 @@ pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<
     };
     manifest.check_head(cfg, x.ncols())?;
     let head = model::load_module(new_head::<Cpu>(cfg, x.ncols(), &Default::default()), &run_dir.join("head"), &Default::default())?;
-    Ok(predict_proba(&head, x.view(), &Default::default())
+    let predictions = predict_proba(&head, x.view(), &Default::default())
         .into_iter()
         .map(|p| Prediction { label: (p >= 0.5) as u8, probability: p })
-        .collect())
+        .collect();
+    // Only now: a head that fails to load leaves the pass's outputs for the next attempt.
+    if let Some(j) = journal {
+        j.remove()?;
+    }
+    Ok(predictions)
 }
 
 /// The client's features through the server's lower network: encrypted when `he.enabled` (then also the float
