@@ -320,10 +320,8 @@ pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str, journal_dir: 
     };
     let identity = format!("{} | {PREDICT_JOURNAL}", session.journal_identity());
     let mut journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &identity, session.interface.outputs)).transpose()?;
-    let (y, stats) = session.forward_journaled(x.view(), what, journal.as_mut())?;
-    if stats.resumed > 0 {
-        tracing::info!(resumed = stats.resumed, of = x.nrows(), "rows taken from the journal of an interrupted prediction");
-    }
+    // `forward_journaled` logs how many rows it took from the journal.
+    let (y, _) = session.forward_journaled(x.view(), what, journal.as_mut())?;
     Ok((y, journal))
 }
 
