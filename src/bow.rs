@@ -1,13 +1,20 @@
 //! The client's bag-of-words model: TF-IDF of word 1-2-grams hashed to 2^18 buckets with an L2 logistic
 //! regression, fitted on the target's training texts alone. It is the strongest simple baseline of every report
 //! (no transfer, no privacy), and with `head.inputs = "transfer+bow"` its cross-fitted score is one more input of
-//! the transfer head ([`BagOfWords::stacked_scores`]).
+//! the transfer head ([`BagOfWords::stacked_scores`]), scored on new texts by the model the run saves with its head
+//! ([`StackedScorer`], `bow_score.json`).
 
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
 
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::Metrics;
-use crate::linear::{self, Design};
+use crate::features::HashedTfidf;
+use crate::linear::{self, Design, LogisticRegression};
 
 /// Hash buckets of the bag-of-words baseline.
 pub const BAG_OF_WORDS_DIM: usize = 1 << 18;
@@ -33,15 +40,19 @@ pub struct BagOfWords {
     pub test: Vec<linear::SparseRow>,
     /// Test labels.
     pub test_y: Vec<u8>,
+    /// The map from texts to the rows above (its IDF fitted on the training split).
+    tfidf: Arc<HashedTfidf>,
     /// [`Self::stacked_scores`] once computed, with its seed: a run builds the head's inputs for the encrypted,
     /// float and clear-integer outputs from the same rows.
-    stacked: std::sync::OnceLock<(u64, [Vec<f32>; 3])>,
+    stacked: OnceLock<(u64, [Vec<f32>; 3])>,
+    /// [`Self::stacked_scorer`] once fitted.
+    scorer: OnceLock<StackedScorer>,
 }
 
 impl BagOfWords {
     /// Fit the IDF on the target's training texts and featurize its training and test parts.
     pub fn new(target: &Split) -> Self {
-        let tfidf = crate::features::HashedTfidf::fit(&target.train.texts, BAG_OF_WORDS_DIM, 2);
+        let tfidf = HashedTfidf::fit(&target.train.texts, BAG_OF_WORDS_DIM, 2);
         Self {
             train: tfidf.transform_sparse(&target.train.texts),
             train_y: target.train.labels.clone(),
@@ -49,7 +60,9 @@ impl BagOfWords {
             validation_y: target.validation.labels.clone(),
             test: tfidf.transform_sparse(&target.test.texts),
             test_y: target.test.labels.clone(),
-            stacked: std::sync::OnceLock::new(),
+            tfidf: Arc::new(tfidf),
+            stacked: OnceLock::new(),
+            scorer: OnceLock::new(),
         }
     }
     /// Fit the logistic regression on the training rows (a subset: [`Self::subset`]), its C chosen on the
@@ -93,8 +106,26 @@ impl BagOfWords {
             validation_y: self.validation_y.clone(),
             test: self.test.clone(),
             test_y: self.test_y.clone(),
-            stacked: std::sync::OnceLock::new(),
+            tfidf: Arc::clone(&self.tfidf),
+            stacked: OnceLock::new(),
+            scorer: OnceLock::new(),
         }
+    }
+
+    /// The model behind the validation and test rows' scores of [`Self::stacked_scores`]: the logistic regression
+    /// (C = [`STACKED_C`]) fitted on every training row, with the TF-IDF map, so texts the run has not seen are
+    /// scored as its test rows were (`predict`). Below [`STACKED_MIN_EXAMPLES`] training examples it scores every
+    /// text 0, as the run's column is then.
+    pub fn stacked_scorer(&self) -> Result<&StackedScorer> {
+        if let Some(s) = self.scorer.get() {
+            return Ok(s);
+        }
+        let model = if self.train.len() < STACKED_MIN_EXAMPLES {
+            None
+        } else {
+            Some(linear::fit(Design::Sparse { rows: &self.train, dim: BAG_OF_WORDS_DIM }, &self.train_y, STACKED_C)?)
+        };
+        Ok(self.scorer.get_or_init(|| StackedScorer { tfidf: Arc::clone(&self.tfidf), model }))
     }
 
     /// The bag-of-words score (the logistic regression's margin `x·w + b`, C = [`STACKED_C`]) of every row, for
@@ -136,11 +167,136 @@ impl BagOfWords {
                 train_scores[i] = m;
             }
         }
-        let lr = linear::fit(Design::Sparse { rows: &self.train, dim }, &self.train_y, STACKED_C)?;
-        Ok([
-            train_scores,
-            lr.margins(Design::Sparse { rows: &self.validation, dim }),
-            lr.margins(Design::Sparse { rows: &self.test, dim }),
-        ])
+        let scorer = self.stacked_scorer()?;
+        Ok([train_scores, scorer.score_rows(&self.validation), scorer.score_rows(&self.test)])
     }
+}
+
+/// The file in a run directory that holds its [`StackedScorer`] (with `head.inputs = "transfer+bow"`).
+pub const STACKED_SCORER_FILE: &str = "bow_score.json";
+
+/// The bag-of-words score a `transfer+bow` head reads beside the transferred features, for any text: the TF-IDF map
+/// and the logistic regression fitted on a run's training texts ([`BagOfWords::stacked_scorer`]). A run saves it
+/// with its head ([`STACKED_SCORER_FILE`]), so `predict` gives new texts the column their head was trained beside.
+/// It is a model of the client's own texts (its IDF weights and word weights): saved owner-only, never sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackedScorer {
+    tfidf: Arc<HashedTfidf>,
+    /// `None`: fitted on fewer than [`STACKED_MIN_EXAMPLES`] examples, every score 0.
+    model: Option<LogisticRegression>,
+}
+
+/// [`StackedScorer`] on disk: buckets whose IDF weight is the commonest one (those no training text hashed to)
+/// and zero weights are left out, so a run on short texts keeps a small file.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScorerFile {
+    format: u32,
+    /// [`crate::rundir::features_key`] of the config whose run fitted it.
+    features_key: String,
+    dim: usize,
+    ngrams: usize,
+    idf_default: f32,
+    /// (bucket, IDF weight) where it differs from `idf_default`, buckets ascending.
+    idf: Vec<(u32, f32)>,
+    model: Option<ScorerModel>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ScorerModel {
+    /// (bucket, weight) of the non-zero weights, buckets ascending.
+    weights: Vec<(u32, f32)>,
+    bias: f32,
+    c: f64,
+}
+
+const SCORER_FORMAT: u32 = 1;
+
+impl StackedScorer {
+    /// The score (the logistic regression's margin `x·w + b`) of rows of the bag-of-words map.
+    pub fn score_rows(&self, rows: &[linear::SparseRow]) -> Vec<f32> {
+        match &self.model {
+            Some(lr) => lr.margins(Design::Sparse { rows, dim: self.tfidf.idf().len() }),
+            None => vec![0.0; rows.len()],
+        }
+    }
+
+    /// The score of each text.
+    pub fn score_texts(&self, texts: &[String]) -> Vec<f32> {
+        self.score_rows(&self.tfidf.transform_sparse(texts))
+    }
+
+    /// Write it to `path` (atomically, owner-only), marked with the [`crate::rundir::features_key`] of the run.
+    pub fn save(&self, path: &Path, features_key: &str) -> Result<()> {
+        let idf = self.tfidf.idf();
+        let idf_default = commonest(idf);
+        let sparse = |v: &[f32], skip: f32| -> Vec<(u32, f32)> {
+            v.iter().enumerate().filter(|&(_, &x)| x.to_bits() != skip.to_bits()).map(|(i, &x)| (i as u32, x)).collect()
+        };
+        let file = ScorerFile {
+            format: SCORER_FORMAT,
+            features_key: features_key.into(),
+            dim: idf.len(),
+            ngrams: self.tfidf.ngrams(),
+            idf_default,
+            idf: sparse(idf, idf_default),
+            model: self.model.as_ref().map(|lr| ScorerModel { weights: sparse(&lr.weights, 0.0), bias: lr.bias, c: lr.c }),
+        };
+        let json = serde_json::to_vec(&file).map_err(|e| Error::Internal(format!("bag-of-words scorer: {e}")))?;
+        crate::atomic::write_private(path, &json)
+    }
+
+    /// Read what [`Self::save`] wrote, checking it: a corrupt file, or one of a run made by another config than the
+    /// one whose features key is `features_key`, is refused.
+    pub fn load(path: &Path, features_key: &str) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::artifact(path, "not found: this run's `transfer+bow` head needs the bag-of-words model its run saves                     (runs made before it was saved do not have it): run `cryptotl run <config>` (or `features` + `train-head`) again"));
+            }
+            r => r.map_err(|e| Error::io(path, e))?,
+        };
+        let corrupt = |m: String| Error::artifact(path, format!("corrupt bag-of-words model: {m}"));
+        let f: ScorerFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if f.format != SCORER_FORMAT {
+            return Err(corrupt(format!("format {} (this version reads {SCORER_FORMAT})", f.format)));
+        }
+        if f.features_key != features_key {
+            return Err(Error::artifact(path, format!("made by the run of another config (key {}, the run directory's features have {features_key}): run it again", f.features_key)));
+        }
+        if f.dim == 0 || f.dim > 1 << 26 || !(1..=8).contains(&f.ngrams) {
+            return Err(corrupt(format!("{} buckets of {}-grams", f.dim, f.ngrams)));
+        }
+        let dense = |entries: &[(u32, f32)], fill: f32, what: &str| -> Result<Vec<f32>> {
+            let mut v = vec![fill; f.dim];
+            let mut last = None;
+            for &(i, x) in entries {
+                if (i as usize) >= f.dim || last.is_some_and(|l| i <= l) || !x.is_finite() {
+                    return Err(corrupt(format!("{what}: entry ({i}, {x}) out of order, out of range or not finite")));
+                }
+                v[i as usize] = x;
+                last = Some(i);
+            }
+            Ok(v)
+        };
+        if !f.idf_default.is_finite() {
+            return Err(corrupt("IDF weight not finite".into()));
+        }
+        let tfidf = HashedTfidf::with_idf(f.ngrams, dense(&f.idf, f.idf_default, "IDF weights")?);
+        let model = match f.model {
+            None => None,
+            Some(m) if m.bias.is_finite() && m.c.is_finite() && m.c > 0.0 => {
+                Some(LogisticRegression { weights: dense(&m.weights, 0.0, "weights")?, bias: m.bias, c: m.c, iterations: 0 })
+            }
+            Some(_) => return Err(corrupt("bias or C not finite".into())),
+        };
+        Ok(Self { tfidf: Arc::new(tfidf), model })
+    }
+}
+
+/// The value that occurs most often in `v` (by bit pattern; 0 for an empty slice).
+fn commonest(v: &[f32]) -> f32 {
+    let mut counts: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for x in v {
+        *counts.entry(x.to_bits()).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|&(bits, n)| (n, bits)).map_or(0.0, |(bits, _)| f32::from_bits(bits))
 }

@@ -75,7 +75,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct PredictArgs {
-    /// The run directory (`run`, or `features` + `train-head`): its config.toml, client_features.json, head.
+    /// The run directory (`run`, or `features` + `train-head`): its config.toml, client_features.json, head (and,
+    /// for a `transfer+bow` head, bow_score.json).
     #[arg(long)]
     run: PathBuf,
     /// Texts, one per line, UTF-8 (a blank line is a text too: one output line per input line). Default: stdin.
@@ -547,6 +548,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let out = cfg.output_dir();
             std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
             client_pipeline.save(&out.join("client_features.json"))?;
+            pipeline::save_head_input_models(&cfg, bow.as_ref(), &out)?;
             cfg.save(&out.join("config.toml"))?;
             transferred.save(&features_path(&cfg))?;
             crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(&cfg) }.write(&out)?;

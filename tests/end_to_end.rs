@@ -75,6 +75,55 @@ fn a_prediction_stopped_during_its_encrypted_pass_resumes_from_its_own_journal()
 }
 
 #[test]
+fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test_rows() {
+    use cryptotl::bow::{STACKED_MIN_EXAMPLES, STACKED_SCORER_FILE, StackedScorer};
+    use cryptotl::pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    // The larger fixture is the target, so its training split is large enough for the score not to be left out.
+    let text = tiny_config(dir.path())
+        .replace("separable_source.csv", "SOURCE")
+        .replace("separable_target.csv", "separable_source.csv")
+        .replace("SOURCE", "separable_target.csv")
+        .replace("[he]\ninsecure_seed = 3", "[he]\nenabled = false");
+    let sets = ["curve.enabled=false".into(), "audit.membership=false".into(), "head.inputs=\"transfer+bow\"".into()];
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &sets).unwrap();
+    pipeline::run(&cfg).unwrap();
+    let out = cfg.output_dir();
+    let fs = pipeline::FeatureSplit::load(&out.join("features.json")).unwrap();
+    assert!(fs.train.nrows() >= STACKED_MIN_EXAMPLES);
+    let score_column: Vec<f32> = fs.test.column(fs.test.ncols() - 1).to_vec();
+    assert!(score_column.iter().any(|&v| v != 0.0), "the run's test rows carry a score");
+    let texts = pipeline::prepare_data(&cfg).unwrap().target.test.texts;
+    // The saved model scores the test texts exactly as the run did.
+    let key = cryptotl::rundir::features_key(&cfg);
+    let path = out.join(STACKED_SCORER_FILE);
+    assert_eq!(StackedScorer::load(&path, &key).unwrap().score_texts(&texts), score_column);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "a model of the client's texts is owner-only");
+    }
+    // So `predict` gives the head the inputs it was tested on.
+    let predictions = pipeline::predict(&cfg, &out, &texts).unwrap();
+    let dev = Default::default();
+    let head = cryptotl::model::load_module(pipeline::new_head::<cryptotl::model::Cpu>(&cfg, fs.test.ncols(), &dev), &out.join("head"), &dev).unwrap();
+    let want = cryptotl::model::predict_proba(&head, fs.test.view(), &dev);
+    assert_eq!(predictions.len(), want.len());
+    for (p, w) in predictions.iter().zip(&want) {
+        assert!((p.probability - w).abs() < 1e-5, "{} against {w}", p.probability);
+    }
+    // A file of another run, a corrupt one or none: refused with the file's name, before any encryption.
+    let saved = std::fs::read(&path).unwrap();
+    assert!(StackedScorer::load(&path, "0123456789abcdef").unwrap_err().to_string().contains("another config"));
+    std::fs::write(&path, &saved[..saved.len() / 2]).unwrap();
+    let err = pipeline::predict(&cfg, &out, &texts).unwrap_err().to_string();
+    assert!(err.contains(STACKED_SCORER_FILE) && err.contains("corrupt"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    let err = pipeline::predict(&cfg, &out, &texts).unwrap_err().to_string();
+    assert!(err.contains(STACKED_SCORER_FILE) && err.contains("run `cryptotl run"), "{err}");
+}
+
+#[test]
 fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &[]).unwrap();

@@ -147,6 +147,22 @@ impl HashedTfidf {
         Self { dim, ngrams, idf }
     }
 
+    /// A featurizer with these IDF weights (`idf.len()` buckets), e.g. one read back from a saved model
+    /// ([`crate::bow::StackedScorer`]).
+    pub(crate) fn with_idf(ngrams: usize, idf: Vec<f32>) -> Self {
+        Self { dim: idf.len(), ngrams, idf }
+    }
+
+    /// The IDF weight of every bucket.
+    pub(crate) fn idf(&self) -> &[f32] {
+        &self.idf
+    }
+
+    /// Word n-grams up to this length are hashed.
+    pub(crate) fn ngrams(&self) -> usize {
+        self.ngrams
+    }
+
     /// Sparse rows (bucket, weight), L2-normalised, buckets ascending: the same vectors as
     /// [`Featurizer::transform`] without materialising the zeros (for wide hashes such as the bag-of-words
     /// baseline's 2^18).

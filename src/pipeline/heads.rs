@@ -103,6 +103,17 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
     }
 }
 
+/// Save into the run directory `dir` what [`head_inputs`] needs, beside the client's featurizer, to give new texts
+/// the inputs the head was trained on: with `head.inputs = "transfer+bow"`, the bag-of-words model behind the score
+/// column ([`crate::bow::STACKED_SCORER_FILE`], marked with the run's features key). Nothing for other inputs.
+pub fn save_head_input_models(cfg: &RunConfig, bow: Option<&BagOfWords>, dir: &std::path::Path) -> Result<()> {
+    if cfg.head.inputs != crate::config::HeadInputs::TransferPlusBow {
+        return Ok(());
+    }
+    let bow = bow.ok_or_else(|| Error::Internal("head.inputs = \"transfer+bow\" without the bag-of-words rows".into()))?;
+    bow.stacked_scorer()?.save(&dir.join(crate::bow::STACKED_SCORER_FILE), &crate::rundir::features_key(cfg))
+}
+
 /// Where a head with `head.c = "validation"` chooses its C (and, beside own features, their weight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadSelection {

@@ -10,7 +10,7 @@ use crate::privacy::centring::DpReferences;
 use crate::report::NetworkOrigin;
 
 use super::{prepare_data, timed};
-use super::heads::{dp_references, head_inputs, head_name, privacy_plan, train_head, train_head_private, train_target_only, transfer_output_ranges};
+use super::heads::{dp_references, head_inputs, head_name, privacy_plan, save_head_input_models, train_head, train_head_private, train_target_only, transfer_output_ranges};
 use super::server::{server_lower_network, server_network_and_source, source_membership};
 use super::transfer::{client_features, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
 
@@ -259,6 +259,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let out = cfg.output_dir();
     report.write(&out)?; // creates `out`
     client_pipeline.save(&out.join("client_features.json"))?;
+    save_head_input_models(cfg, bow.as_ref(), &out)?;
     // Everything `evaluate` needs: the head's inputs, the head, and the manifest that ties them to this config.
     transferred.save(&out.join("features.json"))?;
     model::save_module(&published, &out.join("head"))?;

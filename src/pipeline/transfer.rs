@@ -339,18 +339,22 @@ pub struct Prediction {
 }
 
 /// Classify new texts with a finished run's saved featurizer and head (`run_dir`, made by `run` or
-/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features.
+/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features. A
+/// `transfer+bow` head reads its score column from the bag-of-words model the run saved
+/// ([`crate::bow::STACKED_SCORER_FILE`]), as the run's test rows did.
 pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<Prediction>> {
     if texts.is_empty() {
         return Ok(vec![]);
     }
-    if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
-        return Err(Error::Config { file: "<config>".into(), key: "head.inputs".into(), message:
-            "is `transfer+bow`: its bag-of-words score is cross-fitted on the training texts and not saved with the run; \
-             predict works with `transfer` and `transfer+own`".into() });
-    }
     let manifest = crate::rundir::RunManifest::load_for(cfg)?;
     let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
+    // Read before the encrypted pass, so a run without it fails at once.
+    let bow = match cfg.head.inputs {
+        crate::config::HeadInputs::TransferPlusBow => {
+            Some(crate::bow::StackedScorer::load(&run_dir.join(crate::bow::STACKED_SCORER_FILE), &manifest.features_key)?)
+        }
+        _ => None,
+    };
     let own = pipeline.transform(texts)?;
     let (transferred, journal) = match cfg.head.transfer_unit {
         crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()), Some(run_dir))?,
@@ -360,9 +364,16 @@ pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<
             (mean_rows(&y, &starts), journal)
         }
     };
-    let x = match cfg.head.inputs {
-        crate::config::HeadInputs::TransferPlusOwn => ndarray::concatenate(ndarray::Axis(1), &[transferred.view(), own.view()])
-            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))?,
+    let beside = |a: &Array2<f32>, extra: ndarray::ArrayView2<'_, f32>| {
+        ndarray::concatenate(ndarray::Axis(1), &[a.view(), extra])
+            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
+    };
+    let x = match (cfg.head.inputs, bow) {
+        (crate::config::HeadInputs::TransferPlusOwn, _) => beside(&transferred, own.view())?,
+        (crate::config::HeadInputs::TransferPlusBow, Some(bow)) => {
+            let score = bow.score_texts(texts);
+            beside(&transferred, ndarray::ArrayView2::from_shape((score.len(), 1), &score).map_err(|e| Error::Internal(format!("score column: {e}")))?)?
+        }
         _ => transferred,
     };
     manifest.check_head(cfg, x.ncols())?;
