@@ -382,7 +382,7 @@ pub fn main() -> ExitCode {
 }
 
 fn features_path(cfg: &RunConfig) -> PathBuf {
-    cfg.output_dir().join("features.json")
+    cfg.output_dir().join(pipeline::FEATURES_FILE)
 }
 
 fn serve(a: &ServeArgs) -> Result<()> {
@@ -521,39 +521,13 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Features(a) => {
             let cfg = a.load()?;
-            let _lock = pipeline::prepare_output_dir(&cfg)?;
-            let data = pipeline::prepare_data(&cfg)?;
-            let (client_pipeline, client) = pipeline::client_features(&cfg, &data.target)?;
-            let input = pipeline::TransferInput::new(&cfg, &client_pipeline, &data.target, &client)?.journaled_in(Some(&cfg.output_dir()));
-            let (transferred, references) = match pipeline::remote_server(&cfg)? {
-                Some(url) => {
-                    let pipeline::RemoteTransfer { features: t, he, output_ranges: ranges, .. } = pipeline::remote_transfer(&cfg, &url, &input)?;
-                    let resumed = if he.resumed_samples > 0 { format!(" ({} of them from the journal of an interrupted run)", he.resumed_samples) } else { String::new() };
-                    eprintln!("{} samples through {url}{resumed}: server {:.3} s per sample (median), {:.1} KiB down per sample",
-                        he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
-                    crate::atomic::write(&cfg.output_dir().join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
-                    let references = pipeline::DpReferences::from_ranges(&cfg, ranges.as_deref(), t.train.ncols(), client.train.ncols());
-                    (t, references)
-                }
-                None => {
-                    let lower = pipeline::server_lower_network(&cfg)?;
-                    let t = pipeline::transfer(&cfg, &lower, &input)?.0;
-                    let references = pipeline::dp_references(&cfg, Some(&lower), t.train.ncols(), client.train.ncols());
-                    (t, references)
-                }
-            };
-            // What the head reads (`head.inputs`): the decrypted outputs, or them beside the own features.
-            let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| pipeline::BagOfWords::new(&data.target));
-            let transferred = pipeline::head_inputs(&cfg, &transferred, &client, bow.as_ref())?;
-            let out = cfg.output_dir();
-            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-            client_pipeline.save(&out.join("client_features.json"))?;
-            pipeline::save_head_input_models(&cfg, bow.as_ref(), &out)?;
-            cfg.save(&out.join("config.toml"))?;
-            transferred.save(&features_path(&cfg))?;
-            crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(&cfg) }.write(&out)?;
-            crate::he::journal::remove_all(&out)?;
-            println!("transferred features written to {}", features_path(&cfg).display());
+            let done = pipeline::features(&cfg)?;
+            if let Some((url, he)) = &done.remote {
+                let resumed = if he.resumed_samples > 0 { format!(" ({} of them from the journal of an interrupted run)", he.resumed_samples) } else { String::new() };
+                eprintln!("{} samples through {url}{resumed}: server {:.3} s per sample (median), {:.1} KiB down per sample",
+                    he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
+            }
+            println!("transferred features written to {}", done.path.display());
         }
         Command::TrainHead(a) => {
             let cfg = a.load()?;

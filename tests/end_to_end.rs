@@ -121,6 +121,10 @@ fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test
     std::fs::remove_file(&path).unwrap();
     let err = pipeline::predict(&cfg, &out, &texts).unwrap_err().to_string();
     assert!(err.contains(STACKED_SCORER_FILE) && err.contains("run `cryptotl run"), "{err}");
+    // The `features` stage writes it as `run` does.
+    let done = pipeline::features(&cfg).unwrap();
+    assert_eq!(done.path, out.join("features.json"));
+    assert_eq!(StackedScorer::load(&path, &key).unwrap().score_texts(&texts), score_column);
 }
 
 #[test]

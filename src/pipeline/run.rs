@@ -38,6 +38,59 @@ pub fn prepare_output_dir(cfg: &RunConfig) -> Result<crate::atomic::DirLock> {
     crate::atomic::claim_dir(&cfg.output_dir())
 }
 
+/// The run directory's file of the head's inputs ([`FeatureSplit`](super::FeatureSplit)).
+pub const FEATURES_FILE: &str = "features.json";
+
+/// Write what a run directory holds of the client's side before any head: its fitted featurizer
+/// (`client_features.json`), the models [`head_inputs`] needs for new texts ([`save_head_input_models`]), the head's
+/// inputs ([`FEATURES_FILE`]) and the config. `run` and the `features` stage write the same files.
+fn save_client_side(cfg: &RunConfig, dir: &Path, pipeline: &crate::features::FeaturePipeline, bow: Option<&BagOfWords>, inputs: &super::FeatureSplit) -> Result<()> {
+    pipeline.save(&dir.join("client_features.json"))?;
+    save_head_input_models(cfg, bow, dir)?;
+    inputs.save(&dir.join(FEATURES_FILE))?;
+    cfg.save(&dir.join("config.toml"))
+}
+
+/// What [`features`] did.
+pub struct FeaturesStage {
+    /// Where the head's inputs are.
+    pub path: std::path::PathBuf,
+    /// Through a remote server: its address and what the encrypted stage measured (also in `he.json`).
+    pub remote: Option<(String, crate::he::HeReport)>,
+}
+
+/// The client's features alone (`cryptotl features`): data -> client features -> frozen lower network (encrypted
+/// when `he.enabled`, through the remote server when `he.server` names one) -> the head's inputs, written to the
+/// run directory with the manifest, for `train-head`, `evaluate` and `predict`. The encrypted pass keeps its journal
+/// there, removed once the files are written.
+pub fn features(cfg: &RunConfig) -> Result<FeaturesStage> {
+    let _lock = prepare_output_dir(cfg)?;
+    let out = cfg.output_dir();
+    let data = prepare_data(cfg)?;
+    let (client_pipeline, client) = client_features(cfg, &data.target)?;
+    let input = TransferInput::new(cfg, &client_pipeline, &data.target, &client)?.journaled_in(Some(&out));
+    let (transferred, references, remote) = match remote_server(cfg)? {
+        Some(url) => {
+            let RemoteTransfer { features: t, he, output_ranges, .. } = remote_transfer(cfg, &url, &input)?;
+            crate::atomic::write(&out.join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
+            let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), t.train.ncols(), client.train.ncols());
+            (t, references, Some((url, he)))
+        }
+        None => {
+            let lower = server_lower_network(cfg)?;
+            let t = transfer(cfg, &lower, &input)?.0;
+            let references = dp_references(cfg, Some(&lower), t.train.ncols(), client.train.ncols());
+            (t, references, None)
+        }
+    };
+    let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| BagOfWords::new(&data.target));
+    let inputs = head_inputs(cfg, &transferred, &client, bow.as_ref())?;
+    save_client_side(cfg, &out, &client_pipeline, bow.as_ref(), &inputs)?;
+    crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(cfg) }.write(&out)?;
+    crate::he::journal::remove_all(&out)?;
+    Ok(FeaturesStage { path: out.join(FEATURES_FILE), remote })
+}
+
 /// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
 /// report (written to the run's output directory and returned).
 pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
@@ -258,12 +311,10 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     };
     let out = cfg.output_dir();
     report.write(&out)?; // creates `out`
-    client_pipeline.save(&out.join("client_features.json"))?;
-    save_head_input_models(cfg, bow.as_ref(), &out)?;
-    // Everything `evaluate` needs: the head's inputs, the head, and the manifest that ties them to this config.
-    transferred.save(&out.join("features.json"))?;
+    // Everything `evaluate` and `predict` need: the head's inputs and how new texts get them, the head, and the
+    // manifest that ties them to this config.
+    save_client_side(cfg, &out, &client_pipeline, bow.as_ref(), &transferred)?;
     model::save_module(&published, &out.join("head"))?;
-    cfg.save(&out.join("config.toml"))?;
     let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), ..crate::rundir::RunManifest::new(cfg) };
     manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
     manifest.write(&out)?;
