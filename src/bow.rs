@@ -210,6 +210,14 @@ struct ScorerModel {
 }
 
 const SCORER_FORMAT: u32 = 1;
+/// Larger weights, IDF weights or bias than this mark a damaged file: a fitted model's are below 100 (L2 on
+/// L2-normalised rows; an IDF weight is at most 1 + ln(1 + texts)), and these keep every score finite.
+const MAX_MAGNITUDE: f32 = 1e6;
+
+/// A number (not NaN) within ±[`MAX_MAGNITUDE`].
+fn within_magnitude(x: f32) -> bool {
+    x.is_finite() && x.abs() <= MAX_MAGNITUDE
+}
 
 impl StackedScorer {
     /// The score (the logistic regression's margin `x·w + b`) of rows of the bag-of-words map.
@@ -262,31 +270,31 @@ impl StackedScorer {
         if f.features_key != features_key {
             return Err(Error::artifact(path, format!("made by the run of another config (key {}, the run directory's features have {features_key}): run it again", f.features_key)));
         }
-        if f.dim == 0 || f.dim > 1 << 26 || !(1..=8).contains(&f.ngrams) {
-            return Err(corrupt(format!("{} buckets of {}-grams", f.dim, f.ngrams)));
+        if f.dim != BAG_OF_WORDS_DIM || !(1..=3).contains(&f.ngrams) {
+            return Err(corrupt(format!("{} buckets of {}-grams (a run's bag of words has {BAG_OF_WORDS_DIM} buckets of 1- to 3-grams)", f.dim, f.ngrams)));
         }
         let dense = |entries: &[(u32, f32)], fill: f32, what: &str| -> Result<Vec<f32>> {
             let mut v = vec![fill; f.dim];
             let mut last = None;
             for &(i, x) in entries {
-                if (i as usize) >= f.dim || last.is_some_and(|l| i <= l) || !x.is_finite() {
-                    return Err(corrupt(format!("{what}: entry ({i}, {x}) out of order, out of range or not finite")));
+                if (i as usize) >= f.dim || last.is_some_and(|l| i <= l) || !within_magnitude(x) {
+                    return Err(corrupt(format!("{what}: entry ({i}, {x}) out of order, out of range, or not a number within ±{MAX_MAGNITUDE:e}")));
                 }
                 v[i as usize] = x;
                 last = Some(i);
             }
             Ok(v)
         };
-        if !f.idf_default.is_finite() {
-            return Err(corrupt("IDF weight not finite".into()));
+        if !within_magnitude(f.idf_default) {
+            return Err(corrupt(format!("IDF weight {} not a number within ±{MAX_MAGNITUDE:e}", f.idf_default)));
         }
         let tfidf = HashedTfidf::with_idf(f.ngrams, dense(&f.idf, f.idf_default, "IDF weights")?);
         let model = match f.model {
             None => None,
-            Some(m) if m.bias.is_finite() && m.c.is_finite() && m.c > 0.0 => {
+            Some(m) if within_magnitude(m.bias) && m.c.is_finite() && m.c > 0.0 => {
                 Some(LogisticRegression { weights: dense(&m.weights, 0.0, "weights")?, bias: m.bias, c: m.c, iterations: 0 })
             }
-            Some(_) => return Err(corrupt("bias or C not finite".into())),
+            Some(m) => return Err(corrupt(format!("bias {} or C {} out of range", m.bias, m.c))),
         };
         Ok(Self { tfidf: Arc::new(tfidf), model })
     }

@@ -126,3 +126,63 @@ proptest! {
         }
     }
 }
+
+/// A run's bag-of-words model file (`bow_score.json`, read by `predict`), damaged in its numbers, order, sizes or
+/// length: an error, or a model that scores every text with a finite number. Some of the cases must load, so that
+/// the second half is tried too.
+#[test]
+fn bag_of_words_model_files_never_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Mostly near a valid file, so that both the refusals and the loaded models are tried.
+    let dim = cryptotl::bow::BAG_OF_WORDS_DIM as u32;
+    let text = "a b c d e f g h".to_string();
+    // The buckets the scored text falls into, so that the damaged numbers are ones its score reads.
+    let hot: Vec<u32> = cryptotl::features::HashedTfidf::unfitted(dim as usize, 2).transform_sparse(std::slice::from_ref(&text))[0].iter().map(|e| e.0).collect();
+    let entries = || {
+        let bucket = prop_oneof![10 => prop::sample::select(hot.clone()), 10 => 0..dim, 1 => any::<u32>()];
+        prop::collection::vec((bucket, prop_oneof![40 => -1e3f32..1e3, 1 => any::<f32>()]), 0..12)
+    };
+    let cases = (
+        prop_oneof![8 => Just(dim as usize), 1 => 0usize..10, 1 => Just(usize::MAX)],
+        prop_oneof![8 => 1usize..=3, 1 => 0usize..100],
+        entries(),
+        prop::option::of(entries()),
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.9),
+        any::<u16>(),
+    );
+    let loaded = AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    runner
+        .run(&cases, |(dim, ngrams, idf, weights, sorted, same_key, cut)| {
+            // Most cases list their buckets in order, as a saved file does, so the values themselves are tried.
+            let order = |mut v: Vec<(u32, f32)>| {
+                if sorted {
+                    v.sort_by_key(|e| e.0);
+                    v.dedup_by_key(|e| e.0);
+                }
+                v
+            };
+            let file = serde_json::json!({
+                "format": 1, "features_key": if same_key { "k" } else { "other" }, "dim": dim, "ngrams": ngrams,
+                "idf_default": 1.5, "idf": order(idf),
+                "model": weights.map(|w| serde_json::json!({ "weights": order(w), "bias": 0.25, "c": 10.0 })),
+            });
+            let mut bytes = serde_json::to_vec(&file).unwrap();
+            if cut % 5 == 0 {
+                bytes.truncate(cut as usize % (bytes.len() + 1));
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(cryptotl::bow::STACKED_SCORER_FILE);
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(scorer) = cryptotl::bow::StackedScorer::load(&path, "k") {
+                let score = scorer.score_texts(&[text.clone(), String::new()]);
+                prop_assert!(score.len() == 2 && score.iter().all(|s| s.is_finite()), "{score:?}");
+                loaded.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let loaded = loaded.into_inner();
+    assert!(loaded > 0, "no generated file loaded");
+}
