@@ -65,8 +65,9 @@ enum Command {
     Server(ServerCommand),
     /// Classify new texts with a finished run (its saved featurizer and head), through the same encrypted path
     /// (`[he] server`: local simulation or remote). Texts one per line from --input or stdin; one JSON line each on
-    /// stdout: {"label": 0|1, "probability": p}. A prediction stopped during its encrypted pass resumes from its
-    /// journal in the run directory when run again.
+    /// stdout: {"label": 0|1, "probability": p}, written 256 texts at a time as they are scored. A prediction stopped
+    /// during its encrypted pass resumes from its journal in the run directory when run again (and writes every
+    /// line again).
     Predict(PredictArgs),
     /// Run the model owner's encrypted-inference service over HTTP (TLS with --tls-cert/--tls-key; plain HTTP only
     /// on loopback). Prints `listening on <url>` once it accepts connections; stops on SIGINT/SIGTERM.
@@ -412,18 +413,28 @@ fn serve(a: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Texts `predict` scores at a time: their predictions are written before the next batch is encrypted.
+const PREDICT_BATCH: usize = 256;
+
 fn predict(a: &PredictArgs) -> Result<()> {
     use std::io::Write as _;
     let mut overrides = a.set.clone();
     overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
     let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
     let texts = read_text_lines(a.input.as_deref())?;
-    let predictions = pipeline::predict(&cfg, &a.run, &texts)?;
-    let mut out = std::io::stdout().lock();
-    for p in predictions {
-        writeln!(out, "{}", serde_json::to_string(&p).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    if texts.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut predictor = pipeline::Predictor::open(&cfg, &a.run)?;
+    let mut out = std::io::stdout().lock();
+    // Each batch's lines are written (and flushed) as soon as it is scored.
+    for batch in texts.chunks(PREDICT_BATCH) {
+        for p in predictor.predict(batch)? {
+            writeln!(out, "{}", serde_json::to_string(&p).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+        }
+        out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    }
+    predictor.finish()
 }
 
 fn server_command(cmd: &ServerCommand) -> Result<()> {

@@ -112,6 +112,25 @@ fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test
     for (p, w) in predictions.iter().zip(&want) {
         assert!((p.probability - w).abs() < 1e-5, "{} against {w}", p.probability);
     }
+    // In batches of any size, with keys made once: the same predictions.
+    let mut predictor = pipeline::Predictor::open(&cfg, &out).unwrap();
+    let (a, b) = texts.split_at(7);
+    let batched: Vec<f32> = [predictor.predict(a).unwrap(), predictor.predict(&[]).unwrap(), predictor.predict(b).unwrap()].concat().iter().map(|p| p.probability).collect();
+    predictor.finish().unwrap();
+    assert_eq!(batched.len(), want.len());
+    assert!(batched.iter().zip(&want).all(|(p, w)| (p - w).abs() < 1e-5));
+    // The CLI writes a line per text across its batches of 256, in order.
+    let all = pipeline::prepare_data(&cfg).unwrap().target;
+    let many: Vec<String> = [all.train.texts, all.validation.texts, all.test.texts].concat();
+    assert!(many.len() > 256);
+    let file = dir.path().join("many.txt");
+    std::fs::write(&file, many.iter().map(|t| format!("{t}\n")).collect::<String>()).unwrap();
+    let (code, stdout, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<f64> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probability"].as_f64().unwrap()).collect();
+    let direct = pipeline::predict(&cfg, &out, &many).unwrap();
+    assert_eq!(lines.len(), many.len());
+    assert!(lines.iter().zip(&direct).all(|(l, d)| (l - d.probability as f64).abs() < 1e-5));
     // A file of another run, a corrupt one or none: refused with the file's name, before any encryption.
     let saved = std::fs::read(&path).unwrap();
     assert!(StackedScorer::load(&path, "0123456789abcdef").unwrap_err().to_string().contains("another config"));

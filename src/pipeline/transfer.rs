@@ -305,6 +305,51 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
     Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
 }
 
+/// The server's lower network as new texts reach it (`predict`): through the remote server, through the one-process
+/// simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`). One is opened per prediction, so
+/// its keys are made (or, against a remote server, taken from the run's folder) once for every batch of texts.
+enum LowerPath {
+    Plain(Box<LowerNet<Cpu>>),
+    Encrypted { session: Box<crate::he::Session>, journal: Option<crate::he::OutputJournal> },
+}
+
+impl LowerPath {
+    /// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]).
+    fn open(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<Self> {
+        let session = match remote_server(cfg)? {
+            Some(url) => remote_session(cfg, &url, true)?,
+            None if !cfg.he.enabled => return Ok(Self::Plain(Box::new(server_lower_network(cfg)?.net))),
+            None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
+        };
+        let identity = format!("{} | {PREDICT_JOURNAL}", session.journal_identity());
+        let journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &identity, session.interface.outputs)).transpose()?;
+        Ok(Self::Encrypted { session: Box::new(session), journal })
+    }
+
+    /// Outputs per row.
+    fn outputs(&self, input_dim: usize) -> Result<usize> {
+        match self {
+            Self::Plain(net) => Ok(lower_forward(net, &Array2::zeros((1, input_dim)))?.ncols()),
+            Self::Encrypted { session, .. } => Ok(session.interface.outputs),
+        }
+    }
+
+    fn forward(&mut self, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
+        match self {
+            Self::Plain(net) => lower_forward(net, x),
+            // `forward_journaled` logs how many rows it took from the journal.
+            Self::Encrypted { session, journal } => Ok(session.forward_journaled(x.view(), what, journal.as_mut())?.0),
+        }
+    }
+
+    fn into_journal(self) -> Option<crate::he::OutputJournal> {
+        match self {
+            Self::Plain(_) => None,
+            Self::Encrypted { journal, .. } => journal,
+        }
+    }
+}
+
 /// Scaled feature rows of new texts through the server's lower network as `[he]` says: through the remote server,
 /// through the one-process simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`).
 ///
@@ -313,16 +358,9 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
 /// journal when it is run again. The caller removes the journal ([`crate::he::OutputJournal::remove`]) once it has
 /// what it needed; on an error it stays for the next attempt.
 pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str, journal_dir: Option<&Path>) -> Result<(Array2<f32>, Option<crate::he::OutputJournal>)> {
-    let session = match remote_server(cfg)? {
-        Some(url) => remote_session(cfg, &url, true)?,
-        None if !cfg.he.enabled => return Ok((lower_forward(&server_lower_network(cfg)?.net, x)?, None)),
-        None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
-    };
-    let identity = format!("{} | {PREDICT_JOURNAL}", session.journal_identity());
-    let mut journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &identity, session.interface.outputs)).transpose()?;
-    // `forward_journaled` logs how many rows it took from the journal.
-    let (y, _) = session.forward_journaled(x.view(), what, journal.as_mut())?;
-    Ok((y, journal))
+    let mut path = LowerPath::open(cfg, journal_dir)?;
+    let y = path.forward(x, what)?;
+    Ok((y, path.into_journal()))
 }
 
 /// What sets `predict`'s journal apart from the run's in the same folder (it is part of the journal's identity, so
@@ -338,54 +376,112 @@ pub struct Prediction {
     pub probability: f32,
 }
 
+/// A finished run's classifier of new texts: its saved featurizer, the server's lower network on the same path as
+/// the run's training features (encrypted, remote or plaintext, with keys made once), the models of the head's
+/// other inputs and the head. [`Self::predict`] takes texts in batches of any size, so a caller can write each
+/// batch's predictions as they come; [`Self::finish`] removes the pass's journal.
+///
+/// ```no_run
+/// # fn main() -> cryptotl::error::Result<()> {
+/// use cryptotl::config::RunConfig;
+/// let run = std::path::Path::new("runs/quickstart");
+/// let cfg = RunConfig::load(&run.join("config.toml"), &[])?;
+/// let mut predictor = cryptotl::pipeline::Predictor::open(&cfg, run)?;
+/// for batch in [vec!["a wonderful film".to_string()], vec!["dull and far too long".to_string()]] {
+///     for p in predictor.predict(&batch)? {
+///         println!("{} {}", p.label, p.probability);
+///     }
+/// }
+/// predictor.finish()?;
+/// # Ok(()) }
+/// ```
+pub struct Predictor {
+    cfg: RunConfig,
+    pipeline: FeaturePipeline,
+    bow: Option<crate::bow::StackedScorer>,
+    lower: LowerPath,
+    head: crate::model::Head<Cpu>,
+}
+
+impl Predictor {
+    /// Open the run directory `run_dir` (made by `run` or `features` + `train-head` with `cfg`): everything a
+    /// prediction reads is loaded and checked here, before any text is encrypted. A `transfer+bow` head reads its
+    /// score column from the bag-of-words model the run saved ([`crate::bow::STACKED_SCORER_FILE`]), as the run's
+    /// test rows did. The encrypted pass keeps a journal in `run_dir` ([`PREDICT_JOURNAL`]), so a prediction
+    /// stopped during it resumes when run again.
+    pub fn open(cfg: &RunConfig, run_dir: &Path) -> Result<Self> {
+        let manifest = crate::rundir::RunManifest::load_for(cfg)?;
+        let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
+        let bow = match cfg.head.inputs {
+            crate::config::HeadInputs::TransferPlusBow => {
+                Some(crate::bow::StackedScorer::load(&run_dir.join(crate::bow::STACKED_SCORER_FILE), &manifest.features_key)?)
+            }
+            _ => None,
+        };
+        let lower = LowerPath::open(cfg, Some(run_dir))?;
+        let input_dim = lower.outputs(pipeline.dim())?
+            + match cfg.head.inputs {
+                crate::config::HeadInputs::TransferPlusOwn => pipeline.dim(),
+                crate::config::HeadInputs::TransferPlusBow => 1,
+                crate::config::HeadInputs::Transfer => 0,
+            };
+        manifest.check_head(cfg, input_dim)?;
+        let head = model::load_module(new_head::<Cpu>(cfg, input_dim, &Default::default()), &run_dir.join("head"), &Default::default())?;
+        Ok(Self { cfg: cfg.clone(), pipeline, bow, lower, head })
+    }
+
+    /// Classify `texts`.
+    pub fn predict(&mut self, texts: &[String]) -> Result<Vec<Prediction>> {
+        if texts.is_empty() {
+            return Ok(vec![]);
+        }
+        let own = self.pipeline.transform(texts)?;
+        let transferred = match self.cfg.head.transfer_unit {
+            crate::config::TransferUnit::Text => self.lower.forward(&own, &format!("{} new texts", texts.len()))?,
+            crate::config::TransferUnit::Sentence => {
+                let (rows, starts) = sentence_rows(&self.cfg, &self.pipeline, texts)?;
+                let y = self.lower.forward(&rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()))?;
+                mean_rows(&y, &starts)
+            }
+        };
+        let beside = |a: &Array2<f32>, extra: ndarray::ArrayView2<'_, f32>| {
+            ndarray::concatenate(ndarray::Axis(1), &[a.view(), extra])
+                .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
+        };
+        let x = match (self.cfg.head.inputs, &self.bow) {
+            (crate::config::HeadInputs::TransferPlusOwn, _) => beside(&transferred, own.view())?,
+            (crate::config::HeadInputs::TransferPlusBow, Some(bow)) => {
+                let score = bow.score_texts(texts);
+                beside(&transferred, ndarray::ArrayView2::from_shape((score.len(), 1), &score).map_err(|e| Error::Internal(format!("score column: {e}")))?)?
+            }
+            _ => transferred,
+        };
+        Ok(predict_proba(&self.head, x.view(), &Default::default())
+            .into_iter()
+            .map(|p| Prediction { label: (p >= 0.5) as u8, probability: p })
+            .collect())
+    }
+
+    /// Remove the encrypted pass's journal: call it once every prediction is delivered (until then a prediction
+    /// stopped and run again takes the rows it had from the journal).
+    pub fn finish(self) -> Result<()> {
+        match self.lower.into_journal() {
+            Some(j) => j.remove(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Classify new texts with a finished run's saved featurizer and head (`run_dir`, made by `run` or
-/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features. A
-/// `transfer+bow` head reads its score column from the bag-of-words model the run saved
-/// ([`crate::bow::STACKED_SCORER_FILE`]), as the run's test rows did.
+/// `features` + `train-head` with `cfg`), through the same encrypted path as its training features: one
+/// [`Predictor`] for all of them.
 pub fn predict(cfg: &RunConfig, run_dir: &Path, texts: &[String]) -> Result<Vec<Prediction>> {
     if texts.is_empty() {
         return Ok(vec![]);
     }
-    let manifest = crate::rundir::RunManifest::load_for(cfg)?;
-    let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
-    // Read before the encrypted pass, so a run without it fails at once.
-    let bow = match cfg.head.inputs {
-        crate::config::HeadInputs::TransferPlusBow => {
-            Some(crate::bow::StackedScorer::load(&run_dir.join(crate::bow::STACKED_SCORER_FILE), &manifest.features_key)?)
-        }
-        _ => None,
-    };
-    let own = pipeline.transform(texts)?;
-    let (transferred, journal) = match cfg.head.transfer_unit {
-        crate::config::TransferUnit::Text => transfer_rows(cfg, &own, &format!("{} new texts", texts.len()), Some(run_dir))?,
-        crate::config::TransferUnit::Sentence => {
-            let (rows, starts) = sentence_rows(cfg, &pipeline, texts)?;
-            let (y, journal) = transfer_rows(cfg, &rows, &format!("{} sentences of {} new texts", rows.nrows(), texts.len()), Some(run_dir))?;
-            (mean_rows(&y, &starts), journal)
-        }
-    };
-    let beside = |a: &Array2<f32>, extra: ndarray::ArrayView2<'_, f32>| {
-        ndarray::concatenate(ndarray::Axis(1), &[a.view(), extra])
-            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
-    };
-    let x = match (cfg.head.inputs, bow) {
-        (crate::config::HeadInputs::TransferPlusOwn, _) => beside(&transferred, own.view())?,
-        (crate::config::HeadInputs::TransferPlusBow, Some(bow)) => {
-            let score = bow.score_texts(texts);
-            beside(&transferred, ndarray::ArrayView2::from_shape((score.len(), 1), &score).map_err(|e| Error::Internal(format!("score column: {e}")))?)?
-        }
-        _ => transferred,
-    };
-    manifest.check_head(cfg, x.ncols())?;
-    let head = model::load_module(new_head::<Cpu>(cfg, x.ncols(), &Default::default()), &run_dir.join("head"), &Default::default())?;
-    let predictions = predict_proba(&head, x.view(), &Default::default())
-        .into_iter()
-        .map(|p| Prediction { label: (p >= 0.5) as u8, probability: p })
-        .collect();
-    // Only now: a head that fails to load leaves the pass's outputs for the next attempt.
-    if let Some(j) = journal {
-        j.remove()?;
-    }
+    let mut predictor = Predictor::open(cfg, run_dir)?;
+    let predictions = predictor.predict(texts)?;
+    predictor.finish()?;
     Ok(predictions)
 }
 
