@@ -625,6 +625,27 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     let keys = std::fs::read_dir(dir.path().join("keys")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".key")).count();
     assert_eq!(keys, 1, "the run's key, reused by both predictions");
     assert!(dir.path().join("run").join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
+    // A new run makes a new key. One stopped after its encrypted pass (its report's path is taken by a folder)
+    // keeps its journal; run again, it resumes under the key it kept: nothing made, nothing uploaded.
+    // (The config's insecure seed makes every key the same bytes, so the store cannot tell them apart: count uploads.)
+    let uploads = || metric(&server.metrics(), "cryptotl_requests_total{endpoint=\"/v1/keys\"");
+    let before = uploads();
+    let report_path = dir.path().join("run/report.json");
+    std::fs::remove_file(&report_path).unwrap();
+    std::fs::create_dir(&report_path).unwrap();
+    let (code, _, err) = cli(&["-q", "run", c, "--set", &set, "--set", "curve.enabled=false"], &env);
+    assert!(code != 0 && err.contains("report.json"), "{code}: {err}");
+    assert_eq!(uploads(), before + 1.0, "a new run, a new key");
+    assert_eq!(cryptotl::he::journal::journals_in(&dir.path().join("run")).unwrap().len(), 1);
+    std::fs::remove_dir(&report_path).unwrap();
+    let (code, _, err) = cli(&["-q", "run", c, "--set", &set, "--set", "curve.enabled=false"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(uploads(), before + 1.0, "the resumed run reused its key");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!((report["he"]["key_reused"].as_bool(), report["he"]["resumed_samples"].as_u64()), (Some(true), Some(120)));
+    let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(md.contains("| key generation | none: the client key kept in the run's folder, reused |"), "{md}");
+    assert!(cryptotl::he::journal::journals_in(&dir.path().join("run")).unwrap().is_empty());
     // A wrong token: a clear refusal, exit 1, no retry storm.
     let (code, _, err) = cli(&["-q", "features", c, "--set", &set], &[("CRYPTOTL_TOKEN", "wrong")]);
     assert!(code == 1 && err.contains("401"), "{code}: {err}");

@@ -127,19 +127,27 @@ impl OutputJournal {
 /// assert_eq!(remove_all(&dir.path().join("missing")).unwrap(), 0);
 /// ```
 pub fn remove_all(dir: &Path) -> Result<usize> {
+    let journals = journals_in(dir)?;
+    for path in &journals {
+        crate::atomic::remove_if_exists(path)?;
+    }
+    Ok(journals.len())
+}
+
+/// The journals of encrypted passes in `dir` (of any model, server or command), none for a missing folder.
+pub fn journals_in(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::io(dir, e)),
     };
-    let mut removed = 0;
+    let mut journals = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with("encrypted-") && name.ends_with(".journal") {
-            crate::atomic::remove_if_exists(&path)?;
-            removed += 1;
+            journals.push(path);
         }
     }
-    Ok(removed)
+    Ok(journals)
 }

@@ -540,6 +540,10 @@ pub struct HeReport {
     /// Key upload (the server checks and stores the key), seconds.
     #[serde(default)]
     pub key_upload_seconds: f64,
+    /// The client key kept in the run's folder was reused (no key made, none uploaded): a remote run resuming an
+    /// interrupted pass.
+    #[serde(default)]
+    pub key_reused: bool,
     /// Server setup (read key, Fourier transform, tables), seconds.
     pub server_setup_seconds: f64,
     /// Serialized evaluation key (sent once), bytes.
@@ -605,6 +609,7 @@ impl HeReport {
             counts: session.model.counts,
             keygen_seconds: session.keygen_seconds,
             key_upload_seconds: session.key_upload_seconds,
+            key_reused: session.key_reused,
             server_setup_seconds: session.server_setup_seconds.get(),
             evaluation_key_bytes: session.evaluation_key_bytes,
             upload_bytes_per_sample: stats.upload_bytes,

@@ -262,9 +262,9 @@ pub const CLIENT_KEY_FILE: &str = "client_key.json";
 /// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
 /// client's features.
 ///
-/// The client key is kept in the run directory ([`CLIENT_KEY_FILE`], owner-only): `reuse_key = false` (a run,
-/// `features`) makes a new one and keeps it; `true` (`predict`) reuses the kept one and the evaluation key the
-/// server stores for it ([`crate::he::Session::connect_keeping_key`]).
+/// The client key is kept in the run directory ([`CLIENT_KEY_FILE`], owner-only): `reuse_key = false` (a new run,
+/// `features`) makes a new one and keeps it; `true` (`predict`, a run resuming an interrupted pass) reuses the kept
+/// one and the evaluation key the server stores for it ([`crate::he::Session::connect_keeping_key`]).
 pub fn remote_session(cfg: &RunConfig, url: &str, reuse_key: bool) -> Result<crate::he::Session> {
     let ca = match &cfg.he.ca_cert {
         Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
@@ -296,8 +296,17 @@ pub struct RemoteTransfer {
 }
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
+///
+/// A pass that resumes an interrupted one (a journal is in its folder) takes up the client key the run kept there,
+/// if it is still the key of this server, model and parameter set: the journal's rows need no key, and the rest go
+/// under the key the server already stores, with no second 50 MiB upload and no dead key left in its store. A new
+/// pass makes a new key, so its report measures key generation and upload.
 pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
-    let session = remote_session(cfg, url, false)?;
+    let resuming = match input.journal.as_deref() {
+        Some(dir) => !crate::he::journal::journals_in(dir)?.is_empty(),
+        None => false,
+    };
+    let session = remote_session(cfg, url, resuming)?;
     let statement = session.server_privacy()?;
     let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
