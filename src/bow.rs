@@ -258,7 +258,8 @@ impl StackedScorer {
     pub fn load(path: &Path, features_key: &str) -> Result<Self> {
         let bytes = match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::artifact(path, "not found: this run's `transfer+bow` head needs the bag-of-words model its run saves                     (runs made before it was saved do not have it): run `cryptotl run <config>` (or `features` + `train-head`) again"));
+                return Err(Error::artifact(path, "not found: this run's `transfer+bow` head needs the bag-of-words model its run saves \
+                    (runs made before it was saved do not have it): run `cryptotl run <config>` (or `features` + `train-head`) again"));
             }
             r => r.map_err(|e| Error::io(path, e))?,
         };
