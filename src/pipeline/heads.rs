@@ -66,18 +66,14 @@ pub fn new_head<B: burn::prelude::Backend>(cfg: &RunConfig, input: usize, device
 /// own scaled features, or with the bag-of-words score of its own texts ([`BagOfWords::stacked_scores`], needs
 /// `bow`, rows in the same order). The client holds all of these, so none costs privacy towards the server.
 pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSplit, bow: Option<&BagOfWords>) -> Result<FeatureSplit> {
-    let join = |a: &Array2<f32>, b: ndarray::ArrayView2<'_, f32>| -> Result<Array2<f32>> {
-        ndarray::concatenate(ndarray::Axis(1), &[a.view(), b])
-            .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
-    };
     let same_examples = |ys: [&[u8]; 3]| ys == [&transferred.train_y[..], &transferred.validation_y[..], &transferred.test_y[..]];
     let beside = |extra: [ndarray::ArrayView2<'_, f32>; 3], own_columns: usize| -> Result<FeatureSplit> {
         Ok(FeatureSplit {
-            train: join(&transferred.train, extra[0])?,
+            train: beside_transferred(&transferred.train, extra[0])?,
             train_y: transferred.train_y.clone(),
-            validation: join(&transferred.validation, extra[1])?,
+            validation: beside_transferred(&transferred.validation, extra[1])?,
             validation_y: transferred.validation_y.clone(),
-            test: join(&transferred.test, extra[2])?,
+            test: beside_transferred(&transferred.test, extra[2])?,
             test_y: transferred.test_y.clone(),
             own_columns,
         })
@@ -96,11 +92,22 @@ pub fn head_inputs(cfg: &RunConfig, transferred: &FeatureSplit, own: &FeatureSpl
                 return Err(Error::Features("transferred features and bag-of-words rows are of different examples".into()));
             }
             let [tr, va, te] = bow.stacked_scores(crate::seeds::stream(cfg.seed, crate::seeds::BOW_FOLDS))?;
-            let col = |v: Vec<f32>| Array2::from_shape_vec((v.len(), 1), v).map_err(|e| Error::Internal(format!("score column: {e}")));
-            let (tr, va, te) = (col(tr)?, col(va)?, col(te)?);
+            let (tr, va, te) = (score_column(tr)?, score_column(va)?, score_column(te)?);
             beside([tr.view(), va.view(), te.view()], 0)
         }
     }
+}
+
+/// The transferred rows with `extra` columns to their right, as [`head_inputs`] lays out a head's inputs (also for
+/// new texts: [`super::Predictor`]).
+pub(crate) fn beside_transferred(transferred: &Array2<f32>, extra: ndarray::ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+    ndarray::concatenate(ndarray::Axis(1), &[transferred.view(), extra])
+        .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
+}
+
+/// A bag-of-words score per row as the one column [`head_inputs`] puts beside the transferred features.
+pub(crate) fn score_column(scores: Vec<f32>) -> Result<Array2<f32>> {
+    Array2::from_shape_vec((scores.len(), 1), scores).map_err(|e| Error::Internal(format!("score column: {e}")))
 }
 
 /// Save into the run directory `dir` what [`head_inputs`] needs, beside the client's featurizer, to give new texts

@@ -13,7 +13,7 @@ use crate::features::FeaturePipeline;
 use crate::model::{self, Cpu, LowerNet, map_rows, predict_proba};
 
 use super::FeatureSplit;
-use super::heads::{new_head, transfer_output_ranges};
+use super::heads::{beside_transferred, new_head, score_column, transfer_output_ranges};
 use super::server::{PretrainedLower, server_lower_network, server_network_and_source, source_membership};
 
 /// The client's scaled features of its target data: the pipeline fitted on target train only, or, when the run
@@ -453,16 +453,9 @@ impl Predictor {
                 mean_rows(&y, &starts)
             }
         };
-        let beside = |a: &Array2<f32>, extra: ndarray::ArrayView2<'_, f32>| {
-            ndarray::concatenate(ndarray::Axis(1), &[a.view(), extra])
-                .map_err(|e| Error::Features(format!("transferred and own features do not line up: {e}")))
-        };
         let x = match (self.cfg.head.inputs, &self.bow) {
-            (crate::config::HeadInputs::TransferPlusOwn, _) => beside(&transferred, own.view())?,
-            (crate::config::HeadInputs::TransferPlusBow, Some(bow)) => {
-                let score = bow.score_texts(texts);
-                beside(&transferred, ndarray::ArrayView2::from_shape((score.len(), 1), &score).map_err(|e| Error::Internal(format!("score column: {e}")))?)?
-            }
+            (crate::config::HeadInputs::TransferPlusOwn, _) => beside_transferred(&transferred, own.view())?,
+            (crate::config::HeadInputs::TransferPlusBow, Some(bow)) => beside_transferred(&transferred, score_column(bow.score_texts(texts))?.view())?,
             _ => transferred,
         };
         Ok(predict_proba(&self.head, x.view(), &Default::default())
