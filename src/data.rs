@@ -306,10 +306,12 @@ fn read_source(p: &str) -> Result<Vec<u8>> {
         });
     }
     std::fs::read(p).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound && p.starts_with("datasets/data/") {
-            " (run `python3 datasets/fetch.py` first)"
-        } else {
-            ""
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound if p.starts_with("datasets/data/") => {
+                format!("{}; run `python3 datasets/fetch.py` in the repository first", crate::error::looked_in(Path::new(p)))
+            }
+            std::io::ErrorKind::NotFound => crate::error::looked_in(Path::new(p)),
+            _ => String::new(),
         };
         Error::data(p, format!("cannot read: {e}{hint}"))
     })

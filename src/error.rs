@@ -1,7 +1,7 @@
 //! One error type for the library. Every variant says *where* (file, key, row) and *what is allowed*, so a user
 //! can fix the input without reading the source. The CLI maps them to exit codes (2 for bad input, 1 otherwise).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,5 +109,18 @@ impl Error {
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+}
+
+/// For a message about a file that is not there: where a relative path was looked for. The default config's paths
+/// (`datasets/...`) are relative to the current directory, so a run started elsewhere misses files the repository
+/// has, and "fetch it" alone would send the user to fetch what is already fetched.
+pub(crate) fn looked_in(path: &Path) -> String {
+    if path.is_absolute() {
+        return String::new();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => format!(" (looked in {}: relative paths are read from the current directory)", cwd.join(path).display()),
+        Err(_) => String::new(),
     }
 }

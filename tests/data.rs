@@ -67,6 +67,13 @@ fn ignored_labels_are_skipped_and_counted() {
 fn missing_file_is_a_clear_error() {
     let msg = err_of(&csv("does_not_exist.csv"));
     assert!(msg.contains("does_not_exist.csv") && msg.contains("cannot read"), "{msg}");
+    // A relative path says where it was looked for: the default config's `datasets/...` paths are read from the
+    // current directory, and "run fetch.py" alone would mislead a user who started the binary elsewhere.
+    let mut cfg = csv("does_not_exist.csv");
+    cfg.paths = vec!["datasets/data/not_fetched.csv".into()];
+    let msg = err_of(&cfg);
+    let looked = std::env::current_dir().unwrap().join("datasets/data/not_fetched.csv");
+    assert!(msg.contains(&format!("looked in {}", looked.display())) && msg.contains("fetch.py"), "{msg}");
 }
 
 #[test]

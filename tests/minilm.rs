@@ -136,7 +136,11 @@ fn the_featurizer_caches_embeddings_on_disk_and_reruns_read_them() {
 fn a_missing_or_wrong_model_is_a_clear_error() {
     let empty = tempfile::tempdir().unwrap();
     let err = Encoder::load(empty.path()).err().unwrap().to_string();
-    assert!(err.contains("fetch_model.py"), "{err}");
+    assert!(err.contains("fetch_model.py") && !err.contains("looked in"), "{err}");
+    // A relative folder (the default `datasets/models/...`) says where it was looked for.
+    let err = Encoder::load(std::path::Path::new("no/such/model")).err().unwrap().to_string();
+    let looked = std::env::current_dir().unwrap().join("no/such/model");
+    assert!(err.contains(&format!("looked in {}", looked.display())), "{err}");
     let Some(dir) = model_dir() else { return };
     // The right config and tokenizer with other weights: refused by hash before anything is parsed.
     let fake = tempfile::tempdir().unwrap();

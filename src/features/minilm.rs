@@ -85,9 +85,10 @@ pub struct Encoder {
 
 fn missing_model(dir: &Path, what: &str) -> Error {
     Error::Features(format!(
-        "the MiniLM model is not available in {} ({what}); run `python3 datasets/fetch_model.py` (fetches and verifies \
-         it), or point features.model_dir at a folder holding it",
-        dir.display()
+        "the MiniLM model is not available in {} ({what}){}; run `python3 datasets/fetch_model.py` in the repository \
+         (fetches and verifies it), or point features.model_dir at a folder holding it",
+        dir.display(),
+        crate::error::looked_in(dir)
     ))
 }
 
