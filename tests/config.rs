@@ -127,6 +127,9 @@ fn privacy_table_is_validated() {
         ("noise_multiplier = 1.0\ndelta = 1.0", "privacy.delta", "(0, 1)"),
         ("noise_multiplier = 1.0\nsampling_rate = 1.5", "privacy.sampling_rate", "(0, 1]"),
         ("noise_multiplier = 1.0\nmax_grad_norm = nan", "privacy.max_grad_norm", "> 0"),
+        // Past these, σ·C overflows the 32-bit floats the noise is drawn in (it used to panic in training).
+        ("noise_multiplier = 1.0\nmax_grad_norm = 1e300", "privacy.max_grad_norm", "[1e-6, 1e6]"),
+        ("noise_multiplier = 1e38", "privacy.noise_multiplier", "no signal"),
         ("noise_multiplier = 1.0\nsampling_rate = 0.1\naccountant = \"zcdp\"", "privacy.accountant", "full-batch"),
     ];
     for (extra, key, allowed) in cases {

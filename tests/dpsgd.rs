@@ -182,6 +182,14 @@ fn schedule_refuses_to_exceed_the_target_and_stops_at_a_hard_budget() {
     cfg.delta = None;
     let p = plan(&cfg, &train, 1000).unwrap();
     assert!(p.delta < 1.0 / 1000.0 && p.delta_source.contains("0.1/N"));
+    // Noise the 32-bit gradients cannot carry is refused before training: σ·C past f32's range (it used to panic
+    // while drawing the noise), or so small that it rounds to none at all while the accountant counts it.
+    for (sigma, clip) in [(1e38, 1e3), (1e-300, 1.0)] {
+        let mut cfg = privacy(Some(sigma), None, None);
+        cfg.max_grad_norm = clip;
+        let e = plan(&cfg, &train, 1000).unwrap_err().to_string();
+        assert!(e.contains("σ·C") && e.contains("32-bit"), "{e}");
+    }
 }
 
 /// A schedule whose noise outweighs the examples' clipped gradients says so, in the plan and in the report; the

@@ -132,6 +132,8 @@ fn bad_server_privacy_configs_are_rejected_with_the_key_and_the_reason() {
     rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.target_epsilon=1.0"), &format!("{wn}.delta=1.0")], "delta", "(0, 1)");
     rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.noise_std=0.1"), &format!("{wn}.target_epsilon=1.0")], wn, "not both");
     rejected(&[&format!("{wn}.l2_sensitivity=0.1")], wn, "noise_std");
+    rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.noise_std=1e300")], "noise_std", "no signal");
+    rejected(&[&format!("{wn}.l2_sensitivity=1e300"), &format!("{wn}.noise_std=0.1")], "l2_sensitivity", "[1e-6, 1e6]");
     rejected(&[&format!("{wn}.noise_std=0.1")], "l2_sensitivity", "missing");
     rejected(&[&format!("{wn}.l2_sensitivity=0.1"), &format!("{wn}.noise_std=0.1"), &format!("{wn}.sigma=1.0")], "sigma", "unknown");
     let dp = "server_privacy.dp_pretraining";

@@ -75,6 +75,17 @@ pub(crate) fn check_positive(at: Invalid, key: &str, v: Option<f64>) -> Result<(
     }
 }
 
+/// A key that must hold a finite number in `[lo, hi]` when given; `why` says what lies past the bounds.
+pub(crate) fn check_within(at: Invalid, key: &str, v: Option<f64>, (lo, hi): (f64, f64), why: &str) -> Result<()> {
+    match v {
+        Some(x) if !(x.is_finite() && (lo..=hi).contains(&x)) => {
+            let e = |v: f64| if v == 0.0 { "0".to_string() } else { format!("{v:e}") };
+            Err(at.key(key, format!("must be in [{}, {}] ({why}), got {}", e(lo), e(hi), e(x))))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A δ key: in (0, 1) when given.
 pub(crate) fn check_delta(at: Invalid, key: &str, v: Option<f64>) -> Result<()> {
     match v {

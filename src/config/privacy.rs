@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, check_delta, check_positive};
+use super::{Invalid, check_delta, check_positive, check_within};
 use crate::error::Result;
 
 /// The server's protection of its source data: `[server_privacy.weight_noise]` and/or
@@ -197,6 +197,14 @@ pub enum DpRecipe {
     Minibatch,
 }
 
+/// The range of a clipping norm (`max_grad_norm`) and of the weights' L2 sensitivity: noise of σ times it is drawn in
+/// 32-bit floats, and a bound outside it can only be a mistake.
+pub const CLIP_RANGE: (f64, f64) = (1e-6, 1e6);
+/// The largest `noise_multiplier`: σ = 10^6 leaves a gradient no signal at any dataset size the project can hold.
+pub const MAX_NOISE_MULTIPLIER: f64 = 1e6;
+/// The largest `[server_privacy.weight_noise] noise_std`, for the same reason.
+pub const MAX_WEIGHT_NOISE_STD: f64 = 1e6;
+
 /// Full-batch steps when `[privacy] steps` is not given. Chosen on the server's side of the quickstart, not per run.
 pub const DEFAULT_DP_STEPS: usize = 100;
 /// Full-batch learning rate when `[privacy] learning_rate` is not given.
@@ -209,7 +217,9 @@ impl WeightNoiseConfig {
         let table = "server_privacy.weight_noise";
         let key = |k: &str| format!("{table}.{k}");
         check_positive(at, &key("l2_sensitivity"), Some(w.l2_sensitivity))?;
+        check_within(at, &key("l2_sensitivity"), Some(w.l2_sensitivity), CLIP_RANGE, "the weights are noised in 32-bit floats")?;
         check_positive(at, &key("noise_std"), w.noise_std)?;
+        check_within(at, &key("noise_std"), w.noise_std, (0.0, MAX_WEIGHT_NOISE_STD), "more noise than that leaves no signal")?;
         check_positive(at, &key("target_epsilon"), w.target_epsilon)?;
         check_delta(at, &key("delta"), w.delta)?;
         match (w.noise_std, w.target_epsilon) {
@@ -227,7 +237,9 @@ impl PrivacyConfig {
         let (p, err) = (self, |k: &str, m: String| at.key(k, m));
         let key = |k: &str| format!("{table}.{k}");
         check_positive(at, &key("max_grad_norm"), Some(p.max_grad_norm))?;
+        check_within(at, &key("max_grad_norm"), Some(p.max_grad_norm), CLIP_RANGE, "gradients are clipped and noised in 32-bit floats")?;
         check_positive(at, &key("noise_multiplier"), p.noise_multiplier)?;
+        check_within(at, &key("noise_multiplier"), p.noise_multiplier, (0.0, MAX_NOISE_MULTIPLIER), "more noise than that leaves no signal")?;
         check_positive(at, &key("target_epsilon"), p.target_epsilon)?;
         check_positive(at, &key("max_epsilon"), p.max_epsilon)?;
         check_delta(at, &key("delta"), p.delta)?;

@@ -239,7 +239,25 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NoisyMean<'_> {
     }
 }
 
-/// `n` draws of N(0, std²). Chunks of 2^15 are drawn in parallel, each from its own ChaCha20 stream keyed by 256
+/// Refuse a noise std that [`gaussian_noise`] cannot draw: not finite and above 0 once it is a 32-bit float (the
+/// precision the models train in). The privacy plans call it, so a run is refused before any training.
+///
+/// ```
+/// use cryptotl::privacy::dpsgd::check_noise_std;
+/// assert!(check_noise_std(1.3, "σ·C").is_ok());
+/// assert!(check_noise_std(1e39, "σ·C").unwrap_err().to_string().contains("32-bit"));
+/// assert!(check_noise_std(0.0, "σ·C").is_err());
+/// ```
+pub fn check_noise_std(std: f64, what: &str) -> crate::error::Result<()> {
+    let as_f32 = std as f32;
+    if as_f32.is_finite() && as_f32 > 0.0 {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Privacy(format!("{what} = {std:e} is not a positive number a 32-bit float can hold; lower the noise or the clipping norm")))
+    }
+}
+
+/// `n` draws of N(0, std²): `std` must pass [`check_noise_std`]. Chunks of 2^15 are drawn in parallel, each from its own ChaCha20 stream keyed by 256
 /// bits from `rng`, so the result depends only on `rng`'s state (not on the thread count).
 pub fn gaussian_noise(n: usize, std: f64, rng: &mut ChaCha20Rng) -> Vec<f32> {
     use rand::RngExt;

@@ -117,6 +117,7 @@ pub fn plan(cfg: &PrivacyConfig, train: &TrainConfig, n: usize) -> Result<DpPlan
         (None, Some(target)) => (calibrate_noise(acct.as_ref(), q, steps, delta, target)?, true),
         (None, None) => return Err(Error::Privacy("give noise_multiplier or target_epsilon".into())),
     };
+    super::dpsgd::check_noise_std(sigma * cfg.max_grad_norm, "DP-SGD's noise std σ·C")?;
     let m = SubsampledGaussian::new(q, sigma)?;
     let planned_eps = acct.epsilon(&m, steps, delta)?;
     if let Some(target) = cfg.target_epsilon

@@ -153,6 +153,7 @@ pub fn plan_weight_noise(cfg: &WeightNoiseConfig, n_source: usize) -> Result<Opt
         (None, Some(t)) => (calibrate_weight_noise(cfg.l2_sensitivity, delta, t)?, true),
         _ => return Err(Error::Privacy("weight noise: give exactly one of noise_std and target_epsilon".into())),
     };
+    super::dpsgd::check_noise_std(noise_std, "the weight noise's std")?;
     let (rho, epsilon) = weight_noise_epsilon(cfg.l2_sensitivity, noise_std, delta)?;
     let gaussian = super::SubsampledGaussian::new(1.0, noise_std / cfg.l2_sensitivity)?;
     let epsilon_exact = super::Accountant::epsilon(&super::pld::Pld::default(), &gaussian, 1, delta)?;
