@@ -129,6 +129,7 @@ fn privacy_table_is_validated() {
         ("noise_multiplier = 1.0\nmax_grad_norm = nan", "privacy.max_grad_norm", "> 0"),
         // Past these, σ·C overflows the 32-bit floats the noise is drawn in (it used to panic in training).
         ("noise_multiplier = 1.0\nmax_grad_norm = 1e300", "privacy.max_grad_norm", "[1e-6, 1e6]"),
+        ("noise_multiplier = 1.0\nmax_grad_norm = 1e300", "privacy.max_grad_norm", "got 1e300"),
         ("noise_multiplier = 1e38", "privacy.noise_multiplier", "no signal"),
         ("noise_multiplier = 1.0\nsampling_rate = 0.1\naccountant = \"zcdp\"", "privacy.accountant", "full-batch"),
     ];
@@ -229,6 +230,9 @@ fn huge_numbers_are_range_errors_before_any_allocation() {
     assert!(msg.contains("`lower.hidden`") && msg.contains("GiB"), "{msg}");
     let msg = err(QUICKSTART_TOML, &["lower.hidden=99999999999999999999999"]);
     assert!(msg.contains("out of range") && msg.contains("lower.hidden"), "{msg}");
+    // u64::MAX fits 64 bits but not TOML's signed integers: the message gives the real range.
+    let msg = err(QUICKSTART_TOML, &["seed=18446744073709551615"]);
+    assert!(msg.contains("`seed`") && msg.contains("9223372036854775807"), "{msg}");
     let msg = err(QUICKSTART_TOML, &["head_training.epochs=4611686018427387905"]);
     assert!(msg.contains("head_training.epochs") && msg.contains("1..=1000000"), "{msg}");
     // The largest allowed schedule still has checked arithmetic: far too many steps is a privacy error, no wrap.

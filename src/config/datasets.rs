@@ -137,7 +137,7 @@ impl SplitConfig {
     pub(super) fn check(&self, at: Invalid) -> Result<()> {
         for (k, v) in [("split.validation", self.validation), ("split.test", self.test)] {
             if !(v.is_finite() && v > 0.0 && v < 1.0) {
-                return Err(at.key(k, format!("must be a fraction in (0, 1), got {v}")));
+                return Err(at.key(k, format!("must be a fraction in (0, 1), got {}", super::shown_number(v))));
             }
         }
         if self.validation + self.test >= 0.9 {

@@ -170,7 +170,7 @@ impl HeConfig {
         };
         widths.check(params).map_err(|e| at.key(&format!("he.{}", e.field), e.message))?;
         if !(self.calibration_margin.is_finite() && (0.0..=10.0).contains(&self.calibration_margin)) {
-            return Err(at.key("he.calibration_margin", format!("must be in [0, 10], got {}", self.calibration_margin)));
+            return Err(at.key("he.calibration_margin", format!("must be in [0, 10], got {}", super::shown_number(self.calibration_margin as f64))));
         }
         self.server_location().map_err(|m| at.key("he.server", m))?;
         if !(1..=cryptotl_server::artifact::DEFAULT_MAX_BATCH).contains(&self.batch) {

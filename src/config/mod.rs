@@ -67,10 +67,24 @@ pub fn parse_named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, s: &str
     })
 }
 
+/// A float as a message shows it: as written for ordinary magnitudes, in scientific notation past them (so that
+/// `1e300` is not printed as 301 digits).
+///
+/// ```
+/// use cryptotl::config::shown_number;
+/// assert_eq!(shown_number(0.25), "0.25");
+/// assert_eq!(shown_number(1e300), "1e300");
+/// assert_eq!(shown_number(-1e-300), "-1e-300");
+/// assert_eq!(shown_number(f64::NAN), "NaN");
+/// ```
+pub fn shown_number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e9).contains(&x.abs()) { format!("{x}") } else { format!("{x:e}") }
+}
+
 /// A key that must hold a finite number above 0 when given.
 pub(crate) fn check_positive(at: Invalid, key: &str, v: Option<f64>) -> Result<()> {
     match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => Err(at.key(key, format!("must be a finite number > 0, got {x}"))),
+        Some(x) if !(x.is_finite() && x > 0.0) => Err(at.key(key, format!("must be a finite number > 0, got {}", shown_number(x)))),
         _ => Ok(()),
     }
 }
@@ -80,7 +94,7 @@ pub(crate) fn check_within(at: Invalid, key: &str, v: Option<f64>, (lo, hi): (f6
     match v {
         Some(x) if !(x.is_finite() && (lo..=hi).contains(&x)) => {
             let e = |v: f64| if v == 0.0 { "0".to_string() } else { format!("{v:e}") };
-            Err(at.key(key, format!("must be in [{}, {}] ({why}), got {}", e(lo), e(hi), e(x))))
+            Err(at.key(key, format!("must be in [{}, {}] ({why}), got {}", e(lo), e(hi), shown_number(x))))
         }
         _ => Ok(()),
     }
@@ -89,7 +103,7 @@ pub(crate) fn check_within(at: Invalid, key: &str, v: Option<f64>, (lo, hi): (f6
 /// A δ key: in (0, 1) when given.
 pub(crate) fn check_delta(at: Invalid, key: &str, v: Option<f64>) -> Result<()> {
     match v {
-        Some(d) if !(d.is_finite() && d > 0.0 && d < 1.0) => Err(at.key(key, format!("must be in (0, 1), got {d}"))),
+        Some(d) if !(d.is_finite() && d > 0.0 && d < 1.0) => Err(at.key(key, format!("must be in (0, 1), got {}", shown_number(d)))),
         _ => Ok(()),
     }
 }

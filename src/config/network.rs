@@ -336,12 +336,12 @@ impl HeadConfig {
             return Err(at.key("head.pool", format!("must be in 1..=head width ({head_hidden}), got {}", h.pool)));
         }
         if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
-            return Err(at.key("head.dropout", format!("must be in [0, 1), got {}", h.dropout)));
+            return Err(at.key("head.dropout", format!("must be in [0, 1), got {}", super::shown_number(h.dropout))));
         }
         if let InverseL2::Fixed(c) = h.c
             && !(c.is_finite() && c > 0.0 && c <= 1e12)
         {
-            return Err(at.key("head.c", format!("must be a number in (0, 1e12] (inverse L2 strength) or \"validation\", got {c}")));
+            return Err(at.key("head.c", format!("must be a number in (0, 1e12] (inverse L2 strength) or \"validation\", got {}", super::shown_number(c))));
         }
         if !(1..=256).contains(&h.max_sentences) {
             return Err(at.key("head.max_sentences", format!("must be in 1..=256 (encrypted evaluations per text), got {}", h.max_sentences)));
@@ -360,7 +360,7 @@ impl TrainConfig {
             return Err(at.key(&format!("{key}.batch_size"), "must be at least 1".into()));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return Err(at.key(&format!("{key}.learning_rate"), format!("must be in (0, 1], got {}", self.learning_rate)));
+            return Err(at.key(&format!("{key}.learning_rate"), format!("must be in (0, 1], got {}", super::shown_number(self.learning_rate))));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ pub(super) fn apply(table: &mut toml::Table, ov: &str) -> Result<()> {
         Ok(mut t) => t.remove("v").ok_or_else(|| Error::Internal("override value lost".into()))?,
         // All digits and still not a TOML value: an integer past TOML's 64-bit range, not a word.
         Err(_) if !raw.is_empty() && raw.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || c == '_') => {
-            return Err(Error::Config { file: file.into(), key: key.trim().into(), message: format!("{raw} is out of range (integers must fit in 64 bits)") });
+            return Err(Error::Config { file: file.into(), key: key.trim().into(), message: format!("{raw} is out of range (TOML integers are signed 64-bit: {} to {})", i64::MIN, i64::MAX) });
         }
         Err(_) => toml::Value::String(raw.to_string()),
     };

@@ -260,7 +260,7 @@ impl PrivacyConfig {
         if let Some(q) = p.sampling_rate
             && !(q.is_finite() && q > 0.0 && q <= 1.0)
         {
-            return Err(err(&format!("{table}.sampling_rate"), format!("must be in (0, 1], got {q}")));
+            return Err(err(&format!("{table}.sampling_rate"), format!("must be in (0, 1], got {}", super::shown_number(q))));
         }
         if p.enabled && p.noise_multiplier.is_none() && p.target_epsilon.is_none() {
             return Err(err(table, "give `noise_multiplier` or `target_epsilon` (or both)".into()));
@@ -270,7 +270,7 @@ impl PrivacyConfig {
                 return Err(err(&key("own_weight"), "weighs the client's own features in its DP-SGD head; it belongs to [privacy] only".into()));
             }
             if !(w.is_finite() && (0.0..=10.0).contains(&w)) {
-                return Err(err(&key("own_weight"), format!("must be in [0, 10], got {w}")));
+                return Err(err(&key("own_weight"), format!("must be in [0, 10], got {}", super::shown_number(w))));
             }
         }
         if p.accountant == AccountantKind::Zcdp && p.sampling_rate.is_some_and(|q| q < 1.0) {
