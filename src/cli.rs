@@ -297,6 +297,7 @@ fn budget(a: &BudgetArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires one of the two"),
     };
     let m = SubsampledGaussian::new(a.sampling_rate, sigma)?;
+    let num = crate::config::shown_number;
     // At q = 1 the exact answer exists: show it beside the accountant's (which is never below it).
     let exact_epsilon = if a.sampling_rate == 1.0 { Some(crate::privacy::exact::gaussian_epsilon(sigma, a.steps as u64, a.delta)?) } else { None };
     let note = if a.accountant == crate::privacy::AccountantKind::Pld { crate::privacy::pld::Pld::unsupported(&m) } else { None };
@@ -306,9 +307,9 @@ fn budget(a: &BudgetArgs) -> Result<()> {
     } else if a.target_epsilon.is_some() {
         println!("noise multiplier σ = {} gives ε = {} (target {}) at δ = {} after {} steps with q = {} ({})",
             shown::rounded(sigma, 6, shown::Side::AtLeast), shown::rounded(eps, 6, shown::Side::AtLeast),
-            a.target_epsilon.unwrap_or_default(), a.delta, a.steps, a.sampling_rate, acct.name());
+            num(a.target_epsilon.unwrap_or_default()), num(a.delta), a.steps, num(a.sampling_rate), acct.name());
     } else {
-        println!("ε = {} at δ = {} after {} steps with q = {}, σ = {sigma:?} ({})", shown::rounded(eps, 6, shown::Side::AtLeast), a.delta, a.steps, a.sampling_rate, acct.name());
+        println!("ε = {} at δ = {} after {} steps with q = {}, σ = {sigma:?} ({})", shown::rounded(eps, 6, shown::Side::AtLeast), num(a.delta), a.steps, num(a.sampling_rate), acct.name());
     }
     if !a.json {
         if let Some(x) = answer.exact_epsilon {

@@ -58,6 +58,18 @@ fn budget_json_for_scripts() {
 }
 
 #[test]
+fn budget_text_is_the_line_readme_quotes_and_extreme_values_stay_short() {
+    let (code, out, err) = budget(&["--sampling-rate", "0.01", "--noise-multiplier", "1.0", "--steps", "1000", "--delta", "1e-5"]);
+    assert_eq!(code, 0, "{err}");
+    let readme = include_str!("../README.md");
+    assert!(readme.contains(&format!("#   {}", out.trim())), "README's budget example is no longer what `budget` prints: {out}");
+    // 1e-300 was printed as 300 zeros and a one.
+    let (code, out, err) = budget(&["--sampling-rate", "1e-300", "--noise-multiplier", "1", "--steps", "10", "--delta", "1e-5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("q = 1e-300") && out.len() < 200, "{out}");
+}
+
+#[test]
 fn budget_calibrates_from_a_target() {
     let (code, out, err) = budget(&["--sampling-rate", "0.02", "--target-epsilon", "3", "--steps", "500", "--delta", "1e-5", "--accountant", "rdp", "--json"]);
     assert_eq!(code, 0, "{err}");

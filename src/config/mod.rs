@@ -73,12 +73,13 @@ pub fn parse_named<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, s: &str
 /// ```
 /// use cryptotl::config::shown_number;
 /// assert_eq!(shown_number(0.25), "0.25");
+/// assert_eq!(shown_number(1e-5), "0.00001");
 /// assert_eq!(shown_number(1e300), "1e300");
 /// assert_eq!(shown_number(-1e-300), "-1e-300");
 /// assert_eq!(shown_number(f64::NAN), "NaN");
 /// ```
 pub fn shown_number(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() || (1e-4..1e9).contains(&x.abs()) { format!("{x}") } else { format!("{x:e}") }
+    if x == 0.0 || !x.is_finite() || (1e-6..1e15).contains(&x.abs()) { format!("{x}") } else { format!("{x:e}") }
 }
 
 /// A key that must hold a finite number above 0 when given.

@@ -114,12 +114,12 @@ pub fn calibrate_noise(acct: &dyn Accountant, sampling_rate: f64, steps: usize, 
         lo = hi;
         hi *= 2.0;
         if hi > 1e6 {
-            return Err(Error::Privacy(format!("no σ up to 1e6 reaches ε = {target_epsilon}")));
+            return Err(Error::Privacy(format!("no σ up to 1e6 reaches ε = {}", crate::config::shown_number(target_epsilon))));
         }
     }
     if eps_at(lo)? <= target_epsilon {
         return Err(Error::Privacy(format!(
-            "ε = {target_epsilon} is reached already at σ = {lo}: the target is looser than any useful noise level"
+            "ε = {} is reached already at σ = {lo}: the target is looser than any useful noise level", crate::config::shown_number(target_epsilon)
         )));
     }
     while (hi - lo) / hi > 1e-4 {
