@@ -145,8 +145,8 @@ struct ServeArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Evaluation requests waiting or running at most (more get 503 with Retry-After).
-    #[arg(long, default_value_t = 8)]
-    max_queue: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=cryptotl_server::http::MAX_QUEUE as i64))]
+    max_queue: u32,
     /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
     #[arg(long, default_value_t = 300)]
     queue_timeout: u64,
@@ -236,7 +236,7 @@ struct SweepArgs {
     /// Skip the client-alone line (the same heads on the raw features, no transfer).
     #[arg(long)]
     no_raw_baseline: bool,
-    /// Heads trained per setting (fresh DP noise and seeds), averaged.
+    /// Heads trained per setting (fresh DP noise and seeds), averaged; 1 to 1000.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Output folder. Default: `<run output dir>/sweep`.
@@ -398,7 +398,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let opts = cryptotl_server::http::ServeOptions {
         listen: a.listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
-        max_queue: a.max_queue,
+        max_queue: a.max_queue as usize,
         queue_timeout: std::time::Duration::from_secs(a.queue_timeout),
         eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };

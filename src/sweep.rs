@@ -89,6 +89,9 @@ impl ServerMechanism {
     }
 }
 
+/// The most head trainings per setting a sweep takes (as `[curve] draws`).
+pub const MAX_REPEATS: usize = 1000;
+
 /// What to sweep.
 #[derive(Debug, Clone)]
 pub struct SweepSpec {
@@ -100,7 +103,8 @@ pub struct SweepSpec {
     pub server_mechanism: ServerMechanism,
     /// Also train the same heads on the client's raw features (no transfer): the line transfer must beat.
     pub raw_baseline: bool,
-    /// Head trainings per setting (different DP noise and seeds), averaged in the table and the chart.
+    /// Head trainings per setting (different DP noise and seeds), averaged in the table and the chart; at most
+    /// [`MAX_REPEATS`].
     pub repeats: usize,
 }
 
@@ -241,8 +245,8 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
     if spec.client_epsilons.is_empty() {
         return Err(Error::Privacy("give at least one client ε".into()));
     }
-    if spec.repeats == 0 {
-        return Err(Error::Privacy("repeats must be at least 1".into()));
+    if !(1..=MAX_REPEATS).contains(&spec.repeats) {
+        return Err(Error::Privacy(format!("repeats must be in 1..={MAX_REPEATS}, got {}", spec.repeats)));
     }
     if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
         return Err(Error::Config {

@@ -383,6 +383,36 @@ fn plain_http_is_refused_off_loopback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed on a loopback address"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A queue bound of 0 would refuse every evaluation, and one past tokio's semaphore limit panicked at start.
+#[test]
+fn a_queue_bound_out_of_range_is_refused_at_start() {
+    let f = Fixture::new();
+    for bound in ["0", "65537", "18446744073709551615"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+            .args(["serve", "--model"])
+            .arg(f.model())
+            .args(["--listen", "127.0.0.1:0", "--max-queue", bound, "--tokens"])
+            .arg(f.dir.path().join("tokens"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bound}: {err}");
+        assert!(err.contains("--max-queue") && !err.contains("panicked"), "{bound}: {err}");
+    }
+    // The library refuses it too, before binding.
+    let opts = cryptotl_server::http::ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        max_queue: cryptotl_server::http::MAX_QUEUE + 1,
+        queue_timeout: std::time::Duration::from_secs(1),
+        eval_timeout: std::time::Duration::from_secs(1),
+    };
+    let service = cryptotl_server::service::Service::new(cryptotl_server::artifact::ModelArtifact::load(&f.model()).unwrap(), cryptotl_server::keystore::KeyStore::in_memory(1 << 30)).unwrap();
+    let tokens = cryptotl_server::auth::Tokens::load(&f.dir.path().join("tokens")).unwrap();
+    let err = cryptotl_server::http::serve(service, tokens, opts, |_, _| panic!("must not start")).unwrap_err().to_string();
+    assert!(err.contains("--max-queue") && err.contains("1..=65536"), "{err}");
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let f = Fixture::new();

@@ -303,6 +303,11 @@ fn a_sweep_writes_csv_markdown_and_chart_with_one_line_per_server_setting() {
     for bad in ["0", "-1", "abc", "", "nan"] {
         assert!(Epsilon::parse_list(bad).is_err(), "{bad:?}");
     }
+    // Repeats are bounded like a curve's draws: 10^8 of them ran until killed.
+    for repeats in [0, cryptotl::sweep::MAX_REPEATS + 1] {
+        let err = cryptotl::sweep::run(&cfg, &SweepSpec { repeats, ..spec.clone() }).unwrap_err().to_string();
+        assert!(err.contains("repeats must be in 1..=1000"), "{err}");
+    }
 }
 
 /// A damaged pretraining cache entry is a miss (warn, train again), never a permanent failure.

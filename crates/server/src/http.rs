@@ -47,6 +47,9 @@ use crate::auth::{ClientId, Tokens};
 use crate::error::HeError;
 use crate::service::{Service, ServiceError};
 
+/// The largest `max_queue` [`serve`] takes: each waiting request may hold a batch of ciphertexts in memory.
+pub const MAX_QUEUE: usize = 65_536;
+
 /// How `cryptotl serve` runs.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -54,7 +57,7 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// TLS certificate chain and private key (PEM files). Without them only loopback addresses are allowed.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// Evaluation requests waiting or running at most; more get 503.
+    /// Evaluation requests waiting or running at most, 1 to [`MAX_QUEUE`]; more get 503.
     pub max_queue: usize,
     /// Longest an evaluation request may wait for its turn before it gets 503.
     pub queue_timeout: Duration,
@@ -248,8 +251,8 @@ pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_tim
     let state = Arc::new(AppState {
         service,
         tokens,
-        queue: Arc::new(Semaphore::new(max_queue.max(1))),
-        max_queue: max_queue.max(1),
+        queue: Arc::new(Semaphore::new(max_queue.clamp(1, MAX_QUEUE))),
+        max_queue: max_queue.clamp(1, MAX_QUEUE),
         worker: Arc::new(Semaphore::new(1)),
         queue_timeout,
         metrics: Metrics::new(),
@@ -294,6 +297,9 @@ pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl F
             path: opts.listen.to_string(),
             message: "plain HTTP is only allowed on a loopback address; give --tls-cert and --tls-key to listen elsewhere".into(),
         });
+    }
+    if !(1..=MAX_QUEUE).contains(&opts.max_queue) {
+        return Err(HeError::File { path: "--max-queue".into(), message: format!("must be in 1..={MAX_QUEUE}, got {}", opts.max_queue) });
     }
     let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| io(&opts.listen.to_string(), e))?;
     listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
