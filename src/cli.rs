@@ -676,13 +676,11 @@ fn embed(a: &EmbedArgs) -> Result<()> {
 
 /// Texts one per line from `path`, or from stdin (`None`): [`crate::data::text_lines`].
 fn read_text_lines(path: Option<&Path>) -> Result<Vec<String>> {
-    use std::io::Read as _;
     match path {
-        Some(p) => crate::data::text_lines(&std::fs::read(p).map_err(|e| Error::io(p, e))?, p),
+        Some(p) => crate::data::text_lines(&crate::data::read_file(p, |_| String::new())?, p),
         None => {
-            let mut bytes = Vec::new();
-            std::io::stdin().lock().read_to_end(&mut bytes).map_err(|e| Error::io(Path::new("<stdin>"), e))?;
-            crate::data::text_lines(&bytes, Path::new("<stdin>"))
+            let stdin = Path::new("<stdin>");
+            crate::data::text_lines(&crate::data::read_bounded(std::io::stdin().lock(), stdin, crate::data::MAX_FILE_BYTES)?, stdin)
         }
     }
 }

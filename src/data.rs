@@ -297,6 +297,43 @@ fn keep_duplicates_together(ds: &Dataset, parts: &mut [Vec<usize>; 3]) -> usize 
 // ---------------------------------------------------------------------------------------------------------------
 // Reading and decoding
 
+/// The most bytes one dataset file or input file may hold: the loaders keep a dataset in memory, texts and all
+/// (the full Large Movie Review Dataset as one CSV is 66 MB).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Read `reader` (named `what` in errors) to its end, refusing more than `limit` bytes: a device such as
+/// `/dev/zero` or a runaway pipe would otherwise fill memory until the run is killed.
+///
+/// ```
+/// use cryptotl::data::read_bounded;
+/// use std::path::Path;
+/// assert_eq!(read_bounded(&b"two\nlines"[..], Path::new("x"), 9).unwrap().len(), 9);
+/// let err = read_bounded(std::io::repeat(0), Path::new("/dev/zero"), 1 << 20).unwrap_err().to_string();
+/// assert!(err.contains("/dev/zero") && err.contains("more than 1048576 bytes"), "{err}");
+/// ```
+pub fn read_bounded(reader: impl std::io::Read, what: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    reader.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::data(what, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::data(what, format!("holds more than {limit} bytes, the most a dataset or input file may (it is read into memory whole)")));
+    }
+    Ok(bytes)
+}
+
+/// Read the file `p` whole, within [`MAX_FILE_BYTES`]: a larger regular file is refused before reading. A file
+/// that cannot be opened is an error saying why, then `hint(error)`.
+pub fn read_file(p: &Path, hint: impl Fn(&std::io::Error) -> String) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", hint(&e))))?;
+    if let Ok(meta) = file.metadata()
+        && meta.is_file()
+        && meta.len() > MAX_FILE_BYTES
+    {
+        return Err(Error::data(p, format!("holds {} bytes, more than the {MAX_FILE_BYTES} a dataset or input file may (it is read into memory whole)", meta.len())));
+    }
+    read_bounded(file, p, MAX_FILE_BYTES)
+}
+
 /// Read a file's bytes, or an embedded dataset's text.
 fn read_source(p: &str) -> Result<Vec<u8>> {
     if let Some(name) = p.strip_prefix("embedded:") {
@@ -305,15 +342,12 @@ fn read_source(p: &str) -> Result<Vec<u8>> {
             Error::data(p, format!("no embedded dataset of that name; embedded: {}", known.join(", ")))
         });
     }
-    std::fs::read(p).map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::NotFound if p.starts_with("datasets/data/") => {
-                format!("{}; run `python3 datasets/fetch.py` in the repository first", crate::error::looked_in(Path::new(p)))
-            }
-            std::io::ErrorKind::NotFound => crate::error::looked_in(Path::new(p)),
-            _ => String::new(),
-        };
-        Error::data(p, format!("cannot read: {e}{hint}"))
+    read_file(Path::new(p), |e| match e.kind() {
+        std::io::ErrorKind::NotFound if p.starts_with("datasets/data/") => {
+            format!("{}; run `python3 datasets/fetch.py` in the repository first", crate::error::looked_in(Path::new(p)))
+        }
+        std::io::ErrorKind::NotFound => crate::error::looked_in(Path::new(p)),
+        _ => String::new(),
     })
 }
 
@@ -472,7 +506,7 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_text_file(cfg: &DatasetConfig, p: &Path, ds: &mut Dataset) -> Result<String> {
-    let bytes = std::fs::read(p).map_err(|e| Error::data(p, format!("cannot read: {e}")))?;
+    let bytes = read_file(p, |_| String::new())?;
     decode(bytes, cfg.lossy_utf8, p, &mut ds.lossy_replacements)
 }
 

@@ -76,6 +76,21 @@ fn missing_file_is_a_clear_error() {
     assert!(msg.contains(&format!("looked in {}", looked.display())) && msg.contains("fetch.py"), "{msg}");
 }
 
+/// A dataset is read into memory whole, so its size is bounded: a regular file past the bound is refused before a
+/// byte is read (a sparse file here), and a device that never ends (`/dev/zero` filled memory until the run was
+/// killed) stops at the bound.
+#[test]
+fn a_dataset_file_past_the_size_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.csv");
+    std::fs::File::create(&big).unwrap().set_len(data::MAX_FILE_BYTES + 1).unwrap();
+    let cfg = DatasetConfig::new("big", DatasetFormat::Csv, &[big.to_str().unwrap()]);
+    let msg = err_of(&cfg);
+    assert!(msg.contains("big.csv") && msg.contains("more than the 1073741824"), "{msg}");
+    let err = data::read_bounded(std::io::repeat(b'a'), std::path::Path::new("/dev/zero"), 4096).unwrap_err().to_string();
+    assert!(err.contains("more than 4096 bytes"), "{err}");
+}
+
 #[test]
 fn missing_column_names_the_column_and_what_exists() {
     let msg = err_of(&csv("missing_column.csv"));

@@ -131,6 +131,10 @@ fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test
     let direct = pipeline::predict(&cfg, &out, &many).unwrap();
     assert_eq!(lines.len(), many.len());
     assert!(lines.iter().zip(&direct).all(|(l, d)| (l - d.probability as f64).abs() < 1e-5));
+    // An input that is no text file is bad input (exit 2), named.
+    let (code, _, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(dir.path().to_str().unwrap()) && err.contains("cannot read"), "{err}");
     // A file of another run, a corrupt one or none: refused with the file's name, before any encryption.
     let saved = std::fs::read(&path).unwrap();
     assert!(StackedScorer::load(&path, "0123456789abcdef").unwrap_err().to_string().contains("another config"));
