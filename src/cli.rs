@@ -414,7 +414,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Texts `predict` scores at a time: their predictions are written before the next batch is encrypted.
+/// Texts `predict` (and `embed`) read and answer at a time: a batch's lines are written before the next is read.
 const PREDICT_BATCH: usize = 256;
 
 fn predict(a: &PredictArgs) -> Result<()> {
@@ -422,18 +422,25 @@ fn predict(a: &PredictArgs) -> Result<()> {
     let mut overrides = a.set.clone();
     overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
     let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
-    let texts = read_text_lines(a.input.as_deref())?;
-    if texts.is_empty() {
+    // Texts are read a batch at a time, so a pipe's first answers come before its input ends.
+    let (reader, source): (Box<dyn std::io::Read>, &Path) = match a.input.as_deref() {
+        Some(p) => (Box::new(std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}")))?), p),
+        None => (Box::new(std::io::stdin()), Path::new("<stdin>")),
+    };
+    let mut lines = crate::data::TextLines::new(reader, source);
+    let mut batch = lines.next_available(PREDICT_BATCH)?;
+    if batch.is_empty() {
         return Ok(());
     }
     let mut predictor = pipeline::Predictor::open(&cfg, &a.run)?;
     let mut out = std::io::stdout().lock();
     // Each batch's lines are written (and flushed) as soon as it is scored.
-    for batch in texts.chunks(PREDICT_BATCH) {
-        for p in predictor.predict(batch)? {
+    while !batch.is_empty() {
+        for p in predictor.predict(&batch)? {
             writeln!(out, "{}", serde_json::to_string(&p).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(Path::new("<stdout>"), e))?;
         }
         out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+        batch = lines.next_available(PREDICT_BATCH)?;
     }
     predictor.finish()
 }
@@ -640,6 +647,9 @@ fn dispatch(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// What `embed` does to each batch of texts: one row per text.
+type EmbedBatch = dyn Fn(&[String]) -> Result<ndarray::Array2<f32>>;
+
 /// `cryptotl embed`: the client's featurizer (and scaler) over stdin lines. The pipeline is the one a run saved
 /// (`<output_dir>/client_features.json`) when it is of the same kind, else fitted on the config's target training
 /// split as a run would fit it.
@@ -652,9 +662,16 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     {
         cfg = cfg.edited("--featurizer", |c| c.features = crate::config::FeaturesConfig { kind, dim: None, ..c.features.clone() })?;
     }
-    let texts = read_text_lines(None)?;
-    let rows = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
-        crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?.with_max_windows(cfg.features.max_windows).transform(&texts)?
+    // Read and answered a batch at a time, as `predict` does: a pipe's first rows come before its input ends.
+    let mut lines = crate::data::TextLines::new(std::io::stdin(), Path::new("<stdin>"));
+    let mut texts = lines.next_available(PREDICT_BATCH)?;
+    if texts.is_empty() {
+        return Ok(());
+    }
+    let embed: Box<EmbedBatch> = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
+        let minilm = crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?
+            .with_max_windows(cfg.features.max_windows);
+        Box::new(move |t| minilm.transform(t))
     } else {
         let saved = cfg.output_dir().join("client_features.json");
         let pipeline = match crate::features::FeaturePipeline::load(&saved) {
@@ -664,25 +681,18 @@ fn embed(a: &EmbedArgs) -> Result<()> {
                 pipeline::client_features(&cfg, &data.target)?.0
             }
         };
-        if a.raw { pipeline.featurizer.transform(&texts)? } else { pipeline.transform(&texts)? }
+        if a.raw { Box::new(move |t| pipeline.featurizer.transform(t)) } else { Box::new(move |t| pipeline.transform(t)) }
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for row in rows.rows() {
-        let line = serde_json::to_string(&row.to_vec()).expect("floats serialise");
-        writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
-    }
-    out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))
-}
-
-/// Texts one per line from `path`, or from stdin (`None`): [`crate::data::text_lines`].
-fn read_text_lines(path: Option<&Path>) -> Result<Vec<String>> {
-    match path {
-        Some(p) => crate::data::text_lines(&crate::data::read_file(p, |_| String::new())?, p),
-        None => {
-            let stdin = Path::new("<stdin>");
-            crate::data::text_lines(&crate::data::read_bounded(std::io::stdin().lock(), stdin, crate::data::MAX_FILE_BYTES)?, stdin)
+    let mut out = std::io::stdout().lock();
+    while !texts.is_empty() {
+        for row in embed(&texts)?.rows() {
+            let line = serde_json::to_string(&row.to_vec()).expect("floats serialise");
+            writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
         }
+        out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+        texts = lines.next_available(PREDICT_BATCH)?;
     }
+    Ok(())
 }
 
 fn load_features(path: &Path) -> Result<FeatureSplit> {

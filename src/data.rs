@@ -168,23 +168,93 @@ impl Split {
 /// assert_eq!(e.to_string(), "dataset <stdin>: line 2 is not valid UTF-8 (byte 0xff at column 5); texts must be UTF-8");
 /// ```
 pub fn text_lines(bytes: &[u8], source: &Path) -> Result<Vec<String>> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
+    TextLines::new(bytes, source).next_batch(usize::MAX)
+}
+
+/// Texts one per line from a reader, split as [`text_lines`] splits them, a batch at a time: what `predict` and
+/// `embed` read from a pipe, answering each batch before the next is read. A line is at most [`MAX_FILE_BYTES`] long.
+///
+/// ```
+/// use std::path::Path;
+/// let mut lines = cryptotl::data::TextLines::new(&b"one\r\ntwo\n\nfour"[..], Path::new("<stdin>"));
+/// assert_eq!(lines.next_batch(3).unwrap(), ["one", "two", ""]);
+/// assert_eq!(lines.next_batch(3).unwrap(), ["four"]);
+/// assert!(lines.next_batch(3).unwrap().is_empty());
+/// ```
+pub struct TextLines<R> {
+    reader: std::io::BufReader<R>,
+    source: PathBuf,
+    /// Lines read so far (for the line number in errors).
+    read: usize,
+}
+
+/// How much of a pipe [`TextLines::next_available`] may hold at once: a batch of long texts from a file fits.
+const TEXT_LINES_BUFFER: usize = 1 << 20;
+
+impl<R: std::io::Read> TextLines<R> {
+    /// Lines of `reader`, named `source` in errors.
+    pub fn new(reader: R, source: &Path) -> Self {
+        Self { reader: std::io::BufReader::with_capacity(TEXT_LINES_BUFFER, reader), source: source.to_path_buf(), read: 0 }
     }
-    let ended = bytes.ends_with(b"\n");
-    let body = if ended { &bytes[..bytes.len() - 1] } else { bytes };
-    let count = body.split(|&b| b == b'\n').count();
-    body.split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, line)| {
+
+    /// The next `n` lines, fewer at the end of the input, none once it is over. Blocks until it has them.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next_line()? {
+                Some(line) => out.push(line),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next line (waiting for it), then up to `n - 1` more of those already received whole: a pipe that
+    /// sends a few texts and waits gets them answered, not held until `n` have come. None once the input is over.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// let mut lines = cryptotl::data::TextLines::new(&b"one\ntwo\nthree\n"[..], Path::new("<stdin>"));
+    /// assert_eq!(lines.next_available(2).unwrap(), ["one", "two"]);
+    /// assert_eq!(lines.next_available(2).unwrap(), ["three"]);
+    /// assert!(lines.next_available(2).unwrap().is_empty());
+    /// ```
+    pub fn next_available(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        while out.len() < n && (out.is_empty() || self.reader.buffer().contains(&b'\n')) {
+            match self.next_line()? {
+                Some(line) => out.push(line),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>> {
+        use std::io::{BufRead as _, Read as _};
+        let mut buf = Vec::new();
+        let got = (&mut self.reader)
+            .take(MAX_FILE_BYTES + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::data(&self.source, format!("cannot read: {e}")))?;
+        if got == 0 {
+            return Ok(None);
+        }
+        self.read += 1;
+        let line = match buf.strip_suffix(b"\n") {
             // `\r` belongs to the line ending only before a `\n`.
-            let line = if ended || i + 1 < count { line.strip_suffix(b"\r").unwrap_or(line) } else { line };
-            std::str::from_utf8(line).map(str::to_string).map_err(|e| {
-                let at = e.valid_up_to();
-                Error::data(source, format!("line {} is not valid UTF-8 (byte {:#04x} at column {}); texts must be UTF-8", i + 1, line[at], at + 1))
-            })
-        })
-        .collect()
+            Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
+            None if got as u64 > MAX_FILE_BYTES => {
+                return Err(Error::data(&self.source, format!("line {} is longer than {MAX_FILE_BYTES} bytes", self.read)));
+            }
+            None => &buf[..],
+        };
+        let text = std::str::from_utf8(line).map_err(|e| {
+            let at = e.valid_up_to();
+            Error::data(&self.source, format!("line {} is not valid UTF-8 (byte {:#04x} at column {}); texts must be UTF-8", self.read, line[at], at + 1))
+        })?;
+        Ok(Some(text.to_string()))
+    }
 }
 
 /// Load every path of a dataset config and concatenate them; subsample to `max_examples` (stratified, `seed`).

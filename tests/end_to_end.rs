@@ -249,6 +249,46 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert_eq!(again.pretraining.as_ref().unwrap().source_test, report.pretraining.as_ref().unwrap().source_test);
 }
 
+/// `predict` and `embed` answer a pipe as its texts come: three texts written and the pipe left open get their three
+/// lines back (before, both read to the end of the input first, so a live stream got nothing until it closed).
+#[test]
+fn predict_and_embed_answer_a_pipe_before_it_closes() {
+    use std::io::{BufRead as _, Write as _};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_config(dir.path()).replace("[he]\ninsecure_seed = 3", "[he]\nenabled = false");
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, &text).unwrap();
+    let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &["curve.enabled=false".into(), "audit.membership=false".into()]).unwrap();
+    cryptotl::pipeline::run(&cfg).unwrap();
+    let run = cfg.output_dir();
+    for args in [vec!["-q", "predict", "--run", run.to_str().unwrap()], vec!["-q", "embed", config.to_str().unwrap()]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        for i in 0..3 {
+            writeln!(stdin, "a good text number {i}").unwrap();
+        }
+        stdin.flush().unwrap();
+        for i in 0..3 {
+            assert!(rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok(), "{args:?}: line {i} did not come while the pipe was open");
+        }
+        writeln!(stdin, "one more").unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success(), "{args:?}");
+        reader.join().unwrap();
+        assert_eq!(rx.try_iter().count(), 1, "{args:?}: a line per text");
+    }
+}
+
 fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
