@@ -393,7 +393,7 @@ pub fn read_bounded(reader: impl std::io::Read, what: &Path, limit: u64) -> Resu
 
 /// Read the file `p` whole, within [`MAX_FILE_BYTES`]: a larger regular file is refused before reading. A file
 /// that cannot be opened is an error saying why, then `hint(error)`.
-pub fn read_file(p: &Path, hint: impl Fn(&std::io::Error) -> String) -> Result<Vec<u8>> {
+fn read_file(p: &Path, hint: impl Fn(&std::io::Error) -> String) -> Result<Vec<u8>> {
     let file = std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", hint(&e))))?;
     if let Ok(meta) = file.metadata()
         && meta.is_file()
