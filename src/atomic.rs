@@ -150,7 +150,9 @@ pub fn writable_dir(dir: &Path) -> Result<()> {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a directory")));
     }
     let probe = dir.join(".cryptotl-write-test");
-    write(&probe, b"")?;
+    let refused = |e: std::io::Error| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot write into this folder ({e}); give another output folder")));
+    std::fs::create_dir_all(dir).map_err(refused)?;
+    std::fs::write(&probe, b"").map_err(refused)?;
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 

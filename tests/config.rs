@@ -205,6 +205,11 @@ fn an_output_dir_that_is_a_file_fails_before_any_work() {
     assert!(e.contains("not a directory"), "{e}");
     assert!(started.elapsed().as_secs() < 5, "refused only after {:?}", started.elapsed());
     assert_eq!(std::fs::read(&file).unwrap(), b"mine", "the file is untouched");
+    // A folder that cannot be made (under that file) is named, not the probe file inside it.
+    let under = file.join("run");
+    let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", under.display().to_string())]).unwrap();
+    let e = cryptotl::pipeline::run(&cfg).expect_err("must refuse").to_string();
+    assert!(e.starts_with(&format!("{}: cannot write into this folder", under.display())) && !e.contains("write-test"), "{e}");
     // A writable folder is created, proven writable, and closed to others.
     let out = dir.path().join("run");
     let ok = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", out.display().to_string())]).unwrap();
