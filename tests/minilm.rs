@@ -150,6 +150,19 @@ fn a_missing_or_wrong_model_is_a_clear_error() {
     std::fs::write(fake.path().join("model.safetensors"), b"not weights").unwrap();
     let err = Encoder::load(fake.path()).err().unwrap().to_string();
     assert!(err.contains("sha256") && err.contains("fetch_model.py"), "{err}");
+    // The right weights with a config of other head counts (shapes still fit: 384 = 6 x 64) or a tokenizer edited
+    // by hand: refused by hash, as they would embed differently from the shipped embeddings and the cache.
+    std::fs::copy(dir.join("model.safetensors"), fake.path().join("model.safetensors")).unwrap();
+    assert!(Encoder::load(fake.path()).is_ok(), "the pinned files load");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(fake.path().join("config.json"), config.replace("\"num_attention_heads\": 12", "\"num_attention_heads\": 6")).unwrap();
+    let err = Encoder::load(fake.path()).err().unwrap().to_string();
+    assert!(err.contains("config.json") && err.contains("pinned"), "{err}");
+    std::fs::copy(dir.join("config.json"), fake.path().join("config.json")).unwrap();
+    let tokenizer = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+    std::fs::write(fake.path().join("tokenizer.json"), format!("{tokenizer} ")).unwrap();
+    let err = Encoder::load(fake.path()).err().unwrap().to_string();
+    assert!(err.contains("tokenizer.json") && err.contains("pinned"), "{err}");
 }
 
 #[test]

@@ -83,6 +83,21 @@ pub struct Encoder {
     pub model_sha256: String,
 }
 
+/// sha256 of the `config.json` that goes with [`MINILM_SHA256`] (as `datasets/fetch_model.py` pins it).
+pub const MINILM_CONFIG_SHA256: &str = "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41";
+/// sha256 of the `tokenizer.json` that goes with [`MINILM_SHA256`] (as `datasets/fetch_model.py` pins it).
+pub const MINILM_TOKENIZER_SHA256: &str = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037";
+
+/// Refuse a model file whose bytes are not the pinned ones.
+fn check_pinned(path: &Path, want: &str) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let got = cryptotl_server::artifact::sha256_hex(&bytes);
+    if got != want {
+        return Err(Error::artifact(path, format!("sha256 {got} is not the pinned all-MiniLM-L6-v2 file ({want}); re-run `python3 datasets/fetch_model.py`")));
+    }
+    Ok(())
+}
+
 fn missing_model(dir: &Path, what: &str) -> Error {
     Error::Features(format!(
         "the MiniLM model is not available in {} ({what}){}; run `python3 datasets/fetch_model.py` in the repository \
@@ -105,11 +120,16 @@ impl Encoder {
             return Err(Error::artifact(&weights_path, format!(
                 "sha256 {model_sha256} is not the pinned all-MiniLM-L6-v2 ({MINILM_SHA256}); re-run `python3 datasets/fetch_model.py`")));
         }
-        let config = BertConfig::load(&dir.join("config.json"))?;
+        // The weights are pinned, so the files that say how to read them are too: a config with other head counts
+        // or a tokenizer with other ids still load, and would embed differently from the shipped embeddings and the
+        // cache (both keyed by the weights' hash).
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(missing_model(dir, "no tokenizer.json"));
         }
+        check_pinned(&dir.join("config.json"), MINILM_CONFIG_SHA256)?;
+        check_pinned(&tok_path, MINILM_TOKENIZER_SHA256)?;
+        let config = BertConfig::load(&dir.join("config.json"))?;
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::artifact(&tok_path, format!("cannot load the tokenizer: {e}")))?;
         let mut untruncated = tokenizer.clone();
         untruncated
