@@ -147,10 +147,10 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 /// file, or a folder without write permission, fails here, before any long work.
 pub fn writable_dir(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
-        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a directory")));
+        return Err(Error::OutputDir { path: dir.to_path_buf(), message: "exists and is not a directory; give another output folder".into() });
     }
     let probe = dir.join(".cryptotl-write-test");
-    let refused = |e: std::io::Error| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot write into this folder ({e}); give another output folder")));
+    let refused = |e: std::io::Error| Error::OutputDir { path: dir.to_path_buf(), message: format!("cannot write into this folder ({e}); give another output folder") };
     std::fs::create_dir_all(dir).map_err(refused)?;
     std::fs::write(&probe, b"").map_err(refused)?;
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))

@@ -46,6 +46,16 @@ pub enum Error {
     #[error("privacy: {0}")]
     Privacy(String),
 
+    /// The folder a command was told to write into cannot take its files (a file of that name, no permission, a
+    /// parent that is not a folder, ...).
+    #[error("output folder {path}: {message}")]
+    OutputDir {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A saved model, scaler or checkpoint is missing, corrupt or does not match the config.
     #[error("model artefact {path}: {message}")]
     Artifact {
@@ -95,7 +105,7 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::Features(_) | Error::Privacy(_) | Error::He(_)
+            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::Data { .. } | Error::OutputDir { .. } | Error::Features(_) | Error::Privacy(_) | Error::He(_)
         )
     }
 

@@ -209,7 +209,7 @@ fn an_output_dir_that_is_a_file_fails_before_any_work() {
     let under = file.join("run");
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", under.display().to_string())]).unwrap();
     let e = cryptotl::pipeline::run(&cfg).expect_err("must refuse").to_string();
-    assert!(e.starts_with(&format!("{}: cannot write into this folder", under.display())) && !e.contains("write-test"), "{e}");
+    assert!(e.starts_with(&format!("output folder {}: cannot write into this folder", under.display())) && !e.contains("write-test"), "{e}");
     // A writable folder is created, proven writable, and closed to others.
     let out = dir.path().join("run");
     let ok = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("output_dir={:?}", out.display().to_string())]).unwrap();

@@ -415,6 +415,13 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
         assert_eq!(code, 1, "{args:?}: a busy folder is not bad input, so exit 1 as for a run");
         assert!(err.contains("another cryptotl run is using this directory") && err.contains("held"), "{args:?}: {err}");
     }
+    // A folder that cannot be written (here: under a file) is the user's argument, so exit 2, naming it.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let under = file.join("out");
+    let (code, _, err) = cli(&["-q", "curve", "--out", under.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("output folder {}", under.display())) && err.contains("cannot write"), "{err}");
 
     let (code, out, err) = cli(&["check-config", "--set", "lower.hidden=128"]);
     assert_eq!(code, 0, "{err}");
