@@ -190,15 +190,34 @@ impl DirLock {
 
     /// Take the lock, or fail at once (naming the folder) when another process holds it.
     pub fn try_acquire(dir: &Path) -> Result<Self> {
+        Self::try_with(dir, std::fs::File::try_lock, "another cryptotl run is using this directory: wait for it to finish, or choose another output_dir")
+    }
+
+    /// Take the lock with `lock` (exclusive or shared), or fail at once saying `busy`.
+    fn try_with(dir: &Path, lock: fn(&std::fs::File) -> std::result::Result<(), std::fs::TryLockError>, busy: &str) -> Result<Self> {
         let file = Self::open(dir)?;
-        match file.try_lock() {
+        match lock(&file) {
             Ok(()) => Ok(Self { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::WouldBlock, "another cryptotl run is using this directory: wait for it to finish, or choose another output_dir"),
-            )),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::WouldBlock, busy.to_string()))),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(dir.join(".lock"), e)),
         }
+    }
+
+    /// Take the lock shared with other readers, or fail at once (naming the folder) while a writer holds it: what
+    /// `predict` holds on a run folder, so that it never reads one a run is rewriting, and a run waits for none
+    /// of its files to be in use.
+    ///
+    /// ```
+    /// use cryptotl::atomic::DirLock;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let (a, b) = (DirLock::try_acquire_shared(dir.path()).unwrap(), DirLock::try_acquire_shared(dir.path()).unwrap());
+    /// assert!(DirLock::try_acquire(dir.path()).is_err()); // readers hold it
+    /// drop((a, b));
+    /// let _writer = DirLock::try_acquire(dir.path()).unwrap();
+    /// assert!(DirLock::try_acquire_shared(dir.path()).is_err());
+    /// ```
+    pub fn try_acquire_shared(dir: &Path) -> Result<Self> {
+        Self::try_with(dir, std::fs::File::try_lock_shared, "a cryptotl command is writing this directory: wait for it to finish")
     }
 
     /// Take the lock, waiting for another process that holds it.

@@ -262,6 +262,16 @@ fn predict_and_embed_answer_a_pipe_before_it_closes() {
     let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &["curve.enabled=false".into(), "audit.membership=false".into()]).unwrap();
     cryptotl::pipeline::run(&cfg).unwrap();
     let run = cfg.output_dir();
+    // Predictions share the run folder's lock: two at once, and no run or stage rewrites the folder under them;
+    // none starts while a run holds it.
+    let (a, b) = (cryptotl::pipeline::Predictor::open(&cfg, &run).unwrap(), cryptotl::pipeline::Predictor::open(&cfg, &run).unwrap());
+    let err = cryptotl::pipeline::prepare_output_dir(&cfg).unwrap_err().to_string();
+    assert!(err.contains("another cryptotl run is using this directory"), "{err}");
+    drop((a, b));
+    let held = cryptotl::pipeline::prepare_output_dir(&cfg).unwrap();
+    let err = cryptotl::pipeline::Predictor::open(&cfg, &run).err().expect("a run holds the folder").to_string();
+    assert!(err.contains("is writing this directory"), "{err}");
+    drop(held);
     for args in [vec!["-q", "predict", "--run", run.to_str().unwrap()], vec!["-q", "embed", config.to_str().unwrap()]] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();

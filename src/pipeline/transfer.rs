@@ -410,6 +410,8 @@ pub struct Predictor {
     bow: Option<crate::bow::StackedScorer>,
     lower: LowerPath,
     head: crate::model::Head<Cpu>,
+    /// The run folder's lock, shared with other predictions: no run rewrites the folder while this reads it.
+    _lock: crate::atomic::DirLock,
 }
 
 impl Predictor {
@@ -417,9 +419,12 @@ impl Predictor {
     /// prediction reads is loaded and checked here, before any text is encrypted. A `transfer+bow` head reads its
     /// score column from the bag-of-words model the run saved ([`crate::bow::STACKED_SCORER_FILE`]), as the run's
     /// test rows did. The encrypted pass keeps a journal in `run_dir` ([`PREDICT_JOURNAL`]), so a prediction
-    /// stopped during it resumes when run again.
+    /// stopped during it resumes when run again. It holds the folder's lock shared with other predictions, so a
+    /// run or stage writing the folder refuses to start meanwhile, and a prediction refuses while one writes.
     pub fn open(cfg: &RunConfig, run_dir: &Path) -> Result<Self> {
         let manifest = crate::rundir::RunManifest::load_for(cfg)?;
+        // Taken once the manifest shows a run folder is there (the lock file would otherwise make one).
+        let lock = crate::atomic::DirLock::try_acquire_shared(run_dir)?;
         let pipeline = FeaturePipeline::load(&run_dir.join("client_features.json"))?;
         let bow = match cfg.head.inputs {
             crate::config::HeadInputs::TransferPlusBow => {
@@ -436,7 +441,7 @@ impl Predictor {
             };
         manifest.check_head(cfg, input_dim)?;
         let head = model::load_module(new_head::<Cpu>(cfg, input_dim, &Default::default()), &run_dir.join("head"), &Default::default())?;
-        Ok(Self { cfg: cfg.clone(), pipeline, bow, lower, head })
+        Ok(Self { cfg: cfg.clone(), pipeline, bow, lower, head, _lock: lock })
     }
 
     /// Classify `texts`.
