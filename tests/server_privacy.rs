@@ -363,3 +363,32 @@ fn printed_privacy_figures_never_claim_more_than_was_computed() {
     let md = audit.to_markdown();
     assert!(md.contains("| 0.999 | 1.001 |"), "{md}");
 }
+
+/// Pretraining counts the dense feature copies it will hold and refuses, before featurizing, what this machine
+/// cannot give (hashed 2^16 features of the ~30k sentiment sources, balanced, were killed by the system).
+#[test]
+fn pretraining_counts_its_feature_copies_and_refuses_what_memory_cannot_hold() {
+    use cryptotl::pipeline::{check_feature_memory, pretraining_feature_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::tiny_config(dir.path());
+    let at = |sets: &[&str]| {
+        let cfg = RunConfig::from_toml_str(&text, "tiny.toml", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let (source, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
+        (pretraining_feature_bytes(&cfg, &source), source)
+    };
+    let (plain, source) = at(&[]);
+    let (n, dim) = ((source.train.len() + source.validation.len() + source.test.len()) as u64, 256u64);
+    let fitted = (source.train.len() + source.validation.len()) as u64;
+    // One path, one output: the features of every row and the tensors of the fitted rows.
+    assert_eq!(plain, 4 * dim * (n + fitted));
+    // Balancing adds its repeat (here of one path: the same rows again).
+    let (balanced, _) = at(&["source.balance_paths=true"]);
+    assert_eq!(balanced, 4 * dim * (n + 2 * fitted));
+    // Four times the dimension, four times the bytes.
+    let (wide, _) = at(&["features.dim=1024"]);
+    assert_eq!(wide, 4 * plain);
+    // Past what is available: refused, naming the keys that shrink it; unknown memory: allowed.
+    let err = check_feature_memory(plain, Some(plain - 1), "pretraining on the source").unwrap_err().to_string();
+    assert!(err.contains("pretraining on the source") && err.contains("features.dim") && err.contains("max_examples"), "{err}");
+    assert!(check_feature_memory(plain, Some(plain), "x").is_ok() && check_feature_memory(u64::MAX, None, "x").is_ok());
+}

@@ -215,6 +215,38 @@ pub fn balance_paths(fs: &FeatureSplit, source: &Split) -> FeatureSplit {
     }
 }
 
+/// Bytes of dense source features pretraining holds at its peak: the features of every row, their copy with the
+/// task columns (one output per path), the balanced repeat of the training and validation rows, and the training
+/// tensors made from what is fitted; each rows x columns f32. What [`pretrain`] checks against the memory this
+/// machine has available before it featurizes anything.
+pub fn pretraining_feature_bytes(cfg: &RunConfig, source: &Split) -> u64 {
+    let tasks = pretrain_outputs(cfg);
+    let width = (cfg.features.dim() + if tasks > 1 { tasks } else { 0 }) as u64;
+    let all = (source.train.len() + source.validation.len() + source.test.len()) as u64;
+    let balanced = |part: &Dataset| -> u64 {
+        let groups = part.by_origin();
+        let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+        (groups.iter().filter(|(_, g)| !g.is_empty()).count() * largest) as u64
+    };
+    let fitted = if cfg.source.balance_paths { balanced(&source.train) + balanced(&source.validation) } else { (source.train.len() + source.validation.len()) as u64 };
+    let copies = all + if tasks > 1 { all } else { 0 } + if cfg.source.balance_paths { fitted } else { 0 } + fitted;
+    copies.saturating_mul(width).saturating_mul(4)
+}
+
+/// Refuse `bytes` of dense features when `available` (bytes this machine can give) is known and smaller: an error
+/// naming the keys that shrink them, before the allocation the system would end by killing the run.
+pub fn check_feature_memory(bytes: u64, available: Option<u64>, what: &str) -> Result<()> {
+    match available {
+        Some(free) if bytes > free => Err(Error::Features(format!(
+            "{what} would hold about {:.1} GiB of dense features (rows x features.dim as f32, with their copies), more \
+             than the {:.1} GiB this machine has available: lower features.dim, or set max_examples on the dataset",
+            bytes as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Accuracy of the pretraining network per source task (per path of `[source]`) on the source test rows `fs.test`.
 fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Vec<SourceTask> {
     let p = predict_proba(net, fs.test.view(), &Default::default());
@@ -253,6 +285,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     }
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
+    check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
     let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;
     let fs = FeatureSplit::from_split(&features, source)?;

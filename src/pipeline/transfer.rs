@@ -27,6 +27,9 @@ pub fn client_features(cfg: &RunConfig, target: &Split) -> Result<(FeaturePipeli
 /// bounds what one example does to the head through its own features; a min-max range or IDF weight fitted on the
 /// training split would move every example's features with it, so the accountant's ε would not hold.
 pub fn client_features_for(cfg: &RunConfig, target: &Split, private: bool) -> Result<(FeaturePipeline, FeatureSplit)> {
+    // The features, the heads' inputs beside them and the training tensors: three rows x dim copies of f32.
+    let rows = (target.train.len() + target.validation.len() + target.test.len()) as u64;
+    super::check_feature_memory(rows.saturating_mul(cfg.features.dim() as u64).saturating_mul(12), crate::config::available_memory(), "the client's target")?;
     let pipeline = FeaturePipeline::for_training(&cfg.features, &target.train.texts, private)?;
     let fs = FeatureSplit::from_split(&pipeline, target)?;
     Ok((pipeline, fs))
