@@ -89,8 +89,8 @@ impl ServerMechanism {
     }
 }
 
-/// The most head trainings per setting a sweep takes (as `[curve] draws`).
-pub const MAX_REPEATS: usize = 1000;
+/// The most head trainings per setting a sweep takes: the bound of `[curve] draws`.
+pub const MAX_REPEATS: usize = crate::config::MAX_DRAWS;
 
 /// What to sweep.
 #[derive(Debug, Clone)]

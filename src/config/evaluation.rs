@@ -63,6 +63,8 @@ impl Default for CurveConfig {
 
 /// Folds of the learning curves' cross-validation when `[curve] folds` is not given.
 pub const DEFAULT_CURVE_FOLDS: usize = 5;
+/// The most seeded repeats of one measurement: a learning curve's draws per size, a sweep's repeats per setting.
+pub const MAX_DRAWS: usize = 1000;
 
 /// Where a learning curve's heads choose their C ([`CurveConfig::selection`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -110,8 +112,8 @@ impl Default for AuditConfig {
 impl CurveConfig {
     /// Draws in range and sizes that hold one example per class.
     pub(super) fn check(&self, at: Invalid) -> Result<()> {
-        if self.draws == 0 || self.draws > 1000 {
-            return Err(at.key("curve.draws", format!("must be in 1..=1000, got {}", self.draws)));
+        if !(1..=MAX_DRAWS).contains(&self.draws) {
+            return Err(at.key("curve.draws", format!("must be in 1..={MAX_DRAWS}, got {}", self.draws)));
         }
         if !(2..=20).contains(&self.folds) {
             return Err(at.key("curve.folds", format!("must be in 2..=20, got {}", self.folds)));

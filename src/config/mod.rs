@@ -29,7 +29,7 @@ mod overrides;
 pub mod privacy;
 
 pub use datasets::{DatasetConfig, DatasetFormat, Duplicates, SplitConfig};
-pub use evaluation::{AuditConfig, BaselinesConfig, CANARIES, CurveConfig, CurveSelection, DEFAULT_CANARIES, DEFAULT_CURVE_FOLDS, canaries_out_of_range};
+pub use evaluation::{AuditConfig, BaselinesConfig, CANARIES, CurveConfig, CurveSelection, DEFAULT_CANARIES, DEFAULT_CURVE_FOLDS, MAX_DRAWS, canaries_out_of_range};
 pub use features::{DEFAULT_HASHED_DIM, DEFAULT_MODEL_DIR, FeatureKind, FeaturesConfig, MINILM_DIM, Scaling};
 pub use he::{Calibration, DEFAULT_HE_BATCH, HeConfig, ServerLocation};
 pub use network::{

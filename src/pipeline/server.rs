@@ -196,14 +196,7 @@ pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
 /// The source features with the training and validation rows of each path repeated up to the largest path's
 /// count (`[source] balance_paths`); the test rows as they are.
 pub fn balance_paths(fs: &FeatureSplit, source: &Split) -> FeatureSplit {
-    let repeat = |part: &Dataset| -> Vec<usize> {
-        let groups = part.by_origin();
-        let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
-        let mut idx: Vec<usize> = groups.iter().filter(|(_, g)| !g.is_empty()).flat_map(|(_, g)| g.iter().cycle().take(largest).copied()).collect();
-        idx.sort_unstable();
-        idx
-    };
-    let (t, v) = (repeat(&source.train), repeat(&source.validation));
+    let (t, v) = (balanced_rows(&source.train), balanced_rows(&source.validation));
     FeatureSplit {
         train: fs.train.select(ndarray::Axis(0), &t),
         train_y: t.iter().map(|&i| fs.train_y[i]).collect(),
@@ -223,12 +216,11 @@ pub fn pretraining_feature_bytes(cfg: &RunConfig, source: &Split) -> u64 {
     let tasks = pretrain_outputs(cfg);
     let width = (cfg.features.dim() + if tasks > 1 { tasks } else { 0 }) as u64;
     let all = (source.train.len() + source.validation.len() + source.test.len()) as u64;
-    let balanced = |part: &Dataset| -> u64 {
-        let groups = part.by_origin();
-        let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
-        (groups.iter().filter(|(_, g)| !g.is_empty()).count() * largest) as u64
+    let fitted = if cfg.source.balance_paths {
+        (balanced_rows(&source.train).len() + balanced_rows(&source.validation).len()) as u64
+    } else {
+        (source.train.len() + source.validation.len()) as u64
     };
-    let fitted = if cfg.source.balance_paths { balanced(&source.train) + balanced(&source.validation) } else { (source.train.len() + source.validation.len()) as u64 };
     let copies = all + if tasks > 1 { all } else { 0 } + if cfg.source.balance_paths { fitted } else { 0 } + fitted;
     copies.saturating_mul(width).saturating_mul(4)
 }
@@ -245,6 +237,15 @@ pub fn check_feature_memory(bytes: u64, available: Option<u64>, what: &str) -> R
         ))),
         _ => Ok(()),
     }
+}
+
+/// The rows of `part` with each path's repeated up to the largest path's count, in order.
+fn balanced_rows(part: &Dataset) -> Vec<usize> {
+    let groups = part.by_origin();
+    let largest = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+    let mut idx: Vec<usize> = groups.iter().filter(|(_, g)| !g.is_empty()).flat_map(|(_, g)| g.iter().cycle().take(largest).copied()).collect();
+    idx.sort_unstable();
+    idx
 }
 
 /// Accuracy of the pretraining network per source task (per path of `[source]`) on the source test rows `fs.test`.

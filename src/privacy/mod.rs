@@ -113,8 +113,8 @@ pub fn calibrate_noise(acct: &dyn Accountant, sampling_rate: f64, steps: usize, 
     while eps_at(hi)? > target_epsilon {
         lo = hi;
         hi *= 2.0;
-        if hi > 1e6 {
-            return Err(Error::Privacy(format!("no σ up to 1e6 reaches ε = {}", crate::config::shown_number(target_epsilon))));
+        if hi > crate::config::privacy::MAX_NOISE_MULTIPLIER {
+            return Err(Error::Privacy(format!("no σ up to {:e} reaches ε = {}", crate::config::privacy::MAX_NOISE_MULTIPLIER, crate::config::shown_number(target_epsilon))));
         }
     }
     if eps_at(lo)? <= target_epsilon {
