@@ -178,6 +178,9 @@ struct EmbedArgs {
     /// min-max scaler. Default: the exact vector the pipeline feeds the lower network (scaled).
     #[arg(long)]
     raw: bool,
+    /// Texts, one per line, UTF-8 (a blank line is a text too: one output line per input line). Default: stdin.
+    #[arg(long)]
+    input: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -417,32 +420,38 @@ fn serve(a: &ServeArgs) -> Result<()> {
 /// Texts `predict` (and `embed`) read and answer at a time: a batch's lines are written before the next is read.
 const PREDICT_BATCH: usize = 256;
 
-fn predict(a: &PredictArgs) -> Result<()> {
+/// One JSON line per text of `input` (stdin without one), [`PREDICT_BATCH`] texts at a time: a batch's lines are
+/// written and flushed before the next is read, so a pipe's first answers come before its input ends. `answer` is
+/// first called once there is a text (an empty input costs no model).
+fn answer_lines<T: serde::Serialize>(input: Option<&Path>, mut answer: impl FnMut(&[String]) -> Result<Vec<T>>) -> Result<()> {
     use std::io::Write as _;
+    let mut lines = crate::data::TextLines::open(input)?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let batch = lines.next_available(PREDICT_BATCH)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for answered in answer(&batch)? {
+            let line = serde_json::to_string(&answered).map_err(|e| Error::Internal(e.to_string()))?;
+            writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+        }
+        out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    }
+}
+
+fn predict(a: &PredictArgs) -> Result<()> {
     let mut overrides = a.set.clone();
     overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
     let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
-    // Texts are read a batch at a time, so a pipe's first answers come before its input ends.
-    let (reader, source): (Box<dyn std::io::Read>, &Path) = match a.input.as_deref() {
-        Some(p) => (Box::new(std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}")))?), p),
-        None => (Box::new(std::io::stdin()), Path::new("<stdin>")),
-    };
-    let mut lines = crate::data::TextLines::new(reader, source);
-    let mut batch = lines.next_available(PREDICT_BATCH)?;
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut predictor = pipeline::Predictor::open(&cfg, &a.run)?;
-    let mut out = std::io::stdout().lock();
-    // Each batch's lines are written (and flushed) as soon as it is scored.
-    while !batch.is_empty() {
-        for p in predictor.predict(&batch)? {
-            writeln!(out, "{}", serde_json::to_string(&p).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+    let mut predictor = None;
+    answer_lines(a.input.as_deref(), |batch| {
+        if predictor.is_none() {
+            predictor = Some(pipeline::Predictor::open(&cfg, &a.run)?);
         }
-        out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
-        batch = lines.next_available(PREDICT_BATCH)?;
-    }
-    predictor.finish()
+        predictor.as_mut().expect("opened above").predict(batch)
+    })?;
+    predictor.map_or(Ok(()), |p| p.finish())
 }
 
 fn server_command(cmd: &ServerCommand) -> Result<()> {
@@ -650,49 +659,44 @@ fn dispatch(cmd: Command) -> Result<()> {
 /// What `embed` does to each batch of texts: one row per text.
 type EmbedBatch = dyn Fn(&[String]) -> Result<ndarray::Array2<f32>>;
 
-/// `cryptotl embed`: the client's featurizer (and scaler) over stdin lines. The pipeline is the one a run saved
-/// (`<output_dir>/client_features.json`) when it is of the same kind, else fitted on the config's target training
-/// split as a run would fit it.
+/// `cryptotl embed`: the client's featurizer (and scaler) over lines of `--input` or stdin. The pipeline is the one
+/// a run saved (`<output_dir>/client_features.json`) when it is of the same kind, else fitted on the config's
+/// target training split as a run would fit it.
 fn embed(a: &EmbedArgs) -> Result<()> {
-    use std::io::Write;
-    use crate::features::Featurizer;
     let mut cfg = a.config.load()?;
     if let Some(kind) = a.featurizer
         && kind != cfg.features.kind
     {
         cfg = cfg.edited("--featurizer", |c| c.features = crate::config::FeaturesConfig { kind, dim: None, ..c.features.clone() })?;
     }
-    // Read and answered a batch at a time, as `predict` does: a pipe's first rows come before its input ends.
-    let mut lines = crate::data::TextLines::new(std::io::stdin(), Path::new("<stdin>"));
-    let mut texts = lines.next_available(PREDICT_BATCH)?;
-    if texts.is_empty() {
-        return Ok(());
-    }
-    let embed: Box<EmbedBatch> = if a.raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
+    let mut embedder = None;
+    answer_lines(a.input.as_deref(), |texts| {
+        if embedder.is_none() {
+            embedder = Some(embed_batch(&cfg, a.raw)?);
+        }
+        let rows = embedder.as_ref().expect("made above")(texts)?;
+        Ok(rows.rows().into_iter().map(|row| row.to_vec()).collect())
+    })
+}
+
+/// The featurizer `embed` runs: MiniLM alone for `--raw` minilm, else the run's saved client pipeline (or one
+/// fitted as a run would fit it), with or without its scaler.
+fn embed_batch(cfg: &RunConfig, raw: bool) -> Result<Box<EmbedBatch>> {
+    use crate::features::Featurizer;
+    if raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
         let minilm = crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?
             .with_max_windows(cfg.features.max_windows);
-        Box::new(move |t| minilm.transform(t))
-    } else {
-        let saved = cfg.output_dir().join("client_features.json");
-        let pipeline = match crate::features::FeaturePipeline::load(&saved) {
-            Ok(p) if p.featurizer.kind() == cfg.features.kind && p.dim() == cfg.features.dim() => p,
-            _ => {
-                let data = pipeline::prepare_data(&cfg)?;
-                pipeline::client_features(&cfg, &data.target)?.0
-            }
-        };
-        if a.raw { Box::new(move |t| pipeline.featurizer.transform(t)) } else { Box::new(move |t| pipeline.transform(t)) }
-    };
-    let mut out = std::io::stdout().lock();
-    while !texts.is_empty() {
-        for row in embed(&texts)?.rows() {
-            let line = serde_json::to_string(&row.to_vec()).expect("floats serialise");
-            writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))?;
-        }
-        out.flush().map_err(|e| Error::io(Path::new("<stdout>"), e))?;
-        texts = lines.next_available(PREDICT_BATCH)?;
+        return Ok(Box::new(move |t| minilm.transform(t)));
     }
-    Ok(())
+    let saved = cfg.output_dir().join("client_features.json");
+    let pipeline = match crate::features::FeaturePipeline::load(&saved) {
+        Ok(p) if p.featurizer.kind() == cfg.features.kind && p.dim() == cfg.features.dim() => p,
+        _ => {
+            let data = pipeline::prepare_data(cfg)?;
+            pipeline::client_features(cfg, &data.target)?.0
+        }
+    };
+    Ok(if raw { Box::new(move |t| pipeline.featurizer.transform(t)) } else { Box::new(move |t| pipeline.transform(t)) })
 }
 
 fn load_features(path: &Path) -> Result<FeatureSplit> {

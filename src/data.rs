@@ -173,6 +173,7 @@ pub fn text_lines(bytes: &[u8], source: &Path) -> Result<Vec<String>> {
 
 /// Texts one per line from a reader, split as [`text_lines`] splits them, a batch at a time: what `predict` and
 /// `embed` read from a pipe, answering each batch before the next is read. A line is at most [`MAX_FILE_BYTES`] long.
+/// As an iterator it yields each line, or the error that ends the input (then nothing more).
 ///
 /// ```
 /// use std::path::Path;
@@ -186,27 +187,44 @@ pub struct TextLines<R> {
     source: PathBuf,
     /// Lines read so far (for the line number in errors).
     read: usize,
+    /// An error ended the input: the iterator yields nothing more.
+    failed: bool,
 }
 
 /// How much of a pipe [`TextLines::next_available`] may hold at once: a batch of long texts from a file fits.
 const TEXT_LINES_BUFFER: usize = 1 << 20;
 
+impl TextLines<Box<dyn std::io::Read>> {
+    /// The lines of the file `input`, or of standard input (named `<stdin>` in errors) when there is none. A file
+    /// that cannot be opened is an [`Error::Data`] saying why (and, for a relative path that is not there, where it
+    /// was looked for).
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// let e = cryptotl::data::TextLines::open(Some(Path::new("no/such/texts.txt"))).err().unwrap();
+    /// assert!(e.to_string().starts_with("dataset no/such/texts.txt: cannot read: "), "{e}");
+    /// assert!(e.to_string().contains("relative paths are read from the current directory"), "{e}");
+    /// ```
+    pub fn open(input: Option<&Path>) -> Result<Self> {
+        Ok(match input {
+            Some(p) => {
+                let file = std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", not_found_hint(p, &e))))?;
+                Self::new(Box::new(file), p)
+            }
+            None => Self::new(Box::new(std::io::stdin()), Path::new("<stdin>")),
+        })
+    }
+}
+
 impl<R: std::io::Read> TextLines<R> {
     /// Lines of `reader`, named `source` in errors.
     pub fn new(reader: R, source: &Path) -> Self {
-        Self { reader: std::io::BufReader::with_capacity(TEXT_LINES_BUFFER, reader), source: source.to_path_buf(), read: 0 }
+        Self { reader: std::io::BufReader::with_capacity(TEXT_LINES_BUFFER, reader), source: source.to_path_buf(), read: 0, failed: false }
     }
 
     /// The next `n` lines, fewer at the end of the input, none once it is over. Blocks until it has them.
     pub fn next_batch(&mut self, n: usize) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            match self.next_line()? {
-                Some(line) => out.push(line),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.by_ref().take(n).collect()
     }
 
     /// The next line (waiting for it), then up to `n - 1` more of those already received whole: a pipe that
@@ -222,8 +240,8 @@ impl<R: std::io::Read> TextLines<R> {
     pub fn next_available(&mut self, n: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
         while out.len() < n && (out.is_empty() || self.reader.buffer().contains(&b'\n')) {
-            match self.next_line()? {
-                Some(line) => out.push(line),
+            match self.next() {
+                Some(line) => out.push(line?),
                 None => break,
             }
         }
@@ -254,6 +272,19 @@ impl<R: std::io::Read> TextLines<R> {
             Error::data(&self.source, format!("line {} is not valid UTF-8 (byte {:#04x} at column {}); texts must be UTF-8", self.read, line[at], at + 1))
         })?;
         Ok(Some(text.to_string()))
+    }
+}
+
+impl<R: std::io::Read> Iterator for TextLines<R> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        if self.failed {
+            return None;
+        }
+        let line = self.next_line().transpose();
+        self.failed = matches!(line, Some(Err(_)));
+        line
     }
 }
 
@@ -416,9 +447,16 @@ fn read_source(p: &str) -> Result<Vec<u8>> {
         std::io::ErrorKind::NotFound if p.starts_with("datasets/data/") => {
             format!("{}; run `python3 datasets/fetch.py` in the repository first", crate::error::looked_in(Path::new(p)))
         }
-        std::io::ErrorKind::NotFound => crate::error::looked_in(Path::new(p)),
-        _ => String::new(),
+        _ => not_found_hint(Path::new(p), e),
     })
+}
+
+/// Where a file that is not there was looked for ([`crate::error::looked_in`]); nothing for other errors.
+fn not_found_hint(p: &Path, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => crate::error::looked_in(p),
+        _ => String::new(),
+    }
 }
 
 /// Decode UTF-8 (BOM stripped): strictly, or lossily counting the replaced sequences.

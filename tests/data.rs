@@ -306,3 +306,27 @@ fn test_texts_that_also_occur_in_training_are_counted() {
     let distinct = ds.select(&(0..40).collect::<Vec<_>>());
     assert_eq!(data::stratified_split(&distinct, &SplitConfig::default(), 3).unwrap(), data::stratified_split(&distinct, &allow, 3).unwrap());
 }
+
+/// `TextLines` as an iterator: each line, then the error that ends the input, then nothing (a caller that goes on
+/// reading after a bad line must not get the lines behind it, numbered wrongly). `open` reads a file, and names a
+/// missing one with where it was looked for.
+#[test]
+fn text_lines_stop_at_their_first_error_and_open_files() {
+    use cryptotl::data::TextLines;
+    let mut lines = TextLines::new(&b"one\nbad \xff\nthree\n"[..], std::path::Path::new("<stdin>"));
+    assert_eq!(lines.next().unwrap().unwrap(), "one");
+    let err = lines.next().unwrap().unwrap_err().to_string();
+    assert!(err.contains("line 2 is not valid UTF-8"), "{err}");
+    assert!(lines.next().is_none(), "the input ended at its error");
+    assert!(lines.next_available(10).unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("texts.txt");
+    std::fs::write(&path, "a fine film\r\n\nnot good").unwrap();
+    let read: Vec<String> = TextLines::open(Some(&path)).unwrap().collect::<cryptotl::Result<_>>().unwrap();
+    assert_eq!(read, ["a fine film", "", "not good"]);
+    let missing = dir.path().join("none.txt");
+    let err = TextLines::open(Some(&missing)).err().expect("no such file").to_string();
+    assert!(err.starts_with("dataset ") && err.contains("none.txt: cannot read: "), "{err}");
+    assert!(TextLines::open(Some(&missing)).err().unwrap().is_input_error(), "bad input, exit 2");
+}

@@ -297,6 +297,25 @@ fn predict_and_embed_answer_a_pipe_before_it_closes() {
         reader.join().unwrap();
         assert_eq!(rx.try_iter().count(), 1, "{args:?}: a line per text");
     }
+    // `--input FILE` reads what stdin would: the same lines for both commands; a file that is not there is bad input.
+    let texts = "a good text\n\nnot a good one\n";
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, texts).unwrap();
+    for args in [vec!["-q", "predict", "--run", run.to_str().unwrap()], vec!["-q", "embed", config.to_str().unwrap()]] {
+        let piped = {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            child.stdin.take().unwrap().write_all(texts.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        assert!(piped.status.success(), "{args:?}");
+        let (code, out, err) = cli(&[&args[..], &["--input", file.to_str().unwrap()]].concat());
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_eq!(out.lines().count(), 3, "{args:?}: a line per text, the blank one too");
+        assert_eq!(out, String::from_utf8(piped.stdout).unwrap(), "{args:?}");
+        let (code, _, err) = cli(&[&args[..], &["--input", dir.path().join("none.txt").to_str().unwrap()]].concat());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("none.txt: cannot read"), "{args:?}: {err}");
+    }
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
