@@ -1,5 +1,5 @@
-//! Atomic file writes: a temporary file in the same folder, fsync, rename. A reader sees the old file or the new
-//! one, never a torn one, even if the writer is killed.
+//! Atomic file writes: a temporary file in the same folder, fsync, rename, the folder synced. A reader sees the old
+//! file or the new one, never a torn one, even if the writer is killed.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
-//! Atomic file writes for both parties: a uniquely named temporary file in the same folder, fsync, rename. A reader
-//! sees the old file or the new one, never a torn one, even if the writer is killed; two writers of one path (two
-//! threads or two processes) never share a temporary file. The client crate's `cryptotl::atomic` and this crate's
+//! Atomic file writes for both parties: a uniquely named temporary file in the same folder, fsync, rename, then the
+//! folder synced. A reader sees the old file or the new one, never a torn one, even if the writer is killed; two
+//! writers of one path (two threads or two processes) never share a temporary file. The client crate's `cryptotl::atomic` and this crate's
 //! model directory and key store write through it.
 //!
 //! ```
@@ -41,6 +41,11 @@ pub fn write(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
+    // The rename is atomic; syncing the folder makes it durable too (a crash of the machine right after could
+    // otherwise forget it, leaving the old file under a name a later step relies on). Best effort: a folder that
+    // cannot be opened for reading, or a file system that cannot sync one, still has the file written whole.
+    #[cfg(unix)]
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }
 
