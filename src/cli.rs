@@ -43,7 +43,7 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Privacy budget of DP-SGD: ε for a noise multiplier, or the noise multiplier for a target ε.
     Budget(BudgetArgs),
-    /// Embed texts: one text per line on stdin, one JSON array of floats per line on stdout.
+    /// Embed texts: one text per line from --input or stdin, one JSON array of floats per line on stdout.
     Embed(EmbedArgs),
     /// Learning curves: the heads (transfer, raw features, bag of words; DP ones with [privacy]) trained on
     /// seeded subsets of 16, 32, 64, ... labelled examples; JSON, Markdown and SVG in `<output dir>/curve/`.
