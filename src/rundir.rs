@@ -25,8 +25,15 @@ use crate::error::{Error, Result};
 /// The manifest's file name inside a run directory.
 pub const MANIFEST: &str = "manifest.json";
 
-/// A stable key of everything that determines a run's transferred features (`features.json`).
+/// A stable key of everything that determines a run's transferred features (`features.json`): a hash of
+/// [`features_material`].
 pub fn features_key(cfg: &RunConfig) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(features_material(cfg).to_string().as_bytes()))
+}
+
+/// Everything that determines a run's transferred features, as the JSON [`features_key`] hashes: the manifest keeps
+/// it, so a config that does not match a run directory is told which keys differ.
+pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
     // How the client reaches the server (token, CA, batch size) does not change the features; which server does.
     let mut he = serde_json::to_value(&cfg.he).unwrap_or(serde_json::Value::Null);
     if let Some(m) = he.as_object_mut() {
@@ -53,7 +60,60 @@ pub fn features_key(cfg: &RunConfig) -> String {
         // features made for a non-private head cannot be reused for a private one. Only when set, as above.
         material["client_map"] = serde_json::json!("data_independent");
     }
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
+    material
+}
+
+/// The config keys whose values differ between two [`features_material`]s, each with its value in `made` and in
+/// `given` (`not set` where one has none), in key order.
+///
+/// ```
+/// use cryptotl::config::{QUICKSTART_TOML, RunConfig};
+/// use cryptotl::rundir::{features_material, material_differences};
+/// let a = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
+/// let b = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["seed=7".into(), "he.server=\"http://127.0.0.1:1\"".into()]).unwrap();
+/// let d = material_differences(&features_material(&a), &features_material(&b));
+/// assert_eq!(d, [
+///     ("he.server".to_string(), "\"local\"".to_string(), "\"http://127.0.0.1:1\"".to_string()),
+///     ("seed".to_string(), "42".to_string(), "7".to_string()),
+/// ]);
+/// ```
+pub fn material_differences(made: &serde_json::Value, given: &serde_json::Value) -> Vec<(String, String, String)> {
+    fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<(String, String, String)>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Some(Object(x)), Some(Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(&sub, x.get(k), y.get(k), out);
+                }
+            }
+            (a, b) if a != b => {
+                let shown = |v: Option<&serde_json::Value>| match (path, v) {
+                    // The material leaves these out where they have their default.
+                    ("he.server", None) => "\"local\"".to_string(),
+                    ("client_map", v) => if v.is_some() { "on" } else { "off" }.to_string(),
+                    (_, None) => "not set".to_string(),
+                    (_, Some(v)) => v.to_string(),
+                };
+                // The material's own names for the few keys that are not the config's.
+                let key = match path {
+                    "inputs" => "head.inputs".to_string(),
+                    "client_map" => "privacy (a DP-SGD head's features come through a map fitted on no data)".to_string(),
+                    "version" => "the cryptotl version".to_string(),
+                    "featurizer_version" => "the featurizer's version".to_string(),
+                    "transfer_unit" | "transfer_unit.unit" => "head.transfer_unit".to_string(),
+                    "transfer_unit.max_sentences" => "head.max_sentences".to_string(),
+                    p => p.to_string(),
+                };
+                out.push((key, shown(a), shown(b)));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(made), Some(given), &mut out);
+    out
 }
 
 /// What fixes the saved head's parameter shapes.
@@ -92,6 +152,10 @@ pub struct RunManifest {
     /// so `train-head` trains the head `run` would.
     #[serde(default)]
     pub dp_references: Option<crate::pipeline::DpReferences>,
+    /// [`features_material`] of that config, so a config that does not match is told which keys differ (manifests
+    /// from before it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_config: Option<serde_json::Value>,
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -101,7 +165,13 @@ fn path(dir: &Path) -> PathBuf {
 impl RunManifest {
     /// A manifest for features made by `cfg` (no head yet).
     pub fn new(cfg: &RunConfig) -> Self {
-        Self { version: env!("CARGO_PKG_VERSION").into(), features_key: features_key(cfg), head: None, dp_references: None }
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            features_key: features_key(cfg),
+            head: None,
+            dp_references: None,
+            features_config: Some(features_material(cfg)),
+        }
     }
 
     /// Write it into `dir`, atomically.
@@ -120,17 +190,37 @@ impl RunManifest {
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(&p, format!("corrupt manifest: {e}")))?;
         if m.features_key != features_key(cfg) {
-            return Err(Error::Config {
+            return Err(m.mismatch(cfg, &dir));
+        }
+        Ok(m)
+    }
+
+    /// The error for features made by another config than `cfg`: the keys that differ, with both values, when the
+    /// manifest keeps what made its features; otherwise the sections the key covers.
+    fn mismatch(&self, cfg: &RunConfig, dir: &Path) -> Error {
+        const SHOWN: usize = 4;
+        let redo = "rerun `cryptotl features` (or `run`) with this config, or point output_dir elsewhere";
+        let differences = self.features_config.as_ref().map(|made| material_differences(made, &features_material(cfg))).unwrap_or_default();
+        if differences.is_empty() {
+            return Error::Config {
                 file: dir.display().to_string(),
                 key: "seed / features / source / target / split / lower / he / privacy".into(),
                 message: format!(
                     "the features in this run directory were made by another config (key {}, this config gives {}; a \
-                     DP-SGD head needs features made with [privacy] on, through a map fitted on no data): \
-                     rerun `cryptotl features` (or `run`) with it, or point output_dir elsewhere",
-                    m.features_key, features_key(cfg)),
-            });
+                     DP-SGD head needs features made with [privacy] on, through a map fitted on no data): {redo}",
+                    self.features_key,
+                    features_key(cfg)
+                ),
+            };
         }
-        Ok(m)
+        let clip = |v: &str| if v.chars().count() > 60 { format!("{}…", v.chars().take(59).collect::<String>()) } else { v.to_string() };
+        let listed: Vec<String> = differences.iter().take(SHOWN).map(|(k, made, given)| format!("{k}: {} in the run, {} here", clip(made), clip(given))).collect();
+        let more = if differences.len() > SHOWN { format!(" (and {} more)", differences.len() - SHOWN) } else { String::new() };
+        Error::Config {
+            file: dir.display().to_string(),
+            key: differences.iter().take(SHOWN).map(|(k, _, _)| k.split(' ').next().unwrap_or(k).to_string()).collect::<Vec<_>>().join(", "),
+            message: format!("the features in this run directory were made by another config: {}{more}; {redo}", listed.join("; ")),
+        }
     }
 
     /// Check that the saved head has the shape `cfg` gives a head on `input_dim` inputs.

@@ -365,11 +365,24 @@ fn cli_stage_subcommands_reuse_the_library() {
     assert!(predictions.iter().all(|p| (0.0..=1.0).contains(&p["probability"].as_f64().unwrap())));
     // A config that does not match the run directory is a clear error (exit 2) naming the key, not a panic and
     // not a head scored on another split's features.
-    for (args, needle) in [(vec!["--set", "head.kind=\"mlp\""], "head.kind"), (vec!["--seed", "6"], "another config")] {
+    for (args, needle) in [(vec!["--set", "head.kind=\"mlp\""], "head.kind"), (vec!["--seed", "6"], "key `seed`: the features in this run directory were made by another config: seed: 5 in the run, 6 here")] {
         let all: Vec<&str> = ["-q", "evaluate", c].into_iter().chain(args.iter().copied()).collect();
         let (code, _, err) = cli(&all);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A manifest from before it kept its config's material still refuses, naming the sections the key covers.
+    let manifest_path = dir.path().join("run").join("manifest.json");
+    {
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(m["features_config"].is_object(), "{text}");
+        m.as_object_mut().unwrap().remove("features_config");
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let (code, _, err) = cli(&["-q", "evaluate", c, "--seed", "6"]);
+        assert!(code == 2 && err.contains("seed / features / source") && err.contains("another config"), "{err}");
+        let (code, _, err) = cli(&["-q", "evaluate", c]);
+        assert_eq!(code, 0, "the old manifest still serves its own config: {err}");
     }
     // The MLP head's shape: a head trained with pool 3 is not loaded into a config saying 1.
     for stage in ["train-head", "evaluate"] {
