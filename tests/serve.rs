@@ -413,6 +413,18 @@ fn a_queue_bound_out_of_range_is_refused_at_start() {
     assert!(err.contains("--max-queue") && err.contains("1..=65536"), "{err}");
 }
 
+/// A server that has never answered (nothing listens at the address: a typo, or `serve` not started) is given up on
+/// after a few quick attempts with an error saying what to check, not retried in silence for five minutes as a
+/// server that answered once and then went away is (the kill -9 test below).
+#[test]
+fn a_server_that_never_answered_is_given_up_on_after_a_few_attempts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let err = Http::new(&url, "token".into(), None).unwrap().interface().unwrap_err().to_string();
+    assert!(err.contains("cannot reach the server: no answer after 4 attempts"), "{err}");
+    assert!(err.contains("Connection refused") && err.contains("is `cryptotl serve` running there"), "{err}");
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let f = Fixture::new();

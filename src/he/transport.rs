@@ -3,7 +3,8 @@
 //! - [`InProcess`]: the server's [`Service`] in this process (`[he] server = "local"`, the default): the
 //!   one-process simulation of the protocol, with every message still serialized and checked.
 //! - [`Http`]: a remote `cryptotl serve` (`[he] server = "https://host:port"`), with a bearer token, retries with
-//!   exponential backoff on connection failures and 503s (honouring `Retry-After`), and the same bytes.
+//!   exponential backoff on connection failures and 503s (honouring `Retry-After`; a few quick ones until the server
+//!   has first answered, about five minutes' worth after), and the same bytes.
 //!
 //! The client keeps each encrypted batch until its outputs arrive, so a server restart costs a retry, never a
 //! re-encryption or a lost sample; a key the server no longer has (evicted, or a fresh store) is uploaded again.
@@ -91,14 +92,21 @@ impl Transport for InProcess {
     }
 }
 
-/// Retries of one request before giving up (with backoff 0.5 s doubling to 30 s: ~5 minutes in all).
+/// Retries of one request before giving up (with backoff 0.5 s doubling to 30 s: ~5 minutes in all), once the
+/// server has answered: it may be restarting.
 const ATTEMPTS: u32 = 14;
+
+/// Attempts before the server has ever answered (3.5 s of backoff): a server that is not there at the start is most
+/// likely a wrong address or one not started, which waiting five minutes in silence would not mend.
+const FIRST_CONTACT_ATTEMPTS: u32 = 4;
 
 /// A remote `cryptotl serve`.
 pub struct Http {
     base: String,
     token: String,
     client: reqwest::blocking::Client,
+    /// The server has answered once (any HTTP status): from then on an outage gets the long retry budget.
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl Http {
@@ -116,7 +124,7 @@ impl Http {
             builder = builder.add_root_certificate(cert);
         }
         let client = builder.build().map_err(|e| server(format!("HTTP client: {e}")))?;
-        Ok(Self { base, token, client })
+        Ok(Self { base, token, client, reached: std::sync::atomic::AtomicBool::new(false) })
     }
 
     fn error(&self, message: String) -> Error {
@@ -124,40 +132,65 @@ impl Http {
     }
 
     /// Send a request (rebuilt per attempt) and read its whole answer, retrying connection failures, answers cut
-    /// off mid-body, 502-504 and 503 with backoff (honouring `Retry-After`).
+    /// off mid-body, 502-504 and 503 with backoff (honouring `Retry-After`): [`ATTEMPTS`] times once the server has
+    /// answered, [`FIRST_CONTACT_ATTEMPTS`] before. The first retry of a request is a warning (shown by default),
+    /// so a run that waits says why.
     fn send(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> Result<Answer> {
+        use std::sync::atomic::Ordering;
         let mut delay = Duration::from_millis(500);
         let start = Instant::now();
-        for attempt in 1..=ATTEMPTS {
+        let first_contact = !self.reached.load(Ordering::Relaxed);
+        let attempts = if first_contact { FIRST_CONTACT_ATTEMPTS } else { ATTEMPTS };
+        let mut last = String::new();
+        let retrying = |attempt: u32, why: &str| {
+            if attempt == 1 && !first_contact {
+                tracing::warn!("{what}: {why}; retrying for up to about 5 minutes");
+            } else {
+                tracing::info!(attempt, "{what}: {why}; retrying");
+            }
+        };
+        for attempt in 1..=attempts {
             let wait = match build().bearer_auth(&self.token).send() {
                 Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                    self.reached.store(true, Ordering::Relaxed);
                     let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).map(Duration::from_secs);
-                    tracing::info!(status = r.status().as_u16(), attempt, "{what}: server busy or restarting, retrying");
+                    last = format!("answered {}", r.status());
+                    retrying(attempt, &format!("server busy or restarting ({})", r.status()));
                     after.unwrap_or(delay).max(delay)
                 }
                 Ok(r) => {
+                    self.reached.store(true, Ordering::Relaxed);
                     let (status, headers) = (r.status(), r.headers().clone());
                     match r.bytes() {
                         Ok(body) => return Ok(Answer { status, headers, body }),
                         Err(e) => {
-                            tracing::info!(attempt, error = %e, "{what}: answer cut off, retrying");
+                            last = format!("answer cut off: {e}");
+                            retrying(attempt, &last);
                             delay
                         }
                     }
                 }
                 Err(e) if is_tls_failure(&e) => return Err(self.error(format!("{what}: TLS: {} (is [he] ca_cert the certificate the server uses?)", error_chain(&e)))),
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() => {
-                    tracing::info!(attempt, error = %e, "{what}: server unreachable, retrying");
+                    last = error_chain(&e);
+                    retrying(attempt, &format!("server unreachable ({last})"));
                     delay
                 }
                 Err(e) => return Err(self.error(format!("{what}: {e}"))),
             };
-            if attempt < ATTEMPTS {
+            if attempt < attempts {
                 std::thread::sleep(wait);
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
-        Err(self.error(format!("{what}: no answer after {ATTEMPTS} attempts over {:.0} s", start.elapsed().as_secs_f64())))
+        let seconds = start.elapsed().as_secs_f64();
+        if first_contact {
+            return Err(self.error(format!(
+                "{what}: cannot reach the server: no answer after {attempts} attempts over {seconds:.0} s ({last}): is \
+                 `cryptotl serve` running there, and is [he] server its address?"
+            )));
+        }
+        Err(self.error(format!("{what}: no answer after {attempts} attempts over {seconds:.0} s ({last})")))
     }
 
     /// A successful answer, else the server's error message.
