@@ -99,7 +99,7 @@ pub fn material_differences(made: &serde_json::Value, given: &serde_json::Value)
                 // The material's own names for the few keys that are not the config's.
                 let key = match path {
                     "inputs" => "head.inputs".to_string(),
-                    "client_map" => "privacy (a DP-SGD head's features come through a map fitted on no data)".to_string(),
+                    "client_map" => "privacy (a DP-SGD head needs features made with [privacy] on, through a map fitted on no data)".to_string(),
                     "version" => "the cryptotl version".to_string(),
                     "featurizer_version" => "the featurizer's version".to_string(),
                     "transfer_unit" | "transfer_unit.unit" => "head.transfer_unit".to_string(),
