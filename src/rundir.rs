@@ -47,7 +47,7 @@ pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
     }
     let mut material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
-        "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "target": cfg.target, "split": cfg.split,
+        "seed": cfg.seed, "features": cfg.features.key_material(), "source": cfg.source, "target": cfg.target, "split": cfg.split,
         "lower": cfg.lower, "pretrain": cfg.pretrain, "he": he, "server_privacy": cfg.server_privacy,
         "inputs": cfg.head.inputs,
     });

@@ -94,7 +94,7 @@ impl ShippedNetwork {
             meta: meta.clone(),
             features: features.clone(),
             config: serde_json::json!({
-                "seed": cfg.seed, "source": cfg.source, "features": cfg.features, "split": cfg.split,
+                "seed": cfg.seed, "source": cfg.source, "features": cfg.features.key_material(), "split": cfg.split,
                 "lower": cfg.lower, "pretrain": cfg.pretrain,
             }),
             membership,

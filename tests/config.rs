@@ -252,3 +252,20 @@ fn huge_numbers_are_range_errors_before_any_allocation() {
         assert!(free > 64 << 20 && free < 1 << 50, "{free} bytes");
     }
 }
+
+/// Where the model lies, where its embeddings are cached and the forward pass's batch do not change the features: a
+/// user who moves them keeps the shipped network (matched by the pretraining key), the pretraining cache and the run
+/// folders (matched by the features key). What does change the features still changes both keys.
+#[test]
+fn moving_the_model_or_the_embedding_cache_keeps_the_keys() {
+    use cryptotl::pipeline::pretrain_key;
+    use cryptotl::rundir::features_key;
+    let load = |sets: &[&str]| RunConfig::from_toml_str(QUICKSTART_TOML, "q", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let default = load(&[]);
+    let moved = load(&["features.embedding_cache_dir=\"/elsewhere/cache\"", "features.model_dir=\"/opt/minilm\"", "features.batch_size=4"]);
+    assert_eq!(pretrain_key(&default), pretrain_key(&moved));
+    assert_eq!(features_key(&default), features_key(&moved));
+    let other = load(&["features.max_windows=3"]);
+    assert_ne!(pretrain_key(&default), pretrain_key(&other));
+    assert_ne!(features_key(&default), features_key(&other));
+}

@@ -123,6 +123,24 @@ pub(super) fn table_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> std::resu
 }
 
 impl FeaturesConfig {
+    /// The settings as the cache keys, the run folder's manifest and the server's interface see them. Where the
+    /// model is (it is pinned by its sha256), where its embeddings are cached and how many texts go per forward pass
+    /// (the embedding cache already ignores it) do not change the features: they take their defaults here, so moving
+    /// the model or the cache keeps the shipped network, the pretraining cache and the run folders valid, and a
+    /// server's interface does not publish its paths.
+    ///
+    /// ```
+    /// use cryptotl::config::FeaturesConfig;
+    /// let moved = FeaturesConfig { embedding_cache_dir: "/elsewhere".into(), model_dir: "/opt/minilm".into(), batch_size: 4, ..Default::default() };
+    /// assert_eq!(moved.key_material(), FeaturesConfig::default().key_material());
+    /// assert_ne!(FeaturesConfig { ngrams: 1, ..Default::default() }.key_material(), FeaturesConfig::default().key_material());
+    /// ```
+    pub fn key_material(&self) -> serde_json::Value {
+        let d = Self::default();
+        let normalised = Self { model_dir: d.model_dir, batch_size: d.batch_size, embedding_cache_dir: d.embedding_cache_dir, ..self.clone() };
+        serde_json::to_value(normalised).unwrap_or(serde_json::Value::Null)
+    }
+
     /// The feature width: 384 for `minilm`, else `dim` (default 768).
     pub fn dim(&self) -> usize {
         match self.kind {

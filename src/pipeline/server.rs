@@ -110,7 +110,7 @@ pub fn with_task_columns<'a>(fs: &'a FeatureSplit, source: &Split, tasks: usize)
 pub fn pretrain_key(cfg: &RunConfig) -> String {
     let mut material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"), "featurizer_version": crate::features::FEATURIZER_VERSION,
-        "seed": cfg.seed, "features": cfg.features, "source": cfg.source, "split_scheme": "per-path",
+        "seed": cfg.seed, "features": cfg.features.key_material(), "source": cfg.source, "split_scheme": "per-path",
         "split": cfg.split, "lower": lower_for_key(&cfg.lower), "pretrain": cfg.pretrain,
         "dp_pretraining": cfg.dp_pretraining(),
     });

@@ -240,7 +240,7 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     let features = serde_json::json!({
         "kind": cfg.features.kind,
         "dim": lower.features.dim(),
-        "featurizer": cfg.features,
+        "featurizer": cfg.features.key_material(),
         "featurizer_version": crate::features::FEATURIZER_VERSION,
         "scaling": "each feature min-max scaled to [0, 1] on the client's own training split",
         // Where each output lies over the source data (from the calibration ranges the program is built on): the
