@@ -424,7 +424,11 @@ const PREDICT_BATCH: usize = 256;
 /// written and flushed before the next is read, so a pipe's first answers come before its input ends. `answer` is
 /// first called once there is a text (an empty input costs no model).
 fn answer_lines<T: serde::Serialize>(input: Option<&Path>, mut answer: impl FnMut(&[String]) -> Result<Vec<T>>) -> Result<()> {
-    use std::io::Write as _;
+    use std::io::{IsTerminal as _, Write as _};
+    if input.is_none() && std::io::stdin().is_terminal() {
+        // Typed texts: say what is awaited, or the command looks hung.
+        eprintln!("reading texts from the terminal, one per line (Ctrl-D ends; --input FILE reads a file)");
+    }
     let mut lines = crate::data::TextLines::open(input)?;
     let mut out = std::io::stdout().lock();
     loop {
