@@ -425,6 +425,32 @@ fn a_server_that_never_answered_is_given_up_on_after_a_few_attempts() {
     assert!(err.contains("Connection refused") && err.contains("is `cryptotl serve` running there"), "{err}");
 }
 
+/// A server that answers, even with 503 (there, but busy), has been reached: the request gets the long budget from
+/// then on, not the few attempts meant for an address where nothing answers. Four 503s, then the answer.
+#[test]
+fn a_busy_server_at_first_contact_gets_the_long_retry_budget() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        for i in 0..5 {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "request cut off");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let (status, body) = if i < 4 { ("503 Service Unavailable", "{\"error\":\"busy\"}") } else { ("200 OK", "{\"statement\":1}") };
+            write!(conn, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        }
+    });
+    let answer = Http::new(&url, "token".into(), None).unwrap().privacy().unwrap();
+    assert_eq!(answer, serde_json::json!({"statement": 1}));
+    server.join().unwrap();
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let f = Fixture::new();

@@ -139,17 +139,20 @@ impl Http {
         use std::sync::atomic::Ordering;
         let mut delay = Duration::from_millis(500);
         let start = Instant::now();
-        let first_contact = !self.reached.load(Ordering::Relaxed);
-        let attempts = if first_contact { FIRST_CONTACT_ATTEMPTS } else { ATTEMPTS };
-        let mut last = String::new();
+        // The budget follows what the server has done so far: a first answer mid-request (a 503 from a server that
+        // is there but busy) earns the long one.
+        let attempts = || if self.reached.load(Ordering::Relaxed) { ATTEMPTS } else { FIRST_CONTACT_ATTEMPTS };
+        let mut last: String;
         let retrying = |attempt: u32, why: &str| {
-            if attempt == 1 && !first_contact {
+            if attempt == 1 && self.reached.load(Ordering::Relaxed) {
                 tracing::warn!("{what}: {why}; retrying for up to about 5 minutes");
             } else {
                 tracing::info!(attempt, "{what}: {why}; retrying");
             }
         };
-        for attempt in 1..=attempts {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let wait = match build().bearer_auth(&self.token).send() {
                 Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
                     self.reached.store(true, Ordering::Relaxed);
@@ -178,19 +181,20 @@ impl Http {
                 }
                 Err(e) => return Err(self.error(format!("{what}: {e}"))),
             };
-            if attempt < attempts {
-                std::thread::sleep(wait);
-                delay = (delay * 2).min(Duration::from_secs(30));
+            if attempt >= attempts() {
+                break;
             }
+            std::thread::sleep(wait);
+            delay = (delay * 2).min(Duration::from_secs(30));
         }
         let seconds = start.elapsed().as_secs_f64();
-        if first_contact {
+        if !self.reached.load(Ordering::Relaxed) {
             return Err(self.error(format!(
-                "{what}: cannot reach the server: no answer after {attempts} attempts over {seconds:.0} s ({last}): is \
+                "{what}: cannot reach the server: no answer after {attempt} attempts over {seconds:.0} s ({last}): is \
                  `cryptotl serve` running there, and is [he] server its address?"
             )));
         }
-        Err(self.error(format!("{what}: no answer after {attempts} attempts over {seconds:.0} s ({last})")))
+        Err(self.error(format!("{what}: no answer after {attempt} attempts over {seconds:.0} s ({last})")))
     }
 
     /// A successful answer, else the server's error message.
