@@ -1,7 +1,7 @@
 //! Atomic file writes for both parties: a uniquely named temporary file in the same folder, fsync, rename, then the
 //! folder synced. A reader sees the old file or the new one, never a torn one, even if the writer is killed; two
-//! writers of one path (two threads or two processes) never share a temporary file. The client crate's `cryptotl::atomic` and this crate's
-//! model directory and key store write through it.
+//! writers of one path (two threads or two processes) never share a temporary file. The client crate's
+//! `cryptotl::atomic` and this crate's model directory and key store write through it.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();

@@ -248,11 +248,12 @@ async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Respo
 /// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
 pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_timeout: Duration) -> Router {
     let iface = service.interface().clone();
+    let max_queue = max_queue.clamp(1, MAX_QUEUE);
     let state = Arc::new(AppState {
         service,
         tokens,
-        queue: Arc::new(Semaphore::new(max_queue.clamp(1, MAX_QUEUE))),
-        max_queue: max_queue.clamp(1, MAX_QUEUE),
+        queue: Arc::new(Semaphore::new(max_queue)),
+        max_queue,
         worker: Arc::new(Semaphore::new(1)),
         queue_timeout,
         metrics: Metrics::new(),
