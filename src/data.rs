@@ -207,10 +207,7 @@ impl TextLines<Box<dyn std::io::Read>> {
     /// ```
     pub fn open(input: Option<&Path>) -> Result<Self> {
         Ok(match input {
-            Some(p) => {
-                let file = std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", not_found_hint(p, &e))))?;
-                Self::new(Box::new(file), p)
-            }
+            Some(p) => Self::new(Box::new(open_file(p, |e| not_found_hint(p, e))?), p),
             None => Self::new(Box::new(std::io::stdin()), Path::new("<stdin>")),
         })
     }
@@ -422,10 +419,15 @@ pub fn read_bounded(reader: impl std::io::Read, what: &Path, limit: u64) -> Resu
     Ok(bytes)
 }
 
+/// Open the dataset or input file `p`; one that cannot be opened is an error saying why, then `hint(error)`.
+fn open_file(p: &Path, hint: impl Fn(&std::io::Error) -> String) -> Result<std::fs::File> {
+    std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", hint(&e))))
+}
+
 /// Read the file `p` whole, within [`MAX_FILE_BYTES`]: a larger regular file is refused before reading. A file
-/// that cannot be opened is an error saying why, then `hint(error)`.
+/// that cannot be opened is [`open_file`]'s error.
 fn read_file(p: &Path, hint: impl Fn(&std::io::Error) -> String) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(p).map_err(|e| Error::data(p, format!("cannot read: {e}{}", hint(&e))))?;
+    let file = open_file(p, hint)?;
     if let Ok(meta) = file.metadata()
         && meta.is_file()
         && meta.len() > MAX_FILE_BYTES
