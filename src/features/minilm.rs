@@ -88,14 +88,14 @@ pub const MINILM_CONFIG_SHA256: &str = "953f9c0d463486b10a6871cc2fd59f223b2c7018
 /// sha256 of the `tokenizer.json` that goes with [`MINILM_SHA256`] (as `datasets/fetch_model.py` pins it).
 pub const MINILM_TOKENIZER_SHA256: &str = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037";
 
-/// Refuse a model file whose bytes are not the pinned ones.
-fn check_pinned(path: &Path, want: &str) -> Result<()> {
+/// The bytes of a model file, refused unless they are the pinned ones (sha256 `want`).
+fn read_pinned(path: &Path, want: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let got = cryptotl_server::artifact::sha256_hex(&bytes);
     if got != want {
         return Err(Error::artifact(path, format!("sha256 {got} is not the pinned all-MiniLM-L6-v2 file ({want}); re-run `python3 datasets/fetch_model.py`")));
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn missing_model(dir: &Path, what: &str) -> Error {
@@ -114,12 +114,7 @@ impl Encoder {
         if !weights_path.exists() {
             return Err(missing_model(dir, "no model.safetensors"));
         }
-        let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let model_sha256 = cryptotl_server::artifact::sha256_hex(&bytes);
-        if model_sha256 != MINILM_SHA256 {
-            return Err(Error::artifact(&weights_path, format!(
-                "sha256 {model_sha256} is not the pinned all-MiniLM-L6-v2 ({MINILM_SHA256}); re-run `python3 datasets/fetch_model.py`")));
-        }
+        let bytes = read_pinned(&weights_path, MINILM_SHA256)?;
         // The weights are pinned, so the files that say how to read them are too: a config with other head counts
         // or a tokenizer with other ids still load, and would embed differently from the shipped embeddings and the
         // cache (both keyed by the weights' hash).
@@ -127,8 +122,8 @@ impl Encoder {
         if !tok_path.exists() {
             return Err(missing_model(dir, "no tokenizer.json"));
         }
-        check_pinned(&dir.join("config.json"), MINILM_CONFIG_SHA256)?;
-        check_pinned(&tok_path, MINILM_TOKENIZER_SHA256)?;
+        read_pinned(&dir.join("config.json"), MINILM_CONFIG_SHA256)?;
+        read_pinned(&tok_path, MINILM_TOKENIZER_SHA256)?;
         let config = BertConfig::load(&dir.join("config.json"))?;
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::artifact(&tok_path, format!("cannot load the tokenizer: {e}")))?;
         let mut untruncated = tokenizer.clone();
@@ -143,7 +138,7 @@ impl Encoder {
             .map_err(|e| Error::artifact(&tok_path, format!("cannot set truncation: {e}")))?;
         tokenizer.with_padding(None);
         let bert = Bert::from_safetensors(&bytes, &weights_path, config, &Default::default())?;
-        Ok(Self { tokenizer, untruncated, bert, model_sha256 })
+        Ok(Self { tokenizer, untruncated, bert, model_sha256: MINILM_SHA256.to_string() })
     }
 
     /// Token ids per text (`[CLS]` ... `[SEP]`, at most [`MAX_TOKENS`]).
