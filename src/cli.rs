@@ -450,10 +450,11 @@ fn predict(a: &PredictArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
     let mut predictor = None;
     answer_lines(a.input.as_deref(), |batch| {
-        if predictor.is_none() {
-            predictor = Some(pipeline::Predictor::open(&cfg, &a.run)?);
-        }
-        predictor.as_mut().expect("opened above").predict(batch)
+        let p = match &mut predictor {
+            Some(p) => p,
+            None => predictor.insert(pipeline::Predictor::open(&cfg, &a.run)?),
+        };
+        p.predict(batch)
     })?;
     predictor.map_or(Ok(()), |p| p.finish())
 }
@@ -675,11 +676,11 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     }
     let mut embedder = None;
     answer_lines(a.input.as_deref(), |texts| {
-        if embedder.is_none() {
-            embedder = Some(embed_batch(&cfg, a.raw)?);
-        }
-        let rows = embedder.as_ref().expect("made above")(texts)?;
-        Ok(rows.rows().into_iter().map(|row| row.to_vec()).collect())
+        let embed = match &embedder {
+            Some(e) => e,
+            None => embedder.insert(embed_batch(&cfg, a.raw)?),
+        };
+        Ok(embed(texts)?.rows().into_iter().map(|row| row.to_vec()).collect())
     })
 }
 
