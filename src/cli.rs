@@ -74,6 +74,25 @@ enum Command {
     Serve(ServeArgs),
 }
 
+impl Command {
+    /// The file of the config this command loads, as its errors should name it.
+    fn config_file(&self) -> Option<String> {
+        let args = match self {
+            Command::Run(c) | Command::Pretrain(c) | Command::Features(c) | Command::TrainHead(c) | Command::Evaluate(c) | Command::CheckConfig(c) => c,
+            Command::Embed(a) => &a.config,
+            Command::Curve(a) => &a.config,
+            Command::Audit(a) => &a.config,
+            Command::ShipNetwork(a) => &a.config,
+            Command::Sweep(a) => &a.config,
+            Command::Server(ServerCommand::Build(a)) => &a.config,
+            Command::Server(ServerCommand::Membership(c)) => c,
+            Command::Predict(a) => return Some(a.run.join("config.toml").display().to_string()),
+            Command::Server(ServerCommand::Token(_)) | Command::Budget(_) | Command::ShipEmbeddings(_) | Command::Serve(_) => return None,
+        };
+        Some(args.file_name())
+    }
+}
+
 #[derive(Args, Debug)]
 struct PredictArgs {
     /// The run directory (`run`, or `features` + `train-head`): its config.toml, client_features.json, head (and,
@@ -340,7 +359,15 @@ struct ConfigArgs {
     output_dir: Option<PathBuf>,
 }
 
+/// How errors and messages name the embedded default config.
+const EMBEDDED_CONFIG_NAME: &str = "configs/quickstart.toml (embedded)";
+
 impl ConfigArgs {
+    /// The config's name in error messages: its path, or the embedded default's name.
+    fn file_name(&self) -> String {
+        self.config.as_ref().map_or_else(|| EMBEDDED_CONFIG_NAME.to_string(), |p| p.display().to_string())
+    }
+
     fn load(&self) -> Result<RunConfig> {
         let mut overrides = self.set.clone();
         if let Some(seed) = self.seed {
@@ -351,7 +378,7 @@ impl ConfigArgs {
         }
         match &self.config {
             Some(path) => RunConfig::load(path, &overrides),
-            None => RunConfig::from_toml_str(QUICKSTART_TOML, "configs/quickstart.toml (embedded)", &overrides),
+            None => RunConfig::from_toml_str(QUICKSTART_TOML, EMBEDDED_CONFIG_NAME, &overrides),
         }
     }
 }
@@ -377,7 +404,12 @@ pub fn main() -> ExitCode {
     if cli.quiet {
         crate::progress::hide();
     }
-    match dispatch(cli.command) {
+    // Errors found after the config was loaded name it as `<config>`: the CLI knows its path.
+    let config_file = cli.command.config_file();
+    match dispatch(cli.command).map_err(|e| match &config_file {
+        Some(file) => e.in_config_file(file),
+        None => e,
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -487,7 +519,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             let source = match source {
                 Some(s) => s,
                 None => pipeline::load_source(&cfg)
-                    .map_err(|e| Error::Config { file: cfg.name.clone(), key: "source.paths".into(), message: format!("the membership attack needs the server's source data: {e}") })?
+                    .map_err(|e| Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "source.paths".into(), message: format!("the membership attack needs the server's source data: {e}") })?
                     .0,
             };
             let attack = pipeline::measure_membership(&cfg, &lower, &source)?;

@@ -100,7 +100,26 @@ impl From<opendp::error::Error> for Error {
     }
 }
 
+/// The file name of a config error found after the config was loaded (a `RunConfig` does not keep where it came
+/// from). The CLI, which knows, puts the config's path in its place ([`Error::in_config_file`]).
+pub const UNNAMED_CONFIG: &str = "<config>";
+
 impl Error {
+    /// A config error raised without the config's file name ([`UNNAMED_CONFIG`]) gets `file`; any other error is
+    /// returned as it is.
+    ///
+    /// ```
+    /// use cryptotl::error::{Error, UNNAMED_CONFIG};
+    /// let e = Error::Config { file: UNNAMED_CONFIG.into(), key: "he.server".into(), message: "is not a URL".into() };
+    /// assert_eq!(e.in_config_file("configs/x.toml").to_string(), "configs/x.toml: key `he.server`: is not a URL");
+    /// ```
+    pub fn in_config_file(self, file: &str) -> Self {
+        match self {
+            Error::Config { file: f, key, message } if f == UNNAMED_CONFIG => Error::Config { file: file.into(), key, message },
+            e => e,
+        }
+    }
+
     /// True when the error is the user's input (config, data, features), not an internal failure.
     pub fn is_input_error(&self) -> bool {
         matches!(

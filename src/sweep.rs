@@ -250,7 +250,7 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
     }
     if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
         return Err(Error::Config {
-            file: cfg.name.clone(),
+            file: crate::error::UNNAMED_CONFIG.into(),
             key: "head.inputs".into(),
             message: "the sweep trains DP-SGD heads, and \"transfer+bow\" adds a score fitted on the labels without DP; sweep with --set head.inputs=transfer (or transfer+own)".into(),
         });

@@ -424,6 +424,17 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("gone.csv") && err.contains("cannot read"), "{err}");
 
+    // A key found wrong only once the run starts (the server's address) is named with its config's file, as a
+    // key wrong at load time is; the embedded default names itself.
+    let bad_server = dir.path().join("bad_server.toml");
+    std::fs::write(&bad_server, tiny_config(dir.path())).unwrap();
+    let (code, _, err) = cli(&["-q", "run", bad_server.to_str().unwrap(), "--set", "he.enabled=true", "--set", "he.server=\"ftp://x\""]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad_server.toml: key `he.server`") && err.contains("ftp"), "{err}");
+    let (code, _, err) = cli(&["-q", "audit", "--set", "privacy.target_epsilon=1", "--set", "head.kind=\"mlp\"", "--output-dir", dir.path().join("a").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("configs/quickstart.toml (embedded): key `head.kind`"), "{err}");
+
     // Sweeps check their ε lists and settings before any work, and a refused sweep leaves no folder behind.
     let out = dir.path().join("sweep-out");
     let out_arg = out.to_str().unwrap();

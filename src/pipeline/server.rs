@@ -345,7 +345,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
     // entry (no meta.json) was never used, so it is drawn again.
     let unreadable = |e: Error| Error::Config {
-        file: cfg.name.clone(),
+        file: crate::error::UNNAMED_CONFIG.into(),
         key: "server_privacy.weight_noise".into(),
         message: format!(
             "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
@@ -409,7 +409,7 @@ pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Op
         let (split, _) = match &source {
             Some(s) => s,
             None => source.insert(load_source(cfg).map_err(|e| Error::Config {
-                file: cfg.name.clone(),
+                file: crate::error::UNNAMED_CONFIG.into(),
                 key: "server_privacy.weight_noise".into(),
                 message: format!("a noised network is calibrated on its source data, which cannot be loaded: {e}"),
             })?),

@@ -199,7 +199,7 @@ pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
     if !cfg.he.enabled {
         return Ok(None);
     }
-    match cfg.he.server_location().map_err(|m| Error::Config { file: "<config>".into(), key: "he.server".into(), message: m })? {
+    match cfg.he.server_location().map_err(|m| Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "he.server".into(), message: m })? {
         crate::config::ServerLocation::Remote(url) => Ok(Some(url)),
         crate::config::ServerLocation::Local => Ok(None),
     }
@@ -231,7 +231,7 @@ fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_di
 /// the interface clients fetch and the server's privacy statement. Returns the network too.
 pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifact, PretrainedLower)> {
     if !cfg.he.enabled {
-        return Err(Error::Config { file: "<config>".into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
+        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
     }
     let (lower, source) = server_network_and_source(cfg)?;
     let program = compile_program(cfg, &lower)?;
@@ -277,7 +277,7 @@ pub fn remote_session(cfg: &RunConfig, url: &str, reuse_key: bool) -> Result<cra
     let model = crate::he::Transport::interface(&transport)?;
     let kind = model.features.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     if kind != cfg.features.kind.name() {
-        return Err(Error::Config { file: "<config>".into(), key: "features.kind".into(), message: format!(
+        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features.kind".into(), message: format!(
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }
     let key_file = cfg.output_dir().join(CLIENT_KEY_FILE);
