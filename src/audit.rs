@@ -299,27 +299,29 @@ impl AuditResult {
     }
 }
 
-/// What the audit of `cfg` trains on: its head inputs through the **plaintext** lower network (the DP mechanism
-/// does not depend on how its inputs were computed, and encrypting every sample again would only cost time), and
-/// the public point the run's DP head centres them on. Returns the inputs and that reference; `cfg` should have
-/// `he.enabled = false` (as [`audit_config`] sets it).
+/// What the audit of `cfg` trains on: its head inputs through the lower network wherever `cfg` runs it
+/// ([`crate::pipeline::lower_outputs`]), and the public point the run's DP head centres them on. Returns the inputs
+/// and that reference. [`audit_config`] runs the server's network in **plaintext** when the client has it (the DP
+/// mechanism does not depend on how its inputs were computed, and encrypting every sample again would only cost
+/// time); a client of a remote server has only the encrypted path.
 pub fn audit_inputs(cfg: &RunConfig) -> Result<(FeatureSplit, Vec<f32>)> {
     let data = crate::pipeline::prepare_data(cfg)?;
-    let lower = crate::pipeline::server_lower_network(cfg)?;
     let (pipeline, own) = crate::pipeline::client_features(cfg, &data.target)?;
     let input = crate::pipeline::TransferInput::new(cfg, &pipeline, &data.target, &own)?;
-    let (transferred, _) = crate::pipeline::transfer(cfg, &lower, &input)?;
+    let crate::pipeline::LowerOutputs { features: transferred, output_ranges, .. } = crate::pipeline::lower_outputs(cfg, &input)?;
     let inputs = crate::pipeline::head_inputs(cfg, &transferred, &own, None)?;
-    let references = crate::pipeline::dp_references(cfg, Some(&lower), transferred.train.ncols(), own.train.ncols());
+    let references = crate::pipeline::DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), own.train.ncols());
     Ok((inputs, references.transferred))
 }
 
-/// The audit of a config end to end: its data, the server's network, the client's features through the
-/// plaintext lower network ([`audit_inputs`]), then [`audit`].
+/// The audit of a config end to end: its data, the client's features through the lower network ([`audit_inputs`]:
+/// in plaintext, or through the remote server of `[he] server`), then [`audit`].
 pub fn audit_config(cfg: &RunConfig, m: usize, seed: u64) -> Result<AuditResult> {
     check(cfg, m)?;
-    let mut plain = cfg.clone();
-    plain.he.enabled = false;
-    let (inputs, reference) = audit_inputs(&plain)?;
-    audit(&plain, &inputs, &reference, m, seed)
+    let mut inputs_cfg = cfg.clone();
+    if crate::pipeline::remote_server(cfg)?.is_none() {
+        inputs_cfg.he.enabled = false;
+    }
+    let (inputs, reference) = audit_inputs(&inputs_cfg)?;
+    audit(cfg, &inputs, &reference, m, seed)
 }

@@ -255,6 +255,18 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
             message: "the sweep trains DP-SGD heads, and \"transfer+bow\" adds a score fitted on the labels without DP; sweep with --set head.inputs=transfer (or transfer+own)".into(),
         });
     }
+    if !spec.server_epsilons.is_empty()
+        && let Some(url) = pipeline::remote_server(cfg)?
+    {
+        return Err(Error::Config {
+            file: crate::error::UNNAMED_CONFIG.into(),
+            key: "he.server".into(),
+            message: format!(
+                "is the remote server {url}: its network is trained by its owner, so a client sweeps only its own ε; \
+                 leave out --server-epsilons (or sweep the server's ε with he.server = \"local\" where the source data is)"
+            ),
+        });
+    }
     let server_settings: Vec<Option<Epsilon>> =
         if spec.server_epsilons.is_empty() { vec![None] } else { spec.server_epsilons.iter().copied().map(Some).collect() };
     let mut settings = Vec::new();
@@ -294,17 +306,10 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
     let input = pipeline::TransferInput::new(cfg, &client_pipeline, &data.target, &client)?.journaled_in(journal);
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
-        let lower = pipeline::server_lower_network(server_cfg)?;
-        let server_reached = match (&lower.meta.dp_pretraining, &lower.weight_noise) {
-            (None, None) => f64::INFINITY,
-            (Some(p), None) => p.epsilon,
-            (None, Some(w)) => w.plan.epsilon,
-            // Both: the tighter of the two valid bounds (see `privacy::budget`).
-            (Some(p), Some(w)) => p.epsilon.min(w.plan.epsilon),
-        };
+        // Through the remote server of `[he] server`, or here on the server's network of this setting.
+        let pipeline::LowerOutputs { features: transferred, output_ranges, source_epsilon: server_reached } = pipeline::lower_outputs(server_cfg, &input)?;
         tracing::info!(?server_eps, server_reached, "server setting ready");
-        let (transferred, _) = pipeline::transfer(server_cfg, &lower, &input)?;
-        let references = pipeline::dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+        let references = pipeline::DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),

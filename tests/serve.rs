@@ -623,25 +623,32 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-#[test]
-fn run_and_predict_through_a_server_that_server_build_made() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tiny.toml");
-    std::fs::write(&cfg, common::tiny_config(dir.path())).unwrap();
-    let c = cfg.to_str().unwrap();
-    // The model owner: pretrain and compile, issue a token, serve.
-    let (model, tokens) = (dir.path().join("model"), dir.path().join("tokens"));
-    let (code, out, err) = cli(&["-q", "server", "build", c, "--out", model.to_str().unwrap()], &[]);
+/// The model owner's side of the tiny config in `dir` (`tiny.toml`, returned): `server build` into `dir/model`, a
+/// token for `name` in `dir/tokens`, `serve` on loopback with its key store in `dir/keys`.
+fn build_and_serve_tiny(dir: &Path, name: &str) -> (PathBuf, Server, String) {
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, common::tiny_config(dir)).unwrap();
+    let (model, tokens) = (dir.join("model"), dir.join("tokens"));
+    let (code, out, err) = cli(&["-q", "server", "build", cfg.to_str().unwrap(), "--out", model.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("server model written"), "{out}");
-    let (code, token, err) = cli(&["server", "token", "--name", "carol", "--tokens", tokens.to_str().unwrap()], &[]);
+    let (code, token, err) = cli(&["server", "token", "--name", name, "--tokens", tokens.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{err}");
     let token = token.trim().to_string();
     assert_eq!(token.len(), 64);
+    (cfg, Server::spawn(&model, &tokens, &dir.join("keys"), "127.0.0.1:0", &[]), token)
+}
+
+#[test]
+fn run_and_predict_through_a_server_that_server_build_made() {
+    let dir = tempfile::tempdir().unwrap();
+    // The model owner: pretrain and compile, issue a token, serve.
+    let (cfg, server, token) = build_and_serve_tiny(dir.path(), "carol");
+    let c = cfg.to_str().unwrap();
+    let tokens = dir.path().join("tokens");
     assert!(!std::fs::read_to_string(&tokens).unwrap().contains(&token), "the token file keeps only the hash");
     let (code, _, err) = cli(&["server", "token", "--name", "carol", "--tokens", tokens.to_str().unwrap()], &[]);
     assert!(code == 2 && err.contains("already has a token"), "{err}");
-    let server = Server::spawn(&model, &tokens, &dir.path().join("keys"), "127.0.0.1:0", &[]);
 
     // The data owner: the whole run through the server, never touching the server's network or source data.
     let set = format!("he.server={:?}", server.url);
@@ -721,6 +728,52 @@ fn run_and_predict_through_a_server_that_server_build_made() {
 
 /// Outputs within the tested rate of one-level lookups of the clear-integer program (what a session without the
 /// oracle cannot check itself).
+#[test]
+fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
+    // The model owner builds and serves; the client's config keeps the server's address but has neither its network
+    // (an empty cache) nor its source data (the path is gone), so nothing here can be run on the client's side.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, server, token) = build_and_serve_tiny(dir.path(), "dana");
+    let env = [("CRYPTOTL_TOKEN", token.as_str())];
+    let client = dir.path().join("client.toml");
+    let text = common::tiny_config(dir.path())
+        .replace(&dir.path().join("cache").display().to_string(), &dir.path().join("client-cache").display().to_string())
+        .replace("separable_source.csv", "gone.csv")
+        .replace("[he]\n", &format!("[he]\nserver = {:?}\n", server.url));
+    std::fs::write(&client, text).unwrap();
+    let c = client.to_str().unwrap();
+    let samples = || metric(&server.metrics(), "cryptotl_samples_total");
+
+    // Learning curves: every sample once through the server, the key kept in the curve's own folder.
+    let curve = dir.path().join("curve");
+    let (code, out, err) = cli(&["-q", "curve", c, "--set", "curve.draws=1", "--out", curve.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("transfer"), "{out}");
+    assert_eq!(samples(), 120.0);
+    assert!(curve.join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
+    assert!(!dir.path().join("run").join(cryptotl::pipeline::CLIENT_KEY_FILE).exists(), "the run's folder is not the curve's");
+
+    // The client's ε swept through the server; the server's ε is not the client's to sweep.
+    let sweep = dir.path().join("sweep");
+    let (code, _, err) = cli(&["-q", "sweep", c, "--client-epsilons", "1,inf", "--repeats", "1", "--server-epsilons", "4", "--out", sweep.to_str().unwrap()], &env);
+    assert!(code == 2 && err.contains("he.server") && err.contains("--server-epsilons"), "{code}: {err}");
+    assert!(!sweep.exists());
+    let (code, out, err) = cli(&["-q", "sweep", c, "--client-epsilons", "1,inf", "--repeats", "1", "--out", sweep.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("server as configured"), "{out}");
+    assert_eq!(samples(), 240.0);
+
+    // The audit's head inputs come through the server too (a client of a remote server has no plaintext path).
+    let audit = dir.path().join("audit");
+    let (code, out, err) = cli(&["-q", "audit", c, "--set", "privacy.target_epsilon=1", "--canaries", "100", "--output-dir", audit.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lower bound") || out.contains("ε"), "{out}");
+    assert_eq!(samples(), 360.0);
+    let pretrained: Vec<_> = std::fs::read_dir(dir.path().join("client-cache")).into_iter().flatten().flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pretrain")).collect();
+    assert!(pretrained.is_empty(), "the client pretrained nothing: {pretrained:?}");
+}
+
 fn assert_near_the_program(session: &Session, xs: &[Vec<f32>], got: &[Vec<i64>]) {
     let program = program();
     let (mut compared, mut off) = (0, 0);

@@ -12,22 +12,22 @@ use crate::report::NetworkOrigin;
 use super::{prepare_data, timed};
 use super::heads::{dp_references, head_inputs, head_name, privacy_plan, save_head_input_models, train_head, train_head_private, train_target_only, transfer_output_ranges};
 use super::server::{server_lower_network, server_network_and_source, source_membership};
-use super::transfer::{client_features, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
+use super::transfer::{client_features, lower_outputs, LowerOutputs, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
 
-/// Learning curves alone (`cryptotl curve`): data -> server network -> client features -> frozen lower network
-/// (encrypted when `he.enabled`) -> the heads on seeded subsets of every size ([`crate::curve`]). With
-/// `journal_dir`, the encrypted pass keeps its journal there ([`TransferInput::journaled_in`]; the caller removes it
+/// Learning curves alone (`cryptotl curve`): data -> client features -> frozen lower network (encrypted when
+/// `he.enabled`, through the remote server when `he.server` names one; [`lower_outputs`]) -> the heads on seeded
+/// subsets of every size ([`crate::curve`]). With `journal_dir`, the encrypted pass keeps its journal there, and
+/// the client key a remote server's pass makes ([`TransferInput::journaled_in`]; the caller removes the journal
 /// once the curves are written).
 pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curve::LearningCurves> {
     let data = prepare_data(cfg)?;
     // DP heads in the curves follow the run's privacy settings; refuse a schedule beyond its budget before work.
     privacy_plan(cfg, data.target.train.len())?;
-    let lower = server_lower_network(cfg)?;
     let (pipeline, client) = client_features(cfg, &data.target)?;
     let input = TransferInput::new(cfg, &pipeline, &data.target, &client)?.journaled_in(journal_dir);
-    let (transferred, _) = transfer(cfg, &lower, &input)?;
+    let LowerOutputs { features: transferred, output_ranges, .. } = lower_outputs(cfg, &input)?;
     let bow = BagOfWords::new(&data.target);
-    let references = dp_references(cfg, Some(&lower), transferred.train.ncols(), client.train.ncols());
+    let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
     crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
 }
 

@@ -43,6 +43,14 @@ impl PretrainedLower {
     pub fn from_cache(&self) -> bool {
         self.origin != NetworkOrigin::Trained
     }
+
+    /// The tightest ε its server-side mechanisms give the source data (DP pretraining, weight noise: the smaller of
+    /// the two valid bounds); ∞ with neither.
+    pub fn source_epsilon(&self) -> f64 {
+        let pretraining = self.meta.dp_pretraining.as_ref().map_or(f64::INFINITY, |p| p.epsilon);
+        let weight_noise = self.weight_noise.as_ref().map_or(f64::INFINITY, |w| w.plan.epsilon);
+        pretraining.min(weight_noise)
+    }
 }
 
 /// What a stored pretraining (cache entry or shipped network) keeps beside the network.

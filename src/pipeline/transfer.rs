@@ -265,10 +265,11 @@ pub const CLIENT_KEY_FILE: &str = "client_key.json";
 /// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
 /// client's features.
 ///
-/// The client key is kept in the run directory ([`CLIENT_KEY_FILE`], owner-only): `reuse_key = false` (a new run,
-/// `features`) makes a new one and keeps it; `true` (`predict`, a run resuming an interrupted pass) reuses the kept
-/// one and the evaluation key the server stores for it ([`crate::he::Session::connect_keeping_key`]).
-pub fn remote_session(cfg: &RunConfig, url: &str, reuse_key: bool) -> Result<crate::he::Session> {
+/// The client key is kept in `key_dir` ([`CLIENT_KEY_FILE`], owner-only; a run's folder, or the folder of a `curve`
+/// or `sweep`, whichever its command holds): `reuse_key = false` (a new run, `features`) makes a new one and keeps
+/// it; `true` (`predict`, a pass resuming an interrupted one) reuses the kept one and the evaluation key the server
+/// stores for it ([`crate::he::Session::connect_keeping_key`]). With no `key_dir` the key is made and not kept.
+pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_key: bool) -> Result<crate::he::Session> {
     let ca = match &cfg.he.ca_cert {
         Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
         None => None,
@@ -280,8 +281,10 @@ pub fn remote_session(cfg: &RunConfig, url: &str, reuse_key: bool) -> Result<cra
         return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features.kind".into(), message: format!(
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }
-    let key_file = cfg.output_dir().join(CLIENT_KEY_FILE);
-    let mut session = crate::he::Session::connect_keeping_key(Box::new(transport), cfg.he.insecure_seed, &key_file, reuse_key)?;
+    let mut session = match key_dir {
+        Some(dir) => crate::he::Session::connect_keeping_key(Box::new(transport), cfg.he.insecure_seed, &dir.join(CLIENT_KEY_FILE), reuse_key)?,
+        None => crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?,
+    };
     session.set_batch(cfg.he.batch);
     Ok(session)
 }
@@ -300,21 +303,53 @@ pub struct RemoteTransfer {
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
 ///
-/// A pass that resumes an interrupted one (a journal is in its folder) takes up the client key the run kept there,
-/// if it is still the key of this server, model and parameter set: the journal's rows need no key, and the rest go
-/// under the key the server already stores, with no second 50 MiB upload and no dead key left in its store. A new
-/// pass makes a new key, so its report measures key generation and upload.
+/// The client key is kept beside the pass's journal ([`TransferInput::journaled_in`]: the folder its command
+/// holds); a pass with no journal keeps no key. A pass that resumes an interrupted one (a journal is in its folder)
+/// takes up the key kept there, if it is still the key of this server, model and parameter set: the journal's rows
+/// need no key, and the rest go under the key the server already stores, with no second 50 MiB upload and no dead
+/// key left in its store. A new pass makes a new key, so its report measures key generation and upload.
 pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
-    let resuming = match input.journal.as_deref() {
+    let key_dir = input.journal.as_deref();
+    let resuming = match key_dir {
         Some(dir) => !crate::he::journal::journals_in(dir)?.is_empty(),
         None => false,
     };
-    let session = remote_session(cfg, url, resuming)?;
+    let session = remote_session(cfg, url, key_dir, resuming)?;
     let statement = session.server_privacy()?;
     let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
     let he = crate::he::HeReport::new(&session, None, &stats, None);
     Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
+}
+
+/// What [`lower_outputs`] brings back.
+pub struct LowerOutputs {
+    /// The network's outputs for the client's rows (decrypted, or plaintext), pooled per text.
+    pub features: FeatureSplit,
+    /// The public ranges they lie in, which a DP head centres them on ([`DpReferences`](crate::privacy::centring::DpReferences)):
+    /// those the remote server publishes, or the network's own.
+    pub output_ranges: Option<Vec<(f32, f32)>>,
+    /// The tightest ε the server's mechanisms give its source data (∞ with none): from the statement a remote server
+    /// publishes, or the network's own ([`PretrainedLower::source_epsilon`]).
+    pub source_epsilon: f64,
+}
+
+/// The server's lower network on the client's `input`, for the commands that need only its outputs (`curve`,
+/// `sweep`, `audit`), wherever `cfg` runs it: through the remote server of `[he] server` when it names one (the
+/// client has none of the server's network; [`remote_transfer`]), else here on the server's network
+/// ([`server_lower_network`]: the one-process simulation, or plaintext).
+pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutputs> {
+    match remote_server(cfg)? {
+        Some(url) => {
+            let remote = remote_transfer(cfg, &url, input)?;
+            Ok(LowerOutputs { features: remote.features, output_ranges: remote.output_ranges, source_epsilon: remote.statement.source_epsilon() })
+        }
+        None => {
+            let lower = server_lower_network(cfg)?;
+            let (features, _) = transfer(cfg, &lower, input)?;
+            Ok(LowerOutputs { features, output_ranges: transfer_output_ranges(cfg, &lower), source_epsilon: lower.source_epsilon() })
+        }
+    }
 }
 
 /// The server's lower network as new texts reach it (`predict`): through the remote server, through the one-process
@@ -329,7 +364,7 @@ impl LowerPath {
     /// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]).
     fn open(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<Self> {
         let session = match remote_server(cfg)? {
-            Some(url) => remote_session(cfg, &url, true)?,
+            Some(url) => remote_session(cfg, &url, Some(&cfg.output_dir()), true)?,
             None if !cfg.he.enabled => return Ok(Self::Plain(Box::new(server_lower_network(cfg)?.net))),
             None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
         };

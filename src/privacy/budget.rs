@@ -202,6 +202,16 @@ pub struct ServerStatement {
 }
 
 impl ServerStatement {
+    /// The tightest ε its rows give the source data (the smallest of the valid bounds); ∞ with no mechanism.
+    ///
+    /// ```
+    /// use cryptotl::privacy::budget::{ServerMechanisms, ServerStatement};
+    /// assert_eq!(ServerStatement::new(ServerMechanisms::default()).unwrap().source_epsilon(), f64::INFINITY);
+    /// ```
+    pub fn source_epsilon(&self) -> f64 {
+        self.rows.iter().filter_map(|r| r.epsilon).fold(f64::INFINITY, f64::min)
+    }
+
     /// The statement of these mechanisms.
     pub fn new(server: ServerMechanisms<'_>) -> Result<Self> {
         let off = TfheStatement { enabled: false, parameter_set: None, security_bits: None, log2_failure_probability: None,
