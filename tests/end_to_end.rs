@@ -424,13 +424,18 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("gone.csv") && err.contains("cannot read"), "{err}");
 
-    // A key found wrong only once the run starts (the server's address) is named with its config's file, as a
-    // key wrong at load time is; the embedded default names itself.
+    // A key found wrong only once the run starts (where the server's token is) is named with its config's file, as
+    // a key wrong at load time is; the embedded default names itself.
     let bad_server = dir.path().join("bad_server.toml");
     std::fs::write(&bad_server, tiny_config(dir.path())).unwrap();
-    let (code, _, err) = cli(&["-q", "run", bad_server.to_str().unwrap(), "--set", "he.enabled=true", "--set", "he.server=\"ftp://x\""]);
+    let no_token = ["--set", "he.server=\"http://127.0.0.1:9\"", "--set", "he.token_env=\"CRYPTOTL_TEST_NO_SUCH_TOKEN\""];
+    let (code, _, err) = cli(&[&["-q", "run", bad_server.to_str().unwrap()][..], &no_token].concat());
     assert_eq!(code, 2);
-    assert!(err.contains("bad_server.toml: key `he.server`") && err.contains("ftp"), "{err}");
+    assert!(err.contains("bad_server.toml: key `he.token_env`") && err.contains("CRYPTOTL_TEST_NO_SUCH_TOKEN"), "{err}");
+    // A remote server with he.enabled = false (the server's network here, in plaintext) is refused at load.
+    let (code, _, err) = cli(&[&["-q", "run", bad_server.to_str().unwrap(), "--set", "he.enabled=false"][..], &no_token].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("bad_server.toml: key `he.server`") && err.contains("he.enabled = false"), "{err}");
     let (code, _, err) = cli(&["-q", "audit", "--set", "privacy.target_epsilon=1", "--set", "head.kind=\"mlp\"", "--output-dir", dir.path().join("a").to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("configs/quickstart.toml (embedded): key `head.kind`"), "{err}");

@@ -287,6 +287,11 @@ impl RunConfig {
         }
         if self.he.enabled {
             self.he.check(&self.lower, at)?;
+        } else if self.he.server.trim() != "local" {
+            return Err(at.key("he.server", format!(
+                "is `{}`, but he.enabled = false runs the server's network here in plaintext, which a client of a remote \
+                 server does not have: set he.enabled = true to go through the server, or he.server = \"local\"",
+                self.he.server.trim())));
         }
         self.pretrain.check("pretrain", at)?;
         self.head_training.check("head_training", at)?;
