@@ -316,6 +316,14 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
     };
     let session = remote_session(cfg, url, key_dir, resuming)?;
     let statement = session.server_privacy()?;
+    if cfg.dp_pretraining().is_some() || cfg.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled) {
+        // The same config may serve both parties, but only `server build` acts on these tables.
+        tracing::warn!(
+            "[server_privacy] is set by the server's owner when it builds its model, not by a client: this pass takes the \
+             model at {url} as it is, and the budget its report gives the source data is the server's statement (ε = {})",
+            crate::privacy::shown::epsilon(statement.source_epsilon())
+        );
+    }
     let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
     let he = crate::he::HeReport::new(&session, None, &stats, None);
