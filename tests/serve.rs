@@ -744,6 +744,12 @@ fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
     let c = client.to_str().unwrap();
     let samples = || metric(&server.metrics(), "cryptotl_samples_total");
 
+    // Features of the server's kind and width, made otherwise, are refused before any key is made.
+    let other = dir.path().join("other");
+    let (code, _, err) = cli(&["-q", "run", c, "--set", "features.ngrams=2", "--output-dir", other.to_str().unwrap()], &env);
+    assert!(code == 2 && err.contains("features.ngrams: 1 at the server, 2 here"), "{code}: {err}");
+    assert_eq!(metric(&server.metrics(), "cryptotl_requests_total{endpoint=\"/v1/keys\""), 0.0);
+
     // Learning curves: every sample once through the server, the key kept in the curve's own folder.
     let curve = dir.path().join("curve");
     // The config asks for weight noise, which only the server's owner can apply: the client is told, and goes on.

@@ -141,6 +141,23 @@ impl FeaturesConfig {
         serde_json::to_value(normalised).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The keys of [`Self::key_material`] that fix what a feature means to a network trained on such features, beyond
+    /// the kind and the width: a client of a remote server must set them as the server did. `scaling` always,
+    /// `ngrams` for `hashed`. Where the model and the cache lie, the batch size and how many windows of a long text
+    /// are embedded leave the meaning as it is.
+    ///
+    /// ```
+    /// use cryptotl::config::{FeatureKind, FeaturesConfig};
+    /// assert_eq!(FeaturesConfig { kind: FeatureKind::Hashed, ..Default::default() }.meaning_keys(), ["scaling", "ngrams"]);
+    /// assert_eq!(FeaturesConfig { kind: FeatureKind::Minilm, ..Default::default() }.meaning_keys(), ["scaling"]);
+    /// ```
+    pub fn meaning_keys(&self) -> &'static [&'static str] {
+        match self.kind {
+            FeatureKind::Hashed => &["scaling", "ngrams"],
+            FeatureKind::Minilm => &["scaling"],
+        }
+    }
+
     /// The feature width: 384 for `minilm`, else `dim` (default 768).
     pub fn dim(&self) -> usize {
         match self.kind {

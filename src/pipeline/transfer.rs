@@ -281,6 +281,19 @@ pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_
         return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features.kind".into(), message: format!(
             "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
     }
+    // Features of the right kind and width made with other settings would be evaluated without a word, and mean
+    // something else to the server's network. (Servers built before the interface carried its featurizer are not checked.)
+    if let Some(theirs) = model.features.get("featurizer") {
+        let meaning = |v: &serde_json::Value| -> serde_json::Value {
+            cfg.features.meaning_keys().iter().filter_map(|&k| Some((k.to_string(), v.get(k)?.clone()))).collect::<serde_json::Map<_, _>>().into()
+        };
+        let differences = crate::rundir::material_differences(&meaning(theirs), &meaning(&cfg.features.key_material()));
+        if !differences.is_empty() {
+            let listed: Vec<String> = differences.iter().map(|(k, server, here)| format!("features.{k}: {server} at the server, {here} here")).collect();
+            return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features".into(), message: format!(
+                "the model at {url} was trained on features made otherwise ({}): set them as the server's", listed.join("; ")) });
+        }
+    }
     let mut session = match key_dir {
         Some(dir) => crate::he::Session::connect_keeping_key(Box::new(transport), cfg.he.insecure_seed, &dir.join(CLIENT_KEY_FILE), reuse_key)?,
         None => crate::he::Session::connect(Box::new(transport), None, cfg.he.insecure_seed)?,
