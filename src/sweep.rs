@@ -307,7 +307,7 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
     let mut points = Vec::new();
     for (server_eps, server_cfg, heads) in &settings {
         // Through the remote server of `[he] server`, or here on the server's network of this setting.
-        let pipeline::LowerOutputs { features: transferred, output_ranges, source_epsilon: server_reached } = pipeline::lower_outputs(server_cfg, &input)?;
+        let pipeline::LowerOutputs { features: transferred, output_ranges, source_epsilon: server_reached, .. } = pipeline::lower_outputs(server_cfg, &input)?;
         tracing::info!(?server_eps, server_reached, "server setting ready");
         let references = pipeline::DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;

@@ -10,8 +10,8 @@ use crate::privacy::centring::DpReferences;
 use crate::report::NetworkOrigin;
 
 use super::{prepare_data, timed};
-use super::heads::{dp_references, head_inputs, head_name, privacy_plan, save_head_input_models, train_head, train_head_private, train_target_only, transfer_output_ranges};
-use super::server::{server_lower_network, server_network_and_source, source_membership};
+use super::heads::{head_inputs, head_name, privacy_plan, save_head_input_models, train_head, train_head_private, train_target_only, transfer_output_ranges};
+use super::server::{server_network_and_source, source_membership};
 use super::transfer::{client_features, lower_outputs, LowerOutputs, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
 
 /// Learning curves alone (`cryptotl curve`): data -> client features -> frozen lower network (encrypted when
@@ -69,20 +69,11 @@ pub fn features(cfg: &RunConfig) -> Result<FeaturesStage> {
     let data = prepare_data(cfg)?;
     let (client_pipeline, client) = client_features(cfg, &data.target)?;
     let input = TransferInput::new(cfg, &client_pipeline, &data.target, &client)?.journaled_in(Some(&out));
-    let (transferred, references, remote) = match remote_server(cfg)? {
-        Some(url) => {
-            let RemoteTransfer { features: t, he, output_ranges, .. } = remote_transfer(cfg, &url, &input)?;
-            crate::atomic::write(&out.join("he.json"), &serde_json::to_vec_pretty(&he).map_err(|e| Error::Internal(e.to_string()))?)?;
-            let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), t.train.ncols(), client.train.ncols());
-            (t, references, Some((url, he)))
-        }
-        None => {
-            let lower = server_lower_network(cfg)?;
-            let t = transfer(cfg, &lower, &input)?.0;
-            let references = dp_references(cfg, Some(&lower), t.train.ncols(), client.train.ncols());
-            (t, references, None)
-        }
-    };
+    let LowerOutputs { features: transferred, output_ranges, remote, .. } = lower_outputs(cfg, &input)?;
+    if let Some((_, he)) = &remote {
+        crate::atomic::write(&out.join("he.json"), &serde_json::to_vec_pretty(he).map_err(|e| Error::Internal(e.to_string()))?)?;
+    }
+    let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
     let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| BagOfWords::new(&data.target));
     let inputs = head_inputs(cfg, &transferred, &client, bow.as_ref())?;
     save_client_side(cfg, &out, &client_pipeline, bow.as_ref(), &inputs)?;

@@ -353,22 +353,24 @@ pub struct LowerOutputs {
     /// The tightest ε the server's mechanisms give its source data (∞ with none): from the statement a remote server
     /// publishes, or the network's own ([`PretrainedLower::source_epsilon`]).
     pub source_epsilon: f64,
+    /// Through a remote server: its address and what the encrypted stage measured.
+    pub remote: Option<(String, crate::he::HeReport)>,
 }
 
-/// The server's lower network on the client's `input`, for the commands that need only its outputs (`curve`,
-/// `sweep`, `audit`), wherever `cfg` runs it: through the remote server of `[he] server` when it names one (the
+/// The server's lower network on the client's `input`, for the commands that need only its outputs (`features`,
+/// `curve`, `sweep`, `audit`; `run` also compares them with the float and clear-integer paths), wherever `cfg` runs it: through the remote server of `[he] server` when it names one (the
 /// client has none of the server's network; [`remote_transfer`]), else here on the server's network
 /// ([`server_lower_network`]: the one-process simulation, or plaintext).
 pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutputs> {
     match remote_server(cfg)? {
         Some(url) => {
-            let remote = remote_transfer(cfg, &url, input)?;
-            Ok(LowerOutputs { features: remote.features, output_ranges: remote.output_ranges, source_epsilon: remote.statement.source_epsilon() })
+            let RemoteTransfer { features, he, statement, output_ranges } = remote_transfer(cfg, &url, input)?;
+            Ok(LowerOutputs { features, output_ranges, source_epsilon: statement.source_epsilon(), remote: Some((url, he)) })
         }
         None => {
             let lower = server_lower_network(cfg)?;
             let (features, _) = transfer(cfg, &lower, input)?;
-            Ok(LowerOutputs { features, output_ranges: transfer_output_ranges(cfg, &lower), source_epsilon: lower.source_epsilon() })
+            Ok(LowerOutputs { features, output_ranges: transfer_output_ranges(cfg, &lower), source_epsilon: lower.source_epsilon(), remote: None })
         }
     }
 }
