@@ -389,12 +389,16 @@ impl Sweep {
     /// The Markdown table.
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Privacy-utility sweep `{}`\n\n`{}` features; lower network {}; server ε set through {}. Accuracy on the client's test split, mean ± std over repeats.\n\n\
+            "# Privacy-utility sweep `{}`\n\n`{}` features; lower network {}; {}. Accuracy on the client's test split, mean ± std over repeats.\n\n\
              | series | server ε (reached) | client ε (reached) | accuracy | repeats |\n|---|---:|---:|---:|---:|\n",
             self.name,
             self.features,
             if self.encrypted { "encrypted (TFHE)" } else { "in the clear (he.enabled = false)" },
-            self.server_mechanism.name()
+            if self.points.iter().any(|p| p.server_epsilon.is_some()) {
+                format!("server ε set through {}", self.server_mechanism.name())
+            } else {
+                "the server's network as configured".to_string()
+            }
         );
         for c in self.cells() {
             let server = c.server_epsilon.map_or("-".to_string(), fmt_eps);

@@ -294,7 +294,8 @@ fn a_sweep_writes_csv_markdown_and_chart_with_one_line_per_server_setting() {
     assert_eq!(csv.lines().count(), 1 + 12);
     let svg = std::fs::read_to_string(&files[2]).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("server ε = 4 (weight-noise)") && svg.contains(cryptotl::sweep::RAW_SERIES));
-    assert!(std::fs::read_to_string(&files[1]).unwrap().contains("| server ε = ∞ (no weight-noise) |"));
+    let md = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(md.contains("| server ε = ∞ (no weight-noise) |") && md.contains("server ε set through weight-noise"), "{md}");
 
     // A server ε for weight noise needs the declared sensitivity.
     let plain = RunConfig::from_toml_str(&base, "tiny.toml", &ov).unwrap();
