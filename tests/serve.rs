@@ -282,6 +282,22 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     assert!(!path.exists());
 }
 
+#[test]
+fn a_privacy_statement_with_a_negative_epsilon_or_a_delta_past_one_is_refused() {
+    let row = |epsilon: f64, delta: f64| serde_json::json!({"rows": [{"party": "server", "data": "its source data", "mechanism": "weight noise",
+        "epsilon": epsilon, "delta": delta, "accountant": "-", "noise": "-", "protects_against": "-"}], "source_tightest": null});
+    let statement = |privacy: serde_json::Value| {
+        let artifact = ModelArtifact::new(program(), PARAMS, serde_json::Value::Null, privacy).unwrap();
+        let transport = cryptotl::he::transport::InProcess::new(artifact).unwrap();
+        Session::connect(Box::new(transport), None, Some(1)).unwrap().server_privacy().map(|s| s.source_epsilon())
+    };
+    assert_eq!(statement(row(2.0, 1e-6)).unwrap(), 2.0);
+    let err = statement(row(-1.0, 1e-6)).unwrap_err().to_string();
+    assert!(err.contains("privacy statement refused") && err.contains("ε = -1"), "{err}");
+    let err = statement(row(2.0, 1.5)).unwrap_err().to_string();
+    assert!(err.contains("δ = 1.5"), "{err}");
+}
+
 fn status(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
     let r = r.send().unwrap();
     (r.status().as_u16(), r.text().unwrap_or_default())

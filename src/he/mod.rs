@@ -297,7 +297,10 @@ impl Session {
     /// The server's published privacy statement (its rows of the budget table).
     pub fn server_privacy(&self) -> Result<crate::privacy::budget::ServerStatement> {
         let v = self.transport.privacy()?;
-        serde_json::from_value(v).map_err(|e| Error::Server { server: self.transport.describe(), message: format!("unreadable privacy statement: {e}") })
+        let statement: crate::privacy::budget::ServerStatement =
+            serde_json::from_value(v).map_err(|e| Error::Server { server: self.transport.describe(), message: format!("unreadable privacy statement: {e}") })?;
+        statement.check().map_err(|m| Error::Server { server: self.transport.describe(), message: format!("privacy statement refused: {m}") })?;
+        Ok(statement)
     }
 
     /// Send at most `n` samples per request (at least 1, at most the server's `max_batch`).

@@ -202,6 +202,28 @@ pub struct ServerStatement {
 }
 
 impl ServerStatement {
+    /// What a client checks in a statement a server sent: every row's ε absent (no guarantee) or a number ≥ 0, and δ
+    /// absent or in [0, 1], so a garbled or lying statement cannot put a negative or NaN ε in the client's report.
+    ///
+    /// ```
+    /// use cryptotl::privacy::budget::{ServerMechanisms, ServerStatement};
+    /// let mut statement = ServerStatement::new(ServerMechanisms::default()).unwrap();
+    /// assert!(statement.check().is_ok());
+    /// statement.rows[0].epsilon = Some(-1.0);
+    /// assert!(statement.check().unwrap_err().contains("ε = -1"));
+    /// ```
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for r in &self.rows {
+            if let Some(e) = r.epsilon.filter(|e| e.is_nan() || *e < 0.0) {
+                return Err(format!("its row `{}` gives ε = {e}; an ε is a number ≥ 0", r.mechanism));
+            }
+            if let Some(d) = r.delta.filter(|d| !(0.0..=1.0).contains(d)) {
+                return Err(format!("its row `{}` gives δ = {d}; a δ is in [0, 1]", r.mechanism));
+            }
+        }
+        Ok(())
+    }
+
     /// The tightest ε its rows give the source data (the smallest of the valid bounds); ∞ with no mechanism.
     ///
     /// ```
