@@ -283,7 +283,7 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
 }
 
 #[test]
-fn a_privacy_statement_with_a_negative_epsilon_or_a_delta_past_one_is_refused() {
+fn what_a_server_publishes_is_checked_before_the_client_uses_it() {
     let row = |epsilon: f64, delta: f64| serde_json::json!({"rows": [{"party": "server", "data": "its source data", "mechanism": "weight noise",
         "epsilon": epsilon, "delta": delta, "accountant": "-", "noise": "-", "protects_against": "-"}], "source_tightest": null});
     let statement = |privacy: serde_json::Value| {
@@ -296,6 +296,18 @@ fn a_privacy_statement_with_a_negative_epsilon_or_a_delta_past_one_is_refused() 
     assert!(err.contains("privacy statement refused") && err.contains("ε = -1"), "{err}");
     let err = statement(row(2.0, 1.5)).unwrap_err().to_string();
     assert!(err.contains("δ = 1.5"), "{err}");
+
+    // Published output ranges are used only when there is one per output, each finite with lo <= hi.
+    let ranges = |published: serde_json::Value| {
+        let artifact = ModelArtifact::new(program(), PARAMS, serde_json::json!({ "output_ranges": published }), serde_json::Value::Null).unwrap();
+        let transport = cryptotl::he::transport::InProcess::new(artifact).unwrap();
+        Session::connect(Box::new(transport), None, Some(1)).unwrap().published_output_ranges()
+    };
+    let outputs = program().neurons;
+    assert_eq!(ranges(serde_json::json!(vec![[0.0, 1.0]; outputs])), Some(vec![(0.0, 1.0); outputs]));
+    assert_eq!(ranges(serde_json::json!(vec![[0.0, 1.0]; outputs + 1])), None, "another width");
+    assert_eq!(ranges(serde_json::json!(vec![[1.0, 0.0]; outputs])), None, "lo > hi");
+    assert_eq!(ranges(serde_json::json!("garbage")), None);
 }
 
 fn status(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
