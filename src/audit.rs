@@ -175,17 +175,13 @@ pub fn guesses(scores: &[f64], included: &[bool], k: usize) -> (usize, usize) {
 /// ```
 pub fn check(cfg: &RunConfig, m: usize) -> Result<()> {
     if cfg.client_privacy().is_none() {
-        return Err(Error::Config {
-            file: crate::error::UNNAMED_CONFIG.into(),
-            key: "privacy".into(),
-            message: "the audit checks the DP-SGD head: give a [privacy] table (e.g. --set privacy.target_epsilon=1)".into(),
-        });
+        return Err(Error::config_key("privacy", "the audit checks the DP-SGD head: give a [privacy] table (e.g. --set privacy.target_epsilon=1)"));
     }
     if cfg.head.kind != HeadKind::Linear {
-        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "head.kind".into(), message: "the audit's canaries widen a linear head; use head.kind = \"linear\"".into() });
+        return Err(Error::config_key("head.kind", "the audit's canaries widen a linear head; use head.kind = \"linear\""));
     }
     if !CANARIES.contains(&m) {
-        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "audit.canaries".into(), message: canaries_out_of_range(m) });
+        return Err(Error::config_key("audit.canaries", canaries_out_of_range(m)));
     }
     Ok(())
 }
@@ -205,16 +201,12 @@ pub fn audit(cfg: &RunConfig, fs: &FeatureSplit, reference: &[f32], m: usize, se
     let started = std::time::Instant::now();
     let (n, d) = fs.train.dim();
     if audit_cells(n, d, m) > MAX_AUDIT_CELLS {
-        return Err(Error::Config {
-            file: crate::error::UNNAMED_CONFIG.into(),
-            key: "audit.canaries".into(),
-            message: format!(
-                "{m} canaries widen the head's training matrix to up to ({n} + {m}) x ({d} + {m}) = {} cells, more than the \
-                 audit's limit of {MAX_AUDIT_CELLS} (about 4 GB while training); with {n} training rows of width {d} use at most {} canaries",
-                audit_cells(n, d, m),
-                max_canaries(n, d)
-            ),
-        });
+        return Err(Error::config_key("audit.canaries", format!(
+            "{m} canaries widen the head's training matrix to up to ({n} + {m}) x ({d} + {m}) = {} cells, more than the \
+             audit's limit of {MAX_AUDIT_CELLS} (about 4 GB while training); with {n} training rows of width {d} use at most {} canaries",
+            audit_cells(n, d, m),
+            max_canaries(n, d)
+        )));
     }
     // The head's own map: centred on the reference, the own features weighted as the run's head weighs them.
     let map = crate::privacy::centring::DpInputMap::new(cfg, reference, fs.own_columns, &crate::privacy::plan::plan(privacy, &cfg.head_training, n)?);

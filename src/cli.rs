@@ -519,7 +519,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             let source = match source {
                 Some(s) => s,
                 None => pipeline::load_source(&cfg)
-                    .map_err(|e| Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "source.paths".into(), message: format!("the membership attack needs the server's source data: {e}") })?
+                    .map_err(|e| Error::config_key("source.paths", format!("the membership attack needs the server's source data: {e}")))?
                     .0,
             };
             let attack = pipeline::measure_membership(&cfg, &lower, &source)?;

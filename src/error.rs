@@ -128,6 +128,12 @@ impl Error {
         )
     }
 
+    /// A config error at `key`, found after the config was loaded: its file is [`UNNAMED_CONFIG`] until the CLI
+    /// names it ([`Error::in_config_file`]).
+    pub(crate) fn config_key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { file: UNNAMED_CONFIG.into(), key: key.into(), message: message.into() }
+    }
+
     pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Data { path: path.into(), message: message.into() }
     }

@@ -160,8 +160,7 @@ pub fn find(key: &str) -> Option<Result<&'static ShippedNetwork>> {
 /// manifest.
 pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
     if cfg.server_privacy.weight_noise.is_some() {
-        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "server_privacy.weight_noise".into(),
-            message: "a shipped network is the pretrained one; weight noise is drawn by each run".into() });
+        return Err(Error::config_key("server_privacy.weight_noise", "a shipped network is the pretrained one; weight noise is drawn by each run"));
     }
     let (source, summary) = crate::pipeline::load_source(cfg)?;
     let lower = match crate::pipeline::cached_pretrained(cfg) {

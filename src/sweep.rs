@@ -249,23 +249,15 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
         return Err(Error::Privacy(format!("repeats must be in 1..={MAX_REPEATS}, got {}", spec.repeats)));
     }
     if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow {
-        return Err(Error::Config {
-            file: crate::error::UNNAMED_CONFIG.into(),
-            key: "head.inputs".into(),
-            message: "the sweep trains DP-SGD heads, and \"transfer+bow\" adds a score fitted on the labels without DP; sweep with --set head.inputs=transfer (or transfer+own)".into(),
-        });
+        return Err(Error::config_key("head.inputs", "the sweep trains DP-SGD heads, and \"transfer+bow\" adds a score fitted on the labels without DP; sweep with --set head.inputs=transfer (or transfer+own)"));
     }
     if !spec.server_epsilons.is_empty()
         && let Some(url) = pipeline::remote_server(cfg)?
     {
-        return Err(Error::Config {
-            file: crate::error::UNNAMED_CONFIG.into(),
-            key: "he.server".into(),
-            message: format!(
-                "is the remote server {url}: its network is trained by its owner, so a client sweeps only its own ε; \
-                 leave out --server-epsilons (or sweep the server's ε with he.server = \"local\" where the source data is)"
-            ),
-        });
+        return Err(Error::config_key("he.server", format!(
+            "is the remote server {url}: its network is trained by its owner, so a client sweeps only its own ε; \
+             leave out --server-epsilons (or sweep the server's ε with he.server = \"local\" where the source data is)"
+        )));
     }
     let server_settings: Vec<Option<Epsilon>> =
         if spec.server_epsilons.is_empty() { vec![None] } else { spec.server_epsilons.iter().copied().map(Some).collect() };

@@ -133,14 +133,10 @@ impl HeConfig {
     /// The bearer token for a remote server: the first line of `token_file`, else the environment variable
     /// `token_env`.
     pub fn token(&self) -> Result<String> {
-        let err = |m: String| Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "he.token_file".into(), message: m };
+        let err = |m: String| Error::config_key("he.token_file", m);
         let token = match &self.token_file {
             Some(p) => std::fs::read_to_string(p).map_err(|e| err(format!("{}: {e}", p.display())))?.lines().next().unwrap_or("").trim().to_string(),
-            None => std::env::var(&self.token_env).map_err(|_| Error::Config {
-                file: crate::error::UNNAMED_CONFIG.into(),
-                key: "he.token_env".into(),
-                message: format!("the environment variable {} holds no token (set it, or set he.token_file)", self.token_env),
-            })?,
+            None => std::env::var(&self.token_env).map_err(|_| Error::config_key("he.token_env", format!("the environment variable {} holds no token (set it, or set he.token_file)", self.token_env)))?,
         };
         if token.is_empty() {
             return Err(err("the token is empty".into()));

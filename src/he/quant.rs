@@ -84,11 +84,7 @@ pub fn pre_activation_ranges(lower: &LowerNet<Cpu>, calibration: ArrayView2<f32>
 /// [`pre_activation_ranges`] (ignored with `he.calibration = "input_box"`).
 pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_ranges: &[(f32, f32)], he: &HeConfig) -> Result<IntegerProgram> {
     if lower.dense2.is_some() {
-        return Err(Error::Config {
-            file: crate::error::UNNAMED_CONFIG.into(),
-            key: "lower.output".into(),
-            message: "the encrypted network ends at the pooled activation; this lower network has an output dense layer (set lower.output = 0)".into(),
-        });
+        return Err(Error::config_key("lower.output", "the encrypted network ends at the pooled activation; this lower network has an output dense layer (set lower.output = 0)"));
     }
     let d = input_dim;
     let AffineStage { matrix, bias } = fold_linear(lower, d);

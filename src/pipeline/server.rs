@@ -352,15 +352,11 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     // A complete entry is a network the server may already have released. If it cannot be read, drawing again
     // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
     // entry (no meta.json) was never used, so it is drawn again.
-    let unreadable = |e: Error| Error::Config {
-        file: crate::error::UNNAMED_CONFIG.into(),
-        key: "server_privacy.weight_noise".into(),
-        message: format!(
-            "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
-             Restore the entry, or delete it and account for both releases",
-            dir.display()
-        ),
-    };
+    let unreadable = |e: Error| Error::config_key("server_privacy.weight_noise", format!(
+        "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
+         Restore the entry, or delete it and account for both releases",
+        dir.display()
+    ));
     if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
         let mut applied = applied.map_err(unreadable)?;
         if applied.plan != plan {
@@ -416,11 +412,7 @@ pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Op
         // The noised network's own ranges: the compiler calibrates on what it evaluates.
         let (split, _) = match &source {
             Some(s) => s,
-            None => source.insert(load_source(cfg).map_err(|e| Error::Config {
-                file: crate::error::UNNAMED_CONFIG.into(),
-                key: "server_privacy.weight_noise".into(),
-                message: format!("a noised network is calibrated on its source data, which cannot be loaded: {e}"),
-            })?),
+            None => source.insert(load_source(cfg).map_err(|e| Error::config_key("server_privacy.weight_noise", format!("a noised network is calibrated on its source data, which cannot be loaded: {e}")))?),
         };
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;

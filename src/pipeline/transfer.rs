@@ -199,7 +199,7 @@ pub fn remote_server(cfg: &RunConfig) -> Result<Option<String>> {
     if !cfg.he.enabled {
         return Ok(None);
     }
-    match cfg.he.server_location().map_err(|m| Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "he.server".into(), message: m })? {
+    match cfg.he.server_location().map_err(|m| Error::config_key("he.server", m))? {
         crate::config::ServerLocation::Remote(url) => Ok(Some(url)),
         crate::config::ServerLocation::Local => Ok(None),
     }
@@ -231,7 +231,7 @@ fn forward_split(session: &crate::he::Session, client: &FeatureSplit, journal_di
 /// the interface clients fetch and the server's privacy statement. Returns the network too.
 pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifact, PretrainedLower)> {
     if !cfg.he.enabled {
-        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "he.enabled".into(), message: "is false: a server model is an encrypted program; set he.enabled = true".into() });
+        return Err(Error::config_key("he.enabled", "is false: a server model is an encrypted program; set he.enabled = true"));
     }
     let (lower, source) = server_network_and_source(cfg)?;
     let program = compile_program(cfg, &lower)?;
@@ -278,8 +278,8 @@ pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_
     let model = crate::he::Transport::interface(&transport)?;
     let kind = model.features.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     if kind != cfg.features.kind.name() {
-        return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features.kind".into(), message: format!(
-            "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features) });
+        return Err(Error::config_key("features.kind", format!(
+            "is `{}`, but the model at {url} takes `{kind}` features ({}): set features.kind to match", cfg.features.kind, model.features)));
     }
     // Features of the right kind and width made with other settings would be evaluated without a word, and mean
     // something else to the server's network. (Servers built before the interface carried its featurizer are not checked.)
@@ -290,8 +290,8 @@ pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_
         let differences = crate::rundir::material_differences(&meaning(theirs), &meaning(&cfg.features.key_material()));
         if !differences.is_empty() {
             let listed: Vec<String> = differences.iter().map(|(k, server, here)| format!("features.{k}: {server} at the server, {here} here")).collect();
-            return Err(Error::Config { file: crate::error::UNNAMED_CONFIG.into(), key: "features".into(), message: format!(
-                "the model at {url} was trained on features made otherwise ({}): set them as the server's", listed.join("; ")) });
+            return Err(Error::config_key("features", format!(
+                "the model at {url} was trained on features made otherwise ({}): set them as the server's", listed.join("; "))));
         }
     }
     let mut session = match key_dir {
