@@ -295,11 +295,13 @@ impl AuditResult {
 /// ([`crate::pipeline::lower_outputs`]), and the public point the run's DP head centres them on. Returns the inputs
 /// and that reference. [`audit_config`] runs the server's network in **plaintext** when the client has it (the DP
 /// mechanism does not depend on how its inputs were computed, and encrypting every sample again would only cost
-/// time); a client of a remote server has only the encrypted path.
+/// time); a client of a remote server has only the encrypted path, and keeps its key in `cfg`'s output folder
+/// ([`crate::pipeline::TransferInput::keeping_key_in`]).
 pub fn audit_inputs(cfg: &RunConfig) -> Result<(FeatureSplit, Vec<f32>)> {
     let data = crate::pipeline::prepare_data(cfg)?;
     let (pipeline, own) = crate::pipeline::client_features(cfg, &data.target)?;
-    let input = crate::pipeline::TransferInput::new(cfg, &pipeline, &data.target, &own)?;
+    // Against a remote server the key is kept in (and taken up from) the run's folder, which `cryptotl audit` holds.
+    let input = crate::pipeline::TransferInput::new(cfg, &pipeline, &data.target, &own)?.keeping_key_in(&cfg.output_dir());
     let crate::pipeline::LowerOutputs { features: transferred, output_ranges, .. } = crate::pipeline::lower_outputs(cfg, &input)?;
     let inputs = crate::pipeline::head_inputs(cfg, &transferred, &own, None)?;
     let references = crate::pipeline::DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), own.train.ncols());

@@ -806,6 +806,13 @@ fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lower bound") || out.contains("ε"), "{out}");
     assert_eq!(samples(), 360.0);
+    // It keeps its key in its folder, and a second audit there takes it up: no second upload.
+    assert!(audit.join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
+    let uploads = || metric(&server.metrics(), "cryptotl_requests_total{endpoint=\"/v1/keys\"");
+    let before = uploads();
+    let (code, _, err) = cli(&["-q", "audit", c, "--set", "privacy.target_epsilon=1", "--canaries", "100", "--output-dir", audit.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((samples(), uploads()), (480.0, before), "the kept key, reused");
     let pretrained: Vec<_> = std::fs::read_dir(dir.path().join("client-cache")).into_iter().flatten().flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("pretrain")).collect();
     assert!(pretrained.is_empty(), "the client pretrained nothing: {pretrained:?}");

@@ -51,12 +51,15 @@ pub struct TransferInput<'a> {
     starts: Option<[Vec<usize>; 3]>,
     /// Where the encrypted pass keeps its journal ([`crate::he::OutputJournal`]), if it keeps one.
     journal: Option<PathBuf>,
+    /// Where a remote pass keeps the client key and takes up one kept there ([`Self::keeping_key_in`]); `None`:
+    /// beside the journal.
+    key_dir: Option<PathBuf>,
 }
 
 impl<'a> TransferInput<'a> {
     /// The client's features as they are: one row per text (`transfer_unit = "text"`).
     pub fn texts(own: &'a FeatureSplit) -> Self {
-        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None, journal: None }
+        Self { rows: std::borrow::Cow::Borrowed(own), own, starts: None, journal: None, key_dir: None }
     }
 
     /// As `head.transfer_unit` says: [`Self::texts`], or each text of `target` split into sentences
@@ -76,7 +79,7 @@ impl<'a> TransferInput<'a> {
         let units = train.nrows() + validation.nrows() + test.nrows();
         tracing::info!(units, texts = target.train.len() + target.validation.len() + target.test.len(), "sentences sent through the server's network");
         let rows = FeatureSplit { train, train_y, validation, validation_y, test, test_y, own_columns: 0 };
-        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]), journal: None })
+        Ok(Self { rows: std::borrow::Cow::Owned(rows), own, starts: Some([s0, s1, s2]), journal: None, key_dir: None })
     }
 
     /// Keep the encrypted pass's journal in `dir` (a run's output folder): each batch's decrypted outputs are
@@ -86,6 +89,15 @@ impl<'a> TransferInput<'a> {
     /// `None` keeps none (as [`Self::new`] and [`Self::texts`] start).
     pub fn journaled_in(mut self, dir: Option<&Path>) -> Self {
         self.journal = dir.map(Path::to_path_buf);
+        self
+    }
+
+    /// Against a remote server, keep the client key in `dir` (a folder the caller holds) and take up the one kept
+    /// there when it is still the key of this server, model and parameter set: no key generation, no 50 MiB upload
+    /// and no dead key left in the server's store (`audit`, which keeps no journal, and reruns it in the run's
+    /// folder). Without it a pass keeps its key beside its journal, and takes it up only when it resumes.
+    pub fn keeping_key_in(mut self, dir: &Path) -> Self {
+        self.key_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -316,18 +328,19 @@ pub struct RemoteTransfer {
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
 ///
-/// The client key is kept beside the pass's journal ([`TransferInput::journaled_in`]: the folder its command
-/// holds); a pass with no journal keeps no key. A pass that resumes an interrupted one (a journal is in its folder)
-/// takes up the key kept there, if it is still the key of this server, model and parameter set: the journal's rows
-/// need no key, and the rest go under the key the server already stores, with no second 50 MiB upload and no dead
-/// key left in its store. A new pass makes a new key, so its report measures key generation and upload.
+/// The client key is kept where [`TransferInput::keeping_key_in`] says (and a key kept there is taken up), else
+/// beside the pass's journal ([`TransferInput::journaled_in`]: the folder its command holds); a pass with neither
+/// keeps no key. A pass that resumes an interrupted one (a journal is in its folder) takes up the key kept there, if
+/// it is still the key of this server, model and parameter set: the journal's rows need no key, and the rest go
+/// under the key the server already stores, with no second 50 MiB upload and no dead key left in its store. A new
+/// pass makes a new key, so its report measures key generation and upload.
 pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Result<RemoteTransfer> {
-    let key_dir = input.journal.as_deref();
-    let resuming = match key_dir {
-        Some(dir) => !crate::he::journal::journals_in(dir)?.is_empty(),
-        None => false,
+    let (key_dir, reuse) = match (input.key_dir.as_deref(), input.journal.as_deref()) {
+        (Some(dir), _) => (Some(dir), true),
+        (None, Some(dir)) => (Some(dir), !crate::he::journal::journals_in(dir)?.is_empty()),
+        (None, None) => (None, false),
     };
-    let session = remote_session(cfg, url, key_dir, resuming)?;
+    let session = remote_session(cfg, url, key_dir, reuse)?;
     let statement = session.server_privacy()?;
     if cfg.dp_pretraining().is_some() || cfg.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled) {
         // The same config may serve both parties, but only `server build` acts on these tables.
