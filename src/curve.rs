@@ -99,6 +99,9 @@ pub struct LearningCurves {
     pub points: Vec<CurvePoint>,
     /// Where the transferred features came from (`encrypted` or `plaintext`).
     pub path: String,
+    /// The remote server whose network made them (`[he] server`); `None`: this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// How the heads below the full size chose their C (`[curve] selection`: `cross_validation` on each subset's
     /// own labels, or `validation_split`); the full size chooses on the validation split. Empty in reports written
     /// before it was recorded (they chose on the validation split).
@@ -246,6 +249,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
         descriptions,
         points,
         path: if cfg.he.enabled { "encrypted".into() } else { "plaintext".into() },
+        server: crate::pipeline::remote_server(cfg)?,
         selection: cfg.curve.selection.name().into(),
         margins: Vec::new(),
     };
@@ -283,7 +287,7 @@ impl LearningCurves {
     /// let point = |method: &str, accuracies: Vec<f64>| CurvePoint { method: method.into(), size: 64, mean: 0.0, std: 0.0, accuracies };
     /// let curves = LearningCurves {
     ///     name: "x".into(), sizes: vec![64], draws: 3, methods: vec!["transfer".into(), "raw_features".into()],
-    ///     descriptions: vec![], path: "plaintext".into(), selection: "cross_validation".into(), margins: vec![],
+    ///     descriptions: vec![], path: "plaintext".into(), server: None, selection: "cross_validation".into(), margins: vec![],
     ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92]), point("raw_features", vec![0.85, 0.85, 0.86])],
     /// };
     /// let m = curves.margin("transfer", "raw_features", 64).unwrap();
@@ -316,7 +320,8 @@ impl LearningCurves {
     /// heads) in points ± its standard error.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network).", self.draws, self.path);
+        let server = self.server.as_ref().map_or(String::new(), |url| format!(", through the server at {url}"));
+        let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network{server}).", self.draws, self.path);
         let _ = writeln!(s, "{}\n", match self.selection.as_str() {
             "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset, and an MLP head stops early on a held-out fold of it (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
             _ => "Every linear head chooses its C on the whole validation split, at every size.",

@@ -784,7 +784,7 @@ fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
     let noise = ["--set", "server_privacy.weight_noise.l2_sensitivity=0.01", "--set", "server_privacy.weight_noise.target_epsilon=8"];
     let (code, out, err) = cli(&[&["-q", "curve", c, "--set", "curve.draws=1", "--out", curve.to_str().unwrap()][..], &noise].concat(), &env);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("transfer"), "{out}");
+    assert!(out.contains(&format!("(encrypted lower network, through the server at {})", server.url)), "{out}");
     assert!(err.contains("[server_privacy] is set by the server's owner") && err.contains("ε = ∞"), "{err}");
     assert_eq!(samples(), 120.0);
     assert!(curve.join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
