@@ -140,6 +140,9 @@ pub struct Sweep {
     pub server_mechanism: ServerMechanism,
     /// Whether the lower network ran encrypted.
     pub encrypted: bool,
+    /// The remote server whose network it was (`[he] server`); `None`: this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// The featurizer (`hashed`, `minilm`).
     pub features: String,
     /// Every head trained.
@@ -317,7 +320,14 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
         let own = pipeline::dp_references(cfg, None, 0, client.train.ncols()).own;
         train_heads(cfg, &heads, spec, &client, &own, &head, &mut points)?;
     }
-    Ok(Sweep { name: cfg.name.clone(), server_mechanism: spec.server_mechanism, encrypted: cfg.he.enabled, features: cfg.features.kind.name().to_string(), points })
+    Ok(Sweep {
+        name: cfg.name.clone(),
+        server_mechanism: spec.server_mechanism,
+        encrypted: cfg.he.enabled,
+        server: pipeline::remote_server(cfg)?,
+        features: cfg.features.kind.name().to_string(),
+        points,
+    })
 }
 
 /// Mean and sample standard deviation.
@@ -385,7 +395,11 @@ impl Sweep {
              | series | server ε (reached) | client ε (reached) | accuracy | repeats |\n|---|---:|---:|---:|---:|\n",
             self.name,
             self.features,
-            if self.encrypted { "encrypted (TFHE)" } else { "in the clear (he.enabled = false)" },
+            match (&self.server, self.encrypted) {
+                (Some(url), _) => format!("encrypted (TFHE), through the server at {url}"),
+                (None, true) => "encrypted (TFHE)".to_string(),
+                (None, false) => "in the clear (he.enabled = false)".to_string(),
+            },
             if self.points.iter().any(|p| p.server_epsilon.is_some()) {
                 format!("server ε set through {}", self.server_mechanism.name())
             } else {

@@ -798,6 +798,7 @@ fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
     let (code, out, err) = cli(&["-q", "sweep", c, "--client-epsilons", "1,inf", "--repeats", "1", "--out", sweep.to_str().unwrap()], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("| server as configured |") && out.contains("the server's network as configured"), "{out}");
+    assert!(out.contains(&format!("lower network encrypted (TFHE), through the server at {};", server.url)), "{out}");
     assert_eq!(samples(), 240.0);
 
     // The audit's head inputs come through the server too (a client of a remote server has no plaintext path).
