@@ -780,12 +780,14 @@ fn curve_sweep_and_audit_go_through_the_server_the_config_names() {
 
     // Learning curves: every sample once through the server, the key kept in the curve's own folder.
     let curve = dir.path().join("curve");
-    // The config asks for weight noise, which only the server's owner can apply: the client is told, and goes on.
-    let noise = ["--set", "server_privacy.weight_noise.l2_sensitivity=0.01", "--set", "server_privacy.weight_noise.target_epsilon=8"];
+    // The config asks for weight noise, which only the server's owner can apply, and scales its features otherwise
+    // than the server: the client is told both, and goes on.
+    let noise = ["--set", "server_privacy.weight_noise.l2_sensitivity=0.01", "--set", "server_privacy.weight_noise.target_epsilon=8", "--set", "features.scaling=\"fixed\""];
     let (code, out, err) = cli(&[&["-q", "curve", c, "--set", "curve.draws=1", "--out", curve.to_str().unwrap()][..], &noise].concat(), &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("(encrypted lower network, through the server at {})", server.url)), "{out}");
     assert!(err.contains("[server_privacy] is set by the server's owner") && err.contains("ε = ∞"), "{err}");
+    assert!(err.contains("features.scaling is \"fixed\" here and \"fitted\" at"), "{err}");
     assert_eq!(samples(), 120.0);
     assert!(curve.join(cryptotl::pipeline::CLIENT_KEY_FILE).is_file());
     assert!(!dir.path().join("run").join(cryptotl::pipeline::CLIENT_KEY_FILE).exists(), "the run's folder is not the curve's");

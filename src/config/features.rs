@@ -141,20 +141,22 @@ impl FeaturesConfig {
         serde_json::to_value(normalised).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The keys of [`Self::key_material`] that fix what a feature means to a network trained on such features, beyond
-    /// the kind and the width: a client of a remote server must set them as the server did. `scaling` always,
-    /// `ngrams` for `hashed`. Where the model and the cache lie, the batch size and how many windows of a long text
-    /// are embedded leave the meaning as it is.
+    /// The keys of [`Self::key_material`] that fix which quantity each feature is, beyond the kind and the width: a
+    /// client of a remote server must set them as the server did. `ngrams` for `hashed` (which word n-grams share
+    /// the buckets); none for `minilm`. `scaling` is not among them: each party maps its own features into [0, 1]
+    /// (a private head always through the fixed map), so a different scaling shifts the values, not their meaning.
+    /// Where the model and the cache lie, the batch size and how many windows of a long text are embedded change
+    /// nothing.
     ///
     /// ```
     /// use cryptotl::config::{FeatureKind, FeaturesConfig};
-    /// assert_eq!(FeaturesConfig { kind: FeatureKind::Hashed, ..Default::default() }.meaning_keys(), ["scaling", "ngrams"]);
-    /// assert_eq!(FeaturesConfig { kind: FeatureKind::Minilm, ..Default::default() }.meaning_keys(), ["scaling"]);
+    /// assert_eq!(FeaturesConfig { kind: FeatureKind::Hashed, ..Default::default() }.meaning_keys(), ["ngrams"]);
+    /// assert!(FeaturesConfig { kind: FeatureKind::Minilm, ..Default::default() }.meaning_keys().is_empty());
     /// ```
     pub fn meaning_keys(&self) -> &'static [&'static str] {
         match self.kind {
-            FeatureKind::Hashed => &["scaling", "ngrams"],
-            FeatureKind::Minilm => &["scaling"],
+            FeatureKind::Hashed => &["ngrams"],
+            FeatureKind::Minilm => &[],
         }
     }
 

@@ -305,6 +305,14 @@ pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_
             return Err(Error::config_key("features", format!(
                 "the model at {url} was trained on features made otherwise ({}): set them as the server's", listed.join("; "))));
         }
+        let scaling = cfg.features.key_material().get("scaling").cloned();
+        if let Some(server) = theirs.get("scaling").filter(|s| Some(*s) != scaling.as_ref()) {
+            tracing::warn!(
+                "features.scaling is {} here and {server} at {url}: the server's network was pretrained on features mapped \
+                 into [0, 1] its way, so expect less from the transfer",
+                scaling.map_or("not set".into(), |s| s.to_string())
+            );
+        }
     }
     let mut session = match key_dir {
         Some(dir) => crate::he::Session::connect_keeping_key(Box::new(transport), cfg.he.insecure_seed, &dir.join(CLIENT_KEY_FILE), reuse_key)?,
