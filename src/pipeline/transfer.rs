@@ -299,14 +299,15 @@ pub fn remote_session(cfg: &RunConfig, url: &str, key_dir: Option<&Path>, reuse_
         let meaning = |v: &serde_json::Value| -> serde_json::Value {
             cfg.features.meaning_keys().iter().filter_map(|&k| Some((k.to_string(), v.get(k)?.clone()))).collect::<serde_json::Map<_, _>>().into()
         };
-        let differences = crate::rundir::material_differences(&meaning(theirs), &meaning(&cfg.features.key_material()));
+        let ours = cfg.features.key_material();
+        let differences = crate::rundir::material_differences(&meaning(theirs), &meaning(&ours));
         if !differences.is_empty() {
             let listed: Vec<String> = differences.iter().map(|(k, server, here)| format!("features.{k}: {server} at the server, {here} here")).collect();
             return Err(Error::config_key("features", format!(
                 "the model at {url} was trained on features made otherwise ({}): set them as the server's", listed.join("; "))));
         }
-        let scaling = cfg.features.key_material().get("scaling").cloned();
-        if let Some(server) = theirs.get("scaling").filter(|s| Some(*s) != scaling.as_ref()) {
+        let scaling = ours.get("scaling");
+        if let Some(server) = theirs.get("scaling").filter(|s| Some(*s) != scaling) {
             tracing::warn!(
                 "features.scaling is {} here and {server} at {url}: the server's network was pretrained on features mapped \
                  into [0, 1] its way, so expect less from the transfer",
