@@ -183,6 +183,109 @@ fn identity_round_trip(params: ParameterSet) {
 }
 
 #[test]
+fn outputs_are_downloaded_at_the_interfaces_modulus_and_decrypt_within_the_margin_at_the_widest_encoding() {
+    download_switch_noise(PARAMS);
+}
+
+#[test]
+fn multi_bit_outputs_are_downloaded_at_the_interfaces_modulus_and_decrypt_within_the_margin_at_the_widest_encoding() {
+    download_switch_noise(MULTI_BIT);
+}
+
+/// The widest output encoding a program may have (9 output bits, no pool), tables at the extremes: every output
+/// decrypts to its level, the download is packed at [`ProgramInterface::download_log_modulus`] bits per word, and
+/// the phase noise (the bootstrap's plus the switch's rounding) keeps 7.13 sigma (2^-40) inside half a level.
+fn download_switch_noise(params: ParameterSet) {
+    let d = 16;
+    let mut weights = vec![0; d * d];
+    (0..d).for_each(|i| weights[i * d + i] = 2);
+    let table: Vec<i32> = (0..16).map(|r| if r % 2 == 0 { 511 - r } else { r - 511 }).collect();
+    let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 9, neurons: d,
+        weights, biases: vec![0; d], tables: vec![table; d], pool: 1, output_unit: 1.0 };
+    let server = evaluator_with(prog, params);
+    let iface = server.program().interface();
+    let q = iface.download_log_modulus();
+    assert_eq!((iface.output_delta_log2, q), (54, 19), "9 output bits and the padding bit, 9 noise bits below");
+    let client = &keys_for(params).0;
+    let level = 2f64.powi(iface.output_delta_log2 as i32);
+    let mut errors = Vec::new();
+    for s in 0..8u16 {
+        let x: Vec<u16> = (0..d as u16).map(|i| (i + s) % 16).collect();
+        let out = server.evaluate(&encrypt(&x, &server)).unwrap();
+        assert_eq!(out.log_modulus, q);
+        assert_eq!(out.data.len(), (d * (params.big_lwe_dimension() + 1) * q as usize).div_ceil(8));
+        let want = server.program().evaluate_clear(&x);
+        assert_eq!(client.decrypt(&out, &iface).unwrap(), want);
+        for (phase, w) in client.output_phases(&out).into_iter().zip(&want) {
+            errors.push(phase.wrapping_sub((*w as u64) << iface.output_delta_log2) as i64 as f64 / level);
+        }
+    }
+    let sigma = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
+    // The switch's rounding alone: 0.29 of a unit of 2^q over the ~kN/2 ones of the binary key.
+    let rounding = (params.big_lwe_dimension() as f64 / 24.0).sqrt() / 2f64.powi(q as i32 - (64 - iface.output_delta_log2 as i32));
+    eprintln!("{}: output noise after the switch to 2^{q}: {sigma:.4} of a level (rounding alone {rounding:.4})", params.name());
+    assert!(sigma >= 0.5 * rounding, "the measured noise {sigma} is below the switch's own rounding {rounding}: not measured at 2^{q}");
+    assert!(7.13 * sigma < 0.5, "noise {sigma} of a level: a wrong output level is likelier than 2^-40");
+}
+
+#[test]
+fn an_output_at_a_coarser_modulus_than_the_program_needs_is_refused_and_a_version_0_output_still_decrypts() {
+    let server = evaluator(random_program(32, 4, 3, 1, 8));
+    let iface = server.program().interface();
+    let out = server.evaluate(&encrypt(&[5; 32], &server)).unwrap();
+    let q = out.log_modulus;
+    let words = out.words();
+    let client = &keys().0;
+    let want = client.decrypt(&out, &iface).unwrap();
+    // Re-packed one bit coarser: refused, not decrypted into noise.
+    let coarse = EncryptedOutput::pack(out.key_id, out.parameter_set.clone(), out.count, q - 1, &words.iter().map(|w| w >> 1).collect::<Vec<_>>());
+    let e = client.decrypt(&coarse, &iface).unwrap_err().to_string();
+    assert!(e.contains("modulus 2^") && e.contains(&format!("need 2^{q}")), "{e}");
+    // A truncated packing is refused too.
+    let mut short = out.clone();
+    short.data.pop();
+    assert!(client.decrypt(&short, &iface).unwrap_err().to_string().contains("bytes"));
+
+    // What servers sent before 2026-12-05: every word modulo 2^32 as a u32. It reads, upgrades and decrypts.
+    let v0 = old_output::EncryptedOutput {
+        key_id: out.key_id,
+        parameter_set: out.parameter_set.clone(),
+        count: out.count,
+        data: words.iter().map(|&w| (w << (32 - q)) as u32).collect(),
+    };
+    let mut bytes = Vec::new();
+    tfhe::safe_serialization::safe_serialize(&v0, &mut bytes, 1 << 20).unwrap();
+    let read = EncryptedOutput::from_bytes(&bytes, EncryptedOutput::size_limit(PARAMS, 4)).unwrap();
+    assert_eq!(read.log_modulus, 32);
+    assert_eq!(client.decrypt(&read, &iface).unwrap(), want);
+    // And the download shrank with the modulus: q bits a word where version 0 sent 32 (plus a header).
+    let now = out.to_bytes(EncryptedOutput::size_limit(PARAMS, 4)).unwrap().len();
+    assert!(q < 32 && now < bytes.len() * q as usize / 32 + 300, "{now} bytes at 2^{q}, {} at 2^32", bytes.len());
+}
+
+/// The encrypted output as version 0 of the wire format wrote it.
+mod old_output {
+    #[derive(serde::Serialize, serde::Deserialize, tfhe_versionable::Versionize)]
+    #[versionize(EncryptedOutputVersions)]
+    pub struct EncryptedOutput {
+        pub key_id: u64,
+        pub parameter_set: String,
+        pub count: u64,
+        pub data: Vec<u32>,
+    }
+
+    #[derive(tfhe_versionable::VersionsDispatch)]
+    #[allow(dead_code)]
+    pub enum EncryptedOutputVersions {
+        V0(EncryptedOutput),
+    }
+
+    impl tfhe::named::Named for EncryptedOutput {
+        const NAME: &'static str = "cryptotl::EncryptedOutput";
+    }
+}
+
+#[test]
 fn linear_stage_noise_at_maximal_inputs_matches_theory_and_stays_within_the_margin() {
     noise_margin(PARAMS);
 }

@@ -183,18 +183,27 @@ impl ClientKey {
     pub fn decrypt(&self, output: &EncryptedOutput, interface: &ProgramInterface) -> Result<Vec<i64>> {
         let params = self.params()?;
         interface.validate()?;
-        output.check(params, self.key_id, interface.outputs)?;
+        output.check(params, self.key_id, interface)?;
+        let delta = interface.output_delta_log2;
+        Ok(self.output_phases(output).into_iter().map(|phase| (phase.wrapping_add(1 << (delta - 1)) as i64) >> delta).collect())
+    }
+
+    /// The phase of each of the server's outputs, scaled back to the 64-bit torus: the encoded output level plus
+    /// noise (the bootstrap's and the download switch's rounding). [`Self::decrypt`] rounds it to a level; the
+    /// noise tests read it whole.
+    pub fn output_phases(&self, output: &EncryptedOutput) -> Vec<u64> {
         let key = self.glwe.as_lwe_secret_key();
-        let shift = interface.output_delta_log2 - 32;
-        Ok((0..interface.outputs)
-            .map(|i| {
-                let ct = output.ciphertext(i);
+        let q = output.log_modulus.clamp(1, 32);
+        let words = output.words();
+        words
+            .chunks(key.as_ref().len() + 1)
+            .take(output.count as usize)
+            .map(|ct| {
                 let (mask, body) = ct.split_at(ct.len() - 1);
-                let dot = mask.iter().zip(key.as_ref()).fold(0u32, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k as u32)));
-                let phase = body[0].wrapping_sub(dot);
-                (phase.wrapping_add(1 << (shift - 1)) as i32 >> shift) as i64
+                let dot = mask.iter().zip(key.as_ref()).fold(0u64, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k)));
+                body[0].wrapping_sub(dot) << (64 - q)
             })
-            .collect())
+            .collect()
     }
 
     /// Decrypt the server's linear-stage ciphertexts (small key, `neurons x (n + 1)` words) to accumulator

@@ -24,6 +24,13 @@ use crate::params::ParameterSet;
 /// (~2^49 of 2^64): 63 - 9 = 54 bits of headroom, 5 above the noise.
 pub const MAX_OUTPUT_PLUS_POOL_BITS: u32 = 9;
 
+/// Bits kept below an output's least significant level when the server switches its outputs to a smaller modulus
+/// for the download ([`ProgramInterface::download_log_modulus`]). The switch rounds every word of a ciphertext, and
+/// over the binary key's ones (about kN/2 of them) that adds noise of standard deviation about sqrt(kN / 24) units
+/// of the new modulus: 9.2 for kN = 2048, 2^-4.8 of a level at 9 bits. At the widest output encoding the
+/// bootstrap's own noise (2^-4.3 of a level) stays the larger part; `tests/he.rs` measures both.
+pub const DOWNLOAD_NOISE_BITS: u32 = 9;
+
 /// The bit widths of a program and its pooling window: what a parameter set must accommodate. One check serves
 /// the compiled program ([`IntegerProgram::validate`]) and a client's configuration before anything is compiled.
 ///
@@ -131,6 +138,21 @@ impl ProgramInterface {
             return Err(HeError::Program(format!("unusable program interface {self:?}")));
         }
         Ok(())
+    }
+
+    /// log2 of the modulus the server switches each output to before sending it: the output encoding's bits
+    /// (padding, pool and output bits) plus [`DOWNLOAD_NOISE_BITS`], at most 32. The download is this many bits per
+    /// ciphertext word instead of 64.
+    ///
+    /// ```
+    /// use cryptotl_server::ProgramInterface;
+    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
+    ///     output_delta_log2: 56, output_scale: 0.5 };
+    /// assert_eq!(iface.download_log_modulus(), 64 - 56 + 9); // 7 output bits and the padding bit, 9 below
+    /// assert_eq!(ProgramInterface { output_delta_log2: 40, ..iface }.download_log_modulus(), 32);
+    /// ```
+    pub fn download_log_modulus(&self) -> u32 {
+        (64 - self.output_delta_log2.min(63) + DOWNLOAD_NOISE_BITS).min(32)
     }
 
     /// Quantize one feature vector in [0, 1] (values outside are clipped) to input levels.

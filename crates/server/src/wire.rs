@@ -18,6 +18,7 @@ use tfhe::{Unversionize, Versionize};
 
 use crate::error::{HeError, Result};
 use crate::params::ParameterSet;
+use crate::program::ProgramInterface;
 
 /// Declare a type as a wire object: its versions enum (for tfhe's versioning), its `Named` tag (checked on
 /// reading) and its [`WireObject`] name. Users need `tfhe` and `tfhe-versionable` as dependencies.
@@ -188,8 +189,9 @@ impl EncryptedInput {
     }
 }
 
-/// The encrypted outputs of one sample: LWE ciphertexts under the client's big key, modulus-switched to 32 bits
-/// (half the download; the outputs' encoding leaves ample room for the extra rounding noise).
+/// The encrypted outputs of one sample: LWE ciphertexts under the client's big key, modulus-switched from 2^64 to
+/// 2^`log_modulus` ([`ProgramInterface::download_log_modulus`]: 17 bits for 7-bit outputs, at most 32) and packed
+/// `log_modulus` bits per word, so the download carries no bit the client's decryption does not need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
 #[versionize(EncryptedOutputVersions)]
 pub struct EncryptedOutput {
@@ -199,32 +201,133 @@ pub struct EncryptedOutput {
     pub parameter_set: String,
     /// Number of ciphertexts.
     pub count: u64,
-    /// `count` ciphertexts of `k*N + 1` words each (mask then body), modulo 2^32.
-    pub data: Vec<u32>,
+    /// The ciphertexts' modulus is 2^`log_modulus`.
+    pub log_modulus: u32,
+    /// `count` ciphertexts of `k*N + 1` words each (mask then body), `log_modulus` bits per word, least significant
+    /// bit first, the last byte padded with zeros.
+    pub data: Vec<u8>,
 }
 
-wire_object!(EncryptedOutput, EncryptedOutputVersions, "cryptotl::EncryptedOutput", "encrypted output");
+/// Earlier versions of [`EncryptedOutput`], read and upgraded.
+mod output_versions {
+    use std::convert::Infallible;
+
+    use tfhe_versionable::{Upgrade, Version, VersionsDispatch};
+
+    use super::EncryptedOutput;
+
+    /// Version 0 (until 2026-12-05): every word modulo 2^32, as a `u32`.
+    #[derive(Version)]
+    pub struct EncryptedOutputV0 {
+        key_id: u64,
+        parameter_set: String,
+        count: u64,
+        data: Vec<u32>,
+    }
+
+    impl Upgrade<EncryptedOutput> for EncryptedOutputV0 {
+        type Error = Infallible;
+        fn upgrade(self) -> Result<EncryptedOutput, Infallible> {
+            // A u32's little-endian bytes are its 32 bits, least significant first: the packing at 32 bits.
+            let data = self.data.iter().flat_map(|w| w.to_le_bytes()).collect();
+            Ok(EncryptedOutput { key_id: self.key_id, parameter_set: self.parameter_set, count: self.count, log_modulus: 32, data })
+        }
+    }
+
+    /// Versions of [`EncryptedOutput`].
+    #[derive(VersionsDispatch)]
+    pub enum EncryptedOutputVersions {
+        /// Words as `u32` (modulus 2^32).
+        V0(EncryptedOutputV0),
+        /// Words packed at `log_modulus` bits.
+        V1(EncryptedOutput),
+    }
+}
+pub use output_versions::EncryptedOutputVersions;
+
+impl tfhe::named::Named for EncryptedOutput {
+    const NAME: &'static str = "cryptotl::EncryptedOutput";
+}
+impl WireObject for EncryptedOutput {
+    const WHAT: &'static str = "encrypted output";
+}
 
 impl EncryptedOutput {
-    /// Serialized size limit for `outputs` ciphertexts.
+    /// Serialized size limit for `outputs` ciphertexts (at the largest download modulus, 2^32).
     pub fn size_limit(params: ParameterSet, outputs: usize) -> u64 {
         (outputs * (params.big_lwe_dimension() + 1)) as u64 * 4 + SLACK_BYTES
     }
 
-    /// Check parameter set, key id and shape.
-    pub fn check(&self, params: ParameterSet, key_id: u64, outputs: usize) -> Result<()> {
+    /// Pack `words` (`count` ciphertexts, each word already reduced modulo 2^`log_modulus`, `log_modulus` in
+    /// 1..=32).
+    ///
+    /// ```
+    /// use cryptotl_server::EncryptedOutput;
+    /// let out = EncryptedOutput::pack(7, "set".into(), 1, 12, &[0xabc, 0x123, 0xfff]);
+    /// assert_eq!(out.data.len(), 5); // 36 bits
+    /// assert_eq!(out.words(), vec![0xabc, 0x123, 0xfff]);
+    /// ```
+    pub fn pack(key_id: u64, parameter_set: String, count: u64, log_modulus: u32, words: &[u64]) -> Self {
+        let mask = low_bits(log_modulus);
+        let mut data = Vec::with_capacity((words.len() * log_modulus as usize).div_ceil(8));
+        let (mut bits, mut held) = (0u64, 0u32);
+        for &w in words {
+            bits |= (w & mask) << held;
+            held += log_modulus;
+            while held >= 8 {
+                data.push(bits as u8);
+                bits >>= 8;
+                held -= 8;
+            }
+        }
+        if held > 0 {
+            data.push(bits as u8);
+        }
+        EncryptedOutput { key_id, parameter_set, count, log_modulus, data }
+    }
+
+    /// Every word, unpacked (each below 2^`log_modulus`). Bytes missing from a damaged object read as zeros;
+    /// [`Self::check`] refuses such an object first.
+    pub fn words(&self) -> Vec<u64> {
+        let q = self.log_modulus.clamp(1, 32);
+        let n = self.data.len() * 8 / q as usize;
+        let mut out = Vec::with_capacity(n);
+        let (mut bits, mut held, mut bytes) = (0u64, 0u32, self.data.iter());
+        for _ in 0..n {
+            while held < q {
+                bits |= u64::from(*bytes.next().unwrap_or(&0)) << held;
+                held += 8;
+            }
+            out.push(bits & low_bits(q));
+            bits >>= q;
+            held -= q;
+        }
+        out
+    }
+
+    /// Check parameter set, key id, modulus and shape against the client's view of the program: the modulus at
+    /// least the one `interface` calls for (a coarser one would drown the outputs in rounding noise) and at most
+    /// 2^32.
+    pub fn check(&self, params: ParameterSet, key_id: u64, interface: &ProgramInterface) -> Result<()> {
         check_params(Self::WHAT, &self.parameter_set, params)?;
         check_key(Self::WHAT, self.key_id, key_id)?;
-        let lwe_size = params.big_lwe_dimension() + 1;
-        if self.count as usize != outputs || self.data.len() != outputs * lwe_size {
-            return Err(shape(Self::WHAT, format!("{} ciphertexts in {} words, expected {outputs} of {lwe_size}", self.count, self.data.len())));
+        let need = interface.download_log_modulus();
+        if !(need..=32).contains(&self.log_modulus) {
+            return Err(shape(Self::WHAT, format!("modulus 2^{}, the program's outputs need 2^{need} to 2^32", self.log_modulus)));
+        }
+        let (outputs, lwe_size) = (interface.outputs, params.big_lwe_dimension() + 1);
+        let bytes = (outputs * lwe_size * self.log_modulus as usize).div_ceil(8);
+        if self.count as usize != outputs || self.data.len() != bytes {
+            return Err(shape(
+                Self::WHAT,
+                format!("{} ciphertexts in {} bytes, expected {outputs} of {lwe_size} words at {} bits ({bytes} bytes)", self.count, self.data.len(), self.log_modulus),
+            ));
         }
         Ok(())
     }
+}
 
-    /// Ciphertext `i` (mask words then the body).
-    pub fn ciphertext(&self, i: usize) -> &[u32] {
-        let n = self.data.len() / self.count.max(1) as usize;
-        &self.data[i * n..(i + 1) * n]
-    }
+/// The `bits` low bits set.
+fn low_bits(bits: u32) -> u64 {
+    if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
 }

@@ -11,7 +11,8 @@
 //!    blind rotation from tfhe-rs's parts, up to [`MULTI_BIT_BATCH`] neurons at a time, group-major, in batches
 //!    spread evenly over the threads ([`multi_bit_batch_size`]; see [`Evaluator::activations`]).
 //! 3. **Pooling:** sums of `pool` neighbouring bootstrap outputs.
-//! 4. **Download:** each output modulus-switched from 2^64 to 2^32.
+//! 4. **Download:** each output modulus-switched from 2^64 to 2^q, q = [`ProgramInterface::download_log_modulus`]
+//!    (17 for 7-bit outputs), and packed q bits per word.
 //!
 //! Work is spread with rayon across neuron blocks (linear stage), neurons (bootstraps) and samples (batches).
 //!
@@ -81,7 +82,7 @@ impl OpCounts {
             bootstraps: program.neurons,
             multiply_adds: nnz * (params.lwe_dimension() + 1),
             estimated_upload_bytes: program.input_dim * 8 + header,
-            estimated_download_bytes: program.outputs() * (params.big_lwe_dimension() + 1) * 4 + header,
+            estimated_download_bytes: (program.outputs() * (params.big_lwe_dimension() + 1) * program.interface().download_log_modulus() as usize).div_ceil(8) + header,
         }
     }
 }
@@ -212,18 +213,19 @@ impl Evaluator {
         }
         let big = self.params.big_lwe_dimension() + 1;
         let (pool, outputs, neurons) = (self.program.pool, self.program.outputs(), self.program.neurons);
+        let q = self.program.interface().download_log_modulus();
         Ok(acts
             .chunks(neurons * big)
             .map(|acts| {
-                let mut data = vec![0u32; outputs * big];
-                for (k, o) in data.chunks_mut(big).enumerate() {
+                let mut words = vec![0u64; outputs * big];
+                for (k, o) in words.chunks_mut(big).enumerate() {
                     for (w, out) in o.iter_mut().enumerate() {
                         let sum = (0..pool).fold(0u64, |s, t| s.wrapping_add(acts[(k + t) * big + w]));
-                        // Modulus switch 2^64 -> 2^32 with rounding.
-                        *out = (sum.wrapping_add(1 << 31) >> 32) as u32;
+                        // Modulus switch 2^64 -> 2^q with rounding.
+                        *out = sum.wrapping_add(1 << (63 - q)) >> (64 - q);
                     }
                 }
-                EncryptedOutput { key_id: self.key_id, parameter_set: self.params.name().into(), count: outputs as u64, data }
+                EncryptedOutput::pack(self.key_id, self.params.name().into(), outputs as u64, q, &words)
             })
             .collect())
     }
