@@ -11,7 +11,7 @@
 //!    blind rotation from tfhe-rs's parts, up to [`MULTI_BIT_BATCH`] neurons at a time, group-major, in batches
 //!    spread evenly over the threads ([`multi_bit_batch_size`]; see [`Evaluator::activations`]).
 //! 3. **Pooling:** sums of `pool` neighbouring bootstrap outputs.
-//! 4. **Download:** each output modulus-switched from 2^64 to 2^q, q = [`ProgramInterface::download_log_modulus`]
+//! 4. **Download:** each output modulus-switched from 2^64 to 2^q, q = [`crate::ProgramInterface::download_log_modulus`]
 //!    (17 for 7-bit outputs), and packed q bits per word.
 //!
 //! Work is spread with rayon across neuron blocks (linear stage), neurons (bootstraps) and samples (batches).
