@@ -96,6 +96,16 @@ proptest! {
         let _ = cryptotl::features::FeaturePipeline::load(&path);
     }
 
+    /// The download's packing keeps exactly each word's low q bits, for every modulus it may use, and an output
+    /// of any bytes and any claimed modulus unpacks without a panic.
+    #[test]
+    fn packed_outputs_unpack_to_their_words(q in 8u32..=32, words in prop::collection::vec(any::<u64>(), 0..200), junk in prop::collection::vec(any::<u8>(), 0..64), claimed in any::<u32>()) {
+        let out = EncryptedOutput::pack(1, "p".into(), 1, q, &words);
+        prop_assert_eq!(out.data.len(), (words.len() * q as usize).div_ceil(8));
+        prop_assert_eq!(out.words(), words.iter().map(|w| (w & ((1u64 << q) - 1)) as u32).collect::<Vec<_>>());
+        let _ = EncryptedOutput { log_modulus: claimed, data: junk, ..out }.words();
+    }
+
     #[test]
     fn wire_objects_never_panic_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..2048)) {
         let _ = EncryptedInput::from_bytes(&body, 1 << 16);

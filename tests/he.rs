@@ -238,7 +238,7 @@ fn an_output_at_a_coarser_modulus_than_the_program_needs_is_refused_and_a_versio
     let client = &keys().0;
     let want = client.decrypt(&out, &iface).unwrap();
     // Re-packed one bit coarser: refused, not decrypted into noise.
-    let coarse = EncryptedOutput::pack(out.key_id, out.parameter_set.clone(), out.count, q - 1, &words.iter().map(|w| w >> 1).collect::<Vec<_>>());
+    let coarse = EncryptedOutput::pack(out.key_id, out.parameter_set.clone(), out.count, q - 1, &words.iter().map(|&w| u64::from(w >> 1)).collect::<Vec<_>>());
     let e = client.decrypt(&coarse, &iface).unwrap_err().to_string();
     assert!(e.contains("modulus 2^") && e.contains(&format!("need 2^{q}")), "{e}");
     // A truncated packing is refused too.
@@ -251,7 +251,7 @@ fn an_output_at_a_coarser_modulus_than_the_program_needs_is_refused_and_a_versio
         key_id: out.key_id,
         parameter_set: out.parameter_set.clone(),
         count: out.count,
-        data: words.iter().map(|&w| (w << (32 - q)) as u32).collect(),
+        data: words.iter().map(|&w| w << (32 - q)).collect(),
     };
     let mut bytes = Vec::new();
     tfhe::safe_serialization::safe_serialize(&v0, &mut bytes, 1 << 20).unwrap();

@@ -193,15 +193,16 @@ impl ClientKey {
     /// noise tests read it whole.
     pub fn output_phases(&self, output: &EncryptedOutput) -> Vec<u64> {
         let key = self.glwe.as_lwe_secret_key();
-        let q = output.log_modulus.clamp(1, 32);
+        let q = output.log_modulus.clamp(8, 32);
         let words = output.words();
         words
             .chunks(key.as_ref().len() + 1)
             .take(output.count as usize)
             .map(|ct| {
                 let (mask, body) = ct.split_at(ct.len() - 1);
-                let dot = mask.iter().zip(key.as_ref()).fold(0u64, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k)));
-                body[0].wrapping_sub(dot) << (64 - q)
+                // Modulo 2^32 (q <= 32): the bits above q fall off the shift below.
+                let dot = mask.iter().zip(key.as_ref()).fold(0u32, |s, (&a, &k)| s.wrapping_add(a.wrapping_mul(k as u32)));
+                u64::from(body[0].wrapping_sub(dot)) << (64 - q)
             })
             .collect()
     }

@@ -258,8 +258,8 @@ impl EncryptedOutput {
         (outputs * (params.big_lwe_dimension() + 1)) as u64 * 4 + SLACK_BYTES
     }
 
-    /// Pack `words` (`count` ciphertexts, each word already reduced modulo 2^`log_modulus`, `log_modulus` in
-    /// 1..=32).
+    /// Pack `words` (`count` ciphertexts) at `log_modulus` bits each, keeping each word's low `log_modulus` bits
+    /// (`log_modulus` is taken into 8..=32, so the zero bits padding the last byte never read back as a word).
     ///
     /// ```
     /// use cryptotl_server::EncryptedOutput;
@@ -268,6 +268,7 @@ impl EncryptedOutput {
     /// assert_eq!(out.words(), vec![0xabc, 0x123, 0xfff]);
     /// ```
     pub fn pack(key_id: u64, parameter_set: String, count: u64, log_modulus: u32, words: &[u64]) -> Self {
+        let log_modulus = log_modulus.clamp(8, 32);
         let mask = low_bits(log_modulus);
         let mut data = Vec::with_capacity((words.len() * log_modulus as usize).div_ceil(8));
         let (mut bits, mut held) = (0u64, 0u32);
@@ -286,23 +287,27 @@ impl EncryptedOutput {
         EncryptedOutput { key_id, parameter_set, count, log_modulus, data }
     }
 
-    /// Every word, unpacked (each below 2^`log_modulus`). Bytes missing from a damaged object read as zeros;
-    /// [`Self::check`] refuses such an object first.
-    pub fn words(&self) -> Vec<u64> {
-        let q = self.log_modulus.clamp(1, 32);
-        let n = self.data.len() * 8 / q as usize;
-        let mut out = Vec::with_capacity(n);
-        let (mut bits, mut held, mut bytes) = (0u64, 0u32, self.data.iter());
-        for _ in 0..n {
-            while held < q {
-                bits |= u64::from(*bytes.next().unwrap_or(&0)) << held;
-                held += 8;
-            }
-            out.push(bits & low_bits(q));
-            bits >>= q;
-            held -= q;
-        }
-        out
+    /// Every word, unpacked (each below 2^`log_modulus`): as many as whole words fit in `data`. [`Self::check`]
+    /// refuses an object whose length or modulus is not the program's first.
+    pub fn words(&self) -> Vec<u32> {
+        let q = self.log_modulus.clamp(8, 32) as usize;
+        let mask = low_bits(q as u32);
+        let data = &self.data;
+        (0..data.len() * 8 / q)
+            .map(|i| {
+                // Word i starts at bit i*q: read the 8 bytes from its first (fewer at the end) and shift.
+                let (byte, shift) = (i * q / 8, i * q % 8);
+                let bits = match data.get(byte..byte + 8) {
+                    Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                    None => {
+                        let mut buf = [0u8; 8];
+                        buf[..data.len() - byte].copy_from_slice(&data[byte..]);
+                        u64::from_le_bytes(buf)
+                    }
+                };
+                ((bits >> shift) & mask) as u32
+            })
+            .collect()
     }
 
     /// Check parameter set, key id, modulus and shape against the client's view of the program: the modulus at
