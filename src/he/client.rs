@@ -193,7 +193,7 @@ impl ClientKey {
     /// noise tests read it whole.
     pub fn output_phases(&self, output: &EncryptedOutput) -> Vec<u64> {
         let key = self.glwe.as_lwe_secret_key();
-        let q = output.log_modulus.clamp(8, 32);
+        let q = output.word_bits();
         let words = output.words();
         words
             .chunks(key.as_ref().len() + 1)

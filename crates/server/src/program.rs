@@ -27,8 +27,9 @@ pub const MAX_OUTPUT_PLUS_POOL_BITS: u32 = 9;
 /// Bits kept below an output's least significant level when the server switches its outputs to a smaller modulus
 /// for the download ([`ProgramInterface::download_log_modulus`]). The switch rounds every word of a ciphertext, and
 /// over the binary key's ones (about kN/2 of them) that adds noise of standard deviation about sqrt(kN / 24) units
-/// of the new modulus: 9.2 for kN = 2048, 2^-4.8 of a level at 9 bits. At the widest output encoding the
-/// bootstrap's own noise (2^-4.3 of a level) stays the larger part; `tests/he.rs` measures both.
+/// of the new modulus: 9.2 for kN = 2048, which is 2^-5.8 of a level whatever the output width (a level is 2^9 units).
+/// At the widest output encoding the bootstrap's own noise (2^-4.3 of a level) stays the larger part; `tests/he.rs`
+/// measures both.
 pub const DOWNLOAD_NOISE_BITS: u32 = 9;
 
 /// The bit widths of a program and its pooling window: what a parameter set must accommodate. One check serves

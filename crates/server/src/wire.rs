@@ -258,8 +258,26 @@ impl EncryptedOutput {
         (outputs * (params.big_lwe_dimension() + 1)) as u64 * 4 + SLACK_BYTES
     }
 
+    /// Bytes of the packed `data` of `outputs` ciphertexts under `params` at 2^`log_modulus`: what [`Self::check`]
+    /// expects and what a download costs beside its header.
+    ///
+    /// ```
+    /// use cryptotl_server::{EncryptedOutput, ParameterSet};
+    /// let p = ParameterSet::default();
+    /// assert_eq!(EncryptedOutput::packed_bytes(p, 2, 17), (2 * (p.big_lwe_dimension() + 1) * 17).div_ceil(8));
+    /// ```
+    pub fn packed_bytes(params: ParameterSet, outputs: usize, log_modulus: u32) -> usize {
+        (outputs * (params.big_lwe_dimension() + 1) * log_modulus as usize).div_ceil(8)
+    }
+
+    /// Bits a word of `data` takes: `log_modulus`, taken into 8..=32 (what [`Self::pack`] packs at and
+    /// [`Self::words`] reads).
+    pub fn word_bits(&self) -> u32 {
+        word_bits(self.log_modulus)
+    }
+
     /// Pack `words` (`count` ciphertexts) at `log_modulus` bits each, keeping each word's low `log_modulus` bits
-    /// (`log_modulus` is taken into 8..=32, so the zero bits padding the last byte never read back as a word).
+    /// (`log_modulus` is taken into 8..=32: [`Self::word_bits`]).
     ///
     /// ```
     /// use cryptotl_server::EncryptedOutput;
@@ -268,7 +286,7 @@ impl EncryptedOutput {
     /// assert_eq!(out.words(), vec![0xabc, 0x123, 0xfff]);
     /// ```
     pub fn pack(key_id: u64, parameter_set: String, count: u64, log_modulus: u32, words: &[u64]) -> Self {
-        let log_modulus = log_modulus.clamp(8, 32);
+        let log_modulus = word_bits(log_modulus);
         let mask = low_bits(log_modulus);
         let mut data = Vec::with_capacity((words.len() * log_modulus as usize).div_ceil(8));
         let (mut bits, mut held) = (0u64, 0u32);
@@ -290,7 +308,7 @@ impl EncryptedOutput {
     /// Every word, unpacked (each below 2^`log_modulus`): as many as whole words fit in `data`. [`Self::check`]
     /// refuses an object whose length or modulus is not the program's first.
     pub fn words(&self) -> Vec<u32> {
-        let q = self.log_modulus.clamp(8, 32) as usize;
+        let q = self.word_bits() as usize;
         let mask = low_bits(q as u32);
         let data = &self.data;
         (0..data.len() * 8 / q)
@@ -321,7 +339,7 @@ impl EncryptedOutput {
             return Err(shape(Self::WHAT, format!("modulus 2^{}, the program's outputs need 2^{need} to 2^32", self.log_modulus)));
         }
         let (outputs, lwe_size) = (interface.outputs, params.big_lwe_dimension() + 1);
-        let bytes = (outputs * lwe_size * self.log_modulus as usize).div_ceil(8);
+        let bytes = Self::packed_bytes(params, outputs, self.log_modulus);
         if self.count as usize != outputs || self.data.len() != bytes {
             return Err(shape(
                 Self::WHAT,
@@ -330,6 +348,12 @@ impl EncryptedOutput {
         }
         Ok(())
     }
+}
+
+/// The bits a packed word takes for a modulus of 2^`log_modulus`: at least 8, so the zero bits padding the last
+/// byte never read back as a word, and at most 32.
+fn word_bits(log_modulus: u32) -> u32 {
+    log_modulus.clamp(8, 32)
 }
 
 /// The `bits` low bits set.

@@ -82,7 +82,7 @@ impl OpCounts {
             bootstraps: program.neurons,
             multiply_adds: nnz * (params.lwe_dimension() + 1),
             estimated_upload_bytes: program.input_dim * 8 + header,
-            estimated_download_bytes: (program.outputs() * (params.big_lwe_dimension() + 1) * program.interface().download_log_modulus() as usize).div_ceil(8) + header,
+            estimated_download_bytes: EncryptedOutput::packed_bytes(params, program.outputs(), program.interface().download_log_modulus()) + header,
         }
     }
 }
