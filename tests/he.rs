@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use cryptotl::he::{ClientKey, seeder};
-use cryptotl_server::wire::WireObject;
+use cryptotl_server::wire::{OutputFormat, WireObject};
 use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, Evaluator, HeError, IntegerProgram, ParameterSet};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -258,6 +258,8 @@ fn an_output_at_a_coarser_modulus_than_the_program_needs_is_refused_and_a_versio
     let read = EncryptedOutput::from_bytes(&bytes, EncryptedOutput::size_limit(PARAMS, 4)).unwrap();
     assert_eq!(read.log_modulus, 32);
     assert_eq!(client.decrypt(&read, &iface).unwrap(), want);
+    // What a server writes for a client that asks for no format (one built before): exactly those bytes.
+    assert_eq!(out.to_bytes_as(OutputFormat::Words32, 1 << 20).unwrap(), bytes);
     // And the download shrank with the modulus: q bits a word where version 0 sent 32 (plus a header).
     let now = out.to_bytes(EncryptedOutput::size_limit(PARAMS, 4)).unwrap().len();
     assert!(q < 32 && now < bytes.len() * q as usize / 32 + 300, "{now} bytes at 2^{q}, {} at 2^32", bytes.len());

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cryptotl::he::transport::{Evaluation, Http, Transport};
 use cryptotl::he::{ClientKey, Session, seeder};
-use cryptotl_server::wire::WireObject as _;
-use cryptotl_server::{IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, frames};
+use cryptotl_server::wire::{OutputFormat, WireObject as _};
+use cryptotl_server::{EncryptedOutput, IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, frames};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -395,6 +395,55 @@ fn refusals_have_their_status_and_garbage_leaves_the_server_standing() {
     assert_eq!(eval(&f.alice, &id, body).0, 200, "and still serves");
     let grown = server.rss_kib().saturating_sub(before);
     assert!(grown < 64 * 1024, "resident memory grew by {grown} KiB over the garbage");
+}
+
+#[test]
+fn a_client_that_names_no_output_format_gets_the_32_bit_words_clients_before_it_read() {
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let url = &server.url;
+    let c = reqwest::blocking::Client::new();
+    let iface: ModelInterface = c.get(format!("{url}/v1/interface")).bearer_auth(&f.alice).send().unwrap().json().unwrap();
+    let (key, eval_key) = ClientKey::generate(PARAMS, seeder(Some(31)).as_mut());
+    let r = c.post(format!("{url}/v1/keys")).bearer_auth(&f.alice).body(eval_key.to_bytes(iface.evaluation_key_limit).unwrap()).send().unwrap();
+    let id = r.json::<serde_json::Value>().unwrap()["key_id"].as_str().unwrap().to_string();
+    let body = batch(&key, &iface, 2);
+    let eval = |format: Option<&str>| {
+        let mut request = c.post(format!("{url}/v1/keys/{id}/evaluate")).bearer_auth(&f.alice).body(body.clone());
+        if let Some(format) = format {
+            request = request.header(OutputFormat::HEADER, format);
+        }
+        let r = request.send().unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let read = |body: &[u8]| -> Vec<EncryptedOutput> {
+        frames::decode(body, 2, iface.output_limit).unwrap().iter().map(|b| EncryptedOutput::from_bytes(b, iface.output_limit).unwrap()).collect()
+    };
+    let (code, packed_body) = eval(Some("packed"));
+    assert_eq!(code, 200);
+    let packed = read(&packed_body);
+    assert!(packed.iter().all(|o| o.log_modulus == iface.program.download_log_modulus() && o.log_modulus < 32));
+    // No header: version 0, byte for byte what tests/he.rs shows a pre-2026-12-05 client reads; it decrypts alike.
+    let (code, old) = eval(None);
+    assert_eq!(code, 200);
+    let items = frames::decode(&old, 2, iface.output_limit).unwrap();
+    for (item, new) in items.iter().zip(&packed) {
+        assert_eq!(*item, &new.to_bytes_as(OutputFormat::Words32, iface.output_limit).unwrap()[..]);
+    }
+    for (old, new) in read(&old).iter().zip(&packed) {
+        assert_eq!(old.log_modulus, 32);
+        assert_eq!(key.decrypt(old, &iface.program).unwrap(), key.decrypt(new, &iface.program).unwrap());
+    }
+    // The price of the old format: 32 bits a word where the packed one sends q (plus headers).
+    let q = iface.program.download_log_modulus();
+    assert!(q <= 21);
+    assert!(old.len() > packed_body.len() * 3 / 2, "{} bytes old, {} packed at {q} bits", old.len(), packed_body.len());
+    // A later client's format with this one as its fallback: the fallback. Only formats this server lacks: 406.
+    assert_eq!(read(&eval(Some("packed2, packed")).1), packed);
+    let (code, text) = eval(Some("packed2"));
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(code, 406);
+    assert!(text.contains("packed, words32") && text.contains("upgrading"), "{text}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cryptotl_server::auth::ClientId;
 use cryptotl_server::keystore::KeyStore;
+use cryptotl_server::wire::OutputFormat;
 use cryptotl_server::{ModelArtifact, ModelInterface, Service, ServiceError};
 
 use crate::error::{Error, Result};
@@ -84,7 +85,7 @@ impl Transport for InProcess {
         self.service.upload_key(&self.client, key).map_err(|e| refused("local", e))
     }
     fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>> {
-        match self.service.evaluate(&self.client, key_id, batch) {
+        match self.service.evaluate(&self.client, key_id, batch, OutputFormat::Packed) {
             Ok(e) => Ok(Some(Evaluation { body: e.body, server_seconds: Some(e.eval_seconds), setup_seconds: Some(e.setup_seconds) })),
             Err(ServiceError::NotFound(_)) => Ok(None),
             Err(e) => Err(refused("local", e)),
@@ -273,7 +274,13 @@ impl Transport for Http {
     fn evaluate(&self, key_id: &str, batch: &[u8]) -> Result<Option<Evaluation>> {
         let url = format!("{}/v1/keys/{key_id}/evaluate", self.base);
         let body = bytes::Bytes::copy_from_slice(batch);
-        let r = self.send("evaluate", || self.client.post(&url).header("content-type", "application/octet-stream").body(body.clone()))?;
+        let r = self.send("evaluate", || {
+            self.client
+                .post(&url)
+                .header("content-type", "application/octet-stream")
+                .header(OutputFormat::HEADER, OutputFormat::Packed.name())
+                .body(body.clone())
+        })?;
         if r.status.as_u16() == 404 {
             return Ok(None);
         }

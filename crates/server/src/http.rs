@@ -1,7 +1,7 @@
 //! `cryptotl serve`: the [`Service`] over HTTP (tokio + axum on hyper; TLS by rustls).
 //!
 //! Why HTTP/1.1 and not gRPC: the messages are a few opaque binary bodies (a 50 MB key once, then batches of a
-//! few KB up and ~130 KB per sample down) whose format is tfhe's own versioned serialization; HTTP carries them as
+//! few KB up and ~55 KB per sample down) whose format is tfhe's own versioned serialization; HTTP carries them as
 //! they are, any load balancer, proxy or `curl` speaks it, and axum/hyper is the most used async stack in Rust.
 //! A protobuf schema would wrap the same bytes.
 //!
@@ -21,6 +21,10 @@
 //! timeout is stopped within milliseconds (the worker is free again) and answered 413: the same batch would run as
 //! long again, fewer samples per request pass. Errors are JSON `{"error": "..."}`.
 //! Plain HTTP is refused on any address but loopback.
+//!
+//! An evaluate request names the output formats its client reads in `x-cryptotl-output`
+//! ([`crate::wire::OutputFormat`]): `packed` from clients of 2026-12-05 on; no header is a client built before,
+//! answered in the 32-bit words it reads; naming only formats this server does not write is 406.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +50,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{ClientId, Tokens};
 use crate::error::HeError;
 use crate::service::{Service, ServiceError};
+use crate::wire::OutputFormat;
 
 /// The largest `max_queue` [`serve`] takes: each waiting request may hold a batch of ciphertexts in memory.
 pub const MAX_QUEUE: usize = 65_536;
@@ -188,6 +193,10 @@ async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: 
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let format = match OutputFormat::negotiate(headers.get(OutputFormat::HEADER).map(|v| v.to_str().unwrap_or("(not ASCII)"))) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::NOT_ACCEPTABLE, message),
+    };
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
     };
@@ -199,7 +208,7 @@ async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: 
     let service = s.service.clone();
     let done = tokio::task::spawn_blocking(move || {
         let _turn = (place, worker);
-        service.evaluate(&client, &key_id, &body)
+        service.evaluate(&client, &key_id, &body, format)
     })
     .await;
     s.record_queue_depth();

@@ -15,7 +15,7 @@ use crate::error::HeError;
 use crate::eval::Evaluator;
 use crate::frames;
 use crate::keystore::{KeyStore, StoreError};
-use crate::wire::{EncryptedInput, EvaluationKey, WireObject as _};
+use crate::wire::{EncryptedInput, EvaluationKey, OutputFormat, WireObject as _};
 
 /// Evaluators (bootstrap keys in the Fourier domain, ~160 MB each for the default set) kept in memory.
 const KEPT_EVALUATORS: usize = 2;
@@ -162,8 +162,9 @@ impl Service {
         Ok((ev, t.elapsed().as_secs_f64()))
     }
 
-    /// Evaluate a framed batch of encrypted inputs ([`frames`]) under key `key_id` of `client`.
-    pub fn evaluate(&self, client: &ClientId, key_id: &str, body: &[u8]) -> Result<Evaluated, ServiceError> {
+    /// Evaluate a framed batch of encrypted inputs ([`frames`]) under key `key_id` of `client`; the outputs come
+    /// back framed, each written in `format` (what the client reads: [`OutputFormat::negotiate`]).
+    pub fn evaluate(&self, client: &ClientId, key_id: &str, body: &[u8], format: OutputFormat) -> Result<Evaluated, ServiceError> {
         let iface = &self.artifact.interface;
         if body.len() as u64 > iface.request_limit() {
             return Err(ServiceError::TooLarge(format!("batch of {} bytes; this model takes at most {}", body.len(), iface.request_limit())));
@@ -183,7 +184,7 @@ impl Service {
         let eval_seconds = t.elapsed().as_secs_f64();
         let bytes = outputs
             .iter()
-            .map(|o| o.to_bytes(iface.output_limit).map_err(|e| ServiceError::Internal(e.to_string())))
+            .map(|o| o.to_bytes_as(format, iface.output_limit).map_err(|e| ServiceError::Internal(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Evaluated { body: frames::encode(&bytes), samples: inputs.len(), bootstraps: inputs.len() * iface.counts.bootstraps, setup_seconds, eval_seconds })
     }

@@ -245,6 +245,84 @@ mod output_versions {
 }
 pub use output_versions::EncryptedOutputVersions;
 
+/// How the server writes a sample's outputs for the client that asked: the client names the formats it reads in
+/// the [`OutputFormat::HEADER`] of its request, and a client that names none (one built before the packed format,
+/// 2026-12-05) is answered in the format it reads, so upgrading a server never strands its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// [`EncryptedOutput`] version 1: packed at the program's download modulus (what this client asks for).
+    Packed,
+    /// Version 0: every word modulo 2^32 as a `u32`, about twice the bytes ([`EncryptedOutputWords32`]).
+    Words32,
+}
+
+impl OutputFormat {
+    /// The request header naming the formats a client reads, most preferred first, comma-separated.
+    pub const HEADER: &'static str = "x-cryptotl-output";
+
+    /// The name a client gives this format in [`Self::HEADER`].
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Packed => "packed",
+            OutputFormat::Words32 => "words32",
+        }
+    }
+
+    /// The format to answer a request carrying `accepts` in [`Self::HEADER`]: the first one named that this server
+    /// writes; [`OutputFormat::Words32`] when there is no header (a client older than it). Refused, saying what
+    /// this server writes, when it writes none of those named.
+    ///
+    /// ```
+    /// use cryptotl_server::wire::OutputFormat;
+    /// assert_eq!(OutputFormat::negotiate(None), Ok(OutputFormat::Words32));
+    /// assert_eq!(OutputFormat::negotiate(Some("packed2, packed")), Ok(OutputFormat::Packed));
+    /// assert!(OutputFormat::negotiate(Some("packed2")).unwrap_err().contains("packed, words32"));
+    /// ```
+    pub fn negotiate(accepts: Option<&str>) -> std::result::Result<Self, String> {
+        let Some(accepts) = accepts else { return Ok(OutputFormat::Words32) };
+        let known = [OutputFormat::Packed, OutputFormat::Words32];
+        accepts
+            .split(',')
+            .map(str::trim)
+            .find_map(|name| known.into_iter().find(|f| f.name() == name))
+            .ok_or_else(|| {
+                format!(
+                    "this server writes outputs as {}; the client reads only {accepts:?}: the client is newer than the server, which needs upgrading",
+                    known.map(OutputFormat::name).join(", ")
+                )
+            })
+    }
+}
+
+/// An [`EncryptedOutput`] as version 0 wrote it, for clients built before 2026-12-05 (they read nothing else):
+/// every word modulo 2^32 as a `u32`. Only written; reading any version gives an [`EncryptedOutput`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
+#[versionize(EncryptedOutputWords32Versions)]
+pub struct EncryptedOutputWords32 {
+    /// The client's key id.
+    pub key_id: u64,
+    /// The tfhe-rs parameter-set name.
+    pub parameter_set: String,
+    /// Number of ciphertexts.
+    pub count: u64,
+    /// `count` ciphertexts of `k*N + 1` words each, modulo 2^32.
+    pub data: Vec<u32>,
+}
+
+/// Versions of [`EncryptedOutputWords32`]: the one version old clients know, under the name they check.
+#[derive(tfhe_versionable::VersionsDispatch)]
+pub enum EncryptedOutputWords32Versions {
+    /// Version 0 of [`EncryptedOutput`].
+    V0(EncryptedOutputWords32),
+}
+
+impl tfhe::named::Named for EncryptedOutputWords32 {
+    const NAME: &'static str = <EncryptedOutput as tfhe::named::Named>::NAME;
+}
+impl WireObject for EncryptedOutputWords32 {
+    const WHAT: &'static str = "encrypted output (32-bit words)";
+}
+
 impl tfhe::named::Named for EncryptedOutput {
     const NAME: &'static str = "cryptotl::EncryptedOutput";
 }
@@ -326,6 +404,28 @@ impl EncryptedOutput {
                 ((bits >> shift) & mask) as u32
             })
             .collect()
+    }
+
+    /// Serialize in `format` under `limit` bytes. [`OutputFormat::Words32`] scales each word from 2^`log_modulus`
+    /// to 2^32 (a ciphertext modulo 2^q times 2^(32-q) is one modulo 2^32 of the same message with the same relative
+    /// noise), so an old client decrypts what a new one does.
+    ///
+    /// ```
+    /// use cryptotl_server::EncryptedOutput;
+    /// use cryptotl_server::wire::{OutputFormat, WireObject as _};
+    /// let out = EncryptedOutput::pack(7, "set".into(), 1, 12, &[0xabc, 0x123, 0xfff]);
+    /// let old = EncryptedOutput::from_bytes(&out.to_bytes_as(OutputFormat::Words32, 1 << 20).unwrap(), 1 << 20).unwrap();
+    /// assert_eq!((old.log_modulus, old.words()), (32, vec![0xabc << 20, 0x123 << 20, 0xfff << 20]));
+    /// ```
+    pub fn to_bytes_as(&self, format: OutputFormat, limit: u64) -> Result<Vec<u8>> {
+        match format {
+            OutputFormat::Packed => self.to_bytes(limit),
+            OutputFormat::Words32 => {
+                let shift = 32 - self.word_bits();
+                let data = self.words().into_iter().map(|w| w << shift).collect();
+                EncryptedOutputWords32 { key_id: self.key_id, parameter_set: self.parameter_set.clone(), count: self.count, data }.to_bytes(limit)
+            }
+        }
     }
 
     /// Check parameter set, key id, modulus and shape against the client's view of the program: the modulus at
