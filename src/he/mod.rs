@@ -366,12 +366,16 @@ impl Session {
 
     /// Send a prepared batch, decrypt the answer, and measure.
     fn exchange(&self, prepared: PreparedBatch) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
-        let PreparedBatch { levels, body, upload_bytes, encrypt_seconds } = prepared;
+        let t = Instant::now();
+        let answer = self.evaluate(&prepared.body)?;
+        self.receive(prepared, answer, t.elapsed().as_secs_f64())
+    }
+
+    /// Decrypt the server's `answer` to a prepared batch (sent `round_trip` seconds before it came), and measure.
+    fn receive(&self, prepared: PreparedBatch, answer: transport::Evaluation, round_trip: f64) -> Result<(Vec<Vec<i64>>, ForwardStats)> {
+        let PreparedBatch { levels, upload_bytes, encrypt_seconds, .. } = prepared;
         let params = self.client.params()?;
         let iface = &self.interface;
-        let t = Instant::now();
-        let answer = self.evaluate(&body)?;
-        let round_trip = t.elapsed().as_secs_f64();
         if let Some(s) = answer.setup_seconds.filter(|&s| s > 0.0) {
             self.server_setup_seconds.set(s);
         }
@@ -407,8 +411,9 @@ impl Session {
 
     /// Every row of `x` (scaled features) through the encrypted path, [`Session::batch`] samples per request;
     /// returns the dequantized outputs. Against a server on another machine the client encrypts the next batch
-    /// while the server evaluates this one (one batch ahead, in a second thread); the one-process simulation,
-    /// whose server shares these cores, goes one batch at a time.
+    /// while the server evaluates this one (one batch ahead, in a second thread) and keeps two requests in flight
+    /// (the server evaluates one while the other's outputs download); the one-process simulation, whose server
+    /// shares these cores, goes one batch at a time.
     pub fn forward(&self, x: ArrayView2<f32>, what: &str) -> Result<(Array2<f32>, ForwardStats)> {
         self.forward_journaled(x, what, None)
     }
@@ -476,8 +481,32 @@ impl Session {
                         }
                     }
                 });
-                for (next, rows) in prepared.iter().zip(todo.chunks(batch)) {
-                    let (outputs, s) = self.exchange(next?)?;
+                // Requests in flight, oldest first. With two, the server evaluates the next batch while this
+                // one's outputs download and decrypt, so a slow link costs little beside the server's work.
+                let mut in_flight = std::collections::VecDeque::new();
+                let mut batches = prepared.iter().zip(todo.chunks(batch));
+                loop {
+                    while in_flight.len() < REQUESTS_IN_FLIGHT {
+                        let Some((next, rows)) = batches.next() else { break };
+                        let (next, id, transport) = (next?, self.key_id.borrow().clone(), &*self.transport);
+                        let sent = scope.spawn(move || {
+                            let t = Instant::now();
+                            let answer = transport.evaluate(&id, &next.body);
+                            (next, answer, t.elapsed().as_secs_f64())
+                        });
+                        in_flight.push_back((sent, rows));
+                    }
+                    let Some((sent, rows)) = in_flight.pop_front() else { break };
+                    let (next, answer, round_trip) = sent.join().map_err(|_| Error::Internal("an evaluation request's thread panicked".into()))?;
+                    let (answer, round_trip) = match answer? {
+                        Some(a) => (a, round_trip),
+                        // The server lost our key: upload it again and send this batch once more, here.
+                        None => {
+                            let t = Instant::now();
+                            (self.evaluate(&next.body)?, t.elapsed().as_secs_f64())
+                        }
+                    };
+                    let (outputs, s) = self.receive(next, answer, round_trip)?;
                     take(rows, outputs, s)?;
                 }
                 Ok(())
@@ -487,6 +516,9 @@ impl Session {
         Ok((out, stats))
     }
 }
+
+/// Evaluation requests a pass keeps in flight against a server on another machine.
+const REQUESTS_IN_FLIGHT: usize = 2;
 
 /// A batch ready to send: its quantized levels (for the oracle comparison), the framed ciphertexts, the size of
 /// the largest upload and the seconds the client spent making them.
