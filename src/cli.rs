@@ -163,8 +163,9 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Evaluation requests waiting or running at most (more get 503 with Retry-After).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=cryptotl_server::http::MAX_QUEUE as i64))]
+    /// Evaluation requests waiting or running at most (more get 503 with Retry-After). A client keeps two in
+    /// flight, so the default serves 8 clients at once without turning any away.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=cryptotl_server::http::MAX_QUEUE as i64))]
     max_queue: u32,
     /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
     #[arg(long, default_value_t = 300)]
