@@ -167,8 +167,8 @@ fn a_whole_pass_through_a_server_pipelines_and_equals_the_one_process_pass() {
     let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
     let xs = samples(11, 6);
     let x = ndarray::Array2::from_shape_vec((11, 16), xs.concat()).unwrap();
-    let most = std::sync::Arc::new(AtomicUsize::new(0));
-    let counting = Counting { inner: http(&server.url, &f.alice), now: AtomicUsize::new(0), most: most.clone() };
+    let counting = FailsAt { hold: Duration::from_millis(200), ..FailsAt::new(http(&server.url, &f.alice), usize::MAX) };
+    let most = counting.most.clone();
     let mut remote = Session::connect(Box::new(counting), Some(program()), Some(13)).unwrap();
     remote.batch = 3; // four requests, the last one short
     let (got, stats) = remote.forward(x.view(), "pipelined").unwrap();
@@ -184,41 +184,21 @@ fn a_whole_pass_through_a_server_pipelines_and_equals_the_one_process_pass() {
     assert_eq!(metric(&server.metrics(), "cryptotl_samples_total"), 11.0, "each sample evaluated once");
 }
 
-/// A transport that forwards to `inner`, holds each evaluation 200 ms and counts the most in flight at once.
-struct Counting {
-    inner: Box<dyn Transport>,
-    now: AtomicUsize,
-    most: std::sync::Arc<AtomicUsize>,
-}
-
-impl Transport for Counting {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn interface(&self) -> cryptotl::Result<ModelInterface> {
-        self.inner.interface()
-    }
-    fn privacy(&self) -> cryptotl::Result<serde_json::Value> {
-        self.inner.privacy()
-    }
-    fn upload_key(&self, key: &[u8]) -> cryptotl::Result<String> {
-        self.inner.upload_key(key)
-    }
-    fn evaluate(&self, key_id: &str, batch: &[u8]) -> cryptotl::Result<Option<Evaluation>> {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(n, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(200));
-        let answer = self.inner.evaluate(key_id, batch);
-        self.now.fetch_sub(1, Ordering::SeqCst);
-        answer
-    }
-}
-
-/// A transport that forwards to `inner` and fails its `fail_at`-th evaluation (counting from 1).
+/// A transport that forwards to `inner`, holding each evaluation `hold` and failing its `fail_at`-th (counting
+/// from 1); it counts the evaluations and the most in flight at once.
 struct FailsAt {
     inner: Box<dyn Transport>,
     calls: AtomicUsize,
     fail_at: usize,
+    hold: Duration,
+    now: AtomicUsize,
+    most: std::sync::Arc<AtomicUsize>,
+}
+
+impl FailsAt {
+    fn new(inner: Box<dyn Transport>, fail_at: usize) -> Self {
+        Self { inner, calls: AtomicUsize::new(0), fail_at, hold: Duration::ZERO, now: AtomicUsize::new(0), most: Default::default() }
+    }
 }
 
 impl Transport for FailsAt {
@@ -238,7 +218,12 @@ impl Transport for FailsAt {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
             return Err(cryptotl::Error::Server { server: "flaky".into(), message: "connection reset mid-pass".into() });
         }
-        self.inner.evaluate(key_id, batch)
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(self.hold);
+        let answer = self.inner.evaluate(key_id, batch);
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        answer
     }
 }
 
@@ -246,7 +231,7 @@ impl Transport for FailsAt {
 fn a_server_error_mid_pass_ends_the_pipelined_pass_with_that_error() {
     let f = Fixture::new();
     let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
-    let transport = FailsAt { inner: http(&server.url, &f.alice), calls: AtomicUsize::new(0), fail_at: 2 };
+    let transport = FailsAt::new(http(&server.url, &f.alice), 2);
     let mut session = Session::connect(Box::new(transport), None, Some(17)).unwrap();
     session.batch = 2;
     let x = ndarray::Array2::from_shape_vec((10, 16), samples(10, 7).concat()).unwrap();
@@ -272,7 +257,7 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     let (want, _) = whole.forward(x.view(), "whole").unwrap();
 
     // A pass whose third request fails (a killed server, a lost connection): the first two batches are journaled.
-    let flaky = FailsAt { inner: Box::new(InProcess::new(artifact()).unwrap()), calls: AtomicUsize::new(0), fail_at: 3 };
+    let flaky = FailsAt::new(Box::new(InProcess::new(artifact()).unwrap()), 3);
     let mut first = Session::connect(Box::new(flaky), Some(program()), Some(21)).unwrap();
     first.batch = 2;
     let identity = first.journal_identity();
@@ -291,7 +276,7 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     std::fs::write(&path, &bytes).unwrap();
 
     // The run again: new keys, a server that counts its requests. Only the samples the journal lacks are sent.
-    let counting = FailsAt { inner: Box::new(InProcess::new(artifact()).unwrap()), calls: AtomicUsize::new(0), fail_at: usize::MAX };
+    let counting = FailsAt::new(Box::new(InProcess::new(artifact()).unwrap()), usize::MAX);
     let mut again = Session::connect(Box::new(counting), Some(program()), Some(99)).unwrap();
     again.batch = 2;
     let mut journal = OutputJournal::open(dir.path(), &again.journal_identity(), 6).unwrap();
