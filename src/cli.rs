@@ -480,7 +480,15 @@ fn answer_lines<T: serde::Serialize>(input: Option<&Path>, mut answer: impl FnMu
 fn predict(a: &PredictArgs) -> Result<()> {
     let mut overrides = a.set.clone();
     overrides.push(format!("output_dir={}", toml::Value::String(a.run.display().to_string())));
-    let cfg = RunConfig::load(&a.run.join("config.toml"), &overrides)?;
+    let config = a.run.join("config.toml");
+    if !config.is_file() {
+        let why = if a.run.is_dir() { "has no config.toml" } else { "does not exist" };
+        return Err(Error::ConfigSyntax {
+            file: format!("--run {}", a.run.display()),
+            message: format!("{why}: give the folder a finished `cryptotl run` wrote (its output_dir, `runs/<name>` by default)"),
+        });
+    }
+    let cfg = RunConfig::load(&config, &overrides)?;
     let mut predictor = None;
     answer_lines(a.input.as_deref(), |batch| {
         let p = match &mut predictor {

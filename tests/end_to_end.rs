@@ -418,6 +418,15 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("no/such.toml"), "{err}");
 
+    // `predict` given a folder that is not a run, or none: says which, and what to give.
+    let gone = dir.path().join("gone");
+    let (code, _, err) = cli(&["-q", "predict", "--run", gone.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not exist") && err.contains("cryptotl run"), "{err}");
+    let (code, _, err) = cli(&["-q", "predict", "--run", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("has no config.toml"), "{err}");
+
     let missing_data = dir.path().join("missing.toml");
     std::fs::write(&missing_data, tiny_config(dir.path()).replace("separable_target.csv", "gone.csv")).unwrap();
     let (code, _, err) = cli(&["-q", "run", missing_data.to_str().unwrap()]);
