@@ -212,20 +212,11 @@ pub struct EncryptedOutput {
 mod output_versions {
     use std::convert::Infallible;
 
-    use tfhe_versionable::{Upgrade, Version, VersionsDispatch};
+    use tfhe_versionable::{Upgrade, VersionsDispatch};
 
     use super::EncryptedOutput;
 
-    /// Version 0 (until 2026-12-05): every word modulo 2^32, as a `u32`.
-    #[derive(Version)]
-    pub struct EncryptedOutputV0 {
-        key_id: u64,
-        parameter_set: String,
-        count: u64,
-        data: Vec<u32>,
-    }
-
-    impl Upgrade<EncryptedOutput> for EncryptedOutputV0 {
+    impl Upgrade<EncryptedOutput> for super::EncryptedOutputWords32 {
         type Error = Infallible;
         fn upgrade(self) -> Result<EncryptedOutput, Infallible> {
             // A u32's little-endian bytes are its 32 bits, least significant first: the packing at 32 bits.
@@ -238,7 +229,7 @@ mod output_versions {
     #[derive(VersionsDispatch)]
     pub enum EncryptedOutputVersions {
         /// Words as `u32` (modulus 2^32).
-        V0(EncryptedOutputV0),
+        V0(super::EncryptedOutputWords32),
         /// Words packed at `log_modulus` bits.
         V1(EncryptedOutput),
     }
@@ -294,8 +285,9 @@ impl OutputFormat {
     }
 }
 
-/// An [`EncryptedOutput`] as version 0 wrote it, for clients built before 2026-12-05 (they read nothing else):
-/// every word modulo 2^32 as a `u32`. Only written; reading any version gives an [`EncryptedOutput`].
+/// An [`EncryptedOutput`] as version 0 wrote it: every word modulo 2^32 as a `u32`. Servers write it for clients
+/// built before 2026-12-05 (they read nothing else); reading it as an [`EncryptedOutput`] upgrades it (the
+/// version-0 variant of [`EncryptedOutputVersions`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
 #[versionize(EncryptedOutputWords32Versions)]
 pub struct EncryptedOutputWords32 {
