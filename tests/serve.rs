@@ -162,7 +162,8 @@ fn a_client_through_a_spawned_server_gets_the_one_process_outputs() {
 #[test]
 fn a_whole_pass_through_a_server_pipelines_and_equals_the_one_process_pass() {
     // `Session::forward` against a server elsewhere encrypts the next batch while the server evaluates this one,
-    // with two requests in flight; the seeds are drawn in the same order, so the ciphertexts and outputs are the one-process pass's, row for row.
+    // with two requests in flight; the seeds are drawn in the same order, so the ciphertexts and outputs are the
+    // one-process pass's, row for row.
     let f = Fixture::new();
     let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
     let xs = samples(11, 6);
