@@ -82,6 +82,14 @@ pub struct CurvePoint {
     pub std: f64,
 }
 
+impl CurvePoint {
+    /// The table's cell: `mean ± std`, or the one value when every draw scored the same (the full size, whose draws
+    /// are all the whole training split).
+    fn cell(&self) -> String {
+        if self.accuracies.windows(2).all(|w| w[0] == w[1]) { format!("{:.3}", self.mean) } else { format!("{:.3} ± {:.3}", self.mean, self.std) }
+    }
+}
+
 /// The learning curves of a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LearningCurves {
@@ -322,6 +330,7 @@ impl LearningCurves {
         let mut s = String::new();
         let server = self.server.as_ref().map_or(String::new(), |url| format!(", through the server at {url}"));
         let _ = writeln!(s, "Test accuracy, mean ± std over {} seeded stratified draws of the training split per size ({} lower network{server}).", self.draws, self.path);
+        let _ = writeln!(s, "A size whose draws all score the same shows that one value: the full size, where every draw is the whole training split, and a head that predicts one class every time.");
         let _ = writeln!(s, "{}\n", match self.selection.as_str() {
             "cross_validation" => "Below the full size every linear head chooses its C by cross-validation on its own subset, and an MLP head stops early on a held-out fold of it (a client with that many labels has no others); the full size chooses on the validation split, as the run does.",
             _ => "Every linear head chooses its C on the whole validation split, at every size.",
@@ -331,7 +340,7 @@ impl LearningCurves {
         let _ = writeln!(s, "| labelled examples | {} |", headers.join(" | "));
         let _ = writeln!(s, "|---:|{}", "---:|".repeat(headers.len()));
         for &size in &self.sizes {
-            let mut cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), |p| format!("{:.3} ± {:.3}", p.mean, p.std))).collect();
+            let mut cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), CurvePoint::cell)).collect();
             for (a, b) in &margins {
                 cells.push(self.margin(a, b, size).map_or("—".into(), |m| {
                     if m.std_error > 0.0 { format!("{:+.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std_error) } else { format!("{:+.1}", 100.0 * m.mean) }

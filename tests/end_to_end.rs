@@ -179,6 +179,18 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     // of the two means; its standard error is that of the per-draw differences (0 at the full size).
     let table = curve.to_markdown();
     assert!(table.contains("| transfer − raw_features, points |"), "{table}");
+    // The full size is one fit (every draw the whole training split): its row shows single values, no spread.
+    let full = table.lines().find(|l| l.starts_with(&format!("| {} |", report.target.train))).expect("a full-size row");
+    assert!(!full.contains('±'), "{full}");
+    for &s in &curve.sizes {
+        let row = table.lines().find(|l| l.starts_with(&format!("| {s} |"))).expect("a row per size");
+        let cells: Vec<&str> = row.split('|').map(str::trim).skip(2).collect();
+        for (m, cell) in curve.methods.iter().zip(&cells) {
+            let p = curve.point(m, s).unwrap();
+            let varied = p.accuracies.iter().any(|&a| a != p.accuracies[0]);
+            assert_eq!(cell.contains('±'), varied, "size {s}, {m}: `{cell}` for {:?}", p.accuracies);
+        }
+    }
     for &s in &curve.sizes {
         let m = curve.margin("transfer", "raw_features", s).unwrap();
         let (t, r) = (curve.point("transfer", s).unwrap(), curve.point("raw_features", s).unwrap());
