@@ -75,12 +75,17 @@ impl BagOfWords {
     /// As [`Self::fit_and_score`], C chosen where `selection` says (a learning curve's subset chooses by
     /// cross-validation on its own rows). Returns the test metrics, the selection's accuracy and the C.
     pub fn fit_and_score_selecting(&self, selection: linear::Selection<'_>) -> Result<(Metrics, f64, f64)> {
+        let (p, val, c) = self.test_probabilities_selecting(selection)?;
+        Ok((Metrics::from_probabilities(&p, &self.test_y), val, c))
+    }
+
+    /// As [`Self::fit_and_score_selecting`], with the test rows' positive-class probabilities in place of their
+    /// metrics (a learning curve counts which test examples each draw gets right).
+    pub fn test_probabilities_selecting(&self, selection: linear::Selection<'_>) -> Result<(Vec<f32>, f64, f64)> {
         let train = linear::Design::Sparse { rows: &self.train, dim: BAG_OF_WORDS_DIM };
         let candidates: Vec<linear::Candidate> = BAG_OF_WORDS_CS.iter().map(|&c| linear::Candidate { c, column_weights: None }).collect();
         let (lr, _, val) = linear::fit_choosing_by(train, &self.train_y, selection, &candidates)?;
-        let c = lr.c;
-        let p = lr.probabilities(linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM });
-        Ok((Metrics::from_probabilities(&p, &self.test_y), val, c))
+        Ok((lr.probabilities(linear::Design::Sparse { rows: &self.test, dim: BAG_OF_WORDS_DIM }), val, lr.c))
     }
 }
 

@@ -80,6 +80,11 @@ pub struct CurvePoint {
     pub mean: f64,
     /// Standard deviation over draws (0 with one draw, and at the full size, where every draw is the same set).
     pub std: f64,
+    /// Per test example, in the test split's order, how many of the draws classified it correctly: what the
+    /// test split's own sampling error of a [`Margin`] is computed from. Not kept in `report.json` (its
+    /// [`CurveMargin`]s keep that error); empty in curves read back from it.
+    #[serde(skip)]
+    pub correct_draws: Vec<u32>,
 }
 
 impl CurvePoint {
@@ -134,7 +139,14 @@ pub struct CurveMargin {
     pub mean: f64,
     /// [`Margin::std_error`].
     pub std_error: f64,
+    /// [`Margin::test_std_error`]; absent in reports written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_std_error: Option<f64>,
 }
+
+/// One head fitted in one draw: its method, the subset's size, its test accuracy and which test examples it got
+/// right.
+type Fit = (String, usize, f64, Vec<bool>);
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
@@ -206,9 +218,9 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     }
     let jobs: Vec<(usize, usize)> = (0..sizes.len()).flat_map(|s| (0..draws).map(move |d| (s, d))).collect();
     let bar = crate::progress::bar(jobs.len() as u64, "learning curves");
-    let results: Vec<Vec<(String, usize, f64)>> = jobs
+    let results: Vec<Vec<Fit>> = jobs
         .par_iter()
-        .map(|&(si, d)| -> Result<Vec<(String, usize, f64)>> {
+        .map(|&(si, d)| -> Result<Vec<Fit>> {
             let size = sizes[si];
             let seed = crate::seeds::stream(cfg.seed, crate::seeds::CURVE_SUBSETS) ^ ((size as u64) << 20) ^ d as u64;
             let idx = stratified_subset(&transferred.train_y, size, seed);
@@ -219,18 +231,24 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
             let sub_t = crate::pipeline::head_inputs(cfg, &subset_split(transferred, &idx), &sub_o, sub_bow.as_ref())?;
             // At the full size every draw is the whole training split, so the heads without DP (deterministic) are
             // fitted by the first draw alone and their accuracy stands for every draw.
+            let scored = |h: crate::pipeline::TrainedHead<_>| (h.test.accuracy, h.test_correct);
             if size < n || d == 0 {
-                out.push(("transfer".into(), size, crate::pipeline::train_head_selecting(cfg, &sub_t, "curve transfer", selection)?.test.accuracy));
-                out.push(("raw_features".into(), size, crate::pipeline::train_head_selecting(cfg, &sub_o, "curve raw", selection)?.test.accuracy));
+                let (a, c) = scored(crate::pipeline::train_head_selecting(cfg, &sub_t, "curve transfer", selection)?);
+                out.push(("transfer".into(), size, a, c));
+                let (a, c) = scored(crate::pipeline::train_head_selecting(cfg, &sub_o, "curve raw", selection)?);
+                out.push(("raw_features".into(), size, a, c));
                 if let Some(b) = &sub_bow {
                     let by = selection.with_validation(crate::linear::Design::Sparse { rows: &b.validation, dim: crate::bow::BAG_OF_WORDS_DIM }, &b.validation_y);
-                    out.push(("bag_of_words".into(), size, b.fit_and_score_selecting(by)?.0.accuracy));
+                    let p = b.test_probabilities_selecting(by)?.0;
+                    out.push(("bag_of_words".into(), size, crate::eval::Metrics::from_probabilities(&p, &b.test_y).accuracy, crate::eval::correct(&p, &b.test_y)));
                 }
             }
             if let (Some(plan), Some(p)) = (&plans[si], privacy) {
                 let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| s ^ seed));
-                out.push(("transfer_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng)?.0.test.accuracy));
-                out.push(("raw_features_dp".into(), size, crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng)?.0.test.accuracy));
+                let (a, c) = scored(crate::pipeline::train_head_private(cfg, &sub_t, &dp_references.transferred, plan, &mut rng)?.0);
+                out.push(("transfer_dp".into(), size, a, c));
+                let (a, c) = scored(crate::pipeline::train_head_private(cfg, &sub_o, &dp_references.own, plan, &mut rng)?.0);
+                out.push(("raw_features_dp".into(), size, a, c));
             }
             bar.inc(1);
             Ok(out)
@@ -240,13 +258,21 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     let mut points = Vec::new();
     for m in &methods {
         for &size in &sizes {
-            let mut accuracies: Vec<f64> = results.iter().flatten().filter(|(mm, s, _)| mm == m && *s == size).map(|(_, _, a)| *a).collect();
-            if accuracies.len() == 1 {
-                // Fitted once at the full size (above): the same for every draw.
+            let fits: Vec<&Fit> = results.iter().flatten().filter(|(mm, s, _, _)| mm == m && *s == size).collect();
+            // Fitted once at the full size (above): the same for every draw.
+            let repeat = if fits.len() == 1 { draws as u32 } else { 1 };
+            let mut accuracies: Vec<f64> = fits.iter().map(|f| f.2).collect();
+            if fits.len() == 1 {
                 accuracies = vec![accuracies[0]; draws];
             }
+            let mut correct_draws = vec![0u32; fits.first().map_or(0, |f| f.3.len())];
+            for f in &fits {
+                for (count, &right) in correct_draws.iter_mut().zip(&f.3) {
+                    *count += repeat * u32::from(right);
+                }
+            }
             let (mean, std) = mean_std(&accuracies);
-            points.push(CurvePoint { method: m.clone(), size, accuracies, mean, std });
+            points.push(CurvePoint { method: m.clone(), size, accuracies, mean, std, correct_draws });
         }
     }
     let mut curves = LearningCurves {
@@ -265,7 +291,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
         .margin_columns()
         .into_iter()
         .flat_map(|(a, b)| curves.sizes.iter().map(move |&size| (a, b, size)))
-        .filter_map(|(a, b, size)| curves.margin(a, b, size).map(|m| CurveMargin { method: a.into(), baseline: b.into(), size, mean: m.mean, std_error: m.std_error }))
+        .filter_map(|(a, b, size)| curves.margin(a, b, size).map(|m| CurveMargin { method: a.into(), baseline: b.into(), size, mean: m.mean, std_error: m.std_error, test_std_error: m.test_std_error }))
         .collect();
     Ok(curves)
 }
@@ -276,12 +302,25 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
 pub struct Margin {
     /// Mean over draws of the difference in test accuracy (a fraction: 0.05 is 5 points).
     pub mean: f64,
-    /// Standard error of that mean (sample standard deviation of the differences over the square root of their
-    /// count); 0 where every draw is the same subset (the full size) or there is one draw.
+    /// Standard error of that mean over the draws (sample standard deviation of the differences over the square
+    /// root of their count); 0 where every draw is the same subset (the full size) or there is one draw. It says
+    /// how much other draws of the training subsets would move the margin, on this test split.
     pub std_error: f64,
+    /// Standard error of that mean over the test split's examples: the sample standard deviation, over test
+    /// examples, of the difference between the fractions of draws that classify each correctly, over the square
+    /// root of their count. It says how much another test split of the same size, from the same data, would move
+    /// the margin, which [`Self::std_error`] does not see: on a test split of 200 examples it is a point or two
+    /// where `std_error` is a few tenths. `None` when the points do not hold per-example counts (read back
+    /// from `report.json`, whose [`CurveMargin`]s keep it).
+    pub test_std_error: Option<f64>,
 }
 
 impl LearningCurves {
+    /// How many test examples the points were scored on, when they hold per-example counts.
+    fn test_examples(&self) -> Option<usize> {
+        self.points.first().map(|p| p.correct_draws.len()).filter(|&n| n > 0)
+    }
+
     /// The point of `method` at `size`.
     pub fn point(&self, method: &str, size: usize) -> Option<&CurvePoint> {
         self.points.iter().find(|p| p.method == method && p.size == size)
@@ -292,16 +331,27 @@ impl LearningCurves {
     ///
     /// ```
     /// use cryptotl::curve::{CurvePoint, LearningCurves};
-    /// let point = |method: &str, accuracies: Vec<f64>| CurvePoint { method: method.into(), size: 64, mean: 0.0, std: 0.0, accuracies };
+    /// let point = |method: &str, accuracies: Vec<f64>, correct_draws: Vec<u32>| CurvePoint { method: method.into(), size: 64, mean: 0.0, std: 0.0, accuracies, correct_draws };
     /// let curves = LearningCurves {
     ///     name: "x".into(), sizes: vec![64], draws: 3, methods: vec!["transfer".into(), "raw_features".into()],
     ///     descriptions: vec![], path: "plaintext".into(), server: None, selection: "cross_validation".into(), margins: vec![],
-    ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92]), point("raw_features", vec![0.85, 0.85, 0.86])],
+    ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92], vec![]), point("raw_features", vec![0.85, 0.85, 0.86], vec![])],
     /// };
     /// let m = curves.margin("transfer", "raw_features", 64).unwrap();
     /// assert!((m.mean - 0.0467).abs() < 1e-4);              // differences 0.05, 0.03, 0.06
     /// assert!((m.std_error - 0.00882).abs() < 1e-4);         // their sample std 0.0153 over √3
+    /// assert_eq!(m.test_std_error, None);                    // no per-example counts
     /// assert!(curves.margin("transfer", "bag_of_words", 64).is_none());
+    ///
+    /// // Two draws, a test split of four: per example, how many draws got it right.
+    /// let curves = LearningCurves {
+    ///     draws: 2,
+    ///     points: vec![point("transfer", vec![1.0, 0.5], vec![2, 2, 1, 1]), point("raw_features", vec![0.5, 0.5], vec![2, 0, 1, 1])],
+    ///     ..curves
+    /// };
+    /// let m = curves.margin("transfer", "raw_features", 64).unwrap();
+    /// assert!((m.mean - 0.25).abs() < 1e-12);               // per example 0, 1, 0, 0: their mean
+    /// assert!((m.test_std_error.unwrap() - 0.25).abs() < 1e-12); // their sample std 0.5 over √4
     /// ```
     pub fn margin(&self, method: &str, baseline: &str, size: usize) -> Option<Margin> {
         let (a, b) = (self.point(method, size)?, self.point(baseline, size)?);
@@ -312,7 +362,15 @@ impl LearningCurves {
         let n = d.len() as f64;
         let mean = d.iter().sum::<f64>() / n;
         let std_error = if d.len() < 2 { 0.0 } else { (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt() };
-        Some(Margin { mean, std_error })
+        let examples = a.correct_draws.len();
+        let test_std_error = (examples >= 2 && b.correct_draws.len() == examples).then(|| {
+            let draws = a.accuracies.len() as f64;
+            let e: Vec<f64> = a.correct_draws.iter().zip(&b.correct_draws).map(|(&x, &y)| (f64::from(x) - f64::from(y)) / draws).collect();
+            let k = examples as f64;
+            let m = e.iter().sum::<f64>() / k;
+            (e.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (k - 1.0) / k).sqrt()
+        });
+        Some(Margin { mean, std_error, test_std_error })
     }
 
     /// The margins the table shows: the transfer head over the raw-feature head, without DP and with it.
@@ -343,7 +401,10 @@ impl LearningCurves {
             let mut cells: Vec<String> = self.methods.iter().map(|m| self.point(m, size).map_or("—".into(), CurvePoint::cell)).collect();
             for (a, b) in &margins {
                 cells.push(self.margin(a, b, size).map_or("—".into(), |m| {
-                    if m.std_error > 0.0 { format!("{:+.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std_error) } else { format!("{:+.1}", 100.0 * m.mean) }
+                    // A curve read back from report.json has no per-example counts: its recorded margin has the error.
+                    let test = m.test_std_error.or_else(|| self.margins.iter().find(|r| r.method == *a && r.baseline == *b && r.size == size).and_then(|r| r.test_std_error));
+                    let draws = if m.std_error > 0.0 { format!("{:+.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std_error) } else { format!("{:+.1}", 100.0 * m.mean) };
+                    test.map_or(draws.clone(), |t| format!("{draws} (± {:.1})", 100.0 * t))
                 }));
             }
             let _ = writeln!(s, "| {size} | {} |", cells.join(" | "));
@@ -353,7 +414,7 @@ impl LearningCurves {
             let _ = writeln!(s, "- `{m}`: {d}");
         }
         for (a, b) in &margins {
-            let _ = writeln!(s, "- `{a} − {b}`: how many points `{a}` is above `{b}`, the mean of the per-draw differences (both train on the same subset in each draw) ± its standard error");
+            let _ = writeln!(s, "- `{a} − {b}`: how many points `{a}` is above `{b}`, the mean of the per-draw differences (both train on the same subset in each draw) ± its standard error over the draws; in parentheses, its standard error over the test split's{} examples (how far another test split of that size would move it)", self.test_examples().map_or(String::new(), |n| format!(" {n}")));
         }
         s
     }

@@ -63,3 +63,13 @@ impl Metrics {
         Self { n: labels.len(), accuracy: ratio(c.tp + c.tn, labels.len()), precision, recall, f1, confusion: c }
     }
 }
+
+/// Whether each example is classified correctly at threshold 0.5, in order: what [`Metrics::accuracy`] counts.
+///
+/// ```
+/// assert_eq!(cryptotl::eval::correct(&[0.9, 0.2, 0.7, 0.4], &[1, 0, 0, 1]), vec![true, true, false, false]);
+/// ```
+pub fn correct(probs: &[f32], labels: &[u8]) -> Vec<bool> {
+    assert_eq!(probs.len(), labels.len(), "one probability per label");
+    probs.iter().zip(labels).map(|(&p, &y)| (p >= 0.5) == (y == 1)).collect()
+}

@@ -181,7 +181,7 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(table.contains("| transfer − raw_features, points |"), "{table}");
     // The full size is one fit (every draw the whole training split): its row shows single values, no spread.
     let full = table.lines().find(|l| l.starts_with(&format!("| {} |", report.target.train))).expect("a full-size row");
-    assert!(!full.contains('±'), "{full}");
+    assert!(full.split('|').skip(2).take(curve.methods.len()).all(|cell| !cell.contains('±')), "{full}");
     for &s in &curve.sizes {
         let row = table.lines().find(|l| l.starts_with(&format!("| {s} |"))).expect("a row per size");
         let cells: Vec<&str> = row.split('|').map(str::trim).skip(2).collect();
@@ -200,6 +200,24 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
         assert!((m.std_error - (var / d.len() as f64).sqrt()).abs() < 1e-12, "size {s}: {m:?}");
     }
     assert_eq!(curve.margin("transfer", "raw_features", report.target.train).unwrap().std_error, 0.0);
+    // Per test example, how many draws got it right: the counts give back every point's accuracies' mean, and the
+    // margin's error over the test split's examples comes from them (in the table too, in parentheses).
+    for p in &curve.points {
+        assert_eq!(p.correct_draws.len(), report.target.test, "{} at {}", p.method, p.size);
+        let from_counts = p.correct_draws.iter().map(|&c| f64::from(c)).sum::<f64>() / (curve.draws * report.target.test) as f64;
+        assert!((from_counts - p.mean).abs() < 1e-9, "{} at {}: {from_counts} against {}", p.method, p.size, p.mean);
+    }
+    for m in &curve.margins {
+        let t = m.test_std_error.expect("every margin has its test-split error");
+        let (a, b) = (curve.point(&m.method, m.size).unwrap(), curve.point(&m.baseline, m.size).unwrap());
+        let e: Vec<f64> = a.correct_draws.iter().zip(&b.correct_draws).map(|(&x, &y)| (f64::from(x) - f64::from(y)) / curve.draws as f64).collect();
+        let k = e.len() as f64;
+        assert!((e.iter().sum::<f64>() / k - m.mean).abs() < 1e-9, "per-example differences average to the margin");
+        let var = e.iter().map(|x| (x - m.mean).powi(2)).sum::<f64>() / (k - 1.0);
+        assert!((t - (var / k).sqrt()).abs() < 1e-12);
+        let row = table.lines().find(|l| l.starts_with(&format!("| {} |", m.size))).unwrap();
+        assert!(row.ends_with(&format!("(± {:.1}) |", 100.0 * t)), "{row}");
+    }
     // report.json records the same margins, one per size.
     assert_eq!(curve.margins.len(), curve.sizes.len());
     for m in &curve.margins {

@@ -22,6 +22,8 @@ pub struct TrainedHead<M> {
     pub trained: Trained<M>,
     /// Metrics on the test split.
     pub test: Metrics,
+    /// Whether each test example is classified correctly, in order (a learning curve's test-split error needs it).
+    pub test_correct: Vec<bool>,
     /// The linear head's C as fitted (None for the MLP head and DP-SGD heads).
     pub c: Option<crate::report::LinearC>,
 }
@@ -221,8 +223,8 @@ pub fn train_head_selecting(cfg: &RunConfig, fs: &FeatureSplit, what: &str, sele
             Trained { model: head, history, best_epoch: 1, stopped_early: false, seconds: started.elapsed().as_secs_f64() }
         }
     };
-    let test = evaluate(&trained.model, fs);
-    Ok(TrainedHead { trained, test, c })
+    let (test, test_correct) = evaluate_with_correct(&trained.model, fs);
+    Ok(TrainedHead { trained, test, test_correct, c })
 }
 
 /// The public points a DP head centres its inputs on ([`DpReferences`]), for a client with the server's network
@@ -270,8 +272,8 @@ pub fn train_head_private(
     let train_on = fs.map(|x| Ok(map.apply(x.view())))?;
     let mut trained = train::train_private(new_head(cfg, input, &device), train_on.train_examples(), train_on.validation_examples(), plan, rng, cfg.seed, "head");
     trained.model = map.fold(trained.model);
-    let test = evaluate(&trained.model, fs);
-    Ok((TrainedHead { trained, test, c: None }, map))
+    let (test, test_correct) = evaluate_with_correct(&trained.model, fs);
+    Ok((TrainedHead { trained, test, test_correct, c: None }, map))
 }
 
 /// The client's head as the config asks for it: trained by DP-SGD under `plan` when `[privacy]` is on (noise from
@@ -301,11 +303,17 @@ pub fn train_target_only(cfg: &RunConfig, fs: &FeatureSplit) -> TrainedHead<Full
     let out = cfg.lower.output_dim();
     let head = new_head(cfg, out, &device);
     let trained = train::train(FullNet { lower, head }, fs.train_examples(), fs.validation_examples(), &cfg.head_training, cfg.seed, "target-only");
-    let test = evaluate(&trained.model, fs);
-    TrainedHead { trained, test, c: None }
+    let (test, test_correct) = evaluate_with_correct(&trained.model, fs);
+    TrainedHead { trained, test, test_correct, c: None }
 }
 
 /// Test metrics of a classifier on a feature split.
 pub fn evaluate<M: model::BinaryClassifier<Cpu>>(m: &M, fs: &FeatureSplit) -> Metrics {
-    Metrics::from_probabilities(&predict_proba(m, fs.test.view(), &Default::default()), &fs.test_y)
+    evaluate_with_correct(m, fs).0
+}
+
+/// [`evaluate`], and whether each test example is classified correctly ([`crate::eval::correct`]).
+pub fn evaluate_with_correct<M: model::BinaryClassifier<Cpu>>(m: &M, fs: &FeatureSplit) -> (Metrics, Vec<bool>) {
+    let p = predict_proba(m, fs.test.view(), &Default::default());
+    (Metrics::from_probabilities(&p, &fs.test_y), crate::eval::correct(&p, &fs.test_y))
 }
