@@ -155,6 +155,15 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The mean of `v` (not empty) and its standard error: the sample standard deviation over √(its length); 0 for
+/// one value.
+fn mean_and_std_error(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std_error = if v.len() < 2 { 0.0 } else { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt() };
+    (mean, std_error)
+}
+
 /// Where the heads of a point of `size` examples (of `n`) choose their C: as `[curve] selection` says below the
 /// full size; on the validation split at the full size, as the run's own heads do.
 fn point_selection(cfg: &RunConfig, size: usize, n: usize, seed: u64) -> HeadSelection {
@@ -260,15 +269,12 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
         for &size in &sizes {
             let fits: Vec<&Fit> = results.iter().flatten().filter(|(mm, s, _, _)| mm == m && *s == size).collect();
             // Fitted once at the full size (above): the same for every draw.
-            let repeat = if fits.len() == 1 { draws as u32 } else { 1 };
-            let mut accuracies: Vec<f64> = fits.iter().map(|f| f.2).collect();
-            if fits.len() == 1 {
-                accuracies = vec![accuracies[0]; draws];
-            }
+            let repeat = if fits.len() == 1 { draws } else { 1 };
+            let accuracies: Vec<f64> = fits.iter().flat_map(|f| std::iter::repeat_n(f.2, repeat)).collect();
             let mut correct_draws = vec![0u32; fits.first().map_or(0, |f| f.3.len())];
             for f in &fits {
                 for (count, &right) in correct_draws.iter_mut().zip(&f.3) {
-                    *count += repeat * u32::from(right);
+                    *count += repeat as u32 * u32::from(right);
                 }
             }
             let (mean, std) = mean_std(&accuracies);
@@ -359,16 +365,12 @@ impl LearningCurves {
             return None;
         }
         let d: Vec<f64> = a.accuracies.iter().zip(&b.accuracies).map(|(x, y)| x - y).collect();
-        let n = d.len() as f64;
-        let mean = d.iter().sum::<f64>() / n;
-        let std_error = if d.len() < 2 { 0.0 } else { (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt() };
+        let (mean, std_error) = mean_and_std_error(&d);
         let examples = a.correct_draws.len();
         let test_std_error = (examples >= 2 && b.correct_draws.len() == examples).then(|| {
             let draws = a.accuracies.len() as f64;
             let e: Vec<f64> = a.correct_draws.iter().zip(&b.correct_draws).map(|(&x, &y)| (f64::from(x) - f64::from(y)) / draws).collect();
-            let k = examples as f64;
-            let m = e.iter().sum::<f64>() / k;
-            (e.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (k - 1.0) / k).sqrt()
+            mean_and_std_error(&e).1
         });
         Some(Margin { mean, std_error, test_std_error })
     }
@@ -404,7 +406,10 @@ impl LearningCurves {
                     // A curve read back from report.json has no per-example counts: its recorded margin has the error.
                     let test = m.test_std_error.or_else(|| self.margins.iter().find(|r| r.method == *a && r.baseline == *b && r.size == size).and_then(|r| r.test_std_error));
                     let draws = if m.std_error > 0.0 { format!("{:+.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std_error) } else { format!("{:+.1}", 100.0 * m.mean) };
-                    test.map_or(draws.clone(), |t| format!("{draws} (± {:.1})", 100.0 * t))
+                    match test {
+                        Some(t) => format!("{draws} (± {:.1})", 100.0 * t),
+                        None => draws,
+                    }
                 }));
             }
             let _ = writeln!(s, "| {size} | {} |", cells.join(" | "));
