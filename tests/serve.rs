@@ -257,7 +257,9 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     whole.batch = 2;
     let (want, _) = whole.forward(x.view(), "whole").unwrap();
 
-    // A pass whose third request fails (a killed server, a lost connection): the first two batches are journaled.
+    // A pass whose third request fails (a killed server, a lost connection): the batches answered before it are
+    // journaled. Two requests are in flight, and which of the third and fourth batches reaches the server third is
+    // up to the threads' scheduling: two whole batches are on disk, or three when the fourth went first and failed.
     let flaky = FailsAt::new(Box::new(InProcess::new(artifact()).unwrap()), 3);
     let mut first = Session::connect(Box::new(flaky), Some(program()), Some(21)).unwrap();
     first.batch = 2;
@@ -265,7 +267,8 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     let mut journal = OutputJournal::open(dir.path(), &identity, 6).unwrap();
     let err = first.forward_journaled(x.view(), "interrupted", Some(&mut journal)).unwrap_err().to_string();
     assert!(err.contains("connection reset mid-pass"), "{err}");
-    assert_eq!(OutputJournal::open(dir.path(), &identity, 6).unwrap().len(), 4, "two whole batches are on disk");
+    let kept = OutputJournal::open(dir.path(), &identity, 6).unwrap().len();
+    assert!(kept == 4 || kept == 6, "whole batches, the pass's first ones, are on disk: {kept} samples");
     // Another model, parameter set or server has a journal of its own.
     assert!(OutputJournal::open(dir.path(), &identity.replace("flaky", "local"), 6).unwrap().is_empty());
 
@@ -281,10 +284,10 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     let mut again = Session::connect(Box::new(counting), Some(program()), Some(99)).unwrap();
     again.batch = 2;
     let mut journal = OutputJournal::open(dir.path(), &again.journal_identity(), 6).unwrap();
-    assert_eq!(journal.len(), 3, "the damaged record is a miss");
+    assert_eq!(journal.len(), kept - 1, "the damaged record is a miss");
     let (got, stats) = again.forward_journaled(x.view(), "resumed", Some(&mut journal)).unwrap();
-    assert_eq!((stats.resumed, stats.samples), (3, 7));
-    assert_eq!(got.slice(ndarray::s![1..4, ..]), want.slice(ndarray::s![1..4, ..]), "resumed rows are the interrupted pass's outputs");
+    assert_eq!((stats.resumed, stats.samples), (kept - 1, 10 - (kept - 1)));
+    assert_eq!(got.slice(ndarray::s![1..kept, ..]), want.slice(ndarray::s![1..kept, ..]), "resumed rows are the interrupted pass's outputs");
     assert_eq!(stats.compared_outputs, 60, "resumed rows are compared with the clear program too");
     assert!(stats.mismatch_rate() < 0.25 && stats.max_level_difference <= 3, "{stats:?}");
     // The journal now holds every sample (the torn tail was cut first), and a third pass sends nothing.
