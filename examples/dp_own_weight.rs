@@ -28,10 +28,7 @@ fn main() -> anyhow::Result<()> {
     // (only the DP rows are read here).
     let overrides: Vec<String> =
         vec!["he.enabled=false".into(), format!("privacy.target_epsilon={epsilon}"), format!("curve.draws={draws}"), "head.c=1".into(), "curve.selection=\"validation_split\"".into()];
-    let base = match &path {
-        Some(p) => RunConfig::load(p.as_ref(), &overrides)?,
-        None => RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart", &overrides)?,
-    };
+    let base = RunConfig::load_or_quickstart(path.as_deref().map(std::path::Path::new), &overrides)?;
     cryptotl::progress::hide();
     let data = pipeline::prepare_data(&base)?;
     let lower = pipeline::server_lower_network(&base)?;

@@ -45,10 +45,7 @@ fn main() -> anyhow::Result<()> {
     let q: u32 = env_or("CRYPTOTL_Q", "20").parse()?;
     anyhow::ensure!((2..=64).contains(&q), "CRYPTOTL_Q must be 2..=64");
     let overrides = vec!["lower.activation=\"identity\"".to_string(), "he.enabled=false".into()];
-    let cfg = match &path {
-        Some(p) => RunConfig::load(p.as_ref(), &overrides)?,
-        None => RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart", &overrides)?,
-    };
+    let cfg = RunConfig::load_or_quickstart(path.as_deref().map(std::path::Path::new), &overrides)?;
     let params = match std::env::var("CRYPTOTL_PARAMS") {
         Ok(name) => ParameterSet::from_name(&name)?,
         Err(_) => cfg.he.params()?,

@@ -12,10 +12,7 @@ use cryptotl::pipeline;
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1);
-    let base = match &path {
-        Some(p) => RunConfig::load(p.as_ref(), &[])?,
-        None => RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart", &[])?,
-    };
+    let base = RunConfig::load_or_quickstart(path.as_deref().map(std::path::Path::new), &[])?;
     cryptotl::progress::hide();
     let data = pipeline::prepare_data(&base)?;
     let (source, summary) = pipeline::load_source(&base)?;

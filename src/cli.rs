@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{QUICKSTART_TOML, RunConfig};
+use crate::config::{EMBEDDED_CONFIG_NAME, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{self, Cpu};
 use crate::pipeline::{self, FeatureSplit};
@@ -360,9 +360,6 @@ struct ConfigArgs {
     output_dir: Option<PathBuf>,
 }
 
-/// How errors and messages name the embedded default config.
-const EMBEDDED_CONFIG_NAME: &str = "configs/quickstart.toml (embedded)";
-
 impl ConfigArgs {
     /// The config's name in error messages: its path, or the embedded default's name.
     fn file_name(&self) -> String {
@@ -377,10 +374,7 @@ impl ConfigArgs {
         if let Some(dir) = &self.output_dir {
             overrides.push(format!("output_dir={}", toml::Value::String(dir.display().to_string())));
         }
-        match &self.config {
-            Some(path) => RunConfig::load(path, &overrides),
-            None => RunConfig::from_toml_str(QUICKSTART_TOML, EMBEDDED_CONFIG_NAME, &overrides),
-        }
+        RunConfig::load_or_quickstart(self.config.as_deref(), &overrides)
     }
 }
 

@@ -40,6 +40,9 @@ pub use privacy::{AccountantKind, DEFAULT_DP_LEARNING_RATE, DEFAULT_DP_STEPS, DP
 /// The embedded default configuration (`configs/quickstart.toml`), used when `cryptotl run` gets no file.
 pub const QUICKSTART_TOML: &str = include_str!("../../configs/quickstart.toml");
 
+/// How errors and messages name the embedded default config.
+pub const EMBEDDED_CONFIG_NAME: &str = "configs/quickstart.toml (embedded)";
+
 /// Where a value was refused: the file, for an [`Error::Config`] naming the dotted key.
 #[derive(Clone, Copy)]
 pub(crate) struct Invalid<'a>(&'a str);
@@ -188,6 +191,23 @@ impl RunConfig {
             message: format!("cannot read: {e}"),
         })?;
         Self::from_toml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    /// [`Self::load`] the file at `path`, or with none the embedded default ([`QUICKSTART_TOML`], named
+    /// [`EMBEDDED_CONFIG_NAME`] in errors): what every command and example does with an optional config argument.
+    ///
+    /// ```
+    /// use cryptotl::config::RunConfig;
+    /// let cfg = RunConfig::load_or_quickstart(None, &["seed=7".into()]).unwrap();
+    /// assert_eq!((cfg.name.as_str(), cfg.seed), ("quickstart", 7));
+    /// let err = RunConfig::load_or_quickstart(None, &["head.kindd=1".into()]).unwrap_err().to_string();
+    /// assert!(err.contains("configs/quickstart.toml (embedded)"), "{err}");
+    /// ```
+    pub fn load_or_quickstart(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        match path {
+            Some(path) => Self::load(path, overrides),
+            None => Self::from_toml_str(QUICKSTART_TOML, EMBEDDED_CONFIG_NAME, overrides),
+        }
     }
 
     /// Parse, override and validate config text. `file` is used in error messages.
