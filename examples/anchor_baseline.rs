@@ -12,8 +12,7 @@
 //! and what they imply are in docs/results.md ("A baseline that needs no labels and no server").
 
 use cryptotl::config::RunConfig;
-use cryptotl::features::Featurizer;
-use cryptotl::features::minilm::MiniLm;
+use cryptotl::features::{FeaturePipeline, Featurizer};
 use cryptotl::pipeline;
 
 /// The default anchors: (label, text).
@@ -58,8 +57,8 @@ fn main() -> anyhow::Result<()> {
         Err(_) => vec![base.seed],
     };
     cryptotl::progress::hide();
-    let f = &base.features;
-    let minilm = MiniLm::new(&f.model_dir, f.batch_size, Some(f.embedding_cache_dir.clone()))?.with_max_windows(f.max_windows);
+    // MiniLM's own output (L2-normalised), without the client's scaler: the featurizer of a pipeline fitted on nothing.
+    let minilm = FeaturePipeline::data_independent(&base.features)?.featurizer;
     let texts: Vec<String> = anchors.iter().map(|a| a.1.clone()).collect();
     let embedded = minilm.transform(&texts)?;
     // The direction from the negative anchors' mean to the positive ones'.

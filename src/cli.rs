@@ -724,8 +724,8 @@ fn embed(a: &EmbedArgs) -> Result<()> {
 fn embed_batch(cfg: &RunConfig, raw: bool) -> Result<Box<EmbedBatch>> {
     use crate::features::Featurizer;
     if raw && cfg.features.kind == crate::config::FeatureKind::Minilm {
-        let minilm = crate::features::minilm::MiniLm::new(&cfg.features.model_dir, cfg.features.batch_size, Some(cfg.features.embedding_cache_dir.clone()))?
-            .with_max_windows(cfg.features.max_windows);
+        // MiniLM fits nothing: the featurizer of a pipeline fitted on no data is the raw model.
+        let minilm = crate::features::FeaturePipeline::data_independent(&cfg.features)?.featurizer;
         return Ok(Box::new(move |t| minilm.transform(t)));
     }
     let saved = cfg.output_dir().join("client_features.json");
