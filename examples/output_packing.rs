@@ -26,7 +26,7 @@ const SHIPPED_SET: &str = "V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_1_CARRY_1_KS_PBS
 
 /// The quickstart network's interface: 13 outputs of 7 bits below one bit of padding.
 const SHIPPED_OUTPUTS: ProgramInterface =
-    ProgramInterface { input_dim: 384, input_bits: 4, accumulator_bits: 12, outputs: 13, output_delta_log2: 56, output_scale: 1.0 };
+    ProgramInterface { input_dim: 384, input_bits: 4, accumulator_bits: 12, outputs: 13, output_delta_log2: 56, output_scale: 1.0, output_offsets: vec![] };
 
 /// One packing candidate: the output GLWE's dimension, polynomial size and key noise (TUniform), and the key
 /// switch's decomposition.

@@ -32,6 +32,7 @@ fn program(params: ParameterSet, neurons: usize) -> IntegerProgram {
         tables: (0..neurons).map(|j| (0..levels).map(|r| (r + j as i32) % levels).collect()).collect(),
         pool: 1,
         output_unit: 1.0,
+        table_offsets: vec![],
     }
 }
 

@@ -38,7 +38,7 @@ fn random_program(d: usize, h: usize, w: i32, pool: usize, seed: u64) -> Integer
             (0..1i32 << p).map(|r| (r - zero).max(0) * 3).collect()
         })
         .collect();
-    IntegerProgram { input_dim: d, input_bits, accumulator_bits: b, lookup_bits: p, output_bits, neurons: h, weights, biases, tables, pool, output_unit: 0.5 }
+    IntegerProgram { input_dim: d, input_bits, accumulator_bits: b, lookup_bits: p, output_bits, neurons: h, weights, biases, tables, pool, output_unit: 0.5, table_offsets: vec![] }
 }
 
 fn evaluator(program: IntegerProgram) -> Evaluator {
@@ -138,7 +138,7 @@ fn a_batch_encrypted_in_parallel_decrypts_sample_by_sample_and_is_reproducible_u
     let mut weights = vec![0; d * d];
     (0..d).for_each(|i| weights[i * d + i] = 2);
     let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 5, neurons: d,
-        weights, biases: vec![0; d], tables: vec![(0..16).collect(); d], pool: 1, output_unit: 1.0 };
+        weights, biases: vec![0; d], tables: vec![(0..16).collect(); d], pool: 1, output_unit: 1.0, table_offsets: vec![] };
     let server = evaluator(prog);
     let iface = server.program().interface();
     let client = &keys().0;
@@ -169,7 +169,7 @@ fn identity_round_trip(params: ParameterSet) {
     let mut weights = vec![0; d * d];
     (0..d).for_each(|i| weights[i * d + i] = 2);
     let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 5, neurons: d,
-        weights, biases: vec![0; d], tables: vec![(0..16).collect(); d], pool: 1, output_unit: 1.0 };
+        weights, biases: vec![0; d], tables: vec![(0..16).collect(); d], pool: 1, output_unit: 1.0, table_offsets: vec![] };
     let server = evaluator_with(prog, params);
     let q: Vec<u16> = (0..d as u16).rev().collect();
     let out = server.evaluate(&encrypt(&q, &server)).unwrap();
@@ -201,7 +201,7 @@ fn download_switch_noise(params: ParameterSet) {
     (0..d).for_each(|i| weights[i * d + i] = 2);
     let table: Vec<i32> = (0..16).map(|r| if r % 2 == 0 { 511 - r } else { r - 511 }).collect();
     let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 9, neurons: d,
-        weights, biases: vec![0; d], tables: vec![table; d], pool: 1, output_unit: 1.0 };
+        weights, biases: vec![0; d], tables: vec![table; d], pool: 1, output_unit: 1.0, table_offsets: vec![] };
     let server = evaluator_with(prog, params);
     let iface = server.program().interface();
     let q = iface.download_log_modulus();
@@ -562,6 +562,73 @@ fn input_box_calibration_never_wraps_where_source_calibration_does() {
     let mut bad = sparse.clone();
     bad[[0, 0]] = f32::NAN;
     assert!(cryptotl::he::quant::clear_forward(&boxed, bad.view()).is_err());
+}
+
+/// The program with its tables stored as values (uncentred, no offsets): what compiling did before 2026-12-06.
+fn uncentred(program: &IntegerProgram) -> IntegerProgram {
+    let tables = program.tables.iter().zip(&program.table_offsets).map(|(t, &o)| t.iter().map(|&v| v + o as i32).collect()).collect();
+    IntegerProgram { tables, table_offsets: vec![], ..program.clone() }
+}
+
+#[test]
+fn a_lookup_that_wraps_reads_about_the_end_of_its_table_instead_of_its_negation() {
+    use cryptotl::config::{Calibration, HeConfig, LowerNetConfig};
+    let x = real_features();
+    let cfg = LowerNetConfig { conv_kernel: 0, hidden: 16, pool: 1, output: 0, ..LowerNetConfig::default() };
+    let lower = cryptotl::model::LowerNet::new(&cfg, 64, 5, &Default::default());
+    let he = HeConfig { calibration: Calibration::Source, ..HeConfig::default() };
+    let program = cryptotl::he::quant::compile(&lower, x.view(), &he).unwrap();
+    assert_eq!(program.table_offsets.len(), program.neurons);
+    let iface = program.interface();
+    let (b, p) = (program.accumulator_bits, program.lookup_bits);
+    let (bin, half, top) = (1i64 << (b - p), 1i64 << (b - p - 1), (1usize << p) - 1);
+    // Neuron j's decoded output for accumulator `acc`, in levels (pool 1: output j is neuron j).
+    let decoded = |prog: &IntegerProgram, j: usize, acc: i64| {
+        let off = prog.table_offsets.get(j).copied().unwrap_or(0);
+        prog.lookup(j, prog.lookup_index(acc)) + off
+    };
+    let level = iface.output_scale;
+    let mut distinct_ends = 0;
+    for j in 0..program.neurons {
+        let (first, last) = (decoded(&program, j, 0), decoded(&program, j, top as i64 * bin));
+        distinct_ends += usize::from((last - first).abs() > 4);
+        // One bin past the top reads the top's value, one bin below the bottom the bottom's (within the offset's
+        // rounding), and every index of the padding half reflects: first + last - value[k].
+        assert!((decoded(&program, j, (1 << b) - half + 1) - last).abs() <= 1, "neuron {j}: overflow");
+        assert!((decoded(&program, j, -half - 1) - first).abs() <= 1, "neuron {j}: underflow");
+        for k in 0..=top {
+            let wrapped = decoded(&program, j, (1 << b) + k as i64 * bin);
+            assert!((wrapped - (first + last - decoded(&program, j, k as i64 * bin))).abs() <= 1, "neuron {j}, index {k}");
+        }
+        // Inside the range the centred program decodes exactly as the uncentred one.
+        let plain = uncentred(&program);
+        for acc in (-half..(1 << b) - half).step_by(bin as usize / 2) {
+            assert_eq!(decoded(&program, j, acc), decoded(&plain, j, acc));
+        }
+    }
+    assert!(distinct_ends >= 4, "only {distinct_ends} neurons whose table ends differ: the test would show nothing");
+    // Inputs a little beyond the calibration data (the fixture's features doubled): where a lookup wraps, the
+    // centred program stays near the float network, the uncentred one does not.
+    let xs = x.mapv(|v| (v * 2.0).min(1.0));
+    let float = cryptotl::pipeline::lower_forward(&lower, &xs).unwrap();
+    let (centred, _) = cryptotl::he::quant::clear_forward(&program, xs.view()).unwrap();
+    let (plain, _) = cryptotl::he::quant::clear_forward(&uncentred(&program), xs.view()).unwrap();
+    let (mut wrapped, mut e_centred, mut e_plain, mut e_inside, mut inside) = (0, 0.0, 0.0, 0.0, 0);
+    for (i, row) in xs.rows().into_iter().enumerate() {
+        let accs = program.accumulators(&iface.quantize(row.as_slice().unwrap()));
+        for (j, &acc) in accs.iter().enumerate() {
+            let (c, p) = ((centred[[i, j]] - float[[i, j]]).abs() / level, (plain[[i, j]] - float[[i, j]]).abs() / level);
+            if program.wraps(acc) {
+                (wrapped, e_centred, e_plain) = (wrapped + 1, e_centred + c, e_plain + p);
+            } else {
+                (inside, e_inside) = (inside + 1, e_inside + c);
+            }
+        }
+    }
+    let (e_centred, e_plain, e_inside) = (e_centred / wrapped as f32, e_plain / wrapped as f32, e_inside / inside as f32);
+    eprintln!("{wrapped} wrapped lookups: error {e_centred:.2} levels centred, {e_plain:.2} uncentred; {e_inside:.2} inside the range");
+    assert!(wrapped >= 10, "{wrapped} wrapped lookups: the inputs should leave the calibrated range");
+    assert!(e_centred < 0.25 * e_plain, "error where lookups wrap: {e_centred:.1} levels centred against {e_plain:.1} uncentred");
 }
 
 #[test]

@@ -27,7 +27,16 @@ fn program() -> IntegerProgram {
     let weights = (0..d * h).map(|_| rng.random_range(-3..=3)).collect();
     let biases = (0..h).map(|_| (1i64 << (b - 1)) + rng.random_range(-200..=200)).collect();
     let tables = (0..h).map(|_| (0..1i32 << p).map(|r| (r - 8).max(0) * 3).collect()).collect();
-    IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: b, lookup_bits: p, output_bits: 6, neurons: h, weights, biases, tables, pool: 1, output_unit: 0.5 }
+    IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: b, lookup_bits: p, output_bits: 6, neurons: h, weights, biases, tables, pool: 1, output_unit: 0.5, table_offsets: vec![] }
+}
+
+/// `program()` with its tables stored centred, as the compiler writes them since 2026-12-06: each table minus
+/// the mean of its ends (10 levels), the offsets published for the client to add back.
+fn centred_program() -> IntegerProgram {
+    let p = program();
+    let offsets: Vec<i64> = p.tables.iter().map(|t| (t[0] as i64 + *t.last().unwrap() as i64) / 2).collect();
+    let tables = p.tables.iter().zip(&offsets).map(|(t, &o)| t.iter().map(|&v| v - o as i32).collect()).collect();
+    IntegerProgram { tables, table_offsets: offsets, ..p }
 }
 
 fn samples(n: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -973,4 +982,41 @@ fn a_kept_client_key_is_reused_and_made_again_when_the_server_lost_it() {
     let other = f.serve("127.0.0.1:0", &f.dir.path().join("other-keys"));
     let s = Session::connect_keeping_key(http(&other.url, &f.alice), Some(58), &key_file, true).unwrap();
     assert!(!s.key_reused, "a key kept for {} is not offered to {}", server.url, other.url);
+}
+
+#[test]
+fn centred_tables_are_artifact_format_2_and_the_client_adds_their_offsets_back() {
+    use cryptotl::he::InProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let null = || serde_json::Value::Null;
+    // Without offsets an artifact is written, published and read as format 1, as before.
+    let plain = ModelArtifact::new(program(), PARAMS, null(), null()).unwrap();
+    assert_eq!((plain.interface.format, plain.interface.program.output_offsets.len()), (1, 0));
+    assert_eq!(plain.write(&dir.path().join("plain")).unwrap().format, 1);
+    assert_eq!(ModelArtifact::load(&dir.path().join("plain")).unwrap().interface, plain.interface);
+    // With them: format 2, the pooled offsets in the interface, the program read back whole.
+    let centred = ModelArtifact::new(centred_program(), PARAMS, null(), null()).unwrap();
+    assert_eq!((centred.interface.format, centred.interface.program.output_offsets.clone()), (2, vec![10; 6]));
+    assert_eq!(centred.write(&dir.path().join("centred")).unwrap().format, 2);
+    assert_eq!(ModelArtifact::load(&dir.path().join("centred")).unwrap().program, centred_program());
+    // A format-1 interface cannot carry offsets (a client of that format would drop them); a newer format is refused.
+    let mut iface = centred.interface.clone();
+    iface.format = 1;
+    assert!(iface.validate().unwrap_err().to_string().contains("format 1 cannot carry output offsets"));
+    iface.format = 3;
+    assert!(iface.validate().unwrap_err().to_string().contains("interface format 3"));
+    let manifest = dir.path().join("centred").join("manifest.json");
+    std::fs::write(&manifest, std::fs::read_to_string(&manifest).unwrap().replace("\"format\": 2", "\"format\": 3")).unwrap();
+    assert!(ModelArtifact::load(&dir.path().join("centred")).unwrap_err().to_string().contains("artifact format 3"));
+
+    // Encrypted: the centred program's decrypted outputs are the uncentred program's values, within the lookups one
+    // index off (3 levels on these tables); a client that dropped the offsets would be 10 levels off everywhere.
+    let x = ndarray::Array2::from_shape_vec((8, 16), samples(8, 5).concat()).unwrap();
+    let session = Session::connect(Box::new(InProcess::new(centred).unwrap()), Some(centred_program()), Some(7)).unwrap();
+    let (got, stats) = session.forward(x.view(), "centred").unwrap();
+    assert!(stats.max_level_difference <= 3, "{stats:?}");
+    let (want, _) = cryptotl::he::quant::clear_forward(&program(), x.view()).unwrap();
+    let level = program().interface().output_scale;
+    let worst = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b)) / level;
+    assert!(worst <= stats.max_level_difference as f32 + 1e-4, "{worst} levels off the uncentred program's values");
 }

@@ -31,8 +31,9 @@ pub struct HeConfig {
     pub output_bits: u32,
     /// How each neuron's pre-activation range is chosen: `source` (min/max over the server's source training
     /// features, plus the margin: fine resolution, but a client whose features differ can fall outside it and its
-    /// lookups wrap around) or `input_box` (the exact range over every input in [0, 1]^d, plus the margin: never
-    /// wraps, coarser resolution).
+    /// lookups wrap around: a small miss reads about the end's value, a larger one is reflected back into the
+    /// range) or `input_box` (the exact range over every input in [0, 1]^d, plus the margin: never wraps, coarser
+    /// resolution).
     pub calibration: Calibration,
     /// Widening of each neuron's calibrated pre-activation range, as a fraction of its width on each side.
     pub calibration_margin: f32,

@@ -10,7 +10,11 @@
 //!    `acc_j = (z_j - lo_j) / u_j`, i.e. integer weights `w_ji = round(M_ij s_x / u_j)` with `s_x = 1/(2^b_in - 1)`
 //!    and bias `round((b_j - lo_j) / u_j)`;
 //! 3. tabulate `act(lo_j + r 2^(B-p) u_j)` at every index r, in output levels of a unit v shared by all neurons
-//!    (pooling adds neighbours, so they must agree on the unit): `v = max |act| / (2^output_bits - 1)`.
+//!    (pooling adds neighbours, so they must agree on the unit), *centred*: neuron j's table holds its levels minus
+//!    `o_j = round(c_j / v)`, `c_j` the mean of its first and last value, and the client adds the offsets back. So a
+//!    lookup that wraps around (an accumulator past either end of its range) reads about the end's value instead
+//!    of its negation (`cryptotl_server::program`). The unit is `v = max |act - c_j| / (2^output_bits - 1/2)`: half
+//!    a ReLU table's span instead of all of it, which also halves the rounding of every output.
 
 use cryptotl_server::{HeError, IntegerProgram};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
@@ -123,8 +127,12 @@ pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_range
         activate_scalar((lo + r as f64 * bin * (hi - lo) / centres_span) as f32, act) as f64
     };
     let levels = (1i64 << he.output_bits) - 1;
-    let max_abs = (0..hidden).flat_map(|j| (0..1usize << p).map(move |r| (j, r))).map(|(j, r)| at(j, r).abs()).fold(0.0, f64::max);
-    let unit = if max_abs > 0.0 { max_abs / levels as f64 } else { 1.0 };
+    let top = (1usize << p) - 1;
+    let centres: Vec<f64> = (0..hidden).map(|j| (at(j, 0) + at(j, top)) / 2.0).collect();
+    let max_abs = (0..hidden).flat_map(|j| (0..=top).map(move |r| (j, r))).map(|(j, r)| (at(j, r) - centres[j]).abs()).fold(0.0, f64::max);
+    // `levels - 1/2`: with the offset rounded to a level, every centred entry still rounds within ±levels.
+    let unit = if max_abs > 0.0 { max_abs / (levels as f64 - 0.5) } else { 1.0 };
+    let table_offsets: Vec<i64> = centres.iter().map(|c| (c / unit).round() as i64).collect();
     let mut weights = Vec::with_capacity(hidden * d);
     let mut biases = Vec::with_capacity(hidden);
     let mut tables = Vec::with_capacity(hidden);
@@ -135,7 +143,8 @@ pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_range
             weights.push(w.clamp(i32::MIN as f64, i32::MAX as f64) as i32);
         }
         biases.push(((bias[j] as f64 - lo) / u).round() as i64);
-        tables.push((0..1usize << p).map(|r| (at(j, r) / unit).round().clamp(-levels as f64, levels as f64) as i32).collect());
+        let offset = table_offsets[j] as f64;
+        tables.push((0..=top).map(|r| ((at(j, r) / unit).round() - offset).clamp(-levels as f64, levels as f64) as i32).collect());
     }
     let program = IntegerProgram {
         input_dim: d,
@@ -149,6 +158,7 @@ pub fn compile_with_ranges(lower: &LowerNet<Cpu>, input_dim: usize, source_range
         tables,
         pool: lower.pool,
         output_unit: unit as f32,
+        table_offsets,
     };
     program.validate(he.params()?)?;
     Ok(program)

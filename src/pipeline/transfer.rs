@@ -184,8 +184,8 @@ pub fn encrypted_transfer(cfg: &RunConfig, lower: &PretrainedLower, input: &Tran
     let report = crate::he::HeReport::new(&session, Some(&program), &stats, Some(overflow.get() as f64 / accumulators.max(1) as f64));
     if let Some(rate) = report.calibration_overflow_rate.filter(|&r| r > 0.01) {
         tracing::warn!(rate,
-            "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around. \
-             Set he.calibration = \"input_box\" (never wraps, coarser) or widen he.calibration_margin",
+            "{:.1}% of the client's accumulators fall outside the range calibrated on the source data; their lookups wrap around \
+             (to about the nearer end's value for a small miss, further off for a larger one). Set he.calibration = \"input_box\" (never wraps, coarser) or widen he.calibration_margin",
             100.0 * rate);
     }
     tracing::info!(?report, "encrypted lower network done");

@@ -22,8 +22,17 @@ use crate::params::ParameterSet;
 use crate::program::{IntegerProgram, ProgramInterface};
 use crate::wire::{EncryptedInput, EncryptedOutput, EvaluationKey};
 
-/// Version of the artifact layout and of the interface document.
-pub const FORMAT: u32 = 1;
+/// Version of the artifact layout and of the interface document. 2: lookup tables are stored centred, and a client
+/// must add the interface's `output_offsets` to what it decrypts ([`crate::program`]). A program without offsets
+/// is still written as format 1, which clients and servers of that format read as before.
+pub const FORMAT: u32 = 2;
+/// The formats this version reads: 1 (no offsets) and [`FORMAT`].
+pub const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT;
+
+/// The format an artifact of `program` is written in: the oldest that describes it.
+fn format_of(program: &IntegerProgram) -> u32 {
+    if program.table_offsets.is_empty() { 1 } else { FORMAT }
+}
 /// Largest number of samples in one evaluation request.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
@@ -66,7 +75,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// request may hold. Nothing of the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInterface {
-    /// [`FORMAT`].
+    /// [`FORMAT`], or 1 for a program without table offsets.
     pub format: u32,
     /// SHA-256 of the program: names this model (a client can pin it).
     pub model_id: String,
@@ -92,8 +101,12 @@ pub struct ModelInterface {
 impl ModelInterface {
     /// Check an interface received from a server before using it.
     pub fn validate(&self) -> Result<ParameterSet> {
-        if self.format != FORMAT {
-            return Err(HeError::Program(format!("the server speaks interface format {}, this client {FORMAT}", self.format)));
+        if !READABLE_FORMATS.contains(&self.format) {
+            return Err(HeError::Program(format!(
+                "the server speaks interface format {}, this client reads {} to {FORMAT}", self.format, READABLE_FORMATS.start())));
+        }
+        if self.format < 2 && !self.program.output_offsets.is_empty() {
+            return Err(HeError::Program("an interface of format 1 cannot carry output offsets".into()));
         }
         let params = ParameterSet::from_name(&self.parameter_set)?;
         self.program.validate()?;
@@ -112,7 +125,7 @@ impl ModelInterface {
 /// Hashes and versions of an artifact's files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// [`FORMAT`].
+    /// [`FORMAT`], or 1 for a program without table offsets.
     pub format: u32,
     /// The model id (SHA-256 of `program.json`).
     pub model_id: String,
@@ -145,7 +158,7 @@ impl ModelArtifact {
         program.validate(params)?;
         let model_id = sha256_hex(&to_json(&program, "program")?);
         let interface = ModelInterface {
-            format: FORMAT,
+            format: format_of(&program),
             model_id,
             parameter_set: params.name().into(),
             program: program.interface(),
@@ -170,7 +183,7 @@ impl ModelArtifact {
             write_atomic(&dir.join(name), &bytes)?;
             files.insert(name.to_string(), sha256_hex(&bytes));
         }
-        let manifest = Manifest { format: FORMAT, model_id: self.interface.model_id.clone(), server_version: env!("CARGO_PKG_VERSION").into(), files };
+        let manifest = Manifest { format: format_of(&self.program), model_id: self.interface.model_id.clone(), server_version: env!("CARGO_PKG_VERSION").into(), files };
         write_atomic(&dir.join(MANIFEST), &to_json(&manifest, "manifest")?)?;
         Ok(manifest)
     }
@@ -187,8 +200,9 @@ impl ModelArtifact {
         };
         let manifest: Manifest = serde_json::from_value(parse(MANIFEST, &read(MANIFEST)?)?)
             .map_err(|e| HeError::file(&dir.join(MANIFEST), e))?;
-        if manifest.format != FORMAT {
-            return Err(HeError::file(&dir.join(MANIFEST), format!("artifact format {}, this server reads {FORMAT}", manifest.format)));
+        if !READABLE_FORMATS.contains(&manifest.format) {
+            return Err(HeError::file(&dir.join(MANIFEST), format!(
+                "artifact format {}, this server reads {} to {FORMAT}", manifest.format, READABLE_FORMATS.start())));
         }
         let mut contents = BTreeMap::new();
         for name in [PROGRAM, INTERFACE, PRIVACY] {

@@ -9,7 +9,16 @@
 //! - the bootstrap reads the top `lookup_bits` of it with rounding: `r = round(acc_j / 2^(B - p))` taken modulo
 //!   `2^(p+1)`; for `r < 2^p` it returns `table_j[r]`, for `r >= 2^p` (an accumulator that overflowed into the
 //!   padding half) it returns `-table_j[r - 2^p]` (the negacyclic wrap-around of a bootstrap);
-//! - outputs are `sum_{t < pool} lookup_{k+t}`, encoded with `2^output_delta_log2`.
+//! - outputs are `sum_{t < pool} lookup_{k+t}`, encoded with `2^output_delta_log2`;
+//! - the client decodes output k as `(level_k + output_offsets_k) * output_scale`: each table is stored *centred*,
+//!   its value minus a per-neuron offset ([`IntegerProgram::table_offsets`]), and the offsets of a pooling window
+//!   are added back after decryption.
+//!
+//! Why centred: a bootstrap reads an accumulator that overflowed its range as the negacyclic copy `-table[r - 2^p]`.
+//! With `offset = (table[0] + table[top]) / 2` that copy, decoded, is `table[0] + table[top] - table[r - 2^p]`: an
+//! accumulator one bin past the top reads `table[top]` and one bin below the bottom reads `table[0]`, the saturated
+//! values, and further misses reflect back into the table's range. An uncentred table would return `-table[0]` and
+//! `-table[top]` there (for a ReLU: 0 where the top value was due, and minus the top value where 0 was).
 //!
 //! [`IntegerProgram::evaluate_clear`] does exactly this in plain integers: same rounding, same wrap-around. The
 //! encrypted evaluation equals it except where noise moves an accumulator across a rounding boundary (a lookup one
@@ -116,6 +125,10 @@ pub struct ProgramInterface {
     pub output_delta_log2: u32,
     /// Float value of one output level, divided by the pool size (the client's dequantization).
     pub output_scale: f32,
+    /// Levels added to each output before it is scaled: the pooled [`IntegerProgram::table_offsets`]. Empty (as
+    /// interface format 1 sent it, before tables were centred): every offset is 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_offsets: Vec<i64>,
 }
 
 impl ProgramInterface {
@@ -124,9 +137,11 @@ impl ProgramInterface {
     /// ```
     /// use cryptotl_server::ProgramInterface;
     /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
-    ///     output_delta_log2: 54, output_scale: 0.5 };
+    ///     output_delta_log2: 54, output_scale: 0.5, output_offsets: vec![] };
     /// assert!(iface.validate().is_ok());
-    /// assert!(ProgramInterface { output_scale: f32::NAN, ..iface }.validate().is_err());
+    /// assert!(ProgramInterface { output_scale: f32::NAN, ..iface.clone() }.validate().is_err());
+    /// assert!(ProgramInterface { output_offsets: vec![3], ..iface.clone() }.validate().is_ok());
+    /// assert!(ProgramInterface { output_offsets: vec![3, 4], ..iface }.validate().is_err()); // one output
     /// ```
     pub fn validate(&self) -> Result<()> {
         let ok = (1..=16).contains(&self.input_bits)
@@ -134,7 +149,9 @@ impl ProgramInterface {
             && (33..=62).contains(&self.output_delta_log2)
             && self.input_dim > 0
             && self.outputs > 0
-            && self.output_scale.is_finite();
+            && self.output_scale.is_finite()
+            && (self.output_offsets.is_empty() || self.output_offsets.len() == self.outputs)
+            && self.output_offsets.iter().all(|o| o.unsigned_abs() < 1 << 40);
         if !ok {
             return Err(HeError::Program(format!("unusable program interface {self:?}")));
         }
@@ -148,7 +165,7 @@ impl ProgramInterface {
     /// ```
     /// use cryptotl_server::ProgramInterface;
     /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
-    ///     output_delta_log2: 56, output_scale: 0.5 };
+    ///     output_delta_log2: 56, output_scale: 0.5, output_offsets: vec![] };
     /// assert_eq!(iface.download_log_modulus(), 64 - 56 + 9); // 7 output bits and the padding bit, 9 below
     /// assert_eq!(ProgramInterface { output_delta_log2: 40, ..iface }.download_log_modulus(), 32);
     /// ```
@@ -161,7 +178,7 @@ impl ProgramInterface {
     /// ```
     /// use cryptotl_server::ProgramInterface;
     /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
-    ///     output_delta_log2: 54, output_scale: 0.5 };
+    ///     output_delta_log2: 54, output_scale: 0.5, output_offsets: vec![] };
     /// assert_eq!(iface.quantize(&[0.0, 0.5, 2.0]), vec![0, 8, 15]);
     /// assert_eq!(iface.dequantize(&[3, -2]), vec![1.5, -1.0]);
     /// ```
@@ -170,16 +187,18 @@ impl ProgramInterface {
         x.iter().map(|&v| (v.clamp(0.0, 1.0) * top).round() as u16).collect()
     }
 
-    /// Output levels to floats.
+    /// Output levels (as decrypted) to floats: `(level + offset) * output_scale`.
     ///
     /// ```
     /// use cryptotl_server::ProgramInterface;
-    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 1,
-    ///     output_delta_log2: 54, output_scale: 0.5 };
-    /// assert_eq!(iface.dequantize(&[4]), vec![2.0]);
+    /// let iface = ProgramInterface { input_dim: 3, input_bits: 4, accumulator_bits: 12, outputs: 2,
+    ///     output_delta_log2: 54, output_scale: 0.5, output_offsets: vec![] };
+    /// assert_eq!(iface.dequantize(&[4, -2]), vec![2.0, -1.0]);
+    /// let centred = ProgramInterface { output_offsets: vec![10, 0], ..iface };
+    /// assert_eq!(centred.dequantize(&[4, -2]), vec![7.0, -1.0]);
     /// ```
     pub fn dequantize(&self, levels: &[i64]) -> Vec<f32> {
-        levels.iter().map(|&l| l as f32 * self.output_scale).collect()
+        levels.iter().enumerate().map(|(k, &l)| (l + self.output_offsets.get(k).copied().unwrap_or(0)) as f32 * self.output_scale).collect()
     }
 }
 
@@ -208,6 +227,11 @@ pub struct IntegerProgram {
     pub pool: usize,
     /// Float value of one output level (before dividing by the pool size).
     pub output_unit: f32,
+    /// Per neuron, the level its table was shifted by (stored `table[r] = value[r] - offset`): the client adds the
+    /// pooled offsets back ([`ProgramInterface::output_offsets`]). See the module docs for why tables are centred.
+    /// Empty: every offset is 0 (programs compiled before 2026-12-06).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub table_offsets: Vec<i64>,
 }
 
 impl IntegerProgram {
@@ -216,7 +240,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(prog.outputs(), 2);
     /// assert_eq!(IntegerProgram { pool: 2, ..prog }.outputs(), 1);
     /// ```
@@ -229,7 +253,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(prog.pool_bits(), 0);
     /// assert_eq!(IntegerProgram { pool: 3, ..prog }.pool_bits(), 2);
     /// ```
@@ -242,7 +266,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// let w = prog.bit_widths();
     /// assert_eq!((w.input_bits, w.accumulator_bits, w.lookup_bits, w.output_bits, w.pool), (2, 4, 2, 3, 1));
     /// ```
@@ -261,7 +285,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(prog.output_delta_log2(), 63 - 3);
     /// ```
     pub fn output_delta_log2(&self) -> u32 {
@@ -273,7 +297,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// let iface = prog.interface();
     /// assert_eq!((iface.input_dim, iface.outputs, iface.output_scale), (2, 2, 0.5));
     /// ```
@@ -285,6 +309,7 @@ impl IntegerProgram {
             outputs: self.outputs(),
             output_delta_log2: self.output_delta_log2(),
             output_scale: self.output_unit / self.pool as f32,
+            output_offsets: if self.table_offsets.is_empty() { Vec::new() } else { self.pool_levels(&self.table_offsets) },
         }
     }
 
@@ -293,7 +318,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::{IntegerProgram, ParameterSet};
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert!(prog.validate(ParameterSet::Message2Carry2).is_ok());
     /// let short_table = IntegerProgram { tables: vec![vec![0, 1]; 2], ..prog.clone() };
     /// assert!(short_table.validate(ParameterSet::Message2Carry2).is_err());
@@ -315,6 +340,12 @@ impl IntegerProgram {
         if let Some(t) = self.tables.iter().find(|t| t.len() != 1 << p || t.iter().any(|v| v.abs() >= limit)) {
             return fail(format!("a table has {} entries (want {}) or a value beyond ±2^{}", t.len(), 1 << p, self.output_bits));
         }
+        if !(self.table_offsets.is_empty() || self.table_offsets.len() == self.neurons) {
+            return fail(format!("{} table offsets for {} neurons", self.table_offsets.len(), self.neurons));
+        }
+        if self.table_offsets.iter().any(|o| o.unsigned_abs() >= 1 << 32) {
+            return fail("a table offset beyond ±2^32 levels".into());
+        }
         if !self.output_unit.is_finite() || self.output_unit <= 0.0 {
             return fail(format!("output_unit = {} must be finite and positive", self.output_unit));
         }
@@ -335,7 +366,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(prog.row(1), &[1, 1]);
     /// ```
     pub fn row(&self, j: usize) -> &[i32] {
@@ -347,7 +378,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(prog.accumulators(&[1, 1]), vec![9, 2]); // 2 - 1 + 8, 1 + 1
     /// ```
     pub fn accumulators(&self, q: &[u16]) -> Vec<i64> {
@@ -361,7 +392,7 @@ impl IntegerProgram {
     /// ```
     /// # use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 1, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3,
-    ///     neurons: 1, weights: vec![1], biases: vec![0], tables: vec![vec![0, 1, 2, 3]], pool: 1, output_unit: 1.0 };
+    ///     neurons: 1, weights: vec![1], biases: vec![0], tables: vec![vec![0, 1, 2, 3]], pool: 1, output_unit: 1.0, table_offsets: vec![] };
     /// assert_eq!([1, 2, 5, 6, 14, 31, 32].map(|a| prog.lookup_index(a)), [0, 1, 1, 2, 4, 0, 0]);
     /// assert_eq!((prog.lookup(0, 2), prog.lookup(0, 6)), (2, -2)); // past 2^p: negacyclic
     /// ```
@@ -378,7 +409,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// // B = 4, p = 2: a bin is 4 units, accumulators stay in [-2, 14).
     /// assert!(!prog.wraps(-2) && !prog.wraps(13));
     /// assert!(prog.wraps(-3) && prog.wraps(14));
@@ -393,7 +424,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!((prog.lookup(0, 3), prog.lookup(0, 5)), (3, -1)); // index 5 = 4 + 1: the negacyclic copy
     /// ```
     pub fn lookup(&self, j: usize, r: usize) -> i64 {
@@ -406,7 +437,7 @@ impl IntegerProgram {
     /// ```
     /// use cryptotl_server::IntegerProgram;
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// assert_eq!(IntegerProgram { pool: 2, ..prog }.pool_levels(&[1, 2, 3]), vec![3, 5]);
     /// ```
     pub fn pool_levels(&self, activations: &[i64]) -> Vec<i64> {
@@ -419,11 +450,20 @@ impl IntegerProgram {
     /// use cryptotl_server::IntegerProgram;
     /// // One neuron: acc = 2*x0 - x1 + 8, read at B = 4 bits through p = 2 index bits: r = round(acc / 4).
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3,
-    ///     neurons: 1, weights: vec![2, -1], biases: vec![8], tables: vec![vec![5, 0, 1, 2]], pool: 1, output_unit: 1.0 };
+    ///     neurons: 1, weights: vec![2, -1], biases: vec![8], tables: vec![vec![5, 0, 1, 2]], pool: 1, output_unit: 1.0, table_offsets: vec![] };
     /// assert_eq!(prog.evaluate_clear(&[1, 1]), vec![1]); // acc 9 -> r 2
     /// assert_eq!(prog.evaluate_clear(&[2, 1]), vec![2]); // acc 11 -> r 3
     /// assert_eq!(prog.evaluate_clear(&[3, 0]), vec![-5]); // acc 14 -> r 4: past 2^p, the negacyclic -table[0]
     /// assert!(prog.wraps(14) && !prog.wraps(13) && !prog.wraps(-2) && prog.wraps(-3));
+    ///
+    /// // A ReLU-like table [0, 0, 1, 2], stored centred (offset (0 + 2) / 2 = 1): a wrapped lookup saturates.
+    /// let relu = IntegerProgram { input_dim: 1, weights: vec![1], biases: vec![0], tables: vec![vec![-1, -1, 0, 1]],
+    ///     table_offsets: vec![1], ..prog };
+    /// let iface = relu.interface();
+    /// let decoded = |acc: i64| iface.dequantize(&[relu.lookup(0, relu.lookup_index(acc))])[0];
+    /// assert_eq!([0, 13].map(decoded), [0.0, 2.0]); // inside the range: the table's own values
+    /// assert_eq!([14, -3].map(decoded), [2.0, 0.0]); // one bin past either end: the end's value
+    /// // Uncentred, the same lookups return -table[0] = 0 and -table[3] = -2.
     /// ```
     pub fn evaluate_clear(&self, q: &[u16]) -> Vec<i64> {
         let acts: Vec<i64> =

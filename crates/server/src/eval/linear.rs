@@ -20,7 +20,7 @@ pub const BLOCK: usize = 8;
 /// use cryptotl_server::eval::linear::{BLOCK, block_weights};
 /// // Two neurons on two inputs: neuron 0 weighs (2, -1), neuron 1 weighs (1, 1).
 /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+///     weights: vec![2, -1, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
 /// let w = block_weights(&prog);
 /// assert_eq!(w.len(), 1); // one block holds both neurons
 /// assert_eq!(w[0].len(), 2 * BLOCK);
@@ -101,6 +101,7 @@ mod tests {
             tables: vec![vec![0; 4]; h],
             pool: 1,
             output_unit: 1.0,
+            table_offsets: vec![],
         };
         let w = block_weights(&prog);
         assert_eq!(w.len(), h.div_ceil(BLOCK));

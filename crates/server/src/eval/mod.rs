@@ -69,7 +69,7 @@ impl OpCounts {
     /// ```
     /// use cryptotl_server::{IntegerProgram, OpCounts, ParameterSet};
     /// let prog = IntegerProgram { input_dim: 2, input_bits: 2, accumulator_bits: 4, lookup_bits: 2, output_bits: 3, neurons: 2,
-    ///     weights: vec![2, 0, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5 };
+    ///     weights: vec![2, 0, 1, 1], biases: vec![8, 0], tables: vec![vec![0, 1, 2, 3]; 2], pool: 1, output_unit: 0.5, table_offsets: vec![] };
     /// let params = ParameterSet::default();
     /// let c = OpCounts::of(&prog, params);
     /// assert_eq!(c.bootstraps, 2); // one per neuron
