@@ -292,3 +292,55 @@ fn a_600_token_text_is_embedded_whole_as_pooled_windows() {
     let short = vec!["a short and lovely film".to_string()];
     assert_eq!(enc.embed(&short, 32, "s").unwrap(), enc.embed_ids(&enc.tokenize(&short).unwrap(), 32, "s").unwrap());
 }
+
+/// Swap the first two coordinates of `text`'s record in an embedding cache file and fix its checksum: still a
+/// valid unit-norm record, but one no model computes, so reading it back shows where an embedding came from.
+fn doctor_record(file: &Path, text: &str) {
+    const RECORD: usize = 16 + 4 * 384 + 8;
+    let mut bytes = std::fs::read(file).unwrap();
+    let key = cryptotl::features::minilm::text_key(text).to_le_bytes();
+    let at = bytes.chunks(RECORD).position(|r| r[..16] == key).unwrap() * RECORD;
+    let rec = &mut bytes[at..at + RECORD];
+    let (a, b) = (rec[16..20].to_vec(), rec[20..24].to_vec());
+    rec[16..20].copy_from_slice(&b);
+    rec[20..24].copy_from_slice(&a);
+    let sum = xxhash_rust::xxh3::xxh3_64(&rec[..RECORD - 8]);
+    rec[RECORD - 8..].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(file, &bytes).unwrap();
+}
+
+#[test]
+fn a_text_within_both_window_limits_is_embedded_once_for_both_caches() {
+    let Some(dir) = model_dir() else { return };
+    use cryptotl::features::minilm::EmbeddingCache;
+    let cache = tempfile::tempdir().unwrap();
+    let featurizer = |limit| MiniLm::new(&dir, 8, Some(cache.path().to_path_buf())).unwrap().with_max_windows(limit);
+    let short = "a short and lovely film, not among the shipped sentences".to_string();
+    let mut long = "the plot follows a family that moves to a quiet town and meets its neighbours . ".repeat(36);
+    long.push_str("in the end the film is wonderful , moving and brilliantly acted ."); // 3 windows
+    let texts = vec![short.clone(), long.clone()];
+    let one = featurizer(Some(1)).transform(&texts).unwrap();
+    let sha = Encoder::load(&dir).unwrap().model_sha256;
+    let file = |limit: &str| cache.path().join(std::fs::read_dir(cache.path()).unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.contains(limit)).unwrap());
+    doctor_record(&file("-max1-"), &short);
+
+    // Whole texts: the short text (one window under either limit) comes from the max-1 cache, doctored record
+    // and all; the long one is embedded again, as three windows.
+    let whole = featurizer(None).transform(&texts).unwrap();
+    assert_eq!((whole[[0, 0]], whole[[0, 1]]), (one[[0, 1]], one[[0, 0]]), "the short text was taken from the other cache");
+    assert!(cosine(whole.row(1).as_slice().unwrap(), one.row(1).as_slice().unwrap()) < 0.9999, "three windows, not one");
+    assert_eq!(EmbeddingCache::window_limits(cache.path(), &sha).unwrap(), vec![None, Some(1)]);
+    assert_eq!(EmbeddingCache::open(cache.path(), &sha, None).unwrap().len(), 2, "both now cached for whole texts");
+
+    // At most two windows: neither the whole text's three windows nor the max-1 cache's one will do for the long
+    // text, so it is embedded again; the short one is taken.
+    let two = featurizer(Some(2)).transform(&texts).unwrap();
+    assert_eq!(two.row(0), whole.row(0));
+    for other in [&one, &whole] {
+        assert!(cosine(two.row(1).as_slice().unwrap(), other.row(1).as_slice().unwrap()) < 0.9999);
+    }
+    let fresh = Encoder::load(&dir).unwrap().embed_windows(std::slice::from_ref(&long), 8, Some(2), "two").unwrap();
+    assert!(cosine(two.row(1).as_slice().unwrap(), fresh.row(0).as_slice().unwrap()) > 0.99999);
+}

@@ -73,6 +73,22 @@ pub fn windows(ids: &[u32]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// How many [`windows`] a text of `n` token ids (`[CLS]` and `[SEP]` included) is embedded as, without making them.
+///
+/// ```
+/// use cryptotl::features::minilm::{MAX_TOKENS, window_count, windows};
+/// for n in [0, 1, 2, 3, MAX_TOKENS, MAX_TOKENS + 1, 444, 445, 600, 5000] {
+///     assert_eq!(window_count(n), windows(&vec![7; n]).len(), "{n} tokens");
+/// }
+/// ```
+pub fn window_count(n: usize) -> usize {
+    if n <= MAX_TOKENS {
+        return 1;
+    }
+    // Starts every WINDOW_STRIDE while a window ends before the content does, then one aligned to the end.
+    (n - 2 - (MAX_TOKENS - 2)).div_ceil(WINDOW_STRIDE) + 1
+}
+
 /// The tokenizer and the encoder, loaded.
 pub struct Encoder {
     tokenizer: tokenizers::Tokenizer,
@@ -297,12 +313,54 @@ impl std::ops::Deref for EmbeddingCache {
 }
 
 impl EmbeddingCache {
-    /// Open (or start) the cache file for `model_sha256` in `dir`. Damaged records are skipped with a warning.
-    pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
-        // The window scheme is part of the name: caches of texts cut at 256 tokens are not reused. `c2`: records
-        // carry checksums.
+    /// The cache file's name for a model and a window limit. The window scheme is part of the name: caches of
+    /// texts cut at 256 tokens are not reused, and each `max_windows` has its own file. `c2`: records carry checksums.
+    fn file_name(model_sha256: &str, max_windows: Option<usize>) -> String {
         let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
-        let path = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16]));
+        format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16])
+    }
+
+    /// The window limits (`None`: whole texts) that have a cache file for `model_sha256` in `dir`.
+    ///
+    /// ```
+    /// use cryptotl::features::minilm::EmbeddingCache;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let sha = "ab".repeat(32);
+    /// for limit in [None, Some(2)] {
+    ///     let mut cache = EmbeddingCache::open(dir.path(), &sha, limit).unwrap();
+    ///     let row = ndarray::Array2::from_shape_fn((1, 384), |(_, j)| if j == 0 { 1.0 } else { 0.0 });
+    ///     cache.insert(&[&"a text".to_string()], &row).unwrap();
+    /// }
+    /// std::fs::write(dir.path().join("unrelated.bin"), b"").unwrap();
+    /// assert_eq!(EmbeddingCache::window_limits(dir.path(), &sha).unwrap(), vec![None, Some(2)]);
+    /// assert!(EmbeddingCache::window_limits(dir.path(), &"cd".repeat(32)).unwrap().is_empty());
+    /// ```
+    pub fn window_limits(dir: &Path, model_sha256: &str) -> Result<Vec<Option<usize>>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let suffix = format!("-c2-{}.bin", &model_sha256[..16]);
+        let mut limits: Vec<Option<usize>> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| {
+                let limit = name.strip_prefix(&format!("minilm-w{WINDOW_STRIDE}"))?.strip_suffix(&suffix)?;
+                match limit {
+                    "" => Some(None),
+                    l => l.strip_prefix("-max")?.parse().ok().map(Some),
+                }
+            })
+            .collect();
+        limits.sort();
+        Ok(limits)
+    }
+
+    /// Open (or start) the cache file for `model_sha256` and `max_windows` in `dir`. Damaged records are skipped
+    /// with a warning.
+    pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
+        let path = dir.join(Self::file_name(model_sha256, max_windows));
+        let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
         let mut entries = EmbeddingTable::default();
         if !path.exists() {
             let legacy = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
@@ -429,6 +487,44 @@ impl Featurizer for MiniLm {
 }
 
 impl MiniLm {
+    /// Copy into `cache` the embeddings of `missing` that the cache of another window limit holds as this limit
+    /// would make them: a text of n windows embeds the same under limits k and m when min(n, k) = min(n, m), so a
+    /// short text is shared by every limit. Returns how many were copied. Costs a tokenization of `missing` (no
+    /// inference), and only when another limit's file exists.
+    fn reuse_other_limits(&self, encoder: &Encoder, dir: &Path, cache: &mut EmbeddingCache, missing: &[&String]) -> Result<usize> {
+        let others: Vec<Option<usize>> =
+            EmbeddingCache::window_limits(dir, &encoder.model_sha256)?.into_iter().filter(|&k| k != self.max_windows).collect();
+        if others.is_empty() {
+            return Ok(0);
+        }
+        let owned: Vec<String> = missing.iter().map(|t| (*t).clone()).collect();
+        let counts: Vec<usize> = encoder.tokenize_whole(&owned)?.iter().map(|ids| window_count(ids.len())).collect();
+        // As `Encoder::embed_windows` takes them: a limit of 0 embeds one window.
+        let used = |n: usize, limit: Option<usize>| n.min(limit.unwrap_or(usize::MAX).max(1));
+        let (mut found, mut rows) = (Vec::new(), Vec::new());
+        let mut pending: Vec<usize> = (0..missing.len()).collect();
+        for limit in others {
+            if pending.is_empty() {
+                break;
+            }
+            let other = EmbeddingCache::open(dir, &encoder.model_sha256, limit)?;
+            pending.retain(|&i| match other.get(missing[i]) {
+                Some(v) if used(counts[i], limit) == used(counts[i], self.max_windows) => {
+                    found.push(missing[i]);
+                    rows.extend_from_slice(v);
+                    false
+                }
+                _ => true,
+            });
+        }
+        if !found.is_empty() {
+            let rows = Array2::from_shape_vec((found.len(), MINILM_DIM), rows).expect("one row per text");
+            cache.insert(&found, &rows)?;
+            tracing::info!(reused = found.len(), of = missing.len(), "MiniLM embeddings taken from the cache of another window limit");
+        }
+        Ok(found.len())
+    }
+
     /// Embeddings of `texts` with the model, through the on-disk cache when one is configured.
     fn embed_with(&self, encoder: &Encoder, texts: &[String]) -> Result<Array2<f32>> {
         let Some(dir) = &self.cache_dir else {
@@ -438,6 +534,9 @@ impl MiniLm {
         let mut missing: Vec<&String> = texts.iter().filter(|t| cache.get(t).is_none()).collect();
         missing.sort();
         missing.dedup();
+        if !missing.is_empty() && self.reuse_other_limits(encoder, dir, &mut cache, &missing)? > 0 {
+            missing.retain(|t| cache.get(t).is_none());
+        }
         // Saved chunk by chunk: a run killed while embedding keeps what it embedded before the last chunk.
         for (c, chunk) in missing.chunks(CACHE_CHUNK).enumerate() {
             let owned: Vec<String> = chunk.iter().map(|t| (*t).clone()).collect();
