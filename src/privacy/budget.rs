@@ -88,7 +88,7 @@ impl TfheStatement {
                 max,
                 1u64 << r.output_bits,
                 if let Some(o) = r.calibration_overflow_rate.filter(|&o| o > 0.0) {
-                    format!(", where {:.3}% of accumulators fell outside the calibrated range and their lookups wrapped to about the range's end", 100.0 * o)
+                    format!("; {:.3}% of accumulators fell outside the calibrated range, and their lookups wrapped to about the range's end", 100.0 * o)
                 } else {
                     String::new()
                 }
