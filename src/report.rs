@@ -358,7 +358,7 @@ impl Report {
                 ("key generation", if h.key_reused { "none: the client key kept in the run's folder, reused".into() } else { format!("{:.2} s", h.keygen_seconds) }),
                 ("key upload (server checks and stores it)", if h.key_reused { "none: the server stores the kept key's evaluation key".into() } else { format!("{:.2} s", h.key_upload_seconds) }),
                 ("server setup (read key, FFT, tables)", format!("{:.2} s", h.server_setup_seconds)),
-                ("evaluation key (seeded, sent once)", if h.key_reused { "not sent again".into() } else { format!("{:.1} MiB", h.evaluation_key_bytes as f64 / 1048576.0) }),
+                ("evaluation key (seeded, rounded where the server reads it; sent once)", if h.key_reused { "not sent again".into() } else { format!("{:.1} MiB", h.evaluation_key_bytes as f64 / 1048576.0) }),
                 ("upload per sample", measured(format!("{:.2} KiB", h.upload_bytes_per_sample as f64 / 1024.0))),
                 ("download per sample", measured(format!("{:.1} KiB", h.download_bytes_per_sample as f64 / 1024.0))),
                 ("server time per sample: median / p95", measured(format!("{:.3} s / {:.3} s", h.server_seconds_median, h.server_seconds_p95))),

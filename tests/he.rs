@@ -196,13 +196,18 @@ fn multi_bit_outputs_are_downloaded_at_the_interfaces_modulus_and_decrypt_within
 /// decrypts to its level, the download is packed at [`ProgramInterface::download_log_modulus`] bits per word, and
 /// the phase noise (the bootstrap's plus the switch's rounding) keeps 7.13 sigma (2^-40) inside half a level.
 fn download_switch_noise(params: ParameterSet) {
+    download_switch_noise_with(params, &keys_for(params).1);
+}
+
+/// [`download_switch_noise`] with the server holding `key`; returns the measured noise, in levels.
+fn download_switch_noise_with(params: ParameterSet, key: &EvaluationKey) -> f64 {
     let d = 16;
     let mut weights = vec![0; d * d];
     (0..d).for_each(|i| weights[i * d + i] = 2);
     let table: Vec<i32> = (0..16).map(|r| if r % 2 == 0 { 511 - r } else { r - 511 }).collect();
     let prog = IntegerProgram { input_dim: d, input_bits: 4, accumulator_bits: 5, lookup_bits: 4, output_bits: 9, neurons: d,
         weights, biases: vec![0; d], tables: vec![table; d], pool: 1, output_unit: 1.0, table_offsets: vec![] };
-    let server = evaluator_with(prog, params);
+    let server = Evaluator::new(prog, key, params).unwrap();
     let iface = server.program().interface();
     let q = iface.download_log_modulus();
     assert_eq!((iface.output_delta_log2, q), (54, 19), "9 output bits and the padding bit, 9 noise bits below");
@@ -226,6 +231,67 @@ fn download_switch_noise(params: ParameterSet) {
     eprintln!("{}: output noise after the switch to 2^{q}: {sigma:.4} of a level (rounding alone {rounding:.4})", params.name());
     assert!(sigma >= 0.5 * rounding, "the measured noise {sigma} is below the switch's own rounding {rounding}: not measured at 2^{q}");
     assert!(7.13 * sigma < 0.5, "noise {sigma} of a level: a wrong output level is likelier than 2^-40");
+    sigma
+}
+
+/// The bodies of a key's seeded bootstrap key.
+fn bootstrap_bodies(key: &EvaluationKey) -> &[u64] {
+    match &key.bootstrap_key {
+        cryptotl_server::SeededBootstrapKey::Classic(k) => k.as_ref(),
+        cryptotl_server::SeededBootstrapKey::MultiBit(k) => k.as_ref(),
+    }
+}
+
+#[test]
+fn a_rounded_evaluation_key_is_22_percent_smaller_and_evaluates_as_the_full_one() {
+    use cryptotl_server::wire::{RoundedEvaluationKey, read_evaluation_key};
+    for params in [PARAMS, MULTI_BIT] {
+        let key = &keys_for(params).1;
+        let limit = EvaluationKey::size_limit(params);
+        let full = key.to_bytes(limit).unwrap();
+        let rounded = RoundedEvaluationKey::round(key, params);
+        let r = rounded.rounding_bits;
+        assert_eq!(r, 14, "{}: TUniform(17) GLWE noise", params.name());
+        let bytes = rounded.to_bytes(RoundedEvaluationKey::size_limit(params)).unwrap();
+        let ratio = bytes.len() as f64 / full.len() as f64;
+        eprintln!("{}: evaluation key {:.1} MiB full, {:.1} MiB rounded ({ratio:.3})", params.name(), full.len() as f64 / 1048576.0, bytes.len() as f64 / 1048576.0);
+        assert!((ratio - 50.0 / 64.0).abs() < 0.001, "{ratio}");
+        // Every body within half a rounding step of the client's, and the full form still reads.
+        let expanded = read_evaluation_key(&bytes, limit, params).unwrap();
+        let half = 1i64 << (r - 1);
+        let (was, now) = (bootstrap_bodies(key), bootstrap_bodies(&expanded));
+        assert_eq!(was.len(), now.len());
+        assert!(was.iter().zip(now).all(|(a, b)| (a.wrapping_sub(*b) as i64).abs() <= half));
+        assert!(was.iter().zip(now).filter(|(a, b)| a != b).count() > was.len() / 2, "the low bits were rounded away");
+        assert_eq!((expanded.key_id, &expanded.parameter_set), (key.key_id, &key.parameter_set));
+        assert_eq!(&read_evaluation_key(&full, limit, params).unwrap(), key);
+
+        // Encrypted evaluation under the expanded key equals the oracle up to one-level lookups, as the full key's
+        // does, and the output noise stays within the margin.
+        let server = Evaluator::new(random_program(96, 40, 12, 1, 1), &expanded, params).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let inputs: Vec<Vec<u16>> = (0..12).map(|_| (0..96).map(|_| rng.random_range(0..16u16)).collect()).collect();
+        let (mismatches, total) = compare_with_oracle(&server, &inputs);
+        assert!(mismatches as f64 / total as f64 <= 0.15, "{}: {mismatches}/{total}", params.name());
+        let (sigma_full, sigma_rounded) = (download_switch_noise_with(params, key), download_switch_noise_with(params, &expanded));
+        eprintln!("{}: output noise {sigma_full:.4} (full key) and {sigma_rounded:.4} (rounded) of a level", params.name());
+        assert!(sigma_rounded < 1.3 * sigma_full, "{sigma_rounded} against {sigma_full}");
+
+        // Refused: more rounding than the set allows, bodies cut short, another parameter set.
+        let refuse = |k: RoundedEvaluationKey, want: &str| {
+            let b = k.to_bytes(RoundedEvaluationKey::size_limit(params)).unwrap();
+            let e = read_evaluation_key(&b, limit, params).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        refuse(RoundedEvaluationKey { rounding_bits: r + 1, ..rounded.clone() }, "allows at most 14");
+        let mut short = rounded.clone();
+        short.data.pop();
+        refuse(short, "bytes of bodies");
+        let other = if params == PARAMS { MULTI_BIT } else { PARAMS };
+        refuse(RoundedEvaluationKey { parameter_set: other.name().into(), ..rounded.clone() }, other.name());
+    }
+    let e = read_evaluation_key(b"not a key", 1 << 20, PARAMS).unwrap_err().to_string();
+    assert!(e.contains("neither a full evaluation key") && e.contains("nor a rounded one"), "{e}");
 }
 
 #[test]

@@ -1020,3 +1020,50 @@ fn centred_tables_are_artifact_format_2_and_the_client_adds_their_offsets_back()
     let worst = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b)) / level;
     assert!(worst <= stats.max_level_difference as f32 + 1e-4, "{worst} levels off the uncentred program's values");
 }
+
+/// A server built before 2026-12-06 as its clients see it: its interface lists no evaluation-key forms, and it
+/// reads only the full form (an upload of anything else is refused here, as its parser would).
+struct OldServer {
+    inner: Box<dyn Transport>,
+    uploaded: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Transport for OldServer {
+    fn describe(&self) -> String {
+        "old".into()
+    }
+    fn interface(&self) -> cryptotl::Result<ModelInterface> {
+        Ok(ModelInterface { evaluation_key_forms: vec![], ..self.inner.interface()? })
+    }
+    fn privacy(&self) -> cryptotl::Result<serde_json::Value> {
+        self.inner.privacy()
+    }
+    fn upload_key(&self, key: &[u8]) -> cryptotl::Result<String> {
+        cryptotl_server::EvaluationKey::from_bytes(key, u64::MAX)?;
+        self.uploaded.lock().unwrap().push(key.len());
+        self.inner.upload_key(key)
+    }
+    fn evaluate(&self, key_id: &str, batch: &[u8]) -> cryptotl::Result<Option<Evaluation>> {
+        self.inner.evaluate(key_id, batch)
+    }
+}
+
+#[test]
+fn the_client_sends_a_rounded_key_where_the_server_reads_one_and_a_full_key_to_an_older_server() {
+    use cryptotl::he::InProcess;
+    let artifact = || ModelArtifact::new(program(), PARAMS, serde_json::Value::Null, serde_json::Value::Null).unwrap();
+    assert_eq!(artifact().interface.evaluation_key_forms, ["rounded", "full"]);
+    let x = ndarray::Array2::from_shape_vec((4, 16), samples(4, 9).concat()).unwrap();
+    let current = Session::connect(Box::new(InProcess::new(artifact()).unwrap()), Some(program()), Some(5)).unwrap();
+    let old = OldServer { inner: Box::new(InProcess::new(artifact()).unwrap()), uploaded: Default::default() };
+    let old = Session::connect(Box::new(old), Some(program()), Some(5)).unwrap();
+    let full = cryptotl_server::EvaluationKey::size_limit(PARAMS) as usize;
+    assert!(current.evaluation_key_bytes < full * 79 / 100, "{} bytes: not the rounded form", current.evaluation_key_bytes);
+    assert!(old.evaluation_key_bytes > full * 99 / 100 - 8192, "{} bytes: not the full form", old.evaluation_key_bytes);
+    // Both serve the same outputs (same client keys and encryption seeds; one-level lookups may differ).
+    let (a, sa) = current.forward(x.view(), "rounded key").unwrap();
+    let (b, sb) = old.forward(x.view(), "full key").unwrap();
+    assert!(sa.max_level_difference <= 3 && sb.max_level_difference <= 3, "{sa:?} {sb:?}");
+    let level = program().interface().output_scale;
+    assert!((&a - &b).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v)) <= 6.0 * level);
+}

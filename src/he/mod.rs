@@ -19,7 +19,7 @@ pub mod transport;
 
 use std::time::Instant;
 
-use cryptotl_server::wire::WireObject;
+use cryptotl_server::wire::{RoundedEvaluationKey, WireObject};
 use cryptotl_server::{EncryptedOutput, EvaluationKey, IntegerProgram, ModelArtifact, ModelInterface, ParameterSet, ProgramInterface, frames};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,16 @@ struct SavedClientKey {
     key_id: String,
     /// The [`ClientKey`], serialized.
     client_key: Vec<u8>,
+}
+
+/// `key` serialized in the smallest form the server reads: rounded ([`RoundedEvaluationKey`], 22% smaller) when its
+/// interface lists it, else whole (a server built before 2026-12-06).
+fn evaluation_key_bytes(key: &EvaluationKey, model: &ModelInterface, params: ParameterSet) -> Result<Vec<u8>> {
+    Ok(if model.reads_rounded_keys() {
+        RoundedEvaluationKey::round(key, params).to_bytes(RoundedEvaluationKey::size_limit(params))?
+    } else {
+        key.to_bytes(EvaluationKey::size_limit(params))?
+    })
 }
 
 /// What a kept key is bound to: the model (the SHA-256 of its program), the parameter set and the server.
@@ -252,7 +262,7 @@ impl Session {
         let t = Instant::now();
         let (client, evaluation_key) = ClientKey::generate(params, seeder.as_mut());
         let keygen_seconds = t.elapsed().as_secs_f64();
-        let evaluation_key = evaluation_key.to_bytes(EvaluationKey::size_limit(params))?;
+        let evaluation_key = evaluation_key_bytes(&evaluation_key, &model, params)?;
         let t = Instant::now();
         let key_id = transport.upload_key(&evaluation_key)?;
         let key_upload_seconds = t.elapsed().as_secs_f64();
@@ -320,7 +330,7 @@ impl Session {
             if kept.is_none() {
                 let params = self.client.params()?;
                 let key = self.client.new_evaluation_key(self.seeder.borrow_mut().as_mut())?;
-                *kept = Some(key.to_bytes(EvaluationKey::size_limit(params))?);
+                *kept = Some(evaluation_key_bytes(&key, &self.model, params)?);
             }
             let bytes = kept.as_deref().unwrap_or_default();
             *self.key_id.borrow_mut() = self.transport.upload_key(bytes)?;

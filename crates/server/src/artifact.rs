@@ -33,6 +33,8 @@ pub const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 fn format_of(program: &IntegerProgram) -> u32 {
     if program.table_offsets.is_empty() { 1 } else { FORMAT }
 }
+/// The name of [`crate::wire::RoundedEvaluationKey`] in [`ModelInterface::evaluation_key_forms`].
+pub const ROUNDED_KEY: &str = "rounded";
 /// Largest number of samples in one evaluation request.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
@@ -92,6 +94,10 @@ pub struct ModelInterface {
     pub max_batch: usize,
     /// Largest evaluation key accepted, bytes.
     pub evaluation_key_limit: u64,
+    /// The forms of evaluation key this server reads: `rounded` ([`crate::wire::RoundedEvaluationKey`], 22%
+    /// smaller) and `full`. Empty from a server built before 2026-12-06, which reads only the full form.
+    #[serde(default)]
+    pub evaluation_key_forms: Vec<String>,
     /// Largest serialized encrypted input, bytes.
     pub input_limit: u64,
     /// Largest serialized encrypted output, bytes.
@@ -114,6 +120,11 @@ impl ModelInterface {
             return Err(HeError::Program("the server accepts batches of 0 samples".into()));
         }
         Ok(params)
+    }
+
+    /// Whether this server reads a [`crate::wire::RoundedEvaluationKey`].
+    pub fn reads_rounded_keys(&self) -> bool {
+        self.evaluation_key_forms.iter().any(|f| f == ROUNDED_KEY)
     }
 
     /// Largest evaluation request body, bytes.
@@ -166,6 +177,7 @@ impl ModelArtifact {
             counts: OpCounts::of(&program, params),
             max_batch: DEFAULT_MAX_BATCH,
             evaluation_key_limit: EvaluationKey::size_limit(params),
+            evaluation_key_forms: vec![ROUNDED_KEY.into(), "full".into()],
             input_limit: EncryptedInput::size_limit(program.input_dim),
             output_limit: EncryptedOutput::size_limit(params, program.outputs()),
         };

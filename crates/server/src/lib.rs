@@ -45,4 +45,4 @@ pub use error::{HeError, Result};
 pub use eval::{Evaluator, OpCounts};
 pub use params::{ParameterSet, TfheParameters};
 pub use program::{IntegerProgram, ProgramInterface};
-pub use wire::{EncryptedInput, EncryptedOutput, EvaluationKey, SeededBootstrapKey};
+pub use wire::{EncryptedInput, EncryptedOutput, EvaluationKey, RoundedEvaluationKey, SeededBootstrapKey};

@@ -45,7 +45,7 @@ pub enum ParameterSet {
     /// Multi-bit bootstrap, groups of 3 key bits: n = 801 (267 groups), k = 2, N = 1024, 2N = 2048 lookup
     /// positions. About 2.5x the classic default's throughput when bootstraps run in batches (see
     /// [`crate::Evaluator`]), at 8x the fresh-encryption noise (n is smaller, so the noise is larger for the same
-    /// security) and a 1.7x larger evaluation key (50 MiB seeded). For wide networks.
+    /// security) and a 1.7x larger evaluation key (50 MiB seeded, 39 MiB rounded). For wide networks.
     MultiBit3Message1Carry1,
 }
 
@@ -272,6 +272,25 @@ impl ParameterSet {
     pub fn seeded_bootstrap_key_words(self) -> usize {
         let p = self.tfhe();
         self.bootstrap_key_ggsws() * (p.glwe_dimension.0 + 1) * p.pbs_level.0 * p.polynomial_size.0
+    }
+
+    /// Low bits of each bootstrap-key body a client may round away before sending its key
+    /// ([`crate::wire::RoundedEvaluationKey`]): two below the log2 of the GLWE noise's standard deviation (in
+    /// units of 2^-64), so the rounding error (uniform, ±2^(r-1)) adds at most 1/192 of the noise variance already
+    /// in the key, and far below the smallest gadget step 2^(64 - base_log * levels) the key encodes.
+    ///
+    /// ```
+    /// use cryptotl_server::ParameterSet;
+    /// // TUniform(17) GLWE noise (standard deviation 2^16.2): 14 of 64 bits, a key 22% smaller.
+    /// assert_eq!(ParameterSet::MultiBit3Message1Carry1.key_rounding_bits(), 14);
+    /// for p in ParameterSet::ALL {
+    ///     let t = p.tfhe();
+    ///     assert!(p.key_rounding_bits() + 8 <= 64 - (t.pbs_base_log.0 * t.pbs_level.0) as u32, "{}", p.name());
+    /// }
+    /// ```
+    pub fn key_rounding_bits(self) -> u32 {
+        let std_units = tuniform_std(self.tfhe().glwe_noise_distribution) * 2f64.powi(64);
+        (std_units.log2().floor() - 2.0).clamp(0.0, 56.0) as u32
     }
 
     /// Standard deviation, as a fraction of the torus, of the bootstrap's modulus switch to 2N (the rounding of

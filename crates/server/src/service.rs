@@ -15,7 +15,7 @@ use crate::error::HeError;
 use crate::eval::Evaluator;
 use crate::frames;
 use crate::keystore::{KeyStore, StoreError};
-use crate::wire::{EncryptedInput, EvaluationKey, OutputFormat, WireObject as _};
+use crate::wire::{EncryptedInput, OutputFormat, WireObject as _, read_evaluation_key};
 
 /// Evaluators (bootstrap keys in the Fourier domain, ~160 MB each for the default set) kept in memory.
 const KEPT_EVALUATORS: usize = 2;
@@ -132,8 +132,7 @@ impl Service {
         if bytes.len() as u64 > limit {
             return Err(ServiceError::TooLarge(format!("evaluation key of {} bytes; this model takes at most {limit}", bytes.len())));
         }
-        let key = EvaluationKey::from_bytes(bytes, limit).map_err(bad)?;
-        key.check(self.artifact.params).map_err(bad)?;
+        read_evaluation_key(bytes, limit, self.artifact.params).map_err(bad)?;
         let id = self.store.put(&client.token_sha256, bytes)?;
         tracing::info!(client = %client.name, key = &id[..16], bytes = bytes.len(), "evaluation key stored");
         Ok(id)
@@ -152,7 +151,7 @@ impl Service {
         }
         let bytes = self.store.get(&client.token_sha256, key_id)?;
         let t = Instant::now();
-        let key = EvaluationKey::from_bytes(&bytes, self.artifact.interface.evaluation_key_limit)
+        let key = read_evaluation_key(&bytes, self.artifact.interface.evaluation_key_limit, self.artifact.params)
             .map_err(|e| ServiceError::Internal(format!("stored key {key_id}: {e}")))?;
         let ev = Arc::new(Evaluator::new(self.artifact.program.clone(), &key, self.artifact.params).map_err(bad)?);
         if kept.len() >= KEPT_EVALUATORS {

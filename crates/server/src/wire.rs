@@ -12,6 +12,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::math::random::CompressionSeed;
 use tfhe::core_crypto::prelude::*;
 use tfhe::named::Named;
 use tfhe::{Unversionize, Versionize};
@@ -151,6 +152,110 @@ impl EvaluationKey {
         }
         Ok(())
     }
+}
+
+/// An [`EvaluationKey`] as a client sends it to a server that reads this form (the interface's
+/// `evaluation_key_forms`): every body word of the seeded bootstrap key rounded to its top `64 - rounding_bits`
+/// bits ([`ParameterSet::key_rounding_bits`]: 14 for the shipped sets) and packed, so the upload is 22% smaller.
+/// The rounding adds a uniform error of ±2^(rounding_bits - 1) to each body: under 1/192 of the variance of the
+/// GLWE noise the key already carries. The server expands it back ([`Self::expand`]) before anything else.
+///
+/// ```
+/// use cryptotl_server::wire::{RoundedEvaluationKey, WireObject as _};
+/// use cryptotl_server::ParameterSet;
+/// let p = ParameterSet::MultiBit3Message1Carry1;
+/// assert_eq!(p.seeded_bootstrap_key_words() * 8, 52_494_336); // 50.1 MiB of bodies in full
+/// assert_eq!(RoundedEvaluationKey::packed_bytes(p, 14), 41_011_200); // 39.1 MiB rounded
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, tfhe_versionable::Versionize)]
+#[versionize(RoundedEvaluationKeyVersions)]
+pub struct RoundedEvaluationKey {
+    /// The client's key id.
+    pub key_id: u64,
+    /// The tfhe-rs parameter-set name.
+    pub parameter_set: String,
+    /// The seed the bootstrap key's masks are regenerated from.
+    pub compression_seed: CompressionSeed,
+    /// Low bits rounded away from every body word (at most the parameter set's [`ParameterSet::key_rounding_bits`]).
+    pub rounding_bits: u32,
+    /// The body words, `64 - rounding_bits` bits each ([`pack_bits`]), in the seeded key's order.
+    pub data: Vec<u8>,
+}
+
+wire_object!(RoundedEvaluationKey, RoundedEvaluationKeyVersions, "cryptotl::RoundedEvaluationKey", "rounded evaluation key");
+
+impl RoundedEvaluationKey {
+    /// Bytes of `data` for `params` at `rounding_bits`.
+    pub fn packed_bytes(params: ParameterSet, rounding_bits: u32) -> usize {
+        (params.seeded_bootstrap_key_words() * (64 - rounding_bits as usize)).div_ceil(8)
+    }
+
+    /// Serialized size limit for `params` (at no rounding: the limit of a full key).
+    pub fn size_limit(params: ParameterSet) -> u64 {
+        EvaluationKey::size_limit(params)
+    }
+
+    /// Round `key`'s bodies to `params`' [`ParameterSet::key_rounding_bits`] and pack them.
+    pub fn round(key: &EvaluationKey, params: ParameterSet) -> Self {
+        let r = params.key_rounding_bits();
+        let (seed, words): (CompressionSeed, &[u64]) = match &key.bootstrap_key {
+            SeededBootstrapKey::Classic(k) => (k.compression_seed(), k.as_ref()),
+            SeededBootstrapKey::MultiBit(k) => (k.compression_seed(), k.as_ref()),
+        };
+        let half = if r == 0 { 0 } else { 1u64 << (r - 1) };
+        let rounded = words.iter().map(|&w| w.wrapping_add(half) >> r);
+        Self {
+            key_id: key.key_id,
+            parameter_set: key.parameter_set.clone(),
+            compression_seed: seed,
+            rounding_bits: r,
+            data: pack_bits(rounded, 64 - r),
+        }
+    }
+
+    /// Check the object against `params` and rebuild the [`EvaluationKey`] (bodies `word << rounding_bits`), checked
+    /// as a full key would be.
+    pub fn expand(self, params: ParameterSet) -> Result<EvaluationKey> {
+        check_params(Self::WHAT, &self.parameter_set, params)?;
+        let r = self.rounding_bits;
+        if r > params.key_rounding_bits() {
+            return Err(shape(Self::WHAT, format!("{r} bits rounded away; {} allows at most {}", params.name(), params.key_rounding_bits())));
+        }
+        if self.data.len() != Self::packed_bytes(params, r) {
+            return Err(shape(Self::WHAT, format!("{} bytes of bodies, {} at {r} rounded bits expects {}", self.data.len(), params.name(), Self::packed_bytes(params, r))));
+        }
+        let words: Vec<u64> = unpack_bits(&self.data, 64 - r).take(params.seeded_bootstrap_key_words()).map(|w| w << r).collect();
+        let p = params.tfhe();
+        let glwe_size = p.glwe_dimension.to_glwe_size();
+        let bootstrap_key = match p.grouping_factor {
+            None => SeededBootstrapKey::Classic(SeededLweBootstrapKey::from_container(
+                words, glwe_size, p.polynomial_size, p.pbs_base_log, p.pbs_level, self.compression_seed, p.ciphertext_modulus)),
+            Some(g) => SeededBootstrapKey::MultiBit(SeededLweMultiBitBootstrapKey::from_container(
+                words, glwe_size, p.polynomial_size, p.pbs_base_log, p.pbs_level, self.compression_seed, g, p.ciphertext_modulus)),
+        };
+        let key = EvaluationKey { key_id: self.key_id, parameter_set: self.parameter_set, bootstrap_key };
+        key.check(params)?;
+        Ok(key)
+    }
+}
+
+/// Read an evaluation key a client sent, in either form (an [`EvaluationKey`], or a [`RoundedEvaluationKey`]
+/// expanded), and check it against `params`.
+pub fn read_evaluation_key(bytes: &[u8], limit: u64, params: ParameterSet) -> Result<EvaluationKey> {
+    let key = match EvaluationKey::from_bytes(bytes, limit) {
+        Ok(key) => key,
+        Err(full) => match RoundedEvaluationKey::from_bytes(bytes, limit) {
+            Ok(rounded) => return rounded.expand(params),
+            Err(rounded) => {
+                return Err(HeError::Deserialize {
+                    what: "evaluation key",
+                    message: format!("neither a full evaluation key ({full}) nor a rounded one ({rounded})"),
+                });
+            }
+        },
+    };
+    key.check(params)?;
+    Ok(key)
 }
 
 /// One encrypted feature vector: a seeded LWE ciphertext list under the client's small key (one body word per
@@ -357,45 +462,13 @@ impl EncryptedOutput {
     /// ```
     pub fn pack(key_id: u64, parameter_set: String, count: u64, log_modulus: u32, words: &[u64]) -> Self {
         let log_modulus = word_bits(log_modulus);
-        let mask = low_bits(log_modulus);
-        let mut data = Vec::with_capacity((words.len() * log_modulus as usize).div_ceil(8));
-        let (mut bits, mut held) = (0u64, 0u32);
-        for &w in words {
-            bits |= (w & mask) << held;
-            held += log_modulus;
-            while held >= 8 {
-                data.push(bits as u8);
-                bits >>= 8;
-                held -= 8;
-            }
-        }
-        if held > 0 {
-            data.push(bits as u8);
-        }
-        EncryptedOutput { key_id, parameter_set, count, log_modulus, data }
+        EncryptedOutput { key_id, parameter_set, count, log_modulus, data: pack_bits(words.iter().copied(), log_modulus) }
     }
 
     /// Every word, unpacked (each below 2^`log_modulus`): as many as whole words fit in `data`. [`Self::check`]
     /// refuses an object whose length or modulus is not the program's first.
     pub fn words(&self) -> Vec<u32> {
-        let q = self.word_bits() as usize;
-        let mask = low_bits(q as u32);
-        let data = &self.data;
-        (0..data.len() * 8 / q)
-            .map(|i| {
-                // Word i starts at bit i*q: read the 8 bytes from its first (fewer at the end) and shift.
-                let (byte, shift) = (i * q / 8, i * q % 8);
-                let bits = match data.get(byte..byte + 8) {
-                    Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-                    None => {
-                        let mut buf = [0u8; 8];
-                        buf[..data.len() - byte].copy_from_slice(&data[byte..]);
-                        u64::from_le_bytes(buf)
-                    }
-                };
-                ((bits >> shift) & mask) as u32
-            })
-            .collect()
+        unpack_bits(&self.data, self.word_bits()).map(|w| w as u32).collect()
     }
 
     /// Serialize in `format` under `limit` bytes. [`OutputFormat::Words32`] scales each word from 2^`log_modulus`
@@ -451,4 +524,50 @@ fn word_bits(log_modulus: u32) -> u32 {
 /// The `bits` low bits set.
 fn low_bits(bits: u32) -> u64 {
     if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
+}
+
+/// The low `bits` (1..=64) of each word, packed least significant bit first, the last byte padded with zeros.
+///
+/// ```
+/// use cryptotl_server::wire::{pack_bits, unpack_bits};
+/// for bits in [8, 12, 17, 32, 50, 64] {
+///     let words: Vec<u64> = (0..7u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)).collect();
+///     let data = pack_bits(words.iter().copied(), bits);
+///     assert_eq!(data.len(), (7 * bits as usize).div_ceil(8));
+///     assert_eq!(unpack_bits(&data, bits).collect::<Vec<_>>(), words, "{bits} bits");
+/// }
+/// assert_eq!(pack_bits([0xabc, 0x123].into_iter(), 12), vec![0xbc, 0x3a, 0x12]);
+/// ```
+pub fn pack_bits(words: impl ExactSizeIterator<Item = u64>, bits: u32) -> Vec<u8> {
+    let mask = low_bits(bits);
+    let mut data = Vec::with_capacity((words.len() * bits as usize).div_ceil(8));
+    // Fewer than 8 bits are held between words, so a word of up to 64 bits always fits beside them.
+    let (mut held_bits, mut held) = (0u128, 0u32);
+    for w in words {
+        held_bits |= ((w & mask) as u128) << held;
+        held += bits;
+        while held >= 8 {
+            data.push(held_bits as u8);
+            held_bits >>= 8;
+            held -= 8;
+        }
+    }
+    if held > 0 {
+        data.push(held_bits as u8);
+    }
+    data
+}
+
+/// The words [`pack_bits`] packed at `bits` (1..=64) bits each: as many as whole words fit in `data`.
+pub fn unpack_bits(data: &[u8], bits: u32) -> impl Iterator<Item = u64> + '_ {
+    let q = bits as usize;
+    let mask = low_bits(bits);
+    (0..data.len() * 8 / q).map(move |i| {
+        // Word i starts at bit i*q: read the 16 bytes from its first (fewer at the end) and shift.
+        let (byte, shift) = (i * q / 8, i * q % 8);
+        let mut buf = [0u8; 16];
+        let end = (byte + 16).min(data.len());
+        buf[..end - byte].copy_from_slice(&data[byte..end]);
+        ((u128::from_le_bytes(buf) >> shift) as u64) & mask
+    })
 }
