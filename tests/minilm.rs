@@ -103,25 +103,16 @@ fn the_featurizer_caches_embeddings_on_disk_and_reruns_read_them() {
     let texts: Vec<String> = r.inputs[..4].iter().chain(r.inputs[..2].iter()).cloned().collect();
     let first = f.transform(&texts).unwrap();
     assert_eq!(first.row(0), first.row(4), "duplicates embed once and agree");
-    const RECORD: usize = 16 + 4 * 384 + 8;
     let file = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
     assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, 4 * RECORD, "4 distinct texts cached");
-    // A doctored entry with a valid checksum (two coordinates swapped: still unit norm) proves the second call
-    // reads the cache instead of recomputing.
+    // A doctored entry with a valid checksum proves the second call reads the cache instead of recomputing.
+    let which = 0;
+    let at = doctor_record(&file, &texts[which]);
     let mut bytes = std::fs::read(&file).unwrap();
-    let (a, b) = (bytes[16..20].to_vec(), bytes[20..24].to_vec());
-    bytes[16..20].copy_from_slice(&b);
-    bytes[20..24].copy_from_slice(&a);
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..RECORD - 8]);
-    bytes[RECORD - 8..RECORD].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(&file, &bytes).unwrap();
-    let which = texts.iter().position(|t| {
-        cryptotl::features::minilm::text_key(t).to_le_bytes() == bytes[..16]
-    }).unwrap();
     let second = f.transform(&texts).unwrap();
     assert_eq!((second[[which, 0]], second[[which, 1]]), (first[[which, 1]], first[[which, 0]]));
     // A flipped byte without a matching checksum is a miss: that text is embedded again, correctly.
-    bytes[30] ^= 0x40;
+    bytes[at + 30] ^= 0x40;
     std::fs::write(&file, &bytes).unwrap();
     let again = f.transform(&texts).unwrap();
     assert!(cosine(&again.row(which).to_vec(), &first.row(which).to_vec()) > 0.9999);
@@ -293,10 +284,13 @@ fn a_600_token_text_is_embedded_whole_as_pooled_windows() {
     assert_eq!(enc.embed(&short, 32, "s").unwrap(), enc.embed_ids(&enc.tokenize(&short).unwrap(), 32, "s").unwrap());
 }
 
+/// One embedding cache record: 16-byte text key, 384 f32, 8-byte checksum.
+const RECORD: usize = 16 + 4 * 384 + 8;
+
 /// Swap the first two coordinates of `text`'s record in an embedding cache file and fix its checksum: still a
 /// valid unit-norm record, but one no model computes, so reading it back shows where an embedding came from.
-fn doctor_record(file: &Path, text: &str) {
-    const RECORD: usize = 16 + 4 * 384 + 8;
+/// Returns the record's offset in the file.
+fn doctor_record(file: &Path, text: &str) -> usize {
     let mut bytes = std::fs::read(file).unwrap();
     let key = cryptotl::features::minilm::text_key(text).to_le_bytes();
     let at = bytes.chunks(RECORD).position(|r| r[..16] == key).unwrap() * RECORD;
@@ -307,6 +301,7 @@ fn doctor_record(file: &Path, text: &str) {
     let sum = xxhash_rust::xxh3::xxh3_64(&rec[..RECORD - 8]);
     rec[RECORD - 8..].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(file, &bytes).unwrap();
+    at
 }
 
 #[test]

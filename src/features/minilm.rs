@@ -89,6 +89,11 @@ pub fn window_count(n: usize) -> usize {
     (n - 2 - (MAX_TOKENS - 2)).div_ceil(WINDOW_STRIDE) + 1
 }
 
+/// How many windows a limit of `max_windows` lets a text keep (`None`: all; a limit of 0 still keeps one).
+fn windows_kept(max_windows: Option<usize>) -> usize {
+    max_windows.unwrap_or(usize::MAX).max(1)
+}
+
 /// The tokenizer and the encoder, loaded.
 pub struct Encoder {
     tokenizer: tokenizers::Tokenizer,
@@ -184,7 +189,7 @@ impl Encoder {
         let mut owner = Vec::new();
         let mut ids = Vec::new();
         for (t, w) in whole.iter().enumerate() {
-            for window in windows(w).into_iter().take(max_windows.unwrap_or(usize::MAX).max(1)) {
+            for window in windows(w).into_iter().take(windows_kept(max_windows)) {
                 owner.push(t);
                 ids.push(window);
             }
@@ -316,8 +321,12 @@ impl EmbeddingCache {
     /// The cache file's name for a model and a window limit. The window scheme is part of the name: caches of
     /// texts cut at 256 tokens are not reused, and each `max_windows` has its own file. `c2`: records carry checksums.
     fn file_name(model_sha256: &str, max_windows: Option<usize>) -> String {
-        let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
-        format!("minilm-w{WINDOW_STRIDE}{limit}-c2-{}.bin", &model_sha256[..16])
+        format!("minilm-w{WINDOW_STRIDE}{}-c2-{}.bin", Self::limit_tag(max_windows), &model_sha256[..16])
+    }
+
+    /// The window limit's part of a cache file's name: `-max{m}`, nothing for whole texts.
+    fn limit_tag(max_windows: Option<usize>) -> String {
+        max_windows.map_or(String::new(), |m| format!("-max{m}"))
     }
 
     /// The window limits (`None`: whole texts) that have a cache file for `model_sha256` in `dir`.
@@ -360,10 +369,9 @@ impl EmbeddingCache {
     /// with a warning.
     pub fn open(dir: &Path, model_sha256: &str, max_windows: Option<usize>) -> Result<Self> {
         let path = dir.join(Self::file_name(model_sha256, max_windows));
-        let limit = max_windows.map_or(String::new(), |m| format!("-max{m}"));
         let mut entries = EmbeddingTable::default();
         if !path.exists() {
-            let legacy = dir.join(format!("minilm-w{WINDOW_STRIDE}{limit}-{}.bin", &model_sha256[..16]));
+            let legacy = dir.join(format!("minilm-w{WINDOW_STRIDE}{}-{}.bin", Self::limit_tag(max_windows), &model_sha256[..16]));
             if legacy.exists() {
                 Self::migrate(&legacy, &path)?;
             }
@@ -499,8 +507,7 @@ impl MiniLm {
         }
         let owned: Vec<String> = missing.iter().map(|t| (*t).clone()).collect();
         let counts: Vec<usize> = encoder.tokenize_whole(&owned)?.iter().map(|ids| window_count(ids.len())).collect();
-        // As `Encoder::embed_windows` takes them: a limit of 0 embeds one window.
-        let used = |n: usize, limit: Option<usize>| n.min(limit.unwrap_or(usize::MAX).max(1));
+        let used = |n: usize, limit: Option<usize>| n.min(windows_kept(limit));
         let (mut found, mut rows) = (Vec::new(), Vec::new());
         let mut pending: Vec<usize> = (0..missing.len()).collect();
         for limit in others {

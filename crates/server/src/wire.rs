@@ -242,20 +242,15 @@ impl RoundedEvaluationKey {
 /// Read an evaluation key a client sent, in either form (an [`EvaluationKey`], or a [`RoundedEvaluationKey`]
 /// expanded), and check it against `params`.
 pub fn read_evaluation_key(bytes: &[u8], limit: u64, params: ParameterSet) -> Result<EvaluationKey> {
-    let key = match EvaluationKey::from_bytes(bytes, limit) {
-        Ok(key) => key,
-        Err(full) => match RoundedEvaluationKey::from_bytes(bytes, limit) {
-            Ok(rounded) => return rounded.expand(params),
-            Err(rounded) => {
-                return Err(HeError::Deserialize {
-                    what: "evaluation key",
-                    message: format!("neither a full evaluation key ({full}) nor a rounded one ({rounded})"),
-                });
-            }
-        },
-    };
-    key.check(params)?;
-    Ok(key)
+    match EvaluationKey::from_bytes(bytes, limit) {
+        Ok(key) => key.check(params).map(|()| key),
+        Err(full) => RoundedEvaluationKey::from_bytes(bytes, limit)
+            .map_err(|rounded| HeError::Deserialize {
+                what: "evaluation key",
+                message: format!("neither a full evaluation key ({full}) nor a rounded one ({rounded})"),
+            })?
+            .expand(params),
+    }
 }
 
 /// One encrypted feature vector: a seeded LWE ciphertext list under the client's small key (one body word per
