@@ -198,7 +198,7 @@ fn a_whole_pass_through_a_server_pipelines_and_equals_the_one_process_pass() {
 /// from 1); it counts the evaluations and the most in flight at once.
 struct FailsAt {
     inner: Box<dyn Transport>,
-    calls: AtomicUsize,
+    calls: std::sync::Arc<AtomicUsize>,
     fail_at: usize,
     hold: Duration,
     now: AtomicUsize,
@@ -207,7 +207,7 @@ struct FailsAt {
 
 impl FailsAt {
     fn new(inner: Box<dyn Transport>, fail_at: usize) -> Self {
-        Self { inner, calls: AtomicUsize::new(0), fail_at, hold: Duration::ZERO, now: AtomicUsize::new(0), most: Default::default() }
+        Self { inner, calls: Default::default(), fail_at, hold: Duration::ZERO, now: AtomicUsize::new(0), most: Default::default() }
     }
 }
 
@@ -316,6 +316,33 @@ fn a_pass_killed_midway_resumes_from_its_journal_and_sends_only_the_rest() {
     assert!(!path.exists());
 }
 
+
+#[test]
+fn within_one_pass_a_repeated_input_is_sent_again_so_resumed_means_interrupted() {
+    // A run sends its splits through one journal. A text in the validation split that also stands in training (a
+    // sentence two reviews share, say) has the same input levels. It is sent again, so an uninterrupted run shows
+    // the server one ciphertext per sample and reports nothing resumed; only a later pass takes what this one recorded.
+    use cryptotl::he::{InProcess, OutputJournal};
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = ModelArtifact::new(program(), PARAMS, serde_json::Value::Null, serde_json::Value::Null).unwrap();
+    let counting = FailsAt::new(Box::new(InProcess::new(artifact).unwrap()), usize::MAX);
+    let evaluations = counting.calls.clone();
+    let mut session = Session::connect(Box::new(counting), Some(program()), Some(5)).unwrap();
+    session.batch = 3;
+    let train = ndarray::Array2::from_shape_vec((6, 16), samples(6, 41).concat()).unwrap();
+    let validation = train.slice(ndarray::s![2..5, ..]).to_owned();
+    let mut journal = OutputJournal::open(dir.path(), &session.journal_identity(), 6).unwrap();
+    let (_, first) = session.forward_journaled(train.view(), "train", Some(&mut journal)).unwrap();
+    let (_, second) = session.forward_journaled(validation.view(), "validation", Some(&mut journal)).unwrap();
+    assert_eq!((first.samples, first.resumed, second.samples, second.resumed), (6, 0, 3, 0));
+    assert_eq!(evaluations.load(Ordering::SeqCst), 3, "two requests of 3 for training, one for validation");
+    assert_eq!(journal.len(), 6, "the journal holds each distinct input once");
+    // A pass after an interruption (a new journal over the same file) takes them all from it.
+    let mut reopened = OutputJournal::open(dir.path(), &session.journal_identity(), 6).unwrap();
+    let (_, resumed) = session.forward_journaled(validation.view(), "after a restart", Some(&mut reopened)).unwrap();
+    assert_eq!((resumed.samples, resumed.resumed), (0, 3));
+    assert_eq!(evaluations.load(Ordering::SeqCst), 3, "nothing sent");
+}
 #[test]
 fn what_a_server_publishes_is_checked_before_the_client_uses_it() {
     let row = |epsilon: f64, delta: f64| serde_json::json!({"rows": [{"party": "server", "data": "its source data", "mechanism": "weight noise",

@@ -2,10 +2,14 @@
 //! killed during the encrypted forward pass (minutes on the quickstart, an hour against a slow server) starts again
 //! where it stopped instead of encrypting every sample again.
 //!
-//! A sample is known by its quantized input levels: one whose levels are in the journal needs no second trip, and
-//! the outputs it gets are those of its one encryption and evaluation before the interruption (as valid as a fresh
-//! one: two passes differ at most where a lookup falls a level off the clear-integer oracle, which the report's
-//! oracle rate counts in the one-process simulation, resumed samples included). A journal belongs to one model on
+//! A sample is known by its quantized input levels: one whose levels an earlier pass recorded (the journal held
+//! them when it was opened) needs no second trip, and the outputs it gets are those of its one encryption and
+//! evaluation before the interruption (as valid as a fresh one: two passes differ at most where a lookup falls a
+//! level off the clear-integer oracle, which the report's oracle rate counts in the one-process simulation,
+//! resumed samples included). What this pass records goes to disk for the next one but is not reused now: within
+//! one pass every sample is sent, a text that repeats in another split or an identical input included, so an
+//! uninterrupted run shows the server one ciphertext per sample, and the report's resumed count means an
+//! interruption. A journal belongs to one model on
 //! one server with one parameter set ([`Session::journal_identity`](super::Session::journal_identity)): its file
 //! name carries a hash of that, so another network, parameter set or server never reads it.
 //!
@@ -24,13 +28,16 @@
 //! let again = OutputJournal::open(dir.path(), "model a | parameter set | local", 2).unwrap();
 //! assert_eq!(again.get(&[1, 2, 3]), Some(&[7, -1][..]));
 //! assert_eq!(again.get(&[1, 2, 4]), None);
+//! // What a pass records is for the next pass: the journal it was recorded in does not return it.
+//! assert_eq!(journal.get(&[1, 2, 3]), None);
+//! assert_eq!(journal.len(), 1);
 //! // Another model's journal is another file.
 //! assert!(OutputJournal::open(dir.path(), "model b | parameter set | local", 2).unwrap().is_empty());
 //! again.remove().unwrap();
 //! assert!(OutputJournal::open(dir.path(), "model a | parameter set | local", 2).unwrap().is_empty());
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -40,7 +47,10 @@ use crate::error::{Error, Result};
 pub struct OutputJournal {
     path: PathBuf,
     outputs: usize,
-    entries: HashMap<u128, Vec<i64>>,
+    /// Outputs recorded before this journal was opened (an earlier pass): the ones [`OutputJournal::get`] returns.
+    carried_over: HashMap<u128, Vec<i64>>,
+    /// Samples recorded since it was opened and not carried over: on disk for the next pass.
+    appended: HashSet<u128>,
 }
 
 /// The key of a sample: xxh3-128 of its quantized input levels.
@@ -66,7 +76,7 @@ impl OutputJournal {
                     "the encrypted stage's journal has damaged records; those samples are evaluated again");
             }
         }
-        Ok(Self { path, outputs, entries })
+        Ok(Self { path, outputs, carried_over: entries, appended: HashSet::new() })
     }
 
     fn record_len(outputs: usize) -> usize {
@@ -78,19 +88,21 @@ impl OutputJournal {
         &self.path
     }
 
-    /// Samples it holds.
+    /// Samples it holds (distinct input levels), those recorded since it was opened included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.carried_over.len() + self.appended.len()
     }
 
     /// Whether it holds no sample.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The decrypted output levels of the sample with these quantized input levels, if it went through before.
+    /// The decrypted output levels of the sample with these quantized input levels, if an earlier pass recorded
+    /// them (the journal held them when it was opened). Samples recorded since are not returned: a pass sends
+    /// each of its samples, identical inputs included.
     pub fn get(&self, levels: &[u16]) -> Option<&[i64]> {
-        self.entries.get(&key_of(levels)).map(Vec::as_slice)
+        self.carried_over.get(&key_of(levels)).map(Vec::as_slice)
     }
 
     /// Record some samples' outputs (input levels, output levels), synced to disk before it returns.
@@ -103,7 +115,9 @@ impl OutputJournal {
             }
             let key = key_of(levels);
             crate::atomic::push_record(&mut buf, key, |b| out.iter().for_each(|o| b.extend_from_slice(&o.to_le_bytes())));
-            self.entries.insert(key, out.to_vec());
+            if !self.carried_over.contains_key(&key) {
+                self.appended.insert(key);
+            }
         }
         crate::atomic::append_records(&self.path, record, &buf)
     }
