@@ -21,7 +21,8 @@ pub fn canaries_out_of_range(m: usize) -> String {
 pub struct BaselinesConfig {
     /// The head trained directly on the target's scaled features (no transfer).
     pub raw_features_head: bool,
-    /// The whole network (lower + head) trained from scratch on the target only.
+    /// The whole network (lower + head) trained from scratch on the target only, by Adam at `[head_training]` on the
+    /// target's features standardised over its training rows.
     pub target_only_network: bool,
     /// Bag-of-words logistic regression on the target alone: TF-IDF of word 1-2-grams hashed to 2^18 buckets,
     /// L2 with C chosen on the validation split, no transfer and no privacy: the strongest simple baseline a

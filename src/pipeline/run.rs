@@ -224,7 +224,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         }
     }
     if cfg.baselines.target_only_network {
-        let b = train_target_only(cfg, &client);
+        let b = train_target_only(cfg, &client)?;
         stage("baseline: whole network on target", b.trained.seconds);
         results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
     }
