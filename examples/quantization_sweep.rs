@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         let (_, client) = pipeline::client_features(&cfg, &data.target)?;
         let source_features = lower.features.transform(&source.train.texts)?;
         let float = client.map(|x| pipeline::lower_forward(&lower.net, x))?;
-        let float_acc = validation_accuracy(&pipeline::train_head(&cfg, &float, "float")?);
+        let float_acc = pipeline::train_head(&cfg, &float, "float")?.trained.kept_validation_accuracy().unwrap_or(f64::NAN);
         for (calibration, input_bits, lookup_bits) in [Calibration::Source, Calibration::InputBox]
             .into_iter()
             .flat_map(|c| [3, 4].into_iter().flat_map(move |i| [3, 4, 5, 6, 7].into_iter().map(move |l| (c, i, l))))
@@ -46,16 +46,11 @@ fn main() -> anyhow::Result<()> {
                     wraps.set(wraps.get() + w);
                     Ok(y)
                 })?;
-                let acc = validation_accuracy(&pipeline::train_head(&cfg, &quantized, "quantized")?);
+                let acc = pipeline::train_head(&cfg, &quantized, "quantized")?.trained.kept_validation_accuracy().unwrap_or(f64::NAN);
                 let total = (client.train.nrows() + client.validation.nrows() + client.test.nrows()) * hidden;
                 println!("| {hidden} | {calibration:?} | {input_bits} | {lookup_bits} | {float_acc:.3} | {acc:.3} | {:.5} |", wraps.get() as f64 / total as f64);
             }
         }
     }
     Ok(())
-}
-
-/// The head's accuracy on the validation split at its chosen epoch.
-fn validation_accuracy<M>(head: &pipeline::TrainedHead<M>) -> f64 {
-    head.result("sweep", String::new()).validation_accuracy.unwrap_or(f64::NAN)
 }

@@ -614,7 +614,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             manifest.write(&cfg.output_dir())?;
             println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
                 head.trained.history.len(), head.trained.best_epoch,
-                head.trained.history.get(head.trained.best_epoch.saturating_sub(1)).map_or(0.0, |e| e.val_accuracy),
+                head.trained.kept_validation_accuracy().unwrap_or(0.0),
                 cfg.output_dir().join("head.bin").display());
         }
         Command::Embed(a) => embed(&a)?,

@@ -67,6 +67,13 @@ pub struct Trained<M> {
     pub seconds: f64,
 }
 
+impl<M> Trained<M> {
+    /// Validation accuracy at the kept epoch (`best_epoch`); None when no epoch ran.
+    pub fn kept_validation_accuracy(&self) -> Option<f64> {
+        self.history.get(self.best_epoch.saturating_sub(1)).map(|e| e.val_accuracy)
+    }
+}
+
 /// Mean BCE and accuracy of `model` on `data`.
 pub fn evaluate_loss<M: BinaryClassifier<Cpu>>(model: &M, data: Examples<'_>) -> (f64, f64) {
     let device = Default::default();

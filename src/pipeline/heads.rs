@@ -35,7 +35,7 @@ impl<M> TrainedHead<M> {
             method: method.into(),
             description,
             test: self.test.clone(),
-            validation_accuracy: self.trained.history.get(self.trained.best_epoch.saturating_sub(1)).map(|e| e.val_accuracy),
+            validation_accuracy: self.trained.kept_validation_accuracy(),
             epochs: self.trained.history.len(),
             best_epoch: self.trained.best_epoch,
             seconds: self.trained.seconds,
