@@ -33,6 +33,16 @@ fn bench(c: &mut Criterion) {
     let (x, y) = fixture(128, 400);
     let cands: Vec<Candidate> = cryptotl::config::LINEAR_HEAD_CS.iter().map(|&c| Candidate { c, column_weights: None }).collect();
     g.bench_function("fit_choosing_cv/128x400/11_cs_5_folds", |b| b.iter(|| fit_choosing_cv(Design::Dense(black_box(x.view())), &y, &cands, 5, 1).unwrap()));
+    // The same subset as a `transfer+own` head chooses: the 11 Cs under each of the own features' 4 weights (the
+    // first 16 columns stand for the transfer outputs, the other 384 for the own features), 44 candidates.
+    let own_cands: Vec<Candidate> = cryptotl::config::OWN_FEATURE_WEIGHTS
+        .iter()
+        .flat_map(|&w| cryptotl::config::LINEAR_HEAD_CS.iter().map(move |&c| Candidate { c, column_weights: Some((0..400).map(|j| if j < 16 { 1.0 } else { w }).collect()) }))
+        .collect();
+    for n in [64usize, 128] {
+        let (x, y) = fixture(n, 400);
+        g.bench_function(format!("fit_choosing_cv/{n}x400/44_candidates_5_folds"), |b| b.iter(|| fit_choosing_cv(Design::Dense(black_box(x.view())), &y, &own_cands, 5, 1).unwrap()));
+    }
     // The bag-of-words baseline's sparse rows (TF-IDF word 1-2-grams hashed to 2^18 columns) of IMDb sentences:
     // a curve subset of 128 choosing among its 4 Cs by 5-fold cross-validation, and one fit on 652.
     let ds = cryptotl::data::load(&cryptotl::config::DatasetConfig::new("imdb", cryptotl::config::DatasetFormat::Csv, &["embedded:imdb_sentences"]), 0).unwrap();

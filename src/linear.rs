@@ -121,9 +121,10 @@ pub fn fit_choosing<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, vali
     }
     let mut best: Option<(f64, f64, usize, LogisticRegression)> = None;
     let mut previous: Option<Vec<f64>> = None;
+    let mut prepared = PreparedRows::default();
     for (k, cand) in candidates.iter().enumerate() {
         let init = if k > 0 && candidates[k - 1].column_weights == cand.column_weights { previous.take() } else { None };
-        let (lr, param) = fit_from(x, y, cand.c, cand.column_weights.as_deref(), init)?;
+        let (lr, param) = solve(x.dim(), prepared.get(x, y, cand.column_weights.as_deref())?, y, cand.c, init)?;
         previous = Some(param);
         let z = lr.margins_f64(validation);
         let n = z.len() as f64;
@@ -285,9 +286,10 @@ pub fn fit_choosing_cv<'a>(x: Design<'a>, y: &'a [u8], candidates: &[Candidate],
         let fit_y: Vec<u8> = fit_idx.iter().map(|&i| y[i]).collect();
         let held_y: Vec<u8> = held.iter().map(|&i| y[i]).collect();
         let mut previous: Option<Vec<f64>> = None;
+        let mut prepared = PreparedRows::default();
         for (j, cand) in candidates.iter().enumerate() {
             let init = if j > 0 && candidates[j - 1].column_weights == cand.column_weights { previous.take() } else { None };
-            let (lr, param) = fit_from(fit_rows.view(), &fit_y, cand.c, cand.column_weights.as_deref(), init)?;
+            let (lr, param) = solve(x.dim(), prepared.get(fit_rows.view(), &fit_y, cand.column_weights.as_deref())?, &fit_y, cand.c, init)?;
             previous = Some(param);
             for (&z, &t) in lr.margins_f64(held_rows.view()).iter().zip(&held_y) {
                 correct[j] += usize::from((z >= 0.0) == (t == 1));
@@ -311,13 +313,17 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 /// The training rows as the solver reads them. Dense rows are standardised (and column-weighted) once into `f64`,
-/// so every evaluation is one matrix-vector product (`zᵢ = x̃ᵢ·w + b`) and one `g += Σᵢ rᵢ x̃ᵢ`, instead of
-/// re-standardising each entry per evaluation; the terms are the same `((v − m)·s)·wⱼ` as before, only summed in
-/// another order. Sparse rows are renumbered onto the columns they use ([`CompactRows`]).
+/// so every evaluation is two matrix-vector products, `zᵢ = x̃ᵢ·w + b` over the rows and `g += X̃ᵀr` over a
+/// transposed copy (each a run of contiguous dot products; accumulating `rᵢ x̃ᵢ` row by row took twice as long,
+/// a load and a store of `g` per entry), instead of re-standardising each entry per evaluation. Sparse rows are
+/// renumbered onto the columns they use ([`CompactRows`]). Built once per set of rows and column weights
+/// ([`PreparedRows`]), whatever the number of Cs fitted on them.
 enum SolverRows {
     Dense {
         /// `(x − shift) ∘ scale`, row by row.
         z: ndarray::Array2<f64>,
+        /// `z` transposed, in standard (row-major) layout: one row per column of `z`.
+        zt: ndarray::Array2<f64>,
         /// Per column: the mean subtracted and the factor applied (1/std times the column weight).
         shift: Vec<f64>,
         scale: Vec<f64>,
@@ -358,7 +364,7 @@ impl CompactRows {
 }
 
 struct Problem<'a> {
-    rows: SolverRows,
+    rows: &'a SolverRows,
     y: &'a [u8],
     /// `1 / (C n)`: the L2 weight of the objective divided by `C n`.
     l2: f64,
@@ -378,7 +384,7 @@ impl Problem<'_> {
             return z.clone();
         }
         let (w, b) = self.split(p);
-        let z: Vec<f64> = match &self.rows {
+        let z: Vec<f64> = match self.rows {
             SolverRows::Dense { z, .. } => z.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
             SolverRows::Sparse(c) => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
         };
@@ -388,12 +394,9 @@ impl Problem<'_> {
 
     /// `g += Σᵢ rᵢ x̃ᵢ`.
     fn accumulate(&self, residuals: &[f64], g: &mut [f64]) {
-        match &self.rows {
-            SolverRows::Dense { z, .. } => {
-                let mut g = ndarray::ArrayViewMut1::from(g);
-                for (row, &r) in z.rows().into_iter().zip(residuals) {
-                    g.scaled_add(r, &row);
-                }
+        match self.rows {
+            SolverRows::Dense { zt, .. } => {
+                ndarray::linalg::general_mat_vec_mul(1.0, zt, &ndarray::ArrayView1::from(residuals), 1.0, &mut ndarray::ArrayViewMut1::from(g));
             }
             SolverRows::Sparse(c) => {
                 for (row, &r) in c.rows.iter().zip(residuals) {
@@ -456,11 +459,31 @@ pub fn fit_weighted<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Opti
     Ok(fit_from(x, y, c, column_weights, None)?.0)
 }
 
-/// [`fit_weighted`] starting L-BFGS from `init` (the solver's parameters, as this returns them beside the model:
-/// the standardised weights, for sparse rows those of the columns the rows use, then the bias) instead of 0: along
-/// a path of C the previous solution is a close start. The problem is convex, so the start changes the iterations,
-/// not the minimum.
+/// [`fit_weighted`] starting L-BFGS from `init` (see [`solve`]).
 fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
+    solve(x.dim(), &prepare(x, y, column_weights)?, y, c, init)
+}
+
+/// The [`SolverRows`] of the last column weighting asked for, kept while the candidates that follow share it (a
+/// path of Cs fits the same standardised rows again and again).
+#[derive(Default)]
+struct PreparedRows(Option<(Option<Vec<f64>>, SolverRows)>);
+
+impl PreparedRows {
+    fn get(&mut self, x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<&SolverRows> {
+        let kept = self.0.take().filter(|(w, _)| w.as_deref() == column_weights);
+        let (_, rows) = self.0.insert(match kept {
+            Some(k) => k,
+            None => (column_weights.map(<[f64]>::to_vec), prepare(x, y, column_weights)?),
+        });
+        Ok(rows)
+    }
+}
+
+/// Check `x` and its labels `y` (one per row, both classes; finite entries, sparse columns in range; column weights
+/// finite, >= 0, one per dense column) and build its [`SolverRows`]: dense rows standardised over themselves and
+/// column-weighted, sparse rows compacted.
+fn prepare(x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<SolverRows> {
     let n = x.rows();
     if n != y.len() {
         return Err(Error::Features(format!("logistic regression: {n} rows but {} labels", y.len())));
@@ -468,10 +491,7 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
     if !y.contains(&0) || !y.contains(&1) {
         return Err(Error::Features("logistic regression needs examples of both classes".into()));
     }
-    if !(c.is_finite() && c > 0.0) {
-        return Err(Error::Features(format!("logistic regression: C must be a finite number > 0, got {c}")));
-    }
-    let rows = match x {
+    Ok(match x {
         Design::Dense(m) => {
             crate::features::check_finite(m)?;
             let mean = m.mean_axis(ndarray::Axis(0)).expect("n > 0");
@@ -485,7 +505,8 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
                 scale.iter_mut().zip(a).for_each(|(s, a)| *s *= a);
             }
             let z = ndarray::Array2::from_shape_fn(m.dim(), |(i, j)| (m[[i, j]] as f64 - shift[j]) * scale[j]);
-            SolverRows::Dense { z, shift, scale }
+            let zt = z.t().as_standard_layout().into_owned();
+            SolverRows::Dense { z, zt, shift, scale }
         }
         Design::Sparse { rows, dim } => {
             if column_weights.is_some() {
@@ -496,7 +517,19 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
             }
             SolverRows::Sparse(CompactRows::new(rows))
         }
-    };
+    })
+}
+
+/// Minimise the objective over `rows` (prepared by [`prepare`] from a design of `dim` columns and the labels `y`)
+/// with inverse L2 strength `c`, starting L-BFGS from `init` (the solver's parameters, as this returns them beside the model: the
+/// standardised weights, for sparse rows those of the columns the rows use, then the bias) instead of 0: along a
+/// path of C the previous solution is a close start. The problem is convex, so the start changes the iterations,
+/// not the minimum.
+fn solve<'a>(dim: usize, rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
+    let n = y.len();
+    if !(c.is_finite() && c > 0.0) {
+        return Err(Error::Features(format!("logistic regression: C must be a finite number > 0, got {c}")));
+    }
     let d = rows.width();
     let problem = Problem { rows, y, l2: 1.0 / (c * n as f64), last: Default::default() };
     let linesearch = MoreThuenteLineSearch::new();
@@ -514,7 +547,7 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
     let p = res.state().get_best_param().ok_or_else(|| Error::Features("L-BFGS returned no parameters".into()))?;
     let param = p.clone();
     let (w, b) = problem.split(p);
-    let (weights, bias) = match &problem.rows {
+    let (weights, bias) = match problem.rows {
         // x·w' + b' with w'_j = w_j s_j and b' = b − Σ_j w_j s_j m_j (s = 1/std, m = mean).
         SolverRows::Dense { shift, scale, .. } => {
             let weights: Vec<f32> = w.iter().zip(scale).map(|(&wj, &s)| (wj * s) as f32).collect();
@@ -523,7 +556,7 @@ fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64
         }
         // Back onto every column: the ones no row uses keep weight 0.
         SolverRows::Sparse(c) => {
-            let mut weights = vec![0f32; x.dim()];
+            let mut weights = vec![0f32; dim];
             for (&j, &wj) in c.columns.iter().zip(w) {
                 weights[j as usize] = wj as f32;
             }

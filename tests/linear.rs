@@ -455,6 +455,61 @@ fn cross_validation_chooses_on_the_training_rows_alone() {
     assert!(acc.is_nan());
 }
 
+/// Candidates of several column weightings, interleaved: each is fitted on its own weighting's standardised rows
+/// (the rows are prepared once per run of candidates that share a weighting, and never reused for another), so
+/// the choice, on validation rows or by cross-validation, is the one brute force makes over separate fits.
+#[test]
+fn interleaved_column_weightings_are_each_fitted_on_their_own() {
+    use cryptotl::linear::{Candidate, fit_choosing, fit_choosing_cv, stratified_folds};
+    // One informative column among 30 of noise, 60 training and 200 validation rows.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut data = |n: usize| {
+        let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let x = Array2::from_shape_fn((n, 31), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.9..0.9f32) } else { rng.random_range(-1.0..1.0f32) });
+        (x, y)
+    };
+    let ((x, y), (v, vy)) = (data(60), data(200));
+    let (all, informative): (Vec<f64>, Vec<f64>) = ((0..31).map(|_| 1.0).collect(), (0..31).map(|j| if j == 0 { 1.0 } else { 0.0 }).collect());
+    let cands: Vec<Candidate> = [10.0, 100.0, 1e4]
+        .iter()
+        .flat_map(|&c| [Candidate { c, column_weights: Some(all.clone()) }, Candidate { c, column_weights: Some(informative.clone()) }])
+        .collect();
+    let accuracy = |m: &cryptotl::linear::LogisticRegression, x: &Array2<f32>, y: &[u8]| {
+        m.probabilities(Design::Dense(x.view())).iter().zip(y).filter(|&(&p, &t)| (p >= 0.5) == (t == 1)).count()
+    };
+    // On the validation rows.
+    let (lr, k, acc) = fit_choosing(Design::Dense(x.view()), &y, Design::Dense(v.view()), &vy, &cands).unwrap();
+    let separate: Vec<usize> = cands.iter().map(|c| accuracy(&fit_weighted(Design::Dense(x.view()), &y, c.c, c.column_weights.as_deref()).unwrap(), &v, &vy)).collect();
+    assert_eq!((acc * vy.len() as f64).round() as usize, separate[k], "{separate:?}");
+    assert_eq!(separate.iter().max(), Some(&separate[k]), "{separate:?}");
+    assert_eq!(lr.c, cands[k].c);
+    // Noise columns weighted 0 have weight exactly 0, and only then.
+    let left_out = cands[k].column_weights.as_ref().is_some_and(|w| w[1] == 0.0);
+    assert_eq!(lr.weights[1..].iter().all(|&w| w == 0.0), left_out, "candidate {k}: {:?}", lr.weights);
+    // At C = 10^4 the noise columns are nearly free to fit the 60 rows: leaving them out must be chosen over that.
+    assert!(separate[5] > separate[4], "{separate:?}");
+    // By cross-validation on the training rows.
+    let (lr, k, acc) = fit_choosing_cv(Design::Dense(x.view()), &y, &cands, 5, 3).unwrap();
+    let (fold_of, folds) = stratified_folds(&y, 5, 3).unwrap();
+    let pooled: Vec<usize> = cands
+        .iter()
+        .map(|c| {
+            (0..folds)
+                .map(|f| {
+                    let (tr, te): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| fold_of[i] != f);
+                    let pick = |idx: &[usize]| (x.select(ndarray::Axis(0), idx), idx.iter().map(|&i| y[i]).collect::<Vec<u8>>());
+                    let ((xt, yt), (xe, ye)) = (pick(&tr), pick(&te));
+                    accuracy(&fit_weighted(Design::Dense(xt.view()), &yt, c.c, c.column_weights.as_deref()).unwrap(), &xe, &ye)
+                })
+                .sum()
+        })
+        .collect();
+    assert_eq!((acc * y.len() as f64).round() as usize, pooled[k], "{pooled:?}");
+    assert_eq!(pooled.iter().max(), Some(&pooled[k]), "{pooled:?}");
+    let left_out = cands[k].column_weights.as_ref().is_some_and(|w| w[1] == 0.0);
+    assert_eq!(lr.weights[1..].iter().all(|&w| w == 0.0), left_out, "candidate {k}: {:?}", lr.weights);
+}
+
 /// A learning curve's point below the full size stands for a client with only that many labels: with
 /// `[curve] selection = "cross_validation"` (the default) its heads and the bag-of-words baseline never read the
 /// validation labels (scrambling them changes no point below the full size); with `"validation_split"` they do.
