@@ -316,17 +316,21 @@ fn sigmoid(z: f64) -> f64 {
 /// so every evaluation is two matrix-vector products, `zᵢ = x̃ᵢ·w + b` over the rows and `g += X̃ᵀr` over a
 /// transposed copy (each a run of contiguous dot products; accumulating `rᵢ x̃ᵢ` row by row took twice as long,
 /// a load and a store of `g` per entry), instead of re-standardising each entry per evaluation. Sparse rows are
-/// renumbered onto the columns they use ([`CompactRows`]). Built once per set of rows and column weights
-/// ([`PreparedRows`]), whatever the number of Cs fitted on them.
+/// renumbered onto the columns they use ([`CompactRows`]); dense columns whose factor is 0 (weight 0, or constant
+/// over the rows) are left out in the same way, since their standardised values are all 0 and their weights stay
+/// exactly 0 from the start. Built once per set of rows and column weights ([`PreparedRows`]), whatever the number
+/// of Cs fitted on them.
 enum SolverRows {
     Dense {
-        /// `(x − shift) ∘ scale`, row by row.
+        /// `(x − shift) ∘ scale` over the kept columns, row by row.
         z: ndarray::Array2<f64>,
         /// `z` transposed, in standard (row-major) layout: one row per column of `z`.
         zt: ndarray::Array2<f64>,
-        /// Per column: the mean subtracted and the factor applied (1/std times the column weight).
+        /// Per kept column: the mean subtracted and the factor applied (1/std times the column weight, never 0).
         shift: Vec<f64>,
         scale: Vec<f64>,
+        /// The original column of each kept column, ascending.
+        columns: Vec<usize>,
     },
     Sparse(CompactRows),
 }
@@ -504,9 +508,11 @@ fn prepare(x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<So
                 }
                 scale.iter_mut().zip(a).for_each(|(s, a)| *s *= a);
             }
-            let z = ndarray::Array2::from_shape_fn(m.dim(), |(i, j)| (m[[i, j]] as f64 - shift[j]) * scale[j]);
+            let columns: Vec<usize> = (0..scale.len()).filter(|&j| scale[j] != 0.0).collect();
+            let (shift, scale): (Vec<f64>, Vec<f64>) = columns.iter().map(|&j| (shift[j], scale[j])).unzip();
+            let z = ndarray::Array2::from_shape_fn((n, columns.len()), |(i, k)| (m[[i, columns[k]]] as f64 - shift[k]) * scale[k]);
             let zt = z.t().as_standard_layout().into_owned();
-            SolverRows::Dense { z, zt, shift, scale }
+            SolverRows::Dense { z, zt, shift, scale, columns }
         }
         Design::Sparse { rows, dim } => {
             if column_weights.is_some() {
@@ -549,8 +555,12 @@ fn solve<'a>(dim: usize, rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option
     let (w, b) = problem.split(p);
     let (weights, bias) = match problem.rows {
         // x·w' + b' with w'_j = w_j s_j and b' = b − Σ_j w_j s_j m_j (s = 1/std, m = mean).
-        SolverRows::Dense { shift, scale, .. } => {
-            let weights: Vec<f32> = w.iter().zip(scale).map(|(&wj, &s)| (wj * s) as f32).collect();
+        SolverRows::Dense { shift, scale, columns, .. } => {
+            // Back onto every column: the ones left out keep weight 0.
+            let mut weights = vec![0f32; dim];
+            for ((&j, &wj), &s) in columns.iter().zip(w).zip(scale) {
+                weights[j] = (wj * s) as f32;
+            }
             let bias = b - w.iter().zip(scale.iter().zip(shift)).map(|(&wj, (&s, &m))| wj * s * m).sum::<f64>();
             (weights, bias as f32)
         }

@@ -455,6 +455,30 @@ fn cross_validation_chooses_on_the_training_rows_alone() {
     assert!(acc.is_nan());
 }
 
+/// A constant column carries nothing: it gets weight exactly 0 (the solver leaves it out, as it does a column of
+/// weight 0) and the model is the one fitted without it, its constant folded into nothing.
+#[test]
+fn a_constant_column_gets_weight_zero_and_changes_nothing() {
+    let (x, y) = noisy(200, 4, 5);
+    let mut with = Array2::from_elem((200, 5), 3.5f32);
+    with.slice_mut(ndarray::s![.., ..2]).assign(&x.slice(ndarray::s![.., ..2]));
+    with.slice_mut(ndarray::s![.., 3..]).assign(&x.slice(ndarray::s![.., 2..]));
+    let without = fit(Design::Dense(x.view()), &y, 0.3).unwrap();
+    let lr = fit(Design::Dense(with.view()), &y, 0.3).unwrap();
+    assert_eq!(lr.weights[2], 0.0);
+    let kept = [lr.weights[0], lr.weights[1], lr.weights[3], lr.weights[4]];
+    for (a, b) in without.weights.iter().zip(&kept) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{:?} vs {:?}", without.weights, lr.weights);
+    }
+    assert!((without.bias - lr.bias).abs() <= 1e-5 * (1.0 + without.bias.abs()));
+    // Every column constant: only the bias is fitted, to the log-odds of the labels.
+    let flat = Array2::from_elem((200, 3), 1.0f32);
+    let lr = fit(Design::Dense(flat.view()), &y, 1.0).unwrap();
+    assert_eq!(lr.weights, vec![0.0; 3]);
+    let p = y.iter().filter(|&&t| t == 1).count() as f64 / y.len() as f64;
+    assert!((lr.bias as f64 - (p / (1.0 - p)).ln()).abs() < 1e-4, "{} vs {}", lr.bias, (p / (1.0 - p)).ln());
+}
+
 /// Candidates of several column weightings, interleaved: each is fitted on its own weighting's standardised rows
 /// (the rows are prepared once per run of candidates that share a weighting, and never reused for another), so
 /// the choice, on validation rows or by cross-validation, is the one brute force makes over separate fits.
