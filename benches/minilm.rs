@@ -47,6 +47,10 @@ fn bench(c: &mut Criterion) {
     let short64 = short_texts(64);
     g.throughput(Throughput::Elements(64));
     g.bench_function("short_2x_batch32", |b| b.iter(|| enc.embed(&short64, 32, "bench").unwrap()));
+    // Long texts as a run embeds them: many at a time, batches spread over the cores (at 256 tokens a text,
+    // `TOKENS_PER_BATCH` makes every batch a single text whatever the batch size asked for).
+    let long64 = long_texts(64);
+    g.bench_function("long_64_batch32", |b| b.iter(|| enc.embed(&long64, 32, "bench").unwrap()));
     g.throughput(Throughput::Elements(1));
     g.bench_function("short_batch1", |b| b.iter(|| enc.embed(&short[..1], 1, "bench").unwrap()));
     g.finish();
