@@ -40,7 +40,7 @@ pub const TOKENS_PER_BATCH: usize = 256;
 pub struct MiniLm {
     /// Folder with `model.safetensors`, `tokenizer.json`, `config.json`.
     pub model_dir: PathBuf,
-    /// Texts per forward pass.
+    /// Texts per forward pass at most (a pass also holds at most [`TOKENS_PER_BATCH`] padded tokens).
     pub batch_size: usize,
     /// Folder of the embedding cache (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
@@ -186,8 +186,8 @@ impl Encoder {
     }
 
     /// Embeddings of `texts` (one row each). A text longer than [`MAX_TOKENS`] is embedded whole: as overlapping
-    /// [`windows`] whose embeddings are averaged and L2-normalised again. Windows run in batches of `batch_size`
-    /// sorted by token count.
+    /// [`windows`] whose embeddings are averaged and L2-normalised again. Windows run sorted by token count, in
+    /// batches of at most `batch_size` windows and [`TOKENS_PER_BATCH`] padded tokens ([`token_batches`]).
     pub fn embed(&self, texts: &[String], batch_size: usize, what: &str) -> Result<Array2<f32>> {
         self.embed_windows(texts, batch_size, None, what)
     }
