@@ -120,12 +120,9 @@ pub fn fit_choosing<'a>(x: Design<'a>, y: &'a [u8], validation: Design<'_>, vali
         )));
     }
     let mut best: Option<(f64, f64, usize, LogisticRegression)> = None;
-    let mut previous: Option<Vec<f64>> = None;
-    let mut prepared = PreparedRows::default();
+    let mut path = CandidatePath::default();
     for (k, cand) in candidates.iter().enumerate() {
-        let init = if k > 0 && candidates[k - 1].column_weights == cand.column_weights { previous.take() } else { None };
-        let (lr, param) = solve(x.dim(), prepared.get(x, y, cand.column_weights.as_deref())?, y, cand.c, init)?;
-        previous = Some(param);
+        let lr = path.fit(x, y, cand)?;
         let z = lr.margins_f64(validation);
         let n = z.len() as f64;
         let accuracy = z.iter().zip(validation_y).filter(|&(&z, &y)| (z >= 0.0) == (y == 1)).count() as f64 / n;
@@ -285,12 +282,9 @@ pub fn fit_choosing_cv<'a>(x: Design<'a>, y: &'a [u8], candidates: &[Candidate],
         let (fit_rows, held_rows) = (Rows::select(x, &fit_idx), Rows::select(x, &held));
         let fit_y: Vec<u8> = fit_idx.iter().map(|&i| y[i]).collect();
         let held_y: Vec<u8> = held.iter().map(|&i| y[i]).collect();
-        let mut previous: Option<Vec<f64>> = None;
-        let mut prepared = PreparedRows::default();
+        let mut path = CandidatePath::default();
         for (j, cand) in candidates.iter().enumerate() {
-            let init = if j > 0 && candidates[j - 1].column_weights == cand.column_weights { previous.take() } else { None };
-            let (lr, param) = solve(x.dim(), prepared.get(fit_rows.view(), &fit_y, cand.column_weights.as_deref())?, &fit_y, cand.c, init)?;
-            previous = Some(param);
+            let lr = path.fit(fit_rows.view(), &fit_y, cand)?;
             for (&z, &t) in lr.margins_f64(held_rows.view()).iter().zip(&held_y) {
                 correct[j] += usize::from((z >= 0.0) == (t == 1));
                 loss[j] += softplus(z) - z * t as f64;
@@ -318,7 +312,7 @@ fn sigmoid(z: f64) -> f64 {
 /// a load and a store of `g` per entry), instead of re-standardising each entry per evaluation. Sparse rows are
 /// renumbered onto the columns they use ([`CompactRows`]); dense columns whose factor is 0 (weight 0, or constant
 /// over the rows) are left out in the same way, since their standardised values are all 0 and their weights stay
-/// exactly 0 from the start. Built once per set of rows and column weights ([`PreparedRows`]), whatever the number
+/// exactly 0 from the start. Built once per set of rows and column weights ([`CandidatePath`]), whatever the number
 /// of Cs fitted on them.
 enum SolverRows {
     Dense {
@@ -460,27 +454,33 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
 /// assert!(lr.weights[0] > 0.0);
 /// ```
 pub fn fit_weighted<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>) -> Result<LogisticRegression> {
-    Ok(fit_from(x, y, c, column_weights, None)?.0)
+    Ok(solve(x.dim(), &prepare(x, y, column_weights)?, y, c, None)?.0)
 }
 
-/// [`fit_weighted`] starting L-BFGS from `init` (see [`solve`]).
-fn fit_from<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
-    solve(x.dim(), &prepare(x, y, column_weights)?, y, c, init)
-}
-
-/// The [`SolverRows`] of the last column weighting asked for, kept while the candidates that follow share it (a
-/// path of Cs fits the same standardised rows again and again).
+/// Candidates fitted one after another on the same rows: the [`SolverRows`] of the last column weighting asked for
+/// and the last solution on them, kept while the candidates that follow share that weighting. A path of Cs then
+/// fits the same standardised rows again and again, each C starting from the previous one's solution; a candidate
+/// of another weighting prepares its rows anew and starts from 0.
 #[derive(Default)]
-struct PreparedRows(Option<(Option<Vec<f64>>, SolverRows)>);
+struct CandidatePath(Option<PathStep>);
 
-impl PreparedRows {
-    fn get(&mut self, x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<&SolverRows> {
-        let kept = self.0.take().filter(|(w, _)| w.as_deref() == column_weights);
-        let (_, rows) = self.0.insert(match kept {
-            Some(k) => k,
-            None => (column_weights.map(<[f64]>::to_vec), prepare(x, y, column_weights)?),
-        });
-        Ok(rows)
+/// Where a [`CandidatePath`] stands: the weighting, its rows and the last solution on them.
+struct PathStep {
+    column_weights: Option<Vec<f64>>,
+    rows: SolverRows,
+    last: Option<Vec<f64>>,
+}
+
+impl CandidatePath {
+    fn fit(&mut self, x: Design<'_>, y: &[u8], cand: &Candidate) -> Result<LogisticRegression> {
+        let weights = cand.column_weights.as_deref();
+        let step = match self.0.take().filter(|s| s.column_weights.as_deref() == weights) {
+            Some(kept) => self.0.insert(kept),
+            None => self.0.insert(PathStep { column_weights: weights.map(<[f64]>::to_vec), rows: prepare(x, y, weights)?, last: None }),
+        };
+        let (lr, param) = solve(x.dim(), &step.rows, y, cand.c, step.last.take())?;
+        step.last = Some(param);
+        Ok(lr)
     }
 }
 
