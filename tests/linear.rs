@@ -30,6 +30,14 @@ fn noisy(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<u8>) {
     (x, y)
 }
 
+/// `n` rows, labels alternating 0/1: column 0 is the label plus uniform noise in ±`spread`, the other `d - 1`
+/// columns uniform noise in ±1, drawn from `rng` row by row.
+fn informative_among_noise(rng: &mut rand_chacha::ChaCha8Rng, n: usize, d: usize, spread: f32) -> (Array2<f32>, Vec<u8>) {
+    let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    let x = Array2::from_shape_fn((n, d), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-spread..spread) } else { rng.random_range(-1.0..1.0f32) });
+    (x, y)
+}
+
 #[test]
 fn dense_fit_meets_the_optimality_conditions() {
     let (x, y) = noisy(300, 6, 1);
@@ -193,13 +201,8 @@ fn the_linear_head_chooses_its_c_on_the_validation_split_unless_given_one() {
 fn choosing_c_follows_the_validation_rows_and_refuses_unusable_ones() {
     // 40 training rows, 1 informative column among 200 of noise: a weak penalty fits the noise.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let mut make = |n: usize| {
-        let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
-        let x = Array2::from_shape_fn((n, 200), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.8..0.8f32) } else { rng.random_range(-1.0..1.0f32) });
-        (x, y)
-    };
-    let (x, y) = make(40);
-    let (v, vy) = make(400);
+    let (x, y) = informative_among_noise(&mut rng, 40, 200, 0.8);
+    let (v, vy) = informative_among_noise(&mut rng, 400, 200, 0.8);
     let cs = [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
     let (lr, acc) = fit_choosing_c(Design::Dense(x.view()), &y, Design::Dense(v.view()), &vy, &cs).unwrap();
     let weakest = fit(Design::Dense(x.view()), &y, 100.0).unwrap();
@@ -420,8 +423,7 @@ fn cross_validation_chooses_on_the_training_rows_alone() {
     use cryptotl::linear::{Candidate, fit_choosing_cv, stratified_folds};
     // 40 rows, 1 informative column among 200 of noise: a weak penalty fits the noise.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let y: Vec<u8> = (0..40).map(|i| (i % 2) as u8).collect();
-    let x = Array2::from_shape_fn((40, 200), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.8..0.8f32) } else { rng.random_range(-1.0..1.0f32) });
+    let (x, y) = informative_among_noise(&mut rng, 40, 200, 0.8);
     let cs = [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
     let cands: Vec<Candidate> = cs.iter().map(|&c| Candidate { c, column_weights: None }).collect();
     let (lr, k, acc) = fit_choosing_cv(Design::Dense(x.view()), &y, &cands, 5, 11).unwrap();
@@ -487,12 +489,7 @@ fn interleaved_column_weightings_are_each_fitted_on_their_own() {
     use cryptotl::linear::{Candidate, fit_choosing, fit_choosing_cv, stratified_folds};
     // One informative column among 30 of noise, 60 training and 200 validation rows.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-    let mut data = |n: usize| {
-        let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
-        let x = Array2::from_shape_fn((n, 31), |(i, j)| if j == 0 { y[i] as f32 + rng.random_range(-0.9..0.9f32) } else { rng.random_range(-1.0..1.0f32) });
-        (x, y)
-    };
-    let ((x, y), (v, vy)) = (data(60), data(200));
+    let ((x, y), (v, vy)) = (informative_among_noise(&mut rng, 60, 31, 0.9), informative_among_noise(&mut rng, 200, 31, 0.9));
     let (all, informative): (Vec<f64>, Vec<f64>) = ((0..31).map(|_| 1.0).collect(), (0..31).map(|j| if j == 0 { 1.0 } else { 0.0 }).collect());
     let cands: Vec<Candidate> = [10.0, 100.0, 1e4]
         .iter()
