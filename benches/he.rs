@@ -78,8 +78,12 @@ fn bench_quickstart_server(c: &mut Criterion) {
     g.bench_with_input(BenchmarkId::new("linear_stage_batch", batch), &inputs, |b, inputs| {
         b.iter(|| inputs.par_iter().map(|x| server.linear(black_box(x)).unwrap()).collect::<Vec<_>>())
     });
-    // Of which the expansion of the seeded masks (the CSPRNG), without the multiply-adds.
+    // Of which the expansion of the seeded masks (the CSPRNG), without the multiply-adds: as the linear stage runs it
+    // (`eval::mask::expand`, AES-NI a batch of blocks at a time), and as tfhe-rs's decompression does (a byte at a time).
     g.bench_with_input(BenchmarkId::new("mask_expansion_batch", batch), &inputs, |b, inputs| {
+        b.iter(|| inputs.par_iter().map(|x| cryptotl_server::eval::mask::expand(&black_box(x).features).unwrap()).collect::<Vec<_>>())
+    });
+    g.bench_with_input(BenchmarkId::new("mask_expansion_tfhe_rs_batch", batch), &inputs, |b, inputs| {
         b.iter(|| inputs.par_iter().map(|x| black_box(x).features.clone().par_decompress_into_lwe_ciphertext_list().into_container()).collect::<Vec<_>>())
     });
     g.bench_with_input(BenchmarkId::new("evaluate_one_at_a_time", batch), &inputs, |b, inputs| {

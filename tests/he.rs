@@ -445,6 +445,41 @@ fn a_ciphertext_or_key_for_other_parameters_is_rejected() {
     assert!(keys().0.encrypt(&[1; 8], &iface, seeder(None).as_mut()).is_err());
 }
 
+/// A seed whose mask stream starts at the end of its table made tfhe-rs's expansion panic (it cannot fork the
+/// masks past the table's last index): an input or a key carrying one is refused with a reason instead.
+#[test]
+fn a_seed_starting_at_the_end_of_its_stream_is_refused_not_a_panic() {
+    use tfhe::core_crypto::commons::math::random::CompressionSeed;
+    use tfhe::core_crypto::prelude::*;
+    use tfhe_csprng::generators::aes_ctr::{AesCtrParams, AesIndex, ByteIndex, TableIndex};
+    use tfhe_csprng::seeders::SeedKind;
+    let hostile = |seed: CompressionSeed| CompressionSeed {
+        inner: AesCtrParams { seed: seed.inner.seed, first_index: TableIndex::new(AesIndex(u128::MAX - 2), ByteIndex(0)) },
+    };
+    let server = evaluator(random_program(8, 2, 3, 1, 6));
+    let mut ct = encrypt(&[1; 8], &server);
+    assert!(matches!(ct.features.compression_seed().inner.seed, SeedKind::Ctr(_)), "the client sends plain seeds");
+    let f = &ct.features;
+    ct.features = SeededLweCiphertextList::from_container(f.as_ref().to_vec(), f.lwe_size(), hostile(f.compression_seed()), f.ciphertext_modulus());
+    let err = server.evaluate(&ct).unwrap_err();
+    assert!(matches!(err, HeError::Shape { .. }) && err.to_string().contains("compression seed"), "{err}");
+    let err = server.evaluate_batch(&[ct.clone(), encrypt(&[1; 8], &server)]).unwrap_err();
+    assert!(err.to_string().contains("compression seed"), "{err}");
+
+    let mut key = keys().1.clone();
+    let cryptotl_server::SeededBootstrapKey::Classic(k) = &key.bootstrap_key else { panic!("the classic set's key") };
+    key.bootstrap_key = cryptotl_server::SeededBootstrapKey::Classic(SeededLweBootstrapKey::from_container(
+        k.as_ref().to_vec(), k.glwe_size(), k.polynomial_size(), k.decomposition_base_log(), k.decomposition_level_count(),
+        hostile(k.compression_seed()), k.ciphertext_modulus(),
+    ));
+    let err = Evaluator::new(random_program(8, 2, 3, 1, 6), &key, PARAMS).err().expect("must refuse");
+    assert!(matches!(err, HeError::Shape { .. }) && err.to_string().contains("compression seed"), "{err}");
+    // Through the wire as a client would send it, the same refusal.
+    let bytes = key.to_bytes(EvaluationKey::size_limit(PARAMS)).unwrap();
+    let err = cryptotl_server::wire::read_evaluation_key(&bytes, EvaluationKey::size_limit(PARAMS), PARAMS).unwrap_err();
+    assert!(err.to_string().contains("compression seed"), "{err}");
+}
+
 #[test]
 fn wire_objects_round_trip_and_hostile_blobs_are_errors() {
     let server = evaluator(random_program(32, 4, 3, 1, 8));
@@ -473,12 +508,14 @@ fn wire_objects_round_trip_and_hostile_blobs_are_errors() {
         if let Ok(obj) = EncryptedInput::from_bytes(&b, limit) {
             decoded += 1;
             let checked = obj.check(PARAMS, keys().0.key_id(), 32);
-            // A damaged key id or parameter-set name must be refused; a damaged ciphertext word is a valid
-            // (different) ciphertext and passes.
+            // A damaged key id or parameter-set name must be refused, and so must a seed whose stream now starts past
+            // its first 2^64 bytes; a damaged ciphertext word or seed value is a valid (different) ciphertext and passes.
             let header = |o: &EncryptedInput| {
                 (o.key_id, o.parameter_set.clone(), o.features.lwe_size().0, o.features.ciphertext_modulus(), o.features.as_ref().len())
             };
-            if header(&obj) != header(&ct) {
+            let first = tfhe_csprng::generators::aes_ctr::TableIndex::FIRST;
+            let seed_starts_early = tfhe_csprng::generators::aes_ctr::TableIndex::distance(&obj.features.compression_seed().inner.first_index, &first).is_some_and(|d| d.0 < 1 << 64);
+            if header(&obj) != header(&ct) || !seed_starts_early {
                 assert!(checked.is_err(), "flip at {i}: a foreign header passed its check");
                 refused_by_check += 1;
             } else {

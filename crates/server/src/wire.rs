@@ -144,13 +144,17 @@ impl EvaluationKey {
         params.seeded_bootstrap_key_words() as u64 * 8 + SLACK_BYTES
     }
 
-    /// Check parameter set and every dimension of the bootstrap key.
+    /// Check parameter set, every dimension of the bootstrap key, and its seed ([`crate::eval::mask::check_seed`]).
     pub fn check(&self, params: ParameterSet) -> Result<()> {
         check_params(Self::WHAT, &self.parameter_set, params)?;
         if !self.bootstrap_key.matches(params) {
             return Err(shape(Self::WHAT, format!("bootstrap key dimensions do not match {}", params.name())));
         }
-        Ok(())
+        let seed = match &self.bootstrap_key {
+            SeededBootstrapKey::Classic(k) => k.compression_seed(),
+            SeededBootstrapKey::MultiBit(k) => k.compression_seed(),
+        };
+        crate::eval::mask::check_seed(Self::WHAT, &seed)
     }
 }
 
@@ -274,7 +278,7 @@ impl EncryptedInput {
         input_dim as u64 * 8 + SLACK_BYTES
     }
 
-    /// Check parameter set, key id and shape.
+    /// Check parameter set, key id, shape and seed ([`crate::eval::mask::check_seed`]).
     pub fn check(&self, params: ParameterSet, key_id: u64, input_dim: usize) -> Result<()> {
         check_params(Self::WHAT, &self.parameter_set, params)?;
         check_key(Self::WHAT, self.key_id, key_id)?;
@@ -285,7 +289,7 @@ impl EncryptedInput {
         if f.as_ref().len() != input_dim {
             return Err(shape(Self::WHAT, format!("{} features, the program takes {input_dim}", f.as_ref().len())));
         }
-        Ok(())
+        crate::eval::mask::check_seed(Self::WHAT, &f.compression_seed())
     }
 }
 

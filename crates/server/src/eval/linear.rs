@@ -49,7 +49,7 @@ impl Evaluator {
     /// `acc_j * 2^(63 - B)` plus noise. Public for noise tests and benchmarks.
     pub fn linear(&self, input: &EncryptedInput) -> Result<Vec<u64>> {
         input.check(self.params, self.key_id, self.program.input_dim)?;
-        let x = input.features.clone().par_decompress_into_lwe_ciphertext_list().into_container();
+        let x = super::mask::expand(&input.features)?;
         let size = self.params.lwe_dimension() + 1;
         let d = self.program.input_dim;
         let delta_in = 1u64 << (63 - self.program.accumulator_bits);

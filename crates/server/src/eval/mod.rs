@@ -4,8 +4,9 @@
 //! 1. **Linear stage (leveled):** `acc_j = bias_j * 2^(63-B) + sum_i w_ji * ct_i` over the raw words of the input
 //!    ciphertexts (small-key LWE, n + 1 words each), a tight wrapping-integer loop blocked over neurons so each
 //!    input ciphertext is read once per block. No keyswitch is needed: inputs are already under the small key.
-//!    The inputs arrive seeded, so their masks are first expanded from the seeds (tfhe-rs's CSPRNG): that
-//!    expansion, not the multiply-adds, is nearly all of this stage's time (docs/benchmarks.md).
+//!    The inputs arrive seeded, so their masks are first expanded from the seeds: tfhe-rs's AES-CTR stream, drawn
+//!    eight blocks at a time (`eval/mask.rs`; tfhe-rs's own expansion, a byte at a time, took five times as long
+//!    as this whole stage now does: docs/benchmarks.md).
 //! 2. **Activation:** one programmable bootstrap with neuron j's lookup table, output under the big key. Classic
 //!    sets: tfhe-rs's blind rotation after a centered modulus switch, one neuron at a time. Multi-bit sets: our own
 //!    blind rotation from tfhe-rs's parts, up to [`MULTI_BIT_BATCH`] neurons at a time, group-major, in batches
@@ -16,8 +17,8 @@
 //!
 //! Work is spread with rayon across neuron blocks (linear stage), neurons (bootstraps) and samples (batches).
 //!
-//! One file per operation, as tfhe-rs's `core_crypto` lays out its algorithms: `eval/linear.rs` (the leveled
-//! stage), `eval/lookup.rs` (the lookup-table accumulators), `eval/classic.rs` and `eval/multi_bit.rs` (the two
+//! One file per operation, as tfhe-rs's `core_crypto` lays out its algorithms: `eval/mask.rs` (the seeded inputs'
+//! masks), `eval/linear.rs` (the leveled stage), `eval/lookup.rs` (the lookup-table accumulators), `eval/classic.rs` and `eval/multi_bit.rs` (the two
 //! blind rotations, the latter with its fold kernel), `eval/deadline.rs` (stopping a batch past its time limit). This file holds the [`Evaluator`] that
 //! composes them and what a sample costs ([`OpCounts`]).
 
@@ -35,6 +36,7 @@ mod classic;
 mod deadline;
 pub mod linear;
 pub mod lookup;
+pub mod mask;
 mod multi_bit;
 
 use deadline::Deadline;
