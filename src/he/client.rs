@@ -5,7 +5,8 @@
 use cryptotl_server::{EncryptedInput, EncryptedOutput, EvaluationKey, HeError, ParameterSet, ProgramInterface, SeededBootstrapKey};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
-use tfhe::core_crypto::commons::math::random::Seed;
+use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_dot_product;
+use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed, Uniform};
 use tfhe::core_crypto::prelude::*;
 
 /// The source of key and encryption randomness: tfhe-rs's seeder (RDSEED, else the OS) feeding its AES-CTR
@@ -136,16 +137,9 @@ impl ClientKey {
         }
         let p = params.tfhe();
         let shift = 63 - interface.accumulator_bits;
-        let plain = PlaintextList::from_container(levels.iter().map(|&q| (q as u64) << shift).collect::<Vec<_>>());
-        let mut list = SeededLweCiphertextList::new(
-            0u64,
-            p.lwe_dimension.to_lwe_size(),
-            LweCiphertextCount(levels.len()),
-            seeder.seed().into(),
-            p.ciphertext_modulus,
-        );
-        encrypt_seeded_lwe_ciphertext_list(&self.small, &mut list, &plain, p.lwe_noise_distribution, seeder);
-        Ok(EncryptedInput { key_id: self.key_id, parameter_set: self.parameter_set.clone(), features: list })
+        let plain: Vec<u64> = levels.iter().map(|&q| (q as u64) << shift).collect();
+        let features = encrypt_seeded_list(&self.small, &plain, p.lwe_noise_distribution, p.ciphertext_modulus, seeder)?;
+        Ok(EncryptedInput { key_id: self.key_id, parameter_set: self.parameter_set.clone(), features })
     }
 
     /// [`Self::encrypt`] for several samples at once, on every core. Each sample gets its own CSPRNG stream, seeded
@@ -220,5 +214,69 @@ impl ClientKey {
                 body[0].wrapping_sub(dot) as i64 as f64 / unit
             })
             .collect()
+    }
+}
+
+/// tfhe-rs's `encrypt_seeded_lwe_ciphertext_list`, word for word, with the masks drawn in bulk: the same two draws
+/// from `seeder` (the masks' compression seed, then the noise generator's seed), the masks from
+/// [`cryptotl_server::eval::mask::expand`] (the seed's AES-CTR stream, eight blocks a call, where tfhe-rs takes it a
+/// byte at a time), each ciphertext's noise from its own fork of the noise generator as tfhe-rs forks it, and the
+/// body `<mask, key> + plaintext + noise`. A test compares every word with tfhe-rs's encryption.
+fn encrypt_seeded_list(
+    key: &LweSecretKeyOwned<u64>,
+    plain: &[u64],
+    noise: DynamicDistribution<u64>,
+    modulus: CiphertextModulus<u64>,
+    seeder: &mut dyn Seeder,
+) -> Result<SeededLweCiphertextListOwned<u64>> {
+    let size = key.lwe_dimension().to_lwe_size();
+    let list = SeededLweCiphertextList::new(0u64, size, LweCiphertextCount(plain.len()), seeder.seed().into(), modulus);
+    let seed = list.compression_seed();
+    if !modulus.is_native_modulus() {
+        return Err(HeError::Program(format!("inputs are encrypted under the native 64-bit modulus, not {modulus:?}")));
+    }
+    let noise_bytes = list.encryption_fork_config(Uniform, noise).noise_byte_count_per_child().0;
+    let mut noise_generator = RandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+    let children = noise_generator
+        .try_fork(plain.len(), noise_bytes)
+        .map_err(|e| HeError::Program(format!("cannot fork the noise generator for {} ciphertexts: {e:?}", plain.len())))?;
+    let masks = cryptotl_server::eval::mask::expand(&list)?;
+    let bodies = masks
+        .chunks_exact(size.0)
+        .zip(plain)
+        .zip(children)
+        .map(|((ct, &m), mut child)| {
+            let e: u64 = child.random_from_distribution(noise);
+            slice_wrapping_dot_product(&ct[..size.0 - 1], key.as_ref()).wrapping_add(m).wrapping_add(e)
+        })
+        .collect();
+    Ok(SeededLweCiphertextList::from_container(bodies, size, seed, modulus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every word (bodies and seed) is what tfhe-rs's own seeded encryption gives from the same seeder: the shipped
+    /// sets' key sizes and noise, and counts whose masks end mid-block.
+    #[test]
+    fn bulk_encryption_is_tfhe_rs_encryption_word_for_word() {
+        for (params, count, seed) in [(ParameterSet::MultiBit3Message1Carry1, 384, 1u128), (ParameterSet::Message2Carry2, 768, 2), (ParameterSet::Message1Carry1, 3, 3), (ParameterSet::MultiBit3Message1Carry1, 1, 4)] {
+            let p = params.tfhe();
+            let mut secret = SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(seed + 100));
+            let key = allocate_and_generate_new_binary_lwe_secret_key(p.lwe_dimension, &mut secret);
+            let plain: Vec<u64> = (0..count as u64).map(|i| (i % 16) << 51).collect();
+            let ours = encrypt_seeded_list(&key, &plain, p.lwe_noise_distribution, p.ciphertext_modulus, &mut DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(seed))).unwrap();
+            let mut seeder = DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(seed));
+            let mut theirs = SeededLweCiphertextList::new(0u64, p.lwe_dimension.to_lwe_size(), LweCiphertextCount(count), seeder.seed().into(), p.ciphertext_modulus);
+            encrypt_seeded_lwe_ciphertext_list(&key, &mut theirs, &PlaintextList::from_container(plain.clone()), p.lwe_noise_distribution, &mut seeder);
+            assert_eq!(ours, theirs, "{}: {count} ciphertexts", params.name());
+            // And they decrypt: the noise stays below half a level of a 12-bit accumulator (2^50), so the levels come back.
+            let full = ours.decompress_into_lwe_ciphertext_list();
+            for (ct, &m) in full.iter().zip(&plain) {
+                let phase = decrypt_lwe_ciphertext(&key, &ct).0.wrapping_sub(m) as i64;
+                assert!(phase.unsigned_abs() < 1 << 50, "{}: noise {phase}", params.name());
+            }
+        }
     }
 }
