@@ -229,12 +229,12 @@ fn encrypt_seeded_list(
     modulus: CiphertextModulus<u64>,
     seeder: &mut dyn Seeder,
 ) -> Result<SeededLweCiphertextListOwned<u64>> {
-    let size = key.lwe_dimension().to_lwe_size();
-    let list = SeededLweCiphertextList::new(0u64, size, LweCiphertextCount(plain.len()), seeder.seed().into(), modulus);
-    let seed = list.compression_seed();
     if !modulus.is_native_modulus() {
         return Err(HeError::Program(format!("inputs are encrypted under the native 64-bit modulus, not {modulus:?}")));
     }
+    let size = key.lwe_dimension().to_lwe_size();
+    let list = SeededLweCiphertextList::new(0u64, size, LweCiphertextCount(plain.len()), seeder.seed().into(), modulus);
+    let seed = list.compression_seed();
     let noise_bytes = list.encryption_fork_config(Uniform, noise).noise_byte_count_per_child().0;
     let mut noise_generator = RandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
     let children = noise_generator
