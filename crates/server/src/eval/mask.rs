@@ -60,6 +60,10 @@ pub fn check_seed(what: &'static str, seed: &CompressionSeed) -> Result<()> {
 pub fn expand(list: &SeededLweCiphertextListOwned<u64>) -> Result<Vec<u64>> {
     check_seed("seeded ciphertext list", &list.compression_seed())?;
     let size = list.lwe_size().0;
+    if size < 2 {
+        // No mask to draw (tfhe-rs's expansion panics on such a list too); `EncryptedInput::check` refuses it first.
+        return Err(HeError::Shape { what: "seeded ciphertext list", message: format!("LWE size {size}: no mask") });
+    }
     let n = size - 1;
     let count = list.lwe_ciphertext_count().0;
     let seed = list.compression_seed().inner;
@@ -157,6 +161,15 @@ mod tests {
         let seed = CompressionSeed { inner: AesCtrParams::from(XofSeed::new_u128(77, *b"cryptotl")) };
         let list = seeded(seed, 17, 4);
         assert_eq!(expand(&list).unwrap(), tfhe_rs(&list));
+    }
+
+    /// A list with no mask (LWE size 0 or 1) is an error, not a panic.
+    #[test]
+    fn a_list_without_masks_is_refused() {
+        for size in [0, 1] {
+            let list = SeededLweCiphertextList::from_container(vec![5u64; 3], LweSize(size), Seed(1).into(), CiphertextModulus::new_native());
+            assert!(matches!(expand(&list), Err(HeError::Shape { .. })), "LWE size {size}");
+        }
     }
 
     /// The masks are not all zero or repeated: the comparison above would pass for two equally broken paths only if
