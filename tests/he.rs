@@ -514,7 +514,7 @@ fn wire_objects_round_trip_and_hostile_blobs_are_errors() {
                 (o.key_id, o.parameter_set.clone(), o.features.lwe_size().0, o.features.ciphertext_modulus(), o.features.as_ref().len())
             };
             let first = tfhe_csprng::generators::aes_ctr::TableIndex::FIRST;
-            let seed_starts_early = tfhe_csprng::generators::aes_ctr::TableIndex::distance(&obj.features.compression_seed().inner.first_index, &first).is_some_and(|d| d.0 < 1 << 64);
+            let seed_starts_early = tfhe_csprng::generators::aes_ctr::TableIndex::distance(&obj.features.compression_seed().inner.first_index, &first).is_some_and(|d| d.0 < cryptotl_server::eval::mask::MAX_FIRST_BYTE);
             if header(&obj) != header(&ct) || !seed_starts_early {
                 assert!(checked.is_err(), "flip at {i}: a foreign header passed its check");
                 refused_by_check += 1;

@@ -36,8 +36,13 @@ pub const MAX_FIRST_BYTE: u128 = 1 << 64;
 /// assert!(check_seed("input", &CompressionSeed::from(Seed(3))).is_ok());
 /// ```
 pub fn check_seed(what: &'static str, seed: &CompressionSeed) -> Result<()> {
+    first_byte(what, seed).map(|_| ())
+}
+
+/// The byte of its stream at which `seed` starts, if [`check_seed`] accepts it.
+fn first_byte(what: &'static str, seed: &CompressionSeed) -> Result<u128> {
     match TableIndex::distance(&seed.inner.first_index, &TableIndex::FIRST) {
-        Some(start) if start.0 < MAX_FIRST_BYTE => Ok(()),
+        Some(start) if start.0 < MAX_FIRST_BYTE => Ok(start.0),
         _ => Err(HeError::Shape {
             what,
             message: format!("its compression seed starts the mask stream at {:?}, past the first 2^64 bytes (a tfhe-rs seed starts at byte 0 or 1)", seed.inner.first_index),
@@ -58,7 +63,8 @@ pub fn check_seed(what: &'static str, seed: &CompressionSeed) -> Result<()> {
 /// assert_eq!(words, list.decompress_into_lwe_ciphertext_list().into_container());
 /// ```
 pub fn expand(list: &SeededLweCiphertextListOwned<u64>) -> Result<Vec<u64>> {
-    check_seed("seeded ciphertext list", &list.compression_seed())?;
+    let seed = list.compression_seed();
+    let start = first_byte("seeded ciphertext list", &seed)?;
     let size = list.lwe_size().0;
     if size < 2 {
         // No mask to draw (tfhe-rs's expansion panics on such a list too); `EncryptedInput::check` refuses it first.
@@ -66,15 +72,13 @@ pub fn expand(list: &SeededLweCiphertextListOwned<u64>) -> Result<Vec<u64>> {
     }
     let n = size - 1;
     let count = list.lwe_ciphertext_count().0;
-    let seed = list.compression_seed().inner;
-    let SeedKind::Ctr(key) = seed.seed else {
+    let SeedKind::Ctr(key) = seed.inner.seed else {
         return Ok(list.clone().decompress_into_lwe_ciphertext_list().into_container());
     };
     if !list.ciphertext_modulus().is_native_modulus() {
         return Ok(list.clone().decompress_into_lwe_ciphertext_list().into_container());
     }
-    let start = TableIndex::distance(&seed.first_index, &TableIndex::FIRST).expect("checked above");
-    let stream = keystream(Aes128Key::new(u128::from_le(key.0)), start.0, count * n * 8);
+    let stream = keystream(Aes128Key::new(u128::from_le(key.0)), start, count * n * 8);
     let mut out = vec![0u64; count * size];
     for ((ct, mask), &body) in out.chunks_exact_mut(size).zip(stream.chunks_exact(n * 8)).zip(list.as_ref()) {
         for (w, b) in ct[..n].iter_mut().zip(mask.chunks_exact(8)) {
