@@ -234,14 +234,6 @@ fn download_switch_noise_with(params: ParameterSet, key: &EvaluationKey) -> f64 
     sigma
 }
 
-/// The bodies of a key's seeded bootstrap key.
-fn bootstrap_bodies(key: &EvaluationKey) -> &[u64] {
-    match &key.bootstrap_key {
-        cryptotl_server::SeededBootstrapKey::Classic(k) => k.as_ref(),
-        cryptotl_server::SeededBootstrapKey::MultiBit(k) => k.as_ref(),
-    }
-}
-
 #[test]
 fn a_rounded_evaluation_key_is_22_percent_smaller_and_evaluates_as_the_full_one() {
     use cryptotl_server::wire::{RoundedEvaluationKey, read_evaluation_key};
@@ -259,7 +251,7 @@ fn a_rounded_evaluation_key_is_22_percent_smaller_and_evaluates_as_the_full_one(
         // Every body within half a rounding step of the client's, and the full form still reads.
         let expanded = read_evaluation_key(&bytes, limit, params).unwrap();
         let half = 1i64 << (r - 1);
-        let (was, now) = (bootstrap_bodies(key), bootstrap_bodies(&expanded));
+        let (was, now) = (key.bootstrap_key.bodies(), expanded.bootstrap_key.bodies());
         assert_eq!(was.len(), now.len());
         assert!(was.iter().zip(now).all(|(a, b)| (a.wrapping_sub(*b) as i64).abs() <= half));
         assert!(was.iter().zip(now).filter(|(a, b)| a != b).count() > was.len() / 2, "the low bits were rounded away");

@@ -100,6 +100,22 @@ pub enum SeededBootstrapKeyVersions {
 }
 
 impl SeededBootstrapKey {
+    /// The seed its masks are drawn from.
+    pub fn compression_seed(&self) -> CompressionSeed {
+        match self {
+            Self::Classic(k) => k.compression_seed(),
+            Self::MultiBit(k) => k.compression_seed(),
+        }
+    }
+
+    /// Its body words (the masks are not stored: they come from [`Self::compression_seed`]).
+    pub fn bodies(&self) -> &[u64] {
+        match self {
+            Self::Classic(k) => k.as_ref(),
+            Self::MultiBit(k) => k.as_ref(),
+        }
+    }
+
     /// Whether every dimension matches `params` (kind, n, k, N, gadget, grouping, modulus, length).
     fn matches(&self, params: ParameterSet) -> bool {
         let p = params.tfhe();
@@ -150,11 +166,7 @@ impl EvaluationKey {
         if !self.bootstrap_key.matches(params) {
             return Err(shape(Self::WHAT, format!("bootstrap key dimensions do not match {}", params.name())));
         }
-        let seed = match &self.bootstrap_key {
-            SeededBootstrapKey::Classic(k) => k.compression_seed(),
-            SeededBootstrapKey::MultiBit(k) => k.compression_seed(),
-        };
-        crate::eval::mask::check_seed(Self::WHAT, &seed)
+        crate::eval::mask::check_seed(Self::WHAT, &self.bootstrap_key.compression_seed())
     }
 }
 
@@ -202,10 +214,7 @@ impl RoundedEvaluationKey {
     /// Round `key`'s bodies to `params`' [`ParameterSet::key_rounding_bits`] and pack them.
     pub fn round(key: &EvaluationKey, params: ParameterSet) -> Self {
         let r = params.key_rounding_bits();
-        let (seed, words): (CompressionSeed, &[u64]) = match &key.bootstrap_key {
-            SeededBootstrapKey::Classic(k) => (k.compression_seed(), k.as_ref()),
-            SeededBootstrapKey::MultiBit(k) => (k.compression_seed(), k.as_ref()),
-        };
+        let (seed, words) = (key.bootstrap_key.compression_seed(), key.bootstrap_key.bodies());
         let half = if r == 0 { 0 } else { 1u64 << (r - 1) };
         let rounded = words.iter().map(|&w| w.wrapping_add(half) >> r);
         Self {
