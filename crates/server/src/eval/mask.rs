@@ -72,12 +72,10 @@ pub fn expand(list: &SeededLweCiphertextListOwned<u64>) -> Result<Vec<u64>> {
     }
     let n = size - 1;
     let count = list.lwe_ciphertext_count().0;
-    let SeedKind::Ctr(key) = seed.inner.seed else {
+    // An XOF seed or another modulus: tfhe-rs's own expansion.
+    let (SeedKind::Ctr(key), true) = (seed.inner.seed, list.ciphertext_modulus().is_native_modulus()) else {
         return Ok(list.clone().decompress_into_lwe_ciphertext_list().into_container());
     };
-    if !list.ciphertext_modulus().is_native_modulus() {
-        return Ok(list.clone().decompress_into_lwe_ciphertext_list().into_container());
-    }
     let stream = keystream(Aes128Key::new(u128::from_le(key.0)), start, count * n * 8);
     let mut out = vec![0u64; count * size];
     for ((ct, mask), &body) in out.chunks_exact_mut(size).zip(stream.chunks_exact(n * 8)).zip(list.as_ref()) {
