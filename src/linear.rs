@@ -325,8 +325,14 @@ enum SolverRows {
         scale: Vec<f64>,
         /// The original column of each kept column, ascending.
         columns: Vec<usize>,
+        /// The design's columns, kept or not (the fitted model has a weight for each).
+        dim: usize,
     },
-    Sparse(CompactRows),
+    Sparse {
+        rows: CompactRows,
+        /// The design's columns, used by a row or not (the fitted model has a weight for each).
+        dim: usize,
+    },
 }
 
 impl SolverRows {
@@ -334,7 +340,7 @@ impl SolverRows {
     fn width(&self) -> usize {
         match self {
             Self::Dense { z, .. } => z.ncols(),
-            Self::Sparse(c) => c.columns.len(),
+            Self::Sparse { rows, .. } => rows.columns.len(),
         }
     }
 }
@@ -384,7 +390,7 @@ impl Problem<'_> {
         let (w, b) = self.split(p);
         let z: Vec<f64> = match self.rows {
             SolverRows::Dense { z, .. } => z.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
-            SolverRows::Sparse(c) => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
+            SolverRows::Sparse { rows: c, .. } => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
         };
         *self.last.borrow_mut() = Some((p.to_vec(), z.clone()));
         z
@@ -396,7 +402,7 @@ impl Problem<'_> {
             SolverRows::Dense { zt, .. } => {
                 ndarray::linalg::general_mat_vec_mul(1.0, zt, &ndarray::ArrayView1::from(residuals), 1.0, &mut ndarray::ArrayViewMut1::from(g));
             }
-            SolverRows::Sparse(c) => {
+            SolverRows::Sparse { rows: c, .. } => {
                 for (row, &r) in c.rows.iter().zip(residuals) {
                     for &(j, v) in row {
                         g[j as usize] += r * v as f64;
@@ -454,7 +460,7 @@ pub fn fit<'a>(x: Design<'a>, y: &'a [u8], c: f64) -> Result<LogisticRegression>
 /// assert!(lr.weights[0] > 0.0);
 /// ```
 pub fn fit_weighted<'a>(x: Design<'a>, y: &'a [u8], c: f64, column_weights: Option<&[f64]>) -> Result<LogisticRegression> {
-    Ok(solve(x.dim(), &prepare(x, y, column_weights)?, y, c, None)?.0)
+    Ok(solve(&prepare(x, y, column_weights)?, y, c, None)?.0)
 }
 
 /// Candidates fitted one after another on the same rows: the [`SolverRows`] of the last column weighting asked for
@@ -478,7 +484,7 @@ impl CandidatePath {
             Some(kept) => self.0.insert(kept),
             None => self.0.insert(PathStep { column_weights: weights.map(<[f64]>::to_vec), rows: prepare(x, y, weights)?, last: None }),
         };
-        let (lr, param) = solve(x.dim(), &step.rows, y, cand.c, step.last.take())?;
+        let (lr, param) = solve(&step.rows, y, cand.c, step.last.take())?;
         step.last = Some(param);
         Ok(lr)
     }
@@ -512,7 +518,7 @@ fn prepare(x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<So
             let (shift, scale): (Vec<f64>, Vec<f64>) = columns.iter().map(|&j| (shift[j], scale[j])).unzip();
             let z = ndarray::Array2::from_shape_fn((n, columns.len()), |(i, k)| (m[[i, columns[k]]] as f64 - shift[k]) * scale[k]);
             let zt = z.t().as_standard_layout().into_owned();
-            SolverRows::Dense { z, zt, shift, scale, columns }
+            SolverRows::Dense { z, zt, shift, scale, columns, dim: m.ncols() }
         }
         Design::Sparse { rows, dim } => {
             if column_weights.is_some() {
@@ -521,17 +527,17 @@ fn prepare(x: Design<'_>, y: &[u8], column_weights: Option<&[f64]>) -> Result<So
             if let Some(&(j, v)) = rows.iter().flatten().find(|(j, v)| *j as usize >= dim || !v.is_finite()) {
                 return Err(Error::Features(format!("sparse row entry ({j}, {v}) is out of range or not finite")));
             }
-            SolverRows::Sparse(CompactRows::new(rows))
+            SolverRows::Sparse { rows: CompactRows::new(rows), dim }
         }
     })
 }
 
-/// Minimise the objective over `rows` (prepared by [`prepare`] from a design of `dim` columns and the labels `y`)
+/// Minimise the objective over `rows` (prepared by [`prepare`] from a design and the labels `y`)
 /// with inverse L2 strength `c`, starting L-BFGS from `init` (the solver's parameters, as this returns them beside the model: the
 /// standardised weights, for sparse rows those of the columns the rows use, then the bias) instead of 0: along a
 /// path of C the previous solution is a close start. The problem is convex, so the start changes the iterations,
 /// not the minimum.
-fn solve<'a>(dim: usize, rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
+fn solve<'a>(rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option<Vec<f64>>) -> Result<(LogisticRegression, Vec<f64>)> {
     let n = y.len();
     if !(c.is_finite() && c > 0.0) {
         return Err(Error::Features(format!("logistic regression: C must be a finite number > 0, got {c}")));
@@ -555,9 +561,9 @@ fn solve<'a>(dim: usize, rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option
     let (w, b) = problem.split(p);
     let (weights, bias) = match problem.rows {
         // x·w' + b' with w'_j = w_j s_j and b' = b − Σ_j w_j s_j m_j (s = 1/std, m = mean).
-        SolverRows::Dense { shift, scale, columns, .. } => {
+        SolverRows::Dense { shift, scale, columns, dim, .. } => {
             // Back onto every column: the ones left out keep weight 0.
-            let mut weights = vec![0f32; dim];
+            let mut weights = vec![0f32; *dim];
             for ((&j, &wj), &s) in columns.iter().zip(w).zip(scale) {
                 weights[j] = (wj * s) as f32;
             }
@@ -565,8 +571,8 @@ fn solve<'a>(dim: usize, rows: &'a SolverRows, y: &'a [u8], c: f64, init: Option
             (weights, bias as f32)
         }
         // Back onto every column: the ones no row uses keep weight 0.
-        SolverRows::Sparse(c) => {
-            let mut weights = vec![0f32; dim];
+        SolverRows::Sparse { rows: c, dim } => {
+            let mut weights = vec![0f32; *dim];
             for (&j, &wj) in c.columns.iter().zip(w) {
                 weights[j as usize] = wj as f32;
             }
