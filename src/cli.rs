@@ -573,6 +573,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let cfg = a.load()?;
             let report = pipeline::run(&cfg)?;
             println!("{}", report.summary_markdown());
+            print!("{}", report.headline());
             println!("report written to {}", cfg.output_dir().join("report.md").display());
         }
         Command::Pretrain(a) => {

@@ -219,6 +219,47 @@ impl Report {
         s
     }
 
+    /// The run's outcome in three plain lines, which `cryptotl run` prints last (a terminal shows the end of its
+    /// output): every head's and baseline's test accuracy (the diagnostic float and clear-integer transfer heads
+    /// left out), the learning curves at 64 labelled examples (or their smallest size below that) with the transfer
+    /// head's margin over the raw-feature head, and each party's ε.
+    pub fn headline(&self) -> String {
+        let mut s = String::new();
+        let encrypted = self.he.is_some();
+        let heads: Vec<String> = self
+            .results
+            .iter()
+            .filter(|r| !matches!(r.method.as_str(), "transfer_float" | "transfer_quantized"))
+            .map(|r| format!("{} {:.3}{}", r.method, r.test.accuracy, if r.method == "transfer" && encrypted { " (encrypted)" } else { "" }))
+            .collect();
+        let _ = writeln!(s, "test accuracy ({} examples): {}", self.target.test, heads.join(" · "));
+        if let Some(c) = &self.curve {
+            let size = c.sizes.iter().copied().filter(|&n| n <= 64).max().or_else(|| c.sizes.first().copied());
+            if let Some(size) = size {
+                let points: Vec<String> = c.methods.iter().filter_map(|m| c.point(m, size)).map(|p| format!("{} {:.3}", p.method, p.mean)).collect();
+                let margin = c.margin("transfer", "raw_features", size).map_or(String::new(), |m| format!("; transfer − raw_features {:+.1} ± {:.1} points", 100.0 * m.mean, 100.0 * m.std_error));
+                let _ = writeln!(s, "learning curves at {size} labels (mean of {} draws): {}{margin}", c.draws, points.join(" · "));
+            }
+        }
+        let budget: Vec<String> = self
+            .budget
+            .rows
+            .iter()
+            .map(|r| {
+                // The mechanism's name, without the table's explanation in parentheses.
+                let mechanism = r.mechanism.split(" (").next().unwrap_or_default();
+                let mechanism = if mechanism == "none" { "no DP" } else { mechanism };
+                match (r.epsilon, r.delta) {
+                    (Some(e), Some(d)) => format!("{}: ε = {} at δ = {} ({mechanism})", r.party, shown::epsilon(e), shown::delta(d)),
+                    (Some(e), None) => format!("{}: ε = {} ({mechanism})", r.party, shown::epsilon(e)),
+                    _ => format!("{}: ε = ∞ ({mechanism})", r.party),
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "privacy: {}", budget.join(" · "));
+        s
+    }
+
     /// What `cryptotl run` prints: data, pretraining, the privacy budget, results, learning curves, DP and the
     /// encrypted stage.
     pub fn summary_markdown(&self) -> String {

@@ -179,6 +179,18 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     // of the two means; its standard error is that of the per-draw differences (0 at the full size).
     let table = curve.to_markdown();
     assert!(table.contains("| transfer − raw_features, points |"), "{table}");
+    // What `cryptotl run` prints last: every head's test accuracy (not the diagnostic float and clear-integer
+    // heads), the curves at 64 labels with the margin, and each party's ε.
+    let headline = report.headline();
+    let lines: Vec<&str> = headline.lines().collect();
+    assert_eq!(lines.len(), 3, "{headline}");
+    let transfer = report.results[0].test.accuracy;
+    assert!(lines[0].starts_with(&format!("test accuracy ({} examples): transfer {transfer:.3} (encrypted) · raw_features_head ", report.target.test)), "{headline}");
+    assert!(lines[0].contains("bag_of_words") && !lines[0].contains("transfer_float") && !lines[0].contains("transfer_quantized"), "{headline}");
+    let (t64, r64, m64) = (curve.point("transfer", 64).unwrap().mean, curve.point("raw_features", 64).unwrap().mean, curve.margin("transfer", "raw_features", 64).unwrap());
+    assert!(lines[1].starts_with(&format!("learning curves at 64 labels (mean of {} draws): transfer {t64:.3} · raw_features {r64:.3} · bag_of_words ", curve.draws)), "{headline}");
+    assert!(lines[1].ends_with(&format!("; transfer − raw_features {:+.1} ± {:.1} points", 100.0 * m64.mean, 100.0 * m64.std_error)), "{headline}");
+    assert_eq!(lines[2], "privacy: client: ε = ∞ (no DP) · server: ε = ∞ (no DP)", "{headline}");
     // The full size is one fit (every draw the whole training split): its row shows single values, no spread.
     let full = table.lines().find(|l| l.starts_with(&format!("| {} |", report.target.train))).expect("a full-size row");
     assert!(full.split('|').skip(2).take(curve.methods.len()).all(|cell| !cell.contains('±')), "{full}");
@@ -429,8 +441,12 @@ fn cli_stage_subcommands_reuse_the_library() {
     let (code, _, err) = cli(&["-q", "evaluate", c, "--set", "head.kind=\"mlp\"", "--set", "head.pool=3"]);
     assert!(code != 0 && err.contains("labels are 0 or 1"), "{err}");
     // `run` writes everything `evaluate` needs.
-    let (code, _, err) = cli(&["-q", "run", c, "--set", "he.enabled=false", "--set", "curve.enabled=false"]);
+    let (code, out, err) = cli(&["-q", "run", c, "--set", "he.enabled=false", "--set", "curve.enabled=false"]);
     assert_eq!(code, 0, "{err}");
+    // Its last lines: the outcome in brief (no curves in this run), then where the report is.
+    let last: Vec<&str> = out.lines().rev().take(3).collect();
+    assert!(last[0].starts_with("report written to ") && last[1] == "privacy: client: ε = ∞ (no DP) · server: ε = ∞ (no DP)" && last[2].starts_with("test accuracy (") && last[2].contains(": transfer "), "{out}");
+    assert!(!last[2].contains("(encrypted)"), "the lower network ran in the clear: {out}");
     let (code, _, err) = cli(&["-q", "evaluate", c, "--set", "he.enabled=false", "--set", "curve.enabled=false"]);
     assert_eq!(code, 0, "evaluate after run: {err}");
 }
