@@ -22,6 +22,8 @@ use argmin::solver::quasinewton::LBFGS;
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
+mod matvec;
+
 use crate::error::{Error, Result};
 
 /// A sparse row: (column, value) pairs, columns unique.
@@ -389,7 +391,11 @@ impl Problem<'_> {
         }
         let (w, b) = self.split(p);
         let z: Vec<f64> = match self.rows {
-            SolverRows::Dense { z, .. } => z.dot(&ndarray::ArrayView1::from(w)).iter().map(|&v| v + b).collect(),
+            SolverRows::Dense { z, .. } => {
+                let mut z_w = vec![0.0; z.nrows()];
+                matvec::mat_vec(z.as_slice().expect("z is in standard layout"), w, &mut z_w, false);
+                z_w.into_iter().map(|v| v + b).collect()
+            }
             SolverRows::Sparse { rows: c, .. } => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
         };
         *self.last.borrow_mut() = Some((p.to_vec(), z.clone()));
@@ -400,7 +406,7 @@ impl Problem<'_> {
     fn accumulate(&self, residuals: &[f64], g: &mut [f64]) {
         match self.rows {
             SolverRows::Dense { zt, .. } => {
-                ndarray::linalg::general_mat_vec_mul(1.0, zt, &ndarray::ArrayView1::from(residuals), 1.0, &mut ndarray::ArrayViewMut1::from(g));
+                matvec::mat_vec(zt.as_slice().expect("zt is in standard layout"), residuals, g, true);
             }
             SolverRows::Sparse { rows: c, .. } => {
                 for (row, &r) in c.rows.iter().zip(residuals) {
