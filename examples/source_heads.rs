@@ -15,7 +15,7 @@
 use cryptotl::config::RunConfig;
 use cryptotl::model::{Cpu, PretrainNet};
 use cryptotl::pipeline::{self, NetworkOrigin};
-use ndarray::{Array1, Array2, Axis, concatenate, s};
+use ndarray::{Array1, Axis, concatenate, s};
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1);
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         _ => cryptotl::model::load_module(PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), tasks, cfg.seed, &device), &lower.cache_dir.join("lower"), &device)?,
     };
     // `[hidden, tasks]`, restricted to the units the client receives (pruned ones output 0 on the server's side).
-    let weights = Array2::from_shape_vec((net.out.weight.dims()[0], tasks), net.out.weight.val().into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)?;
+    let weights = cryptotl::model::to_array(net.out.weight.val());
     let bias: Array1<f32> = match &net.out.bias {
         Some(b) => Array1::from(b.val().into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?),
         None => Array1::zeros(tasks),

@@ -392,9 +392,10 @@ impl Problem<'_> {
         let (w, b) = self.split(p);
         let z: Vec<f64> = match self.rows {
             SolverRows::Dense { z, .. } => {
-                let mut z_w = vec![0.0; z.nrows()];
-                matvec::mat_vec(z.as_slice().expect("z is in standard layout"), w, &mut z_w, false);
-                z_w.into_iter().map(|v| v + b).collect()
+                let mut margins = vec![0.0; z.nrows()];
+                matvec::mat_vec(z.as_slice().expect("z is in standard layout"), w, &mut margins, false);
+                margins.iter_mut().for_each(|v| *v += b);
+                margins
             }
             SolverRows::Sparse { rows: c, .. } => Design::Sparse { rows: &c.rows, dim: c.columns.len() }.margins(w, b),
         };

@@ -22,6 +22,7 @@ pub(super) fn mat_vec(m: &[f64], x: &[f64], out: &mut [f64], accumulate: bool) {
     let d = x.len();
     let row = |i: usize| &m[i * d..(i + 1) * d];
     let whole = out.len() - out.len() % ROWS;
+    let store = |o: &mut f64, s: f64| *o = if accumulate { *o + s } else { s };
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for i in (0..whole).step_by(ROWS) {
@@ -31,13 +32,11 @@ pub(super) fn mat_vec(m: &[f64], x: &[f64], out: &mut [f64], accumulate: bool) {
         let sums = if avx2 { unsafe { avx2::dots(rows, x) } } else { dots(rows, x) };
         #[cfg(not(target_arch = "x86_64"))]
         let sums = dots(rows, x);
-        for (o, s) in out[i..i + ROWS].iter_mut().zip(sums) {
-            *o = if accumulate { *o + s } else { s };
-        }
+        out[i..i + ROWS].iter_mut().zip(sums).for_each(|(o, s)| store(o, s));
     }
     for (i, o) in out.iter_mut().enumerate().skip(whole) {
         let [s] = dots([row(i)], x);
-        *o = if accumulate { *o + s } else { s };
+        store(o, s);
     }
 }
 
@@ -132,10 +131,10 @@ mod tests {
                 let m = ndarray::Array2::from_shape_fn((n, d), |_| value(&mut rng));
                 let x = ndarray::Array1::from_shape_fn(d, |_| value(&mut rng));
                 let start = ndarray::Array1::from_shape_fn(n, |_| value(&mut rng));
-                let want = m.dot(&x);
+                let product = m.dot(&x);
                 let mut got = vec![f64::NAN; n];
                 mat_vec(m.as_slice().unwrap(), x.as_slice().unwrap(), &mut got, false);
-                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n = {n}, d = {d}");
+                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), product.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n = {n}, d = {d}");
                 let mut want = start.clone();
                 ndarray::linalg::general_mat_vec_mul(1.0, &m, &x, 1.0, &mut want);
                 let mut got = start.to_vec();
@@ -144,8 +143,7 @@ mod tests {
                 // The plain code path too (the one above took AVX2 where the CPU has it).
                 for (i, rows) in m.as_slice().unwrap().chunks_exact(d.max(1)).collect::<Vec<_>>().chunks_exact(ROWS).enumerate() {
                     let sums = dots(std::array::from_fn::<&[f64], ROWS, _>(|r| rows[r]), x.as_slice().unwrap());
-                    let want = m.dot(&x);
-                    assert_eq!(sums.map(f64::to_bits), std::array::from_fn(|r| want[i * ROWS + r].to_bits()), "n = {n}, d = {d}, plain");
+                    assert_eq!(sums.map(f64::to_bits), std::array::from_fn(|r| product[i * ROWS + r].to_bits()), "n = {n}, d = {d}, plain");
                 }
             }
         }
