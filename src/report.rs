@@ -246,9 +246,7 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
-                // The mechanism's name, without the table's explanation in parentheses.
-                let mechanism = r.mechanism.split(" (").next().unwrap_or_default();
-                let mechanism = if mechanism == "none" { "no DP" } else { mechanism };
+                let mechanism = r.short_mechanism();
                 match (r.epsilon, r.delta) {
                     (Some(e), Some(d)) => format!("{}: ε = {} at δ = {} ({mechanism})", r.party, shown::epsilon(e), shown::delta(d)),
                     (Some(e), None) => format!("{}: ε = {} ({mechanism})", r.party, shown::epsilon(e)),

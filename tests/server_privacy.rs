@@ -220,6 +220,9 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     let rows = &report.budget.rows;
     let mechanisms: Vec<&str> = rows.iter().map(|r| r.mechanism.as_str()).collect();
     assert_eq!(mechanisms.len(), 4, "{mechanisms:?}");
+    // The one-line summaries (`Report::headline`) name each mechanism by its short name.
+    let short: Vec<&str> = rows.iter().map(|r| r.short_mechanism()).collect();
+    assert_eq!(short, ["DP-SGD on the head", "DP pretraining", "weight noise", "composed total"]);
     assert_eq!((rows[0].party.as_str(), rows[0].epsilon, rows[0].delta), ("client", Some(client.plan.epsilon), Some(client.plan.delta)));
     assert_eq!((rows[1].party.as_str(), rows[1].epsilon), ("server", Some(pre.epsilon)));
     assert!(rows[1].mechanism.starts_with("DP pretraining"));
@@ -255,7 +258,7 @@ fn the_budget_table_claims_nothing_where_nothing_was_done() {
     assert!(tfhe.enabled && tfhe.security_bits == Some(128) && tfhe.statement.contains("V1_8_PARAM_MESSAGE_2_CARRY_2"));
     let b = cryptotl::privacy::budget::BudgetReport::new(None, 10, Default::default(), tfhe).unwrap();
     assert_eq!(b.rows.len(), 2);
-    assert!(b.rows.iter().all(|r| r.epsilon.is_none() && r.mechanism.starts_with("none")));
+    assert!(b.rows.iter().all(|r| r.epsilon.is_none() && r.mechanism.starts_with("none") && r.short_mechanism() == "no DP"));
     assert!(b.source_tightest.is_none());
     assert!(b.to_markdown().contains("| ∞ |"));
 }

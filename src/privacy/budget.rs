@@ -36,6 +36,26 @@ pub struct BudgetRow {
     pub protects_against: String,
 }
 
+impl BudgetRow {
+    /// The mechanism's short name for one-line summaries: the table's wording without its explanation in
+    /// parentheses, and "no DP" where nothing protects the data. A server's published statement is read the same
+    /// way, so a remote server's rows shorten too.
+    ///
+    /// ```
+    /// use cryptotl::privacy::budget::{BudgetReport, TfheStatement};
+    /// let tfhe = TfheStatement::new(&cryptotl::config::HeConfig::default(), None).unwrap();
+    /// let table = BudgetReport::new(None, 10, Default::default(), tfhe).unwrap();
+    /// assert_eq!(table.rows[0].mechanism, "none (head trained without DP)");
+    /// assert_eq!(table.rows[0].short_mechanism(), "no DP");
+    /// ```
+    pub fn short_mechanism(&self) -> &str {
+        match self.mechanism.split(" (").next().unwrap_or_default().trim() {
+            "none" | "" => "no DP",
+            name => name,
+        }
+    }
+}
+
 /// What the encryption protects.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TfheStatement {
