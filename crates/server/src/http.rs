@@ -19,7 +19,9 @@
 //! in a bounded queue, served one batch at a time (each batch uses every core); when the queue is full, or a
 //! request waited past its timeout, the answer is 503 with `Retry-After`. A batch that runs past the evaluation
 //! timeout is stopped within milliseconds (the worker is free again) and answered 413: the same batch would run as
-//! long again, fewer samples per request pass. Errors are JSON `{"error": "..."}`.
+//! long again, fewer samples per request pass. The token is checked from the headers before a body is read, so a
+//! request without one costs the server no upload. Errors are JSON `{"error": "..."}`, the refusals of the HTTP
+//! layer included (a body past its limit, an unknown path, a wrong method).
 //! Plain HTTP is refused on any address but loopback.
 //!
 //! An evaluate request names the output formats its client reads in `x-cryptotl-output`
@@ -34,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -161,24 +165,36 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId, Unaut
     token.and_then(|t| state.tokens.authenticate(t)).ok_or(Unauthorized)
 }
 
-async fn interface(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    match authenticate(&s, &headers) {
-        Ok(_) => axum::Json(s.service.interface().clone()).into_response(),
-        Err(r) => r.into_response(),
+/// The client of a `/v1` request, known from its headers. As an extractor placed before the body it refuses a
+/// request without a known token (401) before the body is read.
+struct Authenticated(ClientId);
+
+impl FromRequestParts<Shared> for Authenticated {
+    type Rejection = Unauthorized;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers).map(Authenticated)
     }
 }
 
-async fn privacy(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    match authenticate(&s, &headers) {
-        Ok(_) => axum::Json(s.service.privacy().clone()).into_response(),
-        Err(r) => r.into_response(),
-    }
+/// A request body, or the HTTP layer's refusal of it (past the route's limit: 413; unreadable: 400) as the JSON
+/// error every other refusal is.
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|r| error(r.status(), r.body_text()))
 }
 
-async fn upload_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let client = match authenticate(&s, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+async fn interface(State(s): State<Shared>, _: Authenticated) -> Response {
+    axum::Json(s.service.interface().clone()).into_response()
+}
+
+async fn privacy(State(s): State<Shared>, _: Authenticated) -> Response {
+    axum::Json(s.service.privacy().clone()).into_response()
+}
+
+async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticated, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let service = s.service.clone();
     match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
@@ -188,10 +204,10 @@ async fn upload_key(State(s): State<Shared>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-async fn evaluate(State(s): State<Shared>, Path(key_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let client = match authenticate(&s, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated, Path(key_id): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let format = match OutputFormat::negotiate(headers.get(OutputFormat::HEADER).map(|v| v.to_str().unwrap_or("(not ASCII)"))) {
         Ok(f) => f,
@@ -276,6 +292,8 @@ pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_tim
         .route("/v1/keys/{key_id}/evaluate", post(evaluate).layer(DefaultBodyLimit::max(batch_limit)))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics)") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method (GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate)") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
