@@ -177,10 +177,10 @@ impl FromRequestParts<Shared> for Authenticated {
     }
 }
 
-/// A request body, or the HTTP layer's refusal of it (past the route's limit: 413; unreadable: 400) as the JSON
-/// error every other refusal is.
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body.map_err(|r| error(r.status(), r.body_text()))
+/// The HTTP layer's refusal of a request body (past the route's limit: 413; unreadable: 400) as the JSON error
+/// every other refusal is.
+fn refused_body(rejection: BytesRejection) -> Response {
+    error(rejection.status(), rejection.body_text())
 }
 
 async fn interface(State(s): State<Shared>, _: Authenticated) -> Response {
@@ -192,9 +192,9 @@ async fn privacy(State(s): State<Shared>, _: Authenticated) -> Response {
 }
 
 async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticated, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body_or_error(body) {
+    let body = match body {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refused_body(r),
     };
     let service = s.service.clone();
     match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
@@ -205,9 +205,9 @@ async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticate
 }
 
 async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated, Path(key_id): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body_or_error(body) {
+    let body = match body {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refused_body(r),
     };
     let format = match OutputFormat::negotiate(headers.get(OutputFormat::HEADER).map(|v| v.to_str().unwrap_or("(not ASCII)"))) {
         Ok(f) => f,
