@@ -177,10 +177,13 @@ impl FromRequestParts<Shared> for Authenticated {
     }
 }
 
-/// The HTTP layer's refusal of a request body (past the route's limit: 413; unreadable: 400) as the JSON error
-/// every other refusal is.
-fn refused_body(rejection: BytesRejection) -> Response {
-    error(rejection.status(), rejection.body_text())
+/// The HTTP layer's refusal of a request body as the JSON error every other refusal is: past the route's `limit`
+/// (bytes, from the model's interface), 413 naming it; unreadable, 400.
+fn refused_body(rejection: BytesRejection, limit: u64) -> Response {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body past this endpoint's limit of {limit} bytes")),
+        status => error(status, rejection.body_text()),
+    }
 }
 
 async fn interface(State(s): State<Shared>, _: Authenticated) -> Response {
@@ -194,7 +197,7 @@ async fn privacy(State(s): State<Shared>, _: Authenticated) -> Response {
 async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticated, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(r) => return refused_body(r),
+        Err(r) => return refused_body(r, s.service.interface().evaluation_key_limit),
     };
     let service = s.service.clone();
     match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
@@ -207,7 +210,7 @@ async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticate
 async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated, Path(key_id): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(r) => return refused_body(r),
+        Err(r) => return refused_body(r, s.service.interface().request_limit()),
     };
     let format = match OutputFormat::negotiate(headers.get(OutputFormat::HEADER).map(|v| v.to_str().unwrap_or("(not ASCII)"))) {
         Ok(f) => f,
