@@ -273,6 +273,9 @@ async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Respo
     response
 }
 
+/// The routes [`router`] serves, as its 404 and 405 answers list them.
+const ENDPOINTS: &str = "GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics";
+
 /// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
 pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_timeout: Duration) -> Router {
     let iface = service.interface().clone();
@@ -295,8 +298,8 @@ pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_tim
         .route("/v1/keys/{key_id}/evaluate", post(evaluate).layer(DefaultBodyLimit::max(batch_limit)))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics)") })
-        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method (GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate)") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, format!("no such endpoint ({ENDPOINTS})")) })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, format!("this endpoint does not take that method ({ENDPOINTS})")) })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
