@@ -503,6 +503,20 @@ fn map_label(cfg: &DatasetConfig, raw: &str) -> std::result::Result<Option<u8>, 
     }
 }
 
+/// What a label column holds, for an error about one of its values: its distinct values (trimmed, the most
+/// frequent first, at most 8) with their counts, and the keys that map them, so a user can set them in one go.
+fn label_values_hint<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for v in values {
+        *counts.entry(v.trim()).or_default() += 1;
+    }
+    let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = by_count.iter().take(8).map(|(v, n)| format!("{v:?} ({n})")).collect();
+    let more = if by_count.len() > 8 { format!(" and {} more", by_count.len() - 8) } else { String::new() };
+    format!(". The label column holds {}{more}: list its values in the `positive`, `negative` and `ignore` keys of this dataset's table", shown.join(", "))
+}
+
 fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
     let path = Path::new(p);
     let text = decode(read_source(p)?, cfg.lossy_utf8, path, &mut ds.lossy_replacements)?;
@@ -533,13 +547,18 @@ fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
             "row {} (line {line}): a quoted field is never closed, so it would swallow every line after it",
             records.len() + usize::from(cfg.header))));
     }
-    for (i, rec) in records.into_iter().enumerate() {
+    let records_labels: Vec<&str> = records.iter().filter_map(|r| r.as_ref().ok()?.get(label_col)).collect();
+    for (i, rec) in records.iter().enumerate() {
         let row = i + 1 + usize::from(cfg.header);
-        let rec = rec.map_err(|e| Error::data(path, format!("row {row}: {e}")))?;
+        let rec = rec.as_ref().map_err(|e| Error::data(path, format!("row {row}: {e}")))?;
         let (Some(raw_label), Some(raw_text)) = (rec.get(label_col), rec.get(text_col)) else {
             return Err(Error::data(path, format!("row {row}: has {} columns, needs {}", rec.len(), text_col.max(label_col) + 1)));
         };
-        let Some(label) = map_label(cfg, raw_label).map_err(|m| Error::data(path, format!("row {row}: {m}")))? else {
+        let Some(label) = map_label(cfg, raw_label).map_err(|m| {
+            let hint = label_values_hint(records_labels.iter().copied());
+            Error::data(path, format!("row {row}: {m}{hint}"))
+        })?
+        else {
             ds.ignored_rows += 1;
             continue;
         };
@@ -562,7 +581,13 @@ fn load_json(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
         serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a JSON array of objects: {e}")))?;
     let n = items.len();
     let before = ds.len();
-    for (i, item) in items.into_iter().enumerate() {
+    let label_text = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(x)) => Some(x.to_string()),
+        Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
+        _ => None,
+    };
+    for (i, item) in items.iter().enumerate() {
         let obj = item.as_object().ok_or_else(|| Error::data(path, format!("element {i}: not an object")))?;
         let text = obj.get(&cfg.text_column).and_then(|v| v.as_str());
         let label = obj.get(&cfg.label_column);
@@ -573,18 +598,17 @@ fn load_json(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
         let text = text.ok_or_else(|| {
             Error::data(path, format!("element {i}: no string field {:?} (the `text_column`)", cfg.text_column))
         })?;
-        let raw_label = match label {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(x)) => x.to_string(),
-            Some(serde_json::Value::Bool(b)) => b.to_string(),
-            _ => {
-                return Err(Error::data(
-                    path,
-                    format!("element {i}: no string or number field {:?} (the `label_column`)", cfg.label_column),
-                ));
-            }
+        let Some(raw_label) = label_text(label) else {
+            return Err(Error::data(
+                path,
+                format!("element {i}: no string or number field {:?} (the `label_column`)", cfg.label_column),
+            ));
         };
-        let Some(label) = map_label(cfg, &raw_label).map_err(|m| Error::data(path, format!("element {i}: {m}")))? else {
+        let Some(label) = map_label(cfg, &raw_label).map_err(|m| {
+            let labels: Vec<String> = items.iter().filter_map(|it| label_text(it.get(&cfg.label_column))).collect();
+            Error::data(path, format!("element {i}: {m}{}", label_values_hint(labels.iter().map(String::as_str))))
+        })?
+        else {
             ds.ignored_rows += 1;
             continue;
         };

@@ -101,6 +101,19 @@ fn missing_column_names_the_column_and_what_exists() {
 fn unknown_label_names_the_row_and_allowed_values() {
     let msg = err_of(&csv("unknown_label.csv"));
     assert!(msg.contains("row 4") && msg.contains("\"maybe\"") && msg.contains("allowed"), "{msg}");
+    // It lists what the column holds, so the labels can be mapped in one go.
+    assert!(msg.contains("holds \"0\" (1), \"1\" (1), \"maybe\" (1)") && msg.contains("`positive`, `negative` and `ignore`"), "{msg}");
+    // A file written with words for labels: the most frequent first.
+    let mut cfg = csv("review_sentiment.csv");
+    cfg.text_column = "review".into();
+    cfg.label_column = "sentiment".into();
+    let msg = err_of(&cfg);
+    assert!(msg.contains("row 2") && msg.contains("holds \"positive\" (2), \"negative\" (1):"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("labels.json");
+    std::fs::write(&json, r#"[{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "c", "label": true}]"#).unwrap();
+    let msg = err_of(&DatasetConfig::new("j", DatasetFormat::Json, &[json.to_str().unwrap()]));
+    assert!(msg.contains("element 0") && msg.contains("holds \"neg\" (1), \"pos\" (1), \"true\" (1)"), "{msg}");
 }
 
 #[test]
