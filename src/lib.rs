@@ -27,6 +27,7 @@
 //! - [`curve`]: learning curves over labelled-set sizes (transfer, raw features, bag of words).
 //! - [`audit`]: the one-run empirical privacy audit of the DP-SGD head (a lower bound beside the accountant's ε).
 //! - [`membership`]: a membership-inference attack on the server's source data through the network's outputs.
+//! - [`overlap`]: the contamination check: target texts the server's network learned from.
 //! - [`sweep`]: privacy-utility sweeps over the client's and the server's ε (CSV, Markdown, SVG chart).
 //! - [`atomic`]: atomic file writes (temp file, fsync, rename).
 //! - [`cache`]: cache entries (a directory completed by its `meta.json` last), for the pretrained and the noised network.
@@ -53,6 +54,7 @@ pub mod he;
 pub mod linear;
 pub mod membership;
 pub mod model;
+pub mod overlap;
 pub mod privacy;
 pub mod pipeline;
 pub mod progress;

@@ -166,6 +166,9 @@ pub struct Report {
     pub source: Option<DatasetSummary>,
     /// Target dataset sizes.
     pub target: DatasetSummary,
+    /// How many target texts the server's network learned from ([`crate::overlap`]); None with a remote server,
+    /// whose source texts the client never sees.
+    pub source_overlap: Option<crate::overlap::OverlapCheck>,
     /// Where the lower network ran: `local` (this process) or the remote server's URL.
     pub server: String,
     /// Pretraining (None with a remote server).
@@ -233,6 +236,12 @@ impl Report {
             .map(|r| format!("{} {:.3}{}", r.method, r.test.accuracy, if r.method == "transfer" && encrypted { " (encrypted)" } else { "" }))
             .collect();
         let _ = writeln!(s, "test accuracy ({} examples): {}", self.target.test, heads.join(" · "));
+        if let Some(crate::overlap::OverlapCheck::Checked(o)) = &self.source_overlap
+            && o.total() > 0
+        {
+            let _ = writeln!(s, "source overlap: {} of the {} test texts ({} of {} training) are among the server's source training texts: not transfer (report.md, Data)",
+                o.test, o.target_sizes[2], o.train, o.target_sizes[0]);
+        }
         if let Some(c) = &self.curve {
             let size = c.sizes.iter().copied().filter(|&n| n <= 64).max().or_else(|| c.sizes.first().copied());
             if let Some(size) = size {
@@ -275,6 +284,14 @@ impl Report {
         }
         if self.target.test_texts_in_train > 0 {
             let _ = writeln!(s, "\n{} of the target's {} test texts also occur in its training split (duplicates in the data): on those the test accuracy measures memory, not generalisation.", self.target.test_texts_in_train, self.target.test);
+        }
+        match &self.source_overlap {
+            Some(check) => {
+                let _ = writeln!(s, "\n{}", check.describe());
+            }
+            None => {
+                let _ = writeln!(s, "\nTarget texts among the server's source texts: not checked (the remote server's source texts are its own).");
+            }
         }
         let Some(p) = &self.pretraining else {
             let _ = writeln!(s, "\n## Pretraining (server)\n\nThe lower network ran on the remote server at {}: its network, source data and pretraining are the server's own. Its privacy statement is in the budget table.\n", self.server);

@@ -8,8 +8,9 @@
 //! |---|---|
 //! | `manifest.json` | format, the [`crate::pipeline::pretrain_key`] of the config that made it, the command, the sha256 and size of the network, the pretraining meta data (source sizes, source accuracy per source task, each neuron's pre-activation range over the source training features, history), the server's fitted feature pipeline, the config tables that determine it (for people), and the membership attack on the source data measured when it was built |
 //! | `pretrain_net.bin` | the lower network and its pretraining output layer, Burn's binary record |
+//! | `source_fingerprints.bin` | the fingerprints of the source texts it learned from ([`crate::overlap`]), so a run can count the target texts among them without the source data; checked by the manifest's sha256 |
 //!
-//! `cargo run --release -- ship-network configs/quickstart.toml` rebuilds both from the fetched sources
+//! `cargo run --release -- ship-network configs/quickstart.toml` rebuilds them from the fetched sources
 //! (`python3 datasets/fetch.py tweets pang_lee_sentences`). A run whose [`crate::pipeline::pretrain_key`] equals the manifest's key
 //! (and that has no cache entry) uses it instead of pretraining, and never loads the source data: the compiler
 //! calibrates on the shipped ranges. Any change to what determines the network (source paths, features, network,
@@ -40,6 +41,9 @@ pub const BUILD_COMMAND: &str = "python3 datasets/fetch.py tweets pang_lee_sente
 
 static MANIFEST: &str = include_str!("../datasets/shipped/sentiment_network/manifest.json");
 static NETWORK: &[u8] = include_bytes!("../datasets/shipped/sentiment_network/pretrain_net.bin");
+static FINGERPRINTS: &[u8] = include_bytes!("../datasets/shipped/sentiment_network/source_fingerprints.bin");
+/// The file of the source fingerprints in a shipped network's folder.
+pub const FINGERPRINTS_FILE: &str = "source_fingerprints.bin";
 
 /// What `manifest.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +70,18 @@ pub struct Manifest {
     /// budget of every run that uses the network unchanged.
     #[serde(default)]
     pub membership: Option<crate::membership::MembershipAttack>,
+    /// The sha256 and count of [`FINGERPRINTS_FILE`]; none in manifests made before it was written.
+    #[serde(default)]
+    pub source_fingerprints: Option<FingerprintsEntry>,
+}
+
+/// What the manifest records of [`FINGERPRINTS_FILE`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FingerprintsEntry {
+    /// sha256 of the file.
+    pub sha256: String,
+    /// Distinct source texts it holds.
+    pub texts: usize,
 }
 
 /// A decoded shipped network.
@@ -74,13 +90,24 @@ pub struct ShippedNetwork {
     /// The manifest.
     pub manifest: Manifest,
     network: Vec<u8>,
+    /// The source texts it learned from, when the manifest records them.
+    pub source_fingerprints: Option<crate::overlap::SourceFingerprints>,
 }
 
 use cryptotl_server::artifact::sha256_hex;
 
 impl ShippedNetwork {
-    /// Encode a pretraining network with its meta data and feature pipeline: `(manifest.json, pretrain_net.bin)`.
-    pub fn encode(cfg: &RunConfig, net: &PretrainNet<Cpu>, meta: &PretrainMeta, features: &FeaturePipeline, membership: Option<crate::membership::MembershipAttack>) -> Result<(Vec<u8>, Vec<u8>)> {
+    /// Encode a pretraining network with its meta data, feature pipeline and the fingerprints of the source texts
+    /// it learned from: `(manifest.json, pretrain_net.bin, source_fingerprints.bin)`.
+    pub fn encode(
+        cfg: &RunConfig,
+        net: &PretrainNet<Cpu>,
+        meta: &PretrainMeta,
+        features: &FeaturePipeline,
+        membership: Option<crate::membership::MembershipAttack>,
+        fingerprints: &crate::overlap::SourceFingerprints,
+    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        let fingerprint_bytes = fingerprints.encode();
         let network = BinBytesRecorder::<FullPrecisionSettings>::default()
             .record(net.clone().into_record(), ())
             .map_err(|e| Error::Internal(format!("cannot encode the network: {e}")))?;
@@ -98,14 +125,16 @@ impl ShippedNetwork {
                 "lower": cfg.lower, "pretrain": cfg.pretrain,
             }),
             membership,
+            source_fingerprints: Some(FingerprintsEntry { sha256: sha256_hex(&fingerprint_bytes), texts: fingerprints.len() }),
         };
         let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(format!("cannot encode the manifest: {e}")))?;
         json.push(b'\n');
-        Ok((json, network))
+        Ok((json, network, fingerprint_bytes))
     }
 
-    /// Decode and check a manifest and its network bytes. `Ok(None)` for an empty manifest (nothing shipped).
-    pub fn decode(manifest: &str, network: &[u8]) -> Result<Option<Self>> {
+    /// Decode and check a manifest, its network bytes and its source fingerprints (empty when the manifest
+    /// records none). `Ok(None)` for an empty manifest (nothing shipped).
+    pub fn decode(manifest: &str, network: &[u8], fingerprints: &[u8]) -> Result<Option<Self>> {
         let what = Path::new(SHIPPED_NETWORK_DIR);
         if manifest.trim().is_empty() {
             return Ok(None);
@@ -122,7 +151,23 @@ impl ShippedNetwork {
         if m.meta.source_ranges.iter().any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
             return Err(Error::artifact(what, "calibration ranges must be finite with min <= max"));
         }
-        Ok(Some(Self { manifest: m, network: network.to_vec() }))
+        let source_fingerprints = match &m.source_fingerprints {
+            None if fingerprints.is_empty() => None,
+            None => return Err(Error::artifact(what, format!("{FINGERPRINTS_FILE} is not recorded in the manifest: rebuild with `{BUILD_COMMAND}`"))),
+            Some(entry) => {
+                if sha256_hex(fingerprints) != entry.sha256 {
+                    return Err(Error::artifact(what, format!(
+                        "{FINGERPRINTS_FILE} ({} bytes) does not match its manifest (sha256 {}): rebuild with `{BUILD_COMMAND}`",
+                        fingerprints.len(), entry.sha256)));
+                }
+                let decoded = crate::overlap::SourceFingerprints::decode(fingerprints, &what.join(FINGERPRINTS_FILE))?;
+                if decoded.len() != entry.texts {
+                    return Err(Error::artifact(what, format!("{FINGERPRINTS_FILE} holds {} texts, its manifest says {}", decoded.len(), entry.texts)));
+                }
+                Some(decoded)
+            }
+        };
+        Ok(Some(Self { manifest: m, network: network.to_vec(), source_fingerprints }))
     }
 
     /// The network, loaded into a skeleton of the run's architecture (the key match guarantees it is the same).
@@ -140,7 +185,7 @@ impl ShippedNetwork {
 /// The network shipped in this binary (`None` when none is shipped). Decoded once.
 pub fn shipped() -> Result<Option<&'static ShippedNetwork>> {
     static DECODED: OnceLock<std::result::Result<Option<ShippedNetwork>, String>> = OnceLock::new();
-    match DECODED.get_or_init(|| ShippedNetwork::decode(MANIFEST, NETWORK).map_err(|e| e.to_string())) {
+    match DECODED.get_or_init(|| ShippedNetwork::decode(MANIFEST, NETWORK, FINGERPRINTS).map_err(|e| e.to_string())) {
         Ok(n) => Ok(n.as_ref()),
         Err(e) => Err(Error::Internal(e.clone())),
     }
@@ -177,11 +222,14 @@ pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
     let device = Default::default();
     let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), crate::pipeline::pretrain_outputs(cfg), cfg.seed, &device);
     let net = crate::model::load_module(skeleton, &lower.cache_dir.join("lower"), &device)?;
-    let (manifest, network) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features, membership)?;
+    let fingerprints = crate::overlap::SourceFingerprints::of_source(&source);
+    let (manifest, network, fingerprints) = ShippedNetwork::encode(cfg, &net, &lower.meta, &lower.features, membership, &fingerprints)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::atomic::write(&dir.join("pretrain_net.bin"), &network)?;
+    crate::atomic::write(&dir.join(FINGERPRINTS_FILE), &fingerprints)?;
+    // Last: the manifest names the other two by their sha256.
     crate::atomic::write(&dir.join("manifest.json"), &manifest)?;
-    let decoded = ShippedNetwork::decode(std::str::from_utf8(&manifest).expect("JSON is UTF-8"), &network)?
+    let decoded = ShippedNetwork::decode(std::str::from_utf8(&manifest).expect("JSON is UTF-8"), &network, &fingerprints)?
         .ok_or_else(|| Error::Internal("empty manifest written".into()))?;
     Ok(decoded.manifest)
 }

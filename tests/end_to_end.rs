@@ -277,6 +277,13 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     let (source, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
     assert_eq!((attack.members, attack.non_members, attack.reference), (source.test.texts.len(), source.test.texts.len(), source.validation.texts.len()));
     assert!(md.contains("Server, measured: membership inference on the source data"), "{md}");
+    // The contamination check: no target text is among the source texts the network learned from.
+    match report.source_overlap.as_ref().expect("checked in one process") {
+        cryptotl::overlap::OverlapCheck::Checked(o) => assert_eq!((o.total(), o.source_texts), (0, source.train.len() + source.validation.len()), "{o:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(md.contains("Target texts among the server's source training texts") && md.contains(": none ("), "{md}");
+    assert!(!report.headline().contains("source overlap"), "{}", report.headline());
     assert!(dir.path().join("run/head.bin").exists() && dir.path().join("run/client_features.json").exists());
     let saved = RunConfig::load(&dir.path().join("run/config.toml"), &[]).unwrap();
     assert_eq!(saved, cfg, "the config saved beside the head reproduces the run's config");
@@ -289,6 +296,51 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(again.pretraining.as_ref().unwrap().from_cache);
     assert_eq!(again.results[0].test, report.results[0].test);
     assert_eq!(again.pretraining.as_ref().unwrap().source_test, report.pretraining.as_ref().unwrap().source_test);
+}
+
+/// A server whose source holds the client's own data is caught: the run counts, per split, the target texts its
+/// network learned from (the source's training and validation texts, compared with case and spacing folded), says so
+/// in `report.md`, and a network loaded from the cache is checked the same way (its source texts loaded again).
+#[test]
+fn a_run_counts_the_target_texts_its_server_network_learned_from() {
+    let dir = tempfile::tempdir().unwrap();
+    // The target's file, shouted, re-spaced and in reverse order (so it is split otherwise than the target),
+    // beside the usual source: the same texts for the check.
+    let target_rows = std::fs::read_to_string(format!("{}/separable_target.csv", common::FX)).unwrap();
+    let mut lines: Vec<&str> = target_rows.lines().collect();
+    lines[1..].reverse();
+    let shouted: String = lines.iter().enumerate().map(|(i, l)| if i == 0 { format!("{l}\n") } else { format!("{}\n", l.to_uppercase().replace(' ', "  ")) }).collect();
+    let copy = dir.path().join("target_copy.csv");
+    std::fs::write(&copy, shouted).unwrap();
+    let toml = tiny_config(dir.path()).replace(
+        &format!("paths = [\"{}/separable_source.csv\"]", common::FX),
+        &format!("paths = [\"{}/separable_source.csv\", {:?}]", common::FX, copy.display().to_string()),
+    );
+    let ov = ["he.enabled=false", "curve.enabled=false", "audit.membership=false", "baselines.target_only_network=false"].map(String::from);
+    let cfg = RunConfig::from_toml_str(&toml, "tiny.toml", &ov).unwrap();
+    for pass in ["pretrained now", "from the cache"] {
+        let report = cryptotl::pipeline::run(&cfg).unwrap();
+        assert_eq!(report.pretraining.as_ref().unwrap().from_cache, pass == "from the cache");
+        let o = match report.source_overlap.as_ref().unwrap() {
+            cryptotl::overlap::OverlapCheck::Checked(o) => o.clone(),
+            other => panic!("{pass}: {other:?}"),
+        };
+        // The copy was split on its own: the part the network learned from (training and validation) holds about
+        // 80% of its texts, the rest sits in the source's test part. Every target text is in the copy, so each
+        // split's count is how many of its texts landed in the copy's learned part.
+        let t = &report.target;
+        assert_eq!(o.target_sizes, [t.train, t.validation, t.test]);
+        let (source, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
+        let learned = cryptotl::overlap::SourceFingerprints::of_source(&source);
+        let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+        assert_eq!((o.train, o.validation, o.test), (learned.count_in(&data.target.train.texts), learned.count_in(&data.target.validation.texts), learned.count_in(&data.target.test.texts)));
+        assert!(o.test > t.test / 3 && o.train > t.train / 3 && o.train < t.train, "{pass}: {o:?}");
+        let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+        assert!(md.contains("**Target texts among the server's source training texts**") && md.contains(&format!("{} of {} test texts", o.test, t.test)), "{md}");
+        // The run's last lines say so too, under the test accuracy.
+        let headline = report.headline();
+        assert!(headline.lines().nth(1).unwrap().starts_with(&format!("source overlap: {} of the {} test texts", o.test, t.test)), "{headline}");
+    }
 }
 
 /// `predict` and `embed` answer a pipe as its texts come: three texts written and the pipe left open get their three

@@ -820,6 +820,9 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     assert!((0.0..=1.0).contains(&membership["attack"]["auc"].as_f64().unwrap()), "{membership}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
     assert!(md.contains("remote server at") && md.contains("not measurable"), "{md}");
+    // Nor can it count its texts among the server's source texts: the report says so rather than "none".
+    assert!(report["source_overlap"].is_null(), "{}", report["source_overlap"]);
+    assert!(md.contains("Target texts among the server's source texts: not checked (the remote server's source texts are its own)"), "{md}");
     // The server published its outputs' source ranges, so the remote client centres a DP head's inputs on the
     // same public points as a client in one process with the server's network.
     let local = cryptotl::config::RunConfig::from_toml_str(&common::tiny_config(dir.path()), "tiny.toml", &[]).unwrap();

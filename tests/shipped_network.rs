@@ -88,18 +88,64 @@ fn a_corrupt_or_foreign_shipped_network_is_refused() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/shipped/sentiment_network");
     let manifest = std::fs::read_to_string(format!("{root}/manifest.json")).unwrap();
     let network = std::fs::read(format!("{root}/pretrain_net.bin")).unwrap();
-    assert!(ShippedNetwork::decode(&manifest, &network).unwrap().is_some());
-    assert!(ShippedNetwork::decode("", &network).unwrap().is_none(), "an empty manifest ships nothing");
+    let fingerprints = std::fs::read(format!("{root}/{}", shipped_network::FINGERPRINTS_FILE)).unwrap();
+    assert!(ShippedNetwork::decode(&manifest, &network, &fingerprints).unwrap().is_some());
+    assert!(ShippedNetwork::decode("", &network, &fingerprints).unwrap().is_none(), "an empty manifest ships nothing");
     let mut flipped = network.clone();
     flipped[network.len() / 2] ^= 1;
-    let e = ShippedNetwork::decode(&manifest, &flipped).unwrap_err().to_string();
+    let e = ShippedNetwork::decode(&manifest, &flipped, &fingerprints).unwrap_err().to_string();
     assert!(e.contains("does not match its manifest") && e.contains("ship-network"), "{e}");
-    let e = ShippedNetwork::decode(&manifest, &network[..network.len() - 1]).unwrap_err().to_string();
+    let e = ShippedNetwork::decode(&manifest, &network[..network.len() - 1], &fingerprints).unwrap_err().to_string();
     assert!(e.contains("does not match"), "{e}");
-    let e = ShippedNetwork::decode(&manifest[..manifest.len() / 2], &network).unwrap_err().to_string();
+    let e = ShippedNetwork::decode(&manifest[..manifest.len() / 2], &network, &fingerprints).unwrap_err().to_string();
     assert!(e.contains("corrupt manifest"), "{e}");
     let other = manifest.replace("cryptotl-pretrained-network/1", "cryptotl-pretrained-network/9");
-    assert!(ShippedNetwork::decode(&other, &network).unwrap_err().to_string().contains("format"));
+    assert!(ShippedNetwork::decode(&other, &network, &fingerprints).unwrap_err().to_string().contains("format"));
+    // The source fingerprints are checked too: a flipped byte, a missing file, or a file the manifest does not name.
+    let mut flipped = fingerprints.clone();
+    flipped[fingerprints.len() - 3] ^= 1;
+    let e = ShippedNetwork::decode(&manifest, &network, &flipped).unwrap_err().to_string();
+    assert!(e.contains("source_fingerprints.bin") && e.contains("does not match its manifest"), "{e}");
+    let e = ShippedNetwork::decode(&manifest, &network, &[]).unwrap_err().to_string();
+    assert!(e.contains("does not match its manifest"), "{e}");
+    let mut unnamed: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    unnamed.as_object_mut().unwrap().remove("source_fingerprints");
+    let unnamed = unnamed.to_string();
+    let e = ShippedNetwork::decode(&unnamed, &network, &fingerprints).unwrap_err().to_string();
+    assert!(e.contains("not recorded in the manifest"), "{e}");
+    // A manifest from before the fingerprints, with no file: a network without them (the check says so).
+    assert!(ShippedNetwork::decode(&unnamed, &network, &[]).unwrap().unwrap().source_fingerprints.is_none());
+}
+
+#[test]
+fn the_shipped_fingerprints_are_those_of_the_source_texts_the_network_learned_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart(dir.path());
+    let n = shipped();
+    let fingerprints = n.source_fingerprints.as_ref().expect("the shipped network carries its source fingerprints");
+    // One per training and validation text of every path (a few texts repeat, within a path or across them).
+    let learned = n.manifest.meta.source.train + n.manifest.meta.source.validation;
+    assert!(fingerprints.len() <= learned && fingerprints.len() > learned * 95 / 100, "{} of {learned}", fingerprints.len());
+    // Each path is split on its own: the embedded sources' training and validation texts are among them, and their
+    // test texts (which the network never learned from) are not, unless the same text also sits in a learned part.
+    let embedded: Vec<&str> = cfg.source.paths.iter().map(String::as_str).filter(|p| p.starts_with("embedded:")).collect();
+    let ds = cryptotl::data::load(&DatasetConfig::new("embedded sources", DatasetFormat::Csv, &embedded), cfg.seed).unwrap();
+    let split = cryptotl::data::stratified_split(&ds, &cfg.split, cfg.seed).unwrap();
+    assert_eq!(fingerprints.count_in(&split.train.texts), split.train.len());
+    assert_eq!(fingerprints.count_in(&split.validation.texts), split.validation.len());
+    let test_found = fingerprints.count_in(&split.test.texts);
+    assert!(test_found < split.test.len() / 50, "{test_found} of {} test texts", split.test.len());
+    // The quickstart's target is another corpus: its report counts the few sentences that also occur in a source.
+    let target = cryptotl::data::load(&cfg.target, cfg.seed).unwrap();
+    let target = cryptotl::data::stratified_split(&target, &cfg.split, cfg.seed).unwrap();
+    let lower = pipeline::server_lower_network(&cfg).unwrap();
+    match pipeline::source_overlap(&cfg, &lower, None, &target) {
+        cryptotl::overlap::OverlapCheck::Checked(o) => {
+            assert_eq!((o.source_texts, o.target_sizes), (fingerprints.len(), [target.train.len(), target.validation.len(), target.test.len()]));
+            assert!(o.total() <= 5, "{o:?}");
+        }
+        other => panic!("not checked: {other:?}"),
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::report::NetworkOrigin;
 
 use super::{prepare_data, timed};
 use super::heads::{head_inputs, head_name, privacy_plan, save_head_input_models, train_head, train_head_private, train_target_only, transfer_output_ranges};
-use super::server::{server_network_and_source, source_membership};
+use super::server::{server_network_and_source, source_membership, source_overlap};
 use super::transfer::{client_features, lower_outputs, LowerOutputs, remote_server, remote_transfer, RemoteTransfer, transfer, TransferInput};
 
 /// Learning curves alone (`cryptotl curve`): data -> client features -> frozen lower network (encrypted when
@@ -101,8 +101,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let Some(plan) = &dp_plan {
         tracing::info!(?plan, "DP-SGD schedule");
     }
-    let (lower, membership) = match &remote {
-        Some(_) => (None, None),
+    let (lower, membership, overlap) = match &remote {
+        Some(_) => (None, None, None),
         None => {
             let (r, t) = timed(|| server_network_and_source(cfg));
             let (lower, source) = r?;
@@ -114,7 +114,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             } else {
                 None
             };
-            (Some(lower), membership)
+            let overlap = source_overlap(cfg, &lower, source.as_ref(), &data.target);
+            (Some(lower), membership, Some(overlap))
         }
     };
     let (client, t) = timed(|| client_features(cfg, &data.target));
@@ -278,6 +279,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         threads: rayon::current_num_threads(),
         source: lower.as_ref().map(|l| l.meta.source.clone()),
         target: data.target_summary,
+        source_overlap: overlap,
         server: remote.clone().unwrap_or_else(|| "local".into()),
         pretraining: lower.map(|lower| PretrainSummary {
             from_cache: lower.from_cache(),

@@ -460,6 +460,41 @@ pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Optio
     Ok(SourceMembership { provenance: now.into(), attack: Some(attack) })
 }
 
+/// The contamination check of a run in one process ([`crate::overlap`]): how many of the `target`'s texts, per
+/// split, the server's network `lower` learned from. A shipped network brings the fingerprints of its source texts
+/// (so the quickstart needs no source data); any other is checked against `source` or the config's source data
+/// loaded here (texts only). When neither is at hand the check says why instead of failing the run. A target text
+/// found among them is also logged as a warning.
+pub fn source_overlap(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
+    use crate::overlap::{OverlapCheck, SourceFingerprints};
+    let fingerprints = if lower.origin == NetworkOrigin::Shipped {
+        match crate::shipped_network::find(&lower.meta.key).transpose() {
+            Ok(Some(shipped)) => shipped.source_fingerprints.clone().ok_or_else(|| "the shipped network carries no fingerprints of its source texts".to_string()),
+            Ok(None) => Err("the shipped network is not in this binary".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        match source {
+            Some(s) => Ok(SourceFingerprints::of_source(s)),
+            None => load_source(cfg).map(|(s, _)| SourceFingerprints::of_source(&s)).map_err(|e| format!("the source data cannot be loaded: {e}")),
+        }
+    };
+    match fingerprints {
+        Ok(f) => {
+            let o = f.overlap(target);
+            if o.total() > 0 {
+                tracing::warn!(train = o.train, validation = o.validation, test = o.test,
+                    "target texts found among the texts the server's network was pretrained on: their accuracy is not transfer (report.md, Data)");
+            }
+            OverlapCheck::Checked(o)
+        }
+        Err(reason) => {
+            tracing::info!(%reason, "target texts not checked against the server's source texts");
+            OverlapCheck::NotChecked { reason }
+        }
+    }
+}
+
 /// The loss attack ([`crate::membership::attack_source`]) on `lower`'s plaintext outputs for `source`, members and
 /// non-members drawn by the run's membership seed stream.
 pub fn measure_membership(cfg: &RunConfig, lower: &PretrainedLower, source: &Split) -> Result<crate::membership::MembershipAttack> {

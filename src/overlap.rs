@@ -1,0 +1,183 @@
+//! Texts the client's target shares with the server's source: the contamination check of a run.
+//!
+//! The server pretrains on its source data, never on the client's (the target's own dataset must not be among
+//! the sources). A target text the server's network learned from is not transferred knowledge but a leak: the
+//! transfer head scores it too well, most of all on the test split. In one process (`he.server = "local"`) a run
+//! can check, because it holds both sides: it takes [`SourceFingerprints`] of the texts the network learned from
+//! (the source's training and validation splits: validation chose when to stop) and counts the target's texts of
+//! each split among them ([`SourceOverlap`]). A text is compared folded (lower case, each run of white space one
+//! space, trimmed), so a copy that differs only in case or spacing is found too; each fingerprint is 64 bits of
+//! xxh3, so two different texts match by chance with probability about 2^-64 per pair.
+//!
+//! Against a remote server nothing is checked: the client never sees the server's source texts, and a list of
+//! their fingerprints would let anyone test whether a given text is among them.
+//!
+//! ```
+//! use cryptotl::overlap::SourceFingerprints;
+//! let source = SourceFingerprints::of_texts(["A fine film.", "Dull and  far too long."]);
+//! assert!(source.contains("dull and far too long."));
+//! assert!(!source.contains("A fine film, really."));
+//! let bytes = source.encode();
+//! assert_eq!(SourceFingerprints::decode(&bytes, std::path::Path::new("fingerprints.bin")).unwrap(), source);
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Split;
+use crate::error::{Error, Result};
+
+/// What an encoded fingerprint list starts with (then the count, u64 little-endian, then the sorted fingerprints).
+const MAGIC: &[u8; 16] = b"cryptotl-fp/v1\n\0";
+
+/// The fingerprint of a text as the check compares it: xxh3-64 of its folded form (lower case, each run of white
+/// space one space, trimmed).
+pub fn fingerprint(text: &str) -> u64 {
+    let folded: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    xxhash_rust::xxh3::xxh3_64(folded.join(" ").as_bytes())
+}
+
+/// The fingerprints of a set of source texts, sorted and without repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceFingerprints {
+    sorted: Vec<u64>,
+}
+
+impl SourceFingerprints {
+    /// The fingerprints of `texts`.
+    pub fn of_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut sorted: Vec<u64> = texts.into_iter().map(fingerprint).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Self { sorted }
+    }
+
+    /// The texts a network pretrained on `source` learned from: its training and validation splits (validation
+    /// decided when training stopped; the test split only scored it).
+    pub fn of_source(source: &Split) -> Self {
+        Self::of_texts(source.train.texts.iter().chain(&source.validation.texts).map(String::as_str))
+    }
+
+    /// Distinct texts (after folding).
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// No texts.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// Whether `text` (folded) is among them.
+    pub fn contains(&self, text: &str) -> bool {
+        self.sorted.binary_search(&fingerprint(text)).is_ok()
+    }
+
+    /// How many of `texts` are among them.
+    pub fn count_in(&self, texts: &[String]) -> usize {
+        texts.iter().filter(|t| self.contains(t)).count()
+    }
+
+    /// The count of each split of `target` among them.
+    pub fn overlap(&self, target: &Split) -> SourceOverlap {
+        SourceOverlap {
+            source_texts: self.len(),
+            train: self.count_in(&target.train.texts),
+            validation: self.count_in(&target.validation.texts),
+            test: self.count_in(&target.test.texts),
+            target_sizes: [target.train.len(), target.validation.len(), target.test.len()],
+        }
+    }
+
+    /// The binary form `ship-network` writes: a 16-byte header (`cryptotl-fp/v1`), the count (u64 little-endian),
+    /// the sorted fingerprints (u64 little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAGIC.len() + 8 * (self.sorted.len() + 1));
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.sorted.len() as u64).to_le_bytes());
+        for f in &self.sorted {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        out
+    }
+
+    /// Read [`Self::encode`]'s form; `what` names the file in errors. A wrong header, a length that disagrees with
+    /// the count, or fingerprints out of order are refused.
+    pub fn decode(bytes: &[u8], what: &Path) -> Result<Self> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| Error::artifact(what, "not a list of source fingerprints (wrong header)"))?;
+        let (count, rest) = body.split_at_checked(8).ok_or_else(|| Error::artifact(what, "truncated before its count"))?;
+        let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
+        if rest.len() % 8 != 0 || (rest.len() / 8) as u64 != count {
+            return Err(Error::artifact(what, format!("holds {} bytes of fingerprints, its header says {count}", rest.len())));
+        }
+        let sorted: Vec<u64> = rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        if sorted.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::artifact(what, "fingerprints out of order"));
+        }
+        Ok(Self { sorted })
+    }
+}
+
+/// How many of the target's texts, per split, are among the texts the server's network learned from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOverlap {
+    /// Distinct source texts checked against (training and validation splits of the source, folded).
+    pub source_texts: usize,
+    /// Target training texts among them.
+    pub train: usize,
+    /// Target validation texts among them.
+    pub validation: usize,
+    /// Target test texts among them.
+    pub test: usize,
+    /// The target's training, validation and test sizes.
+    pub target_sizes: [usize; 3],
+}
+
+impl SourceOverlap {
+    /// Target texts among the source's, over every split.
+    pub fn total(&self) -> usize {
+        self.train + self.validation + self.test
+    }
+}
+
+/// What a run's report says of the check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OverlapCheck {
+    /// Checked in this process.
+    Checked(SourceOverlap),
+    /// Not checked, and why.
+    NotChecked {
+        /// Why not.
+        reason: String,
+    },
+}
+
+impl OverlapCheck {
+    /// One paragraph for `report.md`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Checked(o) => {
+                let [train, validation, test] = o.target_sizes;
+                let counts = format!(
+                    "{} of {train} training, {} of {validation} validation and {} of {test} test texts",
+                    o.train, o.validation, o.test
+                );
+                if o.total() == 0 {
+                    format!("Target texts among the server's source training texts ({} distinct, case and spacing folded): none ({counts}).", o.source_texts)
+                } else {
+                    format!(
+                        "**Target texts among the server's source training texts** ({} distinct, case and spacing folded): {counts}. \
+                         The server's network learned from these, so the transfer head's accuracy on them is not transfer; \
+                         a source must not hold the target's own data.",
+                        o.source_texts
+                    )
+                }
+            }
+            Self::NotChecked { reason } => format!("Target texts among the server's source texts: not checked ({reason})."),
+        }
+    }
+}
