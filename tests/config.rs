@@ -99,6 +99,23 @@ fn overlapping_label_lists_are_rejected() {
 }
 
 #[test]
+fn a_target_path_among_the_source_paths_is_refused() {
+    // The same embedded set on both sides.
+    let msg = err(QUICKSTART_TOML, &["target.paths=[\"embedded:yelp_sentences\"]"]);
+    assert!(msg.contains("target.paths") && msg.contains("\"embedded:yelp_sentences\" is also a path of [source]"), "{msg}");
+    // The same file written two ways.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mine.csv");
+    std::fs::write(&file, "label,text\n1,a\n0,b\n").unwrap();
+    let (plain, dotted) = (file.display().to_string(), format!("{}/./mine.csv", dir.path().display()));
+    let msg = err(QUICKSTART_TOML, &[format!("target.paths=[{plain:?}]").as_str(), format!("source.paths=[{dotted:?}]").as_str()]);
+    assert!(msg.contains("is also a path of [source]"), "{msg}");
+    // Another file is fine, and so is any [source] when the server is remote (its source is not the client's).
+    RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[format!("target.paths=[{plain:?}]")]).unwrap();
+    RunConfig::from_toml_str(QUICKSTART_TOML, "q", &["target.paths=[\"embedded:yelp_sentences\"]".into(), "he.server=\"https://server.example:8443\"".into()]).unwrap();
+}
+
+#[test]
 fn overrides_apply_before_validation() {
     let ov = vec!["lower.hidden=128".to_string(), "seed=7".into(), "lower.activation=tanh".into()];
     let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &ov).unwrap();

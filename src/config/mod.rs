@@ -285,6 +285,16 @@ impl RunConfig {
         if self.target.balance_paths {
             return Err(at.key("target.balance_paths", "only the server's pretraining balances its source paths; remove it from [target]".into()));
         }
+        // The server never pretrains on the client's own data. (With a remote server, `[source]` is not the client's
+        // to set, so there is nothing to compare.) Copies under other names are counted by the run
+        // ([`crate::overlap`]).
+        if self.he.server.trim() == "local"
+            && let Some(shared) = self.target.paths.iter().find(|t| self.source.paths.iter().any(|s| same_dataset_path(s, t)))
+        {
+            return Err(at.key("target.paths", format!(
+                "{shared:?} is also a path of [source]: the server's network would be pretrained on the client's own data, \
+                 and the transfer head scored on texts it learned from; remove it from source.paths")));
+        }
         self.split.check(at)?;
         self.lower.check(self.features.dim(), at)?;
         self.head.check(&self.lower, at)?;
@@ -333,5 +343,17 @@ impl RunConfig {
     /// The head's hidden width after resolving `0 = same as input`.
     pub fn head_hidden(&self, input_dim: usize) -> usize {
         if self.head.hidden == 0 { input_dim } else { self.head.hidden }
+    }
+}
+
+/// Whether two dataset paths of a config name the same data: the same `embedded:` name, or the same file or folder
+/// (compared as canonical paths when both exist, else as written).
+fn same_dataset_path(a: &str, b: &str) -> bool {
+    if a.starts_with("embedded:") || b.starts_with("embedded:") {
+        return a == b;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => std::path::Path::new(a) == std::path::Path::new(b),
     }
 }
