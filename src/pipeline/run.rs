@@ -114,7 +114,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             } else {
                 None
             };
-            let overlap = source_overlap(cfg, &lower, source.as_ref(), &data.target);
+            let (overlap, t) = timed(|| source_overlap(cfg, &lower, source.as_ref(), &data.target));
+            stage("target texts among the source texts (overlap check)", t);
             (Some(lower), membership, Some(overlap))
         }
     };
