@@ -1,5 +1,6 @@
 //! Property-based fuzzing (proptest, a bounded number of cases so CI stays fast): whatever a user or a peer
-//! sends, the config parser, `--set`, the dataset loaders, the feature files and the wire objects answer with a
+//! sends, the config parser, `--set`, the dataset loaders, the feature files, the wire objects and the source
+//! fingerprints answer with a
 //! value or an error, never a panic or an allocation past their limits.
 
 use cryptotl::config::{DatasetConfig, DatasetFormat, QUICKSTART_TOML, RunConfig};
@@ -111,6 +112,32 @@ proptest! {
         let _ = EncryptedInput::from_bytes(&body, 1 << 16);
         let _ = EncryptedOutput::from_bytes(&body, 1 << 16);
         let _ = EvaluationKey::from_bytes(&body, 1 << 16);
+    }
+
+    /// The overlap check's fingerprints: a text matches itself however its case and spacing are changed, any set
+    /// of texts encodes and decodes to itself, and any bytes decode to fingerprints or an error, never a panic.
+    #[test]
+    fn source_fingerprints_fold_round_trip_and_never_panic(
+        texts in prop::collection::vec("[ -~\t\n]{0,24}", 0..20),
+        junk in prop::collection::vec(any::<u8>(), 0..200),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        use cryptotl::overlap::SourceFingerprints;
+        let set = SourceFingerprints::of_texts(texts.iter().map(String::as_str));
+        for t in &texts {
+            let shouted = t.to_uppercase().split(' ').collect::<Vec<_>>().join(" \t ");
+            prop_assert!(set.contains(&shouted), "{:?} as {:?}", t, shouted);
+        }
+        let what = std::path::Path::new("f.bin");
+        let bytes = set.encode();
+        prop_assert_eq!(SourceFingerprints::decode(&bytes, what).unwrap(), set.clone());
+        // A cut anywhere but the end, or junk after it, is an error.
+        let at = cut.index(bytes.len());
+        prop_assert!(SourceFingerprints::decode(&bytes[..at], what).is_err());
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&junk);
+        prop_assert_eq!(SourceFingerprints::decode(&longer, what).is_ok(), junk.is_empty());
+        let _ = SourceFingerprints::decode(&junk, what);
     }
 
     /// Whatever an encrypted pass's journal holds (a killed append, a foreign or damaged file), opening it reads
