@@ -1,7 +1,6 @@
 //! Property-based fuzzing (proptest, a bounded number of cases so CI stays fast): whatever a user or a peer
 //! sends, the config parser, `--set`, the dataset loaders, the feature files, the wire objects and the source
-//! fingerprints answer with a
-//! value or an error, never a panic or an allocation past their limits.
+//! fingerprints answer with a value or an error, never a panic or an allocation past their limits.
 
 use cryptotl::config::{DatasetConfig, DatasetFormat, QUICKSTART_TOML, RunConfig};
 use cryptotl_server::wire::WireObject;
