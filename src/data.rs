@@ -547,7 +547,6 @@ fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
             "row {} (line {line}): a quoted field is never closed, so it would swallow every line after it",
             records.len() + usize::from(cfg.header))));
     }
-    let records_labels: Vec<&str> = records.iter().filter_map(|r| r.as_ref().ok()?.get(label_col)).collect();
     for (i, rec) in records.iter().enumerate() {
         let row = i + 1 + usize::from(cfg.header);
         let rec = rec.as_ref().map_err(|e| Error::data(path, format!("row {row}: {e}")))?;
@@ -555,7 +554,7 @@ fn load_csv(cfg: &DatasetConfig, p: &str, ds: &mut Dataset) -> Result<()> {
             return Err(Error::data(path, format!("row {row}: has {} columns, needs {}", rec.len(), text_col.max(label_col) + 1)));
         };
         let Some(label) = map_label(cfg, raw_label).map_err(|m| {
-            let hint = label_values_hint(records_labels.iter().copied());
+            let hint = label_values_hint(records.iter().filter_map(|r| r.as_ref().ok()?.get(label_col)));
             Error::data(path, format!("row {row}: {m}{hint}"))
         })?
         else {

@@ -107,6 +107,16 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             let (r, t) = timed(|| server_network_and_source(cfg));
             let (lower, source) = r?;
             stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
+            // A cached network comes without its source data, which the membership attack and the overlap check both
+            // read: loaded once here. (If it cannot be, each says why in the report.)
+            let source = match source {
+                None if lower.origin == NetworkOrigin::Cache => {
+                    let (loaded, t) = timed(|| super::load_source(cfg));
+                    stage("load the source data (membership attack, overlap check)", t);
+                    loaded.ok().map(|(split, _)| split)
+                }
+                source => source,
+            };
             let membership = if cfg.audit.membership {
                 let (m, t) = timed(|| source_membership(cfg, &lower, source.as_ref(), "measured in this run"));
                 stage("membership attack on the source data (server side)", t);
