@@ -65,7 +65,8 @@ enum Command {
     Server(ServerCommand),
     /// Classify new texts with a finished run (its saved featurizer and head), through the same encrypted path
     /// (`[he] server`: local simulation or remote). Texts one per line from --input or stdin; one JSON line each on
-    /// stdout: {"label": 0|1, "probability": p}, written 256 texts at a time as they are scored. A prediction stopped
+    /// stdout: {"label": 0|1, "probability": p}, written 256 texts at a time as they are scored; a blank line is no
+    /// text and gets {"label": null, "probability": null}, and is not sent. A prediction stopped
     /// during its encrypted pass resumes from its journal in the run directory when run again (and writes every
     /// line again).
     Predict(PredictArgs),
@@ -489,9 +490,27 @@ fn predict(a: &PredictArgs) -> Result<()> {
             Some(p) => p,
             None => predictor.insert(pipeline::Predictor::open(&cfg, &a.run)?),
         };
-        p.predict(batch)
+        let blank = |t: &String| t.trim().is_empty();
+        let texts: Vec<String> = batch.iter().filter(|t| !blank(t)).cloned().collect();
+        let mut scored = p.predict(&texts)?.into_iter();
+        let lines: Vec<PredictLine> = batch
+            .iter()
+            .map(|t| match blank(t) {
+                true => None,
+                false => scored.next(),
+            })
+            .map(|s| PredictLine { label: s.as_ref().map(|s| s.label), probability: s.map(|s| s.probability) })
+            .collect();
+        Ok(lines)
     })?;
     predictor.map_or(Ok(()), |p| p.finish())
+}
+
+/// One line of `predict`'s output: both `null` for a blank input line, so the output keeps a line per input line.
+#[derive(serde::Serialize)]
+struct PredictLine {
+    label: Option<u8>,
+    probability: Option<f32>,
 }
 
 fn server_command(cmd: &ServerCommand) -> Result<()> {

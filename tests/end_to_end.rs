@@ -131,6 +131,21 @@ fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test
     let direct = pipeline::predict(&cfg, &out, &many).unwrap();
     assert_eq!(lines.len(), many.len());
     assert!(lines.iter().zip(&direct).all(|(l, d)| (l - d.probability as f64).abs() < 1e-5));
+    // A blank line is no text: answered with nulls in its place, never scored; the library refuses one, named.
+    std::fs::write(&file, format!("\n{}\n \t\n{}\n\n", many[0], many[1])).unwrap();
+    let (code, stdout, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for i in [0, 2, 4] {
+        assert_eq!(lines[i], serde_json::json!({"label": null, "probability": null}), "line {}", i + 1);
+    }
+    for (i, d) in [(1, &direct[0]), (3, &direct[1])] {
+        assert!((lines[i]["probability"].as_f64().unwrap() - d.probability as f64).abs() < 1e-5, "line {}", i + 1);
+        assert_eq!(lines[i]["label"].as_u64(), Some(d.label as u64));
+    }
+    let err = pipeline::predict(&cfg, &out, &[many[0].clone(), " ".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("text 2 of 2 is blank"), "{err}");
     // An input that is no text file is bad input (exit 2), named.
     let (code, _, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", dir.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");

@@ -527,10 +527,15 @@ impl Predictor {
         Ok(Self { cfg: cfg.clone(), pipeline, bow, lower, head, _lock: lock })
     }
 
-    /// Classify `texts`.
+    /// Classify `texts`. A blank text (empty or only whitespace) is refused before any is encrypted: it holds
+    /// nothing to classify, and the head would answer it with a probability that means nothing (`cryptotl predict`
+    /// answers a blank line with `{"label": null, "probability": null}` instead).
     pub fn predict(&mut self, texts: &[String]) -> Result<Vec<Prediction>> {
         if texts.is_empty() {
             return Ok(vec![]);
+        }
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(Error::Features(format!("text {} of {} is blank: there is nothing to classify", i + 1, texts.len())));
         }
         let own = self.pipeline.transform(texts)?;
         let transferred = match self.cfg.head.transfer_unit {
