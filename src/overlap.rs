@@ -9,6 +9,12 @@
 //! space, trimmed), so a copy that differs only in case or spacing is found too; each fingerprint is 64 bits of
 //! xxh3, so two different texts match by chance with probability about 2^-64 per pair.
 //!
+//! When the server's network sees each sentence of a text (`head.transfer_unit = "sentence"`), a whole target text
+//! is seldom a source text, but its sentences may be: a source of review sentences cut from the target's own reviews
+//! would pass the whole-text count. So the check then also counts the target's sentences, as the network receives
+//! them, among the source texts ([`SentenceOverlap`]). Only sentences of at least [`MIN_SENTENCE_WORDS`] words count:
+//! short ones ("I loved it.") occur in any large corpus by themselves.
+//!
 //! Against a remote server nothing is checked: the client never sees the server's source texts, and a list of
 //! their fingerprints would let anyone test whether a given text is among them.
 //!
@@ -30,6 +36,11 @@ use crate::error::{Error, Result};
 
 /// What an encoded fingerprint list starts with (then the count, u64 little-endian, then the sorted fingerprints).
 const MAGIC: &[u8; 16] = b"cryptotl-fp/v1\n\0";
+
+/// The shortest sentence, in words, that the sentence count compares ([`SentenceOverlap`]). None of the 56,135
+/// sentences of the Pang & Lee reviews is among IMDB's 28,774 source texts at any length (2026-12-07), so the floor
+/// guards against chance matches of common short sentences, not against a measured excess.
+pub const MIN_SENTENCE_WORDS: usize = 6;
 
 /// The fingerprint of a text as the check compares it: xxh3-64 of its folded form (lower case, each run of white
 /// space one space, trimmed).
@@ -87,7 +98,24 @@ impl SourceFingerprints {
             validation: self.count_in(&target.validation.texts),
             test: self.count_in(&target.test.texts),
             target_sizes: [target.train.len(), target.validation.len(), target.test.len()],
+            sentences: None,
         }
+    }
+
+    /// The target's sentences among them, per split: `sentences_of` gives a text's sentences as the server's network
+    /// receives them; those of fewer than [`MIN_SENTENCE_WORDS`] words are not compared.
+    pub fn sentence_overlap(&self, target: &Split, sentences_of: impl Fn(&str) -> Vec<String>) -> SentenceOverlap {
+        let mut o = SentenceOverlap { min_words: MIN_SENTENCE_WORDS, compared: [0; 3], found: [0; 3], texts: [0; 3] };
+        for (k, part) in [&target.train, &target.validation, &target.test].into_iter().enumerate() {
+            for text in &part.texts {
+                let long: Vec<String> = sentences_of(text).into_iter().filter(|s| s.split_whitespace().count() >= MIN_SENTENCE_WORDS).collect();
+                let found = long.iter().filter(|s| self.contains(s)).count();
+                o.compared[k] += long.len();
+                o.found[k] += found;
+                o.texts[k] += (found > 0) as usize;
+            }
+        }
+        o
     }
 
     /// The binary form `ship-network` writes: a 16-byte header (`cryptotl-fp/v1`), the count (u64 little-endian),
@@ -134,6 +162,9 @@ pub struct SourceOverlap {
     pub test: usize,
     /// The target's training, validation and test sizes.
     pub target_sizes: [usize; 3],
+    /// With `head.transfer_unit = "sentence"`: the target's sentences among the source texts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentences: Option<SentenceOverlap>,
 }
 
 impl SourceOverlap {
@@ -141,6 +172,25 @@ impl SourceOverlap {
     pub fn total(&self) -> usize {
         self.train + self.validation + self.test
     }
+
+    /// Whether any target text, or any sentence the sentence count compared, is among the source texts.
+    pub fn any(&self) -> bool {
+        self.total() > 0 || self.sentences.as_ref().is_some_and(|s| s.found.iter().sum::<usize>() > 0)
+    }
+}
+
+/// The target's sentences among the source texts, per split (training, validation, test), for a network that sees
+/// each sentence of a text ([`SourceFingerprints::sentence_overlap`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentenceOverlap {
+    /// Sentences of fewer words were not compared ([`MIN_SENTENCE_WORDS`]).
+    pub min_words: usize,
+    /// Sentences compared (those of at least `min_words` words).
+    pub compared: [usize; 3],
+    /// Of them, among the source texts.
+    pub found: [usize; 3],
+    /// Target texts with at least one sentence among the source texts.
+    pub texts: [usize; 3],
 }
 
 /// What a run's report says of the check.
@@ -166,7 +216,7 @@ impl OverlapCheck {
                     "{} of {train} training, {} of {validation} validation and {} of {test} test texts",
                     o.train, o.validation, o.test
                 );
-                if o.total() == 0 {
+                let whole = if o.total() == 0 {
                     format!("Target texts among the server's source training texts ({} distinct, case and spacing folded): none ({counts}).", o.source_texts)
                 } else {
                     format!(
@@ -174,6 +224,25 @@ impl OverlapCheck {
                          The server's network learned from these, so the transfer head's accuracy on them is not transfer; \
                          a source must not hold the target's own data.",
                         o.source_texts
+                    )
+                };
+                let Some(s) = &o.sentences else { return whole };
+                let [c0, c1, c2] = s.compared;
+                let [f0, f1, f2] = s.found;
+                let [t0, t1, t2] = s.texts;
+                let found = f0 + f1 + f2;
+                let counts = format!(
+                    "{f0} of {c0} sentences of training texts, {f1} of {c1} of validation and {f2} of {c2} of test texts, \
+                     in {t0}, {t1} and {t2} texts",
+                );
+                if found == 0 {
+                    format!("{whole} Their sentences of {} words or more, as the server's network receives them: none ({counts}).", s.min_words)
+                } else {
+                    format!(
+                        "{whole} **Their sentences among the source texts** ({} words or more, as the server's network receives them): \
+                         {counts}. The server's network learned from these sentences, so the transfer head's accuracy on \
+                         their texts is partly not transfer.",
+                        s.min_words
                     )
                 }
             }

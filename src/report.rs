@@ -237,9 +237,12 @@ impl Report {
             .collect();
         let _ = writeln!(s, "test accuracy ({} examples): {}", self.target.test, heads.join(" · "));
         if let Some(crate::overlap::OverlapCheck::Checked(o)) = &self.source_overlap
-            && o.total() > 0
+            && o.any()
         {
-            let _ = writeln!(s, "source overlap: {} of the {} test texts ({} of {} training) are among the server's source training texts: not transfer (report.md, Data)",
+            let by_sentence = o.sentences.as_ref().filter(|x| x.found.iter().sum::<usize>() > 0).map_or(String::new(), |x| {
+                format!("; {} test and {} training texts have sentences among them", x.texts[2], x.texts[0])
+            });
+            let _ = writeln!(s, "source overlap: {} of the {} test texts ({} of {} training) are among the server's source training texts{by_sentence}: not transfer (report.md, Data)",
                 o.test, o.target_sizes[2], o.train, o.target_sizes[0]);
         }
         if let Some(c) = &self.curve {

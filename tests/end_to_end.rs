@@ -355,7 +355,61 @@ fn a_run_counts_the_target_texts_its_server_network_learned_from() {
         // The run's last lines say so too, under the test accuracy.
         let headline = report.headline();
         assert!(headline.lines().nth(1).unwrap().starts_with(&format!("source overlap: {} of the {} test texts", o.test, t.test)), "{headline}");
+        assert_eq!(o.sentences, None, "the network sees whole texts: no sentence count");
     }
+}
+
+/// With `head.transfer_unit = "sentence"` the network sees sentences, so the check counts the target's sentences
+/// among the source texts too: here every target text is two sentences, and the first sentence of each of half the
+/// texts is a source text. No whole target text is.
+#[test]
+fn a_sentence_unit_run_counts_the_target_sentences_its_server_network_learned_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<(String, String)> = std::fs::read_to_string(format!("{}/separable_target.csv", common::FX))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').map(|(a, b)| (a.to_string(), b.to_string())).unwrap())
+        .collect();
+    let target: String = std::iter::once("label,text\n".to_string())
+        .chain(rows.iter().map(|(label, text)| format!("{label},{text} . and that is what i think of it .\n")))
+        .collect();
+    let source: String = std::iter::once("label,text\n".to_string())
+        .chain(rows.iter().step_by(2).map(|(label, text)| format!("{label},{} .\n", text.to_uppercase())))
+        .collect();
+    let (target_file, source_file) = (dir.path().join("reviews.csv"), dir.path().join("their_sentences.csv"));
+    std::fs::write(&target_file, target).unwrap();
+    std::fs::write(&source_file, source).unwrap();
+    let toml = tiny_config(dir.path())
+        .replace(&format!("paths = [\"{}/separable_target.csv\"]", common::FX), &format!("paths = [{:?}]", target_file.display().to_string()))
+        .replace(
+            &format!("paths = [\"{}/separable_source.csv\"]", common::FX),
+            &format!("paths = [\"{}/separable_source.csv\", {:?}]", common::FX, source_file.display().to_string()),
+        );
+    let ov = ["he.enabled=false", "curve.enabled=false", "audit.membership=false", "baselines.target_only_network=false", "head.transfer_unit=\"sentence\""].map(String::from);
+    let cfg = RunConfig::from_toml_str(&toml, "tiny.toml", &ov).unwrap();
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let o = match report.source_overlap.as_ref().unwrap() {
+        cryptotl::overlap::OverlapCheck::Checked(o) => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(o.total(), 0, "no whole target text is a source text: {o:?}");
+    let s = o.sentences.clone().expect("sentence units: sentences counted");
+    let t = &report.target;
+    // Both sentences of every text are long enough to compare; a found one is a first sentence, so at most one a text.
+    assert_eq!(s.compared, [2 * t.train, 2 * t.validation, 2 * t.test]);
+    assert_eq!(s.found, s.texts);
+    // The copied sentences were split with the source: those in its learned part (training and validation) count.
+    let (loaded, _) = cryptotl::pipeline::load_source(&cfg).unwrap();
+    let learned = cryptotl::overlap::SourceFingerprints::of_source(&loaded);
+    let data = cryptotl::pipeline::prepare_data(&cfg).unwrap();
+    let first_found = |texts: &[String]| texts.iter().filter(|x| learned.contains(x.split(" and that").next().unwrap())).count();
+    assert_eq!(s.found, [first_found(&data.target.train.texts), first_found(&data.target.validation.texts), first_found(&data.target.test.texts)]);
+    assert!(s.found[0] > t.train / 4 && s.found[0] < t.train / 2 + 1 && s.found[2] > 0, "{s:?}");
+    let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
+    assert!(md.contains("**Their sentences among the source texts** (6 words or more") && md.contains(&format!("{} of {} of test texts", s.found[2], 2 * t.test)), "{md}");
+    let headline = report.headline();
+    assert!(headline.contains(&format!("{} test and {} training texts have sentences among them", s.texts[2], s.texts[0])), "{headline}");
 }
 
 /// `predict` and `embed` answer a pipe as its texts come: three texts written and the pipe left open get their three

@@ -463,8 +463,9 @@ pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Optio
 /// The contamination check of a run in one process ([`crate::overlap`]): how many of the `target`'s texts, per
 /// split, the server's network `lower` learned from. A shipped network brings the fingerprints of its source texts
 /// (so the quickstart needs no source data); any other is checked against `source` or the config's source data
-/// loaded here (texts only). When neither is at hand the check says why instead of failing the run. A target text
-/// found among them is also logged as a warning.
+/// loaded here (texts only). When neither is at hand the check says why instead of failing the run. With
+/// `head.transfer_unit = "sentence"` the target's sentences, as the network receives them, are counted too. A target
+/// text or sentence found among them is also logged as a warning.
 pub fn source_overlap(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
     use crate::overlap::{OverlapCheck, SourceFingerprints};
     let fingerprints = if lower.origin == NetworkOrigin::Shipped {
@@ -481,10 +482,17 @@ pub fn source_overlap(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&
     };
     match fingerprints {
         Ok(f) => {
-            let o = f.overlap(target);
+            let mut o = f.overlap(target);
+            if cfg.head.transfer_unit == crate::config::TransferUnit::Sentence {
+                o.sentences = Some(f.sentence_overlap(target, |t| crate::features::sentences(t, cfg.head.max_sentences)));
+            }
             if o.total() > 0 {
                 tracing::warn!(train = o.train, validation = o.validation, test = o.test,
                     "target texts found among the texts the server's network was pretrained on: their accuracy is not transfer (report.md, Data)");
+            }
+            if let Some(s) = o.sentences.as_ref().filter(|s| s.found.iter().sum::<usize>() > 0) {
+                tracing::warn!(train = s.found[0], validation = s.found[1], test = s.found[2],
+                    "target sentences found among the texts the server's network was pretrained on: their texts' accuracy is partly not transfer (report.md, Data)");
             }
             OverlapCheck::Checked(o)
         }
