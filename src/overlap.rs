@@ -230,21 +230,22 @@ impl OverlapCheck {
                 let [c0, c1, c2] = s.compared;
                 let [f0, f1, f2] = s.found;
                 let [t0, t1, t2] = s.texts;
-                let found = f0 + f1 + f2;
-                let counts = format!(
-                    "{f0} of {c0} sentences of training texts, {f1} of {c1} of validation and {f2} of {c2} of test texts, \
-                     in {t0}, {t1} and {t2} texts",
-                );
-                if found == 0 {
-                    format!("{whole} Their sentences of {} words or more, as the server's network receives them: none ({counts}).", s.min_words)
-                } else {
-                    format!(
-                        "{whole} **Their sentences among the source texts** ({} words or more, as the server's network receives them): \
-                         {counts}. The server's network learned from these sentences, so the transfer head's accuracy on \
-                         their texts is partly not transfer.",
+                if f0 + f1 + f2 == 0 {
+                    return format!(
+                        "{whole} Their sentences of {} words or more, as the server's network receives them: none \
+                         ({c0} compared in training texts, {c1} in validation, {c2} in test).",
                         s.min_words
-                    )
+                    );
                 }
+                let counts = format!(
+                    "{f0} of {c0} in training texts ({t0} texts), {f1} of {c1} in validation ({t1}), {f2} of {c2} in test ({t2})"
+                );
+                format!(
+                    "{whole} **Their sentences among the source texts** ({} words or more, as the server's network receives them): \
+                     {counts}. The server's network learned from these sentences, so the transfer head's accuracy on \
+                     their texts is partly not transfer.",
+                    s.min_words
+                )
             }
             Self::NotChecked { reason } => format!("Target texts among the server's source texts: not checked ({reason})."),
         }

@@ -407,7 +407,7 @@ fn a_sentence_unit_run_counts_the_target_sentences_its_server_network_learned_fr
     assert_eq!(s.found, [first_found(&data.target.train.texts), first_found(&data.target.validation.texts), first_found(&data.target.test.texts)]);
     assert!(s.found[0] > t.train / 4 && s.found[0] < t.train / 2 + 1 && s.found[2] > 0, "{s:?}");
     let md = std::fs::read_to_string(dir.path().join("run/report.md")).unwrap();
-    assert!(md.contains("**Their sentences among the source texts** (6 words or more") && md.contains(&format!("{} of {} of test texts", s.found[2], 2 * t.test)), "{md}");
+    assert!(md.contains("**Their sentences among the source texts** (6 words or more") && md.contains(&format!("{} of {} in test ({})", s.found[2], 2 * t.test, s.texts[2])), "{md}");
     let headline = report.headline();
     assert!(headline.contains(&format!("{} test and {} training texts have sentences among them", s.texts[2], s.texts[0])), "{headline}");
 }
