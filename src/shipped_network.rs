@@ -108,8 +108,10 @@ impl ShippedNetwork {
         fingerprints: &crate::overlap::SourceFingerprints,
     ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
         let fingerprint_bytes = fingerprints.encode();
+        // Burn names each parameter by a random id, which its record keeps: numbered in order instead, the same
+        // weights encode to the same bytes, so a rebuild of the same network has the same sha256.
         let network = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(net.clone().into_record(), ())
+            .record(net.clone().map(&mut NumberedParams(0)).into_record(), ())
             .map_err(|e| Error::Internal(format!("cannot encode the network: {e}")))?;
         let manifest = Manifest {
             format: FORMAT.into(),
@@ -179,6 +181,17 @@ impl ShippedNetwork {
             .load(self.network.clone(), &device)
             .map_err(|e| Error::artifact(Path::new(SHIPPED_NETWORK_DIR), format!("cannot decode the network: {e}")))?;
         Ok(skeleton.load_record(record))
+    }
+}
+
+/// Gives a module's parameters the ids 0, 1, 2, ... in the order Burn visits them (see [`ShippedNetwork::encode`]).
+struct NumberedParams(u64);
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for NumberedParams {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<burn::tensor::Tensor<B, D>>) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0 - 1), tensor, mapper)
     }
 }
 
