@@ -74,6 +74,58 @@ fn a_prediction_stopped_during_its_encrypted_pass_resumes_from_its_own_journal()
     assert_eq!(cryptotl::he::OutputJournal::open(&out, "a run's pass", 1).unwrap().get(&[1]), Some(&[2][..]), "the run's journal is left alone");
 }
 
+/// A prediction through the one-process simulation keeps its keys in the run's folder, as a client of a remote
+/// server does: the first makes them, the next reuse them; a store that lost the evaluation key, or a corrupt key
+/// file, means a new key, not an error.
+#[test]
+fn local_predictions_keep_their_keys_in_the_run_folder() {
+    use cryptotl::pipeline::{self, CLIENT_KEY_FILE, LOCAL_KEY_STORE};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &["curve.enabled=false".into(), "audit.membership=false".into()]).unwrap();
+    pipeline::run(&cfg).unwrap();
+    let out = cfg.output_dir();
+    let texts: Vec<String> = pipeline::prepare_data(&cfg).unwrap().target.test.texts.into_iter().take(6).collect();
+    let (key_file, store) = (out.join(CLIENT_KEY_FILE), out.join(LOCAL_KEY_STORE));
+    assert!(!key_file.exists() && !store.exists(), "a run keeps no key: its report measures key generation");
+    let stored = || std::fs::read_dir(&store).map_or(0, |d| d.count());
+    let first = pipeline::predict(&cfg, &out, &texts).unwrap();
+    let kept = std::fs::read(&key_file).unwrap();
+    assert!(stored() >= 1, "the evaluation key is in the store");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600, "the client's secret key is owner-only");
+    }
+    let close = |a: &[pipeline::Prediction], b: &[pipeline::Prediction]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.probability - y.probability).abs() < 0.1);
+    // A new key would be written anew (atomically: a new file renamed over it), even where the test config's
+    // seeded keys give it the same bits; a reused one leaves the file as it was.
+    let written = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        (inode, m.modified().unwrap())
+    };
+    let made = written(&key_file);
+    let again = pipeline::predict(&cfg, &out, &texts).unwrap();
+    assert_eq!(written(&key_file), made, "the second prediction reuses the key");
+    assert_eq!(std::fs::read(&key_file).unwrap(), kept);
+    assert!(close(&first, &again));
+    // The store lost it: an evaluation key is made again from the kept secret key, and its new id recorded.
+    std::fs::remove_dir_all(&store).unwrap();
+    assert!(close(&first, &pipeline::predict(&cfg, &out, &texts).unwrap()));
+    assert!(stored() >= 1);
+    let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    assert!(after["client_key"] == before["client_key"], "the same secret key");
+    // A corrupt key file: a new key, written in its place (the same bits here: the test config seeds its keys).
+    std::fs::write(&key_file, b"{ not a key").unwrap();
+    assert!(close(&first, &pipeline::predict(&cfg, &out, &texts).unwrap()));
+    let renewed: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    assert!(renewed["client_key"].is_array() && renewed["key_id"].is_string());
+}
+
 #[test]
 fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test_rows() {
     use cryptotl::bow::{STACKED_MIN_EXAMPLES, STACKED_SCORER_FILE, StackedScorer};
@@ -365,12 +417,7 @@ fn a_run_counts_the_target_texts_its_server_network_learned_from() {
 #[test]
 fn a_sentence_unit_run_counts_the_target_sentences_its_server_network_learned_from() {
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<(String, String)> = std::fs::read_to_string(format!("{}/separable_target.csv", common::FX))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split_once(',').map(|(a, b)| (a.to_string(), b.to_string())).unwrap())
-        .collect();
+    let rows = common::fixture_rows("separable_target.csv");
     let target: String = std::iter::once("label,text\n".to_string())
         .chain(rows.iter().map(|(label, text)| format!("{label},{text} . and that is what i think of it .\n")))
         .collect();

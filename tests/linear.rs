@@ -296,12 +296,7 @@ fn per_sentence_transfer_averages_each_texts_outputs_over_its_sentences() {
     use cryptotl::pipeline::{self, TransferInput};
     let dir = tempfile::tempdir().unwrap();
     // A target of multi-sentence texts: three fixture texts of one label joined as sentences.
-    let rows: Vec<(String, String)> = std::fs::read_to_string(format!("{}/separable_target.csv", common::FX))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| { let (y, t) = l.split_once(',').unwrap(); (y.to_string(), t.to_string()) })
-        .collect();
+    let rows = common::fixture_rows("separable_target.csv");
     let mut csv = String::from("label,text\n");
     for label in ["0", "1"] {
         let texts: Vec<&String> = rows.iter().filter(|(y, _)| y == label).map(|(_, t)| t).collect();

@@ -196,6 +196,22 @@ impl Session {
         Self::connect(Box::new(InProcess::new(artifact)?), Some(program), insecure_seed)
     }
 
+    /// The one-process simulation keeping its keys, as a client of a remote server keeps its key
+    /// ([`Self::connect_keeping_key`]): the client key in `key_file` (owner-only) and the simulated server's
+    /// evaluation keys in the folder `key_store` (about 40 MiB a key), so a later session for the same program and
+    /// parameter set makes no key. No oracle: its callers (`predict`) compare nothing.
+    pub fn local_keeping_key(
+        program: IntegerProgram,
+        params: ParameterSet,
+        insecure_seed: Option<u64>,
+        key_file: &std::path::Path,
+        key_store: &std::path::Path,
+    ) -> Result<Self> {
+        let artifact = ModelArtifact::new(program, params, serde_json::Value::Null, serde_json::Value::Null)?;
+        let transport = InProcess::with_key_store(artifact, key_store)?;
+        Self::connect_keeping_key(Box::new(transport), insecure_seed, key_file, true)
+    }
+
     /// Fetch the model's interface through `transport`, generate keys for its parameter set, upload the
     /// evaluation key. `oracle`: the server's program, for the one-process simulation's comparison only.
     pub fn connect(transport: Box<dyn Transport>, oracle: Option<IntegerProgram>, insecure_seed: Option<u64>) -> Result<Self> {

@@ -59,7 +59,19 @@ impl InProcess {
     /// Serve `artifact` in this process, keys held in memory.
     pub fn new(artifact: ModelArtifact) -> Result<Self> {
         let bound = artifact.interface.evaluation_key_limit * 2;
-        let service = Service::new(artifact, KeyStore::in_memory(bound))?;
+        Self::with_store(artifact, KeyStore::in_memory(bound))
+    }
+
+    /// Serve `artifact` in this process, evaluation keys kept in the folder `dir` (owner-only, as `serve`'s key
+    /// store), so a later process with the same client key finds its evaluation key there instead of making it again.
+    pub fn with_key_store(artifact: ModelArtifact, dir: &std::path::Path) -> Result<Self> {
+        let bound = artifact.interface.evaluation_key_limit * 2;
+        let store = KeyStore::open(dir, bound).map_err(|e| Error::Server { server: "local".into(), message: format!("key store {}: {e}", dir.display()) })?;
+        Self::with_store(artifact, store)
+    }
+
+    fn with_store(artifact: ModelArtifact, store: KeyStore) -> Result<Self> {
+        let service = Service::new(artifact, store)?;
         Ok(Self { service, client: ClientId { name: "local".into(), token_sha256: "local".into() } })
     }
 }

@@ -270,9 +270,13 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
 }
 
-/// The file in a run directory that keeps the client's TFHE key for a remote server (its secret key: owner-only,
-/// never sent).
+/// The file in a run directory that keeps the client's TFHE key for a remote server, or for `predict`'s one-process
+/// simulation (its secret key: owner-only, never sent).
 pub const CLIENT_KEY_FILE: &str = "client_key.json";
+
+/// The folder in a run directory that keeps the one-process simulation's evaluation keys for `predict` (with the
+/// client key in [`CLIENT_KEY_FILE`]): made by the first prediction, reused by the next.
+pub const LOCAL_KEY_STORE: &str = "local_keys";
 
 /// A session with the remote server `url` of `[he] server`: token, trusted CA, interface checked against the
 /// client's features.
@@ -406,12 +410,25 @@ enum LowerPath {
 }
 
 impl LowerPath {
-    /// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]).
+    /// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]), and the one-process
+    /// simulation keeps its keys there too ([`crate::he::Session::local_keeping_key`]), as a remote server's client
+    /// keeps its key in the run's folder: the first prediction makes them, the next ones reuse them.
     fn open(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<Self> {
         let session = match remote_server(cfg)? {
             Some(url) => remote_session(cfg, &url, Some(&cfg.output_dir()), true)?,
             None if !cfg.he.enabled => return Ok(Self::Plain(Box::new(server_lower_network(cfg)?.net))),
-            None => local_session(cfg, &compile_program(cfg, &server_lower_network(cfg)?)?)?,
+            None => {
+                let program = compile_program(cfg, &server_lower_network(cfg)?)?;
+                match journal_dir {
+                    Some(dir) => {
+                        let (key_file, key_store) = (dir.join(CLIENT_KEY_FILE), dir.join(LOCAL_KEY_STORE));
+                        let mut session = crate::he::Session::local_keeping_key(program, cfg.he.params()?, cfg.he.insecure_seed, &key_file, &key_store)?;
+                        session.set_batch(cfg.he.batch);
+                        session
+                    }
+                    None => local_session(cfg, &program)?,
+                }
+            }
         };
         let identity = format!("{} | {PREDICT_JOURNAL}", session.journal_identity());
         let journal = journal_dir.map(|d| crate::he::OutputJournal::open(d, &identity, session.interface.outputs)).transpose()?;

@@ -48,3 +48,12 @@ patience = 8
     )
 }
 
+/// The `(label, text)` rows of the fixture CSV `name` (`label,text`, no quoted fields), header skipped.
+pub fn fixture_rows(name: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("{FX}/{name}"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').map(|(y, t)| (y.to_string(), t.to_string())).unwrap())
+        .collect()
+}
