@@ -156,6 +156,12 @@ pub struct RunManifest {
     /// from before it have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features_config: Option<serde_json::Value>,
+    /// The identity of the server network the features went through ([`crate::pipeline::network_id`]: the model id
+    /// of its program; a remote server's own), so `predict` never puts the head behind another network: a shipped
+    /// network rebuilt by a newer binary, or a server that rebuilt its model, keeps the config's key but not its
+    /// outputs. Manifests from before it have none, and are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_network: Option<String>,
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -171,6 +177,7 @@ impl RunManifest {
             head: None,
             dp_references: None,
             features_config: Some(features_material(cfg)),
+            lower_network: None,
         }
     }
 
@@ -220,6 +227,24 @@ impl RunManifest {
             file: dir.display().to_string(),
             key: differences.iter().take(SHOWN).map(|(k, _, _)| k.split(' ').next().unwrap_or(k).to_string()).collect::<Vec<_>>().join(", "),
             message: format!("the features in this run directory were made by another config: {}{more}; {redo}", listed.join("; ")),
+        }
+    }
+
+    /// Refuse a server network other than the one this run's features went through (`network` is its
+    /// [`crate::pipeline::network_id`]); a manifest that records none passes.
+    pub fn check_network(&self, cfg: &RunConfig, network: &str) -> Result<()> {
+        match &self.lower_network {
+            Some(ran) if ran != network => Err(Error::artifact(
+                path(&cfg.output_dir()),
+                format!(
+                    "this run's head was trained behind the server network {}…, and the server network is now {}… \
+                     (a newer binary ships a rebuilt one, or the server rebuilt its model): its outputs differ, so the \
+                     head would score new texts wrongly; run `cryptotl run` with this config again",
+                    ran.get(..12).unwrap_or(ran),
+                    network.get(..12).unwrap_or(network)
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

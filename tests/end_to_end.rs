@@ -126,6 +126,34 @@ fn local_predictions_keep_their_keys_in_the_run_folder() {
     assert!(renewed["client_key"].is_array() && renewed["key_id"].is_string());
 }
 
+/// A run records which server network its features went through (the model id of its program), and `predict`
+/// refuses to put the run's head behind another one: a binary that ships a rebuilt network, or a server that
+/// rebuilt its model, keeps the config's key but not its outputs.
+#[test]
+fn predict_refuses_a_server_network_other_than_the_runs() {
+    use cryptotl::pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    let ov = ["curve.enabled=false", "audit.membership=false", "he.enabled=false"].map(String::from);
+    let cfg = RunConfig::from_toml_str(&tiny_config(dir.path()), "tiny.toml", &ov).unwrap();
+    pipeline::run(&cfg).unwrap();
+    let out = cfg.output_dir();
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let lower = pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(manifest["lower_network"].as_str(), Some(pipeline::network_id(&cfg, &lower).unwrap().as_str()));
+    let texts = vec!["a lovely wonderful story".to_string()];
+    assert_eq!(pipeline::predict(&cfg, &out, &texts).unwrap().len(), 1);
+    // The run went through another network than the one the server has now.
+    manifest["lower_network"] = serde_json::json!("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = pipeline::predict(&cfg, &out, &texts).unwrap_err().to_string();
+    assert!(err.contains("trained behind the server network 0123456789ab") && err.contains("run `cryptotl run`"), "{err}");
+    // A manifest from before the record: not checked.
+    manifest.as_object_mut().unwrap().remove("lower_network");
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    assert_eq!(pipeline::predict(&cfg, &out, &texts).unwrap().len(), 1);
+}
+
 #[test]
 fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test_rows() {
     use cryptotl::bow::{STACKED_MIN_EXAMPLES, STACKED_SCORER_FILE, StackedScorer};

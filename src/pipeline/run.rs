@@ -69,7 +69,7 @@ pub fn features(cfg: &RunConfig) -> Result<FeaturesStage> {
     let data = prepare_data(cfg)?;
     let (client_pipeline, client) = client_features(cfg, &data.target)?;
     let input = TransferInput::new(cfg, &client_pipeline, &data.target, &client)?.journaled_in(Some(&out));
-    let LowerOutputs { features: transferred, output_ranges, remote, .. } = lower_outputs(cfg, &input)?;
+    let LowerOutputs { features: transferred, output_ranges, remote, network_id, .. } = lower_outputs(cfg, &input)?;
     if let Some((_, he)) = &remote {
         crate::atomic::write(&out.join("he.json"), &serde_json::to_vec_pretty(he).map_err(|e| Error::Internal(e.to_string()))?)?;
     }
@@ -77,7 +77,7 @@ pub fn features(cfg: &RunConfig) -> Result<FeaturesStage> {
     let bow = (cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow).then(|| BagOfWords::new(&data.target));
     let inputs = head_inputs(cfg, &transferred, &client, bow.as_ref())?;
     save_client_side(cfg, &out, &client_pipeline, bow.as_ref(), &inputs)?;
-    crate::rundir::RunManifest { dp_references: Some(references), ..crate::rundir::RunManifest::new(cfg) }.write(&out)?;
+    crate::rundir::RunManifest { dp_references: Some(references), lower_network: Some(network_id), ..crate::rundir::RunManifest::new(cfg) }.write(&out)?;
     crate::he::journal::remove_all(&out)?;
     Ok(FeaturesStage { path: out.join(FEATURES_FILE), remote })
 }
@@ -135,18 +135,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(Some(&cfg.output_dir()))));
     let input = input?;
     stage("client features", t + t2);
-    let (transferred, he_paths, remote_he, output_ranges) = match (&remote, &lower) {
+    let (transferred, he_paths, remote_he, output_ranges, network_id) = match (&remote, &lower) {
         (Some(url), _) => {
             let (r, t) = timed(|| remote_transfer(cfg, url, &input));
-            let RemoteTransfer { features, he, statement, output_ranges } = r?;
+            let RemoteTransfer { features, he, statement, output_ranges, model_id } = r?;
             stage("lower network: keys, encrypted forward through the remote server", t);
-            (features, None, Some((he, statement)), output_ranges)
+            (features, None, Some((he, statement)), output_ranges, model_id)
         }
         (None, Some(lower)) => {
             let (r, t) = timed(|| transfer(cfg, lower, &input));
             let (transferred, he_paths) = r?;
             stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
-            (transferred, he_paths, None, transfer_output_ranges(cfg, lower))
+            (transferred, he_paths, None, transfer_output_ranges(cfg, lower), super::transfer::network_id(cfg, lower)?)
         }
         (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
     };
@@ -319,7 +319,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     // manifest that ties them to this config.
     save_client_side(cfg, &out, &client_pipeline, bow.as_ref(), &transferred)?;
     model::save_module(&published, &out.join("head"))?;
-    let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), ..crate::rundir::RunManifest::new(cfg) };
+    let mut manifest = crate::rundir::RunManifest { dp_references: Some(dp_references), lower_network: Some(network_id), ..crate::rundir::RunManifest::new(cfg) };
     manifest.head = Some(crate::rundir::HeadShape::of(cfg, transferred.train.ncols()));
     manifest.write(&out)?;
     // Its results are written: the encrypted pass's journal has served.

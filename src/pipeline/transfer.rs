@@ -198,6 +198,27 @@ pub fn compile_program(cfg: &RunConfig, lower: &PretrainedLower) -> Result<crypt
     crate::he::quant::compile_with_ranges(&lower.net, lower.features.dim(), &lower.meta.source_ranges, &cfg.he)
 }
 
+/// The identity of the server network `lower` as `cfg` evaluates it. Encrypted: the model id of its integer
+/// program ([`cryptotl_server::artifact::program_id`]), which a remote server publishes for its own. In plaintext
+/// (`he.enabled = false`, where the network need not compile): `float:` and the SHA-256 of its weights. A run records
+/// it, so `predict` refuses to put a head behind another network than the one it was trained behind.
+pub fn network_id(cfg: &RunConfig, lower: &PretrainedLower) -> Result<String> {
+    if cfg.he.enabled {
+        return Ok(cryptotl_server::artifact::program_id(&compile_program(cfg, lower)?)?);
+    }
+    /// Every float parameter's values, little-endian, in the order Burn visits them.
+    struct Weights(Vec<u8>);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Weights {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let values = param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            self.0.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    let mut weights = Weights(Vec::new());
+    burn::module::Module::visit(&lower.net, &mut weights);
+    Ok(format!("float:{}", cryptotl_server::artifact::sha256_hex(&weights.0)))
+}
+
 /// The one-process simulation of the server for `program`, with the config's keys seed and batch size.
 fn local_session(cfg: &RunConfig, program: &cryptotl_server::IntegerProgram) -> Result<crate::he::Session> {
     let mut session = crate::he::Session::local(program.clone(), cfg.he.params()?, cfg.he.insecure_seed)?;
@@ -337,6 +358,8 @@ pub struct RemoteTransfer {
     pub statement: crate::privacy::budget::ServerStatement,
     /// The output ranges the server publishes ([`crate::he::Session::published_output_ranges`]), if it does.
     pub output_ranges: Option<Vec<(f32, f32)>>,
+    /// The server's model id (the SHA-256 of its program).
+    pub model_id: String,
 }
 
 /// The client's features through a remote server's encrypted lower network (`[he] server = URL`).
@@ -366,7 +389,7 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
     let output_ranges = session.published_output_ranges();
     let (encrypted, stats) = forward_split(&session, &input.rows, input.journal.as_deref())?;
     let he = crate::he::HeReport::new(&session, None, &stats, None);
-    Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges })
+    Ok(RemoteTransfer { features: input.pool(encrypted), he, statement, output_ranges, model_id: session.model.model_id.clone() })
 }
 
 /// What [`lower_outputs`] brings back.
@@ -381,6 +404,8 @@ pub struct LowerOutputs {
     pub source_epsilon: f64,
     /// Through a remote server: its address and what the encrypted stage measured.
     pub remote: Option<(String, crate::he::HeReport)>,
+    /// The network's identity ([`network_id`]; a remote server's model id).
+    pub network_id: String,
 }
 
 /// The server's lower network on the client's `input`, for the commands that need only its outputs (`features`,
@@ -390,13 +415,14 @@ pub struct LowerOutputs {
 pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutputs> {
     match remote_server(cfg)? {
         Some(url) => {
-            let RemoteTransfer { features, he, statement, output_ranges } = remote_transfer(cfg, &url, input)?;
-            Ok(LowerOutputs { features, output_ranges, source_epsilon: statement.source_epsilon(), remote: Some((url, he)) })
+            let RemoteTransfer { features, he, statement, output_ranges, model_id } = remote_transfer(cfg, &url, input)?;
+            Ok(LowerOutputs { features, output_ranges, source_epsilon: statement.source_epsilon(), remote: Some((url, he)), network_id: model_id })
         }
         None => {
             let lower = server_lower_network(cfg)?;
             let (features, _) = transfer(cfg, &lower, input)?;
-            Ok(LowerOutputs { features, output_ranges: transfer_output_ranges(cfg, &lower), source_epsilon: lower.source_epsilon(), remote: None })
+            let network_id = network_id(cfg, &lower)?;
+            Ok(LowerOutputs { features, output_ranges: transfer_output_ranges(cfg, &lower), source_epsilon: lower.source_epsilon(), remote: None, network_id })
         }
     }
 }
@@ -405,7 +431,7 @@ pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutp
 /// simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`). One is opened per prediction, so
 /// its keys are made (or, against a remote server, taken from the run's folder) once for every batch of texts.
 enum LowerPath {
-    Plain(Box<LowerNet<Cpu>>),
+    Plain { net: Box<LowerNet<Cpu>>, id: String },
     Encrypted { session: Box<crate::he::Session>, journal: Option<crate::he::OutputJournal> },
 }
 
@@ -416,7 +442,10 @@ impl LowerPath {
     fn open(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<Self> {
         let session = match remote_server(cfg)? {
             Some(url) => remote_session(cfg, &url, Some(&cfg.output_dir()), true)?,
-            None if !cfg.he.enabled => return Ok(Self::Plain(Box::new(server_lower_network(cfg)?.net))),
+            None if !cfg.he.enabled => {
+                let lower = server_lower_network(cfg)?;
+                return Ok(Self::Plain { id: network_id(cfg, &lower)?, net: Box::new(lower.net) });
+            }
             None => {
                 let program = compile_program(cfg, &server_lower_network(cfg)?)?;
                 match journal_dir {
@@ -438,14 +467,22 @@ impl LowerPath {
     /// Outputs per row.
     fn outputs(&self, input_dim: usize) -> Result<usize> {
         match self {
-            Self::Plain(net) => Ok(lower_forward(net, &Array2::zeros((1, input_dim)))?.ncols()),
+            Self::Plain { net, .. } => Ok(lower_forward(net, &Array2::zeros((1, input_dim)))?.ncols()),
             Self::Encrypted { session, .. } => Ok(session.interface.outputs),
+        }
+    }
+
+    /// The network's identity ([`network_id`]; the model id of the program the server evaluates).
+    fn network_id(&self) -> &str {
+        match self {
+            Self::Plain { id, .. } => id,
+            Self::Encrypted { session, .. } => &session.model.model_id,
         }
     }
 
     fn forward(&mut self, x: &Array2<f32>, what: &str) -> Result<Array2<f32>> {
         match self {
-            Self::Plain(net) => lower_forward(net, x),
+            Self::Plain { net, .. } => lower_forward(net, x),
             // `forward_journaled` logs how many rows it took from the journal.
             Self::Encrypted { session, journal } => Ok(session.forward_journaled(x.view(), what, journal.as_mut())?.0),
         }
@@ -453,7 +490,7 @@ impl LowerPath {
 
     fn into_journal(self) -> Option<crate::he::OutputJournal> {
         match self {
-            Self::Plain(_) => None,
+            Self::Plain { .. } => None,
             Self::Encrypted { journal, .. } => journal,
         }
     }
@@ -533,6 +570,7 @@ impl Predictor {
             _ => None,
         };
         let lower = LowerPath::open(cfg, Some(run_dir))?;
+        manifest.check_network(cfg, lower.network_id())?;
         let input_dim = lower.outputs(pipeline.dim())?
             + match cfg.head.inputs {
                 crate::config::HeadInputs::TransferPlusOwn => pipeline.dim(),

@@ -163,11 +163,17 @@ fn to_json<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| HeError::Serialize { what, message: e.to_string() })
 }
 
+/// The model id of `program`: the SHA-256 of its JSON form, which a server publishes in its interface
+/// ([`ModelInterface::model_id`]). Two programs with one id compute the same outputs.
+pub fn program_id(program: &IntegerProgram) -> Result<String> {
+    Ok(sha256_hex(&to_json(program, "program")?))
+}
+
 impl ModelArtifact {
     /// An artifact for `program` under `params` (checked), publishing `features` and `privacy` to clients.
     pub fn new(program: IntegerProgram, params: ParameterSet, features: serde_json::Value, privacy: serde_json::Value) -> Result<Self> {
         program.validate(params)?;
-        let model_id = sha256_hex(&to_json(&program, "program")?);
+        let model_id = program_id(&program)?;
         let interface = ModelInterface {
             format: format_of(&program),
             model_id,
