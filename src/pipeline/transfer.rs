@@ -429,7 +429,7 @@ pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutp
 
 /// The server's lower network as new texts reach it (`predict`): through the remote server, through the one-process
 /// simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`). One is opened per prediction, so
-/// its keys are made (or, against a remote server, taken from the run's folder) once for every batch of texts.
+/// its keys are taken from the run's folder (or made there, by the first prediction) once for every batch of texts.
 enum LowerPath {
     Plain { net: Box<LowerNet<Cpu>>, id: String },
     Encrypted { session: Box<crate::he::Session>, journal: Option<crate::he::OutputJournal> },
