@@ -124,6 +124,16 @@ fn local_predictions_keep_their_keys_in_the_run_folder() {
     assert!(close(&first, &pipeline::predict(&cfg, &out, &texts).unwrap()));
     let renewed: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
     assert!(renewed["client_key"].is_array() && renewed["key_id"].is_string());
+    // A run made behind another network is refused before any key is made for it.
+    std::fs::remove_file(&key_file).unwrap();
+    std::fs::remove_dir_all(&store).unwrap();
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["lower_network"] = serde_json::json!("not the network of this run");
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = pipeline::predict(&cfg, &out, &texts).unwrap_err().to_string();
+    assert!(err.contains("trained behind the server network"), "{err}");
+    assert!(!key_file.exists() && !store.exists(), "no key made for a refused run");
 }
 
 /// A run records which server network its features went through (the model id of its program), and `predict`

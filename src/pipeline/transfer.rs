@@ -431,7 +431,7 @@ pub fn lower_outputs(cfg: &RunConfig, input: &TransferInput) -> Result<LowerOutp
 /// simulation of it (`server = "local"`), or in plaintext (`he.enabled = false`). One is opened per prediction, so
 /// its keys are taken from the run's folder (or made there, by the first prediction) once for every batch of texts.
 enum LowerPath {
-    Plain { net: Box<LowerNet<Cpu>>, id: String },
+    Plain { net: Box<LowerNet<Cpu>> },
     Encrypted { session: Box<crate::he::Session>, journal: Option<crate::he::OutputJournal> },
 }
 
@@ -439,15 +439,24 @@ impl LowerPath {
     /// With `journal_dir`, the encrypted pass keeps a journal there ([`PREDICT_JOURNAL`]), and the one-process
     /// simulation keeps its keys there too ([`crate::he::Session::local_keeping_key`]), as a remote server's client
     /// keeps its key in the run's folder: the first prediction makes them, the next ones reuse them.
-    fn open(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<Self> {
+    ///
+    /// `check` is given the network's identity ([`network_id`]) as soon as it is known, and an error it returns stops
+    /// the opening there: before any key is made here (against a remote server, once its interface is read).
+    fn open(cfg: &RunConfig, journal_dir: Option<&Path>, check: impl Fn(&str) -> Result<()>) -> Result<Self> {
         let session = match remote_server(cfg)? {
-            Some(url) => remote_session(cfg, &url, Some(&cfg.output_dir()), true)?,
+            Some(url) => {
+                let session = remote_session(cfg, &url, Some(&cfg.output_dir()), true)?;
+                check(&session.model.model_id)?;
+                session
+            }
             None if !cfg.he.enabled => {
                 let lower = server_lower_network(cfg)?;
-                return Ok(Self::Plain { id: network_id(cfg, &lower)?, net: Box::new(lower.net) });
+                check(&network_id(cfg, &lower)?)?;
+                return Ok(Self::Plain { net: Box::new(lower.net) });
             }
             None => {
                 let program = compile_program(cfg, &server_lower_network(cfg)?)?;
+                check(&cryptotl_server::artifact::program_id(&program)?)?;
                 match journal_dir {
                     Some(dir) => {
                         let (key_file, key_store) = (dir.join(CLIENT_KEY_FILE), dir.join(LOCAL_KEY_STORE));
@@ -469,14 +478,6 @@ impl LowerPath {
         match self {
             Self::Plain { net, .. } => Ok(lower_forward(net, &Array2::zeros((1, input_dim)))?.ncols()),
             Self::Encrypted { session, .. } => Ok(session.interface.outputs),
-        }
-    }
-
-    /// The network's identity ([`network_id`]; the model id of the program the server evaluates).
-    fn network_id(&self) -> &str {
-        match self {
-            Self::Plain { id, .. } => id,
-            Self::Encrypted { session, .. } => &session.model.model_id,
         }
     }
 
@@ -504,7 +505,7 @@ impl LowerPath {
 /// journal when it is run again. The caller removes the journal ([`crate::he::OutputJournal::remove`]) once it has
 /// what it needed; on an error it stays for the next attempt.
 pub fn transfer_rows(cfg: &RunConfig, x: &Array2<f32>, what: &str, journal_dir: Option<&Path>) -> Result<(Array2<f32>, Option<crate::he::OutputJournal>)> {
-    let mut path = LowerPath::open(cfg, journal_dir)?;
+    let mut path = LowerPath::open(cfg, journal_dir, |_| Ok(()))?;
     let y = path.forward(x, what)?;
     Ok((y, path.into_journal()))
 }
@@ -569,8 +570,7 @@ impl Predictor {
             }
             _ => None,
         };
-        let lower = LowerPath::open(cfg, Some(run_dir))?;
-        manifest.check_network(cfg, lower.network_id())?;
+        let lower = LowerPath::open(cfg, Some(run_dir), |network| manifest.check_network(cfg, network))?;
         let input_dim = lower.outputs(pipeline.dim())?
             + match cfg.head.inputs {
                 crate::config::HeadInputs::TransferPlusOwn => pipeline.dim(),
