@@ -484,15 +484,17 @@ fn predict(a: &PredictArgs) -> Result<()> {
         });
     }
     let cfg = RunConfig::load(&config, &overrides)?;
-    let mut predictor = None;
+    let mut predictor: Option<pipeline::Predictor> = None;
     answer_lines(a.input.as_deref(), |batch| {
-        let p = match &mut predictor {
-            Some(p) => p,
-            None => predictor.insert(pipeline::Predictor::open(&cfg, &a.run)?),
-        };
         let blank = |t: &String| t.trim().is_empty();
         let texts: Vec<String> = batch.iter().filter(|t| !blank(t)).cloned().collect();
-        let mut scored = p.predict(&texts)?.into_iter();
+        // Like an empty input, blank lines alone cost no model.
+        let mut scored = match (&mut predictor, texts.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(p), false) => p.predict(&texts)?,
+            (None, false) => predictor.insert(pipeline::Predictor::open(&cfg, &a.run)?).predict(&texts)?,
+        }
+        .into_iter();
         let lines: Vec<PredictLine> = batch
             .iter()
             .map(|t| match blank(t) {

@@ -236,6 +236,11 @@ fn predict_gives_a_transfer_plus_bow_head_the_score_column_its_run_gave_the_test
     }
     let err = pipeline::predict(&cfg, &out, &[many[0].clone(), " ".to_string()]).unwrap_err().to_string();
     assert!(err.contains("text 2 of 2 is blank"), "{err}");
+    // Blank lines alone: nulls.
+    std::fs::write(&file, "\n \n").unwrap();
+    let (code, stdout, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", file.to_str().unwrap()]);
+    assert_eq!((code, stdout.lines().count()), (0, 2), "{err}");
+    assert!(stdout.lines().all(|l| l == r#"{"label":null,"probability":null}"#), "{stdout}");
     // An input that is no text file is bad input (exit 2), named.
     let (code, _, err) = cli(&["-q", "predict", "--run", out.to_str().unwrap(), "--input", dir.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
