@@ -124,6 +124,10 @@ pub struct LearningCurves {
     /// and the DP pair when there is one. Empty in reports written before they were recorded.
     #[serde(default)]
     pub margins: Vec<CurveMargin>,
+    /// For `cryptotl curve` in one process: the target's texts among the server's source texts
+    /// ([`crate::overlap`]). A run's curves carry none (its report has the check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_overlap: Option<crate::overlap::OverlapCheck>,
 }
 
 /// One margin of the table, as `report.json` records it.
@@ -292,6 +296,7 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
         server: crate::pipeline::remote_server(cfg)?,
         selection: cfg.curve.selection.name().into(),
         margins: Vec::new(),
+        source_overlap: None,
     };
     curves.margins = curves
         .margin_columns()
@@ -341,6 +346,7 @@ impl LearningCurves {
     /// let curves = LearningCurves {
     ///     name: "x".into(), sizes: vec![64], draws: 3, methods: vec!["transfer".into(), "raw_features".into()],
     ///     descriptions: vec![], path: "plaintext".into(), server: None, selection: "cross_validation".into(), margins: vec![],
+    ///     source_overlap: None,
     ///     points: vec![point("transfer", vec![0.90, 0.88, 0.92], vec![]), point("raw_features", vec![0.85, 0.85, 0.86], vec![])],
     /// };
     /// let m = curves.margin("transfer", "raw_features", 64).unwrap();
@@ -420,6 +426,9 @@ impl LearningCurves {
         }
         for (a, b) in &margins {
             let _ = writeln!(s, "- `{a} − {b}`: how many points `{a}` is above `{b}`, the mean of the per-draw differences (both train on the same subset in each draw) ± its standard error over the draws; in parentheses, its standard error over the test split's{} examples (how far another test split of that size would move it)", self.test_examples().map_or(String::new(), |n| format!(" {n}")));
+        }
+        if let Some(o) = &self.source_overlap {
+            let _ = writeln!(s, "\n{}", o.describe());
         }
         s
     }

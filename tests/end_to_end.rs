@@ -273,6 +273,7 @@ fn tiny_run_learns_a_separable_target_and_reuses_the_cache() {
     assert!(bow.test.accuracy > 0.85, "bag of words on the separable target: {:?}", bow.test);
     // Learning curves: every size and every method, each point one accuracy per draw, on the test split.
     let curve = report.curve.as_ref().expect("curves are on by default");
+    assert_eq!(curve.source_overlap, None, "a run's curves leave the overlap check to its report");
     assert_eq!(curve.sizes, vec![16, 32, 64, report.target.train]);
     assert_eq!(curve.methods, ["transfer", "raw_features", "bag_of_words"]);
     for m in &curve.methods {
@@ -452,6 +453,11 @@ fn a_run_counts_the_target_texts_its_server_network_learned_from() {
         assert!(headline.lines().nth(1).unwrap().starts_with(&format!("source overlap: {} of the {} test texts", o.test, t.test)), "{headline}");
         assert_eq!(o.sentences, None, "the network sees whole texts: no sentence count");
     }
+    // `cryptotl curve` says so too, under its table.
+    let curves = cryptotl::pipeline::curves(&cfg, None).unwrap();
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    assert_eq!(curves.source_overlap, report.source_overlap);
+    assert!(curves.to_markdown().contains("**Target texts among the server's source training texts**"));
 }
 
 /// With `head.transfer_unit = "sentence"` the network sees sentences, so the check counts the target's sentences

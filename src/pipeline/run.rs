@@ -28,7 +28,14 @@ pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curv
     let LowerOutputs { features: transferred, output_ranges, .. } = lower_outputs(cfg, &input)?;
     let bow = BagOfWords::new(&data.target);
     let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
-    crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)
+    let mut curves = crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)?;
+    // In one process the curves say, as a run's report does, how many target texts the server's network learned
+    // from (its network is cached or shipped by now).
+    if remote_server(cfg)?.is_none() {
+        let (lower, source) = server_network_and_source(cfg)?;
+        curves.source_overlap = Some(source_overlap(cfg, &lower, source.as_ref(), &data.target));
+    }
+    Ok(curves)
 }
 
 /// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.
