@@ -231,7 +231,7 @@ impl RunManifest {
     }
 
     /// Refuse a server network other than the one this run's features went through (`network` is its
-    /// [`crate::pipeline::network_id`]); a manifest that records none passes.
+    /// [`crate::pipeline::network_id`]); a manifest that records none passes, with a warning.
     pub fn check_network(&self, cfg: &RunConfig, network: &str) -> Result<()> {
         match &self.lower_network {
             Some(ran) if ran != network => Err(Error::artifact(
@@ -244,7 +244,16 @@ impl RunManifest {
                     network.get(..12).unwrap_or(network)
                 ),
             )),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None => {
+                tracing::warn!(
+                    run = %cfg.output_dir().display(),
+                    "this run directory does not record which server network its head was trained behind (made before \
+                     cryptotl kept that record): if an older binary made it, its network may have been rebuilt since; \
+                     run it again to be sure"
+                );
+                Ok(())
+            }
         }
     }
 
