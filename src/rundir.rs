@@ -159,7 +159,7 @@ pub struct RunManifest {
     /// The identity of the server network the features went through ([`crate::pipeline::network_id`]: the model id
     /// of its program; a remote server's own), so `predict` never puts the head behind another network: a shipped
     /// network rebuilt by a newer binary, or a server that rebuilt its model, keeps the config's key but not its
-    /// outputs. Manifests from before it have none, and are not checked.
+    /// outputs. Manifests from before it have none: `predict` warns on them, as it cannot check them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower_network: Option<String>,
 }
