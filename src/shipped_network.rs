@@ -222,7 +222,16 @@ pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
     }
     let (source, summary) = crate::pipeline::load_source(cfg)?;
     let lower = match crate::pipeline::cached_pretrained(cfg) {
-        Some(cached) => cached,
+        Some(cached) => {
+            // Its key covers the config, not the bits of what it was trained on (embeddings cached or shipped
+            // before a change), so say which network is shipped.
+            tracing::warn!(
+                dir = %cached.cache_dir.display(),
+                "shipping the network pretrained earlier, from the cache: move that folder aside to pretrain anew (with an \
+                 empty embedding cache too, a rebuild reproduces the shipped bytes)"
+            );
+            cached
+        }
         None => crate::pipeline::pretrain_on_source(cfg, &source, &summary)?,
     };
     // Measured on the network as every run that uses it sees it (dead units dropped: they output constant 0).
