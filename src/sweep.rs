@@ -147,6 +147,9 @@ pub struct Sweep {
     pub features: String,
     /// Every head trained.
     pub points: Vec<SweepPoint>,
+    /// In one process: the target's texts among the server's source texts ([`crate::overlap`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_overlap: Option<crate::overlap::OverlapCheck>,
 }
 
 fn with_server_epsilon(cfg: &RunConfig, mechanism: ServerMechanism, eps: Epsilon) -> Result<RunConfig> {
@@ -327,6 +330,7 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
         server: pipeline::remote_server(cfg)?,
         features: cfg.features.kind.name().to_string(),
         points,
+        source_overlap: pipeline::local_source_overlap(cfg, &data.target)?,
     })
 }
 
@@ -409,6 +413,9 @@ impl Sweep {
         for c in self.cells() {
             let server = c.server_epsilon.map_or("-".to_string(), fmt_eps);
             let _ = writeln!(s, "| {} | {server} ({}) | {} ({}) | {:.4} ± {:.4} | {} |", c.series, fmt_eps(c.server_epsilon_reached), fmt_eps(c.client_epsilon), fmt_eps(c.client_epsilon_reached), c.accuracy_mean, c.accuracy_std, c.repeats);
+        }
+        if let Some(o) = &self.source_overlap {
+            let _ = writeln!(s, "\n{}", o.describe());
         }
         s
     }

@@ -299,6 +299,9 @@ fn a_sweep_writes_csv_markdown_and_chart_with_one_line_per_server_setting() {
     assert!(svg.starts_with("<svg") && svg.contains("server ε = 4 (weight-noise)") && svg.contains(cryptotl::sweep::RAW_SERIES));
     let md = std::fs::read_to_string(&files[1]).unwrap();
     assert!(md.contains("| server ε = ∞ (no weight-noise) |") && md.contains("server ε set through weight-noise"), "{md}");
+    // In one process it says, as a run's report does, how many target texts the server's network learned from.
+    assert!(matches!(&sweep.source_overlap, Some(cryptotl::overlap::OverlapCheck::Checked(o)) if o.total() == 0), "{:?}", sweep.source_overlap);
+    assert!(md.contains("Target texts among the server's source training texts") && md.contains(": none ("), "{md}");
 
     // A server ε for weight noise needs the declared sensitivity.
     let plain = RunConfig::from_toml_str(&base, "tiny.toml", &ov).unwrap();

@@ -29,13 +29,21 @@ pub fn curves(cfg: &RunConfig, journal_dir: Option<&Path>) -> Result<crate::curv
     let bow = BagOfWords::new(&data.target);
     let references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), transferred.train.ncols(), client.train.ncols());
     let mut curves = crate::curve::learning_curves(cfg, &transferred, &client, Some(&bow), &references)?;
-    // In one process the curves say, as a run's report does, how many target texts the server's network learned
-    // from (its network is cached or shipped by now).
-    if remote_server(cfg)?.is_none() {
-        let (lower, source) = server_network_and_source(cfg)?;
-        curves.source_overlap = Some(source_overlap(cfg, &lower, source.as_ref(), &data.target));
-    }
+    curves.source_overlap = local_source_overlap(cfg, &data.target)?;
     Ok(curves)
+}
+
+/// For the commands that report no run (`curve`, `sweep`): in one process, the contamination check of a run's
+/// report ([`source_overlap`]) for the network `cfg` names: from a shipped network's fingerprints, else from the
+/// config's source texts (no network is loaded and no weight noise drawn for it); `None` against a remote server,
+/// whose source texts are its own.
+pub fn local_source_overlap(cfg: &RunConfig, target: &crate::data::Split) -> Result<Option<crate::overlap::OverlapCheck>> {
+    if remote_server(cfg)?.is_some() {
+        return Ok(None);
+    }
+    // A shipped network brings its source fingerprints; for any other the source texts are read.
+    let shipped = super::server::stored_pretrained(cfg)?.filter(|l| l.origin == NetworkOrigin::Shipped);
+    Ok(Some(super::server::source_overlap_of(cfg, shipped.as_ref(), None, target)))
 }
 
 /// Create the run's output directory and prove it writable ([`crate::atomic::writable_dir`]), before any work.

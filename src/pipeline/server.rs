@@ -467,8 +467,14 @@ pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Optio
 /// `head.transfer_unit = "sentence"` the target's sentences, as the network receives them, are counted too. A target
 /// text or sentence found among them is also logged as a warning.
 pub fn source_overlap(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
+    source_overlap_of(cfg, Some(lower), source, target)
+}
+
+/// [`source_overlap`], with the network when there is one: without, the check reads the config's source texts
+/// (`curve` and `sweep` need no network for it, nor any weight noise drawn).
+pub fn source_overlap_of(cfg: &RunConfig, lower: Option<&PretrainedLower>, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
     use crate::overlap::{OverlapCheck, SourceFingerprints};
-    let fingerprints = if lower.origin == NetworkOrigin::Shipped {
+    let fingerprints = if let Some(lower) = lower.filter(|l| l.origin == NetworkOrigin::Shipped) {
         match crate::shipped_network::find(&lower.meta.key).transpose() {
             Ok(Some(shipped)) => shipped.source_fingerprints.clone().ok_or_else(|| "the shipped network carries no fingerprints of its source texts".to_string()),
             Ok(None) => Err("the shipped network is not in this binary".to_string()),
