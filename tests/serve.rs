@@ -875,6 +875,16 @@ fn run_and_predict_through_a_server_that_server_build_made() {
     // A wrong token: a clear refusal, exit 1, no retry storm.
     let (code, _, err) = cli(&["-q", "features", c, "--set", &set], &[("CRYPTOTL_TOKEN", "wrong")]);
     assert!(code == 1 && err.contains("401"), "{code}: {err}");
+    // The run recorded the server's model id: the id of the program a client in one process compiles from the same
+    // network. Against a server whose model is no longer that one, `predict` refuses, naming both.
+    let manifest_path = dir.path().join("run").join(cryptotl::rundir::MANIFEST);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let here = cryptotl::pipeline::network_id(&local, &cryptotl::pipeline::server_lower_network(&local).unwrap()).unwrap();
+    assert_eq!(manifest["lower_network"].as_str(), Some(here.as_str()));
+    manifest["lower_network"] = serde_json::json!("a model this server no longer serves");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let (code, _, err) = cli(&["-q", "predict", "--run", dir.path().join("run").to_str().unwrap(), "--input", texts.to_str().unwrap(), "--set", &set], &env);
+    assert!(code != 0 && err.contains("trained behind the server network a model this") && err.contains(&here[..12]), "{code}: {err}");
 }
 
 /// Outputs within the tested rate of one-level lookups of the clear-integer program (what a session without the
