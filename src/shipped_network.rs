@@ -121,7 +121,8 @@ impl ShippedNetwork {
             network_sha256: sha256_hex(&network),
             network_bytes: network.len(),
             meta: meta.clone(),
-            features: features.clone(),
+            // Where the building machine kept its model and caches is not part of what ships.
+            features: features.clone().located_as(&crate::config::FeaturesConfig::default()),
             config: serde_json::json!({
                 "seed": cfg.seed, "source": cfg.source, "features": cfg.features.key_material(), "split": cfg.split,
                 "lower": cfg.lower, "pretrain": cfg.pretrain,
@@ -221,14 +222,14 @@ pub fn build(cfg: &RunConfig, dir: &Path) -> Result<Manifest> {
         return Err(Error::config_key("server_privacy.weight_noise", "a shipped network is the pretrained one; weight noise is drawn by each run"));
     }
     let (source, summary) = crate::pipeline::load_source(cfg)?;
-    let lower = match crate::pipeline::cached_pretrained(cfg) {
+    let lower = match crate::pipeline::verified_cached_pretrained(cfg, &source)? {
         Some(cached) => {
-            // Its key covers the config, not the bits of what it was trained on (embeddings cached or shipped
-            // before a change), so say which network is shipped.
+            // Trained on these source texts and this embedding table, but the model's embeddings of the other
+            // texts came from the embedding cache as it was then, so say which network is shipped.
             tracing::warn!(
                 dir = %cached.cache_dir.display(),
-                "shipping the network pretrained earlier, from the cache: move that folder aside to pretrain anew (with an \
-                 empty embedding cache too, a rebuild reproduces the shipped bytes)"
+                "shipping the network pretrained earlier on the same source data, from the cache: move that folder aside \
+                 to pretrain anew (with an empty embedding cache too, a rebuild reproduces the shipped bytes)"
             );
             cached
         }

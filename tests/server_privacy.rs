@@ -340,6 +340,53 @@ fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
+/// The pretraining key is the config; what the entry records reading ([`TrainedOn`]) is checked against the source
+/// files as they are now. An entry trained on other contents is stale: trained again, then reused.
+#[test]
+fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
+    use cryptotl::pipeline::{NetworkOrigin, TrainedOn};
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+    let ov = ["he.enabled=false".to_string(), format!("source.paths=[{:?}]", source.display().to_string())];
+    let cfg = RunConfig::from_toml_str(&common::tiny_config(dir.path()), "tiny.toml", &ov).unwrap();
+    let origin = || cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let first = origin();
+    assert_eq!(first.origin, NetworkOrigin::Trained);
+    let recorded = first.meta.trained_on.clone().expect("a new entry records what it was trained on");
+    assert_eq!(recorded.embedding_table, None, "hashed features use no shipped embeddings");
+    assert_eq!(origin().origin, NetworkOrigin::Cache);
+
+    // One label flipped in the file: same config, same key, other data.
+    let text = std::fs::read_to_string(&source).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let flipped = if rest.starts_with('0') { format!("1{}", &rest[1..]) } else { format!("0{}", &rest[1..]) };
+    std::fs::write(&source, format!("{header}\n{flipped}")).unwrap();
+    let second = origin();
+    assert_eq!(second.origin, NetworkOrigin::Trained, "a network trained on the old file was reused");
+    assert_eq!(second.cache_dir, first.cache_dir);
+    let now = second.meta.trained_on.clone().unwrap();
+    assert_eq!(recorded.change_from(&now), Some("the source data changed"));
+    assert_eq!(origin().origin, NetworkOrigin::Cache);
+    // `pretrain`, which is given the source, checks it the same way.
+    let (split, summary) = cryptotl::pipeline::load_source(&cfg).unwrap();
+    assert_eq!(cryptotl::pipeline::pretrain(&cfg, &split, &summary).unwrap().origin, NetworkOrigin::Cache);
+    assert_eq!(TrainedOn::of(&cfg, &split).unwrap(), now);
+
+    // Without its source data the entry is all there is: used as it is.
+    std::fs::rename(&source, dir.path().join("moved.csv")).unwrap();
+    assert_eq!(origin().origin, NetworkOrigin::Cache);
+    std::fs::rename(dir.path().join("moved.csv"), &source).unwrap();
+
+    // An entry from before the record (none kept) is used by runs, but `ship-network` does not ship it.
+    let meta_path = second.cache_dir.join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta.as_object_mut().unwrap().remove("trained_on");
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    assert_eq!(origin().origin, NetworkOrigin::Cache);
+    assert!(cryptotl::pipeline::verified_cached_pretrained(&cfg, &split).unwrap().is_none());
+}
+
 #[test]
 fn printed_privacy_figures_never_claim_more_than_was_computed() {
     // Rounded to the nearest, ε = 1.00004 would print as 1.0000 and δ = 8.7444e-5 as 8.744e-5: less privacy loss

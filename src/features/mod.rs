@@ -333,6 +333,27 @@ impl FeaturePipeline {
         })
     }
 
+    /// The same pipeline, reading its model and embedding cache (and batching) where `cfg` says. Where they lie
+    /// changes no feature (it is not in the pretraining key), so a stored pipeline (a cache entry, the shipped
+    /// network) follows the config that loads it, not the machine that stored it.
+    ///
+    /// ```
+    /// use cryptotl::config::{FeatureKind, FeaturesConfig};
+    /// use cryptotl::features::{FeaturePipeline, FeaturizerState};
+    /// let stored = FeaturePipeline::data_independent(&FeaturesConfig { kind: FeatureKind::Minilm, ..Default::default() }).unwrap();
+    /// let here = FeaturesConfig { kind: FeatureKind::Minilm, model_dir: "/opt/minilm".into(), ..Default::default() };
+    /// let FeaturizerState::Minilm(m) = stored.located_as(&here).featurizer else { unreachable!() };
+    /// assert_eq!(m.model_dir, std::path::Path::new("/opt/minilm"));
+    /// ```
+    pub fn located_as(mut self, cfg: &FeaturesConfig) -> Self {
+        if let FeaturizerState::Minilm(m) = &mut self.featurizer {
+            m.model_dir = cfg.model_dir.clone();
+            m.batch_size = cfg.batch_size;
+            m.cache_dir = Some(cfg.embedding_cache_dir.clone());
+        }
+        self
+    }
+
     /// Fit featurizer and scaler on training texts only.
     pub fn fit(cfg: &FeaturesConfig, train_texts: &[String]) -> Result<Self> {
         let featurizer = Self::featurizer(cfg, Some(train_texts))?;

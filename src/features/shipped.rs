@@ -72,6 +72,9 @@ pub fn build(model_dir: &std::path::Path, batch_size: usize) -> Result<Vec<u8>> 
 pub struct ShippedEmbeddings {
     /// sha256 of the model that made them.
     pub model_sha256: String,
+    /// sha256 of the records (hex), from the header: which embeddings these are, down to the last bit. A pretrained
+    /// network records it when the table embedded any of its source texts ([`crate::pipeline::TrainedOn`]).
+    pub records_sha256: String,
     entries: EmbeddingTable,
 }
 
@@ -153,6 +156,6 @@ impl ShippedEmbeddings {
                 (key, v)
             })
             .collect();
-        Ok(Self { model_sha256, entries })
+        Ok(Self { model_sha256, records_sha256: hex(&bytes[48..80]), entries })
     }
 }

@@ -72,6 +72,77 @@ pub struct PretrainMeta {
     /// The DP-SGD schedule, when the pretraining was private.
     #[serde(default)]
     pub dp_pretraining: Option<crate::privacy::plan::DpPlan>,
+    /// What the network was trained on beyond its config ([`TrainedOn`]); `None` in entries made before it was
+    /// recorded.
+    #[serde(default)]
+    pub trained_on: Option<TrainedOn>,
+}
+
+/// What a pretrained network was trained on that its key ([`pretrain_key`], the config) does not fix: the contents of
+/// the source files and the shipped embedding table. A cache entry whose record differs from the source data as it
+/// is now is stale and trained again ([`server_network_and_source`]); a shipped network's record says which table
+/// it was trained on (a test checks it is the table shipped beside it).
+///
+/// ```
+/// use cryptotl::data::{Dataset, Split};
+/// use cryptotl::pipeline::TrainedOn;
+/// let part = |texts: &[&str], labels: &[u8]| Dataset {
+///     texts: texts.iter().map(|t| t.to_string()).collect(), labels: labels.to_vec(), ..Default::default()
+/// };
+/// let split = |label: u8| Split {
+///     train: part(&["a fine film", "a dull film"], &[1, label]), validation: part(&["fine"], &[1]),
+///     test: part(&["dull"], &[0]), duplicates_moved: 0,
+/// };
+/// let cfg = cryptotl::config::RunConfig::from_toml_str(cryptotl::config::QUICKSTART_TOML, "quickstart", &[]).unwrap();
+/// let (a, b) = (TrainedOn::of(&cfg, &split(0)).unwrap(), TrainedOn::of(&cfg, &split(1)).unwrap());
+/// assert_eq!(a, TrainedOn::of(&cfg, &split(0)).unwrap());
+/// assert_ne!(a.source, b.source); // one label changed
+/// assert_eq!(a.change_from(&b), Some("the source data changed"));
+/// assert_eq!(a.embedding_table, None); // none of these texts is among the shipped embeddings
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainedOn {
+    /// xxh3-128 (hex) of the source split: each part's examples in order, each with its path, label and text.
+    pub source: String,
+    /// [`records_sha256`](crate::features::shipped::ShippedEmbeddings::records_sha256) of the shipped MiniLM table
+    /// when it embedded some source text; `None` when none came from it (or the features are not MiniLM).
+    pub embedding_table: Option<String>,
+}
+
+impl TrainedOn {
+    /// The record of `source` as `cfg` featurizes it.
+    pub fn of(cfg: &RunConfig, source: &Split) -> Result<Self> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut table_used = false;
+        let table = match cfg.features.kind {
+            crate::config::FeatureKind::Minilm => Some(crate::features::shipped::ShippedEmbeddings::embedded()?),
+            crate::config::FeatureKind::Hashed => None,
+        };
+        for part in [&source.train, &source.validation, &source.test] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            for (i, (text, label)) in part.texts.iter().zip(&part.labels).enumerate() {
+                let origin = part.origins.get(i).and_then(|&o| part.origin_names.get(o as usize)).map_or("", String::as_str);
+                for field in [origin.as_bytes(), text.as_bytes()] {
+                    h.update(&(field.len() as u64).to_le_bytes());
+                    h.update(field);
+                }
+                h.update(&[*label]);
+                table_used = table_used || table.is_some_and(|t| t.get(text).is_some());
+            }
+        }
+        let embedding_table = if table_used { table.map(|t| t.records_sha256.clone()) } else { None };
+        Ok(Self { source: format!("{:032x}", h.digest128()), embedding_table })
+    }
+
+    /// What differs from `now`, in words, or `None` when nothing does.
+    pub fn change_from(&self, now: &TrainedOn) -> Option<&'static str> {
+        match (self.source == now.source, self.embedding_table == now.embedding_table) {
+            (true, true) => None,
+            (false, true) => Some("the source data changed"),
+            (true, false) => Some("the shipped MiniLM embeddings changed"),
+            (false, false) => Some("the source data and the shipped MiniLM embeddings changed"),
+        }
+    }
 }
 
 impl PretrainedLower {
@@ -167,7 +238,7 @@ pub fn stored_pretrained(cfg: &RunConfig) -> Result<Option<PretrainedLower>> {
         let net = shipped.network(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed)?;
         tracing::info!(name = shipped.manifest.name, "pretrained lower network shipped in the binary");
         let dir = cfg.cache_dir.join(format!("pretrain-{key}"));
-        return Ok(Some(PretrainedLower::from_stored(net, shipped.manifest.features.clone(), shipped.manifest.meta.clone(), NetworkOrigin::Shipped, dir)));
+        return Ok(Some(PretrainedLower::from_stored(net, shipped.manifest.features.clone().located_as(&cfg.features), shipped.manifest.meta.clone(), NetworkOrigin::Shipped, dir)));
     }
     Ok(None)
 }
@@ -185,7 +256,7 @@ pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
             if meta.key != key {
                 return Err(Error::artifact(&meta_path, format!("holds key {}, expected {key}", meta.key)));
             }
-            let features = FeaturePipeline::load(&feat_path)?;
+            let features = FeaturePipeline::load(&feat_path)?.located_as(&cfg.features);
             let skeleton = PretrainNet::<Cpu>::new(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed, &device);
             let net = model::load_module(skeleton, &net_path, &device)?;
             Ok(PretrainedLower::from_stored(net, features, meta, NetworkOrigin::Cache, dir.clone()))
@@ -275,8 +346,39 @@ fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Ve
 /// applied afterwards by [`apply_weight_noise`].
 pub fn pretrain(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
     match stored_pretrained(cfg)? {
-        Some(stored) => Ok(stored),
-        None => pretrain_on_source(cfg, source, summary),
+        Some(stored) if !is_stale(&stored, cfg, source)? => Ok(stored),
+        _ => pretrain_on_source(cfg, source, summary),
+    }
+}
+
+/// The cache entry of `cfg` when it records having been trained on `source` as it is now; an entry from before the
+/// record was kept is not taken. What `ship-network` ships from the cache: a network it can say it would train again.
+pub fn verified_cached_pretrained(cfg: &RunConfig, source: &Split) -> Result<Option<PretrainedLower>> {
+    let Some(cached) = cached_pretrained(cfg) else { return Ok(None) };
+    if cached.meta.trained_on.is_none() {
+        tracing::warn!(dir = %cached.cache_dir.display(), "the cached network does not record what it was trained on (made by an older version): pretraining again");
+        return Ok(None);
+    }
+    Ok(if is_stale(&cached, cfg, source)? { None } else { Some(cached) })
+}
+
+/// True when `stored` is a cache entry trained on other source data (or embeddings) than `source` as `cfg`
+/// featurizes it ([`TrainedOn`]), with a warning saying what changed. A shipped network is the server's as shipped,
+/// never stale; an entry made before the record was kept cannot be checked and is used.
+fn is_stale(stored: &PretrainedLower, cfg: &RunConfig, source: &Split) -> Result<bool> {
+    if stored.origin != NetworkOrigin::Cache {
+        return Ok(false);
+    }
+    let Some(recorded) = &stored.meta.trained_on else {
+        tracing::info!(dir = %stored.cache_dir.display(), "the cached network does not record what it was trained on (made by an older version); used as it is");
+        return Ok(false);
+    };
+    match recorded.change_from(&TrainedOn::of(cfg, source)?) {
+        None => Ok(false),
+        Some(change) => {
+            tracing::warn!(dir = %stored.cache_dir.display(), "{change} since the cached network was pretrained: training it again");
+            Ok(true)
+        }
     }
 }
 
@@ -289,7 +391,9 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let entry = crate::cache::Entry::new(dir.clone());
     // One run trains an entry at a time; a run that waited finds it done.
     let _lock = entry.lock()?;
-    if let Some(done) = cached_pretrained(cfg) {
+    let trained_on = TrainedOn::of(cfg, source)?;
+    // Strictly: an entry that records no source is not taken here (callers that accept one took it already).
+    if let Some(done) = cached_pretrained(cfg).filter(|c| c.meta.trained_on.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
         return Ok(done);
     }
     // Settled before training: a schedule beyond its budget refuses to start.
@@ -323,6 +427,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         source_ranges: crate::he::quant::pre_activation_ranges(&trained.model.lower, fs.train.view())?,
         history: trained.history.clone(),
         dp_pretraining: dp_plan,
+        trained_on: Some(trained_on),
     };
     // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
     // network ([`crate::cache`]).
@@ -392,10 +497,27 @@ pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
 /// such as the membership attack, does not load it twice).
 pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
     let mut source: Option<(Split, DatasetSummary)> = None;
-    let mut lower = match stored_pretrained(cfg)? {
+    let mut stored = stored_pretrained(cfg)?;
+    // A cache entry is checked against the source data as it is now, when that can be read (it is read anyway, for
+    // the contamination check); without it the entry is what there is.
+    if let Some(cached) = stored.as_ref().filter(|s| s.origin == NetworkOrigin::Cache) {
+        match load_source(cfg) {
+            Ok(loaded) => {
+                if is_stale(cached, cfg, &source.insert(loaded).0)? {
+                    stored = None;
+                }
+            }
+            Err(e) => tracing::info!(dir = %cached.cache_dir.display(), "the cached network is used without checking it against its source data, which cannot be loaded: {e}"),
+        }
+    }
+    let mut lower = match stored {
         Some(stored) => stored,
         None => {
-            let (split, summary) = source.insert(load_source(cfg)?);
+            let loaded = match source.take() {
+                Some(loaded) => loaded,
+                None => load_source(cfg)?,
+            };
+            let (split, summary) = source.insert(loaded);
             if let Some(wn) = &cfg.server_privacy.weight_noise {
                 crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
             }
