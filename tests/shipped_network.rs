@@ -43,6 +43,17 @@ fn the_quickstart_uses_the_shipped_network_without_its_source_data() {
     assert!(pipeline::stored_pretrained(&cfg).unwrap().is_none());
 }
 
+/// The network was pretrained on the embedding table that ships beside it: re-shipping the table (`ship-embeddings`)
+/// without re-shipping the network would leave the quickstart's server trained on other embeddings of its sources.
+#[test]
+fn the_shipped_network_was_trained_on_the_shipped_embeddings() {
+    let recorded = shipped().manifest.meta.trained_on.as_ref()
+        .unwrap_or_else(|| panic!("the shipped network records no source: rebuild it with `{}`", shipped_network::BUILD_COMMAND));
+    let table = cryptotl::features::shipped::ShippedEmbeddings::embedded().unwrap();
+    assert_eq!(recorded.embedding_table.as_deref(), Some(table.records_sha256.as_str()),
+        "datasets/shipped/minilm_kotzias.bin changed since the network was built: rebuild it with `{}`", shipped_network::BUILD_COMMAND);
+}
+
 #[test]
 fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
     let dir = tempfile::tempdir().unwrap();
