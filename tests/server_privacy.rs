@@ -360,7 +360,10 @@ fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
     // One label flipped in the file: same config, same key, other data.
     let text = std::fs::read_to_string(&source).unwrap();
     let (header, rest) = text.split_once('\n').unwrap();
-    let flipped = if rest.starts_with('0') { format!("1{}", &rest[1..]) } else { format!("0{}", &rest[1..]) };
+    let flipped = match rest.strip_prefix('0') {
+        Some(tail) => format!("1{tail}"),
+        None => format!("0{}", rest.strip_prefix('1').expect("the fixture's first row is labelled 0 or 1")),
+    };
     std::fs::write(&source, format!("{header}\n{flipped}")).unwrap();
     let second = origin();
     assert_eq!(second.origin, NetworkOrigin::Trained, "a network trained on the old file was reused");
