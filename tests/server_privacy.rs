@@ -365,6 +365,8 @@ fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
         None => format!("0{}", rest.strip_prefix('1').expect("the fixture's first row is labelled 0 or 1")),
     };
     std::fs::write(&source, format!("{header}\n{flipped}")).unwrap();
+    // `predict` opens the network as stored: its run's folder names the network it must be.
+    assert_eq!(cryptotl::pipeline::stored_lower_network(&cfg).unwrap().origin, NetworkOrigin::Cache);
     let second = origin();
     assert_eq!(second.origin, NetworkOrigin::Trained, "a network trained on the old file was reused");
     assert_eq!(second.cache_dir, first.cache_dir);

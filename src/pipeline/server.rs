@@ -488,19 +488,32 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
 
 /// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured; cached, or
 /// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
-/// starts. The source data is loaded only where it is needed: to train, or to calibrate a noised network.
+/// starts. The source data is loaded where it is needed: to train, to calibrate a noised network, and to check a
+/// cached network against it ([`TrainedOn`]).
 pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
     Ok(server_network_and_source(cfg)?.0)
+}
+
+/// [`server_lower_network`] without checking a cached network against the source data: what `predict` opens. A run's
+/// folder names the network its head was trained behind, and `predict` refuses any other, so the check would only
+/// cost each prediction a reading of the source data (and, were the source changed, a pretraining ended by that
+/// refusal).
+pub fn stored_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    Ok(server_network(cfg, false)?.0)
 }
 
 /// [`server_lower_network`], with the source data when it had to be loaded for it (so a caller that needs it too,
 /// such as the membership attack, does not load it twice).
 pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
+    server_network(cfg, true)
+}
+
+fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLower, Option<Split>)> {
     let mut source: Option<(Split, DatasetSummary)> = None;
     let mut stored = stored_pretrained(cfg)?;
     // A cache entry is checked against the source data as it is now, when that can be read (it is read anyway, for
     // the contamination check); without it the entry is what there is.
-    if let Some(cached) = stored.as_ref().filter(|s| s.origin == NetworkOrigin::Cache) {
+    if let Some(cached) = stored.as_ref().filter(|s| check_source && s.origin == NetworkOrigin::Cache) {
         match load_source(cfg) {
             Ok(loaded) => {
                 if is_stale(cached, cfg, &source.insert(loaded).0)? {

@@ -14,7 +14,7 @@ use crate::model::{self, Cpu, LowerNet, map_rows, predict_proba};
 
 use super::FeatureSplit;
 use super::heads::{beside_transferred, new_head, score_column, transfer_output_ranges};
-use super::server::{PretrainedLower, server_lower_network, server_network_and_source, source_membership};
+use super::server::{PretrainedLower, server_lower_network, server_network_and_source, source_membership, stored_lower_network};
 
 /// The client's scaled features of its target data: the pipeline fitted on target train only, or, when the run
 /// trains a head with DP-SGD (`[privacy]` on), fitted on nothing ([`FeaturePipeline::data_independent`]).
@@ -450,12 +450,12 @@ impl LowerPath {
                 session
             }
             None if !cfg.he.enabled => {
-                let lower = server_lower_network(cfg)?;
+                let lower = stored_lower_network(cfg)?;
                 check(&network_id(cfg, &lower)?)?;
                 return Ok(Self::Plain { net: Box::new(lower.net) });
             }
             None => {
-                let program = compile_program(cfg, &server_lower_network(cfg)?)?;
+                let program = compile_program(cfg, &stored_lower_network(cfg)?)?;
                 check(&cryptotl_server::artifact::program_id(&program)?)?;
                 match journal_dir {
                     Some(dir) => {
