@@ -417,6 +417,31 @@ pub fn predict_proba<B: Backend, M: BinaryClassifier<B>>(model: &M, x: ndarray::
     map_rows::<B>(x, device, |t| burn::tensor::activation::sigmoid(model.logits(t, None))).into_raw_vec_and_offset().0
 }
 
+/// The SHA-256 (hex) of a module's float parameters: every value, little-endian f32, in the order Burn visits them.
+/// Two modules of one architecture have the same digest exactly when their weights are the same bits.
+///
+/// ```
+/// use cryptotl::config::LowerNetConfig;
+/// use cryptotl::model::{Cpu, LowerNet, weights_sha256};
+/// let cfg = LowerNetConfig { conv_kernel: 0, hidden: 4, pool: 1, output: 0, ..Default::default() };
+/// let device = Default::default();
+/// let (a, b) = (LowerNet::<Cpu>::new(&cfg, 8, 1, &device), LowerNet::<Cpu>::new(&cfg, 8, 2, &device));
+/// assert_eq!(weights_sha256(&a), weights_sha256(&a.clone()));
+/// assert_ne!(weights_sha256(&a), weights_sha256(&b));
+/// ```
+pub fn weights_sha256<B: Backend, M: Module<B>>(module: &M) -> String {
+    struct Weights(Vec<u8>);
+    impl<B: Backend> ModuleVisitor<B> for Weights {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let values = param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            self.0.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    let mut weights = Weights(Vec::new());
+    module.visit(&mut weights);
+    cryptotl_server::artifact::sha256_hex(&weights.0)
+}
+
 fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
     BinFileRecorder::<FullPrecisionSettings>::new()
 }

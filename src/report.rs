@@ -58,6 +58,10 @@ pub struct AppliedWeightNoise {
     pub noise_source: String,
     /// The noised network was drawn in an earlier run and reused (no new release, no new budget).
     pub from_cache: bool,
+    /// SHA-256 of the pretrained weights the noise was added to ([`crate::model::weights_sha256`]); `None` in
+    /// entries drawn before it was recorded.
+    #[serde(default)]
+    pub base_network: Option<String>,
 }
 
 /// Neurons of the released network dropped by `[lower] prune_dead`.

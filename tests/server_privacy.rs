@@ -340,16 +340,75 @@ fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
+/// The tiny config (in the clear) whose source is a copy of the fixture in `dir`, with `extra` TOML appended; and
+/// that copy's path.
+fn config_with_own_source(dir: &std::path::Path, extra: &str) -> (RunConfig, std::path::PathBuf) {
+    let source = dir.join("source.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+    let ov = ["he.enabled=false".to_string(), format!("source.paths=[{:?}]", source.display().to_string())];
+    (RunConfig::from_toml_str(&format!("{}{extra}", common::tiny_config(dir)), "tiny.toml", &ov).unwrap(), source)
+}
+
+/// Flip the label of the first row of a `label,text` CSV.
+fn flip_first_label(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let flipped = match rest.strip_prefix('0') {
+        Some(tail) => format!("1{tail}"),
+        None => format!("0{}", rest.strip_prefix('1').expect("the first row is labelled 0 or 1")),
+    };
+    std::fs::write(path, format!("{header}\n{flipped}")).unwrap();
+}
+
+/// Swap the labels of the first 0-row and the first 1-row of a `label,text` CSV: other data, same class counts.
+fn swap_two_labels(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let first = |label: &str| (1..lines.len()).find(|&i| lines[i].starts_with(label)).expect("a row of each class");
+    let (zero, one) = (first("0,"), first("1,"));
+    lines[zero].replace_range(..1, "1");
+    lines[one].replace_range(..1, "0");
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A noised network is a release of the pretrained network it was drawn from. Once that network is trained again
+/// (its source data changed), the stored draw is not this network's: it gets its own, never the earlier release.
+#[test]
+fn a_network_trained_again_gets_its_own_noise_draw_not_the_earlier_release() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two labels swapped (one each way), so the split's sizes, and with them the default delta and the entry's key,
+    // stay the same: only the record of the noised weights tells the earlier release from this network's.
+    let (cfg, source) = config_with_own_source(dir.path(), "[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n");
+    let first = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    let drawn = first.weight_noise.clone().expect("noised");
+    let base = drawn.base_network.clone().expect("the draw records its pretrained network");
+    assert!(!drawn.from_cache);
+    let reused = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert!(reused.weight_noise.unwrap().from_cache);
+    assert_eq!(flatten(&reused.net), flatten(&first.net));
+
+    swap_two_labels(&source);
+    let entries = |d: &std::path::Path| std::fs::read_dir(d).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count();
+    let again = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(again.origin, cryptotl::pipeline::NetworkOrigin::Trained);
+    assert_eq!(entries(&again.cache_dir), 1, "the same setting's entry, drawn again in place");
+    let applied = again.weight_noise.clone().unwrap();
+    assert!(!applied.from_cache, "the earlier network's release was handed out as this network's");
+    assert_ne!(applied.base_network.as_deref(), Some(base.as_str()));
+    assert_ne!(flatten(&again.net), flatten(&first.net));
+    // And this draw is kept: the next run reuses it.
+    let next = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert!(next.weight_noise.unwrap().from_cache);
+    assert_eq!(flatten(&next.net), flatten(&again.net));
+}
+
 /// The pretraining key is the config; what the entry records reading ([`TrainedOn`]) is checked against the source
 /// files as they are now. An entry trained on other contents is stale: trained again, then reused.
 #[test]
 fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
     use cryptotl::pipeline::{NetworkOrigin, TrainedOn};
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("source.csv");
-    std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
-    let ov = ["he.enabled=false".to_string(), format!("source.paths=[{:?}]", source.display().to_string())];
-    let cfg = RunConfig::from_toml_str(&common::tiny_config(dir.path()), "tiny.toml", &ov).unwrap();
+    let (cfg, source) = config_with_own_source(dir.path(), "");
     let origin = || cryptotl::pipeline::server_lower_network(&cfg).unwrap();
     let first = origin();
     assert_eq!(first.origin, NetworkOrigin::Trained);
@@ -358,13 +417,7 @@ fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
     assert_eq!(origin().origin, NetworkOrigin::Cache);
 
     // One label flipped in the file: same config, same key, other data.
-    let text = std::fs::read_to_string(&source).unwrap();
-    let (header, rest) = text.split_once('\n').unwrap();
-    let flipped = match rest.strip_prefix('0') {
-        Some(tail) => format!("1{tail}"),
-        None => format!("0{}", rest.strip_prefix('1').expect("the fixture's first row is labelled 0 or 1")),
-    };
-    std::fs::write(&source, format!("{header}\n{flipped}")).unwrap();
+    flip_first_label(&source);
     // `predict` opens the network as stored: its run's folder names the network it must be.
     assert_eq!(cryptotl::pipeline::stored_lower_network(&cfg).unwrap().origin, NetworkOrigin::Cache);
     let second = origin();

@@ -206,17 +206,7 @@ pub fn network_id(cfg: &RunConfig, lower: &PretrainedLower) -> Result<String> {
     if cfg.he.enabled {
         return Ok(cryptotl_server::artifact::program_id(&compile_program(cfg, lower)?)?);
     }
-    /// Every float parameter's values, little-endian, in the order Burn visits them.
-    struct Weights(Vec<u8>);
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Weights {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
-            let values = param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-            self.0.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        }
-    }
-    let mut weights = Weights(Vec::new());
-    burn::module::Module::visit(&lower.net, &mut weights);
-    Ok(format!("float:{}", cryptotl_server::artifact::sha256_hex(&weights.0)))
+    Ok(format!("float:{}", crate::model::weights_sha256(&lower.net)))
 }
 
 /// The one-process simulation of the server for `program`, with the config's keys seed and batch size.
