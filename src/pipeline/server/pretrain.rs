@@ -1,7 +1,6 @@
-//! The server's side of a run: pretraining the lower network on the source data (cached, or shipped in the
-//! binary), DP pretraining and weight noise, dropping dead units, and the membership attack on the source data.
-
-use std::path::PathBuf;
+//! Pretraining the server's lower network on the source data: its cache key, the cache entry and what it records
+//! having been trained on ([`TrainedOn`]), the network shipped in the binary, DP pretraining's schedule, multi-task
+//! outputs and balanced paths.
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -11,47 +10,12 @@ use crate::data::{Dataset, DatasetSummary, Split};
 use crate::error::{Error, Result};
 use crate::eval::Metrics;
 use crate::features::FeaturePipeline;
-use crate::model::{self, Cpu, LowerNet, predict_proba, PretrainNet};
-use crate::report::{AppliedWeightNoise, NetworkOrigin, PrunedUnits, SourceTask};
+use crate::model::{self, Cpu, predict_proba, PretrainNet};
+use crate::report::{NetworkOrigin, SourceTask};
+use crate::pipeline::FeatureSplit;
 use crate::train::{self, EpochStats, Trained};
 
-use super::{FeatureSplit, load_source};
-use super::transfer::lower_forward;
-
-/// The server's pretrained, frozen lower network with its feature pipeline.
-#[derive(Clone)]
-pub struct PretrainedLower {
-    /// The frozen lower network.
-    pub net: LowerNet<Cpu>,
-    /// The server's featurizer + scaler (fitted on source train).
-    pub features: FeaturePipeline,
-    /// What the pretraining recorded (source metrics, sizes, history, DP schedule), with the calibration ranges of
-    /// the network as released (recomputed after weight noise).
-    pub meta: PretrainMeta,
-    /// Where the network came from: trained now, the cache, or shipped in the binary.
-    pub origin: NetworkOrigin,
-    /// The cache folder.
-    pub cache_dir: PathBuf,
-    /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
-    pub weight_noise: Option<AppliedWeightNoise>,
-    /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
-    pub pruned: Option<PrunedUnits>,
-}
-
-impl PretrainedLower {
-    /// Not trained by this run.
-    pub fn from_cache(&self) -> bool {
-        self.origin != NetworkOrigin::Trained
-    }
-
-    /// The tightest ε its server-side mechanisms give the source data (DP pretraining, weight noise: the smaller of
-    /// the two valid bounds); ∞ with neither.
-    pub fn source_epsilon(&self) -> f64 {
-        let pretraining = self.meta.dp_pretraining.as_ref().map_or(f64::INFINITY, |p| p.epsilon);
-        let weight_noise = self.weight_noise.as_ref().map_or(f64::INFINITY, |w| w.plan.epsilon);
-        pretraining.min(weight_noise)
-    }
-}
+use super::PretrainedLower;
 
 /// What a stored pretraining (cache entry or shipped network) keeps beside the network.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,7 +44,7 @@ pub struct PretrainMeta {
 
 /// What a pretrained network was trained on that its key ([`pretrain_key`], the config) does not fix: the contents of
 /// the source files and the shipped embedding table. A cache entry whose record differs from the source data as it
-/// is now is stale and trained again ([`server_network_and_source`]); a shipped network's record says which table
+/// is now is stale and trained again ([`super::server_network_and_source`]); a shipped network's record says which table
 /// it was trained on (a test checks it is the table shipped beside it).
 ///
 /// ```
@@ -142,13 +106,6 @@ impl TrainedOn {
             (true, false) => Some("the shipped MiniLM embeddings changed"),
             (false, false) => Some("the source data and the shipped MiniLM embeddings changed"),
         }
-    }
-}
-
-impl PretrainedLower {
-    /// A stored network with its meta data.
-    pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
     }
 }
 
@@ -343,7 +300,7 @@ fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Ve
 
 /// Pretrain the lower network on the source data (with DP-SGD when `[server_privacy.dp_pretraining]` is on), or
 /// load it from the cache keyed by [`pretrain_key`] (or the binary, see [`stored_pretrained`]). Weight noise is
-/// applied afterwards by [`apply_weight_noise`].
+/// applied afterwards by [`super::apply_weight_noise`].
 pub fn pretrain(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
     match stored_pretrained(cfg)? {
         Some(stored) if !is_stale(&stored, cfg, source)? => Ok(stored),
@@ -365,7 +322,7 @@ pub fn verified_cached_pretrained(cfg: &RunConfig, source: &Split) -> Result<Opt
 /// True when `stored` is a cache entry trained on other source data (or embeddings) than `source` as `cfg`
 /// featurizes it ([`TrainedOn`]), with a warning saying what changed. A shipped network is the server's as shipped,
 /// never stale; an entry made before the record was kept cannot be checked and is used.
-fn is_stale(stored: &PretrainedLower, cfg: &RunConfig, source: &Split) -> Result<bool> {
+pub(super) fn is_stale(stored: &PretrainedLower, cfg: &RunConfig, source: &Split) -> Result<bool> {
     if stored.origin != NetworkOrigin::Cache {
         return Ok(false);
     }
@@ -437,248 +394,4 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     cfg.save(&dir.join("config.toml"))?;
     entry.finish(&meta)?;
     Ok(PretrainedLower::from_stored(trained.model, features, meta, NetworkOrigin::Trained, dir))
-}
-
-/// Add the resolved `[server_privacy.weight_noise]` (`plan`, from [`crate::privacy::server::plan_weight_noise`])
-/// to the pretrained lower network.
-///
-/// The noised network is a release: it is drawn once per (pretrained network, noise setting), stored in the
-/// pretraining cache and reused by later runs, so rerunning does not hand the client fresh draws of the same
-/// weights (each would spend the budget again). The entry records the digest of the weights it noised
-/// ([`model::weights_sha256`]): a network trained again (on changed source data, [`TrainedOn`]) gets its own draw,
-/// with a warning, never the earlier network's release.
-pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: crate::privacy::server::WeightNoisePlan) -> Result<()> {
-    let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
-    let device = Default::default();
-    let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
-    let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
-    let entry = crate::cache::Entry::new(dir.clone());
-    let net_path = dir.join("lower");
-    // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
-    let _lock = entry.lock()?;
-    // A complete entry is a network the server may already have released. If it cannot be read, drawing again
-    // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
-    // entry (no meta.json) was never used, so it is drawn again.
-    let unreadable = |e: Error| Error::config_key("server_privacy.weight_noise", format!(
-        "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
-         Restore the entry, or delete it and account for both releases",
-        dir.display()
-    ));
-    let base_network = model::weights_sha256(&lower.net);
-    if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
-        let mut applied = applied.map_err(unreadable)?;
-        if applied.plan != plan {
-            return Err(unreadable(Error::artifact(entry.meta_path(), "holds another noise setting")));
-        }
-        // Drawn from another pretrained network (this one was trained again since: its source data changed): that
-        // release is not of this network, which gets its own draw (entries before the record are taken as they are).
-        if applied.base_network.as_ref().is_none_or(|b| *b == base_network) {
-            lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
-            applied.from_cache = true;
-            tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
-            lower.weight_noise = Some(applied);
-            return Ok(());
-        }
-        tracing::warn!(
-            dir = %dir.display(),
-            "the noised network stored here was drawn from an earlier pretrained network (this one was trained again, e.g. \
-             on changed source data): drawing this network's release; for the source examples both networks learned \
-             from, the two releases' ε add up"
-        );
-    }
-    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
-    let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
-    tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
-    let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
-    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false, base_network: Some(base_network) };
-    entry.begin()?;
-    model::save_module_private(&net, &net_path)?;
-    entry.finish(&applied)?;
-    lower.net = net;
-    lower.weight_noise = Some(applied);
-    Ok(())
-}
-
-/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured; cached, or
-/// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
-/// starts. The source data is loaded where it is needed: to train, to calibrate a noised network, and to check a
-/// cached network against it ([`TrainedOn`]).
-pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
-    Ok(server_network_and_source(cfg)?.0)
-}
-
-/// [`server_lower_network`] without checking a cached network against the source data: what `predict` opens. A run's
-/// folder names the network its head was trained behind, and `predict` refuses any other, so the check would only
-/// cost each prediction a reading of the source data (and, were the source changed, a pretraining ended by that
-/// refusal).
-pub fn stored_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
-    Ok(server_network(cfg, false)?.0)
-}
-
-/// [`server_lower_network`], with the source data when it had to be loaded for it (so a caller that needs it too,
-/// such as the membership attack, does not load it twice).
-pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
-    server_network(cfg, true)
-}
-
-fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLower, Option<Split>)> {
-    let mut source: Option<(Split, DatasetSummary)> = None;
-    let mut stored = stored_pretrained(cfg)?;
-    // A cache entry is checked against the source data as it is now, when that can be read (it is read anyway, for
-    // the contamination check); without it the entry is what there is.
-    if let Some(cached) = stored.as_ref().filter(|s| check_source && s.origin == NetworkOrigin::Cache) {
-        match load_source(cfg) {
-            Ok(loaded) => {
-                if is_stale(cached, cfg, &source.insert(loaded).0)? {
-                    stored = None;
-                }
-            }
-            Err(e) => tracing::info!(dir = %cached.cache_dir.display(), "the cached network is used without checking it against its source data, which cannot be loaded: {e}"),
-        }
-    }
-    let mut lower = match stored {
-        Some(stored) => stored,
-        None => {
-            let loaded = match source.take() {
-                Some(loaded) => loaded,
-                None => load_source(cfg)?,
-            };
-            let (split, summary) = source.insert(loaded);
-            if let Some(wn) = &cfg.server_privacy.weight_noise {
-                crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
-            }
-            // The cache and the binary were just consulted.
-            pretrain_on_source(cfg, split, summary)?
-        }
-    };
-    let noise_plan = match &cfg.server_privacy.weight_noise {
-        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.meta.source.train)?,
-        None => None,
-    };
-    if let Some(plan) = noise_plan {
-        apply_weight_noise(cfg, &mut lower, plan)?;
-        // The noised network's own ranges: the compiler calibrates on what it evaluates.
-        let (split, _) = match &source {
-            Some(s) => s,
-            None => source.insert(load_source(cfg).map_err(|e| Error::config_key("server_privacy.weight_noise", format!("a noised network is calibrated on its source data, which cannot be loaded: {e}")))?),
-        };
-        let x = lower.features.transform(&split.train.texts)?;
-        lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
-    }
-    if cfg.lower.prune_dead {
-        prune_dead_units(&mut lower);
-    }
-    Ok((lower, source.map(|(split, _)| split)))
-}
-
-/// The membership-inference figure on the server's source data for the budget section ([`crate::membership`]):
-/// the loss attack on `lower` as the client sees it (its outputs, plaintext: encrypted evaluation returns the same
-/// outputs up to the measured lookup errors). A shipped network unchanged by this run carries the figure measured
-/// when it was built (`ship-network`), so the quickstart needs no source data; any other network is attacked now,
-/// on `source` or the config's source data loaded here (embeddings come from the cache pretraining filled). When the
-/// source data cannot be loaded the report says so instead of failing the run. `now` says where a figure measured
-/// here was measured (the run's report, or the server's published statement).
-pub fn source_membership(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, now: &str) -> Result<crate::privacy::budget::SourceMembership> {
-    use crate::privacy::budget::SourceMembership;
-    if lower.origin == NetworkOrigin::Shipped && lower.weight_noise.is_none() {
-        let shipped = crate::shipped_network::find(&lower.meta.key).transpose()?;
-        return Ok(match shipped.and_then(|n| n.manifest.membership.clone()) {
-            Some(attack) => SourceMembership {
-                provenance: format!("measured when the shipped network was built (`{}`; `cryptotl server membership <config>` measures it again from the fetched sources)", crate::shipped_network::BUILD_COMMAND),
-                attack: Some(attack),
-            },
-            None => SourceMembership { provenance: "the shipped network carries no figure; `cryptotl server membership <config>` measures it from the fetched sources".into(), attack: None },
-        });
-    }
-    let loaded;
-    let source = match source {
-        Some(s) => s,
-        None => match load_source(cfg) {
-            Ok((s, _)) => {
-                loaded = s;
-                &loaded
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "membership attack skipped: the source data cannot be loaded");
-                return Ok(SourceMembership { provenance: format!("the source data cannot be loaded: {e}"), attack: None });
-            }
-        },
-    };
-    let attack = measure_membership(cfg, lower, source)?;
-    Ok(SourceMembership { provenance: now.into(), attack: Some(attack) })
-}
-
-/// The contamination check of a run in one process ([`crate::overlap`]): how many of the `target`'s texts, per
-/// split, the server's network `lower` learned from. A shipped network brings the fingerprints of its source texts
-/// (so the quickstart needs no source data); any other is checked against `source` or the config's source data
-/// loaded here (texts only). When neither is at hand the check says why instead of failing the run. With
-/// `head.transfer_unit = "sentence"` the target's sentences, as the network receives them, are counted too. A target
-/// text or sentence found among them is also logged as a warning.
-pub fn source_overlap(cfg: &RunConfig, lower: &PretrainedLower, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
-    source_overlap_of(cfg, Some(lower), source, target)
-}
-
-/// [`source_overlap`], with the network when there is one: without, the check reads the config's source texts
-/// (`curve` and `sweep` need no network for it, nor any weight noise drawn).
-pub fn source_overlap_of(cfg: &RunConfig, lower: Option<&PretrainedLower>, source: Option<&Split>, target: &Split) -> crate::overlap::OverlapCheck {
-    use crate::overlap::{OverlapCheck, SourceFingerprints};
-    let fingerprints = if let Some(lower) = lower.filter(|l| l.origin == NetworkOrigin::Shipped) {
-        match crate::shipped_network::find(&lower.meta.key).transpose() {
-            Ok(Some(shipped)) => shipped.source_fingerprints.clone().ok_or_else(|| "the shipped network carries no fingerprints of its source texts".to_string()),
-            Ok(None) => Err("the shipped network is not in this binary".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        match source {
-            Some(s) => Ok(SourceFingerprints::of_source(s)),
-            None => load_source(cfg).map(|(s, _)| SourceFingerprints::of_source(&s)).map_err(|e| format!("the source data cannot be loaded: {e}")),
-        }
-    };
-    match fingerprints {
-        Ok(f) => {
-            let mut o = f.overlap(target);
-            if cfg.head.transfer_unit == crate::config::TransferUnit::Sentence {
-                o.sentences = Some(f.sentence_overlap(target, |t| crate::features::sentences(t, cfg.head.max_sentences)));
-            }
-            if o.total() > 0 {
-                tracing::warn!(train = o.train, validation = o.validation, test = o.test,
-                    "target texts found among the texts the server's network was pretrained on: their accuracy is not transfer (report.md, Data)");
-            }
-            if let Some(s) = o.sentences.as_ref().filter(|s| s.found.iter().sum::<usize>() > 0) {
-                tracing::warn!(train = s.found[0], validation = s.found[1], test = s.found[2],
-                    "target sentences found among the texts the server's network was pretrained on: their texts' accuracy is partly not transfer (report.md, Data)");
-            }
-            OverlapCheck::Checked(o)
-        }
-        Err(reason) => {
-            tracing::info!(%reason, "target texts not checked against the server's source texts");
-            OverlapCheck::NotChecked { reason }
-        }
-    }
-}
-
-/// The loss attack ([`crate::membership::attack_source`]) on `lower`'s plaintext outputs for `source`, members and
-/// non-members drawn by the run's membership seed stream.
-pub fn measure_membership(cfg: &RunConfig, lower: &PretrainedLower, source: &Split) -> Result<crate::membership::MembershipAttack> {
-    crate::membership::attack_source(source, crate::seeds::stream(cfg.seed, crate::seeds::MEMBERSHIP), |texts| {
-        lower_forward(&lower.net, &lower.features.transform(texts)?)
-    })
-}
-
-/// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
-/// range is at or below 0), with their calibration ranges. Networks with pooling or another activation, and one
-/// whose units are all dead (nothing would be left to send), are kept whole.
-pub fn prune_dead_units(lower: &mut PretrainedLower) {
-    if lower.net.activation != crate::config::Activation::Relu || lower.net.pool != 1 {
-        return;
-    }
-    let hidden = lower.meta.source_ranges.len();
-    let (keep, dropped): (Vec<usize>, Vec<usize>) = (0..hidden).partition(|&j| lower.meta.source_ranges[j].1 > 0.0);
-    if dropped.is_empty() || keep.is_empty() {
-        return;
-    }
-    tracing::info!(kept = keep.len(), of = hidden, "dead neurons dropped (never fire on the source training data)");
-    lower.net = lower.net.clone().keep_units(&keep);
-    lower.meta.source_ranges = keep.iter().map(|&j| lower.meta.source_ranges[j]).collect();
-    lower.pruned = Some(PrunedUnits { hidden, dropped });
 }

@@ -1,0 +1,155 @@
+//! The server's side of a run: the network it releases to the encrypted stage. Pretraining on the source data
+//! (cached, or shipped in the binary; DP pretraining) is [`pretrain`]; weight noise is [`weight_noise`]; dead units
+//! are dropped here; what the source data tells a run (the membership attack, the contamination check) is
+//! [`source_checks`].
+
+mod pretrain;
+mod source_checks;
+mod weight_noise;
+
+pub use pretrain::*;
+pub use source_checks::*;
+pub use weight_noise::*;
+
+use std::path::PathBuf;
+
+use crate::config::RunConfig;
+use crate::data::{DatasetSummary, Split};
+use crate::error::{Error, Result};
+use crate::features::FeaturePipeline;
+use crate::model::{Cpu, LowerNet, PretrainNet};
+use crate::report::{AppliedWeightNoise, NetworkOrigin, PrunedUnits};
+
+use super::load_source;
+
+/// The server's pretrained, frozen lower network with its feature pipeline.
+#[derive(Clone)]
+pub struct PretrainedLower {
+    /// The frozen lower network.
+    pub net: LowerNet<Cpu>,
+    /// The server's featurizer + scaler (fitted on source train).
+    pub features: FeaturePipeline,
+    /// What the pretraining recorded (source metrics, sizes, history, DP schedule), with the calibration ranges of
+    /// the network as released (recomputed after weight noise).
+    pub meta: PretrainMeta,
+    /// Where the network came from: trained now, the cache, or shipped in the binary.
+    pub origin: NetworkOrigin,
+    /// The cache folder.
+    pub cache_dir: PathBuf,
+    /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
+    pub weight_noise: Option<AppliedWeightNoise>,
+    /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
+    pub pruned: Option<PrunedUnits>,
+}
+
+impl PretrainedLower {
+    /// Not trained by this run.
+    pub fn from_cache(&self) -> bool {
+        self.origin != NetworkOrigin::Trained
+    }
+
+    /// The tightest ε its server-side mechanisms give the source data (DP pretraining, weight noise: the smaller of
+    /// the two valid bounds); ∞ with neither.
+    pub fn source_epsilon(&self) -> f64 {
+        let pretraining = self.meta.dp_pretraining.as_ref().map_or(f64::INFINITY, |p| p.epsilon);
+        let weight_noise = self.weight_noise.as_ref().map_or(f64::INFINITY, |w| w.plan.epsilon);
+        pretraining.min(weight_noise)
+    }
+}
+
+impl PretrainedLower {
+    /// A stored network with its meta data.
+    pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
+    }
+}
+
+/// The network the server releases to the encrypted stage: pretrained (with DP-SGD when configured; cached, or
+/// shipped in the binary) and then noised (when configured, cached). Both budgets are checked before any training
+/// starts. The source data is loaded where it is needed: to train, to calibrate a noised network, and to check a
+/// cached network against it ([`TrainedOn`]).
+pub fn server_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    Ok(server_network_and_source(cfg)?.0)
+}
+
+/// [`server_lower_network`] without checking a cached network against the source data: what `predict` opens. A run's
+/// folder names the network its head was trained behind, and `predict` refuses any other, so the check would only
+/// cost each prediction a reading of the source data (and, were the source changed, a pretraining ended by that
+/// refusal).
+pub fn stored_lower_network(cfg: &RunConfig) -> Result<PretrainedLower> {
+    Ok(server_network(cfg, false)?.0)
+}
+
+/// [`server_lower_network`], with the source data when it had to be loaded for it (so a caller that needs it too,
+/// such as the membership attack, does not load it twice).
+pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Option<Split>)> {
+    server_network(cfg, true)
+}
+
+fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLower, Option<Split>)> {
+    let mut source: Option<(Split, DatasetSummary)> = None;
+    let mut stored = stored_pretrained(cfg)?;
+    // A cache entry is checked against the source data as it is now, when that can be read (it is read anyway, for
+    // the contamination check); without it the entry is what there is.
+    if let Some(cached) = stored.as_ref().filter(|s| check_source && s.origin == NetworkOrigin::Cache) {
+        match load_source(cfg) {
+            Ok(loaded) => {
+                if is_stale(cached, cfg, &source.insert(loaded).0)? {
+                    stored = None;
+                }
+            }
+            Err(e) => tracing::info!(dir = %cached.cache_dir.display(), "the cached network is used without checking it against its source data, which cannot be loaded: {e}"),
+        }
+    }
+    let mut lower = match stored {
+        Some(stored) => stored,
+        None => {
+            let loaded = match source.take() {
+                Some(loaded) => loaded,
+                None => load_source(cfg)?,
+            };
+            let (split, summary) = source.insert(loaded);
+            if let Some(wn) = &cfg.server_privacy.weight_noise {
+                crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
+            }
+            // The cache and the binary were just consulted.
+            pretrain_on_source(cfg, split, summary)?
+        }
+    };
+    let noise_plan = match &cfg.server_privacy.weight_noise {
+        Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.meta.source.train)?,
+        None => None,
+    };
+    if let Some(plan) = noise_plan {
+        apply_weight_noise(cfg, &mut lower, plan)?;
+        // The noised network's own ranges: the compiler calibrates on what it evaluates.
+        let (split, _) = match &source {
+            Some(s) => s,
+            None => source.insert(load_source(cfg).map_err(|e| Error::config_key("server_privacy.weight_noise", format!("a noised network is calibrated on its source data, which cannot be loaded: {e}")))?),
+        };
+        let x = lower.features.transform(&split.train.texts)?;
+        lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
+    }
+    if cfg.lower.prune_dead {
+        prune_dead_units(&mut lower);
+    }
+    Ok((lower, source.map(|(split, _)| split)))
+}
+
+/// Drop the ReLU units of `lower` that never fire on the source training data (the upper end of their calibration
+/// range is at or below 0), with their calibration ranges. Networks with pooling or another activation, and one
+/// whose units are all dead (nothing would be left to send), are kept whole.
+pub fn prune_dead_units(lower: &mut PretrainedLower) {
+    if lower.net.activation != crate::config::Activation::Relu || lower.net.pool != 1 {
+        return;
+    }
+    let hidden = lower.meta.source_ranges.len();
+    let (keep, dropped): (Vec<usize>, Vec<usize>) = (0..hidden).partition(|&j| lower.meta.source_ranges[j].1 > 0.0);
+    if dropped.is_empty() || keep.is_empty() {
+        return;
+    }
+    tracing::info!(kept = keep.len(), of = hidden, "dead neurons dropped (never fire on the source training data)");
+    lower.net = lower.net.clone().keep_units(&keep);
+    lower.meta.source_ranges = keep.iter().map(|&j| lower.meta.source_ranges[j]).collect();
+    lower.pruned = Some(PrunedUnits { hidden, dropped });
+}

@@ -1,0 +1,68 @@
+//! Weight noise on the pretrained network: a release, drawn once per (pretrained network, noise setting) and kept.
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model;
+use crate::report::AppliedWeightNoise;
+
+use super::PretrainedLower;
+
+/// Add the resolved `[server_privacy.weight_noise]` (`plan`, from [`crate::privacy::server::plan_weight_noise`])
+/// to the pretrained lower network.
+///
+/// The noised network is a release: it is drawn once per (pretrained network, noise setting), stored in the
+/// pretraining cache and reused by later runs, so rerunning does not hand the client fresh draws of the same
+/// weights (each would spend the budget again). The entry records the digest of the weights it noised
+/// ([`model::weights_sha256`]): a network trained again (on changed source data, [`super::TrainedOn`]) gets its own draw,
+/// with a warning, never the earlier network's release.
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: crate::privacy::server::WeightNoisePlan) -> Result<()> {
+    let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
+    let device = Default::default();
+    let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
+    let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
+    let entry = crate::cache::Entry::new(dir.clone());
+    let net_path = dir.join("lower");
+    // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
+    let _lock = entry.lock()?;
+    // A complete entry is a network the server may already have released. If it cannot be read, drawing again
+    // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
+    // entry (no meta.json) was never used, so it is drawn again.
+    let unreadable = |e: Error| Error::config_key("server_privacy.weight_noise", format!(
+        "the noised network stored in {} cannot be read ({e}); a fresh draw would be a second release of the same weights, spending the budget again. \
+         Restore the entry, or delete it and account for both releases",
+        dir.display()
+    ));
+    let base_network = model::weights_sha256(&lower.net);
+    if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
+        let mut applied = applied.map_err(unreadable)?;
+        if applied.plan != plan {
+            return Err(unreadable(Error::artifact(entry.meta_path(), "holds another noise setting")));
+        }
+        // Drawn from another pretrained network (this one was trained again since: its source data changed): that
+        // release is not of this network, which gets its own draw (entries before the record are taken as they are).
+        if applied.base_network.as_ref().is_none_or(|b| *b == base_network) {
+            lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
+            applied.from_cache = true;
+            tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
+            lower.weight_noise = Some(applied);
+            return Ok(());
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            "the noised network stored here was drawn from an earlier pretrained network (this one was trained again, e.g. \
+             on changed source data): drawing this network's release; for the source examples both networks learned \
+             from, the two releases' ε add up"
+        );
+    }
+    let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
+    let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
+    tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
+    let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
+    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false, base_network: Some(base_network) };
+    entry.begin()?;
+    model::save_module_private(&net, &net_path)?;
+    entry.finish(&applied)?;
+    lower.net = net;
+    lower.weight_noise = Some(applied);
+    Ok(())
+}
