@@ -402,6 +402,28 @@ fn a_network_trained_again_gets_its_own_noise_draw_not_the_earlier_release() {
     assert_eq!(flatten(&next.net), flatten(&again.net));
 }
 
+/// DP pretraining is a release too: a complete entry that cannot be read is not trained again (a second release
+/// about the same examples), as a damaged noised network is not drawn again; changed source data is trained on anew.
+#[test]
+fn a_damaged_dp_pretrained_entry_is_refused_and_changed_data_trained_on_anew() {
+    use cryptotl::pipeline::NetworkOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, source) = config_with_own_source(dir.path(), "[server_privacy.dp_pretraining]\nnoise_multiplier = 1.0\ninsecure_seed = 4\n");
+    let first = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(first.origin, NetworkOrigin::Trained);
+    let net = first.cache_dir.join("lower.bin");
+    let good = std::fs::read(&net).unwrap();
+    std::fs::write(&net, &good[..good.len() / 3]).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&cfg).err().expect("a damaged DP release is not trained again").to_string();
+    assert!(err.contains("server_privacy.dp_pretraining") && err.contains("second DP release"), "{err}");
+    std::fs::write(&net, &good).unwrap();
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().origin, NetworkOrigin::Cache);
+    swap_two_labels(&source);
+    let again = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(again.origin, NetworkOrigin::Trained, "changed source data is a new DP pretraining");
+    assert_ne!(again.meta.trained_on, first.meta.trained_on);
+}
+
 /// The pretraining key is the config; what the entry records reading ([`TrainedOn`]) is checked against the source
 /// files as they are now. An entry trained on other contents is stale: trained again, then reused.
 #[test]

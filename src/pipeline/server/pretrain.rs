@@ -223,7 +223,7 @@ pub fn cached_pretrained(cfg: &RunConfig) -> Option<PretrainedLower> {
                 tracing::info!(dir = %dir.display(), "pretrained lower network loaded from cache");
                 return Some(lower);
             }
-            Err(e) => tracing::warn!("pretraining cache entry ignored, training again: {e}"),
+            Err(e) => tracing::warn!("pretraining cache entry unusable: {e}"),
         }
     }
     None
@@ -349,9 +349,25 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // One run trains an entry at a time; a run that waited finds it done.
     let _lock = entry.lock()?;
     let trained_on = TrainedOn::of(cfg, source)?;
+    let cached = cached_pretrained(cfg);
+    let recorded = cached.as_ref().and_then(|c| c.meta.trained_on.clone());
     // Strictly: an entry that records no source is not taken here (callers that accept one took it already).
-    if let Some(done) = cached_pretrained(cfg).filter(|c| c.meta.trained_on.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
+    if let Some(done) = cached.filter(|_| recorded.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
         return Ok(done);
+    }
+    // With DP pretraining a complete entry is a release the server may have made (every run that used it handed a
+    // client its outputs), and training again is a new one. Changed source data justifies it, with a warning; an
+    // entry that cannot be read or records no source is refused, as a damaged noised network is.
+    if cfg.dp_pretraining().is_some() && entry.meta_path().exists() {
+        if !recorded.is_some_and(|t| t.change_from(&trained_on).is_some()) {
+            return Err(Error::config_key("server_privacy.dp_pretraining", format!(
+                "the DP-pretrained network stored in {} cannot be used (unreadable, or made before entries recorded their \
+                 source data); training again would be a second DP release about the same source examples, spending the \
+                 budget again. Restore the entry, or delete it and account for both releases",
+                dir.display()
+            )));
+        }
+        tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up");
     }
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
