@@ -359,7 +359,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // client its outputs), and training again is a new one. Changed source data justifies it, with a warning; an
     // entry that cannot be read or records no source is refused, as a damaged noised network is.
     if cfg.dp_pretraining().is_some() && entry.meta_path().exists() {
-        if !recorded.is_some_and(|t| t.change_from(&trained_on).is_some()) {
+        if recorded.is_none_or(|t| t.change_from(&trained_on).is_none()) {
             return Err(Error::config_key("server_privacy.dp_pretraining", format!(
                 "the DP-pretrained network stored in {} cannot be used (unreadable, or made before entries recorded their \
                  source data); training again would be a second DP release about the same source examples, spending the \
