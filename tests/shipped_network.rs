@@ -54,6 +54,39 @@ fn the_shipped_network_was_trained_on_the_shipped_embeddings() {
         "datasets/shipped/minilm_kotzias.bin changed since the network was built: rebuild it with `{}`", shipped_network::BUILD_COMMAND);
 }
 
+/// A cache entry for the shipped key comes first, but when its weights are not the shipped ones the command says so
+/// (a rebuild with an older embedding cache once shadowed the binary's network without a word).
+#[test]
+fn a_cache_entry_that_shadows_another_shipped_network_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart(dir.path());
+    let pretrain = |cache: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+            .args(["-q", "pretrain", "--set", &format!("cache_dir={:?}", cache.display().to_string())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // An entry holding the shipped network itself: nothing to say.
+    let entry = cryptotl::cache::Entry::new(dir.path().join(format!("pretrain-{}", shipped().manifest.meta.key)));
+    let outputs = pipeline::pretrain_outputs(&cfg);
+    let write = |net: &cryptotl::model::PretrainNet<cryptotl::model::Cpu>| {
+        entry.begin().unwrap();
+        cryptotl::model::save_module_private(net, &entry.dir().join("lower")).unwrap();
+        shipped().manifest.features.save(&entry.dir().join("features.json")).unwrap();
+        entry.finish(&shipped().manifest.meta).unwrap();
+    };
+    write(&shipped().network(&cfg.lower, cfg.features.dim(), outputs, cfg.seed).unwrap());
+    let (stdout, stderr) = pretrain(dir.path());
+    assert!(stdout.contains("cache") && !stderr.contains("shipped in the binary"), "{stdout}\n{stderr}");
+    // Other weights under the same key: used, and named.
+    let other = cryptotl::model::PretrainNet::<cryptotl::model::Cpu>::new(&cfg.lower, cfg.features.dim(), outputs, cfg.seed + 1, &Default::default());
+    write(&other);
+    let (stdout, stderr) = pretrain(dir.path());
+    assert!(stdout.contains("cache") && stderr.contains("another network for this config than the one shipped in the binary"), "{stdout}\n{stderr}");
+}
+
 #[test]
 fn the_recorded_accuracy_and_ranges_are_those_of_the_shipped_weights() {
     let dir = tempfile::tempdir().unwrap();

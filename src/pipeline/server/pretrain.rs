@@ -186,10 +186,22 @@ pub fn dp_pretraining_plan(cfg: &RunConfig, n: usize) -> Result<Option<crate::pr
 /// The pretrained network for `cfg` from the cache or shipped in the binary, without touching the source data;
 /// `None` when it has to be trained. A cache entry that cannot be read is a miss (with a warning), never a failure.
 pub fn stored_pretrained(cfg: &RunConfig) -> Result<Option<PretrainedLower>> {
+    let key = pretrain_key(cfg);
     if let Some(cached) = cached_pretrained(cfg) {
+        // The cache comes first. When the binary ships another network under the same key (a newer build, or one
+        // this cache's `ship-network` did not make), say so: the run's report names the cache, not the binary.
+        if let Some(Ok(shipped)) = crate::shipped_network::find(&key) {
+            let net = shipped.network(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed)?;
+            if model::weights_sha256(&net.lower) != model::weights_sha256(&cached.net) {
+                tracing::warn!(
+                    dir = %cached.cache_dir.display(),
+                    "the pretraining cache holds another network for this config than the one shipped in the binary: the \
+                     cache's is used; move that folder aside to use the shipped one"
+                );
+            }
+        }
         return Ok(Some(cached));
     }
-    let key = pretrain_key(cfg);
     if let Some(shipped) = crate::shipped_network::find(&key) {
         let shipped = shipped?;
         let net = shipped.network(&cfg.lower, cfg.features.dim(), pretrain_outputs(cfg), cfg.seed)?;
