@@ -55,9 +55,7 @@ impl PretrainedLower {
         let weight_noise = self.weight_noise.as_ref().map_or(f64::INFINITY, |w| w.plan.epsilon);
         pretraining.min(weight_noise)
     }
-}
 
-impl PretrainedLower {
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
         Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
