@@ -608,6 +608,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             for t in &lower.meta.source_tasks {
                 println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
             }
+            match &lower.meta.trained_on {
+                Some(t) => println!(
+                    "  trained on source data {}{}",
+                    t.source,
+                    t.embedding_table.as_ref().map_or(String::new(), |e| format!(" with the shipped embeddings {}", &e[..e.len().min(16)]))
+                ),
+                None => println!("  records no hash of its source data (made by an older version: not checked against the sources)"),
+            }
         }
         Command::Features(a) => {
             let cfg = a.load()?;

@@ -80,6 +80,8 @@ fn a_cache_entry_that_shadows_another_shipped_network_is_named() {
     write(&shipped().network(&cfg.lower, cfg.features.dim(), outputs, cfg.seed).unwrap());
     let (stdout, stderr) = pretrain(dir.path());
     assert!(stdout.contains("cache") && !stderr.contains("shipped in the binary"), "{stdout}\n{stderr}");
+    let recorded = shipped().manifest.meta.trained_on.as_ref().unwrap();
+    assert!(stdout.contains(&format!("trained on source data {} with the shipped embeddings", recorded.source)), "{stdout}");
     // Other weights under the same key: used, and named.
     let other = cryptotl::model::PretrainNet::<cryptotl::model::Cpu>::new(&cfg.lower, cfg.features.dim(), outputs, cfg.seed + 1, &Default::default());
     write(&other);
