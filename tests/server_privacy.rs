@@ -402,6 +402,39 @@ fn a_network_trained_again_gets_its_own_noise_draw_not_the_earlier_release() {
     assert_eq!(flatten(&next.net), flatten(&again.net));
 }
 
+/// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a
+/// new key), `cryptotl pretrain` says that releases of the earlier network are stored beside the new draw.
+#[test]
+fn drawing_noise_for_a_network_trained_again_names_the_earlier_releases() {
+    // Flipping one label moves a row between classes and so the training split's size: a second entry.
+    for (change, entries) in [(flip_first_label as fn(&std::path::Path), 2), (swap_two_labels, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.csv");
+        std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+        let config = dir.path().join("noised.toml");
+        std::fs::write(&config, format!("{}[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n", common::tiny_config(dir.path()))).unwrap();
+        let pretrain = || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+                .args(["-q", "pretrain"])
+                .arg(&config)
+                .args(["--set", "he.enabled=false", "--set", &format!("source.paths=[{:?}]", source.display().to_string())])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let first = pretrain();
+        assert!(!first.contains("earlier pretrained network"), "{first}");
+        change(&source);
+        let again = pretrain();
+        assert!(again.contains("the source data changed") && again.contains("noised releases of an earlier pretrained network"), "{again}");
+        let stored = std::fs::read_dir(dir.path().join("cache")).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count();
+        assert_eq!(stored, entries);
+        assert!(!pretrain().contains("earlier pretrained network"), "the new draw is reused, nothing to say");
+    }
+}
+
 /// DP pretraining is a release too: a complete entry that cannot be read is not trained again (a second release
 /// about the same examples), as a damaged noised network is not drawn again; changed source data is trained on anew.
 #[test]

@@ -47,11 +47,17 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
             lower.weight_noise = Some(applied);
             return Ok(());
         }
+    }
+    // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
+    // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
+    let earlier = releases_of_other_networks(&lower.cache_dir, &base_network);
+    if !earlier.is_empty() {
         tracing::warn!(
-            dir = %dir.display(),
-            "the noised network stored here was drawn from an earlier pretrained network (this one was trained again, e.g. \
-             on changed source data): drawing this network's release; for the source examples both networks learned \
-             from, the two releases' ε add up"
+            releases = earlier.len(),
+            dir = %lower.cache_dir.display(),
+            "noised releases of an earlier pretrained network of this config are stored here: this network (trained again, \
+             e.g. on changed source data) gets its own draw; for the source examples both networks learned from, the \
+             releases' ε add up"
         );
     }
     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
@@ -65,4 +71,15 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
     lower.net = net;
     lower.weight_noise = Some(applied);
     Ok(())
+}
+
+/// The noised releases stored in `pretrain_dir` that were drawn from another pretrained network than the one whose
+/// weights digest is `base` (entries from before the record name none and are not counted).
+fn releases_of_other_networks(pretrain_dir: &std::path::Path, base: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(pretrain_dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
+        .filter(|p| matches!(crate::cache::Entry::new(p.clone()).meta::<AppliedWeightNoise>(), Some(Ok(a)) if a.base_network.as_deref().is_some_and(|b| b != base)))
+        .collect()
 }
