@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::eval::Metrics;
 use crate::features::FeaturePipeline;
 use crate::model::{self, Cpu, predict_proba, PretrainNet};
-use crate::report::{NetworkOrigin, SourceTask};
 use crate::pipeline::FeatureSplit;
+use crate::report::{NetworkOrigin, SourceTask};
 use crate::train::{self, EpochStats, Trained};
 
 use super::PretrainedLower;
