@@ -524,7 +524,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             let manifest = artifact.write(&out)?;
             let i = &artifact.interface;
             println!("server model written to {} (model {})", out.display(), &manifest.model_id[..16]);
-            println!("  network: {} (source test accuracy {:.4})", lower.origin.describe(&lower.cache_dir.display().to_string()), lower.meta.source_test.accuracy);
+            println!("  network: {} (source test accuracy {:.4})", lower.origin.describe_why(&lower.cache_dir.display().to_string(), lower.retrained_because), lower.meta.source_test.accuracy);
             println!("  interface: {} {} features in, {} outputs, {} bootstraps per sample, {}", i.program.input_dim,
                 i.features.get("kind").and_then(|k| k.as_str()).unwrap_or("?"), i.program.outputs, i.counts.bootstraps, i.parameter_set);
             let statement: crate::privacy::budget::ServerStatement = serde_json::from_value(artifact.privacy.clone())
@@ -602,7 +602,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let lower = pipeline::server_lower_network(&cfg)?;
             println!(
                 "lower network {} (source test accuracy {:.4})",
-                lower.origin.describe(&lower.cache_dir.display().to_string()),
+                lower.origin.describe_why(&lower.cache_dir.display().to_string(), lower.retrained_because),
                 lower.meta.source_test.accuracy
             );
             for t in &lower.meta.source_tasks {

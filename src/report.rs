@@ -34,6 +34,21 @@ impl NetworkOrigin {
             NetworkOrigin::Shipped => format!("shipped in the binary (`{}`, rebuilt by `cryptotl ship-network`)", crate::shipped_network::SHIPPED_NETWORK_DIR),
         }
     }
+
+    /// [`Self::describe`], with why a network the cache held was trained again, when it was.
+    ///
+    /// ```
+    /// use cryptotl::report::NetworkOrigin;
+    /// assert_eq!(NetworkOrigin::Trained.describe_why("c", Some("the source data changed")),
+    ///     "pretrained and saved to `c` (the source data changed since the cached network was trained: trained again)");
+    /// assert_eq!(NetworkOrigin::Cache.describe_why("c", None), NetworkOrigin::Cache.describe("c"));
+    /// ```
+    pub fn describe_why(self, cache_dir: &str, retrained_because: Option<&str>) -> String {
+        match retrained_because {
+            Some(why) => format!("{} ({why} since the cached network was trained: trained again)", self.describe(cache_dir)),
+            None => self.describe(cache_dir),
+        }
+    }
 }
 
 /// Source test accuracy of the pretrained network on one source task (one path of `[source]`).
@@ -144,6 +159,8 @@ pub struct PretrainSummary {
     pub weight_noise: Option<AppliedWeightNoise>,
     /// Dead units dropped before compiling (`[lower] prune_dead`), when any were.
     pub pruned: Option<PrunedUnits>,
+    /// Why this run trained again a network the cache held (its source data changed since), when it did.
+    pub retrained_because: Option<String>,
 }
 
 /// Wall time of one stage.
@@ -310,7 +327,7 @@ impl Report {
             p.source_test.accuracy,
             p.source_test.f1,
             p.history.len(),
-            p.origin.describe(&p.cache_dir)
+            p.origin.describe_why(&p.cache_dir, p.retrained_because.as_deref())
         );
         if p.source_tasks.len() > 1 {
             let _ = writeln!(s, "| source task | test examples | accuracy |\n|---|---:|---:|");

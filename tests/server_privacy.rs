@@ -480,6 +480,7 @@ fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
     assert_eq!(second.cache_dir, first.cache_dir);
     let now = second.meta.trained_on.clone().unwrap();
     assert_eq!(recorded.change_from(&now), Some("the source data changed"));
+    assert_eq!((first.retrained_because, second.retrained_because), (None, Some("the source data changed")));
     assert_eq!(origin().origin, NetworkOrigin::Cache);
     // `pretrain`, which is given the source, checks it the same way.
     let (split, summary) = cryptotl::pipeline::load_source(&cfg).unwrap();
@@ -498,6 +499,13 @@ fn a_pretraining_cache_entry_trained_on_other_source_data_is_trained_again() {
     std::fs::write(&meta_path, meta.to_string()).unwrap();
     assert_eq!(origin().origin, NetworkOrigin::Cache);
     assert!(cryptotl::pipeline::verified_cached_pretrained(&cfg, &split).unwrap().is_none());
+
+    // A run's report says why it trained the network again.
+    std::fs::write(&meta_path, serde_json::to_string(&second.meta).unwrap()).unwrap();
+    swap_two_labels(&source);
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    assert_eq!(report.pretraining.as_ref().unwrap().retrained_because.as_deref(), Some("the source data changed"));
+    assert!(report.to_markdown().contains("(the source data changed since the cached network was trained: trained again)"));
 }
 
 #[test]

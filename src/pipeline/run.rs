@@ -317,6 +317,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             dp_pretraining: lower.meta.dp_pretraining,
             weight_noise: lower.weight_noise,
             pruned: lower.pruned,
+            retrained_because: lower.retrained_because.map(String::from),
         }),
         budget,
         results,

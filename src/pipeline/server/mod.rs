@@ -40,6 +40,9 @@ pub struct PretrainedLower {
     pub weight_noise: Option<AppliedWeightNoise>,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
+    /// What changed in the source data since the cache's network of this config was trained, when this run trained
+    /// it again for that ([`TrainedOn::change_from`]).
+    pub retrained_because: Option<&'static str>,
 }
 
 impl PretrainedLower {
@@ -58,7 +61,7 @@ impl PretrainedLower {
 
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None, retrained_because: None }
     }
 }
 
@@ -87,12 +90,14 @@ pub fn server_network_and_source(cfg: &RunConfig) -> Result<(PretrainedLower, Op
 fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLower, Option<Split>)> {
     let mut source: Option<(Split, DatasetSummary)> = None;
     let mut stored = stored_pretrained(cfg)?;
+    let mut retrained_because = None;
     // A cache entry is checked against the source data as it is now, when that can be read (it is read anyway, for
     // the contamination check); without it the entry is what there is.
     if let Some(cached) = stored.as_ref().filter(|s| check_source && s.origin == NetworkOrigin::Cache) {
         match load_source(cfg) {
             Ok(loaded) => {
-                if is_stale(cached, cfg, &source.insert(loaded).0)? {
+                retrained_because = staleness(cached, cfg, &source.insert(loaded).0)?;
+                if retrained_because.is_some() {
                     stored = None;
                 }
             }
@@ -111,7 +116,7 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
                 crate::privacy::server::plan_weight_noise(wn, split.train.len())?;
             }
             // The cache and the binary were just consulted.
-            pretrain_on_source(cfg, split, summary)?
+            PretrainedLower { retrained_because, ..pretrain_on_source(cfg, split, summary)? }
         }
     };
     let noise_plan = match &cfg.server_privacy.weight_noise {

@@ -315,7 +315,7 @@ fn source_tasks(net: &PretrainNet<Cpu>, source: &Split, fs: &FeatureSplit) -> Ve
 /// applied afterwards by [`super::apply_weight_noise`].
 pub fn pretrain(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
     match stored_pretrained(cfg)? {
-        Some(stored) if !is_stale(&stored, cfg, source)? => Ok(stored),
+        Some(stored) if staleness(&stored, cfg, source)?.is_none() => Ok(stored),
         _ => pretrain_on_source(cfg, source, summary),
     }
 }
@@ -328,27 +328,25 @@ pub fn verified_cached_pretrained(cfg: &RunConfig, source: &Split) -> Result<Opt
         tracing::warn!(dir = %cached.cache_dir.display(), "the cached network does not record what it was trained on (made by an older version): pretraining again");
         return Ok(None);
     }
-    Ok(if is_stale(&cached, cfg, source)? { None } else { Some(cached) })
+    Ok(if staleness(&cached, cfg, source)?.is_some() { None } else { Some(cached) })
 }
 
-/// True when `stored` is a cache entry trained on other source data (or embeddings) than `source` as `cfg`
-/// featurizes it ([`TrainedOn`]), with a warning saying what changed. A shipped network is the server's as shipped,
-/// never stale; an entry made before the record was kept cannot be checked and is used.
-pub(super) fn is_stale(stored: &PretrainedLower, cfg: &RunConfig, source: &Split) -> Result<bool> {
+/// What changed when `stored` is a cache entry trained on other source data (or embeddings) than `source` as `cfg`
+/// featurizes it ([`TrainedOn::change_from`]), with a warning saying so; `None` when it is current. A shipped network
+/// is the server's as shipped, never stale; an entry made before the record was kept cannot be checked and is used.
+pub(super) fn staleness(stored: &PretrainedLower, cfg: &RunConfig, source: &Split) -> Result<Option<&'static str>> {
     if stored.origin != NetworkOrigin::Cache {
-        return Ok(false);
+        return Ok(None);
     }
     let Some(recorded) = &stored.meta.trained_on else {
         tracing::info!(dir = %stored.cache_dir.display(), "the cached network does not record what it was trained on (made by an older version); used as it is");
-        return Ok(false);
+        return Ok(None);
     };
-    match recorded.change_from(&TrainedOn::of(cfg, source)?) {
-        None => Ok(false),
-        Some(change) => {
-            tracing::warn!(dir = %stored.cache_dir.display(), "{change} since the cached network was pretrained: training it again");
-            Ok(true)
-        }
+    let change = recorded.change_from(&TrainedOn::of(cfg, source)?);
+    if let Some(change) = change {
+        tracing::warn!(dir = %stored.cache_dir.display(), "{change} since the cached network was pretrained: training it again");
     }
+    Ok(change)
 }
 
 /// Train the lower network on the source data now and cache it (what [`pretrain`] does on a miss; `ship-network`
