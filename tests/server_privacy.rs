@@ -176,7 +176,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     assert_eq!(flatten(&cryptotl::pipeline::server_lower_network(&disabled).unwrap().net), pretrained);
 
     // Weight noise alone: the difference to the pretrained network has the configured std.
-    let noisy_cfg = load("[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n");
+    let noisy_cfg = load(WEIGHT_NOISE);
     let noisy = cryptotl::pipeline::server_lower_network(&noisy_cfg).unwrap();
     let diff: Vec<f64> = flatten(&noisy.net).iter().zip(&pretrained).map(|(a, b)| (*a - *b) as f64).collect();
     let applied = noisy.weight_noise.as_ref().unwrap();
@@ -343,11 +343,20 @@ fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
 /// The tiny config (in the clear) whose source is a copy of the fixture in `dir`, with `extra` TOML appended; and
 /// that copy's path.
 fn config_with_own_source(dir: &std::path::Path, extra: &str) -> (RunConfig, std::path::PathBuf) {
-    let source = dir.join("source.csv");
-    std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+    let source = copy_of_fixture_source(dir);
     let ov = ["he.enabled=false".to_string(), format!("source.paths=[{:?}]", source.display().to_string())];
     (RunConfig::from_toml_str(&format!("{}{extra}", common::tiny_config(dir)), "tiny.toml", &ov).unwrap(), source)
 }
+
+/// A copy of the fixture source in `dir`, to change.
+fn copy_of_fixture_source(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("source.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+    source
+}
+
+/// Weight noise of std 0.02 with a fixed seed (tests only).
+const WEIGHT_NOISE: &str = "[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n";
 
 /// Flip the label of the first row of a `label,text` CSV.
 fn flip_first_label(path: &std::path::Path) {
@@ -378,7 +387,7 @@ fn a_network_trained_again_gets_its_own_noise_draw_not_the_earlier_release() {
     let dir = tempfile::tempdir().unwrap();
     // Two labels swapped (one each way), so the split's sizes, and with them the default delta and the entry's key,
     // stay the same: only the record of the noised weights tells the earlier release from this network's.
-    let (cfg, source) = config_with_own_source(dir.path(), "[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n");
+    let (cfg, source) = config_with_own_source(dir.path(), WEIGHT_NOISE);
     let first = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
     let drawn = first.weight_noise.clone().expect("noised");
     let base = drawn.base_network.clone().expect("the draw records its pretrained network");
@@ -409,10 +418,9 @@ fn drawing_noise_for_a_network_trained_again_names_the_earlier_releases() {
     // Flipping one label moves a row between classes and so the training split's size: a second entry.
     for (change, entries) in [(flip_first_label as fn(&std::path::Path), 2), (swap_two_labels, 1)] {
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("source.csv");
-        std::fs::copy(format!("{}/separable_source.csv", common::FX), &source).unwrap();
+        let source = copy_of_fixture_source(dir.path());
         let config = dir.path().join("noised.toml");
-        std::fs::write(&config, format!("{}[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n", common::tiny_config(dir.path()))).unwrap();
+        std::fs::write(&config, format!("{}{WEIGHT_NOISE}", common::tiny_config(dir.path()))).unwrap();
         let pretrain = || {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_cryptotl"))
                 .args(["-q", "pretrain"])
