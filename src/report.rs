@@ -77,6 +77,11 @@ pub struct AppliedWeightNoise {
     /// entries drawn before it was recorded.
     #[serde(default)]
     pub base_network: Option<String>,
+    /// Releases of earlier pretrained networks that this entry held before this draw replaced them (the same noise
+    /// setting, so the same entry; the network trained again on changed source data): still released, so still
+    /// composed in the budget ([`crate::privacy::server::weight_noise_releases_epsilon`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drawn_over: Vec<crate::privacy::server::WeightNoisePlan>,
 }
 
 /// Neurons of the released network dropped by `[lower] prune_dead`.

@@ -411,6 +411,55 @@ fn a_network_trained_again_gets_its_own_noise_draw_not_the_earlier_release() {
     assert_eq!(flatten(&next.net), flatten(&again.net));
 }
 
+/// Every noised release the server has stored for one pretraining composes for whoever holds them all: a run's
+/// budget says so beside its own release, releases a retrained network's draw replaced included.
+#[test]
+fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
+    let dir = tempfile::tempdir().unwrap();
+    let wider = WEIGHT_NOISE.replace("noise_std = 0.02", "noise_std = 0.05");
+    let (narrow_cfg, source) = config_with_own_source(dir.path(), WEIGHT_NOISE);
+    let (wide_cfg, _) = config_with_own_source(dir.path(), &wider);
+    let plan = |c: &RunConfig| cryptotl::pipeline::server_lower_network(c).unwrap();
+
+    // One release: nothing more to say.
+    let first = cryptotl::pipeline::run(&narrow_cfg).unwrap();
+    assert!(!first.budget.rows.iter().any(|r| r.mechanism.starts_with("all stored noised releases")), "{:?}", first.budget.rows);
+    let narrow = first.pretraining.as_ref().unwrap().weight_noise.clone().unwrap().plan;
+
+    // A second setting of the same network: its run's budget composes both, as one Gaussian of the pooled precision.
+    let second = cryptotl::pipeline::run(&wide_cfg).unwrap();
+    let wide = second.pretraining.as_ref().unwrap().weight_noise.clone().unwrap().plan;
+    let row = second.budget.rows.iter().find(|r| r.mechanism.starts_with("all stored noised releases")).expect("the composed row");
+    assert!(row.mechanism.contains("2 releases"), "{}", row.mechanism);
+    assert!(second.headline().contains("ε = ") && second.headline().contains("(all stored noised releases, together)"), "{}", second.headline());
+    let pooled_std = (1.0 / (1.0 / 0.02f64.powi(2) + 1.0 / 0.05f64.powi(2))).sqrt();
+    let (_, expected) = cryptotl::privacy::server::weight_noise_epsilon(0.01, pooled_std, wide.delta).unwrap();
+    assert!((row.epsilon.unwrap() - expected).abs() < 1e-6 * expected, "{:?} against {expected}", row.epsilon);
+    assert!(row.epsilon.unwrap() > narrow.epsilon.max(wide.epsilon), "together is more than either alone");
+    assert_eq!(row.delta, Some(wide.delta));
+    let tightest = second.budget.source_tightest.as_ref().unwrap();
+    assert!(tightest.contains("all 2 noised releases"), "{tightest}");
+    let md = std::fs::read_to_string(wide_cfg.output_dir().join("report.md")).unwrap();
+    assert!(md.contains("all stored noised releases, together"), "{md}");
+    // The first setting, reused from the cache, now names the second too.
+    let reused = plan(&narrow_cfg);
+    assert!(reused.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(reused.other_releases, vec![wide.clone()]);
+
+    // Trained again on changed data (same sizes, so the same keys): the narrow setting's entry is drawn again in
+    // place. The release it held was made all the same, so it is still counted, now and when the entry is reused.
+    swap_two_labels(&source);
+    let retrained = plan(&narrow_cfg);
+    assert_eq!(retrained.origin, cryptotl::pipeline::NetworkOrigin::Trained);
+    assert!(!retrained.weight_noise.as_ref().unwrap().from_cache);
+    let mut others = retrained.other_releases.clone();
+    others.sort_by(|a, b| a.noise_std.total_cmp(&b.noise_std));
+    assert_eq!(others, vec![narrow.clone(), wide.clone()], "the replaced release and the other setting's");
+    let again = plan(&narrow_cfg);
+    assert!(again.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(again.other_releases.len(), 2, "the replaced release is remembered by the entry that replaced it");
+}
+
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a
 /// new key), `cryptotl pretrain` says that releases of the earlier network are stored beside the new draw.
 #[test]

@@ -273,6 +273,7 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     let statement = crate::privacy::budget::ServerStatement::new(crate::privacy::budget::ServerMechanisms {
         dp_pretraining: lower.meta.dp_pretraining.as_ref(),
         weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+        other_weight_noise: &lower.other_releases,
         source_examples: lower.meta.source.train,
         membership: membership.as_ref(),
         fitted_outside: &crate::privacy::budget::fitted_outside(cfg),

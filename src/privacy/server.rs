@@ -221,6 +221,35 @@ pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurem
     make_fix_delta(&make_zCDP_to_approxDP(m)?, plan.delta).map_err(Error::from)
 }
 
+/// Several weight-noise releases of networks trained on the same source data (`plans`: other noise settings, or
+/// other draws), together: OpenDP's `make_composition` of their Gaussian measurements in zCDP (the ρ add, which is
+/// tight for Gaussians), converted to (ε, δ) at `delta`. Returns (ρ, ε). Whoever holds every release (one client
+/// over several runs, or clients who pool what they saw) learns at most this much about one source example; each
+/// release's own ε covers a holder of that release alone.
+///
+/// ```
+/// use cryptotl::privacy::server::{plan_weight_noise, weight_noise_epsilon, weight_noise_releases_epsilon};
+/// use cryptotl::config::WeightNoiseConfig;
+/// let plan = |std: f64| {
+///     let cfg = WeightNoiseConfig { enabled: true, l2_sensitivity: 0.1, noise_std: Some(std), target_epsilon: None, delta: Some(1e-5), insecure_seed: None };
+///     plan_weight_noise(&cfg, 1000).unwrap().unwrap()
+/// };
+/// let (a, b) = (plan(0.1), plan(0.2));
+/// // Gaussians of std 0.1 and 0.2 together tell as much as one of std 1/sqrt(1/0.1² + 1/0.2²).
+/// let (rho, eps) = weight_noise_releases_epsilon(&[&a, &b], 1e-5).unwrap();
+/// let (rho_one, eps_one) = weight_noise_epsilon(0.1, (1.0f64 / (100.0 + 25.0)).sqrt(), 1e-5).unwrap();
+/// assert!((rho - rho_one).abs() < 1e-9 && (eps - eps_one).abs() < 1e-6);
+/// assert!(eps > a.epsilon && eps < a.epsilon + b.epsilon);
+/// ```
+pub fn weight_noise_releases_epsilon(plans: &[&WeightNoisePlan], delta: f64) -> Result<(f64, f64)> {
+    super::check_query(1, delta)?;
+    let parts = plans.iter().map(|p| weight_noise_measurement(p.l2_sensitivity, p.noise_std)).collect::<Result<Vec<_>>>()?;
+    let together = make_composition(parts)?;
+    let rho = together.map(&1)?;
+    let (epsilon, _) = make_fix_delta(&make_zCDP_to_approxDP(together)?, delta)?.map(&1)?;
+    Ok((rho, epsilon))
+}
+
 /// Compose mechanisms on the source data with OpenDP's `make_composition` (approximate DP: ε and δ add) and
 /// return (ε, δ) for one added or removed example.
 ///

@@ -38,6 +38,9 @@ pub struct PretrainedLower {
     pub cache_dir: PathBuf,
     /// The noise on the weights, when `[server_privacy.weight_noise]` is on (see [`apply_weight_noise`]).
     pub weight_noise: Option<AppliedWeightNoise>,
+    /// The other noised releases the server has stored for this pretraining (other noise settings, or draws from an
+    /// earlier network of this config): with `weight_noise`, what the budget composes for a holder of them all.
+    pub other_releases: Vec<crate::privacy::server::WeightNoisePlan>,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
     /// What changed in the source data since the cache's network of this config was trained, when this run trained
@@ -61,7 +64,7 @@ impl PretrainedLower {
 
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, pruned: None, retrained_because: None }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Vec::new(), pruned: None, retrained_because: None }
     }
 }
 

@@ -3,6 +3,7 @@
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model;
+use crate::privacy::server::WeightNoisePlan;
 use crate::report::AppliedWeightNoise;
 
 use super::PretrainedLower;
@@ -15,7 +16,7 @@ use super::PretrainedLower;
 /// weights (each would spend the budget again). The entry records the digest of the weights it noised
 /// ([`model::weights_sha256`]): a network trained again (on changed source data, [`super::TrainedOn`]) gets its own draw,
 /// with a warning, never the earlier network's release.
-pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: crate::privacy::server::WeightNoisePlan) -> Result<()> {
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: WeightNoisePlan) -> Result<()> {
     let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
     let device = Default::default();
     let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
@@ -33,6 +34,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
         dir.display()
     ));
     let base_network = model::weights_sha256(&lower.net);
+    // Earlier releases this entry held, when this draw replaces one of another network (same setting, same key).
+    let mut drawn_over = Vec::new();
     if let Some(applied) = entry.meta::<AppliedWeightNoise>() {
         let mut applied = applied.map_err(unreadable)?;
         if applied.plan != plan {
@@ -44,42 +47,59 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: cr
             lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
             applied.from_cache = true;
             tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
+            lower.other_releases = applied.drawn_over.iter().cloned().chain(releases(stored_releases(&lower.cache_dir, &dir))).collect();
             lower.weight_noise = Some(applied);
             return Ok(());
         }
+        drawn_over = releases(vec![applied]);
     }
     // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
-    let earlier = releases_of_other_networks(&lower.cache_dir, &base_network);
-    if !earlier.is_empty() {
+    let others = stored_releases(&lower.cache_dir, &dir);
+    let earlier = drawn_over.len() + others.iter().filter(|a| a.base_network.as_deref().is_some_and(|b| b != base_network)).count();
+    if earlier > 0 {
         tracing::warn!(
-            releases = earlier.len(),
+            releases = earlier,
             dir = %lower.cache_dir.display(),
             "noised releases of an earlier pretrained network of this config are stored here: this network (trained again, \
              e.g. on changed source data) gets its own draw; for the source examples both networks learned from, the \
-             releases' ε add up"
+             releases' ε add up (the report's budget composes every stored release)"
         );
     }
     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
     let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
     let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
-    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false, base_network: Some(base_network) };
+    let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false, base_network: Some(base_network), drawn_over };
     entry.begin()?;
     model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
+    lower.other_releases = applied.drawn_over.iter().cloned().chain(releases(others)).collect();
     lower.weight_noise = Some(applied);
     Ok(())
 }
 
-/// The noised releases stored in `pretrain_dir` that were drawn from another pretrained network than the one whose
-/// weights digest is `base` (entries from before the record name none and are not counted).
-fn releases_of_other_networks(pretrain_dir: &std::path::Path, base: &str) -> Vec<std::path::PathBuf> {
+/// Every release the stored entries `applied` stand for: each entry's own, and those it was drawn over.
+fn releases(applied: Vec<AppliedWeightNoise>) -> Vec<WeightNoisePlan> {
+    applied.into_iter().flat_map(|a| std::iter::once(a.plan).chain(a.drawn_over)).collect()
+}
+
+/// The noised releases stored in `pretrain_dir` (complete, readable entries) other than the one in `this`: other
+/// noise settings of the same pretrained network, or draws from an earlier network of this config (trained again
+/// since, on changed source data; entries from before the record do not say which). For the source examples they
+/// share, every one of them composes with this run's release ([`crate::privacy::server::weight_noise_releases_epsilon`]).
+fn stored_releases(pretrain_dir: &std::path::Path, this: &std::path::Path) -> Vec<AppliedWeightNoise> {
     let Ok(entries) = std::fs::read_dir(pretrain_dir) else { return Vec::new() };
-    entries
+    let mut found: Vec<_> = entries
         .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
-        .filter(|p| matches!(crate::cache::Entry::new(p.clone()).meta::<AppliedWeightNoise>(), Some(Ok(a)) if a.base_network.as_deref().is_some_and(|b| b != base)))
-        .collect()
+        .filter(|p| p != this && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
+        .filter_map(|p| match crate::cache::Entry::new(p.clone()).meta::<AppliedWeightNoise>() {
+            Some(Ok(a)) => Some((p, a)),
+            _ => None,
+        })
+        .collect();
+    // Directory order is the file system's: keep the report's list stable.
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.into_iter().map(|(_, a)| a).collect()
 }
