@@ -282,14 +282,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         (Some(lower), _) => crate::privacy::budget::BudgetReport::new(
             privacy_report.as_ref(),
             data.target.train.len(),
-            crate::privacy::budget::ServerMechanisms {
-                dp_pretraining: lower.meta.dp_pretraining.as_ref(),
-                weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-                other_weight_noise: &lower.other_releases,
-                source_examples: lower.meta.source.train,
-                membership: membership.as_ref(),
-                fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
-            },
+            lower.mechanisms(membership.as_ref(), &crate::privacy::budget::fitted_outside(cfg)),
             tfhe,
         )?,
         (None, statement) => crate::privacy::budget::BudgetReport::with_server_statement(

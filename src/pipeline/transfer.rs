@@ -270,14 +270,7 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
         // public point a client's DP head centres these outputs on ([`DpReferences`]).
         "output_ranges": transfer_output_ranges(cfg, &lower),
     });
-    let statement = crate::privacy::budget::ServerStatement::new(crate::privacy::budget::ServerMechanisms {
-        dp_pretraining: lower.meta.dp_pretraining.as_ref(),
-        weight_noise: lower.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-        other_weight_noise: &lower.other_releases,
-        source_examples: lower.meta.source.train,
-        membership: membership.as_ref(),
-        fitted_outside: &crate::privacy::budget::fitted_outside(cfg),
-    })?;
+    let statement = crate::privacy::budget::ServerStatement::new(lower.mechanisms(membership.as_ref(), &crate::privacy::budget::fitted_outside(cfg)))?;
     let privacy = serde_json::to_value(&statement).map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
     Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
 }

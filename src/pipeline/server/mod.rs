@@ -62,6 +62,20 @@ impl PretrainedLower {
         pretraining.min(weight_noise)
     }
 
+    /// The server's source-data mechanisms behind this network, for its budget rows: DP pretraining, weight noise
+    /// and the other noised releases stored beside it, with the run's `membership` figure and what was fitted on
+    /// the source outside the mechanisms (`fitted_outside`, [`crate::privacy::budget::fitted_outside`]).
+    pub fn mechanisms<'a>(&'a self, membership: Option<&'a crate::privacy::budget::SourceMembership>, fitted_outside: &'a [&'static str]) -> crate::privacy::budget::ServerMechanisms<'a> {
+        crate::privacy::budget::ServerMechanisms {
+            dp_pretraining: self.meta.dp_pretraining.as_ref(),
+            weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
+            other_weight_noise: &self.other_releases,
+            source_examples: self.meta.source.train,
+            membership,
+            fitted_outside,
+        }
+    }
+
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
         Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Vec::new(), pruned: None, retrained_because: None }
