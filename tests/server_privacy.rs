@@ -444,7 +444,7 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     // The first setting, reused from the cache, now names the second too.
     let reused = plan(&narrow_cfg);
     assert!(reused.weight_noise.as_ref().unwrap().from_cache);
-    assert_eq!(reused.other_releases, vec![wide.clone()]);
+    assert_eq!(reused.other_releases.plans, vec![wide.clone()]);
 
     // Trained again on changed data (same sizes, so the same keys): the narrow setting's entry is drawn again in
     // place. The release it held was made all the same, so it is still counted, now and when the entry is reused.
@@ -452,12 +452,27 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     let retrained = plan(&narrow_cfg);
     assert_eq!(retrained.origin, cryptotl::pipeline::NetworkOrigin::Trained);
     assert!(!retrained.weight_noise.as_ref().unwrap().from_cache);
-    let mut others = retrained.other_releases.clone();
+    let mut others = retrained.other_releases.plans.clone();
     others.sort_by(|a, b| a.noise_std.total_cmp(&b.noise_std));
     assert_eq!(others, vec![narrow.clone(), wide.clone()], "the replaced release and the other setting's");
     let again = plan(&narrow_cfg);
     assert!(again.weight_noise.as_ref().unwrap().from_cache);
-    assert_eq!(again.other_releases.len(), 2, "the replaced release is remembered by the entry that replaced it");
+    assert_eq!(again.other_releases.plans.len(), 2, "the replaced release is remembered by the entry that replaced it");
+
+    // A stored release whose record cannot be read has unknown noise: together they have no bound, and the row says so.
+    let wide_entry = std::fs::read_dir(&again.cache_dir).unwrap().map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-"))
+        .find(|p| {
+            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("meta.json")).unwrap()).unwrap();
+            meta["plan"]["noise_std"] == 0.05
+        })
+        .expect("the wide setting's entry");
+    std::fs::write(wide_entry.join("meta.json"), "{ torn").unwrap();
+    let torn = cryptotl::pipeline::run(&narrow_cfg).unwrap();
+    let row = torn.budget.rows.iter().find(|r| r.mechanism.starts_with("all stored noised releases")).expect("the composed row");
+    assert_eq!((row.epsilon, row.delta), (None, None), "{row:?}");
+    assert!(row.accountant.contains("cannot be read"), "{}", row.accountant);
+    assert!(torn.budget.source_tightest.as_ref().unwrap().contains("no bound"));
 }
 
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a

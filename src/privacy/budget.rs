@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::plan::{DpPlan, PrivacyReport};
-use super::server::{WeightNoisePlan, approx_dp_measurement, compose, weight_noise_approx_dp, weight_noise_releases_epsilon};
+use super::server::{StoredReleases, WeightNoisePlan, approx_dp_measurement, compose, weight_noise_approx_dp, weight_noise_releases_epsilon};
 use crate::error::Result;
 use crate::membership::MembershipAttack;
 
@@ -148,7 +148,7 @@ pub struct ServerMechanisms<'a> {
     pub weight_noise: Option<(&'a WeightNoisePlan, usize)>,
     /// The server's other stored noised releases for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, composed for whoever holds them all.
-    pub other_weight_noise: &'a [WeightNoisePlan],
+    pub other_weight_noise: Option<&'a StoredReleases>,
     /// Source training examples.
     pub source_examples: usize,
     /// What a membership-inference attack on the source data measured through the client's view (`[audit]
@@ -367,29 +367,35 @@ impl BudgetReport {
         // Every noised release the server has stored for this pretraining, together: a client that ran other noise
         // settings (or clients that pool what they saw) holds them all.
         let mut all_releases = None;
-        if let (Some((plan, _)), false) = (server.weight_noise, server.other_weight_noise.is_empty()) {
-            let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(server.other_weight_noise).collect();
-            let (rho, epsilon) = weight_noise_releases_epsilon(&plans, plan.delta)?;
+        if let (Some((plan, _)), Some(others)) = (server.weight_noise, server.other_weight_noise.filter(|o| !o.is_empty())) {
+            let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(&others.plans).collect();
+            let count = plans.len() + others.unreadable;
+            // A stored release whose setting cannot be read has no known ε: together they have no bound.
+            let (epsilon, accountant) = if others.unreadable == 0 {
+                let (rho, epsilon) = weight_noise_releases_epsilon(&plans, plan.delta)?;
+                (Some(epsilon), format!("OpenDP make_composition of the Gaussians in zCDP, ρ = {} -> approxDP", super::shown::epsilon(rho)))
+            } else {
+                (None, format!("none: {} of the stored releases cannot be read, so their noise is unknown", others.unreadable))
+            };
             let stds: Vec<String> = plans.iter().map(|p| format!("{:.4e}", p.noise_std)).collect();
             rows.push(BudgetRow {
                 party: "server".into(),
                 data: source_data.clone(),
                 mechanism: format!(
-                    "all stored noised releases, together ({} releases stored for this pretraining: this run's and {} more, other noise settings or networks of this config trained before)",
-                    plans.len(),
-                    plans.len() - 1
+                    "all stored noised releases, together ({count} releases stored for this pretraining: this run's and {} more, other noise settings or networks of this config trained before)",
+                    count - 1
                 ),
-                epsilon: Some(epsilon),
-                delta: Some(plan.delta),
-                accountant: format!("OpenDP make_composition of the Gaussians in zCDP, ρ = {} -> approxDP", super::shown::epsilon(rho)),
-                noise: format!("std {} (each with its declared L2 sensitivity)", stds.join(", ")),
+                epsilon,
+                delta: epsilon.map(|_| plan.delta),
+                accountant,
+                noise: format!("std {}{} (each with its declared L2 sensitivity)", stds.join(", "), if others.unreadable > 0 { ", unknown" } else { "" }),
                 protects_against: format!(
                     "whoever holds all of these releases (one client over several runs, or clients who pool them), ONLY IF \
                      each declared Δ holds; this run's row covers a holder of this release alone{}",
                     outside_note(server.fitted_outside)
                 ),
             });
-            all_releases = Some((plans.len(), epsilon, plan.delta));
+            all_releases = Some((count, epsilon, plan.delta));
         }
         if let (Some(pre), Some((wn, _))) = (server.dp_pretraining, server.weight_noise) {
             let (epsilon, delta) = compose(vec![approx_dp_measurement(pre.epsilon, pre.delta, "DP pretraining")?, weight_noise_approx_dp(wn)?])?;
@@ -410,12 +416,14 @@ impl BudgetReport {
             if bounds.len() > 1 {
                 s.push_str(". Every listed bound holds for the released network; DP pretraining's needs no assumption, the weight noise's needs the declared sensitivity to be true");
             }
-            if let Some((count, eps, delta)) = all_releases {
-                s.push_str(&format!(
+            match all_releases {
+                Some((count, Some(eps), delta)) => s.push_str(&format!(
                     ". For whoever holds all {count} noised releases stored for this pretraining, the weight noise gives ε = {} at δ = {}",
                     super::shown::epsilon(eps),
                     super::shown::delta(delta)
-                ));
+                )),
+                Some((count, None, _)) => s.push_str(&format!(". For whoever holds all {count} noised releases stored for this pretraining, no bound: some cannot be read")),
+                None => {}
             }
             s
         });

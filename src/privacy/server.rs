@@ -221,6 +221,24 @@ pub fn weight_noise_approx_dp(plan: &WeightNoisePlan) -> Result<ApproxDpMeasurem
     make_fix_delta(&make_zCDP_to_approxDP(m)?, plan.delta).map_err(Error::from)
 }
 
+/// The noised releases a server has stored for one pretraining besides a run's own: what the budget composes for
+/// whoever holds them all ([`weight_noise_releases_epsilon`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredReleases {
+    /// Their settings (other noise settings of the network, or draws from an earlier network of the same config).
+    pub plans: Vec<WeightNoisePlan>,
+    /// Complete entries, so possibly released, whose setting cannot be read: with any, the releases together have
+    /// no bound.
+    pub unreadable: usize,
+}
+
+impl StoredReleases {
+    /// No other release is stored.
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty() && self.unreadable == 0
+    }
+}
+
 /// Several weight-noise releases of networks trained on the same source data (`plans`: other noise settings, or
 /// other draws), together: OpenDP's `make_composition` of their Gaussian measurements in zCDP (the ρ add, which is
 /// tight for Gaussians), converted to (ε, δ) at `delta`. Returns (ρ, ε). Whoever holds every release (one client

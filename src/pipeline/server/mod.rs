@@ -40,7 +40,7 @@ pub struct PretrainedLower {
     pub weight_noise: Option<AppliedWeightNoise>,
     /// The other noised releases the server has stored for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, what the budget composes for a holder of them all.
-    pub other_releases: Vec<crate::privacy::server::WeightNoisePlan>,
+    pub other_releases: crate::privacy::server::StoredReleases,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
     /// What changed in the source data since the cache's network of this config was trained, when this run trained
@@ -69,7 +69,7 @@ impl PretrainedLower {
         crate::privacy::budget::ServerMechanisms {
             dp_pretraining: self.meta.dp_pretraining.as_ref(),
             weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
-            other_weight_noise: &self.other_releases,
+            other_weight_noise: Some(&self.other_releases),
             source_examples: self.meta.source.train,
             membership,
             fitted_outside,
@@ -78,7 +78,7 @@ impl PretrainedLower {
 
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Vec::new(), pruned: None, retrained_because: None }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Default::default(), pruned: None, retrained_because: None }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Weight noise on the pretrained network: a release, drawn once per (pretrained network, noise setting) and kept.
 
+use std::path::{Path, PathBuf};
+
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model;
-use crate::privacy::server::WeightNoisePlan;
+use crate::privacy::server::{StoredReleases, WeightNoisePlan};
 use crate::report::AppliedWeightNoise;
 
 use super::PretrainedLower;
@@ -47,16 +49,15 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
             lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
             applied.from_cache = true;
             tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
-            lower.other_releases = applied.drawn_over.iter().cloned().chain(releases(stored_releases(&lower.cache_dir, &dir))).collect();
+            lower.other_releases = stored_releases(&lower.cache_dir, &dir, &applied.drawn_over);
             lower.weight_noise = Some(applied);
             return Ok(());
         }
-        drawn_over = releases(vec![applied]);
+        drawn_over = std::iter::once(applied.plan).chain(applied.drawn_over).collect();
     }
     // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
-    let others = stored_releases(&lower.cache_dir, &dir);
-    let earlier = drawn_over.len() + others.iter().filter(|a| a.base_network.as_deref().is_some_and(|b| b != base_network)).count();
+    let earlier = drawn_over.len() + releases_of_other_networks(&lower.cache_dir, &dir, &base_network);
     if earlier > 0 {
         tracing::warn!(
             releases = earlier,
@@ -75,31 +76,47 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
-    lower.other_releases = applied.drawn_over.iter().cloned().chain(releases(others)).collect();
+    lower.other_releases = stored_releases(&lower.cache_dir, &dir, &applied.drawn_over);
     lower.weight_noise = Some(applied);
     Ok(())
 }
 
-/// Every release the stored entries `applied` stand for: each entry's own, and those it was drawn over.
-fn releases(applied: Vec<AppliedWeightNoise>) -> Vec<WeightNoisePlan> {
-    applied.into_iter().flat_map(|a| std::iter::once(a.plan).chain(a.drawn_over)).collect()
+/// The noised releases stored in `pretrain_dir` other than the entry in `this`, with `drawn_over` (the releases
+/// that entry replaced): other noise settings of the same pretrained network, or draws from an earlier network of
+/// this config (trained again since, on changed source data; entries from before the record do not say which). For
+/// the source examples they share, every one of them composes with this run's release
+/// ([`crate::privacy::server::weight_noise_releases_epsilon`]).
+fn stored_releases(pretrain_dir: &Path, this: &Path, drawn_over: &[WeightNoisePlan]) -> StoredReleases {
+    let mut stored = StoredReleases { plans: drawn_over.to_vec(), unreadable: 0 };
+    for (dir, entry) in other_entries(pretrain_dir, this) {
+        match entry {
+            Ok(a) => stored.plans.extend(std::iter::once(a.plan).chain(a.drawn_over)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "a stored noised release cannot be read ({e}): all stored releases together have no bound");
+                stored.unreadable += 1;
+            }
+        }
+    }
+    stored
 }
 
-/// The noised releases stored in `pretrain_dir` (complete, readable entries) other than the one in `this`: other
-/// noise settings of the same pretrained network, or draws from an earlier network of this config (trained again
-/// since, on changed source data; entries from before the record do not say which). For the source examples they
-/// share, every one of them composes with this run's release ([`crate::privacy::server::weight_noise_releases_epsilon`]).
-fn stored_releases(pretrain_dir: &std::path::Path, this: &std::path::Path) -> Vec<AppliedWeightNoise> {
+/// How many complete weight-noise entries in `pretrain_dir`, other than `this`, were drawn from another pretrained
+/// network than the one whose weights digest is `base` (entries from before the record name none and are not
+/// counted).
+fn releases_of_other_networks(pretrain_dir: &Path, this: &Path, base: &str) -> usize {
+    other_entries(pretrain_dir, this).iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base))).count()
+}
+
+/// The complete weight-noise entries in `pretrain_dir` other than `this` (an entry without its `meta.json` was never
+/// finished, so never released), in path order, each with its record or why it cannot be read.
+fn other_entries(pretrain_dir: &Path, this: &Path) -> Vec<(PathBuf, Result<AppliedWeightNoise>)> {
     let Ok(entries) = std::fs::read_dir(pretrain_dir) else { return Vec::new() };
     let mut found: Vec<_> = entries
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p != this && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
-        .filter_map(|p| match crate::cache::Entry::new(p.clone()).meta::<AppliedWeightNoise>() {
-            Some(Ok(a)) => Some((p, a)),
-            _ => None,
-        })
+        .filter_map(|p| Some((p.clone(), crate::cache::Entry::new(p).meta::<AppliedWeightNoise>()?)))
         .collect();
     // Directory order is the file system's: keep the report's list stable.
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    found.into_iter().map(|(_, a)| a).collect()
+    found
 }
