@@ -49,7 +49,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
             lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
             applied.from_cache = true;
             tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
-            lower.other_releases = stored_releases(&lower.cache_dir, &dir, &applied.drawn_over);
+            lower.other_releases = stored_releases(other_entries(&lower.cache_dir, &dir), &applied.drawn_over);
             lower.weight_noise = Some(applied);
             return Ok(());
         }
@@ -57,7 +57,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     }
     // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
-    let earlier = drawn_over.len() + releases_of_other_networks(&lower.cache_dir, &dir, &base_network);
+    let others = other_entries(&lower.cache_dir, &dir);
+    let earlier = drawn_over.len() + others.iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base_network))).count();
     if earlier > 0 {
         tracing::warn!(
             releases = earlier,
@@ -76,19 +77,19 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
-    lower.other_releases = stored_releases(&lower.cache_dir, &dir, &applied.drawn_over);
+    lower.other_releases = stored_releases(others, &applied.drawn_over);
     lower.weight_noise = Some(applied);
     Ok(())
 }
 
-/// The noised releases stored in `pretrain_dir` other than the entry in `this`, with `drawn_over` (the releases
-/// that entry replaced): other noise settings of the same pretrained network, or draws from an earlier network of
+/// The noised releases of the stored entries `others` ([`other_entries`]) with `drawn_over` (the releases this
+/// run's entry replaced): other noise settings of the same pretrained network, or draws from an earlier network of
 /// this config (trained again since, on changed source data; entries from before the record do not say which). For
 /// the source examples they share, every one of them composes with this run's release
 /// ([`crate::privacy::server::weight_noise_releases_epsilon`]).
-fn stored_releases(pretrain_dir: &Path, this: &Path, drawn_over: &[WeightNoisePlan]) -> StoredReleases {
+fn stored_releases(others: Vec<(PathBuf, Result<AppliedWeightNoise>)>, drawn_over: &[WeightNoisePlan]) -> StoredReleases {
     let mut stored = StoredReleases { plans: drawn_over.to_vec(), unreadable: 0 };
-    for (dir, entry) in other_entries(pretrain_dir, this) {
+    for (dir, entry) in others {
         match entry {
             Ok(a) => stored.plans.extend(std::iter::once(a.plan).chain(a.drawn_over)),
             Err(e) => {
@@ -98,13 +99,6 @@ fn stored_releases(pretrain_dir: &Path, this: &Path, drawn_over: &[WeightNoisePl
         }
     }
     stored
-}
-
-/// How many complete weight-noise entries in `pretrain_dir`, other than `this`, were drawn from another pretrained
-/// network than the one whose weights digest is `base` (entries from before the record name none and are not
-/// counted).
-fn releases_of_other_networks(pretrain_dir: &Path, this: &Path, base: &str) -> usize {
-    other_entries(pretrain_dir, this).iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base))).count()
 }
 
 /// The complete weight-noise entries in `pretrain_dir` other than `this` (an entry without its `meta.json` was never
