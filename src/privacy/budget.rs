@@ -382,7 +382,7 @@ impl BudgetReport {
                 party: "server".into(),
                 data: source_data.clone(),
                 mechanism: format!(
-                    "all stored noised releases, together ({count} releases stored for this pretraining: this run's and {} more, other noise settings or networks of this config trained before)",
+                    "all stored noised releases, together ({count} releases stored for this pretraining: this one and {} more, other noise settings or networks of this config trained before)",
                     count - 1
                 ),
                 epsilon,
@@ -391,7 +391,7 @@ impl BudgetReport {
                 noise: format!("std {}{} (each with its declared L2 sensitivity)", stds.join(", "), if others.unreadable > 0 { ", unknown" } else { "" }),
                 protects_against: format!(
                     "whoever holds all of these releases (one client over several runs, or clients who pool them), ONLY IF \
-                     each declared Δ holds; this run's row covers a holder of this release alone{}",
+                     each declared Δ holds; the weight-noise row above covers a holder of this release alone{}",
                     outside_note(server.fitted_outside)
                 ),
             });
