@@ -527,6 +527,18 @@ fn a_damaged_dp_pretrained_entry_is_refused_and_changed_data_trained_on_anew() {
     let again = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
     assert_eq!(again.origin, NetworkOrigin::Trained, "changed source data is a new DP pretraining");
     assert_ne!(again.meta.trained_on, first.meta.trained_on);
+    // The replaced release is remembered, and a run's budget composes both: ε and δ add.
+    let earlier = first.meta.dp_pretraining.clone().unwrap();
+    assert_eq!(again.meta.dp_trained_over, vec![earlier.clone()]);
+    let report = cryptotl::pipeline::run(&cfg).unwrap();
+    let own = report.pretraining.as_ref().unwrap().dp_pretraining.clone().unwrap();
+    let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("all DP pretrainings")).expect("the composed row");
+    assert!(row.mechanism.contains("2:"), "{}", row.mechanism);
+    assert!((row.epsilon.unwrap() - (own.epsilon + earlier.epsilon)).abs() < 1e-12, "{row:?}");
+    assert!((row.delta.unwrap() - (own.delta + earlier.delta)).abs() < 1e-18, "{row:?}");
+    assert!(report.budget.source_tightest.as_ref().unwrap().contains("all 2 DP pretrainings"));
+    // Reused from the cache, the entry still names it.
+    assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().meta.dp_trained_over.len(), 1);
 }
 
 /// The pretraining key is the config; what the entry records reading ([`TrainedOn`]) is checked against the source

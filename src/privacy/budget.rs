@@ -144,6 +144,9 @@ impl TfheStatement {
 pub struct ServerMechanisms<'a> {
     /// DP pretraining's schedule (ε of record after its steps).
     pub dp_pretraining: Option<&'a DpPlan>,
+    /// Earlier DP pretrainings of the same network's config that `dp_pretraining`'s replaced (the source data changed
+    /// since): still releases, composed with it for whoever holds them all.
+    pub dp_pretraining_replaced: &'a [DpPlan],
     /// The weight noise, with the number of values noised.
     pub weight_noise: Option<(&'a WeightNoisePlan, usize)>,
     /// The server's other stored noised releases for this pretraining (other noise settings, or draws from an
@@ -347,6 +350,31 @@ impl BudgetReport {
             });
             bounds.push(("DP pretraining alone (the released network is post-processing of its output)".into(), plan.epsilon, plan.delta));
         }
+        // Earlier DP pretrainings of this config's network (on source data that changed since) were releases too.
+        let mut all_dp = None;
+        if let (Some(plan), false) = (server.dp_pretraining, server.dp_pretraining_replaced.is_empty()) {
+            let parts = std::iter::once(plan)
+                .chain(server.dp_pretraining_replaced)
+                .map(|p| approx_dp_measurement(p.epsilon, p.delta, "DP pretraining"))
+                .collect::<Result<Vec<_>>>()?;
+            let count = parts.len();
+            let (epsilon, delta) = compose(parts)?;
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data.clone(),
+                mechanism: format!(
+                    "all DP pretrainings of this network, together ({count}: this one and {} it replaced, trained on source data that changed since)",
+                    count - 1
+                ),
+                epsilon: Some(epsilon),
+                delta: Some(delta),
+                accountant: "OpenDP make_composition in approximate DP (ε and δ add)".into(),
+                noise: "each as its own schedule".into(),
+                protects_against: "a source example in every one of these training sets, against whoever holds outputs of every one of \
+                     the networks (the DP-pretraining row above covers a holder of this network's alone)".into(),
+            });
+            all_dp = Some((count, epsilon, delta));
+        }
         if let Some((plan, parameters)) = server.weight_noise {
             rows.push(BudgetRow {
                 party: "server".into(),
@@ -415,6 +443,13 @@ impl BudgetReport {
             let mut s = format!("tightest valid bound on the source data: {what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
             if bounds.len() > 1 {
                 s.push_str(". Every listed bound holds for the released network; DP pretraining's needs no assumption, the weight noise's needs the declared sensitivity to be true");
+            }
+            if let Some((count, eps, delta)) = all_dp {
+                s.push_str(&format!(
+                    ". For whoever holds outputs of all {count} DP pretrainings of this network, ε = {} at δ = {}",
+                    super::shown::epsilon(eps),
+                    super::shown::delta(delta)
+                ));
             }
             match all_releases {
                 Some((count, Some(eps), delta)) => s.push_str(&format!(

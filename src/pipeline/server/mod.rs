@@ -68,6 +68,7 @@ impl PretrainedLower {
     pub fn mechanisms<'a>(&'a self, membership: Option<&'a crate::privacy::budget::SourceMembership>, fitted_outside: &'a [&'static str]) -> crate::privacy::budget::ServerMechanisms<'a> {
         crate::privacy::budget::ServerMechanisms {
             dp_pretraining: self.meta.dp_pretraining.as_ref(),
+            dp_pretraining_replaced: &self.meta.dp_trained_over,
             weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
             other_weight_noise: Some(&self.other_releases),
             source_examples: self.meta.source.train,

@@ -40,6 +40,11 @@ pub struct PretrainMeta {
     /// recorded.
     #[serde(default)]
     pub trained_on: Option<TrainedOn>,
+    /// The DP-pretraining releases this entry replaced: networks of the same config DP-pretrained before on source data
+    /// that changed since, each still a release about the examples it shares with this one (the budget composes
+    /// them with this network's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dp_trained_over: Vec<crate::privacy::plan::DpPlan>,
 }
 
 /// What a pretrained network was trained on that its key ([`pretrain_key`], the config) does not fix: the contents of
@@ -361,6 +366,11 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let trained_on = TrainedOn::of(cfg, source)?;
     let cached = cached_pretrained(cfg);
     let recorded = cached.as_ref().and_then(|c| c.meta.trained_on.clone());
+    // The DP releases the entry stands for (its own and those it replaced), should this training replace it.
+    let earlier_dp: Vec<crate::privacy::plan::DpPlan> = cached
+        .as_ref()
+        .and_then(|c| c.meta.dp_pretraining.clone().map(|own| std::iter::once(own).chain(c.meta.dp_trained_over.clone()).collect()))
+        .unwrap_or_default();
     // Strictly: an entry that records no source is not taken here (callers that accept one took it already).
     if let Some(done) = cached.filter(|_| recorded.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
         return Ok(done);
@@ -377,8 +387,9 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
                 dir.display()
             )));
         }
-        tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up");
+        tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up (the report's budget composes them)");
     }
+    let dp_trained_over = if cfg.dp_pretraining().is_some() { earlier_dp } else { Vec::new() };
     // Settled before training: a schedule beyond its budget refuses to start.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
@@ -411,6 +422,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         history: trained.history.clone(),
         dp_pretraining: dp_plan,
         trained_on: Some(trained_on),
+        dp_trained_over,
     };
     // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
     // network ([`crate::cache`]).
