@@ -529,9 +529,7 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
                 i.features.get("kind").and_then(|k| k.as_str()).unwrap_or("?"), i.program.outputs, i.counts.bootstraps, i.parameter_set);
             let statement: crate::privacy::budget::ServerStatement = serde_json::from_value(artifact.privacy.clone())
                 .map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
-            for r in &statement.rows {
-                println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{} at δ = {}", shown::epsilon(e), shown::delta(r.delta.unwrap_or(0.0)))));
-            }
+            print_server_rows(&statement);
             if let Some(m) = &statement.source_membership {
                 println!("  measured: {}", m.sentence());
             }
@@ -616,6 +614,8 @@ fn dispatch(cmd: Command) -> Result<()> {
                 ),
                 None => println!("  records no hash of its source data (made by an older version: not checked against the sources)"),
             }
+            // What the network as released gives the source data (DP pretraining, weight noise, the stored releases).
+            print_server_rows(&crate::privacy::budget::ServerStatement::new(lower.mechanisms(None, &crate::privacy::budget::fitted_outside(&cfg)))?);
         }
         Command::Features(a) => {
             let cfg = a.load()?;
@@ -774,4 +774,11 @@ fn load_features(path: &Path) -> Result<FeatureSplit> {
         return Err(Error::artifact(path, "not found: run `cryptotl features <config>` first"));
     }
     FeatureSplit::load(path)
+}
+
+/// The server's rows of the budget table, one line each (`server build`, `pretrain`).
+fn print_server_rows(statement: &crate::privacy::budget::ServerStatement) {
+    for r in &statement.rows {
+        println!("  privacy: {}: ε = {}", r.mechanism, r.epsilon.map_or("∞".into(), |e| format!("{} at δ = {}", shown::epsilon(e), shown::delta(r.delta.unwrap_or(0.0)))));
+    }
 }

@@ -493,17 +493,20 @@ fn drawing_noise_for_a_network_trained_again_names_the_earlier_releases() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stderr).into_owned()
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
         };
-        let first = pretrain();
+        let (printed, first) = pretrain();
         assert!(!first.contains("earlier pretrained network"), "{first}");
+        assert!(printed.contains("privacy: weight noise") && !printed.contains("all stored noised releases"), "{printed}");
         change(&source);
-        let again = pretrain();
+        let (printed, again) = pretrain();
         assert!(again.contains("the source data changed") && again.contains("noised releases of an earlier pretrained network"), "{again}");
+        // The earlier network's release is counted with the new one, whether it sits beside it or was drawn over.
+        assert!(printed.contains("privacy: all stored noised releases, together (2 releases"), "{printed}");
         let stored = std::fs::read_dir(dir.path().join("cache")).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count();
         assert_eq!(stored, entries);
-        assert!(!pretrain().contains("earlier pretrained network"), "the new draw is reused, nothing to say");
+        assert!(!pretrain().1.contains("earlier pretrained network"), "the new draw is reused, nothing to say");
     }
 }
 
