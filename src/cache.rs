@@ -3,7 +3,8 @@
 //! The protocol every entry follows (the pretrained network, the noised network):
 //! 1. [`Entry::lock`] before computing, then look again ([`Entry::meta`]): a run that waited finds the work done;
 //! 2. [`Entry::begin`] removes `meta.json`, so a run killed while it rewrites the entry leaves it incomplete (a
-//!    miss), never a valid `meta.json` beside a torn file;
+//!    miss), never a valid `meta.json` beside a torn file; [`Entry::begin_carrying`] first keeps what the rewrite
+//!    must not lose (the releases a replaced entry stood for), which [`Entry::carried`] gives back after such a kill;
 //! 3. the entry's files are written atomically (temp file, fsync, rename; owner-only);
 //! 4. [`Entry::finish`] writes `meta.json` last.
 //!
@@ -75,9 +76,55 @@ impl Entry {
         crate::atomic::remove_if_exists(&self.meta_path())
     }
 
-    /// Mark the entry complete: `meta.json`, written atomically and owner-only, after everything else.
+    /// [`Entry::begin`], first keeping `carried` beside the entry (written atomically, owner-only): what a rewrite
+    /// must not lose if it is cut short, such as the record of the releases the entry held. While the entry is
+    /// incomplete [`Entry::carried`] gives it back; [`Entry::finish`] removes it.
+    ///
+    /// ```
+    /// use cryptotl::cache::Entry;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let entry = Entry::new(dir.path().join("thing-0123"));
+    /// let _lock = entry.lock().unwrap();
+    /// entry.begin().unwrap();
+    /// entry.finish(&1u32).unwrap();
+    /// // A rewrite that must carry a record over, killed before it finishes:
+    /// entry.begin_carrying(&vec!["the release it held"]).unwrap();
+    /// assert!(entry.meta::<u32>().is_none());
+    /// assert_eq!(entry.carried::<Vec<String>>().unwrap().unwrap(), ["the release it held"]);
+    /// // Finished, the entry's meta data holds what it carried, and the carried file goes.
+    /// entry.finish(&2u32).unwrap();
+    /// assert!(entry.carried::<Vec<String>>().is_none());
+    /// ```
+    pub fn begin_carrying<T: Serialize>(&self, carried: &T) -> Result<()> {
+        crate::atomic::create_private_dir(&self.dir)?;
+        let bytes = serde_json::to_vec_pretty(carried).map_err(|e| Error::Internal(format!("cache carry-over does not serialise: {e}")))?;
+        crate::atomic::write_private(&self.carried_path(), &bytes)?;
+        self.begin()
+    }
+
+    /// What a rewrite cut short between [`Entry::begin_carrying`] and [`Entry::finish`] carried over: `None` when the
+    /// entry is complete or nothing was carried, an error when the file cannot be read or parsed.
+    pub fn carried<T: DeserializeOwned>(&self) -> Option<Result<T>> {
+        let path = self.carried_path();
+        if self.meta_path().exists() || !path.exists() {
+            return None;
+        }
+        Some(
+            std::fs::read(&path)
+                .map_err(|e| Error::io(&path, e))
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| Error::artifact(&path, format!("unreadable: {e}")))),
+        )
+    }
+
+    fn carried_path(&self) -> PathBuf {
+        self.dir.join("carried.json")
+    }
+
+    /// Mark the entry complete: `meta.json`, written atomically and owner-only, after everything else (then the
+    /// carry-over of [`Entry::begin_carrying`], now in the meta data, is removed).
     pub fn finish<T: Serialize>(&self, meta: &T) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(format!("cache meta data does not serialise: {e}")))?;
-        crate::atomic::write_private(&self.meta_path(), &bytes)
+        crate::atomic::write_private(&self.meta_path(), &bytes)?;
+        crate::atomic::remove_if_exists(&self.carried_path())
     }
 }

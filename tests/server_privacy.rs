@@ -459,6 +459,25 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     assert!(again.weight_noise.as_ref().unwrap().from_cache);
     assert_eq!(again.other_releases.plans.len(), 2, "the replaced release is remembered by the entry that replaced it");
 
+    // A replacing draw cut short after it began (here: its network file cannot be written) loses no record: the
+    // next draw still counts the releases the entry held.
+    swap_two_labels(&source);
+    let narrow_entry = std::fs::read_dir(&again.cache_dir).unwrap().map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-") && std::fs::read(p.join("meta.json")).is_ok_and(|m| {
+            let meta: serde_json::Value = serde_json::from_slice(&m).unwrap();
+            meta["plan"]["noise_std"] == 0.02
+        }))
+        .expect("the narrow setting's entry");
+    std::fs::remove_file(narrow_entry.join("lower.bin")).unwrap();
+    std::fs::create_dir_all(narrow_entry.join("lower.bin").join("blocker")).unwrap();
+    assert!(cryptotl::pipeline::server_lower_network(&narrow_cfg).is_err(), "the network file cannot be written");
+    assert!(!narrow_entry.join("meta.json").exists(), "the rewrite began");
+    std::fs::remove_dir_all(narrow_entry.join("lower.bin")).unwrap();
+    let recovered = plan(&narrow_cfg);
+    assert!(!recovered.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(recovered.weight_noise.as_ref().unwrap().drawn_over.len(), 2, "both earlier narrow releases, carried over the cut");
+    assert_eq!(recovered.other_releases.plans.len(), 3, "and the wide setting's");
+
     // A stored release whose record cannot be read has unknown noise: together they have no bound, and the row says so.
     let wide_entry = std::fs::read_dir(&again.cache_dir).unwrap().map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-"))
@@ -542,6 +561,18 @@ fn a_damaged_dp_pretrained_entry_is_refused_and_changed_data_trained_on_anew() {
     assert!(report.budget.source_tightest.as_ref().unwrap().contains("all 2 DP pretrainings"));
     // Reused from the cache, the entry still names it.
     assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().meta.dp_trained_over.len(), 1);
+    // A DP pretraining that replaces the entry and is cut short after it began (its copy of the config, written
+    // last and never read back, cannot be written) loses no record: the next one still counts both earlier releases.
+    swap_two_labels(&source);
+    let config_copy = first.cache_dir.join("config.toml");
+    std::fs::remove_file(&config_copy).unwrap();
+    std::fs::create_dir_all(config_copy.join("blocker")).unwrap();
+    assert!(cryptotl::pipeline::server_lower_network(&cfg).is_err(), "the entry cannot be written");
+    assert!(!first.cache_dir.join("meta.json").exists(), "the rewrite began");
+    std::fs::remove_dir_all(&config_copy).unwrap();
+    let recovered = cryptotl::pipeline::server_lower_network(&cfg).unwrap();
+    assert_eq!(recovered.origin, NetworkOrigin::Trained);
+    assert_eq!(recovered.meta.dp_trained_over.len(), 2, "carried over the cut");
 }
 
 /// The pretraining key is the config; what the entry records reading ([`TrainedOn`]) is checked against the source

@@ -371,6 +371,11 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         .as_ref()
         .and_then(|c| c.meta.dp_pretraining.clone().map(|own| std::iter::once(own).chain(c.meta.dp_trained_over.clone()).collect()))
         .unwrap_or_default();
+    // A DP pretraining that replaced releases here was cut short: they were still made.
+    let earlier_dp = match entry.carried::<Vec<crate::privacy::plan::DpPlan>>() {
+        Some(carried) if earlier_dp.is_empty() => carried?,
+        _ => earlier_dp,
+    };
     // Strictly: an entry that records no source is not taken here (callers that accept one took it already).
     if let Some(done) = cached.filter(|_| recorded.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
         return Ok(done);
@@ -426,7 +431,8 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     };
     // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
     // network ([`crate::cache`]).
-    entry.begin()?;
+    // The DP releases this entry replaces survive a run killed before it finishes.
+    entry.begin_carrying(&meta.dp_trained_over)?;
     model::save_module_private(&trained.model, &dir.join("lower"))?;
     features.save(&dir.join("features.json"))?;
     cfg.save(&dir.join("config.toml"))?;

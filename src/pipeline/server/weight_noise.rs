@@ -54,6 +54,9 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
             return Ok(());
         }
         drawn_over = std::iter::once(applied.plan).chain(applied.drawn_over).collect();
+    } else if let Some(carried) = entry.carried::<Vec<WeightNoisePlan>>() {
+        // A draw that replaced releases here was cut short: they were still made.
+        drawn_over = carried.map_err(unreadable)?;
     }
     // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
@@ -73,7 +76,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
     let noise_source = crate::privacy::dpsgd::noise_source(insecure_seed.is_some()).into();
     let applied = AppliedWeightNoise { plan, parameters, noise_source, from_cache: false, base_network: Some(base_network), drawn_over };
-    entry.begin()?;
+    // The releases this draw replaces survive a run killed before it finishes.
+    entry.begin_carrying(&applied.drawn_over)?;
     model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
