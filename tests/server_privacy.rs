@@ -344,8 +344,13 @@ fn a_torn_or_corrupt_pretraining_cache_entry_is_trained_again() {
 /// that copy's path.
 fn config_with_own_source(dir: &std::path::Path, extra: &str) -> (RunConfig, std::path::PathBuf) {
     let source = copy_of_fixture_source(dir);
+    (config_on_source(dir, &source, extra), source)
+}
+
+/// The tiny config (in the clear) whose source is `source` as it is now, with `extra` TOML appended.
+fn config_on_source(dir: &std::path::Path, source: &std::path::Path, extra: &str) -> RunConfig {
     let ov = ["he.enabled=false".to_string(), format!("source.paths=[{:?}]", source.display().to_string())];
-    (RunConfig::from_toml_str(&format!("{}{extra}", common::tiny_config(dir)), "tiny.toml", &ov).unwrap(), source)
+    RunConfig::from_toml_str(&format!("{}{extra}", common::tiny_config(dir)), "tiny.toml", &ov).unwrap()
 }
 
 /// A copy of the fixture source in `dir`, to change.
@@ -494,6 +499,44 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     assert!(torn.budget.source_tightest.as_ref().unwrap().contains("no bound"));
 }
 
+/// `server_privacy.total_epsilon` caps what the noised releases of one pretraining spend together: a new draw
+/// that would compose above it is refused before it is made; one within it, or an already-made release, is not.
+#[test]
+fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let capped = |std: &str, total: f64| {
+        let table = WEIGHT_NOISE.replace("noise_std = 0.02", &format!("noise_std = {std}"));
+        config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{table}")).0
+    };
+    // One release alone above the total is refused too.
+    let narrow_alone = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), WEIGHT_NOISE).0).unwrap();
+    std::fs::remove_dir_all(&narrow_alone.cache_dir).unwrap();
+    let narrow = narrow_alone.weight_noise.unwrap().plan;
+    let err = cryptotl::pipeline::server_lower_network(&capped("0.02", narrow.epsilon * 0.9)).err().expect("above the total alone").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("no other release"), "{err}");
+    // Within the total: drawn. A second setting that would compose above it is refused, naming the release made.
+    let first = cryptotl::pipeline::server_lower_network(&capped("0.02", narrow.epsilon * 1.01)).unwrap();
+    assert!(!first.weight_noise.as_ref().unwrap().from_cache);
+    let wide_cfg = config_with_own_source(dir.path(), &WEIGHT_NOISE.replace("noise_std = 0.02", "noise_std = 0.05")).0;
+    let wide = cryptotl::privacy::server::plan_weight_noise(wide_cfg.server_privacy.weight_noise.as_ref().unwrap(), first.meta.source.train).unwrap().unwrap();
+    let (_, together) = cryptotl::privacy::server::weight_noise_releases_epsilon(&[&narrow, &wide], wide.delta).unwrap();
+    let between = 0.5 * (together + narrow.epsilon.max(wide.epsilon));
+    let err = cryptotl::pipeline::server_lower_network(&capped("0.05", between)).err().expect("above the total together").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 release(s) already made (std 2.0000e-2)"), "{err}");
+    let noise_entries = || std::fs::read_dir(&first.cache_dir).unwrap().filter(|e| {
+        let p = e.as_ref().unwrap().path();
+        p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-") && p.join("meta.json").exists()
+    }).count();
+    assert_eq!(noise_entries(), 1, "nothing was released");
+    // The release already made is reused under any total; a total above both lets the second be drawn.
+    assert!(cryptotl::pipeline::server_lower_network(&capped("0.02", narrow.epsilon * 0.5)).unwrap().weight_noise.unwrap().from_cache);
+    let second = cryptotl::pipeline::server_lower_network(&capped("0.05", together * 1.01)).unwrap();
+    assert!(!second.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(noise_entries(), 2);
+    // A bad total is refused with its key.
+    rejected(&["server_privacy.total_epsilon=0"], "server_privacy.total_epsilon", "finite number > 0");
+}
+
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a
 /// new key), `cryptotl pretrain` says that releases of the earlier network are stored beside the new draw.
 #[test]
@@ -561,6 +604,18 @@ fn a_damaged_dp_pretrained_entry_is_refused_and_changed_data_trained_on_anew() {
     assert!(report.budget.source_tightest.as_ref().unwrap().contains("all 2 DP pretrainings"));
     // Reused from the cache, the entry still names it.
     assert_eq!(cryptotl::pipeline::server_lower_network(&cfg).unwrap().meta.dp_trained_over.len(), 1);
+    // Beyond the server's total, the next DP pretraining on changed data is refused before it trains.
+    std::fs::copy(&source, dir.path().join("kept.csv")).unwrap();
+    swap_two_labels(&source);
+    let capped = config_on_source(dir.path(), &source, &format!(
+        "[server_privacy]\ntotal_epsilon = {}\n[server_privacy.dp_pretraining]\nnoise_multiplier = 1.0\ninsecure_seed = 4\n",
+        (own.epsilon + earlier.epsilon) * 1.2
+    ));
+    let err = cryptotl::pipeline::server_lower_network(&capped).err().expect("three DP pretrainings exceed the total").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("beside the 2 DP pretraining(s)"), "{err}");
+    assert!(first.cache_dir.join("meta.json").exists(), "refused before the entry was touched");
+    std::fs::copy(dir.path().join("kept.csv"), &source).unwrap(); // back to the data the entry was trained on
+    assert_eq!(cryptotl::pipeline::server_lower_network(&capped).unwrap().origin, NetworkOrigin::Cache, "a release already made is reused");
     // A DP pretraining that replaces the entry and is cut short after it began (its copy of the config, written
     // last and never read back, cannot be written) loses no record: the next one still counts both earlier releases.
     swap_two_labels(&source);

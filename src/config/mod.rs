@@ -309,6 +309,7 @@ impl RunConfig {
         if let Some(w) = &self.server_privacy.weight_noise {
             w.check(at)?;
         }
+        privacy::check_total_epsilon(self.server_privacy.total_epsilon, at)?;
         if self.head.inputs == HeadInputs::TransferPlusBow && self.client_privacy().is_some() {
             return Err(at.key("head.inputs", "\"transfer+bow\" adds a bag-of-words score fitted on the training labels without DP, so a DP-SGD head on it would not be private; use \"transfer\" or \"transfer+own\" with [privacy]".into()));
         }

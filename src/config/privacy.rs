@@ -15,6 +15,12 @@ pub struct ServerPrivacyConfig {
     /// DP-SGD pretraining of the lower network on the source data: the same engine, schedule planner and
     /// accountants as the client's `[privacy]`, run on `[pretrain]`'s schedule.
     pub dp_pretraining: Option<PrivacyConfig>,
+    /// The most ε the server lets its releases of one pretrained network spend together, for whoever holds them all
+    /// (none by default: each release is bounded by its own table alone). A new noised draw is refused before it is
+    /// made when it and the noised releases stored for the same pretraining would compose above it (zCDP, at the
+    /// draw's δ); a new DP pretraining, when it and the DP pretrainings it replaces would (ε adding). Releases
+    /// already made are reused whatever it says.
+    pub total_epsilon: Option<f64>,
 }
 
 /// The Gaussian mechanism on the flattened weight vector of the lower network. Give `noise_std`, or
@@ -209,6 +215,11 @@ pub const MAX_WEIGHT_NOISE_STD: f64 = 1e6;
 pub const DEFAULT_DP_STEPS: usize = 100;
 /// Full-batch learning rate when `[privacy] learning_rate` is not given.
 pub const DEFAULT_DP_LEARNING_RATE: f64 = 0.05;
+
+/// `server_privacy.total_epsilon`, when given: a finite number > 0.
+pub(super) fn check_total_epsilon(total: Option<f64>, at: Invalid) -> Result<()> {
+    check_positive(at, "server_privacy.total_epsilon", total)
+}
 
 impl WeightNoiseConfig {
     /// Positive sensitivity, std and ε; δ in (0, 1); exactly one of `noise_std` and `target_epsilon`.

@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::plan::{DpPlan, PrivacyReport};
-use super::server::{StoredReleases, WeightNoisePlan, approx_dp_measurement, compose, weight_noise_approx_dp, weight_noise_releases_epsilon};
+use super::server::{StoredReleases, WeightNoisePlan, approx_dp_measurement, compose, dp_pretrainings_epsilon, weight_noise_approx_dp, weight_noise_releases_epsilon};
 use crate::error::Result;
 use crate::membership::MembershipAttack;
 
@@ -353,12 +353,9 @@ impl BudgetReport {
         // Earlier DP pretrainings of this config's network (on source data that changed since) were releases too.
         let mut all_dp = None;
         if let (Some(plan), false) = (server.dp_pretraining, server.dp_pretraining_replaced.is_empty()) {
-            let parts = std::iter::once(plan)
-                .chain(server.dp_pretraining_replaced)
-                .map(|p| approx_dp_measurement(p.epsilon, p.delta, "DP pretraining"))
-                .collect::<Result<Vec<_>>>()?;
-            let count = parts.len();
-            let (epsilon, delta) = compose(parts)?;
+            let plans: Vec<&DpPlan> = std::iter::once(plan).chain(server.dp_pretraining_replaced).collect();
+            let count = plans.len();
+            let (epsilon, delta) = dp_pretrainings_epsilon(&plans)?;
             rows.push(BudgetRow {
                 party: "server".into(),
                 data: source_data.clone(),

@@ -268,6 +268,13 @@ pub fn weight_noise_releases_epsilon(plans: &[&WeightNoisePlan], delta: f64) -> 
     Ok((rho, epsilon))
 }
 
+/// Several DP pretrainings of networks trained on the same source data (`plans`: one network's and those it
+/// replaced on changed data), together: their accountants' (ε, δ) composed with [`compose`], for whoever holds
+/// outputs of every network.
+pub fn dp_pretrainings_epsilon(plans: &[&crate::privacy::plan::DpPlan]) -> Result<(f64, f64)> {
+    compose(plans.iter().map(|p| approx_dp_measurement(p.epsilon, p.delta, "DP pretraining")).collect::<Result<Vec<_>>>()?)
+}
+
 /// Compose mechanisms on the source data with OpenDP's `make_composition` (approximate DP: ε and δ add) and
 /// return (ε, δ) for one added or removed example.
 ///

@@ -395,8 +395,21 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up (the report's budget composes them)");
     }
     let dp_trained_over = if cfg.dp_pretraining().is_some() { earlier_dp } else { Vec::new() };
-    // Settled before training: a schedule beyond its budget refuses to start.
+    // Settled before training: a schedule beyond its budget refuses to start, and so does one that, with the DP
+    // pretrainings it replaces, would spend more than the server's total.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
+    if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
+        let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(&dp_trained_over).collect::<Vec<_>>())?;
+        if together > total {
+            return Err(Error::config_key("server_privacy.total_epsilon", format!(
+                "DP pretraining (ε = {} alone) beside the {} DP pretraining(s) of this network it replaces would spend ε = {} \
+                 together, above the total of {total}",
+                crate::privacy::shown::epsilon(plan.epsilon),
+                dp_trained_over.len(),
+                crate::privacy::shown::epsilon(together)
+            )));
+        }
+    }
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
     let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;

@@ -62,6 +62,10 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
     let others = other_entries(&lower.cache_dir, &dir);
     let earlier = drawn_over.len() + others.iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base_network))).count();
+    let stored = stored_releases(others, &drawn_over);
+    if let Some(total) = cfg.server_privacy.total_epsilon {
+        within_total(total, &plan, &stored)?;
+    }
     if earlier > 0 {
         tracing::warn!(
             releases = earlier,
@@ -81,8 +85,37 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     model::save_module_private(&net, &net_path)?;
     entry.finish(&applied)?;
     lower.net = net;
-    lower.other_releases = stored_releases(others, &applied.drawn_over);
+    lower.other_releases = stored;
     lower.weight_noise = Some(applied);
+    Ok(())
+}
+
+/// Refuse a new draw of `plan` when, with the releases `stored` for the same pretraining, it would spend more than
+/// `server_privacy.total_epsilon` (`total`) together, or when a stored release cannot be read (its noise unknown).
+fn within_total(total: f64, plan: &WeightNoisePlan, stored: &StoredReleases) -> Result<()> {
+    let refuse = |why: String| Err(Error::config_key("server_privacy.total_epsilon", why));
+    if stored.unreadable > 0 {
+        return refuse(format!(
+            "{} noised release(s) stored for this pretraining cannot be read, so what a new draw would add to them cannot be \
+             checked against the total of {total}; restore them, or account for them and remove them",
+            stored.unreadable
+        ));
+    }
+    let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(&stored.plans).collect();
+    let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, plan.delta)?;
+    if together > total {
+        let shown = crate::privacy::shown::epsilon;
+        let stds: Vec<String> = stored.plans.iter().map(|p| format!("{:.4e}", p.noise_std)).collect();
+        let made = if stds.is_empty() { "no other release".to_string() } else { format!("{} release(s) already made (std {})", stds.len(), stds.join(", ")) };
+        return refuse(format!(
+            "a new noised release (std {:.4e}, ε = {} alone) beside {made} would spend ε = {} together at δ = {}, above the \
+             total of {total}; more noise (a larger noise_std or a smaller target_epsilon) or an already-made setting stays within it",
+            plan.noise_std,
+            shown(plan.epsilon),
+            shown(together),
+            crate::privacy::shown::delta(plan.delta)
+        ));
+    }
     Ok(())
 }
 
