@@ -535,6 +535,7 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
     assert_eq!(noise_entries(), 2);
     // A bad total is refused with its key.
     rejected(&["server_privacy.total_epsilon=0"], "server_privacy.total_epsilon", "finite number > 0");
+    rejected(&["server_privacy.total_epsilon=4"], "server_privacy.total_epsilon", "no DP mechanism");
 }
 
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a

@@ -310,6 +310,10 @@ impl RunConfig {
             w.check(at)?;
         }
         privacy::check_total_epsilon(self.server_privacy.total_epsilon, at)?;
+        let noised = self.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled);
+        if self.server_privacy.total_epsilon.is_some() && !noised && self.dp_pretraining().is_none() {
+            return Err(at.key("server_privacy.total_epsilon", "is set, but the network is released with no DP mechanism (ε = ∞ for its source data): add [server_privacy.weight_noise] or [server_privacy.dp_pretraining], or remove the total".into()));
+        }
         if self.head.inputs == HeadInputs::TransferPlusBow && self.client_privacy().is_some() {
             return Err(at.key("head.inputs", "\"transfer+bow\" adds a bag-of-words score fitted on the training labels without DP, so a DP-SGD head on it would not be private; use \"transfer\" or \"transfer+own\" with [privacy]".into()));
         }
