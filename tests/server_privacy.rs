@@ -534,6 +534,14 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
     assert!(!second.weight_noise.as_ref().unwrap().from_cache);
     assert_eq!(noise_entries(), 2);
     // A bad total is refused with its key.
+    // A DP-pretrained network bounds every release drawn from it: noise beyond the total by its own count is drawn when
+    // the DP pretraining keeps the releases within it.
+    assert!(narrow.epsilon > 1.5, "the noise alone must exceed the total below: {}", narrow.epsilon);
+    let dp_cfg = config_with_own_source(dir.path(), &format!(
+        "[server_privacy]\ntotal_epsilon = 1.5\n{WEIGHT_NOISE}[server_privacy.dp_pretraining]\ntarget_epsilon = 1.0\ninsecure_seed = 4\n"
+    )).0;
+    let dp = cryptotl::pipeline::server_lower_network(&dp_cfg).unwrap();
+    assert!(dp.meta.dp_pretraining.as_ref().unwrap().epsilon <= 1.0 && !dp.weight_noise.as_ref().unwrap().from_cache);
     rejected(&["server_privacy.total_epsilon=0"], "server_privacy.total_epsilon", "finite number > 0");
     rejected(&["server_privacy.total_epsilon=4"], "server_privacy.total_epsilon", "no DP mechanism");
 }

@@ -63,7 +63,13 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     let others = other_entries(&lower.cache_dir, &dir);
     let earlier = drawn_over.len() + others.iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base_network))).count();
     let stored = stored_releases(others, &drawn_over);
-    if let Some(total) = cfg.server_privacy.total_epsilon {
+    // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
+    // total that way, the draw needs no check of its own.
+    let dp_bound = match &lower.meta.dp_pretraining {
+        Some(own) => crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(own).chain(&lower.meta.dp_trained_over).collect::<Vec<_>>())?.0,
+        None => f64::INFINITY,
+    };
+    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound > *t) {
         within_total(total, &plan, &stored)?;
     }
     if earlier > 0 {
