@@ -303,6 +303,63 @@ fn dp_sgd_noise(plan: &DpPlan, steps_run: usize) -> String {
     format!("σ = {:.4}, C = {}, q = {:.5}, {steps_run} steps", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)
 }
 
+/// The row for a DP-pretrained network's pretraining (`plan`) with the ones it `replaced`, together, and (count, ε, δ).
+fn all_dp_pretrainings_row(plan: &DpPlan, replaced: &[DpPlan], source_data: &str) -> Result<(BudgetRow, (usize, f64, f64))> {
+    let plans: Vec<&DpPlan> = std::iter::once(plan).chain(replaced).collect();
+    let count = plans.len();
+    let (epsilon, delta) = dp_pretrainings_epsilon(&plans)?;
+    let row = BudgetRow {
+        party: "server".into(),
+        data: source_data.to_string(),
+        mechanism: format!(
+            "all DP pretrainings of this network, together ({count}: this one and {} it replaced, trained on source data that changed since)",
+            count - 1
+        ),
+        epsilon: Some(epsilon),
+        delta: Some(delta),
+        accountant: "OpenDP make_composition in approximate DP (ε and δ add)".into(),
+        noise: "each as its own schedule".into(),
+        protects_against: "a source example in every one of these training sets, against whoever holds outputs of every one of \
+             the networks (the DP-pretraining row above covers a holder of this network's alone)".into(),
+    };
+    Ok((row, (count, epsilon, delta)))
+}
+
+/// How many releases a row composes, their ε together (none when some cannot be read) and its δ.
+type ReleasesTogether = (usize, Option<f64>, f64);
+
+/// The row for a noised release (`plan`) with the `others` stored for the same pretraining, together.
+fn all_noised_releases_row(plan: &WeightNoisePlan, others: &StoredReleases, source_data: &str, fitted_outside: &[&str]) -> Result<(BudgetRow, ReleasesTogether)> {
+    let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(&others.plans).collect();
+    let count = plans.len() + others.unreadable;
+    // A stored release whose setting cannot be read has no known ε: together they have no bound.
+    let (epsilon, accountant) = if others.unreadable == 0 {
+        let (rho, epsilon) = weight_noise_releases_epsilon(&plans, plan.delta)?;
+        (Some(epsilon), format!("OpenDP make_composition of the Gaussians in zCDP, ρ = {} -> approxDP", super::shown::epsilon(rho)))
+    } else {
+        (None, format!("none: {} of the stored releases cannot be read, so their noise is unknown", others.unreadable))
+    };
+    let stds: Vec<String> = plans.iter().map(|p| format!("{:.4e}", p.noise_std)).collect();
+    let row = BudgetRow {
+        party: "server".into(),
+        data: source_data.to_string(),
+        mechanism: format!(
+            "all stored noised releases, together ({count} releases stored for this pretraining: this one and {} more, other noise settings or networks of this config trained before)",
+            count - 1
+        ),
+        epsilon,
+        delta: epsilon.map(|_| plan.delta),
+        accountant,
+        noise: format!("std {}{} (each with its declared L2 sensitivity)", stds.join(", "), if others.unreadable > 0 { ", unknown" } else { "" }),
+        protects_against: format!(
+            "whoever holds all of these releases (one client over several runs, or clients who pool them), ONLY IF \
+             each declared Δ holds; the weight-noise row above covers a holder of this release alone{}",
+            outside_note(fitted_outside)
+        ),
+    };
+    Ok((row, (count, epsilon, plan.delta)))
+}
+
 impl BudgetReport {
     /// The table for a run: the client's DP-SGD report (if any, with its target example count `client_examples`),
     /// the server's mechanisms, and the TFHE statement.
@@ -353,24 +410,9 @@ impl BudgetReport {
         // Earlier DP pretrainings of this config's network (on source data that changed since) were releases too.
         let mut all_dp = None;
         if let (Some(plan), false) = (server.dp_pretraining, server.dp_pretraining_replaced.is_empty()) {
-            let plans: Vec<&DpPlan> = std::iter::once(plan).chain(server.dp_pretraining_replaced).collect();
-            let count = plans.len();
-            let (epsilon, delta) = dp_pretrainings_epsilon(&plans)?;
-            rows.push(BudgetRow {
-                party: "server".into(),
-                data: source_data.clone(),
-                mechanism: format!(
-                    "all DP pretrainings of this network, together ({count}: this one and {} it replaced, trained on source data that changed since)",
-                    count - 1
-                ),
-                epsilon: Some(epsilon),
-                delta: Some(delta),
-                accountant: "OpenDP make_composition in approximate DP (ε and δ add)".into(),
-                noise: "each as its own schedule".into(),
-                protects_against: "a source example in every one of these training sets, against whoever holds outputs of every one of \
-                     the networks (the DP-pretraining row above covers a holder of this network's alone)".into(),
-            });
-            all_dp = Some((count, epsilon, delta));
+            let (row, together) = all_dp_pretrainings_row(plan, server.dp_pretraining_replaced, &source_data)?;
+            rows.push(row);
+            all_dp = Some(together);
         }
         if let Some((plan, parameters)) = server.weight_noise {
             rows.push(BudgetRow {
@@ -393,34 +435,9 @@ impl BudgetReport {
         // settings (or clients that pool what they saw) holds them all.
         let mut all_releases = None;
         if let (Some((plan, _)), Some(others)) = (server.weight_noise, server.other_weight_noise.filter(|o| !o.is_empty())) {
-            let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(&others.plans).collect();
-            let count = plans.len() + others.unreadable;
-            // A stored release whose setting cannot be read has no known ε: together they have no bound.
-            let (epsilon, accountant) = if others.unreadable == 0 {
-                let (rho, epsilon) = weight_noise_releases_epsilon(&plans, plan.delta)?;
-                (Some(epsilon), format!("OpenDP make_composition of the Gaussians in zCDP, ρ = {} -> approxDP", super::shown::epsilon(rho)))
-            } else {
-                (None, format!("none: {} of the stored releases cannot be read, so their noise is unknown", others.unreadable))
-            };
-            let stds: Vec<String> = plans.iter().map(|p| format!("{:.4e}", p.noise_std)).collect();
-            rows.push(BudgetRow {
-                party: "server".into(),
-                data: source_data.clone(),
-                mechanism: format!(
-                    "all stored noised releases, together ({count} releases stored for this pretraining: this one and {} more, other noise settings or networks of this config trained before)",
-                    count - 1
-                ),
-                epsilon,
-                delta: epsilon.map(|_| plan.delta),
-                accountant,
-                noise: format!("std {}{} (each with its declared L2 sensitivity)", stds.join(", "), if others.unreadable > 0 { ", unknown" } else { "" }),
-                protects_against: format!(
-                    "whoever holds all of these releases (one client over several runs, or clients who pool them), ONLY IF \
-                     each declared Δ holds; the weight-noise row above covers a holder of this release alone{}",
-                    outside_note(server.fitted_outside)
-                ),
-            });
-            all_releases = Some((count, epsilon, plan.delta));
+            let (row, together) = all_noised_releases_row(plan, others, &source_data, server.fitted_outside)?;
+            rows.push(row);
+            all_releases = Some(together);
         }
         if let (Some(pre), Some((wn, _))) = (server.dp_pretraining, server.weight_noise) {
             let (epsilon, delta) = compose(vec![approx_dp_measurement(pre.epsilon, pre.delta, "DP pretraining")?, weight_noise_approx_dp(wn)?])?;
