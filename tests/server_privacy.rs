@@ -499,6 +499,33 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     assert!(torn.budget.source_tightest.as_ref().unwrap().contains("no bound"));
 }
 
+/// An entry whose replacing draw was cut short still stands for the releases it replaced: the other settings' budget
+/// rows count them before it is drawn again.
+#[test]
+fn a_draw_cut_short_still_counts_in_the_other_settings_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (narrow_cfg, source) = config_with_own_source(dir.path(), WEIGHT_NOISE);
+    let wide_cfg = config_on_source(dir.path(), &source, &WEIGHT_NOISE.replace("noise_std = 0.02", "noise_std = 0.05"));
+    let narrow = cryptotl::pipeline::server_lower_network(&narrow_cfg).unwrap();
+    let wide = cryptotl::pipeline::server_lower_network(&wide_cfg).unwrap();
+    let (narrow, wide) = (narrow.weight_noise.unwrap(), wide.weight_noise.unwrap());
+    // The network is trained again (same sizes, same keys); the narrow setting's replacing draw is cut short.
+    swap_two_labels(&source);
+    let narrow_entry = std::fs::read_dir(dir.path().join("cache")).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p.join("meta.json")).is_ok_and(|m| serde_json::from_slice::<serde_json::Value>(&m).unwrap()["plan"]["noise_std"] == 0.02))
+        .expect("the narrow setting's entry");
+    std::fs::remove_file(narrow_entry.join("lower.bin")).unwrap();
+    std::fs::create_dir_all(narrow_entry.join("lower.bin").join("blocker")).unwrap();
+    assert!(cryptotl::pipeline::server_lower_network(&narrow_cfg).is_err(), "the network file cannot be written");
+    // The wide setting is drawn again for the new network: it counts its own earlier release and the narrow one the
+    // incomplete entry carries.
+    let again = cryptotl::pipeline::server_lower_network(&wide_cfg).unwrap();
+    assert!(!again.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(again.other_releases.plans, vec![wide.plan, narrow.plan]);
+    assert_eq!(again.other_releases.unreadable, 0);
+}
+
 /// `server_privacy.total_epsilon` caps what the noised releases of one pretraining spend together: a new draw
 /// that would compose above it is refused before it is made; one within it, or an already-made release, is not.
 #[test]

@@ -61,7 +61,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // This network is drawn anew. Releases of an earlier network of this config (trained again since, on changed
     // source data) may sit here or beside it, under another key when the split's size, and with it δ, changed.
     let others = other_entries(&lower.cache_dir, &dir);
-    let earlier = drawn_over.len() + others.iter().filter(|(_, a)| matches!(a, Ok(a) if a.base_network.as_deref().is_some_and(|b| b != base_network))).count();
+    let earlier = drawn_over.len() + others.iter().filter(|o| o.base_network.as_deref().is_some_and(|b| b != base_network)).count();
     let stored = stored_releases(others, &drawn_over);
     // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
     // total that way, the draw needs no check of its own.
@@ -125,18 +125,27 @@ fn within_total(total: f64, plan: &WeightNoisePlan, stored: &StoredReleases) -> 
     Ok(())
 }
 
+/// What one other weight-noise entry of the pretraining stands for ([`other_entries`]).
+struct OtherEntry {
+    dir: PathBuf,
+    /// The releases it stands for (its own and those it was drawn over), or why its record cannot be read.
+    releases: Result<Vec<WeightNoisePlan>>,
+    /// The pretrained network its own release was drawn from, when it records one.
+    base_network: Option<String>,
+}
+
 /// The noised releases of the stored entries `others` ([`other_entries`]) with `drawn_over` (the releases this
 /// run's entry replaced): other noise settings of the same pretrained network, or draws from an earlier network of
 /// this config (trained again since, on changed source data; entries from before the record do not say which). For
 /// the source examples they share, every one of them composes with this run's release
 /// ([`crate::privacy::server::weight_noise_releases_epsilon`]).
-fn stored_releases(others: Vec<(PathBuf, Result<AppliedWeightNoise>)>, drawn_over: &[WeightNoisePlan]) -> StoredReleases {
+fn stored_releases(others: Vec<OtherEntry>, drawn_over: &[WeightNoisePlan]) -> StoredReleases {
     let mut stored = StoredReleases { plans: drawn_over.to_vec(), unreadable: 0 };
-    for (dir, entry) in others {
-        match entry {
-            Ok(a) => stored.plans.extend(std::iter::once(a.plan).chain(a.drawn_over)),
+    for other in others {
+        match other.releases {
+            Ok(plans) => stored.plans.extend(plans),
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), "a stored noised release cannot be read ({e}): all stored releases together have no bound");
+                tracing::warn!(dir = %other.dir.display(), "a stored noised release cannot be read ({e}): all stored releases together have no bound");
                 stored.unreadable += 1;
             }
         }
@@ -144,16 +153,25 @@ fn stored_releases(others: Vec<(PathBuf, Result<AppliedWeightNoise>)>, drawn_ove
     stored
 }
 
-/// The complete weight-noise entries in `pretrain_dir` other than `this` (an entry without its `meta.json` was never
-/// finished, so never released), in path order, each with its record or why it cannot be read.
-fn other_entries(pretrain_dir: &Path, this: &Path) -> Vec<(PathBuf, Result<AppliedWeightNoise>)> {
+/// The weight-noise entries in `pretrain_dir` other than `this` that stand for releases, in path order: the complete
+/// ones, and incomplete ones whose rewrite was cut short after it began ([`crate::cache::Entry::carried`]: the
+/// releases it replaced were made). An incomplete entry without that was never finished, so never released.
+fn other_entries(pretrain_dir: &Path, this: &Path) -> Vec<OtherEntry> {
     let Ok(entries) = std::fs::read_dir(pretrain_dir) else { return Vec::new() };
-    let mut found: Vec<_> = entries
+    let mut found: Vec<OtherEntry> = entries
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p != this && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
-        .filter_map(|p| Some((p.clone(), crate::cache::Entry::new(p).meta::<AppliedWeightNoise>()?)))
+        .filter_map(|dir| {
+            let entry = crate::cache::Entry::new(dir.clone());
+            let (releases, base_network) = match entry.meta::<AppliedWeightNoise>() {
+                Some(Ok(a)) => (Ok(std::iter::once(a.plan).chain(a.drawn_over).collect()), a.base_network),
+                Some(Err(e)) => (Err(e), None),
+                None => (entry.carried::<Vec<WeightNoisePlan>>()?, None),
+            };
+            Some(OtherEntry { dir, releases, base_network })
+        })
         .collect();
     // Directory order is the file system's: keep the report's list stable.
-    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
     found
 }
