@@ -366,15 +366,13 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let trained_on = TrainedOn::of(cfg, source)?;
     let cached = cached_pretrained(cfg);
     let recorded = cached.as_ref().and_then(|c| c.meta.trained_on.clone());
-    // The DP releases the entry stands for (its own and those it replaced), should this training replace it.
-    let earlier_dp: Vec<crate::privacy::plan::DpPlan> = cached
-        .as_ref()
-        .and_then(|c| c.meta.dp_pretraining.clone().map(|own| std::iter::once(own).chain(c.meta.dp_trained_over.clone()).collect()))
-        .unwrap_or_default();
-    // A DP pretraining that replaced releases here was cut short: they were still made.
-    let earlier_dp = match entry.carried::<Vec<crate::privacy::plan::DpPlan>>() {
-        Some(carried) if earlier_dp.is_empty() => carried?,
-        _ => earlier_dp,
+    // The DP releases the entry stands for, should this training replace it: a complete entry's own and those it
+    // replaced; an incomplete one's, when a DP pretraining that replaced them was cut short (they were still made).
+    // Empty without DP pretraining: the key holds the DP table, so such entries record none.
+    let dp_trained_over: Vec<crate::privacy::plan::DpPlan> = match (&cached, entry.carried()) {
+        (_, Some(carried)) => carried?,
+        (Some(c), None) => c.meta.dp_pretraining.iter().chain(&c.meta.dp_trained_over).cloned().collect(),
+        (None, None) => Vec::new(),
     };
     // Strictly: an entry that records no source is not taken here (callers that accept one took it already).
     if let Some(done) = cached.filter(|_| recorded.as_ref().is_some_and(|t| t.change_from(&trained_on).is_none())) {
@@ -394,7 +392,6 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         }
         tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up (the report's budget composes them)");
     }
-    let dp_trained_over = if cfg.dp_pretraining().is_some() { earlier_dp } else { Vec::new() };
     // Settled before training: a schedule beyond its budget refuses to start, and so does one that, with the DP
     // pretrainings it replaces, would spend more than the server's total.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
