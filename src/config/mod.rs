@@ -309,9 +309,8 @@ impl RunConfig {
         if let Some(w) = &self.server_privacy.weight_noise {
             w.check(at)?;
         }
-        privacy::check_total_epsilon(self.server_privacy.total_epsilon, at)?;
-        let noised = self.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled);
-        if self.server_privacy.total_epsilon.is_some() && !noised && self.dp_pretraining().is_none() {
+        check_positive(at, "server_privacy.total_epsilon", self.server_privacy.total_epsilon)?;
+        if self.server_privacy.total_epsilon.is_some() && !self.server_mechanism_on() {
             return Err(at.key("server_privacy.total_epsilon", "is set, but the network is released with no DP mechanism (ε = ∞ for its source data): add [server_privacy.weight_noise] or [server_privacy.dp_pretraining], or remove the total".into()));
         }
         if self.head.inputs == HeadInputs::TransferPlusBow && self.client_privacy().is_some() {
@@ -337,6 +336,11 @@ impl RunConfig {
     /// on nothing).
     pub fn client_privacy(&self) -> Option<&PrivacyConfig> {
         self.privacy.as_ref().filter(|p| p.enabled)
+    }
+
+    /// Whether the server protects its source data with a DP mechanism: DP pretraining or weight noise, switched on.
+    pub fn server_mechanism_on(&self) -> bool {
+        self.dp_pretraining().is_some() || self.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled)
     }
 
     /// `[server_privacy.dp_pretraining]` when it is on: the server pretrains with DP-SGD (through a map fitted on

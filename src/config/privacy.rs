@@ -216,11 +216,6 @@ pub const DEFAULT_DP_STEPS: usize = 100;
 /// Full-batch learning rate when `[privacy] learning_rate` is not given.
 pub const DEFAULT_DP_LEARNING_RATE: f64 = 0.05;
 
-/// `server_privacy.total_epsilon`, when given: a finite number > 0.
-pub(super) fn check_total_epsilon(total: Option<f64>, at: Invalid) -> Result<()> {
-    check_positive(at, "server_privacy.total_epsilon", total)
-}
-
 impl WeightNoiseConfig {
     /// Positive sensitivity, std and ε; δ in (0, 1); exactly one of `noise_std` and `target_epsilon`.
     pub(super) fn check(&self, at: Invalid) -> Result<()> {

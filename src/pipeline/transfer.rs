@@ -362,7 +362,7 @@ pub fn remote_transfer(cfg: &RunConfig, url: &str, input: &TransferInput) -> Res
     };
     let session = remote_session(cfg, url, key_dir, reuse)?;
     let statement = session.server_privacy()?;
-    if cfg.dp_pretraining().is_some() || cfg.server_privacy.weight_noise.as_ref().is_some_and(|w| w.enabled) {
+    if cfg.server_mechanism_on() {
         // The same config may serve both parties, but only `server build` acts on these tables.
         tracing::warn!(
             "[server_privacy] is set by the server's owner when it builds its model, not by a client: this pass takes the \
