@@ -82,11 +82,15 @@ pub fn weight_noise_measurement(l2_sensitivity: f64, noise_std: f64) -> Result<W
 /// (ρ, ε at δ) of the weight noise for one added or removed source example, by OpenDP.
 pub fn weight_noise_epsilon(l2_sensitivity: f64, noise_std: f64, delta: f64) -> Result<(f64, f64)> {
     super::check_query(1, delta)?;
-    let m = weight_noise_measurement(l2_sensitivity, noise_std)?;
+    rho_and_epsilon(weight_noise_measurement(l2_sensitivity, noise_std)?, delta)
+}
+
+/// (ρ, ε at `delta`) of a zCDP measurement on the source data for one added or removed example: its map, and OpenDP's
+/// conversion to approximate DP.
+fn rho_and_epsilon<TO: 'static>(m: Measurement<SourceDomain, SymmetricDistance, ZeroConcentratedDivergence, TO>, delta: f64) -> Result<(f64, f64)> {
     let rho = m.map(&1)?;
-    let approx = make_fix_delta(&make_zCDP_to_approxDP(m)?, delta)?;
-    let (eps, _) = approx.map(&1)?;
-    Ok((rho, eps))
+    let (epsilon, _) = make_fix_delta(&make_zCDP_to_approxDP(m)?, delta)?.map(&1)?;
+    Ok((rho, epsilon))
 }
 
 /// The smallest noise std (to relative precision 1e-6, rounded up) whose ε at `delta` is at most `target_epsilon`.
@@ -262,10 +266,7 @@ impl StoredReleases {
 pub fn weight_noise_releases_epsilon(plans: &[&WeightNoisePlan], delta: f64) -> Result<(f64, f64)> {
     super::check_query(1, delta)?;
     let parts = plans.iter().map(|p| weight_noise_measurement(p.l2_sensitivity, p.noise_std)).collect::<Result<Vec<_>>>()?;
-    let together = make_composition(parts)?;
-    let rho = together.map(&1)?;
-    let (epsilon, _) = make_fix_delta(&make_zCDP_to_approxDP(together)?, delta)?.map(&1)?;
-    Ok((rho, epsilon))
+    rho_and_epsilon(make_composition(parts)?, delta)
 }
 
 /// Several DP pretrainings of networks trained on the same source data (`plans`: one network's and those it
