@@ -363,6 +363,20 @@ fn copy_of_fixture_source(dir: &std::path::Path) -> std::path::PathBuf {
 /// Weight noise of std 0.02 with a fixed seed (tests only).
 const WEIGHT_NOISE: &str = "[server_privacy.weight_noise]\nl2_sensitivity = 0.01\nnoise_std = 0.02\ninsecure_seed = 9\n";
 
+/// The complete weight-noise entry of the pretraining entry `pretrain_dir` whose setting has std `std`.
+fn noise_entry(pretrain_dir: &std::path::Path, std: f64) -> std::path::PathBuf {
+    std::fs::read_dir(pretrain_dir).unwrap().map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-"))
+        .find(|p| std::fs::read(p.join("meta.json")).is_ok_and(|m| serde_json::from_slice::<serde_json::Value>(&m).unwrap()["plan"]["noise_std"] == std))
+        .unwrap_or_else(|| panic!("the entry of the setting with std {std}"))
+}
+
+/// Put a non-empty folder where the file `path` is, so that writing it fails (a rewrite cut short).
+fn block_file(path: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::create_dir_all(path.join("blocker")).unwrap();
+}
+
 /// Flip the label of the first row of a `label,text` CSV.
 fn flip_first_label(path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -467,14 +481,8 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     // A replacing draw cut short after it began (here: its network file cannot be written) loses no record: the
     // next draw still counts the releases the entry held.
     swap_two_labels(&source);
-    let narrow_entry = std::fs::read_dir(&again.cache_dir).unwrap().map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-") && std::fs::read(p.join("meta.json")).is_ok_and(|m| {
-            let meta: serde_json::Value = serde_json::from_slice(&m).unwrap();
-            meta["plan"]["noise_std"] == 0.02
-        }))
-        .expect("the narrow setting's entry");
-    std::fs::remove_file(narrow_entry.join("lower.bin")).unwrap();
-    std::fs::create_dir_all(narrow_entry.join("lower.bin").join("blocker")).unwrap();
+    let narrow_entry = noise_entry(&again.cache_dir, 0.02);
+    block_file(&narrow_entry.join("lower.bin"));
     assert!(cryptotl::pipeline::server_lower_network(&narrow_cfg).is_err(), "the network file cannot be written");
     assert!(!narrow_entry.join("meta.json").exists(), "the rewrite began");
     std::fs::remove_dir_all(narrow_entry.join("lower.bin")).unwrap();
@@ -484,13 +492,7 @@ fn the_budget_composes_every_noised_release_stored_for_the_pretraining() {
     assert_eq!(recovered.other_releases.plans.len(), 3, "and the wide setting's");
 
     // A stored release whose record cannot be read has unknown noise: together they have no bound, and the row says so.
-    let wide_entry = std::fs::read_dir(&again.cache_dir).unwrap().map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-"))
-        .find(|p| {
-            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("meta.json")).unwrap()).unwrap();
-            meta["plan"]["noise_std"] == 0.05
-        })
-        .expect("the wide setting's entry");
+    let wide_entry = noise_entry(&again.cache_dir, 0.05);
     std::fs::write(wide_entry.join("meta.json"), "{ torn").unwrap();
     let torn = cryptotl::pipeline::run(&narrow_cfg).unwrap();
     let row = torn.budget.rows.iter().find(|r| r.mechanism.starts_with("all stored noised releases")).expect("the composed row");
@@ -508,15 +510,11 @@ fn a_draw_cut_short_still_counts_in_the_other_settings_rows() {
     let wide_cfg = config_on_source(dir.path(), &source, &WEIGHT_NOISE.replace("noise_std = 0.02", "noise_std = 0.05"));
     let narrow = cryptotl::pipeline::server_lower_network(&narrow_cfg).unwrap();
     let wide = cryptotl::pipeline::server_lower_network(&wide_cfg).unwrap();
+    let narrow_entry = noise_entry(&narrow.cache_dir, 0.02);
     let (narrow, wide) = (narrow.weight_noise.unwrap(), wide.weight_noise.unwrap());
     // The network is trained again (same sizes, same keys); the narrow setting's replacing draw is cut short.
     swap_two_labels(&source);
-    let narrow_entry = std::fs::read_dir(dir.path().join("cache")).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::read(p.join("meta.json")).is_ok_and(|m| serde_json::from_slice::<serde_json::Value>(&m).unwrap()["plan"]["noise_std"] == 0.02))
-        .expect("the narrow setting's entry");
-    std::fs::remove_file(narrow_entry.join("lower.bin")).unwrap();
-    std::fs::create_dir_all(narrow_entry.join("lower.bin").join("blocker")).unwrap();
+    block_file(&narrow_entry.join("lower.bin"));
     assert!(cryptotl::pipeline::server_lower_network(&narrow_cfg).is_err(), "the network file cannot be written");
     // The wide setting is drawn again for the new network: it counts its own earlier release and the narrow one the
     // incomplete entry carries.
@@ -656,8 +654,7 @@ fn a_damaged_dp_pretrained_entry_is_refused_and_changed_data_trained_on_anew() {
     // last and never read back, cannot be written) loses no record: the next one still counts both earlier releases.
     swap_two_labels(&source);
     let config_copy = first.cache_dir.join("config.toml");
-    std::fs::remove_file(&config_copy).unwrap();
-    std::fs::create_dir_all(config_copy.join("blocker")).unwrap();
+    block_file(&config_copy);
     assert!(cryptotl::pipeline::server_lower_network(&cfg).is_err(), "the entry cannot be written");
     assert!(!first.cache_dir.join("meta.json").exists(), "the rewrite began");
     std::fs::remove_dir_all(&config_copy).unwrap();
