@@ -571,6 +571,40 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
     rejected(&["server_privacy.total_epsilon=4"], "server_privacy.total_epsilon", "no DP mechanism");
 }
 
+/// Two runs drawing other noise settings of one pretraining at once decide one after the other, under the
+/// pretraining entry's lock: the second sees the first's release, so together they cannot pass
+/// `server_privacy.total_epsilon` (each checking before the other had drawn, both would).
+#[test]
+fn concurrent_draws_of_other_settings_are_checked_against_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let capped = |std: &str, total: f64| {
+        let table = WEIGHT_NOISE.replace("noise_std = 0.02", &format!("noise_std = {std}"));
+        config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{table}")).0
+    };
+    // Pretrain once (the draws below then only load it), and find a total between either release alone and both.
+    let pretrained = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), "").0).unwrap();
+    let plan = |std: &str| {
+        let cfg = capped(std, 1.0);
+        cryptotl::privacy::server::plan_weight_noise(cfg.server_privacy.weight_noise.as_ref().unwrap(), pretrained.meta.source.train).unwrap().unwrap()
+    };
+    let (narrow, wide) = (plan("0.02"), plan("0.05"));
+    let (_, together) = cryptotl::privacy::server::weight_noise_releases_epsilon(&[&narrow, &wide], wide.delta).unwrap();
+    let between = 0.5 * (together + narrow.epsilon.max(wide.epsilon));
+    // Held here, the lock stops both draws at the same point; let go, they race for it.
+    let held = cryptotl::cache::Entry::new(pretrained.cache_dir.clone()).lock().unwrap();
+    let draws: Vec<_> = ["0.02", "0.05"].into_iter().map(|std| {
+        let cfg = capped(std, between);
+        std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
+    }).collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(draws.iter().all(|d| !d.is_finished()), "a draw was decided while the pretraining's releases were locked");
+    drop(held);
+    let outcomes: Vec<Result<(), String>> = draws.into_iter().map(|d| d.join().unwrap()).collect();
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "exactly one of the two draws fits the total: {outcomes:?}");
+    let err = outcomes.into_iter().find_map(|o| o.err()).unwrap();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 release(s) already made"), "{err}");
+}
+
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a
 /// new key), `cryptotl pretrain` says that releases of the earlier network are stored beside the new draw.
 #[test]

@@ -25,6 +25,11 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
     let entry = crate::cache::Entry::new(dir.clone());
     let net_path = dir.join("lower");
+    // Every release of this pretraining is decided under the pretraining entry's lock: two runs drawing other
+    // settings at once would each miss the other's draw, in the check against `total_epsilon` and in the budget's
+    // releases-together row; a DP pretraining that replaces the entry waits for the draw, and the draw for it.
+    // Always taken before a setting's own lock, never after.
+    let _releases = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
     // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
     let _lock = entry.lock()?;
     // A complete entry is a network the server may already have released. If it cannot be read, drawing again
