@@ -97,92 +97,59 @@ pub fn features(cfg: &RunConfig) -> Result<FeaturesStage> {
     Ok(FeaturesStage { path: out.join(FEATURES_FILE), remote })
 }
 
-/// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
-/// report (written to the run's output directory and returned).
-pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
-    use crate::report::{PretrainSummary, Report, StageTime};
-    let mut stages = Vec::new();
-    let mut stage = |name: &str, secs: f64| stages.push(StageTime { stage: name.into(), seconds: secs });
-    // With a remote server the client has neither the server's network nor its source data: no pretraining here,
-    // no float or clear-integer comparison, and the server's rows of the budget come from its published statement.
-    let remote = remote_server(cfg)?;
-    let _lock = prepare_output_dir(cfg)?;
+/// The stages' wall times, in the order they ran (the report's "Wall time per stage").
+#[derive(Default)]
+struct Stages(Vec<crate::report::StageTime>);
 
-    let (data, t) = timed(|| prepare_data(cfg));
-    let data = data?;
-    stage("load + split data", t);
-    // The privacy schedule is settled before any training: a run beyond its budget refuses to start.
-    let dp_plan = privacy_plan(cfg, data.target.train.len())?;
-    if let Some(plan) = &dp_plan {
-        tracing::info!(?plan, "DP-SGD schedule");
-    }
-    let (lower, membership, overlap) = match &remote {
-        Some(_) => (None, None, None),
-        None => {
-            let (r, t) = timed(|| server_network_and_source(cfg));
-            let (lower, source) = r?;
-            stage(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
-            // A cached network comes without its source data, which the membership attack and the overlap check both
-            // read: loaded once here. (If it cannot be, each says why in the report.)
-            let source = match source {
-                None if lower.origin == NetworkOrigin::Cache => {
-                    let (loaded, t) = timed(|| super::load_source(cfg));
-                    stage("load the source data (membership attack, overlap check)", t);
-                    loaded.ok().map(|(split, _)| split)
-                }
-                source => source,
-            };
-            let membership = if cfg.audit.membership {
-                let (m, t) = timed(|| source_membership(cfg, &lower, source.as_ref(), "measured in this run"));
-                stage("membership attack on the source data (server side)", t);
-                Some(m?)
-            } else {
-                None
-            };
-            let (overlap, t) = timed(|| source_overlap(cfg, &lower, source.as_ref(), &data.target));
-            stage("target texts among the source texts (overlap check)", t);
-            (Some(lower), membership, Some(overlap))
-        }
-    };
-    let (client, t) = timed(|| client_features(cfg, &data.target));
-    let (client_pipeline, client) = client?;
-    // The encrypted pass keeps its journal in the run's folder: a run killed during it resumes where it stopped.
-    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(Some(&cfg.output_dir()))));
-    let input = input?;
-    stage("client features", t + t2);
-    let (transferred, he_paths, remote_he, output_ranges, network_id) = match (&remote, &lower) {
-        (Some(url), _) => {
-            let (r, t) = timed(|| remote_transfer(cfg, url, &input));
-            let RemoteTransfer { features, he, statement, output_ranges, model_id } = r?;
-            stage("lower network: keys, encrypted forward through the remote server", t);
-            (features, None, Some((he, statement)), output_ranges, model_id)
-        }
-        (None, Some(lower)) => {
-            let (r, t) = timed(|| transfer(cfg, lower, &input));
-            let (transferred, he_paths) = r?;
-            stage(if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" }, t);
-            (transferred, he_paths, None, transfer_output_ranges(cfg, lower), super::transfer::network_id(cfg, lower)?)
-        }
-        (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
-    };
-    if tracing::enabled!(tracing::Level::INFO) {
-        let x = &transferred.train;
-        let col_std = x.std_axis(ndarray::Axis(0), 0.0);
-        tracing::info!(mean = x.mean().unwrap_or(0.0), mean_col_std = col_std.mean().unwrap_or(0.0),
-            max_col_std = col_std.fold(0f32, |a, &b| a.max(b)), min = x.fold(f32::INFINITY, |a, &b| a.min(b)),
-            max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
+impl Stages {
+    fn add(&mut self, name: &str, seconds: f64) {
+        self.0.push(crate::report::StageTime { stage: name.into(), seconds });
     }
 
-    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled || cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow)
-        .then(|| BagOfWords::new(&data.target));
-    // The decrypted outputs as they came (the learning curves build their heads' inputs per subset).
-    let decrypted = transferred;
-    let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
-    let dp_references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), decrypted.train.ncols(), client.train.ncols());
-    let mut results = Vec::new();
-    let head = train_head(cfg, &transferred, "head")?;
-    stage("train head", head.trained.seconds);
-    let source = match &remote {
+    /// Run `f` as the stage `name`.
+    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let (out, t) = timed(f);
+        self.add(name, t);
+        out
+    }
+}
+
+/// What a run in one process does on the server's side before the client's features: the pretrained network (cached,
+/// shipped or trained now, noised when asked), the membership attack on its source data and the count of target
+/// texts among the source texts. Against a remote server there is none of it: the server's statement stands for it.
+#[derive(Default)]
+struct ServerSide {
+    lower: Option<super::server::PretrainedLower>,
+    membership: Option<crate::privacy::budget::SourceMembership>,
+    overlap: Option<crate::overlap::OverlapCheck>,
+}
+
+fn server_side(cfg: &RunConfig, target: &crate::data::Split, stages: &mut Stages) -> Result<ServerSide> {
+    let (r, t) = timed(|| server_network_and_source(cfg));
+    let (lower, source) = r?;
+    stages.add(match lower.origin { NetworkOrigin::Trained => "pretrain", NetworkOrigin::Cache => "pretrain (cached)", NetworkOrigin::Shipped => "pretrain (shipped in the binary)" }, t);
+    // A cached network comes without its source data, which the membership attack and the overlap check both
+    // read: loaded once here. (If it cannot be, each says why in the report.)
+    let source = match source {
+        None if lower.origin == NetworkOrigin::Cache => stages
+            .time("load the source data (membership attack, overlap check)", || super::load_source(cfg))
+            .ok()
+            .map(|(split, _)| split),
+        source => source,
+    };
+    let membership = if cfg.audit.membership {
+        Some(stages.time("membership attack on the source data (server side)", || source_membership(cfg, &lower, source.as_ref(), "measured in this run"))?)
+    } else {
+        None
+    };
+    let overlap = stages.time("target texts among the source texts (overlap check)", || source_overlap(cfg, &lower, source.as_ref(), target));
+    Ok(ServerSide { lower: Some(lower), membership, overlap: Some(overlap) })
+}
+
+/// The transfer head's description in the report: which path its inputs came through, from which server's
+/// network, per text or per sentence, and beside what.
+fn transfer_description(cfg: &RunConfig, remote: Option<&str>, input: &TransferInput<'_>) -> String {
+    let source = match remote {
         Some(url) => format!("the source data of the server at {url}"),
         None => cfg.source.name.clone(),
     };
@@ -200,13 +167,136 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             input.units()
         ),
     };
-    results.push(head.result("transfer", format!("{} head trained on the {path} frozen lower network (pretrained on {source}){unit}{inputs}", head_name(cfg))));
+    format!("{} head trained on the {path} frozen lower network (pretrained on {source}){unit}{inputs}", head_name(cfg))
+}
+
+/// The baselines without transfer that the config asks for, on the client's own features (`client`) and texts
+/// (`bow`): the same head on the raw features (and, with DP-SGD, its private twin), the whole network trained on the
+/// target, and bag-of-words logistic regression.
+fn baselines(
+    cfg: &RunConfig,
+    client: &super::FeatureSplit,
+    bow: Option<&BagOfWords>,
+    dp_plan: Option<&crate::privacy::plan::DpPlan>,
+    own_reference: &[f32],
+    stages: &mut Stages,
+) -> Result<Vec<crate::report::MethodResult>> {
+    let mut results = Vec::new();
+    if cfg.baselines.raw_features_head {
+        let b = train_head(cfg, client, "baseline raw")?;
+        stages.add("baseline: head on raw features", b.trained.seconds);
+        results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
+        if let (Some(plan), Some(p)) = (dp_plan, &cfg.privacy) {
+            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
+            let (b, _) = train_head_private(cfg, client, own_reference, plan, &mut rng)?;
+            stages.add("baseline: head on raw features (DP-SGD)", b.trained.seconds);
+            results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
+        }
+    }
+    if cfg.baselines.target_only_network {
+        let b = train_target_only(cfg, client)?;
+        stages.add("baseline: whole network on target", b.trained.seconds);
+        results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
+    }
+    if let (true, Some(bow)) = (cfg.baselines.bag_of_words, bow) {
+        let (m, t) = timed(|| bow.fit_and_score());
+        let (m, val, c) = m?;
+        stages.add("baseline: bag-of-words logistic regression", t);
+        results.push(crate::report::MethodResult {
+            method: "bag_of_words".into(),
+            description: format!("baseline: logistic regression (L2, C from {BAG_OF_WORDS_CS:?}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
+            test: m,
+            validation_accuracy: Some(val),
+            epochs: 1,
+            best_epoch: 1,
+            seconds: t,
+            c: Some(crate::report::LinearC { c, chosen_on_validation: true, own_weight: None }),
+        });
+    }
+    Ok(results)
+}
+
+/// The report's summary of the server's network in a run in one process.
+fn pretrain_summary(lower: super::server::PretrainedLower) -> crate::report::PretrainSummary {
+    crate::report::PretrainSummary {
+        from_cache: lower.from_cache(),
+        origin: lower.origin,
+        cache_dir: lower.cache_dir.display().to_string(),
+        source_test: lower.meta.source_test,
+        source_tasks: lower.meta.source_tasks,
+        history: lower.meta.history,
+        dp_pretraining: lower.meta.dp_pretraining,
+        weight_noise: lower.weight_noise,
+        pruned: lower.pruned,
+        retrained_because: lower.retrained_because.map(String::from),
+    }
+}
+
+/// Log the spread of the lower network's outputs on the client's training split (`-v`).
+fn log_output_spread(x: &ndarray::Array2<f32>) {
+    if tracing::enabled!(tracing::Level::INFO) {
+        let col_std = x.std_axis(ndarray::Axis(0), 0.0);
+        tracing::info!(mean = x.mean().unwrap_or(0.0), mean_col_std = col_std.mean().unwrap_or(0.0),
+            max_col_std = col_std.fold(0f32, |a, &b| a.max(b)), min = x.fold(f32::INFINITY, |a, &b| a.min(b)),
+            max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b)), "lower-network outputs (client train split)");
+    }
+}
+
+/// The whole pipeline: data -> pretrain (or cache) -> client features -> frozen lower net -> head -> baselines ->
+/// report (written to the run's output directory and returned).
+pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
+    let mut stages = Stages::default();
+    // With a remote server the client has neither the server's network nor its source data: no pretraining here,
+    // no float or clear-integer comparison, and the server's rows of the budget come from its published statement.
+    let remote = remote_server(cfg)?;
+    let _lock = prepare_output_dir(cfg)?;
+
+    let data = stages.time("load + split data", || prepare_data(cfg))?;
+    // The privacy schedule is settled before any training: a run beyond its budget refuses to start.
+    let dp_plan = privacy_plan(cfg, data.target.train.len())?;
+    if let Some(plan) = &dp_plan {
+        tracing::info!(?plan, "DP-SGD schedule");
+    }
+    let server = match &remote {
+        Some(_) => ServerSide::default(),
+        None => server_side(cfg, &data.target, &mut stages)?,
+    };
+    let (client, t) = timed(|| client_features(cfg, &data.target));
+    let (client_pipeline, client) = client?;
+    // The encrypted pass keeps its journal in the run's folder: a run killed during it resumes where it stopped.
+    let (input, t2) = timed(|| TransferInput::new(cfg, &client_pipeline, &data.target, &client).map(|i| i.journaled_in(Some(&cfg.output_dir()))));
+    let input = input?;
+    stages.add("client features", t + t2);
+    let (decrypted, he_paths, remote_he, output_ranges, network_id) = match (&remote, &server.lower) {
+        (Some(url), _) => {
+            let RemoteTransfer { features, he, statement, output_ranges, model_id } =
+                stages.time("lower network: keys, encrypted forward through the remote server", || remote_transfer(cfg, url, &input))?;
+            (features, None, Some((he, statement)), output_ranges, model_id)
+        }
+        (None, Some(lower)) => {
+            let name = if cfg.he.enabled { "lower network: compile, keys, encrypted forward" } else { "lower network forward (plaintext: he.enabled = false)" };
+            let (transferred, he_paths) = stages.time(name, || transfer(cfg, lower, &input))?;
+            (transferred, he_paths, None, transfer_output_ranges(cfg, lower), super::transfer::network_id(cfg, lower)?)
+        }
+        (None, None) => return Err(Error::Internal("no server network and no remote server".into())),
+    };
+    // `decrypted`: the lower network's outputs as they came (the learning curves build their heads' inputs per subset).
+    log_output_spread(&decrypted.train);
+
+    let bow = (cfg.baselines.bag_of_words || cfg.curve.enabled || cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow)
+        .then(|| BagOfWords::new(&data.target));
+    let transferred = head_inputs(cfg, &decrypted, &client, bow.as_ref())?;
+    let dp_references = DpReferences::from_ranges(cfg, output_ranges.as_deref(), decrypted.train.ncols(), client.train.ncols());
+    let mut results = Vec::new();
+    let head = train_head(cfg, &transferred, "head")?;
+    stages.add("train head", head.trained.seconds);
+    results.push(head.result("transfer", transfer_description(cfg, remote.as_deref(), &input)));
     let mut he_report = None;
     if let Some(he) = he_paths {
         let float = train_head(cfg, &head_inputs(cfg, &he.float, &client, bow.as_ref())?, "head (float path)")?;
-        stage("train head on float outputs", float.trained.seconds);
+        stages.add("train head on float outputs", float.trained.seconds);
         let quantized = train_head(cfg, &head_inputs(cfg, &he.quantized, &client, bow.as_ref())?, "head (quantized path)")?;
-        stage("train head on clear-integer outputs", quantized.trained.seconds);
+        stages.add("train head on clear-integer outputs", quantized.trained.seconds);
         let mut r = he.report;
         (r.accuracy_float, r.accuracy_quantized, r.accuracy_encrypted) = (float.test.accuracy, quantized.test.accuracy, head.test.accuracy);
         results.push(float.result("transfer_float", "as `transfer`, on the float lower network's outputs (no quantization, no encryption)".into()));
@@ -227,62 +317,28 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
     if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
         let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed);
         let (dp, map) = train_head_private(cfg, &transferred, &dp_references.transferred, plan, &mut rng)?;
-        stage("train head (DP-SGD)", dp.trained.seconds);
+        stages.add("train head (DP-SGD)", dp.trained.seconds);
         published = dp.trained.model.clone();
         privacy_report = Some(crate::privacy::plan::PrivacyReport::new(plan, p.insecure_seed.is_some(), dp.test.accuracy, head.test.accuracy)?);
         if cfg.audit.enabled && cfg.head.kind == crate::config::HeadKind::Linear {
-            let (a, t) = timed(|| crate::audit::audit(cfg, &transferred, &dp_references.transferred, cfg.audit.canaries, cfg.audit.seed));
-            stage("privacy audit (canaries)", t);
-            audit = Some(a?);
+            audit = Some(stages.time("privacy audit (canaries)", || crate::audit::audit(cfg, &transferred, &dp_references.transferred, cfg.audit.canaries, cfg.audit.seed))?);
         }
         let map = map.describe();
         let map = if map.is_empty() { map } else { format!(", {map}") };
         results.push(dp.result("transfer_dp", format!("as `transfer`, trained with DP-SGD (σ = {:.4}, C = {}, q = {:.4}{map})", plan.noise_multiplier, plan.max_grad_norm, plan.sampling_rate)));
     }
-    if cfg.baselines.raw_features_head {
-        let b = train_head(cfg, &client, "baseline raw")?;
-        stage("baseline: head on raw features", b.trained.seconds);
-        results.push(b.result("raw_features_head", format!("baseline: the same {} head trained on the target's scaled {} features (no transfer)", head_name(cfg), cfg.features.kind)));
-        if let (Some(plan), Some(p)) = (&dp_plan, &cfg.privacy) {
-            let mut rng = crate::privacy::dpsgd::PrivacyRng::new(p.insecure_seed.map(|s| crate::seeds::stream(s, crate::seeds::RAW_BASELINE_DP)));
-            let (b, _) = train_head_private(cfg, &client, &dp_references.own, plan, &mut rng)?;
-            stage("baseline: head on raw features (DP-SGD)", b.trained.seconds);
-            results.push(b.result("raw_features_head_dp", "baseline: `raw_features_head` trained with the same DP-SGD schedule (a separate release: its ε adds to the transfer head's if both are published)".into()));
-        }
-    }
-    if cfg.baselines.target_only_network {
-        let b = train_target_only(cfg, &client)?;
-        stage("baseline: whole network on target", b.trained.seconds);
-        results.push(b.result("target_only_network", "baseline: lower network + head trained from scratch on the target only".into()));
-    }
-    if let (true, Some(bow)) = (cfg.baselines.bag_of_words, &bow) {
-        let (m, t) = timed(|| bow.fit_and_score());
-        let (m, val, c) = m?;
-        stage("baseline: bag-of-words logistic regression", t);
-        results.push(crate::report::MethodResult {
-            method: "bag_of_words".into(),
-            description: format!("baseline: logistic regression (L2, C from {BAG_OF_WORDS_CS:?}) on TF-IDF of word 1-2-grams hashed to 2^18 buckets, target only: no transfer, no privacy"),
-            test: m,
-            validation_accuracy: Some(val),
-            epochs: 1,
-            best_epoch: 1,
-            seconds: t,
-            c: Some(crate::report::LinearC { c, chosen_on_validation: true, own_weight: None }),
-        });
-    }
+    results.extend(baselines(cfg, &client, bow.as_ref(), dp_plan.as_ref(), &dp_references.own, &mut stages)?);
     let curve = if cfg.curve.enabled {
-        let (c, t) = timed(|| crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref(), &dp_references));
-        stage("learning curves", t);
-        Some(c?)
+        Some(stages.time("learning curves", || crate::curve::learning_curves(cfg, &decrypted, &client, bow.as_ref(), &dp_references))?)
     } else {
         None
     };
     let tfhe = crate::privacy::budget::TfheStatement::new(&cfg.he, he_report.as_ref())?;
-    let budget = match (&lower, remote_statement) {
+    let budget = match (&server.lower, remote_statement) {
         (Some(lower), _) => crate::privacy::budget::BudgetReport::new(
             privacy_report.as_ref(),
             data.target.train.len(),
-            lower.mechanisms(membership.as_ref(), &crate::privacy::budget::fitted_outside(cfg)),
+            lower.mechanisms(server.membership.as_ref(), &crate::privacy::budget::fitted_outside(cfg)),
             tfhe,
         )?,
         (None, statement) => crate::privacy::budget::BudgetReport::with_server_statement(
@@ -292,27 +348,16 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
             tfhe,
         )?,
     };
-    let report = Report {
+    let report = crate::report::Report {
         name: cfg.name.clone(),
         seed: cfg.seed,
         version: env!("CARGO_PKG_VERSION").into(),
         threads: rayon::current_num_threads(),
-        source: lower.as_ref().map(|l| l.meta.source.clone()),
+        source: server.lower.as_ref().map(|l| l.meta.source.clone()),
         target: data.target_summary,
-        source_overlap: overlap,
+        source_overlap: server.overlap,
         server: remote.clone().unwrap_or_else(|| "local".into()),
-        pretraining: lower.map(|lower| PretrainSummary {
-            from_cache: lower.from_cache(),
-            origin: lower.origin,
-            cache_dir: lower.cache_dir.display().to_string(),
-            source_test: lower.meta.source_test,
-            source_tasks: lower.meta.source_tasks,
-            history: lower.meta.history,
-            dp_pretraining: lower.meta.dp_pretraining,
-            weight_noise: lower.weight_noise,
-            pruned: lower.pruned,
-            retrained_because: lower.retrained_because.map(String::from),
-        }),
+        pretraining: server.lower.map(pretrain_summary),
         budget,
         results,
         head_history: head.trained.history.clone(),
@@ -320,7 +365,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::report::Report> {
         audit,
         he: he_report,
         curve,
-        stages,
+        stages: stages.0,
         config: cfg.clone(),
     };
     let out = cfg.output_dir();
