@@ -579,150 +579,195 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
 
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Serve(a) => serve(&a)?,
-        Command::Predict(a) => predict(&a)?,
-        Command::Server(c) => server_command(&c)?,
-        Command::Budget(a) => budget(&a)?,
-        Command::CheckConfig(a) => {
-            let cfg = a.load()?;
-            print!("{}", toml::to_string(&cfg).map_err(|e| Error::Internal(format!("the config does not serialise: {e}")))?);
-            eprintln!("config OK");
-        }
-        Command::Run(a) => {
-            let cfg = a.load()?;
-            let report = pipeline::run(&cfg)?;
-            println!("{}", report.summary_markdown());
-            print!("{}", report.headline());
-            println!("report written to {}", cfg.output_dir().join("report.md").display());
-        }
-        Command::Pretrain(a) => {
-            let cfg = a.load()?;
-            let lower = pipeline::server_lower_network(&cfg)?;
-            println!(
-                "lower network {} (source test accuracy {:.4})",
-                lower.origin.describe_why(&lower.cache_dir.display().to_string(), lower.retrained_because),
-                lower.meta.source_test.accuracy
-            );
-            for t in &lower.meta.source_tasks {
-                println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
-            }
-            match &lower.meta.trained_on {
-                Some(t) => println!(
-                    "  trained on source data {}{}",
-                    t.source,
-                    t.embedding_table.as_ref().map_or(String::new(), |e| format!(" with the shipped embeddings {}", &e[..e.len().min(16)]))
-                ),
-                None => println!("  records no hash of its source data (made by an older version: not checked against the sources)"),
-            }
-            // What the network as released gives the source data (DP pretraining, weight noise, the stored releases).
-            print_server_rows(&crate::privacy::budget::ServerStatement::new(lower.mechanisms(None, &crate::privacy::budget::fitted_outside(&cfg)))?);
-        }
-        Command::Features(a) => {
-            let cfg = a.load()?;
-            let done = pipeline::features(&cfg)?;
-            if let Some((url, he)) = &done.remote {
-                let resumed = if he.resumed_samples > 0 { format!(" ({} of them from the journal of an interrupted run)", he.resumed_samples) } else { String::new() };
-                eprintln!("{} samples through {url}{resumed}: server {:.3} s per sample (median), {:.1} KiB down per sample",
-                    he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
-            }
-            println!("transferred features written to {}", done.path.display());
-        }
-        Command::TrainHead(a) => {
-            let cfg = a.load()?;
-            let mut manifest = crate::rundir::RunManifest::load_for(&cfg)?;
-            let fs = load_features(&features_path(&cfg))?;
-            // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
-            let plan = pipeline::privacy_plan(&cfg, fs.train.nrows())?;
-            // A run directory from before DP heads were centred has no reference point: such a head trains uncentred.
-            let reference = manifest.dp_references.as_ref().map(|r| r.transferred.clone()).unwrap_or_default();
-            let head = pipeline::train_configured_head(&cfg, &fs, &reference, plan.as_ref(), 0, "head")?;
-            if let Some(plan) = &plan {
-                println!("DP-SGD: ε = {} at δ = {} ({}), σ = {:.4}, {} steps", shown::epsilon(plan.epsilon), shown::delta(plan.delta), plan.accountant, plan.noise_multiplier, plan.steps_allowed);
-            }
-            model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
-            manifest.head = Some(crate::rundir::HeadShape::of(&cfg, fs.train.ncols()));
-            manifest.write(&cfg.output_dir())?;
-            println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
-                head.trained.history.len(), head.trained.best_epoch,
-                head.trained.kept_validation_accuracy().unwrap_or(0.0),
-                cfg.output_dir().join("head.bin").display());
-        }
-        Command::Embed(a) => embed(&a)?,
-        Command::ShipEmbeddings(a) => {
-            let bytes = crate::features::shipped::build(&a.model_dir, 32)?;
-            let table = crate::features::shipped::ShippedEmbeddings::decode(&bytes)?;
-            crate::atomic::write(&a.out, &bytes)?;
-            println!("{} embeddings ({} bytes) written to {}; rebuild the binary to ship them", table.len(), bytes.len(), a.out.display());
-        }
-        Command::ShipNetwork(a) => {
-            let cfg = a.config.load()?;
-            let m = crate::shipped_network::build(&cfg, &a.out)?;
-            println!("{} ({} bytes, key {}) written to {}; source test accuracy {:.4}", m.name, m.network_bytes, m.meta.key, a.out.display(), m.meta.source_test.accuracy);
-            for t in &m.meta.source_tasks {
-                println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
-            }
-            println!("rebuild the binary to ship it");
-        }
-        Command::Curve(a) => {
-            let cfg = a.config.load()?;
-            let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
-            let _lock = crate::atomic::claim_dir(&dir)?;
-            let curves = pipeline::curves(&cfg, Some(&dir))?;
-            let files = curves.write(&dir)?;
-            crate::he::journal::remove_all(&dir)?;
-            println!("{}", curves.to_markdown());
-            for f in files {
-                println!("written: {}", f.display());
-            }
-        }
-        Command::Audit(a) => {
-            let cfg = a.config.load()?;
-            let canaries = a.canaries.unwrap_or(cfg.audit.canaries);
-            // A refused audit leaves no folder behind; a folder that cannot be written is found before the work.
-            crate::audit::check(&cfg, canaries)?;
-            let out = cfg.output_dir();
-            let _lock = crate::atomic::claim_dir(&out)?;
-            let result = crate::audit::audit_config(&cfg, canaries, a.canary_seed.unwrap_or(cfg.audit.seed))?;
-            let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
-            crate::atomic::write(&out.join("audit.json"), &json)?;
-            let md = result.to_markdown();
-            crate::atomic::write(&out.join("audit.md"), md.as_bytes())?;
-            println!("{md}");
-            println!("written: {} and audit.md", out.join("audit.json").display());
-        }
-        Command::Sweep(a) => {
-            let cfg = a.config.load()?;
-            let spec = crate::sweep::SweepSpec {
-                client_epsilons: crate::sweep::Epsilon::parse_list(&a.client_epsilons)?,
-                server_epsilons: a.server_epsilons.as_deref().map(crate::sweep::Epsilon::parse_list).transpose()?.unwrap_or_default(),
-                server_mechanism: a.server_mechanism,
-                raw_baseline: !a.no_raw_baseline,
-                repeats: a.repeats,
-            };
-            let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
-            // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
-            let plan = crate::sweep::plan(&cfg, &spec)?;
-            let _lock = crate::atomic::claim_dir(&dir)?;
-            let sweep = plan.journaled_in(&dir).run()?;
-            let files = sweep.write(&dir)?;
-            crate::he::journal::remove_all(&dir)?;
-            println!("{}", sweep.to_markdown());
-            for f in files {
-                println!("written: {}", f.display());
-            }
-        }
-        Command::Evaluate(a) => {
-            let cfg = a.load()?;
-            let manifest = crate::rundir::RunManifest::load_for(&cfg)?;
-            let fs = load_features(&features_path(&cfg))?;
-            let input = fs.test.ncols();
-            manifest.check_head(&cfg, input)?;
-            let skeleton = pipeline::new_head::<Cpu>(&cfg, input, &Default::default());
-            let head = model::load_module(skeleton, &cfg.output_dir().join("head"), &Default::default())?;
-            let metrics = pipeline::evaluate(&head, &fs);
-            println!("{}", serde_json::to_string_pretty(&metrics).expect("serialises"));
-        }
+        Command::Serve(a) => serve(&a),
+        Command::Predict(a) => predict(&a),
+        Command::Server(c) => server_command(&c),
+        Command::Budget(a) => budget(&a),
+        Command::CheckConfig(a) => check_config(&a),
+        Command::Run(a) => run(&a),
+        Command::Pretrain(a) => pretrain(&a),
+        Command::Features(a) => features(&a),
+        Command::TrainHead(a) => train_head(&a),
+        Command::Embed(a) => embed(&a),
+        Command::ShipEmbeddings(a) => ship_embeddings(&a),
+        Command::ShipNetwork(a) => ship_network(&a),
+        Command::Curve(a) => curve(&a),
+        Command::Audit(a) => audit(&a),
+        Command::Sweep(a) => sweep(&a),
+        Command::Evaluate(a) => evaluate(&a),
     }
+}
+
+/// `cryptotl check-config`: the config with every default filled in, on stdout.
+fn check_config(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    print!("{}", toml::to_string(&cfg).map_err(|e| Error::Internal(format!("the config does not serialise: {e}")))?);
+    eprintln!("config OK");
+    Ok(())
+}
+
+/// `cryptotl run`: the whole pipeline, its summary on stdout.
+fn run(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    let report = pipeline::run(&cfg)?;
+    println!("{}", report.summary_markdown());
+    print!("{}", report.headline());
+    println!("report written to {}", cfg.output_dir().join("report.md").display());
+    Ok(())
+}
+
+/// `cryptotl pretrain`: the server's network (cached, shipped or trained now), its source accuracy per task, what it was
+/// trained on and the server's budget rows.
+fn pretrain(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    let lower = pipeline::server_lower_network(&cfg)?;
+    println!(
+        "lower network {} (source test accuracy {:.4})",
+        lower.origin.describe_why(&lower.cache_dir.display().to_string(), lower.retrained_because),
+        lower.meta.source_test.accuracy
+    );
+    for t in &lower.meta.source_tasks {
+        println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
+    }
+    match &lower.meta.trained_on {
+        Some(t) => println!(
+            "  trained on source data {}{}",
+            t.source,
+            t.embedding_table.as_ref().map_or(String::new(), |e| format!(" with the shipped embeddings {}", &e[..e.len().min(16)]))
+        ),
+        None => println!("  records no hash of its source data (made by an older version: not checked against the sources)"),
+    }
+    // What the network as released gives the source data (DP pretraining, weight noise, the stored releases).
+    print_server_rows(&crate::privacy::budget::ServerStatement::new(lower.mechanisms(None, &crate::privacy::budget::fitted_outside(&cfg)))?);
+    Ok(())
+}
+
+/// `cryptotl features`: the head's inputs, written to the run directory.
+fn features(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    let done = pipeline::features(&cfg)?;
+    if let Some((url, he)) = &done.remote {
+        let resumed = if he.resumed_samples > 0 { format!(" ({} of them from the journal of an interrupted run)", he.resumed_samples) } else { String::new() };
+        eprintln!("{} samples through {url}{resumed}: server {:.3} s per sample (median), {:.1} KiB down per sample",
+            he.samples, he.server_seconds_median, he.download_bytes_per_sample as f64 / 1024.0);
+    }
+    println!("transferred features written to {}", done.path.display());
+    Ok(())
+}
+
+/// `cryptotl train-head`: the head on the saved features (with DP-SGD when `[privacy]` is on), saved to the run
+/// directory.
+fn train_head(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    let mut manifest = crate::rundir::RunManifest::load_for(&cfg)?;
+    let fs = load_features(&features_path(&cfg))?;
+    // With [privacy] on, the saved head is trained with DP-SGD (the only head this command saves).
+    let plan = pipeline::privacy_plan(&cfg, fs.train.nrows())?;
+    // A run directory from before DP heads were centred has no reference point: such a head trains uncentred.
+    let reference = manifest.dp_references.as_ref().map(|r| r.transferred.clone()).unwrap_or_default();
+    let head = pipeline::train_configured_head(&cfg, &fs, &reference, plan.as_ref(), 0, "head")?;
+    if let Some(plan) = &plan {
+        println!("DP-SGD: ε = {} at δ = {} ({}), σ = {:.4}, {} steps", shown::epsilon(plan.epsilon), shown::delta(plan.delta), plan.accountant, plan.noise_multiplier, plan.steps_allowed);
+    }
+    model::save_module(&head.trained.model, &cfg.output_dir().join("head"))?;
+    manifest.head = Some(crate::rundir::HeadShape::of(&cfg, fs.train.ncols()));
+    manifest.write(&cfg.output_dir())?;
+    println!("head trained ({} epochs, best {}); validation accuracy {:.4}; saved to {}",
+        head.trained.history.len(), head.trained.best_epoch,
+        head.trained.kept_validation_accuracy().unwrap_or(0.0),
+        cfg.output_dir().join("head.bin").display());
+    Ok(())
+}
+
+/// `cryptotl ship-embeddings`: the embedded datasets' MiniLM table, written where the binary takes it from.
+fn ship_embeddings(a: &ShipArgs) -> Result<()> {
+    let bytes = crate::features::shipped::build(&a.model_dir, 32)?;
+    let table = crate::features::shipped::ShippedEmbeddings::decode(&bytes)?;
+    crate::atomic::write(&a.out, &bytes)?;
+    println!("{} embeddings ({} bytes) written to {}; rebuild the binary to ship them", table.len(), bytes.len(), a.out.display());
+    Ok(())
+}
+
+/// `cryptotl ship-network`: the config's server network, written where the binary takes it from.
+fn ship_network(a: &ShipNetworkArgs) -> Result<()> {
+    let cfg = a.config.load()?;
+    let m = crate::shipped_network::build(&cfg, &a.out)?;
+    println!("{} ({} bytes, key {}) written to {}; source test accuracy {:.4}", m.name, m.network_bytes, m.meta.key, a.out.display(), m.meta.source_test.accuracy);
+    for t in &m.meta.source_tasks {
+        println!("  {}: {:.4} on {} test examples", t.source, t.accuracy, t.test_examples);
+    }
+    println!("rebuild the binary to ship it");
+    Ok(())
+}
+
+/// `cryptotl curve`: the learning curves, in `<output dir>/curve/` (or `--out`).
+fn curve(a: &CurveArgs) -> Result<()> {
+    let cfg = a.config.load()?;
+    let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("curve"));
+    let _lock = crate::atomic::claim_dir(&dir)?;
+    let curves = pipeline::curves(&cfg, Some(&dir))?;
+    let files = curves.write(&dir)?;
+    crate::he::journal::remove_all(&dir)?;
+    println!("{}", curves.to_markdown());
+    for f in files {
+        println!("written: {}", f.display());
+    }
+    Ok(())
+}
+
+/// `cryptotl audit`: the one-run privacy audit, `audit.json` and `audit.md` in the run directory.
+fn audit(a: &AuditArgs) -> Result<()> {
+    let cfg = a.config.load()?;
+    let canaries = a.canaries.unwrap_or(cfg.audit.canaries);
+    // A refused audit leaves no folder behind; a folder that cannot be written is found before the work.
+    crate::audit::check(&cfg, canaries)?;
+    let out = cfg.output_dir();
+    let _lock = crate::atomic::claim_dir(&out)?;
+    let result = crate::audit::audit_config(&cfg, canaries, a.canary_seed.unwrap_or(cfg.audit.seed))?;
+    let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(format!("audit result does not serialise: {e}")))?;
+    crate::atomic::write(&out.join("audit.json"), &json)?;
+    let md = result.to_markdown();
+    crate::atomic::write(&out.join("audit.md"), md.as_bytes())?;
+    println!("{md}");
+    println!("written: {} and audit.md", out.join("audit.json").display());
+    Ok(())
+}
+
+/// `cryptotl sweep`: the privacy-utility sweep, in `<output dir>/sweep/` (or `--out`).
+fn sweep(a: &SweepArgs) -> Result<()> {
+    let cfg = a.config.load()?;
+    let spec = crate::sweep::SweepSpec {
+        client_epsilons: crate::sweep::Epsilon::parse_list(&a.client_epsilons)?,
+        server_epsilons: a.server_epsilons.as_deref().map(crate::sweep::Epsilon::parse_list).transpose()?.unwrap_or_default(),
+        server_mechanism: a.server_mechanism,
+        raw_baseline: !a.no_raw_baseline,
+        repeats: a.repeats,
+    };
+    let dir = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("sweep"));
+    // Refused settings leave no folder behind; a folder that cannot be written is found before the work.
+    let plan = crate::sweep::plan(&cfg, &spec)?;
+    let _lock = crate::atomic::claim_dir(&dir)?;
+    let sweep = plan.journaled_in(&dir).run()?;
+    let files = sweep.write(&dir)?;
+    crate::he::journal::remove_all(&dir)?;
+    println!("{}", sweep.to_markdown());
+    for f in files {
+        println!("written: {}", f.display());
+    }
+    Ok(())
+}
+
+/// `cryptotl evaluate`: the saved head's metrics on the saved test features, on stdout.
+fn evaluate(a: &ConfigArgs) -> Result<()> {
+    let cfg = a.load()?;
+    let manifest = crate::rundir::RunManifest::load_for(&cfg)?;
+    let fs = load_features(&features_path(&cfg))?;
+    let input = fs.test.ncols();
+    manifest.check_head(&cfg, input)?;
+    let skeleton = pipeline::new_head::<Cpu>(&cfg, input, &Default::default());
+    let head = model::load_module(skeleton, &cfg.output_dir().join("head"), &Default::default())?;
+    let metrics = pipeline::evaluate(&head, &fs);
+    println!("{}", serde_json::to_string_pretty(&metrics).expect("serialises"));
     Ok(())
 }
 
