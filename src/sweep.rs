@@ -160,7 +160,11 @@ fn with_server_epsilon(cfg: &RunConfig, mechanism: ServerMechanism, eps: Epsilon
                 .into(),
         ));
     }
-    cfg.edited("sweep setting", |c| {
+    let shown = match eps {
+        Epsilon::Finite(e) => e.to_string(),
+        Epsilon::Infinite => "∞".into(),
+    };
+    cfg.edited(&format!("the sweep's server setting ε = {shown}"), |c| {
         let sp = &mut c.server_privacy;
         match (mechanism, eps) {
             (ServerMechanism::WeightNoise, Epsilon::Infinite) => sp.weight_noise = None,
@@ -275,6 +279,10 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
         };
         let heads: Vec<RunConfig> = spec.client_epsilons.iter().map(|e| with_client_epsilon(&server_cfg, *e)).collect();
         settings.push((*s, server_cfg, heads));
+    }
+    // The server settings' releases against `server_privacy.total_epsilon`, all of them before the first is made.
+    if !spec.server_epsilons.is_empty() {
+        pipeline::check_releases_within_total(&settings.iter().map(|(_, c, _)| c.clone()).collect::<Vec<_>>())?;
     }
     Ok(SweepPlan { cfg, spec, settings, journal: None })
 }

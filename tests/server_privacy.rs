@@ -605,6 +605,53 @@ fn concurrent_draws_of_other_settings_are_checked_against_each_other() {
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 release(s) already made"), "{err}");
 }
 
+/// A sweep over the server's ε checks its settings' releases against `server_privacy.total_epsilon` before the first
+/// is made (made one by one, the last would be refused after the others were released and encrypted through).
+#[test]
+fn a_sweep_beyond_the_servers_total_is_refused_before_any_release() {
+    use cryptotl::sweep::{Epsilon, ServerMechanism, SweepSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let noised = |eps: f64, total: f64| config_with_own_source(dir.path(), &format!(
+        "[server_privacy]\ntotal_epsilon = {total}\n[server_privacy.weight_noise]\nl2_sensitivity = 0.01\ntarget_epsilon = {eps}\ninsecure_seed = 2\n"
+    )).0;
+    let spec = |eps: &str, mechanism| SweepSpec {
+        client_epsilons: Epsilon::parse_list("inf").unwrap(),
+        server_epsilons: Epsilon::parse_list(eps).unwrap(),
+        server_mechanism: mechanism,
+        raw_baseline: false,
+        repeats: 1,
+    };
+    let pretrained = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), "").0).unwrap();
+    let plan = |eps: f64| {
+        let cfg = noised(eps, 100.0);
+        cryptotl::privacy::server::plan_weight_noise(cfg.server_privacy.weight_noise.as_ref().unwrap(), pretrained.meta.source.train).unwrap().unwrap()
+    };
+    let (three, four) = (plan(3.0), plan(4.0));
+    let (_, together) = cryptotl::privacy::server::weight_noise_releases_epsilon(&[&three, &four], four.delta).unwrap();
+    let between = 0.5 * (together + 4.0);
+    let drawn = || std::fs::read_dir(&pretrained.cache_dir).unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-") && e.as_ref().unwrap().path().join("meta.json").exists())
+        .count();
+    // Each setting alone is within the total, the two together are not: refused whole, nothing drawn.
+    let err = cryptotl::sweep::plan(&noised(1.0, between), &spec("3,4", ServerMechanism::WeightNoise)).err().expect("above the total together").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("2 new noised releases") && err.contains("no other release"), "{err}");
+    assert_eq!(drawn(), 0);
+    assert!(cryptotl::sweep::plan(&noised(1.0, together * 1.01), &spec("3,4", ServerMechanism::WeightNoise)).is_ok());
+    // A setting already drawn is reused and adds nothing new, but counts among the releases made.
+    cryptotl::pipeline::server_lower_network(&noised(3.0, between)).unwrap();
+    assert_eq!(drawn(), 1);
+    assert!(cryptotl::sweep::plan(&noised(1.0, between), &spec("3", ServerMechanism::WeightNoise)).is_ok());
+    let err = cryptotl::sweep::plan(&noised(1.0, between), &spec("3,4", ServerMechanism::WeightNoise)).err().expect("above the total with the release made").to_string();
+    assert!(err.contains("a new noised release") && err.contains("1 release(s) already made"), "{err}");
+    // A server ε of ∞ releases the network plain, which no total allows; the error names the setting.
+    let err = cryptotl::sweep::plan(&noised(1.0, 100.0), &spec("3,inf", ServerMechanism::WeightNoise)).err().expect("plain under a total").to_string();
+    assert!(err.contains("server setting ε = ∞") && err.contains("no DP mechanism"), "{err}");
+    // A DP pretraining beyond the total alone is refused before it trains.
+    let err = cryptotl::sweep::plan(&noised(1.0, 1.5), &spec("2", ServerMechanism::DpPretraining)).err().expect("DP pretraining above the total").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("a DP pretraining at ε = ") && err.contains("alone would spend more than the total of 1.5"), "{err}");
+    assert_eq!(drawn(), 1);
+}
+
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a
 /// new key), `cryptotl pretrain` says that releases of the earlier network are stored beside the new draw.
 #[test]

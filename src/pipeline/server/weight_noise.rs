@@ -21,8 +21,7 @@ use super::PretrainedLower;
 pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: WeightNoisePlan) -> Result<()> {
     let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
     let device = Default::default();
-    let material = serde_json::json!({ "plan": plan, "seed": insecure_seed });
-    let dir = lower.cache_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())));
+    let dir = noise_entry_dir(&lower.cache_dir, &plan, insecure_seed);
     let entry = crate::cache::Entry::new(dir.clone());
     let net_path = dir.join("lower");
     // Every release of this pretraining is decided under the pretraining entry's lock: two runs drawing other
@@ -70,12 +69,9 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     let stored = stored_releases(others, &drawn_over);
     // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
     // total that way, the draw needs no check of its own.
-    let dp_bound = match &lower.meta.dp_pretraining {
-        Some(own) => crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(own).chain(&lower.meta.dp_trained_over).collect::<Vec<_>>())?.0,
-        None => f64::INFINITY,
-    };
+    let dp_bound = dp_bound(&lower.meta)?;
     if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound > *t) {
-        within_total(total, &plan, &stored)?;
+        within_total(total, &[&plan], &stored)?;
     }
     if earlier > 0 {
         tracing::warn!(
@@ -101,10 +97,87 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     Ok(())
 }
 
-/// Refuse a new draw of `plan` when, with the releases `stored` for the same pretraining, it would spend more than
+/// The cache entry, in the pretraining entry `pretrain_dir`, of the network noised by `plan` (with the tests' fixed
+/// `seed`, if any): one per (pretrained network, noise setting).
+fn noise_entry_dir(pretrain_dir: &Path, plan: &WeightNoisePlan, seed: Option<u64>) -> PathBuf {
+    let material = serde_json::json!({ "plan": plan, "seed": seed });
+    pretrain_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())))
+}
+
+/// The ε bound of the DP pretrainings of a network (`own`, and those it replaced), or ∞ without DP pretraining:
+/// within `server_privacy.total_epsilon`, it bounds every release drawn from the network.
+fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
+    match &meta.dp_pretraining {
+        Some(own) => Ok(crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(own).chain(&meta.dp_trained_over).collect::<Vec<_>>())?.0),
+        None => Ok(f64::INFINITY),
+    }
+}
+
+/// Refuse, before any of them is made, the releases of `settings` (configs that differ only in the server's
+/// mechanism, as a sweep's server settings do) that `server_privacy.total_epsilon` would refuse one by one: made
+/// in turn, a later one would be refused after the earlier ones were released and their runs' work done.
+///
+/// - Weight noise: the settings' draws that are not stored yet, with the releases stored for the pretraining,
+///   composed as the last draw's own check would compose them. A setting already drawn for the stored network is
+///   reused and adds nothing. Skipped when the network's DP pretraining keeps its releases within the total.
+/// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it
+///   alone would spend more than the total and is not stored already.
+///
+/// Each release is still checked when it is made ([`apply_weight_noise`], [`super::pretrain_on_source`]); this reads
+/// the stored network without checking it against its source data, which it loads only to count its examples when
+/// no network is stored.
+pub fn check_releases_within_total(settings: &[crate::config::RunConfig]) -> Result<()> {
+    let Some(first) = settings.first() else { return Ok(()) };
+    let Some(total) = first.server_privacy.total_epsilon else { return Ok(()) };
+    let mut source_train = None;
+    let mut train_count = |cfg: &crate::config::RunConfig| -> Result<usize> {
+        if let Some(n) = source_train {
+            return Ok(n);
+        }
+        Ok(*source_train.insert(super::load_source(cfg)?.0.train.len()))
+    };
+    let mut draws = Vec::new();
+    let mut pretrained = None;
+    for cfg in settings {
+        let stored = super::stored_pretrained(cfg)?;
+        if cfg.dp_pretraining().is_some() && stored.is_none() {
+            let n = train_count(cfg)?;
+            if let Some(plan) = super::dp_pretraining_plan(cfg, n)?.filter(|p| p.epsilon > total) {
+                return Err(Error::config_key("server_privacy.total_epsilon", format!(
+                    "a DP pretraining at ε = {} alone would spend more than the total of {total}; leave that setting out, or raise the total",
+                    crate::privacy::shown::epsilon(plan.epsilon)
+                )));
+            }
+        }
+        let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
+        let (n, dir, base, bound) = match &stored {
+            Some(l) => (l.meta.source.train, l.cache_dir.clone(), Some(model::weights_sha256(&l.net)), dp_bound(&l.meta)?),
+            // Trained first: its DP pretraining (if any) is checked then, and bounds the draws if within the total.
+            None if cfg.dp_pretraining().is_some() => continue,
+            None => (train_count(cfg)?, cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg))), None, f64::INFINITY),
+        };
+        if bound <= total {
+            continue;
+        }
+        let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n)? else { continue };
+        let reused = matches!(
+            crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
+            Some(Ok(a)) if a.plan == plan && base.as_ref().is_some_and(|b| a.base_network.as_ref().is_none_or(|x| x == b))
+        );
+        if !reused && !draws.contains(&plan) {
+            draws.push(plan);
+        }
+        pretrained.get_or_insert(dir);
+    }
+    let Some(dir) = pretrained.filter(|_| !draws.is_empty()) else { return Ok(()) };
+    within_total(total, &draws.iter().collect::<Vec<_>>(), &stored_releases(other_entries(&dir, &dir), &[]))
+}
+
+/// Refuse the new draws `new` when, with the releases `stored` for the same pretraining, they would spend more than
 /// `server_privacy.total_epsilon` (`total`) together, or when a stored release cannot be read (its noise unknown).
-fn within_total(total: f64, plan: &WeightNoisePlan, stored: &StoredReleases) -> Result<()> {
+fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases) -> Result<()> {
     let refuse = |why: String| Err(Error::config_key("server_privacy.total_epsilon", why));
+    let Some(first) = new.first() else { return Ok(()) };
     if stored.unreadable > 0 {
         return refuse(format!(
             "{} noised release(s) stored for this pretraining cannot be read, so what a new draw would add to them cannot be \
@@ -112,19 +185,26 @@ fn within_total(total: f64, plan: &WeightNoisePlan, stored: &StoredReleases) -> 
             stored.unreadable
         ));
     }
-    let plans: Vec<&WeightNoisePlan> = std::iter::once(plan).chain(&stored.plans).collect();
-    let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, plan.delta)?;
+    let plans: Vec<&WeightNoisePlan> = new.iter().copied().chain(&stored.plans).collect();
+    let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, first.delta)?;
     if together > total {
         let shown = crate::privacy::shown::epsilon;
-        let stds: Vec<String> = stored.plans.iter().map(|p| format!("{:.4e}", p.noise_std)).collect();
-        let made = if stds.is_empty() { "no other release".to_string() } else { format!("{} release(s) already made (std {})", stds.len(), stds.join(", ")) };
+        let stds = |plans: &mut dyn Iterator<Item = &WeightNoisePlan>| plans.map(|p| format!("{:.4e}", p.noise_std)).collect::<Vec<_>>().join(", ");
+        let made = if stored.plans.is_empty() { "no other release".to_string() } else { format!("{} release(s) already made (std {})", stored.plans.len(), stds(&mut stored.plans.iter())) };
+        let what = match new {
+            [plan] => format!("a new noised release (std {:.4e}, ε = {} alone)", plan.noise_std, shown(plan.epsilon)),
+            _ => format!(
+                "{} new noised releases (std {}; ε = {} alone)",
+                new.len(),
+                stds(&mut new.iter().copied()),
+                new.iter().map(|p| shown(p.epsilon)).collect::<Vec<_>>().join(", ")
+            ),
+        };
         return refuse(format!(
-            "a new noised release (std {:.4e}, ε = {} alone) beside {made} would spend ε = {} together at δ = {}, above the \
-             total of {total}; more noise (a larger noise_std or a smaller target_epsilon) or an already-made setting stays within it",
-            plan.noise_std,
-            shown(plan.epsilon),
+            "{what} beside {made} would spend ε = {} together at δ = {}, above the total of {total}; more noise (a larger \
+             noise_std or a smaller target_epsilon), fewer new settings, or already-made settings stay within it",
             shown(together),
-            crate::privacy::shown::delta(plan.delta)
+            crate::privacy::shown::delta(first.delta)
         ));
     }
     Ok(())
