@@ -117,8 +117,8 @@ fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
 /// mechanism, as a sweep's server settings do) that `server_privacy.total_epsilon` would refuse one by one: made
 /// in turn, a later one would be refused after the earlier ones were released and their runs' work done.
 ///
-/// - Weight noise: the settings' draws that are not stored yet, with the releases stored for the pretraining,
-///   composed as the last draw's own check would compose them. A setting already drawn for the stored network is
+/// - Weight noise: for each pretraining, the settings' draws that are not stored yet, with the releases stored for
+///   it, composed as the last draw's own check would compose them. A setting already drawn for the stored network is
 ///   reused and adds nothing. Skipped when the network's DP pretraining keeps its releases within the total.
 /// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it
 ///   alone would spend more than the total and is not stored already.
@@ -136,8 +136,8 @@ pub fn check_releases_within_total(settings: &[crate::config::RunConfig]) -> Res
         }
         Ok(*source_train.insert(super::load_source(cfg)?.0.train.len()))
     };
-    let mut draws = Vec::new();
-    let mut pretrained = None;
+    // The new draws of each pretraining (a sweep over DP pretraining has one per setting).
+    let mut draws: std::collections::BTreeMap<PathBuf, Vec<WeightNoisePlan>> = Default::default();
     for cfg in settings {
         let stored = super::stored_pretrained(cfg)?;
         if cfg.dp_pretraining().is_some() && stored.is_none() {
@@ -164,13 +164,15 @@ pub fn check_releases_within_total(settings: &[crate::config::RunConfig]) -> Res
             crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
             Some(Ok(a)) if a.plan == plan && base.as_ref().is_some_and(|b| a.base_network.as_ref().is_none_or(|x| x == b))
         );
-        if !reused && !draws.contains(&plan) {
-            draws.push(plan);
+        let new = draws.entry(dir).or_default();
+        if !reused && !new.contains(&plan) {
+            new.push(plan);
         }
-        pretrained.get_or_insert(dir);
     }
-    let Some(dir) = pretrained.filter(|_| !draws.is_empty()) else { return Ok(()) };
-    within_total(total, &draws.iter().collect::<Vec<_>>(), &stored_releases(other_entries(&dir, &dir), &[]))
+    for (dir, new) in &draws {
+        within_total(total, &new.iter().collect::<Vec<_>>(), &stored_releases(other_entries(dir, dir), &[]))?;
+    }
+    Ok(())
 }
 
 /// Refuse the new draws `new` when, with the releases `stored` for the same pretraining, they would spend more than
