@@ -553,6 +553,10 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
         p.file_name().unwrap().to_string_lossy().starts_with("weight-noise-") && p.join("meta.json").exists()
     }).count();
     assert_eq!(noise_entries(), 1, "nothing was released");
+    let noise_folders = std::fs::read_dir(&first.cache_dir).unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-"))
+        .count();
+    assert_eq!(noise_folders, 1, "a refused draw leaves no folder behind");
     // The release already made is reused under any total; a total above both lets the second be drawn.
     assert!(cryptotl::pipeline::server_lower_network(&capped("0.02", narrow.epsilon * 0.5)).unwrap().weight_noise.unwrap().from_cache);
     let second = cryptotl::pipeline::server_lower_network(&capped("0.05", together * 1.01)).unwrap();

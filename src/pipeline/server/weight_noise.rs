@@ -27,10 +27,9 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // Every release of this pretraining is decided under the pretraining entry's lock: two runs drawing other
     // settings at once would each miss the other's draw, in the check against `total_epsilon` and in the budget's
     // releases-together row; a DP pretraining that replaces the entry waits for the draw, and the draw for it.
-    // Always taken before a setting's own lock, never after.
+    // Every writer of a setting's entry holds it, so the entry is read here without its own lock, and a draw that
+    // is refused leaves no folder behind.
     let _releases = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
-    // Two runs drawing at once would release two noised networks: one draws, the other waits and loads it.
-    let _lock = entry.lock()?;
     // A complete entry is a network the server may already have released. If it cannot be read, drawing again
     // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
     // entry (no meta.json) was never used, so it is drawn again.
@@ -82,6 +81,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
              releases' ε add up (the report's budget composes every stored release)"
         );
     }
+    // The setting's own lock as well (taken after the pretraining's, never before): its folder is made here.
+    let _lock = entry.lock()?;
     let mut rng = crate::privacy::dpsgd::PrivacyRng::new(insecure_seed);
     let (net, parameters) = crate::privacy::server::add_weight_noise(lower.net.clone(), plan.noise_std, &mut rng.noise);
     tracing::info!(std = plan.noise_std, parameters, epsilon = plan.epsilon, "weight noise added to the lower network");
