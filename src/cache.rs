@@ -94,11 +94,18 @@ impl Entry {
     /// // Finished, the entry's meta data holds what it carried, and the carried file goes.
     /// entry.finish(&2u32).unwrap();
     /// assert!(entry.carried::<Vec<String>>().is_none());
+    /// // With nothing to carry, a rewrite is a plain `begin`: no file is written.
+    /// entry.begin_carrying::<String>(&[]).unwrap();
+    /// assert!(entry.carried::<Vec<String>>().is_none());
     /// ```
-    pub fn begin_carrying<T: Serialize>(&self, carried: &T) -> Result<()> {
+    pub fn begin_carrying<T: Serialize>(&self, carried: &[T]) -> Result<()> {
         crate::atomic::create_private_dir(&self.dir)?;
-        let bytes = serde_json::to_vec_pretty(carried).map_err(|e| Error::Internal(format!("cache carry-over does not serialise: {e}")))?;
-        crate::atomic::write_private(&self.carried_path(), &bytes)?;
+        if carried.is_empty() {
+            crate::atomic::remove_if_exists(&self.carried_path())?;
+        } else {
+            let bytes = serde_json::to_vec_pretty(carried).map_err(|e| Error::Internal(format!("cache carry-over does not serialise: {e}")))?;
+            crate::atomic::write_private(&self.carried_path(), &bytes)?;
+        }
         self.begin()
     }
 
