@@ -220,9 +220,29 @@ impl DirLock {
         Self::try_with(dir, std::fs::File::try_lock_shared, "a cryptotl command is writing this directory: wait for it to finish")
     }
 
-    /// Take the lock, waiting for another process that holds it.
+    /// Take the lock, waiting for another process that holds it (saying so, at warning level, before it waits: a run
+    /// waiting for another's pretraining or noise draw would otherwise look stuck).
+    ///
+    /// ```
+    /// use cryptotl::atomic::DirLock;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let held = DirLock::acquire(dir.path()).unwrap();
+    /// let path = dir.path().to_path_buf();
+    /// let waiter = std::thread::spawn(move || DirLock::acquire(&path).map(drop));
+    /// std::thread::sleep(std::time::Duration::from_millis(200));
+    /// assert!(!waiter.is_finished()); // it waits for the holder
+    /// drop(held);
+    /// waiter.join().unwrap().unwrap();
+    /// ```
     pub fn acquire(dir: &Path) -> Result<Self> {
         let file = Self::open(dir)?;
+        match file.try_lock() {
+            Ok(()) => return Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(dir = %dir.display(), "another cryptotl run holds this folder (a pretraining, a noise draw or a cache write): waiting for it");
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(dir.join(".lock"), e)),
+        }
         file.lock().map_err(|e| Error::io(dir.join(".lock"), e))?;
         Ok(Self { _file: file })
     }
