@@ -524,15 +524,19 @@ fn a_draw_cut_short_still_counts_in_the_other_settings_rows() {
     assert_eq!(again.other_releases.unreadable, 0);
 }
 
+/// The tiny config on its own source copy in `dir`, with weight noise of std `std` (fixed seed) under
+/// `server_privacy.total_epsilon = total`.
+fn capped_config(dir: &std::path::Path, std: &str, total: f64) -> RunConfig {
+    let table = WEIGHT_NOISE.replace("noise_std = 0.02", &format!("noise_std = {std}"));
+    config_with_own_source(dir, &format!("[server_privacy]\ntotal_epsilon = {total}\n{table}")).0
+}
+
 /// `server_privacy.total_epsilon` caps what the noised releases of one pretraining spend together: a new draw
 /// that would compose above it is refused before it is made; one within it, or an already-made release, is not.
 #[test]
 fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
     let dir = tempfile::tempdir().unwrap();
-    let capped = |std: &str, total: f64| {
-        let table = WEIGHT_NOISE.replace("noise_std = 0.02", &format!("noise_std = {std}"));
-        config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{table}")).0
-    };
+    let capped = |std: &str, total: f64| capped_config(dir.path(), std, total);
     // One release alone above the total is refused too.
     let narrow_alone = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), WEIGHT_NOISE).0).unwrap();
     std::fs::remove_dir_all(&narrow_alone.cache_dir).unwrap();
@@ -581,10 +585,7 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
 #[test]
 fn concurrent_draws_of_other_settings_are_checked_against_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let capped = |std: &str, total: f64| {
-        let table = WEIGHT_NOISE.replace("noise_std = 0.02", &format!("noise_std = {std}"));
-        config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{table}")).0
-    };
+    let capped = |std: &str, total: f64| capped_config(dir.path(), std, total);
     // Pretrain once (the draws below then only load it), and find a total between either release alone and both.
     let pretrained = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), "").0).unwrap();
     let plan = |std: &str| {
