@@ -707,12 +707,7 @@ fn curve(a: &CurveArgs) -> Result<()> {
     let _lock = crate::atomic::claim_dir(&dir)?;
     let curves = pipeline::curves(&cfg, Some(&dir))?;
     let files = curves.write(&dir)?;
-    crate::he::journal::remove_all(&dir)?;
-    println!("{}", curves.to_markdown());
-    for f in files {
-        println!("written: {}", f.display());
-    }
-    Ok(())
+    finish_output_dir(&dir, &curves.to_markdown(), &files)
 }
 
 /// `cryptotl audit`: the one-run privacy audit, `audit.json` and `audit.md` in the run directory.
@@ -749,8 +744,14 @@ fn sweep(a: &SweepArgs) -> Result<()> {
     let _lock = crate::atomic::claim_dir(&dir)?;
     let sweep = plan.journaled_in(&dir).run()?;
     let files = sweep.write(&dir)?;
-    crate::he::journal::remove_all(&dir)?;
-    println!("{}", sweep.to_markdown());
+    finish_output_dir(&dir, &sweep.to_markdown(), &files)
+}
+
+/// After `curve` or `sweep` wrote its `files` in `dir`: the encrypted passes' journals there have served; print the
+/// table (`markdown`) and what was written.
+fn finish_output_dir(dir: &Path, markdown: &str, files: &[PathBuf]) -> Result<()> {
+    crate::he::journal::remove_all(dir)?;
+    println!("{markdown}");
     for f in files {
         println!("written: {}", f.display());
     }
