@@ -84,6 +84,15 @@ pub struct AppliedWeightNoise {
     pub drawn_over: Vec<crate::privacy::server::WeightNoisePlan>,
 }
 
+impl AppliedWeightNoise {
+    /// Whether this release was drawn from the pretrained network whose weights have the digest `base_network`
+    /// (entries from before the digest was recorded are taken as they are): only then is it that network's release,
+    /// to reuse.
+    pub fn drawn_from(&self, base_network: &str) -> bool {
+        self.base_network.as_deref().is_none_or(|b| b == base_network)
+    }
+}
+
 /// Neurons of the released network dropped by `[lower] prune_dead`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrunedUnits {

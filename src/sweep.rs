@@ -59,6 +59,16 @@ impl Epsilon {
     }
 }
 
+impl std::fmt::Display for Epsilon {
+    /// `0.5`, `4`, `∞`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Finite(v) => write!(f, "{v}"),
+            Self::Infinite => f.write_str("∞"),
+        }
+    }
+}
+
 /// Which server mechanism `--server-epsilons` sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -160,11 +170,7 @@ fn with_server_epsilon(cfg: &RunConfig, mechanism: ServerMechanism, eps: Epsilon
                 .into(),
         ));
     }
-    let shown = match eps {
-        Epsilon::Finite(e) => e.to_string(),
-        Epsilon::Infinite => "∞".into(),
-    };
-    cfg.edited(&format!("the sweep's server setting ε = {shown}"), |c| {
+    cfg.edited(&format!("the sweep's server setting ε = {eps}"), |c| {
         let sp = &mut c.server_privacy;
         match (mechanism, eps) {
             (ServerMechanism::WeightNoise, Epsilon::Infinite) => sp.weight_noise = None,
@@ -282,7 +288,7 @@ pub fn plan<'a>(cfg: &'a RunConfig, spec: &'a SweepSpec) -> Result<SweepPlan<'a>
     }
     // The server settings' releases against `server_privacy.total_epsilon`, all of them before the first is made.
     if !spec.server_epsilons.is_empty() {
-        pipeline::check_releases_within_total(&settings.iter().map(|(_, c, _)| c.clone()).collect::<Vec<_>>())?;
+        pipeline::check_releases_within_total(settings.iter().map(|(_, c, _)| c))?;
     }
     Ok(SweepPlan { cfg, spec, settings, journal: None })
 }
@@ -319,8 +325,8 @@ fn run_settings(cfg: &RunConfig, spec: &SweepSpec, settings: Vec<Setting>, journ
         let transferred = pipeline::head_inputs(cfg, &transferred, &client, None)?;
         let series = match server_eps {
             None => "server as configured".to_string(),
-            Some(Epsilon::Finite(e)) => format!("server ε = {e} ({})", spec.server_mechanism.name()),
-            Some(Epsilon::Infinite) => format!("server ε = ∞ (no {})", spec.server_mechanism.name()),
+            Some(e @ Epsilon::Finite(_)) => format!("server ε = {e} ({})", spec.server_mechanism.name()),
+            Some(e @ Epsilon::Infinite) => format!("server ε = {e} (no {})", spec.server_mechanism.name()),
         };
         let head = HeadSetting { series: &series, server_epsilon: server_eps.map(Epsilon::value), server_reached };
         train_heads(cfg, heads, spec, &transferred, &references.transferred, &head, &mut points)?;

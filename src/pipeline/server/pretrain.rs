@@ -354,6 +354,25 @@ pub(super) fn staleness(stored: &PretrainedLower, cfg: &RunConfig, source: &Spli
     Ok(change)
 }
 
+/// Refuse a DP pretraining (`plan`) that, with the DP pretrainings of the network it `replaced`, would spend more
+/// than `server_privacy.total_epsilon` (`total`).
+pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64) -> Result<()> {
+    let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(replaced).collect::<Vec<_>>())?;
+    if together <= total {
+        return Ok(());
+    }
+    let shown = crate::privacy::shown::epsilon;
+    Err(Error::config_key("server_privacy.total_epsilon", match replaced.len() {
+        0 => format!("a DP pretraining at ε = {} alone would spend more than the total of {total}", shown(plan.epsilon)),
+        n => format!(
+            "DP pretraining (ε = {} alone) beside the {n} DP pretraining(s) of this network it replaces would spend ε = {} \
+             together, above the total of {total}",
+            shown(plan.epsilon),
+            shown(together)
+        ),
+    }))
+}
+
 /// Train the lower network on the source data now and cache it (what [`pretrain`] does on a miss; `ship-network`
 /// calls it directly so that it never re-ships the binary's own network).
 pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSummary) -> Result<PretrainedLower> {
@@ -396,16 +415,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // pretrainings it replaces, would spend more than the server's total.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
-        let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(&dp_trained_over).collect::<Vec<_>>())?;
-        if together > total {
-            return Err(Error::config_key("server_privacy.total_epsilon", format!(
-                "DP pretraining (ε = {} alone) beside the {} DP pretraining(s) of this network it replaces would spend ε = {} \
-                 together, above the total of {total}",
-                crate::privacy::shown::epsilon(plan.epsilon),
-                dp_trained_over.len(),
-                crate::privacy::shown::epsilon(together)
-            )));
-        }
+        dp_pretraining_within_total(plan, &dp_trained_over, total)?;
     }
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.

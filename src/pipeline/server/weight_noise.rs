@@ -48,7 +48,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
         }
         // Drawn from another pretrained network (this one was trained again since: its source data changed): that
         // release is not of this network, which gets its own draw (entries before the record are taken as they are).
-        if applied.base_network.as_ref().is_none_or(|b| *b == base_network) {
+        if applied.drawn_from(&base_network) {
             lower.net = model::load_module(lower.net.clone(), &net_path, &device).map_err(unreadable)?;
             applied.from_cache = true;
             tracing::info!(dir = %dir.display(), "noised lower network loaded from cache (no new release)");
@@ -121,33 +121,33 @@ fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
 /// - Weight noise: for each pretraining, the settings' draws that are not stored yet, with the releases stored for
 ///   it, composed as the last draw's own check would compose them. A setting already drawn for the stored network is
 ///   reused and adds nothing. Skipped when the network's DP pretraining keeps its releases within the total.
-/// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it
-///   alone would spend more than the total and is not stored already.
+/// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it is
+///   not stored already and, with the DP pretrainings a cut-short retraining recorded as replaced, would spend more
+///   than the total (the check the pretraining itself makes, by the same function).
 ///
 /// Each release is still checked when it is made ([`apply_weight_noise`], [`super::pretrain_on_source`]); this reads
 /// the stored network without checking it against its source data, which it loads only to count its examples when
 /// no network is stored.
-pub fn check_releases_within_total(settings: &[crate::config::RunConfig]) -> Result<()> {
-    let Some(first) = settings.first() else { return Ok(()) };
-    let Some(total) = first.server_privacy.total_epsilon else { return Ok(()) };
+pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a RunConfig>) -> Result<()> {
     let mut source_train = None;
-    let mut train_count = |cfg: &crate::config::RunConfig| -> Result<usize> {
+    let mut train_count = |cfg: &RunConfig| -> Result<usize> {
         if let Some(n) = source_train {
             return Ok(n);
         }
         Ok(*source_train.insert(super::load_source(cfg)?.0.train.len()))
     };
     // The new draws of each pretraining (a sweep over DP pretraining has one per setting).
-    let mut draws: std::collections::BTreeMap<PathBuf, Vec<WeightNoisePlan>> = Default::default();
+    let mut draws: std::collections::BTreeMap<PathBuf, (f64, Vec<WeightNoisePlan>)> = Default::default();
     for cfg in settings {
+        let Some(total) = cfg.server_privacy.total_epsilon else { continue };
         let stored = super::stored_pretrained(cfg)?;
         if cfg.dp_pretraining().is_some() && stored.is_none() {
             let n = train_count(cfg)?;
-            if let Some(plan) = super::dp_pretraining_plan(cfg, n)?.filter(|p| p.epsilon > total) {
-                return Err(Error::config_key("server_privacy.total_epsilon", format!(
-                    "a DP pretraining at ε = {} alone would spend more than the total of {total}; leave that setting out, or raise the total",
-                    crate::privacy::shown::epsilon(plan.epsilon)
-                )));
+            if let Some(plan) = super::dp_pretraining_plan(cfg, n)? {
+                // What it would replace: only a DP pretraining cut short leaves a record without a stored network.
+                let entry = crate::cache::Entry::new(cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg))));
+                let replaced: Vec<crate::privacy::plan::DpPlan> = entry.carried().transpose()?.unwrap_or_default();
+                super::dp_pretraining_within_total(&plan, &replaced, total)?;
             }
         }
         let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
@@ -163,15 +163,15 @@ pub fn check_releases_within_total(settings: &[crate::config::RunConfig]) -> Res
         let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n)? else { continue };
         let reused = matches!(
             crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
-            Some(Ok(a)) if a.plan == plan && base.as_ref().is_some_and(|b| a.base_network.as_ref().is_none_or(|x| x == b))
+            Some(Ok(a)) if a.plan == plan && base.as_deref().is_some_and(|b| a.drawn_from(b))
         );
-        let new = draws.entry(dir).or_default();
+        let (_, new) = draws.entry(dir).or_insert((total, Vec::new()));
         if !reused && !new.contains(&plan) {
             new.push(plan);
         }
     }
-    for (dir, new) in &draws {
-        within_total(total, &new.iter().collect::<Vec<_>>(), &stored_releases(other_entries(dir, dir), &[]))?;
+    for (dir, (total, new)) in &draws {
+        within_total(*total, &new.iter().collect::<Vec<_>>(), &stored_releases(other_entries(dir, dir), &[]))?;
     }
     Ok(())
 }
