@@ -219,10 +219,10 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     let client = report.privacy.as_ref().unwrap();
     let rows = &report.budget.rows;
     let mechanisms: Vec<&str> = rows.iter().map(|r| r.mechanism.as_str()).collect();
-    assert_eq!(mechanisms.len(), 4, "{mechanisms:?}");
+    assert_eq!(mechanisms.len(), 5, "{mechanisms:?}");
     // The one-line summaries (`Report::headline`) name each mechanism by its short name.
     let short: Vec<&str> = rows.iter().map(|r| r.short_mechanism()).collect();
-    assert_eq!(short, ["DP-SGD on the head", "DP pretraining", "weight noise", "composed total"]);
+    assert_eq!(short, ["DP-SGD on the head", "DP pretraining", "weight noise", "composed total", "all server releases about these source examples in the cache, together"]);
     assert_eq!((rows[0].party.as_str(), rows[0].epsilon, rows[0].delta), ("client", Some(client.plan.epsilon), Some(client.plan.delta)));
     assert_eq!((rows[1].party.as_str(), rows[1].epsilon), ("server", Some(pre.epsilon)));
     assert!(rows[1].mechanism.starts_with("DP pretraining"));
@@ -231,6 +231,12 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     assert!(rows[3].mechanism.starts_with("composed"));
     assert!((rows[3].epsilon.unwrap() - (pre.epsilon + wn.epsilon)).abs() < 1e-12);
     assert!((rows[3].delta.unwrap() - (pre.delta + wn.delta)).abs() < 1e-18);
+    // The plain network's noised release above learned from the same source file: the last row adds it to this
+    // pretraining's releases (the smaller of their two valid bounds).
+    let (this_eps, this_delta) = if pre.epsilon < wn.epsilon { (pre.epsilon, pre.delta) } else { (wn.epsilon, wn.delta) };
+    assert!(rows[4].mechanism.contains("1 other pretraining"), "{}", rows[4].mechanism);
+    assert!((rows[4].epsilon.unwrap() - (this_eps + applied.plan.epsilon)).abs() < 1e-9, "{:?}", rows[4].epsilon);
+    assert!((rows[4].delta.unwrap() - (this_delta + applied.plan.delta)).abs() < 1e-15, "{:?}", rows[4].delta);
     let tightest = report.budget.source_tightest.as_ref().unwrap();
     let expect = if pre.epsilon < wn.epsilon { "DP pretraining alone" } else { "weight noise alone" };
     assert!(tightest.contains(expect), "{tightest}");
@@ -570,13 +576,101 @@ fn a_noised_release_beyond_the_servers_total_is_refused_before_it_is_drawn() {
     // A DP-pretrained network bounds every release drawn from it: noise beyond the total by its own count is drawn when
     // the DP pretraining keeps the releases within it.
     assert!(narrow.epsilon > 1.5, "the noise alone must exceed the total below: {}", narrow.epsilon);
-    let dp_cfg = config_with_own_source(dir.path(), &format!(
+    // (In a cache of its own: here the releases above, of another pretraining on the same source, would count too.)
+    let dp_dir = tempfile::tempdir().unwrap();
+    let dp_cfg = config_with_own_source(dp_dir.path(), &format!(
         "[server_privacy]\ntotal_epsilon = 1.5\n{WEIGHT_NOISE}[server_privacy.dp_pretraining]\ntarget_epsilon = 1.0\ninsecure_seed = 4\n"
     )).0;
     let dp = cryptotl::pipeline::server_lower_network(&dp_cfg).unwrap();
     assert!(dp.meta.dp_pretraining.as_ref().unwrap().epsilon <= 1.0 && !dp.weight_noise.as_ref().unwrap().from_cache);
     rejected(&["server_privacy.total_epsilon=0"], "server_privacy.total_epsilon", "finite number > 0");
     rejected(&["server_privacy.total_epsilon=4"], "server_privacy.total_epsilon", "no DP mechanism");
+}
+
+/// Start the server's network of each of `cfgs` in a thread while `held` (a lock they need) stops them, check that
+/// none is decided while it is held, then let go and return each outcome.
+fn draws_while_held<L>(held: L, cfgs: Vec<RunConfig>) -> Vec<Result<(), String>> {
+    let draws: Vec<_> = cfgs.into_iter().map(|cfg| {
+        std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
+    }).collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(draws.iter().all(|d| !d.is_finished()), "a draw was decided while the lock was held");
+    drop(held);
+    draws.into_iter().map(|d| d.join().unwrap()).collect()
+}
+
+/// The tiny config of [`capped_config`] with another `seed`: another pretraining key (its own network and cache
+/// entry) on the same source file.
+fn capped_with_seed(dir: &std::path::Path, std: &str, total: f64, seed: u64) -> RunConfig {
+    let mut cfg = capped_config(dir, std, total);
+    cfg.seed = seed;
+    cfg
+}
+
+/// The releases a server made from other pretrainings on the same source file (another config, so another pretraining
+/// key and cache entry) count against `server_privacy.total_epsilon` and in the budget's cache-wide row; those of a
+/// pretraining on another source file do not.
+#[test]
+fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 5)).unwrap();
+    let plan_a = a.weight_noise.clone().unwrap().plan;
+    assert!(a.other_pretrainings.is_empty(), "{:?}", a.other_pretrainings);
+    let b_cfg = |total: f64| capped_with_seed(dir.path(), "0.05", total, 6);
+    assert_ne!(cryptotl::pipeline::pretrain_key(&b_cfg(1.0)), cryptotl::pipeline::pretrain_key(&capped_with_seed(dir.path(), "0.02", 1.0, 5)));
+    let plan_b = plan_weight_noise(b_cfg(1.0).server_privacy.weight_noise.as_ref().unwrap(), a.meta.source.train).unwrap().unwrap();
+    // B's release alone is within the total, beside A's it is not: refused before it is drawn, naming A's pretraining.
+    let err = cryptotl::pipeline::server_lower_network(&b_cfg(plan_b.epsilon + 0.5 * plan_a.epsilon)).err().expect("above the total with A's release").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s) of these source paths in the cache"), "{err}");
+    let b_dir = dir.path().join("cache").join(format!("pretrain-{}", cryptotl::pipeline::pretrain_key(&b_cfg(1.0))));
+    let drawn = |d: &std::path::Path| std::fs::read_dir(d).map_or(0, |r| r.filter(|e| e.as_ref().unwrap().path().join("meta.json").exists() && e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count());
+    assert!(b_dir.join("meta.json").exists(), "B was pretrained (no release) before its draw was refused: {}", b_dir.display());
+    assert_eq!(drawn(&b_dir), 0, "nothing was drawn for B");
+    // Above both: drawn, and B's report composes both pretrainings' releases (approximate DP: ε and δ add).
+    let total = (plan_a.epsilon + plan_b.epsilon) * 1.01;
+    let report = cryptotl::pipeline::run(&b_cfg(total)).unwrap();
+    let b = report.pretraining.as_ref().unwrap();
+    assert!(!b.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(drawn(&b_dir), 1);
+    let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("all server releases about these source examples")).expect("the cache-wide row");
+    assert!(row.mechanism.contains("1 other"), "{}", row.mechanism);
+    let (eps, delta) = (row.epsilon.unwrap(), row.delta.unwrap());
+    assert!((eps - (plan_a.epsilon + plan_b.epsilon)).abs() < 1e-6 * eps, "{eps} against {} + {}", plan_a.epsilon, plan_b.epsilon);
+    assert!((delta - (plan_a.delta + plan_b.delta)).abs() < 1e-12, "{delta}");
+    assert!(report.budget.source_tightest.as_ref().unwrap().contains("1 other pretraining(s) on the same source paths"));
+    // A's release, reused, is loaded whatever the total (loading releases nothing), and its report now sees B's.
+    let a_again = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", plan_a.epsilon * 0.5, 5)).unwrap();
+    assert!(a_again.weight_noise.as_ref().unwrap().from_cache);
+    assert_eq!(a_again.other_pretrainings.counted.len(), 1);
+    // A pretraining on another source file shares no example with them: its draw is not checked against theirs.
+    let elsewhere = dir.path().join("elsewhere.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &elsewhere).unwrap();
+    let c_table = format!("[server_privacy]\ntotal_epsilon = {}\n{WEIGHT_NOISE}", plan_a.epsilon * 1.01);
+    let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &elsewhere, &c_table)).unwrap();
+    assert!(!c.weight_noise.as_ref().unwrap().from_cache && c.other_pretrainings.is_empty(), "{:?}", c.other_pretrainings);
+    // An unreadable release of another pretraining leaves no bound: a draw under a total is refused, naming it.
+    std::fs::write(noise_entry(&a.cache_dir, 0.02).join("meta.json"), "{ torn").unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.03", 1e6, 6)).err().expect("beside an unreadable release").to_string();
+    assert!(err.contains("cannot be read") && err.contains(&a.cache_dir.display().to_string()), "{err}");
+}
+
+/// Draws for two pretrainings on the same source file decide one after the other, under the cache's releases lock:
+/// the second counts the first's release (each checking before the other had drawn, both would pass the total).
+#[test]
+fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pretrain both first (no release), and find a total between either release alone and both.
+    let plain = |seed: u64| { let mut c = config_with_own_source(dir.path(), "").0; c.seed = seed; cryptotl::pipeline::server_lower_network(&c).unwrap() };
+    let n = plain(5).meta.source.train;
+    assert_eq!(plain(6).meta.source.train, n);
+    let plan = |std: &str| plan_weight_noise(capped_config(dir.path(), std, 1.0).server_privacy.weight_noise.as_ref().unwrap(), n).unwrap().unwrap();
+    let (narrow, wide) = (plan("0.02"), plan("0.05"));
+    let between = narrow.epsilon.max(wide.epsilon) + 0.5 * narrow.epsilon.min(wide.epsilon);
+    let held = cryptotl::pipeline::releases_lock(&dir.path().join("cache")).unwrap();
+    let outcomes = draws_while_held(held, vec![capped_with_seed(dir.path(), "0.02", between, 5), capped_with_seed(dir.path(), "0.05", between, 6)]);
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "exactly one of the two draws fits the total: {outcomes:?}");
+    let err = outcomes.into_iter().find_map(|o| o.err()).unwrap();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s)"), "{err}");
 }
 
 /// Two runs drawing other noise settings of one pretraining at once decide one after the other, under the
@@ -597,14 +691,7 @@ fn concurrent_draws_of_other_settings_are_checked_against_each_other() {
     let between = 0.5 * (together + narrow.epsilon.max(wide.epsilon));
     // Held here, the lock stops both draws at the same point; let go, they race for it.
     let held = cryptotl::cache::Entry::new(pretrained.cache_dir.clone()).lock().unwrap();
-    let draws: Vec<_> = ["0.02", "0.05"].into_iter().map(|std| {
-        let cfg = capped(std, between);
-        std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
-    }).collect();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(draws.iter().all(|d| !d.is_finished()), "a draw was decided while the pretraining's releases were locked");
-    drop(held);
-    let outcomes: Vec<Result<(), String>> = draws.into_iter().map(|d| d.join().unwrap()).collect();
+    let outcomes = draws_while_held(held, vec![capped("0.02", between), capped("0.05", between)]);
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "exactly one of the two draws fits the total: {outcomes:?}");
     let err = outcomes.into_iter().find_map(|o| o.err()).unwrap();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 release(s) already made"), "{err}");
@@ -651,10 +738,20 @@ fn a_sweep_beyond_the_servers_total_is_refused_before_any_release() {
     // A server ε of ∞ releases the network plain, which no total allows; the error names the setting.
     let err = cryptotl::sweep::plan(&noised(1.0, 100.0), &spec("3,inf", ServerMechanism::WeightNoise)).err().expect("plain under a total").to_string();
     assert!(err.contains("server setting ε = ∞") && err.contains("no DP mechanism"), "{err}");
+    // DP pretrainings at 2 and 3 are two networks on the same source examples: each within a total of 7 beside the
+    // release drawn above (ε = 3), but not beside each other too. Refused whole, before either trains.
+    let pretrainings = || std::fs::read_dir(dir.path().join("cache")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pretrain-")).count();
+    let before = pretrainings();
+    let err = cryptotl::sweep::plan(&noised(1.0, 7.0), &spec("2,3", ServerMechanism::DpPretraining)).err().expect("DP pretrainings above the total together").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("release 2 networks pretrained on the same source examples"), "{err}");
+    assert!(err.contains("beside 1 other pretraining(s)"), "the stored release counts too: {err}");
+    assert_eq!(pretrainings(), before, "nothing was pretrained");
+    assert!(cryptotl::sweep::plan(&noised(1.0, 8.5), &spec("2,3", ServerMechanism::DpPretraining)).is_ok());
     // A DP pretraining beyond the total alone is refused before it trains.
     let err = cryptotl::sweep::plan(&noised(1.0, 1.5), &spec("2", ServerMechanism::DpPretraining)).err().expect("DP pretraining above the total").to_string();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("a DP pretraining at ε = ") && err.contains("alone would spend more than the total of 1.5"), "{err}");
     assert_eq!(drawn(), 1);
+    assert_eq!(pretrainings(), before);
 }
 
 /// Whether the retrained network's split keeps its size (the noise entry's key, through δ = 0.1/N, stays) or not (a

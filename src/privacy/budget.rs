@@ -152,6 +152,10 @@ pub struct ServerMechanisms<'a> {
     /// The server's other stored noised releases for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, composed for whoever holds them all.
     pub other_weight_noise: Option<&'a StoredReleases>,
+    /// The releases of the server's other pretrainings on some of the same source paths (other configs, other cache
+    /// entries), when any records one: how many pretrainings, and their releases together as (ε, δ), `None` when
+    /// one cannot be read ([`crate::pipeline::OtherPretrainings`]).
+    pub other_pretrainings: Option<(usize, Option<(f64, f64)>)>,
     /// Source training examples.
     pub source_examples: usize,
     /// What a membership-inference attack on the source data measured through the client's view (`[audit]
@@ -453,6 +457,39 @@ impl BudgetReport {
             });
             bounds.push(("the composed total".into(), epsilon, delta));
         }
+        // The releases of other pretrainings on the same source examples add to this pretraining's (ε and δ add).
+        let mut across = None;
+        if let Some((count, others)) = server.other_pretrainings.filter(|_| !bounds.is_empty()) {
+            let dp = server.dp_pretraining.map(|p| all_dp.map_or((p.epsilon, p.delta), |(_, e, d)| (e, d)));
+            let noise = server.weight_noise.map(|(p, _)| match all_releases {
+                Some((_, e, d)) => e.map(|e| (e, d)),
+                None => Some((p.epsilon, p.delta)),
+            });
+            // Both bounds hold for this pretraining's releases: the smaller.
+            let this = [dp, noise.flatten()].into_iter().flatten().min_by(|a, b| a.0.total_cmp(&b.0));
+            let together = match (this, others) {
+                (Some((e, d)), Some((oe, od))) => Some(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
+                _ => None,
+            };
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: format!("{source_data}, and what other pretrainings on the same source paths learned from"),
+                mechanism: format!(
+                    "all server releases about these source examples in the cache, together (this pretraining's and those of {count} other \
+                     pretraining(s) of other configs on some of the same source paths)"
+                ),
+                epsilon: together.map(|(e, _)| e),
+                delta: together.map(|(_, d)| d),
+                accountant: match together {
+                    Some(_) => "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together".into(),
+                    None => "none: some of the releases cannot be read, so their noise is unknown".into(),
+                },
+                noise: "each as its own rows give it".into(),
+                protects_against: "a source example learned by several of these networks, against whoever holds releases of all of them \
+                     (the rows above cover this pretraining's releases alone)".into(),
+            });
+            across = Some((count, together));
+        }
         let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
             let mut s = format!("tightest valid bound on the source data: {what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
             if bounds.len() > 1 {
@@ -472,6 +509,15 @@ impl BudgetReport {
                     super::shown::delta(delta)
                 )),
                 Some((count, None, _)) => s.push_str(&format!(". For whoever holds all {count} noised releases stored for this pretraining, no bound: some cannot be read")),
+                None => {}
+            }
+            match across {
+                Some((count, Some((eps, delta)))) => s.push_str(&format!(
+                    ". With the releases of {count} other pretraining(s) on the same source paths in the cache, ε = {} at δ = {}",
+                    super::shown::epsilon(eps),
+                    super::shown::delta(delta)
+                )),
+                Some((count, None)) => s.push_str(&format!(". With the releases of {count} other pretraining(s) on the same source paths in the cache, no bound: some cannot be read")),
                 None => {}
             }
             s

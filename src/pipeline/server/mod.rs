@@ -1,13 +1,15 @@
 //! The server's side of a run: the network it releases to the encrypted stage. Pretraining on the source data
 //! (cached, or shipped in the binary; DP pretraining) is [`pretrain`]; weight noise is [`weight_noise`]; dead units
 //! are dropped here; what the source data tells a run (the membership attack, the contamination check) is
-//! [`source_checks`].
+//! [`source_checks`]; the releases of the server's other pretrainings on the same source paths are [`releases`].
 
 mod pretrain;
+mod releases;
 mod source_checks;
 mod weight_noise;
 
 pub use pretrain::*;
+pub use releases::*;
 pub use source_checks::*;
 pub use weight_noise::*;
 
@@ -41,6 +43,9 @@ pub struct PretrainedLower {
     /// The other noised releases the server has stored for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, what the budget composes for a holder of them all.
     pub other_releases: crate::privacy::server::StoredReleases,
+    /// The releases of the server's other pretrainings in the cache on some of the same source paths (other configs:
+    /// another pretraining key), when the run has a server mechanism ([`other_pretrainings`]).
+    pub other_pretrainings: OtherPretrainings,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
     /// What changed in the source data since the cache's network of this config was trained, when this run trained
@@ -71,6 +76,7 @@ impl PretrainedLower {
             dp_pretraining_replaced: &self.meta.dp_trained_over,
             weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
             other_weight_noise: Some(&self.other_releases),
+            other_pretrainings: (!self.other_pretrainings.is_empty()).then(|| (self.other_pretrainings.count(), self.other_pretrainings.together())),
             source_examples: self.meta.source.train,
             membership,
             fitted_outside,
@@ -79,7 +85,7 @@ impl PretrainedLower {
 
     /// A stored network with its meta data.
     pub fn from_stored(net: PretrainNet<Cpu>, features: FeaturePipeline, meta: PretrainMeta, origin: NetworkOrigin, cache_dir: PathBuf) -> Self {
-        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Default::default(), pruned: None, retrained_because: None }
+        Self { net: net.lower, features, meta, origin, cache_dir, weight_noise: None, other_releases: Default::default(), other_pretrainings: Default::default(), pruned: None, retrained_because: None }
     }
 }
 
@@ -150,6 +156,9 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
         };
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
+    }
+    if lower.meta.dp_pretraining.is_some() || lower.weight_noise.is_some() {
+        lower.other_pretrainings = other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
     }
     if cfg.lower.prune_dead {
         prune_dead_units(&mut lower);

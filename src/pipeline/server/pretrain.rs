@@ -354,23 +354,34 @@ pub(super) fn staleness(stored: &PretrainedLower, cfg: &RunConfig, source: &Spli
     Ok(change)
 }
 
-/// Refuse a DP pretraining (`plan`) that, with the DP pretrainings of the network it `replaced`, would spend more
-/// than `server_privacy.total_epsilon` (`total`).
-pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64) -> Result<()> {
+/// Refuse a DP pretraining (`plan`) that, with the DP pretrainings of the network it `replaced` and the releases of
+/// the `others` pretrainings on the same source paths, would spend more than `server_privacy.total_epsilon`
+/// (`total`).
+pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64, others: &super::OtherPretrainings) -> Result<()> {
     let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(replaced).collect::<Vec<_>>())?;
-    if together <= total {
+    if together + others.epsilon() <= total {
         return Ok(());
     }
     let shown = crate::privacy::shown::epsilon;
-    Err(Error::config_key("server_privacy.total_epsilon", match replaced.len() {
-        0 => format!("a DP pretraining at ε = {} alone would spend more than the total of {total}", shown(plan.epsilon)),
-        n => format!(
+    // Above the total by itself, it is refused for that; otherwise the other pretrainings' releases tip it over.
+    let why = match (replaced.len(), together <= total) {
+        (0, false) => format!("a DP pretraining at ε = {} alone would spend more than the total of {total}", shown(plan.epsilon)),
+        (n, false) => format!(
             "DP pretraining (ε = {} alone) beside the {n} DP pretraining(s) of this network it replaces would spend ε = {} \
              together, above the total of {total}",
             shown(plan.epsilon),
             shown(together)
         ),
-    }))
+        (n, true) => format!(
+            "a DP pretraining at ε = {}{} beside {} would spend ε = {} in all, above the total of {total}; releases of \
+             pretrainings on the same source examples add up",
+            shown(plan.epsilon),
+            if n == 0 { String::new() } else { format!(" (ε = {} with the {n} DP pretraining(s) of this network it replaces)", shown(together)) },
+            others.describe(),
+            shown(together + others.epsilon())
+        ),
+    };
+    Err(Error::config_key("server_privacy.total_epsilon", why))
 }
 
 /// Train the lower network on the source data now and cache it (what [`pretrain`] does on a miss; `ship-network`
@@ -382,6 +393,9 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let entry = crate::cache::Entry::new(dir.clone());
     // One run trains an entry at a time; a run that waited finds it done.
     let _lock = entry.lock()?;
+    // A DP pretraining is a release: checked against the other pretrainings' releases and made under the cache's
+    // releases lock (after the entry's), so that two DP pretrainings of other configs at once see each other.
+    let _all_releases = cfg.dp_pretraining().map(|_| super::releases_lock(&cfg.cache_dir)).transpose()?;
     let trained_on = TrainedOn::of(cfg, source)?;
     let cached = cached_pretrained(cfg);
     let recorded = cached.as_ref().and_then(|c| c.meta.trained_on.clone());
@@ -415,7 +429,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     // pretrainings it replaces, would spend more than the server's total.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
-        dp_pretraining_within_total(plan, &dp_trained_over, total)?;
+        dp_pretraining_within_total(plan, &dp_trained_over, total, &super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), &cfg.source.paths))?;
     }
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.

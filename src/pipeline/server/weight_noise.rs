@@ -30,6 +30,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // Every writer of a setting's entry holds it, so the entry is read here without its own lock, and a draw that
     // is refused leaves no folder behind.
     let _releases = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
+    // And under the cache's releases lock, which the check below needs to see other pretrainings' releases whole.
+    let _all_releases = super::releases_lock(&cfg.cache_dir)?;
     // A complete entry is a network the server may already have released. If it cannot be read, drawing again
     // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
     // entry (no meta.json) was never used, so it is drawn again.
@@ -69,8 +71,10 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
     // total that way, the draw needs no check of its own.
     let dp_bound = dp_bound(&lower.meta)?;
-    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound > *t) {
-        within_total(total, &[&plan], &stored)?;
+    // Other configs' pretrainings on the same source paths: their releases add to this one's.
+    let others = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
+    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + others.epsilon() > *t) {
+        within_total(total, &[&plan], &stored, &others)?;
     }
     if earlier > 0 {
         tracing::warn!(
@@ -119,11 +123,14 @@ fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
 /// in turn, a later one would be refused after the earlier ones were released and their runs' work done.
 ///
 /// - Weight noise: for each pretraining, the settings' draws that are not stored yet, with the releases stored for
-///   it, composed as the last draw's own check would compose them. A setting already drawn for the stored network is
-///   reused and adds nothing. Skipped when the network's DP pretraining keeps its releases within the total.
+///   it and those of other pretrainings on the same source paths ([`super::other_pretrainings`]), composed as the
+///   last draw's own check would compose them. A setting already drawn for the stored network is reused and adds
+///   nothing. Skipped when the network's DP pretraining keeps its releases within the total.
 /// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it is
-///   not stored already and, with the DP pretrainings a cut-short retraining recorded as replaced, would spend more
-///   than the total (the check the pretraining itself makes, by the same function).
+///   not stored already and, with the DP pretrainings a cut-short retraining recorded as replaced and the other
+///   pretrainings' releases, would spend more than the total (the check the pretraining itself makes, by the same
+///   function).
+/// - Together: the releases of every pretraining the sweep adds to, with the other pretrainings' (ε add).
 ///
 /// Each release is still checked when it is made ([`apply_weight_noise`], [`super::pretrain_on_source`]); this reads
 /// the stored network without checking it against its source data, which it loads only to count its examples when
@@ -136,28 +143,35 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
         }
         Ok(*source_train.insert(super::load_source(cfg)?.0.train.len()))
     };
-    // The new draws of each pretraining (a sweep over DP pretraining has one per setting).
-    let mut draws: std::collections::BTreeMap<PathBuf, (f64, Vec<WeightNoisePlan>)> = Default::default();
+    // What the sweep's releases would spend, per pretraining folder: each new DP pretraining with those it replaces;
+    // each pretraining's new draws, with the releases stored for it and the bound of its DP pretraining.
+    let mut dp_pretrainings: Vec<(PathBuf, f64)> = Vec::new();
+    let mut draws: std::collections::BTreeMap<PathBuf, (f64, f64, Vec<WeightNoisePlan>)> = Default::default();
+    let mut cache: Option<(PathBuf, f64, Vec<String>)> = None;
     for cfg in settings {
         let Some(total) = cfg.server_privacy.total_epsilon else { continue };
+        cache.get_or_insert_with(|| (cfg.cache_dir.clone(), total, cfg.source.paths.clone()));
+        let pretrain_dir = cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg)));
+        let others = |dir: &Path| super::other_pretrainings(&cfg.cache_dir, &[dir.to_path_buf()], &cfg.source.paths);
         let stored = super::stored_pretrained(cfg)?;
         if cfg.dp_pretraining().is_some() && stored.is_none() {
             let n = train_count(cfg)?;
             if let Some(plan) = super::dp_pretraining_plan(cfg, n)? {
                 // What it would replace: only a DP pretraining cut short leaves a record without a stored network.
-                let entry = crate::cache::Entry::new(cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg))));
-                let replaced: Vec<crate::privacy::plan::DpPlan> = entry.carried().transpose()?.unwrap_or_default();
-                super::dp_pretraining_within_total(&plan, &replaced, total)?;
+                let replaced: Vec<crate::privacy::plan::DpPlan> = crate::cache::Entry::new(pretrain_dir.clone()).carried().transpose()?.unwrap_or_default();
+                super::dp_pretraining_within_total(&plan, &replaced, total, &others(&pretrain_dir))?;
+                let (epsilon, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(&plan).chain(&replaced).collect::<Vec<_>>())?;
+                dp_pretrainings.push((pretrain_dir.clone(), epsilon));
             }
         }
         let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
         let (n, dir, base, bound) = match &stored {
             Some(l) => (l.meta.source.train, l.cache_dir.clone(), Some(model::weights_sha256(&l.net)), dp_bound(&l.meta)?),
-            // Trained first: its DP pretraining (if any) is checked then, and bounds the draws if within the total.
+            // Trained first: its DP pretraining (if any) is checked then, and bounds the draws.
             None if cfg.dp_pretraining().is_some() => continue,
-            None => (train_count(cfg)?, cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg))), None, f64::INFINITY),
+            None => (train_count(cfg)?, pretrain_dir, None, f64::INFINITY),
         };
-        if bound <= total {
+        if bound + others(&dir).epsilon() <= total {
             continue;
         }
         let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n)? else { continue };
@@ -165,20 +179,47 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
             crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
             Some(Ok(a)) if a.plan == plan && base.as_deref().is_some_and(|b| a.drawn_from(b))
         );
-        let (_, new) = draws.entry(dir).or_insert((total, Vec::new()));
+        let (_, _, new) = draws.entry(dir).or_insert((total, bound, Vec::new()));
         if !reused && !new.contains(&plan) {
             new.push(plan);
         }
     }
-    for (dir, (total, new)) in &draws {
-        within_total(*total, &new.iter().collect::<Vec<_>>(), &stored_releases(other_entries(dir, dir), &[]))?;
+    let Some((cache_dir, total, source_paths)) = cache else { return Ok(()) };
+    // Each pretraining's draws, beside the other pretrainings stored in the cache (as its last draw will check them).
+    let mut spent = dp_pretrainings;
+    for (dir, (total, bound, new)) in &draws {
+        let stored = stored_in(dir);
+        within_total(*total, &new.iter().collect::<Vec<_>>(), &stored, &super::other_pretrainings(&cache_dir, std::slice::from_ref(dir), &source_paths))?;
+        if let Some(first) = new.first() {
+            let plans: Vec<&WeightNoisePlan> = new.iter().chain(&stored.plans).collect();
+            let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, first.delta)?;
+            spent.push((dir.clone(), together.min(*bound)));
+        }
+    }
+    // And the sweep's pretrainings together: made one after another, the last would see all the others.
+    if spent.len() > 1 {
+        let dirs: Vec<PathBuf> = spent.iter().map(|(d, _)| d.clone()).collect();
+        let others = super::other_pretrainings(&cache_dir, &dirs, &source_paths);
+        let together: f64 = spent.iter().map(|(_, e)| e).sum::<f64>() + others.epsilon();
+        if together > total {
+            let shown = crate::privacy::shown::epsilon;
+            return Err(Error::config_key("server_privacy.total_epsilon", format!(
+                "the sweep's server settings release {} networks pretrained on the same source examples (ε = {} each, with the \
+                 releases stored for them){}: ε = {} together, above the total of {total}; fewer or smaller server settings stay within it",
+                spent.len(),
+                spent.iter().map(|(_, e)| shown(*e)).collect::<Vec<_>>().join(", "),
+                if others.is_empty() { String::new() } else { format!(", beside {}", others.describe()) },
+                shown(together)
+            )));
+        }
     }
     Ok(())
 }
 
-/// Refuse the new draws `new` when, with the releases `stored` for the same pretraining, they would spend more than
-/// `server_privacy.total_epsilon` (`total`) together, or when a stored release cannot be read (its noise unknown).
-fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases) -> Result<()> {
+/// Refuse the new draws `new` when, with the releases `stored` for the same pretraining and those of the `others`
+/// pretrainings on the same source paths, they would spend more than `server_privacy.total_epsilon` (`total`)
+/// together, or when a stored release cannot be read (its noise unknown).
+fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &super::OtherPretrainings) -> Result<()> {
     let refuse = |why: String| Err(Error::config_key("server_privacy.total_epsilon", why));
     let Some(first) = new.first() else { return Ok(()) };
     if stored.unreadable > 0 {
@@ -190,7 +231,7 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases) -
     }
     let plans: Vec<&WeightNoisePlan> = new.iter().copied().chain(&stored.plans).collect();
     let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, first.delta)?;
-    if together > total {
+    if together + others.epsilon() > total {
         let shown = crate::privacy::shown::epsilon;
         let stds = |plans: &mut dyn Iterator<Item = &WeightNoisePlan>| plans.map(|p| format!("{:.4e}", p.noise_std)).collect::<Vec<_>>().join(", ");
         let made = if stored.plans.is_empty() { "no other release".to_string() } else { format!("{} release(s) already made (std {})", stored.plans.len(), stds(&mut stored.plans.iter())) };
@@ -203,6 +244,17 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases) -
                 new.iter().map(|p| shown(p.epsilon)).collect::<Vec<_>>().join(", ")
             ),
         };
+        // Above the total by themselves, they are refused for that; otherwise the other pretrainings tip them over.
+        if together <= total {
+            return refuse(format!(
+                "{what} beside {made} would spend ε = {} together at δ = {}, and beside {} above the total of {total}; \
+                 releases of pretrainings on the same source examples add up. More noise (a larger noise_std or a smaller \
+                 target_epsilon), fewer new settings, or already-made settings stay within it",
+                shown(together),
+                crate::privacy::shown::delta(first.delta),
+                others.describe()
+            ));
+        }
         return refuse(format!(
             "{what} beside {made} would spend ε = {} together at δ = {}, above the total of {total}; more noise (a larger \
              noise_std or a smaller target_epsilon), fewer new settings, or already-made settings stay within it",
@@ -211,6 +263,11 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases) -
         ));
     }
     Ok(())
+}
+
+/// Every noised release stored in the pretraining folder `pretrain_dir` ([`other_entries`] of none).
+pub(super) fn stored_in(pretrain_dir: &Path) -> StoredReleases {
+    stored_releases(other_entries(pretrain_dir, pretrain_dir), &[])
 }
 
 /// What one other weight-noise entry of the pretraining stands for ([`other_entries`]).
