@@ -393,9 +393,6 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let entry = crate::cache::Entry::new(dir.clone());
     // One run trains an entry at a time; a run that waited finds it done.
     let _lock = entry.lock()?;
-    // A DP pretraining is a release: checked against the other pretrainings' releases and made under the cache's
-    // releases lock (after the entry's), so that two DP pretrainings of other configs at once see each other.
-    let _all_releases = cfg.dp_pretraining().map(|_| super::releases_lock(&cfg.cache_dir)).transpose()?;
     let trained_on = TrainedOn::of(cfg, source)?;
     let cached = cached_pretrained(cfg);
     let recorded = cached.as_ref().and_then(|c| c.meta.trained_on.clone());
@@ -425,8 +422,11 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         }
         tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up (the report's budget composes them)");
     }
+    // A DP pretraining is a release: checked against the other pretrainings' releases and made under the cache's
+    // releases lock (after the entry's), so that two DP pretrainings of other configs at once see each other.
+    let _all_releases = cfg.dp_pretraining().map(|_| super::releases_lock(&cfg.cache_dir)).transpose()?;
     // Settled before training: a schedule beyond its budget refuses to start, and so does one that, with the DP
-    // pretrainings it replaces, would spend more than the server's total.
+    // pretrainings it replaces and the other pretrainings' releases, would spend more than the server's total.
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
         dp_pretraining_within_total(plan, &dp_trained_over, total, &super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), &cfg.source.paths))?;
