@@ -247,12 +247,13 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, o
         // Above the total by themselves, they are refused for that; otherwise the other pretrainings tip them over.
         if together <= total {
             return refuse(format!(
-                "{what} beside {made} would spend ε = {} together at δ = {}, and beside {} above the total of {total}; \
-                 releases of pretrainings on the same source examples add up. More noise (a larger noise_std or a smaller \
-                 target_epsilon), fewer new settings, or already-made settings stay within it",
+                "{what} beside {made} would spend ε = {} together at δ = {}; beside {} as well, ε = {} in all, above the \
+                 total of {total}: releases of pretrainings on the same source examples add up. More noise (a larger \
+                 noise_std or a smaller target_epsilon), fewer new settings, or already-made settings stay within it",
                 shown(together),
                 crate::privacy::shown::delta(first.delta),
-                others.describe()
+                others.describe(),
+                shown(together + others.epsilon())
             ));
         }
         return refuse(format!(
