@@ -17,6 +17,22 @@ use crate::error::Result;
 use super::PretrainMeta;
 
 /// The releases of a server's other pretrainings on some of the same source paths, as its cache records them.
+///
+/// ```
+/// use cryptotl::pipeline::OtherPretrainings;
+/// let dir = |k: &str| std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
+/// let mut others = OtherPretrainings { counted: vec![(dir("a"), 1.0, 1e-6), (dir("b"), 2.0, 3e-6)], unreadable: vec![] };
+/// // Across pretrainings, ε and δ add.
+/// let (eps, delta) = others.together().unwrap();
+/// assert!((eps - 3.0).abs() < 1e-12 && (delta - 4e-6).abs() < 1e-18);
+/// assert!(others.describe().starts_with("2 other pretraining(s) of these source paths in the cache (ε = 3.0"));
+/// // One whose releases cannot be read leaves no bound.
+/// others.unreadable.push(dir("c"));
+/// assert_eq!((others.together(), others.epsilon(), others.count()), (None, f64::INFINITY, 3));
+/// // A cache with no other pretraining: nothing to add.
+/// let empty = cryptotl::pipeline::other_pretrainings(std::path::Path::new("no/such/cache"), &[], &["tweets.csv".into()]);
+/// assert!(empty.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OtherPretrainings {
     /// The other pretrainings' folders whose releases are counted, each with its releases' (ε, δ) together, in path
@@ -65,6 +81,13 @@ impl OtherPretrainings {
 /// The lock every server release of the cache `cache_dir` is decided under: the checks against
 /// `server_privacy.total_epsilon` read the other pretrainings' releases, so two runs releasing for other
 /// pretrainings at once would each miss the other's. Taken after a pretraining entry's own lock, never before it.
+///
+/// ```
+/// let cache = tempfile::tempdir().unwrap();
+/// let held = cryptotl::pipeline::releases_lock(cache.path()).unwrap();
+/// assert!(cache.path().join("server-releases").is_dir());
+/// drop(held);
+/// ```
 pub fn releases_lock(cache_dir: &Path) -> Result<crate::atomic::DirLock> {
     crate::cache::Entry::new(cache_dir.join("server-releases")).lock()
 }
