@@ -222,7 +222,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     assert_eq!(mechanisms.len(), 5, "{mechanisms:?}");
     // The one-line summaries (`Report::headline`) name each mechanism by its short name.
     let short: Vec<&str> = rows.iter().map(|r| r.short_mechanism()).collect();
-    assert_eq!(short, ["DP-SGD on the head", "DP pretraining", "weight noise", "composed total", "all server releases about these source examples in the cache, together"]);
+    assert_eq!(short, ["DP-SGD on the head", "DP pretraining", "weight noise", "composed total", "all server releases about these source examples, together"]);
     assert_eq!((rows[0].party.as_str(), rows[0].epsilon, rows[0].delta), ("client", Some(client.plan.epsilon), Some(client.plan.delta)));
     assert_eq!((rows[1].party.as_str(), rows[1].epsilon), ("server", Some(pre.epsilon)));
     assert!(rows[1].mechanism.starts_with("DP pretraining"));
@@ -634,6 +634,7 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     assert_eq!(drawn(&b_dir), 1);
     let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("all server releases about these source examples")).expect("the cache-wide row");
     assert!(row.mechanism.contains("1 other"), "{}", row.mechanism);
+    assert!(!row.accountant.contains("binary"), "the fixture's source file is not one the shipped network learned from: {}", row.accountant);
     let (eps, delta) = (row.epsilon.unwrap(), row.delta.unwrap());
     assert!((eps - (plan_a.epsilon + plan_b.epsilon)).abs() < 1e-6 * eps, "{eps} against {} + {}", plan_a.epsilon, plan_b.epsilon);
     assert!((delta - (plan_a.delta + plan_b.delta)).abs() < 1e-12, "{delta}");
@@ -648,6 +649,16 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     let c_table = format!("[server_privacy]\ntotal_epsilon = {}\n{WEIGHT_NOISE}", plan_a.epsilon * 1.01);
     let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &elsewhere, &c_table)).unwrap();
     assert!(!c.weight_noise.as_ref().unwrap().from_cache && c.other_pretrainings.is_empty(), "{:?}", c.other_pretrainings);
+    // A source file the network shipped in the binary learned from (by its name): that network's plain weights are
+    // public, so no draw on it stays within a total, and an uncapped run's cache-wide row gives no bound.
+    let tweets = dir.path().join("tweets.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &tweets).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &tweets, &c_table)).err().expect("beside the shipped network").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary"), "{err}");
+    let report = cryptotl::pipeline::run(&config_on_source(dir.path(), &tweets, WEIGHT_NOISE)).unwrap();
+    let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("all server releases about these source examples")).expect("the cache-wide row");
+    assert_eq!((row.epsilon, row.delta), (None, None), "{row:?}");
+    assert!(row.accountant.contains("shipped in the cryptotl binary"), "{}", row.accountant);
     // An unreadable release of another pretraining leaves no bound: a draw under a total is refused, naming it.
     std::fs::write(noise_entry(&a.cache_dir, 0.02).join("meta.json"), "{ torn").unwrap();
     let err = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.03", 1e6, 6)).err().expect("beside an unreadable release").to_string();

@@ -330,3 +330,57 @@ fn dropping_dead_units_keeps_every_output_of_the_units_that_fire() {
         assert_eq!(a.column(j), b.column(c), "unit {j}");
     }
 }
+
+/// The network shipped in the binary is public: noise a run adds to it protects its source examples against no one
+/// who has the binary. The budget says so beside the weight-noise row, a release of it under
+/// `server_privacy.total_epsilon` is refused (in a run and up front in a sweep), and another pretraining on a path
+/// the shipped network learned from counts it as a release without a bound.
+#[test]
+fn releases_of_the_public_shipped_network_claim_no_bound() {
+    use cryptotl::privacy::budget::{BudgetReport, ServerMechanisms, TfheStatement};
+    let dir = tempfile::tempdir().unwrap();
+    let noise = ["server_privacy.weight_noise.l2_sensitivity=0.001".to_string(), "server_privacy.weight_noise.target_epsilon=4".into()];
+    let capped = |extra: &[String]| {
+        let ov: Vec<String> = [format!("cache_dir={:?}", dir.path().display().to_string()), "server_privacy.total_epsilon=100".into()].into_iter().chain(extra.iter().cloned()).collect();
+        RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &ov).unwrap()
+    };
+    // Under a total, a draw from the shipped network is refused before it is drawn (its source data is not needed).
+    let err = pipeline::server_lower_network(&capped(&noise)).err().expect("a capped release of the shipped network").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary") && err.contains("seed"), "{err}");
+    let spec = cryptotl::sweep::SweepSpec {
+        client_epsilons: cryptotl::sweep::Epsilon::parse_list("inf").unwrap(),
+        server_epsilons: cryptotl::sweep::Epsilon::parse_list("4").unwrap(),
+        server_mechanism: cryptotl::sweep::ServerMechanism::WeightNoise,
+        raw_baseline: false,
+        repeats: 1,
+    };
+    let err = cryptotl::sweep::plan(&capped(&noise), &spec).err().expect("a capped sweep over the shipped network").to_string();
+    assert!(err.contains("shipped in the cryptotl binary"), "{err}");
+    let drawn = std::fs::read_dir(dir.path()).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).into_iter().flatten())
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count();
+    assert_eq!(drawn, 0, "nothing was drawn");
+
+    // The budget of a noised shipped network: the weight-noise row, the public network beside it, and no bound for
+    // anyone with the binary.
+    let cfg = quickstart(dir.path());
+    let wn = cryptotl::privacy::server::plan_weight_noise(capped(&noise).server_privacy.weight_noise.as_ref().unwrap(), shipped().manifest.meta.source.train).unwrap().unwrap();
+    let tfhe = TfheStatement::new(&cfg.he, None).unwrap();
+    let budget = |shipped: bool| BudgetReport::new(None, 652, ServerMechanisms { weight_noise: Some((&wn, 100)), source_examples: 10, network_shipped: shipped, ..Default::default() }, tfhe.clone()).unwrap();
+    let public = budget(true);
+    let row = public.rows.iter().find(|r| r.mechanism.starts_with("the pretrained network itself, shipped in the cryptotl binary")).expect("the public network's row");
+    assert_eq!((row.party.as_str(), row.epsilon, row.delta), ("server", None, None));
+    let tightest = public.source_tightest.as_ref().unwrap();
+    assert!(tightest.contains("none against anyone with the cryptotl binary") && tightest.contains("weight noise alone"), "{tightest}");
+    let own = budget(false);
+    assert!(!own.rows.iter().any(|r| r.mechanism.contains("shipped in the cryptotl binary")) && !own.source_tightest.unwrap().contains("binary"));
+
+    // Another pretraining on a file the shipped network learned from (by file name) counts it, without a bound
+    // (`tests/server_privacy.rs` refuses such a draw under a total).
+    let tweets = dir.path().join("tweets.csv");
+    let others = pipeline::other_pretrainings(dir.path(), &[], &[tweets.display().to_string()]);
+    assert!(others.shipped.is_some() && others.together().is_none() && others.describe().contains("shipped in the cryptotl binary"), "{others:?}");
+    assert!(pipeline::other_pretrainings(dir.path(), &[], &["spam_assassin.csv".into()]).is_empty());
+    // The shipped network's own folder excluded (the run's own network), it is not counted again.
+    let own_dir = dir.path().join(format!("pretrain-{}", shipped().manifest.meta.key));
+    assert!(pipeline::other_pretrainings(dir.path(), &[own_dir], &[tweets.display().to_string()]).is_empty());
+}

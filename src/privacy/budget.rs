@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::plan::{DpPlan, PrivacyReport};
-use super::server::{StoredReleases, WeightNoisePlan, approx_dp_measurement, compose, dp_pretrainings_epsilon, weight_noise_approx_dp, weight_noise_releases_epsilon};
+use super::server::{OtherPretrainings, StoredReleases, WeightNoisePlan, approx_dp_measurement, compose, dp_pretrainings_epsilon, weight_noise_approx_dp, weight_noise_releases_epsilon};
 use crate::error::Result;
 use crate::membership::MembershipAttack;
 
@@ -153,9 +153,11 @@ pub struct ServerMechanisms<'a> {
     /// earlier network of this config): with `weight_noise`, composed for whoever holds them all.
     pub other_weight_noise: Option<&'a StoredReleases>,
     /// The releases of the server's other pretrainings on some of the same source paths (other configs, other cache
-    /// entries), when any records one: how many pretrainings, and their releases together as (ε, δ), `None` when
-    /// one cannot be read ([`crate::pipeline::OtherPretrainings`]).
-    pub other_pretrainings: Option<(usize, Option<(f64, f64)>)>,
+    /// entries, or the network shipped in the binary), when any records one.
+    pub other_pretrainings: Option<&'a OtherPretrainings>,
+    /// The network is the one shipped in the cryptotl binary: its un-noised weights are public, so no mechanism
+    /// applied to it protects the source examples against anyone with the binary.
+    pub network_shipped: bool,
     /// Source training examples.
     pub source_examples: usize,
     /// What a membership-inference attack on the source data measured through the client's view (`[audit]
@@ -457,9 +459,27 @@ impl BudgetReport {
             });
             bounds.push(("the composed total".into(), epsilon, delta));
         }
+        // The network shipped in the binary is public: whatever noise a run adds, anyone with the binary has the
+        // un-noised weights, so no bound holds for its source examples against them.
+        const SHIPPED: &str = "the un-noised network ships in the cryptotl binary, public";
+        if server.network_shipped && !bounds.is_empty() {
+            rows.push(BudgetRow {
+                party: "server".into(),
+                data: source_data.clone(),
+                mechanism: "the pretrained network itself, shipped in the cryptotl binary (plain weights, public)".into(),
+                epsilon: None,
+                delta: None,
+                accountant: "-".into(),
+                noise: "none".into(),
+                protects_against: "nothing against anyone with the binary: the rows above hold only for a holder of this run's \
+                     release who never had the binary's network. For a claim, pretrain the server's own network (any change \
+                     to the pretraining key, e.g. another seed, with the sources fetched)".into(),
+            });
+        }
         // The releases of other pretrainings on the same source examples add to this pretraining's (ε and δ add).
         let mut across = None;
-        if let Some((count, others)) = server.other_pretrainings.filter(|_| !bounds.is_empty()) {
+        if let Some(others) = server.other_pretrainings.filter(|o| !o.is_empty() && !bounds.is_empty()) {
+            let count = others.count();
             let dp = server.dp_pretraining.map(|p| all_dp.map_or((p.epsilon, p.delta), |(_, e, d)| (e, d)));
             let noise = server.weight_noise.map(|(p, _)| match all_releases {
                 Some((_, e, d)) => e.map(|e| (e, d)),
@@ -467,28 +487,30 @@ impl BudgetReport {
             });
             // Both bounds hold for this pretraining's releases: the smaller.
             let this = [dp, noise.flatten()].into_iter().flatten().min_by(|a, b| a.0.total_cmp(&b.0));
-            let together = match (this, others) {
-                (Some((e, d)), Some((oe, od))) => Some(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
-                _ => None,
+            let together = match (this, others.together()) {
+                _ if server.network_shipped => Err(SHIPPED.to_string()),
+                (None, _) => Err("some of this pretraining's releases cannot be read, so their noise is unknown".to_string()),
+                (_, None) => Err(others.describe()),
+                (Some((e, d)), Some((oe, od))) => Ok(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
             };
             rows.push(BudgetRow {
                 party: "server".into(),
                 data: format!("{source_data}, and what other pretrainings on the same source paths learned from"),
                 mechanism: format!(
-                    "all server releases about these source examples in the cache, together (this pretraining's and those of {count} other \
-                     pretraining(s) of other configs on some of the same source paths)"
+                    "all server releases about these source examples, together (this pretraining's and those of {count} other \
+                     pretraining(s) on some of the same source paths: in the cache, or shipped in the binary)"
                 ),
-                epsilon: together.map(|(e, _)| e),
-                delta: together.map(|(_, d)| d),
-                accountant: match together {
-                    Some(_) => "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together".into(),
-                    None => "none: some of the releases cannot be read, so their noise is unknown".into(),
+                epsilon: together.as_ref().ok().map(|(e, _)| *e),
+                delta: together.as_ref().ok().map(|(_, d)| *d),
+                accountant: match &together {
+                    Ok(_) => "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together".into(),
+                    Err(why) => format!("none: {why}"),
                 },
                 noise: "each as its own rows give it".into(),
                 protects_against: "a source example learned by several of these networks, against whoever holds releases of all of them \
                      (the rows above cover this pretraining's releases alone)".into(),
             });
-            across = Some((count, together));
+            across = Some((count, together.ok()));
         }
         let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
             let mut s = format!("tightest valid bound on the source data: {what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
@@ -513,12 +535,19 @@ impl BudgetReport {
             }
             match across {
                 Some((count, Some((eps, delta)))) => s.push_str(&format!(
-                    ". With the releases of {count} other pretraining(s) on the same source paths in the cache, ε = {} at δ = {}",
+                    ". With the releases of {count} other pretraining(s) on the same source paths, ε = {} at δ = {}",
                     super::shown::epsilon(eps),
                     super::shown::delta(delta)
                 )),
-                Some((count, None)) => s.push_str(&format!(". With the releases of {count} other pretraining(s) on the same source paths in the cache, no bound: some cannot be read")),
+                Some((count, None)) => s.push_str(&format!(". With the releases of {count} other pretraining(s) on the same source paths, no bound (the budget's last row says why)")),
                 None => {}
+            }
+            if server.network_shipped {
+                s = s.replacen(
+                    "bound on the source data: ",
+                    &format!("bound on the source data: none against anyone with the cryptotl binary ({SHIPPED}); against a holder of this run's release alone, "),
+                    1,
+                );
             }
             s
         });

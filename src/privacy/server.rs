@@ -243,6 +243,82 @@ impl StoredReleases {
     }
 }
 
+/// The releases of a server's other pretrainings on some of the same source paths (another config: another
+/// pretraining key), as its cache records them ([`crate::pipeline::other_pretrainings`]), and the network shipped in
+/// the binary when it learned from them.
+///
+/// ```
+/// use cryptotl::privacy::server::OtherPretrainings;
+/// let dir = |k: &str| std::path::std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
+/// let mut others = OtherPretrainings { counted: vec![(dir("a"), 1.0, 1e-6), (dir("b"), 2.0, 3e-6)], ..Default::default() };
+/// // Across pretrainings, ε and δ add.
+/// let (eps, delta) = others.together().unwrap();
+/// assert!((eps - 3.0).abs() < 1e-12 && (delta - 4e-6).abs() < 1e-18);
+/// assert!(others.describe().starts_with("2 other pretraining(s) of these source paths in the cache (ε = 3.0"));
+/// // One whose releases cannot be read leaves no bound.
+/// others.unreadable.push(dir("c"));
+/// assert_eq!((others.together(), others.epsilon(), others.count()), (None, f64::INFINITY, 3));
+/// // The network shipped in the binary learned from the tweets in the clear: no bound holds for them.
+/// let cache = std::path::Path::new("no/such/cache");
+/// let tweets = cryptotl::pipeline::other_pretrainings(cache, &[], &["datasets/data/tweets.csv".into()]);
+/// assert!(tweets.shipped.is_some() && tweets.together().is_none());
+/// // A cache with no other pretraining, on a source the binary's network never saw: nothing to add.
+/// assert!(cryptotl::pipeline::other_pretrainings(cache, &[], &["spam_assassin.csv".into()]).is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OtherPretrainings {
+    /// The other pretrainings' folders whose releases are counted, each with its releases' (ε, δ) together, in path
+    /// order.
+    pub counted: Vec<(std::path::PathBuf, f64, f64)>,
+    /// Other pretrainings that record releases which cannot be read (their ε unknown): with any, no bound holds.
+    pub unreadable: Vec<std::path::PathBuf>,
+    /// The network shipped in the binary, by name, when it learned from some of these source paths and is not the
+    /// run's own: its plain weights are public, so no bound holds for the examples it shares.
+    pub shipped: Option<String>,
+}
+
+impl OtherPretrainings {
+    /// No other pretraining records a release.
+    pub fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// How many other pretrainings record releases.
+    pub fn count(&self) -> usize {
+        self.counted.len() + self.unreadable.len() + usize::from(self.shipped.is_some())
+    }
+
+    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read.
+    pub fn together(&self) -> Option<(f64, f64)> {
+        (self.unreadable.is_empty() && self.shipped.is_none()).then(|| self.counted.iter().fold((0.0, 0.0), |(e, d), (_, de, dd)| (e + de, d + dd)))
+    }
+
+    /// [`Self::together`]'s ε, ∞ when a release cannot be read.
+    pub fn epsilon(&self) -> f64 {
+        self.together().map_or(f64::INFINITY, |(e, _)| e)
+    }
+
+    /// What they are, for an error or a report: "2 other pretraining(s) of these source paths in the cache (ε = 3.00
+    /// together)".
+    pub fn describe(&self) -> String {
+        let n = self.count();
+        if let Some(name) = &self.shipped {
+            return format!(
+                "{n} other pretraining(s) of these source paths, among them the network shipped in the cryptotl binary (\"{name}\"), \
+                 whose plain weights anyone with the binary has (no bound holds for the source examples it learned from)"
+            );
+        }
+        match self.together() {
+            Some((e, _)) => format!("{n} other pretraining(s) of these source paths in the cache (ε = {} together)", crate::privacy::shown::epsilon(e)),
+            None => format!(
+                "{n} other pretraining(s) of these source paths in the cache, {} of whose releases cannot be read ({})",
+                self.unreadable.len(),
+                self.unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
 /// Several weight-noise releases of networks trained on the same source data (`plans`: other noise settings, or
 /// other draws), together: OpenDP's `make_composition` of their Gaussian measurements in zCDP (the ρ add, which is
 /// tight for Gaussians), converted to (ε, δ) at `delta`. Returns (ρ, ε). Whoever holds every release (one client

@@ -45,7 +45,7 @@ pub struct PretrainedLower {
     pub other_releases: crate::privacy::server::StoredReleases,
     /// The releases of the server's other pretrainings in the cache on some of the same source paths (other configs:
     /// another pretraining key), when the run has a server mechanism ([`other_pretrainings`]).
-    pub other_pretrainings: OtherPretrainings,
+    pub other_pretrainings: crate::privacy::server::OtherPretrainings,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
     /// What changed in the source data since the cache's network of this config was trained, when this run trained
@@ -76,7 +76,8 @@ impl PretrainedLower {
             dp_pretraining_replaced: &self.meta.dp_trained_over,
             weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
             other_weight_noise: Some(&self.other_releases),
-            other_pretrainings: (!self.other_pretrainings.is_empty()).then(|| (self.other_pretrainings.count(), self.other_pretrainings.together())),
+            other_pretrainings: Some(&self.other_pretrainings),
+            network_shipped: self.origin == NetworkOrigin::Shipped,
             source_examples: self.meta.source.train,
             membership,
             fitted_outside,

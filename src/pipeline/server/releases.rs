@@ -5,6 +5,9 @@
 //! examples (another width, seed, schedule or DP setting: another pretraining key) is counted here, so that
 //! `server_privacy.total_epsilon` and the budget's cache-wide row see it too.
 //!
+//! The network shipped in the binary counts too, for the source paths it learned from: its plain weights are public,
+//! so for those examples no bound holds (a capped release is refused, the budget's row says ε = ∞).
+//!
 //! Two pretrainings are taken to share source examples when a path of one has the file name of a path of the other
 //! (`tweets.csv`, `embedded:imdb_sentences`): conservative, since configs may name one file by other paths, and
 //! their splits (other seeds) may hold other parts of it. Across pretrainings the releases compose in approximate
@@ -14,68 +17,18 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 
+use crate::privacy::server::OtherPretrainings;
+
 use super::PretrainMeta;
 
-/// The releases of a server's other pretrainings on some of the same source paths, as its cache records them.
-///
-/// ```
-/// use cryptotl::pipeline::OtherPretrainings;
-/// let dir = |k: &str| std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
-/// let mut others = OtherPretrainings { counted: vec![(dir("a"), 1.0, 1e-6), (dir("b"), 2.0, 3e-6)], unreadable: vec![] };
-/// // Across pretrainings, ε and δ add.
-/// let (eps, delta) = others.together().unwrap();
-/// assert!((eps - 3.0).abs() < 1e-12 && (delta - 4e-6).abs() < 1e-18);
-/// assert!(others.describe().starts_with("2 other pretraining(s) of these source paths in the cache (ε = 3.0"));
-/// // One whose releases cannot be read leaves no bound.
-/// others.unreadable.push(dir("c"));
-/// assert_eq!((others.together(), others.epsilon(), others.count()), (None, f64::INFINITY, 3));
-/// // A cache with no other pretraining: nothing to add.
-/// let empty = cryptotl::pipeline::other_pretrainings(std::path::Path::new("no/such/cache"), &[], &["tweets.csv".into()]);
-/// assert!(empty.is_empty());
-/// ```
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct OtherPretrainings {
-    /// The other pretrainings' folders whose releases are counted, each with its releases' (ε, δ) together, in path
-    /// order.
-    pub counted: Vec<(PathBuf, f64, f64)>,
-    /// Other pretrainings that record releases which cannot be read (their ε unknown): with any, no bound holds.
-    pub unreadable: Vec<PathBuf>,
-}
-
-impl OtherPretrainings {
-    /// No other pretraining records a release.
-    pub fn is_empty(&self) -> bool {
-        self.counted.is_empty() && self.unreadable.is_empty()
-    }
-
-    /// How many other pretrainings record releases.
-    pub fn count(&self) -> usize {
-        self.counted.len() + self.unreadable.len()
-    }
-
-    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read.
-    pub fn together(&self) -> Option<(f64, f64)> {
-        self.unreadable.is_empty().then(|| self.counted.iter().fold((0.0, 0.0), |(e, d), (_, de, dd)| (e + de, d + dd)))
-    }
-
-    /// [`Self::together`]'s ε, ∞ when a release cannot be read.
-    pub fn epsilon(&self) -> f64 {
-        self.together().map_or(f64::INFINITY, |(e, _)| e)
-    }
-
-    /// What they are, for an error or a report: "2 other pretraining(s) of these source paths in the cache (ε = 3.00
-    /// together)".
-    pub fn describe(&self) -> String {
-        let n = self.count();
-        match self.together() {
-            Some((e, _)) => format!("{n} other pretraining(s) of these source paths in the cache (ε = {} together)", crate::privacy::shown::epsilon(e)),
-            None => format!(
-                "{n} other pretraining(s) of these source paths in the cache, {} of whose releases cannot be read ({})",
-                self.unreadable.len(),
-                self.unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
+/// Why a new release of the network shipped in the binary is refused under `server_privacy.total_epsilon` (`total`):
+/// its plain weights are public, so no release of it stays within any total.
+pub(super) fn shipped_under_total(total: f64) -> crate::error::Error {
+    crate::error::Error::config_key("server_privacy.total_epsilon", format!(
+        "the network to be noised is the one shipped in the cryptotl binary, whose un-noised weights anyone with the binary \
+         has: no release of it stays within a total of {total} (or any). Pretrain the server's own network (any change to \
+         the pretraining key, e.g. --set seed=7, with the sources fetched: python3 datasets/fetch.py), or leave the total out"
+    ))
 }
 
 /// The lock every server release of the cache `cache_dir` is decided under: the checks against
@@ -92,13 +45,19 @@ pub fn releases_lock(cache_dir: &Path) -> Result<crate::atomic::DirLock> {
     crate::cache::Entry::new(cache_dir.join("server-releases")).lock()
 }
 
+/// Whether the pretraining `meta` learned from a path with one of the file names `wanted`.
+fn shares(meta: &PretrainMeta, wanted: &[String]) -> bool {
+    file_names(meta.source_tasks.iter().map(|t| t.source.as_str())).iter().any(|n| wanted.contains(n))
+}
+
 /// The file names of `paths`, which is what pretrainings are matched on.
 fn file_names<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     paths.into_iter().map(|p| Path::new(p).file_name().map_or_else(|| p.to_string(), |n| n.to_string_lossy().into_owned())).collect()
 }
 
 /// The releases of every pretraining in `cache_dir` other than those in `exclude` (folders) that learned from a
-/// path with the file name of one of `source_paths`.
+/// path with the file name of one of `source_paths`, and the network shipped in the binary when it did (its folder
+/// in `cache_dir` is not among `exclude`): a plain release, public.
 ///
 /// A pretraining counts with what its entry records: its DP pretrainings (its own and those it replaced) when it
 /// was DP-pretrained, which bound everything drawn from it; otherwise its noised draws, composed in zCDP as its own
@@ -108,6 +67,12 @@ fn file_names<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], source_paths: &[String]) -> OtherPretrainings {
     let wanted = file_names(source_paths.iter().map(String::as_str));
     let mut out = OtherPretrainings::default();
+    if let Ok(Some(shipped)) = crate::shipped_network::shipped() {
+        let meta = &shipped.manifest.meta;
+        if !exclude.contains(&cache_dir.join(format!("pretrain-{}", meta.key))) && shares(meta, &wanted) {
+            out.shipped = Some(shipped.manifest.name.clone());
+        }
+    }
     let Ok(entries) = std::fs::read_dir(cache_dir) else { return out };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| Some(e.ok()?.path()))
@@ -133,9 +98,8 @@ fn pretraining_releases(dir: &Path, wanted: &[String]) -> Result<Option<(f64, f6
     let key = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default();
     // Its record: the cache entry's, or the shipped network's for a folder holding only draws from it.
     let meta: Option<Result<PretrainMeta>> = entry.meta::<PretrainMeta>().or_else(|| crate::shipped_network::find(&key).map(|s| s.map(|s| s.manifest.meta.clone())));
-    let shares = |meta: &PretrainMeta| file_names(meta.source_tasks.iter().map(|t| t.source.as_str())).iter().any(|n| wanted.contains(n));
     let dp_plans: Vec<crate::privacy::plan::DpPlan> = match meta {
-        Some(Ok(m)) if !shares(&m) => return Ok(None),
+        Some(Ok(m)) if !shares(&m, wanted) => return Ok(None),
         Some(Ok(m)) => m.dp_pretraining.into_iter().chain(m.dp_trained_over).collect(),
         // Incomplete: a DP pretraining cut short while it replaced earlier ones still made those.
         None => entry.carried::<Vec<crate::privacy::plan::DpPlan>>().transpose()?.unwrap_or_default(),

@@ -73,6 +73,9 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     let dp_bound = dp_bound(&lower.meta)?;
     // Other configs' pretrainings on the same source paths: their releases add to this one's.
     let others = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
+    if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
+        return Err(super::shipped_under_total(total));
+    }
     if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + others.epsilon() > *t) {
         within_total(total, &[&plan], &stored, &others)?;
     }
@@ -179,6 +182,9 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
             crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
             Some(Ok(a)) if a.plan == plan && base.as_deref().is_some_and(|b| a.drawn_from(b))
         );
+        if !reused && stored.as_ref().is_some_and(|l| l.origin == crate::report::NetworkOrigin::Shipped) {
+            return Err(super::shipped_under_total(total));
+        }
         let (_, _, new) = draws.entry(dir).or_insert((total, bound, Vec::new()));
         if !reused && !new.contains(&plan) {
             new.push(plan);
@@ -219,7 +225,7 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
 /// Refuse the new draws `new` when, with the releases `stored` for the same pretraining and those of the `others`
 /// pretrainings on the same source paths, they would spend more than `server_privacy.total_epsilon` (`total`)
 /// together, or when a stored release cannot be read (its noise unknown).
-fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &super::OtherPretrainings) -> Result<()> {
+fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &crate::privacy::server::OtherPretrainings) -> Result<()> {
     let refuse = |why: String| Err(Error::config_key("server_privacy.total_epsilon", why));
     let Some(first) = new.first() else { return Ok(()) };
     if stored.unreadable > 0 {
