@@ -249,7 +249,7 @@ impl StoredReleases {
 ///
 /// ```
 /// use cryptotl::privacy::server::OtherPretrainings;
-/// let dir = |k: &str| std::path::std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
+/// let dir = |k: &str| std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
 /// let mut others = OtherPretrainings { counted: vec![(dir("a"), 1.0, 1e-6), (dir("b"), 2.0, 3e-6)], ..Default::default() };
 /// // Across pretrainings, ε and δ add.
 /// let (eps, delta) = others.together().unwrap();
