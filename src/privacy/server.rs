@@ -283,17 +283,18 @@ impl OtherPretrainings {
         self.count() == 0
     }
 
-    /// How many other pretrainings record releases.
+    /// How many other pretrainings record releases (the shipped network counted as one).
     pub fn count(&self) -> usize {
         self.counted.len() + self.unreadable.len() + usize::from(self.shipped.is_some())
     }
 
-    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read.
+    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read, or the shipped
+    /// network is among them.
     pub fn together(&self) -> Option<(f64, f64)> {
         (self.unreadable.is_empty() && self.shipped.is_none()).then(|| self.counted.iter().fold((0.0, 0.0), |(e, d), (_, de, dd)| (e + de, d + dd)))
     }
 
-    /// [`Self::together`]'s ε, ∞ when a release cannot be read.
+    /// [`Self::together`]'s ε, ∞ when there is no bound.
     pub fn epsilon(&self) -> f64 {
         self.together().map_or(f64::INFINITY, |(e, _)| e)
     }
