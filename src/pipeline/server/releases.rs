@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
-
 use crate::privacy::server::OtherPretrainings;
 
 use super::PretrainMeta;
