@@ -680,8 +680,21 @@ fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {
     let held = cryptotl::pipeline::releases_lock(&dir.path().join("cache")).unwrap();
     let outcomes = draws_while_held(held, vec![capped_with_seed(dir.path(), "0.02", between, 5), capped_with_seed(dir.path(), "0.05", between, 6)]);
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "exactly one of the two draws fits the total: {outcomes:?}");
+    let winner = if outcomes[0].is_ok() { ("0.02", 5) } else { ("0.05", 6) };
     let err = outcomes.into_iter().find_map(|o| o.err()).unwrap();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s)"), "{err}");
+    // Loading a release already made draws nothing: it does not wait for the cache's releases lock.
+    let held = cryptotl::pipeline::releases_lock(&dir.path().join("cache")).unwrap();
+    let cfg = capped_with_seed(dir.path(), winner.0, between, winner.1);
+    let load = std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|l| l.weight_noise.unwrap().from_cache).map_err(|e| e.to_string()));
+    let started = std::time::Instant::now();
+    while !load.is_finished() && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let finished = load.is_finished();
+    drop(held);
+    assert!(finished, "loading a stored release waited for the releases lock");
+    assert_eq!(load.join().unwrap(), Ok(true));
 }
 
 /// Two runs drawing other noise settings of one pretraining at once decide one after the other, under the

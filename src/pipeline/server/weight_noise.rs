@@ -30,8 +30,6 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // Every writer of a setting's entry holds it, so the entry is read here without its own lock, and a draw that
     // is refused leaves no folder behind.
     let _releases = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
-    // And under the cache's releases lock, which the check below needs to see other pretrainings' releases whole.
-    let _all_releases = super::releases_lock(&cfg.cache_dir)?;
     // A complete entry is a network the server may already have released. If it cannot be read, drawing again
     // would be a second release of the same weights (the budget spent twice): refuse and say so. An incomplete
     // entry (no meta.json) was never used, so it is drawn again.
@@ -71,13 +69,16 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
     // total that way, the draw needs no check of its own.
     let dp_bound = dp_bound(&lower.meta)?;
-    // Other configs' pretrainings on the same source paths: their releases add to this one's.
-    let others = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
+    // Other configs' pretrainings on the same source paths: their releases add to this one's. A new draw is decided
+    // under the cache's releases lock too (after the pretraining's), so that draws for other pretrainings at once
+    // count each other; a stored release, loaded above, needed only the pretraining's.
+    let _all_releases = super::releases_lock(&cfg.cache_dir)?;
+    let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
     if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
         return Err(super::shipped_under_total(total));
     }
-    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + others.epsilon() > *t) {
-        within_total(total, &[&plan], &stored, &others)?;
+    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + elsewhere.epsilon() > *t) {
+        within_total(total, &[&plan], &stored, &elsewhere)?;
     }
     if earlier > 0 {
         tracing::warn!(
