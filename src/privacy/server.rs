@@ -255,6 +255,7 @@ impl StoredReleases {
 /// let (eps, delta) = others.together().unwrap();
 /// assert!((eps - 3.0).abs() < 1e-12 && (delta - 4e-6).abs() < 1e-18);
 /// assert!(others.describe().starts_with("2 other pretraining(s) of these source paths in the cache (ε = 3.0"));
+/// assert!(others.describe().contains("runs/cache/pretrain-b ε = 2.0"), "each is named, so that it can be found");
 /// // One whose releases cannot be read leaves no bound.
 /// others.unreadable.push(dir("c"));
 /// assert_eq!((others.together(), others.epsilon(), others.count()), (None, f64::INFINITY, 3));
@@ -300,7 +301,8 @@ impl OtherPretrainings {
     }
 
     /// What they are, for an error or a report: "2 other pretraining(s) of these source paths in the cache (ε = 3.00
-    /// together)".
+    /// together: runs/cache/pretrain-… ε = 1.00, …)", each named so that a user can find it (matched by a source
+    /// file's name, an unrelated source with the same file name counts too).
     pub fn describe(&self) -> String {
         let n = self.count();
         if let Some(name) = &self.shipped {
@@ -310,7 +312,11 @@ impl OtherPretrainings {
             );
         }
         match self.together() {
-            Some((e, _)) => format!("{n} other pretraining(s) of these source paths in the cache (ε = {} together)", crate::privacy::shown::epsilon(e)),
+            Some((e, _)) => format!(
+                "{n} other pretraining(s) of these source paths in the cache (ε = {} together: {})",
+                crate::privacy::shown::epsilon(e),
+                self.counted.iter().map(|(dir, e, _)| format!("{} ε = {}", dir.display(), crate::privacy::shown::epsilon(*e))).collect::<Vec<_>>().join(", ")
+            ),
             None => format!(
                 "{n} other pretraining(s) of these source paths in the cache, {} of whose releases cannot be read ({})",
                 self.unreadable.len(),
