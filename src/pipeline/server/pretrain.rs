@@ -356,11 +356,11 @@ pub(super) fn staleness(stored: &PretrainedLower, cfg: &RunConfig, source: &Spli
 
 /// Refuse a DP pretraining (`plan`) that, with the DP pretrainings of the network it `replaced` and the releases of
 /// the `others` pretrainings on the same source paths, would spend more than `server_privacy.total_epsilon`
-/// (`total`).
-pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64, others: &crate::privacy::server::OtherPretrainings) -> Result<()> {
+/// (`total`). Returns the ε of `plan` with those it replaced.
+pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64, others: &crate::privacy::server::OtherPretrainings) -> Result<f64> {
     let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(replaced).collect::<Vec<_>>())?;
     if together + others.epsilon() <= total {
-        return Ok(());
+        return Ok(together);
     }
     let shown = crate::privacy::shown::epsilon;
     // Above the total by itself, it is refused for that; otherwise the other pretrainings' releases tip it over.

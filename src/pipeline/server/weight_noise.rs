@@ -72,11 +72,11 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // Other configs' pretrainings on the same source paths: their releases add to this one's. A new draw is decided
     // under the cache's releases lock too (after the pretraining's), so that draws for other pretrainings at once
     // count each other; a stored release, loaded above, needed only the pretraining's.
-    let _all_releases = super::releases_lock(&cfg.cache_dir)?;
-    let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
     if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
         return Err(super::shipped_under_total(total));
     }
+    let _all_releases = super::releases_lock(&cfg.cache_dir)?;
+    let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
     if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + elsewhere.epsilon() > *t) {
         within_total(total, &[&plan], &stored, &elsewhere)?;
     }
@@ -149,8 +149,9 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
     };
     // What the sweep's releases would spend, per pretraining folder: each new DP pretraining with those it replaces;
     // each pretraining's new draws, with the releases stored for it and the bound of its DP pretraining.
-    let mut dp_pretrainings: Vec<(PathBuf, f64)> = Vec::new();
-    let mut draws: std::collections::BTreeMap<PathBuf, (f64, f64, Vec<WeightNoisePlan>)> = Default::default();
+    let mut spent: Vec<(PathBuf, f64)> = Vec::new();
+    // Per pretraining with new draws: its DP bound, the other pretrainings' releases, and the draws.
+    let mut draws: std::collections::BTreeMap<PathBuf, (f64, crate::privacy::server::OtherPretrainings, Vec<WeightNoisePlan>)> = Default::default();
     let mut cache: Option<(PathBuf, f64, Vec<String>)> = None;
     for cfg in settings {
         let Some(total) = cfg.server_privacy.total_epsilon else { continue };
@@ -163,9 +164,8 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
             if let Some(plan) = super::dp_pretraining_plan(cfg, n)? {
                 // What it would replace: only a DP pretraining cut short leaves a record without a stored network.
                 let replaced: Vec<crate::privacy::plan::DpPlan> = crate::cache::Entry::new(pretrain_dir.clone()).carried().transpose()?.unwrap_or_default();
-                super::dp_pretraining_within_total(&plan, &replaced, total, &others(&pretrain_dir))?;
-                let (epsilon, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(&plan).chain(&replaced).collect::<Vec<_>>())?;
-                dp_pretrainings.push((pretrain_dir.clone(), epsilon));
+                let epsilon = super::dp_pretraining_within_total(&plan, &replaced, total, &others(&pretrain_dir))?;
+                spent.push((pretrain_dir.clone(), epsilon));
             }
         }
         let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
@@ -175,7 +175,8 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
             None if cfg.dp_pretraining().is_some() => continue,
             None => (train_count(cfg)?, pretrain_dir, None, f64::INFINITY),
         };
-        if bound + others(&dir).epsilon() <= total {
+        let elsewhere = others(&dir);
+        if bound + elsewhere.epsilon() <= total {
             continue;
         }
         let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n)? else { continue };
@@ -186,20 +187,15 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
         if !reused && stored.as_ref().is_some_and(|l| l.origin == crate::report::NetworkOrigin::Shipped) {
             return Err(super::shipped_under_total(total));
         }
-        let (_, _, new) = draws.entry(dir).or_insert((total, bound, Vec::new()));
+        let (_, _, new) = draws.entry(dir).or_insert((bound, elsewhere, Vec::new()));
         if !reused && !new.contains(&plan) {
             new.push(plan);
         }
     }
     let Some((cache_dir, total, source_paths)) = cache else { return Ok(()) };
     // Each pretraining's draws, beside the other pretrainings stored in the cache (as its last draw will check them).
-    let mut spent = dp_pretrainings;
-    for (dir, (total, bound, new)) in &draws {
-        let stored = stored_in(dir);
-        within_total(*total, &new.iter().collect::<Vec<_>>(), &stored, &super::other_pretrainings(&cache_dir, std::slice::from_ref(dir), &source_paths))?;
-        if let Some(first) = new.first() {
-            let plans: Vec<&WeightNoisePlan> = new.iter().chain(&stored.plans).collect();
-            let (_, together) = crate::privacy::server::weight_noise_releases_epsilon(&plans, first.delta)?;
+    for (dir, (bound, elsewhere, new)) in &draws {
+        if let Some(together) = within_total(total, &new.iter().collect::<Vec<_>>(), &stored_in(dir), elsewhere)? {
             spent.push((dir.clone(), together.min(*bound)));
         }
     }
@@ -225,10 +221,11 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
 
 /// Refuse the new draws `new` when, with the releases `stored` for the same pretraining and those of the `others`
 /// pretrainings on the same source paths, they would spend more than `server_privacy.total_epsilon` (`total`)
-/// together, or when a stored release cannot be read (its noise unknown).
-fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &crate::privacy::server::OtherPretrainings) -> Result<()> {
+/// together, or when a stored release cannot be read (its noise unknown). Returns the ε of `new` and `stored`
+/// together, when there are new draws.
+fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &crate::privacy::server::OtherPretrainings) -> Result<Option<f64>> {
     let refuse = |why: String| Err(Error::config_key("server_privacy.total_epsilon", why));
-    let Some(first) = new.first() else { return Ok(()) };
+    let Some(first) = new.first() else { return Ok(None) };
     if stored.unreadable > 0 {
         return refuse(format!(
             "{} noised release(s) stored for this pretraining cannot be read, so what a new draw would add to them cannot be \
@@ -270,7 +267,7 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, o
             crate::privacy::shown::delta(first.delta)
         ));
     }
-    Ok(())
+    Ok(Some(together))
 }
 
 /// Every noised release stored in the pretraining folder `pretrain_dir` ([`other_entries`] of none).
