@@ -90,6 +90,41 @@ impl SourceFingerprints {
         texts.iter().filter(|t| self.contains(t)).count()
     }
 
+    /// Whether any text is among both `self` and `other`: whether two pretrainings share a source example
+    /// ([`crate::pipeline::other_pretrainings`]).
+    ///
+    /// ```
+    /// use cryptotl::overlap::SourceFingerprints;
+    /// let a = SourceFingerprints::of_texts(["one", "two"]);
+    /// assert!(a.shares_any(&SourceFingerprints::of_texts(["TWO", "three"])));
+    /// assert!(!a.shares_any(&SourceFingerprints::of_texts(["three"])));
+    /// ```
+    pub fn shares_any(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (self.sorted.iter().peekable(), other.sorted.iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            match x.cmp(y) {
+                std::cmp::Ordering::Less => _ = a.next(),
+                std::cmp::Ordering::Greater => _ = b.next(),
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+
+    /// The texts of `self` and of `other`.
+    ///
+    /// ```
+    /// use cryptotl::overlap::SourceFingerprints;
+    /// let both = SourceFingerprints::of_texts(["one", "two"]).union(&SourceFingerprints::of_texts(["two", "three"]));
+    /// assert_eq!(both, SourceFingerprints::of_texts(["one", "two", "three"]));
+    /// ```
+    pub fn union(&self, other: &Self) -> Self {
+        let mut sorted: Vec<u64> = self.sorted.iter().chain(&other.sorted).copied().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Self { sorted }
+    }
+
     /// The count of each split of `target` among them.
     pub fn overlap(&self, target: &Split) -> SourceOverlap {
         SourceOverlap {
@@ -128,6 +163,11 @@ impl SourceFingerprints {
             out.extend_from_slice(&f.to_le_bytes());
         }
         out
+    }
+
+    /// Read the file `path` in [`Self::encode`]'s form ([`Self::decode`]).
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::decode(&std::fs::read(path).map_err(|e| Error::io(path, e))?, path)
     }
 
     /// Read [`Self::encode`]'s form; `what` names the file in errors. A wrong header, a length that disagrees with

@@ -231,7 +231,7 @@ fn a_run_reports_every_party_and_noises_only_when_asked() {
     assert!(rows[3].mechanism.starts_with("composed"));
     assert!((rows[3].epsilon.unwrap() - (pre.epsilon + wn.epsilon)).abs() < 1e-12);
     assert!((rows[3].delta.unwrap() - (pre.delta + wn.delta)).abs() < 1e-18);
-    // The plain network's noised release above learned from the same source file: the last row adds it to this
+    // The plain network's noised release above learned from the same source texts: the last row adds it to this
     // pretraining's releases (the smaller of their two valid bounds).
     let (this_eps, this_delta) = if pre.epsilon < wn.epsilon { (pre.epsilon, pre.delta) } else { (wn.epsilon, wn.delta) };
     assert!(rows[4].mechanism.contains("1 other pretraining"), "{}", rows[4].mechanism);
@@ -600,16 +600,16 @@ fn draws_while_held<L>(held: L, cfgs: Vec<RunConfig>) -> Vec<Result<(), String>>
 }
 
 /// The tiny config of [`capped_config`] with another `seed`: another pretraining key (its own network and cache
-/// entry) on the same source file.
+/// entry) on the same source texts.
 fn capped_with_seed(dir: &std::path::Path, std: &str, total: f64, seed: u64) -> RunConfig {
     let mut cfg = capped_config(dir, std, total);
     cfg.seed = seed;
     cfg
 }
 
-/// The releases a server made from other pretrainings on the same source file (another config, so another pretraining
-/// key and cache entry) count against `server_privacy.total_epsilon` and in the budget's cache-wide row; those of a
-/// pretraining on another source file do not.
+/// The releases a server made from other pretrainings on the same source texts (another config, so another pretraining
+/// key and cache entry) count against `server_privacy.total_epsilon` and in the budget's cache-wide row, whatever the
+/// file is called; those of a pretraining on other texts do not, whatever its file is called.
 #[test]
 fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     let dir = tempfile::tempdir().unwrap();
@@ -621,7 +621,7 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     let plan_b = plan_weight_noise(b_cfg(1.0).server_privacy.weight_noise.as_ref().unwrap(), a.meta.source.train).unwrap().unwrap();
     // B's release alone is within the total, beside A's it is not: refused before it is drawn, naming A's pretraining.
     let err = cryptotl::pipeline::server_lower_network(&b_cfg(plan_b.epsilon + 0.5 * plan_a.epsilon)).err().expect("above the total with A's release").to_string();
-    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s) of these source paths in the cache"), "{err}");
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s) sharing source examples in the cache"), "{err}");
     let b_dir = dir.path().join("cache").join(format!("pretrain-{}", cryptotl::pipeline::pretrain_key(&b_cfg(1.0))));
     let drawn = |d: &std::path::Path| std::fs::read_dir(d).map_or(0, |r| r.filter(|e| e.as_ref().unwrap().path().join("meta.json").exists() && e.as_ref().unwrap().file_name().to_string_lossy().starts_with("weight-noise-")).count());
     assert!(b_dir.join("meta.json").exists(), "B was pretrained (no release) before its draw was refused: {}", b_dir.display());
@@ -638,34 +638,70 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     let (eps, delta) = (row.epsilon.unwrap(), row.delta.unwrap());
     assert!((eps - (plan_a.epsilon + plan_b.epsilon)).abs() < 1e-6 * eps, "{eps} against {} + {}", plan_a.epsilon, plan_b.epsilon);
     assert!((delta - (plan_a.delta + plan_b.delta)).abs() < 1e-12, "{delta}");
-    assert!(report.budget.source_tightest.as_ref().unwrap().contains("1 other pretraining(s) on the same source paths"));
+    assert!(report.budget.source_tightest.as_ref().unwrap().contains("1 other pretraining(s) sharing source examples"));
     // A's release, reused, is loaded whatever the total (loading releases nothing), and its report now sees B's.
     let a_again = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", plan_a.epsilon * 0.5, 5)).unwrap();
     assert!(a_again.weight_noise.as_ref().unwrap().from_cache);
     assert_eq!(a_again.other_pretrainings.counted.len(), 1);
-    // A pretraining on another source file shares no example with them: its draw is not checked against theirs.
-    let elsewhere = dir.path().join("elsewhere.csv");
-    std::fs::copy(format!("{}/separable_source.csv", common::FX), &elsewhere).unwrap();
+    // A copy of the source under another name holds the same examples: its draw counts theirs.
     let c_table = format!("[server_privacy]\ntotal_epsilon = {}\n{WEIGHT_NOISE}", plan_a.epsilon * 1.01);
-    let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &elsewhere, &c_table)).unwrap();
-    assert!(!c.weight_noise.as_ref().unwrap().from_cache && c.other_pretrainings.is_empty(), "{:?}", c.other_pretrainings);
-    // A source file the network shipped in the binary learned from (by its name): that network's plain weights are
-    // public, so no draw on it stays within a total, and an uncapped run's cache-wide row gives no bound.
-    let tweets = dir.path().join("tweets.csv");
-    std::fs::copy(format!("{}/separable_source.csv", common::FX), &tweets).unwrap();
-    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &tweets, &c_table)).err().expect("beside the shipped network").to_string();
+    let renamed = dir.path().join("renamed.csv");
+    std::fs::copy(format!("{}/separable_source.csv", common::FX), &renamed).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &renamed, &c_table)).err().expect("a renamed copy shares the examples").to_string();
+    assert!(err.contains("2 other pretraining(s) sharing source examples in the cache"), "{err}");
+    // Other texts share no example with them, even in a file named like one of theirs, or like one the network
+    // shipped in the binary learned from: its draw is not checked against theirs.
+    // (Each file's texts its own: the fixture's with a word of the file's name added.)
+    let other_texts = |name: &str| {
+        let path = dir.path().join("elsewhere").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let fixture = std::fs::read_to_string(format!("{}/separable_source.csv", common::FX)).unwrap();
+        let mut lines = fixture.lines();
+        let body: Vec<String> = std::iter::once(lines.next().unwrap().to_string()).chain(lines.map(|l| format!("{l} {}", name.trim_end_matches(".csv")))).collect();
+        std::fs::write(&path, body.join("\n") + "\n").unwrap();
+        path
+    };
+    for name in ["source.csv", "tweets.csv"] {
+        let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &other_texts(name), &c_table)).unwrap();
+        assert!(!c.weight_noise.as_ref().unwrap().from_cache && c.other_pretrainings.is_empty(), "{name}: {:?}", c.other_pretrainings);
+    }
+    // Texts the network shipped in the binary learned from (Yelp sentences it was trained on), in a file of any
+    // name: that network's plain weights are public, so no draw on them stays within a total, and an uncapped run's
+    // cache-wide row gives no bound.
+    let shipped = cryptotl::shipped_network::shipped().unwrap().unwrap().source_fingerprints.clone().unwrap();
+    let yelp: Vec<String> = cryptotl::data::EMBEDDED.iter().find(|(n, _)| *n == "yelp_sentences").unwrap().1.lines().skip(1)
+        .filter(|l| shipped.contains(l.split_once(',').unwrap().1.trim_matches('"')))
+        .take(20)
+        .map(String::from)
+        .collect();
+    assert_eq!(yelp.len(), 20);
+    let with_yelp = dir.path().join("reviews.csv");
+    std::fs::write(&with_yelp, format!("{}{}\n", std::fs::read_to_string(format!("{}/separable_source.csv", common::FX)).unwrap(), yelp.join("\n"))).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &with_yelp, &c_table)).err().expect("beside the shipped network").to_string();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary"), "{err}");
-    let report = cryptotl::pipeline::run(&config_on_source(dir.path(), &tweets, WEIGHT_NOISE)).unwrap();
+    let report = cryptotl::pipeline::run(&config_on_source(dir.path(), &with_yelp, WEIGHT_NOISE)).unwrap();
     let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("all server releases about these source examples")).expect("the cache-wide row");
     assert_eq!((row.epsilon, row.delta), (None, None), "{row:?}");
     assert!(row.accountant.contains("shipped in the cryptotl binary"), "{}", row.accountant);
+    // An entry that does not record what it learned from (made by an older version) counts whatever it learned from,
+    // named as such; a run of its config records it from the source data it checked the entry against.
+    let learned = a.cache_dir.join(cryptotl::pipeline::LEARNED_FROM_FILE);
+    let recorded = std::fs::read(&learned).unwrap();
+    std::fs::remove_file(&learned).unwrap();
+    let tight = format!("[server_privacy]\ntotal_epsilon = {}\n{}", plan_a.epsilon * 0.5, WEIGHT_NOISE.replace("noise_std = 0.02", "noise_std = 0.5"));
+    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &other_texts("fresh.csv"), &tight)).err().expect("beside an unrecorded entry").to_string();
+    assert!(err.contains("counted without comparing source texts") && err.contains(&a.cache_dir.display().to_string()), "{err}");
+    assert!(cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 5)).unwrap().weight_noise.unwrap().from_cache);
+    assert_eq!(std::fs::read(&learned).unwrap(), recorded, "recorded again, as it was");
+    let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &other_texts("fresh.csv"), &tight)).unwrap();
+    assert!(c.other_pretrainings.is_empty(), "{:?}", c.other_pretrainings);
     // An unreadable release of another pretraining leaves no bound: a draw under a total is refused, naming it.
     std::fs::write(noise_entry(&a.cache_dir, 0.02).join("meta.json"), "{ torn").unwrap();
     let err = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.03", 1e6, 6)).err().expect("beside an unreadable release").to_string();
     assert!(err.contains("cannot be read") && err.contains(&a.cache_dir.display().to_string()), "{err}");
 }
 
-/// Draws for two pretrainings on the same source file decide one after the other, under the cache's releases lock:
+/// Draws for two pretrainings on the same source texts decide one after the other, under the cache's releases lock:
 /// the second counts the first's release (each checking before the other had drawn, both would pass the total).
 #[test]
 fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {

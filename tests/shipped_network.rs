@@ -374,13 +374,18 @@ fn releases_of_the_public_shipped_network_claim_no_bound() {
     let own = budget(false);
     assert!(!own.rows.iter().any(|r| r.mechanism.contains("shipped in the cryptotl binary")) && !own.source_tightest.unwrap().contains("binary"));
 
-    // Another pretraining on a file the shipped network learned from (by file name) counts it, without a bound
-    // (`tests/server_privacy.rs` refuses such a draw under a total).
-    let tweets = dir.path().join("tweets.csv");
-    let others = pipeline::other_pretrainings(dir.path(), &[], &[tweets.display().to_string()]);
+    // Another pretraining that learned from some of the texts the shipped network learned from counts it, without a
+    // bound (`tests/server_privacy.rs` refuses such a draw under a total); one on other texts does not.
+    let fingerprints = |texts: &[&str]| cryptotl::overlap::SourceFingerprints::of_texts(texts.iter().copied());
+    let learned = shipped().source_fingerprints.clone().expect("the shipped network carries its source texts");
+    assert!(learned.contains("Wow... Loved this place."));
+    let some = fingerprints(&["Wow... Loved this place.", "a text of the server's own"]);
+    let others = pipeline::other_pretrainings(dir.path(), &[], Some(&some));
     assert!(others.shipped.is_some() && others.together().is_none() && others.describe().contains("shipped in the cryptotl binary"), "{others:?}");
-    assert!(pipeline::other_pretrainings(dir.path(), &[], &["spam_assassin.csv".into()]).is_empty());
+    assert!(pipeline::other_pretrainings(dir.path(), &[], Some(&fingerprints(&["a text of the server's own"]))).is_empty());
     // The shipped network's own folder excluded (the run's own network), it is not counted again.
     let own_dir = dir.path().join(format!("pretrain-{}", shipped().manifest.meta.key));
-    assert!(pipeline::other_pretrainings(dir.path(), &[own_dir], &[tweets.display().to_string()]).is_empty());
+    assert!(pipeline::other_pretrainings(dir.path(), std::slice::from_ref(&own_dir), Some(&some)).is_empty());
+    // Its folder in a cache (draws from it sit there) records what it learned from: the shipped list.
+    assert_eq!(pipeline::recorded_examples(&own_dir), Some(learned));
 }

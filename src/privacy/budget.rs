@@ -152,7 +152,7 @@ pub struct ServerMechanisms<'a> {
     /// The server's other stored noised releases for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, composed for whoever holds them all.
     pub other_weight_noise: Option<&'a StoredReleases>,
-    /// The releases of the server's other pretrainings on some of the same source paths (other configs, other cache
+    /// The releases of the server's other pretrainings that learned from some of the same source texts (other configs, other cache
     /// entries, or the network shipped in the binary), when any records one.
     pub other_pretrainings: Option<&'a OtherPretrainings>,
     /// The network is the one shipped in the cryptotl binary: its un-noised weights are public, so no mechanism
@@ -476,7 +476,8 @@ impl BudgetReport {
                      to the pretraining key, e.g. another seed, with the sources fetched)".into(),
             });
         }
-        // The releases of other pretrainings on the same source examples add to this pretraining's (ε and δ add).
+        // The releases of other pretrainings that learned from some of the same source examples add to this
+        // pretraining's (ε and δ add).
         let mut across = None;
         if let Some(others) = server.other_pretrainings.filter(|o| !o.is_empty() && !bounds.is_empty()) {
             let count = others.count();
@@ -495,14 +496,15 @@ impl BudgetReport {
             };
             rows.push(BudgetRow {
                 party: "server".into(),
-                data: format!("{source_data}, and what other pretrainings on the same source paths learned from"),
+                data: format!("{source_data}, and what other pretrainings sharing some of these examples learned from"),
                 mechanism: format!(
                     "all server releases about these source examples, together (this pretraining's and those of {count} other \
-                     pretraining(s) on some of the same source paths: in the cache, or shipped in the binary)"
+                     pretraining(s) that learned from some of the same source texts: in the cache, or shipped in the binary)"
                 ),
                 epsilon: together.as_ref().ok().map(|(e, _)| *e),
                 delta: together.as_ref().ok().map(|(_, d)| *d),
                 accountant: match &together {
+                    Ok(_) if !others.uncompared.is_empty() => format!("OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together; {}", others.describe()),
                     Ok(_) => "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together".into(),
                     Err(why) => format!("none: {why}"),
                 },
@@ -537,11 +539,11 @@ impl BudgetReport {
             }
             match across {
                 Some((count, Some((eps, delta)))) => s.push_str(&format!(
-                    ". With the releases of {count} other pretraining(s) on the same source paths, ε = {} at δ = {}",
+                    ". With the releases of {count} other pretraining(s) sharing source examples, ε = {} at δ = {}",
                     super::shown::epsilon(eps),
                     super::shown::delta(delta)
                 )),
-                Some((count, None)) => s.push_str(&format!(". With the releases of {count} other pretraining(s) on the same source paths, no bound (the budget's last row says why)")),
+                Some((count, None)) => s.push_str(&format!(". With the releases of {count} other pretraining(s) sharing source examples, no bound (the budget's last row says why)")),
                 None => {}
             }
             s

@@ -243,28 +243,34 @@ impl StoredReleases {
     }
 }
 
-/// The releases of a server's other pretrainings on some of the same source paths (another config: another
-/// pretraining key), as its cache records them ([`crate::pipeline::other_pretrainings`]), and the network shipped in
-/// the binary when it learned from them.
+/// The releases of a server's other pretrainings that learned from some of the same source examples (another
+/// config: another pretraining key), as its cache records them ([`crate::pipeline::other_pretrainings`]), and the
+/// network shipped in the binary when it learned from them.
 ///
 /// ```
+/// use cryptotl::overlap::SourceFingerprints;
 /// use cryptotl::privacy::server::OtherPretrainings;
 /// let dir = |k: &str| std::path::PathBuf::from(format!("runs/cache/pretrain-{k}"));
 /// let mut others = OtherPretrainings { counted: vec![(dir("a"), 1.0, 1e-6), (dir("b"), 2.0, 3e-6)], ..Default::default() };
 /// // Across pretrainings, ε and δ add.
 /// let (eps, delta) = others.together().unwrap();
 /// assert!((eps - 3.0).abs() < 1e-12 && (delta - 4e-6).abs() < 1e-18);
-/// assert!(others.describe().starts_with("2 other pretraining(s) of these source paths in the cache (ε = 3.0"));
+/// assert!(others.describe().starts_with("2 other pretraining(s) sharing source examples in the cache (ε = 3.0"));
 /// assert!(others.describe().contains("runs/cache/pretrain-b ε = 2.0"), "each is named, so that it can be found");
 /// // One whose releases cannot be read leaves no bound.
 /// others.unreadable.push(dir("c"));
 /// assert_eq!((others.together(), others.epsilon(), others.count()), (None, f64::INFINITY, 3));
-/// // The network shipped in the binary learned from the tweets in the clear: no bound holds for them.
+/// // The network shipped in the binary learned from this Yelp sentence in the clear: no bound holds for a source
+/// // that holds it, whatever the file's name.
 /// let cache = std::path::Path::new("no/such/cache");
-/// let tweets = cryptotl::pipeline::other_pretrainings(cache, &[], &["datasets/data/tweets.csv".into()]);
-/// assert!(tweets.shipped.is_some() && tweets.together().is_none());
-/// // A cache with no other pretraining, on a source the binary's network never saw: nothing to add.
-/// assert!(cryptotl::pipeline::other_pretrainings(cache, &[], &["spam_assassin.csv".into()]).is_empty());
+/// let yelp = SourceFingerprints::of_texts(["Wow... Loved this place."]);
+/// let shared = cryptotl::pipeline::other_pretrainings(cache, &[], Some(&yelp));
+/// assert!(shared.shipped.is_some() && shared.together().is_none() && shared.uncompared.is_empty());
+/// // A cache with no other pretraining, on texts the binary's network never saw: nothing to add.
+/// let spam = SourceFingerprints::of_texts(["WINNER!! Claim your prize now"]);
+/// assert!(cryptotl::pipeline::other_pretrainings(cache, &[], Some(&spam)).is_empty());
+/// // What a run's network learned from unknown (an entry made by an older version), every other counts.
+/// assert!(!cryptotl::pipeline::other_pretrainings(cache, &[], None).uncompared.is_empty());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OtherPretrainings {
@@ -273,9 +279,12 @@ pub struct OtherPretrainings {
     pub counted: Vec<(std::path::PathBuf, f64, f64)>,
     /// Other pretrainings that record releases which cannot be read (their ε unknown): with any, no bound holds.
     pub unreadable: Vec<std::path::PathBuf>,
-    /// The network shipped in the binary, by name, when it learned from some of these source paths and is not the
-    /// run's own: its plain weights are public, so no bound holds for the examples it shares.
+    /// The network shipped in the binary, by name, when it learned from some of these source examples and is not
+    /// the run's own: its plain weights are public, so no bound holds for the examples it shares.
     pub shipped: Option<String>,
+    /// Those among them (folders; the shipped network's by its key's folder) counted without comparing source texts:
+    /// one side records none (an entry made before entries recorded them), so they may share none.
+    pub uncompared: Vec<std::path::PathBuf>,
 }
 
 impl OtherPretrainings {
@@ -300,29 +309,38 @@ impl OtherPretrainings {
         self.together().map_or(f64::INFINITY, |(e, _)| e)
     }
 
-    /// What they are, for an error or a report: "2 other pretraining(s) of these source paths in the cache (ε = 3.00
-    /// together: runs/cache/pretrain-… ε = 1.00, …)", each named so that a user can find it (matched by a source
-    /// file's name, an unrelated source with the same file name counts too).
+    /// What they are, for an error or a report: "2 other pretraining(s) sharing source examples in the cache (ε =
+    /// 3.00 together: runs/cache/pretrain-… ε = 1.00, …)", each named so that a user can find it, and those counted
+    /// without comparing source texts said so.
     pub fn describe(&self) -> String {
         let n = self.count();
-        if let Some(name) = &self.shipped {
-            return format!(
-                "{n} other pretraining(s) of these source paths, among them the network shipped in the cryptotl binary (\"{name}\"), \
+        let what = if let Some(name) = &self.shipped {
+            format!(
+                "{n} other pretraining(s) sharing source examples, among them the network shipped in the cryptotl binary (\"{name}\"), \
                  whose plain weights anyone with the binary has (no bound holds for the source examples it learned from)"
-            );
+            )
+        } else {
+            match self.together() {
+                Some((e, _)) => format!(
+                    "{n} other pretraining(s) sharing source examples in the cache (ε = {} together: {})",
+                    crate::privacy::shown::epsilon(e),
+                    self.counted.iter().map(|(dir, e, _)| format!("{} ε = {}", dir.display(), crate::privacy::shown::epsilon(*e))).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!(
+                    "{n} other pretraining(s) sharing source examples in the cache, {} of whose releases cannot be read ({})",
+                    self.unreadable.len(),
+                    self.unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        };
+        if self.uncompared.is_empty() {
+            return what;
         }
-        match self.together() {
-            Some((e, _)) => format!(
-                "{n} other pretraining(s) of these source paths in the cache (ε = {} together: {})",
-                crate::privacy::shown::epsilon(e),
-                self.counted.iter().map(|(dir, e, _)| format!("{} ε = {}", dir.display(), crate::privacy::shown::epsilon(*e))).collect::<Vec<_>>().join(", ")
-            ),
-            None => format!(
-                "{n} other pretraining(s) of these source paths in the cache, {} of whose releases cannot be read ({})",
-                self.unreadable.len(),
-                self.unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        }
+        format!(
+            "{what}; counted without comparing source texts, since one side does not record what it learned from (made by \
+             an older version; a run of its config records it, or delete the folder if it learned from other data): {}",
+            self.uncompared.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
     }
 }
 

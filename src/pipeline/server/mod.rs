@@ -1,7 +1,7 @@
 //! The server's side of a run: the network it releases to the encrypted stage. Pretraining on the source data
 //! (cached, or shipped in the binary; DP pretraining) is [`pretrain`]; weight noise is [`weight_noise`]; dead units
 //! are dropped here; what the source data tells a run (the membership attack, the contamination check) is
-//! [`source_checks`]; the releases of the server's other pretrainings on the same source paths are [`releases`].
+//! [`source_checks`]; the releases of the server's other pretrainings on some of the same source examples are [`releases`].
 
 mod pretrain;
 mod releases;
@@ -43,8 +43,8 @@ pub struct PretrainedLower {
     /// The other noised releases the server has stored for this pretraining (other noise settings, or draws from an
     /// earlier network of this config): with `weight_noise`, what the budget composes for a holder of them all.
     pub other_releases: crate::privacy::server::StoredReleases,
-    /// The releases of the server's other pretrainings in the cache on some of the same source paths (other configs:
-    /// another pretraining key), when the run has a server mechanism ([`other_pretrainings`]).
+    /// The releases of the server's other pretrainings in the cache that learned from some of the same source examples
+    /// (other configs: another pretraining key), when the run has a server mechanism ([`other_pretrainings`]).
     pub other_pretrainings: crate::privacy::server::OtherPretrainings,
     /// The dead units dropped before compiling, when `[lower] prune_dead` dropped any ([`prune_dead_units`]).
     pub pruned: Option<PrunedUnits>,
@@ -148,18 +148,28 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
         Some(wn) => crate::privacy::server::plan_weight_noise(wn, lower.meta.source.train)?,
         None => None,
     };
+    // With a server mechanism, what the network learned from: other pretrainings that learned from some of it count
+    // beside its releases ([`other_pretrainings`]).
+    let mechanism = noise_plan.is_some() || lower.meta.dp_pretraining.is_some();
+    let mut learned = None;
     if let Some(plan) = noise_plan {
-        apply_weight_noise(cfg, &mut lower, plan)?;
         // The noised network's own ranges: the compiler calibrates on what it evaluates.
         let (split, _) = match &source {
             Some(s) => s,
             None => source.insert(load_source(cfg).map_err(|e| Error::config_key("server_privacy.weight_noise", format!("a noised network is calibrated on its source data, which cannot be loaded: {e}")))?),
         };
+        let learned_here = learned_from(cfg, &lower, Some(split))?;
+        apply_weight_noise(cfg, &mut lower, plan, learned.insert(learned_here).as_ref())?;
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
     }
-    if lower.meta.dp_pretraining.is_some() || lower.weight_noise.is_some() {
-        lower.other_pretrainings = other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
+    if mechanism {
+        // (Taken before the noise: its digest is the network's, as trained.)
+        let learned = match learned {
+            Some(learned) => learned,
+            None => learned_from(cfg, &lower, source.as_ref().map(|(s, _)| s))?,
+        };
+        lower.other_pretrainings = other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), learned.as_ref());
     }
     if cfg.lower.prune_dead {
         prune_dead_units(&mut lower);

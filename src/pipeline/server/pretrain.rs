@@ -355,7 +355,7 @@ pub(super) fn staleness(stored: &PretrainedLower, cfg: &RunConfig, source: &Spli
 }
 
 /// Refuse a DP pretraining (`plan`) that, with the DP pretrainings of the network it `replaced` and the releases of
-/// the `others` pretrainings on the same source paths, would spend more than `server_privacy.total_epsilon`
+/// the `others` pretrainings on some of the same source examples, would spend more than `server_privacy.total_epsilon`
 /// (`total`). Returns the ε of `plan` with those it replaced.
 pub(super) fn dp_pretraining_within_total(plan: &crate::privacy::plan::DpPlan, replaced: &[crate::privacy::plan::DpPlan], total: f64, others: &crate::privacy::server::OtherPretrainings) -> Result<f64> {
     let (together, _) = crate::privacy::server::dp_pretrainings_epsilon(&std::iter::once(plan).chain(replaced).collect::<Vec<_>>())?;
@@ -427,9 +427,11 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let _all_releases = cfg.dp_pretraining().map(|_| super::releases_lock(&cfg.cache_dir)).transpose()?;
     // Settled before training: a schedule beyond its budget refuses to start, and so does one that, with the DP
     // pretrainings it replaces and the other pretrainings' releases, would spend more than the server's total.
+    // What this folder's networks will have learned from: this one's source texts with its earlier networks'.
+    let learned = super::examples_with_earlier(&dir, source);
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
     if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
-        dp_pretraining_within_total(plan, &dp_trained_over, total, &super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), &cfg.source.paths))?;
+        dp_pretraining_within_total(plan, &dp_trained_over, total, &super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), learned.as_ref()))?;
     }
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
@@ -465,6 +467,12 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     };
     // A run killed while this rewrites the entry leaves it incomplete (a miss), never a valid meta beside a torn
     // network ([`crate::cache`]).
+    // Recorded before the entry is rewritten, so that a run killed meanwhile leaves what its releases learned from.
+    // (An earlier network that recorded nothing leaves the entry unrecorded: other pretrainings then count it
+    // whatever they learned from.)
+    if let Some(learned) = &learned {
+        super::record_examples(&dir, learned)?;
+    }
     // The DP releases this entry replaces survive a run killed before it finishes.
     entry.begin_carrying(&meta.dp_trained_over)?;
     model::save_module_private(&trained.model, &dir.join("lower"))?;

@@ -1,5 +1,5 @@
 //! The server's releases across its pretrainings: every pretraining entry in a cache that learned from some of the
-//! same source paths as a run's, with the releases it records (DP pretrainings, noised draws), composed for whoever
+//! same source texts as a run's, with the releases it records (DP pretrainings, noised draws), composed for whoever
 //! holds outputs of all of them. A pretraining's own rows compose its own releases
 //! ([`super::apply_weight_noise`], [`super::pretrain_on_source`]); what another config pretrained on the same source
 //! examples (another width, seed, schedule or DP setting: another pretraining key) is counted here, so that
@@ -8,17 +8,28 @@
 //! The network shipped in the binary counts too, for the source paths it learned from: its plain weights are public,
 //! so for those examples no bound holds (a capped release is refused, the budget's row says ε = ∞).
 //!
-//! Two pretrainings are taken to share source examples when a path of one has the file name of a path of the other
-//! (`tweets.csv`, `embedded:imdb_sentences`): conservative, since configs may name one file by other paths, and
-//! their splits (other seeds) may hold other parts of it. Across pretrainings the releases compose in approximate
-//! DP (ε and δ add, OpenDP's `make_composition`), which holds whatever the mechanisms are.
+//! Two pretrainings are taken to share source examples when a text one learned from is among the texts the other
+//! learned from: each pretraining entry records the fingerprints of its source texts ([`LEARNED_FROM_FILE`],
+//! [`SourceFingerprints`]: training and validation splits, folded, as the contamination check compares them), and the
+//! shipped network carries its own. A copy of a source under another file name is found; an unrelated file with the
+//! same name is not. An entry that records none (made before entries recorded them) is counted whatever it learned
+//! from: conservative. Across pretrainings the releases compose in approximate DP (ε and δ add, OpenDP's
+//! `make_composition`), which holds whatever the mechanisms are.
 
 use std::path::{Path, PathBuf};
 
+use crate::data::Split;
 use crate::error::Result;
+use crate::overlap::SourceFingerprints;
 use crate::privacy::server::OtherPretrainings;
 
-use super::PretrainMeta;
+use super::{PretrainMeta, PretrainedLower};
+
+/// The file in a pretraining cache entry that lists the source texts every network trained in it learned from
+/// ([`SourceFingerprints::encode`]'s form; the network shipped in the binary carries one of the same name and form).
+/// Written when a network trained there is stored, and kept across trainings of the entry (a retraining on changed
+/// source data adds its texts to the earlier network's, whose releases stay recorded beside it).
+pub const LEARNED_FROM_FILE: &str = crate::shipped_network::FINGERPRINTS_FILE;
 
 /// Why a new release of the network shipped in the binary is refused under `server_privacy.total_epsilon` (`total`):
 /// its plain weights are public, so no release of it stays within any total.
@@ -44,32 +55,102 @@ pub fn releases_lock(cache_dir: &Path) -> Result<crate::atomic::DirLock> {
     crate::cache::Entry::new(cache_dir.join("server-releases")).lock()
 }
 
-/// Whether the pretraining `meta` learned from a path with one of the file names `wanted`.
-fn shares(meta: &PretrainMeta, wanted: &[String]) -> bool {
-    file_names(meta.source_tasks.iter().map(|t| t.source.as_str())).iter().any(|n| wanted.contains(n))
+/// The source texts every network the pretraining folder `dir` has held learned from, as recorded: its
+/// [`LEARNED_FROM_FILE`], with the shipped network's fingerprints when the folder is that network's key (draws from
+/// the shipped network sit there). `None` when nothing is recorded (an entry made before entries recorded them), or
+/// the file cannot be read.
+///
+/// ```
+/// use cryptotl::overlap::SourceFingerprints;
+/// let cache = tempfile::tempdir().unwrap();
+/// let dir = cache.path().join("pretrain-0123");
+/// std::fs::create_dir(&dir).unwrap();
+/// assert_eq!(cryptotl::pipeline::recorded_examples(&dir), None);
+/// let texts = SourceFingerprints::of_texts(["A fine film.", "Dull."]);
+/// std::fs::write(dir.join(cryptotl::pipeline::LEARNED_FROM_FILE), texts.encode()).unwrap();
+/// assert_eq!(cryptotl::pipeline::recorded_examples(&dir), Some(texts));
+/// ```
+pub fn recorded_examples(dir: &Path) -> Option<SourceFingerprints> {
+    let key = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default();
+    let shipped = crate::shipped_network::find(&key).and_then(|s| s.ok()).and_then(|s| s.source_fingerprints.as_ref());
+    let path = dir.join(LEARNED_FROM_FILE);
+    if !path.exists() {
+        return shipped.cloned();
+    }
+    match SourceFingerprints::load(&path) {
+        Ok(file) => Some(shipped.map_or_else(|| file.clone(), |s| s.union(&file))),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "the source texts this pretraining learned from cannot be read ({e}): it counts beside every other");
+            None
+        }
+    }
 }
 
-/// The file names of `paths`, which is what pretrainings are matched on.
-fn file_names<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    paths.into_iter().map(|p| Path::new(p).file_name().map_or_else(|| p.to_string(), |n| n.to_string_lossy().into_owned())).collect()
+/// What the pretraining folder `dir` will have learned from once a network trains there on `source`: the source's
+/// texts with those its earlier networks learned from ([`recorded_examples`]), whose releases stay recorded there.
+/// `None` when the folder holds an earlier network or release that records none: what it learned from is unknown.
+pub(super) fn examples_with_earlier(dir: &Path, source: &Split) -> Option<SourceFingerprints> {
+    let new = SourceFingerprints::of_source(source);
+    if dir.join(LEARNED_FROM_FILE).exists() {
+        return recorded_examples(dir).map(|earlier| earlier.union(&new));
+    }
+    let entry = crate::cache::Entry::new(dir.to_path_buf());
+    let earlier = entry.meta_path().exists()
+        || entry.carried::<serde_json::Value>().is_some()
+        || std::fs::read_dir(dir).is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("weight-noise-"))));
+    (!earlier).then_some(new)
 }
 
-/// The releases of every pretraining in `cache_dir` other than those in `exclude` (folders) that learned from a
-/// path with the file name of one of `source_paths`, and the network shipped in the binary when it did (its folder
-/// in `cache_dir` is not among `exclude`): a plain release, public.
+/// Record `learned` as what the pretraining folder `dir` learned from ([`LEARNED_FROM_FILE`], atomically, owner
+/// only). Called under the entry's lock.
+pub(super) fn record_examples(dir: &Path, learned: &SourceFingerprints) -> Result<()> {
+    crate::atomic::write_private(&dir.join(LEARNED_FROM_FILE), &learned.encode())
+}
+
+/// The source texts the server's network `lower` learned from, as other pretrainings are matched against it
+/// ([`other_pretrainings`]): what its folder records ([`recorded_examples`]). For an entry made before entries
+/// recorded them, `source` (the source data as it is now, when loaded) stands in, and is recorded, when the entry
+/// says it was trained on exactly that data and holds no release of an earlier network; otherwise `None` (unknown).
+pub(super) fn learned_from(cfg: &crate::config::RunConfig, lower: &PretrainedLower, source: Option<&Split>) -> Result<Option<SourceFingerprints>> {
+    if let Some(recorded) = recorded_examples(&lower.cache_dir) {
+        return Ok(Some(recorded));
+    }
+    let (Some(source), Some(trained_on), crate::report::NetworkOrigin::Cache) = (source, &lower.meta.trained_on, lower.origin) else { return Ok(None) };
+    if trained_on.change_from(&super::TrainedOn::of(cfg, source)?).is_some() || !lower.meta.dp_trained_over.is_empty() || super::weight_noise::holds_draws_of_other_networks(&lower.cache_dir, &crate::model::weights_sha256(&lower.net)) {
+        return Ok(None);
+    }
+    // Under the entry's lock: a retraining that started meanwhile has written the file first.
+    let _lock = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
+    if !lower.cache_dir.join(LEARNED_FROM_FILE).exists() {
+        record_examples(&lower.cache_dir, &SourceFingerprints::of_source(source))?;
+        tracing::info!(dir = %lower.cache_dir.display(), "recorded the source texts this cached network learned from (an entry made before entries recorded them)");
+    }
+    Ok(recorded_examples(&lower.cache_dir))
+}
+
+/// The releases of every pretraining in `cache_dir` other than those in `exclude` (folders) that learned from some
+/// of the source texts `learned_from` (what the run's pretraining learned from; `None`, unknown, counts every
+/// other), and the network shipped in the binary when it did (its folder in `cache_dir` is not among `exclude`): a
+/// plain release, public.
 ///
 /// A pretraining counts with what its entry records: its DP pretrainings (its own and those it replaced) when it
 /// was DP-pretrained, which bound everything drawn from it; otherwise its noised draws, composed in zCDP as its own
 /// rows compose them. A pretraining with neither records no release (releases of a plain network are not
-/// recorded). An entry whose source cannot be told (no readable record, and not the binary's shipped network) is
-/// counted when it records releases: conservative.
-pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], source_paths: &[String]) -> OtherPretrainings {
-    let wanted = file_names(source_paths.iter().map(String::as_str));
+/// recorded). An entry whose source texts cannot be compared (it records none, or the run's are unknown) is
+/// counted when it records releases, and named among [`OtherPretrainings::uncompared`]: conservative.
+pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: Option<&SourceFingerprints>) -> OtherPretrainings {
     let mut out = OtherPretrainings::default();
     if let Ok(Some(shipped)) = crate::shipped_network::shipped() {
-        let meta = &shipped.manifest.meta;
-        if !exclude.contains(&cache_dir.join(format!("pretrain-{}", meta.key))) && shares(meta, &wanted) {
-            out.shipped = Some(shipped.manifest.name.clone());
+        let dir = cache_dir.join(format!("pretrain-{}", shipped.manifest.meta.key));
+        if !exclude.contains(&dir) {
+            match shares(learned_from, shipped.source_fingerprints.as_ref()) {
+                Some(false) => {}
+                Some(true) => out.shipped = Some(shipped.manifest.name.clone()),
+                None => {
+                    out.shipped = Some(shipped.manifest.name.clone());
+                    out.uncompared.push(dir);
+                }
+            }
         }
     }
     let Ok(entries) = std::fs::read_dir(cache_dir) else { return out };
@@ -79,26 +160,37 @@ pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], source_paths: &
         .collect();
     dirs.sort();
     for dir in dirs {
-        match pretraining_releases(&dir, &wanted) {
-            Ok(Some((epsilon, delta))) => out.counted.push((dir, epsilon, delta)),
-            Ok(None) => {}
+        let shared = shares(learned_from, recorded_examples(&dir).as_ref());
+        if shared == Some(false) {
+            continue;
+        }
+        match pretraining_releases(&dir) {
+            Ok(Some((epsilon, delta))) => out.counted.push((dir.clone(), epsilon, delta)),
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), "the releases of another pretraining in the cache cannot be read ({e}): the server's releases together have no bound");
-                out.unreadable.push(dir);
+                out.unreadable.push(dir.clone());
             }
+        }
+        if shared.is_none() {
+            out.uncompared.push(dir);
         }
     }
     out
 }
 
-/// The releases one pretraining entry records, together, when it shares a source file name with `wanted`.
-fn pretraining_releases(dir: &Path, wanted: &[String]) -> Result<Option<(f64, f64)>> {
+/// Whether the source texts `ours` and `theirs` share one; `None` when either is unknown.
+fn shares(ours: Option<&SourceFingerprints>, theirs: Option<&SourceFingerprints>) -> Option<bool> {
+    Some(ours?.shares_any(theirs?))
+}
+
+/// The releases one pretraining entry records, together.
+fn pretraining_releases(dir: &Path) -> Result<Option<(f64, f64)>> {
     let entry = crate::cache::Entry::new(dir.to_path_buf());
     let key = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default();
     // Its record: the cache entry's, or the shipped network's for a folder holding only draws from it.
     let meta: Option<Result<PretrainMeta>> = entry.meta::<PretrainMeta>().or_else(|| crate::shipped_network::find(&key).map(|s| s.map(|s| s.manifest.meta.clone())));
     let dp_plans: Vec<crate::privacy::plan::DpPlan> = match meta {
-        Some(Ok(m)) if !shares(&m, wanted) => return Ok(None),
         Some(Ok(m)) => m.dp_pretraining.into_iter().chain(m.dp_trained_over).collect(),
         // Incomplete: a DP pretraining cut short while it replaced earlier ones still made those.
         None => entry.carried::<Vec<crate::privacy::plan::DpPlan>>().transpose()?.unwrap_or_default(),

@@ -18,7 +18,11 @@ use super::PretrainedLower;
 /// weights (each would spend the budget again). The entry records the digest of the weights it noised
 /// ([`model::weights_sha256`]): a network trained again (on changed source data, [`super::TrainedOn`]) gets its own draw,
 /// with a warning, never the earlier network's release.
-pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: WeightNoisePlan) -> Result<()> {
+///
+/// `learned_from` is what the network learned from ([`super::learned_from`]; `None`, unknown): the releases of other
+/// pretrainings that learned from some of it count against `server_privacy.total_epsilon` too
+/// ([`super::other_pretrainings`]).
+pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: WeightNoisePlan, learned_from: Option<&crate::overlap::SourceFingerprints>) -> Result<()> {
     let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
     let device = Default::default();
     let dir = noise_entry_dir(&lower.cache_dir, &plan, insecure_seed);
@@ -69,14 +73,14 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // A DP-pretrained network's releases are bounded by its DP pretrainings whatever the noise adds: within the
     // total that way, the draw needs no check of its own.
     let dp_bound = dp_bound(&lower.meta)?;
-    // Other configs' pretrainings on the same source paths: their releases add to this one's. A new draw is decided
+    // Other configs' pretrainings on some of the same source examples: their releases add to this one's. A new draw is decided
     // under the cache's releases lock too (after the pretraining's), so that draws for other pretrainings at once
     // count each other; a stored release, loaded above, needed only the pretraining's.
     if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
         return Err(super::shipped_under_total(total));
     }
     let _all_releases = super::releases_lock(&cfg.cache_dir)?;
-    let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), &cfg.source.paths);
+    let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), learned_from);
     if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + elsewhere.epsilon() > *t) {
         within_total(total, &[&plan], &stored, &elsewhere)?;
     }
@@ -127,7 +131,8 @@ fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
 /// in turn, a later one would be refused after the earlier ones were released and their runs' work done.
 ///
 /// - Weight noise: for each pretraining, the settings' draws that are not stored yet, with the releases stored for
-///   it and those of other pretrainings on the same source paths ([`super::other_pretrainings`]), composed as the
+///   it and those of other pretrainings that learned from some of the same source examples
+///   ([`super::other_pretrainings`]), composed as the
 ///   last draw's own check would compose them. A setting already drawn for the stored network is reused and adds
 ///   nothing. Skipped when the network's DP pretraining keeps its releases within the total.
 /// - DP pretraining: each setting is a pretraining of its own (the DP table is part of the key), refused when it is
@@ -140,27 +145,37 @@ fn dp_bound(meta: &super::PretrainMeta) -> Result<f64> {
 /// the stored network without checking it against its source data, which it loads only to count its examples when
 /// no network is stored.
 pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a RunConfig>) -> Result<()> {
-    let mut source_train = None;
-    let mut train_count = |cfg: &RunConfig| -> Result<usize> {
-        if let Some(n) = source_train {
-            return Ok(n);
+    // The settings differ only in the server's mechanism: one source, loaded when first needed.
+    let mut source: Option<crate::data::Split> = None;
+    fn loaded<'s>(source: &'s mut Option<crate::data::Split>, cfg: &RunConfig) -> Result<&'s crate::data::Split> {
+        if source.is_none() {
+            *source = Some(super::load_source(cfg)?.0);
         }
-        Ok(*source_train.insert(super::load_source(cfg)?.0.train.len()))
-    };
+        Ok(source.as_ref().expect("just loaded"))
+    }
     // What the sweep's releases would spend, per pretraining folder: each new DP pretraining with those it replaces;
     // each pretraining's new draws, with the releases stored for it and the bound of its DP pretraining.
     let mut spent: Vec<(PathBuf, f64)> = Vec::new();
+    // Per pretraining folder: what its network learned from, or will have ([`super::learned_from`]; `None`, unknown).
+    let mut learned: std::collections::BTreeMap<PathBuf, Option<crate::overlap::SourceFingerprints>> = Default::default();
     // Per pretraining with new draws: its DP bound, the other pretrainings' releases, and the draws.
     let mut draws: std::collections::BTreeMap<PathBuf, (f64, crate::privacy::server::OtherPretrainings, Vec<WeightNoisePlan>)> = Default::default();
-    let mut cache: Option<(PathBuf, f64, Vec<String>)> = None;
+    let mut cache: Option<(PathBuf, f64)> = None;
     for cfg in settings {
         let Some(total) = cfg.server_privacy.total_epsilon else { continue };
-        cache.get_or_insert_with(|| (cfg.cache_dir.clone(), total, cfg.source.paths.clone()));
+        cache.get_or_insert_with(|| (cfg.cache_dir.clone(), total));
         let pretrain_dir = cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg)));
-        let others = |dir: &Path| super::other_pretrainings(&cfg.cache_dir, &[dir.to_path_buf()], &cfg.source.paths);
         let stored = super::stored_pretrained(cfg)?;
+        let learned_here = match &stored {
+            Some(l) => match super::recorded_examples(&l.cache_dir) {
+                Some(recorded) => Some(recorded),
+                None => super::learned_from(cfg, l, loaded(&mut source, cfg).ok())?,
+            },
+            None => super::examples_with_earlier(&pretrain_dir, loaded(&mut source, cfg)?),
+        };
+        let others = |dir: &Path| super::other_pretrainings(&cfg.cache_dir, &[dir.to_path_buf()], learned_here.as_ref());
         if cfg.dp_pretraining().is_some() && stored.is_none() {
-            let n = train_count(cfg)?;
+            let n = loaded(&mut source, cfg)?.train.len();
             if let Some(plan) = super::dp_pretraining_plan(cfg, n)? {
                 // What it would replace: only a DP pretraining cut short leaves a record without a stored network.
                 let replaced: Vec<crate::privacy::plan::DpPlan> = crate::cache::Entry::new(pretrain_dir.clone()).carried().transpose()?.unwrap_or_default();
@@ -168,14 +183,21 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
                 spent.push((pretrain_dir.clone(), epsilon));
             }
         }
-        let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
+        let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else {
+            learned.insert(pretrain_dir, learned_here);
+            continue;
+        };
         let (n, dir, base, bound) = match &stored {
             Some(l) => (l.meta.source.train, l.cache_dir.clone(), Some(model::weights_sha256(&l.net)), dp_bound(&l.meta)?),
             // Trained first: its DP pretraining (if any) is checked then, and bounds the draws.
-            None if cfg.dp_pretraining().is_some() => continue,
-            None => (train_count(cfg)?, pretrain_dir, None, f64::INFINITY),
+            None if cfg.dp_pretraining().is_some() => {
+                learned.insert(pretrain_dir, learned_here);
+                continue;
+            }
+            None => (loaded(&mut source, cfg)?.train.len(), pretrain_dir, None, f64::INFINITY),
         };
         let elsewhere = others(&dir);
+        learned.insert(dir.clone(), learned_here);
         if bound + elsewhere.epsilon() <= total {
             continue;
         }
@@ -192,7 +214,7 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
             new.push(plan);
         }
     }
-    let Some((cache_dir, total, source_paths)) = cache else { return Ok(()) };
+    let Some((cache_dir, total)) = cache else { return Ok(()) };
     // Each pretraining's draws, beside the other pretrainings stored in the cache (as its last draw will check them).
     for (dir, (bound, elsewhere, new)) in &draws {
         if let Some(together) = within_total(total, &new.iter().collect::<Vec<_>>(), &stored_in(dir), elsewhere)? {
@@ -202,7 +224,9 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
     // And the sweep's pretrainings together: made one after another, the last would see all the others.
     if spent.len() > 1 {
         let dirs: Vec<PathBuf> = spent.iter().map(|(d, _)| d.clone()).collect();
-        let others = super::other_pretrainings(&cache_dir, &dirs, &source_paths);
+        // What any of them learned from (unknown if one's is).
+        let all: Option<crate::overlap::SourceFingerprints> = dirs.iter().try_fold(crate::overlap::SourceFingerprints::default(), |all, d| Some(all.union(learned.get(d)?.as_ref()?)));
+        let others = super::other_pretrainings(&cache_dir, &dirs, all.as_ref());
         let together: f64 = spent.iter().map(|(_, e)| e).sum::<f64>() + others.epsilon();
         if together > total {
             let shown = crate::privacy::shown::epsilon;
@@ -220,7 +244,7 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
 }
 
 /// Refuse the new draws `new` when, with the releases `stored` for the same pretraining and those of the `others`
-/// pretrainings on the same source paths, they would spend more than `server_privacy.total_epsilon` (`total`)
+/// pretrainings that learned from some of the same source examples, they would spend more than `server_privacy.total_epsilon` (`total`)
 /// together, or when a stored release cannot be read (its noise unknown). Returns the ε of `new` and `stored`
 /// together, when there are new draws.
 fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, others: &crate::privacy::server::OtherPretrainings) -> Result<Option<f64>> {
@@ -273,6 +297,15 @@ fn within_total(total: f64, new: &[&WeightNoisePlan], stored: &StoredReleases, o
 /// Every noised release stored in the pretraining folder `pretrain_dir` ([`other_entries`] of none).
 pub(super) fn stored_in(pretrain_dir: &Path) -> StoredReleases {
     stored_releases(other_entries(pretrain_dir, pretrain_dir), &[])
+}
+
+/// Whether the pretraining folder `pretrain_dir` holds a noised release not drawn from the network whose weights'
+/// digest is `base_network`: one of an earlier network of the config (trained again since), or one that does not
+/// record which.
+pub(super) fn holds_draws_of_other_networks(pretrain_dir: &Path, base_network: &str) -> bool {
+    other_entries(pretrain_dir, pretrain_dir)
+        .iter()
+        .any(|o| o.base_network.as_deref() != Some(base_network) || !matches!(&o.releases, Ok(r) if r.len() == 1))
 }
 
 /// What one other weight-noise entry of the pretraining stands for ([`other_entries`]).
