@@ -405,6 +405,54 @@ fn swap_two_labels(path: &std::path::Path) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// Replace the text of the first row of a `label,text` CSV by `text`.
+fn replace_first_text(path: &std::path::Path, text: &str) {
+    let body = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+    lines[1] = format!("{},{text}", &lines[1][..1]);
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A pretraining entry records the source texts its networks learned from (training and validation splits), which
+/// other pretrainings are matched on: a retraining on changed data adds its texts to the earlier network's (whose
+/// releases stay recorded there); an entry from before the record, retrained, records its new texts when it holds no
+/// release of the earlier network, and nothing when it does (what that release learned from is unknown).
+#[test]
+fn a_pretraining_entry_records_what_its_networks_learned_from() {
+    use cryptotl::overlap::SourceFingerprints;
+    use cryptotl::pipeline::{load_source, recorded_examples, server_lower_network, LEARNED_FROM_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, source) = config_with_own_source(dir.path(), "");
+    let learned = || SourceFingerprints::of_source(&load_source(&cfg).unwrap().0);
+    let first = server_lower_network(&cfg).unwrap();
+    let at_first = learned();
+    assert_eq!(recorded_examples(&first.cache_dir), Some(at_first.clone()));
+    let split = load_source(&cfg).unwrap().0;
+    assert!(split.test.texts.iter().any(|t| !at_first.contains(t)), "the test split is not among what it learned from");
+    // A text changed: trained again, the record holds both networks' texts.
+    let original = split.train.texts.iter().chain(&split.validation.texts).find(|t| std::fs::read_to_string(&source).unwrap().lines().nth(1).unwrap().ends_with(t.as_str())).cloned();
+    replace_first_text(&source, "a brand new sentence about a lovely film");
+    let second = server_lower_network(&cfg).unwrap();
+    assert_eq!(second.origin, cryptotl::pipeline::NetworkOrigin::Trained);
+    let both = recorded_examples(&second.cache_dir).unwrap();
+    assert_eq!(both, at_first.union(&learned()));
+    if let Some(original) = original {
+        assert!(both.contains(&original) && !learned().contains(&original), "the earlier network's text stays recorded");
+    }
+    // An entry from before the record, with no release: retrained, it records its new texts alone.
+    std::fs::remove_file(second.cache_dir.join(LEARNED_FROM_FILE)).unwrap();
+    replace_first_text(&source, "another new sentence about a dreadful plot");
+    server_lower_network(&cfg).unwrap();
+    assert_eq!(recorded_examples(&second.cache_dir), Some(learned()));
+    // With a release of the earlier network that records nothing, it records nothing: unknown.
+    let noised = config_on_source(dir.path(), &source, WEIGHT_NOISE);
+    server_lower_network(&noised).unwrap();
+    std::fs::remove_file(second.cache_dir.join(LEARNED_FROM_FILE)).unwrap();
+    replace_first_text(&source, "a third new sentence with wonderful acting");
+    assert_eq!(server_lower_network(&cfg).unwrap().origin, cryptotl::pipeline::NetworkOrigin::Trained);
+    assert_eq!(recorded_examples(&second.cache_dir), None);
+}
+
 /// A noised network is a release of the pretrained network it was drawn from. Once that network is trained again
 /// (its source data changed), the stored draw is not this network's: it gets its own, never the earlier release.
 #[test]

@@ -88,16 +88,19 @@ pub fn recorded_examples(dir: &Path) -> Option<SourceFingerprints> {
 
 /// What the pretraining folder `dir` will have learned from once a network trains there on `source`: the source's
 /// texts with those its earlier networks learned from ([`recorded_examples`]), whose releases stay recorded there.
-/// `None` when the folder holds an earlier network or release that records none: what it learned from is unknown.
+/// `None` when the folder holds a release of an earlier network that records none: what that learned from is unknown.
 pub(super) fn examples_with_earlier(dir: &Path, source: &Split) -> Option<SourceFingerprints> {
     let new = SourceFingerprints::of_source(source);
     if dir.join(LEARNED_FROM_FILE).exists() {
         return recorded_examples(dir).map(|earlier| earlier.union(&new));
     }
+    // Releases of an earlier network: its DP pretraining (or those it replaced), a cut-short retraining's, its draws.
     let entry = crate::cache::Entry::new(dir.to_path_buf());
-    let earlier = entry.meta_path().exists()
-        || entry.carried::<serde_json::Value>().is_some()
-        || std::fs::read_dir(dir).is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("weight-noise-"))));
+    let earlier = match entry.meta::<PretrainMeta>() {
+        Some(Ok(m)) => m.dp_pretraining.is_some() || !m.dp_trained_over.is_empty(),
+        Some(Err(_)) => true,
+        None => entry.carried::<serde_json::Value>().is_some(),
+    } || std::fs::read_dir(dir).is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("weight-noise-"))));
     (!earlier).then_some(new)
 }
 
@@ -160,14 +163,16 @@ pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: O
         .collect();
     dirs.sort();
     for dir in dirs {
-        let shared = shares(learned_from, recorded_examples(&dir).as_ref());
-        if shared == Some(false) {
+        // Its releases first (its record is small), then, only for one that made any, what it learned from.
+        let releases = pretraining_releases(&dir);
+        if matches!(releases, Ok(None)) {
             continue;
         }
-        match pretraining_releases(&dir) {
-            Ok(Some((epsilon, delta))) => out.counted.push((dir.clone(), epsilon, delta)),
-            Ok(None) => continue,
-            Err(e) => {
+        let shared = shares(learned_from, recorded_examples(&dir).as_ref());
+        match (shared, releases) {
+            (Some(false), _) | (_, Ok(None)) => continue,
+            (_, Ok(Some((epsilon, delta)))) => out.counted.push((dir.clone(), epsilon, delta)),
+            (_, Err(e)) => {
                 tracing::warn!(dir = %dir.display(), "the releases of another pretraining in the cache cannot be read ({e}): the server's releases together have no bound");
                 out.unreadable.push(dir.clone());
             }
