@@ -153,13 +153,18 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
     let mechanism = noise_plan.is_some() || lower.meta.dp_pretraining.is_some();
     let mut learned = None;
     if let Some(plan) = noise_plan {
+        // An entry made before entries recorded what they learned from is matched on the source data, when they can be
+        // loaded (a draw refused for other reasons, e.g. from the shipped network under a total, does not need them).
+        if source.is_none() && recorded_examples(&lower.cache_dir).is_none() {
+            source = load_source(cfg).ok();
+        }
+        let learned_here = learned_from(cfg, &lower, source.as_ref().map(|(s, _)| s))?;
+        apply_weight_noise(cfg, &mut lower, plan, learned.insert(learned_here).as_ref())?;
         // The noised network's own ranges: the compiler calibrates on what it evaluates.
         let (split, _) = match &source {
             Some(s) => s,
             None => source.insert(load_source(cfg).map_err(|e| Error::config_key("server_privacy.weight_noise", format!("a noised network is calibrated on its source data, which cannot be loaded: {e}")))?),
         };
-        let learned_here = learned_from(cfg, &lower, Some(split))?;
-        apply_weight_noise(cfg, &mut lower, plan, learned.insert(learned_here).as_ref())?;
         let x = lower.features.transform(&split.train.texts)?;
         lower.meta.source_ranges = crate::he::quant::pre_activation_ranges(&lower.net, x.view())?;
     }
