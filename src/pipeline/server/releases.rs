@@ -5,7 +5,7 @@
 //! examples (another width, seed, schedule or DP setting: another pretraining key) is counted here, so that
 //! `server_privacy.total_epsilon` and the budget's cache-wide row see it too.
 //!
-//! The network shipped in the binary counts too, for the source paths it learned from: its plain weights are public,
+//! The network shipped in the binary counts too, for the source texts it learned from: its plain weights are public,
 //! so for those examples no bound holds (a capped release is refused, the budget's row says ε = ∞).
 //!
 //! Two pretrainings are taken to share source examples when a text one learned from is among the texts the other
