@@ -741,6 +741,12 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     assert!(err.contains("counted without comparing source texts") && err.contains(&a.cache_dir.display().to_string()), "{err}");
     assert!(cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 5)).unwrap().weight_noise.unwrap().from_cache);
     assert_eq!(std::fs::read(&learned).unwrap(), recorded, "recorded again, as it was");
+    // A damaged list is as good as none, and is recorded again the same way.
+    std::fs::write(&learned, &recorded[..recorded.len() - 3]).unwrap();
+    let err = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &other_texts("fresh.csv"), &tight)).err().expect("beside a damaged list").to_string();
+    assert!(err.contains("counted without comparing source texts") && err.contains(&a.cache_dir.display().to_string()), "{err}");
+    cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 5)).unwrap();
+    assert_eq!(std::fs::read(&learned).unwrap(), recorded, "a damaged list recorded again");
     let c = cryptotl::pipeline::server_lower_network(&config_on_source(dir.path(), &other_texts("fresh.csv"), &tight)).unwrap();
     assert!(c.other_pretrainings.is_empty(), "{:?}", c.other_pretrainings);
     // An unreadable release of another pretraining leaves no bound: a draw under a total is refused, naming it.

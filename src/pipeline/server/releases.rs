@@ -112,8 +112,9 @@ pub(super) fn record_examples(dir: &Path, learned: &SourceFingerprints) -> Resul
 
 /// The source texts the server's network `lower` learned from, as other pretrainings are matched against it
 /// ([`other_pretrainings`]): what its folder records ([`recorded_examples`]). For an entry made before entries
-/// recorded them, `source` (the source data as it is now, when loaded) stands in, and is recorded, when the entry
-/// says it was trained on exactly that data and holds no release of an earlier network; otherwise `None` (unknown).
+/// recorded them, or whose list cannot be read, `source` (the source data as it is now, when loaded) stands in, and
+/// is recorded, when the entry says it was trained on exactly that data and holds no release of an earlier network;
+/// otherwise `None` (unknown).
 pub(super) fn learned_from(cfg: &crate::config::RunConfig, lower: &PretrainedLower, source: Option<&Split>) -> Result<Option<SourceFingerprints>> {
     if let Some(recorded) = recorded_examples(&lower.cache_dir) {
         return Ok(Some(recorded));
@@ -122,13 +123,16 @@ pub(super) fn learned_from(cfg: &crate::config::RunConfig, lower: &PretrainedLow
     if trained_on.change_from(&super::TrainedOn::of(cfg, source)?).is_some() || !lower.meta.dp_trained_over.is_empty() || super::weight_noise::holds_draws_of_other_networks(&lower.cache_dir, &crate::model::weights_sha256(&lower.net)) {
         return Ok(None);
     }
-    // Under the entry's lock: a retraining that started meanwhile has written the file first.
+    // Under the entry's lock: a retraining that started meanwhile has written the file first. A file that cannot be
+    // read is replaced too: the entry holds only this network's releases, which learned from exactly these texts.
     let _lock = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
-    if !lower.cache_dir.join(LEARNED_FROM_FILE).exists() {
-        record_examples(&lower.cache_dir, &SourceFingerprints::of_source(source))?;
-        tracing::info!(dir = %lower.cache_dir.display(), "recorded the source texts this cached network learned from (an entry made before entries recorded them)");
+    if let Some(recorded) = recorded_examples(&lower.cache_dir) {
+        return Ok(Some(recorded));
     }
-    Ok(recorded_examples(&lower.cache_dir))
+    let learned = SourceFingerprints::of_source(source);
+    record_examples(&lower.cache_dir, &learned)?;
+    tracing::info!(dir = %lower.cache_dir.display(), "recorded the source texts this cached network learned from (the entry recorded none, or a damaged list)");
+    Ok(Some(learned))
 }
 
 /// The releases of every pretraining in `cache_dir` other than those in `exclude` (folders) that learned from some
