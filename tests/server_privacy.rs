@@ -755,6 +755,46 @@ fn releases_of_other_pretrainings_on_the_same_source_count_against_the_total() {
     assert!(err.contains("cannot be read") && err.contains(&a.cache_dir.display().to_string()), "{err}");
 }
 
+/// A network the server built for clients with no mechanism (`cryptotl server build`) is a plain release: its clients
+/// had its un-noised outputs. Later releases about its source examples, a noised draw of it or another pretraining's
+/// on the same texts, claim no bound against them, and are refused under a total; a noised build records nothing.
+#[test]
+fn a_network_built_plain_for_clients_leaves_later_releases_no_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut plain, _) = config_with_own_source(dir.path(), "");
+    plain.he.enabled = true;
+    let (_, built) = cryptotl::pipeline::server_artifact(&plain).unwrap();
+    let marker = built.cache_dir.join(cryptotl::pipeline::SERVED_PLAIN_FILE);
+    assert!(marker.is_file(), "the plain build is recorded");
+    // A noised draw of it: refused under a total, before it is drawn; without one, its budget says what holds.
+    let err = cryptotl::pipeline::server_lower_network(&capped_config(dir.path(), "0.02", 1e6)).err().expect("a capped draw of a plainly built network").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("built for clients with no mechanism") && err.contains(cryptotl::pipeline::SERVED_PLAIN_FILE), "{err}");
+    assert!(!std::fs::read_dir(&built.cache_dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("weight-noise-")), "nothing drawn");
+    let report = cryptotl::pipeline::run(&config_with_own_source(dir.path(), WEIGHT_NOISE).0).unwrap();
+    let row = report.budget.rows.iter().find(|r| r.mechanism.starts_with("the pretrained network itself, built for clients with no mechanism")).expect("the plain release's row");
+    assert_eq!((row.epsilon, row.delta), (None, None));
+    let tightest = report.budget.source_tightest.as_ref().unwrap();
+    assert!(tightest.starts_with("tightest valid bound on the source data: none against any client of that plain model"), "{tightest}");
+    // Another pretraining on the same texts: no bound beside it.
+    let err = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 6)).err().expect("beside a plainly built pretraining").to_string();
+    assert!(err.contains("built for clients with no mechanism") && err.contains(&built.cache_dir.display().to_string()), "{err}");
+    let spec = cryptotl::sweep::SweepSpec {
+        client_epsilons: cryptotl::sweep::Epsilon::parse_list("inf").unwrap(),
+        server_epsilons: cryptotl::sweep::Epsilon::parse_list("4").unwrap(),
+        server_mechanism: cryptotl::sweep::ServerMechanism::WeightNoise,
+        raw_baseline: false,
+        repeats: 1,
+    };
+    let err = cryptotl::sweep::plan(&capped_config(dir.path(), "0.02", 1e6), &spec).err().expect("a capped sweep over it").to_string();
+    assert!(err.contains("built for clients with no mechanism"), "{err}");
+    // A build with weight noise releases the noised network alone: nothing is recorded as plain.
+    let other = tempfile::tempdir().unwrap();
+    let (mut noised, _) = config_with_own_source(other.path(), WEIGHT_NOISE);
+    noised.he.enabled = true;
+    let (_, built) = cryptotl::pipeline::server_artifact(&noised).unwrap();
+    assert!(built.weight_noise.is_some() && !built.cache_dir.join(cryptotl::pipeline::SERVED_PLAIN_FILE).exists());
+}
+
 /// Draws for two pretrainings on the same source texts decide one after the other, under the cache's releases lock:
 /// the second counts the first's release (each checking before the other had drawn, both would pass the total).
 #[test]

@@ -272,7 +272,11 @@ pub fn server_artifact(cfg: &RunConfig) -> Result<(cryptotl_server::ModelArtifac
     });
     let statement = crate::privacy::budget::ServerStatement::new(lower.mechanisms(membership.as_ref(), &crate::privacy::budget::fitted_outside(cfg)))?;
     let privacy = serde_json::to_value(&statement).map_err(|e| Error::Internal(format!("privacy statement: {e}")))?;
-    Ok((cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?, lower))
+    let artifact = cryptotl_server::ModelArtifact::new(program, cfg.he.params()?, features, privacy)?;
+    // A network built with no mechanism is a plain release to its clients: later releases about its source examples
+    // (a noised draw, another pretraining on them) have no bound against them, and say so.
+    super::server::record_served_plain(&lower)?;
+    Ok((artifact, lower))
 }
 
 /// The file in a run directory that keeps the client's TFHE key for a remote server, or for `predict`'s one-process

@@ -158,6 +158,9 @@ pub struct ServerMechanisms<'a> {
     /// The network is the one shipped in the cryptotl binary: its un-noised weights are public, so no mechanism
     /// applied to it protects the source examples against anyone with the binary.
     pub network_shipped: bool,
+    /// The network (or an earlier one of its pretraining entry) was built for clients with no mechanism (`cryptotl
+    /// server build`): its un-noised outputs are its clients', so no mechanism bounds anything against them.
+    pub network_served_plain: bool,
     /// Source training examples.
     pub source_examples: usize,
     /// What a membership-inference attack on the source data measured through the client's view (`[audit]
@@ -460,20 +463,31 @@ impl BudgetReport {
             bounds.push(("the composed total".into(), epsilon, delta));
         }
         // The network shipped in the binary is public: whatever noise a run adds, anyone with the binary has the
-        // un-noised weights, so no bound holds for its source examples against them.
+        // un-noised weights, so no bound holds for its source examples against them. So is one the server built plain
+        // for its clients (`cryptotl server build` with no mechanism): they had its un-noised outputs.
         const SHIPPED: &str = "the un-noised network ships in the cryptotl binary, public";
-        if server.network_shipped && !bounds.is_empty() {
+        const SERVED_PLAIN: &str = "the un-noised network was built for clients with no mechanism (cryptotl server build), its outputs theirs";
+        let public = if server.network_shipped {
+            Some((SHIPPED, "anyone with the cryptotl binary", "the pretrained network itself, shipped in the cryptotl binary (plain weights, public)", "had the binary's network"))
+        } else if server.network_served_plain {
+            Some((SERVED_PLAIN, "any client of that plain model", "the pretrained network itself, built for clients with no mechanism (cryptotl server build)", "queried the plain model"))
+        } else {
+            None
+        };
+        if let Some((_, against, mechanism, had)) = public.filter(|_| !bounds.is_empty()) {
             rows.push(BudgetRow {
                 party: "server".into(),
                 data: source_data.clone(),
-                mechanism: "the pretrained network itself, shipped in the cryptotl binary (plain weights, public)".into(),
+                mechanism: mechanism.into(),
                 epsilon: None,
                 delta: None,
                 accountant: "-".into(),
                 noise: "none".into(),
-                protects_against: "nothing against anyone with the binary: the rows above hold only for a holder of this run's \
-                     release who never had the binary's network. For a claim, pretrain the server's own network (any change \
-                     to the pretraining key, e.g. another seed, with the sources fetched)".into(),
+                protects_against: format!(
+                    "nothing against {against}: the rows above hold only for a holder of this run's release who never {had}. \
+                     For a claim, pretrain a network of the server's own that is never released plain (any change to the \
+                     pretraining key, e.g. another seed, with the sources fetched)"
+                ),
             });
         }
         // The releases of other pretrainings that learned from some of the same source examples add to this
@@ -489,7 +503,7 @@ impl BudgetReport {
             // Both bounds hold for this pretraining's releases: the smaller.
             let this = [dp, noise.flatten()].into_iter().flatten().min_by(|a, b| a.0.total_cmp(&b.0));
             let together = match (this, others.together()) {
-                _ if server.network_shipped => Err(SHIPPED.to_string()),
+                _ if public.is_some() => Err(public.map(|p| p.0).unwrap_or_default().to_string()),
                 (None, _) => Err("some of this pretraining's releases cannot be read, so their noise is unknown".to_string()),
                 (_, None) => Err(others.describe()),
                 (Some((e, d)), Some((oe, od))) => Ok(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
@@ -515,7 +529,7 @@ impl BudgetReport {
             across = Some((count, together.ok()));
         }
         // Against anyone with the binary a shipped network has no bound; the mechanisms' hold for a holder of the release alone.
-        let public = if server.network_shipped { format!("none against anyone with the cryptotl binary ({SHIPPED}); against a holder of this run's release alone, ") } else { String::new() };
+        let public = public.map_or_else(String::new, |(why, against, _, _)| format!("none against {against} ({why}); against a holder of this run's release alone, "));
         let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
             let mut s = format!("tightest valid bound on the source data: {public}{what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
             if bounds.len() > 1 {

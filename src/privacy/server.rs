@@ -282,6 +282,9 @@ pub struct OtherPretrainings {
     /// The network shipped in the binary, by name, when it learned from some of these source examples and is not
     /// the run's own: its plain weights are public, so no bound holds for the examples it shares.
     pub shipped: Option<String>,
+    /// Other pretrainings (folders) a network of which the server built for clients with no mechanism (`cryptotl
+    /// server build`): plain releases, so no bound holds for the examples they share.
+    pub served_plain: Vec<std::path::PathBuf>,
     /// Those among them (folders; the shipped network's by its key's folder) counted without comparing source texts:
     /// one side records none (an entry made before entries recorded them), so they may share none.
     pub uncompared: Vec<std::path::PathBuf>,
@@ -295,13 +298,13 @@ impl OtherPretrainings {
 
     /// How many other pretrainings record releases (the shipped network counted as one).
     pub fn count(&self) -> usize {
-        self.counted.len() + self.unreadable.len() + usize::from(self.shipped.is_some())
+        self.counted.len() + self.unreadable.len() + self.served_plain.len() + usize::from(self.shipped.is_some())
     }
 
-    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read, or the shipped
-    /// network is among them.
+    /// Their releases together, (ε, δ) by basic composition; `None` when one of them cannot be read, or was built
+    /// plain for clients, or the shipped network is among them.
     pub fn together(&self) -> Option<(f64, f64)> {
-        (self.unreadable.is_empty() && self.shipped.is_none()).then(|| self.counted.iter().fold((0.0, 0.0), |(e, d), (_, de, dd)| (e + de, d + dd)))
+        (self.unreadable.is_empty() && self.served_plain.is_empty() && self.shipped.is_none()).then(|| self.counted.iter().fold((0.0, 0.0), |(e, d), (_, de, dd)| (e + de, d + dd)))
     }
 
     /// [`Self::together`]'s ε, ∞ when there is no bound.
@@ -318,6 +321,13 @@ impl OtherPretrainings {
             format!(
                 "{n} other pretraining(s) sharing source examples, among them the network shipped in the cryptotl binary (\"{name}\"), \
                  whose plain weights anyone with the binary has (no bound holds for the source examples it learned from)"
+            )
+        } else if !self.served_plain.is_empty() {
+            format!(
+                "{n} other pretraining(s) sharing source examples in the cache, {} of them built for clients with no mechanism \
+                 (cryptotl server build: no bound holds for the source examples they learned from): {}",
+                self.served_plain.len(),
+                self.served_plain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             )
         } else {
             match self.together() {

@@ -78,6 +78,7 @@ impl PretrainedLower {
             other_weight_noise: Some(&self.other_releases),
             other_pretrainings: Some(&self.other_pretrainings),
             network_shipped: self.origin == NetworkOrigin::Shipped,
+            network_served_plain: self.origin != NetworkOrigin::Shipped && served_plain(&self.cache_dir),
             source_examples: self.meta.source.train,
             membership,
             fitted_outside,

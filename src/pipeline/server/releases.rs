@@ -41,6 +41,46 @@ pub(super) fn shipped_under_total(total: f64) -> crate::error::Error {
     ))
 }
 
+/// The file in a pretraining cache entry that records the networks of the entry the server built for clients with no
+/// mechanism (`cryptotl server build`): plain releases, public to those clients. Its presence is what counts (an
+/// unreadable one counts too); it lists the digests of the networks built ([`crate::model::weights_sha256`]).
+pub const SERVED_PLAIN_FILE: &str = "served-plain.json";
+
+/// Whether a network of the pretraining folder `dir` was built for clients with no mechanism ([`SERVED_PLAIN_FILE`]).
+pub fn served_plain(dir: &Path) -> bool {
+    dir.join(SERVED_PLAIN_FILE).exists()
+}
+
+/// Record that `lower`, with no mechanism, is built for clients ([`SERVED_PLAIN_FILE`]; under the pretraining entry's
+/// lock, atomically): later releases about its source examples have no bound against those clients. The shipped
+/// network is public anyway, and a DP-pretrained one is bounded by its DP pretraining: neither is recorded.
+pub(crate) fn record_served_plain(lower: &PretrainedLower) -> Result<()> {
+    if lower.origin == crate::report::NetworkOrigin::Shipped || lower.meta.dp_pretraining.is_some() || lower.weight_noise.is_some() {
+        return Ok(());
+    }
+    let _lock = crate::cache::Entry::new(lower.cache_dir.clone()).lock()?;
+    let path = lower.cache_dir.join(SERVED_PLAIN_FILE);
+    let mut networks: Vec<String> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let digest = crate::model::weights_sha256(&lower.net);
+    if !networks.contains(&digest) {
+        networks.push(digest);
+        let bytes = serde_json::to_vec_pretty(&networks).map_err(|e| crate::error::Error::Internal(format!("served-plain record: {e}")))?;
+        crate::atomic::write_private(&path, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Why a new release of a network that was built plain for clients ([`SERVED_PLAIN_FILE`] in `dir`) is refused under
+/// `server_privacy.total_epsilon` (`total`): its clients had its un-noised outputs.
+pub(super) fn served_plain_under_total(total: f64, dir: &Path) -> crate::error::Error {
+    crate::error::Error::config_key("server_privacy.total_epsilon", format!(
+        "the network to be noised was built for clients with no mechanism (cryptotl server build; recorded in {}): its \
+         un-noised outputs are theirs, so no release of it stays within a total of {total} (or any). Pretrain a network \
+         that is never served plain (any change to the pretraining key, e.g. --set seed=7), or leave the total out",
+        dir.join(SERVED_PLAIN_FILE).display()
+    ))
+}
+
 /// The lock every server release of the cache `cache_dir` is decided under: the checks against
 /// `server_privacy.total_epsilon` read the other pretrainings' releases, so two runs releasing for other
 /// pretrainings at once would each miss the other's. Taken after a pretraining entry's own lock, never before it.
@@ -140,10 +180,11 @@ pub(super) fn learned_from(cfg: &crate::config::RunConfig, lower: &PretrainedLow
 /// other), and the network shipped in the binary when it did (its folder in `cache_dir` is not among `exclude`): a
 /// plain release, public.
 ///
-/// A pretraining counts with what its entry records: its DP pretrainings (its own and those it replaced) when it
-/// was DP-pretrained, which bound everything drawn from it; otherwise its noised draws, composed in zCDP as its own
-/// rows compose them. A pretraining with neither records no release (releases of a plain network are not
-/// recorded). An entry whose source texts cannot be compared (it records none, or the run's are unknown) is
+/// A pretraining counts with what its entry records: no bound when a network of it was built plain for clients
+/// ([`SERVED_PLAIN_FILE`]); its DP pretrainings (its own and those it replaced) when it was DP-pretrained, which
+/// bound everything drawn from it; otherwise its noised draws, composed in zCDP as its own rows compose them. A
+/// pretraining with none of these records no release (a run's use of a plain network is not recorded: in one
+/// process the client is the server's own simulation). An entry whose source texts cannot be compared (it records none, or the run's are unknown) is
 /// counted when it records releases, and named among [`OtherPretrainings::uncompared`]: conservative.
 pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: Option<&SourceFingerprints>) -> OtherPretrainings {
     let mut out = OtherPretrainings::default();
@@ -167,16 +208,20 @@ pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: O
         .collect();
     dirs.sort();
     for dir in dirs {
-        // Its releases first (its record is small), then, only for one that made any, what it learned from.
-        let releases = pretraining_releases(&dir);
-        if matches!(releases, Ok(None)) {
+        // Its releases first (its record is small), then, only for one that made any, what it learned from. A network
+        // built plain for clients is a release without a bound, whatever else was drawn from it.
+        let plain = served_plain(&dir);
+        let releases = if plain { Ok(None) } else { pretraining_releases(&dir) };
+        if !plain && matches!(releases, Ok(None)) {
             continue;
         }
         let shared = shares(learned_from, recorded_examples(&dir).as_ref());
-        match (shared, releases) {
-            (Some(false), _) | (_, Ok(None)) => continue,
-            (_, Ok(Some((epsilon, delta)))) => out.counted.push((dir.clone(), epsilon, delta)),
-            (_, Err(e)) => {
+        match (shared, plain, releases) {
+            (Some(false), _, _) => continue,
+            (_, true, _) => out.served_plain.push(dir.clone()),
+            (_, _, Ok(None)) => continue,
+            (_, _, Ok(Some((epsilon, delta)))) => out.counted.push((dir.clone(), epsilon, delta)),
+            (_, _, Err(e)) => {
                 tracing::warn!(dir = %dir.display(), "the releases of another pretraining in the cache cannot be read ({e}): the server's releases together have no bound");
                 out.unreadable.push(dir.clone());
             }

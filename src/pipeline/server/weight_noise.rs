@@ -79,6 +79,9 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
         return Err(super::shipped_under_total(total));
     }
+    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|_| super::served_plain(&lower.cache_dir)) {
+        return Err(super::served_plain_under_total(total, &lower.cache_dir));
+    }
     let _all_releases = super::releases_lock(&cfg.cache_dir)?;
     let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), learned_from);
     if let Some(total) = cfg.server_privacy.total_epsilon.filter(|t| dp_bound + elsewhere.epsilon() > *t) {
@@ -208,6 +211,9 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
         );
         if !reused && stored.as_ref().is_some_and(|l| l.origin == crate::report::NetworkOrigin::Shipped) {
             return Err(super::shipped_under_total(total));
+        }
+        if !reused && super::served_plain(&dir) {
+            return Err(super::served_plain_under_total(total, &dir));
         }
         let (_, _, new) = draws.entry(dir).or_insert((bound, elsewhere, Vec::new()));
         if !reused && !new.contains(&plan) {
