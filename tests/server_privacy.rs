@@ -778,13 +778,7 @@ fn a_network_built_plain_for_clients_leaves_later_releases_no_bound() {
     // Another pretraining on the same texts: no bound beside it.
     let err = cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.02", 1e6, 6)).err().expect("beside a plainly built pretraining").to_string();
     assert!(err.contains("built for clients with no mechanism") && err.contains(&built.cache_dir.display().to_string()), "{err}");
-    let spec = cryptotl::sweep::SweepSpec {
-        client_epsilons: cryptotl::sweep::Epsilon::parse_list("inf").unwrap(),
-        server_epsilons: cryptotl::sweep::Epsilon::parse_list("4").unwrap(),
-        server_mechanism: cryptotl::sweep::ServerMechanism::WeightNoise,
-        raw_baseline: false,
-        repeats: 1,
-    };
+    let spec = common::server_sweep("4", cryptotl::sweep::ServerMechanism::WeightNoise);
     let err = cryptotl::sweep::plan(&capped_config(dir.path(), "0.02", 1e6), &spec).err().expect("a capped sweep over it").to_string();
     assert!(err.contains("built for clients with no mechanism"), "{err}");
     // A build with weight noise releases the noised network alone: nothing is recorded as plain.
@@ -855,18 +849,12 @@ fn concurrent_draws_of_other_settings_are_checked_against_each_other() {
 /// is made (made one by one, the last would be refused after the others were released and encrypted through).
 #[test]
 fn a_sweep_beyond_the_servers_total_is_refused_before_any_release() {
-    use cryptotl::sweep::{Epsilon, ServerMechanism, SweepSpec};
+    use cryptotl::sweep::ServerMechanism;
     let dir = tempfile::tempdir().unwrap();
     let noised = |eps: f64, total: f64| config_with_own_source(dir.path(), &format!(
         "[server_privacy]\ntotal_epsilon = {total}\n[server_privacy.weight_noise]\nl2_sensitivity = 0.01\ntarget_epsilon = {eps}\ninsecure_seed = 2\n"
     )).0;
-    let spec = |eps: &str, mechanism| SweepSpec {
-        client_epsilons: Epsilon::parse_list("inf").unwrap(),
-        server_epsilons: Epsilon::parse_list(eps).unwrap(),
-        server_mechanism: mechanism,
-        raw_baseline: false,
-        repeats: 1,
-    };
+    let spec = common::server_sweep;
     let pretrained = cryptotl::pipeline::server_lower_network(&config_with_own_source(dir.path(), "").0).unwrap();
     let plan = |eps: f64| {
         let cfg = noised(eps, 100.0);

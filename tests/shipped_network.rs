@@ -5,6 +5,8 @@ use cryptotl::config::{DatasetConfig, DatasetFormat, QUICKSTART_TOML, RunConfig}
 use cryptotl::pipeline::{self, NetworkOrigin};
 use cryptotl::shipped_network::{self, ShippedNetwork};
 
+mod common;
+
 fn quickstart(cache: &std::path::Path) -> RunConfig {
     let ov = [format!("cache_dir={:?}", cache.display().to_string())];
     RunConfig::from_toml_str(QUICKSTART_TOML, "quickstart", &ov).unwrap()
@@ -347,13 +349,7 @@ fn releases_of_the_public_shipped_network_claim_no_bound() {
     // Under a total, a draw from the shipped network is refused before it is drawn (its source data is not needed).
     let err = pipeline::server_lower_network(&capped(&noise)).err().expect("a capped release of the shipped network").to_string();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary") && err.contains("seed"), "{err}");
-    let spec = cryptotl::sweep::SweepSpec {
-        client_epsilons: cryptotl::sweep::Epsilon::parse_list("inf").unwrap(),
-        server_epsilons: cryptotl::sweep::Epsilon::parse_list("4").unwrap(),
-        server_mechanism: cryptotl::sweep::ServerMechanism::WeightNoise,
-        raw_baseline: false,
-        repeats: 1,
-    };
+    let spec = common::server_sweep("4", cryptotl::sweep::ServerMechanism::WeightNoise);
     let err = cryptotl::sweep::plan(&capped(&noise), &spec).err().expect("a capped sweep over the shipped network").to_string();
     assert!(err.contains("shipped in the cryptotl binary"), "{err}");
     let drawn = std::fs::read_dir(dir.path()).unwrap().flat_map(|e| std::fs::read_dir(e.unwrap().path()).into_iter().flatten())

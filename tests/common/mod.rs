@@ -57,3 +57,14 @@ pub fn fixture_rows(name: &str) -> Vec<(String, String)> {
         .map(|l| l.split_once(',').map(|(y, t)| (y.to_string(), t.to_string())).unwrap())
         .collect()
 }
+
+/// A sweep over the server's ε (`server_epsilons`, e.g. `"3,4"`) with `mechanism`, the client without DP, once each.
+pub fn server_sweep(server_epsilons: &str, mechanism: cryptotl::sweep::ServerMechanism) -> cryptotl::sweep::SweepSpec {
+    cryptotl::sweep::SweepSpec {
+        client_epsilons: cryptotl::sweep::Epsilon::parse_list("inf").unwrap(),
+        server_epsilons: cryptotl::sweep::Epsilon::parse_list(server_epsilons).unwrap(),
+        server_mechanism: mechanism,
+        raw_baseline: false,
+        repeats: 1,
+    }
+}
