@@ -348,7 +348,7 @@ fn releases_of_the_public_shipped_network_claim_no_bound() {
     };
     // Under a total, a draw from the shipped network is refused before it is drawn (its source data is not needed).
     let err = pipeline::server_lower_network(&capped(&noise)).err().expect("a capped release of the shipped network").to_string();
-    assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary") && err.contains("seed"), "{err}");
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("shipped in the cryptotl binary") && err.contains("did not learn from") && err.contains("tweets.csv"), "{err}");
     let spec = common::server_sweep("4", cryptotl::sweep::ServerMechanism::WeightNoise);
     let err = cryptotl::sweep::plan(&capped(&noise), &spec).err().expect("a capped sweep over the shipped network").to_string();
     assert!(err.contains("shipped in the cryptotl binary"), "{err}");

@@ -485,8 +485,8 @@ impl BudgetReport {
                 noise: "none".into(),
                 protects_against: format!(
                     "nothing against {against}: the rows above hold only for a holder of this run's release who never {had}. \
-                     For a claim, pretrain a network of the server's own that is never released plain (any change to the \
-                     pretraining key, e.g. another seed, with the sources fetched)"
+                     For a claim, pretrain on source data that network did not learn from (another network on the same \
+                     texts meets it again), and never release that one plain"
                 ),
             });
         }

@@ -34,10 +34,15 @@ pub const LEARNED_FROM_FILE: &str = crate::shipped_network::FINGERPRINTS_FILE;
 /// Why a new release of the network shipped in the binary is refused under `server_privacy.total_epsilon` (`total`):
 /// its plain weights are public, so no release of it stays within any total.
 pub(super) fn shipped_under_total(total: f64) -> crate::error::Error {
+    let sources = match crate::shipped_network::shipped() {
+        Ok(Some(s)) => s.manifest.meta.source_tasks.iter().map(|t| t.source.as_str()).collect::<Vec<_>>().join(", "),
+        _ => "its source data".to_string(),
+    };
     crate::error::Error::config_key("server_privacy.total_epsilon", format!(
         "the network to be noised is the one shipped in the cryptotl binary, whose un-noised weights anyone with the binary \
-         has: no release of it stays within a total of {total} (or any). Pretrain the server's own network (any change to \
-         the pretraining key, e.g. --set seed=7, with the sources fetched: python3 datasets/fetch.py), or leave the total out"
+         has: no release of it stays within a total of {total} (or any), nor does a release of another network trained on \
+         the texts it learned from ({sources}). For a bounded release, pretrain on source data it did not learn from \
+         (other source.paths), or leave the total out"
     ))
 }
 
@@ -75,8 +80,9 @@ pub(crate) fn record_served_plain(lower: &PretrainedLower) -> Result<()> {
 pub(super) fn served_plain_under_total(total: f64, dir: &Path) -> crate::error::Error {
     crate::error::Error::config_key("server_privacy.total_epsilon", format!(
         "the network to be noised was built for clients with no mechanism (cryptotl server build; recorded in {}): its \
-         un-noised outputs are theirs, so no release of it stays within a total of {total} (or any). Pretrain a network \
-         that is never served plain (any change to the pretraining key, e.g. --set seed=7), or leave the total out",
+         un-noised outputs are theirs, so no release of it stays within a total of {total} (or any), nor does a release of \
+         another network trained on the texts it learned from. For a bounded release, pretrain on source texts it did not \
+         learn from, and never build that network plain, or leave the total out",
         dir.join(SERVED_PLAIN_FILE).display()
     ))
 }
