@@ -19,9 +19,9 @@ use super::PretrainedLower;
 /// ([`model::weights_sha256`]): a network trained again (on changed source data, [`super::TrainedOn`]) gets its own draw,
 /// with a warning, never the earlier network's release.
 ///
-/// `learned_from` is what the network learned from (as its pretraining entry records it, [`super::recorded_examples`]; `None`, unknown): the releases of other
-/// pretrainings that learned from some of it count against `server_privacy.total_epsilon` too
-/// ([`super::other_pretrainings`]).
+/// `learned_from` is what the network learned from (as its pretraining entry records it, [`super::recorded_examples`];
+/// `None`, unknown): the releases of other pretrainings that learned from some of it count against
+/// `server_privacy.total_epsilon` too ([`super::other_pretrainings`]).
 pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: WeightNoisePlan, learned_from: Option<&crate::overlap::SourceFingerprints>) -> Result<()> {
     let insecure_seed = cfg.server_privacy.weight_noise.as_ref().and_then(|w| w.insecure_seed);
     let device = Default::default();
