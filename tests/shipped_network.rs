@@ -361,7 +361,7 @@ fn releases_of_the_public_shipped_network_claim_no_bound() {
     let cfg = quickstart(dir.path());
     let wn = cryptotl::privacy::server::plan_weight_noise(capped(&noise).server_privacy.weight_noise.as_ref().unwrap(), shipped().manifest.meta.source.train).unwrap().unwrap();
     let tfhe = TfheStatement::new(&cfg.he, None).unwrap();
-    let budget = |shipped: bool| BudgetReport::new(None, 652, ServerMechanisms { weight_noise: Some((&wn, 100)), source_examples: 10, network_shipped: shipped, ..Default::default() }, tfhe.clone()).unwrap();
+    let budget = |shipped: bool| BudgetReport::new(None, 652, ServerMechanisms { weight_noise: Some((&wn, 100)), source_examples: 10, public_network: shipped.then_some(cryptotl::privacy::budget::PublicNetwork::Shipped), ..Default::default() }, tfhe.clone()).unwrap();
     let public = budget(true);
     let row = public.rows.iter().find(|r| r.mechanism.starts_with("the pretrained network itself, shipped in the cryptotl binary")).expect("the public network's row");
     assert_eq!((row.party.as_str(), row.epsilon, row.delta), ("server", None, None));

@@ -139,6 +139,51 @@ impl TfheStatement {
     }
 }
 
+/// Why a network's un-noised form is public, so that no mechanism applied to it bounds anything against those who
+/// have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicNetwork {
+    /// It ships in the cryptotl binary: anyone with the binary has its weights.
+    Shipped,
+    /// The server built it (or an earlier network of its pretraining entry) for clients with no mechanism
+    /// (`cryptotl server build`): they had its un-noised outputs.
+    ServedPlain,
+}
+
+impl PublicNetwork {
+    /// Why, in a few words.
+    pub fn why(self) -> &'static str {
+        match self {
+            Self::Shipped => "the un-noised network ships in the cryptotl binary, public",
+            Self::ServedPlain => "the un-noised network was built for clients with no mechanism (cryptotl server build), its outputs theirs",
+        }
+    }
+
+    /// Against whom no bound holds.
+    pub fn against(self) -> &'static str {
+        match self {
+            Self::Shipped => "anyone with the cryptotl binary",
+            Self::ServedPlain => "any client of that plain model",
+        }
+    }
+
+    /// The budget row's mechanism.
+    fn row(self) -> &'static str {
+        match self {
+            Self::Shipped => "the pretrained network itself, shipped in the cryptotl binary (plain weights, public)",
+            Self::ServedPlain => "the pretrained network itself, built for clients with no mechanism (cryptotl server build)",
+        }
+    }
+
+    /// What a holder of the run's release alone never did.
+    fn never(self) -> &'static str {
+        match self {
+            Self::Shipped => "had the binary's network",
+            Self::ServedPlain => "queried the plain model",
+        }
+    }
+}
+
 /// The server's source-data mechanisms of a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerMechanisms<'a> {
@@ -155,12 +200,9 @@ pub struct ServerMechanisms<'a> {
     /// The releases of the server's other pretrainings that learned from some of the same source texts (other configs, other cache
     /// entries, or the network shipped in the binary), when any records one.
     pub other_pretrainings: Option<&'a OtherPretrainings>,
-    /// The network is the one shipped in the cryptotl binary: its un-noised weights are public, so no mechanism
-    /// applied to it protects the source examples against anyone with the binary.
-    pub network_shipped: bool,
-    /// The network (or an earlier one of its pretraining entry) was built for clients with no mechanism (`cryptotl
-    /// server build`): its un-noised outputs are its clients', so no mechanism bounds anything against them.
-    pub network_served_plain: bool,
+    /// Why the network's un-noised form is public, when it is: no mechanism applied to it protects the source
+    /// examples against those who have it.
+    pub public_network: Option<PublicNetwork>,
     /// Source training examples.
     pub source_examples: usize,
     /// What a membership-inference attack on the source data measured through the client's view (`[audit]
@@ -462,31 +504,23 @@ impl BudgetReport {
             });
             bounds.push(("the composed total".into(), epsilon, delta));
         }
-        // The network shipped in the binary is public: whatever noise a run adds, anyone with the binary has the
-        // un-noised weights, so no bound holds for its source examples against them. So is one the server built plain
-        // for its clients (`cryptotl server build` with no mechanism): they had its un-noised outputs.
-        const SHIPPED: &str = "the un-noised network ships in the cryptotl binary, public";
-        const SERVED_PLAIN: &str = "the un-noised network was built for clients with no mechanism (cryptotl server build), its outputs theirs";
-        let public = if server.network_shipped {
-            Some((SHIPPED, "anyone with the cryptotl binary", "the pretrained network itself, shipped in the cryptotl binary (plain weights, public)", "had the binary's network"))
-        } else if server.network_served_plain {
-            Some((SERVED_PLAIN, "any client of that plain model", "the pretrained network itself, built for clients with no mechanism (cryptotl server build)", "queried the plain model"))
-        } else {
-            None
-        };
-        if let Some((_, against, mechanism, had)) = public.filter(|_| !bounds.is_empty()) {
+        // A public network (shipped in the binary, or built plain for clients): whatever noise a run adds, its holders
+        // have the un-noised weights or outputs, so no bound holds for its source examples against them.
+        if let Some(public) = server.public_network.filter(|_| !bounds.is_empty()) {
             rows.push(BudgetRow {
                 party: "server".into(),
                 data: source_data.clone(),
-                mechanism: mechanism.into(),
+                mechanism: public.row().into(),
                 epsilon: None,
                 delta: None,
                 accountant: "-".into(),
                 noise: "none".into(),
                 protects_against: format!(
-                    "nothing against {against}: the rows above hold only for a holder of this run's release who never {had}. \
+                    "nothing against {}: the rows above hold only for a holder of this run's release who never {}. \
                      For a claim, pretrain on source data that network did not learn from (another network on the same \
-                     texts meets it again), and never release that one plain"
+                     texts meets it again), and never release that one plain",
+                    public.against(),
+                    public.never()
                 ),
             });
         }
@@ -502,11 +536,11 @@ impl BudgetReport {
             });
             // Both bounds hold for this pretraining's releases: the smaller.
             let this = [dp, noise.flatten()].into_iter().flatten().min_by(|a, b| a.0.total_cmp(&b.0));
-            let together = match (this, others.together()) {
-                _ if public.is_some() => Err(public.map(|p| p.0).unwrap_or_default().to_string()),
-                (None, _) => Err("some of this pretraining's releases cannot be read, so their noise is unknown".to_string()),
-                (_, None) => Err(others.describe()),
-                (Some((e, d)), Some((oe, od))) => Ok(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
+            let together = match (server.public_network, this, others.together()) {
+                (Some(public), _, _) => Err(public.why().to_string()),
+                (_, None, _) => Err("some of this pretraining's releases cannot be read, so their noise is unknown".to_string()),
+                (_, _, None) => Err(others.describe()),
+                (None, Some((e, d)), Some((oe, od))) => Ok(compose(vec![approx_dp_measurement(e, d, "this pretraining's releases")?, approx_dp_measurement(oe, od, "other pretrainings' releases")?])?),
             };
             rows.push(BudgetRow {
                 party: "server".into(),
@@ -518,8 +552,10 @@ impl BudgetReport {
                 epsilon: together.as_ref().ok().map(|(e, _)| *e),
                 delta: together.as_ref().ok().map(|(_, d)| *d),
                 accountant: match &together {
-                    Ok(_) if !others.uncompared.is_empty() => format!("OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together; {}", others.describe()),
-                    Ok(_) => "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together".into(),
+                    Ok(_) => {
+                        let composed = "OpenDP make_composition in approximate DP (ε and δ add) of each pretraining's releases together";
+                        if others.uncompared.is_empty() { composed.into() } else { format!("{composed}; {}", others.describe()) }
+                    }
                     Err(why) => format!("none: {why}"),
                 },
                 noise: "each as its own rows give it".into(),
@@ -528,8 +564,8 @@ impl BudgetReport {
             });
             across = Some((count, together.ok()));
         }
-        // Against anyone with the binary a shipped network has no bound; the mechanisms' hold for a holder of the release alone.
-        let public = public.map_or_else(String::new, |(why, against, _, _)| format!("none against {against} ({why}); against a holder of this run's release alone, "));
+        // Against the holders of a public network there is no bound; the mechanisms' hold for a holder of the release alone.
+        let public = server.public_network.map_or_else(String::new, |p| format!("none against {} ({}); against a holder of this run's release alone, ", p.against(), p.why()));
         let source_tightest = bounds.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(what, eps, delta)| {
             let mut s = format!("tightest valid bound on the source data: {public}{what}, ε = {} at δ = {}", super::shown::epsilon(*eps), super::shown::delta(*delta));
             if bounds.len() > 1 {

@@ -317,6 +317,7 @@ impl OtherPretrainings {
     /// without comparing source texts said so.
     pub fn describe(&self) -> String {
         let n = self.count();
+        let list = |dirs: &[std::path::PathBuf]| dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         let what = if let Some(name) = &self.shipped {
             format!(
                 "{n} other pretraining(s) sharing source examples, among them the network shipped in the cryptotl binary (\"{name}\"), \
@@ -327,7 +328,7 @@ impl OtherPretrainings {
                 "{n} other pretraining(s) sharing source examples in the cache, {} of them built for clients with no mechanism \
                  (cryptotl server build: no bound holds for the source examples they learned from): {}",
                 self.served_plain.len(),
-                self.served_plain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                list(&self.served_plain)
             )
         } else {
             match self.together() {
@@ -339,7 +340,7 @@ impl OtherPretrainings {
                 None => format!(
                     "{n} other pretraining(s) sharing source examples in the cache, {} of whose releases cannot be read ({})",
                     self.unreadable.len(),
-                    self.unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    list(&self.unreadable)
                 ),
             }
         };
@@ -349,7 +350,7 @@ impl OtherPretrainings {
         format!(
             "{what}; counted without comparing source texts, since one side does not record what it learned from (made by \
              an older version; a run of its config records it, or delete the folder if it learned from other data): {}",
-            self.uncompared.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            list(&self.uncompared)
         )
     }
 }

@@ -67,6 +67,12 @@ impl PretrainedLower {
         pretraining.min(weight_noise)
     }
 
+    /// Why its un-noised form is public, when it is: shipped in the binary, or built plain for clients before
+    /// ([`served_plain`]).
+    pub fn public_network(&self) -> Option<crate::privacy::budget::PublicNetwork> {
+        public_network(self.origin, &self.cache_dir)
+    }
+
     /// The server's source-data mechanisms behind this network, for its budget rows: DP pretraining, weight noise
     /// and the other noised releases stored beside it, with the run's `membership` figure and what was fitted on
     /// the source outside the mechanisms (`fitted_outside`, [`crate::privacy::budget::fitted_outside`]).
@@ -77,8 +83,7 @@ impl PretrainedLower {
             weight_noise: self.weight_noise.as_ref().map(|w| (&w.plan, w.parameters)),
             other_weight_noise: Some(&self.other_releases),
             other_pretrainings: Some(&self.other_pretrainings),
-            network_shipped: self.origin == NetworkOrigin::Shipped,
-            network_served_plain: self.origin != NetworkOrigin::Shipped && served_plain(&self.cache_dir),
+            public_network: self.public_network(),
             source_examples: self.meta.source.train,
             membership,
             fitted_outside,
@@ -156,10 +161,13 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
     if let Some(plan) = noise_plan {
         // An entry made before entries recorded what they learned from is matched on the source data, when they can be
         // loaded (a draw refused for other reasons, e.g. from the shipped network under a total, does not need them).
-        if source.is_none() && recorded_examples(&lower.cache_dir).is_none() {
-            source = load_source(cfg).ok();
-        }
-        let learned_here = learned_from(cfg, &lower, source.as_ref().map(|(s, _)| s))?;
+        let loaded = &mut source;
+        let learned_here = learned_from(cfg, &lower, move || {
+            if loaded.is_none() {
+                *loaded = load_source(cfg).ok();
+            }
+            loaded.as_ref().map(|(s, _)| s)
+        })?;
         apply_weight_noise(cfg, &mut lower, plan, learned.insert(learned_here).as_ref())?;
         // The noised network's own ranges: the compiler calibrates on what it evaluates.
         let (split, _) = match &source {
@@ -173,7 +181,7 @@ fn server_network(cfg: &RunConfig, check_source: bool) -> Result<(PretrainedLowe
         // (Taken before the noise: its digest is the network's, as trained.)
         let learned = match learned {
             Some(learned) => learned,
-            None => learned_from(cfg, &lower, source.as_ref().map(|(s, _)| s))?,
+            None => learned_from(cfg, &lower, || source.as_ref().map(|(s, _)| s))?,
         };
         lower.other_pretrainings = other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), learned.as_ref());
     }

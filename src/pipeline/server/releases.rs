@@ -31,21 +31,6 @@ use super::{PretrainMeta, PretrainedLower};
 /// source data adds its texts to the earlier network's, whose releases stay recorded beside it).
 pub const LEARNED_FROM_FILE: &str = crate::shipped_network::FINGERPRINTS_FILE;
 
-/// Why a new release of the network shipped in the binary is refused under `server_privacy.total_epsilon` (`total`):
-/// its plain weights are public, so no release of it stays within any total.
-pub(super) fn shipped_under_total(total: f64) -> crate::error::Error {
-    let sources = match crate::shipped_network::shipped() {
-        Ok(Some(s)) => s.manifest.meta.source_tasks.iter().map(|t| t.source.as_str()).collect::<Vec<_>>().join(", "),
-        _ => "its source data".to_string(),
-    };
-    crate::error::Error::config_key("server_privacy.total_epsilon", format!(
-        "the network to be noised is the one shipped in the cryptotl binary, whose un-noised weights anyone with the binary \
-         has: no release of it stays within a total of {total} (or any), nor does a release of another network trained on \
-         the texts it learned from ({sources}). For a bounded release, pretrain on source data it did not learn from \
-         (other source.paths), or leave the total out"
-    ))
-}
-
 /// The file in a pretraining cache entry that records the networks of the entry the server built for clients with no
 /// mechanism (`cryptotl server build`): plain releases, public to those clients. Its presence is what counts (an
 /// unreadable one counts too); it lists the digests of the networks built ([`crate::model::weights_sha256`]).
@@ -75,16 +60,44 @@ pub(crate) fn record_served_plain(lower: &PretrainedLower) -> Result<()> {
     Ok(())
 }
 
-/// Why a new release of a network that was built plain for clients ([`SERVED_PLAIN_FILE`] in `dir`) is refused under
-/// `server_privacy.total_epsilon` (`total`): its clients had its un-noised outputs.
-pub(super) fn served_plain_under_total(total: f64, dir: &Path) -> crate::error::Error {
-    crate::error::Error::config_key("server_privacy.total_epsilon", format!(
-        "the network to be noised was built for clients with no mechanism (cryptotl server build; recorded in {}): its \
-         un-noised outputs are theirs, so no release of it stays within a total of {total} (or any), nor does a release of \
-         another network trained on the texts it learned from. For a bounded release, pretrain on source texts it did not \
-         learn from, and never build that network plain, or leave the total out",
-        dir.join(SERVED_PLAIN_FILE).display()
-    ))
+/// Why the un-noised form of a network from `origin` whose pretraining folder is `dir` is public, when it is: shipped
+/// in the binary, or built plain for clients ([`served_plain`]).
+pub fn public_network(origin: crate::report::NetworkOrigin, dir: &Path) -> Option<crate::privacy::budget::PublicNetwork> {
+    use crate::privacy::budget::PublicNetwork;
+    match origin {
+        crate::report::NetworkOrigin::Shipped => Some(PublicNetwork::Shipped),
+        _ if served_plain(dir) => Some(PublicNetwork::ServedPlain),
+        _ => None,
+    }
+}
+
+/// Refuse a new release drawn from a network whose un-noised form is `public` (its pretraining folder `dir`) under
+/// `server_privacy.total_epsilon` (`total`): no release of it stays within any total, nor does one of another
+/// network trained on the texts it learned from, so the message names the way that does.
+pub(super) fn refuse_draw_of_public(total: f64, public: Option<crate::privacy::budget::PublicNetwork>, dir: &Path) -> Result<()> {
+    let why = match public {
+        None => return Ok(()),
+        Some(crate::privacy::budget::PublicNetwork::Shipped) => {
+            let sources = match crate::shipped_network::shipped() {
+                Ok(Some(s)) => s.manifest.meta.source_tasks.iter().map(|t| t.source.as_str()).collect::<Vec<_>>().join(", "),
+                _ => "its source data".to_string(),
+            };
+            format!(
+                "the network to be noised is the one shipped in the cryptotl binary, whose un-noised weights anyone with the \
+                 binary has: no release of it stays within a total of {total} (or any), nor does a release of another network \
+                 trained on the texts it learned from ({sources}). For a bounded release, pretrain on source data it did not \
+                 learn from (other source.paths), or leave the total out"
+            )
+        }
+        Some(crate::privacy::budget::PublicNetwork::ServedPlain) => format!(
+            "the network to be noised was built for clients with no mechanism (cryptotl server build; recorded in {}): its \
+             un-noised outputs are theirs, so no release of it stays within a total of {total} (or any), nor does a release \
+             of another network trained on the texts it learned from. For a bounded release, pretrain on source texts it did \
+             not learn from, and never build that network plain, or leave the total out",
+            dir.join(SERVED_PLAIN_FILE).display()
+        ),
+    };
+    Err(crate::error::Error::config_key("server_privacy.total_epsilon", why))
 }
 
 /// The lock every server release of the cache `cache_dir` is decided under: the checks against
@@ -117,14 +130,16 @@ pub fn releases_lock(cache_dir: &Path) -> Result<crate::atomic::DirLock> {
 /// assert_eq!(cryptotl::pipeline::recorded_examples(&dir), Some(texts));
 /// ```
 pub fn recorded_examples(dir: &Path) -> Option<SourceFingerprints> {
-    let key = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default();
-    let shipped = crate::shipped_network::find(&key).and_then(|s| s.ok()).and_then(|s| s.source_fingerprints.as_ref());
+    let shipped = crate::shipped_network::find(&folder_key(dir)).and_then(|s| s.ok()).and_then(|s| s.source_fingerprints.as_ref());
     let path = dir.join(LEARNED_FROM_FILE);
     if !path.exists() {
         return shipped.cloned();
     }
     match SourceFingerprints::load(&path) {
-        Ok(file) => Some(shipped.map_or_else(|| file.clone(), |s| s.union(&file))),
+        Ok(file) => Some(match shipped {
+            Some(s) => s.union(&file),
+            None => file,
+        }),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "the source texts this pretraining learned from cannot be read ({e}): it counts beside every other");
             None
@@ -158,14 +173,15 @@ pub(super) fn record_examples(dir: &Path, learned: &SourceFingerprints) -> Resul
 
 /// The source texts the server's network `lower` learned from, as other pretrainings are matched against it
 /// ([`other_pretrainings`]): what its folder records ([`recorded_examples`]). For an entry made before entries
-/// recorded them, or whose list cannot be read, `source` (the source data as it is now, when loaded) stands in, and
-/// is recorded, when the entry says it was trained on exactly that data and holds no release of an earlier network;
-/// otherwise `None` (unknown).
-pub(super) fn learned_from(cfg: &crate::config::RunConfig, lower: &PretrainedLower, source: Option<&Split>) -> Result<Option<SourceFingerprints>> {
+/// recorded them, or whose list cannot be read, the source data as it is now (`source`, called only then: `None`
+/// when it cannot be loaded) stands in, and is recorded, when the entry says it was trained on exactly that data and
+/// holds no release of an earlier network; otherwise `None` (unknown).
+pub(super) fn learned_from<'s>(cfg: &crate::config::RunConfig, lower: &PretrainedLower, source: impl FnOnce() -> Option<&'s Split>) -> Result<Option<SourceFingerprints>> {
     if let Some(recorded) = recorded_examples(&lower.cache_dir) {
         return Ok(Some(recorded));
     }
-    let (Some(source), Some(trained_on), crate::report::NetworkOrigin::Cache) = (source, &lower.meta.trained_on, lower.origin) else { return Ok(None) };
+    let (Some(trained_on), crate::report::NetworkOrigin::Cache) = (&lower.meta.trained_on, lower.origin) else { return Ok(None) };
+    let Some(source) = source() else { return Ok(None) };
     if trained_on.change_from(&super::TrainedOn::of(cfg, source)?).is_some() || !lower.meta.dp_trained_over.is_empty() || super::weight_noise::holds_draws_of_other_networks(&lower.cache_dir, &crate::model::weights_sha256(&lower.net)) {
         return Ok(None);
     }
@@ -216,18 +232,18 @@ pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: O
     for dir in dirs {
         // Its releases first (its record is small), then, only for one that made any, what it learned from. A network
         // built plain for clients is a release without a bound, whatever else was drawn from it.
-        let plain = served_plain(&dir);
-        let releases = if plain { Ok(None) } else { pretraining_releases(&dir) };
-        if !plain && matches!(releases, Ok(None)) {
+        let releases = if served_plain(&dir) { None } else { Some(pretraining_releases(&dir)) };
+        if matches!(releases, Some(Ok(None))) {
             continue;
         }
         let shared = shares(learned_from, recorded_examples(&dir).as_ref());
-        match (shared, plain, releases) {
-            (Some(false), _, _) => continue,
-            (_, true, _) => out.served_plain.push(dir.clone()),
-            (_, _, Ok(None)) => continue,
-            (_, _, Ok(Some((epsilon, delta)))) => out.counted.push((dir.clone(), epsilon, delta)),
-            (_, _, Err(e)) => {
+        if shared == Some(false) {
+            continue;
+        }
+        match releases {
+            None => out.served_plain.push(dir.clone()),
+            Some(Ok(released)) => out.counted.extend(released.map(|(epsilon, delta)| (dir.clone(), epsilon, delta))),
+            Some(Err(e)) => {
                 tracing::warn!(dir = %dir.display(), "the releases of another pretraining in the cache cannot be read ({e}): the server's releases together have no bound");
                 out.unreadable.push(dir.clone());
             }
@@ -239,6 +255,11 @@ pub fn other_pretrainings(cache_dir: &Path, exclude: &[PathBuf], learned_from: O
     out
 }
 
+/// The pretraining key of the cache folder `dir` (`pretrain-<key>`).
+fn folder_key(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default()
+}
+
 /// Whether the source texts `ours` and `theirs` share one; `None` when either is unknown.
 fn shares(ours: Option<&SourceFingerprints>, theirs: Option<&SourceFingerprints>) -> Option<bool> {
     Some(ours?.shares_any(theirs?))
@@ -247,9 +268,8 @@ fn shares(ours: Option<&SourceFingerprints>, theirs: Option<&SourceFingerprints>
 /// The releases one pretraining entry records, together.
 fn pretraining_releases(dir: &Path) -> Result<Option<(f64, f64)>> {
     let entry = crate::cache::Entry::new(dir.to_path_buf());
-    let key = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches("pretrain-").to_string()).unwrap_or_default();
     // Its record: the cache entry's, or the shipped network's for a folder holding only draws from it.
-    let meta: Option<Result<PretrainMeta>> = entry.meta::<PretrainMeta>().or_else(|| crate::shipped_network::find(&key).map(|s| s.map(|s| s.manifest.meta.clone())));
+    let meta: Option<Result<PretrainMeta>> = entry.meta::<PretrainMeta>().or_else(|| crate::shipped_network::find(&folder_key(dir)).map(|s| s.map(|s| s.manifest.meta.clone())));
     let dp_plans: Vec<crate::privacy::plan::DpPlan> = match meta {
         Some(Ok(m)) => m.dp_pretraining.into_iter().chain(m.dp_trained_over).collect(),
         // Incomplete: a DP pretraining cut short while it replaced earlier ones still made those.

@@ -76,11 +76,8 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
     // Other configs' pretrainings on some of the same source examples: their releases add to this one's. A new draw is decided
     // under the cache's releases lock too (after the pretraining's), so that draws for other pretrainings at once
     // count each other; a stored release, loaded above, needed only the pretraining's.
-    if let (Some(total), crate::report::NetworkOrigin::Shipped) = (cfg.server_privacy.total_epsilon, lower.origin) {
-        return Err(super::shipped_under_total(total));
-    }
-    if let Some(total) = cfg.server_privacy.total_epsilon.filter(|_| super::served_plain(&lower.cache_dir)) {
-        return Err(super::served_plain_under_total(total, &lower.cache_dir));
+    if let Some(total) = cfg.server_privacy.total_epsilon {
+        super::refuse_draw_of_public(total, lower.public_network(), &lower.cache_dir)?;
     }
     let _all_releases = super::releases_lock(&cfg.cache_dir)?;
     let elsewhere = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&lower.cache_dir), learned_from);
@@ -170,52 +167,42 @@ pub fn check_releases_within_total<'a>(settings: impl IntoIterator<Item = &'a Ru
         let pretrain_dir = cfg.cache_dir.join(format!("pretrain-{}", super::pretrain_key(cfg)));
         let stored = super::stored_pretrained(cfg)?;
         let learned_here = match &stored {
-            Some(l) => match super::recorded_examples(&l.cache_dir) {
-                Some(recorded) => Some(recorded),
-                None => super::learned_from(cfg, l, loaded(&mut source, cfg).ok())?,
-            },
+            Some(l) => super::learned_from(cfg, l, || loaded(&mut source, cfg).ok())?,
             None => super::examples_with_earlier(&pretrain_dir, loaded(&mut source, cfg)?),
         };
-        let others = |dir: &Path| super::other_pretrainings(&cfg.cache_dir, &[dir.to_path_buf()], learned_here.as_ref());
+        learned.insert(pretrain_dir.clone(), learned_here);
+        let others = || super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&pretrain_dir), learned[&pretrain_dir].as_ref());
         if cfg.dp_pretraining().is_some() && stored.is_none() {
             let n = loaded(&mut source, cfg)?.train.len();
             if let Some(plan) = super::dp_pretraining_plan(cfg, n)? {
                 // What it would replace: only a DP pretraining cut short leaves a record without a stored network.
                 let replaced: Vec<crate::privacy::plan::DpPlan> = crate::cache::Entry::new(pretrain_dir.clone()).carried().transpose()?.unwrap_or_default();
-                let epsilon = super::dp_pretraining_within_total(&plan, &replaced, total, &others(&pretrain_dir))?;
+                let epsilon = super::dp_pretraining_within_total(&plan, &replaced, total, &others())?;
                 spent.push((pretrain_dir.clone(), epsilon));
             }
         }
-        let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else {
-            learned.insert(pretrain_dir, learned_here);
-            continue;
-        };
-        let (n, dir, base, bound) = match &stored {
-            Some(l) => (l.meta.source.train, l.cache_dir.clone(), Some(model::weights_sha256(&l.net)), dp_bound(&l.meta)?),
+        let Some(wn) = cfg.server_privacy.weight_noise.as_ref().filter(|w| w.enabled) else { continue };
+        // (A stored network's folder is `pretrain_dir`.)
+        let (n, base, bound) = match &stored {
+            Some(l) => (l.meta.source.train, Some(model::weights_sha256(&l.net)), dp_bound(&l.meta)?),
             // Trained first: its DP pretraining (if any) is checked then, and bounds the draws.
-            None if cfg.dp_pretraining().is_some() => {
-                learned.insert(pretrain_dir, learned_here);
-                continue;
-            }
-            None => (loaded(&mut source, cfg)?.train.len(), pretrain_dir, None, f64::INFINITY),
+            None if cfg.dp_pretraining().is_some() => continue,
+            None => (loaded(&mut source, cfg)?.train.len(), None, f64::INFINITY),
         };
-        let elsewhere = others(&dir);
-        learned.insert(dir.clone(), learned_here);
+        let elsewhere = others();
         if bound + elsewhere.epsilon() <= total {
             continue;
         }
         let Some(plan) = crate::privacy::server::plan_weight_noise(wn, n)? else { continue };
         let reused = matches!(
-            crate::cache::Entry::new(noise_entry_dir(&dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
+            crate::cache::Entry::new(noise_entry_dir(&pretrain_dir, &plan, wn.insecure_seed)).meta::<AppliedWeightNoise>(),
             Some(Ok(a)) if a.plan == plan && base.as_deref().is_some_and(|b| a.drawn_from(b))
         );
-        if !reused && stored.as_ref().is_some_and(|l| l.origin == crate::report::NetworkOrigin::Shipped) {
-            return Err(super::shipped_under_total(total));
+        if !reused {
+            let origin = stored.as_ref().map_or(crate::report::NetworkOrigin::Trained, |l| l.origin);
+            super::refuse_draw_of_public(total, super::public_network(origin, &pretrain_dir), &pretrain_dir)?;
         }
-        if !reused && super::served_plain(&dir) {
-            return Err(super::served_plain_under_total(total, &dir));
-        }
-        let (_, _, new) = draws.entry(dir).or_insert((bound, elsewhere, Vec::new()));
+        let (_, _, new) = draws.entry(pretrain_dir.clone()).or_insert((bound, elsewhere, Vec::new()));
         if !reused && !new.contains(&plan) {
             new.push(plan);
         }
