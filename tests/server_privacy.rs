@@ -821,6 +821,48 @@ fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {
     assert_eq!(load.join().unwrap(), Ok(true));
 }
 
+/// A DP pretraining is decided under the cache's releases lock before it trains and again before its entry is
+/// written, but does not hold it while it trains: a noise draw for another pretraining on the same source texts is
+/// made meanwhile (it need not wait), and counts when the DP pretraining is decided again, which then refuses to
+/// store it. Held throughout, the draw would have waited and been refused instead.
+#[test]
+fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_once_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    // B: another pretraining (seed 6) on the same source texts, pretrained plain first (no release).
+    let n = { let mut c = config_with_own_source(dir.path(), "").0; c.seed = 6; cryptotl::pipeline::server_lower_network(&c).unwrap().meta.source.train };
+    let b_plan = plan_weight_noise(capped_config(dir.path(), "0.05", 1.0).server_privacy.weight_noise.as_ref().unwrap(), n).unwrap().unwrap();
+    // A (seed 5): DP pretraining on a schedule long enough (about 5 s here) for B's draw (20 ms) to be made while it
+    // trains.
+    let a_cfg = |total: f64| {
+        let dp = "[server_privacy.dp_pretraining]\nnoise_multiplier = 2.0\ninsecure_seed = 4\n";
+        let mut cfg = config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{dp}")).0;
+        cfg.pretrain.epochs = 600;
+        cfg.pretrain.patience = 600;
+        cfg
+    };
+    let a_plan = cryptotl::pipeline::dp_pretraining_plan(&a_cfg(1.0), n).unwrap().unwrap();
+    // Either release alone fits the total, both do not.
+    let total = a_plan.epsilon.max(b_plan.epsilon) + 0.5 * a_plan.epsilon.min(b_plan.epsilon);
+    let a_dir = dir.path().join("cache").join(format!("pretrain-{}", cryptotl::pipeline::pretrain_key(&a_cfg(total))));
+    let cfg = a_cfg(total);
+    let a = std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()));
+    // Once A holds its entry and has been decided (its schedule planned and checked in about 0.3 s), it trains.
+    let started = std::time::Instant::now();
+    while cryptotl::atomic::DirLock::try_acquire(&a_dir).is_ok() && !a.is_finished() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert!(!a.is_finished(), "the DP pretraining ended before the draw could be made: {:?}", a.join());
+    cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.05", total, 6)).expect("B's draw, made while A trains, fits the total alone");
+    assert!(!a.is_finished(), "the draw waited for the DP pretraining to end");
+    let err = a.join().unwrap().err().expect("A beside B's release is above the total").to_string();
+    assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s)") && err.contains("decided again once this network was trained"), "{err}");
+    assert!(!a_dir.join("meta.json").exists(), "nothing was stored for A");
+    // Run again, it is refused before it trains.
+    let err = cryptotl::pipeline::server_lower_network(&a_cfg(total)).err().expect("still above the total").to_string();
+    assert!(err.contains("1 other pretraining(s)") && !err.contains("decided again"), "{err}");
+}
+
 /// Two runs drawing other noise settings of one pretraining at once decide one after the other, under the
 /// pretraining entry's lock: the second sees the first's release, so together they cannot pass
 /// `server_privacy.total_epsilon` (each checking before the other had drawn, both would).

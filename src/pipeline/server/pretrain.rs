@@ -422,17 +422,32 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
         }
         tracing::warn!(dir = %dir.display(), "DP pretraining again on changed source data: a new release; for the source examples both networks learned from, the two releases' ε add up (the report's budget composes them)");
     }
-    // A DP pretraining is a release: checked against the other pretrainings' releases and made under the cache's
-    // releases lock (after the entry's), so that two DP pretrainings of other configs at once see each other.
-    let _all_releases = cfg.dp_pretraining().map(|_| super::releases_lock(&cfg.cache_dir)).transpose()?;
-    // Settled before training: a schedule beyond its budget refuses to start, and so does one that, with the DP
-    // pretrainings it replaces and the other pretrainings' releases, would spend more than the server's total.
     // What this folder's networks will have learned from: this one's source texts with its earlier networks'.
     let learned = super::examples_with_earlier(&dir, source);
     let dp_plan = dp_pretraining_plan(cfg, source.train.len())?;
-    if let (Some(plan), Some(total)) = (&dp_plan, cfg.server_privacy.total_epsilon) {
-        dp_pretraining_within_total(plan, &dp_trained_over, total, &super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), learned.as_ref()))?;
-    }
+    // A DP pretraining is a release, decided under the cache's releases lock (after the entry's) against the other
+    // pretrainings' releases, so that releases for other configs at once see each other: a schedule beyond its
+    // budget, or one that with the DP pretrainings it replaces and the other pretrainings' releases would spend more
+    // than the server's total, is refused. Decided before training (nothing is trained in vain) and again before
+    // the entry is written (what other runs released meanwhile counts), but not held while it trains: a noise draw
+    // for another pretraining need not wait minutes for it.
+    let decide = |trained: bool| -> Result<Option<crate::atomic::DirLock>> {
+        let Some(plan) = &dp_plan else { return Ok(None) };
+        let held = super::releases_lock(&cfg.cache_dir)?;
+        if let Some(total) = cfg.server_privacy.total_epsilon {
+            let others = super::other_pretrainings(&cfg.cache_dir, std::slice::from_ref(&dir), learned.as_ref());
+            dp_pretraining_within_total(plan, &dp_trained_over, total, &others).map_err(|e| match e {
+                Error::Config { file, key, message } if trained => Error::Config {
+                    file,
+                    key,
+                    message: format!("{message} (decided again once this network was trained, counting what other runs released meanwhile: it was not stored, and nothing was released)"),
+                },
+                e => e,
+            })?;
+        }
+        Ok(Some(held))
+    };
+    drop(decide(false)?);
     check_feature_memory(pretraining_feature_bytes(cfg, source), crate::config::available_memory(), "pretraining on the source")?;
     // With DP pretraining, a map fitted on nothing: one source example must not move the others' features.
     let features = FeaturePipeline::for_training(&cfg.features, &source.train.texts, cfg.dp_pretraining().is_some())?;
@@ -454,6 +469,7 @@ pub fn pretrain_on_source(cfg: &RunConfig, source: &Split, summary: &DatasetSumm
     let source_test = Metrics::from_probabilities(&predict_proba(&trained.model, tasked.test.view(), &device), &fs.test_y);
     let tasks = source_tasks(&trained.model, source, &tasked);
     tracing::info!(accuracy = source_test.accuracy, ?tasks, "pretraining done (source test split)");
+    let _all_releases = decide(true)?;
     let meta = PretrainMeta {
         key,
         source_test,
