@@ -821,6 +821,20 @@ fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {
     assert_eq!(load.join().unwrap(), Ok(true));
 }
 
+/// A log writer that sends each line it is given down a channel (the receiver may have gone).
+struct LogLines(std::sync::mpsc::Sender<String>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(String::from_utf8_lossy(bytes).into_owned());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A DP pretraining is decided under the cache's releases lock before it trains and again before its entry is
 /// written, but does not hold it while it trains: a noise draw for another pretraining on the same source texts is
 /// made meanwhile (it need not wait), and counts when the DP pretraining is decided again, which then refuses to
@@ -831,8 +845,8 @@ fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_
     // B: another pretraining (seed 6) on the same source texts, pretrained plain first (no release).
     let n = { let mut c = config_with_own_source(dir.path(), "").0; c.seed = 6; cryptotl::pipeline::server_lower_network(&c).unwrap().meta.source.train };
     let b_plan = plan_weight_noise(capped_config(dir.path(), "0.05", 1.0).server_privacy.weight_noise.as_ref().unwrap(), n).unwrap().unwrap();
-    // A (seed 5): DP pretraining on a schedule long enough (about 5 s here) for B's draw (20 ms) to be made while it
-    // trains.
+    // A (seed 5): DP pretraining on a schedule long enough (about 5 s on two idle cores) for B's draw (20 ms) to be
+    // made while it trains.
     let a_cfg = |total: f64| {
         let dp = "[server_privacy.dp_pretraining]\nnoise_multiplier = 2.0\ninsecure_seed = 4\n";
         let mut cfg = config_with_own_source(dir.path(), &format!("[server_privacy]\ntotal_epsilon = {total}\n{dp}")).0;
@@ -844,15 +858,16 @@ fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_
     // Either release alone fits the total, both do not.
     let total = a_plan.epsilon.max(b_plan.epsilon) + 0.5 * a_plan.epsilon.min(b_plan.epsilon);
     let a_dir = dir.path().join("cache").join(format!("pretrain-{}", cryptotl::pipeline::pretrain_key(&a_cfg(total))));
+    // A in a thread whose log comes here: it says "DP pretraining schedule" once decided, as it starts training.
+    let (lines, log) = std::sync::mpsc::channel::<String>();
     let cfg = a_cfg(total);
-    let a = std::thread::spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()));
-    // Once A holds its entry and has been decided (its schedule planned and checked in about 0.3 s), it trains.
-    let started = std::time::Instant::now();
-    while cryptotl::atomic::DirLock::try_acquire(&a_dir).is_ok() && !a.is_finished() && started.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(2000));
-    assert!(!a.is_finished(), "the DP pretraining ended before the draw could be made: {:?}", a.join());
+    let a = std::thread::spawn(move || {
+        let writer = move || LogLines(lines.clone());
+        let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(writer).finish();
+        tracing::subscriber::with_default(subscriber, || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
+    });
+    let training = log.iter().any(|line| line.contains("DP pretraining schedule"));
+    assert!(training && !a.is_finished(), "the DP pretraining did not start training: {:?}", a.join());
     cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.05", total, 6)).expect("B's draw, made while A trains, fits the total alone");
     assert!(!a.is_finished(), "the draw waited for the DP pretraining to end");
     let err = a.join().unwrap().err().expect("A beside B's release is above the total").to_string();
