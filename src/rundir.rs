@@ -63,8 +63,13 @@ pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
     material
 }
 
+/// How [`material_differences`] shows the side that lacks a key the other records as unset: it was made by a
+/// cryptotl from before the key.
+pub const NOT_RECORDED: &str = "not recorded (an earlier cryptotl, before this key)";
+
 /// The config keys whose values differ between two [`features_material`]s, each with its value in `made` and in
-/// `given` (`not set` where one has none), in key order.
+/// `given` (`not set` where one has none; `not recorded …` where one side lacks a key the other records as unset,
+/// i.e. was made by a cryptotl from before that key), in key order.
 ///
 /// ```
 /// use cryptotl::config::{QUICKSTART_TOML, RunConfig};
@@ -76,6 +81,15 @@ pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
 ///     ("he.server".to_string(), "\"local\"".to_string(), "\"http://127.0.0.1:1\"".to_string()),
 ///     ("seed".to_string(), "42".to_string(), "7".to_string()),
 /// ]);
+/// // Features made before a key existed: it is not recorded there, and unset here.
+/// let mut earlier = features_material(&a);
+/// let unset = earlier["server_privacy"].as_object_mut().unwrap().remove("total_epsilon");
+/// assert_eq!(unset, Some(serde_json::Value::Null));
+/// assert_eq!(material_differences(&earlier, &features_material(&a)), [(
+///     "server_privacy.total_epsilon".to_string(),
+///     "not recorded (an earlier cryptotl, before this key)".to_string(),
+///     "not set".to_string(),
+/// )]);
 /// ```
 pub fn material_differences(made: &serde_json::Value, given: &serde_json::Value) -> Vec<(String, String, String)> {
     fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<(String, String, String)>) {
@@ -89,11 +103,15 @@ pub fn material_differences(made: &serde_json::Value, given: &serde_json::Value)
                 }
             }
             (a, b) if a != b => {
+                // A key one side records as unset and the other lacks altogether was added to cryptotl in between:
+                // the side without it was made by an earlier cryptotl.
+                let added_since = matches!((a, b), (None, Some(serde_json::Value::Null)) | (Some(serde_json::Value::Null), None));
                 let shown = |v: Option<&serde_json::Value>| match (path, v) {
                     // The material leaves these out where they have their default.
                     ("he.server", None) => "\"local\"".to_string(),
                     ("client_map", v) => if v.is_some() { "on" } else { "off" }.to_string(),
-                    (_, None) => "not set".to_string(),
+                    (_, None) if added_since => NOT_RECORDED.to_string(),
+                    (_, None) | (_, Some(serde_json::Value::Null)) => "not set".to_string(),
                     (_, Some(v)) => v.to_string(),
                 };
                 // The material's own names for the few keys that are not the config's.
@@ -217,6 +235,17 @@ impl RunManifest {
                      DP-SGD head needs features made with [privacy] on, through a map fitted on no data): {redo}",
                     self.features_key,
                     features_key(cfg)
+                ),
+            };
+        }
+        if differences.iter().all(|(_, made, _)| made == NOT_RECORDED) {
+            let keys: Vec<&str> = differences.iter().map(|(k, _, _)| k.as_str()).collect();
+            return Error::Config {
+                file: dir.display().to_string(),
+                key: keys.join(", "),
+                message: format!(
+                    "the features in this run directory were made by an earlier cryptotl, from before the key(s) named \
+                     (unset here: the same config as far as that cryptotl recorded it), so their features key differs; {redo}"
                 ),
             };
         }
