@@ -870,7 +870,7 @@ fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_
     assert!(training && !a.is_finished(), "the DP pretraining did not start training: {:?}", a.join());
     cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.05", total, 6)).expect("B's draw, made while A trains, fits the total alone");
     assert!(!a.is_finished(), "the draw waited for the DP pretraining to end");
-    let err = a.join().unwrap().err().expect("A beside B's release is above the total").to_string();
+    let err = a.join().unwrap().expect_err("A beside B's release is above the total").to_string();
     assert!(err.contains("server_privacy.total_epsilon") && err.contains("1 other pretraining(s)") && err.contains("decided again once this network was trained"), "{err}");
     assert!(!a_dir.join("meta.json").exists(), "nothing was stored for A");
     // Run again, it is refused before it trains.
