@@ -419,8 +419,14 @@ fn features_path(cfg: &RunConfig) -> PathBuf {
 }
 
 fn serve(a: &ServeArgs) -> Result<()> {
-    let artifact = cryptotl_server::ModelArtifact::load(&a.model)?;
-    let tokens = cryptotl_server::auth::Tokens::load(&a.tokens)?;
+    // What `serve` is given on its command line and cannot use is named by its flag (exit 2), not as the encrypted
+    // stage of a run.
+    let flag = |key: &str, e: cryptotl_server::HeError, hint: &str| Error::Config { file: "<command line>".into(), key: key.into(), message: format!("{e}{hint}") };
+    let artifact = cryptotl_server::ModelArtifact::load(&a.model).map_err(|e| flag("--model", e, ""))?;
+    let tokens = cryptotl_server::auth::Tokens::load(&a.tokens).map_err(|e| {
+        let hint = if a.tokens.exists() { "" } else { " (issue a token into it with `cryptotl server token --name <client> --tokens <file>`)" };
+        flag("--tokens", e, hint)
+    })?;
     let store_dir = a.key_store.clone().unwrap_or_else(|| a.model.join("keys"));
     let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20))
         .map_err(|e| Error::Server { server: a.listen.to_string(), message: e.to_string() })?;
@@ -434,6 +440,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };
     let plain = opts.tls.is_none();
+    let (listen, tls) = (a.listen.to_string(), opts.tls.clone());
     cryptotl_server::http::serve(service, tokens, opts, |addr, scheme| {
         use std::io::Write as _;
         if plain {
@@ -441,6 +448,11 @@ fn serve(a: &ServeArgs) -> Result<()> {
         }
         println!("listening on {scheme}://{addr} (model {}, key store {})", &model_id[..16], store_dir.display());
         let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| match &e {
+        cryptotl_server::HeError::File { path, .. } if *path == listen => flag("--listen", e, ""),
+        cryptotl_server::HeError::File { path, .. } if tls.as_ref().is_some_and(|(cert, key)| *path == format!("{} / {}", cert.display(), key.display())) => flag("--tls-cert / --tls-key", e, ""),
+        _ => e.into(),
     })?;
     Ok(())
 }

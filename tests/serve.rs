@@ -517,18 +517,37 @@ fn a_client_that_names_no_output_format_gets_the_32_bit_words_clients_before_it_
     assert!(text.contains("packed, words32") && text.contains("upgrading"), "{text}");
 }
 
+/// What `serve` is given and cannot use is refused at start (exit 2) naming its flag: plain HTTP off loopback, an
+/// address in use, a missing or malformed token file, a folder that is not a model directory, unusable TLS files.
 #[test]
 fn plain_http_is_refused_off_loopback() {
     let f = Fixture::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
-        .args(["serve", "--model"])
-        .arg(f.model())
-        .args(["--listen", "0.0.0.0:0", "--tokens"])
-        .arg(f.dir.path().join("tokens"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed on a loopback address"), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens = f.dir.path().join("tokens");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_at = taken.local_addr().unwrap().to_string();
+    let malformed = f.dir.path().join("malformed_tokens");
+    std::fs::write(&malformed, "not a token line\n").unwrap();
+    let model = f.model();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (vec!["--model".into(), path(&model), "--listen".into(), "0.0.0.0:0".into(), "--tokens".into(), path(&tokens)], "key `--listen`", "only allowed on a loopback address"),
+        (vec!["--model".into(), path(&model), "--listen".into(), taken_at.clone(), "--tokens".into(), path(&tokens)], "key `--listen`", &taken_at),
+        (vec!["--model".into(), path(&model), "--listen".into(), "127.0.0.1:0".into(), "--tokens".into(), path(&f.dir.path().join("absent"))], "key `--tokens`", "cryptotl server token --name"),
+        (vec!["--model".into(), path(&model), "--listen".into(), "127.0.0.1:0".into(), "--tokens".into(), path(&malformed)], "key `--tokens`", "line 1"),
+        (vec!["--model".into(), path(f.dir.path()), "--listen".into(), "127.0.0.1:0".into(), "--tokens".into(), path(&tokens)], "key `--model`", "cryptotl server build"),
+        (
+            vec!["--model".into(), path(&model), "--listen".into(), "0.0.0.0:0".into(), "--tokens".into(), path(&tokens), "--tls-cert".into(), path(&tokens), "--tls-key".into(), path(&malformed)],
+            "key `--tls-cert / --tls-key`",
+            "",
+        ),
+    ];
+    for (args, key, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).arg("serve").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(key) && err.contains(says) && !err.contains("encrypted stage"), "{args:?}: {err}");
+    }
+    drop(taken);
 }
 
 /// A queue bound of 0 would refuse every evaluation, and one past tokio's semaphore limit panicked at start.
