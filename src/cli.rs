@@ -249,10 +249,10 @@ struct SweepArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Client ε values for DP-SGD on the head, comma-separated; `inf` = no DP. E.g. 0.5,1,2,4,8,inf
-    #[arg(long, required = true)]
+    #[arg(long, required = true, allow_hyphen_values = true)]
     client_epsilons: String,
     /// Server ε values, comma-separated (`inf` = mechanism off). Default: the config's server privacy as it is.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     server_epsilons: Option<String>,
     /// Which server mechanism `--server-epsilons` sets: weight-noise or dp-pretraining.
     #[arg(long, default_value = "weight-noise")]

@@ -731,6 +731,12 @@ fn cli_rejects_bad_input_with_exit_code_2_and_a_message() {
     let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1,0", "--out", out_arg]);
     assert_eq!(code, 2);
     assert!(err.contains("ε must be a number > 0"), "{err}");
+    // A negative ε reaches the same check (it is not taken for a flag).
+    for (lists, first) in [(vec!["--client-epsilons", "-1"], "-1"), (vec!["--client-epsilons", "1", "--server-epsilons", "-2,1"], "-2")] {
+        let args: Vec<&str> = ["-q", "sweep"].into_iter().chain(lists.iter().copied()).chain(["--out", out_arg]).collect();
+        let (code, _, err) = cli(&args);
+        assert!(code == 2 && err.contains("ε must be a number > 0") && err.contains(&format!("got \"{first}\"")), "{lists:?}: {err}");
+    }
     let (code, _, err) = cli(&["-q", "sweep", "--client-epsilons", "1", "--server-epsilons", "2", "--out", out_arg]);
     assert_eq!(code, 2);
     assert!(err.contains("l2_sensitivity"), "{err}");
