@@ -28,7 +28,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// A stable key of everything that determines a run's transferred features (`features.json`): a hash of
 /// [`features_material`].
 pub fn features_key(cfg: &RunConfig) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(features_material(cfg).to_string().as_bytes()))
+    key_of(&features_material(cfg))
 }
 
 /// Everything that determines a run's transferred features, as the JSON [`features_key`] hashes: the manifest keeps
@@ -60,7 +60,28 @@ pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
         // features made for a non-private head cannot be reused for a private one. Only when set, as above.
         material["client_map"] = serde_json::json!("data_independent");
     }
+    // The server's total refuses releases but never changes one, so not the features: another total keeps a run's
+    // features, and runs from before the key stay valid (those that recorded it are read by [`material_with_total`]).
+    if let Some(sp) = material["server_privacy"].as_object_mut() {
+        sp.remove(TOTAL_EPSILON);
+    }
     material
+}
+
+/// The key of `[server_privacy]` that [`features_material`] leaves out.
+const TOTAL_EPSILON: &str = "total_epsilon";
+
+/// [`features_material`] as cryptotl recorded it while it held `server_privacy.total_epsilon` (2026-12-07 to 08): a
+/// run folder of those days is read with the config's total in place, so it stays valid under the same total.
+fn material_with_total(cfg: &RunConfig) -> serde_json::Value {
+    let mut material = features_material(cfg);
+    material["server_privacy"][TOTAL_EPSILON] = serde_json::json!(cfg.server_privacy.total_epsilon);
+    material
+}
+
+/// The hash of a features material: [`features_key`]'s.
+fn key_of(material: &serde_json::Value) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 
 /// How [`material_differences`] shows the side that lacks a key the other records as unset: it was made by a
@@ -83,10 +104,10 @@ pub const NOT_RECORDED: &str = "not recorded (an earlier cryptotl, before this k
 /// ]);
 /// // Features made before a key existed: it is not recorded there, and unset here.
 /// let mut earlier = features_material(&a);
-/// let unset = earlier["server_privacy"].as_object_mut().unwrap().remove("total_epsilon");
+/// let unset = earlier["server_privacy"].as_object_mut().unwrap().remove("dp_pretraining");
 /// assert_eq!(unset, Some(serde_json::Value::Null));
 /// assert_eq!(material_differences(&earlier, &features_material(&a)), [(
-///     "server_privacy.total_epsilon".to_string(),
+///     "server_privacy.dp_pretraining".to_string(),
 ///     "not recorded (an earlier cryptotl, before this key)".to_string(),
 ///     "not set".to_string(),
 /// )]);
@@ -214,7 +235,7 @@ impl RunManifest {
         }
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(&p, format!("corrupt manifest: {e}")))?;
-        if m.features_key != features_key(cfg) {
+        if m.features_key != features_key(cfg) && m.features_key != key_of(&material_with_total(cfg)) {
             return Err(m.mismatch(cfg, &dir));
         }
         Ok(m)
@@ -225,7 +246,12 @@ impl RunManifest {
     fn mismatch(&self, cfg: &RunConfig, dir: &Path) -> Error {
         const SHOWN: usize = 4;
         let redo = "rerun `cryptotl features` (or `run`) with this config, or point output_dir elsewhere";
-        let differences = self.features_config.as_ref().map(|made| material_differences(made, &features_material(cfg))).unwrap_or_default();
+        // A run folder that recorded the total is compared as it was made: with the total.
+        let given = |made: &serde_json::Value| match made.pointer(&format!("/server_privacy/{TOTAL_EPSILON}")) {
+            Some(_) => material_with_total(cfg),
+            None => features_material(cfg),
+        };
+        let differences = self.features_config.as_ref().map(|made| material_differences(made, &given(made))).unwrap_or_default();
         if differences.is_empty() {
             return Error::Config {
                 file: dir.display().to_string(),

@@ -636,12 +636,12 @@ fn cli_stage_subcommands_reuse_the_library() {
     {
         let kept = std::fs::read(&manifest_path).unwrap();
         let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
-        let unset = m["features_config"]["server_privacy"].as_object_mut().unwrap().remove("total_epsilon");
+        let unset = m["features_config"]["server_privacy"].as_object_mut().unwrap().remove("dp_pretraining");
         assert_eq!(unset, Some(serde_json::Value::Null));
         m["features_key"] = serde_json::json!("0123456789abcdef");
         std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
         let (code, _, err) = cli(&["-q", "evaluate", c]);
-        assert!(code == 2 && err.contains("key `server_privacy.total_epsilon`") && err.contains("made by an earlier cryptotl") && !err.contains("another config"), "{err}");
+        assert!(code == 2 && err.contains("key `server_privacy.dp_pretraining`") && err.contains("made by an earlier cryptotl") && !err.contains("another config"), "{err}");
         std::fs::write(&manifest_path, kept).unwrap();
     }
     // A manifest from before it kept its config's material still refuses, naming the sections the key covers.

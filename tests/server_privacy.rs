@@ -878,6 +878,27 @@ fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_
     assert!(err.contains("1 other pretraining(s)") && !err.contains("decided again"), "{err}");
 }
 
+/// The server's total refuses releases but never changes one: a run folder's features stay valid under another
+/// total. A folder made while the features key held the total (2026-12-07 to 08) stays valid under the same total.
+#[test]
+fn another_server_total_keeps_a_run_folders_features() {
+    use cryptotl::rundir::RunManifest;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |total: f64| capped_config(dir.path(), "0.02", total);
+    cryptotl::pipeline::run(&cfg(1e6)).unwrap();
+    let manifest = RunManifest::load_for(&cfg(2e6)).expect("another total, the same features");
+    assert!(manifest.features_config.as_ref().unwrap()["server_privacy"].get("total_epsilon").is_none());
+    // A folder of those days: its material held the total, and its key was the hash of that material.
+    let mut legacy = manifest.clone();
+    let material = legacy.features_config.as_mut().unwrap();
+    material["server_privacy"]["total_epsilon"] = serde_json::json!(1e6);
+    legacy.features_key = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()));
+    legacy.write(&cfg(1e6).output_dir()).unwrap();
+    assert!(RunManifest::load_for(&cfg(1e6)).is_ok(), "a folder of those days under its own total");
+    let err = RunManifest::load_for(&cfg(2e6)).expect_err("under another total it was another key").to_string();
+    assert!(err.contains("server_privacy.total_epsilon: 1000000.0 in the run, 2000000.0 here"), "{err}");
+}
+
 /// Two runs drawing other noise settings of one pretraining at once decide one after the other, under the
 /// pretraining entry's lock: the second sees the first's release, so together they cannot pass
 /// `server_privacy.total_epsilon` (each checking before the other had drawn, both would).
