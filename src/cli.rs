@@ -451,7 +451,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     })
     .map_err(|e| match &e {
         cryptotl_server::HeError::File { path, .. } if *path == listen => flag("--listen", e, ""),
-        cryptotl_server::HeError::File { path, .. } if tls.as_ref().is_some_and(|(cert, key)| *path == format!("{} / {}", cert.display(), key.display())) => flag("--tls-cert / --tls-key", e, ""),
+        cryptotl_server::HeError::File { path, .. } if tls.as_ref().is_some_and(|(cert, key)| *path == cryptotl_server::http::tls_files(cert, key)) => flag("--tls-cert / --tls-key", e, ""),
         _ => e.into(),
     })?;
     Ok(())

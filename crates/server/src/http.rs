@@ -323,6 +323,17 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+/// How [`serve`] names the TLS certificate and key files in its errors (the `path` of [`HeError::File`]), so that a
+/// caller can tell those errors from the others.
+///
+/// ```
+/// use std::path::Path;
+/// assert_eq!(cryptotl_server::http::tls_files(Path::new("cert.pem"), Path::new("key.pem")), "cert.pem / key.pem");
+/// ```
+pub fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!("{} / {}", cert.display(), key.display())
+}
+
 /// Bind, call `ready` with the bound address and scheme, and serve until SIGINT or SIGTERM.
 pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl FnOnce(SocketAddr, &str)) -> Result<(), HeError> {
     let io = |what: &str, e: std::io::Error| HeError::File { path: what.to_string(), message: e.to_string() };
@@ -352,7 +363,7 @@ pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl F
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                     .await
-                    .map_err(|e| io(&format!("{} / {}", cert.display(), key.display()), e))?;
+                    .map_err(|e| io(&tls_files(&cert, &key), e))?;
                 let handle = axum_server::Handle::new();
                 let h = handle.clone();
                 tokio::spawn(async move {
