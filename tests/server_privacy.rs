@@ -821,18 +821,37 @@ fn concurrent_draws_of_other_pretrainings_are_checked_against_each_other() {
     assert_eq!(load.join().unwrap(), Ok(true));
 }
 
-/// A log writer that sends each line it is given down a channel (the receiver may have gone).
-struct LogLines(std::sync::mpsc::Sender<String>);
+/// The log lines of the thread named `thread`, at INFO and above, as they are written. A scoped subscriber
+/// (`with_default` in that thread) is not enough: tracing caches per call site whether anyone listens, and another
+/// test's thread reaching the same call site first can leave it off for ours. So one global subscriber is installed
+/// for this test binary, naming each line's thread, and sends every line that names a watched thread to its watcher.
+fn log_lines_of(thread: &str) -> std::sync::mpsc::Receiver<String> {
+    use std::sync::{Mutex, OnceLock};
+    static WATCHERS: Mutex<Vec<(String, std::sync::mpsc::Sender<String>)>> = Mutex::new(Vec::new());
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    struct Watched;
+    impl std::io::Write for Watched {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let line = String::from_utf8_lossy(bytes);
+            for (thread, watcher) in WATCHERS.lock().unwrap().iter() {
+                if line.contains(thread.as_str()) {
+                    let _ = watcher.send(line.clone().into_owned());
+                }
+            }
+            Ok(bytes.len())
+        }
 
-impl std::io::Write for LogLines {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let _ = self.0.send(String::from_utf8_lossy(bytes).into_owned());
-        Ok(bytes.len())
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_thread_names(true).with_ansi(false).with_writer(|| Watched).finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in this test binary");
+    });
+    let (lines, log) = std::sync::mpsc::channel();
+    WATCHERS.lock().unwrap().push((thread.to_string(), lines));
+    log
 }
 
 /// A DP pretraining is decided under the cache's releases lock before it trains and again before its entry is
@@ -859,14 +878,16 @@ fn a_dp_pretraining_lets_other_releases_be_made_while_it_trains_and_counts_them_
     let total = a_plan.epsilon.max(b_plan.epsilon) + 0.5 * a_plan.epsilon.min(b_plan.epsilon);
     let a_dir = dir.path().join("cache").join(format!("pretrain-{}", cryptotl::pipeline::pretrain_key(&a_cfg(total))));
     // A in a thread whose log comes here: it says "DP pretraining schedule" once decided, as it starts training.
-    let (lines, log) = std::sync::mpsc::channel::<String>();
+    let log = log_lines_of("dp-pretraining-under-test");
     let cfg = a_cfg(total);
-    let a = std::thread::spawn(move || {
-        let writer = move || LogLines(lines.clone());
-        let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(writer).finish();
-        tracing::subscriber::with_default(subscriber, || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
-    });
-    let training = log.iter().any(|line| line.contains("DP pretraining schedule"));
+    let a = std::thread::Builder::new()
+        .name("dp-pretraining-under-test".into())
+        .spawn(move || cryptotl::pipeline::server_lower_network(&cfg).map(|_| ()).map_err(|e| e.to_string()))
+        .unwrap();
+    let mut training = false;
+    while !training && !a.is_finished() {
+        training = log.recv_timeout(std::time::Duration::from_millis(200)).is_ok_and(|line| line.contains("DP pretraining schedule"));
+    }
     assert!(training && !a.is_finished(), "the DP pretraining did not start training: {:?}", a.join());
     cryptotl::pipeline::server_lower_network(&capped_with_seed(dir.path(), "0.05", total, 6)).expect("B's draw, made while A trains, fits the total alone");
     assert!(!a.is_finished(), "the draw waited for the DP pretraining to end");
