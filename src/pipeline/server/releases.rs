@@ -161,7 +161,7 @@ pub(super) fn examples_with_earlier(dir: &Path, source: &Split) -> Option<Source
         Some(Ok(m)) => m.dp_pretraining.is_some() || !m.dp_trained_over.is_empty(),
         Some(Err(_)) => true,
         None => entry.carried::<serde_json::Value>().is_some(),
-    } || std::fs::read_dir(dir).is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("weight-noise-"))));
+    } || super::weight_noise::noise_entry_folders(dir).next().is_some();
     (!earlier).then_some(new)
 }
 

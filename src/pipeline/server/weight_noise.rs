@@ -114,7 +114,7 @@ pub fn apply_weight_noise(cfg: &RunConfig, lower: &mut PretrainedLower, plan: We
 /// `seed`, if any): one per (pretrained network, noise setting).
 fn noise_entry_dir(pretrain_dir: &Path, plan: &WeightNoisePlan, seed: Option<u64>) -> PathBuf {
     let material = serde_json::json!({ "plan": plan, "seed": seed });
-    pretrain_dir.join(format!("weight-noise-{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())))
+    pretrain_dir.join(format!("{NOISE_ENTRY_PREFIX}{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes())))
 }
 
 /// The ε bound of the DP pretrainings of a network (`own`, and those it replaced), or ∞ without DP pretraining:
@@ -301,6 +301,19 @@ pub(super) fn holds_draws_of_other_networks(pretrain_dir: &Path, base_network: &
         .any(|o| o.base_network.as_deref() != Some(base_network) || !matches!(&o.releases, Ok(r) if r.len() == 1))
 }
 
+/// How the folder of a weight-noise entry's name begins ([`noise_entry_dir`]).
+const NOISE_ENTRY_PREFIX: &str = "weight-noise-";
+
+/// The weight-noise entry folders in the pretraining folder `pretrain_dir`, complete or not, in the file system's
+/// order (none when it cannot be read).
+pub(super) fn noise_entry_folders(pretrain_dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(pretrain_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(NOISE_ENTRY_PREFIX)))
+}
+
 /// What one other weight-noise entry of the pretraining stands for ([`other_entries`]).
 struct OtherEntry {
     dir: PathBuf,
@@ -333,10 +346,8 @@ fn stored_releases(others: Vec<OtherEntry>, drawn_over: &[WeightNoisePlan]) -> S
 /// ones, and incomplete ones whose rewrite was cut short after it began ([`crate::cache::Entry::carried`]: the
 /// releases it replaced were made). An incomplete entry without that was never finished, so never released.
 fn other_entries(pretrain_dir: &Path, this: &Path) -> Vec<OtherEntry> {
-    let Ok(entries) = std::fs::read_dir(pretrain_dir) else { return Vec::new() };
-    let mut found: Vec<OtherEntry> = entries
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p != this && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weight-noise-")))
+    let mut found: Vec<OtherEntry> = noise_entry_folders(pretrain_dir)
+        .filter(|p| p != this)
         .filter_map(|dir| {
             let entry = crate::cache::Entry::new(dir.clone());
             let (releases, base_network) = match entry.meta::<AppliedWeightNoise>() {
