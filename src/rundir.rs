@@ -28,11 +28,14 @@ pub const MANIFEST: &str = "manifest.json";
 /// A stable key of everything that determines a run's transferred features (`features.json`): a hash of
 /// [`features_material`].
 pub fn features_key(cfg: &RunConfig) -> String {
-    key_of(&features_material(cfg))
+    features_key_of(&features_material(cfg))
 }
 
 /// Everything that determines a run's transferred features, as the JSON [`features_key`] hashes: the manifest keeps
 /// it, so a config that does not match a run directory is told which keys differ.
+///
+/// A config key added here later must be unset (null) where it keeps the earlier behaviour: run directories made
+/// before it then stay valid ([`RunManifest::load_for`] takes a material that lacks only keys unset here).
 pub fn features_material(cfg: &RunConfig) -> serde_json::Value {
     // How the client reaches the server (token, CA, batch size) does not change the features; which server does.
     let mut he = serde_json::to_value(&cfg.he).unwrap_or(serde_json::Value::Null);
@@ -79,8 +82,16 @@ fn material_with_total(cfg: &RunConfig) -> serde_json::Value {
     material
 }
 
-/// The hash of a features material: [`features_key`]'s.
-fn key_of(material: &serde_json::Value) -> String {
+/// The hash of a features material: [`features_key`] is that of [`features_material`], and a manifest's key is that
+/// of the material it records.
+///
+/// ```
+/// use cryptotl::config::{QUICKSTART_TOML, RunConfig};
+/// use cryptotl::rundir::{features_key, features_key_of, features_material};
+/// let cfg = RunConfig::from_toml_str(QUICKSTART_TOML, "q", &[]).unwrap();
+/// assert_eq!(features_key_of(&features_material(&cfg)), features_key(&cfg));
+/// ```
+pub fn features_key_of(material: &serde_json::Value) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.to_string().as_bytes()))
 }
 
@@ -235,10 +246,27 @@ impl RunManifest {
         }
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| Error::artifact(&p, format!("corrupt manifest: {e}")))?;
-        if m.features_key != features_key(cfg) && m.features_key != key_of(&material_with_total(cfg)) {
+        if m.features_key != features_key(cfg) && m.features_key != features_key_of(&material_with_total(cfg)) && !m.made_before_unset_keys(cfg) {
             return Err(m.mismatch(cfg, &dir));
         }
         Ok(m)
+    }
+
+    /// Whether this run's features were made by an earlier cryptotl whose material lacks only keys that `cfg` leaves
+    /// unset, so they are the features `cfg` makes: a key is added to [`features_material`] unset where it keeps the
+    /// earlier behaviour (`server_privacy.dp_pretraining` absent is no DP pretraining, as before the key). The
+    /// recorded material must still hash to the recorded key, so an edited manifest is not taken at its word.
+    fn made_before_unset_keys(&self, cfg: &RunConfig) -> bool {
+        let Some(made) = self.features_config.as_ref().filter(|made| features_key_of(made) == self.features_key) else {
+            return false;
+        };
+        let differences = material_differences(made, &features_material(cfg));
+        let only_unrecorded = !differences.is_empty() && differences.iter().all(|(_, in_run, _)| in_run == NOT_RECORDED);
+        if only_unrecorded {
+            let keys: Vec<&str> = differences.iter().map(|(k, _, _)| k.as_str()).collect();
+            tracing::info!(keys = %keys.join(", "), "run directory made by an earlier cryptotl, before these keys; unset here, so the same features");
+        }
+        only_unrecorded
     }
 
     /// The error for features made by another config than `cfg`: the keys that differ, with both values, when the
@@ -269,12 +297,16 @@ impl RunManifest {
             return Error::Config {
                 file: dir.display().to_string(),
                 key: keys.join(", "),
+                // Such a run is taken ([`Self::made_before_unset_keys`]) unless its key is not that of its record.
                 message: format!(
                     "the features in this run directory were made by an earlier cryptotl, from before the key(s) named \
-                     (unset here: the same config as far as that cryptotl recorded it), so their features key differs; {redo}"
+                     (unset here: the same config as far as that cryptotl recorded it), but the manifest's features key \
+                     is not the hash of what it records as having made them (an edited or damaged manifest); {redo}"
                 ),
             };
         }
+        // Beside a real difference, the keys an earlier cryptotl did not record (unset here) are not the reason.
+        let differences: Vec<_> = differences.into_iter().filter(|(_, made, _)| made != NOT_RECORDED).collect();
         let clip = |v: &str| if v.chars().count() > 60 { format!("{}…", v.chars().take(59).collect::<String>()) } else { v.to_string() };
         let listed: Vec<String> = differences.iter().take(SHOWN).map(|(k, made, given)| format!("{k}: {} in the run, {} here", clip(made), clip(given))).collect();
         let more = if differences.len() > SHOWN { format!(" (and {} more)", differences.len() - SHOWN) } else { String::new() };

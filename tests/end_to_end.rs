@@ -630,18 +630,33 @@ fn cli_stage_subcommands_reuse_the_library() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    // A manifest written by an earlier cryptotl, before a key it now records as unset (so another features key), is
-    // refused saying so, not as another config.
+    // A manifest written by an earlier cryptotl, before a key this one records as unset (so another features key),
+    // holds the features this config makes: it is taken, with its own key (the hash of what it records). An edited
+    // one, whose key is not that hash, is refused saying so, not as another config.
     let manifest_path = dir.path().join("run").join("manifest.json");
     {
         let kept = std::fs::read(&manifest_path).unwrap();
         let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
         let unset = m["features_config"]["server_privacy"].as_object_mut().unwrap().remove("dp_pretraining");
         assert_eq!(unset, Some(serde_json::Value::Null));
+        let earlier_key = cryptotl::rundir::features_key_of(&m["features_config"]);
+        assert_ne!(m["features_key"].as_str(), Some(earlier_key.as_str()));
+        m["features_key"] = serde_json::json!(earlier_key);
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+        for stage in ["evaluate", "train-head"] {
+            let (code, _, err) = cli(&["-q", stage, c]);
+            assert_eq!(code, 0, "{stage} on an earlier cryptotl's run folder: {err}");
+        }
+        let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        assert_eq!(after["features_key"].as_str(), Some(earlier_key.as_str()), "train-head keeps the run's own key");
+        // Another seed is still another config, named as such.
+        let (code, _, err) = cli(&["-q", "evaluate", c, "--seed", "6"]);
+        assert!(code == 2 && err.contains("another config: seed: 5 in the run, 6 here; rerun"), "{err}");
         m["features_key"] = serde_json::json!("0123456789abcdef");
         std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
         let (code, _, err) = cli(&["-q", "evaluate", c]);
-        assert!(code == 2 && err.contains("key `server_privacy.dp_pretraining`") && err.contains("made by an earlier cryptotl") && !err.contains("another config"), "{err}");
+        assert!(code == 2 && err.contains("key `server_privacy.dp_pretraining`") && err.contains("made by an earlier cryptotl")
+            && err.contains("edited or damaged manifest") && !err.contains("another config"), "{err}");
         std::fs::write(&manifest_path, kept).unwrap();
     }
     // A manifest from before it kept its config's material still refuses, naming the sections the key covers.
