@@ -428,10 +428,18 @@ fn serve(a: &ServeArgs) -> Result<()> {
         flag("--tokens", e, hint)
     })?;
     let store_dir = a.key_store.clone().unwrap_or_else(|| a.model.join("keys"));
-    let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20))
-        .map_err(|e| Error::Server { server: a.listen.to_string(), message: e.to_string() })?;
+    // What the server crate cannot start with names its option.
+    let start = |e: cryptotl_server::HeError| match e {
+        cryptotl_server::HeError::Start { option, message } => Error::Config { file: "<command line>".into(), key: option.into(), message },
+        e => e.into(),
+    };
+    let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20)).map_err(|e| Error::Config {
+        file: "<command line>".into(),
+        key: "--key-store".into(),
+        message: if a.key_store.is_some() { e.to_string() } else { format!("{e} (the default, `<model>/keys`)") },
+    })?;
     let model_id = artifact.interface.model_id.clone();
-    let service = cryptotl_server::Service::new(artifact, store)?;
+    let service = cryptotl_server::Service::new(artifact, store).map_err(start)?;
     let opts = cryptotl_server::http::ServeOptions {
         listen: a.listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
@@ -440,7 +448,6 @@ fn serve(a: &ServeArgs) -> Result<()> {
         eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };
     let plain = opts.tls.is_none();
-    let (listen, tls) = (a.listen.to_string(), opts.tls.clone());
     cryptotl_server::http::serve(service, tokens, opts, |addr, scheme| {
         use std::io::Write as _;
         if plain {
@@ -449,11 +456,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         println!("listening on {scheme}://{addr} (model {}, key store {})", &model_id[..16], store_dir.display());
         let _ = std::io::stdout().flush();
     })
-    .map_err(|e| match &e {
-        cryptotl_server::HeError::File { path, .. } if *path == listen => flag("--listen", e, ""),
-        cryptotl_server::HeError::File { path, .. } if tls.as_ref().is_some_and(|(cert, key)| *path == cryptotl_server::http::tls_files(cert, key)) => flag("--tls-cert / --tls-key", e, ""),
-        _ => e.into(),
-    })?;
+    .map_err(start)?;
     Ok(())
 }
 

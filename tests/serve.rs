@@ -518,7 +518,8 @@ fn a_client_that_names_no_output_format_gets_the_32_bit_words_clients_before_it_
 }
 
 /// What `serve` is given and cannot use is refused at start (exit 2) naming its flag: plain HTTP off loopback, an
-/// address in use, a missing or malformed token file, a folder that is not a model directory, unusable TLS files.
+/// address in use, a missing or malformed token file, a folder that is not a model directory, unusable TLS files, a
+/// key-store bound below one key, a key store that is a file.
 #[test]
 fn plain_http_is_refused_off_loopback() {
     let f = Fixture::new();
@@ -540,6 +541,8 @@ fn plain_http_is_refused_off_loopback() {
             "key `--tls-cert / --tls-key`",
             "",
         ),
+        (vec!["--model".into(), path(&model), "--listen".into(), "127.0.0.1:0".into(), "--tokens".into(), path(&tokens), "--key-store-mib".into(), "0".into()], "key `--key-store-mib`", "below one evaluation key"),
+        (vec!["--model".into(), path(&model), "--listen".into(), "127.0.0.1:0".into(), "--tokens".into(), path(&tokens), "--key-store".into(), path(&tokens)], "key `--key-store`", "not a folder"),
     ];
     for (args, key, says) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).arg("serve").args(&args).output().unwrap();

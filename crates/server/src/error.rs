@@ -35,6 +35,10 @@ pub enum HeError {
     /// A file of the server's (model artifact, key store, token file) that cannot be read or written.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// A setting the server cannot start with, named by the `cryptotl serve` option that gives it (`--listen`,
+    /// `--tls-cert / --tls-key`, `--max-queue`, `--key-store-mib`), so a caller can point at that option.
+    #[error("{option}: {message}")]
+    Start { option: &'static str, message: String },
 }
 
 impl HeError {

@@ -323,30 +323,21 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-/// How [`serve`] names the TLS certificate and key files in its errors (the `path` of [`HeError::File`]), so that a
-/// caller can tell those errors from the others.
-///
-/// ```
-/// use std::path::Path;
-/// assert_eq!(cryptotl_server::http::tls_files(Path::new("cert.pem"), Path::new("key.pem")), "cert.pem / key.pem");
-/// ```
-pub fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> String {
-    format!("{} / {}", cert.display(), key.display())
-}
-
 /// Bind, call `ready` with the bound address and scheme, and serve until SIGINT or SIGTERM.
+///
+/// What it cannot start with (an address off loopback without TLS, one it cannot bind, unusable TLS files, a queue
+/// bound out of range) is [`HeError::Start`], naming the option.
 pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl FnOnce(SocketAddr, &str)) -> Result<(), HeError> {
     let io = |what: &str, e: std::io::Error| HeError::File { path: what.to_string(), message: e.to_string() };
-    if opts.tls.is_none() && !opts.listen.ip().is_loopback() {
-        return Err(HeError::File {
-            path: opts.listen.to_string(),
-            message: "plain HTTP is only allowed on a loopback address; give --tls-cert and --tls-key to listen elsewhere".into(),
-        });
+    let listen = opts.listen;
+    let refused = |message: String| HeError::Start { option: "--listen", message: format!("{listen}: {message}") };
+    if opts.tls.is_none() && !listen.ip().is_loopback() {
+        return Err(refused("plain HTTP is only allowed on a loopback address; give --tls-cert and --tls-key to listen elsewhere".into()));
     }
     if !(1..=MAX_QUEUE).contains(&opts.max_queue) {
-        return Err(HeError::File { path: "--max-queue".into(), message: format!("must be in 1..={MAX_QUEUE}, got {}", opts.max_queue) });
+        return Err(HeError::Start { option: "--max-queue", message: format!("must be in 1..={MAX_QUEUE}, got {}", opts.max_queue) });
     }
-    let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| io(&opts.listen.to_string(), e))?;
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| refused(e.to_string()))?;
     listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
     let addr = listener.local_addr().map_err(|e| io("listener", e))?;
     let service = service.with_eval_limit(Some(opts.eval_timeout));
@@ -363,7 +354,7 @@ pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl F
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                     .await
-                    .map_err(|e| io(&tls_files(&cert, &key), e))?;
+                    .map_err(|e| HeError::Start { option: "--tls-cert / --tls-key", message: format!("{} / {}: {e}", cert.display(), key.display()) })?;
                 let handle = axum_server::Handle::new();
                 let h = handle.clone();
                 tokio::spawn(async move {

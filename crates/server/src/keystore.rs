@@ -85,6 +85,9 @@ impl KeyStore {
     /// assert_eq!(replica.get("alice", &id).unwrap().as_slice(), b"key bytes");
     /// ```
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(HeError::file(dir, "not a folder (the key store is a folder the evaluation keys are written into)").into());
+        }
         std::fs::create_dir_all(dir).map_err(|e| HeError::file(dir, e))?;
         #[cfg(unix)]
         {

@@ -101,11 +101,14 @@ impl Service {
     /// Serve `artifact` with keys kept in `store` (which must hold at least one key).
     pub fn new(artifact: ModelArtifact, store: KeyStore) -> Result<Self, HeError> {
         if store.max_bytes() < artifact.interface.evaluation_key_limit {
-            return Err(HeError::Program(format!(
-                "the key store's bound ({} bytes) is below one evaluation key ({} bytes)",
-                store.max_bytes(),
-                artifact.interface.evaluation_key_limit
-            )));
+            return Err(HeError::Start {
+                option: "--key-store-mib",
+                message: format!(
+                    "the key store's bound ({} bytes) is below one evaluation key ({} bytes)",
+                    store.max_bytes(),
+                    artifact.interface.evaluation_key_limit
+                ),
+            });
         }
         Ok(Self { artifact, store, evaluators: Mutex::default(), eval_limit: None })
     }
