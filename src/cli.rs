@@ -535,6 +535,11 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
         ServerCommand::Build(a) => {
             let cfg = a.config.load()?;
             let out = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("server_model"));
+            // A model folder it cannot write fails now, not after a pretraining.
+            crate::atomic::writable_dir(&out).map_err(|e| match (&a.out, e) {
+                (Some(_), Error::OutputDir { path, message }) => Error::Config { file: "<command line>".into(), key: "--out".into(), message: format!("{}: {message}", path.display()) },
+                (_, e) => e,
+            })?;
             let (artifact, lower) = pipeline::server_artifact(&cfg)?;
             let manifest = artifact.write(&out)?;
             let i = &artifact.interface;
@@ -570,11 +575,26 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             if a.name.is_empty() || !a.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return Err(Error::Config { file: "<command line>".into(), key: "--name".into(), message: format!("`{}`: use letters, digits, `-`, `_`, `.`", a.name) });
             }
+            // The file is rewritten whole: one that is not a token file (a config given by mistake) is refused
+            // untouched, and so is a path that cannot be one.
+            let refused = |message: String| Error::Config { file: "<command line>".into(), key: "--tokens".into(), message: format!("{}: {message}; nothing written", a.tokens.display()) };
             let existing = match std::fs::read_to_string(&a.tokens) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# cryptotl bearer tokens: <client name> <sha256 of the token>\n".into(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let folder = a.tokens.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    if !folder.is_dir() {
+                        return Err(refused(format!("its folder {} does not exist", folder.display())));
+                    }
+                    "# cryptotl bearer tokens: <client name> <sha256 of the token>\n".into()
+                }
+                Err(e) if a.tokens.is_dir() => return Err(refused(format!("a folder, not a token file ({e})"))),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(refused("not a token file (not UTF-8 text)".into())),
                 Err(e) => return Err(Error::io(&a.tokens, e)),
             };
+            let only_comments = existing.lines().all(|l| l.trim().is_empty() || l.trim().starts_with('#'));
+            if !only_comments && let Err(e) = cryptotl_server::auth::Tokens::parse(&existing) {
+                return Err(refused(format!("not a token file ({e})")));
+            }
             if existing.lines().any(|l| l.split_whitespace().next() == Some(a.name.as_str())) {
                 return Err(Error::Config { file: a.tokens.display().to_string(), key: "--name".into(), message: format!("a client named `{}` already has a token", a.name) });
             }

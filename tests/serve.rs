@@ -793,6 +793,53 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// `server token` rewrites its file whole, so a file that is not a token file (a config given by mistake, binary
+/// data) or a path that cannot be one (a folder, a missing folder) is refused naming `--tokens`, and nothing is
+/// written; a file of comments only, or none, takes the token.
+#[test]
+fn server_token_refuses_a_file_that_is_not_a_token_file_and_leaves_it_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("quickstart.toml");
+    std::fs::write(&config, cryptotl::config::QUICKSTART_TOML).unwrap();
+    let binary = dir.path().join("data.bin");
+    std::fs::write(&binary, [0xff_u8, 0xfe, 0x00, 0x80]).unwrap();
+    let token = |path: &Path| cli(&["server", "token", "--name", "dave", "--tokens", path.to_str().unwrap()], &[]);
+    for (path, says) in [
+        (config.clone(), "not a token file (line "),
+        (binary.clone(), "not a token file (not UTF-8"),
+        (dir.path().to_path_buf(), "a folder, not a token file"),
+        (dir.path().join("absent").join("tokens"), "does not exist"),
+    ] {
+        let (code, out, err) = token(&path);
+        assert!(code == 2 && err.contains("key `--tokens`") && err.contains(says) && err.contains("nothing written") && out.is_empty(), "{path:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), cryptotl::config::QUICKSTART_TOML);
+    assert_eq!(std::fs::read(&binary).unwrap(), [0xff_u8, 0xfe, 0x00, 0x80]);
+    assert!(!dir.path().join("absent").exists());
+    let comments = dir.path().join("tokens");
+    std::fs::write(&comments, "# our clients\n").unwrap();
+    let (code, out, err) = token(&comments);
+    assert_eq!(code, 0, "{err}");
+    let tokens = cryptotl_server::auth::Tokens::load(&comments).unwrap();
+    assert_eq!(tokens.authenticate(out.trim()).unwrap().name, "dave");
+    assert!(std::fs::read_to_string(&comments).unwrap().starts_with("# our clients\n"));
+}
+
+/// `server build --out` at a path it cannot write fails at once naming `--out`, before any pretraining, and leaves
+/// the file there untouched.
+#[test]
+fn server_build_refuses_an_out_path_it_cannot_write_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, "kept").unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, common::tiny_config(dir.path())).unwrap();
+    let (code, out, err) = cli(&["-q", "server", "build", cfg.to_str().unwrap(), "--out", file.to_str().unwrap()], &[]);
+    assert!(code == 2 && err.contains("key `--out`") && err.contains("is not a directory") && out.is_empty(), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+    assert!(!dir.path().join("run").exists() && !dir.path().join("cache").exists(), "nothing was pretrained or written");
+}
+
 /// The model owner's side of the tiny config in `dir` (`tiny.toml`, returned): `server build` into `dir/model`, a
 /// token for `name` in `dir/tokens`, `serve` on loopback with its key store in `dir/keys`.
 fn build_and_serve_tiny(dir: &Path, name: &str) -> (PathBuf, Server, String) {
