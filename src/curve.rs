@@ -202,6 +202,10 @@ pub fn learning_curves(cfg: &RunConfig, transferred: &FeatureSplit, own: &Featur
     if cfg.head.inputs == crate::config::HeadInputs::TransferPlusBow && bow.is_none() {
         return Err(Error::Internal("learning curves of a \"transfer+bow\" head without the bag-of-words rows".into()));
     }
+    let above: Vec<usize> = cfg.curve.sizes.iter().flatten().copied().filter(|&s| s > n).collect();
+    if !above.is_empty() {
+        tracing::warn!(sizes = ?above, training_examples = n, "curve.sizes above the training split's size are taken as all of it");
+    }
     let mut sizes: Vec<usize> = cfg.curve.sizes.clone().unwrap_or_else(|| default_sizes(n)).into_iter().map(|s| s.min(n)).collect();
     sizes.sort_unstable();
     sizes.dedup();

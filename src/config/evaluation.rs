@@ -43,7 +43,8 @@ impl Default for BaselinesConfig {
 pub struct CurveConfig {
     /// Compute the curves in every `run` (`cryptotl curve` computes them regardless).
     pub enabled: bool,
-    /// Subset sizes. Default: 16, 32, 64, ... doubling below the training split's size, then all of it.
+    /// Subset sizes. Default: 16, 32, 64, ... doubling below the training split's size, then all of it. A size above
+    /// the training split's is taken as all of it (with a warning).
     pub sizes: Option<Vec<usize>>,
     /// Seeded draws per size (averaged; the spread is reported).
     pub draws: usize,
