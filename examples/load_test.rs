@@ -47,7 +47,7 @@ fn main() -> cryptotl::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let opts = cryptotl_server::http::ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), tls: None, max_queue: 16, queue_timeout: Duration::from_secs(600), eval_timeout: Duration::from_secs(600) };
     std::thread::spawn(move || {
-        let _ = cryptotl_server::http::serve(service, tokens, opts, |addr, _| {
+        let _ = cryptotl_server::http::serve(service, tokens.into(), opts, |addr, _| {
             let _ = tx.send(addr);
         });
     });

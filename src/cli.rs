@@ -423,7 +423,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     // stage of a run.
     let flag = |key: &str, e: cryptotl_server::HeError, hint: &str| Error::Config { file: "<command line>".into(), key: key.into(), message: format!("{e}{hint}") };
     let artifact = cryptotl_server::ModelArtifact::load(&a.model).map_err(|e| flag("--model", e, ""))?;
-    let tokens = cryptotl_server::auth::Tokens::load(&a.tokens).map_err(|e| {
+    let tokens = cryptotl_server::auth::TokenFile::watch(&a.tokens).map_err(|e| {
         let hint = if a.tokens.exists() { "" } else { " (issue a token into it with `cryptotl server token --name <client> --tokens <file>`)" };
         flag("--tokens", e, hint)
     })?;
@@ -572,39 +572,14 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
             println!("written to {}", out.join("membership.json").display());
         }
         ServerCommand::Token(a) => {
-            if a.name.is_empty() || !a.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(Error::Config { file: "<command line>".into(), key: "--name".into(), message: format!("`{}`: use letters, digits, `-`, `_`, `.`", a.name) });
-            }
-            // The file is rewritten whole: one that is not a token file (a config given by mistake) is refused
-            // untouched, and so is a path that cannot be one.
-            let refused = |message: String| Error::Config { file: "<command line>".into(), key: "--tokens".into(), message: format!("{}: {message}; nothing written", a.tokens.display()) };
-            let existing = match std::fs::read_to_string(&a.tokens) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let folder = a.tokens.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                    if !folder.is_dir() {
-                        return Err(refused(format!("its folder {} does not exist", folder.display())));
-                    }
-                    "# cryptotl bearer tokens: <client name> <sha256 of the token>\n".into()
-                }
-                Err(e) if a.tokens.is_dir() => return Err(refused(format!("a folder, not a token file ({e})"))),
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(refused("not a token file (not UTF-8 text)".into())),
-                Err(e) => return Err(Error::io(&a.tokens, e)),
-            };
-            let only_comments = existing.lines().all(|l| l.trim().is_empty() || l.trim().starts_with('#'));
-            if !only_comments && let Err(e) = cryptotl_server::auth::Tokens::parse(&existing) {
-                return Err(refused(format!("not a token file ({e})")));
-            }
-            if existing.lines().any(|l| l.split_whitespace().next() == Some(a.name.as_str())) {
-                return Err(Error::Config { file: a.tokens.display().to_string(), key: "--name".into(), message: format!("a client named `{}` already has a token", a.name) });
-            }
-            let token = cryptotl_server::auth::Tokens::generate()?;
-            let mut text = existing;
-            if !text.ends_with('\n') {
-                text.push('\n');
-            }
-            text.push_str(&cryptotl_server::auth::Tokens::line(&a.name, &token));
-            crate::atomic::write_private(&a.tokens, text.as_bytes())?;
+            use cryptotl_server::auth::IssueError;
+            let flag = |key: &str, file: String, message: String| Error::Config { file, key: key.into(), message };
+            let token = cryptotl_server::auth::issue(&a.tokens, &a.name).map_err(|e| match e {
+                IssueError::BadName(_) => flag("--name", "<command line>".into(), e.to_string()),
+                IssueError::NotATokenFile { .. } => flag("--tokens", "<command line>".into(), e.to_string()),
+                IssueError::Taken(_) => flag("--name", a.tokens.display().to_string(), e.to_string()),
+                IssueError::File(e) => e.into(),
+            })?;
             eprintln!("token for `{}` added to {} (only its hash is stored; this is the one time it is shown)", a.name, a.tokens.display());
             println!("{token}");
         }

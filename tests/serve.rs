@@ -579,7 +579,7 @@ fn a_queue_bound_out_of_range_is_refused_at_start() {
     };
     let service = cryptotl_server::service::Service::new(cryptotl_server::artifact::ModelArtifact::load(&f.model()).unwrap(), cryptotl_server::keystore::KeyStore::in_memory(1 << 30)).unwrap();
     let tokens = cryptotl_server::auth::Tokens::load(&f.dir.path().join("tokens")).unwrap();
-    let err = cryptotl_server::http::serve(service, tokens, opts, |_, _| panic!("must not start")).unwrap_err().to_string();
+    let err = cryptotl_server::http::serve(service, tokens.into(), opts, |_, _| panic!("must not start")).unwrap_err().to_string();
     assert!(err.contains("--max-queue") && err.contains("1..=65536"), "{err}");
 }
 
@@ -816,6 +816,7 @@ fn server_token_refuses_a_file_that_is_not_a_token_file_and_leaves_it_untouched(
     assert_eq!(std::fs::read_to_string(&config).unwrap(), cryptotl::config::QUICKSTART_TOML);
     assert_eq!(std::fs::read(&binary).unwrap(), [0xff_u8, 0xfe, 0x00, 0x80]);
     assert!(!dir.path().join("absent").exists());
+    assert!(!dir.path().join("quickstart.toml.lock").exists(), "a file given by mistake gets no lock beside it");
     let comments = dir.path().join("tokens");
     std::fs::write(&comments, "# our clients\n").unwrap();
     let (code, out, err) = token(&comments);
@@ -823,6 +824,62 @@ fn server_token_refuses_a_file_that_is_not_a_token_file_and_leaves_it_untouched(
     let tokens = cryptotl_server::auth::Tokens::load(&comments).unwrap();
     assert_eq!(tokens.authenticate(out.trim()).unwrap().name, "dave");
     assert!(std::fs::read_to_string(&comments).unwrap().starts_with("# our clients\n"));
+}
+
+/// A running server reads its token file again when it changes: a client issued a token after the start is served
+/// at once, one whose line is removed is refused from its next request, and a version that does not parse is not
+/// taken (the clients stay as they were). Before, the file was read once at the start.
+#[test]
+fn a_running_server_follows_its_token_file() {
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let c = reqwest::blocking::Client::new();
+    let interface = |token: &str| status(c.get(format!("{}/v1/interface", server.url)).bearer_auth(token)).0;
+    assert_eq!((interface(&f.alice), interface(&f.bob)), (200, 200));
+    let path = f.dir.path().join("tokens");
+    let (code, carol, err) = cli(&["server", "token", "--name", "carol", "--tokens", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(interface(carol.trim()), 200, "a token issued while the server runs");
+    let without_alice: String = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.starts_with("alice ")).map(|l| format!("{l}\n")).collect();
+    cryptotl::atomic::write_private(&path, without_alice.as_bytes()).unwrap();
+    assert_eq!((interface(&f.alice), interface(&f.bob), interface(carol.trim())), (401, 200, 200), "alice's line removed");
+    std::fs::write(&path, "bob this-is-not-a-hash\n").unwrap();
+    assert_eq!((interface(&f.alice), interface(&f.bob), interface(carol.trim())), (401, 200, 200), "a broken file is not taken");
+    std::fs::write(&path, "# every client removed\n").unwrap();
+    assert_eq!((interface(&f.bob), interface(carol.trim())), (401, 401), "no clients left");
+}
+
+/// Tokens issued into one file at once all land: each `server token` rewrites the file it read, so without taking
+/// turns the last writer dropped the others' lines (16 at once kept 1 to 3, each having printed its token).
+#[test]
+fn tokens_issued_at_once_into_one_file_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    let children: Vec<(String, std::process::Child)> = (0..12)
+        .map(|i| {
+            let name = format!("client{i}");
+            let child = Command::new(env!("CARGO_BIN_EXE_cryptotl"))
+                .args(["server", "token", "--name", &name, "--tokens"])
+                .arg(&path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, child)
+        })
+        .collect();
+    let issued: Vec<(String, String)> = children
+        .into_iter()
+        .map(|(name, child)| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            (name, String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .collect();
+    let tokens = cryptotl_server::auth::Tokens::load(&path).unwrap();
+    for (name, token) in &issued {
+        assert_eq!(tokens.authenticate(token).map(|c| c.name), Some(name.clone()), "{name}'s printed token is in the file");
+    }
 }
 
 /// `server build --out` at a path it cannot write fails at once naming `--out`, before any pretraining, and leaves

@@ -1,6 +1,6 @@
 //! Bearer tokens: the server keeps a file of token *hashes*, one client per line, and compares in constant time.
 //!
-//! File format (`cryptotl server token` appends to it):
+//! File format ([`issue`], which `cryptotl server token` calls, appends to it):
 //! ```text
 //! # name   sha256 of the token (hex)
 //! alice    3f0a...
@@ -60,6 +60,15 @@ impl Tokens {
     /// assert!(Tokens::parse("bob not-a-hash").is_err());
     /// ```
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let tokens = Self::parse_lines(text)?;
+        if tokens.entries.is_empty() {
+            return Err("no tokens (add one with `cryptotl server token --name <client> --tokens <file>`)".into());
+        }
+        Ok(tokens)
+    }
+
+    /// [`Self::parse`], taking a file of no tokens (every client's line removed) as no clients.
+    fn parse_lines(text: &str) -> std::result::Result<Self, String> {
         let mut entries = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -72,9 +81,6 @@ impl Tokens {
             };
             let hash = unhex(hash).ok_or_else(|| format!("line {}: `{hash}` is not 64 hex digits", n + 1))?;
             entries.push((name.to_string(), hash));
-        }
-        if entries.is_empty() {
-            return Err("no tokens (add one with `cryptotl server token --name <client> --tokens <file>`)".into());
         }
         Ok(Self { entries })
     }
@@ -137,4 +143,194 @@ impl Tokens {
         }
         found.map(|name| ClientId { name: name.clone(), token_sha256: hex(&hash) })
     }
+}
+
+/// What tells one version of a token file from another: its modification time, length and (on Unix) inode, which an
+/// atomic rewrite such as [`issue`]'s changes. `None`: it cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp { modified: m.modified().ok(), len: m.len(), inode })
+}
+
+/// The tokens a server checks requests against: a token file, read again whenever it changes, so that a client
+/// issued a token ([`issue`]) is served at once and one whose line is removed is refused from its next request, with
+/// no restart. A version that cannot be read or parsed (a half-edited file, a file removed) is not taken: the server
+/// keeps the clients it had and says so in a warning. Or a fixed set ([`From<Tokens>`]).
+///
+/// ```
+/// use cryptotl_server::auth::{TokenFile, Tokens, issue};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("tokens");
+/// let alice = issue(&path, "alice").unwrap();
+/// let tokens = TokenFile::watch(&path).unwrap();
+/// assert_eq!(tokens.authenticate(&alice).unwrap().name, "alice");
+/// let bob = issue(&path, "bob").unwrap();
+/// assert_eq!(tokens.authenticate(&bob).unwrap().name, "bob"); // no restart
+/// // Alice's line removed: refused.
+/// let kept: String = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.starts_with("alice")).map(|l| format!("{l}\n")).collect();
+/// std::fs::write(&path, kept).unwrap();
+/// assert!(tokens.authenticate(&alice).is_none());
+/// // A file that no longer parses is not taken: the clients stay as they were.
+/// std::fs::write(&path, "bob not-a-hash\n").unwrap();
+/// assert_eq!(tokens.authenticate(&bob).unwrap().name, "bob");
+/// ```
+#[derive(Debug)]
+pub struct TokenFile {
+    /// The file, or none for a fixed set.
+    path: Option<std::path::PathBuf>,
+    /// The tokens in use, with the stamp of the file version they were read from (or last tried).
+    current: std::sync::RwLock<(Tokens, Option<Stamp>)>,
+}
+
+impl TokenFile {
+    /// Read the token file at `path` (refused when it holds no token: a server nobody can use), to be read again
+    /// whenever it changes.
+    pub fn watch(path: &Path) -> Result<Self> {
+        let stamp = stamp(path);
+        let tokens = Tokens::load(path)?;
+        Ok(Self { path: Some(path.to_path_buf()), current: std::sync::RwLock::new((tokens, stamp)) })
+    }
+
+    /// The client holding `token`, if any, in the file's current version ([`Tokens::authenticate`]).
+    pub fn authenticate(&self, token: &str) -> Option<ClientId> {
+        self.refresh();
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).0.authenticate(token)
+    }
+
+    /// Read the file again if it changed since it was last read (or tried).
+    fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        // The stamp before the read: a change in between is read again at the next request.
+        let now = stamp(path);
+        if self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).1 == now {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.1 == now {
+            return;
+        }
+        match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| Tokens::parse_lines(&text)) {
+            Ok(tokens) => {
+                tracing::info!(path = %path.display(), clients = tokens.entries.len(), "token file changed: read again");
+                *current = (tokens, now);
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "token file changed but cannot be used: keeping the clients it had");
+                current.1 = now;
+            }
+        }
+    }
+}
+
+impl From<Tokens> for TokenFile {
+    fn from(tokens: Tokens) -> Self {
+        Self { path: None, current: std::sync::RwLock::new((tokens, None)) }
+    }
+}
+
+/// The first line of a token file [`issue`] creates.
+const HEADER: &str = "# cryptotl bearer tokens: <client name> <sha256 of the token>\n";
+
+/// Why [`issue`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// A client name other than letters, digits, `-`, `_` and `.`.
+    #[error("`{0}`: use letters, digits, `-`, `_`, `.`")]
+    BadName(String),
+    /// The path is not a token file and cannot become one: another file (a config given by mistake), a folder, a
+    /// path in a missing folder.
+    #[error("{path}: {message}; nothing written")]
+    NotATokenFile {
+        /// The path given.
+        path: String,
+        /// What it is instead.
+        message: String,
+    },
+    /// The file already holds a token for this name.
+    #[error("a client named `{0}` already has a token")]
+    Taken(String),
+    /// The file or its lock could not be read or written.
+    #[error(transparent)]
+    File(#[from] HeError),
+}
+
+/// Issue a fresh token for client `name` into the token file at `path` (created, owner-only, if missing) and
+/// return it: the file keeps only its hash, so this is the one time it exists in the clear.
+///
+/// The file is rewritten whole (atomically), so one that is not a token file is refused untouched ([`IssueError`]);
+/// one of comments only takes the token. Issuances into one file take turns under an exclusive lock on
+/// `<file>.lock` beside it, so that parallel ones all land (each would otherwise rewrite the file it read, dropping
+/// the others' lines).
+///
+/// ```
+/// use cryptotl_server::auth::{IssueError, Tokens, issue};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("tokens");
+/// let token = issue(&path, "erin").unwrap();
+/// assert_eq!(Tokens::load(&path).unwrap().authenticate(&token).unwrap().name, "erin");
+/// assert!(matches!(issue(&path, "erin"), Err(IssueError::Taken(_))));
+/// assert!(matches!(issue(&path, "no spaces"), Err(IssueError::BadName(_))));
+/// let config = dir.path().join("run.toml");
+/// std::fs::write(&config, "seed = 42\n").unwrap();
+/// assert!(matches!(issue(&config, "frank"), Err(IssueError::NotATokenFile { .. })));
+/// assert_eq!(std::fs::read_to_string(&config).unwrap(), "seed = 42\n");
+/// ```
+pub fn issue(path: &Path, name: &str) -> std::result::Result<String, IssueError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(IssueError::BadName(name.into()));
+    }
+    let refused = |message: String| IssueError::NotATokenFile { path: path.display().to_string(), message };
+    if path.is_dir() {
+        return Err(refused("a folder, not a token file".into()));
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(file_name) = path.file_name() else {
+        return Err(refused("not a file name".into()));
+    };
+    if !folder.is_dir() {
+        return Err(refused(format!("its folder {} does not exist", folder.display())));
+    }
+    // The file as a token file (a missing one as a new one), checked before the lock is taken, so that a file given
+    // by mistake gets no lock file beside it, and again under the lock, where it counts.
+    let read = || -> std::result::Result<String, IssueError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HEADER.into(),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(refused("not a token file (not UTF-8 text)".into())),
+            Err(e) => return Err(HeError::file(path, e).into()),
+        };
+        let only_comments = text.lines().all(|l| l.trim().is_empty() || l.trim().starts_with('#'));
+        if !only_comments && let Err(e) = Tokens::parse(&text) {
+            return Err(refused(format!("not a token file ({e})")));
+        }
+        if text.lines().any(|l| l.split_whitespace().next() == Some(name)) {
+            return Err(IssueError::Taken(name.into()));
+        }
+        Ok(text)
+    };
+    read()?;
+    let lock_path = folder.join(format!("{}.lock", file_name.to_string_lossy()));
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| HeError::file(&lock_path, e))?;
+    lock.lock().map_err(|e| HeError::file(&lock_path, e))?;
+    let existing = read()?;
+    let token = Tokens::generate()?;
+    let mut text = existing;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&Tokens::line(name, &token));
+    crate::atomic::write(path, text.as_bytes(), true).map_err(|e| HeError::file(path, e))?;
+    drop(lock);
+    Ok(token)
 }

@@ -51,7 +51,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
-use crate::auth::{ClientId, Tokens};
+use crate::auth::{ClientId, TokenFile};
 use crate::error::HeError;
 use crate::service::{Service, ServiceError};
 use crate::wire::OutputFormat;
@@ -111,7 +111,7 @@ impl Metrics {
 
 struct AppState {
     service: Arc<Service>,
-    tokens: Tokens,
+    tokens: TokenFile,
     queue: Arc<Semaphore>,
     max_queue: usize,
     worker: Arc<Semaphore>,
@@ -277,7 +277,7 @@ async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Respo
 const ENDPOINTS: &str = "GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics";
 
 /// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
-pub fn router(service: Arc<Service>, tokens: Tokens, max_queue: usize, queue_timeout: Duration) -> Router {
+pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, queue_timeout: Duration) -> Router {
     let iface = service.interface().clone();
     let max_queue = max_queue.clamp(1, MAX_QUEUE);
     let state = Arc::new(AppState {
@@ -327,7 +327,7 @@ async fn shutdown_signal() {
 ///
 /// What it cannot start with (an address off loopback without TLS, one it cannot bind, unusable TLS files, a queue
 /// bound out of range) is [`HeError::Start`], naming the option.
-pub fn serve(service: Service, tokens: Tokens, opts: ServeOptions, ready: impl FnOnce(SocketAddr, &str)) -> Result<(), HeError> {
+pub fn serve(service: Service, tokens: TokenFile, opts: ServeOptions, ready: impl FnOnce(SocketAddr, &str)) -> Result<(), HeError> {
     let io = |what: &str, e: std::io::Error| HeError::File { path: what.to_string(), message: e.to_string() };
     let listen = opts.listen;
     let refused = |message: String| HeError::Start { option: "--listen", message: format!("{listen}: {message}") };
