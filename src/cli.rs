@@ -114,7 +114,8 @@ enum ServerCommand {
     /// integer program, and write the model directory: program, public interface, privacy statement, manifest.
     Build(ServerBuildArgs),
     /// Issue a bearer token for a client: appends `<name> <sha256 of the token>` to the token file and prints the
-    /// token (give it to the client; the server keeps only its hash).
+    /// token (give it to the client; the server keeps only its hash). With --revoke, remove the client's token
+    /// instead. A running `serve` follows the file from its next request
     Token(TokenArgs),
     /// Membership inference on the server's source data through the network's outputs (what a client sees): the
     /// loss attack's AUC and TPR at 1% FPR, members from the source training split against the source test split.
@@ -139,6 +140,10 @@ struct TokenArgs {
     /// The server's token file (created if missing, owner-only).
     #[arg(long)]
     tokens: PathBuf,
+    /// Remove the client's token from the file instead of issuing one (a running server refuses it from its next
+    /// request).
+    #[arg(long)]
+    revoke: bool,
 }
 
 #[derive(Args, Debug)]
@@ -574,12 +579,18 @@ fn server_command(cmd: &ServerCommand) -> Result<()> {
         ServerCommand::Token(a) => {
             use cryptotl_server::auth::IssueError;
             let flag = |key: &str, file: String, message: String| Error::Config { file, key: key.into(), message };
-            let token = cryptotl_server::auth::issue(&a.tokens, &a.name).map_err(|e| match e {
+            let refused = |e: IssueError| match e {
                 IssueError::BadName(_) => flag("--name", "<command line>".into(), e.to_string()),
                 IssueError::NotATokenFile { .. } => flag("--tokens", "<command line>".into(), e.to_string()),
-                IssueError::Taken(_) => flag("--name", a.tokens.display().to_string(), e.to_string()),
+                IssueError::Taken(_) | IssueError::Unknown(_) => flag("--name", a.tokens.display().to_string(), e.to_string()),
                 IssueError::File(e) => e.into(),
-            })?;
+            };
+            if a.revoke {
+                cryptotl_server::auth::revoke(&a.tokens, &a.name).map_err(refused)?;
+                eprintln!("token of `{}` removed from {} (a running server refuses it from its next request)", a.name, a.tokens.display());
+                return Ok(());
+            }
+            let token = cryptotl_server::auth::issue(&a.tokens, &a.name).map_err(refused)?;
             eprintln!("token for `{}` added to {} (only its hash is stored; this is the one time it is shown)", a.name, a.tokens.display());
             println!("{token}");
         }

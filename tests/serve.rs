@@ -827,7 +827,7 @@ fn server_token_refuses_a_file_that_is_not_a_token_file_and_leaves_it_untouched(
 }
 
 /// A running server reads its token file again when it changes: a client issued a token after the start is served
-/// at once, one whose line is removed is refused from its next request, and a version that does not parse is not
+/// at once, one revoked (`server token --revoke`, or its line removed by hand) is refused from its next request, and a version that does not parse is not
 /// taken (the clients stay as they were). Before, the file was read once at the start.
 #[test]
 fn a_running_server_follows_its_token_file() {
@@ -840,9 +840,18 @@ fn a_running_server_follows_its_token_file() {
     let (code, carol, err) = cli(&["server", "token", "--name", "carol", "--tokens", path.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(interface(carol.trim()), 200, "a token issued while the server runs");
-    let without_alice: String = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.starts_with("alice ")).map(|l| format!("{l}\n")).collect();
-    cryptotl::atomic::write_private(&path, without_alice.as_bytes()).unwrap();
-    assert_eq!((interface(&f.alice), interface(&f.bob), interface(carol.trim())), (401, 200, 200), "alice's line removed");
+    let (code, _, err) = cli(&["server", "token", "--revoke", "--name", "alice", "--tokens", path.to_str().unwrap()], &[]);
+    assert!(code == 0 && err.contains("token of `alice` removed"), "{err}");
+    assert_eq!((interface(&f.alice), interface(&f.bob), interface(carol.trim())), (401, 200, 200), "alice's token revoked");
+    let (code, _, err) = cli(&["server", "token", "--revoke", "--name", "alice", "--tokens", path.to_str().unwrap()], &[]);
+    assert!(code == 2 && err.contains("key `--name`") && err.contains("no client named `alice`"), "{err}");
+    // By hand: a line removed in an editor.
+    let without_carol: String = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.starts_with("carol ")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, without_carol.as_bytes()).unwrap();
+    assert_eq!((interface(&f.bob), interface(carol.trim())), (200, 401), "carol's line removed");
+    let (code, carol, err) = cli(&["server", "token", "--name", "carol", "--tokens", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(interface(carol.trim()), 200, "carol's new token");
     std::fs::write(&path, "bob this-is-not-a-hash\n").unwrap();
     assert_eq!((interface(&f.alice), interface(&f.bob), interface(carol.trim())), (401, 200, 200), "a broken file is not taken");
     std::fs::write(&path, "# every client removed\n").unwrap();

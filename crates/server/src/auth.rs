@@ -242,7 +242,7 @@ impl From<Tokens> for TokenFile {
 /// The first line of a token file [`issue`] creates.
 const HEADER: &str = "# cryptotl bearer tokens: <client name> <sha256 of the token>\n";
 
-/// Why [`issue`] wrote nothing.
+/// Why [`issue`] (or [`revoke`]) wrote nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     /// A client name other than letters, digits, `-`, `_` and `.`.
@@ -260,6 +260,9 @@ pub enum IssueError {
     /// The file already holds a token for this name.
     #[error("a client named `{0}` already has a token")]
     Taken(String),
+    /// The file holds no token for this name (to revoke).
+    #[error("no client named `{0}` has a token in this file")]
+    Unknown(String),
     /// The file or its lock could not be read or written.
     #[error(transparent)]
     File(#[from] HeError),
@@ -287,6 +290,51 @@ pub enum IssueError {
 /// assert_eq!(std::fs::read_to_string(&config).unwrap(), "seed = 42\n");
 /// ```
 pub fn issue(path: &Path, name: &str) -> std::result::Result<String, IssueError> {
+    let mut issued = None;
+    rewrite(path, name, |text| {
+        if text.lines().any(|l| l.split_whitespace().next() == Some(name)) {
+            return Err(IssueError::Taken(name.into()));
+        }
+        let token = Tokens::generate()?;
+        let mut text = text.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&Tokens::line(name, &token));
+        issued = Some(token);
+        Ok(text)
+    })?;
+    issued.ok_or_else(|| IssueError::File(HeError::Program("no token was issued".into())))
+}
+
+/// Remove client `name`'s token from the token file at `path`, under the same lock as [`issue`]: a server following
+/// the file ([`TokenFile`]) refuses it from its next request. Comments and the other clients' lines are kept.
+///
+/// ```
+/// use cryptotl_server::auth::{IssueError, TokenFile, issue, revoke};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("tokens");
+/// let (gina, hal) = (issue(&path, "gina").unwrap(), issue(&path, "hal").unwrap());
+/// let tokens = TokenFile::watch(&path).unwrap();
+/// revoke(&path, "gina").unwrap();
+/// assert!(tokens.authenticate(&gina).is_none());
+/// assert_eq!(tokens.authenticate(&hal).unwrap().name, "hal");
+/// assert!(matches!(revoke(&path, "gina"), Err(IssueError::Unknown(_))));
+/// ```
+pub fn revoke(path: &Path, name: &str) -> std::result::Result<(), IssueError> {
+    rewrite(path, name, |text| {
+        let kept: String = text.lines().filter(|l| l.split_whitespace().next() != Some(name)).map(|l| format!("{l}\n")).collect();
+        if kept.lines().count() == text.lines().count() {
+            return Err(IssueError::Unknown(name.into()));
+        }
+        Ok(kept)
+    })
+}
+
+/// Check `name` and the token file at `path`, then, under an exclusive lock on `<file>.lock` beside it, write what
+/// `change` makes of its text (a missing file reads as [`HEADER`]), atomically and owner-only. `change` runs twice:
+/// first as a check before the lock (what it makes is dropped), then under the lock on the file as it is then.
+fn rewrite(path: &Path, name: &str, mut change: impl FnMut(&str) -> std::result::Result<String, IssueError>) -> std::result::Result<(), IssueError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(IssueError::BadName(name.into()));
     }
@@ -310,27 +358,15 @@ pub fn issue(path: &Path, name: &str) -> std::result::Result<String, IssueError>
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(refused("not a token file (not UTF-8 text)".into())),
             Err(e) => return Err(HeError::file(path, e).into()),
         };
-        let only_comments = text.lines().all(|l| l.trim().is_empty() || l.trim().starts_with('#'));
-        if !only_comments && let Err(e) = Tokens::parse(&text) {
-            return Err(refused(format!("not a token file ({e})")));
-        }
-        if text.lines().any(|l| l.split_whitespace().next() == Some(name)) {
-            return Err(IssueError::Taken(name.into()));
-        }
+        Tokens::parse_lines(&text).map_err(|e| refused(format!("not a token file ({e})")))?;
         Ok(text)
     };
-    read()?;
+    change(&read()?)?;
     let lock_path = folder.join(format!("{}.lock", file_name.to_string_lossy()));
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| HeError::file(&lock_path, e))?;
     lock.lock().map_err(|e| HeError::file(&lock_path, e))?;
-    let existing = read()?;
-    let token = Tokens::generate()?;
-    let mut text = existing;
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&Tokens::line(name, &token));
+    let text = change(&read()?)?;
     crate::atomic::write(path, text.as_bytes(), true).map_err(|e| HeError::file(path, e))?;
     drop(lock);
-    Ok(token)
+    Ok(())
 }
