@@ -173,6 +173,10 @@ struct ServeArgs {
     /// flight, so the default serves 8 clients at once without turning any away.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=cryptotl_server::http::MAX_QUEUE as i64))]
     max_queue: u32,
+    /// Of those, at most this many from one client (one token); more get 429 with Retry-After, so one client
+    /// cannot fill the queue. A client keeps two in flight; the default leaves room for two runs on one token.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=cryptotl_server::http::MAX_QUEUE as i64))]
+    max_per_client: u32,
     /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
     #[arg(long, default_value_t = 300)]
     queue_timeout: u64,
@@ -449,6 +453,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         listen: a.listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
         max_queue: a.max_queue as usize,
+        max_per_client: a.max_per_client as usize,
         queue_timeout: std::time::Duration::from_secs(a.queue_timeout),
         eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };

@@ -574,6 +574,7 @@ fn a_queue_bound_out_of_range_is_refused_at_start() {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         max_queue: cryptotl_server::http::MAX_QUEUE + 1,
+        max_per_client: 1,
         queue_timeout: std::time::Duration::from_secs(1),
         eval_timeout: std::time::Duration::from_secs(1),
     };
@@ -596,7 +597,7 @@ fn a_server_that_never_answered_is_given_up_on_after_a_few_attempts() {
 }
 
 /// A server that answers, even with 503 (there, but busy), has been reached: the request gets the long budget from
-/// then on, not the few attempts meant for an address where nothing answers. Four 503s, then the answer.
+/// then on, not the few attempts meant for an address where nothing answers. Two 503s and two 429s, then the answer.
 #[test]
 fn a_busy_server_at_first_contact_gets_the_long_retry_budget() {
     use std::io::{Read as _, Write as _};
@@ -612,7 +613,12 @@ fn a_busy_server_at_first_contact_gets_the_long_retry_budget() {
                 assert!(n > 0, "request cut off");
                 request.extend_from_slice(&buf[..n]);
             }
-            let (status, body) = if i < 4 { ("503 Service Unavailable", "{\"error\":\"busy\"}") } else { ("200 OK", "{\"statement\":1}") };
+            // 429 (this client's share of the queue taken) is retried as 503 is.
+            let (status, body) = match i {
+                0 | 2 => ("503 Service Unavailable", "{\"error\":\"busy\"}"),
+                1 | 3 => ("429 Too Many Requests", "{\"error\":\"the most one client may\"}"),
+                _ => ("200 OK", "{\"statement\":1}"),
+            };
             write!(conn, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
         }
     });
@@ -658,6 +664,37 @@ fn a_batch_past_the_evaluation_timeout_is_stopped_and_the_server_serves_on() {
     let m = server.metrics();
     assert_eq!(metric(&m, "cryptotl_samples_total"), 0.0, "{m}");
     assert_eq!(metric(&m, "cryptotl_queue_depth"), 0.0, "{m}");
+}
+
+/// One client holds at most `--max-per-client` places in the evaluation queue: past that it gets 429 with
+/// `Retry-After` (which the client retries as a busy server), while another client's request is still taken. Before,
+/// one token sending many requests at once could fill the whole queue and turn every other client away (503).
+#[test]
+fn one_client_cannot_fill_the_queue() {
+    let f = Fixture::new();
+    let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--max-per-client", "1"]);
+    let c = reqwest::blocking::Client::new();
+    let probe = |token: &str| status(c.post(format!("{}/v1/keys/{}/evaluate", server.url, "0".repeat(64))).bearer_auth(token).body(vec![0u8; 8]));
+    std::thread::scope(|s| {
+        // 6 neurons x 64 samples = 384 bootstraps: alice's place is held for a second or more.
+        let long = s.spawn(|| Session::connect(http(&server.url, &f.alice), None, Some(41))?.forward_batch(&samples(64, 6)));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metric(&server.metrics(), "cryptotl_queue_depth") < 1.0 && !long.is_finished() {
+            assert!(Instant::now() < deadline, "the batch never took its place");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!long.is_finished(), "the batch ended before it could be probed");
+        let (code, body) = probe(&f.alice);
+        assert!(code == 429 && body.contains("the most one client may"), "{code}: {body}");
+        // Bob's request takes a place behind alice's batch (and is then refused for its unknown key, not its count).
+        let (code, body) = probe(&f.bob);
+        assert!(code != 429 && code != 503, "{code}: {body}");
+        assert_eq!(long.join().unwrap().unwrap().0.len(), 64);
+    });
+    // Alice's place is hers again once her batch is answered.
+    let (code, body) = probe(&f.alice);
+    assert!(code != 429, "{code}: {body}");
+    assert_eq!(metric(&server.metrics(), "cryptotl_queue_depth"), 0.0);
 }
 
 #[test]

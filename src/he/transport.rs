@@ -3,7 +3,7 @@
 //! - [`InProcess`]: the server's [`Service`] in this process (`[he] server = "local"`, the default): the
 //!   one-process simulation of the protocol, with every message still serialized and checked.
 //! - [`Http`]: a remote `cryptotl serve` (`[he] server = "https://host:port"`), with a bearer token, retries with
-//!   exponential backoff on connection failures and 503s (honouring `Retry-After`; a few quick ones until the server
+//!   exponential backoff on connection failures, 503s and 429s (honouring `Retry-After`; a few quick ones until the server
 //!   has first answered, about five minutes' worth after), and the same bytes.
 //!
 //! The client keeps each encrypted batch until its outputs arrive, so a server restart costs a retry, never a
@@ -145,9 +145,9 @@ impl Http {
     }
 
     /// Send a request (rebuilt per attempt) and read its whole answer, retrying connection failures, answers cut
-    /// off mid-body, 502-504 and 503 with backoff (honouring `Retry-After`): [`ATTEMPTS`] times once the server has
-    /// answered, [`FIRST_CONTACT_ATTEMPTS`] before. The first retry of a request is a warning (shown by default),
-    /// so a run that waits says why.
+    /// off mid-body, 502-504 and 429 (this client's share of the queue is taken) with backoff (honouring
+    /// `Retry-After`): [`ATTEMPTS`] times once the server has answered, [`FIRST_CONTACT_ATTEMPTS`] before. The first
+    /// retry of a request is a warning (shown by default), so a run that waits says why.
     fn send(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> Result<Answer> {
         use std::sync::atomic::Ordering;
         let mut delay = Duration::from_millis(500);
@@ -167,7 +167,9 @@ impl Http {
         loop {
             attempt += 1;
             let wait = match build().bearer_auth(&self.token).send() {
-                Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                // 429: this client holds as many places in the server's queue as one may (another process on the
+                // same token); retried as a busy server is.
+                Ok(r) if matches!(r.status().as_u16(), 429 | 502..=504) => {
                     self.reached.store(true, Ordering::Relaxed);
                     let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).map(Duration::from_secs);
                     last = format!("answered {}", r.status());

@@ -17,7 +17,9 @@
 //! Every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise). A key belongs to the token that
 //! uploaded it (403 for any other). Bodies are bounded by the model's interface (413 past it). Evaluations wait
 //! in a bounded queue, served one batch at a time (each batch uses every core); when the queue is full, or a
-//! request waited past its timeout, the answer is 503 with `Retry-After`. A batch that runs past the evaluation
+//! request waited past its timeout, the answer is 503 with `Retry-After`. One client (one token) holds at most
+//! `max_per_client` of the queue's places; a request past that is 429 with `Retry-After`, so a client that sends
+//! more than it should at once cannot fill the queue and turn the others away. A batch that runs past the evaluation
 //! timeout is stopped within milliseconds (the worker is free again) and answered 413: the same batch would run as
 //! long again, fewer samples per request pass. The token is checked from the headers before a body is read, so a
 //! request without one costs the server no upload. Errors are JSON `{"error": "..."}`, the refusals of the HTTP
@@ -68,6 +70,9 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Evaluation requests waiting or running at most, 1 to [`MAX_QUEUE`]; more get 503.
     pub max_queue: usize,
+    /// Of those, at most this many from one client (one token), at least 1; more get 429. Above `max_queue` it
+    /// bounds nothing.
+    pub max_per_client: usize,
     /// Longest an evaluation request may wait for its turn before it gets 503.
     pub queue_timeout: Duration,
     /// Longest one batch may run once its turn came; past it the evaluation stops and the answer is 413 (fewer
@@ -114,6 +119,9 @@ struct AppState {
     tokens: TokenFile,
     queue: Arc<Semaphore>,
     max_queue: usize,
+    /// Places in the queue each client holds (by its token's hash), and the most one may.
+    per_client: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max_per_client: usize,
     worker: Arc<Semaphore>,
     queue_timeout: Duration,
     metrics: Metrics,
@@ -127,6 +135,37 @@ impl AppState {
 }
 
 type Shared = Arc<AppState>;
+
+/// A client's place in the evaluation queue, counted in [`AppState::per_client`] until dropped.
+struct ClientPlace {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    client: String,
+}
+
+impl ClientPlace {
+    /// One more place for `client`, unless it holds `max` already.
+    fn take(state: &AppState, client: &ClientId) -> Option<Self> {
+        let mut counts = state.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = counts.entry(client.token_sha256.clone()).or_default();
+        if *held >= state.max_per_client {
+            return None;
+        }
+        *held += 1;
+        Some(Self { counts: state.per_client.clone(), client: client.token_sha256.clone() })
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = counts.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message.to_string() }))).into_response()
@@ -216,6 +255,14 @@ async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated,
         Ok(f) => f,
         Err(message) => return error(StatusCode::NOT_ACCEPTABLE, message),
     };
+    let Some(own) = ClientPlace::take(&s, &client) else {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this client has {} evaluation requests waiting or running, the most one client may; retry once one is answered", s.max_per_client),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
     };
@@ -226,7 +273,7 @@ async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated,
     };
     let service = s.service.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let _turn = (place, worker);
+        let _turn = (own, place, worker);
         service.evaluate(&client, &key_id, &body, format)
     })
     .await;
@@ -277,7 +324,7 @@ async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Respo
 const ENDPOINTS: &str = "GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics";
 
 /// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
-pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, queue_timeout: Duration) -> Router {
+pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, max_per_client: usize, queue_timeout: Duration) -> Router {
     let iface = service.interface().clone();
     let max_queue = max_queue.clamp(1, MAX_QUEUE);
     let state = Arc::new(AppState {
@@ -285,6 +332,8 @@ pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, queue_
         tokens,
         queue: Arc::new(Semaphore::new(max_queue)),
         max_queue,
+        per_client: Arc::default(),
+        max_per_client: max_per_client.max(1),
         worker: Arc::new(Semaphore::new(1)),
         queue_timeout,
         metrics: Metrics::new(),
@@ -337,11 +386,14 @@ pub fn serve(service: Service, tokens: TokenFile, opts: ServeOptions, ready: imp
     if !(1..=MAX_QUEUE).contains(&opts.max_queue) {
         return Err(HeError::Start { option: "--max-queue", message: format!("must be in 1..={MAX_QUEUE}, got {}", opts.max_queue) });
     }
+    if opts.max_per_client == 0 {
+        return Err(HeError::Start { option: "--max-per-client", message: "must be at least 1".into() });
+    }
     let listener = std::net::TcpListener::bind(listen).map_err(|e| refused(e.to_string()))?;
     listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
     let addr = listener.local_addr().map_err(|e| io("listener", e))?;
     let service = service.with_eval_limit(Some(opts.eval_timeout));
-    let app = router(Arc::new(service), tokens, opts.max_queue, opts.queue_timeout);
+    let app = router(Arc::new(service), tokens, opts.max_queue, opts.max_per_client, opts.queue_timeout);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| io("tokio runtime", e))?;
     runtime.block_on(async move {
         match opts.tls {
