@@ -163,6 +163,10 @@ struct ServeArgs {
     /// Bound of the key store in MiB (least recently used keys are evicted past it).
     #[arg(long, default_value_t = 4096)]
     key_store_mib: u64,
+    /// Evaluation keys one client (one token) keeps in the store at most: an upload past that evicts its own least
+    /// recently used key, never another client's. A client's key is one per run folder (`client_key.json`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    keys_per_client: u32,
     /// TLS certificate chain (PEM).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -442,11 +446,13 @@ fn serve(a: &ServeArgs) -> Result<()> {
         cryptotl_server::HeError::Start { option, message } => Error::Config { file: "<command line>".into(), key: option.into(), message },
         e => e.into(),
     };
-    let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20)).map_err(|e| Error::Config {
-        file: "<command line>".into(),
-        key: "--key-store".into(),
-        message: if a.key_store.is_some() { e.to_string() } else { format!("{e} (the default, `<model>/keys`)") },
-    })?;
+    let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20))
+        .map(|store| store.with_keys_per_owner(a.keys_per_client as usize))
+        .map_err(|e| Error::Config {
+            file: "<command line>".into(),
+            key: "--key-store".into(),
+            message: if a.key_store.is_some() { e.to_string() } else { format!("{e} (the default, `<model>/keys`)") },
+        })?;
     let model_id = artifact.interface.model_id.clone();
     let service = cryptotl_server::Service::new(artifact, store).map_err(start)?;
     let opts = cryptotl_server::http::ServeOptions {

@@ -825,6 +825,31 @@ fn a_full_key_store_evicts_the_least_recently_used_key() {
     assert!(matches!(store.get("o", &ids[2]), Err(cryptotl_server::keystore::StoreError::NotFound)));
 }
 
+/// A client past its share of keys (`--keys-per-client`) evicts its own least recently used key, not another
+/// client's older one: on disk, as `serve` keeps them, and across two handles on one folder (replicas).
+#[test]
+fn a_client_past_its_share_of_keys_evicts_its_own() {
+    use cryptotl_server::keystore::{KeyStore, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, replica) = (KeyStore::open(dir.path(), 1 << 20).unwrap().with_keys_per_owner(2), KeyStore::open(dir.path(), 1 << 20).unwrap().with_keys_per_owner(2));
+    let bob = store.put("bob", &[7u8; 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let alice: Vec<String> = (0..4u8)
+        .map(|i| {
+            let id = if i % 2 == 0 { &store } else { &replica }.put("alice", &[i; 10]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            id
+        })
+        .collect();
+    for gone in &alice[..2] {
+        assert!(matches!(store.get("alice", gone), Err(StoreError::NotFound)));
+    }
+    assert!(store.get("alice", &alice[2]).is_ok() && replica.get("alice", &alice[3]).is_ok());
+    assert!(store.get("bob", &bob).is_ok(), "bob's key, older than all of alice's, is kept");
+    let files = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".owner")).count();
+    assert_eq!(files, 3, "the evicted keys' owner files go with them");
+}
+
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cryptotl")).args(args).envs(env.iter().copied()).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())

@@ -1,5 +1,7 @@
 //! The server's store of clients' evaluation keys: content-addressed (a key's id is the SHA-256 of its bytes),
-//! each bound to the client that uploaded it, bounded in bytes with least-recently-used eviction.
+//! each bound to the client that uploaded it, bounded in bytes with least-recently-used eviction, and optionally in
+//! keys per client ([`KeyStore::with_keys_per_owner`]): a client past its share evicts its own oldest key, not
+//! another client's.
 //!
 //! On disk ([`KeyStore::open`]) the store is a folder of `<id>.key` and `<id>.owner` files, written atomically
 //! (temporary file, fsync, rename): it survives a restart, and several replicas can share one folder (a shared
@@ -52,7 +54,12 @@ enum Backing {
 pub struct KeyStore {
     backing: Backing,
     max_bytes: u64,
+    /// Keys one owner may hold at most (none: any number within `max_bytes`).
+    keys_per_owner: Option<usize>,
 }
+
+/// A stored key as eviction sees it: id, owner, bytes, last use.
+type Entry = (String, String, u64, SystemTime);
 
 /// Whether `id` has the shape of a key id (so it can name a file).
 ///
@@ -94,7 +101,7 @@ impl KeyStore {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| HeError::file(dir, e))?;
         }
-        Ok(Self { backing: Backing::Disk(dir.to_path_buf()), max_bytes })
+        Ok(Self { backing: Backing::Disk(dir.to_path_buf()), max_bytes, keys_per_owner: None })
     }
 
     /// A store in memory holding at most `max_bytes` of keys.
@@ -106,7 +113,24 @@ impl KeyStore {
     /// assert_eq!(store.get("alice", &id).unwrap().as_slice(), b"key");
     /// ```
     pub fn in_memory(max_bytes: u64) -> Self {
-        Self { backing: Backing::Memory(Mutex::default()), max_bytes }
+        Self { backing: Backing::Memory(Mutex::default()), max_bytes, keys_per_owner: None }
+    }
+
+    /// Let one owner hold at most `n` keys (at least 1): an upload past that evicts the uploader's own least recently
+    /// used key, so that a client uploading key after key wears out its own keys, not the other clients'.
+    ///
+    /// ```
+    /// use cryptotl_server::keystore::{KeyStore, StoreError};
+    /// let store = KeyStore::in_memory(1 << 20).with_keys_per_owner(2);
+    /// let bob = store.put("bob", b"bob's key").unwrap();
+    /// let alice: Vec<String> = (0..3u8).map(|i| { let id = store.put("alice", &[i; 8]).unwrap(); std::thread::sleep(std::time::Duration::from_millis(5)); id }).collect();
+    /// assert!(matches!(store.get("alice", &alice[0]), Err(StoreError::NotFound))); // her oldest
+    /// assert!(store.get("alice", &alice[1]).is_ok() && store.get("alice", &alice[2]).is_ok());
+    /// assert!(store.get("bob", &bob).is_ok()); // older than all of hers, and kept
+    /// ```
+    pub fn with_keys_per_owner(mut self, n: usize) -> Self {
+        self.keys_per_owner = Some(n.max(1));
+        self
     }
 
     /// The byte bound.
@@ -141,8 +165,8 @@ impl KeyStore {
                     return Ok(id);
                 }
                 map.insert(id.clone(), (owner.to_string(), Arc::new(bytes.to_vec()), SystemTime::now()));
-                let mut entries: Vec<(String, u64, SystemTime)> = map.iter().map(|(k, v)| (k.clone(), v.1.len() as u64, v.2)).collect();
-                for gone in self.evict(&mut entries, &id) {
+                let mut entries: Vec<Entry> = map.iter().map(|(k, v)| (k.clone(), v.0.clone(), v.1.len() as u64, v.2)).collect();
+                for gone in self.evict(&mut entries, &id, owner) {
                     map.remove(&gone);
                 }
             }
@@ -164,10 +188,13 @@ impl KeyStore {
                 for e in std::fs::read_dir(dir).map_err(|e| HeError::file(dir, e))?.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if let (Some(k), Ok(meta)) = (name.strip_suffix(".key"), e.metadata()) {
-                        entries.push((k.to_string(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                        // The owner is read only when a share is kept; a key whose owner file is gone (another
+                        // replica evicting it) counts for nobody.
+                        let o = if self.keys_per_owner.is_some() { self.owner_on_disk(dir, k).unwrap_or_default() } else { String::new() };
+                        entries.push((k.to_string(), o, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
                     }
                 }
-                for gone in self.evict(&mut entries, &id) {
+                for gone in self.evict(&mut entries, &id, owner) {
                     // Another replica may have removed it already.
                     let _ = std::fs::remove_file(dir.join(format!("{gone}.key")));
                     let _ = std::fs::remove_file(dir.join(format!("{gone}.owner")));
@@ -225,22 +252,39 @@ impl KeyStore {
         std::fs::read_to_string(dir.join(format!("{id}.owner"))).ok()
     }
 
-    /// The ids to drop so that `entries` (id, bytes, last use) fit the bound, oldest first, never `keep`.
-    fn evict(&self, entries: &mut [(String, u64, SystemTime)], keep: &str) -> Vec<String> {
-        let mut total: u64 = entries.iter().map(|e| e.1).sum();
-        entries.sort_by_key(|e| e.2);
-        let mut gone = Vec::new();
-        for (id, bytes, _) in entries.iter() {
+    /// The ids to drop, oldest first and never `keep` (the key `owner` just stored): first `owner`'s keys past its
+    /// share ([`Self::with_keys_per_owner`]), then whatever else `entries` must lose to fit the byte bound.
+    fn evict(&self, entries: &mut [Entry], keep: &str, owner: &str) -> Vec<String> {
+        entries.sort_by_key(|e| e.3);
+        let mut gone: Vec<String> = Vec::new();
+        if let Some(share) = self.keys_per_owner {
+            let mut held = entries.iter().filter(|e| e.1 == owner).count();
+            for (id, o, _, _) in entries.iter() {
+                if held <= share {
+                    break;
+                }
+                if o == owner && id != keep {
+                    gone.push(id.clone());
+                    held -= 1;
+                }
+            }
+            if !gone.is_empty() {
+                tracing::info!(evicted = gone.len(), share, "a client's upload past its share of keys: its least recently used keys evicted");
+            }
+        }
+        let over_share = gone.len();
+        let mut total: u64 = entries.iter().filter(|e| !gone.contains(&e.0)).map(|e| e.2).sum();
+        for (id, _, bytes, _) in entries.iter() {
             if total <= self.max_bytes {
                 break;
             }
-            if id != keep {
+            if id != keep && !gone.contains(id) {
                 total -= bytes;
                 gone.push(id.clone());
             }
         }
-        if !gone.is_empty() {
-            tracing::info!(evicted = gone.len(), "key store over its bound: least recently used keys evicted");
+        if gone.len() > over_share {
+            tracing::info!(evicted = gone.len() - over_share, "key store over its bound: least recently used keys evicted");
         }
         gone
     }
