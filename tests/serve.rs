@@ -697,6 +697,46 @@ fn one_client_cannot_fill_the_queue() {
     assert_eq!(metric(&server.metrics(), "cryptotl_queue_depth"), 0.0);
 }
 
+/// Key uploads are bounded before their bodies are read: a client with `UPLOADS_PER_CLIENT` uploads under way
+/// (here two whose bodies never come) gets 429 for a third, while another client's upload is taken; once they end,
+/// the client uploads again. Before, any number of uploads were read into memory at once (~50 MiB each).
+#[test]
+fn one_client_cannot_hold_more_than_its_share_of_key_uploads() {
+    use std::io::{Read as _, Write as _};
+    let f = Fixture::new();
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Headers of an upload whose body is not sent: it holds its turn while the server waits for the body.
+    let stalled: Vec<std::net::TcpStream> = (0..cryptotl_server::http::UPLOADS_PER_CLIENT)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            write!(conn, "POST /v1/keys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n", f.alice).unwrap();
+            conn
+        })
+        .collect();
+    let c = reqwest::blocking::Client::new();
+    let upload = |token: &str| status(c.post(format!("{}/v1/keys", server.url)).bearer_auth(token).body(vec![0u8; 64]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        // The stalled uploads reach the server in their own time: wait until they hold their turns.
+        let (code, body) = upload(&f.alice);
+        if code == 429 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code == 429 && body.contains("key uploads under way"), "{code}: {body}");
+    let (code, body) = upload(&f.bob);
+    assert_eq!(code, 400, "bob's upload is read (and refused as no key): {body}");
+    for mut conn in stalled {
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+    }
+    let (code, body) = upload(&f.alice);
+    assert_eq!(code, 400, "alice's turns are free again: {body}");
+}
+
 #[test]
 fn four_clients_at_once_with_their_own_keys() {
     let f = Fixture::new();

@@ -19,7 +19,9 @@
 //! in a bounded queue, served one batch at a time (each batch uses every core); when the queue is full, or a
 //! request waited past its timeout, the answer is 503 with `Retry-After`. One client (one token) holds at most
 //! `max_per_client` of the queue's places; a request past that is 429 with `Retry-After`, so a client that sends
-//! more than it should at once cannot fill the queue and turn the others away. A batch that runs past the evaluation
+//! more than it should at once cannot fill the queue and turn the others away. Key uploads are bounded the same
+//! way before their bodies are read: [`MAX_UPLOADS`] at once (503 past it), [`UPLOADS_PER_CLIENT`] of one client
+//! (429 past it). A batch that runs past the evaluation
 //! timeout is stopped within milliseconds (the worker is free again) and answered 413: the same batch would run as
 //! long again, fewer samples per request pass. The token is checked from the headers before a body is read, so a
 //! request without one costs the server no upload. Errors are JSON `{"error": "..."}`, the refusals of the HTTP
@@ -119,9 +121,12 @@ struct AppState {
     tokens: TokenFile,
     queue: Arc<Semaphore>,
     max_queue: usize,
-    /// Places in the queue each client holds (by its token's hash), and the most one may.
-    per_client: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Places in the queue each client holds, and the most one may.
+    per_client: PlaceCounts,
     max_per_client: usize,
+    /// Key uploads under way ([`MAX_UPLOADS`]), and each client's ([`UPLOADS_PER_CLIENT`]).
+    uploads: Arc<Semaphore>,
+    uploads_per_client: PlaceCounts,
     worker: Arc<Semaphore>,
     queue_timeout: Duration,
     metrics: Metrics,
@@ -138,20 +143,54 @@ type Shared = Arc<AppState>;
 
 /// A client's place in the evaluation queue, counted in [`AppState::per_client`] until dropped.
 struct ClientPlace {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    counts: PlaceCounts,
     client: String,
 }
 
+/// Places each client holds (by its token's hash).
+type PlaceCounts = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
 impl ClientPlace {
-    /// One more place for `client`, unless it holds `max` already.
-    fn take(state: &AppState, client: &ClientId) -> Option<Self> {
-        let mut counts = state.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = counts.entry(client.token_sha256.clone()).or_default();
-        if *held >= state.max_per_client {
+    /// One more place in `counts` for `client`, unless it holds `max` already.
+    fn take(counts: &PlaceCounts, client: &ClientId, max: usize) -> Option<Self> {
+        let mut held_by = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = held_by.entry(client.token_sha256.clone()).or_default();
+        if *held >= max {
             return None;
         }
         *held += 1;
-        Some(Self { counts: state.per_client.clone(), client: client.token_sha256.clone() })
+        Some(Self { counts: counts.clone(), client: client.token_sha256.clone() })
+    }
+}
+
+/// 429 with `Retry-After`: `client` holds as many places as one client may.
+fn too_many(message: String) -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Key uploads the server takes at once (each body up to the evaluation key's size, ~50 MiB, held in memory while
+/// it is read and checked); more get 503 with `Retry-After`.
+pub const MAX_UPLOADS: usize = 8;
+
+/// Of those, uploads one client may have at once (a client uploads one key per session); more get 429.
+pub const UPLOADS_PER_CLIENT: usize = 2;
+
+/// A key upload's turn, taken from its headers before its body is read: the client (401 without a known token), its
+/// place among its own uploads (429 past [`UPLOADS_PER_CLIENT`]) and among all ([`MAX_UPLOADS`], 503 past it). So
+/// many uploads at once cannot hold more than [`MAX_UPLOADS`] bodies in memory, and one client not all of them.
+struct UploadTurn(ClientId, ClientPlace, tokio::sync::OwnedSemaphorePermit);
+
+impl FromRequestParts<Shared> for UploadTurn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+        let client = authenticate(state, &parts.headers).map_err(IntoResponse::into_response)?;
+        let own = ClientPlace::take(&state.uploads_per_client, &client, UPLOADS_PER_CLIENT)
+            .ok_or_else(|| too_many(format!("this client has {UPLOADS_PER_CLIENT} key uploads under way, the most one client may; retry once one is answered")))?;
+        let slot = state.uploads.clone().try_acquire_owned().map_err(|_| busy("the server is taking as many key uploads as it can at once; retry later"))?;
+        Ok(Self(client, own, slot))
     }
 }
 
@@ -233,13 +272,18 @@ async fn privacy(State(s): State<Shared>, _: Authenticated) -> Response {
     axum::Json(s.service.privacy().clone()).into_response()
 }
 
-async fn upload_key(State(s): State<Shared>, Authenticated(client): Authenticated, body: Result<Bytes, BytesRejection>) -> Response {
+async fn upload_key(State(s): State<Shared>, UploadTurn(client, own, slot): UploadTurn, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(r) => return refused_body(r, s.service.interface().evaluation_key_limit),
     };
     let service = s.service.clone();
-    match tokio::task::spawn_blocking(move || service.upload_key(&client, &body)).await {
+    match tokio::task::spawn_blocking(move || {
+        let _turn = (own, slot);
+        service.upload_key(&client, &body)
+    })
+    .await
+    {
         Ok(Ok(id)) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "key_id": id }))).into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("key upload failed: {e}")),
@@ -255,13 +299,8 @@ async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated,
         Ok(f) => f,
         Err(message) => return error(StatusCode::NOT_ACCEPTABLE, message),
     };
-    let Some(own) = ClientPlace::take(&s, &client) else {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("this client has {} evaluation requests waiting or running, the most one client may; retry once one is answered", s.max_per_client),
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+    let Some(own) = ClientPlace::take(&s.per_client, &client, s.max_per_client) else {
+        return too_many(format!("this client has {} evaluation requests waiting or running, the most one client may; retry once one is answered", s.max_per_client));
     };
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
@@ -334,6 +373,8 @@ pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, max_pe
         max_queue,
         per_client: Arc::default(),
         max_per_client: max_per_client.max(1),
+        uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+        uploads_per_client: Arc::default(),
         worker: Arc::new(Semaphore::new(1)),
         queue_timeout,
         metrics: Metrics::new(),
