@@ -45,7 +45,7 @@ fn main() -> cryptotl::Result<()> {
     let tokens = cryptotl_server::auth::Tokens::parse(&tokens_text).map_err(cryptotl::Error::Internal)?;
     let service = cryptotl_server::Service::new(artifact, store)?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let opts = cryptotl_server::http::ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), tls: None, max_queue: 16, max_per_client: 16, queue_timeout: Duration::from_secs(600), eval_timeout: Duration::from_secs(600) };
+    let opts = cryptotl_server::http::ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), tls: None, max_queue: 16, max_per_client: 16, queue_timeout: Duration::from_secs(600), upload_timeout: Duration::from_secs(600), eval_timeout: Duration::from_secs(600) };
     std::thread::spawn(move || {
         let _ = cryptotl_server::http::serve(service, tokens.into(), opts, |addr, _| {
             let _ = tx.send(addr);

@@ -184,6 +184,10 @@ struct ServeArgs {
     /// Seconds an evaluation request may wait for its turn (then 503 with Retry-After).
     #[arg(long, default_value_t = 300)]
     queue_timeout: u64,
+    /// Seconds a key upload may take, its body's arrival included (then 408): an upload holds one of the server's
+    /// few upload turns from its headers on.
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
+    upload_timeout: f64,
     /// Seconds one batch may evaluate once its turn came (then it is stopped and answered 413: send fewer
     /// samples per request, `[he] batch`).
     #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
@@ -461,6 +465,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         max_queue: a.max_queue as usize,
         max_per_client: a.max_per_client as usize,
         queue_timeout: std::time::Duration::from_secs(a.queue_timeout),
+        upload_timeout: std::time::Duration::from_secs_f64(a.upload_timeout),
         eval_timeout: std::time::Duration::from_secs_f64(a.eval_timeout),
     };
     let plain = opts.tls.is_none();

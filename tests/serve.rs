@@ -576,6 +576,7 @@ fn a_queue_bound_out_of_range_is_refused_at_start() {
         max_queue: cryptotl_server::http::MAX_QUEUE + 1,
         max_per_client: 1,
         queue_timeout: std::time::Duration::from_secs(1),
+        upload_timeout: std::time::Duration::from_secs(1),
         eval_timeout: std::time::Duration::from_secs(1),
     };
     let service = cryptotl_server::service::Service::new(cryptotl_server::artifact::ModelArtifact::load(&f.model()).unwrap(), cryptotl_server::keystore::KeyStore::in_memory(1 << 30)).unwrap();
@@ -734,6 +735,36 @@ fn one_client_cannot_hold_more_than_its_share_of_key_uploads() {
         let _ = conn.read_to_string(&mut answer);
     }
     let (code, body) = upload(&f.alice);
+    assert_eq!(code, 400, "alice's turns are free again: {body}");
+}
+
+/// An upload whose body never comes holds its turn only until `--upload-timeout`: then it is answered 408 and the
+/// turn is free, so stalled uploads cannot keep a client, or the server, from uploading for ever.
+#[test]
+fn an_upload_whose_body_never_comes_is_answered_408_and_frees_its_turn() {
+    use std::io::{Read as _, Write as _};
+    let f = Fixture::new();
+    let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--upload-timeout", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let start = Instant::now();
+    let mut stalled: Vec<std::net::TcpStream> = (0..cryptotl_server::http::UPLOADS_PER_CLIENT)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            write!(conn, "POST /v1/keys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n", f.alice).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            conn
+        })
+        .collect();
+    for conn in &mut stalled {
+        // The answer comes without the body being sent: the server gave up on it.
+        let mut answer = vec![0u8; 4096];
+        let n = conn.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("longer than the server's limit of 1 s"), "{answer}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    let c = reqwest::blocking::Client::new();
+    let (code, body) = status(c.post(format!("{}/v1/keys", server.url)).bearer_auth(&f.alice).body(vec![0u8; 64]));
     assert_eq!(code, 400, "alice's turns are free again: {body}");
 }
 

@@ -77,6 +77,9 @@ pub struct ServeOptions {
     pub max_per_client: usize,
     /// Longest an evaluation request may wait for its turn before it gets 503.
     pub queue_timeout: Duration,
+    /// Longest a key upload may take, its body's arrival included, before it gets 408: an upload holds one of
+    /// [`MAX_UPLOADS`] turns from its headers on, so one whose body never comes must not hold it for ever.
+    pub upload_timeout: Duration,
     /// Longest one batch may run once its turn came; past it the evaluation stops and the answer is 413 (fewer
     /// samples per request). Set on the [`Service`] by [`serve`].
     pub eval_timeout: Duration,
@@ -129,6 +132,7 @@ struct AppState {
     uploads_per_client: PlaceCounts,
     worker: Arc<Semaphore>,
     queue_timeout: Duration,
+    upload_timeout: Duration,
     metrics: Metrics,
 }
 
@@ -264,6 +268,18 @@ fn refused_body(rejection: BytesRejection, limit: u64) -> Response {
     }
 }
 
+/// A key upload that takes longer than `upload_timeout` (a body that never comes, or trickles) is answered 408, and
+/// its turn is free again.
+async fn upload_deadline(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.upload_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the key upload took longer than the server's limit of {:.0} s; send it again (over a faster link)", s.upload_timeout.as_secs_f64()),
+        ),
+    }
+}
+
 async fn interface(State(s): State<Shared>, _: Authenticated) -> Response {
     axum::Json(s.service.interface().clone()).into_response()
 }
@@ -362,21 +378,23 @@ async fn observe(State(s): State<Shared>, request: Request, next: Next) -> Respo
 /// The routes [`router`] serves, as its 404 and 405 answers list them.
 const ENDPOINTS: &str = "GET /v1/interface, GET /v1/privacy, POST /v1/keys, POST /v1/keys/{key_id}/evaluate, GET /healthz, GET /metrics";
 
-/// The service's routes (no listener): what [`serve`] runs, and what in-process tests can drive.
-pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, max_per_client: usize, queue_timeout: Duration) -> Router {
+/// The service's routes (no listener), with the queue and upload bounds of `opts` (its address, TLS files and
+/// evaluation timeout are [`serve`]'s to apply).
+pub fn router(service: Arc<Service>, tokens: TokenFile, opts: &ServeOptions) -> Router {
     let iface = service.interface().clone();
-    let max_queue = max_queue.clamp(1, MAX_QUEUE);
+    let max_queue = opts.max_queue.clamp(1, MAX_QUEUE);
     let state = Arc::new(AppState {
         service,
         tokens,
         queue: Arc::new(Semaphore::new(max_queue)),
         max_queue,
         per_client: Arc::default(),
-        max_per_client: max_per_client.max(1),
+        max_per_client: opts.max_per_client.max(1),
         uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
         uploads_per_client: Arc::default(),
         worker: Arc::new(Semaphore::new(1)),
-        queue_timeout,
+        queue_timeout: opts.queue_timeout,
+        upload_timeout: opts.upload_timeout,
         metrics: Metrics::new(),
     });
     let key_limit = iface.evaluation_key_limit as usize;
@@ -384,7 +402,7 @@ pub fn router(service: Arc<Service>, tokens: TokenFile, max_queue: usize, max_pe
     Router::new()
         .route("/v1/interface", get(interface))
         .route("/v1/privacy", get(privacy))
-        .route("/v1/keys", post(upload_key).layer(DefaultBodyLimit::max(key_limit)))
+        .route("/v1/keys", post(upload_key).layer(DefaultBodyLimit::max(key_limit)).layer(middleware::from_fn_with_state(state.clone(), upload_deadline)))
         .route("/v1/keys/{key_id}/evaluate", post(evaluate).layer(DefaultBodyLimit::max(batch_limit)))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -434,7 +452,7 @@ pub fn serve(service: Service, tokens: TokenFile, opts: ServeOptions, ready: imp
     listener.set_nonblocking(true).map_err(|e| io("listener", e))?;
     let addr = listener.local_addr().map_err(|e| io("listener", e))?;
     let service = service.with_eval_limit(Some(opts.eval_timeout));
-    let app = router(Arc::new(service), tokens, opts.max_queue, opts.max_per_client, opts.queue_timeout);
+    let app = router(Arc::new(service), tokens, &opts);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| io("tokio runtime", e))?;
     runtime.block_on(async move {
         match opts.tls {
