@@ -82,6 +82,15 @@ fn material_with_total(cfg: &RunConfig) -> serde_json::Value {
     material
 }
 
+/// `cfg`'s material as cryptotl recorded it when it made `made`: with the total where `made` recorded it
+/// ([`material_with_total`]), so a run folder is compared with what it was made under.
+fn material_as_recorded(cfg: &RunConfig, made: &serde_json::Value) -> serde_json::Value {
+    match made.pointer(&format!("/server_privacy/{TOTAL_EPSILON}")) {
+        Some(_) => material_with_total(cfg),
+        None => features_material(cfg),
+    }
+}
+
 /// The hash of a features material: [`features_key`] is that of [`features_material`], and a manifest's key is that
 /// of the material it records.
 ///
@@ -260,7 +269,7 @@ impl RunManifest {
         let Some(made) = self.features_config.as_ref().filter(|made| features_key_of(made) == self.features_key) else {
             return false;
         };
-        let differences = material_differences(made, &features_material(cfg));
+        let differences = material_differences(made, &material_as_recorded(cfg, made));
         let only_unrecorded = !differences.is_empty() && differences.iter().all(|(_, in_run, _)| in_run == NOT_RECORDED);
         if only_unrecorded {
             let keys: Vec<&str> = differences.iter().map(|(k, _, _)| k.as_str()).collect();
@@ -274,12 +283,7 @@ impl RunManifest {
     fn mismatch(&self, cfg: &RunConfig, dir: &Path) -> Error {
         const SHOWN: usize = 4;
         let redo = "rerun `cryptotl features` (or `run`) with this config, or point output_dir elsewhere";
-        // A run folder that recorded the total is compared as it was made: with the total.
-        let given = |made: &serde_json::Value| match made.pointer(&format!("/server_privacy/{TOTAL_EPSILON}")) {
-            Some(_) => material_with_total(cfg),
-            None => features_material(cfg),
-        };
-        let differences = self.features_config.as_ref().map(|made| material_differences(made, &given(made))).unwrap_or_default();
+        let differences = self.features_config.as_ref().map(|made| material_differences(made, &material_as_recorded(cfg, made))).unwrap_or_default();
         if differences.is_empty() {
             return Error::Config {
                 file: dir.display().to_string(),

@@ -649,6 +649,14 @@ fn cli_stage_subcommands_reuse_the_library() {
         }
         let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
         assert_eq!(after["features_key"].as_str(), Some(earlier_key.as_str()), "train-head keeps the run's own key");
+        // Made on the days the material held server_privacy.total_epsilon (unset here too), and before the key: taken.
+        let mut with_total = m.clone();
+        with_total["features_config"]["server_privacy"]["total_epsilon"] = serde_json::Value::Null;
+        with_total["features_key"] = serde_json::json!(cryptotl::rundir::features_key_of(&with_total["features_config"]));
+        std::fs::write(&manifest_path, serde_json::to_vec(&with_total).unwrap()).unwrap();
+        let (code, _, err) = cli(&["-q", "evaluate", c]);
+        assert_eq!(code, 0, "a run folder of the total's days, before the key: {err}");
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
         // Another seed is still another config, named as such.
         let (code, _, err) = cli(&["-q", "evaluate", c, "--seed", "6"]);
         assert!(code == 2 && err.contains("another config: seed: 5 in the run, 6 here; rerun"), "{err}");
