@@ -698,6 +698,42 @@ fn one_client_cannot_fill_the_queue() {
     assert_eq!(metric(&server.metrics(), "cryptotl_queue_depth"), 0.0);
 }
 
+/// `request`'s answer once it is 429, or its last answer after 30 s: stalled requests written to a socket reach the
+/// server in their own time, and hold their places only once they have.
+fn once_refused(request: impl Fn() -> (u16, String)) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = request();
+        if code == 429 || Instant::now() > deadline {
+            return (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An evaluation request takes its place among its client's from its headers, before its body is read: batches
+/// still arriving count, so one client cannot hold any number of half-sent bodies in the server's memory. Its body
+/// ends (the connection closes), and the place is free again.
+#[test]
+fn a_batch_still_arriving_holds_its_clients_place() {
+    use std::io::{Read as _, Write as _};
+    let f = Fixture::new();
+    let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--max-per-client", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let c = reqwest::blocking::Client::new();
+    let probe = |token: &str| status(c.post(format!("{}/v1/keys/{}/evaluate", server.url, "0".repeat(64))).bearer_auth(token).body(vec![0u8; 8]));
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stalled, "POST /v1/keys/{}/evaluate HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n", "0".repeat(64), f.alice).unwrap();
+    let (code, body) = once_refused(|| probe(&f.alice));
+    assert!(code == 429 && body.contains("the most one client may"), "{code}: {body}");
+    let (code, body) = probe(&f.bob);
+    assert!(code != 429 && code != 503, "{code}: {body}");
+    stalled.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = stalled.read_to_string(&mut String::new());
+    let (code, body) = probe(&f.alice);
+    assert!(code != 429, "{code}: {body}");
+}
+
 /// Key uploads are bounded before their bodies are read: a client with `UPLOADS_PER_CLIENT` uploads under way
 /// (here two whose bodies never come) gets 429 for a third, while another client's upload is taken; once they end,
 /// the client uploads again. Before, any number of uploads were read into memory at once (~50 MiB each).
@@ -717,15 +753,7 @@ fn one_client_cannot_hold_more_than_its_share_of_key_uploads() {
         .collect();
     let c = reqwest::blocking::Client::new();
     let upload = |token: &str| status(c.post(format!("{}/v1/keys", server.url)).bearer_auth(token).body(vec![0u8; 64]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (code, body) = loop {
-        // The stalled uploads reach the server in their own time: wait until they hold their turns.
-        let (code, body) = upload(&f.alice);
-        if code == 429 || Instant::now() > deadline {
-            break (code, body);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (code, body) = once_refused(|| upload(&f.alice));
     assert!(code == 429 && body.contains("key uploads under way"), "{code}: {body}");
     let (code, body) = upload(&f.bob);
     assert_eq!(code, 400, "bob's upload is read (and refused as no key): {body}");

@@ -174,6 +174,23 @@ fn too_many(message: String) -> Response {
     r
 }
 
+/// An evaluation request's place among its client's (`max_per_client`, 429 past it), taken from its headers with
+/// the token check, before its body is read: so the batches one client has under way, those still arriving
+/// included, are bounded too.
+struct EvaluateTurn(ClientId, ClientPlace);
+
+impl FromRequestParts<Shared> for EvaluateTurn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+        let client = authenticate(state, &parts.headers).map_err(IntoResponse::into_response)?;
+        let own = ClientPlace::take(&state.per_client, &client, state.max_per_client).ok_or_else(|| {
+            too_many(format!("this client has {} evaluation requests waiting or running, the most one client may; retry once one is answered", state.max_per_client))
+        })?;
+        Ok(Self(client, own))
+    }
+}
+
 /// Key uploads the server takes at once (each body up to the evaluation key's size, ~50 MiB, held in memory while
 /// it is read and checked); more get 503 with `Retry-After`.
 pub const MAX_UPLOADS: usize = 8;
@@ -247,15 +264,15 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId, Unaut
     token.and_then(|t| state.tokens.authenticate(t)).ok_or(Unauthorized)
 }
 
-/// The client of a `/v1` request, known from its headers. As an extractor placed before the body it refuses a
-/// request without a known token (401) before the body is read.
-struct Authenticated(ClientId);
+/// A `/v1` request of a known client, checked from its headers: 401 otherwise. (The uploads and evaluations, which
+/// have bodies, are checked by [`UploadTurn`] and [`EvaluateTurn`], before their bodies are read.)
+struct Authenticated;
 
 impl FromRequestParts<Shared> for Authenticated {
     type Rejection = Unauthorized;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers).map(Authenticated)
+        authenticate(state, &parts.headers).map(|_| Authenticated)
     }
 }
 
@@ -306,7 +323,7 @@ async fn upload_key(State(s): State<Shared>, UploadTurn(client, own, slot): Uplo
     }
 }
 
-async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated, Path(key_id): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn evaluate(State(s): State<Shared>, EvaluateTurn(client, own): EvaluateTurn, Path(key_id): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(r) => return refused_body(r, s.service.interface().request_limit()),
@@ -314,9 +331,6 @@ async fn evaluate(State(s): State<Shared>, Authenticated(client): Authenticated,
     let format = match OutputFormat::negotiate(headers.get(OutputFormat::HEADER).map(|v| v.to_str().unwrap_or("(not ASCII)"))) {
         Ok(f) => f,
         Err(message) => return error(StatusCode::NOT_ACCEPTABLE, message),
-    };
-    let Some(own) = ClientPlace::take(&s.per_client, &client, s.max_per_client) else {
-        return too_many(format!("this client has {} evaluation requests waiting or running, the most one client may; retry once one is answered", s.max_per_client));
     };
     let Ok(place) = s.queue.clone().try_acquire_owned() else {
         return busy("the evaluation queue is full; retry later");
