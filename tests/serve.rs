@@ -1264,6 +1264,25 @@ fn assert_near_the_program(session: &Session, xs: &[Vec<f32>], got: &[Vec<i64>])
     assert!(compared > 0 && (off as f64) < 0.25 * compared as f64, "{off} of {compared} outputs off the program");
 }
 
+/// A kept key is tied to the token it was uploaded with, as the server ties it: with another token (the old one
+/// revoked or rotated) the session makes a new key instead of sending one the server refuses to it (403) for ever.
+#[test]
+fn a_kept_key_is_not_reused_under_another_token() {
+    let f = Fixture::new();
+    let key_file = f.dir.path().join("client_key.json");
+    let xs = samples(4, 8);
+    let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
+    let alices = Session::connect_keeping_key(http(&server.url, &f.alice), Some(61), &key_file, true).unwrap();
+    alices.forward_batch(&xs).unwrap();
+    let bobs = Session::connect_keeping_key(http(&server.url, &f.bob), Some(62), &key_file, true).unwrap();
+    assert!(!bobs.key_reused, "alice's kept key is not sent under bob's token");
+    assert_ne!(bobs.client.key_id(), alices.client.key_id());
+    assert_eq!(bobs.forward_batch(&xs).unwrap().0, local_outputs(62, &xs, 4));
+    // Bob's key is kept now; under bob's token it is reused.
+    let again = Session::connect_keeping_key(http(&server.url, &f.bob), Some(63), &key_file, true).unwrap();
+    assert!(again.key_reused && again.client.key_id() == bobs.client.key_id());
+}
+
 #[test]
 fn a_kept_client_key_is_reused_and_made_again_when_the_server_lost_it() {
     let f = Fixture::new();

@@ -92,9 +92,15 @@ fn evaluation_key_bytes(key: &EvaluationKey, model: &ModelInterface, params: Par
     })
 }
 
-/// What a kept key is bound to: the model (the SHA-256 of its program), the parameter set and the server.
+/// What a kept key is bound to: the model (the SHA-256 of its program), the parameter set, the server and, for a
+/// remote one, the token (the server binds an uploaded key to the token that sent it, and refuses it to any other:
+/// a key kept under a token since revoked or rotated would be refused for ever, so another token makes a new key).
 fn key_identity(model: &ModelInterface, transport: &dyn Transport) -> String {
-    format!("{} | {} | {}", model.model_id, model.parameter_set, transport.describe())
+    let base = format!("{} | {} | {}", model.model_id, model.parameter_set, transport.describe());
+    match transport.principal() {
+        p if p.is_empty() => base,
+        p => format!("{base} | {p}"),
+    }
 }
 
 /// The client key and evaluation-key id kept in `path` for `identity`, if there is one that can be used; a file

@@ -33,6 +33,11 @@ pub struct Evaluation {
 pub trait Transport: Send + Sync {
     /// Where the server is (for messages and reports).
     fn describe(&self) -> String;
+    /// Who the server knows this client as, where it binds keys to that (a remote server: a short hash of the
+    /// token); empty for the one-process simulation. A kept key is tied to it ([`crate::he::Session`]).
+    fn principal(&self) -> String {
+        String::new()
+    }
     /// The model's public interface.
     fn interface(&self) -> Result<ModelInterface>;
     /// The server's privacy statement.
@@ -271,6 +276,10 @@ struct Answer {
 impl Transport for Http {
     fn describe(&self) -> String {
         self.base.clone()
+    }
+    fn principal(&self) -> String {
+        // The server binds each uploaded key to the SHA-256 of the token; 64 bits of it tell tokens apart here.
+        format!("token {}", &cryptotl_server::artifact::sha256_hex(self.token.as_bytes())[..16])
     }
     fn interface(&self) -> Result<ModelInterface> {
         self.get_json("/v1/interface")
