@@ -145,7 +145,8 @@ impl AppState {
 
 type Shared = Arc<AppState>;
 
-/// A client's place in the evaluation queue, counted in [`AppState::per_client`] until dropped.
+/// A client's place among its evaluation requests ([`AppState::per_client`]) or its key uploads
+/// ([`AppState::uploads_per_client`]), counted there until dropped.
 struct ClientPlace {
     counts: PlaceCounts,
     client: String,
@@ -167,7 +168,19 @@ impl ClientPlace {
     }
 }
 
-/// 429 with `Retry-After`: `client` holds as many places as one client may.
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = counts.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// 429 with `Retry-After`: the client holds as many places as one client may.
 fn too_many(message: String) -> Response {
     let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -212,18 +225,6 @@ impl FromRequestParts<Shared> for UploadTurn {
             .ok_or_else(|| too_many(format!("this client has {UPLOADS_PER_CLIENT} key uploads under way, the most one client may; retry once one is answered")))?;
         let slot = state.uploads.clone().try_acquire_owned().map_err(|_| busy("the server is taking as many key uploads as it can at once; retry later"))?;
         Ok(Self(client, own, slot))
-    }
-}
-
-impl Drop for ClientPlace {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(held) = counts.get_mut(&self.client) {
-            *held -= 1;
-            if *held == 0 {
-                counts.remove(&self.client);
-            }
-        }
     }
 }
 
