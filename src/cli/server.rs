@@ -103,28 +103,28 @@ fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// A command-line option the model owner's command cannot use: a config error (exit 2) naming the option.
+fn bad_option(option: &str, message: impl Into<String>) -> Error {
+    Error::Config { file: "<command line>".into(), key: option.into(), message: message.into() }
+}
+
 pub(super) fn serve(a: &ServeArgs) -> Result<()> {
     // What `serve` is given on its command line and cannot use is named by its flag (exit 2), not as the encrypted
     // stage of a run.
-    let flag = |key: &str, e: cryptotl_server::HeError, hint: &str| Error::Config { file: "<command line>".into(), key: key.into(), message: format!("{e}{hint}") };
-    let artifact = cryptotl_server::ModelArtifact::load(&a.model).map_err(|e| flag("--model", e, ""))?;
+    let artifact = cryptotl_server::ModelArtifact::load(&a.model).map_err(|e| bad_option("--model", e.to_string()))?;
     let tokens = cryptotl_server::auth::TokenFile::watch(&a.tokens).map_err(|e| {
         let hint = if a.tokens.exists() { "" } else { " (issue a token into it with `cryptotl server token --name <client> --tokens <file>`)" };
-        flag("--tokens", e, hint)
+        bad_option("--tokens", format!("{e}{hint}"))
     })?;
     let store_dir = a.key_store.clone().unwrap_or_else(|| a.model.join("keys"));
     // What the server crate cannot start with names its option.
     let start = |e: cryptotl_server::HeError| match e {
-        cryptotl_server::HeError::Start { option, message } => Error::Config { file: "<command line>".into(), key: option.into(), message },
+        cryptotl_server::HeError::Start { option, message } => bad_option(option, message),
         e => e.into(),
     };
     let store = cryptotl_server::keystore::KeyStore::open(&store_dir, a.key_store_mib.saturating_mul(1 << 20))
         .map(|store| store.with_keys_per_owner(a.keys_per_client as usize))
-        .map_err(|e| Error::Config {
-            file: "<command line>".into(),
-            key: "--key-store".into(),
-            message: if a.key_store.is_some() { e.to_string() } else { format!("{e} (the default, `<model>/keys`)") },
-        })?;
+        .map_err(|e| bad_option("--key-store", if a.key_store.is_some() { e.to_string() } else { format!("{e} (the default, `<model>/keys`)") }))?;
     let model_id = artifact.interface.model_id.clone();
     let service = cryptotl_server::Service::new(artifact, store).map_err(start)?;
     let opts = cryptotl_server::http::ServeOptions {
@@ -156,7 +156,7 @@ pub(super) fn server_command(cmd: &ServerCommand) -> Result<()> {
             let out = a.out.clone().unwrap_or_else(|| cfg.output_dir().join("server_model"));
             // A model folder it cannot write fails now, not after a pretraining.
             crate::atomic::writable_dir(&out).map_err(|e| match (&a.out, e) {
-                (Some(_), Error::OutputDir { path, message }) => Error::Config { file: "<command line>".into(), key: "--out".into(), message: format!("{}: {message}", path.display()) },
+                (Some(_), Error::OutputDir { path, message }) => bad_option("--out", format!("{}: {message}", path.display())),
                 (_, e) => e,
             })?;
             let (artifact, lower) = pipeline::server_artifact(&cfg)?;
@@ -192,11 +192,11 @@ pub(super) fn server_command(cmd: &ServerCommand) -> Result<()> {
         }
         ServerCommand::Token(a) => {
             use cryptotl_server::auth::IssueError;
-            let flag = |key: &str, file: String, message: String| Error::Config { file, key: key.into(), message };
             let refused = |e: IssueError| match e {
-                IssueError::BadName(_) => flag("--name", "<command line>".into(), e.to_string()),
-                IssueError::NotATokenFile { .. } => flag("--tokens", "<command line>".into(), e.to_string()),
-                IssueError::Taken(_) | IssueError::Unknown(_) => flag("--name", a.tokens.display().to_string(), e.to_string()),
+                IssueError::BadName(_) => bad_option("--name", e.to_string()),
+                IssueError::NotATokenFile { .. } => bad_option("--tokens", e.to_string()),
+                // The name is fine; the file holds it already, or does not.
+                IssueError::Taken(_) | IssueError::Unknown(_) => Error::Config { file: a.tokens.display().to_string(), key: "--name".into(), message: e.to_string() },
                 IssueError::File(e) => e.into(),
             };
             if a.revoke {
