@@ -290,21 +290,20 @@ pub enum IssueError {
 /// assert_eq!(std::fs::read_to_string(&config).unwrap(), "seed = 42\n");
 /// ```
 pub fn issue(path: &Path, name: &str) -> std::result::Result<String, IssueError> {
-    let mut issued = None;
+    let token = Tokens::generate()?;
+    let line = Tokens::line(name, &token);
     rewrite(path, name, |text| {
         if text.lines().any(|l| l.split_whitespace().next() == Some(name)) {
             return Err(IssueError::Taken(name.into()));
         }
-        let token = Tokens::generate()?;
         let mut text = text.to_string();
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&Tokens::line(name, &token));
-        issued = Some(token);
+        text.push_str(&line);
         Ok(text)
     })?;
-    issued.ok_or_else(|| IssueError::File(HeError::Program("no token was issued".into())))
+    Ok(token)
 }
 
 /// Remove client `name`'s token from the token file at `path`, under the same lock as [`issue`]: a server following
@@ -334,7 +333,7 @@ pub fn revoke(path: &Path, name: &str) -> std::result::Result<(), IssueError> {
 /// Check `name` and the token file at `path`, then, under an exclusive lock on `<file>.lock` beside it, write what
 /// `change` makes of its text (a missing file reads as [`HEADER`]), atomically and owner-only. `change` runs twice:
 /// first as a check before the lock (what it makes is dropped), then under the lock on the file as it is then.
-fn rewrite(path: &Path, name: &str, mut change: impl FnMut(&str) -> std::result::Result<String, IssueError>) -> std::result::Result<(), IssueError> {
+fn rewrite(path: &Path, name: &str, change: impl Fn(&str) -> std::result::Result<String, IssueError>) -> std::result::Result<(), IssueError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(IssueError::BadName(name.into()));
     }
