@@ -698,6 +698,16 @@ fn one_client_cannot_fill_the_queue() {
     assert_eq!(metric(&server.metrics(), "cryptotl_queue_depth"), 0.0);
 }
 
+/// A `POST` to `path` of `server` with `token`, whose headers announce a body of `length` bytes that is never sent:
+/// the server waits for it, holding whatever the request took from its headers.
+fn stalled_request(server: &Server, path: &str, token: &str, length: usize) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let addr = server.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    conn
+}
+
 /// `request`'s answer once it is 429, or its last answer after 30 s: stalled requests written to a socket reach the
 /// server in their own time, and hold their places only once they have.
 fn once_refused(request: impl Fn() -> (u16, String)) -> (u16, String) {
@@ -716,14 +726,13 @@ fn once_refused(request: impl Fn() -> (u16, String)) -> (u16, String) {
 /// ends (the connection closes), and the place is free again.
 #[test]
 fn a_batch_still_arriving_holds_its_clients_place() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let f = Fixture::new();
     let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--max-per-client", "1"]);
-    let addr = server.url.trim_start_matches("http://").to_string();
     let c = reqwest::blocking::Client::new();
-    let probe = |token: &str| status(c.post(format!("{}/v1/keys/{}/evaluate", server.url, "0".repeat(64))).bearer_auth(token).body(vec![0u8; 8]));
-    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
-    write!(stalled, "POST /v1/keys/{}/evaluate HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n", "0".repeat(64), f.alice).unwrap();
+    let path = format!("/v1/keys/{}/evaluate", "0".repeat(64));
+    let probe = |token: &str| status(c.post(format!("{}{path}", server.url)).bearer_auth(token).body(vec![0u8; 8]));
+    let mut stalled = stalled_request(&server, &path, &f.alice, 100_000);
     let (code, body) = once_refused(|| probe(&f.alice));
     assert!(code == 429 && body.contains("the most one client may"), "{code}: {body}");
     let (code, body) = probe(&f.bob);
@@ -739,18 +748,11 @@ fn a_batch_still_arriving_holds_its_clients_place() {
 /// the client uploads again. Before, any number of uploads were read into memory at once (~50 MiB each).
 #[test]
 fn one_client_cannot_hold_more_than_its_share_of_key_uploads() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let f = Fixture::new();
     let server = f.serve("127.0.0.1:0", &f.dir.path().join("keys"));
-    let addr = server.url.trim_start_matches("http://").to_string();
     // Headers of an upload whose body is not sent: it holds its turn while the server waits for the body.
-    let stalled: Vec<std::net::TcpStream> = (0..cryptotl_server::http::UPLOADS_PER_CLIENT)
-        .map(|_| {
-            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-            write!(conn, "POST /v1/keys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n", f.alice).unwrap();
-            conn
-        })
-        .collect();
+    let stalled: Vec<std::net::TcpStream> = (0..cryptotl_server::http::UPLOADS_PER_CLIENT).map(|_| stalled_request(&server, "/v1/keys", &f.alice, 1_000_000)).collect();
     let c = reqwest::blocking::Client::new();
     let upload = |token: &str| status(c.post(format!("{}/v1/keys", server.url)).bearer_auth(token).body(vec![0u8; 64]));
     let (code, body) = once_refused(|| upload(&f.alice));
@@ -770,15 +772,13 @@ fn one_client_cannot_hold_more_than_its_share_of_key_uploads() {
 /// turn is free, so stalled uploads cannot keep a client, or the server, from uploading for ever.
 #[test]
 fn an_upload_whose_body_never_comes_is_answered_408_and_frees_its_turn() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let f = Fixture::new();
     let server = Server::spawn(&f.model(), &f.dir.path().join("tokens"), &f.dir.path().join("keys"), "127.0.0.1:0", &["--upload-timeout", "1"]);
-    let addr = server.url.trim_start_matches("http://").to_string();
     let start = Instant::now();
     let mut stalled: Vec<std::net::TcpStream> = (0..cryptotl_server::http::UPLOADS_PER_CLIENT)
         .map(|_| {
-            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-            write!(conn, "POST /v1/keys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n", f.alice).unwrap();
+            let conn = stalled_request(&server, "/v1/keys", &f.alice, 1_000_000);
             conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             conn
         })
